@@ -1,0 +1,458 @@
+#include "bench/score_bench.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "service/eviction/layer_inputs.h"
+#include "service/eviction/policy.h"
+#include "service/eviction/scorers.h"
+#include "service/eviction/selection.h"
+
+namespace kvkeep::bench {
+namespace {
+
+using namespace ::kvkeep::eviction;  // NOLINT: a benchmark driver over this one library
+using Clock = std::chrono::steady_clock;
+
+struct Shape {
+  std::string name;
+  int layers, q_heads, kv_heads, head_dim;
+  double rope_theta;
+};
+
+const Shape kShapes[] = {
+    {"small", 4, 8, 2, 64, 10000.0},
+    {"llama3-8b", 32, 32, 8, 128, 500000.0},
+    {"qwen3-8b", 36, 32, 8, 128, 1000000.0},
+};
+
+struct Options {
+  Shape shape = kShapes[0];
+  std::vector<int> ctx = {1024, 4096};
+  int reps = 3;
+  double keep = 0.1;
+  int layers = 0;  // 0 = shape's
+  bool json = false;
+  std::vector<ScorerKind> scorers;
+};
+
+struct Stats {
+  double median = 0, min = 0, max = 0;
+};
+
+Stats Summarise(std::vector<double> v) {
+  Stats s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front();
+  s.max = v.back();
+  const size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  return s;
+}
+
+template <typename Fn>
+double Seconds(Fn fn) {
+  const auto t0 = Clock::now();
+  fn();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = s.find(',', start);
+    const size_t end = comma == std::string::npos ? s.size() : comma;
+    if (end > start) out.push_back(s.substr(start, end - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+void Usage() {
+  std::fprintf(stderr,
+               "usage: kvkeep-bench score [--shape small|llama3-8b|qwen3-8b] [--ctx N,N,...]\n"
+               "                          [--reps N] [--keep RATIO] [--scorers a,b,...]\n"
+               "                          [--layers N] [--json]\n");
+}
+
+// Returns false (after printing why) on a bad flag.
+bool Parse(int argc, char** argv, Options* o) {
+  int i = 0;
+  while (i < argc && std::strncmp(argv[i], "--", 2) != 0) ++i;  // program / subcommand names
+  for (; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&](std::string* out) {
+      const size_t eq = flag.find('=');
+      if (eq != std::string::npos) {
+        *out = flag.substr(eq + 1);
+        return true;
+      }
+      if (i + 1 >= argc) return false;
+      *out = argv[++i];
+      return true;
+    };
+    const std::string name = flag.substr(0, flag.find('='));
+    std::string v;
+    if (name == "--json") {
+      o->json = true;
+    } else if (name == "--help" || name == "-h") {
+      Usage();
+      return false;
+    } else if (!value(&v)) {
+      std::fprintf(stderr, "flag %s needs a value\n", name.c_str());
+      return false;
+    } else if (name == "--shape") {
+      bool found = false;
+      for (const Shape& s : kShapes) {
+        if (s.name == v) {
+          o->shape = s;
+          found = true;
+        }
+      }
+      if (!found) {
+        std::fprintf(stderr, "unknown shape %s (small, llama3-8b, qwen3-8b)\n", v.c_str());
+        return false;
+      }
+    } else if (name == "--ctx") {
+      o->ctx.clear();
+      for (const std::string& c : Split(v)) {
+        const long n = std::strtol(c.c_str(), nullptr, 10);
+        if (n < 8 || n > (1 << 24)) {
+          std::fprintf(stderr, "bad --ctx entry %s\n", c.c_str());
+          return false;
+        }
+        o->ctx.push_back(static_cast<int>(n));
+      }
+    } else if (name == "--reps") {
+      o->reps = std::max(1, std::atoi(v.c_str()));
+    } else if (name == "--keep") {
+      o->keep = std::atof(v.c_str());
+      if (!(o->keep > 0 && o->keep <= 1)) {
+        std::fprintf(stderr, "--keep must be in (0, 1]\n");
+        return false;
+      }
+    } else if (name == "--layers") {
+      o->layers = std::max(1, std::atoi(v.c_str()));
+    } else if (name == "--scorers") {
+      for (const std::string& s : Split(v)) {
+        absl::StatusOr<ScorerKind> k = ParseScorer(s);
+        if (!k.ok()) {
+          std::fprintf(stderr, "%s\n", std::string(k.status().message()).c_str());
+          return false;
+        }
+        o->scorers.push_back(*k);
+      }
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", name.c_str());
+      Usage();
+      return false;
+    }
+  }
+  if (o->scorers.empty()) {
+    for (int k = 0; k <= static_cast<int>(ScorerKind::kLaProx); ++k) {
+      o->scorers.push_back(static_cast<ScorerKind>(k));
+    }
+  }
+  if (o->layers == 0) o->layers = o->shape.layers;
+  return true;
+}
+
+// One layer of synthetic inputs; the tensors are owned here and borrowed by `in`.
+struct LayerData {
+  std::vector<float> keys, values;  // [kv_heads][n][d]
+  LayerInputs in;
+};
+
+LayerData MakeLayer(const Shape& s, int n, int window, uint32_t seed) {
+  LayerData L;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const size_t per_head = static_cast<size_t>(n) * s.head_dim;
+  L.keys.resize(per_head * s.kv_heads);
+  L.values.resize(per_head * s.kv_heads);
+  for (float& x : L.keys) x = normal(rng);
+  for (float& x : L.values) x = normal(rng);
+  LayerInputs& in = L.in;
+  in.q_heads = s.q_heads;
+  in.kv_heads = s.kv_heads;
+  in.head_dim = s.head_dim;
+  in.rope.theta = s.rope_theta;
+  in.next_position = n;
+  for (int g = 0; g < s.kv_heads; ++g) {
+    in.heads.push_back(HeadKV{n, L.keys.data() + g * per_head, L.values.data() + g * per_head,
+                              nullptr});
+  }
+  in.window = window;
+  in.window_queries.resize(static_cast<size_t>(s.q_heads) * window * s.head_dim);
+  for (float& x : in.window_queries) x = normal(rng);
+  in.query_sum.resize(static_cast<size_t>(s.q_heads) * s.head_dim);
+  in.query_sq_sum.resize(in.query_sum.size());
+  in.query_count = 100;
+  for (size_t i = 0; i < in.query_sum.size(); ++i) {
+    const double m = normal(rng);
+    in.query_sum[i] = m * 100;
+    in.query_sq_sum[i] = (m * m + 1.0) * 100;
+  }
+  in.attention_mass.assign(s.q_heads, std::vector<float>(n));
+  for (auto& row : in.attention_mass) {
+    for (float& x : row) x = std::fabs(normal(rng));
+  }
+  return L;
+}
+
+// Bytes a scorer must read at least once per layer (keys and/or values and statistics).
+double BytesRead(ScorerKind k, const Shape& s, int n, int window) {
+  const double kv = static_cast<double>(n) * s.head_dim * sizeof(float) * s.kv_heads;
+  const double mass = static_cast<double>(n) * sizeof(float) * s.q_heads;
+  const double queries = static_cast<double>(window) * s.head_dim * sizeof(float) * s.q_heads;
+  switch (k) {
+    case ScorerKind::kKnorm:
+      return kv;
+    case ScorerKind::kTova:
+    case ScorerKind::kSnapKv:
+      return kv + queries;
+    case ScorerKind::kH2o:
+    case ScorerKind::kObserved:
+      return mass;
+    case ScorerKind::kExpected:
+    case ScorerKind::kCapKv:
+    case ScorerKind::kCapKvDot:
+    case ScorerKind::kCapKvGreedy:
+    case ScorerKind::kLaProx:
+      return 2 * kv + queries;
+    default:
+      return 0;
+  }
+}
+
+// GEMM-shaped flops a scorer cannot avoid per layer, and which measured GEMM rate applies.
+enum class GemmShape { kNone, kGram, kAttention };
+double GemmFlops(ScorerKind k, const Shape& s, int n, int window, GemmShape* shape) {
+  const double d = s.head_dim;
+  switch (k) {
+    case ScorerKind::kCapKv:
+    case ScorerKind::kCapKvDot:
+      // Per query head: Gram Σ w v vᵀ (n d² multiply-adds, half by symmetry = n d² flops) and
+      // the triangular solve for every v (n d² flops).
+      *shape = GemmShape::kGram;
+      return 2.0 * n * d * d * s.q_heads;
+    case ScorerKind::kSnapKv:
+    case ScorerKind::kLaProx:
+      *shape = GemmShape::kAttention;
+      return 2.0 * window * n * d * s.q_heads;
+    case ScorerKind::kTova:
+      *shape = GemmShape::kAttention;
+      return 2.0 * n * d * s.q_heads;
+    default:
+      *shape = GemmShape::kNone;
+      return 0;
+  }
+}
+
+// STREAM-style copy bandwidth over `bytes`: best of a few memcpy passes, counting read + write.
+double CopyBandwidth(size_t bytes) {
+  bytes = std::max<size_t>(bytes, 1 << 20);
+  std::vector<char> a(bytes, 1), b(bytes, 0);
+  double best = 1e30;
+  for (int r = 0; r < 5; ++r) {
+    best = std::min(best, Seconds([&] { std::memcpy(b.data(), a.data(), bytes); }));
+    a[r] = b[bytes - 1 - r];  // keep the copies observable
+  }
+  return 2.0 * static_cast<double>(bytes) / best;
+}
+
+// sgemm rate (flop/s) on (m × k) · (k × n), best of a few.
+double GemmRate(int m, int n, int k, bool a_trans) {
+  std::vector<float> a(static_cast<size_t>(m) * k, 0.5f), b(static_cast<size_t>(k) * n, 0.25f),
+      c(static_cast<size_t>(m) * n);
+  double best = 1e30;
+  for (int r = 0; r < 3; ++r) {
+    best = std::min(best, Seconds([&] {
+      if (a_trans) {  // C = Aᵀ B, A stored k × m (the Gram shape Vᵀ V)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), m,
+                    b.data(), n, 0.0f, c.data(), n);
+      } else {  // C = A Bᵀ, B stored n × k (the attention shape Q Kᵀ)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a.data(), k,
+                    b.data(), k, 0.0f, c.data(), n);
+      }
+    }));
+  }
+  return 2.0 * m * n * k / best;
+}
+
+struct Row {
+  std::string scorer;
+  int ctx = 0;
+  Stats layer_s, compress_s;
+  double token_heads_per_s = 0;
+  double bytes = 0, bw = 0, flops = 0, gemm_rate = 0;
+  double pct_bw = -1, pct_gemm = -1;
+  bool compress_measured = false;
+  std::string note;
+};
+
+}  // namespace
+
+int RunScoreBench(int argc, char** argv) {
+  Options o;
+  if (!Parse(argc, argv, &o)) return 2;
+  const Shape& s = o.shape;
+  Policy base;
+  std::vector<Row> rows;
+  ScoringWorkspace ws;
+  for (int n : o.ctx) {
+    const int window = std::min(base.window, n);
+    std::fprintf(stderr, "[score] %s ctx=%d: generating inputs\n", s.name.c_str(), n);
+    LayerData layer = MakeLayer(s, n, window, 1234u + n);
+    const double kv_bytes = static_cast<double>(n) * s.head_dim * sizeof(float) * s.kv_heads;
+    const double bw = CopyBandwidth(static_cast<size_t>(2 * kv_bytes));
+    const double gram_rate = GemmRate(s.head_dim, s.head_dim, n, /*a_trans=*/true);
+    const double attn_rate = GemmRate(window, n, s.head_dim, /*a_trans=*/false);
+    std::fprintf(stderr, "[score]   copy %.2f GB/s, sgemm gram %.1f GFLOP/s, attention %.1f GFLOP/s\n",
+                 bw / 1e9, gram_rate / 1e9, attn_rate / 1e9);
+    for (ScorerKind kind : o.scorers) {
+      Policy p = base;
+      p.scorer = kind;
+      p.window = window;
+      p.allocation = DefaultAllocation(kind);
+      const int64_t budget = std::max<int64_t>(1, std::llround(o.keep * n));
+      Row row;
+      row.scorer = std::string(ScorerName(kind));
+      row.ctx = n;
+      if (kind == ScorerKind::kCapKvGreedy) {
+        p.greedy_picks = budget;
+        // O(n·k·d·G) per head in double: keep the run bounded.
+        const double work = static_cast<double>(n) * budget * s.head_dim * s.q_heads;
+        if (work > 2e10) {
+          row.note = "skipped (n*k*d*H > 2e10)";
+          rows.push_back(row);
+          std::fprintf(stderr, "[score]   %-12s %s\n", row.scorer.c_str(), row.note.c_str());
+          continue;
+        }
+      }
+      std::fprintf(stderr, "[score]   %-12s one layer x%d", row.scorer.c_str(), o.reps);
+      std::vector<double> t_layer;
+      HeadScores scores;
+      for (int r = 0; r < o.reps; ++r) {
+        absl::Status st;
+        t_layer.push_back(Seconds([&] { st = ScoreLayerInto(p, layer.in, ws, &scores); }));
+        if (!st.ok()) {
+          std::fprintf(stderr, "\n%s failed: %s\n", row.scorer.c_str(), st.ToString().c_str());
+          return 1;
+        }
+      }
+      row.layer_s = Summarise(t_layer);
+      row.token_heads_per_s = static_cast<double>(n) * s.kv_heads / row.layer_s.median;
+      // Whole-sequence Compress-equivalent: every layer scored (the same tensors stand in for
+      // each layer, far larger than any cache), then one SelectTokens over all of them. Skipped
+      // when one rep would take more than ~20 s.
+      if (row.layer_s.median * o.layers < 20.0) {
+        std::fprintf(stderr, ", compress %d layers x%d", o.layers, o.reps);
+        std::vector<HeadScores> all(o.layers);
+        std::vector<double> t_comp;
+        for (int r = 0; r < o.reps; ++r) {
+          absl::Status st;
+          t_comp.push_back(Seconds([&] {
+            for (int l = 0; l < o.layers && st.ok(); ++l) {
+              layer.in.layer_index = l;
+              st = ScoreLayerInto(p, layer.in, ws, &all[l]);
+            }
+            if (st.ok()) {
+              absl::StatusOr<Selection> sel =
+                  SelectTokens(p, Budget{.tokens = budget}, all, s.q_heads / s.kv_heads);
+              st = sel.status();
+            }
+          }));
+          if (!st.ok()) {
+            std::fprintf(stderr, "\n%s compress failed: %s\n", row.scorer.c_str(),
+                         st.ToString().c_str());
+            return 1;
+          }
+        }
+        layer.in.layer_index = 0;
+        row.compress_s = Summarise(t_comp);
+        row.compress_measured = true;
+      }
+      std::fprintf(stderr, "\n");
+      row.bytes = BytesRead(kind, s, n, window);
+      row.bw = bw;
+      GemmShape gs;
+      row.flops = GemmFlops(kind, s, n, window, &gs);
+      row.gemm_rate = gs == GemmShape::kGram ? gram_rate : gs == GemmShape::kAttention ? attn_rate : 0;
+      if (row.bytes > 0) row.pct_bw = 100.0 * (row.bytes / bw) / row.layer_s.median;
+      if (row.flops > 0) row.pct_gemm = 100.0 * (row.flops / row.gemm_rate) / row.layer_s.median;
+      rows.push_back(row);
+    }
+  }
+
+  if (o.json) {
+    std::printf("{\"bench\":\"score\",\"shape\":\"%s\",\"layers\":%d,\"q_heads\":%d,\"kv_heads\":%d,"
+                "\"head_dim\":%d,\"keep_ratio\":%g,\"reps\":%d,\"results\":[",
+                s.name.c_str(), o.layers, s.q_heads, s.kv_heads, s.head_dim, o.keep, o.reps);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i];
+      std::printf("%s{\"scorer\":\"%s\",\"ctx\":%d", i ? "," : "", r.scorer.c_str(), r.ctx);
+      if (!r.note.empty()) {
+        std::printf(",\"note\":\"%s\"}", r.note.c_str());
+        continue;
+      }
+      std::printf(",\"layer_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}", r.layer_s.median,
+                  r.layer_s.min, r.layer_s.max);
+      std::printf(",\"token_heads_per_s\":%.6g", r.token_heads_per_s);
+      if (r.compress_measured) {
+        std::printf(",\"compress_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
+                    r.compress_s.median, r.compress_s.min, r.compress_s.max);
+      }
+      std::printf(",\"bytes_read\":%.6g,\"copy_bw_Bps\":%.6g", r.bytes, r.bw);
+      if (r.pct_bw >= 0) std::printf(",\"pct_of_bandwidth_bound\":%.3g", r.pct_bw);
+      if (r.flops > 0) {
+        std::printf(",\"gemm_flops\":%.6g,\"gemm_rate_flops\":%.6g,\"pct_of_gemm_bound\":%.3g",
+                    r.flops, r.gemm_rate, r.pct_gemm);
+      }
+      std::printf("}");
+    }
+    std::printf("]}\n");
+    return 0;
+  }
+
+  std::printf("kvkeep-bench score: shape %s (%d layers, %d/%d heads, d=%d), keep %.3g, %d reps\n",
+              s.name.c_str(), o.layers, s.q_heads, s.kv_heads, s.head_dim, o.keep, o.reps);
+  std::printf("one layer: median [min, max]; tok*heads/s over KV heads; bounds measured in this run\n");
+  std::printf("%-13s %7s %22s %12s %9s %8s %9s %24s\n", "scorer", "ctx", "layer ms med [min,max]",
+              "tok*head/s", "ns/tok*hd", "%bw", "%gemm", "compress ms med [min,max]");
+  for (const Row& r : rows) {
+    if (!r.note.empty()) {
+      std::printf("%-13s %7d   %s\n", r.scorer.c_str(), r.ctx, r.note.c_str());
+      continue;
+    }
+    char layer[64], comp[64], bwp[16] = "-", gp[16] = "-";
+    std::snprintf(layer, sizeof layer, "%.3f [%.3f,%.3f]", 1e3 * r.layer_s.median,
+                  1e3 * r.layer_s.min, 1e3 * r.layer_s.max);
+    if (r.compress_measured) {
+      std::snprintf(comp, sizeof comp, "%.1f [%.1f,%.1f]", 1e3 * r.compress_s.median,
+                    1e3 * r.compress_s.min, 1e3 * r.compress_s.max);
+    } else {
+      std::snprintf(comp, sizeof comp, "- (too slow)");
+    }
+    if (r.pct_bw >= 0) std::snprintf(bwp, sizeof bwp, "%.1f", r.pct_bw);
+    if (r.pct_gemm >= 0) std::snprintf(gp, sizeof gp, "%.1f", r.pct_gemm);
+    std::printf("%-13s %7d %22s %12.3g %9.2f %8s %9s %24s\n", r.scorer.c_str(), r.ctx, layer,
+                r.token_heads_per_s, 1e9 / r.token_heads_per_s, bwp, gp, comp);
+  }
+  return 0;
+}
+
+}  // namespace kvkeep::bench

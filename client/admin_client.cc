@@ -1,0 +1,60 @@
+#include "client/admin_client.h"
+
+#include "common/grpc_status.h"
+
+namespace kvkeep {
+
+std::unique_ptr<AdminClient> AdminClient::Connect(const ChannelOptions& options,
+                                                  std::string token) {
+  return std::unique_ptr<AdminClient>(new AdminClient(MakeChannel(options), std::move(token)));
+}
+
+namespace {
+template <typename Reply, typename Call>
+absl::StatusOr<Reply> Invoke(const std::string& token, Call call) {
+  auto context = MakeCallContext(token);
+  Reply reply;
+  grpc::Status status = call(context.get(), &reply);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return reply;
+}
+}  // namespace
+
+absl::StatusOr<v1::DaemonStatus> AdminClient::GetStatus() {
+  return Invoke<v1::DaemonStatus>(token_, [&](grpc::ClientContext* c, v1::DaemonStatus* r) {
+    return stub_->GetStatus(c, v1::GetStatusRequest(), r);
+  });
+}
+
+absl::StatusOr<v1::CreateTenantReply> AdminClient::CreateTenant(
+    const v1::CreateTenantRequest& request) {
+  return Invoke<v1::CreateTenantReply>(
+      token_, [&](grpc::ClientContext* c, v1::CreateTenantReply* r) {
+        return stub_->CreateTenant(c, request, r);
+      });
+}
+
+absl::StatusOr<v1::ListTenantsReply> AdminClient::ListTenants() {
+  return Invoke<v1::ListTenantsReply>(token_, [&](grpc::ClientContext* c, v1::ListTenantsReply* r) {
+    return stub_->ListTenants(c, v1::ListTenantsRequest(), r);
+  });
+}
+
+absl::StatusOr<v1::DeleteTenantReply> AdminClient::DeleteTenant(const std::string& name,
+                                                                bool force) {
+  v1::DeleteTenantRequest request;
+  request.set_name(name);
+  request.set_force(force);
+  return Invoke<v1::DeleteTenantReply>(
+      token_, [&](grpc::ClientContext* c, v1::DeleteTenantReply* r) {
+        return stub_->DeleteTenant(c, request, r);
+      });
+}
+
+absl::StatusOr<v1::TenantInfo> AdminClient::SetQuota(const v1::SetQuotaRequest& request) {
+  return Invoke<v1::TenantInfo>(token_, [&](grpc::ClientContext* c, v1::TenantInfo* r) {
+    return stub_->SetQuota(c, request, r);
+  });
+}
+
+}  // namespace kvkeep

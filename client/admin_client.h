@@ -1,0 +1,39 @@
+// C++ client of the operator API (kvkeep.v1.Admin), used by kvkeepctl and tests.
+//
+//   ASSIGN_OR_RETURN(auto admin, AdminClient::Connect({.target = "unix:/run/kvkeep/kvkeepd.sock"},
+//                                                     admin_token));
+//   ASSIGN_OR_RETURN(v1::CreateTenantReply t, admin->CreateTenant(request));
+//
+// Thread-safe.
+#ifndef KVKEEP_CLIENT_ADMIN_CLIENT_H_
+#define KVKEEP_CLIENT_ADMIN_CLIENT_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "client/call_context.h"
+#include "kvkeep/v1/admin.grpc.pb.h"
+
+namespace kvkeep {
+
+class AdminClient {
+ public:
+  static std::unique_ptr<AdminClient> Connect(const ChannelOptions& options, std::string token);
+
+  absl::StatusOr<v1::DaemonStatus> GetStatus();
+  absl::StatusOr<v1::CreateTenantReply> CreateTenant(const v1::CreateTenantRequest& request);
+  absl::StatusOr<v1::ListTenantsReply> ListTenants();
+  absl::StatusOr<v1::DeleteTenantReply> DeleteTenant(const std::string& name, bool force);
+  absl::StatusOr<v1::TenantInfo> SetQuota(const v1::SetQuotaRequest& request);
+
+ private:
+  AdminClient(std::shared_ptr<grpc::Channel> channel, std::string token)
+      : stub_(v1::Admin::NewStub(channel)), token_(std::move(token)) {}
+  std::unique_ptr<v1::Admin::Stub> stub_;
+  const std::string token_;
+};
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_CLIENT_ADMIN_CLIENT_H_

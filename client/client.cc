@@ -1,0 +1,383 @@
+#include "client/client.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/status_macros.h"
+
+namespace kvkeep {
+
+Client::Client(std::shared_ptr<grpc::Channel> channel, std::string token, int max_message_bytes)
+    : channel_(std::move(channel)), stub_(v1::KvCache::NewStub(channel_)),
+      token_(std::move(token)), max_message_bytes_(max_message_bytes) {}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Attach(const ChannelOptions& options,
+                                                       std::string token, std::string worker_name,
+                                                       absl::Duration timeout) {
+  auto client = std::unique_ptr<Client>(
+      new Client(MakeChannel(options), std::move(token), options.max_message_bytes));
+  if (!client->channel_->WaitForConnected(std::chrono::system_clock::now() +
+                                          absl::ToChronoMilliseconds(timeout))) {
+    return absl::UnavailableError(absl::StrCat("cannot reach kvkeepd at ", options.target));
+  }
+  client->session_context_ = MakeCallContext(client->token_);
+  v1::AttachRequest request;
+  request.set_worker_name(worker_name);
+  client->session_reader_ = client->stub_->Session(client->session_context_.get(), request);
+  client->event_thread_ = std::thread([c = client.get()] { c->EventLoop(); });
+  Client* c = client.get();
+  absl::Status failure;
+  {
+    absl::MutexLock lock(&c->mu_);
+    auto ready = [c]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) { return c->started_ || c->ended_; };
+    c->mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+    if (!c->started_) {
+      failure = c->ended_ ? c->session_status_
+                          : absl::DeadlineExceededError("no answer to Session");
+    }
+  }
+  if (!failure.ok()) return failure;  // the destructor cancels the stream and joins the thread
+  return client;
+}
+
+void Client::EventLoop() {
+  v1::SessionEvent event;
+  while (session_reader_->Read(&event)) {
+    absl::MutexLock lock(&mu_);
+    if (event.has_started()) {
+      session_id_ = event.started().session_id();
+      tenant_ = event.started().tenant();
+      for (const auto& arena : event.started().arenas()) MapArenaLocked(arena).IgnoreError();
+      started_ = true;
+    } else if (event.has_arena_added()) {
+      MapArenaLocked(event.arena_added()).IgnoreError();
+    }
+  }
+  grpc::Status status = session_reader_->Finish();
+  absl::MutexLock lock(&mu_);
+  ended_ = true;
+  session_status_ = status.ok() ? absl::CancelledError("session ended")
+                                : FromGrpcStatus(status);
+}
+
+absl::Status Client::session_status() const {
+  absl::MutexLock lock(&mu_);
+  return ended_ ? session_status_ : absl::OkStatus();
+}
+
+void Client::Close() {
+  if (session_context_ != nullptr) session_context_->TryCancel();
+  if (event_thread_.joinable()) event_thread_.join();
+}
+
+Client::~Client() { Close(); }
+
+absl::Status Client::MapArenaLocked(const v1::ArenaExport& arena) {
+  if (arenas_.count(arena.arena_id())) return absl::OkStatus();
+  ASSIGN_OR_RETURN(auto mapping, ArenaMapping::Map(arena));
+  arenas_[arena.arena_id()] = std::move(mapping);
+  return absl::OkStatus();
+}
+
+absl::Status Client::MapArenasOf(
+    const google::protobuf::RepeatedPtrField<v1::HeadTable>& heads,
+    const google::protobuf::RepeatedPtrField<v1::ArenaExport>& known) {
+  // New arenas come with the reply and on the Session stream, but a page may sit in an arena
+  // another worker of the tenant caused to be created whose announcement has not arrived yet:
+  // ask for those.
+  std::vector<uint32_t> missing;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& arena : known) RETURN_IF_ERROR(MapArenaLocked(arena));
+    for (const auto& head : heads) {
+      for (uint64_t page : head.pages()) {
+        uint32_t id = static_cast<uint32_t>(page >> 32);
+        if (!arenas_.count(id) && std::find(missing.begin(), missing.end(), id) == missing.end()) {
+          missing.push_back(id);
+        }
+      }
+    }
+  }
+  for (uint32_t id : missing) {
+    ASSIGN_OR_RETURN(v1::ArenaExport arena, GetArena(id));
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(MapArenaLocked(arena));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<uint32_t> Client::MappedArenas() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<uint32_t> out;
+  for (const auto& [id, m] : arenas_) out.push_back(id);
+  return out;
+}
+
+namespace {
+
+template <typename Reply, typename Call>
+absl::StatusOr<Reply> Invoke(const std::string& token, Call call) {
+  auto context = MakeCallContext(token);
+  Reply reply;
+  grpc::Status status = call(context.get(), &reply);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return reply;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::RegisterModelReply> Client::RegisterModel(const v1::ModelLayout& layout,
+                                                             const std::vector<v1::WoGram>& grams) {
+  auto context = MakeCallContext(token_);
+  v1::RegisterModelReply reply;
+  auto writer = stub_->RegisterModel(context.get(), &reply);
+  v1::ModelChunk chunk;
+  *chunk.mutable_layout() = layout;
+  bool ok = writer->Write(chunk);
+  for (size_t i = 0; ok && i < grams.size(); ++i) {
+    *chunk.mutable_wo_gram() = grams[i];
+    ok = writer->Write(chunk);
+  }
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  return reply;
+}
+
+absl::StatusOr<std::string> Client::CreateSequence(const std::string& model, bool retain) {
+  v1::CreateSequenceRequest request;
+  request.set_session_id(session_id_);
+  request.set_model(model);
+  request.set_retain(retain);
+  ASSIGN_OR_RETURN(v1::PageTable table,
+                   Invoke<v1::PageTable>(token_, [&](grpc::ClientContext* c, v1::PageTable* r) {
+                     return stub_->CreateSequence(c, request, r);
+                   }));
+  absl::MutexLock lock(&mu_);
+  sequences_[table.sequence_id()];
+  return table.sequence_id();
+}
+
+void Client::RememberPages(const std::string& sequence, const v1::HeadTable& head, bool replace) {
+  auto& pages = sequences_[sequence][{head.layer(), head.kv_head()}];
+  if (replace) pages.clear();
+  pages.insert(pages.end(), head.pages().begin(), head.pages().end());
+}
+
+absl::StatusOr<v1::PageTableDelta> Client::Allocate(const std::string& sequence, uint32_t tokens) {
+  v1::AllocateRequest request;
+  request.set_session_id(session_id_);
+  request.set_sequence_id(sequence);
+  request.set_tokens(tokens);
+  ASSIGN_OR_RETURN(v1::PageTableDelta delta, Invoke<v1::PageTableDelta>(
+      token_, [&](grpc::ClientContext* c, v1::PageTableDelta* r) {
+        return stub_->AllocatePages(c, request, r);
+      }));
+  RETURN_IF_ERROR(MapArenasOf(delta.heads(), delta.new_arenas()));
+  absl::MutexLock lock(&mu_);
+  for (const auto& head : delta.heads()) RememberPages(sequence, head, /*replace=*/false);
+  return delta;
+}
+
+absl::StatusOr<v1::CommitReply> Client::Commit(const std::string& sequence, uint32_t tokens,
+                                               const std::vector<int32_t>& positions) {
+  v1::CommitRequest request;
+  request.set_session_id(session_id_);
+  request.set_sequence_id(sequence);
+  request.set_tokens(tokens);
+  request.mutable_positions()->Add(positions.begin(), positions.end());
+  return Invoke<v1::CommitReply>(token_, [&](grpc::ClientContext* c, v1::CommitReply* r) {
+    return stub_->CommitTokens(c, request, r);
+  });
+}
+
+absl::Status Client::WriteInPlace(const std::string& sequence, uint32_t layer, uint32_t kv_head,
+                                  uint32_t offset, uint32_t count, const void* keys,
+                                  const void* values) {
+  absl::MutexLock lock(&mu_);
+  auto seq = sequences_.find(sequence);
+  if (seq == sequences_.end()) {
+    return absl::NotFoundError(absl::StrCat("sequence ", sequence, " is unknown to this client"));
+  }
+  auto head = seq->second.find({layer, kv_head});
+  if (head == seq->second.end() || head->second.empty()) {
+    return absl::FailedPreconditionError("no pages allocated for this head; call Allocate first");
+  }
+  const std::vector<uint64_t>& pages = head->second;
+  auto first_arena = arenas_.find(static_cast<uint32_t>(pages[0] >> 32));
+  if (first_arena == arenas_.end()) return absl::FailedPreconditionError("arena not mapped");
+  const v1::PageGeometry& g = first_arena->second->arena().geometry();
+  const uint64_t token_bytes = g.value_offset() / g.tokens_per_page();
+  const uint64_t tpp = g.tokens_per_page();
+  if (uint64_t{offset} + count > pages.size() * tpp) {
+    return absl::OutOfRangeError(absl::StrCat("slots [", offset, ", ", uint64_t{offset} + count,
+                                              ") pass the ", pages.size() * tpp,
+                                              " allocated for this head"));
+  }
+  const auto* k = static_cast<const uint8_t*>(keys);
+  const auto* v = static_cast<const uint8_t*>(values);
+  for (uint32_t done = 0; done < count;) {
+    const uint64_t slot = offset + done;
+    const uint64_t page = pages[slot / tpp];
+    const uint32_t in_page = static_cast<uint32_t>(slot % tpp);
+    const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(tpp - in_page, count - done));
+    auto arena = arenas_.find(static_cast<uint32_t>(page >> 32));
+    if (arena == arenas_.end()) return absl::FailedPreconditionError("arena not mapped");
+    uint8_t* base = arena->second->data() + (page & 0xffffffffu) * g.page_bytes();
+    std::memcpy(base + in_page * token_bytes, k + uint64_t{done} * token_bytes, n * token_bytes);
+    std::memcpy(base + g.value_offset() + in_page * token_bytes, v + uint64_t{done} * token_bytes,
+                n * token_bytes);
+    done += n;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::WriteSummary> Client::WriteKV(const std::vector<v1::KvChunk>& chunks) {
+  auto context = MakeCallContext(token_);
+  v1::WriteSummary summary;
+  auto writer = stub_->WriteKV(context.get(), &summary);
+  for (const auto& chunk : chunks) {
+    if (!writer->Write(chunk)) break;  // the daemon finished early: Finish() says why
+  }
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  return summary;
+}
+
+absl::StatusOr<v1::WriteSummary> Client::WriteHead(const std::string& sequence, uint32_t layer,
+                                                   uint32_t kv_head, uint32_t offset,
+                                                   uint32_t count, const void* keys,
+                                                   const void* values) {
+  ASSIGN_OR_RETURN(v1::PageTable table, GetSequence(sequence, false));
+  if (table.arenas_size() == 0 && table.heads_size() == 0) {
+    return absl::FailedPreconditionError("sequence has no heads");
+  }
+  // Token size from the first mapped arena of the sequence.
+  uint64_t token_bytes = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& head : table.heads()) {
+      if (head.pages_size() == 0) continue;
+      auto arena = arenas_.find(static_cast<uint32_t>(head.pages(0) >> 32));
+      if (arena != arenas_.end()) {
+        const auto& g = arena->second->arena().geometry();
+        token_bytes = g.value_offset() / g.tokens_per_page();
+      }
+      break;
+    }
+  }
+  if (token_bytes == 0) return absl::FailedPreconditionError("no pages allocated; call Allocate");
+  const uint64_t per_chunk = std::max<uint64_t>(1, (max_message_bytes_ - 4096) / (2 * token_bytes));
+  std::vector<v1::KvChunk> chunks;
+  const auto* k = static_cast<const char*>(keys);
+  const auto* v = static_cast<const char*>(values);
+  for (uint64_t done = 0; done < count;) {
+    const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(per_chunk, count - done));
+    v1::KvChunk& chunk = chunks.emplace_back();
+    chunk.set_session_id(session_id_);
+    chunk.set_sequence_id(sequence);
+    chunk.set_layer(layer);
+    chunk.set_kv_head(kv_head);
+    chunk.set_token_offset(static_cast<uint32_t>(offset + done));
+    chunk.set_token_count(n);
+    chunk.set_keys(k + done * token_bytes, n * token_bytes);
+    chunk.set_values(v + done * token_bytes, n * token_bytes);
+    done += n;
+  }
+  return WriteKV(chunks);
+}
+
+absl::StatusOr<std::vector<v1::KvChunk>> Client::ReadKV(const v1::ReadRequest& request) {
+  auto context = MakeCallContext(token_);
+  auto reader = stub_->ReadKV(context.get(), request);
+  std::vector<v1::KvChunk> chunks;
+  v1::KvChunk chunk;
+  while (reader->Read(&chunk)) chunks.push_back(std::move(chunk));
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  return chunks;
+}
+
+absl::StatusOr<HeadData> Client::ReadHead(const std::string& sequence, uint32_t layer,
+                                          uint32_t kv_head) {
+  v1::ReadRequest request;
+  request.set_sequence_id(sequence);
+  request.set_layer_begin(layer);
+  request.set_layer_end(layer + 1);
+  request.set_kv_head_begin(kv_head);
+  request.set_kv_head_end(kv_head + 1);
+  ASSIGN_OR_RETURN(std::vector<v1::KvChunk> chunks, ReadKV(request));
+  HeadData out;
+  for (const auto& c : chunks) {
+    out.keys += c.keys();
+    out.values += c.values();
+    out.positions.insert(out.positions.end(), c.positions().begin(), c.positions().end());
+  }
+  return out;
+}
+
+absl::StatusOr<v1::PageTable> Client::GetSequence(const std::string& sequence,
+                                                  bool with_positions) {
+  v1::GetSequenceRequest request;
+  request.set_sequence_id(sequence);
+  request.set_with_positions(with_positions);
+  return Invoke<v1::PageTable>(token_, [&](grpc::ClientContext* c, v1::PageTable* r) {
+    return stub_->GetSequence(c, request, r);
+  });
+}
+
+absl::StatusOr<v1::PageTable> Client::Acquire(const std::string& sequence) {
+  v1::AcquireRequest request;
+  request.set_session_id(session_id_);
+  request.set_sequence_id(sequence);
+  ASSIGN_OR_RETURN(v1::PageTable table,
+                   Invoke<v1::PageTable>(token_, [&](grpc::ClientContext* c, v1::PageTable* r) {
+                     return stub_->Acquire(c, request, r);
+                   }));
+  RETURN_IF_ERROR(MapArenasOf(table.heads(), table.arenas()));
+  absl::MutexLock lock(&mu_);
+  for (const auto& head : table.heads()) RememberPages(sequence, head, /*replace=*/true);
+  return table;
+}
+
+absl::StatusOr<v1::ReleaseReply> Client::Release(const std::string& sequence) {
+  v1::ReleaseRequest request;
+  request.set_session_id(session_id_);
+  request.set_sequence_id(sequence);
+  return Invoke<v1::ReleaseReply>(token_, [&](grpc::ClientContext* c, v1::ReleaseReply* r) {
+    return stub_->Release(c, request, r);
+  });
+}
+
+absl::StatusOr<v1::DropReply> Client::Drop(const std::string& sequence) {
+  v1::DropRequest request;
+  request.set_session_id(session_id_);
+  request.set_sequence_id(sequence);
+  ASSIGN_OR_RETURN(v1::DropReply reply,
+                   Invoke<v1::DropReply>(token_, [&](grpc::ClientContext* c, v1::DropReply* r) {
+                     return stub_->Drop(c, request, r);
+                   }));
+  absl::MutexLock lock(&mu_);
+  sequences_.erase(sequence);
+  return reply;
+}
+
+absl::StatusOr<v1::ArenaExport> Client::GetArena(uint32_t arena_id) {
+  v1::GetArenaRequest request;
+  request.set_arena_id(arena_id);
+  return Invoke<v1::ArenaExport>(token_, [&](grpc::ClientContext* c, v1::ArenaExport* r) {
+    return stub_->GetArena(c, request, r);
+  });
+}
+
+absl::Status Client::Ping() {
+  return Invoke<v1::PingReply>(token_, [&](grpc::ClientContext* c, v1::PingReply* r) {
+                   return stub_->Ping(c, v1::PingRequest(), r);
+                 })
+      .status();
+}
+
+}  // namespace kvkeep

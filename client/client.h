@@ -1,0 +1,127 @@
+// kvkeep::Client: the worker side of the daemon.
+//
+// One Client is one worker session: Attach() opens the Session stream, maps the tenant's arenas
+// (and every arena announced later), and the session lives until Close() or destruction.
+//
+//   ASSIGN_OR_RETURN(auto client, Client::Attach({.target = "unix:/run/kvkeep/kvkeepd.sock"},
+//                                                tenant_token, "worker-0"));
+//   RETURN_IF_ERROR(client->RegisterModel(layout).status());
+//   ASSIGN_OR_RETURN(std::string seq, client->CreateSequence("llama3-8b"));
+//   RETURN_IF_ERROR(client->Allocate(seq, 512).status());
+//   RETURN_IF_ERROR(client->WriteInPlace(seq, layer, head, 0, 512, keys, values));  // zero-copy
+//   RETURN_IF_ERROR(client->Commit(seq, 512).status());
+//   ASSIGN_OR_RETURN(HeadData back, client->ReadHead(seq, layer, head));        // over gRPC
+//
+// Thread-safe: calls may come from many threads (each RPC is independent).
+#ifndef KVKEEP_CLIENT_CLIENT_H_
+#define KVKEEP_CLIENT_CLIENT_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "client/arena_mapping.h"
+#include "client/call_context.h"
+#include "kvkeep/v1/kvcache.grpc.pb.h"
+
+namespace kvkeep {
+
+// Keys, values and positions of one (layer, KV head), as read back.
+struct HeadData {
+  std::string keys;    // token_count * head_dim * sizeof(dtype)
+  std::string values;
+  std::vector<int32_t> positions;
+};
+
+class Client {
+ public:
+  // Connects, opens the Session stream and waits for the daemon's first event (up to `timeout`).
+  // UNAUTHENTICATED for a bad token; UNAVAILABLE when the daemon cannot be reached.
+  static absl::StatusOr<std::unique_ptr<Client>> Attach(const ChannelOptions& options,
+                                                        std::string token,
+                                                        std::string worker_name,
+                                                        absl::Duration timeout = absl::Seconds(10));
+  ~Client();  // Close()s
+
+  // Ends the session (the daemon releases what it held) and waits for the event thread.
+  void Close();
+
+  const std::string& session_id() const { return session_id_; }
+  const std::string& tenant() const { return tenant_; }
+  // OK while the Session stream is open; its final status after (e.g. ABORTED when superseded).
+  absl::Status session_status() const;
+
+  absl::StatusOr<v1::RegisterModelReply> RegisterModel(
+      const v1::ModelLayout& layout, const std::vector<v1::WoGram>& grams = {});
+  absl::StatusOr<std::string> CreateSequence(const std::string& model, bool retain = false);
+  // Room for `tokens` more tokens in every head; the client records the new pages.
+  absl::StatusOr<v1::PageTableDelta> Allocate(const std::string& sequence, uint32_t tokens);
+  absl::StatusOr<v1::CommitReply> Commit(const std::string& sequence, uint32_t tokens,
+                                         const std::vector<int32_t>& positions = {});
+
+  // Zero-copy: copies keys/values of `count` tokens straight into the mapped pages of
+  // (layer, kv_head) from slot `offset`. Needs the pages from Allocate()/Acquire() in this client.
+  absl::Status WriteInPlace(const std::string& sequence, uint32_t layer, uint32_t kv_head,
+                            uint32_t offset, uint32_t count, const void* keys,
+                            const void* values);
+
+  // Bytes path: streams the chunks (each below the message limit) in one WriteKV call.
+  absl::StatusOr<v1::WriteSummary> WriteKV(const std::vector<v1::KvChunk>& chunks);
+  // Splits one head's token range into chunks below the message limit and writes them.
+  absl::StatusOr<v1::WriteSummary> WriteHead(const std::string& sequence, uint32_t layer,
+                                             uint32_t kv_head, uint32_t offset, uint32_t count,
+                                             const void* keys, const void* values);
+  absl::StatusOr<std::vector<v1::KvChunk>> ReadKV(const v1::ReadRequest& request);
+  absl::StatusOr<HeadData> ReadHead(const std::string& sequence, uint32_t layer, uint32_t kv_head);
+
+  absl::StatusOr<v1::PageTable> GetSequence(const std::string& sequence, bool with_positions);
+  absl::StatusOr<v1::PageTable> Acquire(const std::string& sequence);
+  absl::StatusOr<v1::ReleaseReply> Release(const std::string& sequence);
+  absl::StatusOr<v1::DropReply> Drop(const std::string& sequence);
+  absl::StatusOr<v1::ArenaExport> GetArena(uint32_t arena_id);
+  absl::Status Ping();
+
+  // Arenas this client has mapped.
+  std::vector<uint32_t> MappedArenas() const;
+  v1::KvCache::Stub& stub() { return *stub_; }
+  const std::string& token() const { return token_; }
+
+ private:
+  Client(std::shared_ptr<grpc::Channel> channel, std::string token, int max_message_bytes);
+  void EventLoop();
+  absl::Status MapArenaLocked(const v1::ArenaExport& arena) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status MapArenasOf(const google::protobuf::RepeatedPtrField<v1::HeadTable>& heads,
+                          const google::protobuf::RepeatedPtrField<v1::ArenaExport>& known);
+  void RememberPages(const std::string& sequence, const v1::HeadTable& head, bool replace);
+
+  // Constant after Attach.
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::KvCache::Stub> stub_;
+  const std::string token_;
+  const int max_message_bytes_;
+  std::string session_id_;
+  std::string tenant_;
+
+  std::unique_ptr<grpc::ClientContext> session_context_;
+  std::unique_ptr<grpc::ClientReader<v1::SessionEvent>> session_reader_;
+  std::thread event_thread_;
+
+  mutable absl::Mutex mu_;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status session_status_ ABSL_GUARDED_BY(mu_);
+  std::map<uint32_t, std::unique_ptr<ArenaMapping>> arenas_ ABSL_GUARDED_BY(mu_);
+  // Per sequence, per (layer, kv_head) key: the page references known to this client.
+  using HeadKey = std::pair<uint32_t, uint32_t>;
+  std::map<std::string, std::map<HeadKey, std::vector<uint64_t>>> sequences_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_CLIENT_CLIENT_H_

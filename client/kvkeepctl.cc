@@ -1,0 +1,332 @@
+// kvkeepctl: the operator CLI of kvkeepd. One subcommand per Admin RPC.
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/admin_client.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace kvkeep {
+namespace {
+
+constexpr char kUsage[] = R"(kvkeepctl - operate a kvkeepd daemon (tenants, quotas, status)
+
+Usage: kvkeepctl [global flags] COMMAND [args]
+
+Commands:
+  status                              pool, tenants, sessions and sequences at a glance
+  tenant list                         every tenant with its quota and usage
+  tenant create NAME [--quota SIZE] [--max SIZE] [--weight N] [--token TOKEN]
+                                      create a tenant; prints its bearer token ONCE
+  tenant set-quota NAME [--quota SIZE] [--max SIZE] [--weight N]
+                                      change a tenant's guarantee, hard maximum or weight
+  tenant delete NAME [--force]        delete a tenant (--force ends its sessions and drops
+                                      its sequences)
+
+Global flags:
+  --socket PATH        daemon socket (default $KVKEEP_SOCKET or ./kvkeep-data/kvkeepd.sock)
+  --target ADDR        gRPC target instead of the socket, e.g. unix:/run/kvkeep.sock
+  --admin-token-file F file with the admin token (default ./kvkeep-data/admin.token)
+  --admin-token T      the admin token itself (or $KVKEEP_ADMIN_TOKEN)
+  --json               print the reply as JSON (field names as in admin.proto)
+
+SIZE is bytes or a number with KiB, MiB, GiB, TiB (or K, M, G, T; powers of 1024).
+
+Examples:
+  kvkeepctl status
+  kvkeepctl tenant create team-a --quota 8GiB --max 16GiB --weight 2
+  kvkeepctl tenant set-quota team-a --max 32GiB
+  kvkeepctl --json tenant list | jq '.tenants[].usedBytes'
+)";
+
+int Fail(const std::string& message, int code = 2) {
+  std::fprintf(stderr, "kvkeepctl: %s\n", message.c_str());
+  return code;
+}
+
+int FailStatus(const absl::Status& status) {
+  std::fprintf(stderr, "kvkeepctl: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+               std::string(status.message()).c_str());
+  return 1;
+}
+
+bool ParseSize(const std::string& text, uint64_t* out) {
+  std::string t = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  static const std::vector<std::pair<std::string, int>> kUnits = {
+      {"tib", 40}, {"gib", 30}, {"mib", 20}, {"kib", 10}, {"t", 40}, {"g", 30},
+      {"m", 20},   {"k", 10},   {"b", 0}};
+  int shift = 0;
+  for (const auto& [suffix, s] : kUnits) {
+    if (t.size() > suffix.size() && t.compare(t.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      t = t.substr(0, t.size() - suffix.size());
+      shift = s;
+      break;
+    }
+  }
+  uint64_t value = 0;
+  if (!absl::SimpleAtoi(t, &value)) return false;
+  if (shift > 0 && value > (UINT64_MAX >> shift)) return false;
+  *out = value << shift;
+  return true;
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(bytes, " B") : absl::StrFormat("%.1f %s", v, kUnits[u]);
+}
+
+// Prints rows as columns aligned to the widest cell.
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width;
+  for (const auto& row : rows) {
+    if (width.size() < row.size()) width.resize(row.size(), 0);
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(width[i] - row[i].size() + 2, ' ');
+    }
+    std::printf("%s\n", line.c_str());
+  }
+}
+
+void PrintJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  std::printf("%s", out.c_str());
+}
+
+std::vector<std::string> TenantHeader() {
+  return {"TENANT", "GUARANTEED", "MAX", "WEIGHT", "USED", "PAGES", "SESSIONS", "SEQUENCES"};
+}
+
+std::vector<std::string> TenantRow(const v1::TenantInfo& t) {
+  return {t.name(),
+          HumanBytes(t.quota_bytes()),
+          t.max_bytes() == 0 ? "pool" : HumanBytes(t.max_bytes()),
+          absl::StrCat(t.weight()),
+          HumanBytes(t.used_bytes()),
+          absl::StrCat(t.used_pages()),
+          absl::StrCat(t.sessions()),
+          absl::StrCat(t.sequences())};
+}
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> flags;  // --name value (or "" for booleans)
+};
+
+bool IsBoolFlag(const std::string& name) { return name == "json" || name == "force" || name == "help"; }
+
+bool ParseArgs(int argc, char** argv, Args* args, std::string* error) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-h") a = "--help";
+    if (a.rfind("--", 0) == 0) {
+      std::string name = a.substr(2), value;
+      size_t eq = name.find('=');
+      if (eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      } else if (!IsBoolFlag(name)) {
+        if (i + 1 >= argc) {
+          *error = "flag --" + name + " needs a value";
+          return false;
+        }
+        value = argv[++i];
+      }
+      args->flags[name] = value;
+    } else {
+      args->positional.push_back(a);
+    }
+  }
+  return true;
+}
+
+std::string ReadTokenFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return "";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return std::string(absl::StripAsciiWhitespace(ss.str()));
+}
+
+int Run(int argc, char** argv) {
+  Args args;
+  std::string error;
+  if (!ParseArgs(argc, argv, &args, &error)) return Fail(error);
+  if (args.flags.count("help") || args.positional.empty()) {
+    std::printf("%s", kUsage);
+    return args.positional.empty() && !args.flags.count("help") ? 2 : 0;
+  }
+  static const std::vector<std::string> kKnown = {"socket", "target", "admin-token-file",
+                                                  "admin-token", "json", "force", "help",
+                                                  "quota", "max", "weight", "token"};
+  for (const auto& [name, value] : args.flags) {
+    if (std::find(kKnown.begin(), kKnown.end(), name) == kKnown.end()) {
+      return Fail("unknown flag --" + name + " (see kvkeepctl --help)");
+    }
+  }
+  const bool json = args.flags.count("json") > 0;
+
+  ChannelOptions channel;
+  const char* env_socket = std::getenv("KVKEEP_SOCKET");
+  std::string socket = args.flags.count("socket") ? args.flags["socket"]
+                       : env_socket != nullptr    ? env_socket
+                                                  : "./kvkeep-data/kvkeepd.sock";
+  channel.target = args.flags.count("target") ? args.flags["target"] : "unix:" + socket;
+  std::string token;
+  const char* env_token = std::getenv("KVKEEP_ADMIN_TOKEN");
+  if (args.flags.count("admin-token")) {
+    token = args.flags["admin-token"];
+  } else if (env_token != nullptr && *env_token != '\0') {
+    token = env_token;
+  } else {
+    std::string file = args.flags.count("admin-token-file") ? args.flags["admin-token-file"]
+                                                             : "./kvkeep-data/admin.token";
+    token = ReadTokenFile(file);
+    if (token.empty()) {
+      return Fail("no admin token: cannot read " + file +
+                  " (give --admin-token-file, --admin-token or $KVKEEP_ADMIN_TOKEN)");
+    }
+  }
+  auto admin = AdminClient::Connect(channel, token);
+
+  const std::string& cmd = args.positional[0];
+  if (cmd == "status") {
+    if (args.positional.size() != 1) return Fail("status takes no arguments");
+    auto s = admin->GetStatus();
+    if (!s.ok()) return FailStatus(s.status());
+    if (json) {
+      PrintJson(*s);
+      return 0;
+    }
+    std::printf("kvkeepd %s  backend=%s  uptime=%.0fs\n", s->version().c_str(),
+                s->backend().c_str(), s->uptime_seconds());
+    std::printf("pool: %s used of %s (%s in %u arenas), %llu pages in use\n",
+                HumanBytes(s->pool_used_bytes()).c_str(),
+                HumanBytes(s->pool_capacity_bytes()).c_str(),
+                HumanBytes(s->pool_arena_bytes()).c_str(), s->arenas(),
+                static_cast<unsigned long long>(s->pages_in_use()));
+    std::printf("tenants: %u  sessions: %u  sequences: %u\n\n", s->tenants(), s->sessions(),
+                s->sequences());
+    std::vector<std::vector<std::string>> rows = {TenantHeader()};
+    for (const auto& t : s->tenant_usage()) rows.push_back(TenantRow(t));
+    PrintTable(rows);
+    return 0;
+  }
+  if (cmd != "tenant") return Fail("unknown command \"" + cmd + "\" (see kvkeepctl --help)");
+  if (args.positional.size() < 2) return Fail("tenant needs a subcommand: create, list, delete, set-quota");
+  const std::string& sub = args.positional[1];
+  auto size_flag = [&](const std::string& name, uint64_t* out) -> bool {
+    if (!args.flags.count(name)) return true;
+    if (!ParseSize(args.flags[name], out)) {
+      error = "--" + name + " \"" + args.flags[name] + "\" is not a size (e.g. 512MiB, 4GiB)";
+      return false;
+    }
+    return true;
+  };
+  auto weight_flag = [&](uint32_t* out) -> bool {
+    if (!args.flags.count("weight")) return true;
+    if (!absl::SimpleAtoi(args.flags["weight"], out) || *out == 0) {
+      error = "--weight must be a whole number >= 1";
+      return false;
+    }
+    return true;
+  };
+  if (sub == "list") {
+    auto r = admin->ListTenants();
+    if (!r.ok()) return FailStatus(r.status());
+    if (json) {
+      PrintJson(*r);
+      return 0;
+    }
+    std::vector<std::vector<std::string>> rows = {TenantHeader()};
+    for (const auto& t : r->tenants()) rows.push_back(TenantRow(t));
+    PrintTable(rows);
+    return 0;
+  }
+  if (args.positional.size() != 3) return Fail("tenant " + sub + " needs exactly one NAME");
+  const std::string& name = args.positional[2];
+  if (sub == "create") {
+    v1::CreateTenantRequest request;
+    request.set_name(name);
+    uint64_t quota = 0, max = 0;
+    uint32_t weight = 0;
+    if (!size_flag("quota", &quota) || !size_flag("max", &max) || !weight_flag(&weight)) {
+      return Fail(error);
+    }
+    request.set_quota_bytes(quota);
+    request.set_max_bytes(max);
+    request.set_weight(weight);
+    if (args.flags.count("token")) request.set_token(args.flags["token"]);
+    auto r = admin->CreateTenant(request);
+    if (!r.ok()) return FailStatus(r.status());
+    if (json) {
+      PrintJson(*r);
+      return 0;
+    }
+    std::printf("created tenant %s\ntoken: %s\n(store it now: kvkeepd keeps only its hash)\n",
+                r->tenant().name().c_str(), r->token().c_str());
+    return 0;
+  }
+  if (sub == "set-quota") {
+    v1::SetQuotaRequest request;
+    request.set_name(name);
+    uint64_t quota = 0, max = 0;
+    uint32_t weight = 0;
+    if (!size_flag("quota", &quota) || !size_flag("max", &max) || !weight_flag(&weight)) {
+      return Fail(error);
+    }
+    if (!args.flags.count("quota") && !args.flags.count("max") && !args.flags.count("weight")) {
+      return Fail("set-quota needs at least one of --quota, --max, --weight");
+    }
+    if (args.flags.count("quota")) request.set_quota_bytes(quota);
+    if (args.flags.count("max")) request.set_max_bytes(max);
+    if (args.flags.count("weight")) request.set_weight(weight);
+    auto r = admin->SetQuota(request);
+    if (!r.ok()) return FailStatus(r.status());
+    if (json) {
+      PrintJson(*r);
+      return 0;
+    }
+    PrintTable({TenantHeader(), TenantRow(*r)});
+    return 0;
+  }
+  if (sub == "delete") {
+    auto r = admin->DeleteTenant(name, args.flags.count("force") > 0);
+    if (!r.ok()) return FailStatus(r.status());
+    if (json) {
+      PrintJson(*r);
+      return 0;
+    }
+    std::printf("deleted tenant %s (%u sessions ended, %u sequences dropped)\n", name.c_str(),
+                r->sessions_ended(), r->sequences_dropped());
+    return 0;
+  }
+  return Fail("unknown tenant subcommand \"" + sub + "\" (create, list, delete, set-quota)");
+}
+
+}  // namespace
+}  // namespace kvkeep
+
+int main(int argc, char** argv) { return kvkeep::Run(argc, argv); }

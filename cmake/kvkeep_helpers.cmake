@@ -1,0 +1,17 @@
+# kvkeep_test(NAME SOURCES... [LIBS ...] [LABELS ...])
+# One GoogleTest binary registered with CTest. Tests sit beside the code they test.
+function(kvkeep_test name)
+  cmake_parse_arguments(T "" "" "SOURCES;LIBS;LABELS" ${ARGN})
+  if(NOT KVKEEP_BUILD_TESTS)
+    return()
+  endif()
+  add_executable(${name} ${T_SOURCES} ${T_UNPARSED_ARGUMENTS})
+  set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+  target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gtest GTest::gmock GTest::gtest_main)
+  set(labels unit)
+  if(T_LABELS)
+    set(labels ${T_LABELS})
+  endif()
+  gtest_discover_tests(${name} PROPERTIES LABELS "${labels}" TIMEOUT 120
+                       DISCOVERY_TIMEOUT 60)
+endfunction()

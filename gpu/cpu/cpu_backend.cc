@@ -1,0 +1,148 @@
+#include "gpu/cpu/cpu_backend.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+
+namespace kvkeep {
+namespace {
+
+std::string RandomHex(int bytes) {
+  std::random_device rd;  // /dev/urandom on Linux
+  static const char* kDigits = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < bytes; i += 4) {
+    uint32_t v = rd();
+    for (int b = 0; b < 4 && i + b < bytes; ++b) {
+      out.push_back(kDigits[(v >> (8 * b + 4)) & 0xf]);
+      out.push_back(kDigits[(v >> (8 * b)) & 0xf]);
+    }
+  }
+  return out;
+}
+
+class ShmArena final : public Arena {
+ public:
+  ShmArena(ArenaHandle handle, void* data) : handle_(std::move(handle)), data_(data) {}
+  ~ShmArena() override {
+    munmap(data_, handle_.size_bytes);
+    shm_unlink(handle_.handle.c_str());
+  }
+  const ArenaHandle& handle() const override { return handle_; }
+  uint8_t* data() const { return static_cast<uint8_t*>(data_); }
+
+ private:
+  const ArenaHandle handle_;
+  void* const data_;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(std::string prefix) : prefix_(std::move(prefix)) {}
+
+  std::string name() const override { return "cpu"; }
+
+  absl::StatusOr<std::unique_ptr<Arena>> CreateArena(std::size_t bytes) override {
+    if (bytes == 0) return absl::InvalidArgumentError("arena size must be > 0");
+    std::string name = absl::StrCat("/", prefix_, ".", RandomHex(16));
+    int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("shm_open(", name, ") failed: ", std::strerror(errno)));
+    }
+    // fchmod as well: the umask must not widen or narrow what we promise (0600).
+    if (fchmod(fd, 0600) != 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+      int err = errno;
+      close(fd);
+      shm_unlink(name.c_str());
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot size shared memory arena of ", bytes, " bytes: ", std::strerror(err)));
+    }
+    void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (data == MAP_FAILED) {
+      int err = errno;
+      shm_unlink(name.c_str());
+      return absl::ResourceExhaustedError(
+          absl::StrCat("mmap of ", bytes, " bytes failed: ", std::strerror(err)));
+    }
+    ArenaHandle handle;
+    handle.kind = ArenaExportKind::kHostShm;
+    handle.handle = name;
+    handle.size_bytes = bytes;
+    return std::make_unique<ShmArena>(std::move(handle), data);
+  }
+
+  absl::Status Write(Arena& arena, std::size_t offset, const void* src, std::size_t n) override {
+    auto& a = static_cast<ShmArena&>(arena);
+    if (!RangeInside(a.size(), offset, n)) {
+      return absl::OutOfRangeError(absl::StrCat("write of ", n, " bytes at ", offset,
+                                                " outside arena of ", a.size(), " bytes"));
+    }
+    std::memcpy(a.data() + offset, src, n);
+    return absl::OkStatus();
+  }
+
+  absl::Status Read(const Arena& arena, std::size_t offset, void* dst,
+                    std::size_t n) const override {
+    auto& a = static_cast<const ShmArena&>(arena);
+    if (!RangeInside(a.size(), offset, n)) {
+      return absl::OutOfRangeError(absl::StrCat("read of ", n, " bytes at ", offset,
+                                                " outside arena of ", a.size(), " bytes"));
+    }
+    std::memcpy(dst, a.data() + offset, n);
+    return absl::OkStatus();
+  }
+
+  absl::Status Copy(const Arena& src, std::size_t src_offset, Arena& dst, std::size_t dst_offset,
+                    std::size_t n) override {
+    auto& s = static_cast<const ShmArena&>(src);
+    auto& d = static_cast<ShmArena&>(dst);
+    if (!RangeInside(s.size(), src_offset, n) || !RangeInside(d.size(), dst_offset, n)) {
+      return absl::OutOfRangeError("copy outside arena bounds");
+    }
+    std::memmove(d.data() + dst_offset, s.data() + src_offset, n);
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::string prefix_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options) {
+  if (options.shm_prefix.empty() || options.shm_prefix.find('/') != std::string::npos) {
+    return absl::InvalidArgumentError("shm prefix must be non-empty and contain no '/'");
+  }
+  return std::unique_ptr<Backend>(new CpuBackend(options.shm_prefix));
+}
+
+int RemoveStaleArenas(const std::string& shm_prefix) {
+  int removed = 0;
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return 0;
+  const std::string lead = shm_prefix + ".";
+  while (dirent* e = readdir(dir)) {
+    std::string name = e->d_name;
+    if (absl::StartsWith(name, lead) && shm_unlink(("/" + name).c_str()) == 0) ++removed;
+  }
+  closedir(dir);
+  return removed;
+}
+
+void* HostArenaData(const Arena& arena) {
+  auto* shm = dynamic_cast<const ShmArena*>(&arena);
+  return shm == nullptr ? nullptr : shm->data();
+}
+
+}  // namespace kvkeep

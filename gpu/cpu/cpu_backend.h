@@ -1,0 +1,26 @@
+// The host backend: arenas are POSIX shared-memory objects with unguessable names and mode 0600,
+// mapped by the daemon and by the owning tenant's workers. Always built; it is also the reference
+// the CUDA backend is checked against.
+#ifndef KVKEEP_GPU_CPU_CPU_BACKEND_H_
+#define KVKEEP_GPU_CPU_CPU_BACKEND_H_
+
+#include <memory>
+#include <string>
+
+#include "gpu/backend.h"
+
+namespace kvkeep {
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options);
+
+// Unlinks "/dev/shm/<prefix>.*" objects left behind by a daemon that died with this prefix.
+// Returns how many were removed.
+int RemoveStaleArenas(const std::string& shm_prefix);
+
+// Host pointer of a host-backend arena (for the client library's tests and for the CPU scorers);
+// nullptr when `arena` is not a host arena.
+void* HostArenaData(const Arena& arena);
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_GPU_CPU_CPU_BACKEND_H_

@@ -1,0 +1,89 @@
+#include "gpu/cpu/cpu_backend.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+#include "common/status_matchers.h"
+#include "gtest/gtest.h"
+
+namespace kvkeep {
+namespace {
+
+using ::kvkeep::testing::StatusIs;
+
+TEST(CpuBackendTest, ArenaIsPrivateSharedMemoryWithUnguessableName) {
+  ASSERT_OK_AND_ASSIGN(auto backend, CreateBackend({.kind = BackendKind::kCpu,
+                                                    .shm_prefix = "kvkeep-test"}));
+  ASSERT_OK_AND_ASSIGN(auto a, backend->CreateArena(1 << 20));
+  ASSERT_OK_AND_ASSIGN(auto b, backend->CreateArena(1 << 20));
+  EXPECT_NE(a->handle().handle, b->handle().handle);
+  // "/kvkeep-test." + 32 hex digits.
+  EXPECT_EQ(a->handle().handle.size(), std::string("/kvkeep-test.").size() + 32);
+
+  struct stat st;
+  ASSERT_EQ(stat(("/dev/shm" + a->handle().handle).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(static_cast<std::size_t>(st.st_size), a->size());
+}
+
+TEST(CpuBackendTest, BytesWrittenAreSeenThroughAnotherMapping) {
+  ASSERT_OK_AND_ASSIGN(auto backend, CreateBackend({.kind = BackendKind::kCpu,
+                                                    .shm_prefix = "kvkeep-test"}));
+  ASSERT_OK_AND_ASSIGN(auto arena, backend->CreateArena(8192));
+  std::vector<uint8_t> data(100);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + 1);
+  ASSERT_OK(backend->Write(*arena, 4000, data.data(), data.size()));
+
+  int fd = shm_open(arena->handle().handle.c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  auto* mapped = static_cast<uint8_t*>(mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  close(fd);
+  ASSERT_NE(mapped, MAP_FAILED);
+  EXPECT_EQ(std::memcmp(mapped + 4000, data.data(), data.size()), 0);
+  mapped[10] = 42;  // a worker writing in place
+  uint8_t back = 0;
+  ASSERT_OK(backend->Read(*arena, 10, &back, 1));
+  EXPECT_EQ(back, 42);
+  munmap(mapped, 8192);
+}
+
+TEST(CpuBackendTest, OutOfBoundsAccessIsRejected) {
+  ASSERT_OK_AND_ASSIGN(auto backend, CreateBackend({.kind = BackendKind::kCpu,
+                                                    .shm_prefix = "kvkeep-test"}));
+  ASSERT_OK_AND_ASSIGN(auto arena, backend->CreateArena(4096));
+  uint8_t buf[16] = {};
+  EXPECT_THAT(backend->Write(*arena, 4090, buf, 16), StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_THAT(backend->Read(*arena, SIZE_MAX - 4, buf, 16), StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_THAT(backend->CreateArena(0), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(CpuBackendTest, DestroyingArenaUnlinksItAndStaleOnesAreRemoved) {
+  ASSERT_OK_AND_ASSIGN(auto backend, CreateBackend({.kind = BackendKind::kCpu,
+                                                    .shm_prefix = "kvkeep-stale"}));
+  std::string name;
+  {
+    ASSERT_OK_AND_ASSIGN(auto arena, backend->CreateArena(4096));
+    name = arena->handle().handle;
+  }
+  EXPECT_LT(shm_open(name.c_str(), O_RDONLY, 0), 0);
+
+  int fd = shm_open("/kvkeep-stale.deadbeef", O_CREAT | O_RDWR, 0600);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  EXPECT_EQ(RemoveStaleArenas("kvkeep-stale"), 1);
+  EXPECT_LT(shm_open("/kvkeep-stale.deadbeef", O_RDONLY, 0), 0);
+}
+
+TEST(CpuBackendTest, CudaIsUnimplementedWithoutCuda) {
+  EXPECT_THAT(CreateBackend({.kind = BackendKind::kCuda}),
+              StatusIs(absl::StatusCode::kUnimplemented));
+  EXPECT_THAT(ParseBackendKind("tpu"), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace kvkeep

@@ -1,0 +1,55 @@
+#include "service/admin_service.h"
+
+#include "common/grpc_status.h"
+#include "service/request_auth.h"
+
+namespace kvkeep {
+
+template <typename Reply, typename Fn>
+grpc::ServerUnaryReactor* AdminService::Unary(grpc::CallbackServerContext* context, Reply* reply,
+                                              Fn fn) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status auth = AuthenticateAdmin(*context, *engine_, admin_token_hash_);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpcStatus(auth));
+    return reactor;
+  }
+  absl::StatusOr<Reply> result = fn();
+  if (result.ok()) *reply = std::move(*result);
+  reactor->Finish(ToGrpcStatus(result.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* context,
+                                                  const v1::GetStatusRequest*,
+                                                  v1::DaemonStatus* reply) {
+  return Unary(context, reply, [&] { return absl::StatusOr<v1::DaemonStatus>(engine_->Status()); });
+}
+
+grpc::ServerUnaryReactor* AdminService::CreateTenant(grpc::CallbackServerContext* context,
+                                                     const v1::CreateTenantRequest* request,
+                                                     v1::CreateTenantReply* reply) {
+  return Unary(context, reply, [&] { return engine_->CreateTenant(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::ListTenants(grpc::CallbackServerContext* context,
+                                                    const v1::ListTenantsRequest*,
+                                                    v1::ListTenantsReply* reply) {
+  return Unary(context, reply,
+               [&] { return absl::StatusOr<v1::ListTenantsReply>(engine_->ListTenants()); });
+}
+
+grpc::ServerUnaryReactor* AdminService::DeleteTenant(grpc::CallbackServerContext* context,
+                                                     const v1::DeleteTenantRequest* request,
+                                                     v1::DeleteTenantReply* reply) {
+  return Unary(context, reply,
+               [&] { return engine_->DeleteTenant(request->name(), request->force()); });
+}
+
+grpc::ServerUnaryReactor* AdminService::SetQuota(grpc::CallbackServerContext* context,
+                                                 const v1::SetQuotaRequest* request,
+                                                 v1::TenantInfo* reply) {
+  return Unary(context, reply, [&] { return engine_->SetQuota(*request); });
+}
+
+}  // namespace kvkeep

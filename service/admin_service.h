@@ -1,0 +1,44 @@
+// The operator API (kvkeep.v1.Admin): admin token only.
+#ifndef KVKEEP_SERVICE_ADMIN_SERVICE_H_
+#define KVKEEP_SERVICE_ADMIN_SERVICE_H_
+
+#include <string>
+
+#include "kvkeep/v1/admin.grpc.pb.h"
+#include "service/cache_engine.h"
+
+namespace kvkeep {
+
+class AdminService final : public v1::Admin::CallbackService {
+ public:
+  // `engine` must outlive the service.
+  AdminService(CacheEngine* engine, std::string admin_token_hash)
+      : engine_(engine), admin_token_hash_(std::move(admin_token_hash)) {}
+
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
+                                      const v1::GetStatusRequest* request,
+                                      v1::DaemonStatus* reply) override;
+  grpc::ServerUnaryReactor* CreateTenant(grpc::CallbackServerContext* context,
+                                         const v1::CreateTenantRequest* request,
+                                         v1::CreateTenantReply* reply) override;
+  grpc::ServerUnaryReactor* ListTenants(grpc::CallbackServerContext* context,
+                                        const v1::ListTenantsRequest* request,
+                                        v1::ListTenantsReply* reply) override;
+  grpc::ServerUnaryReactor* DeleteTenant(grpc::CallbackServerContext* context,
+                                         const v1::DeleteTenantRequest* request,
+                                         v1::DeleteTenantReply* reply) override;
+  grpc::ServerUnaryReactor* SetQuota(grpc::CallbackServerContext* context,
+                                     const v1::SetQuotaRequest* request,
+                                     v1::TenantInfo* reply) override;
+
+ private:
+  template <typename Reply, typename Fn>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
+
+  CacheEngine* const engine_;
+  const std::string admin_token_hash_;
+};
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_SERVICE_ADMIN_SERVICE_H_

@@ -1,0 +1,188 @@
+// The daemon's state and rules: tenants, worker sessions, models, sequences and their pages.
+//
+// Every method takes the caller's tenant (already authenticated by the RPC layer) and checks every
+// id against it; a sequence or session of another tenant is NOT_FOUND, an arena or page of another
+// tenant PERMISSION_DENIED. Every request is validated before anything changes: a failed call
+// leaves the state as it was.
+//
+//   ASSIGN_OR_RETURN(auto engine, CacheEngine::Create(backend.get(), store.get(), options));
+//   ASSIGN_OR_RETURN(std::string tenant, engine->AuthenticateTenant(token));
+//   ASSIGN_OR_RETURN(auto attached, engine->Attach(tenant, "worker-0", sink));
+//
+// Thread-safe. Lock order: Sequence::mu -> CacheEngine::mu_ -> PagePool::mu_.
+#ifndef KVKEEP_SERVICE_CACHE_ENGINE_H_
+#define KVKEEP_SERVICE_CACHE_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "kvkeep/v1/admin.pb.h"
+#include "kvkeep/v1/kvcache.pb.h"
+#include "kvkeep/v1/records.pb.h"
+#include "service/model_layout.h"
+#include "service/page_pool.h"
+#include "service/sequence_table.h"
+#include "service/session_sink.h"
+#include "service/storage/metadata_store.h"
+
+namespace kvkeep {
+
+struct EngineOptions {
+  PoolOptions pool;
+  uint64_t max_message_bytes = 4 << 20;  // Default: gRPC's 4 MiB
+  uint32_t max_tokens_per_allocation = 1u << 20;  // Default: 1M tokens per AllocatePages call
+};
+
+// Fills an ArenaExport from what the pool knows.
+void ToProto(const ArenaInfo& info, v1::ArenaExport* out);
+
+class CacheEngine {
+ public:
+  // Restores tenants and models from `store`. `backend` and `store` must outlive the engine.
+  static absl::StatusOr<std::unique_ptr<CacheEngine>> Create(Backend* backend,
+                                                             MetadataStore* store,
+                                                             EngineOptions options);
+  ~CacheEngine();
+
+  // The tenant owning `token`; UNAUTHENTICATED when no tenant has it.
+  absl::StatusOr<std::string> AuthenticateTenant(const std::string& token) const;
+
+  // ---- Admin -------------------------------------------------------------------------------
+  absl::StatusOr<v1::CreateTenantReply> CreateTenant(const v1::CreateTenantRequest& request);
+  v1::ListTenantsReply ListTenants() const;
+  absl::StatusOr<v1::DeleteTenantReply> DeleteTenant(const std::string& name, bool force);
+  absl::StatusOr<v1::TenantInfo> SetQuota(const v1::SetQuotaRequest& request);
+  v1::DaemonStatus Status() const;
+
+  // ---- Sessions ----------------------------------------------------------------------------
+  struct Attached {
+    std::string session_id;
+    std::vector<ArenaInfo> arenas;
+    std::string superseded_session_id;
+    uint32_t adopted_sequences = 0;
+  };
+  // Opens a session. A live session of the same tenant and worker name is ended (its sink gets
+  // ABORTED) and its sequences and leases move to the new one. `sink` must stay valid until
+  // EndSession(session_id) returns.
+  absl::StatusOr<Attached> Attach(const std::string& tenant, const std::string& worker_name,
+                                  SessionSink* sink);
+  // Ends a session: its leases are released and the sequences it created without `retain` are
+  // dropped (unless another session leases them). No-op for an unknown or superseded session.
+  void EndSession(const std::string& session_id);
+  // Ends every session with `status` (daemon shutdown).
+  void EndAllSessions(const absl::Status& status);
+
+  // ---- Worker API --------------------------------------------------------------------------
+  absl::StatusOr<v1::RegisterModelReply> RegisterModel(const std::string& tenant, Model model);
+  absl::StatusOr<v1::ArenaExport> GetArena(const std::string& tenant, uint32_t arena_id) const;
+  absl::StatusOr<v1::PageTable> CreateSequence(const std::string& tenant,
+                                               const v1::CreateSequenceRequest& request);
+  absl::StatusOr<v1::PageTableDelta> AllocatePages(const std::string& tenant,
+                                                   const v1::AllocateRequest& request);
+  absl::StatusOr<v1::CommitReply> CommitTokens(const std::string& tenant,
+                                               const v1::CommitRequest& request);
+  // Writes one chunk of the bytes path.
+  absl::Status WriteChunk(const std::string& tenant, const v1::KvChunk& chunk);
+  absl::StatusOr<v1::PageTable> GetSequence(const std::string& tenant,
+                                            const std::string& sequence_id, bool with_positions);
+  absl::StatusOr<v1::PageTable> Acquire(const std::string& tenant, const v1::AcquireRequest& r);
+  absl::StatusOr<v1::ReleaseReply> Release(const std::string& tenant, const v1::ReleaseRequest& r);
+  absl::StatusOr<v1::DropReply> Drop(const std::string& tenant, const v1::DropRequest& r);
+
+  // ReadKV as a cursor: each Next() fills one chunk of at most the requested size; returns false
+  // when done. Created after validating the request.
+  class ReadCursor {
+   public:
+    virtual ~ReadCursor() = default;
+    virtual absl::StatusOr<bool> Next(v1::KvChunk* chunk) = 0;
+  };
+  absl::StatusOr<std::unique_ptr<ReadCursor>> OpenRead(const std::string& tenant,
+                                                       const v1::ReadRequest& request);
+
+  uint64_t max_message_bytes() const { return options_.max_message_bytes; }
+  const PagePool& pool() const { return pool_; }
+
+  // A sequence: its table (under mu) and its ownership (under the engine's mu_).
+  struct Sequence {
+    Sequence(std::string id, std::string tenant, std::shared_ptr<const Model> model)
+        : id(std::move(id)), tenant(std::move(tenant)), model(std::move(model)),
+          table(this->model->head_tables(), this->model->geometry().tokens_per_page) {}
+    // Constant after construction.
+    const std::string id;
+    const std::string tenant;
+    const std::shared_ptr<const Model> model;
+
+    absl::Mutex mu;
+    SequenceTable table ABSL_GUARDED_BY(mu);
+    bool dropped ABSL_GUARDED_BY(mu) = false;
+
+    // Protected by CacheEngine::mu_.
+    std::string owner_session;                 // empty once its session ended
+    absl::flat_hash_set<std::string> leases;   // sessions holding a lease
+    bool retain = false;
+    absl::Time last_access;
+  };
+
+ private:
+  struct Tenant {
+    v1::TenantRecord record;
+    uint64_t used_bytes = 0;
+    uint64_t used_pages = 0;
+    absl::flat_hash_set<std::string> sessions;
+    absl::flat_hash_map<std::string, std::shared_ptr<Sequence>> sequences;
+    absl::flat_hash_map<std::string, std::shared_ptr<const Model>> models;
+  };
+  struct Session {
+    std::string id;
+    std::string tenant;
+    std::string worker_name;
+    SessionSink* sink = nullptr;
+    absl::flat_hash_set<std::string> owned;   // sequences it created (and still owns)
+    absl::flat_hash_set<std::string> leased;  // sequences it holds a lease on
+  };
+
+  CacheEngine(Backend* backend, MetadataStore* store, EngineOptions options);
+  absl::Status Load();
+
+  // The tenant's sequence; NOT_FOUND otherwise.
+  absl::StatusOr<std::shared_ptr<Sequence>> FindSequence(const std::string& tenant,
+                                                         const std::string& id) const;
+  // A live session of `tenant`; NOT_FOUND otherwise.
+  absl::StatusOr<Session*> FindSessionLocked(const std::string& tenant, const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops a sequence whose caller holds seq->mu; removes it from the maps and frees its pages.
+  absl::StatusOr<v1::DropReply> DropHeld(Sequence* seq, const std::string& caller_session,
+                                         bool force) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  void EndSessionLocked(const std::string& session_id, std::vector<std::shared_ptr<Sequence>>* drop)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropOrphans(const std::vector<std::shared_ptr<Sequence>>& drop);
+  v1::TenantInfo TenantInfoLocked(const Tenant& t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TableToProto(const Sequence& seq, bool with_positions, v1::PageTable* out) const
+      ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+
+  // Constant after construction.
+  Backend* const backend_;
+  MetadataStore* const store_;
+  const EngineOptions options_;
+  const absl::Time started_;
+  PagePool pool_;
+
+  mutable absl::Mutex mu_;
+  // Protected by mu_.
+  absl::flat_hash_map<std::string, Tenant> tenants_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::string> token_to_tenant_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Σ tenants' used_bytes
+};
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_SERVICE_CACHE_ENGINE_H_

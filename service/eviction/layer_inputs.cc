@@ -1,0 +1,252 @@
+#include "service/eviction/layer_inputs.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvkeep::eviction {
+namespace {
+
+inline int32_t PositionOf(const HeadKV& h, int j) { return h.positions ? h.positions[j] : j; }
+
+// Index of the first non-finite entry, or -1. x * 0 is (+-)0 for finite x and NaN for NaN/Inf, so a
+// block whose lanes sum to 0 is clean: the common case is one vectorised pass; the slow path only
+// locates the culprit.
+template <typename T>
+int64_t FirstNonFinite(const T* x, int64_t count) {
+  constexpr int64_t kBlock = 1024;
+  for (int64_t start = 0; start < count; start += kBlock) {
+    const int64_t end = std::min(count, start + kBlock);
+    T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = start;
+    for (; i + 8 <= end; i += 8) {
+      for (int l = 0; l < 8; ++l) acc[l] += x[i + l] * T(0);
+    }
+    T tail = 0;
+    for (; i < end; ++i) tail += x[i] * T(0);
+    T total = tail;
+    for (int l = 0; l < 8; ++l) total += acc[l];
+    if (total != T(0)) {  // x * 0 is 0 for finite x and NaN for NaN/Inf.
+      for (int64_t k = start; k < end; ++k) {
+        if (!std::isfinite(x[k])) return k;
+      }
+    }
+  }
+  return -1;
+}
+
+template <typename T>
+absl::Status CheckFinite(const T* x, int64_t count, absl::string_view what) {
+  const int64_t bad = FirstNonFinite(x, count);
+  if (bad >= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " holds a non-finite value (", static_cast<double>(x[bad]),
+                     ") at flat index ", bad));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Missing(const Policy& policy, absl::string_view what) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "scorer \"", ScorerName(policy.scorer), "\" needs ", what, ", which was not sent"));
+}
+
+}  // namespace
+
+int64_t EffectiveNextPosition(const LayerInputs& in) {
+  if (in.next_position != 0) return in.next_position;
+  int64_t next = 0;
+  for (const HeadKV& h : in.heads) {
+    if (h.n > 0) next = std::max<int64_t>(next, int64_t{PositionOf(h, h.n - 1)} + 1);
+  }
+  return next;
+}
+
+int EffectiveRotaryDim(const LayerInputs& in) {
+  return in.rope.rotary_dim == 0 ? in.head_dim : in.rope.rotary_dim;
+}
+
+absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy) {
+  const Needs needs = ScorerNeeds(policy.scorer);
+  if (in.q_heads <= 0 || in.kv_heads <= 0 || in.head_dim <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "q_heads (", in.q_heads, "), kv_heads (", in.kv_heads, ") and head_dim (", in.head_dim,
+        ") must be > 0"));
+  }
+  if (in.q_heads % in.kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("q_heads (", in.q_heads,
+                                                   ") is not a multiple of kv_heads (",
+                                                   in.kv_heads, ")"));
+  }
+  if (static_cast<int>(in.heads.size()) != in.kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("heads has ", in.heads.size(),
+                                                   " entries, expected kv_heads = ", in.kv_heads));
+  }
+  const int d = in.head_dim;
+  const int rd = EffectiveRotaryDim(in);
+  if (rd < 0 || rd > d || rd % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rope.rotary_dim (", in.rope.rotary_dim, ") must be even and <= head_dim (", d, ")"));
+  }
+  if (!in.rope.inv_freq.empty()) {
+    if (static_cast<int>(in.rope.inv_freq.size()) != rd / 2) {
+      return absl::InvalidArgumentError(absl::StrCat("rope.inv_freq has ", in.rope.inv_freq.size(),
+                                                     " entries, expected rotary_dim / 2 = ", rd / 2));
+    }
+    if (absl::Status s = CheckFinite(in.rope.inv_freq.data(),
+                                     static_cast<int64_t>(in.rope.inv_freq.size()), "rope.inv_freq");
+        !s.ok()) {
+      return s;
+    }
+  } else if (!(in.rope.theta > 0) || std::isinf(in.rope.theta)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rope.theta must be finite and > 0, got ", in.rope.theta));
+  }
+
+  int64_t max_position = -1;
+  for (int g = 0; g < in.kv_heads; ++g) {
+    const HeadKV& h = in.heads[g];
+    if (h.n < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].n is negative (", h.n, ")"));
+    }
+    if (h.n == 0) continue;
+    if (needs.keys && h.keys == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].keys is null with n = ", h.n,
+                                                     " (scorer \"", ScorerName(policy.scorer),
+                                                     "\" reads keys)"));
+    }
+    if (needs.values && h.values == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].values is null with n = ", h.n,
+                                                     " (scorer \"", ScorerName(policy.scorer),
+                                                     "\" reads values)"));
+    }
+    if (h.positions != nullptr) {
+      if (h.positions[0] < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("heads[", g, "].positions[0] is negative (", h.positions[0], ")"));
+      }
+      for (int j = 1; j < h.n; ++j) {
+        if (h.positions[j] <= h.positions[j - 1]) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "heads[", g, "].positions are not strictly ascending at index ", j, " (",
+              h.positions[j - 1], " then ", h.positions[j], ")"));
+        }
+      }
+    }
+    max_position = std::max<int64_t>(max_position, PositionOf(h, h.n - 1));
+    const int64_t count = static_cast<int64_t>(h.n) * d;
+    if (needs.keys) {
+      if (absl::Status s = CheckFinite(h.keys, count, absl::StrCat("heads[", g, "].keys"));
+          !s.ok()) {
+        return s;
+      }
+    }
+    if (needs.values) {
+      if (absl::Status s = CheckFinite(h.values, count, absl::StrCat("heads[", g, "].values"));
+          !s.ok()) {
+        return s;
+      }
+    }
+  }
+  if (in.next_position < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("next_position must be >= 0, got ", in.next_position));
+  }
+  if (in.next_position != 0 && in.next_position <= max_position) {
+    return absl::InvalidArgumentError(absl::StrCat("next_position (", in.next_position,
+                                                   ") must exceed the largest cached position (",
+                                                   max_position, ")"));
+  }
+  const int64_t next = EffectiveNextPosition(in);
+  const int64_t qd = static_cast<int64_t>(in.q_heads) * d;
+
+  // Window queries.
+  if (!in.window_queries.empty() || in.window != 0) {
+    if (in.window <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("window must be > 0 when window_queries are sent, got ", in.window));
+    }
+    if (static_cast<int64_t>(in.window_queries.size()) != qd * in.window) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "window_queries has ", in.window_queries.size(), " floats, expected q_heads * window * "
+          "head_dim = ", qd * in.window));
+    }
+    if (in.window > next) {
+      return absl::InvalidArgumentError(absl::StrCat("window (", in.window,
+                                                     ") exceeds next_position (", next, ")"));
+    }
+    if (absl::Status s = CheckFinite(in.window_queries.data(),
+                                     static_cast<int64_t>(in.window_queries.size()),
+                                     "window_queries");
+        !s.ok()) {
+      return s;
+    }
+  } else if (needs.window_queries) {
+    return Missing(policy, "window_queries (window > 0)");
+  }
+
+  // Query moments.
+  if (!in.query_sum.empty()) {
+    if (static_cast<int64_t>(in.query_sum.size()) != qd) {
+      return absl::InvalidArgumentError(absl::StrCat("query_sum has ", in.query_sum.size(),
+                                                     " entries, expected q_heads * head_dim = ", qd));
+    }
+    if (in.query_count <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("query_count must be > 0 when query_sum is sent, got ", in.query_count));
+    }
+    if (absl::Status s = CheckFinite(in.query_sum.data(), qd, "query_sum"); !s.ok()) return s;
+  } else if (needs.query_moments) {
+    return Missing(policy, "query moments (query_sum, query_count)");
+  }
+  if (!in.query_sq_sum.empty()) {
+    if (in.query_sum.empty()) {
+      return absl::InvalidArgumentError("query_sq_sum was sent without query_sum");
+    }
+    if (static_cast<int64_t>(in.query_sq_sum.size()) != qd) {
+      return absl::InvalidArgumentError(absl::StrCat("query_sq_sum has ", in.query_sq_sum.size(),
+                                                     " entries, expected q_heads * head_dim = ", qd));
+    }
+    if (absl::Status s = CheckFinite(in.query_sq_sum.data(), qd, "query_sq_sum"); !s.ok()) return s;
+  }
+
+  // Attention mass.
+  if (!in.attention_mass.empty()) {
+    if (static_cast<int>(in.attention_mass.size()) != in.q_heads) {
+      return absl::InvalidArgumentError(absl::StrCat("attention_mass has ", in.attention_mass.size(),
+                                                     " rows, expected q_heads = ", in.q_heads));
+    }
+    const int group = in.q_heads / in.kv_heads;
+    for (int h = 0; h < in.q_heads; ++h) {
+      const std::vector<float>& m = in.attention_mass[h];
+      const int n = in.heads[h / group].n;
+      if (static_cast<int>(m.size()) != n) {
+        return absl::InvalidArgumentError(absl::StrCat("attention_mass[", h, "] has ", m.size(),
+                                                       " entries, expected heads[", h / group,
+                                                       "].n = ", n));
+      }
+      if (absl::Status s = CheckFinite(m.data(), static_cast<int64_t>(m.size()),
+                                       absl::StrCat("attention_mass[", h, "]"));
+          !s.ok()) {
+        return s;
+      }
+    }
+  } else if (needs.attention_mass) {
+    return Missing(policy, "attention_mass");
+  }
+
+  // W_O Grams.
+  if (!in.wo_gram.empty()) {
+    if (static_cast<int64_t>(in.wo_gram.size()) != qd * d) {
+      return absl::InvalidArgumentError(absl::StrCat("wo_gram has ", in.wo_gram.size(),
+                                                     " floats, expected q_heads * head_dim^2 = ",
+                                                     qd * d));
+    }
+    if (absl::Status s = CheckFinite(in.wo_gram.data(), qd * d, "wo_gram"); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvkeep::eviction

@@ -1,0 +1,78 @@
+// What a scorer sees of one layer of one sequence: the cached keys/values of each KV head (borrowed,
+// float32) and the optional statistics the worker sends with a Compress (window queries, query
+// moments, attention mass, W_O Grams).
+//
+//   LayerInputs in{.q_heads = 32, .kv_heads = 8, .head_dim = 128};
+//   in.heads.resize(8);
+//   in.heads[g] = HeadKV{.n = n, .keys = k_ptr, .values = v_ptr};
+//   in.rope.theta = 5e5;
+//   in.next_position = n;
+//   RETURN_IF_ERROR(ValidateLayerInputs(in, policy));
+#ifndef KVKEEP_SERVICE_EVICTION_LAYER_INPUTS_H_
+#define KVKEEP_SERVICE_EVICTION_LAYER_INPUTS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "service/eviction/policy.h"
+
+namespace kvkeep::eviction {
+
+struct RopeSpec {
+  double theta = 10000.0;        // Default: 10000.
+  int rotary_dim = 0;            // Default: 0 = head_dim. Even, <= head_dim.
+  bool interleaved = false;      // Default: false. true: pairs (2i, 2i+1) (GPT-J);
+                                 // false: half-split (i, i + rotary_dim/2) (Llama / NeoX).
+  std::vector<float> inv_freq;   // Optional explicit table (rotary_dim / 2 entries) overriding theta
+                                 // (e.g. Llama 3 frequency scaling).
+};
+
+// One KV head of one layer; float32 row-major; the pointers are borrowed and must stay valid for
+// the duration of the call that reads them.
+struct HeadKV {
+  int n = 0;                            // cached tokens of this head (heads may differ after ada)
+  const float* keys = nullptr;          // [n][head_dim], post-RoPE
+  const float* values = nullptr;        // [n][head_dim]
+  const int32_t* positions = nullptr;   // [n] original positions, strictly ascending;
+                                        // nullptr = 0..n-1
+};
+
+struct LayerInputs {
+  int q_heads = 0, kv_heads = 0, head_dim = 0;  // q_heads % kv_heads == 0
+  int layer_index = 0;                          // layer of the sequence (mixes into `random`)
+  std::vector<HeadKV> heads;                    // kv_heads entries
+  RopeSpec rope;
+  // Position of the next token to be generated. 0 = one past the largest cached position.
+  int64_t next_position = 0;
+  // Optional statistics (empty = not sent):
+  int window = 0;                               // number of window queries
+  std::vector<float> window_queries;            // [q_heads][window][head_dim], post-RoPE; query i is
+                                                // at position next_position - window + i and sees
+                                                // the keys whose position is <= its own
+  std::vector<double> query_sum;                // [q_heads][head_dim] sum of pre-RoPE queries
+                                                // (sinks excluded)
+  int64_t query_count = 0;                      // number of queries summed, > 0 when sent
+  std::vector<double> query_sq_sum;             // optional [q_heads][head_dim] sum of squares
+                                                // (diagonal second moment, for `expected`)
+  std::vector<std::vector<float>> attention_mass;  // [q_heads] each of length heads[h / G].n:
+                                                   // Σ_i A[i, j]
+  std::vector<float> wo_gram;                   // optional [q_heads][head_dim][head_dim]
+                                                // = W_O^h W_O^hᵀ; empty = identity
+};
+
+// Checks `in` for `policy.scorer`:
+//   INVALID_ARGUMENT     inconsistent shapes (head counts, sizes of the statistics, null pointers
+//                        with n > 0, positions not strictly ascending or beyond next_position, bad
+//                        RoPE spec) or a NaN/Inf in anything the scorer reads;
+//   FAILED_PRECONDITION  a statistic the scorer needs (ScorerNeeds) was not sent.
+// Statistics that were sent but are not needed are checked for shape only.
+absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy);
+
+// Effective next position (resolves next_position == 0) and rotary dim (resolves 0).
+int64_t EffectiveNextPosition(const LayerInputs& in);
+int EffectiveRotaryDim(const LayerInputs& in);
+
+}  // namespace kvkeep::eviction
+
+#endif  // KVKEEP_SERVICE_EVICTION_LAYER_INPUTS_H_

@@ -1,0 +1,93 @@
+// Eviction policy: which scorer ranks the cached tokens and how a sequence budget is allocated to
+// layers and KV heads. The maths of each scorer and allocator is specified in
+// shared/docs/algorithms.md; this header only names them and holds their parameters.
+//
+//   ASSIGN_OR_RETURN(ScorerKind kind, ParseScorer("capkv-dot"));
+//   Policy policy{.scorer = kind, .allocation = DefaultAllocation(kind)};
+//   RETURN_IF_ERROR(ValidatePolicy(policy));
+//   if (!ScorerNeeds(kind).values) { ... }
+#ifndef KVKEEP_SERVICE_EVICTION_POLICY_H_
+#define KVKEEP_SERVICE_EVICTION_POLICY_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace kvkeep::eviction {
+
+enum class ScorerKind {
+  kStreaming,    // "streaming": recency (StreamingLLM)
+  kRandom,       // "random": seeded uniform
+  kKnorm,        // "knorm": -||k||
+  kTova,         // "tova": attention of the last window query, mean over all query heads
+  kH2o,          // "h2o": accumulated attention mass
+  kObserved,     // "observed": attention mass / number of queries that could see the token
+  kSnapKv,       // "snapkv": window attention, pooled
+  kExpected,     // "expected": Expected Attention from query moments
+  kCapKv,        // "capkv": ridge leverage, tau * cosine weights (kvpress cap_press.py)
+  kCapKvDot,     // "capkv-dot": ridge leverage, scaled-dot weights (the paper's form)
+  kCapKvGreedy,  // "capkv-greedy": exact greedy log-det maximiser
+  kLaProx,       // "laprox": output-aware, layer-comparable (reconstructed)
+};
+
+enum class Allocation {
+  kUniform,  // "uniform": every (layer, KV head) the same share
+  kAda,      // "ada": uniform across layers, Ada-KV across the heads of a layer
+  kPyramid,  // "pyramid": PyramidKV layer budgets, uniform across the heads of a layer
+  kGlobal,   // "global": one top-k over the whole sequence after per-layer normalisation
+};
+
+struct Policy {
+  ScorerKind scorer = ScorerKind::kSnapKv;  // Default: snapkv.
+  Allocation allocation = Allocation::kUniform;  // Default: uniform (see DefaultAllocation).
+  int sinks = 4;            // Default: 4. First tokens of every head, always kept.
+  int window = 32;          // Default: 32. Last tokens of every head (observation window), always kept.
+  int pool_kernel = 7;      // Default: 7. SnapKV pooling kernel along tokens; odd, >= 1.
+  bool pool_max = true;     // Default: true. SnapKV max pooling (true) or average pooling (false).
+  double ada_alpha = -1;    // Default: -1 = auto: 0.2 with GQA (q_heads > kv_heads), 0.5 otherwise.
+  double pyramid_beta = 20;  // Default: 20. PyramidKV min = b / beta; >= 1.
+  double capkv_tau = 5;     // Default: 5. CapKV cosine temperature; > 0.
+  int rope_horizon = 512;   // Default: 512. R̄ is the RoPE rotation averaged over this many
+                            // positions starting at next_position (expected, capkv*).
+  uint64_t seed = 0;        // Default: 0. Seed of `random`.
+  // capkv-greedy only: stop after this many greedy picks per KV head (the allocation's budget, when
+  // known, makes it O(n·k·d) instead of O(n²·d)). Tokens not picked score their gain at the stop,
+  // which is below every picked token's, so top-k by score is the greedy set for every
+  // k <= greedy_picks. Default: 0 = rank every candidate.
+  int64_t greedy_picks = 0;
+};
+
+// "streaming", "random", "knorm", "tova", "h2o", "observed", "snapkv", "expected", "capkv",
+// "capkv-dot", "capkv-greedy", "laprox". INVALID_ARGUMENT (listing the names) otherwise.
+absl::StatusOr<ScorerKind> ParseScorer(absl::string_view name);
+absl::string_view ScorerName(ScorerKind kind);
+// "uniform", "ada", "pyramid", "global". INVALID_ARGUMENT otherwise.
+absl::StatusOr<Allocation> ParseAllocation(absl::string_view name);
+absl::string_view AllocationName(Allocation allocation);
+
+// The allocation a scorer should use when the user names none: kGlobal for laprox (its scores are
+// comparable across heads and layers), kUniform for every other scorer.
+Allocation DefaultAllocation(ScorerKind kind);
+
+// OK, or INVALID_ARGUMENT naming the first offending field and its value.
+absl::Status ValidatePolicy(const Policy& policy);
+
+// What each scorer reads, so the daemon can reject a Compress whose statistics are missing.
+struct Needs {
+  bool keys = false;
+  bool values = false;
+  bool window_queries = false;  // LayerInputs::window_queries
+  bool query_moments = false;   // LayerInputs::query_sum / query_count (query_sq_sum optional)
+  bool attention_mass = false;  // LayerInputs::attention_mass
+};
+Needs ScorerNeeds(ScorerKind kind);
+
+// Ada floor alpha actually used: policy.ada_alpha when >= 0, else 0.2 when q_heads_per_kv > 1
+// (GQA) and 0.5 otherwise.
+double EffectiveAdaAlpha(const Policy& policy, int q_heads_per_kv);
+
+}  // namespace kvkeep::eviction
+
+#endif  // KVKEEP_SERVICE_EVICTION_POLICY_H_

@@ -1,0 +1,735 @@
+#include "service/eviction/scorers.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "gpu/math/attention_math.h"
+#include "gpu/math/rope_math.h"
+
+namespace kvkeep::eviction {
+namespace {
+
+namespace gm = ::kvkeep::gpu_math;
+
+// Below this many multiply-adds per layer a second worker costs more than it saves.
+constexpr double kParallelWork = 1 << 18;
+
+// Runs fn(index, worker) for index in [0, count) on up to `workers` threads (the caller is worker
+// 0). Heads are dealt round-robin: their sizes are similar.
+template <typename Fn>
+void ParallelFor(int count, int workers, Fn fn) {
+  workers = std::max(1, std::min(workers, count));
+  if (workers == 1) {
+    for (int i = 0; i < count; ++i) fn(i, 0);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(workers - 1);
+  for (int t = 1; t < workers; ++t) {
+    pool.emplace_back([&fn, t, count, workers] {
+      for (int i = t; i < count; i += workers) fn(i, t);
+    });
+  }
+  for (int i = 0; i < count; i += workers) fn(i, 0);
+  for (std::thread& th : pool) th.join();
+}
+
+template <typename T>
+T* Grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+inline int32_t PositionOf(const HeadKV& h, int j) { return h.positions ? h.positions[j] : j; }
+
+// Number of tokens of `h` whose position is <= pos (positions ascend).
+int VisibleCount(const HeadKV& h, int64_t pos) {
+  if (h.positions == nullptr) return static_cast<int>(std::clamp<int64_t>(pos + 1, 0, h.n));
+  return static_cast<int>(std::upper_bound(h.positions, h.positions + h.n, pos) - h.positions);
+}
+
+// Sets s[j] for j outside [begin, end) to the maximum over [begin, end) (0 when empty).
+void FillUndefinedWithMax(std::vector<float>& s, int begin, int end) {
+  float m = 0.0f;
+  if (end > begin) m = *std::max_element(s.begin() + begin, s.begin() + end);
+  std::fill(s.begin(), s.begin() + begin, m);
+  std::fill(s.begin() + end, s.end(), m);
+}
+
+// Everything a scorer needs about the layer, resolved once.
+struct Ctx {
+  const Policy& policy;
+  const LayerInputs& in;
+  int group;      // q heads per KV head
+  int d;
+  int64_t next;   // effective next position
+  float inv_sqrt_d;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Window attention (snapkv, laprox, tova).
+
+// Turns rows of logits (row i for a query at position qpos0 + i * qpos_step) into softmax
+// probabilities over the keys that query sees; keys beyond its position get 0.
+void SoftmaxRows(const HeadKV& h, float* p, int rows, int64_t qpos0, int qpos_step) {
+  const int n = h.n;
+  for (int i = 0; i < rows; ++i) {
+    float* row = p + static_cast<size_t>(i) * n;
+    const int len = VisibleCount(h, qpos0 + static_cast<int64_t>(i) * qpos_step);
+    if (len > 0) {
+      const float m = gm::RowMax(row, len);
+      const double sum = gm::ExpShiftInPlace(row, len, m);
+      const float inv = static_cast<float>(1.0 / sum);
+      for (int j = 0; j < len; ++j) row[j] *= inv;
+    }
+    std::fill(row + len, row + n, 0.0f);
+  }
+}
+
+// P[rows][n] = softmax over visible keys of (Q K^T / sqrt(d)) for `rows` queries (contiguous rows
+// of q), row i at position qpos0 + i * qpos_step.
+void WindowAttention(const Ctx& c, const float* q, int rows, int64_t qpos0, int qpos_step,
+                     const HeadKV& h, float* p) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, h.n, c.d, c.inv_sqrt_d, q, c.d,
+              h.keys, c.d, 0.0f, p, h.n);
+  SoftmaxRows(h, p, rows, qpos0, qpos_step);
+}
+
+const float* WindowQuery(const Ctx& c, int q_head, int i) {
+  return c.in.window_queries.data() +
+         (static_cast<size_t>(q_head) * c.in.window + i) * static_cast<size_t>(c.d);
+}
+
+// The window queries of a group are contiguous ([q_heads][window][d]), so one GEMM of G * w rows
+// scores the whole group and reads the keys once.
+void GroupWindowAttention(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, float** p_out) {
+  const HeadKV& h = c.in.heads[g];
+  const int w = c.in.window;
+  float* p = Grow(sc.f[0], static_cast<size_t>(c.group) * w * h.n);
+  const float* q = WindowQuery(c, g * c.group, 0);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c.group * w, h.n, c.d, c.inv_sqrt_d, q, c.d,
+              h.keys, c.d, 0.0f, p, h.n);
+  for (int r = 0; r < c.group; ++r) {
+    SoftmaxRows(h, p + static_cast<size_t>(r) * w * h.n, w, c.next - w, 1);
+  }
+  *p_out = p;
+}
+
+void ScoreSnapKv(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, std::vector<float>& out) {
+  const HeadKV& h = c.in.heads[g];
+  const int n = h.n;
+  const int w = c.in.window;
+  const int nc = n - std::min(c.policy.window, n);  // pooled range: tokens outside the window
+  float* p;
+  GroupWindowAttention(c, g, sc, &p);
+  float* col = Grow(sc.f[1], static_cast<size_t>(n));
+  std::fill(out.begin(), out.end(), 0.0f);
+  const float inv_w = 1.0f / static_cast<float>(w);
+  const float inv_g = 1.0f / static_cast<float>(c.group);
+  for (int r = 0; r < c.group; ++r) {
+    std::fill(col, col + nc, 0.0f);
+    for (int i = 0; i < w; ++i) {
+      const float* row = p + (static_cast<size_t>(r) * w + i) * n;
+      for (int j = 0; j < nc; ++j) col[j] += row[j];
+    }
+    for (int j = 0; j < nc; ++j) col[j] *= inv_w;
+    for (int j = 0; j < nc; ++j) {
+      out[j] += gm::PoolAt(col, nc, j, c.policy.pool_kernel, c.policy.pool_max) * inv_g;
+    }
+  }
+  FillUndefinedWithMax(out, 0, nc);
+}
+
+void ScoreLaProx(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, std::vector<float>& out) {
+  const HeadKV& h = c.in.heads[g];
+  const int n = h.n;
+  const int d = c.d;
+  const int w = c.in.window;
+  float* p;
+  GroupWindowAttention(c, g, sc, &p);
+  float* col = Grow(sc.f[1], static_cast<size_t>(n));
+  float* vnorm = Grow(sc.f[2], static_cast<size_t>(n));
+  std::fill(out.begin(), out.end(), 0.0f);
+  const bool gram = !c.in.wo_gram.empty();
+  float* vm = gram ? Grow(sc.f[3], static_cast<size_t>(n) * d) : nullptr;
+  if (!gram) {
+    for (int j = 0; j < n; ++j) vnorm[j] = std::sqrt(gm::SquaredNorm(h.values + size_t(j) * d, d));
+  }
+  for (int r = 0; r < c.group; ++r) {
+    const int qh = g * c.group + r;
+    if (gram) {
+      // v_j^T M v_j = row j of (V M) dotted with v_j.
+      const float* m = c.in.wo_gram.data() + static_cast<size_t>(qh) * d * d;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, d, 1.0f, h.values, d, m, d,
+                  0.0f, vm, d);
+      for (int j = 0; j < n; ++j) {
+        const float quad = gm::Dot(vm + size_t(j) * d, h.values + size_t(j) * d, d);
+        vnorm[j] = std::sqrt(std::max(quad, 0.0f));
+      }
+    }
+    std::fill(col, col + n, 0.0f);
+    for (int i = 0; i < w; ++i) {
+      const float* row = p + (static_cast<size_t>(r) * w + i) * n;
+      for (int j = 0; j < n; ++j) col[j] += row[j] * row[j];
+    }
+    for (int j = 0; j < n; ++j) out[j] += std::sqrt(col[j]) * vnorm[j];
+  }
+}
+
+// Attention of the last window query of every query head of KV head g, summed over the group: the
+// group's queries are stacked so that one GEMM reads the keys once.
+void TovaGroupMass(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, float* mass) {
+  const HeadKV& h = c.in.heads[g];
+  const int n = h.n;
+  const int G = c.group;
+  float* p = Grow(sc.f[0], static_cast<size_t>(G) * n);
+  float* q = Grow(sc.f[2], static_cast<size_t>(G) * c.d);
+  for (int r = 0; r < G; ++r) {
+    const float* src = WindowQuery(c, g * G + r, c.in.window - 1);
+    std::copy(src, src + c.d, q + static_cast<size_t>(r) * c.d);
+  }
+  WindowAttention(c, q, G, c.next - 1, 0, h, p);
+  std::fill(mass, mass + n, 0.0f);
+  for (int r = 0; r < G; ++r) {
+    const float* row = p + static_cast<size_t>(r) * n;
+    for (int j = 0; j < n; ++j) mass[j] += row[j];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query-moment scorers (expected, capkv*).
+
+// Mean pre-RoPE query of head qh rotated by R̄ (double).
+void AnchorQuery(const Ctx& c, const std::vector<double>& cs, const std::vector<double>& sn,
+                 int qh, double* out) {
+  const int d = c.d;
+  const int rd = EffectiveRotaryDim(c.in);
+  const double inv_count = 1.0 / static_cast<double>(c.in.query_count);
+  const double* sum = c.in.query_sum.data() + static_cast<size_t>(qh) * d;
+  for (int i = 0; i < d; ++i) out[i] = sum[i] * inv_count;
+  for (int i = 0; i < rd / 2; ++i) {
+    int a, b;
+    gm::RopePair(i, rd, c.in.rope.interleaved, &a, &b);
+    double ya, yb;
+    gm::RotatePair(out[a], out[b], cs[i], sn[i], &ya, &yb);
+    out[a] = ya;
+    out[b] = yb;
+  }
+}
+
+// Expected Attention (kvpress expected_attention_press.py): per query head, logits
+// k·(R̄μ)/√d + kᵀ(R̄ΣR̄ᵀ)k/(2d) = (R̄ᵀk)·μ/√d + Σ_i σ²_i (R̄ᵀk)_i²/(2d), softmax over the
+// non-sink tokens, mean over the group, times ‖v‖.
+void ScoreExpected(const Ctx& c, int g, const std::vector<double>& cs,
+                   const std::vector<double>& sn, ScoringWorkspace::Scratch& sc,
+                   std::vector<float>& out) {
+  const HeadKV& h = c.in.heads[g];
+  const int n = h.n;
+  const int d = c.d;
+  const int G = c.group;
+  const int rd = EffectiveRotaryDim(c.in);
+  const int s0 = std::min(c.policy.sinks, n);
+  const int m = n - s0;
+  std::fill(out.begin(), out.end(), 0.0f);
+  if (m == 0) return;
+  const bool cov = !c.in.query_sq_sum.empty();
+  // Per query head: mu/√d and σ²/(2d) as float rows.
+  float* mu = Grow(sc.f[0], static_cast<size_t>(G) * d);
+  float* var = Grow(sc.f[1], static_cast<size_t>(G) * d);
+  float* logits = Grow(sc.f[2], static_cast<size_t>(G) * m);
+  float* kt = Grow(sc.f[3], static_cast<size_t>(2) * d);
+  float* kt2 = kt + d;
+  const double inv_count = 1.0 / static_cast<double>(c.in.query_count);
+  for (int r = 0; r < G; ++r) {
+    const int qh = g * G + r;
+    const double* sum = c.in.query_sum.data() + static_cast<size_t>(qh) * d;
+    for (int i = 0; i < d; ++i) {
+      const double mean = sum[i] * inv_count;
+      mu[r * d + i] = static_cast<float>(mean / std::sqrt(static_cast<double>(d)));
+      double v = 0;
+      if (cov) {
+        v = c.in.query_sq_sum[static_cast<size_t>(qh) * d + i] * inv_count - mean * mean;
+        v = std::max(v, 0.0);
+      }
+      var[r * d + i] = static_cast<float>(v / (2.0 * d));
+    }
+  }
+  for (int j = 0; j < m; ++j) {
+    const float* k = h.keys + static_cast<size_t>(s0 + j) * d;
+    std::copy(k, k + d, kt);
+    for (int i = 0; i < rd / 2; ++i) {  // R̄ᵀ k: rotate by (c, -s).
+      int a, b;
+      gm::RopePair(i, rd, c.in.rope.interleaved, &a, &b);
+      float ya, yb;
+      gm::RotatePair(k[a], k[b], static_cast<float>(cs[i]), static_cast<float>(-sn[i]), &ya, &yb);
+      kt[a] = ya;
+      kt[b] = yb;
+    }
+    for (int i = 0; i < d; ++i) kt2[i] = kt[i] * kt[i];
+    for (int r = 0; r < G; ++r) {
+      float l = gm::Dot(kt, mu + r * d, d);
+      if (cov) l += gm::Dot(kt2, var + r * d, d);
+      logits[static_cast<size_t>(r) * m + j] = l;
+    }
+  }
+  const float inv_g = 1.0f / static_cast<float>(G);
+  for (int r = 0; r < G; ++r) {
+    float* row = logits + static_cast<size_t>(r) * m;
+    const float mx = gm::RowMax(row, m);
+    const double z = gm::ExpShiftInPlace(row, m, mx);
+    const float inv = static_cast<float>(1.0 / z) * inv_g;
+    for (int j = 0; j < m; ++j) out[s0 + j] += row[j] * inv;
+  }
+  for (int j = s0; j < n; ++j) {
+    out[j] *= std::sqrt(gm::SquaredNorm(h.values + static_cast<size_t>(j) * d, d));
+  }
+  FillUndefinedWithMax(out, s0, n);
+}
+
+// CapKV relevance weights of the non-sink tokens of KV head g for query head qh (cosine form for
+// capkv and capkv-greedy, scaled dot for capkv-dot), written to w[0, m).
+void CapWeights(const Ctx& c, int g, int qh, const std::vector<double>& cs,
+                const std::vector<double>& sn, bool dot_form, double* a, float* anchor_f,
+                float* w) {
+  const HeadKV& h = c.in.heads[g];
+  const int d = c.d;
+  const int s0 = std::min(c.policy.sinks, h.n);
+  const int m = h.n - s0;
+  AnchorQuery(c, cs, sn, qh, a);
+  for (int i = 0; i < d; ++i) anchor_f[i] = static_cast<float>(a[i]);
+  const float anchor_norm = std::sqrt(gm::SquaredNorm(anchor_f, d));
+  float mx = -std::numeric_limits<float>::infinity();
+  const float tau = static_cast<float>(c.policy.capkv_tau);
+  for (int j = 0; j < m; ++j) {
+    const float* k = h.keys + static_cast<size_t>(s0 + j) * d;
+    const float dot = gm::Dot(anchor_f, k, d);
+    float logit;
+    if (dot_form) {
+      logit = dot * c.inv_sqrt_d;
+    } else {
+      logit = tau * gm::ClampedCosine(dot, anchor_norm, std::sqrt(gm::SquaredNorm(k, d)));
+    }
+    w[j] = logit;
+    mx = std::max(mx, logit);
+  }
+  for (int j = 0; j < m; ++j) w[j] = std::exp(w[j] - mx);
+}
+
+// In-place Cholesky of the symmetric positive definite d×d matrix `a` (row-major, lower triangle
+// read): on success its lower triangle holds L with A = L Lᵀ and the upper triangle is zeroed.
+absl::Status CholeskyInPlace(double* a, int d) {
+  for (int j = 0; j < d; ++j) {
+    double* rj = a + static_cast<size_t>(j) * d;
+    double s = rj[j] - gm::Dot(rj, rj, j);
+    if (!(s > 0)) {
+      return absl::InternalError(
+          absl::StrCat("Cholesky failed at pivot ", j, " (", s, "): matrix not positive definite"));
+    }
+    const double ljj = std::sqrt(s);
+    rj[j] = ljj;
+    const double inv = 1.0 / ljj;
+    for (int i = j + 1; i < d; ++i) {
+      double* ri = a + static_cast<size_t>(i) * d;
+      ri[j] = (ri[j] - gm::Dot(ri, rj, j)) * inv;
+    }
+    std::fill(rj + j + 1, rj + d, 0.0);
+  }
+  return absl::OkStatus();
+}
+
+// A⁻¹ = L⁻ᵀ L⁻¹ from the Cholesky factor L (lower, row-major d×d). `linv` is d×d scratch.
+void InverseFromCholesky(const double* l, int d, double* linv, double* inv) {
+  std::fill(linv, linv + static_cast<size_t>(d) * d, 0.0);
+  for (int k = 0; k < d; ++k) {
+    linv[k * d + k] = 1.0 / l[k * d + k];
+    for (int i = k + 1; i < d; ++i) {
+      double acc = 0;
+      for (int t = k; t < i; ++t) acc += l[i * d + t] * linv[t * d + k];
+      linv[i * d + k] = -acc / l[i * d + i];
+    }
+  }
+  for (int i = 0; i < d; ++i) {
+    for (int j = 0; j <= i; ++j) {
+      double acc = 0;
+      for (int t = i; t < d; ++t) acc += linv[t * d + i] * linv[t * d + j];
+      inv[i * d + j] = acc;
+      inv[j * d + i] = acc;
+    }
+  }
+}
+
+// capkv / capkv-dot: s_j = w_j v_jᵀ A⁻¹ v_j (= w_j ‖L⁻¹ v_j‖², A = I + Σ_j (w_j + 1e-6) v_j v_jᵀ
+// = L Lᵀ), per query head, mean over the group; sinks excluded (kvpress cap_press.py). Per q head:
+// one SYRK for the Gram, a d×d Cholesky and inverse in double; then one GEMM per block of tokens
+// applies all G inverses at once (V · [A_1⁻¹ … A_G⁻¹]), reading the values once.
+absl::Status ScoreCapKv(const Ctx& c, int g, bool dot_form, const std::vector<double>& cs,
+                        const std::vector<double>& sn, ScoringWorkspace::Scratch& sc,
+                        std::vector<float>& out) {
+  constexpr int kBlock = 256;
+  const HeadKV& h = c.in.heads[g];
+  const int n = h.n;
+  const int d = c.d;
+  const int G = c.group;
+  const int s0 = std::min(c.policy.sinks, n);
+  const int m = n - s0;
+  std::fill(out.begin(), out.end(), 0.0f);
+  if (m == 0) return absl::OkStatus();
+  const float* v = h.values + static_cast<size_t>(s0) * d;
+  const size_t gd = static_cast<size_t>(G) * d;
+  float* w = Grow(sc.f[0], static_cast<size_t>(G) * m);
+  float* scaled =
+      Grow(sc.f[1], std::max(static_cast<size_t>(m) * d, static_cast<size_t>(kBlock) * gd));
+  float* gram = Grow(sc.f[2], static_cast<size_t>(d) * d + d);
+  float* anchor = gram + static_cast<size_t>(d) * d;
+  float* inverses = Grow(sc.f[3], static_cast<size_t>(d) * gd);  // [d][G*d]
+  double* a = Grow(sc.d[0], static_cast<size_t>(3) * d * d + d);
+  double* linv = a + static_cast<size_t>(d) * d;
+  double* inv = linv + static_cast<size_t>(d) * d;
+  double* anchor_d = inv + static_cast<size_t>(d) * d;
+  for (int r = 0; r < G; ++r) {
+    float* wr = w + static_cast<size_t>(r) * m;
+    CapWeights(c, g, g * G + r, cs, sn, dot_form, anchor_d, anchor, wr);
+    for (int j = 0; j < m; ++j) {
+      const float sw = std::sqrt(wr[j] + 1e-6f);
+      const float* vj = v + static_cast<size_t>(j) * d;
+      float* dst = scaled + static_cast<size_t>(j) * d;
+      for (int i = 0; i < d; ++i) dst[i] = vj[i] * sw;
+    }
+    // gram = scaledᵀ scaled (lower triangle).
+    cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, d, m, 1.0f, scaled, d, 0.0f, gram, d);
+    for (int i = 0; i < d; ++i) {
+      for (int k = 0; k <= i; ++k) a[i * d + k] = gram[i * d + k];
+      a[i * d + i] += 1.0;
+    }
+    RETURN_IF_ERROR(CholeskyInPlace(a, d));
+    InverseFromCholesky(a, d, linv, inv);
+    for (int i = 0; i < d; ++i) {
+      for (int k = 0; k < d; ++k) {
+        inverses[i * gd + static_cast<size_t>(r) * d + k] = static_cast<float>(inv[i * d + k]);
+      }
+    }
+  }
+  const float inv_g = 1.0f / static_cast<float>(G);
+  for (int start = 0; start < m; start += kBlock) {
+    const int rows = std::min(kBlock, m - start);
+    const float* vb = v + static_cast<size_t>(start) * d;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, static_cast<int>(gd), d, 1.0f, vb,
+                d, inverses, static_cast<int>(gd), 0.0f, scaled, static_cast<int>(gd));
+    for (int j = 0; j < rows; ++j) {
+      const float* vj = vb + static_cast<size_t>(j) * d;
+      const float* xj = scaled + static_cast<size_t>(j) * gd;
+      float acc = 0;
+      for (int r = 0; r < G; ++r) {
+        acc += w[static_cast<size_t>(r) * m + start + j] * gm::Dot(xj + static_cast<size_t>(r) * d, vj, d);
+      }
+      out[s0 + start + j] = acc * inv_g;
+    }
+  }
+  FillUndefinedWithMax(out, s0, n);
+  return absl::OkStatus();
+}
+
+// capkv-greedy: greedy maximiser of Σ_{h∈group} log det(I + Σ_{j∈S} w_hj v_j v_jᵀ), starting from
+// the observation window (always kept). Each q head keeps B_h = A_S⁻¹ and q_hj = v_jᵀ B_h v_j;
+// adding token t with x = √w_ht v_t is the rank-1 step z = B_h x, q_hj -= (v_j·z)² / (1 + x·z),
+// B_h -= z zᵀ / (1 + x·z): O(n·d + d²) per head and pick. Score = group-mean gain
+// log(1 + w_hj q_hj) at pick time (non-increasing along the greedy order: log det is submodular),
+// so top-k by score is the greedy set for every k.
+void ScoreCapKvGreedy(const Ctx& c, int g, const std::vector<double>& cs,
+                      const std::vector<double>& sn, ScoringWorkspace::Scratch& sc,
+                      std::vector<float>& out) {
+  const HeadKV& h = c.in.heads[g];
+  const int n = h.n;
+  const int d = c.d;
+  const int G = c.group;
+  const int s0 = std::min(c.policy.sinks, n);
+  const int m = n - s0;                                      // non-sink tokens
+  const int nc = std::max(0, m - std::min(c.policy.window, m));  // candidates: [0, nc) of those
+  std::fill(out.begin(), out.end(), 0.0f);
+  if (nc == 0) return;
+  const size_t md = static_cast<size_t>(m) * d;
+  float* w = Grow(sc.f[0], static_cast<size_t>(G) * m);
+  float* anchor = Grow(sc.f[1], static_cast<size_t>(d));
+  double* vd = Grow(sc.d[0], md);
+  double* binv = Grow(sc.d[1], static_cast<size_t>(G) * d * d);
+  double* q = Grow(sc.d[2], static_cast<size_t>(G) * m + static_cast<size_t>(m));
+  double* p = q + static_cast<size_t>(G) * m;
+  double* zx = Grow(sc.d[3], static_cast<size_t>(3) * d);
+  double* z = zx;
+  double* x = zx + d;
+  double* anchor_d = zx + 2 * d;
+  for (size_t i = 0; i < md; ++i) vd[i] = h.values[static_cast<size_t>(s0) * d + i];
+  for (int r = 0; r < G; ++r) {
+    CapWeights(c, g, g * G + r, cs, sn, /*dot_form=*/false, anchor_d, anchor,
+               w + static_cast<size_t>(r) * m);
+    double* b = binv + static_cast<size_t>(r) * d * d;
+    std::fill(b, b + static_cast<size_t>(d) * d, 0.0);
+    for (int i = 0; i < d; ++i) b[i * d + i] = 1.0;
+    for (int j = 0; j < m; ++j) {
+      q[static_cast<size_t>(r) * m + j] = gm::SquaredNorm(vd + static_cast<size_t>(j) * d, d);
+    }
+  }
+  auto add = [&](int t) {
+    for (int r = 0; r < G; ++r) {
+      double* b = binv + static_cast<size_t>(r) * d * d;
+      const double sw = std::sqrt(static_cast<double>(w[static_cast<size_t>(r) * m + t]));
+      const double* vt = vd + static_cast<size_t>(t) * d;
+      for (int i = 0; i < d; ++i) x[i] = vt[i] * sw;
+      cblas_dsymv(CblasRowMajor, CblasLower, d, 1.0, b, d, x, 1, 0.0, z, 1);
+      const double denom = 1.0 + gm::Dot(x, z, d);
+      cblas_dgemv(CblasRowMajor, CblasNoTrans, m, d, 1.0, vd, d, z, 1, 0.0, p, 1);
+      double* qr = q + static_cast<size_t>(r) * m;
+      const double inv = 1.0 / denom;
+      for (int j = 0; j < m; ++j) qr[j] -= p[j] * p[j] * inv;
+      cblas_dsyr(CblasRowMajor, CblasLower, d, -inv, z, 1, b, d);
+    }
+  };
+  auto gain = [&](int j) {
+    double s = 0;
+    for (int r = 0; r < G; ++r) {
+      const double qj = std::max(q[static_cast<size_t>(r) * m + j], 0.0);
+      s += std::log1p(static_cast<double>(w[static_cast<size_t>(r) * m + j]) * qj);
+    }
+    return s / G;
+  };
+  for (int t = nc; t < m; ++t) add(t);  // the window is kept anyway
+  // out doubles as the picked mask: picked tokens get their gain, others stay at -1 until scored.
+  float* picked_gain = out.data() + s0;
+  std::fill(picked_gain, picked_gain + nc, -1.0f);
+  const int64_t picks =
+      c.policy.greedy_picks > 0 ? std::min<int64_t>(c.policy.greedy_picks, nc) : nc;
+  for (int64_t step = 0; step < picks; ++step) {
+    int best = -1;
+    double best_gain = -1;
+    for (int j = 0; j < nc; ++j) {
+      if (picked_gain[j] >= 0.0f) continue;
+      const double gj = gain(j);
+      if (gj > best_gain) {
+        best_gain = gj;
+        best = j;
+      }
+    }
+    picked_gain[best] = static_cast<float>(best_gain);
+    if (step + 1 < nc) add(best);  // the last update matters only if gains are read after
+  }
+  // Unpicked tokens: current gain (only when stopped early).
+  for (int j = 0; j < nc; ++j) {
+    if (picked_gain[j] < 0.0f) picked_gain[j] = static_cast<float>(gain(j));
+  }
+  FillUndefinedWithMax(out, s0, s0 + nc);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+ScoringWorkspace::ScoringWorkspace(int threads) {
+  if (threads <= 0) {
+    const unsigned hw = std::thread::hardware_concurrency();
+    threads = static_cast<int>(std::min(2u, std::max(1u, hw)));
+  }
+  scratch_.resize(threads);
+}
+
+size_t ScoringWorkspace::bytes() const {
+  size_t total = 0;
+  for (const Scratch& s : scratch_) {
+    for (const auto& v : s.f) total += v.capacity() * sizeof(float);
+    for (const auto& v : s.d) total += v.capacity() * sizeof(double);
+  }
+  return total;
+}
+
+void AveragedRotation(const LayerInputs& in, const Policy& policy, std::vector<double>* cos_mean,
+                      std::vector<double>* sin_mean) {
+  const int rd = EffectiveRotaryDim(in);
+  const int pairs = rd / 2;
+  cos_mean->resize(pairs);
+  sin_mean->resize(pairs);
+  const double p0 = static_cast<double>(EffectiveNextPosition(in));
+  for (int i = 0; i < pairs; ++i) {
+    const double f = in.rope.inv_freq.empty() ? gm::RopeInvFreq(in.rope.theta, i, rd)
+                                              : static_cast<double>(in.rope.inv_freq[i]);
+    gm::AveragedCosSin(p0, policy.rope_horizon, f, &(*cos_mean)[i], &(*sin_mean)[i]);
+  }
+}
+
+absl::StatusOr<HeadScores> ScoreLayer(const Policy& policy, const LayerInputs& in,
+                                      ScoringWorkspace& workspace) {
+  HeadScores out;
+  RETURN_IF_ERROR(ScoreLayerInto(policy, in, workspace, &out));
+  return out;
+}
+
+absl::Status ScoreLayerInto(const Policy& policy, const LayerInputs& in,
+                            ScoringWorkspace& workspace, HeadScores* out) {
+  RETURN_IF_ERROR(ValidatePolicy(policy));
+  RETURN_IF_ERROR(ValidateLayerInputs(in, policy));
+  const Ctx c{policy,
+              in,
+              in.q_heads / in.kv_heads,
+              in.head_dim,
+              EffectiveNextPosition(in),
+              static_cast<float>(1.0 / std::sqrt(static_cast<double>(in.head_dim)))};
+  out->per_head.resize(in.kv_heads);
+  double total_tokens = 0;
+  for (int g = 0; g < in.kv_heads; ++g) {
+    out->per_head[g].resize(in.heads[g].n);
+    total_tokens += in.heads[g].n;
+  }
+  const double work = total_tokens * c.d * c.group;
+  // Heads are split over the workspace's workers (each with its own scratch); BLAS calls inside a
+  // worker are then small enough that the BLAS library's own threads add little.
+  const int workers = work >= kParallelWork ? workspace.threads() : 1;
+  std::vector<double> cs, sn;
+  const Needs needs = ScorerNeeds(policy.scorer);
+  if (needs.query_moments) AveragedRotation(in, policy, &cs, &sn);
+
+  switch (policy.scorer) {
+    case ScorerKind::kStreaming:
+      for (int g = 0; g < in.kv_heads; ++g) {
+        std::vector<float>& s = out->per_head[g];
+        for (size_t j = 0; j < s.size(); ++j) s[j] = static_cast<float>(j);
+      }
+      return absl::OkStatus();
+    case ScorerKind::kRandom:
+      for (int g = 0; g < in.kv_heads; ++g) {
+        std::vector<float>& s = out->per_head[g];
+        for (int j = 0; j < in.heads[g].n; ++j) {
+          s[j] = gm::CounterUniform(policy.seed, static_cast<uint64_t>(in.layer_index),
+                                    static_cast<uint64_t>(g),
+                                    static_cast<uint64_t>(PositionOf(in.heads[g], j)));
+        }
+      }
+      return absl::OkStatus();
+    case ScorerKind::kKnorm:
+      ParallelFor(in.kv_heads, workers, [&](int g, int) {
+        const HeadKV& h = in.heads[g];
+        std::vector<float>& s = out->per_head[g];
+        for (int j = 0; j < h.n; ++j) {
+          s[j] = -std::sqrt(gm::SquaredNorm(h.keys + static_cast<size_t>(j) * c.d, c.d));
+        }
+      });
+      return absl::OkStatus();
+    case ScorerKind::kH2o:
+    case ScorerKind::kObserved: {
+      const bool observed = policy.scorer == ScorerKind::kObserved;
+      const float inv_g = 1.0f / static_cast<float>(c.group);
+      for (int g = 0; g < in.kv_heads; ++g) {
+        const HeadKV& h = in.heads[g];
+        std::vector<float>& s = out->per_head[g];
+        std::fill(s.begin(), s.end(), 0.0f);
+        for (int r = 0; r < c.group; ++r) {
+          const std::vector<float>& mass = in.attention_mass[g * c.group + r];
+          for (int j = 0; j < h.n; ++j) s[j] += mass[j];
+        }
+        for (int j = 0; j < h.n; ++j) {
+          float v = s[j] * inv_g;
+          if (observed) v /= static_cast<float>(c.next - PositionOf(h, j));
+          s[j] = v;
+        }
+      }
+      return absl::OkStatus();
+    }
+    case ScorerKind::kTova: {
+      // Mass of the last query per KV head (summed over its group) into scratch of worker 0 ...
+      std::vector<std::vector<float>>& mass = out->per_head;  // reuse: first the group sums
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        TovaGroupMass(c, g, workspace.scratch(t), mass[g].data());
+      });
+      // ... then every KV head averages over all query heads of the layer, aligning tokens by
+      // position (heads may hold different tokens after ada eviction; absent = 0 attention).
+      bool same_positions = true;
+      for (int g = 1; g < in.kv_heads && same_positions; ++g) {
+        const HeadKV& a = in.heads[0];
+        const HeadKV& b = in.heads[g];
+        if (a.n != b.n) {
+          same_positions = false;
+        } else if (a.positions != b.positions) {
+          for (int j = 0; j < a.n; ++j) {
+            if (PositionOf(a, j) != PositionOf(b, j)) {
+              same_positions = false;
+              break;
+            }
+          }
+        }
+      }
+      const float inv_h = 1.0f / static_cast<float>(in.q_heads);
+      if (same_positions) {
+        std::vector<float>& acc = mass[0];
+        for (int g = 1; g < in.kv_heads; ++g) {
+          for (size_t j = 0; j < acc.size(); ++j) acc[j] += mass[g][j];
+        }
+        for (float& v : acc) v *= inv_h;
+        for (int g = 1; g < in.kv_heads; ++g) mass[g] = acc;
+        return absl::OkStatus();
+      }
+      ScoringWorkspace::Scratch& sc = workspace.scratch(0);
+      size_t total = 0;
+      for (int g = 0; g < in.kv_heads; ++g) total += in.heads[g].n;
+      float* merged = Grow(sc.f[1], total);
+      size_t offset = 0;
+      for (int g = 0; g < in.kv_heads; ++g) {
+        const HeadKV& hg = in.heads[g];
+        float* dst = merged + offset;
+        std::fill(dst, dst + hg.n, 0.0f);
+        for (int o = 0; o < in.kv_heads; ++o) {
+          const HeadKV& ho = in.heads[o];
+          int k = 0;
+          for (int j = 0; j < hg.n; ++j) {
+            const int32_t pos = PositionOf(hg, j);
+            while (k < ho.n && PositionOf(ho, k) < pos) ++k;
+            if (k < ho.n && PositionOf(ho, k) == pos) dst[j] += mass[o][k];
+          }
+        }
+        for (int j = 0; j < hg.n; ++j) dst[j] *= inv_h;
+        offset += hg.n;
+      }
+      offset = 0;
+      for (int g = 0; g < in.kv_heads; ++g) {
+        std::copy(merged + offset, merged + offset + in.heads[g].n, mass[g].begin());
+        offset += in.heads[g].n;
+      }
+      return absl::OkStatus();
+    }
+    case ScorerKind::kSnapKv:
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        ScoreSnapKv(c, g, workspace.scratch(t), out->per_head[g]);
+      });
+      return absl::OkStatus();
+    case ScorerKind::kLaProx:
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        ScoreLaProx(c, g, workspace.scratch(t), out->per_head[g]);
+      });
+      return absl::OkStatus();
+    case ScorerKind::kExpected:
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        ScoreExpected(c, g, cs, sn, workspace.scratch(t), out->per_head[g]);
+      });
+      return absl::OkStatus();
+    case ScorerKind::kCapKv:
+    case ScorerKind::kCapKvDot: {
+      std::vector<absl::Status> status(in.kv_heads);
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        status[g] = ScoreCapKv(c, g, policy.scorer == ScorerKind::kCapKvDot, cs, sn,
+                               workspace.scratch(t), out->per_head[g]);
+      });
+      for (const absl::Status& st : status) RETURN_IF_ERROR(st);
+      return absl::OkStatus();
+    }
+    case ScorerKind::kCapKvGreedy:
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        ScoreCapKvGreedy(c, g, cs, sn, workspace.scratch(t), out->per_head[g]);
+      });
+      return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError("unknown scorer");
+}
+
+}  // namespace kvkeep::eviction

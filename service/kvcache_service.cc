@@ -1,0 +1,371 @@
+#include "service/kvcache_service.h"
+
+#include <deque>
+
+#include "absl/synchronization/mutex.h"
+#include "common/grpc_status.h"
+#include "service/request_auth.h"
+
+namespace kvkeep {
+namespace {
+
+// The daemon's end of a worker's Session stream. Events queue here and are written one at a time.
+// Deleted in OnDone, after the engine has forgotten the session.
+class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
+                             public SessionSink {
+ public:
+  SessionReactor(CacheEngine* engine, const std::string& tenant, const std::string& worker)
+      : engine_(engine) {
+    auto attached = engine_->Attach(tenant, worker, this);
+    if (!attached.ok()) {
+      absl::MutexLock lock(&mu_);
+      FinishLocked(ToGrpcStatus(attached.status()));
+      return;
+    }
+    session_id_ = attached->session_id;
+    v1::SessionEvent event;
+    v1::SessionStarted* started = event.mutable_started();
+    started->set_session_id(attached->session_id);
+    started->set_tenant(tenant);
+    for (const ArenaInfo& a : attached->arenas) ToProto(a, started->add_arenas());
+    started->set_max_message_bytes(engine_->max_message_bytes());
+    started->set_superseded_session_id(attached->superseded_session_id);
+    started->set_adopted_sequences(attached->adopted_sequences);
+    // Events the engine queued since Attach returned wait behind this first one.
+    absl::MutexLock lock(&mu_);
+    started_ = true;
+    if (finished_) return;
+    queue_.push_front(std::move(event));
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&queue_.front());
+    }
+  }
+
+  void ArenaAdded(const ArenaInfo& arena) override {
+    v1::SessionEvent event;
+    ToProto(arena, event.mutable_arena_added());
+    absl::MutexLock lock(&mu_);
+    QueueLocked(std::move(event));
+  }
+
+  void End(const absl::Status& status) override {
+    absl::MutexLock lock(&mu_);
+    if (status.ok()) {
+      v1::SessionEvent event;
+      event.mutable_drain()->set_reason("daemon shutting down");
+      QueueLocked(std::move(event));
+    }
+    ending_ = true;
+    end_status_ = ToGrpcStatus(status);
+    if (!writing_) {
+      if (started_ && !queue_.empty()) {
+        writing_ = true;
+        StartWrite(&queue_.front());
+      } else {
+        FinishLocked(end_status_);
+      }
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    queue_.pop_front();
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "session stream broken"));
+      return;
+    }
+    if (!queue_.empty()) {
+      writing_ = true;
+      StartWrite(&queue_.front());
+    } else if (ending_) {
+      FinishLocked(end_status_);
+    }
+  }
+
+  void OnCancel() override {
+    // The worker is gone (exit, crash, lost connection): release what it held. Not under mu_: the
+    // engine calls into this sink with its own lock held.
+    if (!session_id_.empty()) engine_->EndSession(session_id_);
+    absl::MutexLock lock(&mu_);
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "session cancelled"));
+  }
+
+  void OnDone() override {
+    if (!session_id_.empty()) engine_->EndSession(session_id_);
+    delete this;
+  }
+
+ private:
+  void QueueLocked(v1::SessionEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || ending_) return;
+    queue_.push_back(std::move(event));
+    if (started_ && !writing_) {
+      writing_ = true;
+      StartWrite(&queue_.front());
+    }
+  }
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  CacheEngine* const engine_;
+  std::string session_id_;  // set once in the constructor
+  absl::Mutex mu_;
+  std::deque<v1::SessionEvent> queue_ ABSL_GUARDED_BY(mu_);
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status end_status_ ABSL_GUARDED_BY(mu_);
+};
+
+// Collects a model layout and its Gram matrices, then registers them.
+class RegisterModelReactor final : public grpc::ServerReadReactor<v1::ModelChunk> {
+ public:
+  RegisterModelReactor(CacheEngine* engine, absl::StatusOr<std::string> tenant,
+                       v1::RegisterModelReply* reply)
+      : engine_(engine), tenant_(std::move(tenant)), reply_(reply) {
+    if (!tenant_.ok()) {
+      Finish(ToGrpcStatus(tenant_.status()));
+      return;
+    }
+    StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      if (!model_.has_value()) {
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "RegisterModel needs a first chunk with the layout"));
+        return;
+      }
+      auto reply = engine_->RegisterModel(*tenant_, std::move(*model_));
+      if (reply.ok()) *reply_ = *reply;
+      Finish(ToGrpcStatus(reply.status()));
+      return;
+    }
+    absl::Status status;
+    if (chunk_.has_layout()) {
+      if (model_.has_value()) {
+        status = absl::InvalidArgumentError("the layout must be sent once, in the first chunk");
+      } else {
+        auto model = Model::FromLayout(chunk_.layout());
+        if (model.ok()) model_ = std::move(*model);
+        status = model.status();
+      }
+    } else if (chunk_.has_wo_gram()) {
+      status = model_.has_value()
+                   ? model_->AddWoGram(chunk_.wo_gram())
+                   : absl::InvalidArgumentError("the first chunk must carry the layout");
+    } else {
+      status = absl::InvalidArgumentError("empty ModelChunk");
+    }
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    StartRead(&chunk_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  CacheEngine* const engine_;
+  const absl::StatusOr<std::string> tenant_;
+  v1::RegisterModelReply* const reply_;
+  v1::ModelChunk chunk_;
+  std::optional<Model> model_;
+};
+
+// Writes each chunk as it arrives; the summary goes out only after the last one landed.
+class WriteKvReactor final : public grpc::ServerReadReactor<v1::KvChunk> {
+ public:
+  WriteKvReactor(CacheEngine* engine, absl::StatusOr<std::string> tenant, v1::WriteSummary* reply)
+      : engine_(engine), tenant_(std::move(tenant)), reply_(reply) {
+    if (!tenant_.ok()) {
+      Finish(ToGrpcStatus(tenant_.status()));
+      return;
+    }
+    StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    absl::Status status = engine_->WriteChunk(*tenant_, chunk_);
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(absl::Status(
+          status.code(), absl::StrCat("chunk ", reply_->chunks(), ": ", status.message()))));
+      return;
+    }
+    reply_->set_chunks(reply_->chunks() + 1);
+    reply_->set_tokens(reply_->tokens() + chunk_.token_count());
+    reply_->set_bytes(reply_->bytes() + chunk_.keys().size() + chunk_.values().size());
+    StartRead(&chunk_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  CacheEngine* const engine_;
+  const absl::StatusOr<std::string> tenant_;
+  v1::WriteSummary* const reply_;
+  v1::KvChunk chunk_;
+};
+
+// Streams a ReadCursor, one chunk in flight at a time.
+class ReadKvReactor final : public grpc::ServerWriteReactor<v1::KvChunk> {
+ public:
+  explicit ReadKvReactor(absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> cursor) {
+    if (!cursor.ok()) {
+      Finish(ToGrpcStatus(cursor.status()));
+      return;
+    }
+    cursor_ = std::move(*cursor);
+    WriteNext();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "reader went away"));
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void WriteNext() {
+    absl::StatusOr<bool> more = cursor_->Next(&chunk_);
+    if (!more.ok()) {
+      Finish(ToGrpcStatus(more.status()));
+    } else if (!*more) {
+      Finish(grpc::Status::OK);
+    } else {
+      StartWrite(&chunk_);
+    }
+  }
+
+  std::unique_ptr<CacheEngine::ReadCursor> cursor_;
+  v1::KvChunk chunk_;
+};
+
+}  // namespace
+
+template <typename Reply, typename Fn>
+grpc::ServerUnaryReactor* KvCacheService::Unary(grpc::CallbackServerContext* context,
+                                                Reply* reply, Fn fn) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  if (!tenant.ok()) {
+    reactor->Finish(ToGrpcStatus(tenant.status()));
+    return reactor;
+  }
+  auto result = fn(*tenant);
+  if (result.ok()) *reply = std::move(*result);
+  reactor->Finish(ToGrpcStatus(result.status()));
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::SessionEvent>* KvCacheService::Session(
+    grpc::CallbackServerContext* context, const v1::AttachRequest* request) {
+  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  if (!tenant.ok()) {
+    // A reactor that only finishes.
+    struct Failed final : grpc::ServerWriteReactor<v1::SessionEvent> {
+      explicit Failed(const absl::Status& s) { Finish(ToGrpcStatus(s)); }
+      void OnDone() override { delete this; }
+    };
+    return new Failed(tenant.status());
+  }
+  return new SessionReactor(engine_, *tenant, request->worker_name());
+}
+
+grpc::ServerReadReactor<v1::ModelChunk>* KvCacheService::RegisterModel(
+    grpc::CallbackServerContext* context, v1::RegisterModelReply* reply) {
+  return new RegisterModelReactor(engine_,
+                                  AuthenticateWorker(*context, *engine_, admin_token_hash_), reply);
+}
+
+grpc::ServerUnaryReactor* KvCacheService::GetArena(grpc::CallbackServerContext* context,
+                                                   const v1::GetArenaRequest* request,
+                                                   v1::ArenaExport* reply) {
+  return Unary(context, reply,
+               [&](const std::string& t) { return engine_->GetArena(t, request->arena_id()); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::CreateSequence(grpc::CallbackServerContext* context,
+                                                         const v1::CreateSequenceRequest* request,
+                                                         v1::PageTable* reply) {
+  return Unary(context, reply,
+               [&](const std::string& t) { return engine_->CreateSequence(t, *request); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::AllocatePages(grpc::CallbackServerContext* context,
+                                                        const v1::AllocateRequest* request,
+                                                        v1::PageTableDelta* reply) {
+  return Unary(context, reply,
+               [&](const std::string& t) { return engine_->AllocatePages(t, *request); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::CommitTokens(grpc::CallbackServerContext* context,
+                                                       const v1::CommitRequest* request,
+                                                       v1::CommitReply* reply) {
+  return Unary(context, reply,
+               [&](const std::string& t) { return engine_->CommitTokens(t, *request); });
+}
+
+grpc::ServerReadReactor<v1::KvChunk>* KvCacheService::WriteKV(grpc::CallbackServerContext* context,
+                                                              v1::WriteSummary* reply) {
+  return new WriteKvReactor(engine_, AuthenticateWorker(*context, *engine_, admin_token_hash_),
+                            reply);
+}
+
+grpc::ServerWriteReactor<v1::KvChunk>* KvCacheService::ReadKV(grpc::CallbackServerContext* context,
+                                                              const v1::ReadRequest* request) {
+  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  if (!tenant.ok()) return new ReadKvReactor(tenant.status());
+  return new ReadKvReactor(engine_->OpenRead(*tenant, *request));
+}
+
+grpc::ServerUnaryReactor* KvCacheService::GetSequence(grpc::CallbackServerContext* context,
+                                                      const v1::GetSequenceRequest* request,
+                                                      v1::PageTable* reply) {
+  return Unary(context, reply, [&](const std::string& t) {
+    return engine_->GetSequence(t, request->sequence_id(), request->with_positions());
+  });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::Acquire(grpc::CallbackServerContext* context,
+                                                  const v1::AcquireRequest* request,
+                                                  v1::PageTable* reply) {
+  return Unary(context, reply, [&](const std::string& t) { return engine_->Acquire(t, *request); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::Release(grpc::CallbackServerContext* context,
+                                                  const v1::ReleaseRequest* request,
+                                                  v1::ReleaseReply* reply) {
+  return Unary(context, reply, [&](const std::string& t) { return engine_->Release(t, *request); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::Drop(grpc::CallbackServerContext* context,
+                                               const v1::DropRequest* request,
+                                               v1::DropReply* reply) {
+  return Unary(context, reply, [&](const std::string& t) { return engine_->Drop(t, *request); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::Ping(grpc::CallbackServerContext* context,
+                                               const v1::PingRequest* request,
+                                               v1::PingReply* reply) {
+  return Unary(context, reply,
+               [](const std::string&) { return absl::StatusOr<v1::PingReply>(v1::PingReply()); });
+}
+
+}  // namespace kvkeep

@@ -1,0 +1,65 @@
+// The worker API (kvkeep.v1.KvCache) over the gRPC callback API: authenticates each call, turns
+// requests into CacheEngine calls and absl::Status into gRPC status. Streams are reactors that
+// never block on I/O.
+#ifndef KVKEEP_SERVICE_KVCACHE_SERVICE_H_
+#define KVKEEP_SERVICE_KVCACHE_SERVICE_H_
+
+#include <string>
+
+#include "kvkeep/v1/kvcache.grpc.pb.h"
+#include "service/cache_engine.h"
+
+namespace kvkeep {
+
+class KvCacheService final : public v1::KvCache::CallbackService {
+ public:
+  // `engine` must outlive the service.
+  KvCacheService(CacheEngine* engine, std::string admin_token_hash)
+      : engine_(engine), admin_token_hash_(std::move(admin_token_hash)) {}
+
+  grpc::ServerWriteReactor<v1::SessionEvent>* Session(grpc::CallbackServerContext* context,
+                                                      const v1::AttachRequest* request) override;
+  grpc::ServerReadReactor<v1::ModelChunk>* RegisterModel(grpc::CallbackServerContext* context,
+                                                         v1::RegisterModelReply* reply) override;
+  grpc::ServerUnaryReactor* GetArena(grpc::CallbackServerContext* context,
+                                     const v1::GetArenaRequest* request,
+                                     v1::ArenaExport* reply) override;
+  grpc::ServerUnaryReactor* CreateSequence(grpc::CallbackServerContext* context,
+                                           const v1::CreateSequenceRequest* request,
+                                           v1::PageTable* reply) override;
+  grpc::ServerUnaryReactor* AllocatePages(grpc::CallbackServerContext* context,
+                                          const v1::AllocateRequest* request,
+                                          v1::PageTableDelta* reply) override;
+  grpc::ServerUnaryReactor* CommitTokens(grpc::CallbackServerContext* context,
+                                         const v1::CommitRequest* request,
+                                         v1::CommitReply* reply) override;
+  grpc::ServerReadReactor<v1::KvChunk>* WriteKV(grpc::CallbackServerContext* context,
+                                                v1::WriteSummary* reply) override;
+  grpc::ServerWriteReactor<v1::KvChunk>* ReadKV(grpc::CallbackServerContext* context,
+                                                const v1::ReadRequest* request) override;
+  grpc::ServerUnaryReactor* GetSequence(grpc::CallbackServerContext* context,
+                                        const v1::GetSequenceRequest* request,
+                                        v1::PageTable* reply) override;
+  grpc::ServerUnaryReactor* Acquire(grpc::CallbackServerContext* context,
+                                    const v1::AcquireRequest* request,
+                                    v1::PageTable* reply) override;
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
+                                    const v1::ReleaseRequest* request,
+                                    v1::ReleaseReply* reply) override;
+  grpc::ServerUnaryReactor* Drop(grpc::CallbackServerContext* context,
+                                 const v1::DropRequest* request, v1::DropReply* reply) override;
+  grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
+                                 const v1::PingRequest* request, v1::PingReply* reply) override;
+
+ private:
+  // Authenticates, runs `fn(tenant)` (returning absl::StatusOr<Reply>), stores the reply.
+  template <typename Reply, typename Fn>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
+
+  CacheEngine* const engine_;
+  const std::string admin_token_hash_;
+};
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_SERVICE_KVCACHE_SERVICE_H_

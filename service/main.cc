@@ -1,0 +1,99 @@
+// kvkeepd: the KV-cache memory manager daemon. See README.md and `kvkeepd --help`.
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "service/server.h"
+
+ABSL_FLAG(std::string, data_dir, "./kvkeep-data",
+          "Folder for the metadata database (RocksDB), the socket and the admin token");
+ABSL_FLAG(std::string, socket, "", "Unix socket to listen on (default <data_dir>/kvkeepd.sock)");
+ABSL_FLAG(std::string, tcp, "", "Also listen on this host:port (needs --tls_cert/--tls_key)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain for --tcp");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tcp");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: when set, TCP clients must present a certificate");
+ABSL_FLAG(bool, insecure_tcp, false, "Allow --tcp without TLS (loopback tests only)");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "File holding the admin token (default <data_dir>/admin.token, created 0600 if missing)");
+ABSL_FLAG(std::string, backend, "auto", "Memory backend: auto, cpu (POSIX shared memory) or cuda");
+ABSL_FLAG(uint64_t, pool_mib, 1024, "Device (or host) memory the daemon may hand out, in MiB");
+ABSL_FLAG(uint64_t, arena_mib, 64, "Size of one exported arena, in MiB");
+ABSL_FLAG(uint64_t, max_message_mib, 4, "Largest gRPC message accepted or sent, in MiB");
+ABSL_FLAG(int, keepalive_seconds, 10, "Keepalive ping interval that detects lost workers");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "kvkeepd - KV-cache memory manager for LLM inference.\n\n"
+      "Owns the memory that holds attention keys and values, hands pages of it to inference\n"
+      "workers of many tenants over gRPC, and keeps tenants apart.\n\n"
+      "Examples:\n"
+      "  kvkeepd                                   # host memory, ./kvkeep-data, 1 GiB pool\n"
+      "  kvkeepd --data_dir=/var/lib/kvkeep --pool_mib=65536 --backend=cuda\n"
+      "  kvkeepd --tcp=0.0.0.0:7070 --tls_cert=cert.pem --tls_key=key.pem\n\n"
+      "Then: kvkeepctl --socket <data_dir>/kvkeepd.sock status");
+  absl::ParseCommandLine(argc, argv);
+
+  kvkeep::ServiceOptions options;
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.socket_path = absl::GetFlag(FLAGS_socket);
+  options.tcp_address = absl::GetFlag(FLAGS_tcp);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.insecure_tcp = absl::GetFlag(FLAGS_insecure_tcp);
+  options.admin_token_file = absl::GetFlag(FLAGS_admin_token_file);
+  auto backend = kvkeep::ParseBackendKind(absl::GetFlag(FLAGS_backend));
+  if (!backend.ok()) {
+    std::fprintf(stderr, "kvkeepd: %s\n", std::string(backend.status().message()).c_str());
+    return 2;
+  }
+  options.backend = *backend;
+  options.pool_bytes = absl::GetFlag(FLAGS_pool_mib) << 20;
+  options.arena_bytes = absl::GetFlag(FLAGS_arena_mib) << 20;
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mib) << 20;
+  options.keepalive_seconds = absl::GetFlag(FLAGS_keepalive_seconds);
+  if (options.pool_bytes == 0 || options.arena_bytes == 0 || options.max_message_bytes == 0 ||
+      options.max_message_bytes > (1u << 30) || options.keepalive_seconds <= 0) {
+    std::fprintf(stderr, "kvkeepd: --pool_mib, --arena_mib, --keepalive_seconds must be > 0 and "
+                         "--max_message_mib in 1..1024\n");
+    return 2;
+  }
+
+  // Signals are taken by one thread with sigwait; every other thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  auto server = kvkeep::Server::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "kvkeepd: cannot start: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  auto status = (*server)->engine().Status();
+  std::fprintf(stderr,
+               "kvkeepd %s: backend=%s pool=%llu MiB tenants=%u listening on unix:%s%s\n",
+               status.version().c_str(), status.backend().c_str(),
+               static_cast<unsigned long long>(options.pool_bytes >> 20), status.tenants(),
+               (*server)->socket_path().c_str(),
+               options.tcp_address.empty() ? "" : (" and " + options.tcp_address).c_str());
+  std::fflush(stderr);
+
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::fprintf(stderr, "kvkeepd: signal %d, draining sessions and shutting down\n", sig);
+    (*server)->Shutdown();
+  });
+  (*server)->Wait();
+  waiter.join();
+  server->reset();
+  std::fprintf(stderr, "kvkeepd: stopped\n");
+  return 0;
+}

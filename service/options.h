@@ -1,0 +1,30 @@
+// Everything kvkeepd can be told, in one place. Parsed once from flags in main.cc.
+#ifndef KVKEEP_SERVICE_OPTIONS_H_
+#define KVKEEP_SERVICE_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "gpu/backend.h"
+
+namespace kvkeep {
+
+struct ServiceOptions {
+  std::string data_dir = "./kvkeep-data";  // Default: ./kvkeep-data (RocksDB, socket, admin token)
+  std::string socket_path;       // Default: <data_dir>/kvkeepd.sock (mode 0660)
+  std::string tcp_address;       // Default: none. "host:port" to also listen on TCP (TLS required)
+  std::string tls_cert_file;     // PEM certificate chain for TCP
+  std::string tls_key_file;      // PEM private key for TCP
+  std::string tls_client_ca_file;  // Default: none. When set, TCP clients must present a cert
+  bool insecure_tcp = false;     // Default: false. Plain-text TCP, for tests on loopback only
+  std::string admin_token_file;  // Default: <data_dir>/admin.token (created 0600 when missing)
+  BackendKind backend = BackendKind::kAuto;  // Default: auto (CUDA when present, else host)
+  uint64_t pool_bytes = 1ull << 30;          // Default: 1 GiB of arenas
+  uint64_t arena_bytes = 64ull << 20;        // Default: 64 MiB per arena
+  uint64_t max_message_bytes = 4ull << 20;   // Default: 4 MiB (gRPC's default)
+  int keepalive_seconds = 10;    // Default: 10 s between keepalive pings on idle sessions
+};
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_SERVICE_OPTIONS_H_

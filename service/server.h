@@ -1,0 +1,51 @@
+// kvkeepd assembled: metadata store, backend, engine, gRPC services and listeners.
+//
+//   ASSIGN_OR_RETURN(auto server, Server::Start(options));
+//   server->Wait();          // until Shutdown() from a signal handler thread
+//
+// Thread-safe: Shutdown() may be called from any thread, once or more.
+#ifndef KVKEEP_SERVICE_SERVER_H_
+#define KVKEEP_SERVICE_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/server.h"
+#include "service/admin_service.h"
+#include "service/cache_engine.h"
+#include "service/kvcache_service.h"
+#include "service/options.h"
+
+namespace kvkeep {
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServiceOptions& options);
+  ~Server();
+
+  // Ends worker sessions with a drain event, stops accepting calls, waits up to `grace` for
+  // in-flight calls.
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+  void Wait();
+
+  const std::string& socket_path() const { return socket_path_; }
+  CacheEngine& engine() { return *engine_; }
+
+ private:
+  Server() = default;
+  std::string socket_path_;
+  std::unique_ptr<MetadataStore> store_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<CacheEngine> engine_;
+  std::unique_ptr<KvCacheService> kvcache_;
+  std::unique_ptr<AdminService> admin_;
+  std::unique_ptr<grpc::Server> grpc_;
+};
+
+// Reads the admin token from `path`, creating it (64 hex digits, mode 0600) when missing.
+absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path);
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_SERVICE_SERVER_H_

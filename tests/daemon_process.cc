@@ -1,0 +1,135 @@
+#include "tests/daemon_process.h"
+
+#include <signal.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+extern char** environ;
+
+namespace kvkeep::testing {
+
+std::string DaemonProcess::BinaryDir() { return KVKEEP_BIN_DIR; }
+
+DaemonProcess::DaemonProcess() {
+  const char* base = std::getenv("TEST_TMPDIR");
+  std::string root = base != nullptr ? base : "/tmp";
+  std::random_device rd;
+  dir_ = absl::StrCat(root, "/kvkeep-e2e-", getpid(), "-", rd());
+  std::filesystem::create_directories(dir_);
+}
+
+DaemonProcess::~DaemonProcess() {
+  if (pid_ > 0) Stop(SIGKILL);
+  std::error_code ignored;
+  std::filesystem::remove_all(dir_, ignored);
+}
+
+ChannelOptions DaemonProcess::channel() const {
+  ChannelOptions options;
+  options.target = target();
+  return options;
+}
+
+absl::Status DaemonProcess::Start(std::vector<std::string> extra_flags) {
+  if (pid_ > 0) return absl::FailedPreconditionError("already running");
+  if (extra_flags.empty()) extra_flags = last_flags_;
+  last_flags_ = extra_flags;
+  std::vector<std::string> args = {BinaryDir() + "/kvkeepd", "--data_dir=" + dir_,
+                                    "--pool_mib=64", "--arena_mib=1", "--keepalive_seconds=1"};
+  args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  std::string log = dir_ + "/kvkeepd.log";
+  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  int rc = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    pid_ = -1;
+    return absl::InternalError(absl::StrCat("cannot spawn ", argv[0], ": ", rc));
+  }
+  // Ready when the admin API answers (the token file exists before the socket listens).
+  for (int i = 0; i < 200; ++i) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      std::ifstream in(log);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      return absl::InternalError("kvkeepd exited during start: " + ss.str());
+    }
+    if (std::filesystem::exists(dir_ + "/kvkeepd.sock")) {
+      auto admin = Admin();
+      if (admin->GetStatus().ok()) return absl::OkStatus();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError("kvkeepd did not become ready in 10 s");
+}
+
+int DaemonProcess::Stop(int signal) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, signal);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return status;
+}
+
+std::string DaemonProcess::admin_token() const {
+  std::ifstream in(dir_ + "/admin.token");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return std::string(absl::StripAsciiWhitespace(ss.str()));
+}
+
+std::unique_ptr<AdminClient> DaemonProcess::Admin() const {
+  return AdminClient::Connect(channel(), admin_token());
+}
+
+absl::StatusOr<std::string> DaemonProcess::CreateTenant(const std::string& name, uint64_t quota,
+                                                        uint64_t max) {
+  v1::CreateTenantRequest request;
+  request.set_name(name);
+  request.set_quota_bytes(quota);
+  request.set_max_bytes(max);
+  auto reply = Admin()->CreateTenant(request);
+  if (!reply.ok()) return reply.status();
+  return reply->token();
+}
+
+v1::ModelLayout TestLayout(const std::string& name) {
+  v1::ModelLayout layout;
+  layout.set_name(name);
+  layout.set_layers(2);
+  layout.set_q_heads(4);
+  layout.set_kv_heads(2);
+  layout.set_head_dim(8);
+  layout.set_dtype(v1::DTYPE_FP16);
+  layout.set_tokens_per_page(4);
+  layout.mutable_rope()->set_theta(10000);
+  return layout;
+}
+
+std::string PatternBytes(uint64_t seed, size_t n) {
+  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 1);
+  std::string out(n, '\0');
+  for (auto& c : out) c = static_cast<char>(rng());
+  return out;
+}
+
+}  // namespace kvkeep::testing
