@@ -243,7 +243,7 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
         const uint32_t shift = src - dst;
         uint32_t len = 1;
         while (i + len < k.size() && static_cast<uint32_t>(k[i + len]) == src + len &&
-               len < shift &&  (dst + len) % tpp != 0) {
+               len < shift && (src + len) % tpp != 0 && (dst + len) % tpp != 0) {
           ++len;
         }
         const uint64_t src_page = pages[src / tpp], dst_page = pages[dst / tpp];

@@ -606,5 +606,45 @@ TEST_F(CompressorTest, CopyFailureLeavesTheTableUnchanged) {
   EXPECT_EQ(Heads(), heads);
 }
 
+// capkv-greedy under a uniform budget stops ranking after the most a head can keep; the kept sets
+// must equal those of a full greedy ranking computed here from the reference bytes.
+TEST_F(CompressorTest, CapKvGreedyMatchesAFullGreedyRanking) {
+  Init({.layers = 2, .q_heads = 2, .kv_heads = 2, .head_dim = 8, .tokens_per_page = 4});
+  Append(40);
+  for (uint32_t l = 0; l < 2; ++l) ApplyMoments(l);
+  const eviction::Policy policy{.scorer = ScorerKind::kCapKvGreedy, .sinks = 2, .window = 3};
+  for (eviction::Budget budget : {eviction::Budget{.tokens = 12}, eviction::Budget{.keep_ratio = 0.3}}) {
+    std::vector<eviction::HeadScores> scores(2);
+    std::vector<std::vector<float>> keys(table_->heads()), values(table_->heads());
+    eviction::ScoringWorkspace ws(1);
+    for (uint32_t l = 0; l < 2; ++l) {
+      std::vector<const float*> kp, vp;
+      for (uint32_t g = 0; g < 2; ++g) {
+        const uint32_t h = l * 2 + g;
+        for (const Token& t : ref_[h]) {
+          for (double x : Decode(t.key)) keys[h].push_back(static_cast<float>(x));
+          for (double x : Decode(t.value)) values[h].push_back(static_cast<float>(x));
+        }
+        kp.push_back(keys[h].data());
+        vp.push_back(values[h].data());
+      }
+      eviction::LayerInputs in;
+      BuildLayerInputs(*model_, *table_, stats_, policy, l, kp, vp, &in);
+      ASSERT_OK(eviction::ScoreLayerInto(policy, in, ws, &scores[l]));  // greedy_picks = 0: full
+    }
+    ASSERT_OK_AND_ASSIGN(eviction::Selection want, eviction::SelectTokens(policy, budget, scores, 1));
+    ASSERT_OK_AND_ASSIGN(CompressOutcome out, Compress(policy, budget));
+    for (uint32_t h = 0; h < table_->heads(); ++h) {
+      std::vector<int32_t> positions;
+      for (int32_t j : want.kept[h / 2][h % 2]) positions.push_back(ref_[h][j].position);
+      EXPECT_EQ(table_->head(h).positions, positions) << "head " << h;
+    }
+    FollowTable();
+    ExpectContentsMatchReference();
+    Append(20);
+    for (uint32_t l = 0; l < 2; ++l) ApplyMoments(l);
+  }
+}
+
 }  // namespace
 }  // namespace kvkeep

@@ -62,5 +62,49 @@ TEST(SequenceTableTest, SegmentsCoverTheRangePageByPage) {
               StatusIs(StatusCode::kOutOfRange));
 }
 
+TEST(SequenceTableTest, CompactKeepsPositionsAndFreesEmptiedPages) {
+  SequenceTable t(2, 4);
+  t.AppendPages(0, {10, 11, 12, 13});  // 16 slots
+  t.AppendPages(1, {20, 21, 22, 23});
+  ASSERT_OK(t.Commit(10, {}));           // 3 pages hold tokens, 1 is reserved room
+  std::vector<uint64_t> freed = {99};    // appended to, not replaced
+  ASSERT_OK(t.Compact(0, std::vector<int32_t>{0, 3, 4, 9}, &freed));
+  EXPECT_EQ(t.head(0).count, 4u);
+  EXPECT_EQ(t.head(0).positions, (std::vector<int32_t>{0, 3, 4, 9}));
+  EXPECT_EQ(t.head(0).pages, (std::vector<uint64_t>{10, 13}));  // reserved page 13 stays
+  EXPECT_EQ(freed, (std::vector<uint64_t>{99, 11, 12}));
+  EXPECT_EQ(t.head(1).count, 10u);  // other heads untouched
+  EXPECT_EQ(t.next_position(), 10);  // positions of new tokens continue
+  // Keeping everything changes nothing; keeping nothing frees every page that held tokens.
+  freed.clear();
+  ASSERT_OK(t.Compact(1, std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, &freed));
+  EXPECT_TRUE(freed.empty());
+  ASSERT_OK(t.Compact(1, {}, &freed));
+  EXPECT_EQ(freed, (std::vector<uint64_t>{20, 21, 22}));
+  EXPECT_EQ(t.head(1).count, 0u);
+  EXPECT_TRUE(t.head(1).positions.empty());
+  // The heads then take new commits from their own counts.
+  ASSERT_OK(t.Commit(2, {}));
+  EXPECT_EQ(t.head(0).positions, (std::vector<int32_t>{0, 3, 4, 9, 10, 11}));
+  EXPECT_EQ(t.head(1).positions, (std::vector<int32_t>{10, 11}));
+}
+
+TEST(SequenceTableTest, CompactRejectsBadIndicesAndChangesNothing) {
+  SequenceTable t(1, 2);
+  t.AppendPages(0, {1, 2, 3});
+  ASSERT_OK(t.Commit(5, {}));
+  std::vector<uint64_t> freed;
+  for (const std::vector<int32_t>& bad :
+       {std::vector<int32_t>{0, 5}, std::vector<int32_t>{-1, 2}, std::vector<int32_t>{2, 1},
+        std::vector<int32_t>{1, 1}}) {
+    EXPECT_THAT(t.Compact(0, bad, &freed), StatusIs(StatusCode::kInvalidArgument));
+  }
+  EXPECT_THAT(t.Compact(1, {}, &freed), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_TRUE(freed.empty());
+  EXPECT_EQ(t.head(0).count, 5u);
+  EXPECT_EQ(t.head(0).positions, (std::vector<int32_t>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(t.head(0).pages.size(), 3u);
+}
+
 }  // namespace
 }  // namespace kvkeep
