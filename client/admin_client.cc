@@ -57,4 +57,22 @@ absl::StatusOr<v1::TenantInfo> AdminClient::SetQuota(const v1::SetQuotaRequest& 
   });
 }
 
+absl::StatusOr<v1::Policy> AdminClient::SetPolicy(const std::string& tenant,
+                                                  const v1::Policy& policy) {
+  v1::SetPolicyRequest request;
+  request.set_tenant(tenant);
+  *request.mutable_policy() = policy;
+  return Invoke<v1::Policy>(token_, [&](grpc::ClientContext* c, v1::Policy* r) {
+    return stub_->SetPolicy(c, request, r);
+  });
+}
+
+absl::StatusOr<v1::Policy> AdminClient::GetPolicy(const std::string& tenant) {
+  v1::GetPolicyRequest request;
+  request.set_tenant(tenant);
+  return Invoke<v1::Policy>(token_, [&](grpc::ClientContext* c, v1::Policy* r) {
+    return stub_->GetPolicy(c, request, r);
+  });
+}
+
 }  // namespace kvkeep

@@ -26,6 +26,8 @@ class AdminClient {
   absl::StatusOr<v1::ListTenantsReply> ListTenants();
   absl::StatusOr<v1::DeleteTenantReply> DeleteTenant(const std::string& name, bool force);
   absl::StatusOr<v1::TenantInfo> SetQuota(const v1::SetQuotaRequest& request);
+  absl::StatusOr<v1::Policy> SetPolicy(const std::string& tenant, const v1::Policy& policy);
+  absl::StatusOr<v1::Policy> GetPolicy(const std::string& tenant);
 
  private:
   AdminClient(std::shared_ptr<grpc::Channel> channel, std::string token)

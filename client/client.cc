@@ -182,15 +182,57 @@ absl::StatusOr<v1::PageTableDelta> Client::Allocate(const std::string& sequence,
 }
 
 absl::StatusOr<v1::CommitReply> Client::Commit(const std::string& sequence, uint32_t tokens,
-                                               const std::vector<int32_t>& positions) {
+                                               const std::vector<int32_t>& positions,
+                                               const std::vector<v1::LayerStats>& stats) {
   v1::CommitRequest request;
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
   request.set_tokens(tokens);
   request.mutable_positions()->Add(positions.begin(), positions.end());
-  return Invoke<v1::CommitReply>(token_, [&](grpc::ClientContext* c, v1::CommitReply* r) {
-    return stub_->CommitTokens(c, request, r);
-  });
+  request.mutable_stats()->Add(stats.begin(), stats.end());
+  ASSIGN_OR_RETURN(v1::CommitReply reply,
+                   Invoke<v1::CommitReply>(token_, [&](grpc::ClientContext* c, v1::CommitReply* r) {
+                     return stub_->CommitTokens(c, request, r);
+                   }));
+  if (reply.has_compressed()) {
+    absl::MutexLock lock(&mu_);
+    for (const auto& head : reply.compressed().table().heads()) {
+      RememberPages(sequence, head, /*replace=*/true);
+    }
+  }
+  return reply;
+}
+
+absl::StatusOr<v1::StatsAck> Client::PutStats(const std::string& sequence,
+                                              const std::vector<v1::LayerStats>& stats) {
+  auto context = MakeCallContext(token_);
+  v1::StatsAck ack;
+  auto writer = stub_->PutStats(context.get(), &ack);
+  v1::StatsChunk chunk;
+  chunk.set_sequence_id(sequence);
+  for (const auto& layer : stats) {
+    *chunk.mutable_stats() = layer;
+    if (!writer->Write(chunk)) break;  // the daemon finished early: Finish() says why
+  }
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  return ack;
+}
+
+absl::StatusOr<v1::CompressReply> Client::Compress(const std::string& sequence,
+                                                   const v1::Policy& policy) {
+  v1::CompressRequest request;
+  request.set_session_id(session_id_);
+  request.set_sequence_id(sequence);
+  *request.mutable_policy() = policy;
+  ASSIGN_OR_RETURN(v1::CompressReply reply, Invoke<v1::CompressReply>(
+      token_, [&](grpc::ClientContext* c, v1::CompressReply* r) {
+        return stub_->Compress(c, request, r);
+      }));
+  absl::MutexLock lock(&mu_);
+  for (const auto& head : reply.table().heads()) RememberPages(sequence, head, /*replace=*/true);
+  return reply;
 }
 
 absl::Status Client::WriteInPlace(const std::string& sequence, uint32_t layer, uint32_t kv_head,

@@ -62,8 +62,18 @@ class Client {
   absl::StatusOr<std::string> CreateSequence(const std::string& model, bool retain = false);
   // Room for `tokens` more tokens in every head; the client records the new pages.
   absl::StatusOr<v1::PageTableDelta> Allocate(const std::string& sequence, uint32_t tokens);
+  // Commits `tokens` tokens, optionally with positions and query statistics. When the commit
+  // triggered decode-time compression, the client's page table follows the reply.
   absl::StatusOr<v1::CommitReply> Commit(const std::string& sequence, uint32_t tokens,
-                                         const std::vector<int32_t>& positions = {});
+                                         const std::vector<int32_t>& positions = {},
+                                         const std::vector<v1::LayerStats>& stats = {});
+  // Sends query statistics, one layer per chunk.
+  absl::StatusOr<v1::StatsAck> PutStats(const std::string& sequence,
+                                        const std::vector<v1::LayerStats>& stats);
+  // Compresses the sequence in place; `policy` overrides the tenant default field by field. The
+  // client's page table follows the reply.
+  absl::StatusOr<v1::CompressReply> Compress(const std::string& sequence,
+                                             const v1::Policy& policy = {});
 
   // Zero-copy: copies keys/values of `count` tokens straight into the mapped pages of
   // (layer, kv_head) from slot `offset`. Needs the pages from Allocate()/Acquire() in this client.

@@ -30,6 +30,12 @@ Commands:
                                       change a tenant's guarantee, hard maximum or weight
   tenant delete NAME [--force]        delete a tenant (--force ends its sessions and drops
                                       its sequences)
+  policy show TENANT                  the tenant's default eviction policy
+  policy set TENANT [--scorer S] [--allocation A] [--keep-ratio R | --max-tokens N]
+                    [--sinks N] [--window N] [--pool-kernel N] [--ada-alpha A] [--seed N]
+                                      replace the default policy (validated, then persisted,
+                                      then in effect). --max-tokens also triggers decode-time
+                                      eviction inside CommitTokens.
 
 Global flags:
   --socket PATH        daemon socket (default $KVKEEP_SOCKET or ./kvkeep-data/kvkeepd.sock)
@@ -45,6 +51,11 @@ Examples:
   kvkeepctl tenant create team-a --quota 8GiB --max 16GiB --weight 2
   kvkeepctl tenant set-quota team-a --max 32GiB
   kvkeepctl --json tenant list | jq '.tenants[].usedBytes'
+  kvkeepctl policy set team-a --scorer capkv --allocation ada --keep-ratio 0.2
+  kvkeepctl policy set team-a --scorer snapkv --max-tokens 4096 --window 32
+
+Scorers: capkv capkv-dot capkv-greedy laprox snapkv expected h2o observed tova knorm
+         streaming random.  Allocations: uniform ada pyramid global.
 )";
 
 int Fail(const std::string& message, int code = 2) {
@@ -170,6 +181,75 @@ std::string ReadTokenFile(const std::string& path) {
   return std::string(absl::StripAsciiWhitespace(ss.str()));
 }
 
+void PrintPolicy(const v1::Policy& p) {
+  auto or_default = [](bool has, const std::string& value, const std::string& def) {
+    return has ? value : def + " (default)";
+  };
+  std::vector<std::vector<std::string>> rows = {
+      {"scorer", p.scorer().empty() ? "snapkv (default)" : p.scorer()},
+      {"allocation", p.allocation().empty() ? "scorer's default" : p.allocation()},
+      {"keep_ratio", p.has_keep_ratio() ? absl::StrCat(p.keep_ratio()) : "-"},
+      {"max_tokens", p.has_max_tokens() ? absl::StrCat(p.max_tokens()) : "-"},
+      {"sinks", or_default(p.has_sinks(), absl::StrCat(p.sinks()), "4")},
+      {"window", or_default(p.has_window(), absl::StrCat(p.window()), "32")},
+      {"pool_kernel", or_default(p.has_pool_kernel(), absl::StrCat(p.pool_kernel()), "7")},
+      {"ada_alpha", or_default(p.has_ada_alpha(), absl::StrCat(p.ada_alpha()), "0.2 GQA / 0.5")},
+      {"seed", or_default(p.has_seed(), absl::StrCat(p.seed()), "0")}};
+  PrintTable(rows);
+}
+
+int RunPolicy(Args& args, AdminClient& admin, bool json) {
+  if (args.positional.size() != 3 || (args.positional[1] != "set" && args.positional[1] != "show")) {
+    return Fail("usage: kvkeepctl policy set|show TENANT [flags] (see kvkeepctl --help)");
+  }
+  const std::string& tenant = args.positional[2];
+  absl::StatusOr<v1::Policy> result;
+  if (args.positional[1] == "show") {
+    result = admin.GetPolicy(tenant);
+  } else {
+    v1::Policy p;
+    auto number = [&](const std::string& flag, auto* out) -> bool {
+      if (!args.flags.count(flag)) return false;
+      if (!absl::SimpleAtoi(args.flags[flag], out)) {
+        std::fprintf(stderr, "kvkeepctl: --%s \"%s\" is not a whole number\n", flag.c_str(),
+                     args.flags[flag].c_str());
+        std::exit(2);
+      }
+      return true;
+    };
+    auto real = [&](const std::string& flag, double* out) -> bool {
+      if (!args.flags.count(flag)) return false;
+      if (!absl::SimpleAtod(args.flags[flag], out)) {
+        std::fprintf(stderr, "kvkeepctl: --%s \"%s\" is not a number\n", flag.c_str(),
+                     args.flags[flag].c_str());
+        std::exit(2);
+      }
+      return true;
+    };
+    if (args.flags.count("scorer")) p.set_scorer(args.flags["scorer"]);
+    if (args.flags.count("allocation")) p.set_allocation(args.flags["allocation"]);
+    uint32_t u = 0;
+    uint64_t u64 = 0;
+    double d = 0;
+    if (number("max-tokens", &u)) p.set_max_tokens(u);
+    if (number("sinks", &u)) p.set_sinks(u);
+    if (number("window", &u)) p.set_window(u);
+    if (number("pool-kernel", &u)) p.set_pool_kernel(u);
+    if (number("seed", &u64)) p.set_seed(u64);
+    if (real("keep-ratio", &d)) p.set_keep_ratio(d);
+    if (real("ada-alpha", &d)) p.set_ada_alpha(d);
+    result = admin.SetPolicy(tenant, p);
+  }
+  if (!result.ok()) return FailStatus(result.status());
+  if (json) {
+    PrintJson(*result);
+  } else {
+    std::printf("policy of tenant %s\n", tenant.c_str());
+    PrintPolicy(*result);
+  }
+  return 0;
+}
+
 int Run(int argc, char** argv) {
   Args args;
   std::string error;
@@ -180,7 +260,10 @@ int Run(int argc, char** argv) {
   }
   static const std::vector<std::string> kKnown = {"socket", "target", "admin-token-file",
                                                   "admin-token", "json", "force", "help",
-                                                  "quota", "max", "weight", "token"};
+                                                  "quota", "max", "weight", "token", "scorer",
+                                                  "allocation", "keep-ratio", "max-tokens",
+                                                  "sinks", "window", "pool-kernel", "ada-alpha",
+                                                  "seed"};
   for (const auto& [name, value] : args.flags) {
     if (std::find(kKnown.begin(), kKnown.end(), name) == kKnown.end()) {
       return Fail("unknown flag --" + name + " (see kvkeepctl --help)");
@@ -234,6 +317,7 @@ int Run(int argc, char** argv) {
     PrintTable(rows);
     return 0;
   }
+  if (cmd == "policy") return RunPolicy(args, *admin, json);
   if (cmd != "tenant") return Fail("unknown command \"" + cmd + "\" (see kvkeepctl --help)");
   if (args.positional.size() < 2) return Fail("tenant needs a subcommand: create, list, delete, set-quota");
   const std::string& sub = args.positional[1];

@@ -52,4 +52,16 @@ grpc::ServerUnaryReactor* AdminService::SetQuota(grpc::CallbackServerContext* co
   return Unary(context, reply, [&] { return engine_->SetQuota(*request); });
 }
 
+grpc::ServerUnaryReactor* AdminService::SetPolicy(grpc::CallbackServerContext* context,
+                                                  const v1::SetPolicyRequest* request,
+                                                  v1::Policy* reply) {
+  return Unary(context, reply, [&] { return engine_->SetPolicy(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::GetPolicy(grpc::CallbackServerContext* context,
+                                                  const v1::GetPolicyRequest* request,
+                                                  v1::Policy* reply) {
+  return Unary(context, reply, [&] { return engine_->GetPolicy(request->tenant()); });
+}
+
 }  // namespace kvkeep

@@ -30,6 +30,12 @@ class AdminService final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* SetQuota(grpc::CallbackServerContext* context,
                                      const v1::SetQuotaRequest* request,
                                      v1::TenantInfo* reply) override;
+  grpc::ServerUnaryReactor* SetPolicy(grpc::CallbackServerContext* context,
+                                      const v1::SetPolicyRequest* request,
+                                      v1::Policy* reply) override;
+  grpc::ServerUnaryReactor* GetPolicy(grpc::CallbackServerContext* context,
+                                      const v1::GetPolicyRequest* request,
+                                      v1::Policy* reply) override;
 
  private:
   template <typename Reply, typename Fn>

@@ -4,6 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "service/compressor.h"
+#include "service/policy_convert.h"
 #include "service/quota.h"
 #include "service/token_auth.h"
 
@@ -253,6 +255,28 @@ absl::StatusOr<v1::TenantInfo> CacheEngine::SetQuota(const v1::SetQuotaRequest& 
   return TenantInfoLocked(it->second);
 }
 
+absl::StatusOr<v1::Policy> CacheEngine::SetPolicy(const v1::SetPolicyRequest& request) {
+  RETURN_IF_ERROR(ValidatePolicyProto(request.policy()));
+  absl::MutexLock lock(&mu_);
+  auto it = tenants_.find(request.tenant());
+  if (it == tenants_.end()) {
+    return absl::NotFoundError(absl::StrCat("no tenant \"", request.tenant(), "\""));
+  }
+  v1::TenantRecord record = it->second.record;
+  *record.mutable_policy() = request.policy();
+  // Persisted before it takes effect.
+  RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.tenant(), record.SerializeAsString()));
+  it->second.record = record;
+  return record.policy();
+}
+
+absl::StatusOr<v1::Policy> CacheEngine::GetPolicy(const std::string& tenant) const {
+  absl::MutexLock lock(&mu_);
+  auto it = tenants_.find(tenant);
+  if (it == tenants_.end()) return absl::NotFoundError(absl::StrCat("no tenant \"", tenant, "\""));
+  return it->second.record.policy();
+}
+
 v1::DaemonStatus CacheEngine::Status() const {
   PoolStats stats = pool_.Stats();
   absl::MutexLock lock(&mu_);
@@ -384,6 +408,17 @@ void CacheEngine::EndAllSessions(const absl::Status& status) {
   DropOrphans(drop);
 }
 
+absl::Status CacheEngine::CheckSessionIfGiven(const std::string& tenant,
+                                              const std::string& id) const {
+  if (id.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || it->second.tenant != tenant) {
+    return absl::NotFoundError(absl::StrCat("no live session \"", id, "\" for this tenant"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CacheEngine::Session*> CacheEngine::FindSessionLocked(const std::string& tenant,
                                                                      const std::string& id) {
   auto it = sessions_.find(id);
@@ -504,6 +539,7 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
     return absl::InvalidArgumentError(absl::StrCat("tokens = ", request.tokens(), " (must be 1..",
                                                    options_.max_tokens_per_allocation, ")"));
   }
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
   if (seq->dropped) return NoSequence(request.sequence_id());
@@ -577,21 +613,97 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
 absl::StatusOr<v1::CommitReply> CacheEngine::CommitTokens(const std::string& tenant,
                                                           const v1::CommitRequest& request) {
   if (request.tokens() == 0) return absl::InvalidArgumentError("tokens must be > 0");
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
   if (seq->dropped) return NoSequence(request.sequence_id());
+  // Statistics are checked against the table as it will be, before anything changes.
+  for (const v1::LayerStats& layer : request.stats()) {
+    RETURN_IF_ERROR(ValidateLayerStats(*seq->model, seq->table, seq->stats, layer,
+                                       request.tokens()));
+  }
   RETURN_IF_ERROR(seq->table.Commit(request.tokens(), request.positions()));
+  for (const v1::LayerStats& layer : request.stats()) {
+    // Validated above against the same table and stats: cannot fail.
+    ApplyLayerStats(*seq->model, seq->table, layer, &seq->stats).IgnoreError();
+  }
+  v1::Policy policy;
   {
     absl::MutexLock lock(&mu_);
     seq->last_access = absl::Now();
+    auto t = tenants_.find(tenant);
+    if (t != tenants_.end()) policy = t->second.record.policy();
   }
   v1::CommitReply reply;
+  // Decode-time eviction: a head past the tenant's max_tokens by a page is compressed back to it.
+  if (policy.has_max_tokens()) {
+    const uint64_t trigger =
+        uint64_t{policy.max_tokens()} + seq->model->geometry().tokens_per_page;
+    if (seq->table.max_count() >= trigger) {
+      auto compressed = CompressHeld(seq.get(), v1::Policy());
+      if (compressed.ok()) {
+        *reply.mutable_compressed() = std::move(*compressed);
+      } else {
+        reply.set_compress_error(compressed.status().ToString());
+      }
+    }
+  }
   reply.set_token_count(seq->table.max_count());
   reply.set_next_position(static_cast<uint64_t>(seq->table.next_position()));
   return reply;
 }
 
+absl::Status CacheEngine::PutStats(const std::string& tenant, const v1::StatsChunk& chunk) {
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
+  absl::MutexLock seq_lock(&seq->mu);
+  if (seq->dropped) return NoSequence(chunk.sequence_id());
+  return ApplyLayerStats(*seq->model, seq->table, chunk.stats(), &seq->stats);
+}
+
+absl::StatusOr<v1::CompressReply> CacheEngine::Compress(const std::string& tenant,
+                                                        const v1::CompressRequest& request) {
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
+  absl::MutexLock seq_lock(&seq->mu);
+  if (seq->dropped) return NoSequence(request.sequence_id());
+  return CompressHeld(seq.get(), request.policy());
+}
+
+absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
+                                                            const v1::Policy& policy) {
+  v1::Policy tenant_default;
+  {
+    absl::MutexLock lock(&mu_);
+    auto t = tenants_.find(seq->tenant);
+    if (t != tenants_.end()) tenant_default = t->second.record.policy();
+  }
+  ASSIGN_OR_RETURN(ResolvedPolicy resolved, ResolvePolicy(policy, tenant_default));
+  // Scoring memory is reused per thread (the callers are executor threads).
+  thread_local CompressScratch scratch;
+  ASSIGN_OR_RETURN(CompressOutcome outcome,
+                   CompressSequence(*seq->model, seq->table, seq->stats, resolved.policy,
+                                    resolved.budget, *backend_, pool_, scratch));
+  const PageGeometry& geometry = seq->model->geometry();
+  if (!outcome.freed_pages.empty()) {
+    const uint64_t pages = outcome.freed_pages.size();
+    const uint64_t bytes = pages * geometry.page_bytes;
+    pool_.Free(outcome.freed_pages);
+    absl::MutexLock lock(&mu_);
+    auto t = tenants_.find(seq->tenant);
+    if (t != tenants_.end()) {
+      t->second.used_bytes -= bytes;
+      t->second.used_pages -= pages;
+    }
+    used_bytes_ -= bytes;
+  }
+  v1::CompressReply reply;
+  TableToProto(*seq, /*with_positions=*/true, reply.mutable_table());
+  ToProto(outcome, resolved.policy, geometry, reply.mutable_summary());
+  return reply;
+}
+
 absl::Status CacheEngine::WriteChunk(const std::string& tenant, const v1::KvChunk& chunk) {
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, chunk.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
   const Model& model = *seq->model;
   const PageGeometry& g = model.geometry();
@@ -682,6 +794,7 @@ absl::StatusOr<v1::ReleaseReply> CacheEngine::Release(const std::string& tenant,
 
 absl::StatusOr<v1::DropReply> CacheEngine::Drop(const std::string& tenant,
                                                 const v1::DropRequest& r) {
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, r.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
   if (seq->dropped) return NoSequence(r.sequence_id());

@@ -29,6 +29,7 @@
 #include "kvkeep/v1/records.pb.h"
 #include "service/model_layout.h"
 #include "service/page_pool.h"
+#include "service/sequence_stats.h"
 #include "service/sequence_table.h"
 #include "service/session_sink.h"
 #include "service/storage/metadata_store.h"
@@ -60,6 +61,9 @@ class CacheEngine {
   v1::ListTenantsReply ListTenants() const;
   absl::StatusOr<v1::DeleteTenantReply> DeleteTenant(const std::string& name, bool force);
   absl::StatusOr<v1::TenantInfo> SetQuota(const v1::SetQuotaRequest& request);
+  // The tenant's default eviction policy: validated, persisted, then in effect.
+  absl::StatusOr<v1::Policy> SetPolicy(const v1::SetPolicyRequest& request);
+  absl::StatusOr<v1::Policy> GetPolicy(const std::string& tenant) const;
   v1::DaemonStatus Status() const;
 
   // ---- Sessions ----------------------------------------------------------------------------
@@ -89,6 +93,12 @@ class CacheEngine {
                                                    const v1::AllocateRequest& request);
   absl::StatusOr<v1::CommitReply> CommitTokens(const std::string& tenant,
                                                const v1::CommitRequest& request);
+  // Stores one layer's query statistics. INVALID_ARGUMENT (shapes, NaN/Inf), NOT_FOUND.
+  absl::Status PutStats(const std::string& tenant, const v1::StatsChunk& chunk);
+  // Scores, selects and compacts a sequence in place (service/compressor.h); frees the emptied
+  // pages and un-charges the tenant. Runs on the calling thread: call it from an executor.
+  absl::StatusOr<v1::CompressReply> Compress(const std::string& tenant,
+                                             const v1::CompressRequest& request);
   // Writes one chunk of the bytes path.
   absl::Status WriteChunk(const std::string& tenant, const v1::KvChunk& chunk);
   absl::StatusOr<v1::PageTable> GetSequence(const std::string& tenant,
@@ -122,6 +132,7 @@ class CacheEngine {
 
     absl::Mutex mu;
     SequenceTable table ABSL_GUARDED_BY(mu);
+    SequenceStats stats ABSL_GUARDED_BY(mu);
     bool dropped ABSL_GUARDED_BY(mu) = false;
 
     // Protected by CacheEngine::mu_.
@@ -155,6 +166,9 @@ class CacheEngine {
   // The tenant's sequence; NOT_FOUND otherwise.
   absl::StatusOr<std::shared_ptr<Sequence>> FindSequence(const std::string& tenant,
                                                          const std::string& id) const;
+  // OK when `id` is empty or a live session of `tenant`; NOT_FOUND otherwise (a superseded or
+  // ended session's calls are refused).
+  absl::Status CheckSessionIfGiven(const std::string& tenant, const std::string& id) const;
   // A live session of `tenant`; NOT_FOUND otherwise.
   absl::StatusOr<Session*> FindSessionLocked(const std::string& tenant, const std::string& id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -165,6 +179,9 @@ class CacheEngine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropOrphans(const std::vector<std::shared_ptr<Sequence>>& drop);
   v1::TenantInfo TenantInfoLocked(const Tenant& t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Compresses `seq` (its mu held) under `policy` over the tenant default; frees and un-charges.
+  absl::StatusOr<v1::CompressReply> CompressHeld(Sequence* seq, const v1::Policy& policy)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
   void TableToProto(const Sequence& seq, bool with_positions, v1::PageTable* out) const
       ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
 

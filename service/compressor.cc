@@ -31,10 +31,10 @@ absl::Status CheckBudget(const eviction::Budget& b) {
 absl::Status CheckTable(const Model& model, const SequenceTable& table) {
   if (table.heads() != model.head_tables() ||
       table.tokens_per_page() != model.geometry().tokens_per_page) {
-    return absl::InternalError(absl::StrCat(
-        "sequence table has ", table.heads(), " heads of ", table.tokens_per_page(),
-        " tokens per page; the model has ", model.head_tables(), " of ",
-        model.geometry().tokens_per_page));
+    return absl::InternalError(absl::StrCat("sequence table has ", table.heads(), " heads of ",
+                                            table.tokens_per_page(),
+                                            " tokens per page; the model has ", model.head_tables(),
+                                            " of ", model.geometry().tokens_per_page));
   }
   for (uint32_t h = 0; h < table.heads(); ++h) {
     const SequenceTable::Head& head = table.head(h);
@@ -64,7 +64,8 @@ size_t CompressScratch::bytes() const {
   for (const auto& s : scores_) {
     for (const auto& v : s.per_head) n += v.capacity() * sizeof(float);
   }
-  n += inputs_.window_queries.capacity() * sizeof(float) + inputs_.wo_gram.capacity() * sizeof(float);
+  n += inputs_.window_queries.capacity() * sizeof(float) +
+       inputs_.wo_gram.capacity() * sizeof(float);
   n += (inputs_.query_sum.capacity() + inputs_.query_sq_sum.capacity()) * sizeof(double);
   for (const auto& m : inputs_.attention_mass) n += m.capacity() * sizeof(float);
   return n;
@@ -96,8 +97,7 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
   }
   out.tokens_after = out.tokens_before;
   auto finish = [&]() {
-    out.seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return out;
   };
   // Every head fits its budget: nothing to evict.
@@ -124,9 +124,8 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
   if (policy.scorer == eviction::ScorerKind::kCapKvGreedy && policy.greedy_picks == 0 &&
       policy.allocation == eviction::Allocation::kUniform) {
     effective.greedy_picks =
-        budget.tokens > 0
-            ? budget.tokens
-            : static_cast<int64_t>(std::ceil(budget.keep_ratio * max_count)) + 2;
+        budget.tokens > 0 ? budget.tokens
+                          : static_cast<int64_t>(std::ceil(budget.keep_ratio * max_count)) + 2;
   }
 
   // Score every layer.
@@ -173,8 +172,8 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
         }
       }
     }
-    BuildLayerInputs(model, table, stats, effective, layer, scratch.key_ptrs_,
-                     scratch.value_ptrs_, &scratch.inputs_);
+    BuildLayerInputs(model, table, stats, effective, layer, scratch.key_ptrs_, scratch.value_ptrs_,
+                     &scratch.inputs_);
     absl::Status scored = eviction::ScoreLayerInto(effective, scratch.inputs_, scratch.workspace_,
                                                    &scratch.scores_[layer]);
     if (!scored.ok()) {
@@ -253,11 +252,10 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
         const size_t bytes = size_t{len} * geo.token_bytes;
         for (size_t part = 0; part < 2 && status.ok(); ++part) {
           const size_t base = part == 0 ? 0 : geo.value_offset;
-          status = backend.Copy(**src_arena,
-                                page_offset(src_page) + base + size_t{src % tpp} * geo.token_bytes,
-                                **dst_arena,
-                                page_offset(dst_page) + base + size_t{dst % tpp} * geo.token_bytes,
-                                bytes);
+          status = backend.Copy(
+              **src_arena, page_offset(src_page) + base + size_t{src % tpp} * geo.token_bytes,
+              **dst_arena, page_offset(dst_page) + base + size_t{dst % tpp} * geo.token_bytes,
+              bytes);
         }
         if (!status.ok()) {
           return absl::InternalError(absl::StrCat(

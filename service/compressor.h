@@ -53,10 +53,10 @@ struct CompressOutcome {
   double seconds = 0;  // wall time of the call
 };
 
-// Memory reused across CompressSequence calls: float32 keys/values of one layer, the scores of every
-// layer (4 bytes per cached token), raw page staging and the scorers' workspace. Buffers grow to
-// the largest sequence seen and never shrink; bytes() tells how much is held.
-// Not thread-safe: one per calling thread.
+// Memory reused across CompressSequence calls: float32 keys/values of one layer, the scores of
+// every layer (4 bytes per cached token), raw page staging and the scorers' workspace. Buffers grow
+// to the largest sequence seen and never shrink; bytes() tells how much is held. Not thread-safe:
+// one per calling thread.
 class CompressScratch {
  public:
   // threads: workers the scorers may use (see eviction::ScoringWorkspace); 0 = min(2, hardware).
@@ -64,16 +64,17 @@ class CompressScratch {
   size_t bytes() const;
 
  private:
-  friend absl::StatusOr<CompressOutcome> CompressSequence(
-      const Model&, SequenceTable&, SequenceStats&, const eviction::Policy&,
-      const eviction::Budget&, Backend&, const PagePool&, CompressScratch&);
+  friend absl::StatusOr<CompressOutcome> CompressSequence(const Model&, SequenceTable&,
+                                                          SequenceStats&, const eviction::Policy&,
+                                                          const eviction::Budget&, Backend&,
+                                                          const PagePool&, CompressScratch&);
 
   eviction::ScoringWorkspace workspace_;
   eviction::LayerInputs inputs_;
   std::vector<std::vector<float>> keys_, values_;  // [kv_head][count * head_dim]
   std::vector<const float*> key_ptrs_, value_ptrs_;
-  std::vector<uint16_t> staging_;                  // one page's keys or values, 16-bit dtypes
-  std::vector<eviction::HeadScores> scores_;       // [layer]
+  std::vector<uint16_t> staging_;             // one page's keys or values, 16-bit dtypes
+  std::vector<eviction::HeadScores> scores_;  // [layer]
 };
 
 // Compresses the sequence whose pages `table` lists, to `budget` under `policy`.

@@ -16,10 +16,10 @@
 namespace kvkeep {
 namespace {
 
-using ::kvkeep::testing::StatusIs;
 using absl::StatusCode;
 using eviction::Allocation;
 using eviction::ScorerKind;
+using ::kvkeep::testing::StatusIs;
 
 // What a head slot should hold: the token's original position and its raw key / value bytes.
 struct Token {
@@ -76,8 +76,8 @@ class CompressorTest : public ::testing::Test {
     auto backend = CreateBackend({.kind = BackendKind::kCpu, .shm_prefix = "kvkeep-comptest"});
     ASSERT_OK(backend);
     backend_ = std::move(*backend);
-    pool_ = std::make_unique<PagePool>(backend_.get(),
-                                       PoolOptions{.capacity_bytes = 16 << 20, .arena_bytes = 1 << 20});
+    pool_ = std::make_unique<PagePool>(
+        backend_.get(), PoolOptions{.capacity_bytes = 16 << 20, .arena_bytes = 1 << 20});
     checking_ = std::make_unique<CheckingBackend>(backend_.get());
   }
 
@@ -125,7 +125,8 @@ class CompressorTest : public ::testing::Test {
       } else {
         uint16_t b;
         std::memcpy(&b, bytes.data() + 2 * i, 2);
-        out[i] = dtype == v1::DTYPE_FP16 ? gpu_math::HalfBitsToFloat(b) : gpu_math::Bf16BitsToFloat(b);
+        out[i] =
+            dtype == v1::DTYPE_FP16 ? gpu_math::HalfBitsToFloat(b) : gpu_math::Bf16BitsToFloat(b);
       }
     }
     return out;
@@ -367,7 +368,11 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, CompressorDtypeTest,
 // Ada gives the heads of a layer different lengths; compaction, positions and pages follow each
 // head's own count, and a later compression starts from those different lengths.
 TEST_F(CompressorTest, AdaHeadsOfDifferentLengthsCompactExactly) {
-  Init({.dtype = v1::DTYPE_FP16, .layers = 2, .q_heads = 8, .kv_heads = 4, .head_dim = 8,
+  Init({.dtype = v1::DTYPE_FP16,
+        .layers = 2,
+        .q_heads = 8,
+        .kv_heads = 4,
+        .head_dim = 8,
         .tokens_per_page = 4});
   Append(30);
   const eviction::Policy policy{
@@ -403,7 +408,11 @@ TEST_F(CompressorTest, AdaHeadsOfDifferentLengthsCompactExactly) {
 // Attention mass (h2o): the stored mass decides, and it is compacted with the tokens so that a
 // second compression without new statistics still ranks correctly.
 TEST_F(CompressorTest, H2oFollowsTheMassAndCompactsIt) {
-  Init({.dtype = v1::DTYPE_BF16, .layers = 1, .q_heads = 2, .kv_heads = 2, .head_dim = 4,
+  Init({.dtype = v1::DTYPE_BF16,
+        .layers = 1,
+        .q_heads = 2,
+        .kv_heads = 2,
+        .head_dim = 4,
         .tokens_per_page = 2});
   Append(10);
   // Mass of token j: head 0 prefers odd tokens, head 1 larger j.
@@ -441,9 +450,9 @@ TEST_F(CompressorTest, H2oFollowsTheMassAndCompactsIt) {
 TEST_F(CompressorTest, ShiftedRunsAreCopiedWithoutOverlap) {
   Init({.layers = 1, .q_heads = 2, .kv_heads = 1, .head_dim = 4, .tokens_per_page = 4});
   Append(14);
-  ASSERT_OK_AND_ASSIGN(CompressOutcome out,
-                       Compress({.scorer = ScorerKind::kStreaming, .sinks = 2, .window = 0},
-                                {.tokens = 11}));
+  ASSERT_OK_AND_ASSIGN(
+      CompressOutcome out,
+      Compress({.scorer = ScorerKind::kStreaming, .sinks = 2, .window = 0}, {.tokens = 11}));
   std::vector<int32_t> want = {5, 8};
   for (int j = 5; j < 14; ++j) want.push_back(5 + 3 * j);
   EXPECT_EQ(table_->head(0).positions, want);
@@ -455,8 +464,8 @@ TEST_F(CompressorTest, ShiftedRunsAreCopiedWithoutOverlap) {
   ExpectContentsMatchReference();
 
   // Evicting a single early token: every later token moves by one slot.
-  ASSERT_OK_AND_ASSIGN(out, Compress({.scorer = ScorerKind::kStreaming, .sinks = 1, .window = 0},
-                                     {.tokens = 10}));
+  ASSERT_OK_AND_ASSIGN(
+      out, Compress({.scorer = ScorerKind::kStreaming, .sinks = 1, .window = 0}, {.tokens = 10}));
   EXPECT_EQ(checking_->overlaps, 0);
   FollowTable();
   ExpectContentsMatchReference();
@@ -511,7 +520,8 @@ TEST_F(CompressorTest, BadPolicyOrBudgetIsInvalidAndChangesNothing) {
   EXPECT_THAT(Compress(knorm, {.keep_ratio = 0.5, .tokens = 3}),
               StatusIs(StatusCode::kInvalidArgument, "exactly one"));
   EXPECT_THAT(Compress(knorm, {.keep_ratio = 1.5}), StatusIs(StatusCode::kInvalidArgument));
-  EXPECT_THAT(Compress(knorm, {.keep_ratio = std::nan("")}), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(Compress(knorm, {.keep_ratio = std::nan("")}),
+              StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(Compress(knorm, {.tokens = -2}), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(Compress({.scorer = ScorerKind::kKnorm, .pool_kernel = 4}, {.keep_ratio = 0.5}),
               StatusIs(StatusCode::kInvalidArgument, "pool_kernel"));
@@ -526,9 +536,9 @@ TEST_F(CompressorTest, ReservedRoomStaysAndEmptiedPagesGo) {
   Append(10, /*reserve=*/6);  // 16 slots: 4 pages, 3 of them hold tokens
   const std::vector<uint64_t> pages0 = table_->head(0).pages;
   ASSERT_EQ(pages0.size(), 4u);
-  ASSERT_OK_AND_ASSIGN(CompressOutcome out,
-                       Compress({.scorer = ScorerKind::kStreaming, .sinks = 1, .window = 2},
-                                {.tokens = 3}));
+  ASSERT_OK_AND_ASSIGN(
+      CompressOutcome out,
+      Compress({.scorer = ScorerKind::kStreaming, .sinks = 1, .window = 2}, {.tokens = 3}));
   EXPECT_EQ(out.freed_pages.size(), 4u);  // pages 1 and 2 of each head
   EXPECT_EQ(table_->head(0).pages, (std::vector<uint64_t>{pages0[0], pages0[3]}));
   EXPECT_EQ(table_->capacity(0), 8u);
@@ -544,7 +554,11 @@ TEST_F(CompressorTest, ReservedRoomStaysAndEmptiedPagesGo) {
 // Window scorers read the keys, post-RoPE queries and positions through BuildLayerInputs; a window
 // made stale by a commit is refused until it is sent again.
 TEST_F(CompressorTest, SnapKvWithWindowQueriesAndStaleWindow) {
-  Init({.dtype = v1::DTYPE_FP16, .layers = 2, .q_heads = 4, .kv_heads = 2, .head_dim = 8,
+  Init({.dtype = v1::DTYPE_FP16,
+        .layers = 2,
+        .q_heads = 4,
+        .kv_heads = 2,
+        .head_dim = 8,
         .tokens_per_page = 4});
   Append(24);
   for (uint32_t l = 0; l < 2; ++l) ApplyWindow(l, 4);
@@ -580,13 +594,17 @@ TEST_F(CompressorTest, SnapKvWithWindowQueriesAndStaleWindow) {
 
 // capkv reads keys and values (both gathered and converted from bf16) and the query moments.
 TEST_F(CompressorTest, CapKvWithMomentsCompacts) {
-  Init({.dtype = v1::DTYPE_BF16, .layers = 2, .q_heads = 4, .kv_heads = 2, .head_dim = 8,
+  Init({.dtype = v1::DTYPE_BF16,
+        .layers = 2,
+        .q_heads = 4,
+        .kv_heads = 2,
+        .head_dim = 8,
         .tokens_per_page = 5});
   Append(23);
   for (uint32_t l = 0; l < 2; ++l) ApplyMoments(l);
-  ASSERT_OK_AND_ASSIGN(CompressOutcome out,
-                       Compress({.scorer = ScorerKind::kCapKv, .sinks = 2, .window = 2},
-                                {.tokens = 8}));
+  ASSERT_OK_AND_ASSIGN(
+      CompressOutcome out,
+      Compress({.scorer = ScorerKind::kCapKv, .sinks = 2, .window = 2}, {.tokens = 8}));
   EXPECT_EQ(out.tokens_after, 8u * 4);
   EXPECT_EQ(out.freed_pages.size(), 4u * (5 - 2));
   EXPECT_GT(checking_->reads, 0);
@@ -613,7 +631,8 @@ TEST_F(CompressorTest, CapKvGreedyMatchesAFullGreedyRanking) {
   Append(40);
   for (uint32_t l = 0; l < 2; ++l) ApplyMoments(l);
   const eviction::Policy policy{.scorer = ScorerKind::kCapKvGreedy, .sinks = 2, .window = 3};
-  for (eviction::Budget budget : {eviction::Budget{.tokens = 12}, eviction::Budget{.keep_ratio = 0.3}}) {
+  for (eviction::Budget budget :
+       {eviction::Budget{.tokens = 12}, eviction::Budget{.keep_ratio = 0.3}}) {
     std::vector<eviction::HeadScores> scores(2);
     std::vector<std::vector<float>> keys(table_->heads()), values(table_->heads());
     eviction::ScoringWorkspace ws(1);
@@ -632,7 +651,8 @@ TEST_F(CompressorTest, CapKvGreedyMatchesAFullGreedyRanking) {
       BuildLayerInputs(*model_, *table_, stats_, policy, l, kp, vp, &in);
       ASSERT_OK(eviction::ScoreLayerInto(policy, in, ws, &scores[l]));  // greedy_picks = 0: full
     }
-    ASSERT_OK_AND_ASSIGN(eviction::Selection want, eviction::SelectTokens(policy, budget, scores, 1));
+    ASSERT_OK_AND_ASSIGN(eviction::Selection want,
+                         eviction::SelectTokens(policy, budget, scores, 1));
     ASSERT_OK_AND_ASSIGN(CompressOutcome out, Compress(policy, budget));
     for (uint32_t h = 0; h < table_->heads(); ++h) {
       std::vector<int32_t> positions;

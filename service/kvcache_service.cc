@@ -219,6 +219,42 @@ class WriteKvReactor final : public grpc::ServerReadReactor<v1::KvChunk> {
   v1::KvChunk chunk_;
 };
 
+// Applies each layer's statistics as it arrives.
+class PutStatsReactor final : public grpc::ServerReadReactor<v1::StatsChunk> {
+ public:
+  PutStatsReactor(CacheEngine* engine, absl::StatusOr<std::string> tenant, v1::StatsAck* reply)
+      : engine_(engine), tenant_(std::move(tenant)), reply_(reply) {
+    if (!tenant_.ok()) {
+      Finish(ToGrpcStatus(tenant_.status()));
+      return;
+    }
+    StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    absl::Status status = engine_->PutStats(*tenant_, chunk_);
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(absl::Status(
+          status.code(), absl::StrCat("chunk ", reply_->layers(), ": ", status.message()))));
+      return;
+    }
+    reply_->set_layers(reply_->layers() + 1);
+    StartRead(&chunk_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  CacheEngine* const engine_;
+  const absl::StatusOr<std::string> tenant_;
+  v1::StatsAck* const reply_;
+  v1::StatsChunk chunk_;
+};
+
 // Streams a ReadCursor, one chunk in flight at a time.
 class ReadKvReactor final : public grpc::ServerWriteReactor<v1::KvChunk> {
  public:
@@ -333,6 +369,30 @@ grpc::ServerWriteReactor<v1::KvChunk>* KvCacheService::ReadKV(grpc::CallbackServ
   absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
   if (!tenant.ok()) return new ReadKvReactor(tenant.status());
   return new ReadKvReactor(engine_->OpenRead(*tenant, *request));
+}
+
+grpc::ServerReadReactor<v1::StatsChunk>* KvCacheService::PutStats(
+    grpc::CallbackServerContext* context, v1::StatsAck* reply) {
+  return new PutStatsReactor(engine_, AuthenticateWorker(*context, *engine_, admin_token_hash_),
+                             reply);
+}
+
+grpc::ServerUnaryReactor* KvCacheService::Compress(grpc::CallbackServerContext* context,
+                                                   const v1::CompressRequest* request,
+                                                   v1::CompressReply* reply) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  if (!tenant.ok()) {
+    reactor->Finish(ToGrpcStatus(tenant.status()));
+    return reactor;
+  }
+  // Scoring and compaction take long: not on a gRPC thread. request/reply live until Finish.
+  executor_->Schedule([this, reactor, request, reply, tenant = *tenant] {
+    auto result = engine_->Compress(tenant, *request);
+    if (result.ok()) *reply = std::move(*result);
+    reactor->Finish(ToGrpcStatus(result.status()));
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetSequence(grpc::CallbackServerContext* context,

@@ -8,14 +8,15 @@
 
 #include "kvkeep/v1/kvcache.grpc.pb.h"
 #include "service/cache_engine.h"
+#include "service/executor.h"
 
 namespace kvkeep {
 
 class KvCacheService final : public v1::KvCache::CallbackService {
  public:
-  // `engine` must outlive the service.
-  KvCacheService(CacheEngine* engine, std::string admin_token_hash)
-      : engine_(engine), admin_token_hash_(std::move(admin_token_hash)) {}
+  // `engine` and `executor` (where Compress runs) must outlive the service.
+  KvCacheService(CacheEngine* engine, Executor* executor, std::string admin_token_hash)
+      : engine_(engine), executor_(executor), admin_token_hash_(std::move(admin_token_hash)) {}
 
   grpc::ServerWriteReactor<v1::SessionEvent>* Session(grpc::CallbackServerContext* context,
                                                       const v1::AttachRequest* request) override;
@@ -37,6 +38,11 @@ class KvCacheService final : public v1::KvCache::CallbackService {
                                                 v1::WriteSummary* reply) override;
   grpc::ServerWriteReactor<v1::KvChunk>* ReadKV(grpc::CallbackServerContext* context,
                                                 const v1::ReadRequest* request) override;
+  grpc::ServerReadReactor<v1::StatsChunk>* PutStats(grpc::CallbackServerContext* context,
+                                                     v1::StatsAck* reply) override;
+  grpc::ServerUnaryReactor* Compress(grpc::CallbackServerContext* context,
+                                     const v1::CompressRequest* request,
+                                     v1::CompressReply* reply) override;
   grpc::ServerUnaryReactor* GetSequence(grpc::CallbackServerContext* context,
                                         const v1::GetSequenceRequest* request,
                                         v1::PageTable* reply) override;
@@ -57,6 +63,7 @@ class KvCacheService final : public v1::KvCache::CallbackService {
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
 
   CacheEngine* const engine_;
+  Executor* const executor_;
   const std::string admin_token_hash_;
 };
 

@@ -1,4 +1,7 @@
 // kvkeepd: the KV-cache memory manager daemon. See README.md and `kvkeepd --help`.
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <thread>
@@ -23,7 +26,21 @@ ABSL_FLAG(std::string, backend, "auto", "Memory backend: auto, cpu (POSIX shared
 ABSL_FLAG(uint64_t, pool_mib, 1024, "Device (or host) memory the daemon may hand out, in MiB");
 ABSL_FLAG(uint64_t, arena_mib, 64, "Size of one exported arena, in MiB");
 ABSL_FLAG(uint64_t, max_message_mib, 4, "Largest gRPC message accepted or sent, in MiB");
+ABSL_FLAG(int, compress_threads, 2, "Threads that run Compress (scoring and compaction)");
 ABSL_FLAG(int, keepalive_seconds, 10, "Keepalive ping interval that detects lost workers");
+
+namespace {
+
+// Signals reach the daemon through a pipe: a handler runs on whichever thread the kernel picks
+// (libraries such as OpenBLAS start threads before main can block signals), and only writes.
+int signal_pipe[2] = {-1, -1};
+
+void OnSignal(int sig) {
+  const char byte = static_cast<char>(sig);
+  (void)!write(signal_pipe[1], &byte, 1);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -56,19 +73,24 @@ int main(int argc, char** argv) {
   options.arena_bytes = absl::GetFlag(FLAGS_arena_mib) << 20;
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mib) << 20;
   options.keepalive_seconds = absl::GetFlag(FLAGS_keepalive_seconds);
+  options.compress_threads = absl::GetFlag(FLAGS_compress_threads);
   if (options.pool_bytes == 0 || options.arena_bytes == 0 || options.max_message_bytes == 0 ||
-      options.max_message_bytes > (1u << 30) || options.keepalive_seconds <= 0) {
+      options.max_message_bytes > (1u << 30) || options.keepalive_seconds <= 0 ||
+      options.compress_threads <= 0 || options.compress_threads > 64) {
     std::fprintf(stderr, "kvkeepd: --pool_mib, --arena_mib, --keepalive_seconds must be > 0 and "
-                         "--max_message_mib in 1..1024\n");
+                         "--max_message_mib in 1..1024, --compress_threads in 1..64\n");
     return 2;
   }
 
-  // Signals are taken by one thread with sigwait; every other thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (pipe(signal_pipe) != 0) {
+    std::perror("kvkeepd: pipe");
+    return 1;
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
   auto server = kvkeep::Server::Start(options);
@@ -86,8 +108,9 @@ int main(int argc, char** argv) {
   std::fflush(stderr);
 
   std::thread waiter([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
+    char sig = 0;
+    while (read(signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
     std::fprintf(stderr, "kvkeepd: signal %d, draining sessions and shutting down\n", sig);
     (*server)->Shutdown();
   });

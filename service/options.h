@@ -22,6 +22,7 @@ struct ServiceOptions {
   uint64_t pool_bytes = 1ull << 30;          // Default: 1 GiB of arenas
   uint64_t arena_bytes = 64ull << 20;        // Default: 64 MiB per arena
   uint64_t max_message_bytes = 4ull << 20;   // Default: 4 MiB (gRPC's default)
+  int compress_threads = 2;      // Default: 2 threads for Compress (scoring + compaction)
   int keepalive_seconds = 10;    // Default: 10 s between keepalive pings on idle sessions
 };
 

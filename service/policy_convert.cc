@@ -16,11 +16,13 @@ absl::Status Bad(absl::string_view which, absl::string_view field, absl::string_
 absl::Status Validate(const v1::Policy& p, absl::string_view which) {
   if (!p.scorer().empty()) {
     absl::StatusOr<eviction::ScorerKind> kind = eviction::ParseScorer(p.scorer());
-    if (!kind.ok()) return Bad(which, "scorer", absl::StrCat("is invalid: ", kind.status().message()));
+    if (!kind.ok())
+      return Bad(which, "scorer", absl::StrCat("is invalid: ", kind.status().message()));
   }
   if (!p.allocation().empty()) {
     absl::StatusOr<eviction::Allocation> a = eviction::ParseAllocation(p.allocation());
-    if (!a.ok()) return Bad(which, "allocation", absl::StrCat("is invalid: ", a.status().message()));
+    if (!a.ok())
+      return Bad(which, "allocation", absl::StrCat("is invalid: ", a.status().message()));
   }
   if (p.has_sinks() && p.sinks() > kMaxPolicySinks) {
     return Bad(which, "sinks",
@@ -32,9 +34,9 @@ absl::Status Validate(const v1::Policy& p, absl::string_view which) {
   }
   if (p.has_pool_kernel() &&
       (p.pool_kernel() < 1 || p.pool_kernel() > kMaxPolicyPoolKernel || p.pool_kernel() % 2 == 0)) {
-    return Bad(which, "pool_kernel",
-               absl::StrCat("= ", p.pool_kernel(), " must be odd and in [1, ",
-                            kMaxPolicyPoolKernel, "]"));
+    return Bad(
+        which, "pool_kernel",
+        absl::StrCat("= ", p.pool_kernel(), " must be odd and in [1, ", kMaxPolicyPoolKernel, "]"));
   }
   if (p.has_ada_alpha() && !(p.ada_alpha() >= 0 && p.ada_alpha() <= 1)) {
     return Bad(which, "ada_alpha", absl::StrCat("= ", p.ada_alpha(), " must be in [0, 1]"));

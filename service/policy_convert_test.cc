@@ -10,10 +10,10 @@
 namespace kvkeep {
 namespace {
 
-using ::kvkeep::testing::StatusIs;
 using absl::StatusCode;
 using eviction::Allocation;
 using eviction::ScorerKind;
+using ::kvkeep::testing::StatusIs;
 
 v1::Policy WithRatio(double ratio) {
   v1::Policy p;

@@ -31,9 +31,9 @@ uint32_t HeadCount(const Model& model, const SequenceTable& table, uint32_t laye
 
 absl::Status Missing(eviction::ScorerKind scorer, absl::string_view what, absl::string_view field,
                      uint32_t layer, absl::string_view detail) {
-  return absl::FailedPreconditionError(absl::StrCat(
-      eviction::ScorerName(scorer), " needs ", what, " (LayerStats.", field, "); layer ", layer,
-      " ", detail, "; send them with CommitTokens or PutStats"));
+  return absl::FailedPreconditionError(
+      absl::StrCat(eviction::ScorerName(scorer), " needs ", what, " (LayerStats.", field,
+                   "); layer ", layer, " ", detail, "; send them with CommitTokens or PutStats"));
 }
 
 }  // namespace
@@ -57,8 +57,7 @@ absl::Status ValidateLayerStats(const Model& model, const SequenceTable& table,
   }
   const uint64_t q_heads = model.q_heads(), d = model.head_dim();
   const uint64_t qd = q_heads * d;
-  const LayerStatistics* stored =
-      stats.layers.empty() ? nullptr : &stats.layers[s.layer()];
+  const LayerStatistics* stored = stats.layers.empty() ? nullptr : &stats.layers[s.layer()];
 
   // Window queries.
   if (s.window() == 0) {
@@ -75,8 +74,8 @@ absl::Status ValidateLayerStats(const Model& model, const SequenceTable& table,
     }
     const int64_t positions = table.next_position() + pending_tokens;
     if (int64_t{s.window()} > positions) {
-      return Bad(s, absl::StrCat("LayerStats.window = ", s.window(),
-                                 " exceeds the sequence's ", positions, " positions"));
+      return Bad(s, absl::StrCat("LayerStats.window = ", s.window(), " exceeds the sequence's ",
+                                 positions, " positions"));
     }
     if (absl::Status st = CheckFinite(s, s.window_queries(), "window_queries"); !st.ok()) return st;
   }
@@ -119,12 +118,12 @@ absl::Status ValidateLayerStats(const Model& model, const SequenceTable& table,
       const bool stored_sq = !stored->query_sq_sum.empty();
       const bool sent_sq = s.query_sq_sum_size() != 0;
       if (stored_sq != sent_sq) {
-        return Bad(s, absl::StrCat(
-                          "LayerStats.query_sq_sum must come with every LayerStats.query_sum of "
-                          "a layer or with none; the ",
-                          stored_count, " queries accumulated so far ",
-                          stored_sq ? "carried it" : "did not", " and this update ",
-                          sent_sq ? "does" : "does not"));
+        return Bad(
+            s, absl::StrCat("LayerStats.query_sq_sum must come with every LayerStats.query_sum of "
+                            "a layer or with none; the ",
+                            stored_count, " queries accumulated so far ",
+                            stored_sq ? "carried it" : "did not", " and this update ",
+                            sent_sq ? "does" : "does not"));
       }
       for (uint64_t i = 0; i < qd; ++i) {
         if (!std::isfinite(stored->query_sum[i] + s.query_sum(static_cast<int>(i))) ||
@@ -264,7 +263,8 @@ void BuildLayerInputs(const Model& model, const SequenceTable& table, const Sequ
   }
 
   const v1::RopeConfig& rope = model.layout().rope();
-  const int rotary = rope.rotary_dim() == 0 ? static_cast<int>(d) : static_cast<int>(rope.rotary_dim());
+  const int rotary =
+      rope.rotary_dim() == 0 ? static_cast<int>(d) : static_cast<int>(rope.rotary_dim());
   in->rope.theta = rope.theta() > 0 ? rope.theta() : 10000.0;
   in->rope.rotary_dim = static_cast<int>(rope.rotary_dim());
   in->rope.interleaved = rope.interleaved();

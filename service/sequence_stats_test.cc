@@ -12,9 +12,9 @@
 namespace kvkeep {
 namespace {
 
-using ::kvkeep::testing::StatusIs;
 using absl::StatusCode;
 using eviction::ScorerKind;
+using ::kvkeep::testing::StatusIs;
 
 constexpr uint32_t kLayers = 2, kQHeads = 4, kKvHeads = 2, kDim = 4, kTpp = 4;
 
@@ -179,7 +179,9 @@ TEST(SequenceStatsTest, BadStatsAreRejectedAndChangeNothing) {
     const char* message;
   };
   std::vector<Case> cases;
-  auto add = [&](v1::LayerStats s, const char* message) { cases.push_back({std::move(s), message}); };
+  auto add = [&](v1::LayerStats s, const char* message) {
+    cases.push_back({std::move(s), message});
+  };
   {
     v1::LayerStats s = Window(0, 2, 0);
     s.set_layer(kLayers);
@@ -286,7 +288,8 @@ TEST(SequenceStatsTest, ValidationCanCountTokensAboutToBeCommitted) {
   SequenceStats stats;
   const v1::LayerStats mass = Mass(table, 0, /*extra=*/2);
   const v1::LayerStats window = Window(0, 8, 0);
-  EXPECT_THAT(ValidateLayerStats(model, table, stats, mass), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(ValidateLayerStats(model, table, stats, mass),
+              StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(ValidateLayerStats(model, table, stats, window),
               StatusIs(StatusCode::kInvalidArgument));
   EXPECT_OK(ValidateLayerStats(model, table, stats, mass, /*pending_tokens=*/2));
@@ -433,8 +436,8 @@ TEST(SequenceStatsTest, ModelWithoutRopeGetsZeroFrequencies) {
   Model model = MakeModel(/*theta=*/0);
   SequenceTable table = MakeTable(3);
   eviction::LayerInputs in;
-  BuildLayerInputs(model, table, SequenceStats(), eviction::Policy{.scorer = ScorerKind::kStreaming},
-                   0, {}, {}, &in);
+  BuildLayerInputs(model, table, SequenceStats(),
+                   eviction::Policy{.scorer = ScorerKind::kStreaming}, 0, {}, {}, &in);
   EXPECT_EQ(in.rope.inv_freq, std::vector<float>(kDim / 2, 0.0f));
   EXPECT_OK(eviction::ValidateLayerInputs(in, eviction::Policy{.scorer = ScorerKind::kStreaming}));
 

@@ -104,7 +104,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
       options.admin_token_file.empty() ? data_dir + "/admin.token" : options.admin_token_file;
   ASSIGN_OR_RETURN(std::string admin_token, LoadOrCreateAdminToken(token_file));
   const std::string admin_hash = HashToken(admin_token);
-  server->kvcache_ = std::make_unique<KvCacheService>(server->engine_.get(), admin_hash);
+  server->executor_ = std::make_unique<Executor>(options.compress_threads);
+  server->kvcache_ = std::make_unique<KvCacheService>(server->engine_.get(),
+                                                      server->executor_.get(), admin_hash);
   server->admin_ = std::make_unique<AdminService>(server->engine_.get(), admin_hash);
 
   server->socket_path_ =
@@ -173,6 +175,7 @@ Server::~Server() {
   Shutdown(absl::ZeroDuration());
   Wait();
   grpc_.reset();
+  executor_.reset();  // runs what is queued (the server no longer accepts calls)
   kvcache_.reset();
   admin_.reset();
   engine_.reset();

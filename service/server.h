@@ -38,6 +38,7 @@ class Server {
   std::unique_ptr<MetadataStore> store_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<CacheEngine> engine_;
+  std::unique_ptr<Executor> executor_;
   std::unique_ptr<KvCacheService> kvcache_;
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<grpc::Server> grpc_;

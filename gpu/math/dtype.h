@@ -52,7 +52,7 @@ KVKEEP_HOST_DEVICE inline uint16_t FloatToHalfBits(float f) {
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t x = bits & 0x7fffffffu;
   if (x >= 0x7f800000u) {
-    if (x == 0x7f800000u) return sign | 0x7c00u;  // infinity
+    if (x == 0x7f800000u) return sign | 0x7c00u;                          // infinity
     return static_cast<uint16_t>(sign | 0x7e00u | ((x >> 13) & 0x3ffu));  // quiet NaN
   }
   // 65520 (half-way between 65504, the largest half, and 2^16) rounds to even: infinity.

@@ -18,11 +18,20 @@ struct HalfCase {
 
 TEST(DtypeMath, HalfKnownBitPatterns) {
   const HalfCase cases[] = {
-      {0.0f, 0x0000},          {-0.0f, 0x8000},          {1.0f, 0x3c00},
-      {-2.0f, 0xc000},         {0.5f, 0x3800},           {65504.0f, 0x7bff},
-      {-65504.0f, 0xfbff},     {0x1p-14f, 0x0400},       {0x1p-24f, 0x0001},
-      {0x3ffp-24f, 0x03ff},    {-0x1p-24f, 0x8001},      {1.0009765625f, 0x3c01},
-      {3.140625f, 0x4248},     {std::numeric_limits<float>::infinity(), 0x7c00},
+      {0.0f, 0x0000},
+      {-0.0f, 0x8000},
+      {1.0f, 0x3c00},
+      {-2.0f, 0xc000},
+      {0.5f, 0x3800},
+      {65504.0f, 0x7bff},
+      {-65504.0f, 0xfbff},
+      {0x1p-14f, 0x0400},
+      {0x1p-24f, 0x0001},
+      {0x3ffp-24f, 0x03ff},
+      {-0x1p-24f, 0x8001},
+      {1.0009765625f, 0x3c01},
+      {3.140625f, 0x4248},
+      {std::numeric_limits<float>::infinity(), 0x7c00},
       {-std::numeric_limits<float>::infinity(), 0xfc00},
   };
   for (const HalfCase& c : cases) {
@@ -75,9 +84,9 @@ TEST(DtypeMath, EveryHalfRoundTripsAndMatchesItsValue) {
     }
     // Independent value: (-1)^s * 2^(e - 15) * (1 + m / 1024), or 2^-14 * m / 1024 if e == 0.
     double want = exponent == 0 ? std::ldexp(static_cast<double>(mantissa), -24)
-                                : exponent == 31 ? std::numeric_limits<double>::infinity()
-                                                 : std::ldexp(1.0 + mantissa / 1024.0,
-                                                              static_cast<int>(exponent) - 15);
+                  : exponent == 31
+                      ? std::numeric_limits<double>::infinity()
+                      : std::ldexp(1.0 + mantissa / 1024.0, static_cast<int>(exponent) - 15);
     if (h & 0x8000) want = -want;
     ASSERT_EQ(static_cast<double>(f), want) << std::hex << u;
     ASSERT_EQ(std::signbit(f), (h & 0x8000) != 0) << std::hex << u;
@@ -118,9 +127,8 @@ uint16_t ReferenceBf16(float f) {
   const double x = f;
   const double dlo = std::fabs(x - static_cast<double>(Bf16BitsToFloat(lo)));
   // hi may be the infinity beyond the largest finite: its "value" is 2^128 for rounding purposes.
-  const double hi_value = ((hi & 0x7fff) == 0x7f80)
-                              ? std::copysign(std::ldexp(1.0, 128), x)
-                              : static_cast<double>(Bf16BitsToFloat(hi));
+  const double hi_value = ((hi & 0x7fff) == 0x7f80) ? std::copysign(std::ldexp(1.0, 128), x)
+                                                    : static_cast<double>(Bf16BitsToFloat(hi));
   const double dhi = std::fabs(x - hi_value);
   if (dlo < dhi) return lo;
   if (dhi < dlo) return hi;
