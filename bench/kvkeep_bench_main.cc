@@ -4,9 +4,7 @@
 #include <cstring>
 #include <string>
 
-#if KVKEEP_HAVE_IO_BENCH
 #include "bench/io_bench.h"
-#endif
 #include "bench/score_bench.h"
 
 namespace {
@@ -34,9 +32,7 @@ int main(int argc, char** argv) {
   }
   std::string cmd = argv[1];
   if (cmd == "score") return RunScoreBench(argc - 1, argv + 1);
-#if KVKEEP_HAVE_IO_BENCH
   if (cmd == "io") return kvkeep::bench::RunIoBench(argc - 1, argv + 1);
-#endif
   std::fprintf(stderr, "kvkeep-bench: unknown command \"%s\" (see kvkeep-bench --help)\n",
                cmd.c_str());
   return 2;

@@ -617,7 +617,15 @@ absl::StatusOr<v1::CommitReply> CacheEngine::CommitTokens(const std::string& ten
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
   if (seq->dropped) return NoSequence(request.sequence_id());
-  // Statistics are checked against the table as it will be, before anything changes.
+  // Statistics are checked against the table as it will be, before anything changes. One entry
+  // per layer: each is validated against what is stored, so two for one layer could not be.
+  absl::flat_hash_set<uint32_t> layers;
+  for (const v1::LayerStats& layer : request.stats()) {
+    if (!layers.insert(layer.layer()).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stats carries layer ", layer.layer(), " twice; send one LayerStats per layer"));
+    }
+  }
   for (const v1::LayerStats& layer : request.stats()) {
     RETURN_IF_ERROR(ValidateLayerStats(*seq->model, seq->table, seq->stats, layer,
                                        request.tokens()));
@@ -678,7 +686,8 @@ absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
     if (t != tenants_.end()) tenant_default = t->second.record.policy();
   }
   ASSIGN_OR_RETURN(ResolvedPolicy resolved, ResolvePolicy(policy, tenant_default));
-  // Scoring memory is reused per thread (the callers are executor threads).
+  // Scoring memory is reused per thread: executor threads for Compress, gRPC threads for the
+  // decode-time eviction inside CommitTokens.
   thread_local CompressScratch scratch;
   ASSIGN_OR_RETURN(CompressOutcome outcome,
                    CompressSequence(*seq->model, seq->table, seq->stats, resolved.policy,
@@ -769,6 +778,15 @@ absl::StatusOr<v1::PageTable> CacheEngine::Acquire(const std::string& tenant,
   }
   v1::PageTable table;
   TableToProto(*seq, r.with_positions(), &table);
+  // A worker acquiring another session's sequence may not have mapped its arenas yet.
+  absl::flat_hash_set<uint32_t> arenas;
+  for (const auto& head : table.heads()) {
+    for (uint64_t page : head.pages()) arenas.insert(PageRef::Unpack(page).arena);
+  }
+  for (uint32_t id : arenas) {
+    ASSIGN_OR_RETURN(ArenaInfo info, pool_.GetArena(tenant, id));
+    ToProto(info, table.add_arenas());
+  }
   return table;
 }
 

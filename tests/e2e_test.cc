@@ -241,6 +241,9 @@ TEST_F(EndToEndTest, NewSessionWithSameWorkerNameSupersedesTheOld) {
   v1::PageTable unused;
   EXPECT_EQ(fresh->stub().CreateSequence(ctx.get(), replay, &unused).error_code(),
             grpc::StatusCode::NOT_FOUND);
+  // Calls of the superseded worker that name its session are refused too.
+  EXPECT_THAT(old_client->Allocate(seq, 4), StatusIs(StatusCode::kNotFound, "session"));
+  EXPECT_THAT(old_client->Commit(seq, 1), StatusIs(StatusCode::kNotFound, "session"));
   old_client->Close();
   // The sequence moved to the new session: closing the old client did not drop it.
   VerifySequence(*fresh, seq, 12, 3);
