@@ -1,6 +1,7 @@
 #include "bench/score_bench.h"
 
 #include <cblas.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "service/eviction/layer_inputs.h"
@@ -262,35 +264,85 @@ double GemmFlops(ScorerKind k, const Shape& s, int n, int window, GemmShape* sha
   }
 }
 
-// STREAM-style copy bandwidth over `bytes`: best of a few memcpy passes, counting read + write.
-double CopyBandwidth(size_t bytes) {
+// Runs fn(t) on `threads` threads at once (t = 0 on the caller) and returns the wall time.
+template <typename Fn>
+double ConcurrentSeconds(int threads, Fn fn) {
+  return Seconds([&] {
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back([&fn, t] { fn(t); });
+    fn(0);
+    for (std::thread& th : pool) th.join();
+  });
+}
+
+// STREAM-style copy bandwidth over `bytes`, counting read + write: the best of a few passes of one
+// memcpy and of `threads` memcpys of a slice each at once (the scorers use that many workers).
+double CopyBandwidth(size_t bytes, int threads) {
   bytes = std::max<size_t>(bytes, 1 << 20);
   std::vector<char> a(bytes, 1), b(bytes, 0);
   double best = 1e30;
   for (int r = 0; r < 5; ++r) {
     best = std::min(best, Seconds([&] { std::memcpy(b.data(), a.data(), bytes); }));
     a[r] = b[bytes - 1 - r];  // keep the copies observable
+    if (threads > 1) {
+      const size_t slice = bytes / threads;
+      best = std::min(best, ConcurrentSeconds(threads, [&](int t) {
+                        std::memcpy(b.data() + t * slice, a.data() + t * slice, slice);
+                      }) * static_cast<double>(bytes) / static_cast<double>(slice * threads));
+      a[r] = b[r * 7];
+    }
   }
   return 2.0 * static_cast<double>(bytes) / best;
 }
 
-// sgemm rate (flop/s) on (m × k) · (k × n), best of a few.
-double GemmRate(int m, int n, int k, bool a_trans) {
-  std::vector<float> a(static_cast<size_t>(m) * k, 0.5f), b(static_cast<size_t>(k) * n, 0.25f),
-      c(static_cast<size_t>(m) * n);
-  double best = 1e30;
-  for (int r = 0; r < 3; ++r) {
-    best = std::min(best, Seconds([&] {
-      if (a_trans) {  // C = Aᵀ B, A stored k × m (the Gram shape Vᵀ V)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), m,
-                    b.data(), n, 0.0f, c.data(), n);
-      } else {  // C = A Bᵀ, B stored n × k (the attention shape Q Kᵀ)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a.data(), k,
-                    b.data(), k, 0.0f, c.data(), n);
-      }
-    }));
+// OpenBLAS's thread count, when the BLAS is OpenBLAS (looked up at run time; 0 otherwise).
+struct BlasThreads {
+  void (*set)(int) = nullptr;
+  int (*get)() = nullptr;
+  BlasThreads() {
+    set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
   }
-  return 2.0 * m * n * k / best;
+  int Get() const { return get ? get() : 0; }
+};
+
+// sgemm rate (flop/s) on (m × k) · (k × n): the best of a few single calls (the BLAS's own threads)
+// and of `threads` concurrent calls on private operands with the BLAS held at one thread (how
+// ScoreLayer uses it). Either way it is the most this BLAS does with this shape on these cores.
+double GemmRate(int m, int n, int k, bool a_trans, int threads) {
+  struct Operands {
+    std::vector<float> a, b, c;
+  };
+  std::vector<Operands> ops(std::max(1, threads));
+  for (Operands& o : ops) {
+    o.a.assign(static_cast<size_t>(m) * k, 0.5f);
+    o.b.assign(static_cast<size_t>(k) * n, 0.25f);
+    o.c.assign(static_cast<size_t>(m) * n, 0.0f);
+  }
+  auto gemm = [&](Operands& o) {
+    if (a_trans) {  // C = Aᵀ B, A stored k × m (the Gram shape Vᵀ V)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, k, 1.0f, o.a.data(), m,
+                  o.b.data(), n, 0.0f, o.c.data(), n);
+    } else {  // C = A Bᵀ, B stored n × k (the attention shape Q Kᵀ)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, o.a.data(), k,
+                  o.b.data(), k, 0.0f, o.c.data(), n);
+    }
+  };
+  const double flops = 2.0 * m * n * k;
+  double best = 0;
+  for (int r = 0; r < 3; ++r) best = std::max(best, flops / Seconds([&] { gemm(ops[0]); }));
+  if (threads > 1) {
+    static const BlasThreads blas;
+    const int saved = blas.Get();
+    if (blas.set) blas.set(1);
+    for (int r = 0; r < 3; ++r) {
+      best = std::max(best, threads * flops / ConcurrentSeconds(threads, [&](int t) {
+                              gemm(ops[t]);
+                            }));
+    }
+    if (blas.set && saved > 0) blas.set(saved);
+  }
+  return best;
 }
 
 struct Row {
@@ -300,6 +352,8 @@ struct Row {
   double token_heads_per_s = 0;
   double bytes = 0, bw = 0, flops = 0, gemm_rate = 0;
   double pct_bw = -1, pct_gemm = -1;
+  double bound_s = 0, pct_bound = -1;  // roofline: max(bytes / bw, flops / gemm_rate)
+  const char* binding = "-";
   bool compress_measured = false;
   std::string note;
 };
@@ -313,14 +367,24 @@ int RunScoreBench(int argc, char** argv) {
   Policy base;
   std::vector<Row> rows;
   ScoringWorkspace ws;
+  const int threads = ws.threads();
+  struct CtxBounds {
+    int ctx;
+    double bw, gram_rate, attn_rate;
+  };
+  std::vector<CtxBounds> bounds;
   for (int n : o.ctx) {
     const int window = std::min(base.window, n);
     std::fprintf(stderr, "[score] %s ctx=%d: generating inputs\n", s.name.c_str(), n);
     LayerData layer = MakeLayer(s, n, window, 1234u + n);
     const double kv_bytes = static_cast<double>(n) * s.head_dim * sizeof(float) * s.kv_heads;
-    const double bw = CopyBandwidth(static_cast<size_t>(2 * kv_bytes));
-    const double gram_rate = GemmRate(s.head_dim, s.head_dim, n, /*a_trans=*/true);
-    const double attn_rate = GemmRate(window, n, s.head_dim, /*a_trans=*/false);
+    const double bw = CopyBandwidth(static_cast<size_t>(2 * kv_bytes), threads);
+    // The shapes the scorers multiply: the weighted Gram Vᵀ V of one head (d × d over n), and one
+    // GQA group's window queries against the keys ((G·w) × n over d).
+    const double gram_rate = GemmRate(s.head_dim, s.head_dim, n, /*a_trans=*/true, threads);
+    const int group = s.q_heads / s.kv_heads;
+    const double attn_rate = GemmRate(group * window, n, s.head_dim, /*a_trans=*/false, threads);
+    bounds.push_back({n, bw, gram_rate, attn_rate});
     std::fprintf(stderr, "[score]   copy %.2f GB/s, sgemm gram %.1f GFLOP/s, attention %.1f GFLOP/s\n",
                  bw / 1e9, gram_rate / 1e9, attn_rate / 1e9);
     for (ScorerKind kind : o.scorers) {
@@ -394,14 +458,29 @@ int RunScoreBench(int argc, char** argv) {
       row.gemm_rate = gs == GemmShape::kGram ? gram_rate : gs == GemmShape::kAttention ? attn_rate : 0;
       if (row.bytes > 0) row.pct_bw = 100.0 * (row.bytes / bw) / row.layer_s.median;
       if (row.flops > 0) row.pct_gemm = 100.0 * (row.flops / row.gemm_rate) / row.layer_s.median;
+      const double t_bw = row.bytes > 0 ? row.bytes / bw : 0;
+      const double t_gemm = row.flops > 0 ? row.flops / row.gemm_rate : 0;
+      row.bound_s = std::max(t_bw, t_gemm);
+      if (row.bound_s > 0) {
+        row.pct_bound = 100.0 * row.bound_s / row.layer_s.median;
+        row.binding = t_gemm > t_bw ? "gemm" : "bw";
+      }
       rows.push_back(row);
     }
   }
 
   if (o.json) {
     std::printf("{\"bench\":\"score\",\"shape\":\"%s\",\"layers\":%d,\"q_heads\":%d,\"kv_heads\":%d,"
-                "\"head_dim\":%d,\"keep_ratio\":%g,\"reps\":%d,\"results\":[",
-                s.name.c_str(), o.layers, s.q_heads, s.kv_heads, s.head_dim, o.keep, o.reps);
+                "\"head_dim\":%d,\"keep_ratio\":%g,\"reps\":%d,\"threads\":%d,\"bounds\":[",
+                s.name.c_str(), o.layers, s.q_heads, s.kv_heads, s.head_dim, o.keep, o.reps,
+                threads);
+    for (size_t i = 0; i < bounds.size(); ++i) {
+      std::printf("%s{\"ctx\":%d,\"copy_bw_Bps\":%.6g,\"gram_sgemm_flops\":%.6g,"
+                  "\"attention_sgemm_flops\":%.6g}",
+                  i ? "," : "", bounds[i].ctx, bounds[i].bw, bounds[i].gram_rate,
+                  bounds[i].attn_rate);
+    }
+    std::printf("],\"results\":[");
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       std::printf("%s{\"scorer\":\"%s\",\"ctx\":%d", i ? "," : "", r.scorer.c_str(), r.ctx);
@@ -422,6 +501,10 @@ int RunScoreBench(int argc, char** argv) {
         std::printf(",\"gemm_flops\":%.6g,\"gemm_rate_flops\":%.6g,\"pct_of_gemm_bound\":%.3g",
                     r.flops, r.gemm_rate, r.pct_gemm);
       }
+      if (r.pct_bound >= 0) {
+        std::printf(",\"bound_s\":%.6g,\"binding\":\"%s\",\"pct_of_bound\":%.3g", r.bound_s,
+                    r.binding, r.pct_bound);
+      }
       std::printf("}");
     }
     std::printf("]}\n");
@@ -431,14 +514,21 @@ int RunScoreBench(int argc, char** argv) {
   std::printf("kvkeep-bench score: shape %s (%d layers, %d/%d heads, d=%d), keep %.3g, %d reps\n",
               s.name.c_str(), o.layers, s.q_heads, s.kv_heads, s.head_dim, o.keep, o.reps);
   std::printf("one layer: median [min, max]; tok*heads/s over KV heads; bounds measured in this run\n");
-  std::printf("%-13s %7s %22s %12s %9s %8s %9s %24s\n", "scorer", "ctx", "layer ms med [min,max]",
-              "tok*head/s", "ns/tok*hd", "%bw", "%gemm", "compress ms med [min,max]");
+  std::printf("%%bound = max(bytes/copy bw, flops/sgemm rate) over the median; scorer threads %d\n",
+              threads);
+  for (const CtxBounds& b : bounds) {
+    std::printf("  ctx %7d: copy %.2f GB/s, sgemm gram %.1f GFLOP/s, attention %.1f GFLOP/s\n",
+                b.ctx, b.bw / 1e9, b.gram_rate / 1e9, b.attn_rate / 1e9);
+  }
+  std::printf("%-13s %7s %24s %12s %9s %8s %9s %12s %24s\n", "scorer", "ctx",
+              "layer ms med [min,max]", "tok*head/s", "ns/tok*hd", "%bw", "%gemm", "%bound",
+              "compress ms med [min,max]");
   for (const Row& r : rows) {
     if (!r.note.empty()) {
       std::printf("%-13s %7d   %s\n", r.scorer.c_str(), r.ctx, r.note.c_str());
       continue;
     }
-    char layer[64], comp[64], bwp[16] = "-", gp[16] = "-";
+    char layer[64], comp[64], bwp[16] = "-", gp[16] = "-", bp[24] = "-";
     std::snprintf(layer, sizeof layer, "%.3f [%.3f,%.3f]", 1e3 * r.layer_s.median,
                   1e3 * r.layer_s.min, 1e3 * r.layer_s.max);
     if (r.compress_measured) {
@@ -449,8 +539,9 @@ int RunScoreBench(int argc, char** argv) {
     }
     if (r.pct_bw >= 0) std::snprintf(bwp, sizeof bwp, "%.1f", r.pct_bw);
     if (r.pct_gemm >= 0) std::snprintf(gp, sizeof gp, "%.1f", r.pct_gemm);
-    std::printf("%-13s %7d %22s %12.3g %9.2f %8s %9s %24s\n", r.scorer.c_str(), r.ctx, layer,
-                r.token_heads_per_s, 1e9 / r.token_heads_per_s, bwp, gp, comp);
+    if (r.pct_bound >= 0) std::snprintf(bp, sizeof bp, "%.1f %s", r.pct_bound, r.binding);
+    std::printf("%-13s %7d %24s %12.3g %9.2f %8s %9s %12s %24s\n", r.scorer.c_str(), r.ctx, layer,
+                r.token_heads_per_s, 1e9 / r.token_heads_per_s, bwp, gp, bp, comp);
   }
   return 0;
 }

@@ -75,4 +75,37 @@ absl::StatusOr<v1::Policy> AdminClient::GetPolicy(const std::string& tenant) {
   });
 }
 
+absl::StatusOr<v1::ListSequencesReply> AdminClient::ListSequences(const std::string& tenant) {
+  v1::ListSequencesRequest request;
+  request.set_tenant(tenant);
+  return Invoke<v1::ListSequencesReply>(
+      token_, [&](grpc::ClientContext* c, v1::ListSequencesReply* r) {
+        return stub_->ListSequences(c, request, r);
+      });
+}
+
+absl::StatusOr<v1::SpillReply> AdminClient::SpillSequence(const v1::SequenceRef& ref) {
+  return Invoke<v1::SpillReply>(token_, [&](grpc::ClientContext* c, v1::SpillReply* r) {
+    return stub_->SpillSequence(c, ref, r);
+  });
+}
+
+absl::StatusOr<v1::SequenceInfo> AdminClient::RestoreSequence(const v1::SequenceRef& ref) {
+  return Invoke<v1::SequenceInfo>(token_, [&](grpc::ClientContext* c, v1::SequenceInfo* r) {
+    return stub_->RestoreSequence(c, ref, r);
+  });
+}
+
+absl::StatusOr<v1::DropReply> AdminClient::DropSequence(const v1::SequenceRef& ref) {
+  return Invoke<v1::DropReply>(token_, [&](grpc::ClientContext* c, v1::DropReply* r) {
+    return stub_->DropSequence(c, ref, r);
+  });
+}
+
+absl::StatusOr<v1::Watermarks> AdminClient::SetWatermarks(const v1::Watermarks& watermarks) {
+  return Invoke<v1::Watermarks>(token_, [&](grpc::ClientContext* c, v1::Watermarks* r) {
+    return stub_->SetWatermarks(c, watermarks, r);
+  });
+}
+
 }  // namespace kvkeep

@@ -28,6 +28,11 @@ class AdminClient {
   absl::StatusOr<v1::TenantInfo> SetQuota(const v1::SetQuotaRequest& request);
   absl::StatusOr<v1::Policy> SetPolicy(const std::string& tenant, const v1::Policy& policy);
   absl::StatusOr<v1::Policy> GetPolicy(const std::string& tenant);
+  absl::StatusOr<v1::ListSequencesReply> ListSequences(const std::string& tenant);
+  absl::StatusOr<v1::SpillReply> SpillSequence(const v1::SequenceRef& ref);
+  absl::StatusOr<v1::SequenceInfo> RestoreSequence(const v1::SequenceRef& ref);
+  absl::StatusOr<v1::DropReply> DropSequence(const v1::SequenceRef& ref);
+  absl::StatusOr<v1::Watermarks> SetWatermarks(const v1::Watermarks& watermarks);
 
  private:
   AdminClient(std::shared_ptr<grpc::Channel> channel, std::string token)

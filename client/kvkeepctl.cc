@@ -24,12 +24,18 @@ Usage: kvkeepctl [global flags] COMMAND [args]
 Commands:
   status                              pool, tenants, sessions and sequences at a glance
   tenant list                         every tenant with its quota and usage
-  tenant create NAME [--quota SIZE] [--max SIZE] [--weight N] [--token TOKEN]
+  tenant create NAME [--quota SIZE] [--max SIZE] [--weight N] [--spill-quota SIZE]
+                     [--token TOKEN]
                                       create a tenant; prints its bearer token ONCE
-  tenant set-quota NAME [--quota SIZE] [--max SIZE] [--weight N]
+  tenant set-quota NAME [--quota SIZE] [--max SIZE] [--weight N] [--spill-quota SIZE]
                                       change a tenant's guarantee, hard maximum or weight
   tenant delete NAME [--force]        delete a tenant (--force ends its sessions and drops
                                       its sequences)
+  seq list [--tenant T]               sequences (device and spilled) with size and leases
+  seq spill TENANT ID                 move a sequence to the spill tier (durable on return)
+  seq restore TENANT ID               bring a spilled sequence back to device pages
+  seq drop TENANT ID [--force]        free a sequence (--force even while leased)
+  pool watermarks [--low F --high F]  show or set the free-pool fractions that trigger spilling
   policy show TENANT                  the tenant's default eviction policy
   policy set TENANT [--scorer S] [--allocation A] [--keep-ratio R | --max-tokens N]
                     [--sinks N] [--window N] [--pool-kernel N] [--ada-alpha A] [--seed N]
@@ -127,7 +133,8 @@ void PrintJson(const google::protobuf::Message& message) {
 }
 
 std::vector<std::string> TenantHeader() {
-  return {"TENANT", "GUARANTEED", "MAX", "WEIGHT", "USED", "PAGES", "SESSIONS", "SEQUENCES"};
+  return {"TENANT", "GUARANTEED", "MAX", "WEIGHT", "USED", "PAGES", "SESSIONS", "SEQUENCES",
+          "SPILLED", "SPILL QUOTA"};
 }
 
 std::vector<std::string> TenantRow(const v1::TenantInfo& t) {
@@ -138,7 +145,9 @@ std::vector<std::string> TenantRow(const v1::TenantInfo& t) {
           HumanBytes(t.used_bytes()),
           absl::StrCat(t.used_pages()),
           absl::StrCat(t.sessions()),
-          absl::StrCat(t.sequences())};
+          absl::StrCat(t.sequences()),
+          HumanBytes(t.spilled_bytes()),
+          HumanBytes(t.spill_quota_bytes())};
 }
 
 struct Args {
@@ -250,6 +259,99 @@ int RunPolicy(Args& args, AdminClient& admin, bool json) {
   return 0;
 }
 
+std::string TierName(v1::Tier tier) {
+  return tier == v1::TIER_SPILLED ? "spilled" : tier == v1::TIER_DEVICE ? "device" : "?";
+}
+
+int RunSeq(Args& args, AdminClient& admin, bool json) {
+  const std::string sub = args.positional.size() > 1 ? args.positional[1] : "";
+  if (sub == "list") {
+    auto r = admin.ListSequences(args.flags.count("tenant") ? args.flags["tenant"] : "");
+    if (!r.ok()) return FailStatus(r.status());
+    if (json) {
+      PrintJson(*r);
+      return 0;
+    }
+    std::vector<std::vector<std::string>> rows = {
+        {"TENANT", "SEQUENCE", "MODEL", "TIER", "TOKENS", "PAGES", "BYTES", "LEASES", "RETAIN"}};
+    for (const auto& q : r->sequences()) {
+      rows.push_back({q.tenant(), q.sequence_id(), q.model(), TierName(q.tier()),
+                      absl::StrCat(q.tokens()), absl::StrCat(q.pages()), HumanBytes(q.bytes()),
+                      absl::StrCat(q.leases()), q.retain() ? "yes" : "no"});
+    }
+    PrintTable(rows);
+    return 0;
+  }
+  if ((sub != "spill" && sub != "restore" && sub != "drop") || args.positional.size() != 4) {
+    return Fail("usage: kvkeepctl seq list|spill|restore|drop ... (see kvkeepctl --help)");
+  }
+  v1::SequenceRef ref;
+  ref.set_tenant(args.positional[2]);
+  ref.set_sequence_id(args.positional[3]);
+  ref.set_force(args.flags.count("force") > 0);
+  if (sub == "spill") {
+    auto r = admin.SpillSequence(ref);
+    if (!r.ok()) return FailStatus(r.status());
+    if (json) {
+      PrintJson(*r);
+    } else {
+      std::printf("spilled %s: %s written durably, %u device pages freed\n", ref.sequence_id().c_str(),
+                  HumanBytes(r->bytes()).c_str(), r->pages_freed());
+    }
+    return 0;
+  }
+  if (sub == "restore") {
+    auto r = admin.RestoreSequence(ref);
+    if (!r.ok()) return FailStatus(r.status());
+    if (json) {
+      PrintJson(*r);
+    } else {
+      std::printf("restored %s: %llu pages, %u tokens\n", ref.sequence_id().c_str(),
+                  static_cast<unsigned long long>(r->pages()), r->tokens());
+    }
+    return 0;
+  }
+  auto r = admin.DropSequence(ref);
+  if (!r.ok()) return FailStatus(r.status());
+  if (json) {
+    PrintJson(*r);
+  } else {
+    std::printf("dropped %s: %u pages, %s freed\n", ref.sequence_id().c_str(), r->pages_freed(),
+                HumanBytes(r->bytes_freed()).c_str());
+  }
+  return 0;
+}
+
+int RunPool(Args& args, AdminClient& admin, bool json) {
+  if (args.positional.size() != 2 || args.positional[1] != "watermarks") {
+    return Fail("usage: kvkeepctl pool watermarks [--low F --high F]");
+  }
+  v1::Watermarks w;
+  if (args.flags.count("low") || args.flags.count("high")) {
+    double low = 0, high = 0;
+    if (!args.flags.count("low") || !args.flags.count("high") ||
+        !absl::SimpleAtod(args.flags["low"], &low) || !absl::SimpleAtod(args.flags["high"], &high)) {
+      return Fail("give both --low and --high as fractions, e.g. --low 0.05 --high 0.1");
+    }
+    w.set_low_free(low);
+    w.set_high_free(high);
+    auto r = admin.SetWatermarks(w);
+    if (!r.ok()) return FailStatus(r.status());
+    w = *r;
+  } else {
+    auto s = admin.GetStatus();
+    if (!s.ok()) return FailStatus(s.status());
+    w = s->watermarks();
+  }
+  if (json) {
+    PrintJson(w);
+  } else {
+    std::printf("spill when free < %.1f %% of the pool, until %.1f %% is free\n",
+                100 * w.low_free(), 100 * w.high_free());
+  }
+  return 0;
+}
+
 int Run(int argc, char** argv) {
   Args args;
   std::string error;
@@ -263,7 +365,8 @@ int Run(int argc, char** argv) {
                                                   "quota", "max", "weight", "token", "scorer",
                                                   "allocation", "keep-ratio", "max-tokens",
                                                   "sinks", "window", "pool-kernel", "ada-alpha",
-                                                  "seed"};
+                                                  "seed", "spill-quota", "tenant", "low",
+                                                  "high"};
   for (const auto& [name, value] : args.flags) {
     if (std::find(kKnown.begin(), kKnown.end(), name) == kKnown.end()) {
       return Fail("unknown flag --" + name + " (see kvkeepctl --help)");
@@ -310,6 +413,13 @@ int Run(int argc, char** argv) {
                 HumanBytes(s->pool_capacity_bytes()).c_str(),
                 HumanBytes(s->pool_arena_bytes()).c_str(), s->arenas(),
                 static_cast<unsigned long long>(s->pages_in_use()));
+    std::printf("spill tier: %s in %u sequences (%llu spills, %llu restores, %llu errors); "
+                "watermarks %.0f%%/%.0f%% free\n",
+                HumanBytes(s->spilled_bytes()).c_str(), s->spilled_sequences(),
+                static_cast<unsigned long long>(s->spills()),
+                static_cast<unsigned long long>(s->restores()),
+                static_cast<unsigned long long>(s->spill_errors()),
+                100 * s->watermarks().low_free(), 100 * s->watermarks().high_free());
     std::printf("tenants: %u  sessions: %u  sequences: %u\n\n", s->tenants(), s->sessions(),
                 s->sequences());
     std::vector<std::vector<std::string>> rows = {TenantHeader()};
@@ -318,6 +428,8 @@ int Run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "policy") return RunPolicy(args, *admin, json);
+  if (cmd == "seq") return RunSeq(args, *admin, json);
+  if (cmd == "pool") return RunPool(args, *admin, json);
   if (cmd != "tenant") return Fail("unknown command \"" + cmd + "\" (see kvkeepctl --help)");
   if (args.positional.size() < 2) return Fail("tenant needs a subcommand: create, list, delete, set-quota");
   const std::string& sub = args.positional[1];
@@ -362,6 +474,9 @@ int Run(int argc, char** argv) {
     request.set_quota_bytes(quota);
     request.set_max_bytes(max);
     request.set_weight(weight);
+    uint64_t spill_quota = 0;
+    if (!size_flag("spill-quota", &spill_quota)) return Fail(error);
+    request.set_spill_quota_bytes(spill_quota);
     if (args.flags.count("token")) request.set_token(args.flags["token"]);
     auto r = admin->CreateTenant(request);
     if (!r.ok()) return FailStatus(r.status());
@@ -381,9 +496,13 @@ int Run(int argc, char** argv) {
     if (!size_flag("quota", &quota) || !size_flag("max", &max) || !weight_flag(&weight)) {
       return Fail(error);
     }
-    if (!args.flags.count("quota") && !args.flags.count("max") && !args.flags.count("weight")) {
-      return Fail("set-quota needs at least one of --quota, --max, --weight");
+    uint64_t spill_quota = 0;
+    if (!size_flag("spill-quota", &spill_quota)) return Fail(error);
+    if (!args.flags.count("quota") && !args.flags.count("max") && !args.flags.count("weight") &&
+        !args.flags.count("spill-quota")) {
+      return Fail("set-quota needs at least one of --quota, --max, --weight, --spill-quota");
     }
+    if (args.flags.count("spill-quota")) request.set_spill_quota_bytes(spill_quota);
     if (args.flags.count("quota")) request.set_quota_bytes(quota);
     if (args.flags.count("max")) request.set_max_bytes(max);
     if (args.flags.count("weight")) request.set_weight(weight);

@@ -20,6 +20,23 @@ grpc::ServerUnaryReactor* AdminService::Unary(grpc::CallbackServerContext* conte
   return reactor;
 }
 
+template <typename Reply, typename Fn>
+grpc::ServerUnaryReactor* AdminService::Offload(grpc::CallbackServerContext* context, Reply* reply,
+                                                Fn fn) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status auth = AuthenticateAdmin(*context, *engine_, admin_token_hash_);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpcStatus(auth));
+    return reactor;
+  }
+  executor_->Schedule([reactor, reply, fn = std::move(fn)] {
+    absl::StatusOr<Reply> result = fn();
+    if (result.ok()) *reply = std::move(*result);
+    reactor->Finish(ToGrpcStatus(result.status()));
+  });
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* context,
                                                   const v1::GetStatusRequest*,
                                                   v1::DaemonStatus* reply) {
@@ -62,6 +79,38 @@ grpc::ServerUnaryReactor* AdminService::GetPolicy(grpc::CallbackServerContext* c
                                                   const v1::GetPolicyRequest* request,
                                                   v1::Policy* reply) {
   return Unary(context, reply, [&] { return engine_->GetPolicy(request->tenant()); });
+}
+
+grpc::ServerUnaryReactor* AdminService::ListSequences(grpc::CallbackServerContext* context,
+                                                      const v1::ListSequencesRequest* request,
+                                                      v1::ListSequencesReply* reply) {
+  return Unary(context, reply, [&] {
+    return absl::StatusOr<v1::ListSequencesReply>(engine_->ListSequences(request->tenant()));
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::SpillSequence(grpc::CallbackServerContext* context,
+                                                      const v1::SequenceRef* request,
+                                                      v1::SpillReply* reply) {
+  return Offload(context, reply, [this, request] { return engine_->AdminSpill(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::RestoreSequence(grpc::CallbackServerContext* context,
+                                                        const v1::SequenceRef* request,
+                                                        v1::SequenceInfo* reply) {
+  return Offload(context, reply, [this, request] { return engine_->AdminRestore(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::DropSequence(grpc::CallbackServerContext* context,
+                                                     const v1::SequenceRef* request,
+                                                     v1::DropReply* reply) {
+  return Offload(context, reply, [this, request] { return engine_->AdminDrop(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::SetWatermarks(grpc::CallbackServerContext* context,
+                                                      const v1::Watermarks* request,
+                                                      v1::Watermarks* reply) {
+  return Offload(context, reply, [this, request] { return engine_->SetWatermarks(*request); });
 }
 
 }  // namespace kvkeep

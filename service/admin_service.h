@@ -6,14 +6,15 @@
 
 #include "kvkeep/v1/admin.grpc.pb.h"
 #include "service/cache_engine.h"
+#include "service/executor.h"
 
 namespace kvkeep {
 
 class AdminService final : public v1::Admin::CallbackService {
  public:
-  // `engine` must outlive the service.
-  AdminService(CacheEngine* engine, std::string admin_token_hash)
-      : engine_(engine), admin_token_hash_(std::move(admin_token_hash)) {}
+  // `engine` and `executor` (disk work) must outlive the service.
+  AdminService(CacheEngine* engine, Executor* executor, std::string admin_token_hash)
+      : engine_(engine), executor_(executor), admin_token_hash_(std::move(admin_token_hash)) {}
 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const v1::GetStatusRequest* request,
@@ -36,12 +37,31 @@ class AdminService final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* GetPolicy(grpc::CallbackServerContext* context,
                                       const v1::GetPolicyRequest* request,
                                       v1::Policy* reply) override;
+  grpc::ServerUnaryReactor* ListSequences(grpc::CallbackServerContext* context,
+                                          const v1::ListSequencesRequest* request,
+                                          v1::ListSequencesReply* reply) override;
+  grpc::ServerUnaryReactor* SpillSequence(grpc::CallbackServerContext* context,
+                                          const v1::SequenceRef* request,
+                                          v1::SpillReply* reply) override;
+  grpc::ServerUnaryReactor* RestoreSequence(grpc::CallbackServerContext* context,
+                                            const v1::SequenceRef* request,
+                                            v1::SequenceInfo* reply) override;
+  grpc::ServerUnaryReactor* DropSequence(grpc::CallbackServerContext* context,
+                                         const v1::SequenceRef* request,
+                                         v1::DropReply* reply) override;
+  grpc::ServerUnaryReactor* SetWatermarks(grpc::CallbackServerContext* context,
+                                          const v1::Watermarks* request,
+                                          v1::Watermarks* reply) override;
 
  private:
   template <typename Reply, typename Fn>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
 
+  template <typename Reply, typename Fn>
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
+
   CacheEngine* const engine_;
+  Executor* const executor_;
   const std::string admin_token_hash_;
 };
 

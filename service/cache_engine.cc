@@ -15,6 +15,7 @@ namespace {
 constexpr char kTenantPrefix[] = "tenant/";
 constexpr char kModelPrefix[] = "model/";
 
+
 std::string ModelKey(const std::string& tenant, const std::string& model) {
   return absl::StrCat(kModelPrefix, tenant, "/", model);
 }
@@ -57,20 +58,26 @@ void ToProto(const ArenaInfo& info, v1::ArenaExport* out) {
   out->set_layout_version(1);
 }
 
-CacheEngine::CacheEngine(Backend* backend, MetadataStore* store, EngineOptions options)
-    : backend_(backend), store_(store), options_(options), started_(absl::Now()),
-      pool_(backend, options.pool) {}
+CacheEngine::CacheEngine(Backend* backend, MetadataStore* store, SpillStore* spill,
+                         EngineOptions options)
+    : backend_(backend), store_(store), spill_(spill), options_(options), started_(absl::Now()),
+      pool_(backend, options.pool), background_(std::make_unique<Executor>(1)) {
+  watermarks_.set_low_free(options.low_free);
+  watermarks_.set_high_free(options.high_free);
+}
 
-CacheEngine::~CacheEngine() = default;
+CacheEngine::~CacheEngine() { background_.reset(); }
 
 absl::StatusOr<std::unique_ptr<CacheEngine>> CacheEngine::Create(Backend* backend,
                                                                  MetadataStore* store,
-                                                                 EngineOptions options) {
+                                                                 EngineOptions options,
+                                                                 SpillStore* spill) {
   if (options.pool.capacity_bytes == 0 || options.pool.arena_bytes == 0) {
     return absl::InvalidArgumentError("pool capacity and arena size must be > 0");
   }
-  auto engine = std::unique_ptr<CacheEngine>(new CacheEngine(backend, store, options));
+  auto engine = std::unique_ptr<CacheEngine>(new CacheEngine(backend, store, spill, options));
   RETURN_IF_ERROR(engine->Load());
+  RETURN_IF_ERROR(engine->LoadSpilled());
   return engine;
 }
 
@@ -84,6 +91,14 @@ absl::Status CacheEngine::Load() {
     }
     token_to_tenant_[t.record.token_sha256()] = t.record.name();
     tenants_[t.record.name()] = std::move(t);
+  }
+  auto watermarks = store_->Get(kWatermarksKeyName);
+  if (watermarks.ok()) {
+    if (!watermarks_.ParseFromString(*watermarks)) {
+      return absl::DataLossError("unreadable pool watermarks record");
+    }
+  } else if (!absl::IsNotFound(watermarks.status())) {
+    return watermarks.status();
   }
   ASSIGN_OR_RETURN(auto models, store_->Scan(kModelPrefix));
   for (const auto& [key, value] : models) {
@@ -124,6 +139,8 @@ v1::TenantInfo CacheEngine::TenantInfoLocked(const Tenant& t) const {
   info.set_sequences(static_cast<uint32_t>(t.sequences.size()));
   info.set_arenas(static_cast<uint32_t>(pool_.ArenasOf(t.record.name()).size()));
   info.set_created_unix(t.record.created_unix());
+  info.set_spill_quota_bytes(t.record.spill_quota_bytes());
+  info.set_spilled_bytes(t.spilled_bytes);
   return info;
 }
 
@@ -163,6 +180,7 @@ absl::StatusOr<v1::CreateTenantReply> CacheEngine::CreateTenant(
   t.record.set_max_bytes(request.max_bytes());
   t.record.set_weight(request.weight() == 0 ? 1 : request.weight());
   t.record.set_created_unix(absl::ToUnixSeconds(absl::Now()));
+  t.record.set_spill_quota_bytes(request.spill_quota_bytes());
   RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.name(), t.record.SerializeAsString()));
   token_to_tenant_[hash] = request.name();
   v1::CreateTenantReply reply;
@@ -232,6 +250,7 @@ absl::StatusOr<v1::TenantInfo> CacheEngine::SetQuota(const v1::SetQuotaRequest& 
   v1::TenantRecord record = it->second.record;
   if (request.has_quota_bytes()) record.set_quota_bytes(request.quota_bytes());
   if (request.has_max_bytes()) record.set_max_bytes(request.max_bytes());
+  if (request.has_spill_quota_bytes()) record.set_spill_quota_bytes(request.spill_quota_bytes());
   if (request.has_weight()) {
     if (request.weight() == 0) return absl::InvalidArgumentError("weight must be >= 1");
     record.set_weight(request.weight());
@@ -298,6 +317,17 @@ v1::DaemonStatus CacheEngine::Status() const {
   std::sort(s.mutable_tenant_usage()->begin(), s.mutable_tenant_usage()->end(),
             [](const v1::TenantInfo& a, const v1::TenantInfo& b) { return a.name() < b.name(); });
   s.set_sequences(sequences);
+  *s.mutable_watermarks() = watermarks_;
+  uint64_t spilled_bytes = 0;
+  for (const auto& [name, t] : tenants_) spilled_bytes += t.spilled_bytes;
+  s.set_spilled_bytes(spilled_bytes);
+  if (spill_ != nullptr) {
+    auto spilled = spill_->List();
+    if (spilled.ok()) s.set_spilled_sequences(static_cast<uint32_t>(spilled->size()));
+  }
+  s.set_spills(spills_.load());
+  s.set_restores(restores_.load());
+  s.set_spill_errors(spill_errors_.load());
   s.set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
   return s;
 }
@@ -492,6 +522,7 @@ void CacheEngine::TableToProto(const Sequence& seq, bool with_positions,
   out->set_sequence_id(seq.id);
   out->set_model(seq.model->name());
   out->set_next_position(static_cast<uint64_t>(seq.table.next_position()));
+  out->set_tier(seq.spilled ? v1::TIER_SPILLED : v1::TIER_DEVICE);
   const uint32_t kv_heads = seq.model->kv_heads();
   for (uint32_t h = 0; h < seq.table.heads(); ++h) {
     const auto& head = seq.table.head(h);
@@ -542,7 +573,7 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
   RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
-  if (seq->dropped) return NoSequence(request.sequence_id());
+  RETURN_IF_ERROR(OnDevice(*seq));
   const PageGeometry& geometry = seq->model->geometry();
   uint64_t total_pages = 0;
   std::vector<uint32_t> need = seq->table.PagesNeeded(request.tokens(), &total_pages);
@@ -551,48 +582,17 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
       return absl::InvalidArgumentError("a head of this sequence would pass 2^32 tokens");
     }
   }
-  const uint64_t bytes = total_pages * geometry.page_bytes;
   v1::PageTableDelta delta;
   delta.set_sequence_id(seq->id);
-  // Charge the tenant first so concurrent allocations cannot both pass the check.
-  {
-    absl::MutexLock lock(&mu_);
-    Tenant& t = tenants_[tenant];
-    uint64_t reserved_for_others = 0;
-    for (const auto& [name, other] : tenants_) {
-      if (name != tenant && other.record.quota_bytes() > other.used_bytes) {
-        reserved_for_others += other.record.quota_bytes() - other.used_bytes;
-      }
-    }
-    TenantUsage usage{tenant, t.record.quota_bytes(), t.record.max_bytes(), t.used_bytes};
-    RETURN_IF_ERROR(CheckAdmission(usage, bytes, pool_.options().capacity_bytes, used_bytes_,
-                                   reserved_for_others));
-    t.used_bytes += bytes;
-    t.used_pages += total_pages;
-    used_bytes_ += bytes;
-    seq->last_access = absl::Now();
-  }
   std::vector<uint64_t> pages;
   std::vector<ArenaInfo> new_arenas;
-  absl::Status allocated = pool_.Allocate(tenant, geometry, total_pages, &pages, &new_arenas);
+  RETURN_IF_ERROR(AllocateCharged(tenant, geometry, total_pages, &pages, &new_arenas));
   {
     absl::MutexLock lock(&mu_);
-    Tenant& t = tenants_[tenant];
-    if (!allocated.ok()) {
-      t.used_bytes -= bytes;
-      t.used_pages -= total_pages;
-      used_bytes_ -= bytes;
-      return allocated;
-    }
-    delta.set_tenant_used_bytes(t.used_bytes);
-    for (const ArenaInfo& arena : new_arenas) {
-      for (const std::string& sid : t.sessions) {
-        auto s = sessions_.find(sid);
-        if (s != sessions_.end() && s->second.sink != nullptr) s->second.sink->ArenaAdded(arena);
-      }
-      ToProto(arena, delta.add_new_arenas());
-    }
+    seq->last_access = absl::Now();
+    delta.set_tenant_used_bytes(tenants_[tenant].used_bytes);
   }
+  for (const ArenaInfo& arena : new_arenas) ToProto(arena, delta.add_new_arenas());
   const uint32_t kv_heads = seq->model->kv_heads();
   size_t next = 0;
   for (uint32_t h = 0; h < need.size(); ++h) {
@@ -610,13 +610,72 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
   return delta;
 }
 
+absl::Status CacheEngine::AllocateCharged(const std::string& tenant, const PageGeometry& geometry,
+                                          uint64_t count, std::vector<uint64_t>* pages,
+                                          std::vector<ArenaInfo>* new_arenas) {
+  if (count == 0) return absl::OkStatus();
+  const uint64_t bytes = count * geometry.page_bytes;
+  absl::Status status;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    // Charge the tenant first so concurrent allocations cannot both pass the check.
+    {
+      absl::MutexLock lock(&mu_);
+      Tenant& t = tenants_[tenant];
+      uint64_t reserved_for_others = 0;
+      for (const auto& [name, other] : tenants_) {
+        if (name != tenant && other.record.quota_bytes() > other.used_bytes) {
+          reserved_for_others += other.record.quota_bytes() - other.used_bytes;
+        }
+      }
+      TenantUsage usage{tenant, t.record.quota_bytes(), t.record.max_bytes(), t.used_bytes};
+      status = CheckAdmission(usage, bytes, pool_.options().capacity_bytes, used_bytes_,
+                              reserved_for_others);
+      if (status.ok()) {
+        t.used_bytes += bytes;
+        t.used_pages += count;
+        used_bytes_ += bytes;
+      }
+    }
+    if (status.ok()) {
+      status = pool_.Allocate(tenant, geometry, count, pages, new_arenas);
+      absl::MutexLock lock(&mu_);
+      Tenant& t = tenants_[tenant];
+      if (!status.ok()) {
+        t.used_bytes -= bytes;
+        t.used_pages -= count;
+        used_bytes_ -= bytes;
+      } else {
+        for (const ArenaInfo& arena : *new_arenas) {
+          for (const std::string& sid : t.sessions) {
+            auto s = sessions_.find(sid);
+            if (s != sessions_.end() && s->second.sink != nullptr) {
+              s->second.sink->ArenaAdded(arena);
+            }
+          }
+        }
+      }
+    }
+    if (status.ok()) {
+      MaybeRelievePressureLater();
+      return status;
+    }
+    // A tenant's own hard maximum is not pool pressure; anything else may be relieved by
+    // spilling cold sequences, once.
+    if (attempt > 0 || status.message().find("quota exceeded") != absl::string_view::npos ||
+        RelievePressure(bytes) == 0) {
+      break;
+    }
+  }
+  return status;
+}
+
 absl::StatusOr<v1::CommitReply> CacheEngine::CommitTokens(const std::string& tenant,
                                                           const v1::CommitRequest& request) {
   if (request.tokens() == 0) return absl::InvalidArgumentError("tokens must be > 0");
   RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
-  if (seq->dropped) return NoSequence(request.sequence_id());
+  RETURN_IF_ERROR(OnDevice(*seq));
   // Statistics are checked against the table as it will be, before anything changes. One entry
   // per layer: each is validated against what is stored, so two for one layer could not be.
   absl::flat_hash_set<uint32_t> layers;
@@ -664,7 +723,7 @@ absl::StatusOr<v1::CommitReply> CacheEngine::CommitTokens(const std::string& ten
 absl::Status CacheEngine::PutStats(const std::string& tenant, const v1::StatsChunk& chunk) {
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
-  if (seq->dropped) return NoSequence(chunk.sequence_id());
+  RETURN_IF_ERROR(OnDevice(*seq));
   return ApplyLayerStats(*seq->model, seq->table, chunk.stats(), &seq->stats);
 }
 
@@ -673,7 +732,7 @@ absl::StatusOr<v1::CompressReply> CacheEngine::Compress(const std::string& tenan
   RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
-  if (seq->dropped) return NoSequence(request.sequence_id());
+  RETURN_IF_ERROR(OnDevice(*seq));
   return CompressHeld(seq.get(), request.policy());
 }
 
@@ -733,7 +792,7 @@ absl::Status CacheEngine::WriteChunk(const std::string& tenant, const v1::KvChun
     return absl::InvalidArgumentError("positions and page are ReadKV fields; CommitTokens sets positions");
   }
   absl::ReaderMutexLock seq_lock(&seq->mu);
-  if (seq->dropped) return NoSequence(chunk.sequence_id());
+  RETURN_IF_ERROR(OnDevice(*seq));
   const uint32_t head = chunk.layer() * model.kv_heads() + chunk.kv_head();
   absl::Status io;
   RETURN_IF_ERROR(seq->table.ForEachSegment(
@@ -767,8 +826,10 @@ absl::StatusOr<v1::PageTable> CacheEngine::GetSequence(const std::string& tenant
 absl::StatusOr<v1::PageTable> CacheEngine::Acquire(const std::string& tenant,
                                                    const v1::AcquireRequest& r) {
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
-  absl::ReaderMutexLock seq_lock(&seq->mu);
+  absl::MutexLock seq_lock(&seq->mu);
   if (seq->dropped) return NoSequence(r.sequence_id());
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, r.session_id()));
+  if (seq->spilled) RETURN_IF_ERROR(RestoreHeld(seq.get()));  // transparent restore
   {
     absl::MutexLock lock(&mu_);
     ASSIGN_OR_RETURN(Session * session, FindSessionLocked(tenant, r.session_id()));
@@ -835,6 +896,20 @@ absl::StatusOr<v1::DropReply> CacheEngine::DropHeld(Sequence* seq,
         }
       }
     }
+  }
+  if (seq->spilled) {
+    absl::Status deleted = spill_->Delete(seq->tenant, seq->id);
+    if (!deleted.ok() && !absl::IsNotFound(deleted)) {
+      ++spill_errors_;
+      return deleted;  // still listed and restorable; the caller may retry
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (seq->spilled) {
+      auto t = tenants_.find(seq->tenant);
+      if (t != tenants_.end()) t->second.spilled_bytes -= seq->spilled_bytes;
+    }
     auto t = tenants_.find(seq->tenant);
     if (t != tenants_.end()) {
       t->second.sequences.erase(seq->id);
@@ -882,7 +957,9 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
 
   absl::StatusOr<bool> Next(v1::KvChunk* chunk) override {
     absl::ReaderMutexLock lock(&seq_->mu);
-    if (seq_->dropped) return absl::AbortedError("sequence was dropped during the read");
+    if (seq_->dropped || seq_->spilled) {
+      return absl::AbortedError("sequence was dropped or spilled during the read");
+    }
     const PageGeometry& g = seq_->model->geometry();
     const uint32_t per_chunk =
         static_cast<uint32_t>(std::max<uint64_t>(1, chunk_bytes_ / (2 * g.token_bytes)));
@@ -1006,7 +1083,7 @@ absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> CacheEngine::OpenRead(
   }
   {
     absl::ReaderMutexLock lock(&seq->mu);
-    if (seq->dropped) return NoSequence(r.sequence_id());
+    RETURN_IF_ERROR(OnDevice(*seq));
     if (r.token_begin() > seq->table.max_count()) {
       return absl::OutOfRangeError(absl::StrCat("token_begin ", r.token_begin(),
                                                 " is past the ", seq->table.max_count(),

@@ -13,6 +13,7 @@
 #ifndef KVKEEP_SERVICE_CACHE_ENGINE_H_
 #define KVKEEP_SERVICE_CACHE_ENGINE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -27,12 +28,14 @@
 #include "kvkeep/v1/admin.pb.h"
 #include "kvkeep/v1/kvcache.pb.h"
 #include "kvkeep/v1/records.pb.h"
+#include "service/executor.h"
 #include "service/model_layout.h"
 #include "service/page_pool.h"
 #include "service/sequence_stats.h"
 #include "service/sequence_table.h"
 #include "service/session_sink.h"
 #include "service/storage/metadata_store.h"
+#include "service/storage/spill_store.h"
 
 namespace kvkeep {
 
@@ -40,17 +43,25 @@ struct EngineOptions {
   PoolOptions pool;
   uint64_t max_message_bytes = 4 << 20;  // Default: gRPC's 4 MiB
   uint32_t max_tokens_per_allocation = 1u << 20;  // Default: 1M tokens per AllocatePages call
+  double low_free = 0.05;   // Default: spill when less than 5 % of the pool is free...
+  double high_free = 0.10;  // Default: ...until 10 % is free (overridden by persisted values)
 };
 
 // Fills an ArenaExport from what the pool knows.
 void ToProto(const ArenaInfo& info, v1::ArenaExport* out);
 
+// Metadata-store key of the persisted pool watermarks.
+inline constexpr char kWatermarksKeyName[] = "pool/watermarks";
+
 class CacheEngine {
  public:
-  // Restores tenants and models from `store`. `backend` and `store` must outlive the engine.
+  // Restores tenants, models, watermarks from `store` and lists the spilled sequences of `spill`
+  // as restorable. `spill` may be null (no spill tier: Spill answers FAILED_PRECONDITION).
+  // `backend`, `store` and `spill` must outlive the engine.
   static absl::StatusOr<std::unique_ptr<CacheEngine>> Create(Backend* backend,
                                                              MetadataStore* store,
-                                                             EngineOptions options);
+                                                             EngineOptions options,
+                                                             SpillStore* spill = nullptr);
   ~CacheEngine();
 
   // The tenant owning `token`; UNAUTHENTICATED when no tenant has it.
@@ -65,6 +76,12 @@ class CacheEngine {
   absl::StatusOr<v1::Policy> SetPolicy(const v1::SetPolicyRequest& request);
   absl::StatusOr<v1::Policy> GetPolicy(const std::string& tenant) const;
   v1::DaemonStatus Status() const;
+  v1::ListSequencesReply ListSequences(const std::string& tenant) const;
+  absl::StatusOr<v1::Watermarks> SetWatermarks(const v1::Watermarks& watermarks);
+  // Operator versions of Spill / Restore / Drop (no session; Drop may force past leases).
+  absl::StatusOr<v1::SpillReply> AdminSpill(const v1::SequenceRef& ref);
+  absl::StatusOr<v1::SequenceInfo> AdminRestore(const v1::SequenceRef& ref);
+  absl::StatusOr<v1::DropReply> AdminDrop(const v1::SequenceRef& ref);
 
   // ---- Sessions ----------------------------------------------------------------------------
   struct Attached {
@@ -106,6 +123,10 @@ class CacheEngine {
   absl::StatusOr<v1::PageTable> Acquire(const std::string& tenant, const v1::AcquireRequest& r);
   absl::StatusOr<v1::ReleaseReply> Release(const std::string& tenant, const v1::ReleaseRequest& r);
   absl::StatusOr<v1::DropReply> Drop(const std::string& tenant, const v1::DropRequest& r);
+  // Moves a sequence to the spill tier (durable before OK) and frees its device pages.
+  absl::StatusOr<v1::SpillReply> Spill(const std::string& tenant, const v1::SpillRequest& r);
+  // Brings a spilled sequence back (checksums verified).
+  absl::StatusOr<v1::PageTable> Restore(const std::string& tenant, const v1::RestoreRequest& r);
 
   // ReadKV as a cursor: each Next() fills one chunk of at most the requested size; returns false
   // when done. Created after validating the request.
@@ -134,6 +155,8 @@ class CacheEngine {
     SequenceTable table ABSL_GUARDED_BY(mu);
     SequenceStats stats ABSL_GUARDED_BY(mu);
     bool dropped ABSL_GUARDED_BY(mu) = false;
+    bool spilled ABSL_GUARDED_BY(mu) = false;  // pages in the spill tier, table empty
+    uint64_t spilled_bytes ABSL_GUARDED_BY(mu) = 0;
 
     // Protected by CacheEngine::mu_.
     std::string owner_session;                 // empty once its session ended
@@ -147,6 +170,7 @@ class CacheEngine {
     v1::TenantRecord record;
     uint64_t used_bytes = 0;
     uint64_t used_pages = 0;
+    uint64_t spilled_bytes = 0;
     absl::flat_hash_set<std::string> sessions;
     absl::flat_hash_map<std::string, std::shared_ptr<Sequence>> sequences;
     absl::flat_hash_map<std::string, std::shared_ptr<const Model>> models;
@@ -160,7 +184,7 @@ class CacheEngine {
     absl::flat_hash_set<std::string> leased;  // sequences it holds a lease on
   };
 
-  CacheEngine(Backend* backend, MetadataStore* store, EngineOptions options);
+  CacheEngine(Backend* backend, MetadataStore* store, SpillStore* spill, EngineOptions options);
   absl::Status Load();
 
   // The tenant's sequence; NOT_FOUND otherwise.
@@ -179,6 +203,28 @@ class CacheEngine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropOrphans(const std::vector<std::shared_ptr<Sequence>>& drop);
   v1::TenantInfo TenantInfoLocked(const Tenant& t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // NOT_FOUND when dropped, FAILED_PRECONDITION when spilled (device-only operations).
+  static absl::Status OnDevice(const Sequence& seq) ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  // Spill / restore of a sequence whose mu the caller holds. `caller_session` may hold a lease;
+  // any other lease makes SpillHeld FAILED_PRECONDITION (unless `ignore_leases`).
+  absl::StatusOr<v1::SpillReply> SpillHeld(Sequence* seq, const std::string& caller_session,
+                                           bool ignore_leases)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  absl::Status RestoreHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  absl::Status LoadSpilled();
+  // Spills cold sequences until an allocation of `want_bytes` fits and the high watermark is
+  // free (or nothing more can go). Returns the device bytes freed. Never blocks on a busy
+  // sequence.
+  uint64_t RelievePressure(uint64_t want_bytes);
+  // Schedules RelievePressure on the background thread when free bytes are below the low mark.
+  void MaybeRelievePressureLater();
+  v1::SequenceInfo InfoOf(Sequence& seq) const;
+  // Admission + charge + pool allocation of `count` pages for `tenant`; announces new arenas to
+  // the tenant's sessions. Under pool pressure it spills cold sequences once and retries.
+  // RESOURCE_EXHAUSTED with the figures otherwise; nothing is allocated or charged then.
+  absl::Status AllocateCharged(const std::string& tenant, const PageGeometry& geometry,
+                               uint64_t count, std::vector<uint64_t>* pages,
+                               std::vector<ArenaInfo>* new_arenas);
   // Compresses `seq` (its mu held) under `policy` over the tenant default; frees and un-charges.
   absl::StatusOr<v1::CompressReply> CompressHeld(Sequence* seq, const v1::Policy& policy)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
@@ -188,6 +234,7 @@ class CacheEngine {
   // Constant after construction.
   Backend* const backend_;
   MetadataStore* const store_;
+  SpillStore* const spill_;  // may be null
   const EngineOptions options_;
   const absl::Time started_;
   PagePool pool_;
@@ -198,6 +245,11 @@ class CacheEngine {
   absl::flat_hash_map<std::string, std::string> token_to_tenant_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Σ tenants' used_bytes
+  v1::Watermarks watermarks_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> spills_{0}, restores_{0}, spill_errors_{0};
+  std::atomic<bool> relief_scheduled_{false};
+  // Last member: its thread must stop before the state above goes.
+  std::unique_ptr<Executor> background_;
 };
 
 }  // namespace kvkeep

@@ -377,22 +377,43 @@ grpc::ServerReadReactor<v1::StatsChunk>* KvCacheService::PutStats(
                              reply);
 }
 
-grpc::ServerUnaryReactor* KvCacheService::Compress(grpc::CallbackServerContext* context,
-                                                   const v1::CompressRequest* request,
-                                                   v1::CompressReply* reply) {
+template <typename Reply, typename Fn>
+grpc::ServerUnaryReactor* KvCacheService::Offload(grpc::CallbackServerContext* context,
+                                                  Reply* reply, Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
   if (!tenant.ok()) {
     reactor->Finish(ToGrpcStatus(tenant.status()));
     return reactor;
   }
-  // Scoring and compaction take long: not on a gRPC thread. request/reply live until Finish.
-  executor_->Schedule([this, reactor, request, reply, tenant = *tenant] {
-    auto result = engine_->Compress(tenant, *request);
+  // The request and reply live until Finish.
+  executor_->Schedule([reactor, reply, fn = std::move(fn), tenant = *tenant] {
+    auto result = fn(tenant);
     if (result.ok()) *reply = std::move(*result);
     reactor->Finish(ToGrpcStatus(result.status()));
   });
   return reactor;
+}
+
+grpc::ServerUnaryReactor* KvCacheService::Compress(grpc::CallbackServerContext* context,
+                                                   const v1::CompressRequest* request,
+                                                   v1::CompressReply* reply) {
+  return Offload(context, reply,
+                 [this, request](const std::string& t) { return engine_->Compress(t, *request); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::Spill(grpc::CallbackServerContext* context,
+                                                const v1::SpillRequest* request,
+                                                v1::SpillReply* reply) {
+  return Offload(context, reply,
+                 [this, request](const std::string& t) { return engine_->Spill(t, *request); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::Restore(grpc::CallbackServerContext* context,
+                                                  const v1::RestoreRequest* request,
+                                                  v1::PageTable* reply) {
+  return Offload(context, reply,
+                 [this, request](const std::string& t) { return engine_->Restore(t, *request); });
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetSequence(grpc::CallbackServerContext* context,
@@ -406,7 +427,9 @@ grpc::ServerUnaryReactor* KvCacheService::GetSequence(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* KvCacheService::Acquire(grpc::CallbackServerContext* context,
                                                   const v1::AcquireRequest* request,
                                                   v1::PageTable* reply) {
-  return Unary(context, reply, [&](const std::string& t) { return engine_->Acquire(t, *request); });
+  // May restore a spilled sequence from disk: off the gRPC threads.
+  return Offload(context, reply,
+                 [this, request](const std::string& t) { return engine_->Acquire(t, *request); });
 }
 
 grpc::ServerUnaryReactor* KvCacheService::Release(grpc::CallbackServerContext* context,

@@ -43,6 +43,11 @@ class KvCacheService final : public v1::KvCache::CallbackService {
   grpc::ServerUnaryReactor* Compress(grpc::CallbackServerContext* context,
                                      const v1::CompressRequest* request,
                                      v1::CompressReply* reply) override;
+  grpc::ServerUnaryReactor* Spill(grpc::CallbackServerContext* context,
+                                  const v1::SpillRequest* request, v1::SpillReply* reply) override;
+  grpc::ServerUnaryReactor* Restore(grpc::CallbackServerContext* context,
+                                    const v1::RestoreRequest* request,
+                                    v1::PageTable* reply) override;
   grpc::ServerUnaryReactor* GetSequence(grpc::CallbackServerContext* context,
                                         const v1::GetSequenceRequest* request,
                                         v1::PageTable* reply) override;
@@ -61,6 +66,9 @@ class KvCacheService final : public v1::KvCache::CallbackService {
   // Authenticates, runs `fn(tenant)` (returning absl::StatusOr<Reply>), stores the reply.
   template <typename Reply, typename Fn>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
+  // As Unary, but `fn` runs on the executor (disk or scoring work never runs on gRPC threads).
+  template <typename Reply, typename Fn>
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
 
   CacheEngine* const engine_;
   Executor* const executor_;

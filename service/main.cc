@@ -26,6 +26,14 @@ ABSL_FLAG(std::string, backend, "auto", "Memory backend: auto, cpu (POSIX shared
 ABSL_FLAG(uint64_t, pool_mib, 1024, "Device (or host) memory the daemon may hand out, in MiB");
 ABSL_FLAG(uint64_t, arena_mib, 64, "Size of one exported arena, in MiB");
 ABSL_FLAG(uint64_t, max_message_mib, 4, "Largest gRPC message accepted or sent, in MiB");
+ABSL_FLAG(double, low_free, 0.05,
+          "Spill cold sequences when less than this fraction of the pool is free (persisted "
+          "kvkeepctl pool watermarks override it)");
+ABSL_FLAG(double, high_free, 0.10, "...until this fraction is free");
+ABSL_FLAG(uint64_t, spill_block_cache_mib, 32, "Block cache of the spill database, MiB");
+ABSL_FLAG(uint64_t, spill_min_blob_bytes, 4096, "Spilled values this large go to blob files");
+ABSL_FLAG(uint64_t, spill_rate_limit_mib, 0,
+          "Limit on background spill-database writes, MiB/s (0 = none)");
 ABSL_FLAG(int, compress_threads, 2, "Threads that run Compress (scoring and compaction)");
 ABSL_FLAG(int, keepalive_seconds, 10, "Keepalive ping interval that detects lost workers");
 
@@ -74,6 +82,16 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mib) << 20;
   options.keepalive_seconds = absl::GetFlag(FLAGS_keepalive_seconds);
   options.compress_threads = absl::GetFlag(FLAGS_compress_threads);
+  options.low_free = absl::GetFlag(FLAGS_low_free);
+  options.high_free = absl::GetFlag(FLAGS_high_free);
+  options.spill_block_cache_mib = absl::GetFlag(FLAGS_spill_block_cache_mib);
+  options.spill_min_blob_bytes = absl::GetFlag(FLAGS_spill_min_blob_bytes);
+  options.spill_rate_limit_mib = absl::GetFlag(FLAGS_spill_rate_limit_mib);
+  if (!(options.low_free >= 0 && options.low_free <= options.high_free &&
+        options.high_free <= 1)) {
+    std::fprintf(stderr, "kvkeepd: need 0 <= --low_free <= --high_free <= 1\n");
+    return 2;
+  }
   if (options.pool_bytes == 0 || options.arena_bytes == 0 || options.max_message_bytes == 0 ||
       options.max_message_bytes > (1u << 30) || options.keepalive_seconds <= 0 ||
       options.compress_threads <= 0 || options.compress_threads > 64) {

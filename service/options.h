@@ -22,6 +22,11 @@ struct ServiceOptions {
   uint64_t pool_bytes = 1ull << 30;          // Default: 1 GiB of arenas
   uint64_t arena_bytes = 64ull << 20;        // Default: 64 MiB per arena
   uint64_t max_message_bytes = 4ull << 20;   // Default: 4 MiB (gRPC's default)
+  double low_free = 0.05;        // Default: spill cold sequences below 5 % free pool...
+  double high_free = 0.10;       // Default: ...until 10 % is free (kvkeepctl pool can change it)
+  uint64_t spill_block_cache_mib = 32;  // Default: 32 MiB block cache of the spill database
+  uint64_t spill_min_blob_bytes = 4096;  // Default: values >= 4 KiB go to blob files
+  uint64_t spill_rate_limit_mib = 0;     // Default: 0 = no limit on background disk writes
   int compress_threads = 2;      // Default: 2 threads for Compress (scoring + compaction)
   int keepalive_seconds = 10;    // Default: 10 s between keepalive pings on idle sessions
 };

@@ -19,7 +19,8 @@ TEST(QuotaTest, HardMaximumIsEnforcedWithFigures) {
 TEST(QuotaTest, ZeroMaxMeansPoolCapacity) {
   TenantUsage t{"a", 0, 0, 0};
   EXPECT_OK(CheckAdmission(t, 10000, 10000, 0, 0));
-  EXPECT_THAT(CheckAdmission(t, 10001, 10000, 0, 0), StatusIs(StatusCode::kResourceExhausted));
+  EXPECT_THAT(CheckAdmission(t, 10001, 10000, 0, 0),
+              StatusIs(StatusCode::kResourceExhausted, "pool exhausted"));
 }
 
 TEST(QuotaTest, OthersGuaranteesAreNotTaken) {

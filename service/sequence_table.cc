@@ -126,6 +126,31 @@ std::vector<uint64_t> SequenceTable::AllPages() const {
   return out;
 }
 
+std::vector<uint64_t> SequenceTable::Release() {
+  std::vector<uint64_t> pages = AllPages();
+  for (auto& h : heads_) {
+    h.pages.clear();
+    h.count = 0;
+    h.positions.clear();
+  }
+  return pages;
+}
+
+absl::Status SequenceTable::RestoreHead(uint32_t head, std::vector<uint64_t> pages, uint32_t count,
+                                        std::vector<int32_t> positions) {
+  if (head >= heads_.size()) return absl::InvalidArgumentError("head out of range");
+  if (positions.size() != count ||
+      pages.size() != (uint64_t{count} + tokens_per_page_ - 1) / tokens_per_page_) {
+    return absl::InvalidArgumentError(absl::StrCat("restored head ", head, ": ", count,
+                                                   " tokens need ", positions.size(),
+                                                   " positions and matching pages"));
+  }
+  heads_[head].pages = std::move(pages);
+  heads_[head].count = count;
+  heads_[head].positions = std::move(positions);
+  return absl::OkStatus();
+}
+
 uint32_t SequenceTable::max_count() const {
   uint32_t m = 0;
   for (const auto& h : heads_) m = std::max(m, h.count);

@@ -73,6 +73,14 @@ class SequenceTable {
   uint64_t page_count() const;
   int64_t next_position() const { return next_position_; }
 
+  // Spill and restore: Release() empties every head (returning all its pages) and keeps
+  // next_position; RestoreHead() sets a head of an empty table from a spilled copy (`pages` must
+  // hold ceil(count / tokens_per_page) pages, `positions` `count` entries).
+  std::vector<uint64_t> Release();
+  absl::Status RestoreHead(uint32_t head, std::vector<uint64_t> pages, uint32_t count,
+                           std::vector<int32_t> positions);
+  void set_next_position(int64_t p) { next_position_ = p; }
+
  private:
   const uint32_t tokens_per_page_;
   std::vector<Head> heads_;

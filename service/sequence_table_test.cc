@@ -108,3 +108,25 @@ TEST(SequenceTableTest, CompactRejectsBadIndicesAndChangesNothing) {
 
 }  // namespace
 }  // namespace kvkeep
+
+namespace kvkeep {
+namespace {
+
+TEST(SequenceTableTest, ReleaseAndRestoreRoundTrip) {
+  SequenceTable t(2, 4);
+  t.AppendPages(0, {1, 2});
+  t.AppendPages(1, {3, 4});
+  ASSERT_OK(t.Commit(6, {}));
+  std::vector<uint64_t> pages = t.Release();
+  EXPECT_EQ(pages, (std::vector<uint64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(t.page_count(), 0u);
+  EXPECT_EQ(t.next_position(), 6);
+  EXPECT_THAT(t.RestoreHead(0, {7}, 6, {0, 1, 2, 3, 4, 5}),
+              kvkeep::testing::StatusIs(absl::StatusCode::kInvalidArgument));
+  ASSERT_OK(t.RestoreHead(0, {7, 8}, 6, {0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(t.head(0).count, 6u);
+  EXPECT_EQ(t.capacity(0), 8u);
+}
+
+}  // namespace
+}  // namespace kvkeep

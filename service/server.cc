@@ -93,12 +93,32 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   if (stale > 0) std::fprintf(stderr, "kvkeepd: removed %d stale shared-memory arenas\n", stale);
   ASSIGN_OR_RETURN(server->backend_, CreateBackend(backend_options));
 
+  SpillStore::Options spill_options;
+  spill_options.path = data_dir + "/spill";
+  spill_options.block_cache_mib = options.spill_block_cache_mib;
+  spill_options.min_blob_size = options.spill_min_blob_bytes;
+  spill_options.rate_limit_bytes_per_sec = static_cast<int64_t>(options.spill_rate_limit_mib << 20);
+  ASSIGN_OR_RETURN(server->spill_, SpillStore::Open(spill_options));
+  ASSIGN_OR_RETURN(SpillRecoveryReport recovered, server->spill_->Recover());
+  if (recovered.sequences > 0 || recovered.orphan_pages > 0 || recovered.corrupt_manifests > 0) {
+    std::fprintf(stderr,
+                 "kvkeepd: spill tier: %llu restorable sequences (%llu bytes), %llu orphan pages "
+                 "removed, %llu corrupt manifests kept aside\n",
+                 static_cast<unsigned long long>(recovered.sequences),
+                 static_cast<unsigned long long>(recovered.bytes),
+                 static_cast<unsigned long long>(recovered.orphan_pages),
+                 static_cast<unsigned long long>(recovered.corrupt_manifests));
+  }
+
   EngineOptions engine_options;
+  engine_options.low_free = options.low_free;
+  engine_options.high_free = options.high_free;
   engine_options.pool.capacity_bytes = options.pool_bytes;
   engine_options.pool.arena_bytes = options.arena_bytes;
   engine_options.max_message_bytes = options.max_message_bytes;
-  ASSIGN_OR_RETURN(server->engine_, CacheEngine::Create(server->backend_.get(),
-                                                        server->store_.get(), engine_options));
+  ASSIGN_OR_RETURN(server->engine_,
+                   CacheEngine::Create(server->backend_.get(), server->store_.get(),
+                                       engine_options, server->spill_.get()));
 
   const std::string token_file =
       options.admin_token_file.empty() ? data_dir + "/admin.token" : options.admin_token_file;
@@ -107,7 +127,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   server->executor_ = std::make_unique<Executor>(options.compress_threads);
   server->kvcache_ = std::make_unique<KvCacheService>(server->engine_.get(),
                                                       server->executor_.get(), admin_hash);
-  server->admin_ = std::make_unique<AdminService>(server->engine_.get(), admin_hash);
+  server->admin_ = std::make_unique<AdminService>(server->engine_.get(),
+                                                  server->executor_.get(), admin_hash);
 
   server->socket_path_ =
       options.socket_path.empty() ? data_dir + "/kvkeepd.sock" : options.socket_path;
@@ -180,6 +201,7 @@ Server::~Server() {
   admin_.reset();
   engine_.reset();
   backend_.reset();
+  spill_.reset();
   store_.reset();
   unlink(socket_path_.c_str());
 }

@@ -36,6 +36,7 @@ class Server {
   Server() = default;
   std::string socket_path_;
   std::unique_ptr<MetadataStore> store_;
+  std::unique_ptr<SpillStore> spill_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<CacheEngine> engine_;
   std::unique_ptr<Executor> executor_;

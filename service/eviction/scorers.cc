@@ -1,10 +1,12 @@
 #include "service/eviction/scorers.h"
 
 #include <cblas.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -19,6 +21,73 @@ namespace gm = ::kvkeep::gpu_math;
 
 // Below this many multiply-adds per layer a second worker costs more than it saves.
 constexpr double kParallelWork = 1 << 18;
+
+// The per-token loops below are written so that GCC vectorises them without -ffast-math (explicit
+// lane accumulators, no reassociation). The hottest ones are also built for AVX2 and picked at load
+// time (GCC/Clang target_clones, an ifunc). AVX2 without FMA performs the same float operations in
+// the same order as the baseline SSE2 build, only 8 lanes at a time, so both builds give bit-identical
+// scores; FMA is deliberately not enabled (it would contract a * b + c and change the rounding).
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(__CUDACC__)
+#define KVKEEP_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define KVKEEP_SIMD_CLONES
+#endif
+
+// ScoreLayer spreads the KV heads of a layer over the workspace's threads and calls BLAS inside each
+// worker. A multithreaded BLAS underneath (OpenBLAS's pthreads build, Debian's default) then runs
+// its own threads on the same cores: 2 levels of threads oversubscribe them and OpenBLAS's idle
+// threads spin in sched_yield (kvkeep-bench score on 2 cores: capkv at 32k tokens 650 -> 400 ms
+// per layer, snapkv 133 -> 100 ms). While at least one multi-worker ScoreLayer runs, OpenBLAS is held
+// at one thread per caller; the previous setting is restored when the last one ends. The entry
+// points are looked up with dlsym, so with another BLAS this does nothing. Process-wide: another
+// OpenBLAS user in the process runs single-threaded while scoring is in progress.
+class BlasThreadsPinned {
+ public:
+  explicit BlasThreadsPinned(bool pin) : pin_(pin && Api().set != nullptr) {
+    if (!pin_) return;
+    std::lock_guard<std::mutex> lock(Mu());
+    if (Active()++ == 0) {
+      Saved() = Api().get != nullptr ? Api().get() : 0;
+      if (Saved() != 1) Api().set(1);
+    }
+  }
+  ~BlasThreadsPinned() {
+    if (!pin_) return;
+    std::lock_guard<std::mutex> lock(Mu());
+    if (--Active() == 0 && Saved() > 1) Api().set(Saved());
+  }
+  BlasThreadsPinned(const BlasThreadsPinned&) = delete;
+  BlasThreadsPinned& operator=(const BlasThreadsPinned&) = delete;
+
+ private:
+  struct Entry {
+    void (*set)(int) = nullptr;
+    int (*get)() = nullptr;
+  };
+  static const Entry& Api() {
+    static const Entry e = [] {
+      Entry x;
+      x.set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+      x.get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+      return x;
+    }();
+    return e;
+  }
+  static std::mutex& Mu() {
+    static std::mutex mu;
+    return mu;
+  }
+  static int& Active() {
+    static int active = 0;
+    return active;
+  }
+  static int& Saved() {
+    static int saved = 0;
+    return saved;
+  }
+  bool pin_;
+};
 
 // Runs fn(index, worker) for index in [0, count) on up to `workers` threads (the caller is worker
 // 0). Heads are dealt round-robin: their sizes are similar.
@@ -38,6 +107,43 @@ void ParallelFor(int count, int workers, Fn fn) {
   }
   for (int i = 0; i < count; i += workers) fn(i, 0);
   for (std::thread& th : pool) th.join();
+}
+
+// out[r] = gm::Dot(x[r], y[r], d) for r < R, bit for bit (the same eight lane sums in the same order
+// and the same final reduction), but with the R dot products' accumulators interleaved: R
+// independent dependency chains instead of one, which is what limits a lone Dot once its eight
+// lanes fit one AVX2 register.
+template <int R>
+inline void DotBlock(const float* const* x, const float* const* y, int d, float* out) {
+  float acc[R][8] = {};
+  int i = 0;
+  for (; i + 8 <= d; i += 8) {
+    for (int r = 0; r < R; ++r) {
+      for (int l = 0; l < 8; ++l) acc[r][l] += x[r][i + l] * y[r][i + l];
+    }
+  }
+  for (; i < d; ++i) {
+    for (int r = 0; r < R; ++r) acc[r][0] += x[r][i] * y[r][i];
+  }
+  for (int r = 0; r < R; ++r) {
+    const float* a = acc[r];
+    out[r] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+  }
+}
+
+// out[r * out_stride] = gm::Dot(x, y + r * y_stride, d) for r < count (bit for bit), four at a time.
+inline void DotRows(const float* x, const float* y, size_t y_stride, int count, int d,
+                    float* out, size_t out_stride) {
+  int r = 0;
+  for (; r + 4 <= count; r += 4) {
+    const float* xs[4] = {x, x, x, x};
+    const float* ys[4];
+    for (int t = 0; t < 4; ++t) ys[t] = y + (r + t) * y_stride;
+    float o[4];
+    DotBlock<4>(xs, ys, d, o);
+    for (int t = 0; t < 4; ++t) out[(r + t) * out_stride] = o[t];
+  }
+  for (; r < count; ++r) out[r * out_stride] = gm::Dot(x, y + r * y_stride, d);
 }
 
 template <typename T>
@@ -72,12 +178,26 @@ struct Ctx {
   float inv_sqrt_d;
 };
 
+// knorm: minus the L2 norm of each key.
+KVKEEP_SIMD_CLONES void ScoreKnorm(const HeadKV& h, int d, float* s) {
+  int j = 0;
+  for (; j + 4 <= h.n; j += 4) {  // four keys at a time: independent chains (DotBlock)
+    const float* k[4];
+    for (int t = 0; t < 4; ++t) k[t] = h.keys + static_cast<size_t>(j + t) * d;
+    float sq[4];
+    DotBlock<4>(k, k, d, sq);
+    for (int t = 0; t < 4; ++t) s[j + t] = -std::sqrt(sq[t]);
+  }
+  for (; j < h.n; ++j) s[j] = -std::sqrt(gm::SquaredNorm(h.keys + static_cast<size_t>(j) * d, d));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Window attention (snapkv, laprox, tova).
 
 // Turns rows of logits (row i for a query at position qpos0 + i * qpos_step) into softmax
 // probabilities over the keys that query sees; keys beyond its position get 0.
-void SoftmaxRows(const HeadKV& h, float* p, int rows, int64_t qpos0, int qpos_step) {
+KVKEEP_SIMD_CLONES void SoftmaxRows(const HeadKV& h, float* p, int rows, int64_t qpos0,
+                                    int qpos_step) {
   const int n = h.n;
   for (int i = 0; i < rows; ++i) {
     float* row = p + static_cast<size_t>(i) * n;
@@ -90,15 +210,6 @@ void SoftmaxRows(const HeadKV& h, float* p, int rows, int64_t qpos0, int qpos_st
     }
     std::fill(row + len, row + n, 0.0f);
   }
-}
-
-// P[rows][n] = softmax over visible keys of (Q K^T / sqrt(d)) for `rows` queries (contiguous rows
-// of q), row i at position qpos0 + i * qpos_step.
-void WindowAttention(const Ctx& c, const float* q, int rows, int64_t qpos0, int qpos_step,
-                     const HeadKV& h, float* p) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, h.n, c.d, c.inv_sqrt_d, q, c.d,
-              h.keys, c.d, 0.0f, p, h.n);
-  SoftmaxRows(h, p, rows, qpos0, qpos_step);
 }
 
 const float* WindowQuery(const Ctx& c, int q_head, int i) {
@@ -121,7 +232,8 @@ void GroupWindowAttention(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, fl
   *p_out = p;
 }
 
-void ScoreSnapKv(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, std::vector<float>& out) {
+KVKEEP_SIMD_CLONES void ScoreSnapKv(const Ctx& c, int g, ScoringWorkspace::Scratch& sc,
+                                    std::vector<float>& out) {
   const HeadKV& h = c.in.heads[g];
   const int n = h.n;
   const int w = c.in.window;
@@ -146,7 +258,8 @@ void ScoreSnapKv(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, std::vector
   FillUndefinedWithMax(out, 0, nc);
 }
 
-void ScoreLaProx(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, std::vector<float>& out) {
+KVKEEP_SIMD_CLONES void ScoreLaProx(const Ctx& c, int g, ScoringWorkspace::Scratch& sc,
+                                    std::vector<float>& out) {
   const HeadKV& h = c.in.heads[g];
   const int n = h.n;
   const int d = c.d;
@@ -182,19 +295,27 @@ void ScoreLaProx(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, std::vector
   }
 }
 
-// Attention of the last window query of every query head of KV head g, summed over the group: the
-// group's queries are stacked so that one GEMM reads the keys once.
-void TovaGroupMass(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, float* mass) {
+// Attention of the last window query of every query head of KV head g, summed over the group. The
+// logits are G dot products per key, computed while the key is in L1, so the keys are read once.
+// (An sgemm with G = 4 rows spends more time packing the keys than multiplying: 3x slower here.)
+KVKEEP_SIMD_CLONES void TovaGroupMass(const Ctx& c, int g, ScoringWorkspace::Scratch& sc,
+                                      float* mass) {
   const HeadKV& h = c.in.heads[g];
   const int n = h.n;
+  const int d = c.d;
   const int G = c.group;
   float* p = Grow(sc.f[0], static_cast<size_t>(G) * n);
-  float* q = Grow(sc.f[2], static_cast<size_t>(G) * c.d);
+  float* q = Grow(sc.f[2], static_cast<size_t>(G) * d);
   for (int r = 0; r < G; ++r) {
     const float* src = WindowQuery(c, g * G + r, c.in.window - 1);
-    std::copy(src, src + c.d, q + static_cast<size_t>(r) * c.d);
+    std::copy(src, src + d, q + static_cast<size_t>(r) * d);
   }
-  WindowAttention(c, q, G, c.next - 1, 0, h, p);
+  for (int j = 0; j < n; ++j) {
+    const float* k = h.keys + static_cast<size_t>(j) * d;
+    DotRows(k, q, static_cast<size_t>(d), G, d, p + j, static_cast<size_t>(n));
+    for (int r = 0; r < G; ++r) p[static_cast<size_t>(r) * n + j] *= c.inv_sqrt_d;
+  }
+  SoftmaxRows(h, p, G, c.next - 1, 0);
   std::fill(mass, mass + n, 0.0f);
   for (int r = 0; r < G; ++r) {
     const float* row = p + static_cast<size_t>(r) * n;
@@ -226,7 +347,7 @@ void AnchorQuery(const Ctx& c, const std::vector<double>& cs, const std::vector<
 // Expected Attention (kvpress expected_attention_press.py): per query head, logits
 // k·(R̄μ)/√d + kᵀ(R̄ΣR̄ᵀ)k/(2d) = (R̄ᵀk)·μ/√d + Σ_i σ²_i (R̄ᵀk)_i²/(2d), softmax over the
 // non-sink tokens, mean over the group, times ‖v‖.
-void ScoreExpected(const Ctx& c, int g, const std::vector<double>& cs,
+KVKEEP_SIMD_CLONES void ScoreExpected(const Ctx& c, int g, const std::vector<double>& cs,
                    const std::vector<double>& sn, ScoringWorkspace::Scratch& sc,
                    std::vector<float>& out) {
   const HeadKV& h = c.in.heads[g];
@@ -243,8 +364,18 @@ void ScoreExpected(const Ctx& c, int g, const std::vector<double>& cs,
   float* mu = Grow(sc.f[0], static_cast<size_t>(G) * d);
   float* var = Grow(sc.f[1], static_cast<size_t>(G) * d);
   float* logits = Grow(sc.f[2], static_cast<size_t>(G) * m);
-  float* kt = Grow(sc.f[3], static_cast<size_t>(2) * d);
+  float* kt = Grow(sc.f[3], static_cast<size_t>(2) * d + rd + n);
   float* kt2 = kt + d;
+  float* vnorm = kt2 + d + rd;  // ‖v_j‖, computed in the token loop (values and keys stream together)
+  // R̄ᵀ rotates pair i by (cos, -sin); as floats, hoisted out of the token loop.
+  const int half = rd / 2;
+  float* cf = kt2 + d;
+  float* sf = cf + half;
+  for (int i = 0; i < half; ++i) {
+    cf[i] = static_cast<float>(cs[i]);
+    sf[i] = static_cast<float>(-sn[i]);
+  }
+  const bool interleaved = c.in.rope.interleaved;
   const double inv_count = 1.0 / static_cast<double>(c.in.query_count);
   for (int r = 0; r < G; ++r) {
     const int qh = g * G + r;
@@ -262,21 +393,32 @@ void ScoreExpected(const Ctx& c, int g, const std::vector<double>& cs,
   }
   for (int j = 0; j < m; ++j) {
     const float* k = h.keys + static_cast<size_t>(s0 + j) * d;
-    std::copy(k, k + d, kt);
-    for (int i = 0; i < rd / 2; ++i) {  // R̄ᵀ k: rotate by (c, -s).
-      int a, b;
-      gm::RopePair(i, rd, c.in.rope.interleaved, &a, &b);
-      float ya, yb;
-      gm::RotatePair(k[a], k[b], static_cast<float>(cs[i]), static_cast<float>(-sn[i]), &ya, &yb);
-      kt[a] = ya;
-      kt[b] = yb;
+    // R̄ᵀ k: gm::RotatePair(k[a], k[b], c, -s) per pair (gm::RopePair's channels), written out per
+    // layout so that it vectorises; channels past the rotary dimension are copied.
+    if (interleaved) {
+      for (int i = 0; i < half; ++i) {
+        kt[2 * i] = k[2 * i] * cf[i] - k[2 * i + 1] * sf[i];
+        kt[2 * i + 1] = k[2 * i + 1] * cf[i] + k[2 * i] * sf[i];
+      }
+    } else {
+      for (int i = 0; i < half; ++i) {
+        kt[i] = k[i] * cf[i] - k[i + half] * sf[i];
+        kt[i + half] = k[i + half] * cf[i] + k[i] * sf[i];
+      }
     }
+    std::copy(k + rd, k + d, kt + rd);
     for (int i = 0; i < d; ++i) kt2[i] = kt[i] * kt[i];
-    for (int r = 0; r < G; ++r) {
-      float l = gm::Dot(kt, mu + r * d, d);
-      if (cov) l += gm::Dot(kt2, var + r * d, d);
-      logits[static_cast<size_t>(r) * m + j] = l;
+    float* lj = logits + j;
+    DotRows(kt, mu, static_cast<size_t>(d), G, d, lj, static_cast<size_t>(m));
+    if (cov) {
+      float qd[64];
+      for (int r0 = 0; r0 < G; r0 += 64) {
+        const int cnt = std::min(64, G - r0);
+        DotRows(kt2, var + static_cast<size_t>(r0) * d, static_cast<size_t>(d), cnt, d, qd, 1);
+        for (int r = 0; r < cnt; ++r) lj[static_cast<size_t>(r0 + r) * m] += qd[r];
+      }
     }
+    vnorm[s0 + j] = std::sqrt(gm::SquaredNorm(h.values + static_cast<size_t>(s0 + j) * d, d));
   }
   const float inv_g = 1.0f / static_cast<float>(G);
   for (int r = 0; r < G; ++r) {
@@ -286,15 +428,13 @@ void ScoreExpected(const Ctx& c, int g, const std::vector<double>& cs,
     const float inv = static_cast<float>(1.0 / z) * inv_g;
     for (int j = 0; j < m; ++j) out[s0 + j] += row[j] * inv;
   }
-  for (int j = s0; j < n; ++j) {
-    out[j] *= std::sqrt(gm::SquaredNorm(h.values + static_cast<size_t>(j) * d, d));
-  }
+  for (int j = s0; j < n; ++j) out[j] *= vnorm[j];
   FillUndefinedWithMax(out, s0, n);
 }
 
 // CapKV relevance weights of the non-sink tokens of KV head g for query head qh (cosine form for
 // capkv and capkv-greedy, scaled dot for capkv-dot), written to w[0, m).
-void CapWeights(const Ctx& c, int g, int qh, const std::vector<double>& cs,
+KVKEEP_SIMD_CLONES void CapWeights(const Ctx& c, int g, int qh, const std::vector<double>& cs,
                 const std::vector<double>& sn, bool dot_form, double* a, float* anchor_f,
                 float* w) {
   const HeadKV& h = c.in.heads[g];
@@ -368,7 +508,7 @@ void InverseFromCholesky(const double* l, int d, double* linv, double* inv) {
 // = L Lᵀ), per query head, mean over the group; sinks excluded (kvpress cap_press.py). Per q head:
 // one SYRK for the Gram, a d×d Cholesky and inverse in double; then one GEMM per block of tokens
 // applies all G inverses at once (V · [A_1⁻¹ … A_G⁻¹]), reading the values once.
-absl::Status ScoreCapKv(const Ctx& c, int g, bool dot_form, const std::vector<double>& cs,
+KVKEEP_SIMD_CLONES absl::Status ScoreCapKv(const Ctx& c, int g, bool dot_form, const std::vector<double>& cs,
                         const std::vector<double>& sn, ScoringWorkspace::Scratch& sc,
                         std::vector<float>& out) {
   constexpr int kBlock = 256;
@@ -587,6 +727,7 @@ absl::Status ScoreLayerInto(const Policy& policy, const LayerInputs& in,
   // Heads are split over the workspace's workers (each with its own scratch); BLAS calls inside a
   // worker are then small enough that the BLAS library's own threads add little.
   const int workers = work >= kParallelWork ? workspace.threads() : 1;
+  const BlasThreadsPinned blas_pin(workers > 1);
   std::vector<double> cs, sn;
   const Needs needs = ScorerNeeds(policy.scorer);
   if (needs.query_moments) AveragedRotation(in, policy, &cs, &sn);
@@ -609,13 +750,8 @@ absl::Status ScoreLayerInto(const Policy& policy, const LayerInputs& in,
       }
       return absl::OkStatus();
     case ScorerKind::kKnorm:
-      ParallelFor(in.kv_heads, workers, [&](int g, int) {
-        const HeadKV& h = in.heads[g];
-        std::vector<float>& s = out->per_head[g];
-        for (int j = 0; j < h.n; ++j) {
-          s[j] = -std::sqrt(gm::SquaredNorm(h.keys + static_cast<size_t>(j) * c.d, c.d));
-        }
-      });
+      ParallelFor(in.kv_heads, workers,
+                  [&](int g, int) { ScoreKnorm(in.heads[g], c.d, out->per_head[g].data()); });
       return absl::OkStatus();
     case ScorerKind::kH2o:
     case ScorerKind::kObserved: {

@@ -1,0 +1,839 @@
+#include "service/storage/spill_store.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "rocksdb/cache.h"
+#include "rocksdb/convenience.h"
+#include "rocksdb/filter_policy.h"
+#include "rocksdb/rate_limiter.h"
+#include "rocksdb/snapshot.h"
+#include "rocksdb/table.h"
+#include "rocksdb/write_batch.h"
+#include "service/storage/rocksdb_status.h"
+#include "service/storage/xxhash64.h"
+
+namespace kvkeep {
+namespace {
+
+constexpr char kPagesFamily[] = "pages";
+constexpr char kManifestsFamily[] = "manifests";
+constexpr uint32_t kManifestMagic = 0x4d53564b;  // "KVSM" little-endian
+constexpr uint64_t kManifestVersion = 1;
+// Keys per MultiGet call and deletes per batch in Recover: bounds the memory of one step.
+constexpr size_t kReadBatch = 1024;
+constexpr size_t kDeleteBatch = 4096;
+
+// ---- Keys ------------------------------------------------------------------------------------
+
+absl::Status CheckId(absl::string_view what, absl::string_view id) {
+  if (id.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " is empty"));
+  if (id.find('/') != absl::string_view::npos || id.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " \"", id, "\" contains '/' or NUL (reserved by the key layout)"));
+  }
+  return absl::OkStatus();
+}
+
+std::string ManifestKey(absl::string_view tenant, absl::string_view id) {
+  return absl::StrCat(tenant, "/", id);
+}
+
+// `<tenant>/<sequence_id>/`: every page key of the sequence starts with it, and (ids having no
+// '/') no page key of another sequence does.
+std::string PagePrefix(absl::string_view tenant, absl::string_view id) {
+  return absl::StrCat(tenant, "/", id, "/");
+}
+
+void AppendHex8(std::string* out, uint32_t v) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  char buf[8];
+  for (int i = 7; i >= 0; --i) {
+    buf[i] = kHex[v & 0xf];
+    v >>= 4;
+  }
+  out->append(buf, 8);
+}
+
+// `<prefix><head:08x>/<page:08x>`
+std::string PageKey(const std::string& prefix, uint32_t head, uint32_t page) {
+  std::string key;
+  key.reserve(prefix.size() + 17);
+  key.append(prefix);
+  AppendHex8(&key, head);
+  key.push_back('/');
+  AppendHex8(&key, page);
+  return key;
+}
+
+// ---- Manifest codec --------------------------------------------------------------------------
+// Little-endian, version 1:
+//   fixed32 magic, varint version, string tenant, string sequence_id, string model,
+//   fixed64 next_position, fixed64 created (unix micros), varint total_bytes, varint page_count,
+//   varint heads, then per head:
+//     varint count, varint runs, runs x (varint zigzag(start - previous run's end), varint length)
+//     varint pages, pages x (varint size, fixed64 xxh64)
+//   fixed64 xxh64 of all the preceding bytes.
+// Positions are stored as runs of consecutive values: an uncompressed head costs a few bytes
+// instead of 4 per token, a compressed one about 2 per kept token.
+
+void PutFixed32(std::string* out, uint32_t v) {
+  char b[4];
+  std::memcpy(b, &v, 4);
+  out->append(b, 4);
+}
+void PutFixed64(std::string* out, uint64_t v) {
+  char b[8];
+  std::memcpy(b, &v, 8);
+  out->append(b, 8);
+}
+void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+void PutString(std::string* out, absl::string_view s) {
+  PutVarint(out, s.size());
+  out->append(s.data(), s.size());
+}
+uint64_t ZigZag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
+int64_t UnZigZag(uint64_t v) { return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1); }
+
+class Reader {
+ public:
+  explicit Reader(absl::string_view in) : in_(in) {}
+  bool Fixed32(uint32_t* v) { return Raw(v, 4); }
+  bool Fixed64(uint64_t* v) { return Raw(v, 8); }
+  bool Varint(uint64_t* v) {
+    uint64_t r = 0;
+    for (int shift = 0; shift <= 63; shift += 7) {
+      if (in_.empty()) return false;
+      uint8_t b = static_cast<uint8_t>(in_[0]);
+      in_.remove_prefix(1);
+      r |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) {
+        *v = r;
+        return true;
+      }
+    }
+    return false;
+  }
+  bool Varint32(uint32_t* v) {
+    uint64_t r;
+    if (!Varint(&r) || r > UINT32_MAX) return false;
+    *v = static_cast<uint32_t>(r);
+    return true;
+  }
+  bool String(std::string* s) {
+    uint64_t n;
+    if (!Varint(&n) || n > in_.size()) return false;
+    s->assign(in_.data(), n);
+    in_.remove_prefix(n);
+    return true;
+  }
+  size_t left() const { return in_.size(); }
+
+ private:
+  bool Raw(void* v, size_t n) {
+    if (in_.size() < n) return false;
+    std::memcpy(v, in_.data(), n);
+    in_.remove_prefix(n);
+    return true;
+  }
+  absl::string_view in_;
+};
+
+struct PageMeta {
+  uint32_t size = 0;
+  uint64_t checksum = 0;
+};
+
+struct Manifest {
+  SpillSummary summary;
+  int64_t next_position = 0;
+  // Filled by a full decode only: per head count, positions, and page metadata.
+  std::vector<uint32_t> counts;
+  std::vector<std::vector<int32_t>> positions;
+  std::vector<std::vector<PageMeta>> pages;
+};
+
+std::string EncodeManifest(const SpillRecord& r, const std::vector<std::vector<PageMeta>>& pages,
+                           uint64_t total_bytes, uint64_t page_count, absl::Time created) {
+  std::string out;
+  PutFixed32(&out, kManifestMagic);
+  PutVarint(&out, kManifestVersion);
+  PutString(&out, r.tenant);
+  PutString(&out, r.sequence_id);
+  PutString(&out, r.model);
+  PutFixed64(&out, static_cast<uint64_t>(r.next_position));
+  PutFixed64(&out, static_cast<uint64_t>(absl::ToUnixMicros(created)));
+  PutVarint(&out, total_bytes);
+  PutVarint(&out, page_count);
+  PutVarint(&out, r.heads.size());
+  std::string runs;
+  for (size_t h = 0; h < r.heads.size(); ++h) {
+    const SpilledHead& head = r.heads[h];
+    PutVarint(&out, head.count);
+    runs.clear();
+    uint64_t nruns = 0;
+    int64_t prev_end = 0;
+    for (size_t i = 0; i < head.positions.size();) {
+      size_t j = i + 1;
+      while (j < head.positions.size() &&
+             static_cast<int64_t>(head.positions[j]) == static_cast<int64_t>(head.positions[j - 1]) + 1) {
+        ++j;
+      }
+      PutVarint(&runs, ZigZag(static_cast<int64_t>(head.positions[i]) - prev_end));
+      PutVarint(&runs, j - i);
+      prev_end = static_cast<int64_t>(head.positions[j - 1]) + 1;
+      ++nruns;
+      i = j;
+    }
+    PutVarint(&out, nruns);
+    out.append(runs);
+    PutVarint(&out, pages[h].size());
+    for (const PageMeta& p : pages[h]) {
+      PutVarint(&out, p.size);
+      PutFixed64(&out, p.checksum);
+    }
+  }
+  PutFixed64(&out, XxHash64(out));
+  return out;
+}
+
+// `full` = false decodes the header only (for the index); the trailing checksum is always checked.
+absl::StatusOr<Manifest> DecodeManifest(absl::string_view key, absl::string_view in, bool full) {
+  auto corrupt = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrCat("manifest of spilled sequence ", key, " is corrupt (",
+                                            why, ")"));
+  };
+  if (in.size() < 12) return corrupt("too short");
+  uint64_t stored_sum;
+  std::memcpy(&stored_sum, in.data() + in.size() - 8, 8);
+  absl::string_view body = in.substr(0, in.size() - 8);
+  if (XxHash64(body) != stored_sum) return corrupt("checksum mismatch");
+  Reader rd(body);
+  Manifest m;
+  uint32_t magic;
+  uint64_t version, next, created, heads;
+  if (!rd.Fixed32(&magic) || magic != kManifestMagic) return corrupt("bad magic");
+  if (!rd.Varint(&version) || version != kManifestVersion) return corrupt("unknown version");
+  if (!rd.String(&m.summary.tenant) || !rd.String(&m.summary.sequence_id) ||
+      !rd.String(&m.summary.model) || !rd.Fixed64(&next) || !rd.Fixed64(&created) ||
+      !rd.Varint(&m.summary.bytes) || !rd.Varint(&m.summary.pages) || !rd.Varint(&heads)) {
+    return corrupt("truncated header");
+  }
+  m.next_position = static_cast<int64_t>(next);
+  m.summary.created = absl::FromUnixMicros(static_cast<int64_t>(created));
+  if (!full) return m;
+  // Every head takes at least 3 bytes; refuse counts the value cannot hold before allocating.
+  if (heads > rd.left() / 3) return corrupt("head count");
+  m.counts.resize(heads);
+  m.positions.resize(heads);
+  m.pages.resize(heads);
+  uint64_t total_bytes = 0, total_pages = 0;
+  for (uint64_t h = 0; h < heads; ++h) {
+    uint64_t nruns, npages;
+    if (!rd.Varint32(&m.counts[h]) || !rd.Varint(&nruns) || nruns > rd.left() / 2) {
+      return corrupt("head table");
+    }
+    std::vector<int32_t>& pos = m.positions[h];
+    pos.reserve(m.counts[h]);
+    int64_t prev_end = 0;
+    for (uint64_t r = 0; r < nruns; ++r) {
+      uint64_t delta, len;
+      if (!rd.Varint(&delta) || !rd.Varint(&len) || len == 0 || len > m.counts[h] - pos.size()) {
+        return corrupt("positions");
+      }
+      int64_t start = prev_end + UnZigZag(delta);
+      if (start < INT32_MIN || start + static_cast<int64_t>(len) - 1 > INT32_MAX) {
+        return corrupt("positions");
+      }
+      for (uint64_t i = 0; i < len; ++i) pos.push_back(static_cast<int32_t>(start + i));
+      prev_end = start + static_cast<int64_t>(len);
+    }
+    if (pos.size() != m.counts[h]) return corrupt("position count");
+    if (!rd.Varint(&npages) || npages > rd.left() / 9) return corrupt("page count");
+    m.pages[h].resize(npages);
+    for (PageMeta& p : m.pages[h]) {
+      if (!rd.Varint32(&p.size) || !rd.Fixed64(&p.checksum)) return corrupt("page table");
+      total_bytes += p.size;
+    }
+    total_pages += npages;
+  }
+  if (rd.left() != 0) return corrupt("trailing bytes");
+  if (total_bytes != m.summary.bytes || total_pages != m.summary.pages) return corrupt("totals");
+  return m;
+}
+
+}  // namespace
+
+// ---- Options ---------------------------------------------------------------------------------
+
+SpillStore::DbConfig SpillStore::MakeDbConfig(const Options& o) {
+  DbConfig c;
+  c.db.create_if_missing = true;
+  c.db.create_missing_column_families = true;
+  c.db.max_background_jobs = 2;
+  // Spread the write-back of flushed blob/SST files instead of one large fsync at the end.
+  c.db.bytes_per_sync = 1 << 20;
+  if (o.env != nullptr) c.db.env = o.env;
+  if (o.rate_limit_bytes_per_sec > 0) {
+    c.db.rate_limiter.reset(rocksdb::NewGenericRateLimiter(o.rate_limit_bytes_per_sec));
+  }
+
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(o.block_cache_mib << 20);
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  std::shared_ptr<rocksdb::TableFactory> factory(rocksdb::NewBlockBasedTableFactory(table));
+
+  for (rocksdb::ColumnFamilyOptions* cf : {&c.pages, &c.manifests}) {
+    cf->table_factory = factory;
+    cf->write_buffer_size = o.write_buffer_mib << 20;
+    cf->compression = o.compression;
+    cf->level_compaction_dynamic_level_bytes = true;
+  }
+  c.pages.enable_blob_files = true;
+  c.pages.min_blob_size = o.min_blob_size;
+  c.pages.blob_file_size = o.blob_file_size;
+  c.pages.blob_compression_type = o.compression;
+  // Deleted spills leave garbage in blob files; compaction relocates the live blobs of the oldest
+  // files so those files can be removed.
+  c.pages.enable_blob_garbage_collection = true;
+  return c;
+}
+
+// ---- Open / close ----------------------------------------------------------------------------
+
+SpillStore::SpillStore(const Options& options)
+    : options_(options), config_(MakeDbConfig(options)) {}
+
+absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const Options& options) {
+  if (options.path.empty()) return absl::InvalidArgumentError("spill store: empty path");
+  if (options.compression != rocksdb::kNoCompression) {
+    std::vector<rocksdb::CompressionType> ok = rocksdb::GetSupportedCompressions();
+    if (std::find(ok.begin(), ok.end(), options.compression) == ok.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spill store: compression type ", static_cast<int>(options.compression),
+          " is not built into this RocksDB"));
+    }
+  }
+  auto store = std::unique_ptr<SpillStore>(new SpillStore(options));
+  absl::MutexLock lock(&store->db_mu_);
+  RETURN_IF_ERROR(store->OpenDbLocked());
+  return store;
+}
+
+SpillStore::~SpillStore() {
+  absl::MutexLock lock(&db_mu_);
+  CloseDbLocked();
+}
+
+absl::Status SpillStore::OpenDbLocked() {
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
+      {kPagesFamily, config_.pages},
+      {kManifestsFamily, config_.manifests}};
+  rocksdb::DB* raw = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::Status s = rocksdb::DB::Open(config_.db, options_.path, families, &handles, &raw);
+  if (!s.ok()) return FromRocksDb(s, "opening spill store at " + options_.path);
+  db_.reset(raw);
+  handles_ = std::move(handles);
+  pages_ = handles_[1];
+  manifests_ = handles_[2];
+  absl::Status st = ApplyRollbacksLocked();
+  if (st.ok()) st = RebuildIndexLocked();
+  if (!st.ok()) CloseDbLocked();
+  return st;
+}
+
+void SpillStore::CloseDbLocked() {
+  if (!db_) return;
+  for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  handles_.clear();
+  pages_ = manifests_ = nullptr;
+  db_->Close().PermitUncheckedError();
+  db_.reset();
+}
+
+absl::Status SpillStore::RebuildIndexLocked() {
+  absl::flat_hash_map<std::string, std::map<std::string, SpillSummary>> index;
+  absl::flat_hash_map<std::string, uint64_t> bytes;
+  uint64_t corrupt = 0;
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, manifests_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    absl::string_view key(it->key().data(), it->key().size());
+    absl::StatusOr<Manifest> m =
+        DecodeManifest(key, absl::string_view(it->value().data(), it->value().size()), false);
+    if (!m.ok() || ManifestKey(m->summary.tenant, m->summary.sequence_id) != key) {
+      ++corrupt;
+      continue;
+    }
+    bytes[m->summary.tenant] += m->summary.bytes;
+    std::string tenant = m->summary.tenant, id = m->summary.sequence_id;
+    index[tenant].emplace(std::move(id), std::move(m->summary));
+  }
+  if (!it->status().ok()) return FromRocksDb(it->status(), "listing spilled sequences");
+  absl::MutexLock lock(&mu_);
+  index_ = std::move(index);
+  tenant_bytes_ = std::move(bytes);
+  corrupt_manifests_ = corrupt;
+  return absl::OkStatus();
+}
+
+absl::Status SpillStore::EnsureOpen() {
+  {
+    absl::ReaderMutexLock lock(&db_mu_);
+    if (db_) return absl::OkStatus();
+  }
+  absl::MutexLock lock(&db_mu_);
+  if (db_) return absl::OkStatus();
+  absl::Status s = OpenDbLocked();
+  if (!s.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("spill store is recovering from a disk error: ", s.message()));
+  }
+  return s;
+}
+
+void SpillStore::HandleWriteFailure(std::vector<std::string> rollback_pages,
+                                    std::vector<std::string> rollback_manifests) {
+  absl::MutexLock lock(&db_mu_);
+  for (auto& k : rollback_pages) rollback_pages_.push_back(std::move(k));
+  for (auto& k : rollback_manifests) rollback_manifests_.push_back(std::move(k));
+  if (!db_) return;  // already closed by another failure; the next call reopens
+  // A failed WAL write puts RocksDB in read-only mode; Resume() clears recoverable errors. When
+  // it cannot, a reopen replays the WAL up to its last intact record and starts a new one.
+  if (db_->Resume().ok() && ApplyRollbacksLocked().ok()) {
+    // The failed write may have reached the WAL before its sync failed; the roll-back above made
+    // the outcome definite, and the index never listed it.
+    return;
+  }
+  CloseDbLocked();
+  OpenDbLocked().IgnoreError();  // may fail while the disk is still bad; retried on next call
+}
+
+absl::Status SpillStore::ApplyRollbacksLocked() {
+  if (rollback_pages_.empty() && rollback_manifests_.empty()) return absl::OkStatus();
+  rocksdb::WriteBatch batch;
+  for (const auto& k : rollback_manifests_) batch.Delete(manifests_, k).PermitUncheckedError();
+  for (const auto& k : rollback_pages_) batch.Delete(pages_, k).PermitUncheckedError();
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  rocksdb::Status s = db_->Write(w, &batch);
+  if (!s.ok()) return FromRocksDb(s, "rolling back failed spills");
+  rollback_pages_.clear();
+  rollback_manifests_.clear();
+  return absl::OkStatus();
+}
+
+// ---- Index -----------------------------------------------------------------------------------
+
+absl::Status SpillStore::BeginOp(const std::string& mkey, absl::string_view tenant,
+                                 uint64_t put_bytes) {
+  absl::MutexLock lock(&mu_);
+  auto [it, inserted] = in_flight_.try_emplace(mkey);
+  if (!inserted) {
+    return absl::AbortedError(
+        absl::StrCat("another spill or delete of sequence ", mkey, " is in progress"));
+  }
+  it->second.tenant = std::string(tenant);
+  it->second.put_bytes = put_bytes;
+  return absl::OkStatus();
+}
+
+void SpillStore::EndOp(const std::string& mkey) {
+  absl::MutexLock lock(&mu_);
+  in_flight_.erase(mkey);
+}
+
+void SpillStore::IndexInsertLocked(SpillSummary summary) {
+  auto& seqs = index_[summary.tenant];
+  auto it = seqs.find(summary.sequence_id);
+  if (it != seqs.end()) return;  // already there (an index rebuild raced with this Put)
+  tenant_bytes_[summary.tenant] += summary.bytes;
+  std::string id = summary.sequence_id;
+  seqs.emplace(std::move(id), std::move(summary));
+}
+
+void SpillStore::IndexEraseLocked(absl::string_view tenant, absl::string_view sequence_id) {
+  auto t = index_.find(tenant);
+  if (t == index_.end()) return;
+  auto it = t->second.find(std::string(sequence_id));
+  if (it == t->second.end()) return;
+  auto b = tenant_bytes_.find(tenant);
+  if (b != tenant_bytes_.end()) {
+    b->second -= std::min(b->second, it->second.bytes);
+    if (b->second == 0) tenant_bytes_.erase(b);
+  }
+  t->second.erase(it);
+  if (t->second.empty()) index_.erase(t);
+}
+
+// ---- Operations ------------------------------------------------------------------------------
+
+absl::Status SpillStore::Put(const SpillRecord& r) {
+  RETURN_IF_ERROR(CheckId("tenant", r.tenant));
+  RETURN_IF_ERROR(CheckId("sequence id", r.sequence_id));
+  const std::string mkey = ManifestKey(r.tenant, r.sequence_id);
+  std::vector<std::vector<PageMeta>> metas(r.heads.size());
+  uint64_t total_bytes = 0, page_count = 0;
+  for (size_t h = 0; h < r.heads.size(); ++h) {
+    const SpilledHead& head = r.heads[h];
+    if (head.positions.size() != head.count) {
+      return absl::InvalidArgumentError(absl::StrCat("spill of ", mkey, ": head ", h, " has ",
+                                                     head.positions.size(), " positions for ",
+                                                     head.count, " tokens"));
+    }
+    metas[h].resize(head.pages.size());
+    for (size_t p = 0; p < head.pages.size(); ++p) {
+      const std::string& bytes = head.pages[p];
+      if (bytes.empty() || bytes.size() > UINT32_MAX) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("spill of ", mkey, ": page ", p, " of head ", h, " has ", bytes.size(),
+                         " bytes (must be 1..4 GiB)"));
+      }
+      metas[h][p] = {static_cast<uint32_t>(bytes.size()), XxHash64(bytes)};
+      total_bytes += bytes.size();
+    }
+    page_count += head.pages.size();
+  }
+  if (r.heads.size() > UINT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("spill of ", mkey, ": too many heads"));
+  }
+  const absl::Time created = absl::Now();
+  std::string manifest = EncodeManifest(r, metas, total_bytes, page_count, created);
+
+  RETURN_IF_ERROR(BeginOp(mkey, r.tenant, total_bytes));
+  {
+    absl::MutexLock lock(&mu_);
+    auto t = index_.find(r.tenant);
+    if (t != index_.end() && t->second.count(r.sequence_id)) {
+      in_flight_.erase(mkey);
+      return absl::AlreadyExistsError(absl::StrCat("sequence ", mkey, " is already spilled"));
+    }
+  }
+  absl::Status st = EnsureOpen();
+  if (!st.ok()) {
+    EndOp(mkey);
+    return st;
+  }
+
+  const std::string prefix = PagePrefix(r.tenant, r.sequence_id);
+  rocksdb::Status s;
+  {
+    absl::ReaderMutexLock lock(&db_mu_);
+    if (!db_) {
+      s = rocksdb::Status::IOError("database closed after a disk error");
+    } else {
+      rocksdb::WriteBatch batch(total_bytes + page_count * (prefix.size() + 32) +
+                                manifest.size() + 64);
+      std::string key;
+      for (size_t h = 0; h < r.heads.size() && s.ok(); ++h) {
+        for (size_t p = 0; p < r.heads[h].pages.size() && s.ok(); ++p) {
+          key = PageKey(prefix, static_cast<uint32_t>(h), static_cast<uint32_t>(p));
+          s = batch.Put(pages_, key, r.heads[h].pages[p]);
+        }
+      }
+      if (s.ok()) s = batch.Put(manifests_, mkey, manifest);
+      rocksdb::WriteOptions w;
+      w.sync = true;
+      if (s.ok()) s = db_->Write(w, &batch);
+    }
+  }
+  if (s.ok()) {
+    absl::MutexLock lock(&mu_);
+    in_flight_.erase(mkey);
+    SpillSummary summary;
+    summary.tenant = r.tenant;
+    summary.sequence_id = r.sequence_id;
+    summary.model = r.model;
+    summary.bytes = total_bytes;
+    summary.pages = page_count;
+    summary.created = created;
+    IndexInsertLocked(std::move(summary));
+    return absl::OkStatus();
+  }
+  if (!s.IsInvalidArgument()) {
+    std::vector<std::string> rollback;
+    rollback.reserve(page_count);
+    for (size_t h = 0; h < r.heads.size(); ++h) {
+      for (size_t p = 0; p < r.heads[h].pages.size(); ++p) {
+        rollback.push_back(PageKey(prefix, static_cast<uint32_t>(h), static_cast<uint32_t>(p)));
+      }
+    }
+    HandleWriteFailure(std::move(rollback), {mkey});
+  }
+  EndOp(mkey);
+  return FromRocksDb(s, absl::StrCat("spilling sequence ", mkey, " (", page_count, " pages, ",
+                                     total_bytes, " bytes)"));
+}
+
+absl::StatusOr<SpillRecord> SpillStore::Get(absl::string_view tenant,
+                                            absl::string_view sequence_id) {
+  RETURN_IF_ERROR(CheckId("tenant", tenant));
+  RETURN_IF_ERROR(CheckId("sequence id", sequence_id));
+  RETURN_IF_ERROR(EnsureOpen());
+  const std::string mkey = ManifestKey(tenant, sequence_id);
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (!db_) return absl::UnavailableError("spill store is recovering from a disk error");
+  // One snapshot for the manifest and its pages: a concurrent Delete cannot tear the read.
+  rocksdb::ManagedSnapshot snapshot(db_.get());
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot.snapshot();
+  std::string value;
+  rocksdb::Status s = db_->Get(ro, manifests_, mkey, &value);
+  if (s.IsNotFound()) {
+    return absl::NotFoundError(absl::StrCat("sequence ", mkey, " is not spilled"));
+  }
+  if (!s.ok()) return FromRocksDb(s, "reading the manifest of spilled sequence " + mkey);
+  ASSIGN_OR_RETURN(Manifest m, DecodeManifest(mkey, value, /*full=*/true));
+
+  SpillRecord out;
+  out.tenant = std::move(m.summary.tenant);
+  out.sequence_id = std::move(m.summary.sequence_id);
+  out.model = std::move(m.summary.model);
+  out.next_position = m.next_position;
+  out.heads.resize(m.counts.size());
+  struct Slot {
+    uint32_t head, page;
+  };
+  std::vector<Slot> slots;
+  slots.reserve(m.summary.pages);
+  for (size_t h = 0; h < m.counts.size(); ++h) {
+    out.heads[h].count = m.counts[h];
+    out.heads[h].positions = std::move(m.positions[h]);
+    out.heads[h].pages.resize(m.pages[h].size());
+    for (size_t p = 0; p < m.pages[h].size(); ++p) {
+      slots.push_back({static_cast<uint32_t>(h), static_cast<uint32_t>(p)});
+    }
+  }
+
+  // Page keys sort in (head, page) order, so each MultiGet batch is sorted input.
+  ro.fill_cache = false;
+  const std::string prefix = PagePrefix(tenant, sequence_id);
+  std::vector<std::string> keys(std::min(kReadBatch, slots.size()));
+  std::vector<rocksdb::Slice> key_slices(keys.size());
+  std::vector<rocksdb::PinnableSlice> values(keys.size());
+  std::vector<rocksdb::Status> statuses(keys.size());
+  for (size_t begin = 0; begin < slots.size(); begin += kReadBatch) {
+    const size_t n = std::min(kReadBatch, slots.size() - begin);
+    for (size_t i = 0; i < n; ++i) {
+      keys[i] = PageKey(prefix, slots[begin + i].head, slots[begin + i].page);
+      key_slices[i] = keys[i];
+      values[i].Reset();
+    }
+    db_->MultiGet(ro, pages_, n, key_slices.data(), values.data(), statuses.data(),
+                  /*sorted_input=*/true);
+    for (size_t i = 0; i < n; ++i) {
+      const Slot& slot = slots[begin + i];
+      const PageMeta& meta = m.pages[slot.head][slot.page];
+      auto page_name = [&] {
+        return absl::StrCat("page ", slot.page, " of head ", slot.head, " of spilled sequence ",
+                            mkey);
+      };
+      if (statuses[i].IsNotFound()) {
+        return absl::DataLossError(absl::StrCat(page_name(), " is missing"));
+      }
+      if (!statuses[i].ok()) return FromRocksDb(statuses[i], "reading " + page_name());
+      absl::string_view bytes(values[i].data(), values[i].size());
+      if (bytes.size() != meta.size || XxHash64(bytes) != meta.checksum) {
+        return absl::DataLossError(absl::StrCat(
+            page_name(), ": checksum mismatch (", bytes.size(), " bytes, ", meta.size,
+            " expected) - the page is corrupt on disk"));
+      }
+      out.heads[slot.head].pages[slot.page].assign(bytes.data(), bytes.size());
+    }
+  }
+  return out;
+}
+
+absl::Status SpillStore::Delete(absl::string_view tenant, absl::string_view sequence_id) {
+  RETURN_IF_ERROR(CheckId("tenant", tenant));
+  RETURN_IF_ERROR(CheckId("sequence id", sequence_id));
+  const std::string mkey = ManifestKey(tenant, sequence_id);
+  RETURN_IF_ERROR(BeginOp(mkey, tenant, 0));
+  absl::Status st = EnsureOpen();
+  if (!st.ok()) {
+    EndOp(mkey);
+    return st;
+  }
+  rocksdb::Status s;
+  bool found = true;
+  {
+    absl::ReaderMutexLock lock(&db_mu_);
+    if (!db_) {
+      s = rocksdb::Status::IOError("database closed after a disk error");
+    } else {
+      std::string value;
+      s = db_->Get(rocksdb::ReadOptions(), manifests_, mkey, &value);
+      if (s.IsNotFound()) {
+        found = false;
+      } else if (s.ok()) {
+        rocksdb::WriteBatch batch;
+        const std::string prefix = PagePrefix(tenant, sequence_id);
+        absl::StatusOr<Manifest> m = DecodeManifest(mkey, value, /*full=*/true);
+        if (m.ok()) {
+          for (size_t h = 0; h < m->pages.size() && s.ok(); ++h) {
+            for (size_t p = 0; p < m->pages[h].size() && s.ok(); ++p) {
+              s = batch.Delete(pages_,
+                               PageKey(prefix, static_cast<uint32_t>(h), static_cast<uint32_t>(p)));
+            }
+          }
+        } else {
+          // A corrupt manifest does not say which pages exist: drop the whole key range.
+          std::string end = prefix;
+          end.back() = '/' + 1;
+          s = batch.DeleteRange(pages_, prefix, end);
+        }
+        if (s.ok()) s = batch.Delete(manifests_, mkey);
+        rocksdb::WriteOptions w;
+        w.sync = true;
+        if (s.ok()) s = db_->Write(w, &batch);
+      }
+    }
+  }
+  if (!found) {
+    EndOp(mkey);
+    return absl::NotFoundError(absl::StrCat("sequence ", mkey, " is not spilled"));
+  }
+  if (s.ok()) {
+    absl::MutexLock lock(&mu_);
+    in_flight_.erase(mkey);
+    IndexEraseLocked(tenant, sequence_id);
+    return absl::OkStatus();
+  }
+  if (!s.IsInvalidArgument()) HandleWriteFailure({}, {});
+  EndOp(mkey);
+  return FromRocksDb(s, "deleting spilled sequence " + mkey);
+}
+
+absl::StatusOr<std::vector<SpillSummary>> SpillStore::List(absl::string_view tenant) const {
+  std::vector<SpillSummary> out;
+  absl::MutexLock lock(&mu_);
+  if (!tenant.empty()) {
+    auto t = index_.find(tenant);
+    if (t == index_.end()) return out;
+    for (const auto& [id, summary] : t->second) out.push_back(summary);
+    return out;
+  }
+  std::vector<const std::string*> tenants;
+  for (const auto& [name, seqs] : index_) tenants.push_back(&name);
+  std::sort(tenants.begin(), tenants.end(),
+            [](const std::string* a, const std::string* b) { return *a < *b; });
+  for (const std::string* name : tenants) {
+    for (const auto& [id, summary] : index_.find(*name)->second) out.push_back(summary);
+  }
+  return out;
+}
+
+uint64_t SpillStore::BytesOf(absl::string_view tenant) const {
+  absl::MutexLock lock(&mu_);
+  uint64_t bytes = 0;
+  auto b = tenant_bytes_.find(tenant);
+  if (b != tenant_bytes_.end()) bytes = b->second;
+  for (const auto& [mkey, op] : in_flight_) {
+    if (op.tenant == tenant) bytes += op.put_bytes;
+  }
+  return bytes;
+}
+
+absl::StatusOr<SpillRecoveryReport> SpillStore::Recover() {
+  RETURN_IF_ERROR(EnsureOpen());
+  absl::MutexLock lock(&db_mu_);
+  if (!db_) return absl::UnavailableError("spill store is recovering from a disk error");
+  // Exclusive: no Put or Delete runs, so the manifests read here are the truth.
+  SpillRecoveryReport report;
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  rocksdb::WriteBatch batch;
+  size_t pending = 0;
+  std::string last_orphan_prefix;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, pages_));
+  it->SeekToFirst();
+  while (it->Valid()) {
+    absl::string_view key(it->key().data(), it->key().size());
+    size_t first = key.find('/');
+    size_t second = first == absl::string_view::npos ? first : key.find('/', first + 1);
+    std::string prefix(key.substr(0, second == absl::string_view::npos ? key.size() : second + 1));
+    bool owned = false;
+    if (second != absl::string_view::npos) {
+      std::string value;
+      rocksdb::Status s =
+          db_->Get(ro, manifests_, rocksdb::Slice(key.data(), second), &value);
+      if (!s.ok() && !s.IsNotFound()) return FromRocksDb(s, "recovering spilled sequences");
+      owned = s.ok();
+    }
+    if (owned) {
+      // Skip the sequence's pages: the next key after `<tenant>/<id>/...` is >= `<tenant>/<id>0`.
+      prefix.back() = '/' + 1;
+      it->Seek(prefix);
+      continue;
+    }
+    if (prefix != last_orphan_prefix) {
+      ++report.orphan_sequences;
+      last_orphan_prefix = prefix;
+    }
+    ++report.orphan_pages;
+    rocksdb::Status s = batch.Delete(pages_, it->key());
+    if (s.ok() && ++pending == kDeleteBatch) {
+      s = db_->Write(w, &batch);
+      batch.Clear();
+      pending = 0;
+    }
+    if (!s.ok()) return FromRocksDb(s, "deleting orphan spilled pages");
+    it->Next();
+  }
+  if (!it->status().ok()) return FromRocksDb(it->status(), "recovering spilled sequences");
+  if (pending > 0) {
+    rocksdb::Status s = db_->Write(w, &batch);
+    if (!s.ok()) return FromRocksDb(s, "deleting orphan spilled pages");
+  }
+  absl::MutexLock index_lock(&mu_);
+  for (const auto& [tenant, seqs] : index_) report.sequences += seqs.size();
+  for (const auto& [tenant, bytes] : tenant_bytes_) report.bytes += bytes;
+  report.corrupt_manifests = corrupt_manifests_;
+  return report;
+}
+
+absl::Status SpillStore::Flush() {
+  RETURN_IF_ERROR(EnsureOpen());
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (!db_) return absl::UnavailableError("spill store is recovering from a disk error");
+  rocksdb::FlushOptions f;
+  f.wait = true;
+  return FromRocksDb(db_->Flush(f, {pages_, manifests_}), "flushing the spill store");
+}
+
+absl::Status SpillStore::OverwritePageForTest(absl::string_view tenant,
+                                              absl::string_view sequence_id, uint32_t head,
+                                              uint32_t page, absl::string_view bytes) {
+  RETURN_IF_ERROR(EnsureOpen());
+  const std::string mkey = ManifestKey(tenant, sequence_id);
+  absl::ReaderMutexLock lock(&db_mu_);
+  if (!db_) return absl::UnavailableError("spill store is recovering from a disk error");
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), manifests_, mkey, &value);
+  if (!s.ok()) return FromRocksDb(s, "reading manifest " + mkey);
+  ASSIGN_OR_RETURN(Manifest m, DecodeManifest(mkey, value, /*full=*/true));
+  if (head >= m.pages.size() || page >= m.pages[head].size()) {
+    return absl::NotFoundError(absl::StrCat("no page ", page, " in head ", head, " of ", mkey));
+  }
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  return FromRocksDb(db_->Put(w, pages_, PageKey(PagePrefix(tenant, sequence_id), head, page),
+                              rocksdb::Slice(bytes.data(), bytes.size())),
+                     "overwriting a page of " + mkey);
+}
+
+}  // namespace kvkeep

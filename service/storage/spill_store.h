@@ -1,0 +1,233 @@
+// The spill tier: whole sequences (page bytes + page table) stored durably on local disk in
+// RocksDB, so cold sequences can leave device memory and come back bit-exact, across restarts.
+//
+//   SpillStore::Options o;
+//   o.path = data_dir + "/spill";
+//   ASSIGN_OR_RETURN(auto spill, SpillStore::Open(o));
+//   ASSIGN_OR_RETURN(RecoveryReport report, spill->Recover());   // once, at startup
+//   if (spill->BytesOf(tenant) + bytes > quota) return ResourceExhausted(...);
+//   RETURN_IF_ERROR(spill->Put(record));      // durable when OK: the device pages may be freed
+//   ASSIGN_OR_RETURN(SpillRecord back, spill->Get(tenant, id));   // every page checksum verified
+//   RETURN_IF_ERROR(spill->Delete(tenant, id));
+//
+// Layout. The store has its own RocksDB at Options::path (the daemon uses `<data_dir>/spill`),
+// separate from MetadataStore's database: a spill writes up to gigabytes through the WAL, and
+// sharing one WAL would make every small synced tenant/policy write queue behind it; separate
+// databases also keep metadata_store.* untouched and let the spill disk be tuned (or moved) alone.
+// Two column families:
+//   "pages"     key `<tenant>/<sequence_id>/<head:08x>/<page:08x>` -> the page's bytes. Integrated
+//               BlobDB (enable_blob_files): values >= min_blob_size live in blob files, the LSM tree
+//               holds only keys and blob references, so compaction never rewrites page bytes.
+//   "manifests" key `<tenant>/<sequence_id>` -> the sequence's table (model, next position, per
+//               head the token count, kept positions, and each page's size and XXH64 checksum,
+//               total bytes, created time), with a checksum of its own.
+// A Put writes every page and the manifest in ONE WriteBatch with sync = true: the spill is either
+// entirely durable and listed, or absent; a half-written spill can never be listed. Head index h is
+// layer-major as in SequenceTable (h = layer * kv_heads + kv_head).
+//
+// Errors. Disk trouble (I/O error, disk full) is UNAVAILABLE naming the operation. RocksDB stops
+// accepting writes after a failed WAL write; the store then resumes it, or closes and reopens the
+// database on the next call, so it keeps serving once the disk is back. A Put that failed leaves
+// nothing behind: its keys are deleted once the database is writable again.
+//
+// Thread-safe. Operations on different sequences run concurrently (RocksDB groups concurrent
+// synced writes into one fsync); two concurrent writers of the same sequence get ABORTED.
+#ifndef KVKEEP_SERVICE_STORAGE_SPILL_STORE_H_
+#define KVKEEP_SERVICE_STORAGE_SPILL_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "rocksdb/db.h"
+#include "rocksdb/options.h"
+
+namespace kvkeep {
+
+// One (layer, KV head) of a spilled sequence.
+struct SpilledHead {
+  uint32_t count = 0;               // committed tokens
+  std::vector<int32_t> positions;   // original position of each committed token, size == count
+  std::vector<std::string> pages;   // whole pages, in order (each non-empty)
+};
+
+struct SpillRecord {
+  std::string tenant;       // non-empty, no '/'
+  std::string sequence_id;  // non-empty, no '/'
+  std::string model;
+  int64_t next_position = 0;  // SequenceTable::next_position()
+  std::vector<SpilledHead> heads;
+};
+
+struct SpillSummary {
+  std::string tenant;
+  std::string sequence_id;
+  std::string model;
+  uint64_t bytes = 0;  // page bytes (what the spill quota counts)
+  uint64_t pages = 0;
+  absl::Time created;
+};
+
+// What Recover() found and did.
+struct SpillRecoveryReport {
+  uint64_t sequences = 0;       // manifests listed (restorable sequences)
+  uint64_t bytes = 0;           // their page bytes
+  uint64_t orphan_pages = 0;    // page keys without a manifest, deleted
+  uint64_t orphan_sequences = 0;  // distinct <tenant>/<sequence_id> prefixes among them
+  uint64_t corrupt_manifests = 0;  // manifests that failed their checksum: kept, not listed
+};
+
+class SpillStore {
+ public:
+  struct Options {
+    // Folder of the database (created if missing). Default: none, required.
+    std::string path;
+    // Block cache for the LSM's index/filter/data blocks (keys and blob references only).
+    // Default: 32 MiB.
+    size_t block_cache_mib = 32;
+    // Values at least this large go to blob files; a page is 2 x tokens_per_page x head_dim x
+    // dtype bytes (8 KiB for 16-token bf16 pages of head_dim 128), so every real page qualifies.
+    // Default: 4 KiB.
+    uint64_t min_blob_size = 4096;
+    // Size at which a blob file is closed and a new one started. Default: 256 MiB.
+    uint64_t blob_file_size = 256ull << 20;
+    // Memtable size; a spill larger than this is flushed to blob files right after it.
+    // Default: 64 MiB.
+    size_t write_buffer_mib = 64;
+    // Compression of blob files. K/V activations in bf16/fp16 barely compress (measured by
+    // `kvkeep-bench spill --compression lz4`), so the default spends no CPU on it.
+    // Default: rocksdb::kNoCompression.
+    rocksdb::CompressionType compression = rocksdb::kNoCompression;
+    // Limit on background (flush/compaction) write bandwidth, so spilling does not starve other
+    // users of the disk; WAL writes of a Put are not limited. 0 = unlimited. Default: 0.
+    int64_t rate_limit_bytes_per_sec = 0;
+    // RocksDB environment; tests inject a FaultEnv or rocksdb::NewMemEnv. Not owned, must outlive
+    // the store. Default: nullptr = rocksdb::Env::Default().
+    rocksdb::Env* env = nullptr;
+  };
+
+  // The RocksDB options the store opens its database with; kvkeep-bench uses them for its raw
+  // RocksDB baseline so the comparison is like for like.
+  struct DbConfig {
+    rocksdb::DBOptions db;
+    rocksdb::ColumnFamilyOptions pages;
+    rocksdb::ColumnFamilyOptions manifests;
+  };
+  static DbConfig MakeDbConfig(const Options& options);
+
+  // Opens (creating if missing) the database and builds the in-memory index from the manifests.
+  // A manifest failing its own checksum is left out of the index (Get of it answers DATA_LOSS,
+  // Delete removes it) and counted in Recover()'s report, so one bad record cannot stop the
+  // daemon from starting. INVALID_ARGUMENT: empty path or a compression this RocksDB build lacks.
+  // UNAVAILABLE: the database is locked by another process or the disk fails.
+  static absl::StatusOr<std::unique_ptr<SpillStore>> Open(const Options& options);
+  ~SpillStore();
+  SpillStore(const SpillStore&) = delete;
+  SpillStore& operator=(const SpillStore&) = delete;
+
+  // Startup clean-up: deletes page keys that no manifest references (cannot be produced by this
+  // version, whose spills are atomic, but older layouts or manual surgery could leave them).
+  // Cost: one key per listed sequence plus the orphans. Blocks every other call while it runs.
+  // UNAVAILABLE on disk errors.
+  absl::StatusOr<SpillRecoveryReport> Recover();
+
+  // Stores `record` durably; checksums are computed here. OK: durable (survives kill -9 and power
+  // loss as far as fsync does). INVALID_ARGUMENT: bad ids, positions.size() != count, or an empty
+  // page. ALREADY_EXISTS: the sequence is already spilled (Delete it first). ABORTED: another
+  // Put/Delete of the same sequence is in flight. UNAVAILABLE: disk error or full; nothing is
+  // listed, and whatever of the batch reached the WAL before the failure is deleted once the disk
+  // works again (a crash before that may let the complete, checksummed record reappear as
+  // spilled after restart - never a partial one).
+  absl::Status Put(const SpillRecord& record);
+
+  // The spilled sequence, bit-exact. NOT_FOUND: not spilled. DATA_LOSS: a page (named in the
+  // message) is missing or its checksum does not match, or the manifest is corrupt - no bytes are
+  // returned then. UNAVAILABLE: disk error. Not const: after a disk error it reopens the database.
+  absl::StatusOr<SpillRecord> Get(absl::string_view tenant, absl::string_view sequence_id);
+
+  // Removes the spilled sequence (synced). NOT_FOUND: not spilled. ABORTED: a Put/Delete of it is
+  // in flight. UNAVAILABLE: disk error; the record may still be listed and readable.
+  absl::Status Delete(absl::string_view tenant, absl::string_view sequence_id);
+
+  // Spilled sequences of `tenant` (every tenant when empty), ordered by tenant then id. From the
+  // in-memory index: no disk access, always OK today (StatusOr leaves room for a paged variant).
+  absl::StatusOr<std::vector<SpillSummary>> List(absl::string_view tenant = {}) const;
+
+  // Page bytes the tenant has on disk, including Puts in flight (so quota checks made while other
+  // spills are being written stay conservative).
+  uint64_t BytesOf(absl::string_view tenant) const;
+
+  // Writes the memtables to blob/SST files and waits. Not needed for durability (the synced WAL
+  // already gives it); kvkeep-bench uses it so restores are measured from files, and an operator
+  // may call it before copying the folder. UNAVAILABLE on disk errors.
+  absl::Status Flush();
+
+  // Test-only: overwrites one page's stored bytes without touching its checksum, to exercise
+  // corruption detection. NOT_FOUND when the sequence or the page does not exist.
+  absl::Status OverwritePageForTest(absl::string_view tenant, absl::string_view sequence_id,
+                                    uint32_t head, uint32_t page, absl::string_view bytes);
+
+ private:
+  struct InFlight {
+    std::string tenant;
+    uint64_t put_bytes = 0;  // page bytes of a Put; 0 for a Delete
+  };
+
+  explicit SpillStore(const Options& options);
+
+  // Opens db_ and handles_, applies pending roll-backs, rebuilds the index.
+  absl::Status OpenDbLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  void CloseDbLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  absl::Status RebuildIndexLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Makes sure the database is open (reopening it after a failure); call without db_mu_ held.
+  absl::Status EnsureOpen() ABSL_LOCKS_EXCLUDED(db_mu_);
+  // After a failed write: Resume() the database, or close it so the next call reopens it. Then
+  // applies the roll-back of `rollback_keys` (a failed Put's keys) when it can, else queues it.
+  void HandleWriteFailure(std::vector<std::string> rollback_keys,
+                          std::vector<std::string> rollback_manifests) ABSL_LOCKS_EXCLUDED(db_mu_);
+  absl::Status ApplyRollbacksLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+
+  // Registers a Put/Delete of manifest key `mkey`; ABORTED when one is in flight already.
+  absl::Status BeginOp(const std::string& mkey, absl::string_view tenant, uint64_t put_bytes);
+  void EndOp(const std::string& mkey);
+  void IndexInsertLocked(SpillSummary summary) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void IndexEraseLocked(absl::string_view tenant, absl::string_view sequence_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Constant after construction.
+  const Options options_;
+  const DbConfig config_;
+
+  // db_mu_ guards the database handle: shared by every operation, exclusive to (re)open, close and
+  // Recover. Acquired before mu_.
+  mutable absl::Mutex db_mu_;
+  std::unique_ptr<rocksdb::DB> db_ ABSL_GUARDED_BY(db_mu_);
+  rocksdb::ColumnFamilyHandle* pages_ ABSL_GUARDED_BY(db_mu_) = nullptr;
+  rocksdb::ColumnFamilyHandle* manifests_ ABSL_GUARDED_BY(db_mu_) = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_ ABSL_GUARDED_BY(db_mu_);
+  // Keys of failed Puts still to delete once the database accepts writes again.
+  std::vector<std::string> rollback_pages_ ABSL_GUARDED_BY(db_mu_);
+  std::vector<std::string> rollback_manifests_ ABSL_GUARDED_BY(db_mu_);
+
+  // Protected by mu_: the index of manifests and the operations in flight.
+  mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(db_mu_);
+  // tenant -> (sequence id -> summary)
+  absl::flat_hash_map<std::string, std::map<std::string, SpillSummary>> index_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> tenant_bytes_ ABSL_GUARDED_BY(mu_);  // of index_
+  uint64_t corrupt_manifests_ ABSL_GUARDED_BY(mu_) = 0;
+  // manifest key -> in-flight Put/Delete
+  absl::flat_hash_map<std::string, InFlight> in_flight_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_SERVICE_STORAGE_SPILL_STORE_H_
