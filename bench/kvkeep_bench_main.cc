@@ -6,6 +6,7 @@
 
 #include "bench/io_bench.h"
 #include "bench/score_bench.h"
+#include "bench/spill_bench.h"
 
 namespace {
 
@@ -18,6 +19,8 @@ Commands:
           (kvkeep-bench score --help)
   io      data path through a real kvkeepd: AllocatePages+CommitTokens vs an empty RPC,
           WriteKV/ReadKV vs a raw Unix-socket copy (kvkeep-bench io --help)
+  spill   spill/restore of whole sequences vs raw RocksDB Put/Get and a file write+fsync
+          (kvkeep-bench spill --help)
 
 Every command prints a table (or --json), repeats each measurement and reports
 median, min and max.
@@ -33,6 +36,7 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   if (cmd == "score") return RunScoreBench(argc - 1, argv + 1);
   if (cmd == "io") return kvkeep::bench::RunIoBench(argc - 1, argv + 1);
+  if (cmd == "spill") return kvkeep::bench::RunSpillBench(argc - 1, argv + 1);
   std::fprintf(stderr, "kvkeep-bench: unknown command \"%s\" (see kvkeep-bench --help)\n",
                cmd.c_str());
   return 2;

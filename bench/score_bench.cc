@@ -348,7 +348,7 @@ double GemmRate(int m, int n, int k, bool a_trans, int threads) {
 struct Row {
   std::string scorer;
   int ctx = 0;
-  Stats layer_s, compress_s;
+  Stats layer_s, compress_s, validate_s;
   double token_heads_per_s = 0;
   double bytes = 0, bw = 0, flops = 0, gemm_rate = 0;
   double pct_bw = -1, pct_gemm = -1;
@@ -419,6 +419,13 @@ int RunScoreBench(int argc, char** argv) {
         }
       }
       row.layer_s = Summarise(t_layer);
+      // Of which: ValidateLayerInputs, which ScoreLayer runs first (finite checks over the keys and
+      // values the scorer reads, on the calling thread).
+      std::vector<double> t_valid;
+      for (int r = 0; r < o.reps; ++r) {
+        t_valid.push_back(Seconds([&] { (void)ValidateLayerInputs(layer.in, p); }));
+      }
+      row.validate_s = Summarise(t_valid);
       row.token_heads_per_s = static_cast<double>(n) * s.kv_heads / row.layer_s.median;
       // Whole-sequence Compress-equivalent: every layer scored (the same tensors stand in for
       // each layer, far larger than any cache), then one SelectTokens over all of them. Skipped
@@ -491,6 +498,8 @@ int RunScoreBench(int argc, char** argv) {
       std::printf(",\"layer_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}", r.layer_s.median,
                   r.layer_s.min, r.layer_s.max);
       std::printf(",\"token_heads_per_s\":%.6g", r.token_heads_per_s);
+      std::printf(",\"validate_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
+                  r.validate_s.median, r.validate_s.min, r.validate_s.max);
       if (r.compress_measured) {
         std::printf(",\"compress_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
                     r.compress_s.median, r.compress_s.min, r.compress_s.max);
@@ -520,9 +529,9 @@ int RunScoreBench(int argc, char** argv) {
     std::printf("  ctx %7d: copy %.2f GB/s, sgemm gram %.1f GFLOP/s, attention %.1f GFLOP/s\n",
                 b.ctx, b.bw / 1e9, b.gram_rate / 1e9, b.attn_rate / 1e9);
   }
-  std::printf("%-13s %7s %24s %12s %9s %8s %9s %12s %24s\n", "scorer", "ctx",
-              "layer ms med [min,max]", "tok*head/s", "ns/tok*hd", "%bw", "%gemm", "%bound",
-              "compress ms med [min,max]");
+  std::printf("%-13s %7s %24s %9s %12s %9s %8s %9s %12s %24s\n", "scorer", "ctx",
+              "layer ms med [min,max]", "valid ms", "tok*head/s", "ns/tok*hd", "%bw", "%gemm",
+              "%bound", "compress ms med [min,max]");
   for (const Row& r : rows) {
     if (!r.note.empty()) {
       std::printf("%-13s %7d   %s\n", r.scorer.c_str(), r.ctx, r.note.c_str());
@@ -540,8 +549,9 @@ int RunScoreBench(int argc, char** argv) {
     if (r.pct_bw >= 0) std::snprintf(bwp, sizeof bwp, "%.1f", r.pct_bw);
     if (r.pct_gemm >= 0) std::snprintf(gp, sizeof gp, "%.1f", r.pct_gemm);
     if (r.pct_bound >= 0) std::snprintf(bp, sizeof bp, "%.1f %s", r.pct_bound, r.binding);
-    std::printf("%-13s %7d %24s %12.3g %9.2f %8s %9s %12s %24s\n", r.scorer.c_str(), r.ctx, layer,
-                r.token_heads_per_s, 1e9 / r.token_heads_per_s, bwp, gp, bp, comp);
+    std::printf("%-13s %7d %24s %9.3f %12.3g %9.2f %8s %9s %12s %24s\n", r.scorer.c_str(), r.ctx,
+                layer, 1e3 * r.validate_s.median, r.token_heads_per_s, 1e9 / r.token_heads_per_s,
+                bwp, gp, bp, comp);
   }
   return 0;
 }

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <string_view>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -30,12 +31,18 @@ ABSL_FLAG(double, low_free, 0.05,
           "Spill cold sequences when less than this fraction of the pool is free (persisted "
           "kvkeepctl pool watermarks override it)");
 ABSL_FLAG(double, high_free, 0.10, "...until this fraction is free");
+ABSL_FLAG(std::string, spill_dir, "",
+          "Folder of the spill tier's RocksDB (default <data_dir>/spill); put it on a fast local "
+          "disk");
 ABSL_FLAG(uint64_t, spill_block_cache_mib, 32, "Block cache of the spill database, MiB");
 ABSL_FLAG(uint64_t, spill_min_blob_bytes, 4096, "Spilled values this large go to blob files");
 ABSL_FLAG(uint64_t, spill_rate_limit_mib, 0,
           "Limit on background spill-database writes, MiB/s (0 = none)");
 ABSL_FLAG(int, compress_threads, 2, "Threads that run Compress (scoring and compaction)");
 ABSL_FLAG(int, keepalive_seconds, 10, "Keepalive ping interval that detects lost workers");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
+          "Serve Prometheus metrics over HTTP at GET /metrics on this host:port (\"\" = off; "
+          "0.0.0.0:9464 for a scraper on another host)");
 
 namespace {
 
@@ -46,6 +53,26 @@ int signal_pipe[2] = {-1, -1};
 void OnSignal(int sig) {
   const char byte = static_cast<char>(sig);
   (void)!write(signal_pipe[1], &byte, 1);
+}
+
+// Whether --name (or -name, with or without =value) is on the command line.
+bool FlagGiven(int argc, char** argv, std::string_view name) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg.substr(0, 2) == "--") {
+      arg.remove_prefix(2);
+    } else if (arg.substr(0, 1) == "-") {
+      arg.remove_prefix(1);
+    } else {
+      continue;
+    }
+    if (arg.substr(0, name.size()) == name &&
+        (arg.size() == name.size() || arg[name.size()] == '=')) {
+      return true;
+    }
+  }
+  return false;
 }
 
 }  // namespace
@@ -84,9 +111,13 @@ int main(int argc, char** argv) {
   options.compress_threads = absl::GetFlag(FLAGS_compress_threads);
   options.low_free = absl::GetFlag(FLAGS_low_free);
   options.high_free = absl::GetFlag(FLAGS_high_free);
+  options.spill_dir = absl::GetFlag(FLAGS_spill_dir);
   options.spill_block_cache_mib = absl::GetFlag(FLAGS_spill_block_cache_mib);
   options.spill_min_blob_bytes = absl::GetFlag(FLAGS_spill_min_blob_bytes);
   options.spill_rate_limit_mib = absl::GetFlag(FLAGS_spill_rate_limit_mib);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  // The default port is best effort (another daemon on the host may hold it); a given one is not.
+  options.metrics_optional = !FlagGiven(argc, argv, "metrics_address");
   if (!(options.low_free >= 0 && options.low_free <= options.high_free &&
         options.high_free <= 1)) {
     std::fprintf(stderr, "kvkeepd: need 0 <= --low_free <= --high_free <= 1\n");
@@ -123,6 +154,10 @@ int main(int argc, char** argv) {
                static_cast<unsigned long long>(options.pool_bytes >> 20), status.tenants(),
                (*server)->socket_path().c_str(),
                options.tcp_address.empty() ? "" : (" and " + options.tcp_address).c_str());
+  if (!(*server)->metrics_address().empty()) {
+    std::fprintf(stderr, "kvkeepd: metrics at http://%s/metrics\n",
+                 (*server)->metrics_address().c_str());
+  }
   std::fflush(stderr);
 
   std::thread waiter([&] {

@@ -24,11 +24,18 @@ struct ServiceOptions {
   uint64_t max_message_bytes = 4ull << 20;   // Default: 4 MiB (gRPC's default)
   double low_free = 0.05;        // Default: spill cold sequences below 5 % free pool...
   double high_free = 0.10;       // Default: ...until 10 % is free (kvkeepctl pool can change it)
+  std::string spill_dir;         // Default: <data_dir>/spill (the spill tier's RocksDB)
   uint64_t spill_block_cache_mib = 32;  // Default: 32 MiB block cache of the spill database
   uint64_t spill_min_blob_bytes = 4096;  // Default: values >= 4 KiB go to blob files
   uint64_t spill_rate_limit_mib = 0;     // Default: 0 = no limit on background disk writes
   int compress_threads = 2;      // Default: 2 threads for Compress (scoring + compaction)
   int keepalive_seconds = 10;    // Default: 10 s between keepalive pings on idle sessions
+  // Default: 127.0.0.1:9464. HTTP GET /metrics (Prometheus text format); "" turns it off.
+  std::string metrics_address = "127.0.0.1:9464";
+  // Default: false. When true, a metrics address that cannot be bound only disables metrics (with
+  // a warning); main.cc sets it when --metrics_address was not given, so that several daemons on
+  // one host (tests) do not fight over the default port.
+  bool metrics_optional = false;
 };
 
 }  // namespace kvkeep

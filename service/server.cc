@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "gpu/cpu/cpu_backend.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -94,7 +95,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   ASSIGN_OR_RETURN(server->backend_, CreateBackend(backend_options));
 
   SpillStore::Options spill_options;
-  spill_options.path = data_dir + "/spill";
+  spill_options.path = options.spill_dir.empty() ? data_dir + "/spill" : options.spill_dir;
   spill_options.block_cache_mib = options.spill_block_cache_mib;
   spill_options.min_blob_size = options.spill_min_blob_bytes;
   spill_options.rate_limit_bytes_per_sec = static_cast<int64_t>(options.spill_rate_limit_mib << 20);
@@ -139,7 +140,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   unlink(server->socket_path_.c_str());  // a leftover from a crash; the DB lock proves it unused
 
   grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();  // grpc.reflection.v1alpha
+  server->metrics_ = std::make_unique<Metrics>();
   grpc::ServerBuilder builder;
+  builder.experimental().SetInterceptorCreators(MetricsInterceptorCreators(server->metrics_.get()));
   builder.AddListeningPort("unix:" + server->socket_path_, grpc::InsecureServerCredentials());
   if (!options.tcp_address.empty()) {
     if (!options.tls_cert_file.empty()) {
@@ -179,6 +183,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   if (chmod(server->socket_path_.c_str(), 0660) != 0) {
     return absl::PermissionDeniedError(absl::StrCat("cannot chmod ", server->socket_path_));
   }
+  if (!options.metrics_address.empty()) {
+    Server* s = server.get();
+    auto http = MetricsHttpServer::Start(options.metrics_address, [s] {
+      return RenderMetrics(s->engine_->Status(), s->engine_->pool().Stats(), *s->metrics_);
+    });
+    if (http.ok()) {
+      server->metrics_http_ = std::move(*http);
+    } else if (options.metrics_optional) {
+      std::fprintf(stderr, "kvkeepd: metrics disabled: %s\n",
+                   std::string(http.status().message()).c_str());
+    } else {
+      return http.status();
+    }
+  }
   return server;
 }
 
@@ -193,9 +211,11 @@ void Server::Wait() {
 }
 
 Server::~Server() {
+  metrics_http_.reset();  // its thread reads the engine
   Shutdown(absl::ZeroDuration());
   Wait();
   grpc_.reset();
+  metrics_.reset();
   executor_.reset();  // runs what is queued (the server no longer accepts calls)
   kvcache_.reset();
   admin_.reset();

@@ -15,6 +15,8 @@
 #include "service/admin_service.h"
 #include "service/cache_engine.h"
 #include "service/kvcache_service.h"
+#include "service/metrics.h"
+#include "service/metrics_http.h"
 #include "service/options.h"
 
 namespace kvkeep {
@@ -31,6 +33,8 @@ class Server {
 
   const std::string& socket_path() const { return socket_path_; }
   CacheEngine& engine() { return *engine_; }
+  // Where GET /metrics is served (e.g. 127.0.0.1:9464); empty when metrics are off.
+  std::string metrics_address() const { return metrics_http_ ? metrics_http_->address() : ""; }
 
  private:
   Server() = default;
@@ -42,7 +46,9 @@ class Server {
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<KvCacheService> kvcache_;
   std::unique_ptr<AdminService> admin_;
+  std::unique_ptr<Metrics> metrics_;  // recorded into by grpc_'s interceptors: outlives it
   std::unique_ptr<grpc::Server> grpc_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;  // reads engine_ and metrics_
 };
 
 // Reads the admin token from `path`, creating it (64 hex digits, mode 0600) when missing.

@@ -5,8 +5,8 @@
 //
 //   uint64_t sum = XxHash64(page_bytes);
 //
-// Checked against the reference implementation's published vectors (xxhash64_test in
-// spill_store_test.cc).
+// Checked against the reference implementation's published vectors
+// (XxHash64.MatchesReferenceVectors in spill_store_test.cc).
 #ifndef KVKEEP_SERVICE_STORAGE_XXHASH64_H_
 #define KVKEEP_SERVICE_STORAGE_XXHASH64_H_
 

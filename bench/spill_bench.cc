@@ -1,0 +1,724 @@
+#include "bench/spill_bench.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "rocksdb/db.h"
+#include "rocksdb/write_batch.h"
+#include "service/storage/spill_store.h"
+
+namespace kvkeep::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+double SecondsSince(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// ---- Shapes and flags ------------------------------------------------------------------------
+
+struct Shape {
+  const char* name;
+  uint32_t layers, kv_heads, head_dim, dtype_bytes;
+  const char* dtype;
+};
+
+constexpr Shape kShapes[] = {
+    {"small", 4, 2, 64, 2, "fp16"},
+    {"llama3-8b", 32, 8, 128, 2, "bf16"},
+    {"qwen3-8b", 36, 8, 128, 2, "bf16"},
+};
+
+struct Options {
+  Shape shape = kShapes[1];
+  std::vector<uint32_t> tokens = {1024, 4096};
+  uint32_t page_tokens = 16;
+  int reps = 5;
+  std::string dir;  // empty = a fresh folder under $TMPDIR (or /tmp), removed at the end
+  std::string compression = "none";
+  uint64_t write_buffer_mib = 64;
+  uint64_t min_blob_size = 4096;
+  uint64_t blob_file_mib = 256;
+  double prefill_tps = 10000;
+  bool warm = false;
+  bool json = false;
+  bool smoke = false;
+};
+
+constexpr char kHelp[] = R"(kvkeep-bench spill - the spill tier vs raw RocksDB and a plain file
+
+Usage: kvkeep-bench spill [flags]
+
+Spills and restores whole sequences through SpillStore (all pages + manifest in one synced
+WriteBatch, XXH64 per page written and verified) and, in the same rep, writes and reads the same
+bytes (1) with raw RocksDB under the same options (one synced WriteBatch of the same keys, MultiGet)
+and (2) as one plain file (writev + fdatasync, readv): the disk's bound. The page cache is dropped
+for the benchmark's files before every read phase (posix_fadvise DONTNEED) unless --warm.
+Cells: median [min, max] over --reps, ratios computed within each rep.
+
+Flags:
+  --shape small|llama3-8b|qwen3-8b  model shape (default llama3-8b: 32 layers x 8 KV heads,
+                        head_dim 128, bf16 = 128 KiB of K+V per token)
+  --tokens N[,N...]     sequence lengths (default 1024,4096; 8192 needs ~4 GiB of RAM)
+  --page_tokens N       tokens per page (default 16)
+  --reps N              repetitions (default 5)
+  --compression none|lz4|zstd|snappy   blob compression (default none)
+  --write_buffer_mib N  memtable size (default 64)
+  --min_blob_size N     bytes (default 4096)
+  --blob_file_mib N     blob file size (default 256)
+  --prefill_tps X       ASSUMED prefill rate to compare restores with (default 10000 tokens/s,
+                        roughly an 8B model on one H100; not measured here)
+  --dir PATH            folder for the databases and the file (default: fresh temp folder)
+  --warm                keep the page cache (restores from memory)
+  --json                JSON on stdout instead of the table
+  --smoke               CI mode: small shape, 256 tokens, 1 rep
+  --help
+
+Examples:
+  kvkeep-bench spill --tokens 1024,4096,8192 --reps 5
+  kvkeep-bench spill --compression lz4 --json
+)";
+
+bool ParseUint(const std::string& v, uint64_t* out) { return absl::SimpleAtoi(v, out); }
+
+int ParseFlags(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--smoke")) {
+      o->smoke = true;
+      o->shape = kShapes[0];
+      o->tokens = {256};
+      o->reps = 1;
+    }
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string name = argv[i], value;
+    size_t eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    if (name == "--help" || name == "-h") {
+      std::printf("%s", kHelp);
+      return 0;
+    }
+    if (name == "--smoke") continue;
+    if (name == "--json") {
+      o->json = true;
+      continue;
+    }
+    if (name == "--warm") {
+      o->warm = true;
+      continue;
+    }
+    static const char* kValued[] = {"--shape", "--tokens", "--page_tokens", "--reps",
+                                    "--compression", "--write_buffer_mib", "--min_blob_size",
+                                    "--blob_file_mib", "--prefill_tps", "--dir"};
+    if (std::find_if(std::begin(kValued), std::end(kValued),
+                     [&](const char* f) { return name == f; }) == std::end(kValued)) {
+      std::fprintf(stderr, "kvkeep-bench spill: unknown flag %s (see --help)\n", name.c_str());
+      return 2;
+    }
+    if (eq == std::string::npos) {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "kvkeep-bench spill: %s needs a value (see --help)\n", name.c_str());
+        return 2;
+      }
+      value = argv[++i];
+    }
+    bool ok = true;
+    uint64_t u = 0;
+    if (name == "--shape") {
+      ok = false;
+      for (const Shape& s : kShapes) {
+        if (value == s.name) {
+          o->shape = s;
+          ok = true;
+        }
+      }
+    } else if (name == "--tokens") {
+      o->tokens.clear();
+      for (absl::string_view part : absl::StrSplit(value, ',')) {
+        ok = ok && absl::SimpleAtoi(part, &u) && u > 0 && u <= (1u << 20);
+        o->tokens.push_back(static_cast<uint32_t>(u));
+      }
+    } else if (name == "--page_tokens") {
+      ok = ParseUint(value, &u) && u > 0 && u <= 4096;
+      o->page_tokens = static_cast<uint32_t>(u);
+    } else if (name == "--reps") {
+      ok = ParseUint(value, &u) && u > 0 && u <= 1000;
+      o->reps = static_cast<int>(u);
+    } else if (name == "--compression") {
+      ok = value == "none" || value == "lz4" || value == "zstd" || value == "snappy";
+      o->compression = value;
+    } else if (name == "--write_buffer_mib") {
+      ok = ParseUint(value, &o->write_buffer_mib) && o->write_buffer_mib > 0;
+    } else if (name == "--min_blob_size") {
+      ok = ParseUint(value, &o->min_blob_size);
+    } else if (name == "--blob_file_mib") {
+      ok = ParseUint(value, &o->blob_file_mib) && o->blob_file_mib > 0;
+    } else if (name == "--prefill_tps") {
+      ok = absl::SimpleAtod(value, &o->prefill_tps) && o->prefill_tps > 0;
+    } else if (name == "--dir") {
+      o->dir = value;
+    }
+    if (!ok) {
+      std::fprintf(stderr, "kvkeep-bench spill: bad value for %s: \"%s\" (see --help)\n",
+                   name.c_str(), value.c_str());
+      return 2;
+    }
+  }
+  return -1;  // go on
+}
+
+rocksdb::CompressionType CompressionOf(const std::string& name) {
+  if (name == "lz4") return rocksdb::kLZ4Compression;
+  if (name == "zstd") return rocksdb::kZSTD;
+  if (name == "snappy") return rocksdb::kSnappyCompression;
+  return rocksdb::kNoCompression;
+}
+
+// ---- Data ------------------------------------------------------------------------------------
+
+uint16_t ToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);  // round to nearest
+}
+
+// K/V-like bytes: bf16 of N(0, 1) values (real activations compress about as badly: random
+// mantissas, a narrow exponent range), tiled from an 8 MiB pool at random offsets so every page
+// is distinct.
+SpillRecord MakeSequence(const Options& o, uint32_t tokens, uint64_t seed) {
+  static std::vector<char> pool = [] {
+    std::mt19937_64 rng(42);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<char> p(8u << 20);
+    for (size_t i = 0; i + 2 <= p.size(); i += 2) {
+      uint16_t v = ToBf16(normal(rng));
+      std::memcpy(&p[i], &v, 2);
+    }
+    return p;
+  }();
+  std::mt19937_64 rng(seed);
+  const uint32_t heads = o.shape.layers * o.shape.kv_heads;
+  const uint32_t pages = (tokens + o.page_tokens - 1) / o.page_tokens;
+  const size_t page_bytes = 2ull * o.page_tokens * o.shape.head_dim * o.shape.dtype_bytes;
+  SpillRecord r;
+  r.tenant = "bench";
+  r.model = o.shape.name;
+  r.next_position = tokens;
+  r.heads.resize(heads);
+  for (SpilledHead& h : r.heads) {
+    h.count = tokens;
+    h.positions.resize(tokens);
+    for (uint32_t t = 0; t < tokens; ++t) h.positions[t] = static_cast<int32_t>(t);
+    h.pages.resize(pages);
+    for (std::string& page : h.pages) {
+      size_t off = (rng() % ((pool.size() - page_bytes) / 2)) * 2;
+      page.assign(pool.data() + off, page_bytes);
+    }
+  }
+  return r;
+}
+
+uint64_t BytesOfRecord(const SpillRecord& r) {
+  uint64_t n = 0;
+  for (const auto& h : r.heads)
+    for (const auto& p : h.pages) n += p.size();
+  return n;
+}
+
+bool SameBytes(const SpillRecord& a, const SpillRecord& b) {
+  if (a.heads.size() != b.heads.size()) return false;
+  for (size_t h = 0; h < a.heads.size(); ++h) {
+    if (a.heads[h].pages != b.heads[h].pages || a.heads[h].positions != b.heads[h].positions) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// ---- Cache control ---------------------------------------------------------------------------
+
+// Drops the clean pages of every file under `dir` from the page cache (after writing back any
+// dirty ones), so the next read comes from the device. Only touches the benchmark's own files.
+void EvictPageCache(const std::string& dir) {
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
+       it.increment(ec)) {
+    if (!it->is_regular_file(ec)) continue;
+    int fd = ::open(it->path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
+// Blob files in `dir` (name -> size).
+std::map<std::string, uint64_t> BlobFiles(const std::string& dir) {
+  std::map<std::string, uint64_t> files;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.path().extension() == ".blob") files[e.path().filename()] = e.file_size(ec);
+  }
+  return files;
+}
+
+// Bytes of the blob files that appeared since `before` (a flush only ever adds new files).
+uint64_t NewBlobBytes(const std::map<std::string, uint64_t>& before, const std::string& dir) {
+  uint64_t n = 0;
+  for (const auto& [name, size] : BlobFiles(dir)) {
+    if (!before.count(name)) n += size;
+  }
+  return n;
+}
+
+// ---- Raw RocksDB with the store's options ------------------------------------------------------
+
+class RawDb {
+ public:
+  static absl::StatusOr<std::unique_ptr<RawDb>> Open(const SpillStore::Options& o) {
+    SpillStore::DbConfig c = SpillStore::MakeDbConfig(o);
+    std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+        {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()}, {"pages", c.pages}};
+    auto raw = std::unique_ptr<RawDb>(new RawDb());
+    rocksdb::DB* db = nullptr;
+    rocksdb::Status s = rocksdb::DB::Open(c.db, o.path, families, &raw->handles_, &db);
+    if (!s.ok()) return absl::UnavailableError("raw RocksDB: " + s.ToString());
+    raw->db_.reset(db);
+    return raw;
+  }
+  ~RawDb() {
+    for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+    db_->Close().PermitUncheckedError();
+  }
+  rocksdb::DB* db() { return db_.get(); }
+  rocksdb::ColumnFamilyHandle* pages() { return handles_[1]; }
+
+ private:
+  RawDb() = default;
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+};
+
+std::string RawKey(const std::string& prefix, uint32_t h, uint32_t p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%08x/%08x", h, p);
+  return prefix + buf;
+}
+
+absl::Status RawPut(RawDb* raw, const std::string& prefix, const SpillRecord& r, uint64_t bytes) {
+  rocksdb::WriteBatch batch(bytes + 64 * r.heads.size() * r.heads[0].pages.size());
+  for (uint32_t h = 0; h < r.heads.size(); ++h) {
+    for (uint32_t p = 0; p < r.heads[h].pages.size(); ++p) {
+      batch.Put(raw->pages(), RawKey(prefix, h, p), r.heads[h].pages[p]).PermitUncheckedError();
+    }
+  }
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  rocksdb::Status s = raw->db()->Write(w, &batch);
+  return s.ok() ? absl::OkStatus() : absl::UnavailableError("raw put: " + s.ToString());
+}
+
+// MultiGet in batches of 1024 keys (as SpillStore::Get does), each value copied into its own
+// std::string (as a Get(&std::string) would).
+absl::Status RawGet(RawDb* raw, const std::string& prefix, const SpillRecord& shape,
+                    std::vector<std::vector<std::string>>* out) {
+  constexpr size_t kBatch = 1024;
+  out->assign(shape.heads.size(), {});
+  std::vector<std::pair<uint32_t, uint32_t>> slots;
+  for (uint32_t h = 0; h < shape.heads.size(); ++h) {
+    (*out)[h].resize(shape.heads[h].pages.size());
+    for (uint32_t p = 0; p < shape.heads[h].pages.size(); ++p) slots.push_back({h, p});
+  }
+  std::vector<std::string> keys(kBatch);
+  std::vector<rocksdb::Slice> slices(kBatch);
+  std::vector<rocksdb::PinnableSlice> values(kBatch);
+  std::vector<rocksdb::Status> statuses(kBatch);
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  for (size_t b = 0; b < slots.size(); b += kBatch) {
+    size_t n = std::min(kBatch, slots.size() - b);
+    for (size_t i = 0; i < n; ++i) {
+      keys[i] = RawKey(prefix, slots[b + i].first, slots[b + i].second);
+      slices[i] = keys[i];
+      values[i].Reset();
+    }
+    raw->db()->MultiGet(ro, raw->pages(), n, slices.data(), values.data(), statuses.data(), true);
+    for (size_t i = 0; i < n; ++i) {
+      if (!statuses[i].ok()) return absl::UnavailableError("raw get: " + statuses[i].ToString());
+      (*out)[slots[b + i].first][slots[b + i].second].assign(values[i].data(), values[i].size());
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RawDelete(RawDb* raw, const std::string& prefix, const SpillRecord& r) {
+  rocksdb::WriteBatch batch;
+  for (uint32_t h = 0; h < r.heads.size(); ++h) {
+    for (uint32_t p = 0; p < r.heads[h].pages.size(); ++p) {
+      batch.Delete(raw->pages(), RawKey(prefix, h, p)).PermitUncheckedError();
+    }
+  }
+  rocksdb::Status s = raw->db()->Write(rocksdb::WriteOptions(), &batch);
+  return s.ok() ? absl::OkStatus() : absl::UnavailableError("raw delete: " + s.ToString());
+}
+
+// ---- Plain file ------------------------------------------------------------------------------
+
+absl::Status Vectored(int fd, std::vector<iovec>& iov, bool write) {
+  size_t i = 0;
+  while (i < iov.size()) {
+    int n = static_cast<int>(std::min<size_t>(iov.size() - i, IOV_MAX));
+    ssize_t done = write ? ::writev(fd, &iov[i], n) : ::readv(fd, &iov[i], n);
+    if (done < 0) {
+      if (errno == EINTR) continue;
+      return absl::UnavailableError(absl::StrCat(write ? "writev: " : "readv: ",
+                                                 std::strerror(errno)));
+    }
+    if (done == 0) return absl::DataLossError("file: short read");
+    // Advance over what was transferred (possibly part of an iovec).
+    while (done > 0) {
+      size_t take = std::min<size_t>(done, iov[i].iov_len);
+      iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + take;
+      iov[i].iov_len -= take;
+      done -= static_cast<ssize_t>(take);
+      if (iov[i].iov_len == 0) ++i;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FileWrite(const std::string& path, const SpillRecord& r) {
+  int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0) return absl::UnavailableError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
+  std::vector<iovec> iov;
+  for (const auto& h : r.heads)
+    for (const auto& p : h.pages) iov.push_back({const_cast<char*>(p.data()), p.size()});
+  absl::Status s = Vectored(fd, iov, true);
+  if (s.ok() && ::fdatasync(fd) != 0) s = absl::UnavailableError("fdatasync failed");
+  ::close(fd);
+  return s;
+}
+
+// Reads into `out`, whose strings already have the page sizes (the bound: no allocation timed).
+absl::Status FileRead(const std::string& path, std::vector<std::vector<std::string>>* out) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::UnavailableError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
+  std::vector<iovec> iov;
+  for (auto& h : *out)
+    for (auto& p : h) iov.push_back({p.data(), p.size()});
+  absl::Status s = Vectored(fd, iov, false);
+  ::close(fd);
+  return s;
+}
+
+// ---- Measurement -----------------------------------------------------------------------------
+
+struct Rep {
+  double spill_w, raw_w, file_w;  // GB/s
+  double spill_r, raw_r, file_r;  // GB/s
+  double restore_s;               // SpillStore::Get seconds
+  double blob_ratio;              // blob-file bytes written / page bytes
+};
+
+struct Stat {
+  double median = 0, min = 0, max = 0;
+};
+
+Stat Of(std::vector<double> v) {
+  Stat s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front();
+  s.max = v.back();
+  size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  return s;
+}
+
+struct Row {
+  uint32_t tokens;
+  uint64_t bytes, pages;
+  std::vector<Rep> reps;
+};
+
+struct Field {
+  const char* name;
+  double (*get)(const Rep&);
+};
+
+const Field kFields[] = {
+    {"spill_write_gbps", [](const Rep& r) { return r.spill_w; }},
+    {"raw_write_gbps", [](const Rep& r) { return r.raw_w; }},
+    {"file_write_gbps", [](const Rep& r) { return r.file_w; }},
+    {"spill_read_gbps", [](const Rep& r) { return r.spill_r; }},
+    {"raw_read_gbps", [](const Rep& r) { return r.raw_r; }},
+    {"file_read_gbps", [](const Rep& r) { return r.file_r; }},
+    {"write_vs_raw", [](const Rep& r) { return r.spill_w / r.raw_w; }},
+    {"read_vs_raw", [](const Rep& r) { return r.spill_r / r.raw_r; }},
+    {"write_vs_file", [](const Rep& r) { return r.spill_w / r.file_w; }},
+    {"read_vs_file", [](const Rep& r) { return r.spill_r / r.file_r; }},
+    {"restore_s", [](const Rep& r) { return r.restore_s; }},
+    {"blob_bytes_per_page_byte", [](const Rep& r) { return r.blob_ratio; }},
+};
+
+Stat StatOf(const Row& row, const char* name) {
+  for (const Field& f : kFields) {
+    if (!std::strcmp(f.name, name)) {
+      std::vector<double> v;
+      for (const Rep& r : row.reps) v.push_back(f.get(r));
+      return Of(v);
+    }
+  }
+  return {};
+}
+
+std::string Cell(const Stat& s, const char* spec) {
+  char fmt[64], buf[96];
+  std::snprintf(fmt, sizeof fmt, "%s [%s,%s]", spec, spec, spec);
+  std::snprintf(buf, sizeof buf, fmt, s.median, s.min, s.max);
+  return buf;
+}
+
+std::string Json(const Stat& s) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}", s.median, s.min,
+                s.max);
+  return buf;
+}
+
+absl::Status MeasureRow(const Options& o, const std::string& dir, SpillStore* store, RawDb* raw,
+                        Row* row) {
+  SpillRecord record = MakeSequence(o, row->tokens, row->tokens);
+  row->bytes = BytesOfRecord(record);
+  row->pages = 0;
+  for (const auto& h : record.heads) row->pages += h.pages.size();
+  const double gb = row->bytes / 1e9;
+  std::vector<std::vector<std::string>> file_out(record.heads.size());
+  for (size_t h = 0; h < record.heads.size(); ++h) {
+    file_out[h].resize(record.heads[h].pages.size());
+    for (size_t p = 0; p < file_out[h].size(); ++p) {
+      file_out[h][p].resize(record.heads[h].pages[p].size());
+    }
+  }
+  const std::string spill_dir = dir + "/spill", file_dir = dir + "/file";
+  for (int rep = 0; rep < o.reps; ++rep) {
+    record.sequence_id = absl::StrCat("t", row->tokens, "-r", rep);
+    const std::string raw_prefix = absl::StrCat("bench/", record.sequence_id, "/");
+    const std::string file_path = absl::StrCat(file_dir, "/", record.sequence_id);
+    Rep r{};
+    // Writes, in an order rotated every rep so no method always runs first.
+    const std::map<std::string, uint64_t> blobs_before = BlobFiles(spill_dir);
+    for (int k = 0; k < 3; ++k) {
+      int which = (k + rep) % 3;
+      if (which == 0) {
+        auto t0 = Clock::now();
+        absl::Status s = store->Put(record);
+        if (!s.ok()) return s;
+        r.spill_w = gb / SecondsSince(t0);
+        if (absl::Status f = store->Flush(); !f.ok()) return f;
+      } else if (which == 1) {
+        auto t0 = Clock::now();
+        if (absl::Status s = RawPut(raw, raw_prefix, record, row->bytes); !s.ok()) return s;
+        r.raw_w = gb / SecondsSince(t0);
+        rocksdb::FlushOptions f;
+        raw->db()->Flush(f, raw->pages()).PermitUncheckedError();
+      } else {
+        auto t0 = Clock::now();
+        if (absl::Status s = FileWrite(file_path, record); !s.ok()) return s;
+        r.file_w = gb / SecondsSince(t0);
+      }
+    }
+    r.blob_ratio = static_cast<double>(NewBlobBytes(blobs_before, spill_dir)) / row->bytes;
+    // Reads, each from a cold page cache.
+    for (int k = 0; k < 3; ++k) {
+      int which = (k + rep) % 3;
+      if (!o.warm) EvictPageCache(dir);
+      if (which == 0) {
+        auto t0 = Clock::now();
+        absl::StatusOr<SpillRecord> back = store->Get(record.tenant, record.sequence_id);
+        double s = SecondsSince(t0);
+        if (!back.ok()) return back.status();
+        r.spill_r = gb / s;
+        r.restore_s = s;
+        if (!SameBytes(*back, record)) return absl::DataLossError("spill restore not bit-exact");
+      } else if (which == 1) {
+        std::vector<std::vector<std::string>> out;
+        auto t0 = Clock::now();
+        if (absl::Status s = RawGet(raw, raw_prefix, record, &out); !s.ok()) return s;
+        r.raw_r = gb / SecondsSince(t0);
+        for (size_t h = 0; h < out.size(); ++h) {
+          if (out[h] != record.heads[h].pages) return absl::DataLossError("raw get differs");
+        }
+      } else {
+        auto t0 = Clock::now();
+        if (absl::Status s = FileRead(file_path, &file_out); !s.ok()) return s;
+        r.file_r = gb / SecondsSince(t0);
+        for (size_t h = 0; h < file_out.size(); ++h) {
+          if (file_out[h] != record.heads[h].pages) return absl::DataLossError("file read differs");
+        }
+      }
+    }
+    if (absl::Status s = store->Delete(record.tenant, record.sequence_id); !s.ok()) return s;
+    if (absl::Status s = RawDelete(raw, raw_prefix, record); !s.ok()) return s;
+    fs::remove(file_path);
+    std::fprintf(stderr,
+                 "[spill] %u tokens rep %d/%d: write GB/s spill %.2f raw %.2f file %.2f | "
+                 "read GB/s spill %.2f raw %.2f file %.2f\n",
+                 row->tokens, rep + 1, o.reps, r.spill_w, r.raw_w, r.file_w, r.spill_r, r.raw_r,
+                 r.file_r);
+    row->reps.push_back(r);
+  }
+  return absl::OkStatus();
+}
+
+void PrintJson(const Options& o, uint64_t page_bytes, const std::vector<Row>& rows) {
+  std::printf("{\"bench\":\"spill\",\"shape\":{\"name\":\"%s\",\"layers\":%u,\"kv_heads\":%u,"
+              "\"head_dim\":%u,\"dtype\":\"%s\"},\"page_tokens\":%u,\"page_bytes\":%llu,"
+              "\"compression\":\"%s\",\"cold_reads\":%s,\"reps\":%d,"
+              "\"prefill_tokens_per_s_assumed\":%.6g,\"rows\":[",
+              o.shape.name, o.shape.layers, o.shape.kv_heads, o.shape.head_dim, o.shape.dtype,
+              o.page_tokens, static_cast<unsigned long long>(page_bytes), o.compression.c_str(),
+              o.warm ? "false" : "true", o.reps, o.prefill_tps);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    std::printf("%s{\"tokens\":%u,\"bytes\":%llu,\"pages\":%llu,\"prefill_s_assumed\":%.6g",
+                i ? "," : "", r.tokens, static_cast<unsigned long long>(r.bytes),
+                static_cast<unsigned long long>(r.pages), r.tokens / o.prefill_tps);
+    for (const Field& f : kFields) std::printf(",\"%s\":%s", f.name, Json(StatOf(r, f.name)).c_str());
+    std::printf("}");
+  }
+  std::printf("]}\n");
+}
+
+void PrintTable(const Options& o, uint64_t page_bytes, const std::vector<Row>& rows) {
+  std::printf("kvkeep-bench spill: shape %s (%u layers x %u KV heads, head_dim %u, %s), pages of %u "
+              "tokens (%llu B), blob compression %s, %s reads, %d reps\n",
+              o.shape.name, o.shape.layers, o.shape.kv_heads, o.shape.head_dim, o.shape.dtype,
+              o.page_tokens, static_cast<unsigned long long>(page_bytes), o.compression.c_str(),
+              o.warm ? "warm (page cache kept)" : "cold (page cache dropped)", o.reps);
+  std::printf("every cell: median [min,max] over the reps; ratios computed within each rep\n\n");
+  std::printf("ratios (SpillStore / bound):\n");
+  std::printf("%7s %8s %20s %20s %20s %20s\n", "tokens", "MiB", "write / raw RocksDB",
+              "read / raw RocksDB", "write / file+fsync", "read / file");
+  for (const Row& r : rows) {
+    std::printf("%7u %8.0f %20s %20s %20s %20s\n", r.tokens, r.bytes / 1048576.0,
+                Cell(StatOf(r, "write_vs_raw"), "%.2f").c_str(),
+                Cell(StatOf(r, "read_vs_raw"), "%.2f").c_str(),
+                Cell(StatOf(r, "write_vs_file"), "%.2f").c_str(),
+                Cell(StatOf(r, "read_vs_file"), "%.2f").c_str());
+  }
+  std::printf("\nabsolute GB/s (1 GB = 1e9 B of K+V; this machine's disk, not comparable elsewhere):\n");
+  std::printf("%7s %18s %18s %18s %18s %18s %18s\n", "tokens", "spill write", "raw write",
+              "file write", "spill read", "raw read", "file read");
+  for (const Row& r : rows) {
+    std::printf("%7u %18s %18s %18s %18s %18s %18s\n", r.tokens,
+                Cell(StatOf(r, "spill_write_gbps"), "%.2f").c_str(),
+                Cell(StatOf(r, "raw_write_gbps"), "%.2f").c_str(),
+                Cell(StatOf(r, "file_write_gbps"), "%.2f").c_str(),
+                Cell(StatOf(r, "spill_read_gbps"), "%.2f").c_str(),
+                Cell(StatOf(r, "raw_read_gbps"), "%.2f").c_str(),
+                Cell(StatOf(r, "file_read_gbps"), "%.2f").c_str());
+  }
+  std::printf("\nrestore vs recompute (prefill at an ASSUMED %.0f tokens/s), blob bytes on disk:\n",
+              o.prefill_tps);
+  std::printf("%7s %22s %14s %22s %18s\n", "tokens", "restore s", "prefill s", "prefill / restore",
+              "blob B / page B");
+  for (const Row& r : rows) {
+    Stat restore = StatOf(r, "restore_s");
+    double prefill = r.tokens / o.prefill_tps;
+    Stat speedup{prefill / restore.median, prefill / restore.max, prefill / restore.min};
+    std::printf("%7u %22s %14.3f %22s %18s\n", r.tokens, Cell(restore, "%.3f").c_str(), prefill,
+                Cell(speedup, "%.1f").c_str(),
+                Cell(StatOf(r, "blob_bytes_per_page_byte"), "%.3f").c_str());
+  }
+}
+
+}  // namespace
+
+int RunSpillBench(int argc, char** argv) {
+  Options o;
+  if (int rc = ParseFlags(argc, argv, &o); rc >= 0) return rc;
+  bool own_dir = o.dir.empty();
+  if (own_dir) {
+    const char* tmp = getenv("TMPDIR");
+    std::string tmpl = absl::StrCat(tmp && *tmp ? tmp : "/tmp", "/kvkeep-spill-bench.XXXXXX");
+    if (mkdtemp(tmpl.data()) == nullptr) {
+      std::fprintf(stderr, "kvkeep-bench spill: mkdtemp: %s\n", std::strerror(errno));
+      return 1;
+    }
+    o.dir = tmpl;
+  }
+  std::error_code ec;
+  fs::create_directories(o.dir + "/file", ec);
+  const uint64_t page_bytes = 2ull * o.page_tokens * o.shape.head_dim * o.shape.dtype_bytes;
+
+  SpillStore::Options so;
+  so.path = o.dir + "/spill";
+  so.compression = CompressionOf(o.compression);
+  so.write_buffer_mib = o.write_buffer_mib;
+  so.min_blob_size = o.min_blob_size;
+  so.blob_file_size = o.blob_file_mib << 20;
+  int rc = 0;
+  std::vector<Row> rows;
+  {
+    auto store = SpillStore::Open(so);
+    SpillStore::Options ro = so;
+    ro.path = o.dir + "/raw";
+    auto raw = store.ok() ? RawDb::Open(ro) : absl::StatusOr<std::unique_ptr<RawDb>>(store.status());
+    if (!store.ok() || !raw.ok()) {
+      std::fprintf(stderr, "kvkeep-bench spill: %s\n",
+                   (store.ok() ? raw.status() : store.status()).ToString().c_str());
+      rc = 1;
+    } else {
+      std::fprintf(stderr, "[spill] %s in %s, pages of %u B, compression %s\n", o.shape.name,
+                   o.dir.c_str(), static_cast<unsigned>(page_bytes), o.compression.c_str());
+      for (uint32_t tokens : o.tokens) {
+        Row row{tokens, 0, 0, {}};
+        absl::Status s = MeasureRow(o, o.dir, store->get(), raw->get(), &row);
+        if (!s.ok()) {
+          std::fprintf(stderr, "kvkeep-bench spill: %u tokens: %s\n", tokens,
+                       s.ToString().c_str());
+          rc = 1;
+          break;
+        }
+        rows.push_back(std::move(row));
+      }
+    }
+  }
+  if (own_dir) fs::remove_all(o.dir, ec);
+  if (rc != 0) return rc;
+  if (o.json) {
+    PrintJson(o, page_bytes, rows);
+  } else {
+    PrintTable(o, page_bytes, rows);
+  }
+  return 0;
+}
+
+}  // namespace kvkeep::bench

@@ -1,0 +1,47 @@
+"""Zero-copy access to HOST_SHM arenas: the POSIX shared-memory object /dev/shm/<name>, mapped
+read-write like the C++ client's ArenaMapping (shm_open + mmap)."""
+
+import mmap
+import os
+
+import numpy as np
+
+from kvkeep._proto import common_pb2
+
+SHM_DIR = "/dev/shm"
+
+
+class ArenaMapping:
+    """One mapped arena. `view(offset, nbytes)` is a uint8 numpy view into it."""
+
+    def __init__(self, export):
+        if export.kind != common_pb2.HOST_SHM:
+            raise NotImplementedError(
+                f"cannot map arena kind {common_pb2.ArenaKind.Name(export.kind)} from Python "
+                "(only HOST_SHM); use the bytes path (write/read)")
+        name = export.handle.decode() if isinstance(export.handle, bytes) else export.handle
+        path = os.path.join(SHM_DIR, name.lstrip("/"))
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size != export.size_bytes:
+                raise OSError(f"arena {export.arena_id} has {size} bytes, the export says "
+                              f"{export.size_bytes}")
+            self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.export = export
+        self.arena_id = export.arena_id
+        self.size = size
+
+    def view(self, offset, nbytes):
+        if offset < 0 or offset + nbytes > self.size:
+            raise IndexError(f"bytes [{offset}, {offset + nbytes}) outside arena {self.arena_id} "
+                             f"of {self.size} bytes")
+        return np.frombuffer(self._mmap, dtype=np.uint8, count=nbytes, offset=offset)
+
+    def close(self):
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass  # a caller still holds a view; the mapping goes with the last reference

@@ -1,0 +1,53 @@
+"""Zero copy: HOST_SHM arenas mapped from Python (/dev/shm) hold the same bytes as the bytes path."""
+
+import os
+import unittest
+
+import numpy as np
+
+from daemon import DaemonTestCase
+
+
+@unittest.skipUnless(os.path.isdir("/dev/shm"), "needs /dev/shm")
+class ZeroCopyTest(DaemonTestCase, unittest.TestCase):
+    def test_write_in_place_read_over_grpc(self):
+        with self.client.attach("zc") as session:
+            model = self.small_model(session, dtype="float32")
+            seq = session.create_sequence(model)
+            n = 23
+            delta = seq.allocate(n)
+            self.assertTrue(session.arenas())
+            rng = np.random.default_rng(1)
+            data = {}
+            for l in range(model.layers):
+                for h in range(model.kv_heads):
+                    k = rng.standard_normal((n, model.head_dim)).astype(np.float32)
+                    v = rng.standard_normal((n, model.head_dim)).astype(np.float32)
+                    seq.write_in_place(l, h, k[:10], v[:10])
+                    seq.write_in_place(l, h, k[10:], v[10:], offset=10)
+                    data[(l, h)] = (k, v)
+            seq.commit(n)
+            for (l, h), (k, v) in data.items():
+                rk, rv, _ = seq.read(l, h)
+                np.testing.assert_array_equal(rk, k)
+                np.testing.assert_array_equal(rv, v)
+            self.assertGreater(len(delta.heads), 0)
+
+    def test_write_over_grpc_read_in_place(self):
+        with self.client.attach("zc2") as session:
+            model = self.small_model(session, dtype="bfloat16")
+            seq = session.create_sequence(model)
+            n = 9
+            seq.allocate(n)
+            k = np.arange(n * 8, dtype=np.uint16).reshape(n, 8)
+            seq.write(1, 0, k, k + 1)
+            seq.commit(n)
+            rk, rv = seq.read_in_place(1, 0)
+            np.testing.assert_array_equal(rk, k)
+            np.testing.assert_array_equal(rv, k + 1)
+            with self.assertRaises(IndexError):
+                seq.write_in_place(0, 0, k, k, offset=model.tokens_per_page * 100)
+
+
+if __name__ == "__main__":
+    unittest.main()
