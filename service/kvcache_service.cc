@@ -1,8 +1,10 @@
 #include "service/kvcache_service.h"
 
 #include <deque>
+#include <functional>
 
 #include "absl/synchronization/mutex.h"
+#include "common/status_macros.h"
 #include "common/grpc_status.h"
 #include "service/request_auth.h"
 
@@ -181,78 +183,45 @@ class RegisterModelReactor final : public grpc::ServerReadReactor<v1::ModelChunk
   std::optional<Model> model_;
 };
 
-// Writes each chunk as it arrives; the summary goes out only after the last one landed.
-class WriteKvReactor final : public grpc::ServerReadReactor<v1::KvChunk> {
+// A client stream whose chunks are applied as they arrive (WriteKV, PutStats); the reply goes out
+// only after the last one landed. The first failing chunk ends the stream with its status.
+template <typename Chunk, typename Reply>
+class ChunkStreamReactor final : public grpc::ServerReadReactor<Chunk> {
  public:
-  WriteKvReactor(CacheEngine* engine, absl::StatusOr<std::string> tenant, v1::WriteSummary* reply)
-      : engine_(engine), tenant_(std::move(tenant)), reply_(reply) {
+  using Apply = std::function<absl::Status(const std::string& tenant, const Chunk&, Reply*)>;
+
+  ChunkStreamReactor(absl::StatusOr<std::string> tenant, Reply* reply, Apply apply)
+      : tenant_(std::move(tenant)), reply_(reply), apply_(std::move(apply)) {
     if (!tenant_.ok()) {
-      Finish(ToGrpcStatus(tenant_.status()));
+      this->Finish(ToGrpcStatus(tenant_.status()));
       return;
     }
-    StartRead(&chunk_);
+    this->StartRead(&chunk_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status::OK);
+      this->Finish(grpc::Status::OK);
       return;
     }
-    absl::Status status = engine_->WriteChunk(*tenant_, chunk_);
+    absl::Status status = apply_(*tenant_, chunk_, reply_);
     if (!status.ok()) {
-      Finish(ToGrpcStatus(absl::Status(
-          status.code(), absl::StrCat("chunk ", reply_->chunks(), ": ", status.message()))));
+      this->Finish(ToGrpcStatus(absl::Status(
+          status.code(), absl::StrCat("chunk ", chunks_, ": ", status.message()))));
       return;
     }
-    reply_->set_chunks(reply_->chunks() + 1);
-    reply_->set_tokens(reply_->tokens() + chunk_.token_count());
-    reply_->set_bytes(reply_->bytes() + chunk_.keys().size() + chunk_.values().size());
-    StartRead(&chunk_);
+    ++chunks_;
+    this->StartRead(&chunk_);
   }
 
   void OnDone() override { delete this; }
 
  private:
-  CacheEngine* const engine_;
   const absl::StatusOr<std::string> tenant_;
-  v1::WriteSummary* const reply_;
-  v1::KvChunk chunk_;
-};
-
-// Applies each layer's statistics as it arrives.
-class PutStatsReactor final : public grpc::ServerReadReactor<v1::StatsChunk> {
- public:
-  PutStatsReactor(CacheEngine* engine, absl::StatusOr<std::string> tenant, v1::StatsAck* reply)
-      : engine_(engine), tenant_(std::move(tenant)), reply_(reply) {
-    if (!tenant_.ok()) {
-      Finish(ToGrpcStatus(tenant_.status()));
-      return;
-    }
-    StartRead(&chunk_);
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status::OK);
-      return;
-    }
-    absl::Status status = engine_->PutStats(*tenant_, chunk_);
-    if (!status.ok()) {
-      Finish(ToGrpcStatus(absl::Status(
-          status.code(), absl::StrCat("chunk ", reply_->layers(), ": ", status.message()))));
-      return;
-    }
-    reply_->set_layers(reply_->layers() + 1);
-    StartRead(&chunk_);
-  }
-
-  void OnDone() override { delete this; }
-
- private:
-  CacheEngine* const engine_;
-  const absl::StatusOr<std::string> tenant_;
-  v1::StatsAck* const reply_;
-  v1::StatsChunk chunk_;
+  Reply* const reply_;
+  const Apply apply_;
+  Chunk chunk_;
+  uint64_t chunks_ = 0;
 };
 
 // Streams a ReadCursor, one chunk in flight at a time.
@@ -360,8 +329,15 @@ grpc::ServerUnaryReactor* KvCacheService::CommitTokens(grpc::CallbackServerConte
 
 grpc::ServerReadReactor<v1::KvChunk>* KvCacheService::WriteKV(grpc::CallbackServerContext* context,
                                                               v1::WriteSummary* reply) {
-  return new WriteKvReactor(engine_, AuthenticateWorker(*context, *engine_, admin_token_hash_),
-                            reply);
+  return new ChunkStreamReactor<v1::KvChunk, v1::WriteSummary>(
+      AuthenticateWorker(*context, *engine_, admin_token_hash_), reply,
+      [this](const std::string& tenant, const v1::KvChunk& chunk, v1::WriteSummary* summary) {
+        RETURN_IF_ERROR(engine_->WriteChunk(tenant, chunk));
+        summary->set_chunks(summary->chunks() + 1);
+        summary->set_tokens(summary->tokens() + chunk.token_count());
+        summary->set_bytes(summary->bytes() + chunk.keys().size() + chunk.values().size());
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerWriteReactor<v1::KvChunk>* KvCacheService::ReadKV(grpc::CallbackServerContext* context,
@@ -373,8 +349,13 @@ grpc::ServerWriteReactor<v1::KvChunk>* KvCacheService::ReadKV(grpc::CallbackServ
 
 grpc::ServerReadReactor<v1::StatsChunk>* KvCacheService::PutStats(
     grpc::CallbackServerContext* context, v1::StatsAck* reply) {
-  return new PutStatsReactor(engine_, AuthenticateWorker(*context, *engine_, admin_token_hash_),
-                             reply);
+  return new ChunkStreamReactor<v1::StatsChunk, v1::StatsAck>(
+      AuthenticateWorker(*context, *engine_, admin_token_hash_), reply,
+      [this](const std::string& tenant, const v1::StatsChunk& chunk, v1::StatsAck* ack) {
+        RETURN_IF_ERROR(engine_->PutStats(tenant, chunk));
+        ack->set_layers(ack->layers() + 1);
+        return absl::OkStatus();
+      });
 }
 
 template <typename Reply, typename Fn>
