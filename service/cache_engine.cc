@@ -4,47 +4,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "service/cache_engine_internal.h"
 #include "service/compressor.h"
 #include "service/policy_convert.h"
 #include "service/quota.h"
 #include "service/token_auth.h"
 
 namespace kvkeep {
-namespace {
-
-constexpr char kTenantPrefix[] = "tenant/";
-constexpr char kModelPrefix[] = "model/";
-
-
-std::string ModelKey(const std::string& tenant, const std::string& model) {
-  return absl::StrCat(kModelPrefix, tenant, "/", model);
-}
-
-bool ValidTenantName(const std::string& name) {
-  if (name.empty() || name.size() > 63) return false;
-  for (size_t i = 0; i < name.size(); ++i) {
-    char c = name[i];
-    bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (i > 0 && c == '-');
-    if (!ok) return false;
-  }
-  return true;
-}
-
-bool ValidWorkerName(const std::string& name) {
-  if (name.empty() || name.size() > 128) return false;
-  for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-' || c == ':';
-    if (!ok) return false;
-  }
-  return true;
-}
-
-absl::Status NoSequence(const std::string& id) {
-  return absl::NotFoundError(absl::StrCat("no sequence \"", id, "\" for this tenant"));
-}
-
-}  // namespace
+using engine_internal::kTenantPrefix;
+using engine_internal::kModelPrefix;
+using engine_internal::ModelKey;
+using engine_internal::ValidWorkerName;
+using engine_internal::NoSequence;
 
 void ToProto(const ArenaInfo& info, v1::ArenaExport* out) {
   out->set_arena_id(info.id);
@@ -123,213 +94,6 @@ absl::StatusOr<std::string> CacheEngine::AuthenticateTenant(const std::string& t
   auto it = token_to_tenant_.find(hash);
   if (it == token_to_tenant_.end()) return absl::UnauthenticatedError("unknown tenant token");
   return it->second;
-}
-
-// ---- Admin ---------------------------------------------------------------------------------
-
-v1::TenantInfo CacheEngine::TenantInfoLocked(const Tenant& t) const {
-  v1::TenantInfo info;
-  info.set_name(t.record.name());
-  info.set_quota_bytes(t.record.quota_bytes());
-  info.set_max_bytes(t.record.max_bytes());
-  info.set_weight(t.record.weight());
-  info.set_used_bytes(t.used_bytes);
-  info.set_used_pages(t.used_pages);
-  info.set_sessions(static_cast<uint32_t>(t.sessions.size()));
-  info.set_sequences(static_cast<uint32_t>(t.sequences.size()));
-  info.set_arenas(static_cast<uint32_t>(pool_.ArenasOf(t.record.name()).size()));
-  info.set_created_unix(t.record.created_unix());
-  info.set_spill_quota_bytes(t.record.spill_quota_bytes());
-  info.set_spilled_bytes(t.spilled_bytes);
-  return info;
-}
-
-absl::StatusOr<v1::CreateTenantReply> CacheEngine::CreateTenant(
-    const v1::CreateTenantRequest& request) {
-  if (!ValidTenantName(request.name())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tenant name \"", request.name(), "\" must match [a-z0-9][a-z0-9-]{0,62}"));
-  }
-  if (request.max_bytes() != 0 && request.quota_bytes() > request.max_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat("quota_bytes ", request.quota_bytes(),
-                                                   " exceeds max_bytes ", request.max_bytes()));
-  }
-  if (!request.token().empty() && request.token().size() < 16) {
-    return absl::InvalidArgumentError("an operator-chosen token must have at least 16 characters");
-  }
-  std::string token = request.token().empty() ? GenerateToken() : request.token();
-  absl::MutexLock lock(&mu_);
-  if (tenants_.contains(request.name())) {
-    return absl::AlreadyExistsError(absl::StrCat("tenant \"", request.name(), "\" exists"));
-  }
-  std::string hash = HashToken(token);
-  if (token_to_tenant_.contains(hash)) {
-    return absl::AlreadyExistsError("that token is already in use by another tenant");
-  }
-  uint64_t guaranteed = request.quota_bytes();
-  for (const auto& [name, t] : tenants_) guaranteed += t.record.quota_bytes();
-  if (guaranteed > pool_.options().capacity_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "guarantees would total ", guaranteed, " bytes, more than the pool's ",
-        pool_.options().capacity_bytes));
-  }
-  Tenant t;
-  t.record.set_name(request.name());
-  t.record.set_token_sha256(hash);
-  t.record.set_quota_bytes(request.quota_bytes());
-  t.record.set_max_bytes(request.max_bytes());
-  t.record.set_weight(request.weight() == 0 ? 1 : request.weight());
-  t.record.set_created_unix(absl::ToUnixSeconds(absl::Now()));
-  t.record.set_spill_quota_bytes(request.spill_quota_bytes());
-  RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.name(), t.record.SerializeAsString()));
-  token_to_tenant_[hash] = request.name();
-  v1::CreateTenantReply reply;
-  *reply.mutable_tenant() = TenantInfoLocked(t);
-  reply.set_token(token);
-  tenants_[request.name()] = std::move(t);
-  return reply;
-}
-
-v1::ListTenantsReply CacheEngine::ListTenants() const {
-  absl::MutexLock lock(&mu_);
-  v1::ListTenantsReply reply;
-  for (const auto& [name, t] : tenants_) *reply.add_tenants() = TenantInfoLocked(t);
-  std::sort(reply.mutable_tenants()->begin(), reply.mutable_tenants()->end(),
-            [](const v1::TenantInfo& a, const v1::TenantInfo& b) { return a.name() < b.name(); });
-  return reply;
-}
-
-absl::StatusOr<v1::DeleteTenantReply> CacheEngine::DeleteTenant(const std::string& name,
-                                                                bool force) {
-  v1::DeleteTenantReply reply;
-  std::vector<std::shared_ptr<Sequence>> sequences;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = tenants_.find(name);
-    if (it == tenants_.end()) return absl::NotFoundError(absl::StrCat("no tenant \"", name, "\""));
-    Tenant& t = it->second;
-    if (!force && (!t.sessions.empty() || !t.sequences.empty())) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tenant \"", name, "\" has ", t.sessions.size(), " sessions and ", t.sequences.size(),
-          " sequences; end them first or delete with force"));
-    }
-    // Forget the credential first: no new call of this tenant gets through from here on.
-    RETURN_IF_ERROR(store_->Delete(kTenantPrefix + name));
-    for (const auto& [model, m] : t.models) store_->Delete(ModelKey(name, model)).IgnoreError();
-    token_to_tenant_.erase(t.record.token_sha256());
-    std::vector<std::string> ids(t.sessions.begin(), t.sessions.end());
-    for (const std::string& id : ids) {
-      auto s = sessions_.find(id);
-      if (s != sessions_.end() && s->second.sink != nullptr) {
-        s->second.sink->End(absl::AbortedError("tenant " + name + " was deleted"));
-      }
-      std::vector<std::shared_ptr<Sequence>> unused;
-      EndSessionLocked(id, &unused);
-    }
-    reply.set_sessions_ended(static_cast<uint32_t>(ids.size()));
-    for (auto& [id, seq] : t.sequences) sequences.push_back(seq);
-  }
-  for (auto& seq : sequences) {
-    absl::MutexLock seq_lock(&seq->mu);
-    if (DropHeld(seq.get(), "", /*force=*/true).ok()) {
-      reply.set_sequences_dropped(reply.sequences_dropped() + 1);
-    }
-  }
-  pool_.ReleaseOwner(name).IgnoreError();  // pages were all freed above
-  absl::MutexLock lock(&mu_);
-  tenants_.erase(name);
-  return reply;
-}
-
-absl::StatusOr<v1::TenantInfo> CacheEngine::SetQuota(const v1::SetQuotaRequest& request) {
-  absl::MutexLock lock(&mu_);
-  auto it = tenants_.find(request.name());
-  if (it == tenants_.end()) {
-    return absl::NotFoundError(absl::StrCat("no tenant \"", request.name(), "\""));
-  }
-  v1::TenantRecord record = it->second.record;
-  if (request.has_quota_bytes()) record.set_quota_bytes(request.quota_bytes());
-  if (request.has_max_bytes()) record.set_max_bytes(request.max_bytes());
-  if (request.has_spill_quota_bytes()) record.set_spill_quota_bytes(request.spill_quota_bytes());
-  if (request.has_weight()) {
-    if (request.weight() == 0) return absl::InvalidArgumentError("weight must be >= 1");
-    record.set_weight(request.weight());
-  }
-  if (record.max_bytes() != 0 && record.quota_bytes() > record.max_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat("quota_bytes ", record.quota_bytes(),
-                                                   " exceeds max_bytes ", record.max_bytes()));
-  }
-  uint64_t guaranteed = record.quota_bytes();
-  for (const auto& [name, t] : tenants_) {
-    if (name != request.name()) guaranteed += t.record.quota_bytes();
-  }
-  if (guaranteed > pool_.options().capacity_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "guarantees would total ", guaranteed, " bytes, more than the pool's ",
-        pool_.options().capacity_bytes));
-  }
-  // Persisted before it takes effect.
-  RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.name(), record.SerializeAsString()));
-  it->second.record = record;
-  return TenantInfoLocked(it->second);
-}
-
-absl::StatusOr<v1::Policy> CacheEngine::SetPolicy(const v1::SetPolicyRequest& request) {
-  RETURN_IF_ERROR(ValidatePolicyProto(request.policy()));
-  absl::MutexLock lock(&mu_);
-  auto it = tenants_.find(request.tenant());
-  if (it == tenants_.end()) {
-    return absl::NotFoundError(absl::StrCat("no tenant \"", request.tenant(), "\""));
-  }
-  v1::TenantRecord record = it->second.record;
-  *record.mutable_policy() = request.policy();
-  // Persisted before it takes effect.
-  RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.tenant(), record.SerializeAsString()));
-  it->second.record = record;
-  return record.policy();
-}
-
-absl::StatusOr<v1::Policy> CacheEngine::GetPolicy(const std::string& tenant) const {
-  absl::MutexLock lock(&mu_);
-  auto it = tenants_.find(tenant);
-  if (it == tenants_.end()) return absl::NotFoundError(absl::StrCat("no tenant \"", tenant, "\""));
-  return it->second.record.policy();
-}
-
-v1::DaemonStatus CacheEngine::Status() const {
-  PoolStats stats = pool_.Stats();
-  absl::MutexLock lock(&mu_);
-  v1::DaemonStatus s;
-  s.set_version(KVKEEP_VERSION);
-  s.set_backend(backend_->name());
-  s.set_pool_capacity_bytes(stats.capacity_bytes);
-  s.set_pool_arena_bytes(stats.arena_bytes);
-  s.set_pool_used_bytes(stats.used_bytes);
-  s.set_arenas(stats.arenas);
-  s.set_pages_in_use(stats.used_pages);
-  s.set_tenants(static_cast<uint32_t>(tenants_.size()));
-  s.set_sessions(static_cast<uint32_t>(sessions_.size()));
-  uint32_t sequences = 0;
-  for (const auto& [name, t] : tenants_) {
-    sequences += static_cast<uint32_t>(t.sequences.size());
-    *s.add_tenant_usage() = TenantInfoLocked(t);
-  }
-  std::sort(s.mutable_tenant_usage()->begin(), s.mutable_tenant_usage()->end(),
-            [](const v1::TenantInfo& a, const v1::TenantInfo& b) { return a.name() < b.name(); });
-  s.set_sequences(sequences);
-  *s.mutable_watermarks() = watermarks_;
-  uint64_t spilled_bytes = 0;
-  for (const auto& [name, t] : tenants_) spilled_bytes += t.spilled_bytes;
-  s.set_spilled_bytes(spilled_bytes);
-  if (spill_ != nullptr) {
-    auto spilled = spill_->List();
-    if (spilled.ok()) s.set_spilled_sequences(static_cast<uint32_t>(spilled->size()));
-  }
-  s.set_spills(spills_.load());
-  s.set_restores(restores_.load());
-  s.set_spill_errors(spill_errors_.load());
-  s.set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
-  return s;
 }
 
 // ---- Sessions ------------------------------------------------------------------------------
@@ -720,56 +484,6 @@ absl::StatusOr<v1::CommitReply> CacheEngine::CommitTokens(const std::string& ten
   return reply;
 }
 
-absl::Status CacheEngine::PutStats(const std::string& tenant, const v1::StatsChunk& chunk) {
-  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
-  absl::MutexLock seq_lock(&seq->mu);
-  RETURN_IF_ERROR(OnDevice(*seq));
-  return ApplyLayerStats(*seq->model, seq->table, chunk.stats(), &seq->stats);
-}
-
-absl::StatusOr<v1::CompressReply> CacheEngine::Compress(const std::string& tenant,
-                                                        const v1::CompressRequest& request) {
-  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
-  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
-  absl::MutexLock seq_lock(&seq->mu);
-  RETURN_IF_ERROR(OnDevice(*seq));
-  return CompressHeld(seq.get(), request.policy());
-}
-
-absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
-                                                            const v1::Policy& policy) {
-  v1::Policy tenant_default;
-  {
-    absl::MutexLock lock(&mu_);
-    auto t = tenants_.find(seq->tenant);
-    if (t != tenants_.end()) tenant_default = t->second.record.policy();
-  }
-  ASSIGN_OR_RETURN(ResolvedPolicy resolved, ResolvePolicy(policy, tenant_default));
-  // Scoring memory is reused per thread: executor threads for Compress, gRPC threads for the
-  // decode-time eviction inside CommitTokens.
-  thread_local CompressScratch scratch;
-  ASSIGN_OR_RETURN(CompressOutcome outcome,
-                   CompressSequence(*seq->model, seq->table, seq->stats, resolved.policy,
-                                    resolved.budget, *backend_, pool_, scratch));
-  const PageGeometry& geometry = seq->model->geometry();
-  if (!outcome.freed_pages.empty()) {
-    const uint64_t pages = outcome.freed_pages.size();
-    const uint64_t bytes = pages * geometry.page_bytes;
-    pool_.Free(outcome.freed_pages);
-    absl::MutexLock lock(&mu_);
-    auto t = tenants_.find(seq->tenant);
-    if (t != tenants_.end()) {
-      t->second.used_bytes -= bytes;
-      t->second.used_pages -= pages;
-    }
-    used_bytes_ -= bytes;
-  }
-  v1::CompressReply reply;
-  TableToProto(*seq, /*with_positions=*/true, reply.mutable_table());
-  ToProto(outcome, resolved.policy, geometry, reply.mutable_summary());
-  return reply;
-}
-
 absl::Status CacheEngine::WriteChunk(const std::string& tenant, const v1::KvChunk& chunk) {
   RETURN_IF_ERROR(CheckSessionIfGiven(tenant, chunk.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
@@ -828,6 +542,9 @@ absl::StatusOr<v1::PageTable> CacheEngine::Acquire(const std::string& tenant,
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
   if (seq->dropped) return NoSequence(r.sequence_id());
+  if (r.session_id().empty()) {
+    return absl::InvalidArgumentError("session_id is required (from the Session stream)");
+  }
   RETURN_IF_ERROR(CheckSessionIfGiven(tenant, r.session_id()));
   if (seq->spilled) RETURN_IF_ERROR(RestoreHeld(seq.get()));  // transparent restore
   {
@@ -897,7 +614,7 @@ absl::StatusOr<v1::DropReply> CacheEngine::DropHeld(Sequence* seq,
       }
     }
   }
-  if (seq->spilled) {
+  if (seq->spilled || seq->stale_spill_copy) {
     absl::Status deleted = spill_->Delete(seq->tenant, seq->id);
     if (!deleted.ok() && !absl::IsNotFound(deleted)) {
       ++spill_errors_;
@@ -931,175 +648,6 @@ absl::StatusOr<v1::DropReply> CacheEngine::DropHeld(Sequence* seq,
   reply.set_pages_freed(static_cast<uint32_t>(pages));
   reply.set_bytes_freed(bytes);
   return reply;
-}
-
-// ---- Reads ---------------------------------------------------------------------------------
-
-namespace {
-
-uint64_t ChunkBudget(uint32_t requested, uint64_t max_message_bytes) {
-  // Leave room for the message envelope under the gRPC limit.
-  const uint64_t cap = max_message_bytes > (64 << 10) ? max_message_bytes - (64 << 10) : 4096;
-  const uint64_t want = requested == 0 ? (1 << 20) : requested;
-  return std::min(want, cap);
-}
-
-}  // namespace
-
-class SequenceReadCursor final : public CacheEngine::ReadCursor {
- public:
-  SequenceReadCursor(std::shared_ptr<CacheEngine::Sequence> seq, Backend* backend,
-                     const PagePool* pool, std::vector<uint32_t> heads, uint32_t token_begin,
-                     uint32_t token_end, uint64_t chunk_bytes)
-      : seq_(std::move(seq)), backend_(backend), pool_(pool), heads_(std::move(heads)),
-        token_begin_(token_begin), token_end_(token_end), chunk_bytes_(chunk_bytes),
-        next_token_(token_begin) {}
-
-  absl::StatusOr<bool> Next(v1::KvChunk* chunk) override {
-    absl::ReaderMutexLock lock(&seq_->mu);
-    if (seq_->dropped || seq_->spilled) {
-      return absl::AbortedError("sequence was dropped or spilled during the read");
-    }
-    const PageGeometry& g = seq_->model->geometry();
-    const uint32_t per_chunk =
-        static_cast<uint32_t>(std::max<uint64_t>(1, chunk_bytes_ / (2 * g.token_bytes)));
-    while (head_index_ < heads_.size()) {
-      const uint32_t h = heads_[head_index_];
-      const auto& head = seq_->table.head(h);
-      const uint32_t end = std::min(token_end_, head.count);
-      if (next_token_ >= end) {
-        ++head_index_;
-        next_token_ = token_begin_;
-        continue;
-      }
-      const uint32_t n = std::min(per_chunk, end - next_token_);
-      chunk->Clear();
-      chunk->set_sequence_id(seq_->id);
-      chunk->set_layer(h / seq_->model->kv_heads());
-      chunk->set_kv_head(h % seq_->model->kv_heads());
-      chunk->set_token_offset(next_token_);
-      chunk->set_token_count(n);
-      std::string* keys = chunk->mutable_keys();
-      std::string* values = chunk->mutable_values();
-      keys->resize(n * g.token_bytes);
-      values->resize(n * g.token_bytes);
-      absl::Status io;
-      absl::Status walk = seq_->table.ForEachSegment(
-          h, next_token_, n, [&](uint64_t page, uint32_t slot, uint32_t k, uint64_t done) {
-            if (!io.ok()) return;
-            const Arena* arena = pool_->ArenaOf(page);
-            const uint64_t base = uint64_t{PageRef::Unpack(page).index} * g.page_bytes;
-            io = backend_->Read(*arena, base + slot * g.token_bytes,
-                                keys->data() + done * g.token_bytes, k * g.token_bytes);
-            if (io.ok()) {
-              io = backend_->Read(*arena, base + g.value_offset + slot * g.token_bytes,
-                                  values->data() + done * g.token_bytes, k * g.token_bytes);
-            }
-          });
-      if (!walk.ok()) return walk;
-      if (!io.ok()) return io;
-      chunk->mutable_positions()->Add(head.positions.begin() + next_token_,
-                                      head.positions.begin() + next_token_ + n);
-      next_token_ += n;
-      return true;
-    }
-    return false;
-  }
-
- private:
-  const std::shared_ptr<CacheEngine::Sequence> seq_;
-  Backend* const backend_;
-  const PagePool* const pool_;
-  const std::vector<uint32_t> heads_;
-  const uint32_t token_begin_, token_end_;
-  const uint64_t chunk_bytes_;
-  size_t head_index_ = 0;
-  uint32_t next_token_;
-};
-
-class PageReadCursor final : public CacheEngine::ReadCursor {
- public:
-  PageReadCursor(std::string tenant, std::vector<uint64_t> pages, Backend* backend,
-                 const PagePool* pool)
-      : tenant_(std::move(tenant)), pages_(std::move(pages)), backend_(backend), pool_(pool) {}
-
-  absl::StatusOr<bool> Next(v1::KvChunk* chunk) override {
-    if (next_ >= pages_.size()) return false;
-    const uint64_t page = pages_[next_++];
-    // Checked again at read time: the page must still be this tenant's and allocated.
-    ASSIGN_OR_RETURN(PagePool::Location loc, pool_->Locate(tenant_, page));
-    chunk->Clear();
-    chunk->set_page(page);
-    chunk->set_token_count(loc.geometry.tokens_per_page);
-    std::string* keys = chunk->mutable_keys();
-    std::string* values = chunk->mutable_values();
-    keys->resize(loc.geometry.value_offset);
-    values->resize(loc.geometry.value_offset);
-    RETURN_IF_ERROR(backend_->Read(*loc.arena, loc.offset, keys->data(), keys->size()));
-    RETURN_IF_ERROR(backend_->Read(*loc.arena, loc.offset + loc.geometry.value_offset,
-                                   values->data(), values->size()));
-    return true;
-  }
-
- private:
-  const std::string tenant_;
-  const std::vector<uint64_t> pages_;
-  Backend* const backend_;
-  const PagePool* const pool_;
-  size_t next_ = 0;
-};
-
-absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> CacheEngine::OpenRead(
-    const std::string& tenant, const v1::ReadRequest& r) {
-  if (r.pages_size() > 0) {
-    if (!r.sequence_id().empty()) {
-      return absl::InvalidArgumentError("give either sequence_id or pages, not both");
-    }
-    // Validate every page before streaming any.
-    for (uint64_t page : r.pages()) {
-      ASSIGN_OR_RETURN(PagePool::Location loc, pool_.Locate(tenant, page));
-      if (2 * loc.geometry.value_offset + 1024 > options_.max_message_bytes) {
-        return absl::InvalidArgumentError("a page does not fit one message; read by sequence");
-      }
-    }
-    return std::unique_ptr<ReadCursor>(new PageReadCursor(
-        tenant, std::vector<uint64_t>(r.pages().begin(), r.pages().end()), backend_, &pool_));
-  }
-  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
-  const Model& model = *seq->model;
-  const uint32_t layer_end = r.layer_end() == 0 ? model.layers() : r.layer_end();
-  const uint32_t head_end = r.kv_head_end() == 0 ? model.kv_heads() : r.kv_head_end();
-  if (r.layer_begin() >= layer_end || layer_end > model.layers()) {
-    return absl::OutOfRangeError(absl::StrCat("layers [", r.layer_begin(), ", ", layer_end,
-                                              ") outside 0..", model.layers()));
-  }
-  if (r.kv_head_begin() >= head_end || head_end > model.kv_heads()) {
-    return absl::OutOfRangeError(absl::StrCat("KV heads [", r.kv_head_begin(), ", ", head_end,
-                                              ") outside 0..", model.kv_heads()));
-  }
-  const uint32_t token_end = r.token_end() == 0 ? UINT32_MAX : r.token_end();
-  if (r.token_begin() > token_end) {
-    return absl::InvalidArgumentError("token_begin is after token_end");
-  }
-  {
-    absl::ReaderMutexLock lock(&seq->mu);
-    RETURN_IF_ERROR(OnDevice(*seq));
-    if (r.token_begin() > seq->table.max_count()) {
-      return absl::OutOfRangeError(absl::StrCat("token_begin ", r.token_begin(),
-                                                " is past the ", seq->table.max_count(),
-                                                " committed tokens"));
-    }
-  }
-  const uint64_t budget = ChunkBudget(r.max_chunk_bytes(), options_.max_message_bytes);
-  if (2 * model.geometry().token_bytes > budget) {
-    return absl::InvalidArgumentError("max_chunk_bytes is smaller than one token's keys+values");
-  }
-  std::vector<uint32_t> heads;
-  for (uint32_t l = r.layer_begin(); l < layer_end; ++l) {
-    for (uint32_t k = r.kv_head_begin(); k < head_end; ++k) heads.push_back(l * model.kv_heads() + k);
-  }
-  return std::unique_ptr<ReadCursor>(new SequenceReadCursor(
-      std::move(seq), backend_, &pool_, std::move(heads), r.token_begin(), token_end, budget));
 }
 
 }  // namespace kvkeep

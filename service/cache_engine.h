@@ -156,6 +156,8 @@ class CacheEngine {
     SequenceStats stats ABSL_GUARDED_BY(mu);
     bool dropped ABSL_GUARDED_BY(mu) = false;
     bool spilled ABSL_GUARDED_BY(mu) = false;  // pages in the spill tier, table empty
+    // A restore could not delete the disk copy: Spill and Drop delete it first.
+    bool stale_spill_copy ABSL_GUARDED_BY(mu) = false;
     uint64_t spilled_bytes ABSL_GUARDED_BY(mu) = 0;
 
     // Protected by CacheEngine::mu_.

@@ -83,6 +83,14 @@ absl::StatusOr<v1::SpillReply> CacheEngine::SpillHeld(Sequence* seq,
           " bytes on disk, sequence needs ", bytes, " more"));
     }
   }
+  if (seq->stale_spill_copy) {
+    absl::Status deleted = spill_->Delete(seq->tenant, seq->id);
+    if (!deleted.ok() && !absl::IsNotFound(deleted)) {
+      ++spill_errors_;
+      return deleted;
+    }
+    seq->stale_spill_copy = false;
+  }
   SpillRecord record;
   record.tenant = seq->tenant;
   record.sequence_id = seq->id;
@@ -187,10 +195,13 @@ absl::Status CacheEngine::RestoreHeld(Sequence* seq) {
     return status;
   }
   seq->table.set_next_position(record->next_position);
-  // The device copy is complete; a failed delete leaves a stale restorable copy on disk, which a
-  // later Drop or Spill of this sequence replaces.
+  // The device copy is complete. A failed delete leaves a stale copy on disk: it is remembered, and
+  // a later Spill or Drop deletes it first (after a restart it would be listed as restorable).
   absl::Status deleted = spill_->Delete(seq->tenant, seq->id);
-  if (!deleted.ok()) ++spill_errors_;
+  if (!deleted.ok()) {
+    ++spill_errors_;
+    seq->stale_spill_copy = true;
+  }
   {
     absl::MutexLock lock(&mu_);
     auto t = tenants_.find(seq->tenant);

@@ -1,4 +1,5 @@
-// Durable metadata (tenants, models; later policies and spilled sequence tables) in RocksDB.
+// Durable metadata (tenants with their policies, models, pool watermarks) in RocksDB. Spilled
+// sequences live in the spill tier's own database (service/storage/spill_store.h).
 //
 // Keys live in the "meta" column family; every write goes through a synced WAL, so a call that
 // returned OK survives kill -9. Values are serialized protobuf messages chosen by the caller.

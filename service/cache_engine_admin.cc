@@ -1,0 +1,225 @@
+// CacheEngine: the operator side — tenants (credentials, quotas, policies) and the daemon status.
+#include "service/cache_engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "service/cache_engine_internal.h"
+#include "service/policy_convert.h"
+#include "service/token_auth.h"
+
+namespace kvkeep {
+
+using engine_internal::kTenantPrefix;
+using engine_internal::ModelKey;
+using engine_internal::ValidTenantName;
+
+// ---- Admin ---------------------------------------------------------------------------------
+
+v1::TenantInfo CacheEngine::TenantInfoLocked(const Tenant& t) const {
+  v1::TenantInfo info;
+  info.set_name(t.record.name());
+  info.set_quota_bytes(t.record.quota_bytes());
+  info.set_max_bytes(t.record.max_bytes());
+  info.set_weight(t.record.weight());
+  info.set_used_bytes(t.used_bytes);
+  info.set_used_pages(t.used_pages);
+  info.set_sessions(static_cast<uint32_t>(t.sessions.size()));
+  info.set_sequences(static_cast<uint32_t>(t.sequences.size()));
+  info.set_arenas(static_cast<uint32_t>(pool_.ArenasOf(t.record.name()).size()));
+  info.set_created_unix(t.record.created_unix());
+  info.set_spill_quota_bytes(t.record.spill_quota_bytes());
+  info.set_spilled_bytes(t.spilled_bytes);
+  return info;
+}
+
+absl::StatusOr<v1::CreateTenantReply> CacheEngine::CreateTenant(
+    const v1::CreateTenantRequest& request) {
+  if (!ValidTenantName(request.name())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tenant name \"", request.name(), "\" must match [a-z0-9][a-z0-9-]{0,62}"));
+  }
+  if (request.max_bytes() != 0 && request.quota_bytes() > request.max_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("quota_bytes ", request.quota_bytes(),
+                                                   " exceeds max_bytes ", request.max_bytes()));
+  }
+  if (!request.token().empty() && request.token().size() < 16) {
+    return absl::InvalidArgumentError("an operator-chosen token must have at least 16 characters");
+  }
+  std::string token = request.token().empty() ? GenerateToken() : request.token();
+  absl::MutexLock lock(&mu_);
+  if (tenants_.contains(request.name())) {
+    return absl::AlreadyExistsError(absl::StrCat("tenant \"", request.name(), "\" exists"));
+  }
+  std::string hash = HashToken(token);
+  if (token_to_tenant_.contains(hash)) {
+    return absl::AlreadyExistsError("that token is already in use by another tenant");
+  }
+  uint64_t guaranteed = request.quota_bytes();
+  for (const auto& [name, t] : tenants_) guaranteed += t.record.quota_bytes();
+  if (guaranteed > pool_.options().capacity_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "guarantees would total ", guaranteed, " bytes, more than the pool's ",
+        pool_.options().capacity_bytes));
+  }
+  Tenant t;
+  t.record.set_name(request.name());
+  t.record.set_token_sha256(hash);
+  t.record.set_quota_bytes(request.quota_bytes());
+  t.record.set_max_bytes(request.max_bytes());
+  t.record.set_weight(request.weight() == 0 ? 1 : request.weight());
+  t.record.set_created_unix(absl::ToUnixSeconds(absl::Now()));
+  t.record.set_spill_quota_bytes(request.spill_quota_bytes());
+  RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.name(), t.record.SerializeAsString()));
+  token_to_tenant_[hash] = request.name();
+  v1::CreateTenantReply reply;
+  *reply.mutable_tenant() = TenantInfoLocked(t);
+  reply.set_token(token);
+  tenants_[request.name()] = std::move(t);
+  return reply;
+}
+
+v1::ListTenantsReply CacheEngine::ListTenants() const {
+  absl::MutexLock lock(&mu_);
+  v1::ListTenantsReply reply;
+  for (const auto& [name, t] : tenants_) *reply.add_tenants() = TenantInfoLocked(t);
+  std::sort(reply.mutable_tenants()->begin(), reply.mutable_tenants()->end(),
+            [](const v1::TenantInfo& a, const v1::TenantInfo& b) { return a.name() < b.name(); });
+  return reply;
+}
+
+absl::StatusOr<v1::DeleteTenantReply> CacheEngine::DeleteTenant(const std::string& name,
+                                                                bool force) {
+  v1::DeleteTenantReply reply;
+  std::vector<std::shared_ptr<Sequence>> sequences;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tenants_.find(name);
+    if (it == tenants_.end()) return absl::NotFoundError(absl::StrCat("no tenant \"", name, "\""));
+    Tenant& t = it->second;
+    if (!force && (!t.sessions.empty() || !t.sequences.empty())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tenant \"", name, "\" has ", t.sessions.size(), " sessions and ", t.sequences.size(),
+          " sequences; end them first or delete with force"));
+    }
+    // Forget the credential first: no new call of this tenant gets through from here on.
+    RETURN_IF_ERROR(store_->Delete(kTenantPrefix + name));
+    for (const auto& [model, m] : t.models) store_->Delete(ModelKey(name, model)).IgnoreError();
+    token_to_tenant_.erase(t.record.token_sha256());
+    std::vector<std::string> ids(t.sessions.begin(), t.sessions.end());
+    for (const std::string& id : ids) {
+      auto s = sessions_.find(id);
+      if (s != sessions_.end() && s->second.sink != nullptr) {
+        s->second.sink->End(absl::AbortedError("tenant " + name + " was deleted"));
+      }
+      std::vector<std::shared_ptr<Sequence>> unused;
+      EndSessionLocked(id, &unused);
+    }
+    reply.set_sessions_ended(static_cast<uint32_t>(ids.size()));
+    for (auto& [id, seq] : t.sequences) sequences.push_back(seq);
+  }
+  for (auto& seq : sequences) {
+    absl::MutexLock seq_lock(&seq->mu);
+    if (DropHeld(seq.get(), "", /*force=*/true).ok()) {
+      reply.set_sequences_dropped(reply.sequences_dropped() + 1);
+    }
+  }
+  pool_.ReleaseOwner(name).IgnoreError();  // pages were all freed above
+  absl::MutexLock lock(&mu_);
+  tenants_.erase(name);
+  return reply;
+}
+
+absl::StatusOr<v1::TenantInfo> CacheEngine::SetQuota(const v1::SetQuotaRequest& request) {
+  absl::MutexLock lock(&mu_);
+  auto it = tenants_.find(request.name());
+  if (it == tenants_.end()) {
+    return absl::NotFoundError(absl::StrCat("no tenant \"", request.name(), "\""));
+  }
+  v1::TenantRecord record = it->second.record;
+  if (request.has_quota_bytes()) record.set_quota_bytes(request.quota_bytes());
+  if (request.has_max_bytes()) record.set_max_bytes(request.max_bytes());
+  if (request.has_spill_quota_bytes()) record.set_spill_quota_bytes(request.spill_quota_bytes());
+  if (request.has_weight()) {
+    if (request.weight() == 0) return absl::InvalidArgumentError("weight must be >= 1");
+    record.set_weight(request.weight());
+  }
+  if (record.max_bytes() != 0 && record.quota_bytes() > record.max_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("quota_bytes ", record.quota_bytes(),
+                                                   " exceeds max_bytes ", record.max_bytes()));
+  }
+  uint64_t guaranteed = record.quota_bytes();
+  for (const auto& [name, t] : tenants_) {
+    if (name != request.name()) guaranteed += t.record.quota_bytes();
+  }
+  if (guaranteed > pool_.options().capacity_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "guarantees would total ", guaranteed, " bytes, more than the pool's ",
+        pool_.options().capacity_bytes));
+  }
+  // Persisted before it takes effect.
+  RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.name(), record.SerializeAsString()));
+  it->second.record = record;
+  return TenantInfoLocked(it->second);
+}
+
+absl::StatusOr<v1::Policy> CacheEngine::SetPolicy(const v1::SetPolicyRequest& request) {
+  RETURN_IF_ERROR(ValidatePolicyProto(request.policy()));
+  absl::MutexLock lock(&mu_);
+  auto it = tenants_.find(request.tenant());
+  if (it == tenants_.end()) {
+    return absl::NotFoundError(absl::StrCat("no tenant \"", request.tenant(), "\""));
+  }
+  v1::TenantRecord record = it->second.record;
+  *record.mutable_policy() = request.policy();
+  // Persisted before it takes effect.
+  RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.tenant(), record.SerializeAsString()));
+  it->second.record = record;
+  return record.policy();
+}
+
+absl::StatusOr<v1::Policy> CacheEngine::GetPolicy(const std::string& tenant) const {
+  absl::MutexLock lock(&mu_);
+  auto it = tenants_.find(tenant);
+  if (it == tenants_.end()) return absl::NotFoundError(absl::StrCat("no tenant \"", tenant, "\""));
+  return it->second.record.policy();
+}
+
+v1::DaemonStatus CacheEngine::Status() const {
+  PoolStats stats = pool_.Stats();
+  absl::MutexLock lock(&mu_);
+  v1::DaemonStatus s;
+  s.set_version(KVKEEP_VERSION);
+  s.set_backend(backend_->name());
+  s.set_pool_capacity_bytes(stats.capacity_bytes);
+  s.set_pool_arena_bytes(stats.arena_bytes);
+  s.set_pool_used_bytes(stats.used_bytes);
+  s.set_arenas(stats.arenas);
+  s.set_pages_in_use(stats.used_pages);
+  s.set_tenants(static_cast<uint32_t>(tenants_.size()));
+  s.set_sessions(static_cast<uint32_t>(sessions_.size()));
+  uint32_t sequences = 0;
+  for (const auto& [name, t] : tenants_) {
+    sequences += static_cast<uint32_t>(t.sequences.size());
+    *s.add_tenant_usage() = TenantInfoLocked(t);
+  }
+  std::sort(s.mutable_tenant_usage()->begin(), s.mutable_tenant_usage()->end(),
+            [](const v1::TenantInfo& a, const v1::TenantInfo& b) { return a.name() < b.name(); });
+  s.set_sequences(sequences);
+  *s.mutable_watermarks() = watermarks_;
+  uint64_t spilled_bytes = 0;
+  for (const auto& [name, t] : tenants_) spilled_bytes += t.spilled_bytes;
+  s.set_spilled_bytes(spilled_bytes);
+  if (spill_ != nullptr) {
+    auto spilled = spill_->List();
+    if (spilled.ok()) s.set_spilled_sequences(static_cast<uint32_t>(spilled->size()));
+  }
+  s.set_spills(spills_.load());
+  s.set_restores(restores_.load());
+  s.set_spill_errors(spill_errors_.load());
+  s.set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
+  return s;
+}
+
+}  // namespace kvkeep
