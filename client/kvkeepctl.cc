@@ -1,5 +1,10 @@
 // kvkeepctl: the operator CLI of kvkeepd. One subcommand per Admin RPC.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <thread>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -23,6 +28,8 @@ Usage: kvkeepctl [global flags] COMMAND [args]
 
 Commands:
   status                              pool, tenants, sessions and sequences at a glance
+  top [--interval S] [--iterations N] live per-tenant usage, refreshed every S seconds
+                                      (default 1; N = 0 runs until Ctrl-C)
   tenant list                         every tenant with its quota and usage
   tenant create NAME [--quota SIZE] [--max SIZE] [--weight N] [--spill-quota SIZE]
                      [--token TOKEN]
@@ -54,6 +61,7 @@ SIZE is bytes or a number with KiB, MiB, GiB, TiB (or K, M, G, T; powers of 1024
 
 Examples:
   kvkeepctl status
+  kvkeepctl top --interval 2
   kvkeepctl tenant create team-a --quota 8GiB --max 16GiB --weight 2
   kvkeepctl tenant set-quota team-a --max 32GiB
   kvkeepctl --json tenant list | jq '.tenants[].usedBytes'
@@ -140,7 +148,7 @@ std::vector<std::string> TenantHeader() {
 std::vector<std::string> TenantRow(const v1::TenantInfo& t) {
   return {t.name(),
           HumanBytes(t.quota_bytes()),
-          t.max_bytes() == 0 ? "pool" : HumanBytes(t.max_bytes()),
+          t.max_bytes() == 0 ? "none" : HumanBytes(t.max_bytes()),
           absl::StrCat(t.weight()),
           HumanBytes(t.used_bytes()),
           absl::StrCat(t.used_pages()),
@@ -352,6 +360,56 @@ int RunPool(Args& args, AdminClient& admin, bool json) {
   return 0;
 }
 
+int RunTop(Args& args, AdminClient& admin, bool json) {
+  double interval = 1;
+  uint64_t iterations = 0;
+  if (args.flags.count("interval") &&
+      (!absl::SimpleAtod(args.flags["interval"], &interval) || !(interval >= 0.1))) {
+    return Fail("--interval must be a number of seconds >= 0.1");
+  }
+  if (args.flags.count("iterations") && !absl::SimpleAtoi(args.flags["iterations"], &iterations)) {
+    return Fail("--iterations must be a whole number (0 = until Ctrl-C)");
+  }
+  const bool tty = isatty(fileno(stdout)) && !json;
+  uint64_t prev_spills = 0, prev_restores = 0;
+  for (uint64_t i = 0; iterations == 0 || i < iterations; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::duration<double>(interval));
+    auto s = admin.GetStatus();
+    if (!s.ok()) return FailStatus(s.status());
+    if (json) {  // one JSON document per refresh, for scripts
+      google::protobuf::util::JsonPrintOptions options;
+      options.always_print_primitive_fields = true;
+      std::string line;
+      (void)google::protobuf::util::MessageToJsonString(*s, &line, options);
+      std::printf("%s\n", line.c_str());
+      std::fflush(stdout);
+      continue;
+    }
+    if (tty) std::printf("\033[H\033[2J");
+    std::printf("kvkeepd %s  %s  up %.0fs  pool %s / %s  pages %llu  sessions %u  sequences %u\n",
+                s->version().c_str(), s->backend().c_str(), s->uptime_seconds(),
+                HumanBytes(s->pool_used_bytes()).c_str(),
+                HumanBytes(s->pool_capacity_bytes()).c_str(),
+                static_cast<unsigned long long>(s->pages_in_use()), s->sessions(), s->sequences());
+    std::printf("spill %s in %u sequences  spills %+lld  restores %+lld  errors %llu\n\n",
+                HumanBytes(s->spilled_bytes()).c_str(), s->spilled_sequences(),
+                static_cast<long long>(s->spills() - (i ? prev_spills : s->spills())),
+                static_cast<long long>(s->restores() - (i ? prev_restores : s->restores())),
+                static_cast<unsigned long long>(s->spill_errors()));
+    prev_spills = s->spills();
+    prev_restores = s->restores();
+    std::vector<v1::TenantInfo> tenants(s->tenant_usage().begin(), s->tenant_usage().end());
+    std::sort(tenants.begin(), tenants.end(), [](const v1::TenantInfo& a, const v1::TenantInfo& b) {
+      return a.used_bytes() > b.used_bytes();
+    });
+    std::vector<std::vector<std::string>> rows = {TenantHeader()};
+    for (const auto& t : tenants) rows.push_back(TenantRow(t));
+    PrintTable(rows);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 int Run(int argc, char** argv) {
   Args args;
   std::string error;
@@ -366,7 +424,7 @@ int Run(int argc, char** argv) {
                                                   "allocation", "keep-ratio", "max-tokens",
                                                   "sinks", "window", "pool-kernel", "ada-alpha",
                                                   "seed", "spill-quota", "tenant", "low",
-                                                  "high"};
+                                                  "high", "interval", "iterations"};
   for (const auto& [name, value] : args.flags) {
     if (std::find(kKnown.begin(), kKnown.end(), name) == kKnown.end()) {
       return Fail("unknown flag --" + name + " (see kvkeepctl --help)");
@@ -428,6 +486,7 @@ int Run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "policy") return RunPolicy(args, *admin, json);
+  if (cmd == "top") return RunTop(args, *admin, json);
   if (cmd == "seq") return RunSeq(args, *admin, json);
   if (cmd == "pool") return RunPool(args, *admin, json);
   if (cmd != "tenant") return Fail("unknown command \"" + cmd + "\" (see kvkeepctl --help)");

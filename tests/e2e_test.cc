@@ -229,7 +229,7 @@ TEST_F(EndToEndTest, NewSessionWithSameWorkerNameSupersedesTheOld) {
   FillSequence(*old_client, seq, 12, 3, true);
   auto fresh = Attach(token, "worker-7");
   ASSERT_NE(fresh, nullptr);
-  for (int i = 0; i < 100 && old_client->session_status().ok(); ++i) {
+  for (int i = 0; i < 500 && old_client->session_status().ok(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_THAT(old_client->session_status(), StatusIs(StatusCode::kAborted, "superseded"));
@@ -262,7 +262,7 @@ TEST_F(EndToEndTest, DaemonRestartKeepsTenantsAndWorkersReattach) {
     int status = daemon_.Stop(SIGTERM);
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit status " << status;
     // The worker saw its session end.
-    for (int i = 0; i < 100 && c->session_status().ok(); ++i) {
+    for (int i = 0; i < 500 && c->session_status().ok(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     EXPECT_FALSE(c->session_status().ok());

@@ -179,7 +179,7 @@ TEST_F(SpillTest, LowWatermarkSpillsInTheBackground) {
   w.set_low_free(0.3);
   w.set_high_free(0.6);
   ASSERT_OK(daemon_.Admin()->SetWatermarks(w));
-  for (int i = 0; i < 100 && TierOf(b) != v1::TIER_SPILLED; ++i) {
+  for (int i = 0; i < 500 && TierOf(b) != v1::TIER_SPILLED; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(TierOf(a), v1::TIER_SPILLED);
