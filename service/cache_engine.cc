@@ -108,6 +108,16 @@ absl::StatusOr<CacheEngine::Attached> CacheEngine::Attach(const std::string& ten
   absl::MutexLock lock(&mu_);
   auto t = tenants_.find(tenant);
   if (t == tenants_.end()) return absl::UnauthenticatedError("tenant no longer exists");
+  const bool supersedes = std::any_of(
+      t->second.sessions.begin(), t->second.sessions.end(), [&](const std::string& id) {
+        auto it = sessions_.find(id);
+        return it != sessions_.end() && it->second.worker_name == worker_name;
+      });
+  if (!supersedes && t->second.sessions.size() >= options_.max_sessions_per_tenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant ", tenant, " has ", t->second.sessions.size(), " sessions, the most allowed (",
+        options_.max_sessions_per_tenant, ")"));
+  }
   Attached out;
   Session session;
   session.id = RandomHex(16);
@@ -311,6 +321,11 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
     if (m == t.models.end()) {
       return absl::NotFoundError(absl::StrCat(
           "no model \"", request.model(), "\" registered for this tenant; call RegisterModel"));
+    }
+    if (t.sequences.size() >= options_.max_sequences_per_tenant) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "tenant ", tenant, " holds ", t.sequences.size(), " sequences, the most allowed (",
+          options_.max_sequences_per_tenant, "); drop some first"));
     }
     seq = std::make_shared<Sequence>("seq-" + RandomHex(12), tenant, m->second);
     seq->owner_session = session->id;

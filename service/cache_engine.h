@@ -43,6 +43,9 @@ struct EngineOptions {
   PoolOptions pool;
   uint64_t max_message_bytes = 4 << 20;  // Default: gRPC's 4 MiB
   uint32_t max_tokens_per_allocation = 1u << 20;  // Default: 1M tokens per AllocatePages call
+  // Bounds on what one tenant can make the daemon hold in its heap (hostile or buggy workers).
+  uint32_t max_sequences_per_tenant = 1u << 16;  // Default: 65536
+  uint32_t max_sessions_per_tenant = 4096;       // Default: 4096
   double low_free = 0.05;   // Default: spill when less than 5 % of the pool is free...
   double high_free = 0.10;  // Default: ...until 10 % is free (overridden by persisted values)
 };

@@ -191,6 +191,33 @@ TEST_F(CacheEngineTest, SessionOfAnotherTenantIsNotFound) {
   EXPECT_THAT(engine_->Attach("a", "bad name!", &sink), StatusIs(StatusCode::kInvalidArgument));
 }
 
+TEST_F(CacheEngineTest, SequencesAndSessionsPerTenantAreBounded) {
+  engine_.reset();
+  EngineOptions options;
+  options.pool = {.capacity_bytes = 1 << 20, .arena_bytes = 64 << 10};
+  options.max_sequences_per_tenant = 3;
+  options.max_sessions_per_tenant = 2;
+  ASSERT_OK_AND_ASSIGN(engine_, CacheEngine::Create(backend_.get(), store_.get(), options));
+  Tenant("a");
+  RegisterModel("a");
+  NullSink sink;
+  ASSERT_OK_AND_ASSIGN(auto s1, engine_->Attach("a", "w1", &sink));
+  ASSERT_OK(engine_->Attach("a", "w2", &sink));
+  EXPECT_THAT(engine_->Attach("a", "w3", &sink),
+              StatusIs(StatusCode::kResourceExhausted, "sessions"));
+  // A worker re-attaching under its name replaces its session: not refused at the limit.
+  ASSERT_OK_AND_ASSIGN(auto s2, engine_->Attach("a", "w2", &sink));
+  for (int i = 0; i < 3; ++i) NewSequence("a", s1.session_id);
+  v1::CreateSequenceRequest r;
+  r.set_session_id(s1.session_id);
+  r.set_model("m");
+  EXPECT_THAT(engine_->CreateSequence("a", r),
+              StatusIs(StatusCode::kResourceExhausted, "sequences"));
+  engine_->EndSession(s1.session_id);  // its sequences go: room again
+  ASSERT_OK_AND_ASSIGN(auto s3, engine_->Attach("a", "w3", &sink));
+  NewSequence("a", s3.session_id);
+}
+
 TEST_F(CacheEngineTest, DeleteTenantForceEndsSessionsAndFreesPages) {
   Tenant("a");
   RegisterModel("a");
