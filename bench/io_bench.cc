@@ -26,6 +26,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -34,6 +35,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "bench/mem_bench.h"
+#include "bench/redis_peer.h"
 #include "client/admin_client.h"
 #include "client/client.h"
 #include "common/status_macros.h"
@@ -78,6 +81,9 @@ struct Options {
   bool smoke = false;
   bool skip_ops = false;
   bool skip_bytes = false;
+  bool no_redis = false;
+  std::string redis;           // redis-server binary; empty = from $PATH
+  uint32_t redis_pipeline = 64;  // SET/GET commands per pipelined batch
 };
 
 constexpr char kHelp[] = R"(kvkeep-bench io - kvkeepd's data path, as ratios to bounds measured in the same run
@@ -106,6 +112,17 @@ What is measured (each rep does every measurement side by side; the table shows 
      buffer, two threads) of the same bytes in the same chunk sizes.
        ratio = kvkeep GB/s / raw socket GB/s           1.0 = as fast as the socket itself
      ReadKV contents are checked against what was written.
+  3. Peer: a private redis-server (Debian's, on a Unix socket in a temp dir, persistence off,
+     hiredis client) storing the same blobs - one value per chunk (keys then values of one
+     head's page) - with SET and fetching them with GET, pipelined --redis_pipeline commands
+     per batch, same total bytes, same rep. Also kvkeep's zero-copy write of the same bytes:
+     AllocatePages + WriteInPlace (memcpy into the mapped shared memory) of every head +
+     CommitTokens, per page-row of tokens ("in-place/page") and once for the whole sequence
+     ("in-place/seq"), from a fresh sequence each rep.
+       WriteKV / SET, ReadKV / GET, in-place / SET     > 1.0 = kvkeep faster than Redis
+     GET values and in-place pages are checked against the source (first rep, untimed).
+     Without redis-server (or with --no_redis) only the in-place columns are shown.
+     kvkeepd's memory is sampled every 20 ms over the whole run (peak RSS, peak anonymous).
 
 Flags:
   --shape small|llama3-8b|qwen3-8b  model shape (default small: 4 layers, 2 KV heads,
@@ -120,8 +137,12 @@ Flags:
   --kvkeepd PATH        daemon binary (default: kvkeepd next to this binary, or ../bin/)
   --pool_mib N          daemon pool (default: sized from the workload, >= 1024)
   --max_message_mib N   daemon and client gRPC message limit (default 4)
+  --no_redis            skip the Redis peer (also --no-redis)
+  --redis PATH          redis-server binary (default: redis-server on $PATH)
+  --redis_pipeline N    SET/GET commands per pipelined batch (default 64)
   --json                JSON on stdout instead of the table
-  --smoke               CI mode: 1 rep, 4 MiB, pages 16, workers 1,4, 0.05 s phases
+  --smoke               CI mode: 1 rep, 4 MiB, pages 16, workers 1,4, 0.05 s phases; the
+                        Redis peer is skipped, with a note, when redis-server is absent
   --help
 
 Examples:
@@ -198,10 +219,13 @@ int ParseFlags(int argc, char** argv, Options* o) {
       ok = boolean(&o->skip_bytes);
     } else if (name == "--bytes_only") {
       ok = boolean(&o->skip_ops);
+    } else if (name == "--no_redis" || name == "--no-redis") {
+      ok = boolean(&o->no_redis);
     } else {
       static const char* const kValued[] = {"--shape", "--pages", "--workers", "--mib",
                                             "--chunk_pages", "--reps", "--seconds", "--pool_mib",
-                                            "--max_message_mib", "--kvkeepd"};
+                                            "--max_message_mib", "--kvkeepd", "--redis",
+                                            "--redis_pipeline"};
       if (std::none_of(std::begin(kValued), std::end(kValued),
                        [&](const char* k) { return name == k; })) {
         std::fprintf(stderr, "kvkeep-bench io: unknown flag %s (see --help)\n", name.c_str());
@@ -247,6 +271,11 @@ int ParseFlags(int argc, char** argv, Options* o) {
              o->max_message_mib <= 1024;
       } else if (name == "--kvkeepd") {
         o->kvkeepd = value;
+      } else if (name == "--redis") {
+        o->redis = value;
+      } else if (name == "--redis_pipeline") {
+        ok = ParseU64(value, &n) && n > 0 && n <= 65536;
+        o->redis_pipeline = static_cast<uint32_t>(n);
       } else {
         std::fprintf(stderr, "kvkeep-bench io: unknown flag %s (see --help)\n", name.c_str());
         return 2;
@@ -325,8 +354,9 @@ void RemoveTreeFromSignal(int parent, const char* name, int depth) {
   unlinkat(parent, name, AT_REMOVEDIR);
 }
 
-// Ctrl-C or SIGTERM: stop the daemon, remove its data dir and exit.
+// Ctrl-C or SIGTERM: stop the daemon (and the Redis peer), remove their dirs and exit.
 void OnSignal(int sig) {
+  RedisPeerCleanupFromSignal();  // immediate (SIGKILL); the daemon may take seconds to drain
   const pid_t daemon = g_daemon_pid;
   if (daemon > 0) {
     kill(daemon, SIGTERM);
@@ -343,117 +373,102 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-// A kvkeepd child process in its own temporary data dir; the destructor stops it (SIGTERM, then
-// SIGKILL after 10 s) and removes the dir. The child also gets SIGTERM if this process dies
-// (PR_SET_PDEATHSIG), so a crash of the benchmark does not leave a daemon behind.
-// Not thread-safe; start and stop it from the main thread.
-class Daemon {
- public:
-  static absl::StatusOr<std::unique_ptr<Daemon>> Start(const std::string& binary,
-                                                       uint64_t pool_mib,
-                                                       uint64_t max_message_mib) {
-    char dir_template[] = "/tmp/kvkeep-bench-XXXXXX";
-    if (mkdtemp(dir_template) == nullptr) {
-      return absl::InternalError(absl::StrCat("mkdtemp: ", std::strerror(errno)));
-    }
-    std::unique_ptr<Daemon> d(new Daemon(dir_template));
-    static_assert(sizeof dir_template <= sizeof g_daemon_dir);
-    std::memcpy(g_daemon_dir, dir_template, sizeof dir_template);
-    const std::string log = d->dir_ + "/kvkeepd.log";
-    std::vector<std::string> args = {binary,
-                                     "--data_dir=" + d->dir_,
-                                     absl::StrCat("--pool_mib=", pool_mib),
-                                     absl::StrCat("--max_message_mib=", max_message_mib),
-                                     "--backend=cpu"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t parent = getpid();
-    const pid_t pid = fork();
-    if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (getppid() != parent) _exit(1);
-      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      if (fd >= 0) {
-        dup2(fd, STDOUT_FILENO);
-        dup2(fd, STDERR_FILENO);
-        close(fd);
-      }
-      execv(argv[0], argv.data());
-      std::fprintf(stderr, "exec %s: %s\n", argv[0], std::strerror(errno));
-      _exit(127);
-    }
-    d->pid_ = pid;
-    g_daemon_pid = pid;
-    d->target_ = "unix:" + d->dir_ + "/kvkeepd.sock";
-    // Ready once the token is written and the Admin API answers.
-    const auto t0 = Clock::now();
-    while (true) {
-      int wstatus = 0;
-      if (waitpid(pid, &wstatus, WNOHANG) == pid) {
-        d->pid_ = 0;
-        g_daemon_pid = 0;
-        return absl::UnavailableError(absl::StrCat("kvkeepd exited during start-up; its log:\n",
-                                                   ReadFile(log)));
-      }
-      std::string token(absl::StripAsciiWhitespace(ReadFile(d->dir_ + "/admin.token")));
-      if (!token.empty()) {
-        auto admin = AdminClient::Connect({.target = d->target_}, token);
-        if (admin->GetStatus().ok()) {
-          d->admin_token_ = token;
-          return d;
-        }
-      }
-      if (SecondsSince(t0) > 20) {
-        return absl::DeadlineExceededError(absl::StrCat(
-            "kvkeepd did not answer within 20 s; its log:\n", ReadFile(log)));
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const std::string& binary,
+                                                     uint64_t pool_mib, uint64_t max_message_mib,
+                                                     std::vector<std::string> extra_args) {
+  char dir_template[] = "/tmp/kvkeep-bench-XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) {
+    return absl::InternalError(absl::StrCat("mkdtemp: ", std::strerror(errno)));
   }
-
-  ~Daemon() { Stop(); }
-
-  // Idempotent. Returns false when the daemon had to be killed or exited with an error.
-  bool Stop() {
-    bool clean = true;
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      int wstatus = 0;
-      const auto t0 = Clock::now();
-      while (waitpid(pid_, &wstatus, WNOHANG) == 0) {
-        if (SecondsSince(t0) > 10) {
-          kill(pid_, SIGKILL);
-          waitpid(pid_, &wstatus, 0);
-          clean = false;
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-      clean = clean && WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
-      pid_ = 0;
+  std::unique_ptr<Daemon> d(new Daemon(dir_template));
+  static_assert(sizeof dir_template <= sizeof g_daemon_dir);
+  std::memcpy(g_daemon_dir, dir_template, sizeof dir_template);
+  const std::string log = d->dir_ + "/kvkeepd.log";
+  std::vector<std::string> args = {binary,
+                                   "--data_dir=" + d->dir_,
+                                   absl::StrCat("--pool_mib=", pool_mib),
+                                   absl::StrCat("--max_message_mib=", max_message_mib),
+                                   "--backend=cpu"};
+  for (auto& a : extra_args) args.push_back(std::move(a));
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(1);
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd >= 0) {
+      dup2(fd, STDOUT_FILENO);
+      dup2(fd, STDERR_FILENO);
+      close(fd);
+    }
+    execv(argv[0], argv.data());
+    std::fprintf(stderr, "exec %s: %s\n", argv[0], std::strerror(errno));
+    _exit(127);
+  }
+  d->pid_ = pid;
+  g_daemon_pid = pid;
+  d->target_ = "unix:" + d->dir_ + "/kvkeepd.sock";
+  // Ready once the token is written and the Admin API answers.
+  const auto t0 = Clock::now();
+  while (true) {
+    int wstatus = 0;
+    if (waitpid(pid, &wstatus, WNOHANG) == pid) {
+      d->pid_ = 0;
       g_daemon_pid = 0;
+      return absl::UnavailableError(absl::StrCat("kvkeepd exited during start-up; its log:\n",
+                                                 ReadFile(log)));
     }
-    if (!dir_.empty()) {
-      std::error_code ec;
-      g_daemon_dir[0] = '\0';
-      std::filesystem::remove_all(dir_, ec);
-      dir_.clear();
+    std::string token(absl::StripAsciiWhitespace(ReadFile(d->dir_ + "/admin.token")));
+    if (!token.empty()) {
+      auto admin = AdminClient::Connect({.target = d->target_}, token);
+      if (admin->GetStatus().ok()) {
+        d->admin_token_ = token;
+        return d;
+      }
     }
-    return clean;
+    if (SecondsSince(t0) > 20) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "kvkeepd did not answer within 20 s; its log:\n", ReadFile(log)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+}
 
-  const std::string& target() const { return target_; }
-  const std::string& admin_token() const { return admin_token_; }
+Daemon::~Daemon() { Stop(); }
 
- private:
-  explicit Daemon(std::string dir) : dir_(std::move(dir)) {}
-  std::string dir_;
-  pid_t pid_ = 0;
-  std::string target_;
-  std::string admin_token_;
-};
+bool Daemon::Stop() {
+  bool clean = true;
+  if (pid_ > 0) {
+    kill(pid_, SIGTERM);
+    int wstatus = 0;
+    const auto t0 = Clock::now();
+    while (waitpid(pid_, &wstatus, WNOHANG) == 0) {
+      if (SecondsSince(t0) > 10) {
+        kill(pid_, SIGKILL);
+        waitpid(pid_, &wstatus, 0);
+        clean = false;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    clean = clean && WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
+    pid_ = 0;
+    g_daemon_pid = 0;
+  }
+  if (!dir_.empty()) {
+    std::error_code ec;
+    g_daemon_dir[0] = '\0';
+    std::filesystem::remove_all(dir_, ec);
+    dir_.clear();
+  }
+  return clean;
+}
 
 std::string FindDaemon(const std::string& flag) {
   if (!flag.empty()) return flag;
@@ -467,6 +482,8 @@ std::string FindDaemon(const std::string& flag) {
   }
   return (dir / "kvkeepd").string();
 }
+
+namespace {
 
 // ---- Shared set-up -----------------------------------------------------------------------------
 
@@ -646,6 +663,9 @@ absl::StatusOr<OpsRep> MeasureOps(std::vector<std::unique_ptr<Client>>& clients,
 
 struct BytesRep {
   double raw_gbps = 0, write_gbps = 0, read_gbps = 0;
+  double set_gbps = 0, get_gbps = 0;  // Redis peer (0 without it)
+  double inplace_page_gbps = 0;       // Allocate + WriteInPlace x heads + Commit per page-row
+  double inplace_seq_gbps = 0;        // Allocate, WriteInPlace of everything, Commit, once
 };
 
 struct BytesRow {
@@ -665,6 +685,10 @@ struct BytesWorkload {
   uint32_t chunk_tokens = 0;
   std::string src;
   std::vector<v1::KvChunk> chunks;  // built once; building them is not timed
+  // The same chunks as Redis values (keys then values of one chunk, contiguous), built once.
+  std::string redis_src;
+  std::vector<std::string> redis_keys;
+  std::vector<std::string_view> redis_values;
 };
 
 uint64_t HeadBytes(const Shape& s, uint32_t tokens) { return 2 * uint64_t{tokens} * TokenBytes(s); }
@@ -779,6 +803,19 @@ absl::StatusOr<BytesWorkload> PrepareBytes(Client& c, const Options& o, uint32_t
       chunk.set_values(values + off * tb, n * tb);
     }
   }
+  // The Redis blobs: chunk i of the list above, keys then values.
+  wl.redis_src.resize(wl.src.size());
+  uint64_t at = 0;
+  for (const v1::KvChunk& chunk : wl.chunks) {
+    std::memcpy(wl.redis_src.data() + at, chunk.keys().data(), chunk.keys().size());
+    std::memcpy(wl.redis_src.data() + at + chunk.keys().size(), chunk.values().data(),
+                chunk.values().size());
+    wl.redis_keys.push_back(absl::StrCat("kv:", tpp, ":", chunk.layer(), ":", chunk.kv_head(),
+                                         ":", chunk.token_offset()));
+    wl.redis_values.emplace_back(wl.redis_src.data() + at,
+                                 chunk.keys().size() + chunk.values().size());
+    at += chunk.keys().size() + chunk.values().size();
+  }
   // Warm-up write (faults the daemon's pages in) and commit, so ReadKV has tokens to read.
   RETURN_IF_ERROR(c.WriteKV(wl.chunks).status());
   RETURN_IF_ERROR(c.Commit(wl.seq, wl.tokens).status());
@@ -813,6 +850,92 @@ absl::Status VerifyRead(const BytesWorkload& wl, const Options& o,
   if (bytes != wl.src.size()) {
     return absl::DataLossError(
         absl::StrCat("ReadKV returned ", bytes, " bytes of ", wl.src.size()));
+  }
+  return absl::OkStatus();
+}
+
+// Zero-copy write of the workload's bytes into a fresh sequence: per page-row (`per_page`:
+// AllocatePages(chunk tokens), WriteInPlace of that chunk for every head, CommitTokens) or once
+// (AllocatePages(all), every WriteInPlace, CommitTokens(all)). Returns GB/s; the sequence is
+// dropped (untimed). `verify` reads the first and last head back over gRPC (untimed).
+absl::StatusOr<double> MeasureInPlace(Client& c, const BytesWorkload& wl, const Options& o,
+                                      uint32_t tpp, bool per_page, bool verify) {
+  const uint64_t tb = TokenBytes(o.shape);
+  const uint32_t heads = Heads(o.shape);
+  ASSIGN_OR_RETURN(std::string seq, c.CreateSequence(ModelName(o.shape, tpp)));
+  auto drop = [&] { (void)c.Drop(seq); };
+  auto write = [&](uint32_t h, uint32_t off, uint32_t n) {
+    const char* keys = wl.src.data() + h * HeadBytes(o.shape, wl.tokens);
+    const char* values = keys + wl.tokens * tb;
+    return c.WriteInPlace(seq, h / o.shape.kv_heads, h % o.shape.kv_heads, off, n,
+                          keys + off * tb, values + off * tb);
+  };
+  absl::Status st;
+  const auto t0 = Clock::now();
+  if (per_page) {
+    for (uint32_t off = 0; off < wl.tokens && st.ok(); off += wl.chunk_tokens) {
+      const uint32_t n = std::min(wl.chunk_tokens, wl.tokens - off);
+      st = c.Allocate(seq, n).status();
+      for (uint32_t h = 0; h < heads && st.ok(); ++h) st = write(h, off, n);
+      if (st.ok()) st = c.Commit(seq, n).status();
+    }
+  } else {
+    st = c.Allocate(seq, wl.tokens).status();
+    for (uint32_t h = 0; h < heads && st.ok(); ++h) {
+      for (uint32_t off = 0; off < wl.tokens && st.ok(); off += wl.chunk_tokens) {
+        st = write(h, off, std::min(wl.chunk_tokens, wl.tokens - off));
+      }
+    }
+    if (st.ok()) st = c.Commit(seq, wl.tokens).status();
+  }
+  const double s = SecondsSince(t0);
+  if (!st.ok()) {
+    drop();
+    return st;
+  }
+  if (verify) {
+    for (uint32_t h : {0u, heads - 1}) {
+      auto back = c.ReadHead(seq, h / o.shape.kv_heads, h % o.shape.kv_heads);
+      if (!back.ok()) {
+        drop();
+        return back.status();
+      }
+      const char* keys = wl.src.data() + h * HeadBytes(o.shape, wl.tokens);
+      if (back->keys != std::string_view(keys, wl.tokens * tb) ||
+          back->values != std::string_view(keys + wl.tokens * tb, wl.tokens * tb)) {
+        drop();
+        return absl::DataLossError(absl::StrCat("in-place write of head ", h,
+                                                " reads back different bytes"));
+      }
+    }
+  }
+  RETURN_IF_ERROR(c.Drop(seq).status());
+  return static_cast<double>(wl.src.size()) / s / 1e9;
+}
+
+// SET then GET of the workload's blobs; GB/s into rep. `verify` GETs once more, untimed, and
+// compares every value.
+absl::Status MeasureRedis(RedisPeer& redis, const BytesWorkload& wl, const Options& o,
+                          bool verify, BytesRep* rep) {
+  const double gb = static_cast<double>(wl.src.size()) / 1e9;
+  auto t0 = Clock::now();
+  RETURN_IF_ERROR(redis.SetMany(wl.redis_keys, wl.redis_values, o.redis_pipeline));
+  rep->set_gbps = gb / SecondsSince(t0);
+  uint64_t got = 0;
+  t0 = Clock::now();
+  RETURN_IF_ERROR(redis.GetMany(wl.redis_keys, o.redis_pipeline,
+                                [&](size_t, std::string_view v) { got += v.size(); }));
+  rep->get_gbps = gb / SecondsSince(t0);
+  if (got != wl.src.size()) {
+    return absl::DataLossError(absl::StrCat("GET returned ", got, " bytes of ", wl.src.size()));
+  }
+  if (verify) {
+    size_t bad = 0;
+    RETURN_IF_ERROR(redis.GetMany(wl.redis_keys, o.redis_pipeline,
+                                  [&](size_t i, std::string_view v) {
+                                    bad += v != wl.redis_values[i];
+                                  }));
+    if (bad != 0) return absl::DataLossError(absl::StrCat(bad, " Redis values differ"));
   }
   return absl::OkStatus();
 }
@@ -899,18 +1022,56 @@ const Field<BytesRep> kBytesFields[] = {
     {"raw_socket_gbps", [](const BytesRep& r) { return r.raw_gbps; }},
     {"writekv_gbps", [](const BytesRep& r) { return r.write_gbps; }},
     {"readkv_gbps", [](const BytesRep& r) { return r.read_gbps; }},
+    {"inplace_page_gbps", [](const BytesRep& r) { return r.inplace_page_gbps; }},
+    {"inplace_seq_gbps", [](const BytesRep& r) { return r.inplace_seq_gbps; }},
+    {"inplace_page_over_raw", [](const BytesRep& r) { return r.inplace_page_gbps / r.raw_gbps; }},
+    {"inplace_seq_over_raw", [](const BytesRep& r) { return r.inplace_seq_gbps / r.raw_gbps; }},
+};
+
+// Only with the Redis peer.
+const Field<BytesRep> kRedisFields[] = {
+    {"writekv_over_redis_set", [](const BytesRep& r) { return r.write_gbps / r.set_gbps; }},
+    {"readkv_over_redis_get", [](const BytesRep& r) { return r.read_gbps / r.get_gbps; }},
+    {"inplace_page_over_redis_set",
+     [](const BytesRep& r) { return r.inplace_page_gbps / r.set_gbps; }},
+    {"inplace_seq_over_redis_set",
+     [](const BytesRep& r) { return r.inplace_seq_gbps / r.set_gbps; }},
+    {"redis_set_gbps", [](const BytesRep& r) { return r.set_gbps; }},
+    {"redis_get_gbps", [](const BytesRep& r) { return r.get_gbps; }},
+    {"redis_set_over_raw", [](const BytesRep& r) { return r.set_gbps / r.raw_gbps; }},
+    {"redis_get_over_raw", [](const BytesRep& r) { return r.get_gbps / r.raw_gbps; }},
+};
+
+// What the run learnt about the peer and the daemon's memory, for the output.
+struct RunInfo {
+  std::string redis;  // "redis-server 7.0.15 (hiredis, Unix socket, pipeline 64)" or a note
+  bool have_redis = false;
+  uint64_t redis_hwm = 0, redis_used = 0;
+  ProcMemory daemon_end;  // just before SIGTERM
+  uint64_t daemon_peak_anon = 0, daemon_peak_shmem = 0, daemon_peak_rss = 0, samples = 0;
 };
 
 template <typename Rep, size_t N>
 Stats Get(const std::vector<Rep>& reps, const Field<Rep> (&fields)[N], const char* name) {
+  static_assert(N > 0);
   for (const auto& f : fields) {
     if (std::strcmp(f.name, name) == 0) return Of(reps, f.get);
   }
   return Stats();
 }
 
+std::string JsonString(const std::string& v) {
+  std::string out = "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+    out += c;
+  }
+  return out + "\"";
+}
+
 void PrintJson(const Options& o, const std::vector<OpsRow>& ops,
-               const std::vector<BytesRow>& bytes) {
+               const std::vector<BytesRow>& bytes, const RunInfo& info) {
   const Shape& s = o.shape;
   std::printf("{\"bench\":\"io\",\"shape\":{\"name\":\"%s\",\"layers\":%u,\"q_heads\":%u,"
               "\"kv_heads\":%u,\"head_dim\":%u,\"dtype\":\"%s\"},\"reps\":%d,"
@@ -939,13 +1100,34 @@ void PrintJson(const Options& o, const std::vector<OpsRow>& ops,
     for (const auto& f : kBytesFields) {
       std::printf(",\"%s\":%s", f.name, Json(Of(r.reps, f.get)).c_str());
     }
+    if (info.have_redis) {
+      for (const auto& f : kRedisFields) {
+        std::printf(",\"%s\":%s", f.name, Json(Of(r.reps, f.get)).c_str());
+      }
+    }
     std::printf("}");
   }
-  std::printf("]}}\n");
+  std::printf("]},\"redis\":{\"used\":%s,\"what\":%s,\"pipeline\":%u,\"peak_rss_bytes\":%llu,"
+              "\"used_memory_bytes\":%llu}",
+              info.have_redis ? "true" : "false", JsonString(info.redis).c_str(), o.redis_pipeline,
+              static_cast<unsigned long long>(info.redis_hwm),
+              static_cast<unsigned long long>(info.redis_used));
+  std::printf(",\"daemon_memory\":{\"samples\":%llu,\"peak_rss_bytes\":%llu,"
+              "\"peak_rss_sampled_bytes\":%llu,\"peak_anon_bytes\":%llu,"
+              "\"peak_shmem_bytes\":%llu,\"end_rss_bytes\":%llu,\"end_anon_bytes\":%llu,"
+              "\"end_shmem_bytes\":%llu}}\n",
+              static_cast<unsigned long long>(info.samples),
+              static_cast<unsigned long long>(info.daemon_end.vm_hwm),
+              static_cast<unsigned long long>(info.daemon_peak_rss),
+              static_cast<unsigned long long>(info.daemon_peak_anon),
+              static_cast<unsigned long long>(info.daemon_peak_shmem),
+              static_cast<unsigned long long>(info.daemon_end.vm_rss),
+              static_cast<unsigned long long>(info.daemon_end.rss_anon),
+              static_cast<unsigned long long>(info.daemon_end.rss_shmem));
 }
 
 void PrintTable(const Options& o, const std::vector<OpsRow>& ops,
-                const std::vector<BytesRow>& bytes) {
+                const std::vector<BytesRow>& bytes, const RunInfo& info) {
   const Shape& s = o.shape;
   std::printf("kvkeep-bench io: shape %s (%u layers, %u/%u heads, head_dim %u, %s), %d reps, "
               "kvkeepd as a separate process on a Unix socket\n",
@@ -998,6 +1180,46 @@ void PrintTable(const Options& o, const std::vector<OpsRow>& ops,
                   Fmt(Get(r.reps, kBytesFields, "readkv_gbps"), "%.2f").c_str());
     }
     std::printf("   (GB/s columns are CPU-host figures of this machine; 1 GB = 1e9 bytes of K+V)\n");
+
+    std::printf("\n3. vs Redis: %s\n", info.redis.c_str());
+    std::printf("   same blobs (one value = keys+values of one chunk), same bytes; in-place = "
+                "AllocatePages + WriteInPlace (memcpy into mapped shm) + CommitTokens\n");
+    if (info.have_redis) {
+      std::printf("%6s %18s %18s %20s %20s %14s %14s %14s %14s\n", "page", "WriteKV / SET",
+                  "ReadKV / GET", "in-place/page / SET", "in-place/seq / SET", "SET GB/s",
+                  "GET GB/s", "SET / raw", "GET / raw");
+      for (const BytesRow& r : bytes) {
+        std::printf("%6u %18s %18s %20s %20s %14s %14s %14s %14s\n", r.tpp,
+                    Fmt(Get(r.reps, kRedisFields, "writekv_over_redis_set"), "%.2f").c_str(),
+                    Fmt(Get(r.reps, kRedisFields, "readkv_over_redis_get"), "%.2f").c_str(),
+                    Fmt(Get(r.reps, kRedisFields, "inplace_page_over_redis_set"), "%.2f").c_str(),
+                    Fmt(Get(r.reps, kRedisFields, "inplace_seq_over_redis_set"), "%.2f").c_str(),
+                    Fmt(Get(r.reps, kRedisFields, "redis_set_gbps"), "%.2f").c_str(),
+                    Fmt(Get(r.reps, kRedisFields, "redis_get_gbps"), "%.2f").c_str(),
+                    Fmt(Get(r.reps, kRedisFields, "redis_set_over_raw"), "%.2f").c_str(),
+                    Fmt(Get(r.reps, kRedisFields, "redis_get_over_raw"), "%.2f").c_str());
+      }
+    }
+    std::printf("%6s %20s %20s %22s %22s\n", "page", "in-place/page GB/s", "in-place/seq GB/s",
+                "in-place/page / raw", "in-place/seq / raw");
+    for (const BytesRow& r : bytes) {
+      std::printf("%6u %20s %20s %22s %22s\n", r.tpp,
+                  Fmt(Get(r.reps, kBytesFields, "inplace_page_gbps"), "%.2f").c_str(),
+                  Fmt(Get(r.reps, kBytesFields, "inplace_seq_gbps"), "%.2f").c_str(),
+                  Fmt(Get(r.reps, kBytesFields, "inplace_page_over_raw"), "%.2f").c_str(),
+                  Fmt(Get(r.reps, kBytesFields, "inplace_seq_over_raw"), "%.2f").c_str());
+    }
+  }
+  const double mib = 1048576.0;
+  std::printf("\nkvkeepd memory over the run (%llu samples, every 20 ms): peak RSS (VmHWM) %.1f MiB, "
+              "peak anonymous %.1f MiB, peak shared (arenas touched) %.1f MiB; at the end RSS "
+              "%.1f MiB, anonymous %.1f MiB\n",
+              static_cast<unsigned long long>(info.samples), info.daemon_end.vm_hwm / mib,
+              info.daemon_peak_anon / mib, info.daemon_peak_shmem / mib,
+              info.daemon_end.vm_rss / mib, info.daemon_end.rss_anon / mib);
+  if (info.have_redis) {
+    std::printf("redis-server: peak RSS (VmHWM) %.1f MiB, used_memory at the end %.1f MiB\n",
+                info.redis_hwm / mib, info.redis_used / mib);
   }
 }
 
@@ -1009,7 +1231,9 @@ int Run(const Options& o) {
                                                                    o.workers.end());
   const uint64_t heads = Heads(s);
   // Bytes path: every page size's workload stays allocated across the reps.
-  const uint64_t bytes_need = o.skip_bytes ? 0 : o.pages.size() * ((o.mib << 20) + (16 << 20));
+  // (plus one more workload's worth at a time for the in-place writes into fresh sequences).
+  const uint64_t bytes_need =
+      o.skip_bytes ? 0 : (o.pages.size() + 1) * ((o.mib << 20) + (16 << 20));
   // Control path: room for 16 ops per worker's sequence, twice over (arenas are host shared
   // memory, only touched pages cost RAM; the control path touches none).
   const uint64_t ops_need =
@@ -1039,8 +1263,35 @@ int Run(const Options& o) {
   }
   auto fail = [&](const std::string& what, const absl::Status& st) {
     std::fprintf(stderr, "\nkvkeep-bench io: %s: %s\n", what.c_str(), st.ToString().c_str());
-    return 1;  // the Daemon's destructor stops it and removes the data dir
+    return 1;  // the Daemon's (and RedisPeer's) destructor stops it and removes its dir
   };
+  RunInfo info;
+  MemorySampler sampler((*daemon)->pid(), 20);
+
+  // The Redis peer (bytes path only).
+  std::unique_ptr<RedisPeer> redis;
+  if (o.skip_bytes) {
+    info.redis = "not run (--ops_only)";
+  } else if (o.no_redis) {
+    info.redis = "not run (--no_redis)";
+  } else {
+    const std::string server = RedisPeer::FindServer(o.redis);
+    if (server.empty() && o.smoke && o.redis.empty()) {
+      info.redis = "skipped: no redis-server on $PATH (apt-get install redis-server)";
+      std::fprintf(stderr, "[io] note: %s\n", info.redis.c_str());
+    } else {
+      std::fprintf(stderr, "[io] starting redis-server %s\n", server.c_str());
+      auto peer = RedisPeer::Start(server);
+      if (!peer.ok()) {
+        return fail("Redis peer (use --no_redis to skip it)", peer.status());
+      }
+      redis = std::move(*peer);
+      info.have_redis = true;
+      info.redis = absl::StrCat(redis->Version(), ", private, Unix socket, no persistence; "
+                                "hiredis client, SET/GET pipelined ", o.redis_pipeline,
+                                " commands per batch");
+    }
+  }
 
   const ChannelOptions channel{.target = (*daemon)->target(),
                                .max_message_bytes = static_cast<int>(o.max_message_mib << 20)};
@@ -1092,6 +1343,21 @@ int Run(const Options& o) {
       std::memset(dst.data(), 0, dst.size());  // fault the raw copy's target in
     }
 
+    // Warm-up SET of every Redis value, not recorded, as the kvkeep pages were warmed by
+    // PrepareBytes' first WriteKV: a fresh server's first SETs also fault its memory in.
+    if (redis != nullptr) {
+      for (const BytesWorkload& wl : workloads) {
+        absl::Status st = redis->SetMany(wl.redis_keys, wl.redis_values, o.redis_pipeline);
+        if (!st.ok()) return fail("Redis warm-up", st);
+      }
+    }
+    // Warm-up of the in-place writes, not recorded: the first touch of the arena pages they
+    // land on (the client's page faults).
+    for (size_t i = 0; i < workloads.size(); ++i) {
+      auto g = MeasureInPlace(*clients[0], workloads[i], o, bytes[i].tpp, /*per_page=*/false,
+                              /*verify=*/false);
+      if (!g.ok()) return fail("in-place warm-up", g.status());
+    }
     // Warm-up, not recorded: connections, the daemon's threads and its allocator.
     if (!ops.empty()) {
       Options warm = o;
@@ -1117,8 +1383,19 @@ int Run(const Options& o) {
                      bytes[i].tpp);
         auto r = MeasureBytes(*clients[0], workloads[i], o, dst, /*verify=*/rep == 0);
         if (!r.ok()) return fail("bytes path", r.status());
-        std::fprintf(stderr, " raw %.2f GB/s, WriteKV %.2f, ReadKV %.2f\n", r->raw_gbps,
-                     r->write_gbps, r->read_gbps);
+        if (redis != nullptr) {
+          absl::Status st = MeasureRedis(*redis, workloads[i], o, /*verify=*/rep == 0, &*r);
+          if (!st.ok()) return fail("Redis SET/GET", st);
+        }
+        for (bool per_page : {true, false}) {
+          auto g = MeasureInPlace(*clients[0], workloads[i], o, bytes[i].tpp, per_page,
+                                  /*verify=*/rep == 0);
+          if (!g.ok()) return fail("in-place write", g.status());
+          (per_page ? r->inplace_page_gbps : r->inplace_seq_gbps) = *g;
+        }
+        std::fprintf(stderr, " raw %.2f GB/s, WriteKV %.2f, ReadKV %.2f, SET %.2f, GET %.2f, "
+                     "in-place %.2f / %.2f\n", r->raw_gbps, r->write_gbps, r->read_gbps,
+                     r->set_gbps, r->get_gbps, r->inplace_page_gbps, r->inplace_seq_gbps);
         bytes[i].reps.push_back(*r);
       }
     }
@@ -1136,6 +1413,20 @@ int Run(const Options& o) {
     clients.clear();
     admin.reset();
   }
+  sampler.Stop();
+  info.daemon_end = ReadProcMemory((*daemon)->pid());
+  info.daemon_peak_anon = std::max(sampler.max_rss_anon(), info.daemon_end.rss_anon);
+  info.daemon_peak_shmem = std::max(sampler.max_rss_shmem(), info.daemon_end.rss_shmem);
+  info.daemon_peak_rss = std::max(sampler.max_vm_rss(), info.daemon_end.vm_rss);
+  info.samples = sampler.samples();
+  if (redis != nullptr) {
+    info.redis_used = redis->UsedMemory();
+    info.redis_hwm = ReadProcMemory(redis->pid()).vm_hwm;
+    if (!redis->Stop()) {
+      std::fprintf(stderr, "kvkeep-bench io: redis-server did not stop on SHUTDOWN/SIGTERM\n");
+      exit_code = 1;
+    }
+  }
   const auto stop_start = Clock::now();
   if (!(*daemon)->Stop()) {
     std::fprintf(stderr, "kvkeep-bench io: kvkeepd did not stop cleanly on SIGTERM\n");
@@ -1143,9 +1434,9 @@ int Run(const Options& o) {
   }
   std::fprintf(stderr, "[io] done, kvkeepd stopped in %.1f s\n", SecondsSince(stop_start));
   if (o.json) {
-    PrintJson(o, ops, bytes);
+    PrintJson(o, ops, bytes, info);
   } else {
-    PrintTable(o, ops, bytes);
+    PrintTable(o, ops, bytes, info);
   }
   return exit_code;
 }
@@ -1157,13 +1448,17 @@ int RunIoBench(int argc, char** argv) {
   const int parsed = ParseFlags(argc, argv, &o);
   if (parsed == -1) return 0;
   if (parsed != 0) return parsed;
+  InstallBenchSignalHandlers();
+  return Run(o);
+}
+
+void InstallBenchSignalHandlers() {
   struct sigaction action {};
   action.sa_handler = OnSignal;
   sigemptyset(&action.sa_mask);
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  return Run(o);
 }
 
 }  // namespace kvkeep::bench

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "bench/io_bench.h"
+#include "bench/mem_bench.h"
 #include "bench/score_bench.h"
 #include "bench/spill_bench.h"
 
@@ -21,6 +22,8 @@ Commands:
           WriteKV/ReadKV vs a raw Unix-socket copy (kvkeep-bench io --help)
   spill   spill/restore of whole sequences vs raw RocksDB Put/Get and a file write+fsync
           (kvkeep-bench spill --help)
+  mem     kvkeepd's own memory: metadata bytes per page, bytes per committed token, peak RSS
+          (kvkeep-bench mem --help)
 
 Every command prints a table (or --json), repeats each measurement and reports
 median, min and max.
@@ -37,6 +40,7 @@ int main(int argc, char** argv) {
   if (cmd == "score") return RunScoreBench(argc - 1, argv + 1);
   if (cmd == "io") return kvkeep::bench::RunIoBench(argc - 1, argv + 1);
   if (cmd == "spill") return kvkeep::bench::RunSpillBench(argc - 1, argv + 1);
+  if (cmd == "mem") return kvkeep::bench::RunMemBench(argc - 1, argv + 1);
   std::fprintf(stderr, "kvkeep-bench: unknown command \"%s\" (see kvkeep-bench --help)\n",
                cmd.c_str());
   return 2;
