@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "bench/io_bench.h"
 #include "bench/mem_bench.h"
@@ -24,12 +25,53 @@ Commands:
           (kvkeep-bench spill --help)
   mem     kvkeepd's own memory: metadata bytes per page, bytes per committed token, peak RSS
           (kvkeep-bench mem --help)
+  all     score, io, spill and mem one after the other with their defaults
+          (--smoke: tiny sizes, a few seconds; --json: each prints its JSON object)
 
 Every command prints a table (or --json), repeats each measurement and reports
 median, min and max.
 )";
 
 }  // namespace
+
+// Runs every benchmark in turn; stops at the first that fails and returns its code.
+int RunAll(int argc, char** argv) {
+  bool smoke = false, json = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--smoke") {
+      smoke = true;
+    } else if (a == "--json") {
+      json = true;
+    } else {
+      std::fprintf(stderr, "kvkeep-bench all: unknown flag %s (only --smoke and --json)\n", a.c_str());
+      return 2;
+    }
+  }
+  struct Step {
+    const char* name;
+    int (*run)(int, char**);
+    std::vector<std::string> smoke_args;
+  };
+  const std::vector<Step> steps = {
+      {"score", &kvkeep::bench::RunScoreBench, {"--shape", "small", "--ctx", "256", "--reps", "1"}},
+      {"io", &kvkeep::bench::RunIoBench, {"--smoke"}},
+      {"spill", &kvkeep::bench::RunSpillBench, {"--smoke"}},
+      {"mem", &kvkeep::bench::RunMemBench, {"--smoke"}},
+  };
+  for (const Step& step : steps) {
+    std::vector<std::string> args = {step.name};
+    if (smoke) args.insert(args.end(), step.smoke_args.begin(), step.smoke_args.end());
+    if (json) args.push_back("--json");
+    std::vector<char*> argv_step;
+    for (auto& a : args) argv_step.push_back(a.data());
+    argv_step.push_back(nullptr);
+    std::fprintf(stderr, "== kvkeep-bench %s\n", step.name);
+    const int rc = step.run(static_cast<int>(args.size()), argv_step.data());
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
 
 int main(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
@@ -41,6 +83,7 @@ int main(int argc, char** argv) {
   if (cmd == "io") return kvkeep::bench::RunIoBench(argc - 1, argv + 1);
   if (cmd == "spill") return kvkeep::bench::RunSpillBench(argc - 1, argv + 1);
   if (cmd == "mem") return kvkeep::bench::RunMemBench(argc - 1, argv + 1);
+  if (cmd == "all") return RunAll(argc - 1, argv + 1);
   std::fprintf(stderr, "kvkeep-bench: unknown command \"%s\" (see kvkeep-bench --help)\n",
                cmd.c_str());
   return 2;
