@@ -18,8 +18,10 @@
 // after a reset the pool is empty (nothing leaked).
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -101,7 +103,8 @@ class World {
   // Deletes every tenant and creates the two of the harness again (after an input changed
   // persisted state: models, quotas, policies, tenants).
   void Rebuild() {
-    for (const v1::TenantInfo& t : engine_->ListTenants().tenants()) {
+    const v1::ListTenantsReply tenants = engine_->ListTenants();
+    for (const v1::TenantInfo& t : tenants.tenants()) {
       absl::Status deleted = engine_->DeleteTenant(t.name(), /*force=*/true).status();
       FUZZ_CHECK(deleted.ok(), deleted.ToString());
     }
@@ -142,7 +145,8 @@ class World {
     if (dirty_) {
       Rebuild();
     } else {
-      for (const v1::SequenceInfo& info : engine_->ListSequences("").sequences()) {
+      const v1::ListSequencesReply all = engine_->ListSequences("");
+      for (const v1::SequenceInfo& info : all.sequences()) {
         v1::SequenceRef ref;
         ref.set_tenant(info.tenant());
         ref.set_sequence_id(info.sequence_id());
@@ -176,8 +180,10 @@ class World {
     const int caller = flags & 1;
     const std::string& tenant = kTenants[caller];
     const bool raw_session = flags & 2, raw_sequence = flags & 4, no_session = flags & 8;
-    const Known* target = nullptr;  // the sequence the request names, when the harness picked it
-    if (!raw_sequence && !known_.empty()) target = &known_[seq_pick % known_.size()];
+    // The sequence the request names, when the harness picked it (a copy: known_ may grow).
+    std::optional<Known> picked;
+    if (!raw_sequence && !known_.empty()) picked = known_[seq_pick % known_.size()];
+    const Known* target = picked.has_value() ? &*picked : nullptr;
     auto fix = [&](auto* request, bool session_optional) {
       if (!raw_session) {
         request->set_session_id(session_optional && no_session ? ""
@@ -404,9 +410,10 @@ class World {
           auto table = engine_->GetSequence(kTenants[target->owner], target->id, false);
           if (!table.ok()) return;
           for (const auto& h : table->heads()) {
-            if (h.pages_size() > 0) arena = static_cast<uint32_t>(h.pages(0) >> 32);
+            if (h.pages_size() == 0) continue;
+            arena = static_cast<uint32_t>(h.pages(0) >> 32);
+            owner = target->owner;  // an arena that holds the target's pages
           }
-          owner = target->owner;
         }
         status = engine_->GetArena(tenant, arena).status();
         if (owner >= 0 && owner != caller) {
@@ -442,6 +449,10 @@ class World {
       }
       case kOpCount:
         return;
+    }
+    if (trace_) {
+      std::fprintf(stderr, "op %d tenant %s seq %s: %s\n", static_cast<int>(op), tenant.c_str(),
+                   named.c_str(), status.ToString().c_str());
     }
     FUZZ_CHECK_STATUS_MESSAGE(status);
     if (!named.empty()) CheckNotCrossTenant(caller, named, status, op);
@@ -545,6 +556,8 @@ class World {
   std::vector<std::string> sessions_[2];
   std::vector<Known> known_;
   bool dirty_ = false;
+  // KVKEEP_FUZZ_TRACE=1: print every command and its status (to read a reproducer).
+  const bool trace_ = std::getenv("KVKEEP_FUZZ_TRACE") != nullptr;
 
  public:
   const std::string& dir() const { return dir_; }
@@ -567,6 +580,11 @@ World* TheWorld() {
 
 }  // namespace
 }  // namespace kvkeep::fuzz
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  kvkeep::fuzz::SilenceProtobufLogs();
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   kvkeep::fuzz::FuzzInput in(data, size);

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "google/protobuf/stubs/logging.h"
 
 namespace kvkeep::fuzz {
 
@@ -55,6 +56,10 @@ inline void AppendRecord(const std::string& bytes, std::string* out) {
   out->push_back(static_cast<char>(n >> 8));
   out->append(bytes, 0, n);
 }
+
+// Parsing hostile bytes makes protobuf log (e.g. invalid UTF-8 in a string field) on every input:
+// slow and noisy. Called from each target's LLVMFuzzerInitialize.
+inline void SilenceProtobufLogs() { google::protobuf::SetLogHandler(nullptr); }
 
 // An invariant broke: print it and abort, so libFuzzer keeps the input as a crash.
 [[noreturn]] inline void Fail(const char* file, int line, const std::string& what) {

@@ -144,6 +144,11 @@ void ScoreAll(const Model& model, const SequenceTable& table, const SequenceStat
 }  // namespace
 }  // namespace kvkeep::fuzz
 
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  kvkeep::fuzz::SilenceProtobufLogs();
+  return 0;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace kvkeep;
   using namespace kvkeep::fuzz;

@@ -69,6 +69,11 @@ void CheckGram(const Model& model, const v1::WoGram& gram, const absl::Status& s
 }  // namespace
 }  // namespace kvkeep::fuzz
 
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  kvkeep::fuzz::SilenceProtobufLogs();
+  return 0;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace kvkeep;
   using namespace kvkeep::fuzz;

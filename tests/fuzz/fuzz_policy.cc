@@ -13,6 +13,11 @@
 #include "service/policy_convert.h"
 #include "tests/fuzz/fuzz_input.h"
 
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  kvkeep::fuzz::SilenceProtobufLogs();
+  return 0;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace kvkeep;
   using namespace kvkeep::fuzz;
