@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "bench/child_process.h"
 #include "absl/synchronization/mutex.h"
 #include "bench/mem_bench.h"
 #include "bench/redis_peer.h"
@@ -392,25 +393,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const std::string& binary,
                                    absl::StrCat("--max_message_mib=", max_message_mib),
                                    "--backend=cpu"};
   for (auto& a : extra_args) args.push_back(std::move(a));
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) _exit(1);
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd >= 0) {
-      dup2(fd, STDOUT_FILENO);
-      dup2(fd, STDERR_FILENO);
-      close(fd);
-    }
-    execv(argv[0], argv.data());
-    std::fprintf(stderr, "exec %s: %s\n", argv[0], std::strerror(errno));
-    _exit(127);
-  }
+  ASSIGN_OR_RETURN(const pid_t pid, SpawnLogged(std::move(args), log));
   d->pid_ = pid;
   g_daemon_pid = pid;
   d->target_ = "unix:" + d->dir_ + "/kvkeepd.sock";

@@ -17,6 +17,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "bench/child_process.h"
+#include "common/status_macros.h"
 
 namespace kvkeep::bench {
 namespace {
@@ -115,25 +117,7 @@ absl::StatusOr<std::unique_ptr<RedisPeer>> RedisPeer::Start(const std::string& b
                                    "--maxmemory", "0",
                                    "--logfile", "",
                                    "--databases", "1"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) _exit(1);
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd >= 0) {
-      dup2(fd, STDOUT_FILENO);
-      dup2(fd, STDERR_FILENO);
-      close(fd);
-    }
-    execv(argv[0], argv.data());
-    std::fprintf(stderr, "exec %s: %s\n", argv[0], std::strerror(errno));
-    _exit(127);
-  }
+  ASSIGN_OR_RETURN(const pid_t pid, SpawnLogged(std::move(args), log));
   peer->pid_ = pid;
   g_redis_pid = pid;
   const auto t0 = Clock::now();
