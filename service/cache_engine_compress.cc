@@ -37,8 +37,8 @@ absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
     if (t != tenants_.end()) tenant_default = t->second.record.policy();
   }
   ASSIGN_OR_RETURN(ResolvedPolicy resolved, ResolvePolicy(policy, tenant_default));
-  // Scoring memory is reused per thread: executor threads for Compress, gRPC threads for the
-  // decode-time eviction inside CommitTokens.
+  // Scoring memory is reused per thread (executor threads: Compress, and the CommitTokens of
+  // tenants whose policy can trigger decode-time eviction).
   thread_local CompressScratch scratch;
   ASSIGN_OR_RETURN(CompressOutcome outcome,
                    CompressSequence(*seq->model, seq->table, seq->stats, resolved.policy,

@@ -323,8 +323,26 @@ grpc::ServerUnaryReactor* KvCacheService::AllocatePages(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* KvCacheService::CommitTokens(grpc::CallbackServerContext* context,
                                                        const v1::CommitRequest* request,
                                                        v1::CommitReply* reply) {
-  return Unary(context, reply,
-               [&](const std::string& t) { return engine_->CommitTokens(t, *request); });
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  if (!tenant.ok()) {
+    reactor->Finish(ToGrpcStatus(tenant.status()));
+    return reactor;
+  }
+  auto commit = [this, reactor, request, reply, tenant = *tenant] {
+    auto result = engine_->CommitTokens(tenant, *request);
+    if (result.ok()) *reply = std::move(*result);
+    reactor->Finish(ToGrpcStatus(result.status()));
+  };
+  // A tenant whose policy has max_tokens may get a decode-time compression inside the commit:
+  // that runs on the executor. Plain commits stay on the gRPC thread (the hot path).
+  absl::StatusOr<v1::Policy> policy = engine_->GetPolicy(*tenant);
+  if (policy.ok() && policy->has_max_tokens()) {
+    executor_->Schedule(std::move(commit));
+  } else {
+    commit();
+  }
+  return reactor;
 }
 
 grpc::ServerReadReactor<v1::KvChunk>* KvCacheService::WriteKV(grpc::CallbackServerContext* context,
