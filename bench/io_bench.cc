@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/rep_stats.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -297,20 +298,6 @@ int ParseFlags(int argc, char** argv, Options* o) {
 
 // ---- Statistics ------------------------------------------------------------------------------
 
-struct Stats {
-  double median = 0, min = 0, max = 0;
-};
-
-Stats Summarise(std::vector<double> v) {
-  Stats s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.min = v.front();
-  s.max = v.back();
-  const size_t n = v.size();
-  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-  return s;
-}
 
 // Nearest-rank percentile of latencies in nanoseconds; reorders `v`.
 double Percentile(std::vector<int64_t>& v, double p) {

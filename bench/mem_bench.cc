@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/rep_stats.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -293,20 +294,6 @@ struct Rep {
   double seconds = 0;
 };
 
-struct Stats {
-  double median = 0, min = 0, max = 0;
-};
-
-Stats Summarise(std::vector<double> v) {
-  Stats s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.min = v.front();
-  s.max = v.back();
-  const size_t n = v.size();
-  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-  return s;
-}
 
 double Anon(pid_t pid) { return static_cast<double>(ReadProcMemory(pid).anonymous); }
 

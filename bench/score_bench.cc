@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/rep_stats.h"
 #include "service/eviction/layer_inputs.h"
 #include "service/eviction/policy.h"
 #include "service/eviction/scorers.h"
@@ -48,20 +49,6 @@ struct Options {
   std::vector<ScorerKind> scorers;
 };
 
-struct Stats {
-  double median = 0, min = 0, max = 0;
-};
-
-Stats Summarise(std::vector<double> v) {
-  Stats s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.min = v.front();
-  s.max = v.back();
-  const size_t n = v.size();
-  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-  return s;
-}
 
 template <typename Fn>
 double Seconds(Fn fn) {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/rep_stats.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -446,20 +447,6 @@ struct Rep {
   double blob_ratio;              // blob-file bytes written / page bytes
 };
 
-struct Stat {
-  double median = 0, min = 0, max = 0;
-};
-
-Stat Of(std::vector<double> v) {
-  Stat s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.min = v.front();
-  s.max = v.back();
-  size_t n = v.size();
-  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-  return s;
-}
 
 struct Row {
   uint32_t tokens;
@@ -487,25 +474,25 @@ const Field kFields[] = {
     {"blob_bytes_per_page_byte", [](const Rep& r) { return r.blob_ratio; }},
 };
 
-Stat StatOf(const Row& row, const char* name) {
+Stats StatOf(const Row& row, const char* name) {
   for (const Field& f : kFields) {
     if (!std::strcmp(f.name, name)) {
       std::vector<double> v;
       for (const Rep& r : row.reps) v.push_back(f.get(r));
-      return Of(v);
+      return Summarise(v);
     }
   }
   return {};
 }
 
-std::string Cell(const Stat& s, const char* spec) {
+std::string Cell(const Stats& s, const char* spec) {
   char fmt[64], buf[96];
   std::snprintf(fmt, sizeof fmt, "%s [%s,%s]", spec, spec, spec);
   std::snprintf(buf, sizeof buf, fmt, s.median, s.min, s.max);
   return buf;
 }
 
-std::string Json(const Stat& s) {
+std::string Json(const Stats& s) {
   char buf[128];
   std::snprintf(buf, sizeof buf, "{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}", s.median, s.min,
                 s.max);
@@ -650,9 +637,9 @@ void PrintTable(const Options& o, uint64_t page_bytes, const std::vector<Row>& r
   std::printf("%7s %22s %14s %22s %18s\n", "tokens", "restore s", "prefill s", "prefill / restore",
               "blob B / page B");
   for (const Row& r : rows) {
-    Stat restore = StatOf(r, "restore_s");
+    Stats restore = StatOf(r, "restore_s");
     double prefill = r.tokens / o.prefill_tps;
-    Stat speedup{prefill / restore.median, prefill / restore.max, prefill / restore.min};
+    Stats speedup{prefill / restore.median, prefill / restore.max, prefill / restore.min};
     std::printf("%7u %22s %14.3f %22s %18s\n", r.tokens, Cell(restore, "%.3f").c_str(), prefill,
                 Cell(speedup, "%.1f").c_str(),
                 Cell(StatOf(r, "blob_bytes_per_page_byte"), "%.3f").c_str());
