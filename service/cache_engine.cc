@@ -441,7 +441,7 @@ absl::Status CacheEngine::AllocateCharged(const std::string& tenant, const PageG
     // A tenant's own hard maximum is not pool pressure; anything else may be relieved by
     // spilling cold sequences, once.
     if (attempt > 0 || status.message().find("quota exceeded") != absl::string_view::npos ||
-        RelievePressure(bytes) == 0) {
+        RelievePressure(bytes, tenant) == 0) {
       break;
     }
   }

@@ -30,7 +30,9 @@
 #include "kvkeep/v1/records.pb.h"
 #include "service/executor.h"
 #include "service/model_layout.h"
+#include "service/page_costs.h"
 #include "service/page_pool.h"
+#include "service/pool_shares.h"
 #include "service/sequence_stats.h"
 #include "service/sequence_table.h"
 #include "service/session_sink.h"
@@ -48,6 +50,10 @@ struct EngineOptions {
   uint32_t max_sessions_per_tenant = 4096;       // Default: 4096
   double low_free = 0.05;   // Default: spill when less than 5 % of the pool is free...
   double high_free = 0.10;  // Default: ...until 10 % is free (overridden by persisted values)
+  // How pool pressure frees pages (docs/architecture.md, "Pool allocation"): kLru spills whole
+  // least-recently-used sequences (lossless, restorable); kCapacity first drops the globally
+  // cheapest whole pages by capacity cost (lossy), then spills.
+  PressurePolicy pressure_policy = PressurePolicy::kLru;  // Default: lru
 };
 
 // Fills an ArenaExport from what the pool knows.
@@ -162,6 +168,9 @@ class CacheEngine {
     // A restore could not delete the disk copy: Spill and Drop delete it first.
     bool stale_spill_copy ABSL_GUARDED_BY(mu) = false;
     uint64_t spilled_bytes ABSL_GUARDED_BY(mu) = 0;
+    // Capacity cost of each page (pool pressure under kCapacity); refreshed on the background
+    // thread, invalidated by Compress.
+    PageCosts costs ABSL_GUARDED_BY(mu);
 
     // Protected by CacheEngine::mu_.
     std::string owner_session;                 // empty once its session ended
@@ -176,6 +185,7 @@ class CacheEngine {
     uint64_t used_bytes = 0;
     uint64_t used_pages = 0;
     uint64_t spilled_bytes = 0;
+    uint64_t pressure_evicted_pages = 0;  // pages dropped by capacity-aware pressure relief
     absl::flat_hash_set<std::string> sessions;
     absl::flat_hash_map<std::string, std::shared_ptr<Sequence>> sequences;
     absl::flat_hash_map<std::string, std::shared_ptr<const Model>> models;
@@ -220,7 +230,19 @@ class CacheEngine {
   // Spills cold sequences until an allocation of `want_bytes` fits and the high watermark is
   // free (or nothing more can go). Returns the device bytes freed. Never blocks on a busy
   // sequence.
-  uint64_t RelievePressure(uint64_t want_bytes);
+  // `requester`: the tenant whose allocation asked ("" for the watermark thread); it decides
+  // whether tenants between guarantee and fair share may lose pages (pool_shares.h).
+  uint64_t RelievePressure(uint64_t want_bytes, const std::string& requester = "");
+  // Pool pressure, split by policy (cache_engine_pressure.cc). Bytes freed still needed beyond
+  // free bytes: the allocation's shortfall and the high watermark.
+  uint64_t PressureTarget(uint64_t want_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t SpillLeastRecent(uint64_t target);
+  uint64_t RelieveByCapacity(uint64_t want_bytes, const std::string& requester);
+  // Computes the page costs of unleased device sequences whose costs are missing or stale.
+  void RefreshPageCosts();
+  // Every tenant's fair share of the pool (pool_shares.h); `requester` counts as active.
+  absl::flat_hash_map<std::string, uint64_t> FairSharesLocked(const std::string& requester) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Schedules RelievePressure on the background thread when free bytes are below the low mark.
   void MaybeRelievePressureLater();
   v1::SequenceInfo InfoOf(Sequence& seq) const;
@@ -253,6 +275,8 @@ class CacheEngine {
   v1::Watermarks watermarks_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> spills_{0}, restores_{0}, spill_errors_{0};
   std::atomic<bool> relief_scheduled_{false};
+  std::atomic<uint64_t> pressure_evicted_pages_{0}, pressure_evicted_tokens_{0},
+      pressure_spills_{0}, page_cost_passes_{0};
   // Last member: its thread must stop before the state above goes.
   std::unique_ptr<Executor> background_;
 };

@@ -31,6 +31,8 @@ v1::TenantInfo CacheEngine::TenantInfoLocked(const Tenant& t) const {
   info.set_created_unix(t.record.created_unix());
   info.set_spill_quota_bytes(t.record.spill_quota_bytes());
   info.set_spilled_bytes(t.spilled_bytes);
+  info.set_fair_share_bytes(FairSharesLocked("")[t.record.name()]);
+  info.set_pressure_evicted_pages(t.pressure_evicted_pages);
   return info;
 }
 
@@ -218,6 +220,11 @@ v1::DaemonStatus CacheEngine::Status() const {
   s.set_spills(spills_.load());
   s.set_restores(restores_.load());
   s.set_spill_errors(spill_errors_.load());
+  s.set_pressure_policy(PressurePolicyName(options_.pressure_policy));
+  s.set_pressure_evicted_pages(pressure_evicted_pages_.load());
+  s.set_pressure_evicted_tokens(pressure_evicted_tokens_.load());
+  s.set_pressure_spills(pressure_spills_.load());
+  s.set_page_cost_passes(page_cost_passes_.load());
   s.set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
   return s;
 }

@@ -1,5 +1,5 @@
 // CacheEngine: the spill tier (design.md §6) — explicit Spill/Restore, transparent restore,
-// pool-pressure spilling between watermarks, and the restorable sequences found at start.
+// and the restorable sequences found at start (pool pressure: cache_engine_pressure.cc).
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -304,66 +304,6 @@ absl::StatusOr<v1::DropReply> CacheEngine::AdminDrop(const v1::SequenceRef& ref)
   ASSIGN_OR_RETURN(auto seq, FindSequence(ref.tenant(), ref.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
   return DropHeld(seq.get(), "", ref.force());
-}
-
-void CacheEngine::MaybeRelievePressureLater() {
-  if (spill_ == nullptr) return;
-  {
-    absl::MutexLock lock(&mu_);
-    const double capacity = static_cast<double>(pool_.options().capacity_bytes);
-    if (capacity - static_cast<double>(used_bytes_) >= watermarks_.low_free() * capacity) return;
-  }
-  if (relief_scheduled_.exchange(true)) return;
-  background_->Schedule([this] {
-    relief_scheduled_ = false;
-    RelievePressure(0);
-  });
-}
-
-uint64_t CacheEngine::RelievePressure(uint64_t want_bytes) {
-  if (spill_ == nullptr) return 0;
-  // Candidates: unleased device sequences, tenants above their guarantee first, then least
-  // recently used.
-  struct Candidate {
-    std::shared_ptr<Sequence> seq;
-    bool over_guarantee;
-    absl::Time last_access;
-  };
-  std::vector<Candidate> candidates;
-  uint64_t target = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    const uint64_t capacity = pool_.options().capacity_bytes;
-    const uint64_t high_free =
-        static_cast<uint64_t>(watermarks_.high_free() * static_cast<double>(capacity));
-    const uint64_t free_now = capacity - std::min(capacity, used_bytes_);
-    // Enough for the allocation that asked (its shortfall), and back to the high watermark.
-    target = std::max(want_bytes > free_now ? want_bytes - free_now : 0,
-                      high_free > free_now ? high_free - free_now : 0);
-    if (target == 0) return 0;
-    for (auto& [name, t] : tenants_) {
-      const bool over = t.used_bytes > t.record.quota_bytes();
-      for (auto& [id, seq] : t.sequences) {
-        if (seq->leases.empty()) candidates.push_back({seq, over, seq->last_access});
-      }
-    }
-  }
-  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
-    if (a.over_guarantee != b.over_guarantee) return a.over_guarantee;
-    return a.last_access < b.last_access;
-  });
-  uint64_t freed = 0;
-  for (Candidate& c : candidates) {
-    if (freed >= target) break;
-    // Never wait on a busy sequence: its holder may be the allocation that asked for room.
-    if (!c.seq->mu.TryLock()) continue;
-    if (!c.seq->dropped && !c.seq->spilled) {
-      const uint64_t before = c.seq->table.page_count() * c.seq->model->geometry().page_bytes;
-      if (SpillHeld(c.seq.get(), "", /*ignore_leases=*/false).ok()) freed += before;
-    }
-    c.seq->mu.Unlock();
-  }
-  return freed;
 }
 
 }  // namespace kvkeep

@@ -38,6 +38,9 @@ ABSL_FLAG(uint64_t, spill_block_cache_mib, 32, "Block cache of the spill databas
 ABSL_FLAG(uint64_t, spill_min_blob_bytes, 4096, "Spilled values this large go to blob files");
 ABSL_FLAG(uint64_t, spill_rate_limit_mib, 0,
           "Limit on background spill-database writes, MiB/s (0 = none)");
+ABSL_FLAG(std::string, pressure_policy, "lru",
+          "How pool pressure frees pages: lru (spill whole least-recently-used sequences, "
+          "lossless) or capacity (drop the cheapest whole pages by capacity cost, then spill)");
 ABSL_FLAG(int, compress_threads, 2, "Threads that run Compress (scoring and compaction)");
 ABSL_FLAG(int, keepalive_seconds, 10, "Keepalive ping interval that detects lost workers");
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
@@ -116,6 +119,12 @@ int main(int argc, char** argv) {
   options.spill_min_blob_bytes = absl::GetFlag(FLAGS_spill_min_blob_bytes);
   options.spill_rate_limit_mib = absl::GetFlag(FLAGS_spill_rate_limit_mib);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  if (!kvkeep::ParsePressurePolicy(absl::GetFlag(FLAGS_pressure_policy),
+                                   &options.pressure_policy)) {
+    std::fprintf(stderr, "kvkeepd: --pressure_policy must be lru or capacity, not \"%s\"\n",
+                 absl::GetFlag(FLAGS_pressure_policy).c_str());
+    return 2;
+  }
   // The default port is best effort (another daemon on the host may hold it); a given one is not.
   options.metrics_optional = !FlagGiven(argc, argv, "metrics_address");
   if (!(options.low_free >= 0 && options.low_free <= options.high_free &&

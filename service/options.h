@@ -6,6 +6,7 @@
 #include <string>
 
 #include "gpu/backend.h"
+#include "service/pool_shares.h"
 
 namespace kvkeep {
 
@@ -28,6 +29,8 @@ struct ServiceOptions {
   uint64_t spill_block_cache_mib = 32;  // Default: 32 MiB block cache of the spill database
   uint64_t spill_min_blob_bytes = 4096;  // Default: values >= 4 KiB go to blob files
   uint64_t spill_rate_limit_mib = 0;     // Default: 0 = no limit on background disk writes
+  // Default: lru. How pool pressure frees pages (docs/architecture.md, "Pool allocation").
+  PressurePolicy pressure_policy = PressurePolicy::kLru;
   int compress_threads = 2;      // Default: 2 threads for Compress (scoring + compaction)
   int keepalive_seconds = 10;    // Default: 10 s between keepalive pings on idle sessions
   // Default: 127.0.0.1:9464. HTTP GET /metrics (Prometheus text format); "" turns it off.

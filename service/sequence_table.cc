@@ -163,4 +163,24 @@ uint64_t SequenceTable::page_count() const {
   return n;
 }
 
+absl::Status SequenceTable::RemoveFullPage(uint32_t head, uint32_t page_index,
+                                           std::vector<uint64_t>* freed_pages) {
+  if (head >= heads_.size()) {
+    return absl::OutOfRangeError(absl::StrCat("head ", head, " of ", heads_.size()));
+  }
+  Head& h = heads_[head];
+  const uint64_t end = (uint64_t{page_index} + 1) * tokens_per_page_;
+  if (page_index >= h.pages.size() || end > h.count) {
+    return absl::OutOfRangeError(absl::StrCat("page ", page_index, " of head ", head,
+                                              " is not full of committed tokens (", h.count,
+                                              " tokens, ", h.pages.size(), " pages)"));
+  }
+  freed_pages->push_back(h.pages[page_index]);
+  h.pages.erase(h.pages.begin() + page_index);
+  const auto first = h.positions.begin() + static_cast<ptrdiff_t>(end - tokens_per_page_);
+  h.positions.erase(first, first + tokens_per_page_);
+  h.count -= tokens_per_page_;
+  return absl::OkStatus();
+}
+
 }  // namespace kvkeep

@@ -60,6 +60,14 @@ class SequenceTable {
   absl::Status Compact(uint32_t head, absl::Span<const int32_t> kept_indices,
                        std::vector<uint64_t>* freed_pages);
 
+  // Pool-pressure eviction of one whole page (docs/architecture.md, pool allocation): the
+  // committed tokens in slots [page_index * tpp, (page_index + 1) * tpp) of `head` leave it with
+  // their page; the later pages keep their bytes and simply move up one place in the list, so no
+  // byte moves. The page must be full of committed tokens. Appends the page to *freed_pages.
+  // OUT_OF_RANGE (nothing changes) otherwise.
+  absl::Status RemoveFullPage(uint32_t head, uint32_t page_index,
+                              std::vector<uint64_t>* freed_pages);
+
   // Every page of every head (to free them).
   std::vector<uint64_t> AllPages() const;
 

@@ -117,6 +117,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   engine_options.pool.capacity_bytes = options.pool_bytes;
   engine_options.pool.arena_bytes = options.arena_bytes;
   engine_options.max_message_bytes = options.max_message_bytes;
+  engine_options.pressure_policy = options.pressure_policy;
   ASSIGN_OR_RETURN(server->engine_,
                    CacheEngine::Create(server->backend_.get(), server->store_.get(),
                                        engine_options, server->spill_.get()));
