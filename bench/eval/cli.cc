@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "bench/eval/pool_scenario.h"
 #include "bench/eval/report.h"
 #include "bench/eval/runner.h"
 #include "bench/eval/synth.h"
@@ -31,6 +32,7 @@ Usage:
   kvkeep-eval synth  --profile NAME|all --out DIR [--seed N] [sizes...]
   kvkeep-eval run    --data DIR [--policy P,...] [--allocation A,...] [--keep R,...] [--json]
   kvkeep-eval scores --data DIR --layer L --policy P --out FILE.npy
+  kvkeep-eval pool   [--sequences N] [--budget F] [--seeds S,...] [--layers L] [--tokens-per-page T]
   kvkeep-eval help
 
 synth: writes a synthetic trace (meta.json + L{l}.{q,qpre,k,v,wo}.npy) carrying the attention
@@ -70,6 +72,13 @@ run: the first `prefix` positions are the cache, the rest are held-out future qu
 
 scores: per-token scores of one layer's prefix, float32 [kv_heads, prefix] (policy `oracle`:
   the attention mass the future queries pay; `oracle-out`: the output change of evicting each token alone).
+
+pool: several synthetic sequences (profiles and lengths cycle) share one pool holding --budget
+  (default 0.4) of their cached tokens; compares capacity-aware global page eviction (the daemon's
+  --pressure_policy=capacity), its per-token variant, per-sequence uniform budgets (pages, and
+  capkv tokens), and LRU whole-sequence spilling (spilled = lost, or restored with the bytes read
+  back). Relative output error on every sequence's held-out future queries; defaults --sequences 8
+  --seeds 1,2,3 --layers 2 --tokens-per-page 16 (docs/quality.md, "Capacity across sequences").
 
 Examples:
   kvkeep-eval synth --profile mixed --out /tmp/kv/mixed
@@ -240,6 +249,37 @@ absl::Status Scores(const std::vector<std::string>& args, std::ostream& out) {
   return absl::OkStatus();
 }
 
+absl::Status Pool(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  ASSIGN_OR_RETURN(Flags f, ParseFlags(args, 1,
+                                       {"sequences", "budget", "seeds", "layers",
+                                        "tokens-per-page"},
+                                       {"quiet"}));
+  PoolScenarioOptions o;
+  RETURN_IF_ERROR(IntFlag(f, "sequences", &o.sequences));
+  RETURN_IF_ERROR(IntFlag(f, "layers", &o.layers));
+  RETURN_IF_ERROR(IntFlag(f, "tokens-per-page", &o.tokens_per_page));
+  if (auto it = f.values.find("budget"); it != f.values.end()) {
+    if (!absl::SimpleAtod(it->second, &o.budget)) {
+      return absl::InvalidArgumentError(absl::StrCat("--budget: \"", it->second,
+                                                     "\" is not a number"));
+    }
+  }
+  if (auto it = f.values.find("seeds"); it != f.values.end()) {
+    o.seeds.clear();
+    for (const std::string& s : List(it->second)) {
+      uint64_t v;
+      if (!absl::SimpleAtoi(s, &v)) {
+        return absl::InvalidArgumentError(absl::StrCat("--seeds: \"", s, "\" is not an integer"));
+      }
+      o.seeds.push_back(v);
+    }
+  }
+  ASSIGN_OR_RETURN(PoolScenarioReport report,
+                   RunPoolScenario(o, f.switches.count("quiet") ? nullptr : &err));
+  out << FormatPoolTable(report);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
@@ -265,9 +305,11 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
     status = Run(args, out, err);
   } else if (cmd == "scores") {
     status = Scores(args, out);
+  } else if (cmd == "pool") {
+    status = Pool(args, out, err);
   } else {
     status = absl::InvalidArgumentError(
-        absl::StrCat("unknown command \"", cmd, "\" (synth, run, scores, help)"));
+        absl::StrCat("unknown command \"", cmd, "\" (synth, run, scores, pool, help)"));
   }
   if (status.ok()) return 0;
   err << "kvkeep-eval " << cmd << ": " << status.message() << "\n";
