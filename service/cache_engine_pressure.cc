@@ -187,7 +187,10 @@ uint64_t CacheEngine::RelieveByCapacity(uint64_t want_bytes, const std::string& 
     absl::flat_hash_map<std::string, uint64_t> shares = FairSharesLocked(requester);
     const eviction::Policy defaults;
     for (auto& [name, t] : tenants_) {
-      standings[name] = {t.used_bytes, t.record.quota_bytes(), shares[name]};
+      // The asking tenant stands as it will after its allocation: at or above its share it may
+      // still displace its own pages, never other tenants' within their shares.
+      const uint64_t used = name == requester ? t.used_bytes + want_bytes : t.used_bytes;
+      standings[name] = {used, t.record.quota_bytes(), shares[name]};
       const v1::Policy& p = t.record.policy();
       for (auto& [id, seq] : t.sequences) {
         if (!seq->leases.empty()) continue;

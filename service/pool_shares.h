@@ -63,7 +63,8 @@ struct VictimCandidate {
 // (or nothing more is allowed): tier 1 takes a page only from a tenant that stays at or above its
 // share, tier 2 (skipped when `requester` is a tenant above its share) only from one that stays at
 // or above its guarantee; within a tier, cheapest first (ties: least recently used). `tenants`
-// holds every candidate's tenant; the standings are updated as pages are chosen.
+// holds every candidate's tenant; the standings are updated as pages are chosen. The caller
+// counts the requester's pending allocation in its standing (the engine does).
 std::vector<size_t> ChooseVictims(const std::vector<VictimCandidate>& candidates,
                                   absl::flat_hash_map<std::string, TenantStanding>* tenants,
                                   uint64_t target, const std::string& requester);
