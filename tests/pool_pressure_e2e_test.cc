@@ -51,6 +51,11 @@ class PoolPressureE2eTest : public ::testing::Test {
     }
   }
 
+  void TearDown() override {
+    clients_.clear();
+    daemon_.Stop(SIGTERM);  // a clean shutdown removes the daemon's shared-memory arenas
+  }
+
   // A retained, released sequence with one page per scale.
   std::string Make(const std::string& tenant, const std::vector<float>& scales) {
     Client& c = *clients_[tenant];
