@@ -544,6 +544,18 @@ std::string RenderMetrics(const v1::DaemonStatus& s, const PoolStats& pool,
   WriteCounter(&w, "kvkeep_spill_errors_total",
                "Disk or RocksDB errors met while spilling or restoring, since start.",
                s.spill_errors());
+  w.Family("kvkeep_pressure_evictions_total", "counter",
+           "What pool pressure freed since start, by reason: capacity = whole pages dropped as "
+           "the cheapest by capacity cost (--pressure_policy=capacity, lossy), spill = pages of "
+           "sequences spilled by pressure (lossless).");
+  w.Sample("kvkeep_pressure_evictions_total", {{"reason", "capacity"}},
+           s.pressure_evicted_pages());
+  WriteCounter(&w, "kvkeep_pressure_spills_total",
+               "Sequences spilled by pool pressure since start (included in kvkeep_spills_total).",
+               s.pressure_spills());
+  WriteCounter(&w, "kvkeep_page_cost_passes_total",
+               "Sequences whose per-page capacity costs were (re)computed since start.",
+               s.page_cost_passes());
 
   // Per tenant, bounded: the biggest tenants by bytes held, the rest summed as "_other".
   std::vector<const v1::TenantInfo*> tenants;
@@ -574,6 +586,9 @@ std::string RenderMetrics(const v1::DaemonStatus& s, const PoolStats& pool,
       other.set_sessions(other.sessions() + t.sessions());
       other.set_sequences(other.sequences() + t.sequences());
       other.set_arenas(other.arenas() + t.arenas());
+      other.set_fair_share_bytes(other.fair_share_bytes() + t.fair_share_bytes());
+      other.set_pressure_evicted_pages(other.pressure_evicted_pages() +
+                                       t.pressure_evicted_pages());
     }
     rows.push_back(std::move(other));
   }
@@ -609,6 +624,16 @@ std::string RenderMetrics(const v1::DaemonStatus& s, const PoolStats& pool,
   per_tenant("kvkeep_tenant_arenas",
              "Arenas a tenant owns (each exported to its workers: shm or CUDA IPC mappings).",
              [](const v1::TenantInfo& t) { return static_cast<double>(t.arenas()); });
+
+  per_tenant("kvkeep_tenant_fair_share_bytes",
+             "A tenant's fair share: guarantee + unreserved pool x weight / active weights.",
+             [](const v1::TenantInfo& t) { return static_cast<double>(t.fair_share_bytes()); });
+  w.Family("kvkeep_tenant_pressure_evicted_pages_total", "counter",
+           "A tenant's pages dropped by capacity-aware pool pressure since start.");
+  for (const v1::TenantInfo& t : rows) {
+    w.Sample("kvkeep_tenant_pressure_evicted_pages_total", {{"tenant", t.name()}},
+             t.pressure_evicted_pages());
+  }
 
   metrics.Write(&w);
   return w.Take();
