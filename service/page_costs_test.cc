@@ -3,7 +3,9 @@
 #include <cmath>
 #include <random>
 
+#include "gpu/cpu/cpu_backend.h"
 #include "gtest/gtest.h"
+#include "service/eviction/naive_reference.h"
 
 namespace kvkeep {
 namespace {
@@ -112,6 +114,95 @@ TEST(SequenceTableRemoveFullPage, DropsThePagesTokensAndKeepsTheRestInOrder) {
   EXPECT_EQ(table.RemoveFullPage(7, 0, &freed).code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(table.head(0).count, 6u);
   EXPECT_EQ(freed.size(), 1u);
+}
+
+}  // namespace
+}  // namespace kvkeep
+
+namespace kvkeep {
+namespace {
+
+// The capkv path end to end: keys and values written into real pool pages (cpu backend), query
+// moments applied as a worker sends them; the costs must be the page sums of −log(1 − s_j) with
+// s_j from the independent double-precision capkv reference.
+TEST(ComputePageCosts, AnchoredCostsArePageSumsOfTheCapKvReference) {
+  v1::ModelLayout l;
+  l.set_name("m");
+  l.set_layers(2);
+  l.set_q_heads(2);
+  l.set_kv_heads(1);
+  l.set_head_dim(16);
+  l.set_dtype(v1::DTYPE_FP32);
+  l.set_tokens_per_page(8);
+  auto model = Model::FromLayout(l);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const PageGeometry& g = model->geometry();
+  auto backend = CreateBackend({.kind = BackendKind::kCpu, .shm_prefix = "kvkeep-pagecosttest"});
+  ASSERT_TRUE(backend.ok());
+  PagePool pool(backend->get(), {.capacity_bytes = 64 * g.page_bytes, .arena_bytes = 64 * g.page_bytes});
+  const uint32_t n = 44, pages_per_head = 6;  // 5 full pages + a partial one
+  SequenceTable table(2, 8);
+  std::vector<std::vector<float>> keys(2), values(2);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  for (uint32_t h = 0; h < 2; ++h) {
+    std::vector<uint64_t> pages;
+    std::vector<ArenaInfo> arenas;
+    ASSERT_TRUE(pool.Allocate("t", g, pages_per_head, &pages, &arenas).ok());
+    table.AppendPages(h, pages);
+    keys[h].resize(n * 16);
+    values[h].resize(n * 16);
+    for (float& x : keys[h]) x = normal(rng);
+    for (float& x : values[h]) x = normal(rng) * (1 + (&x - values[h].data()) / 16 % 3);
+    for (uint32_t j = 0; j < n; ++j) {
+      Arena* arena = pool.ArenaOf(pages[j / 8]);
+      const size_t base = size_t{PageRef::Unpack(pages[j / 8]).index} * g.page_bytes +
+                          size_t{j % 8} * g.token_bytes;
+      ASSERT_TRUE((*backend)->Write(*arena, base, &keys[h][j * 16], g.token_bytes).ok());
+      ASSERT_TRUE(
+          (*backend)->Write(*arena, base + g.value_offset, &values[h][j * 16], g.token_bytes).ok());
+    }
+  }
+  ASSERT_TRUE(table.Commit(n, {}).ok());
+  SequenceStats stats;
+  PageCostScratch scratch;
+  // Without query moments: the unweighted estimate.
+  auto plain = ComputePageCosts(*model, table, stats, **backend, pool, scratch);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->from_query_moments);
+  std::vector<double> gram, lev;
+  UnweightedLeverage(values[1].data(), n, 16, &gram, &lev);
+  double page2 = 0;
+  for (uint32_t j = 16; j < 24; ++j) page2 += TokenCapacityCost(lev[j]);
+  EXPECT_NEAR(plain->per_head[1][2], page2, 1e-9);
+
+  for (uint32_t layer = 0; layer < 2; ++layer) {
+    v1::LayerStats s;
+    s.set_layer(layer);
+    s.set_query_count(5);
+    for (int i = 0; i < 2 * 16; ++i) s.add_query_sum(5 * normal(rng));
+    ASSERT_TRUE(ApplyLayerStats(*model, table, s, &stats).ok());
+  }
+  auto costs = ComputePageCosts(*model, table, stats, **backend, pool, scratch);
+  ASSERT_TRUE(costs.ok()) << costs.status();
+  EXPECT_TRUE(costs->from_query_moments);
+  EXPECT_TRUE(costs->FreshFor(table));
+  eviction::Policy capkv;
+  capkv.scorer = eviction::ScorerKind::kCapKv;
+  for (uint32_t layer = 0; layer < 2; ++layer) {
+    eviction::LayerInputs in;
+    const float* k = keys[layer].data();
+    const float* v = values[layer].data();
+    BuildLayerInputs(*model, table, stats, capkv, layer, absl::MakeConstSpan(&k, 1),
+                     absl::MakeConstSpan(&v, 1), &in);
+    const std::vector<std::vector<double>> s = eviction::naive::Score(capkv, in);
+    ASSERT_EQ(costs->per_head[layer].size(), pages_per_head);
+    for (uint32_t p = 0; p < pages_per_head; ++p) {
+      double want = 0;
+      for (uint32_t j = p * 8; j < std::min(n, (p + 1) * 8); ++j) want += TokenCapacityCost(s[0][j]);
+      EXPECT_NEAR(costs->per_head[layer][p], want, 1e-4 * (1 + want)) << layer << " " << p;
+    }
+  }
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 // over-committed pool shared by three tenants; a guaranteed tenant's allocation frees the
 // cheapest pages of the others (checked token by token through GetSequence and ReadKV), then,
 // when dropping pages is not enough, the least recently used sequence is spilled.
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -150,6 +153,21 @@ TEST_F(PoolPressureE2eTest, GuaranteedTenantGetsTheCheapestPagesThenSpills) {
   ASSERT_OK(clients_["c"]->Drop(c));
   ASSERT_OK(clients_["a"]->Acquire(a));
   EXPECT_EQ(Surviving("a", a, sa), (std::vector<int32_t>{0, 4, 5}));
+}
+
+TEST(PressurePolicyFlag, UnknownPolicyStopsTheDaemonWithExitStatus2) {
+  const std::string cmd = absl::StrCat(DaemonProcess::BinaryDir(), "/kvkeepd --data_dir=",
+                                       ::testing::TempDir(), "/pressure-flag-unused",
+                                       " --pressure_policy=oldest 2>&1");
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[256];
+  while (fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  const int status = pclose(p);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 2);
+  EXPECT_NE(out.find("--pressure_policy must be lru or capacity"), std::string::npos) << out;
 }
 
 }  // namespace
