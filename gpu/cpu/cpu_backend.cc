@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "common/status_macros.h"
 
 namespace kvkeep {
 namespace {
@@ -44,6 +45,15 @@ class ShmArena final : public Arena {
   const ArenaHandle handle_;
   void* const data_;
 };
+
+// The host arena behind `arena`, or INVALID_ARGUMENT when it belongs to another backend.
+absl::StatusOr<ShmArena*> Own(const Arena& arena) {
+  auto* shm = dynamic_cast<const ShmArena*>(&arena);
+  if (shm == nullptr) {
+    return absl::InvalidArgumentError("arena does not belong to the cpu backend");
+  }
+  return const_cast<ShmArena*>(shm);
+}
 
 class CpuBackend final : public Backend {
  public:
@@ -83,7 +93,8 @@ class CpuBackend final : public Backend {
   }
 
   absl::Status Write(Arena& arena, std::size_t offset, const void* src, std::size_t n) override {
-    auto& a = static_cast<ShmArena&>(arena);
+    ASSIGN_OR_RETURN(ShmArena * owned, Own(arena));
+    ShmArena& a = *owned;
     if (!RangeInside(a.size(), offset, n)) {
       return absl::OutOfRangeError(absl::StrCat("write of ", n, " bytes at ", offset,
                                                 " outside arena of ", a.size(), " bytes"));
@@ -94,7 +105,8 @@ class CpuBackend final : public Backend {
 
   absl::Status Read(const Arena& arena, std::size_t offset, void* dst,
                     std::size_t n) const override {
-    auto& a = static_cast<const ShmArena&>(arena);
+    ASSIGN_OR_RETURN(const ShmArena* owned, Own(arena));
+    const ShmArena& a = *owned;
     if (!RangeInside(a.size(), offset, n)) {
       return absl::OutOfRangeError(absl::StrCat("read of ", n, " bytes at ", offset,
                                                 " outside arena of ", a.size(), " bytes"));
@@ -105,13 +117,24 @@ class CpuBackend final : public Backend {
 
   absl::Status Copy(const Arena& src, std::size_t src_offset, Arena& dst, std::size_t dst_offset,
                     std::size_t n) override {
-    auto& s = static_cast<const ShmArena&>(src);
-    auto& d = static_cast<ShmArena&>(dst);
-    if (!RangeInside(s.size(), src_offset, n) || !RangeInside(d.size(), dst_offset, n)) {
-      return absl::OutOfRangeError("copy outside arena bounds");
+    ASSIGN_OR_RETURN(const ShmArena* s, Own(src));
+    ASSIGN_OR_RETURN(ShmArena * d, Own(dst));
+    if (!RangeInside(s->size(), src_offset, n) || !RangeInside(d->size(), dst_offset, n)) {
+      return absl::OutOfRangeError(absl::StrCat("copy of ", n, " bytes from ", src_offset,
+                                                " to ", dst_offset, " outside arenas of ",
+                                                s->size(), " and ", d->size(), " bytes"));
     }
-    std::memmove(d.data() + dst_offset, s.data() + src_offset, n);
+    std::memmove(d->data() + dst_offset, s->data() + src_offset, n);
     return absl::OkStatus();
+  }
+
+  absl::Status CopyBatch(absl::Span<const CopyOp> ops) override {
+    // Every arena is checked before the first byte moves.
+    for (const CopyOp& op : ops) {
+      if (op.src != nullptr) RETURN_IF_ERROR(Own(*op.src).status());
+      if (op.dst != nullptr) RETURN_IF_ERROR(Own(*op.dst).status());
+    }
+    return Backend::CopyBatch(ops);
   }
 
  private:
