@@ -40,10 +40,10 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
       auto cuda = CreateCudaBackend(options);
       // A bad --cuda_device is the operator's mistake, not a missing device: say so.
       if (cuda.ok() || absl::IsInvalidArgument(cuda.status())) return cuda;
-      std::fprintf(stderr, "kvkeepd: backend auto: using cpu (cuda unavailable: %s)\n",
+      std::fprintf(stderr, "kvkeep: backend auto: using cpu (cuda unavailable: %s)\n",
                    std::string(cuda.status().message()).c_str());
 #else
-      std::fprintf(stderr, "kvkeepd: backend auto: using cpu (built without CUDA)\n");
+      std::fprintf(stderr, "kvkeep: backend auto: using cpu (built without CUDA)\n");
 #endif
       return CreateCpuBackend(options);
     }

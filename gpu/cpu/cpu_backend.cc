@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
@@ -129,12 +130,44 @@ class CpuBackend final : public Backend {
   }
 
   absl::Status CopyBatch(absl::Span<const CopyOp> ops) override {
-    // Every arena is checked before the first byte moves.
+    // Every arena and range is checked before the first byte moves.
     for (const CopyOp& op : ops) {
       if (op.src != nullptr) RETURN_IF_ERROR(Own(*op.src).status());
       if (op.dst != nullptr) RETURN_IF_ERROR(Own(*op.dst).status());
     }
-    return Backend::CopyBatch(ops);
+    bool overlap = false;
+    RETURN_IF_ERROR(CheckCopyBatch(ops, &overlap));
+    auto src_of = [](const CopyOp& op) {
+      return static_cast<const ShmArena*>(op.src)->data() + op.src_offset;
+    };
+    auto dst_of = [](const CopyOp& op) {
+      return static_cast<const ShmArena*>(op.dst)->data() + op.dst_offset;
+    };
+    if (!overlap) {
+      // No source is written by the batch: any order is the parallel assignment.
+      for (const CopyOp& op : ops) {
+        if (op.n != 0) std::memcpy(dst_of(op), src_of(op), op.n);
+      }
+      return absl::OkStatus();
+    }
+    // Gather every source first, then scatter (the same two phases as the CUDA kernel launches).
+    std::size_t total = 0;
+    for (const CopyOp& op : ops) {
+      if (op.n > SIZE_MAX - total) return absl::ResourceExhaustedError("copy batch too large");
+      total += op.n;
+    }
+    std::vector<uint8_t> scratch(total);
+    std::size_t at = 0;
+    for (const CopyOp& op : ops) {
+      if (op.n != 0) std::memcpy(scratch.data() + at, src_of(op), op.n);
+      at += op.n;
+    }
+    at = 0;
+    for (const CopyOp& op : ops) {
+      if (op.n != 0) std::memcpy(dst_of(op), scratch.data() + at, op.n);
+      at += op.n;
+    }
+    return absl::OkStatus();
   }
 
  private:
