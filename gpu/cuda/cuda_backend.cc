@@ -19,6 +19,7 @@
 #include "gpu/cuda/batch_copy.cuh"
 #include "gpu/cuda/cuda_devices.h"
 #include "gpu/cuda/cuda_status.h"
+#include "gpu/cuda/scoring/cuda_layer_scorer.h"
 
 namespace kvkeep {
 namespace {
@@ -131,7 +132,8 @@ absl::Status Settle(StreamSlot& s, absl::Status so_far) {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, std::string uuid, std::string summary)
-      : device_(device), uuid_(std::move(uuid)), summary_(std::move(summary)) {}
+      : device_(device), uuid_(std::move(uuid)), summary_(std::move(summary)),
+        scorer_(CreateCudaLayerScorer(device)) {}
 
   ~CudaBackend() override {
     // No call is in flight (the caller's contract), so every slot is idle and in free_.
@@ -143,6 +145,8 @@ class CudaBackend final : public Backend {
   std::string name() const override { return "cuda"; }
   std::string device() const override { return absl::StrCat("cuda:", device_, " ", summary_); }
   int device_ordinal() const override { return device_; }
+  // Scoring on this device (gpu/cuda/scoring/); thread-safe, calls serialised.
+  DeviceLayerScorer* layer_scorer() override { return scorer_.get(); }
 
   const void* DeviceAddress(const Arena& arena) const override {
     auto owned = Own(arena);
@@ -424,6 +428,7 @@ class CudaBackend final : public Backend {
   const int device_;
   const std::string uuid_;
   const std::string summary_;
+  const std::unique_ptr<DeviceLayerScorer> scorer_;
 
   // The stream slots. Leasing is const: Read() is const and needs a stream like any call.
   mutable absl::Mutex mu_;
