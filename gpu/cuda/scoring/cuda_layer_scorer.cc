@@ -15,15 +15,13 @@
 #include "common/status_macros.h"
 #include "gpu/cuda/cuda_status.h"
 #include "gpu/cuda/scoring/blas_status.h"
+#include "gpu/cuda/scoring/layer_plan.h"
 #include "gpu/cuda/scoring/scoring_kernels.h"
-#include "gpu/math/rope_math.h"
-#include "gpu/math/scoring_math.h"
 
 namespace kvkeep {
 namespace {
 
 namespace cs = ::kvkeep::cuda_scoring;
-namespace gm = ::kvkeep::gpu_math;
 using Kind = DeviceScorerKind;
 
 // Byte offsets of the buffers of one call inside one allocation (device) or its upload image
@@ -44,8 +42,8 @@ class Plan {
 
 constexpr size_t kNone = ~size_t{0};
 
-bool WindowScorer(Kind k) { return k == Kind::kTova || k == Kind::kSnapKv || k == Kind::kLaProx; }
-bool CapScorer(Kind k) { return k == Kind::kCapKv || k == Kind::kCapKvDot || k == Kind::kCapKvGreedy; }
+bool WindowScorer(Kind k) { return cuda_scoring::IsWindowScorer(k); }
+bool CapScorer(Kind k) { return cuda_scoring::IsCapScorer(k); }
 
 class CudaLayerScorer final : public DeviceLayerScorer {
  public:
@@ -153,101 +151,17 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
   const DeviceScorerParams& p = r.scorer;
   const Kind kind = p.kind;
   const DeviceScorerNeeds needs = DeviceNeeds(kind);
+  const cs::LayerPlan lp = cs::PlanLayer(r);
   const int Hk = r.kv_heads, H = r.q_heads, G = H / Hk, d = r.head_dim;
-  const int rd = r.rope.rotary_dim == 0 ? d : r.rope.rotary_dim;
-  const float inv_sqrt_d = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-
-  // Heads, positions, next position.
-  std::vector<cs::HeadSpan> spans(Hk);
-  std::vector<int64_t> starts(Hk + 1, 0);
-  int64_t max_position = -1;
-  int max_n = 0, max_m = 0, max_window_adds = 0;
-  int64_t max_picks = 0;
-  for (int g = 0; g < Hk; ++g) {
-    const DeviceHeadRequest& h = r.heads[g];
-    cs::HeadSpan& s = spans[g];
-    s.n = h.n;
-    s.offset = starts[g];
-    starts[g + 1] = starts[g] + h.n;
-    s.s0 = std::min(p.sinks, h.n);
-    s.m = h.n - s.s0;
-    s.nc = std::max(0, s.m - std::min(p.window, s.m));
-    s.picks = p.greedy_picks > 0 ? std::min<int64_t>(p.greedy_picks, s.nc) : s.nc;
-    switch (kind) {
-      case Kind::kSnapKv:
-        s.begin = 0;
-        s.end = h.n - std::min(p.window, h.n);
-        break;
-      case Kind::kExpected:
-      case Kind::kCapKv:
-      case Kind::kCapKvDot:
-        s.begin = s.s0;
-        s.end = h.n;
-        break;
-      case Kind::kCapKvGreedy:
-        s.begin = s.s0;
-        s.end = s.s0 + s.nc;
-        break;
-      default:
-        s.begin = 0;
-        s.end = h.n;
-        break;
-    }
-    if (h.n > 0) max_position = std::max<int64_t>(max_position, h.positions ? h.positions[h.n - 1] : h.n - 1);
-    max_n = std::max(max_n, h.n);
-    max_m = std::max(max_m, s.m);
-    max_window_adds = std::max(max_window_adds, s.m - s.nc);
-    max_picks = std::max(max_picks, s.picks);
-  }
-  const int64_t next = r.next_position != 0 ? r.next_position : max_position + 1;
-
-  // Window attention rows (tova: the last query of each q head; snapkv / laprox: every window
-  // query), each head's probabilities at p_offset[g].
-  const int rows = kind == Kind::kTova ? 1 : r.window;
-  std::vector<int64_t> p_offset(Hk, 0);
-  std::vector<cs::SoftmaxRow> softmax_rows;
-  int64_t p_floats = 0;
-  if (WindowScorer(kind)) {
-    for (int g = 0; g < Hk; ++g) {
-      const DeviceHeadRequest& h = r.heads[g];
-      p_offset[g] = p_floats;
-      for (int q = 0; q < G; ++q) {
-        for (int i = 0; i < rows; ++i) {
-          const int64_t qpos = kind == Kind::kTova ? next - 1 : next - r.window + i;
-          softmax_rows.push_back(cs::SoftmaxRow{p_floats + (static_cast<int64_t>(q) * rows + i) * h.n,
-                                                h.n, gm::VisibleCount(h.positions, h.n, qpos), 1.0f});
-        }
-      }
-      p_floats += static_cast<int64_t>(G) * rows * h.n;
-    }
-  } else if (kind == Kind::kExpected || CapScorer(kind)) {
-    // One row per (KV head, q head) over the non-sink tokens of the [G][N] logits.
-    const float scale = kind == Kind::kExpected ? 1.0f / static_cast<float>(G) : 1.0f;
-    for (int g = 0; g < Hk; ++g) {
-      if (spans[g].m == 0) continue;
-      for (int q = 0; q < G; ++q) {
-        softmax_rows.push_back(cs::SoftmaxRow{q * N + starts[g] + spans[g].s0, spans[g].m,
-                                              spans[g].m, scale});
-      }
-    }
-  }
-
-  // Runs to gather.
-  std::vector<cs::GatherRun> runs;
-  if (needs.keys || needs.values) {
-    for (int g = 0; g < Hk; ++g) {
-      int64_t dst = starts[g];
-      for (const DeviceTokenRun& run : r.heads[g].runs) {
-        if (run.tokens == 0) continue;
-        runs.push_back(cs::GatherRun{run.keys, run.values, run.tokens, dst});
-        dst += run.tokens;
-      }
-    }
-  }
-
-  // The capkv Cholesky batch: every (KV head, q head) with non-sink tokens.
-  int chol_batch = 0;
-  for (int g = 0; g < Hk; ++g) chol_batch += spans[g].m > 0 ? G : 0;
+  const int rd = lp.rotary_dim;
+  const float inv_sqrt_d = lp.inv_sqrt_d;
+  const std::vector<cs::HeadSpan>& spans = lp.spans;
+  const std::vector<int64_t>& starts = lp.starts;
+  const std::vector<cs::SoftmaxRow>& softmax_rows = lp.softmax_rows;
+  const std::vector<cs::GatherRun>& runs = lp.runs;
+  const std::vector<int64_t>& p_offset = lp.p_offset;
+  const int rows = lp.rows, max_n = lp.max_n, max_m = lp.max_m, chol_batch = lp.chol_batch;
+  const int64_t p_floats = lp.p_floats, next = lp.next;
 
   // ---- plan: upload image first (same offsets on both sides), then device-only scratch.
   Plan plan;
@@ -307,67 +221,22 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
   // ---- pack the upload image.
   std::memcpy(U(o_spans), spans.data(), sizeof(cs::HeadSpan) * Hk);
   std::memcpy(U(o_starts), starts.data(), sizeof(int64_t) * (Hk + 1));
-  {
-    int32_t* pos = reinterpret_cast<int32_t*>(U(o_pos));
-    for (int g = 0; g < Hk; ++g) {
-      const DeviceHeadRequest& h = r.heads[g];
-      for (int j = 0; j < h.n; ++j) pos[starts[g] + j] = h.positions ? h.positions[j] : j;
-    }
-  }
+  std::memcpy(U(o_pos), lp.positions.data(), sizeof(int32_t) * N);
   if (!runs.empty()) std::memcpy(U(o_runs), runs.data(), sizeof(cs::GatherRun) * runs.size());
   if (!softmax_rows.empty()) {
     std::memcpy(U(o_rows), softmax_rows.data(), sizeof(cs::SoftmaxRow) * softmax_rows.size());
   }
   std::memcpy(U(o_poff), p_offset.data(), sizeof(int64_t) * Hk);
-  if (with_mass) {
-    float* mass = reinterpret_cast<float*>(U(o_mass));
-    for (int h = 0; h < H; ++h) {
-      const int g = h / G, q = h % G;
-      if (r.heads[g].n > 0) {
-        std::memcpy(mass + q * N + starts[g], r.attention_mass[h], sizeof(float) * r.heads[g].n);
-      }
-    }
-  }
+  if (with_mass) cs::PackMass(r, lp, reinterpret_cast<float*>(U(o_mass)));
   if (o_wq != kNone) std::memcpy(U(o_wq), r.window_queries, sizeof(float) * qd * r.window);
   if (with_gram) std::memcpy(U(o_gram_in), r.wo_gram, sizeof(float) * qd * d);
-  // R̄ of the layer (expected, capkv*), as eviction::AveragedRotation.
-  std::vector<double> cos_mean(rd / 2), sin_mean(rd / 2);
-  if (needs.query_moments) {
-    for (int i = 0; i < rd / 2; ++i) {
-      const double f = r.rope.inv_freq == nullptr ? gm::RopeInvFreq(r.rope.theta, i, rd)
-                                                  : static_cast<double>(r.rope.inv_freq[i]);
-      gm::AveragedCosSin(static_cast<double>(next), p.rope_horizon, f, &cos_mean[i], &sin_mean[i]);
-    }
-  }
-  const double inv_count = r.query_count > 0 ? 1.0 / static_cast<double>(r.query_count) : 0.0;
   if (expected) {
-    float* mu = reinterpret_cast<float*>(U(o_mu));
-    std::vector<float> var_discard(d);
-    for (int h = 0; h < H; ++h) {
-      float* var = with_var ? reinterpret_cast<float*>(U(o_var)) + static_cast<int64_t>(h) * d
-                            : var_discard.data();
-      gm::ExpectedQueryTerms(r.query_sum + static_cast<int64_t>(h) * d,
-                             with_var ? r.query_sq_sum + static_cast<int64_t>(h) * d : nullptr,
-                             inv_count, d, mu + static_cast<int64_t>(h) * d, var);
-    }
-    float* cf = reinterpret_cast<float*>(U(o_cos));
-    float* sf = reinterpret_cast<float*>(U(o_sin));
-    for (int i = 0; i < rd / 2; ++i) {
-      cf[i] = static_cast<float>(cos_mean[i]);
-      sf[i] = static_cast<float>(-sin_mean[i]);
-    }
+    cs::ExpectedTerms(r, lp, reinterpret_cast<float*>(U(o_mu)),
+                      with_var ? reinterpret_cast<float*>(U(o_var)) : nullptr,
+                      reinterpret_cast<float*>(U(o_cos)), reinterpret_cast<float*>(U(o_sin)));
   }
   if (CapScorer(kind)) {
-    float* anchor = reinterpret_cast<float*>(U(o_anchor));
-    float* anorm = reinterpret_cast<float*>(U(o_anorm));
-    std::vector<double> a(d);
-    for (int h = 0; h < H; ++h) {
-      gm::AnchorQuery(r.query_sum + static_cast<int64_t>(h) * d, inv_count, cos_mean.data(),
-                      sin_mean.data(), d, rd, r.rope.interleaved, a.data());
-      float* af = anchor + static_cast<int64_t>(h) * d;
-      for (int i = 0; i < d; ++i) af[i] = static_cast<float>(a[i]);
-      anorm[h] = std::sqrt(gm::SquaredNorm(af, d));
-    }
+    cs::CapAnchors(r, lp, reinterpret_cast<float*>(U(o_anchor)), reinterpret_cast<float*>(U(o_anorm)));
   }
   if (capkv) {
     double** chol = reinterpret_cast<double**>(U(o_chol_ptrs));
@@ -551,10 +420,10 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
         gv.d = d;
         gv.group = G;
         RETURN_IF_ERROR(launch(cs::LaunchGreedyInit(gv, stream_), "greedy init kernel"));
-        for (int k = 0; k < max_window_adds; ++k) {  // the window is kept anyway
+        for (int k = 0; k < lp.max_window_adds; ++k) {  // the window is kept anyway
           RETURN_IF_ERROR(launch(cs::LaunchGreedyAdd(gv, k, stream_), "greedy add kernels"));
         }
-        for (int64_t step = 0; step < max_picks; ++step) {
+        for (int64_t step = 0; step < lp.max_picks; ++step) {
           RETURN_IF_ERROR(launch(cs::LaunchGreedySelect(gv, step, stream_), "greedy select kernel"));
           RETURN_IF_ERROR(launch(cs::LaunchGreedyAdd(gv, -1, stream_), "greedy add kernels"));
         }

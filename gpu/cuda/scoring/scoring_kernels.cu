@@ -4,6 +4,8 @@
 // doubles (8 KiB) plus 32 reduction slots per block.
 #include "gpu/cuda/scoring/scoring_kernels.h"
 
+#include "gpu/cuda/scoring/scoring_elements.h"
+
 #include <math.h>
 
 #include "gpu/device_scoring.h"
@@ -34,20 +36,6 @@ __device__ int64_t GlobalThread() {
 }
 __device__ int64_t GlobalStride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 
-// KV head holding flat token t: the last g with starts[g] <= t (empty heads are skipped over).
-__device__ int HeadOf(const Heads& h, int64_t t) {
-  int lo = 0, hi = h.kv_heads - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (h.starts[mid] <= t) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  return lo;
-}
-
 // Block-wide reductions (blockDim.x == kThreads); every thread gets the result.
 template <typename T, typename Op>
 __device__ T BlockReduce(T x, Op op, T identity) {
@@ -72,61 +60,19 @@ struct SumOp {
 // ---------------------------------------------------------------------------------------------
 
 template <int kDtype>
-__device__ float LoadElement(const void* base, int64_t i) {
-  if constexpr (kDtype == 0) {
-    return static_cast<const float*>(base)[i];
-  } else if constexpr (kDtype == 1) {
-    return gm::HalfBitsToFloat(static_cast<const uint16_t*>(base)[i]);
-  } else {
-    return gm::Bf16BitsToFloat(static_cast<const uint16_t*>(base)[i]);
-  }
-}
-
-template <int kDtype>
 __global__ void GatherKernel(GatherView v) {
   for (int r = blockIdx.x; r < v.num_runs; r += gridDim.x) {
-    const GatherRun run = v.runs[r];
-    const int64_t count = static_cast<int64_t>(run.tokens) * v.d;
-    const int64_t dst = run.dst * v.d;
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-      if (v.keys_out != nullptr) v.keys_out[dst + i] = LoadElement<kDtype>(run.keys, i);
-      if (v.values_out != nullptr) v.values_out[dst + i] = LoadElement<kDtype>(run.values, i);
-    }
+    const int64_t count = static_cast<int64_t>(v.runs[r].tokens) * v.d;
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) GatherAt<kDtype>(v, r, i);
   }
 }
 
 __global__ void TokenScoresKernel(TokenScoresView v) {
-  const float inv_g = 1.0f / static_cast<float>(v.group);
-  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) {
-    const int g = HeadOf(v.heads, t);
-    const int64_t j = t - v.heads.starts[g];
-    const int32_t pos = v.positions[t];
-    float s = 0.0f;
-    switch (v.mode) {
-      case TokenMode::kStreaming:
-        s = static_cast<float>(j);
-        break;
-      case TokenMode::kRandom:
-        s = gm::CounterUniform(v.seed, v.layer, static_cast<uint64_t>(g),
-                               static_cast<uint64_t>(pos));
-        break;
-      case TokenMode::kH2o:
-      case TokenMode::kObserved: {
-        for (int r = 0; r < v.group; ++r) s += v.mass[r * v.heads.total + t];
-        s *= inv_g;
-        if (v.mode == TokenMode::kObserved) s = gm::ObservedScore(s, v.next_position, pos);
-        break;
-      }
-    }
-    v.scores[t] = s;
-  }
+  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) TokenScoreAt(v, t);
 }
 
 __global__ void NormsKernel(NormView v) {
-  for (int64_t t = GlobalThread(); t < v.total; t += GlobalStride()) {
-    const float norm = sqrtf(gm::SquaredNorm(v.x + t * v.d, v.d));
-    v.out[t] = v.negate ? -norm : norm;
-  }
+  for (int64_t t = GlobalThread(); t < v.total; t += GlobalStride()) NormAt(v, t);
 }
 
 __global__ void SoftmaxRowsKernel(SoftmaxView v) {
@@ -153,179 +99,62 @@ __global__ void SoftmaxRowsKernel(SoftmaxView v) {
 }
 
 __global__ void WindowColumnsKernel(WindowColumnsView v) {
-  const int64_t total = v.heads.total;
-  const int rows_of_col = v.mode == WindowMode::kTova ? 1 : v.group;
-  const float inv_w = 1.0f / static_cast<float>(v.rows);
-  for (int64_t idx = GlobalThread(); idx < rows_of_col * total; idx += GlobalStride()) {
-    const int r = static_cast<int>(idx / total);
-    const int64_t t = idx - r * total;
-    const int g = HeadOf(v.heads, t);
-    const int n = v.heads.spans[g].n;
-    const int64_t j = t - v.heads.starts[g];
-    const float* p = v.p + v.p_offset[g];
-    float s = 0.0f;
-    if (v.mode == WindowMode::kTova) {
-      for (int q = 0; q < v.group; ++q) s += p[static_cast<int64_t>(q) * n + j];
-      v.col[t] = s;
-      continue;
-    }
-    const float* pr = p + static_cast<int64_t>(r) * v.rows * n + j;
-    if (v.mode == WindowMode::kSnapKv) {
-      const int nc = n - (v.window_keep < n ? v.window_keep : n);
-      if (j >= nc) continue;
-      for (int i = 0; i < v.rows; ++i) s += pr[static_cast<int64_t>(i) * n];
-      v.col[idx] = s * inv_w;
-    } else {
-      for (int i = 0; i < v.rows; ++i) {
-        const float x = pr[static_cast<int64_t>(i) * n];
-        s += x * x;
-      }
-      v.col[idx] = s;
-    }
-  }
+  const int64_t items = (v.mode == WindowMode::kTova ? 1 : v.group) * v.heads.total;
+  for (int64_t idx = GlobalThread(); idx < items; idx += GlobalStride()) WindowColumnAt(v, idx);
 }
 
 __global__ void SnapPoolKernel(PoolView v) {
-  const float inv_g = 1.0f / static_cast<float>(v.group);
-  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) {
-    const int g = HeadOf(v.heads, t);
-    const int n = v.heads.spans[g].n;
-    const int nc = n - (v.window_keep < n ? v.window_keep : n);
-    const int64_t start = v.heads.starts[g];
-    const int j = static_cast<int>(t - start);
-    if (j >= nc) continue;
-    float acc = 0.0f;
-    for (int r = 0; r < v.group; ++r) {
-      acc += gm::PoolAt(v.col + r * v.heads.total + start, nc, j, v.kernel, v.max_pool) * inv_g;
-    }
-    v.scores[t] = acc;
-  }
+  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) SnapPoolAt(v, t);
 }
 
 __global__ void LaProxCombineKernel(LaProxView v) {
-  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) {
-    float acc = 0.0f;
-    for (int r = 0; r < v.group; ++r) {
-      const float vn = v.vnorm[(v.per_head_vnorm ? r * v.heads.total : 0) + t];
-      acc += sqrtf(v.col[r * v.heads.total + t]) * vn;
-    }
-    v.scores[t] = acc;
-  }
+  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) LaProxCombineAt(v, t);
 }
 
 __global__ void QuadFormKernel(QuadFormView v) {
   const int64_t items = static_cast<int64_t>(v.group) * v.n;
-  for (int64_t idx = GlobalThread(); idx < items; idx += GlobalStride()) {
-    const int r = static_cast<int>(idx / v.n);
-    const int64_t j = idx - static_cast<int64_t>(r) * v.n;
-    const float quad = gm::Dot(v.vm + idx * v.d, v.v + j * v.d, v.d);
-    v.vnorm[r * v.total + v.offset + j] = sqrtf(quad < 0.0f ? 0.0f : quad);
-  }
+  for (int64_t idx = GlobalThread(); idx < items; idx += GlobalStride()) QuadFormAt(v, idx);
 }
 
 __global__ void TovaAlignKernel(TovaAlignView v) {
-  const float inv_h = 1.0f / static_cast<float>(v.q_heads);
-  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) {
-    const int32_t pos = v.positions[t];
-    float acc = 0.0f;
-    for (int o = 0; o < v.heads.kv_heads; ++o) {
-      const int64_t start = v.heads.starts[o];
-      const int k = gm::FindPosition(v.positions + start, v.heads.spans[o].n, pos);
-      if (k >= 0) acc += v.mass[start + k];
-    }
-    v.scores[t] = acc * inv_h;
-  }
-}
-
-// Non-sink token t of its head: its head and head-local index, or false.
-__device__ bool NonSink(const Heads& h, int64_t t, int* g, int* j) {
-  *g = HeadOf(h, t);
-  const HeadSpan& s = h.spans[*g];
-  *j = static_cast<int>(t - h.starts[*g]);
-  return *j >= s.s0 && *j < s.n;
+  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) TovaAlignAt(v, t);
 }
 
 // kMax: head_dim bucket (64, 128, 256, 512) sizing the per-thread rotated key, so that the local
 // memory the launch reserves follows the model's head_dim rather than the largest one supported.
 template <int kMax>
 __global__ void ExpectedLogitsKernel(ExpectedLogitsView v) {
-  float kt[kMax], kt2[kMax];
   for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) {
-    int g, j;
-    if (!NonSink(v.heads, t, &g, &j)) continue;
-    gm::RotateTransposed(v.keys + t * v.d, v.cos_f, v.minus_sin_f, v.d, v.rotary_dim,
-                         v.interleaved, kt);
-    for (int i = 0; i < v.d; ++i) kt2[i] = kt[i] * kt[i];
-    for (int r = 0; r < v.group; ++r) {
-      const int64_t h = static_cast<int64_t>(g) * v.group + r;
-      float l = gm::Dot(kt, v.mu + h * v.d, v.d);
-      if (v.var != nullptr) l += gm::Dot(kt2, v.var + h * v.d, v.d);
-      v.logits[r * v.heads.total + t] = l;
-    }
+    ExpectedLogitAt<kMax>(v, t);
   }
 }
 
 __global__ void GroupSumKernel(GroupSumView v) {
-  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) {
-    int g, j;
-    if (!NonSink(v.heads, t, &g, &j)) continue;
-    float acc = 0.0f;
-    for (int r = 0; r < v.group; ++r) acc += v.p[r * v.heads.total + t];
-    v.scores[t] = v.vnorm != nullptr ? acc * v.vnorm[t] : acc;
-  }
+  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) GroupSumAt(v, t);
 }
 
 __global__ void CapLogitsKernel(CapLogitsView v) {
-  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) {
-    int g, j;
-    if (!NonSink(v.heads, t, &g, &j)) continue;
-    for (int r = 0; r < v.group; ++r) {
-      const int64_t h = static_cast<int64_t>(g) * v.group + r;
-      v.w[r * v.heads.total + t] = gm::CapLogit(v.anchor + h * v.d, v.anchor_norm[h],
-                                                v.keys + t * v.d, v.d, v.dot_form, v.tau,
-                                                v.inv_sqrt_d);
-    }
-  }
+  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) CapLogitAt(v, t);
 }
 
 __global__ void ScaleValuesKernel(ScaleValuesView v) {
-  const int64_t md = static_cast<int64_t>(v.m) * v.d;
-  for (int64_t idx = GlobalThread(); idx < v.group * md; idx += GlobalStride()) {
-    const int r = static_cast<int>(idx / md);
-    const int64_t e = idx - r * md;
-    const int64_t j = e / v.d;
-    const float sw = sqrtf(v.w[r * v.total + j] + 1e-6f);
-    v.scaled[idx] = v.values[e] * sw;
-  }
+  const int64_t items = static_cast<int64_t>(v.group) * v.m * v.d;
+  for (int64_t idx = GlobalThread(); idx < items; idx += GlobalStride()) ScaleValueAt(v, idx);
 }
 
 __global__ void GramToDoubleKernel(GramToDoubleView v) {
-  const int64_t dd = static_cast<int64_t>(v.d) * v.d;
-  for (int64_t idx = GlobalThread(); idx < v.batch * dd; idx += GlobalStride()) {
-    const int64_t e = idx % dd;
-    const bool diagonal = e / v.d == e % v.d;
-    v.a[idx] = static_cast<double>(v.gram[idx]) + (diagonal ? 1.0 : 0.0);
-  }
+  const int64_t items = static_cast<int64_t>(v.batch) * v.d * v.d;
+  for (int64_t idx = GlobalThread(); idx < items; idx += GlobalStride()) GramToDoubleAt(v, idx);
 }
 
 __global__ void ValuesToDoubleKernel(ValuesToDoubleView v) {
   for (int64_t idx = GlobalThread(); idx < v.group * v.count; idx += GlobalStride()) {
-    v.y[idx] = static_cast<double>(v.values[idx % v.count]);
+    ValueToDoubleAt(v, idx);
   }
 }
 
 __global__ void LeverageKernel(LeverageView v) {
-  const int64_t md = static_cast<int64_t>(v.m) * v.d;
-  for (int64_t j = GlobalThread(); j < v.m; j += GlobalStride()) {
-    double acc = 0;
-    for (int r = 0; r < v.group; ++r) {
-      const double* y = v.y + r * md + j * v.d;
-      double sq = 0;
-      for (int i = 0; i < v.d; ++i) sq += y[i] * y[i];
-      acc += static_cast<double>(v.w[r * v.total + j]) * sq;
-    }
-    v.scores[j] = static_cast<float>(acc / v.group);
-  }
+  for (int64_t j = GlobalThread(); j < v.m; j += GlobalStride()) LeverageAt(v, j);
 }
 
 __global__ void FillUndefinedKernel(Heads heads, float* scores) {
@@ -346,29 +175,12 @@ __global__ void FillUndefinedKernel(Heads heads, float* scores) {
 // capkv-greedy
 
 __global__ void GreedyInitKernel(GreedyView v) {
-  const int64_t total = v.heads.total;
   const int64_t q_heads = static_cast<int64_t>(v.heads.kv_heads) * v.group;
-  const int64_t dd = static_cast<int64_t>(v.d) * v.d;
-  for (int64_t idx = GlobalThread(); idx < q_heads * dd; idx += GlobalStride()) {
-    const int64_t e = idx % dd;
-    v.b[idx] = e / v.d == e % v.d ? 1.0 : 0.0;
+  const int64_t matrices = q_heads * v.d * v.d;
+  for (int64_t idx = GlobalThread(); idx < matrices; idx += GlobalStride()) {
+    GreedyInitMatrixAt(v, idx);
   }
-  for (int64_t t = GlobalThread(); t < total; t += GlobalStride()) {
-    int g, j;
-    if (!NonSink(v.heads, t, &g, &j)) continue;
-    const float* vt = v.values + t * v.d;
-    double sq = 0;
-    for (int i = 0; i < v.d; ++i) sq += static_cast<double>(vt[i]) * vt[i];
-    for (int r = 0; r < v.group; ++r) v.q[r * total + t] = sq;
-    if (j - v.heads.spans[g].s0 < v.heads.spans[g].nc) v.scores[t] = -1.0f;
-  }
-}
-
-// Head-local non-sink index of the token head g adds in this step, or -1.
-__device__ int GreedyToken(const GreedyView& v, int g, int window_k) {
-  const HeadSpan& s = v.heads.spans[g];
-  if (window_k >= 0) return s.nc + window_k < s.m ? s.nc + window_k : -1;
-  return v.add[g];
+  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) GreedyInitTokenAt(v, t);
 }
 
 // One block per q head: z = B x, 1/(1 + x·z), B -= z zᵀ / (1 + x·z).
@@ -404,21 +216,9 @@ __global__ void GreedyAddKernel(GreedyView v, int window_k) {
   }
 }
 
-// q_h[t] -= (v_t · z_h)² / (1 + x·z) for every non-sink token t of every head that added one.
 __global__ void GreedyUpdateKernel(GreedyView v, int window_k) {
-  const int64_t total = v.heads.total;
-  for (int64_t idx = GlobalThread(); idx < v.group * total; idx += GlobalStride()) {
-    const int r = static_cast<int>(idx / total);
-    const int64_t t = idx - r * total;
-    int g, j;
-    if (!NonSink(v.heads, t, &g, &j)) continue;
-    if (GreedyToken(v, g, window_k) < 0) continue;
-    const int64_t h = static_cast<int64_t>(g) * v.group + r;
-    const float* vt = v.values + t * v.d;
-    const double* zh = v.z + h * v.d;
-    double p = 0;
-    for (int i = 0; i < v.d; ++i) p += static_cast<double>(vt[i]) * zh[i];
-    v.q[idx] -= p * p * v.inv_denom[h];
+  for (int64_t idx = GlobalThread(); idx < v.group * v.heads.total; idx += GlobalStride()) {
+    GreedyUpdateAt(v, window_k, idx);
   }
 }
 
@@ -473,16 +273,7 @@ __global__ void GreedySelectKernel(GreedyView v, int64_t step) {
 }
 
 __global__ void GreedyFinishKernel(GreedyView v) {
-  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) {
-    int g, j;
-    if (!NonSink(v.heads, t, &g, &j)) continue;
-    const HeadSpan& s = v.heads.spans[g];
-    const int jl = j - s.s0;
-    if (jl >= s.nc || v.scores[t] >= 0.0f) continue;
-    const int64_t base = v.heads.starts[g] + s.s0;
-    v.scores[t] = static_cast<float>(
-        gm::GreedyGain(v.q + base, v.w + base, v.group, v.heads.total, jl));
-  }
+  for (int64_t t = GlobalThread(); t < v.heads.total; t += GlobalStride()) GreedyFinishAt(v, t);
 }
 
 }  // namespace
