@@ -13,9 +13,8 @@ template <typename T>
 absl::Status CheckFinite(const T* x, int64_t count, absl::string_view what) {
   for (int64_t i = 0; i < count; ++i) {
     if (!std::isfinite(static_cast<double>(x[i]))) {
-      return absl::InvalidArgumentError(absl::StrCat(what, " holds a non-finite value (",
-                                                     static_cast<double>(x[i]),
-                                                     ") at flat index ", i));
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " holds a non-finite value (", static_cast<double>(x[i]), ") at flat index ", i));
     }
   }
   return absl::OkStatus();
@@ -60,17 +59,18 @@ DeviceScorerNeeds DeviceNeeds(DeviceScorerKind kind) {
 
 absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
   const DeviceScorerParams& p = r.scorer;
-  if (static_cast<int>(p.kind) < 0 || static_cast<int>(p.kind) > static_cast<int>(DeviceScorerKind::kLaProx)) {
+  if (static_cast<int>(p.kind) < 0 ||
+      static_cast<int>(p.kind) > static_cast<int>(DeviceScorerKind::kLaProx)) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown device scorer kind ", static_cast<int>(p.kind)));
   }
   if (p.sinks < 0 || p.window < 0 || p.pool_kernel < 1 || p.pool_kernel % 2 == 0 ||
       !(p.capkv_tau > 0) || !std::isfinite(p.capkv_tau) || p.rope_horizon < 1 ||
       p.greedy_picks < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "bad scorer parameters: sinks ", p.sinks, ", window ", p.window, ", pool_kernel ",
-        p.pool_kernel, " (odd, >= 1), capkv_tau ", p.capkv_tau, ", rope_horizon ", p.rope_horizon,
-        ", greedy_picks ", p.greedy_picks));
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad scorer parameters: sinks ", p.sinks, ", window ", p.window,
+                     ", pool_kernel ", p.pool_kernel, " (odd, >= 1), capkv_tau ", p.capkv_tau,
+                     ", rope_horizon ", p.rope_horizon, ", greedy_picks ", p.greedy_picks));
   }
   if (r.q_heads <= 0 || r.kv_heads <= 0 || r.q_heads % r.kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("q_heads (", r.q_heads, ") must be a positive ",
@@ -117,8 +117,8 @@ absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
       tokens += run.tokens;
     }
     if ((needs.keys || needs.values) && tokens != h.n) {
-      return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].runs hold ", tokens,
-                                                     " tokens, expected n = ", h.n));
+      return absl::InvalidArgumentError(
+          absl::StrCat("heads[", g, "].runs hold ", tokens, " tokens, expected n = ", h.n));
     }
     if (h.n == 0) continue;
     if (h.positions != nullptr) {
@@ -170,8 +170,8 @@ absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
   }
   if (!r.attention_mass.empty()) {
     if (static_cast<int>(r.attention_mass.size()) != r.q_heads) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "attention_mass has ", r.attention_mass.size(), " rows, expected q_heads = ", r.q_heads));
+      return absl::InvalidArgumentError(absl::StrCat("attention_mass has ", r.attention_mass.size(),
+                                                     " rows, expected q_heads = ", r.q_heads));
     }
     const int group = r.q_heads / r.kv_heads;
     for (int h = 0; h < r.q_heads; ++h) {
@@ -179,7 +179,8 @@ absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
       if (r.attention_mass[h] == nullptr && n > 0) {
         return absl::InvalidArgumentError(absl::StrCat("attention_mass[", h, "] is null"));
       }
-      if (absl::Status s = CheckFinite(r.attention_mass[h], n, absl::StrCat("attention_mass[", h, "]"));
+      if (absl::Status s =
+              CheckFinite(r.attention_mass[h], n, absl::StrCat("attention_mass[", h, "]"));
           !s.ok()) {
         return s;
       }

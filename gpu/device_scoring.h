@@ -50,13 +50,13 @@ enum class DevicePageDType { kFp32, kFp16, kBf16 };
 // The policy fields the scorers read (eviction::Policy mirrors them; same meaning, same defaults).
 struct DeviceScorerParams {
   DeviceScorerKind kind = DeviceScorerKind::kSnapKv;  // Default: snapkv.
-  int sinks = 4;             // Default: 4. First tokens of every head.
-  int window = 32;           // Default: 32. Observation window (last tokens of every head).
-  int pool_kernel = 7;       // Default: 7. snapkv pooling kernel, odd, >= 1.
-  bool pool_max = true;      // Default: true. snapkv max (true) or average pooling.
-  double capkv_tau = 5;      // Default: 5. capkv cosine temperature, > 0.
-  int rope_horizon = 512;    // Default: 512. R̄ averages the RoPE rotation over this many positions.
-  uint64_t seed = 0;         // Default: 0. Seed of `random`.
+  int sinks = 4;                                      // Default: 4. First tokens of every head.
+  int window = 32;         // Default: 32. Observation window (last tokens of every head).
+  int pool_kernel = 7;     // Default: 7. snapkv pooling kernel, odd, >= 1.
+  bool pool_max = true;    // Default: true. snapkv max (true) or average pooling.
+  double capkv_tau = 5;    // Default: 5. capkv cosine temperature, > 0.
+  int rope_horizon = 512;  // Default: 512. R̄ averages the RoPE rotation over this many positions.
+  uint64_t seed = 0;       // Default: 0. Seed of `random`.
   int64_t greedy_picks = 0;  // Default: 0 = rank every candidate (capkv-greedy).
 };
 
@@ -70,15 +70,15 @@ struct DeviceTokenRun {
 };
 
 struct DeviceHeadRequest {
-  int n = 0;                            // cached tokens; the runs' tokens sum to n, in token order
+  int n = 0;  // cached tokens; the runs' tokens sum to n, in token order
   std::vector<DeviceTokenRun> runs;
-  const int32_t* positions = nullptr;   // HOST [n], strictly ascending; nullptr = 0..n-1
+  const int32_t* positions = nullptr;  // HOST [n], strictly ascending; nullptr = 0..n-1
 };
 
 struct DeviceRope {
-  double theta = 10000.0;        // Default: 10000.
-  int rotary_dim = 0;            // Default: 0 = head_dim. Even, <= head_dim.
-  bool interleaved = false;      // Default: false (half-split, Llama / NeoX); true: GPT-J pairs.
+  double theta = 10000.0;           // Default: 10000.
+  int rotary_dim = 0;               // Default: 0 = head_dim. Even, <= head_dim.
+  bool interleaved = false;         // Default: false (half-split, Llama / NeoX); true: GPT-J pairs.
   const float* inv_freq = nullptr;  // HOST [rotary_dim / 2] or nullptr (then theta decides)
 };
 
@@ -89,17 +89,17 @@ struct DeviceLayerRequest {
   int layer_index = 0;                          // mixes into `random`
   DevicePageDType dtype = DevicePageDType::kFp32;
   DeviceScorerParams scorer;
-  std::vector<DeviceHeadRequest> heads;         // kv_heads entries
+  std::vector<DeviceHeadRequest> heads;  // kv_heads entries
   DeviceRope rope;
-  int64_t next_position = 0;                    // 0 = one past the largest cached position
+  int64_t next_position = 0;  // 0 = one past the largest cached position
   // Statistics (nullptr / 0 = not sent):
-  int window = 0;                               // window queries per q head
-  const float* window_queries = nullptr;        // [q_heads][window][head_dim], post-RoPE
-  const double* query_sum = nullptr;            // [q_heads][head_dim], pre-RoPE, sinks excluded
-  const double* query_sq_sum = nullptr;         // optional [q_heads][head_dim]
+  int window = 0;                         // window queries per q head
+  const float* window_queries = nullptr;  // [q_heads][window][head_dim], post-RoPE
+  const double* query_sum = nullptr;      // [q_heads][head_dim], pre-RoPE, sinks excluded
+  const double* query_sq_sum = nullptr;   // optional [q_heads][head_dim]
   int64_t query_count = 0;
-  std::vector<const float*> attention_mass;     // empty or [q_heads] of heads[h / G].n floats
-  const float* wo_gram = nullptr;               // optional [q_heads][head_dim][head_dim]
+  std::vector<const float*> attention_mass;  // empty or [q_heads] of heads[h / G].n floats
+  const float* wo_gram = nullptr;            // optional [q_heads][head_dim][head_dim]
 };
 
 // Which parts a scorer reads (as eviction::ScorerNeeds).
@@ -116,8 +116,8 @@ inline constexpr int kMaxDeviceHeadDim = 512;
 //   OK                  consistent;
 //   INVALID_ARGUMENT    bad shapes (head counts, head_dim outside [1, kMaxDeviceHeadDim], runs that
 //                       do not add up to n, null run addresses the scorer reads, positions not
-//                       ascending or beyond next_position, bad RoPE spec or parameters) or a NaN/Inf
-//                       in a host statistic the scorer reads;
+//                       ascending or beyond next_position, bad RoPE spec or parameters) or a
+//                       NaN/Inf in a host statistic the scorer reads;
 //   FAILED_PRECONDITION a statistic the scorer needs is missing.
 // Keys and values are on the device and not inspected here; a non-finite score they cause is
 // reported by ScoreLayer.

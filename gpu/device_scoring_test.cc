@@ -57,8 +57,9 @@ TEST_F(DeviceRequestTest, HeadDimBeyondTheKernelsIsInvalid) {
 
 TEST_F(DeviceRequestTest, RunsThatDoNotAddUpToNAreInvalid) {
   req_.heads[0].runs.pop_back();
-  EXPECT_THAT(ValidateDeviceLayerRequest(req_),
-              StatusIs(StatusCode::kInvalidArgument, "heads[0].runs hold 4 tokens, expected n = 6"));
+  EXPECT_THAT(
+      ValidateDeviceLayerRequest(req_),
+      StatusIs(StatusCode::kInvalidArgument, "heads[0].runs hold 4 tokens, expected n = 6"));
 }
 
 TEST_F(DeviceRequestTest, NullAddressOfDataTheScorerReadsIsInvalid) {
@@ -77,8 +78,9 @@ TEST_F(DeviceRequestTest, UnorderedPositionsOrStaleNextPositionAreInvalid) {
               StatusIs(StatusCode::kInvalidArgument, "not strictly ascending at index 3"));
   positions_[3] = 5;
   req_.next_position = 9;
-  EXPECT_THAT(ValidateDeviceLayerRequest(req_),
-              StatusIs(StatusCode::kInvalidArgument, "must exceed the largest cached position (9)"));
+  EXPECT_THAT(
+      ValidateDeviceLayerRequest(req_),
+      StatusIs(StatusCode::kInvalidArgument, "must exceed the largest cached position (9)"));
 }
 
 TEST_F(DeviceRequestTest, MissingStatisticFailsPrecondition) {

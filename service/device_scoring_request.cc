@@ -8,18 +8,30 @@ namespace kvkeep {
 DeviceScorerKind ToDeviceScorerKind(eviction::ScorerKind kind) {
   using eviction::ScorerKind;
   switch (kind) {
-    case ScorerKind::kStreaming: return DeviceScorerKind::kStreaming;
-    case ScorerKind::kRandom: return DeviceScorerKind::kRandom;
-    case ScorerKind::kKnorm: return DeviceScorerKind::kKnorm;
-    case ScorerKind::kTova: return DeviceScorerKind::kTova;
-    case ScorerKind::kH2o: return DeviceScorerKind::kH2o;
-    case ScorerKind::kObserved: return DeviceScorerKind::kObserved;
-    case ScorerKind::kSnapKv: return DeviceScorerKind::kSnapKv;
-    case ScorerKind::kExpected: return DeviceScorerKind::kExpected;
-    case ScorerKind::kCapKv: return DeviceScorerKind::kCapKv;
-    case ScorerKind::kCapKvDot: return DeviceScorerKind::kCapKvDot;
-    case ScorerKind::kCapKvGreedy: return DeviceScorerKind::kCapKvGreedy;
-    case ScorerKind::kLaProx: return DeviceScorerKind::kLaProx;
+    case ScorerKind::kStreaming:
+      return DeviceScorerKind::kStreaming;
+    case ScorerKind::kRandom:
+      return DeviceScorerKind::kRandom;
+    case ScorerKind::kKnorm:
+      return DeviceScorerKind::kKnorm;
+    case ScorerKind::kTova:
+      return DeviceScorerKind::kTova;
+    case ScorerKind::kH2o:
+      return DeviceScorerKind::kH2o;
+    case ScorerKind::kObserved:
+      return DeviceScorerKind::kObserved;
+    case ScorerKind::kSnapKv:
+      return DeviceScorerKind::kSnapKv;
+    case ScorerKind::kExpected:
+      return DeviceScorerKind::kExpected;
+    case ScorerKind::kCapKv:
+      return DeviceScorerKind::kCapKv;
+    case ScorerKind::kCapKvDot:
+      return DeviceScorerKind::kCapKvDot;
+    case ScorerKind::kCapKvGreedy:
+      return DeviceScorerKind::kCapKvGreedy;
+    case ScorerKind::kLaProx:
+      return DeviceScorerKind::kLaProx;
   }
   return DeviceScorerKind::kSnapKv;
 }
@@ -44,12 +56,18 @@ absl::Status BuildDeviceLayerRequest(const Model& model, const SequenceTable& ta
                                      const PageAddressFn& page_address, DeviceLayerRequest* out) {
   const PageGeometry& geo = model.geometry();
   switch (geo.dtype) {
-    case v1::DTYPE_FP32: out->dtype = DevicePageDType::kFp32; break;
-    case v1::DTYPE_FP16: out->dtype = DevicePageDType::kFp16; break;
-    case v1::DTYPE_BF16: out->dtype = DevicePageDType::kBf16; break;
+    case v1::DTYPE_FP32:
+      out->dtype = DevicePageDType::kFp32;
+      break;
+    case v1::DTYPE_FP16:
+      out->dtype = DevicePageDType::kFp16;
+      break;
+    case v1::DTYPE_BF16:
+      out->dtype = DevicePageDType::kBf16;
+      break;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("page dtype ", static_cast<int>(geo.dtype), " cannot be scored on a device"));
+      return absl::InvalidArgumentError(absl::StrCat("page dtype ", static_cast<int>(geo.dtype),
+                                                     " cannot be scored on a device"));
   }
   out->q_heads = in.q_heads;
   out->kv_heads = in.kv_heads;
@@ -91,8 +109,8 @@ absl::Status BuildDeviceLayerRequest(const Model& model, const SequenceTable& ta
         });
     if (!walked.ok() || !status.ok()) {
       const absl::Status& bad = walked.ok() ? status : walked;
-      return absl::Status(bad.code(), absl::StrCat("layer ", layer, " KV head ", g,
-                                                   ": ", bad.message()));
+      return absl::Status(bad.code(),
+                          absl::StrCat("layer ", layer, " KV head ", g, ": ", bad.message()));
     }
   }
   return absl::OkStatus();

@@ -1,6 +1,7 @@
 // The service side of scoring on the device: turns one layer of a sequence (its page table, the
 // eviction::LayerInputs that BuildLayerInputs made of its statistics, the policy) into a
-// DeviceLayerRequest (gpu/device_scoring.h) whose token runs point into device memory. No CUDA here.
+// DeviceLayerRequest (gpu/device_scoring.h) whose token runs point into device memory. No CUDA
+// here.
 //
 //   BuildLayerInputs(model, table, stats, policy, layer, no_keys, no_values, &inputs);
 //   DeviceLayerRequest request;

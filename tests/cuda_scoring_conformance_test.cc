@@ -168,7 +168,8 @@ TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
       for (int t = 0; t < kTokensPerPage; ++t) {
         const int j = page * kTokensPerPage + t;
         for (int i = 0; i < kD; ++i) {
-          const float kx = Store(c.dtype, j < n ? normal(rng) * (1.0f + 0.02f * (i % 7)) : 0.0f, &k_bytes);
+          const float kx =
+              Store(c.dtype, j < n ? normal(rng) * (1.0f + 0.02f * (i % 7)) : 0.0f, &k_bytes);
           const float vx = Store(c.dtype, j < n ? normal(rng) : 0.0f, &v_bytes);
           if (j < n) {
             keys[g][static_cast<size_t>(j) * kD + i] = kx;
@@ -179,7 +180,9 @@ TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
       pages[g].insert(pages[g].end(), k_bytes.begin(), k_bytes.end());
       pages[g].insert(pages[g].end(), v_bytes.begin(), v_bytes.end());
     }
-    in.heads.push_back(eviction::HeadKV{.n = n, .keys = keys[g].data(), .values = values[g].data(),
+    in.heads.push_back(eviction::HeadKV{.n = n,
+                                        .keys = keys[g].data(),
+                                        .values = values[g].data(),
                                         .positions = positions[g].data()});
   }
   in.next_position = max_position + 5;
@@ -246,9 +249,9 @@ TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
     req.heads[g].positions = positions[g].data();
     for (int j = 0; j < in.heads[g].n; j += kTokensPerPage) {
       const char* page = base + (j / kTokensPerPage) * page_bytes;
-      req.heads[g].runs.push_back(DeviceTokenRun{
-          page, page + kTokensPerPage * token_bytes,
-          static_cast<uint32_t>(std::min(kTokensPerPage, in.heads[g].n - j))});
+      req.heads[g].runs.push_back(
+          DeviceTokenRun{page, page + kTokensPerPage * token_bytes,
+                         static_cast<uint32_t>(std::min(kTokensPerPage, in.heads[g].n - j))});
     }
   }
   req.rope = DeviceRope{in.rope.theta, in.rope.rotary_dim, in.rope.interleaved, nullptr};
@@ -347,7 +350,8 @@ TEST(CudaScoringConformance, RepeatedLayersReuseScratchAndRepeatScores) {
   for (float& x : pages) x = normal(rng);
   DeviceBuffer buf;
   ASSERT_EQ(cudaMalloc(&buf.ptr, pages.size() * 4), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(buf.ptr, pages.data(), pages.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(buf.ptr, pages.data(), pages.size() * 4, cudaMemcpyHostToDevice),
+            cudaSuccess);
   const float* base = static_cast<const float*>(buf.ptr);
   auto request = [&](int n) {
     DeviceLayerRequest r{.q_heads = 2, .kv_heads = 1, .head_dim = kD};

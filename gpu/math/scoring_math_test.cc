@@ -15,8 +15,7 @@ namespace {
 TEST(ScoringMath, VisibleCountAndFindPositionFollowTheAscendingPositions) {
   const std::vector<int32_t> pos = {0, 3, 4, 9, 20};
   for (int64_t p = -2; p < 25; ++p) {
-    const int want = static_cast<int>(
-        std::upper_bound(pos.begin(), pos.end(), p) - pos.begin());
+    const int want = static_cast<int>(std::upper_bound(pos.begin(), pos.end(), p) - pos.begin());
     EXPECT_EQ(VisibleCount(pos.data(), 5, p), want) << p;
     const auto it = std::find(pos.begin(), pos.end(), p);
     EXPECT_EQ(FindPosition(pos.data(), 5, p), it == pos.end() ? -1 : it - pos.begin()) << p;

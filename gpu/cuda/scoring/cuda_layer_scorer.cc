@@ -83,7 +83,8 @@ class CudaLayerScorer final : public DeviceLayerScorer {
 
  private:
   absl::Status Init() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device_), absl::StrCat("cudaSetDevice(", device_, ")")));
+    RETURN_IF_ERROR(
+        CudaStatus(cudaSetDevice(device_), absl::StrCat("cudaSetDevice(", device_, ")")));
     if (initialised_) return absl::OkStatus();
     RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                                "creating the scoring stream"));
@@ -92,7 +93,8 @@ class CudaLayerScorer final : public DeviceLayerScorer {
     RETURN_IF_ERROR(CublasStatus(cublasSetStream(blas_, stream_), "cublasSetStream"));
     // Plain fp32 arithmetic (no TF32), whatever NVIDIA_TF32_OVERRIDE says: results are compared
     // with the CPU scorers.
-    RETURN_IF_ERROR(CublasStatus(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode"));
+    RETURN_IF_ERROR(
+        CublasStatus(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode"));
     RETURN_IF_ERROR(CusolverStatus(cusolverDnCreate(&solver_), "cusolverDnCreate"));
     RETURN_IF_ERROR(CusolverStatus(cusolverDnSetStream(solver_, stream_), "cusolverDnSetStream"));
     return absl::OkStatus();
@@ -106,8 +108,9 @@ class CudaLayerScorer final : public DeviceLayerScorer {
       if (dev_ != nullptr) cudaFree(dev_);
       dev_ = nullptr;
       dev_bytes_ = 0;
-      RETURN_IF_ERROR(CudaStatus(cudaMalloc(reinterpret_cast<void**>(&dev_), round(dev)),
-                                 absl::StrCat("cudaMalloc of ", round(dev), " bytes of scoring scratch")));
+      RETURN_IF_ERROR(
+          CudaStatus(cudaMalloc(reinterpret_cast<void**>(&dev_), round(dev)),
+                     absl::StrCat("cudaMalloc of ", round(dev), " bytes of scoring scratch")));
       dev_bytes_ = round(dev);
     }
     if (up > up_bytes_) {
@@ -236,7 +239,8 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
                       reinterpret_cast<float*>(U(o_cos)), reinterpret_cast<float*>(U(o_sin)));
   }
   if (CapScorer(kind)) {
-    cs::CapAnchors(r, lp, reinterpret_cast<float*>(U(o_anchor)), reinterpret_cast<float*>(U(o_anorm)));
+    cs::CapAnchors(r, lp, reinterpret_cast<float*>(U(o_anchor)),
+                   reinterpret_cast<float*>(U(o_anorm)));
   }
   if (capkv) {
     double** chol = reinterpret_cast<double**>(U(o_chol_ptrs));
@@ -254,8 +258,9 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
   }
 
   // ---- device work, all on stream_, no synchronisation until the download.
-  RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(dev_, up_, upload_bytes, cudaMemcpyHostToDevice, stream_),
-                             "uploading the layer's statistics"));
+  RETURN_IF_ERROR(
+      CudaStatus(cudaMemcpyAsync(dev_, up_, upload_bytes, cudaMemcpyHostToDevice, stream_),
+                 "uploading the layer's statistics"));
   const cs::Heads heads{reinterpret_cast<const cs::HeadSpan*>(D(o_spans)),
                         reinterpret_cast<const int64_t*>(D(o_starts)), Hk, N};
   const int32_t* positions = reinterpret_cast<const int32_t*>(D(o_pos));
@@ -264,12 +269,13 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
   const float* values = needs.values ? DF(o_values) : nullptr;
   auto launch = [](cudaError_t e, const char* what) { return CudaStatus(e, what); };
   if (!runs.empty()) {
-    const int dtype = r.dtype == DevicePageDType::kFp32 ? 0 : (r.dtype == DevicePageDType::kFp16 ? 1 : 2);
+    const int dtype =
+        r.dtype == DevicePageDType::kFp32 ? 0 : (r.dtype == DevicePageDType::kFp16 ? 1 : 2);
     RETURN_IF_ERROR(launch(
-        cs::LaunchGather({reinterpret_cast<const cs::GatherRun*>(D(o_runs)),
-                          static_cast<int>(runs.size()), d, dtype,
-                          needs.keys ? DF(o_keys) : nullptr, needs.values ? DF(o_values) : nullptr},
-                         stream_),
+        cs::LaunchGather(
+            {reinterpret_cast<const cs::GatherRun*>(D(o_runs)), static_cast<int>(runs.size()), d,
+             dtype, needs.keys ? DF(o_keys) : nullptr, needs.values ? DF(o_values) : nullptr},
+            stream_),
         "gather kernel"));
   }
   const cs::SoftmaxRow* rows_dev = reinterpret_cast<const cs::SoftmaxRow*>(D(o_rows));
@@ -309,7 +315,8 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
         const int n = r.heads[g].n;
         if (n == 0) continue;
         const int64_t q0 = static_cast<int64_t>(g) * G * r.window * d;
-        const float* qptr = kind == Kind::kTova ? wq + q0 + static_cast<int64_t>(r.window - 1) * d : wq + q0;
+        const float* qptr =
+            kind == Kind::kTova ? wq + q0 + static_cast<int64_t>(r.window - 1) * d : wq + q0;
         const int ldq = kind == Kind::kTova ? r.window * d : d;
         RETURN_IF_ERROR(CublasStatus(
             cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, n, G * rows, d, &inv_sqrt_d,
@@ -325,7 +332,7 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
       wc.group = G;
       wc.rows = rows;
       wc.window_keep = p.window;
-      wc.mode = kind == Kind::kTova ? cs::WindowMode::kTova
+      wc.mode = kind == Kind::kTova     ? cs::WindowMode::kTova
                 : kind == Kind::kSnapKv ? cs::WindowMode::kSnapKv
                                         : cs::WindowMode::kLaProx;
       wc.col = DF(o_col);
@@ -334,9 +341,10 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
         RETURN_IF_ERROR(launch(cs::LaunchTovaAlign({heads, positions, DF(o_col), H, out}, stream_),
                                "tova kernel"));
       } else if (kind == Kind::kSnapKv) {
-        RETURN_IF_ERROR(launch(
-            cs::LaunchSnapPool({heads, DF(o_col), G, p.window, p.pool_kernel, p.pool_max, out}, stream_),
-            "pooling kernel"));
+        RETURN_IF_ERROR(
+            launch(cs::LaunchSnapPool(
+                       {heads, DF(o_col), G, p.window, p.pool_kernel, p.pool_max, out}, stream_),
+                   "pooling kernel"));
         RETURN_IF_ERROR(launch(cs::LaunchFillUndefined(heads, out, stream_), "fill kernel"));
       } else {
         float* vnorm = DF(o_vnorm);
@@ -352,15 +360,18 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
                                           static_cast<long long>(d) * d, values + starts[g] * d, d,
                                           0, &zero, vm, d, static_cast<long long>(n) * d, G),
                 "W_O Gram GEMM"));
-            RETURN_IF_ERROR(launch(
-                cs::LaunchQuadForm({vm, values + starts[g] * d, n, d, G, starts[g], N, vnorm}, stream_),
-                "quadratic form kernel"));
+            RETURN_IF_ERROR(
+                launch(cs::LaunchQuadForm(
+                           {vm, values + starts[g] * d, n, d, G, starts[g], N, vnorm}, stream_),
+                       "quadratic form kernel"));
           }
         } else {
-          RETURN_IF_ERROR(launch(cs::LaunchNorms({N, values, d, false, vnorm}, stream_), "norms kernel"));
+          RETURN_IF_ERROR(
+              launch(cs::LaunchNorms({N, values, d, false, vnorm}, stream_), "norms kernel"));
         }
-        RETURN_IF_ERROR(launch(cs::LaunchLaProxCombine({heads, DF(o_col), vnorm, with_gram, G, out}, stream_),
-                               "laprox kernel"));
+        RETURN_IF_ERROR(
+            launch(cs::LaunchLaProxCombine({heads, DF(o_col), vnorm, with_gram, G, out}, stream_),
+                   "laprox kernel"));
       }
       break;
     }
@@ -382,9 +393,10 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
       RETURN_IF_ERROR(launch(cs::LaunchExpectedLogits(v, stream_), "expected logits kernel"));
       RETURN_IF_ERROR(launch(cs::LaunchSoftmaxRows({rows_dev, num_rows, logits, false}, stream_),
                              "softmax kernel"));
-      RETURN_IF_ERROR(launch(cs::LaunchNorms({N, values, d, false, vnorm}, stream_), "norms kernel"));
-      RETURN_IF_ERROR(launch(cs::LaunchGroupSum({heads, logits, vnorm, G, out}, stream_),
-                             "group sum kernel"));
+      RETURN_IF_ERROR(
+          launch(cs::LaunchNorms({N, values, d, false, vnorm}, stream_), "norms kernel"));
+      RETURN_IF_ERROR(
+          launch(cs::LaunchGroupSum({heads, logits, vnorm, G, out}, stream_), "group sum kernel"));
       RETURN_IF_ERROR(launch(cs::LaunchFillUndefined(heads, out, stream_), "fill kernel"));
       break;
     }
@@ -424,7 +436,8 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
           RETURN_IF_ERROR(launch(cs::LaunchGreedyAdd(gv, k, stream_), "greedy add kernels"));
         }
         for (int64_t step = 0; step < lp.max_picks; ++step) {
-          RETURN_IF_ERROR(launch(cs::LaunchGreedySelect(gv, step, stream_), "greedy select kernel"));
+          RETURN_IF_ERROR(
+              launch(cs::LaunchGreedySelect(gv, step, stream_), "greedy select kernel"));
           RETURN_IF_ERROR(launch(cs::LaunchGreedyAdd(gv, -1, stream_), "greedy add kernels"));
         }
         RETURN_IF_ERROR(launch(cs::LaunchGreedyFinish(gv, stream_), "greedy finish kernel"));
@@ -440,40 +453,42 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
         RETURN_IF_ERROR(launch(
             cs::LaunchScaleValues({values + first * d, w + first, N, m, d, G, scaled}, stream_),
             "scale values kernel"));
-        RETURN_IF_ERROR(CublasStatus(
-            cublasSgemmStridedBatched(blas_, CUBLAS_OP_N, CUBLAS_OP_T, d, d, m, &one, scaled, d,
-                                      static_cast<long long>(m) * d, scaled, d,
-                                      static_cast<long long>(m) * d, &zero, gram, d,
-                                      static_cast<long long>(d) * d, G),
-            "capkv Gram GEMM"));
-        RETURN_IF_ERROR(launch(
-            cs::LaunchGramToDouble({gram, DD(o_a) + static_cast<int64_t>(g) * G * d * d, d, G}, stream_),
-            "Gram conversion kernel"));
+        RETURN_IF_ERROR(
+            CublasStatus(cublasSgemmStridedBatched(blas_, CUBLAS_OP_N, CUBLAS_OP_T, d, d, m, &one,
+                                                   scaled, d, static_cast<long long>(m) * d, scaled,
+                                                   d, static_cast<long long>(m) * d, &zero, gram, d,
+                                                   static_cast<long long>(d) * d, G),
+                         "capkv Gram GEMM"));
+        RETURN_IF_ERROR(
+            launch(cs::LaunchGramToDouble(
+                       {gram, DD(o_a) + static_cast<int64_t>(g) * G * d * d, d, G}, stream_),
+                   "Gram conversion kernel"));
       }
       if (chol_batch > 0) {
-        RETURN_IF_ERROR(CusolverStatus(
-            cusolverDnDpotrfBatched(solver_, CUBLAS_FILL_MODE_LOWER, d,
-                                    reinterpret_cast<double**>(D(o_chol_ptrs)), d,
-                                    reinterpret_cast<int*>(D(o_info)), chol_batch),
-            "batched Cholesky (cusolverDnDpotrfBatched)"));
+        RETURN_IF_ERROR(
+            CusolverStatus(cusolverDnDpotrfBatched(solver_, CUBLAS_FILL_MODE_LOWER, d,
+                                                   reinterpret_cast<double**>(D(o_chol_ptrs)), d,
+                                                   reinterpret_cast<int*>(D(o_info)), chol_batch),
+                           "batched Cholesky (cusolverDnDpotrfBatched)"));
       }
       const double one_d = 1.0;
       for (int g = 0; g < Hk; ++g) {
         const int m = spans[g].m;
         if (m == 0) continue;
         const int64_t first = starts[g] + spans[g].s0;
-        RETURN_IF_ERROR(launch(
-            cs::LaunchValuesToDouble({values + first * d, static_cast<int64_t>(m) * d, G, DD(o_y)}, stream_),
-            "values conversion kernel"));
+        RETURN_IF_ERROR(
+            launch(cs::LaunchValuesToDouble(
+                       {values + first * d, static_cast<int64_t>(m) * d, G, DD(o_y)}, stream_),
+                   "values conversion kernel"));
         RETURN_IF_ERROR(CublasStatus(
             cublasDtrsmBatched(blas_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N,
                                CUBLAS_DIAG_NON_UNIT, d, m, &one_d,
                                reinterpret_cast<const double* const*>(D(o_trsm_a)) + g * G, d,
                                reinterpret_cast<double* const*>(D(o_trsm_b)) + g * G, d, G),
             "batched triangular solve (cublasDtrsmBatched)"));
-        RETURN_IF_ERROR(launch(
-            cs::LaunchLeverage({DD(o_y), w + first, N, m, d, G, out + first}, stream_),
-            "leverage kernel"));
+        RETURN_IF_ERROR(
+            launch(cs::LaunchLeverage({DD(o_y), w + first, N, m, d, G, out + first}, stream_),
+                   "leverage kernel"));
       }
       RETURN_IF_ERROR(launch(cs::LaunchFillUndefined(heads, out, stream_), "fill kernel"));
       break;
@@ -498,9 +513,9 @@ absl::Status CudaLayerScorer::Run(const DeviceLayerRequest& r, int64_t N,
     std::memcpy(s.data(), host_scores + starts[g], sizeof(float) * s.size());
     for (size_t j = 0; j < s.size(); ++j) {
       if (!std::isfinite(s[j])) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "layer ", r.layer_index, " KV head ", g, " token ", j, " scored ", s[j],
-            " on the device: the keys or values hold a non-finite value"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("layer ", r.layer_index, " KV head ", g, " token ", j, " scored ", s[j],
+                         " on the device: the keys or values hold a non-finite value"));
       }
     }
   }

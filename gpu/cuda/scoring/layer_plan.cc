@@ -75,7 +75,8 @@ LayerPlan PlanLayer(const DeviceLayerRequest& r) {
   plan.positions.resize(plan.total);
   for (int g = 0; g < Hk; ++g) {
     const DeviceHeadRequest& h = r.heads[g];
-    for (int j = 0; j < h.n; ++j) plan.positions[plan.starts[g] + j] = h.positions ? h.positions[j] : j;
+    for (int j = 0; j < h.n; ++j)
+      plan.positions[plan.starts[g] + j] = h.positions ? h.positions[j] : j;
   }
 
   plan.rows = kind == Kind::kTova ? 1 : r.window;
@@ -124,8 +125,9 @@ LayerPlan PlanLayer(const DeviceLayerRequest& r) {
     plan.cos_mean.resize(pairs);
     plan.sin_mean.resize(pairs);
     for (int i = 0; i < pairs; ++i) {
-      const double f = r.rope.inv_freq == nullptr ? gm::RopeInvFreq(r.rope.theta, i, plan.rotary_dim)
-                                                  : static_cast<double>(r.rope.inv_freq[i]);
+      const double f = r.rope.inv_freq == nullptr
+                           ? gm::RopeInvFreq(r.rope.theta, i, plan.rotary_dim)
+                           : static_cast<double>(r.rope.inv_freq[i]);
       gm::AveragedCosSin(static_cast<double>(plan.next), p.rope_horizon, f, &plan.cos_mean[i],
                          &plan.sin_mean[i]);
     }

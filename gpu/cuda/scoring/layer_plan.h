@@ -20,21 +20,21 @@ namespace kvkeep::cuda_scoring {
 struct LayerPlan {
   int q_heads = 0, kv_heads = 0, group = 1, d = 0, rotary_dim = 0;
   float inv_sqrt_d = 1.0f;
-  std::vector<HeadSpan> spans;        // [kv_heads]
-  std::vector<int64_t> starts;        // [kv_heads + 1]
-  int64_t total = 0;                  // N
-  int64_t next = 0;                   // effective next position
-  std::vector<int32_t> positions;     // [N], flat
+  std::vector<HeadSpan> spans;     // [kv_heads]
+  std::vector<int64_t> starts;     // [kv_heads + 1]
+  int64_t total = 0;               // N
+  int64_t next = 0;                // effective next position
+  std::vector<int32_t> positions;  // [N], flat
   // Window scorers: head g's probabilities [G][rows][n_g] at p_offset[g] of p_floats; other
   // scorers with softmax (expected, capkv*): one row per (KV head, q head) of a [G][N] buffer.
   int rows = 0;
-  std::vector<int64_t> p_offset;      // [kv_heads]
+  std::vector<int64_t> p_offset;  // [kv_heads]
   int64_t p_floats = 0;
   std::vector<SoftmaxRow> softmax_rows;
-  std::vector<GatherRun> runs;        // device addresses from the request
+  std::vector<GatherRun> runs;  // device addresses from the request
   int max_n = 0, max_m = 0, max_window_adds = 0;
   int64_t max_picks = 0;
-  int chol_batch = 0;                 // capkv: (KV head, q head) pairs with non-sink tokens
+  int chol_batch = 0;                      // capkv: (KV head, q head) pairs with non-sink tokens
   std::vector<double> cos_mean, sin_mean;  // R̄ per rotated pair (query-moment scorers)
 };
 

@@ -194,9 +194,9 @@ KVKEEP_HOST_DEVICE inline void CapLogitAt(const CapLogitsView& v, int64_t t) {
   if (!NonSink(v.heads, t, &g, &j)) return;
   for (int r = 0; r < v.group; ++r) {
     const int64_t h = static_cast<int64_t>(g) * v.group + r;
-    v.w[r * v.heads.total + t] = gpu_math::CapLogit(v.anchor + h * v.d, v.anchor_norm[h],
-                                                    v.keys + t * v.d, v.d, v.dot_form, v.tau,
-                                                    v.inv_sqrt_d);
+    v.w[r * v.heads.total + t] =
+        gpu_math::CapLogit(v.anchor + h * v.d, v.anchor_norm[h], v.keys + t * v.d, v.d, v.dot_form,
+                           v.tau, v.inv_sqrt_d);
   }
 }
 

@@ -5,6 +5,8 @@
 // the arguments the CUDA code passes to cuBLAS / cuSOLVER. It checks the plan, every layout and the
 // library-call conventions on a machine without a GPU; it cannot check the kernels' block
 // reductions, the launches or the libraries themselves (the `gpu` conformance suite does).
+#include "gpu/cuda/scoring/scoring_elements.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -14,7 +16,6 @@
 
 #include "common/status_matchers.h"
 #include "gpu/cuda/scoring/layer_plan.h"
-#include "gpu/cuda/scoring/scoring_elements.h"
 #include "gpu/math/attention_math.h"
 #include "gtest/gtest.h"
 #include "service/eviction/layer_inputs.h"
@@ -34,8 +35,10 @@ void Gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, in
     for (int i = 0; i < m; ++i) {
       double s = 0;
       for (int l = 0; l < k; ++l) {
-        const float x = ta ? a[l + static_cast<int64_t>(i) * lda] : a[i + static_cast<int64_t>(l) * lda];
-        const float y = tb ? b[j + static_cast<int64_t>(l) * ldb] : b[l + static_cast<int64_t>(j) * ldb];
+        const float x =
+            ta ? a[l + static_cast<int64_t>(i) * lda] : a[i + static_cast<int64_t>(l) * lda];
+        const float y =
+            tb ? b[j + static_cast<int64_t>(l) * ldb] : b[l + static_cast<int64_t>(j) * ldb];
         s += double{x} * y;
       }
       float& out = c[i + static_cast<int64_t>(j) * ldc];
@@ -113,9 +116,12 @@ std::vector<std::vector<float>> Emulate(const DeviceLayerRequest& r) {
   const int64_t N = lp.total;
   const DeviceScorerNeeds needs = DeviceNeeds(kind);
   std::vector<float> keys(N * d), values(N * d), out(N, 0.0f);
-  const int dtype = r.dtype == DevicePageDType::kFp32 ? 0 : r.dtype == DevicePageDType::kFp16 ? 1 : 2;
-  const GatherView gv{lp.runs.data(), static_cast<int>(lp.runs.size()), d, dtype,
-                      needs.keys ? keys.data() : nullptr, needs.values ? values.data() : nullptr};
+  const int dtype = r.dtype == DevicePageDType::kFp32   ? 0
+                    : r.dtype == DevicePageDType::kFp16 ? 1
+                                                        : 2;
+  const GatherView gv{
+      lp.runs.data(), static_cast<int>(lp.runs.size()),   d,
+      dtype,          needs.keys ? keys.data() : nullptr, needs.values ? values.data() : nullptr};
   for (int run = 0; run < gv.num_runs; ++run) {
     for (int64_t i = 0; i < int64_t{lp.runs[run].tokens} * d; ++i) {
       if (dtype == 0) GatherAt<0>(gv, run, i);
@@ -172,7 +178,7 @@ std::vector<std::vector<float>> Emulate(const DeviceLayerRequest& r) {
       wc.group = G;
       wc.rows = lp.rows;
       wc.window_keep = p.window;
-      wc.mode = kind == Kind::kTova ? WindowMode::kTova
+      wc.mode = kind == Kind::kTova     ? WindowMode::kTova
                 : kind == Kind::kSnapKv ? WindowMode::kSnapKv
                                         : WindowMode::kLaProx;
       wc.col = col.data();
@@ -196,8 +202,9 @@ std::vector<std::vector<float>> Emulate(const DeviceLayerRequest& r) {
               Gemm(false, false, d, n, d, 1.0f, r.wo_gram + (int64_t{g} * G + q) * d * d, d,
                    values.data() + lp.starts[g] * d, d, 0.0f, vm.data() + int64_t{q} * n * d, d);
             }
-            const QuadFormView qv{vm.data(), values.data() + lp.starts[g] * d, n, d, G,
-                                  lp.starts[g], N, vnorm.data()};
+            const QuadFormView qv{
+                vm.data(),   values.data() + lp.starts[g] * d, n, d, G, lp.starts[g], N,
+                vnorm.data()};
             for (int64_t i = 0; i < int64_t{G} * n; ++i) QuadFormAt(qv, i);
           }
         } else {
@@ -326,8 +333,8 @@ std::vector<std::vector<float>> Emulate(const DeviceLayerRequest& r) {
         const int m = lp.spans[g].m;
         if (m == 0) continue;
         const int64_t first = lp.starts[g] + lp.spans[g].s0;
-        const ScaleValuesView sv{values.data() + first * d, w.data() + first, N, m, d, G,
-                                 scaled.data()};
+        const ScaleValuesView sv{
+            values.data() + first * d, w.data() + first, N, m, d, G, scaled.data()};
         for (int64_t i = 0; i < int64_t{G} * m * d; ++i) ScaleValueAt(sv, i);
         for (int q = 0; q < G; ++q) {
           const float* sq = scaled.data() + int64_t{q} * m * d;
@@ -428,12 +435,14 @@ TEST_P(HostEmulationTest, EmulatedDevicePipelineMatchesTheCpuScorers) {
           float x = normal(rng);
           uint8_t* at = pages[g].data() +
                         ((j / kTokensPerPage) * 2 * kTokensPerPage + part * kTokensPerPage +
-                         j % kTokensPerPage) * kD * elem + i * elem;
+                         j % kTokensPerPage) *
+                            kD * elem +
+                        i * elem;
           if (c.dtype == DevicePageDType::kFp32) {
             std::memcpy(at, &x, 4);
           } else {
-            const uint16_t b = c.dtype == DevicePageDType::kFp16 ? gm::FloatToHalfBits(x)
-                                                                 : gm::FloatToBf16Bits(x);
+            const uint16_t b =
+                c.dtype == DevicePageDType::kFp16 ? gm::FloatToHalfBits(x) : gm::FloatToBf16Bits(x);
             std::memcpy(at, &b, 2);
             x = c.dtype == DevicePageDType::kFp16 ? gm::HalfBitsToFloat(b) : gm::Bf16BitsToFloat(b);
           }
@@ -475,20 +484,28 @@ TEST_P(HostEmulationTest, EmulatedDevicePipelineMatchesTheCpuScorers) {
   eviction::ScoringWorkspace ws(1);
   ASSERT_OK_AND_ASSIGN(eviction::HeadScores cpu, eviction::ScoreLayer(policy, in, ws));
 
-  DeviceLayerRequest req{.q_heads = H, .kv_heads = Hk, .head_dim = kD, .layer_index = 2,
-                         .dtype = c.dtype};
-  req.scorer = {static_cast<Kind>(static_cast<int>(c.scorer)), policy.sinks, policy.window,
-                policy.pool_kernel, policy.pool_max, policy.capkv_tau, policy.rope_horizon,
-                policy.seed, policy.greedy_picks};
+  DeviceLayerRequest req{
+      .q_heads = H, .kv_heads = Hk, .head_dim = kD, .layer_index = 2, .dtype = c.dtype};
+  req.scorer = {static_cast<Kind>(static_cast<int>(c.scorer)),
+                policy.sinks,
+                policy.window,
+                policy.pool_kernel,
+                policy.pool_max,
+                policy.capkv_tau,
+                policy.rope_horizon,
+                policy.seed,
+                policy.greedy_picks};
   req.heads.resize(Hk);
   const size_t token_bytes = kD * elem;
   for (int g = 0; g < Hk; ++g) {
     req.heads[g].n = in.heads[g].n;
     req.heads[g].positions = positions[g].data();
     for (int j = 0; j < in.heads[g].n; j += kTokensPerPage) {
-      const uint8_t* page = pages[g].data() + (j / kTokensPerPage) * 2 * kTokensPerPage * token_bytes;
-      req.heads[g].runs.push_back({page, page + kTokensPerPage * token_bytes,
-                                   static_cast<uint32_t>(std::min(kTokensPerPage, in.heads[g].n - j))});
+      const uint8_t* page =
+          pages[g].data() + (j / kTokensPerPage) * 2 * kTokensPerPage * token_bytes;
+      req.heads[g].runs.push_back(
+          {page, page + kTokensPerPage * token_bytes,
+           static_cast<uint32_t>(std::min(kTokensPerPage, in.heads[g].n - j))});
     }
   }
   req.rope = {in.rope.theta, in.rope.rotary_dim, in.rope.interleaved, nullptr};
@@ -527,13 +544,12 @@ std::vector<Case> Cases() {
   return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllScorers, HostEmulationTest, ::testing::ValuesIn(Cases()),
-    [](const ::testing::TestParamInfo<Case>& info) {
-      std::string name(eviction::ScorerName(info.param.scorer));
-      name.erase(std::remove(name.begin(), name.end(), '-'), name.end());
-      return name + std::to_string(info.index);
-    });
+INSTANTIATE_TEST_SUITE_P(AllScorers, HostEmulationTest, ::testing::ValuesIn(Cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           std::string name(eviction::ScorerName(info.param.scorer));
+                           name.erase(std::remove(name.begin(), name.end(), '-'), name.end());
+                           return name + std::to_string(info.index);
+                         });
 
 }  // namespace
 }  // namespace kvkeep::cuda_scoring

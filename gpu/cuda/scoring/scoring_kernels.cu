@@ -2,15 +2,12 @@
 // loops (grids are capped, so no launch exceeds a grid limit whatever N), uses 256 threads per
 // block, and keeps its only shared memory in fixed-size arrays: at most 2 * kMaxDeviceHeadDim
 // doubles (8 KiB) plus 32 reduction slots per block.
-#include "gpu/cuda/scoring/scoring_kernels.h"
-
-#include "gpu/cuda/scoring/scoring_elements.h"
-
 #include <math.h>
 
+#include "gpu/cuda/scoring/scoring_elements.h"
+#include "gpu/cuda/scoring/scoring_kernels.h"
 #include "gpu/device_scoring.h"
 #include "gpu/math/attention_math.h"
-#include "gpu/math/dtype.h"
 #include "gpu/math/scoring_math.h"
 
 namespace kvkeep::cuda_scoring {
@@ -412,7 +409,8 @@ cudaError_t LaunchFillUndefined(const Heads& heads, float* scores, cudaStream_t 
 cudaError_t LaunchGreedyInit(const GreedyView& v, cudaStream_t stream) {
   if (v.d < 1 || v.d > kMaxD) return cudaErrorInvalidValue;
   const int64_t items = static_cast<int64_t>(v.heads.kv_heads) * v.group * v.d * v.d;
-  GreedyInitKernel<<<Blocks(items > v.heads.total ? items : v.heads.total), kThreads, 0, stream>>>(v);
+  GreedyInitKernel<<<Blocks(items > v.heads.total ? items : v.heads.total), kThreads, 0, stream>>>(
+      v);
   return cudaGetLastError();
 }
 

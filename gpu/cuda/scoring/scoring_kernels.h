@@ -20,29 +20,29 @@ namespace kvkeep::cuda_scoring {
 
 // One KV head of the layer (device array, kv_heads entries).
 struct HeadSpan {
-  int n = 0;            // tokens
-  int64_t offset = 0;   // first flat token index
-  int begin = 0;        // defined scores: head-local [begin, end); the rest get the max of those
+  int n = 0;           // tokens
+  int64_t offset = 0;  // first flat token index
+  int begin = 0;       // defined scores: head-local [begin, end); the rest get the max of those
   int end = 0;
-  int s0 = 0;           // sinks of this head (min(sinks, n))
-  int m = 0;            // non-sink tokens n - s0
-  int nc = 0;           // capkv-greedy candidates (non-sink, non-window)
-  int64_t picks = 0;    // capkv-greedy picks
+  int s0 = 0;         // sinks of this head (min(sinks, n))
+  int m = 0;          // non-sink tokens n - s0
+  int nc = 0;         // capkv-greedy candidates (non-sink, non-window)
+  int64_t picks = 0;  // capkv-greedy picks
 };
 
 struct Heads {
   const HeadSpan* spans = nullptr;  // [kv_heads]
   const int64_t* starts = nullptr;  // [kv_heads + 1] offsets, starts[kv_heads] = N
   int kv_heads = 0;
-  int64_t total = 0;                // N
+  int64_t total = 0;  // N
 };
 
 // A run of tokens of one head in one page (device array).
 struct GatherRun {
-  const void* keys = nullptr;    // [tokens][d] of the page dtype
+  const void* keys = nullptr;  // [tokens][d] of the page dtype
   const void* values = nullptr;
   uint32_t tokens = 0;
-  int64_t dst = 0;               // first flat token index written
+  int64_t dst = 0;  // first flat token index written
 };
 
 // dtype: 0 fp32, 1 fp16, 2 bf16. keys_out / values_out [N][d] float (nullptr = not gathered).
@@ -65,10 +65,10 @@ struct TokenScoresView {
   const int32_t* positions = nullptr;  // [N]
   uint64_t seed = 0;
   uint64_t layer = 0;
-  const float* mass = nullptr;          // [G][N]
+  const float* mass = nullptr;  // [G][N]
   int group = 1;
   int64_t next_position = 0;
-  float* scores = nullptr;              // [N]
+  float* scores = nullptr;  // [N]
 };
 cudaError_t LaunchTokenScores(const TokenScoresView& v, cudaStream_t stream);
 
@@ -78,12 +78,13 @@ struct NormView {
   const float* x = nullptr;  // [N][d]
   int d = 0;
   bool negate = true;
-  float* out = nullptr;      // [N]
+  float* out = nullptr;  // [N]
 };
 cudaError_t LaunchNorms(const NormView& v, cudaStream_t stream);
 
 // One softmax row: `len` visible logits of p[offset, offset + n) are turned into probabilities
-// (times `scale`), the rest of the n set to 0. exp is gm::ExpFast, the sum is accumulated in double.
+// (times `scale`), the rest of the n set to 0. exp is gm::ExpFast, the sum is accumulated in
+// double.
 struct SoftmaxRow {
   int64_t offset = 0;
   int n = 0;
@@ -109,9 +110,9 @@ struct WindowColumnsView {
   const float* p = nullptr;
   int group = 1;
   int rows = 1;
-  int window_keep = 0;                // policy window (snapkv)
+  int window_keep = 0;  // policy window (snapkv)
   WindowMode mode = WindowMode::kSnapKv;
-  float* col = nullptr;               // [G][N] (tova: [N])
+  float* col = nullptr;  // [G][N] (tova: [N])
 };
 cudaError_t LaunchWindowColumns(const WindowColumnsView& v, cudaStream_t stream);
 
@@ -173,7 +174,7 @@ struct ExpectedLogitsView {
   int rotary_dim = 0;
   bool interleaved = false;
   int group = 1;
-  float* logits = nullptr;             // [G][N]
+  float* logits = nullptr;  // [G][N]
 };
 cudaError_t LaunchExpectedLogits(const ExpectedLogitsView& v, cudaStream_t stream);
 
@@ -190,15 +191,15 @@ cudaError_t LaunchGroupSum(const GroupSumView& v, cudaStream_t stream);
 // capkv*: w[r][t] = CapLogit(anchor_r, norm_r, k_t) for the non-sink tokens (exp applied later).
 struct CapLogitsView {
   Heads heads;
-  const float* keys = nullptr;          // [N][d]
-  const float* anchor = nullptr;        // [q_heads][d]
-  const float* anchor_norm = nullptr;   // [q_heads]
+  const float* keys = nullptr;         // [N][d]
+  const float* anchor = nullptr;       // [q_heads][d]
+  const float* anchor_norm = nullptr;  // [q_heads]
   int d = 0;
   int group = 1;
   bool dot_form = false;
   float tau = 5.0f;
   float inv_sqrt_d = 1.0f;
-  float* w = nullptr;                   // [G][N]
+  float* w = nullptr;  // [G][N]
 };
 cudaError_t LaunchCapLogits(const CapLogitsView& v, cudaStream_t stream);
 
@@ -210,7 +211,7 @@ struct ScaleValuesView {
   int m = 0;
   int d = 0;
   int group = 1;
-  float* scaled = nullptr;        // [G][m][d]
+  float* scaled = nullptr;  // [G][m][d]
 };
 cudaError_t LaunchScaleValues(const ScaleValuesView& v, cudaStream_t stream);
 
@@ -240,7 +241,7 @@ struct LeverageView {
   int m = 0;
   int d = 0;
   int group = 1;
-  float* scores = nullptr;    // &scores[offset + s0]
+  float* scores = nullptr;  // &scores[offset + s0]
 };
 cudaError_t LaunchLeverage(const LeverageView& v, cudaStream_t stream);
 
