@@ -43,6 +43,15 @@ class ForeignArena final : public Arena {
   ArenaHandle handle_;
 };
 
+}  // namespace
+
+// Test names and failure messages say "kCuda", not "4-byte object <02-00 00-00>".
+void PrintTo(BackendKind kind, std::ostream* os) {
+  *os << (kind == BackendKind::kCpu ? "kCpu" : kind == BackendKind::kCuda ? "kCuda" : "kAuto");
+}
+
+namespace {
+
 std::string BackendKindName(const ::testing::TestParamInfo<BackendKind>& info) {
   switch (info.param) {
     case BackendKind::kCpu: return "Cpu";
