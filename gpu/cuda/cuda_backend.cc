@@ -264,7 +264,24 @@ class CudaBackend final : public Backend {
   absl::Status Copy(const Arena& src, std::size_t src_offset, Arena& dst, std::size_t dst_offset,
                     std::size_t n) override {
     const CopyOp op{&src, src_offset, &dst, dst_offset, n};
-    return CopyBatch(absl::MakeConstSpan(&op, 1));
+    ASSIGN_OR_RETURN(const CudaArena* from, Own(src));
+    ASSIGN_OR_RETURN(const CudaArena* to, Own(dst));
+    if (!RangeInside(from->size(), src_offset, n) || !RangeInside(to->size(), dst_offset, n)) {
+      return absl::OutOfRangeError(absl::StrCat("copy of ", n, " bytes from ", src_offset, " to ",
+                                                dst_offset, " outside arenas of ", from->size(),
+                                                " and ", to->size(), " bytes"));
+    }
+    if (n == 0) return absl::OkStatus();
+    const bool overlap = from == to && src_offset < dst_offset + n && dst_offset < src_offset + n;
+    // Overlapping ranges need the staged kernel path (cudaMemcpy does not promise memmove).
+    if (overlap) return CopyBatch(absl::MakeConstSpan(&op, 1));
+    // Disjoint: one DMA, no descriptor upload or kernel launch.
+    RETURN_IF_ERROR(UseDevice());
+    ASSIGN_OR_RETURN(SlotLease lease, Lease());
+    StreamSlot& s = lease.slot();
+    return Settle(s, CudaStatus(cudaMemcpyAsync(to->data() + dst_offset, from->data() + src_offset, n,
+                                                cudaMemcpyDeviceToDevice, s.stream),
+                                "cudaMemcpyAsync arena to arena"));
   }
 
   absl::Status CopyBatch(absl::Span<const CopyOp> ops) override {
