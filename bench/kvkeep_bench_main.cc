@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/backend_bench.h"
 #include "bench/io_bench.h"
 #include "bench/mem_bench.h"
 #include "bench/score_bench.h"
@@ -25,6 +26,8 @@ Commands:
           (kvkeep-bench spill --help)
   mem     kvkeepd's own memory: metadata bytes per page, bytes per committed token, peak RSS
           (kvkeep-bench mem --help)
+  backend the memory backend (CPU or CUDA): large Write/Read vs memcpy/cudaMemcpy, small
+          writes, CopyBatch compaction vs a contiguous copy (kvkeep-bench backend --help)
   all     score, io, spill and mem one after the other with their defaults
           (--smoke: tiny sizes, a few seconds; --json: each prints its JSON object)
 
@@ -83,6 +86,7 @@ int main(int argc, char** argv) {
   if (cmd == "io") return kvkeep::bench::RunIoBench(argc - 1, argv + 1);
   if (cmd == "spill") return kvkeep::bench::RunSpillBench(argc - 1, argv + 1);
   if (cmd == "mem") return kvkeep::bench::RunMemBench(argc - 1, argv + 1);
+  if (cmd == "backend") return kvkeep::bench::RunBackendBench(argc - 1, argv + 1);
   if (cmd == "all") return RunAll(argc - 1, argv + 1);
   std::fprintf(stderr, "kvkeep-bench: unknown command \"%s\" (see kvkeep-bench --help)\n",
                cmd.c_str());

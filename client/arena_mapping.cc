@@ -11,13 +11,31 @@
 #include "absl/strings/str_cat.h"
 
 namespace kvkeep {
+namespace {
 
-absl::StatusOr<std::unique_ptr<ArenaMapping>> ArenaMapping::Map(const v1::ArenaExport& arena) {
-  if (arena.kind() != v1::HOST_SHM) {
-    return absl::UnimplementedError(absl::StrCat("cannot map arena kind ",
-                                                 v1::ArenaKind_Name(arena.kind()),
-                                                 " in this client build"));
+// A HOST_SHM arena mapped with mmap; unmapped on destruction.
+class HostShmMapping final : public ArenaMapping {
+ public:
+  HostShmMapping(v1::ArenaExport arena, uint8_t* data, uint64_t size)
+      : ArenaMapping(std::move(arena), data, size, /*device_ordinal=*/-1) {}
+  ~HostShmMapping() override { munmap(data(), size()); }
+
+  absl::Status Write(uint64_t offset, const void* src, uint64_t n) const override {
+    absl::Status range = CheckRange("write", offset, n);
+    if (!range.ok()) return range;
+    if (n != 0) std::memcpy(data() + offset, src, n);
+    return absl::OkStatus();
   }
+  absl::Status Read(uint64_t offset, void* dst, uint64_t n) const override {
+    absl::Status range = CheckRange("read", offset, n);
+    if (!range.ok()) return range;
+    if (n != 0) std::memcpy(dst, data() + offset, n);
+    return absl::OkStatus();
+  }
+  absl::Status Finish() const override { return absl::OkStatus(); }
+};
+
+absl::StatusOr<std::shared_ptr<const ArenaMapping>> MapHostShm(const v1::ArenaExport& arena) {
   int fd = shm_open(arena.handle().c_str(), O_RDWR | O_CLOEXEC, 0);
   if (fd < 0) {
     return absl::NotFoundError(absl::StrCat("shm_open(", arena.handle(), "): ", std::strerror(errno)));
@@ -33,10 +51,33 @@ absl::StatusOr<std::unique_ptr<ArenaMapping>> ArenaMapping::Map(const v1::ArenaE
   if (data == MAP_FAILED) {
     return absl::ResourceExhaustedError(absl::StrCat("mmap: ", std::strerror(errno)));
   }
-  return std::unique_ptr<ArenaMapping>(
-      new ArenaMapping(arena, static_cast<uint8_t*>(data), arena.size_bytes()));
+  return std::make_shared<const HostShmMapping>(arena, static_cast<uint8_t*>(data),
+                                                arena.size_bytes());
 }
 
-ArenaMapping::~ArenaMapping() { munmap(data_, size_); }
+}  // namespace
+
+absl::Status ArenaMapping::CheckRange(const char* what, uint64_t offset, uint64_t n) const {
+  if (offset > size_ || n > size_ - offset) {
+    return absl::OutOfRangeError(absl::StrCat(what, " of ", n, " bytes at ", offset,
+                                              " outside arena ", arena_.arena_id(), " of ", size_,
+                                              " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const ArenaMapping>> ArenaMapping::Map(
+    const v1::ArenaExport& arena) {
+  switch (arena.kind()) {
+    case v1::HOST_SHM:
+      return MapHostShm(arena);
+    case v1::CUDA_IPC:
+      return MapCudaIpcArena(arena);
+    default:
+      return absl::UnimplementedError(absl::StrCat("cannot map arena kind ",
+                                                   v1::ArenaKind_Name(arena.kind()),
+                                                   " in this client build"));
+  }
+}
 
 }  // namespace kvkeep

@@ -1,7 +1,14 @@
-// A worker's mapping of one exported arena (host shared memory). Unmapped on destruction.
+// A worker's mapping of one exported arena: host shared memory (HOST_SHM) or, in builds with CUDA,
+// device memory of another process (CUDA_IPC, opened on the local device whose UUID matches the
+// export). Handed out as shared_ptr<const ArenaMapping>: the mapping is closed (munmap /
+// cudaIpcCloseMemHandle) when the last holder drops it, so a copy in progress pins it; holders
+// must drop it without holding a lock others wait on.
 //
-//   ASSIGN_OR_RETURN(auto mapping, ArenaMapping::Map(arena_export));
-//   std::memcpy(mapping->data() + offset, keys, n);
+//   ASSIGN_OR_RETURN(std::shared_ptr<const ArenaMapping> m, ArenaMapping::Map(arena_export));
+//   RETURN_IF_ERROR(m->Write(page_offset, keys, n));   // host memcpy, or cudaMemcpyAsync
+//   RETURN_IF_ERROR(m->Finish());                      // CUDA: waits for this thread's copies
+//
+// Thread-safe: Write/Read/Finish may run concurrently on disjoint ranges.
 #ifndef KVKEEP_CLIENT_ARENA_MAPPING_H_
 #define KVKEEP_CLIENT_ARENA_MAPPING_H_
 
@@ -15,24 +22,52 @@ namespace kvkeep {
 
 class ArenaMapping {
  public:
-  // Maps a HOST_SHM export read-write. UNIMPLEMENTED for kinds this build cannot map;
-  // NOT_FOUND when the object is gone; DATA_LOSS when its size differs from the export.
-  static absl::StatusOr<std::unique_ptr<ArenaMapping>> Map(const v1::ArenaExport& arena);
-  ~ArenaMapping();
+  // Maps an export read-write.
+  //  HOST_SHM: NOT_FOUND when the object is gone; DATA_LOSS when its size differs from the export.
+  //  CUDA_IPC: UNIMPLEMENTED in a client built without CUDA; INVALID_ARGUMENT for a malformed
+  //    handle or UUID; NOT_FOUND when no visible device has the export's UUID; FAILED_PRECONDITION
+  //    when there is no device or the mapped allocation is smaller than the export says.
+  //  Other kinds: UNIMPLEMENTED.
+  static absl::StatusOr<std::shared_ptr<const ArenaMapping>> Map(const v1::ArenaExport& arena);
+  virtual ~ArenaMapping() = default;
   ArenaMapping(const ArenaMapping&) = delete;
   ArenaMapping& operator=(const ArenaMapping&) = delete;
 
+  // The first byte: a host pointer (HOST_SHM) or a device pointer valid in this process
+  // (CUDA_IPC, on device_ordinal()). Valid while this mapping lives.
   uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
   const v1::ArenaExport& arena() const { return arena_; }
+  // The local ordinal of the device the arena is mapped on; -1 for host memory.
+  int device_ordinal() const { return device_ordinal_; }
+  bool on_device() const { return device_ordinal_ >= 0; }
+
+  // Copies n bytes from `src` into [offset, offset + n) / from there into `dst`. `src` and `dst`
+  // may be host memory (pageable or pinned) or, for CUDA_IPC, device memory of this process
+  // (cudaMemcpyDefault); device memory must be ready (synchronize the stream that produced it).
+  // CUDA copies are enqueued on the calling thread's per-thread default stream of the arena's
+  // device: call Finish() from the same thread before relying on the bytes (Read into pageable
+  // host memory is complete on return). OUT_OF_RANGE outside the arena; nothing is copied then.
+  virtual absl::Status Write(uint64_t offset, const void* src, uint64_t n) const = 0;
+  virtual absl::Status Read(uint64_t offset, void* dst, uint64_t n) const = 0;
+  // Waits for the copies this thread enqueued on this mapping's device. OK at once for host memory.
+  virtual absl::Status Finish() const = 0;
+
+ protected:
+  ArenaMapping(v1::ArenaExport arena, uint8_t* data, uint64_t size, int device_ordinal)
+      : arena_(std::move(arena)), data_(data), size_(size), device_ordinal_(device_ordinal) {}
+  // OUT_OF_RANGE when [offset, offset + n) is not inside the mapping.
+  absl::Status CheckRange(const char* what, uint64_t offset, uint64_t n) const;
 
  private:
-  ArenaMapping(v1::ArenaExport arena, uint8_t* data, uint64_t size)
-      : arena_(std::move(arena)), data_(data), size_(size) {}
   const v1::ArenaExport arena_;
   uint8_t* const data_;
   const uint64_t size_;
+  const int device_ordinal_;
 };
+
+// CUDA_IPC mapping (client/cuda_arena_mapping.cc with CUDA, cuda_arena_mapping_none.cc without).
+absl::StatusOr<std::shared_ptr<const ArenaMapping>> MapCudaIpcArena(const v1::ArenaExport& arena);
 
 }  // namespace kvkeep
 

@@ -235,9 +235,9 @@ absl::StatusOr<v1::CompressReply> Client::Compress(const std::string& sequence,
   return reply;
 }
 
-absl::Status Client::WriteInPlace(const std::string& sequence, uint32_t layer, uint32_t kv_head,
-                                  uint32_t offset, uint32_t count, const void* keys,
-                                  const void* values) {
+absl::StatusOr<std::vector<Client::InPlaceSegment>> Client::InPlaceSegments(
+    const std::string& sequence, uint32_t layer, uint32_t kv_head, uint32_t offset,
+    uint32_t count) {
   absl::MutexLock lock(&mu_);
   auto seq = sequences_.find(sequence);
   if (seq == sequences_.end()) {
@@ -258,8 +258,7 @@ absl::Status Client::WriteInPlace(const std::string& sequence, uint32_t layer, u
                                               ") pass the ", pages.size() * tpp,
                                               " allocated for this head"));
   }
-  const auto* k = static_cast<const uint8_t*>(keys);
-  const auto* v = static_cast<const uint8_t*>(values);
+  std::vector<InPlaceSegment> segments;
   for (uint32_t done = 0; done < count;) {
     const uint64_t slot = offset + done;
     const uint64_t page = pages[slot / tpp];
@@ -267,13 +266,73 @@ absl::Status Client::WriteInPlace(const std::string& sequence, uint32_t layer, u
     const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(tpp - in_page, count - done));
     auto arena = arenas_.find(static_cast<uint32_t>(page >> 32));
     if (arena == arenas_.end()) return absl::FailedPreconditionError("arena not mapped");
-    uint8_t* base = arena->second->data() + (page & 0xffffffffu) * g.page_bytes();
-    std::memcpy(base + in_page * token_bytes, k + uint64_t{done} * token_bytes, n * token_bytes);
-    std::memcpy(base + g.value_offset() + in_page * token_bytes, v + uint64_t{done} * token_bytes,
-                n * token_bytes);
+    const uint64_t base = (page & 0xffffffffu) * g.page_bytes();
+    segments.push_back({arena->second, base + in_page * token_bytes,
+                        base + g.value_offset() + in_page * token_bytes,
+                        uint64_t{done} * token_bytes, n * token_bytes});
     done += n;
   }
-  return absl::OkStatus();
+  return segments;
+}
+
+namespace {
+
+// Waits for the copies enqueued on each distinct mapping (CUDA: this thread's stream per device).
+absl::Status FinishAll(const std::vector<std::shared_ptr<const ArenaMapping>>& used) {
+  absl::Status first;
+  for (const auto& m : used) {
+    absl::Status s = m->Finish();
+    if (first.ok()) first = s;
+  }
+  return first;
+}
+
+void NoteUsed(const std::shared_ptr<const ArenaMapping>& m,
+              std::vector<std::shared_ptr<const ArenaMapping>>* used) {
+  for (const auto& u : *used) {
+    if (u == m) return;
+  }
+  used->push_back(m);
+}
+
+}  // namespace
+
+absl::Status Client::WriteInPlace(const std::string& sequence, uint32_t layer, uint32_t kv_head,
+                                  uint32_t offset, uint32_t count, const void* keys,
+                                  const void* values) {
+  // The segments pin their mappings; the copies run without mu_.
+  ASSIGN_OR_RETURN(std::vector<InPlaceSegment> segments,
+                   InPlaceSegments(sequence, layer, kv_head, offset, count));
+  const auto* k = static_cast<const uint8_t*>(keys);
+  const auto* v = static_cast<const uint8_t*>(values);
+  std::vector<std::shared_ptr<const ArenaMapping>> used;
+  absl::Status status;
+  for (const InPlaceSegment& s : segments) {
+    NoteUsed(s.mapping, &used);
+    status = s.mapping->Write(s.key_offset, k + s.done_bytes, s.bytes);
+    if (status.ok()) status = s.mapping->Write(s.value_offset, v + s.done_bytes, s.bytes);
+    if (!status.ok()) break;
+  }
+  absl::Status finished = FinishAll(used);
+  return status.ok() ? finished : status;
+}
+
+absl::Status Client::ReadInPlace(const std::string& sequence, uint32_t layer, uint32_t kv_head,
+                                 uint32_t offset, uint32_t count, void* keys, void* values) {
+  ASSIGN_OR_RETURN(std::vector<InPlaceSegment> segments,
+                   InPlaceSegments(sequence, layer, kv_head, offset, count));
+  auto* k = static_cast<uint8_t*>(keys);
+  auto* v = static_cast<uint8_t*>(values);
+  std::vector<std::shared_ptr<const ArenaMapping>> used;
+  absl::Status status;
+  for (const InPlaceSegment& s : segments) {
+    NoteUsed(s.mapping, &used);
+    status = s.mapping->Read(s.key_offset, k + s.done_bytes, s.bytes);
+    if (status.ok()) status = s.mapping->Read(s.value_offset, v + s.done_bytes, s.bytes);
+    if (!status.ok()) break;
+  }
+  absl::Status finished = FinishAll(used);
+  return status.ok() ? finished : status;
 }
 
 absl::StatusOr<v1::WriteSummary> Client::WriteKV(const std::vector<v1::KvChunk>& chunks) {

@@ -77,9 +77,18 @@ class Client {
 
   // Zero-copy: copies keys/values of `count` tokens straight into the mapped pages of
   // (layer, kv_head) from slot `offset`. Needs the pages from Allocate()/Acquire() in this client.
+  // HOST_SHM arenas: `keys`/`values` are host memory. CUDA_IPC arenas: host memory (pageable or
+  // pinned) or device memory of this process (cudaMemcpyDefault; synchronize the stream that
+  // produced it first); the copies are done when this returns. The arenas' mappings are pinned
+  // for the copy, not locked: other calls proceed meanwhile.
   absl::Status WriteInPlace(const std::string& sequence, uint32_t layer, uint32_t kv_head,
                             uint32_t offset, uint32_t count, const void* keys,
                             const void* values);
+  // The reverse: copies keys/values of `count` tokens from slot `offset` of the mapped pages into
+  // `keys`/`values` (host, or device memory for CUDA_IPC arenas), done when this returns. Reads
+  // what the pages hold now, committed or not.
+  absl::Status ReadInPlace(const std::string& sequence, uint32_t layer, uint32_t kv_head,
+                           uint32_t offset, uint32_t count, void* keys, void* values);
 
   // Bytes path: streams the chunks (each below the message limit) in one WriteKV call.
   absl::StatusOr<v1::WriteSummary> WriteKV(const std::vector<v1::KvChunk>& chunks);
@@ -109,6 +118,17 @@ class Client {
   absl::Status MapArenasOf(const google::protobuf::RepeatedPtrField<v1::HeadTable>& heads,
                           const google::protobuf::RepeatedPtrField<v1::ArenaExport>& known);
   void RememberPages(const std::string& sequence, const v1::HeadTable& head, bool replace);
+  // One page-contiguous run of a head's token slots, with its mapping pinned.
+  struct InPlaceSegment {
+    std::shared_ptr<const ArenaMapping> mapping;
+    uint64_t key_offset;    // in the arena
+    uint64_t value_offset;  // in the arena
+    uint64_t done_bytes;    // offset into the caller's keys/values buffers
+    uint64_t bytes;
+  };
+  absl::StatusOr<std::vector<InPlaceSegment>> InPlaceSegments(const std::string& sequence,
+                                                              uint32_t layer, uint32_t kv_head,
+                                                              uint32_t offset, uint32_t count);
 
   // Constant after Attach.
   std::shared_ptr<grpc::Channel> channel_;
@@ -126,7 +146,9 @@ class Client {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status session_status_ ABSL_GUARDED_BY(mu_);
-  std::map<uint32_t, std::unique_ptr<ArenaMapping>> arenas_ ABSL_GUARDED_BY(mu_);
+  // Mapped arenas. A mapping is closed when the last holder drops it: when the Client is
+  // destroyed (mu_ not held), or later when an in-place copy still pins it.
+  std::map<uint32_t, std::shared_ptr<const ArenaMapping>> arenas_ ABSL_GUARDED_BY(mu_);
   // Per sequence, per (layer, kv_head) key: the page references known to this client.
   using HeadKey = std::pair<uint32_t, uint32_t>;
   std::map<std::string, std::map<HeadKey, std::vector<uint64_t>>> sequences_ ABSL_GUARDED_BY(mu_);

@@ -466,6 +466,7 @@ int Run(int argc, char** argv) {
     }
     std::printf("kvkeepd %s  backend=%s  uptime=%.0fs\n", s->version().c_str(),
                 s->backend().c_str(), s->uptime_seconds());
+    if (!s->backend_device().empty()) std::printf("device: %s\n", s->backend_device().c_str());
     std::printf("pool: %s used of %s (%s in %u arenas), %llu pages in use\n",
                 HumanBytes(s->pool_used_bytes()).c_str(),
                 HumanBytes(s->pool_capacity_bytes()).c_str(),

@@ -16,8 +16,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 
 namespace kvkeep {
+
+class DeviceLayerScorer;  // gpu/device_scoring.h
 
 enum class ArenaExportKind { kHostShm = 1, kCudaIpc = 2, kCudaVmmFd = 3 };
 
@@ -40,6 +43,17 @@ class Arena {
   std::size_t size() const { return handle().size_bytes; }
 };
 
+// One move of CopyBatch: n bytes from [src_offset, src_offset + n) of *src to
+// [dst_offset, dst_offset + n) of *dst. Both arenas must belong to the backend that runs the batch;
+// they are borrowed for the duration of the call.
+struct CopyOp {
+  const Arena* src = nullptr;
+  std::size_t src_offset = 0;
+  Arena* dst = nullptr;
+  std::size_t dst_offset = 0;
+  std::size_t n = 0;
+};
+
 // A memory backend. Thread-safe: all methods may be called concurrently.
 class Backend {
  public:
@@ -57,10 +71,42 @@ class Backend {
   virtual absl::Status Read(const Arena& arena, std::size_t offset, void* dst,
                             std::size_t n) const = 0;
 
-  // Copies n bytes inside or across arenas of this backend (used by compaction).
+  // Copies n bytes inside or across arenas of this backend, like memmove: overlapping ranges
+  // are fine. OUT_OF_RANGE when either range is not inside its arena.
   virtual absl::Status Copy(const Arena& src, std::size_t src_offset, Arena& dst,
                             std::size_t dst_offset, std::size_t n) = 0;
+
+  // Many copies as ONE parallel assignment (in-place per-head compaction is a batch of token-run
+  // moves): every destination byte receives the value its source byte held BEFORE the batch began,
+  // whatever the order of `ops`, so a move may read bytes another move of the batch overwrites.
+  // Destination ranges must be pairwise disjoint; sources may overlap anything. Ops with n == 0
+  // are ignored. All ops are checked before any byte moves: INVALID_ARGUMENT (a null or foreign
+  // arena, overlapping destinations) or OUT_OF_RANGE (a range outside its arena) change nothing.
+  // The CPU backend runs the ops one by one (through a host copy of the sources when a source
+  // overlaps a destination); the CUDA backend runs ONE kernel launch over all ops (two, through a
+  // device scratch buffer, when a source overlaps a destination). Results are bit-identical.
+  // The default runs CheckCopyBatch, then Copy per op, staging through Read/Write on overlap.
+  virtual absl::Status CopyBatch(absl::Span<const CopyOp> ops);
+
+  // The device address of the arena's first byte (CUDA: a device pointer in this process, for
+  // device kernels such as the scorers); nullptr for host backends. The pointer stays valid while
+  // the arena lives.
+  virtual const void* DeviceAddress(const Arena& arena) const { return nullptr; }
+  // The CUDA device ordinal arenas live on; -1 for host memory.
+  virtual int device_ordinal() const { return -1; }
+  // One line naming where arenas live, for status and logs: "host shared memory", or
+  // "cuda:0 NVIDIA H100 80GB HBM3 (GPU-8d0f...)".
+  virtual std::string device() const { return "host shared memory"; }
+  // Scores layers on the device that holds the arenas (gpu/device_scoring.h), owned by the
+  // backend; nullptr when the backend cannot (the compressor then scores on the CPU).
+  virtual DeviceLayerScorer* layer_scorer() { return nullptr; }
 };
+
+// The checks CopyBatch promises, shared by every backend: OK, or INVALID_ARGUMENT / OUT_OF_RANGE as
+// documented there. Sets *sources_overlap_destinations (when non-null) to whether some op's source
+// range overlaps some op's destination range in the same arena, i.e. whether a staged (two-phase)
+// schedule is needed.
+absl::Status CheckCopyBatch(absl::Span<const CopyOp> ops, bool* sources_overlap_destinations);
 
 enum class BackendKind { kAuto, kCpu, kCuda };
 
@@ -70,12 +116,18 @@ struct BackendOptions {
   // "/<prefix>.<32 random hex digits>"; objects with this prefix left by a crashed daemon are
   // removed by RemoveStaleArenas().
   std::string shm_prefix = "kvkeep";  // Default: "kvkeep"
+  // CUDA device ordinal (as this process numbers them) for kCuda and kAuto.
   int cuda_device = 0;                // Default: device 0
 };
 
-// kCpu always works; kAuto falls back to the CPU; kCuda answers UNIMPLEMENTED when built without
-// CUDA and FAILED_PRECONDITION when no device is present.
+// kCpu always works; kAuto falls back to the CPU (and logs one line on stderr saying why);
+// kCuda answers UNIMPLEMENTED when built without CUDA, FAILED_PRECONDITION "no CUDA device ..."
+// (with the CUDA error) when no device is present and INVALID_ARGUMENT for a cuda_device that is
+// not a visible device's ordinal (kAuto too, when devices are present).
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+// Whether this build has the CUDA backend (for tests and status lines).
+bool CudaBackendCompiled();
 
 absl::StatusOr<BackendKind> ParseBackendKind(const std::string& name);
 

@@ -1,7 +1,12 @@
 // The only file that knows whether the CUDA backend was compiled in.
-#include "gpu/backend.h"
+#include <cstdio>
 
+#include "gpu/backend.h"
 #include "gpu/cpu/cpu_backend.h"
+
+#if defined(KVKEEP_HAVE_CUDA)
+#include "gpu/cuda/cuda_backend.h"
+#endif
 
 namespace kvkeep {
 
@@ -12,13 +17,36 @@ absl::StatusOr<BackendKind> ParseBackendKind(const std::string& name) {
   return absl::InvalidArgumentError("unknown backend \"" + name + "\"; use auto, cpu or cuda");
 }
 
+bool CudaBackendCompiled() {
+#if defined(KVKEEP_HAVE_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options) {
   switch (options.kind) {
     case BackendKind::kCuda:
+#if defined(KVKEEP_HAVE_CUDA)
+      return CreateCudaBackend(options);
+#else
       return absl::UnimplementedError(
           "this kvkeepd was built without the CUDA backend; rebuild with nvcc available "
           "(KVKEEP_ENABLE_CUDA=ON) or use --backend=cpu");
-    case BackendKind::kAuto:
+#endif
+    case BackendKind::kAuto: {
+#if defined(KVKEEP_HAVE_CUDA)
+      auto cuda = CreateCudaBackend(options);
+      // A bad --cuda_device is the operator's mistake, not a missing device: say so.
+      if (cuda.ok() || absl::IsInvalidArgument(cuda.status())) return cuda;
+      std::fprintf(stderr, "kvkeep: backend auto: using cpu (cuda unavailable: %s)\n",
+                   std::string(cuda.status().message()).c_str());
+#else
+      std::fprintf(stderr, "kvkeep: backend auto: using cpu (built without CUDA)\n");
+#endif
+      return CreateCpuBackend(options);
+    }
     case BackendKind::kCpu:
       return CreateCpuBackend(options);
   }

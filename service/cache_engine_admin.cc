@@ -194,6 +194,7 @@ v1::DaemonStatus CacheEngine::Status() const {
   v1::DaemonStatus s;
   s.set_version(KVKEEP_VERSION);
   s.set_backend(backend_->name());
+  s.set_backend_device(backend_->device());
   s.set_pool_capacity_bytes(stats.capacity_bytes);
   s.set_pool_arena_bytes(stats.arena_bytes);
   s.set_pool_used_bytes(stats.used_bytes);

@@ -3,8 +3,9 @@
 target_sources(kvkeep_service PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/sequence_stats.cc
   ${CMAKE_CURRENT_LIST_DIR}/policy_convert.cc
-  ${CMAKE_CURRENT_LIST_DIR}/compressor.cc)
-target_link_libraries(kvkeep_service PUBLIC kvkeep_eviction)
+  ${CMAKE_CURRENT_LIST_DIR}/compressor.cc
+  ${CMAKE_CURRENT_LIST_DIR}/device_scoring_request.cc)
+target_link_libraries(kvkeep_service PUBLIC kvkeep_eviction kvkeep_device_scoring)
 
 kvkeep_test(sequence_stats_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/sequence_stats_test.cc
             LIBS kvkeep_service)

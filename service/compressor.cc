@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "gpu/math/dtype.h"
+#include "service/device_scoring_request.h"
 
 namespace kvkeep {
 namespace {
@@ -136,7 +137,37 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
   scratch.value_ptrs_.assign(kv_heads, nullptr);
   scratch.scores_.resize(layers);
   if (geo.dtype != v1::DTYPE_FP32) scratch.staging_.resize(size_t{tpp} * d);
-  for (uint32_t layer = 0; layer < layers; ++layer) {
+  // Scoring on the device that holds the pages, when the backend offers it: nothing is read back.
+  DeviceLayerScorer* const device_scorer = backend.layer_scorer();
+  const PageAddressFn page_address = [&](uint64_t page) -> absl::StatusOr<const char*> {
+    ASSIGN_OR_RETURN(Arena * arena, arena_of(page));
+    const char* base = static_cast<const char*>(backend.DeviceAddress(*arena));
+    if (base == nullptr) {
+      return absl::InternalError(absl::StrCat("the ", backend.name(), " backend offers a device ",
+                                              "scorer but its arena has no device address"));
+    }
+    return base + page_offset(page);
+  };
+  for (uint32_t layer = 0; layer < layers && device_scorer != nullptr; ++layer) {
+    scratch.key_ptrs_.assign(kv_heads, nullptr);
+    scratch.value_ptrs_.assign(kv_heads, nullptr);
+    BuildLayerInputs(model, table, stats, effective, layer, scratch.key_ptrs_, scratch.value_ptrs_,
+                     &scratch.inputs_);
+    absl::Status scored =
+        eviction::ValidateLayerInputs(scratch.inputs_, effective, /*check_tensors=*/false);
+    if (scored.ok()) {
+      scored = BuildDeviceLayerRequest(model, table, scratch.inputs_, effective, layer,
+                                       page_address, &scratch.device_request_);
+    }
+    if (scored.ok()) {
+      scored = device_scorer->ScoreLayer(scratch.device_request_, &scratch.scores_[layer].per_head);
+    }
+    if (!scored.ok()) {
+      return absl::Status(scored.code(), absl::StrCat("scoring layer ", layer, " on the device: ",
+                                                      scored.message()));
+    }
+  }
+  for (uint32_t layer = 0; layer < layers && device_scorer == nullptr; ++layer) {
     for (uint32_t g = 0; g < kv_heads; ++g) {
       const uint32_t h = layer * kv_heads + g;
       const uint32_t n = table.head(h).count;

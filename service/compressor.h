@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "gpu/backend.h"
+#include "gpu/device_scoring.h"
 #include "kvkeep/v1/kvcache.pb.h"
 #include "service/eviction/layer_inputs.h"
 #include "service/eviction/policy.h"
@@ -75,6 +76,7 @@ class CompressScratch {
   std::vector<const float*> key_ptrs_, value_ptrs_;
   std::vector<uint16_t> staging_;             // one page's keys or values, 16-bit dtypes
   std::vector<eviction::HeadScores> scores_;  // [layer]
+  DeviceLayerRequest device_request_;         // scoring on the device (Backend::layer_scorer)
 };
 
 // Compresses the sequence whose pages `table` lists, to `budget` under `policy`.
@@ -89,6 +91,9 @@ class CompressScratch {
 //                        table is unchanged but the bytes of the sequence are undefined (the
 //                        message says so): drop the sequence.
 // `model` describes the pages; `pool` only locates their arenas (ArenaOf); `backend` moves bytes.
+// When backend.layer_scorer() is non-null, every layer is scored on the device that holds the
+// pages (service/device_scoring_request.h) instead of being read back and scored on the CPU;
+// allocation, selection and compaction are the same either way.
 absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTable& table,
                                                  SequenceStats& stats,
                                                  const eviction::Policy& policy,

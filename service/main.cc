@@ -24,6 +24,9 @@ ABSL_FLAG(bool, insecure_tcp, false, "Allow --tcp without TLS (loopback tests on
 ABSL_FLAG(std::string, admin_token_file, "",
           "File holding the admin token (default <data_dir>/admin.token, created 0600 if missing)");
 ABSL_FLAG(std::string, backend, "auto", "Memory backend: auto, cpu (POSIX shared memory) or cuda");
+ABSL_FLAG(int, cuda_device, 0,
+          "CUDA device ordinal for --backend=cuda/auto, as this process numbers them (after "
+          "CUDA_VISIBLE_DEVICES); arenas are exported with the device's UUID");
 ABSL_FLAG(uint64_t, pool_mib, 1024, "Device (or host) memory the daemon may hand out, in MiB");
 ABSL_FLAG(uint64_t, arena_mib, 64, "Size of one exported arena, in MiB");
 ABSL_FLAG(uint64_t, max_message_mib, 4, "Largest gRPC message accepted or sent, in MiB");
@@ -107,6 +110,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.backend = *backend;
+  options.cuda_device = absl::GetFlag(FLAGS_cuda_device);
   options.pool_bytes = absl::GetFlag(FLAGS_pool_mib) << 20;
   options.arena_bytes = absl::GetFlag(FLAGS_arena_mib) << 20;
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_mib) << 20;
@@ -158,8 +162,9 @@ int main(int argc, char** argv) {
   }
   auto status = (*server)->engine().Status();
   std::fprintf(stderr,
-               "kvkeepd %s: backend=%s pool=%llu MiB tenants=%u listening on unix:%s%s\n",
+               "kvkeepd %s: backend=%s (%s) pool=%llu MiB tenants=%u listening on unix:%s%s\n",
                status.version().c_str(), status.backend().c_str(),
+               status.backend_device().c_str(),
                static_cast<unsigned long long>(options.pool_bytes >> 20), status.tenants(),
                (*server)->socket_path().c_str(),
                options.tcp_address.empty() ? "" : (" and " + options.tcp_address).c_str());

@@ -87,6 +87,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
 
   BackendOptions backend_options;
   backend_options.kind = options.backend;
+  backend_options.cuda_device = options.cuda_device;
   // Arenas are named after the data dir, so a restarted daemon finds what its crashed
   // predecessor left in /dev/shm.
   backend_options.shm_prefix = "kvkeep-" + HashToken(data_dir).substr(0, 12);

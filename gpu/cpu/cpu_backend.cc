@@ -9,9 +9,11 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "common/status_macros.h"
 
 namespace kvkeep {
 namespace {
@@ -44,6 +46,15 @@ class ShmArena final : public Arena {
   const ArenaHandle handle_;
   void* const data_;
 };
+
+// The host arena behind `arena`, or INVALID_ARGUMENT when it belongs to another backend.
+absl::StatusOr<ShmArena*> Own(const Arena& arena) {
+  auto* shm = dynamic_cast<const ShmArena*>(&arena);
+  if (shm == nullptr) {
+    return absl::InvalidArgumentError("arena does not belong to the cpu backend");
+  }
+  return const_cast<ShmArena*>(shm);
+}
 
 class CpuBackend final : public Backend {
  public:
@@ -83,7 +94,8 @@ class CpuBackend final : public Backend {
   }
 
   absl::Status Write(Arena& arena, std::size_t offset, const void* src, std::size_t n) override {
-    auto& a = static_cast<ShmArena&>(arena);
+    ASSIGN_OR_RETURN(ShmArena * owned, Own(arena));
+    ShmArena& a = *owned;
     if (!RangeInside(a.size(), offset, n)) {
       return absl::OutOfRangeError(absl::StrCat("write of ", n, " bytes at ", offset,
                                                 " outside arena of ", a.size(), " bytes"));
@@ -94,7 +106,8 @@ class CpuBackend final : public Backend {
 
   absl::Status Read(const Arena& arena, std::size_t offset, void* dst,
                     std::size_t n) const override {
-    auto& a = static_cast<const ShmArena&>(arena);
+    ASSIGN_OR_RETURN(const ShmArena* owned, Own(arena));
+    const ShmArena& a = *owned;
     if (!RangeInside(a.size(), offset, n)) {
       return absl::OutOfRangeError(absl::StrCat("read of ", n, " bytes at ", offset,
                                                 " outside arena of ", a.size(), " bytes"));
@@ -105,12 +118,55 @@ class CpuBackend final : public Backend {
 
   absl::Status Copy(const Arena& src, std::size_t src_offset, Arena& dst, std::size_t dst_offset,
                     std::size_t n) override {
-    auto& s = static_cast<const ShmArena&>(src);
-    auto& d = static_cast<ShmArena&>(dst);
-    if (!RangeInside(s.size(), src_offset, n) || !RangeInside(d.size(), dst_offset, n)) {
-      return absl::OutOfRangeError("copy outside arena bounds");
+    ASSIGN_OR_RETURN(const ShmArena* s, Own(src));
+    ASSIGN_OR_RETURN(ShmArena * d, Own(dst));
+    if (!RangeInside(s->size(), src_offset, n) || !RangeInside(d->size(), dst_offset, n)) {
+      return absl::OutOfRangeError(absl::StrCat("copy of ", n, " bytes from ", src_offset,
+                                                " to ", dst_offset, " outside arenas of ",
+                                                s->size(), " and ", d->size(), " bytes"));
     }
-    std::memmove(d.data() + dst_offset, s.data() + src_offset, n);
+    std::memmove(d->data() + dst_offset, s->data() + src_offset, n);
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyBatch(absl::Span<const CopyOp> ops) override {
+    // Every arena and range is checked before the first byte moves.
+    for (const CopyOp& op : ops) {
+      if (op.src != nullptr) RETURN_IF_ERROR(Own(*op.src).status());
+      if (op.dst != nullptr) RETURN_IF_ERROR(Own(*op.dst).status());
+    }
+    bool overlap = false;
+    RETURN_IF_ERROR(CheckCopyBatch(ops, &overlap));
+    auto src_of = [](const CopyOp& op) {
+      return static_cast<const ShmArena*>(op.src)->data() + op.src_offset;
+    };
+    auto dst_of = [](const CopyOp& op) {
+      return static_cast<const ShmArena*>(op.dst)->data() + op.dst_offset;
+    };
+    if (!overlap) {
+      // No source is written by the batch: any order is the parallel assignment.
+      for (const CopyOp& op : ops) {
+        if (op.n != 0) std::memcpy(dst_of(op), src_of(op), op.n);
+      }
+      return absl::OkStatus();
+    }
+    // Gather every source first, then scatter (the same two phases as the CUDA kernel launches).
+    std::size_t total = 0;
+    for (const CopyOp& op : ops) {
+      if (op.n > SIZE_MAX - total) return absl::ResourceExhaustedError("copy batch too large");
+      total += op.n;
+    }
+    std::vector<uint8_t> scratch(total);
+    std::size_t at = 0;
+    for (const CopyOp& op : ops) {
+      if (op.n != 0) std::memcpy(scratch.data() + at, src_of(op), op.n);
+      at += op.n;
+    }
+    at = 0;
+    for (const CopyOp& op : ops) {
+      if (op.n != 0) std::memcpy(dst_of(op), scratch.data() + at, op.n);
+      at += op.n;
+    }
     return absl::OkStatus();
   }
 

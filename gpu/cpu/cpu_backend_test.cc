@@ -79,10 +79,20 @@ TEST(CpuBackendTest, DestroyingArenaUnlinksItAndStaleOnesAreRemoved) {
   EXPECT_LT(shm_open("/kvkeep-stale.deadbeef", O_RDONLY, 0), 0);
 }
 
-TEST(CpuBackendTest, CudaIsUnimplementedWithoutCuda) {
-  EXPECT_THAT(CreateBackend({.kind = BackendKind::kCuda}),
-              StatusIs(absl::StatusCode::kUnimplemented));
+TEST(CpuBackendTest, CudaIsUnimplementedWithoutCudaAndFailedPreconditionWithoutDevice) {
+  auto cuda = CreateBackend({.kind = BackendKind::kCuda});
+  if (!CudaBackendCompiled()) {
+    EXPECT_THAT(cuda, StatusIs(absl::StatusCode::kUnimplemented));
+  } else if (!cuda.ok()) {
+    EXPECT_THAT(cuda, StatusIs(absl::StatusCode::kFailedPrecondition, "no CUDA device"));
+  }
   EXPECT_THAT(ParseBackendKind("tpu"), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(CpuBackendTest, AutoFallsBackToCpuWithoutDevice) {
+  ASSERT_OK_AND_ASSIGN(auto backend, CreateBackend({.kind = BackendKind::kAuto}));
+  auto cuda = CreateBackend({.kind = BackendKind::kCuda});
+  EXPECT_EQ(backend->name(), cuda.ok() ? "cuda" : "cpu");
 }
 
 }  // namespace

@@ -68,8 +68,9 @@ int EffectiveRotaryDim(const LayerInputs& in) {
   return in.rope.rotary_dim == 0 ? in.head_dim : in.rope.rotary_dim;
 }
 
-absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy) {
-  const Needs needs = ScorerNeeds(policy.scorer);
+absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy, bool check_tensors) {
+  Needs needs = ScorerNeeds(policy.scorer);
+  if (!check_tensors) needs.keys = needs.values = false;
   if (in.q_heads <= 0 || in.kv_heads <= 0 || in.head_dim <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "q_heads (", in.q_heads, "), kv_heads (", in.kv_heads, ") and head_dim (", in.head_dim,

@@ -67,7 +67,10 @@ struct LayerInputs {
 //                        RoPE spec) or a NaN/Inf in anything the scorer reads;
 //   FAILED_PRECONDITION  a statistic the scorer needs (ScorerNeeds) was not sent.
 // Statistics that were sent but are not needed are checked for shape only.
-absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy);
+// check_tensors = false skips the checks of the keys and values themselves (null pointers, NaN/Inf):
+// for inputs whose tensors live elsewhere (scoring on the device, gpu/device_scoring.h).
+absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy,
+                                 bool check_tensors = true);
 
 // Effective next position (resolves next_position == 0) and rotary dim (resolves 0).
 int64_t EffectiveNextPosition(const LayerInputs& in);

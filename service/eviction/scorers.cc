@@ -14,6 +14,7 @@
 #include "common/status_macros.h"
 #include "gpu/math/attention_math.h"
 #include "gpu/math/rope_math.h"
+#include "gpu/math/scoring_math.h"
 
 namespace kvkeep::eviction {
 namespace {
@@ -163,10 +164,7 @@ T* Grow(std::vector<T>& v, size_t n) {
 inline int32_t PositionOf(const HeadKV& h, int j) { return h.positions ? h.positions[j] : j; }
 
 // Number of tokens of `h` whose position is <= pos (positions ascend).
-int VisibleCount(const HeadKV& h, int64_t pos) {
-  if (h.positions == nullptr) return static_cast<int>(std::clamp<int64_t>(pos + 1, 0, h.n));
-  return static_cast<int>(std::upper_bound(h.positions, h.positions + h.n, pos) - h.positions);
-}
+int VisibleCount(const HeadKV& h, int64_t pos) { return gm::VisibleCount(h.positions, h.n, pos); }
 
 // Sets s[j] for j outside [begin, end) to the maximum over [begin, end) (0 when empty).
 void FillUndefinedWithMax(std::vector<float>& s, int begin, int end) {
@@ -330,19 +328,9 @@ KVKEEP_SIMD_CLONES void TovaGroupMass(const Ctx& c, int g, ScoringWorkspace::Scr
 // Mean pre-RoPE query of head qh rotated by R̄ (double).
 void AnchorQuery(const Ctx& c, const std::vector<double>& cs, const std::vector<double>& sn,
                  int qh, double* out) {
-  const int d = c.d;
-  const int rd = EffectiveRotaryDim(c.in);
-  const double inv_count = 1.0 / static_cast<double>(c.in.query_count);
-  const double* sum = c.in.query_sum.data() + static_cast<size_t>(qh) * d;
-  for (int i = 0; i < d; ++i) out[i] = sum[i] * inv_count;
-  for (int i = 0; i < rd / 2; ++i) {
-    int a, b;
-    gm::RopePair(i, rd, c.in.rope.interleaved, &a, &b);
-    double ya, yb;
-    gm::RotatePair(out[a], out[b], cs[i], sn[i], &ya, &yb);
-    out[a] = ya;
-    out[b] = yb;
-  }
+  gm::AnchorQuery(c.in.query_sum.data() + static_cast<size_t>(qh) * c.d,
+                  1.0 / static_cast<double>(c.in.query_count), cs.data(), sn.data(), c.d,
+                  EffectiveRotaryDim(c.in), c.in.rope.interleaved, out);
 }
 
 // Expected Attention (kvpress expected_attention_press.py): per query head, logits
@@ -379,35 +367,14 @@ KVKEEP_SIMD_CLONES void ScoreExpected(const Ctx& c, int g, const std::vector<dou
   const bool interleaved = c.in.rope.interleaved;
   const double inv_count = 1.0 / static_cast<double>(c.in.query_count);
   for (int r = 0; r < G; ++r) {
-    const int qh = g * G + r;
-    const double* sum = c.in.query_sum.data() + static_cast<size_t>(qh) * d;
-    for (int i = 0; i < d; ++i) {
-      const double mean = sum[i] * inv_count;
-      mu[r * d + i] = static_cast<float>(mean / std::sqrt(static_cast<double>(d)));
-      double v = 0;
-      if (cov) {
-        v = c.in.query_sq_sum[static_cast<size_t>(qh) * d + i] * inv_count - mean * mean;
-        v = std::max(v, 0.0);
-      }
-      var[r * d + i] = static_cast<float>(v / (2.0 * d));
-    }
+    const size_t qh = static_cast<size_t>(g * G + r);
+    gm::ExpectedQueryTerms(c.in.query_sum.data() + qh * d,
+                           cov ? c.in.query_sq_sum.data() + qh * d : nullptr, inv_count, d,
+                           mu + static_cast<size_t>(r) * d, var + static_cast<size_t>(r) * d);
   }
   for (int j = 0; j < m; ++j) {
     const float* k = h.keys + static_cast<size_t>(s0 + j) * d;
-    // R̄ᵀ k: gm::RotatePair(k[a], k[b], c, -s) per pair (gm::RopePair's channels), written out per
-    // layout so that it vectorises; channels past the rotary dimension are copied.
-    if (interleaved) {
-      for (int i = 0; i < half; ++i) {
-        kt[2 * i] = k[2 * i] * cf[i] - k[2 * i + 1] * sf[i];
-        kt[2 * i + 1] = k[2 * i + 1] * cf[i] + k[2 * i] * sf[i];
-      }
-    } else {
-      for (int i = 0; i < half; ++i) {
-        kt[i] = k[i] * cf[i] - k[i + half] * sf[i];
-        kt[i + half] = k[i + half] * cf[i] + k[i] * sf[i];
-      }
-    }
-    std::copy(k + rd, k + d, kt + rd);
+    gm::RotateTransposed(k, cf, sf, d, rd, interleaved, kt);  // R̄ᵀ k
     for (int i = 0; i < d; ++i) kt2[i] = kt[i] * kt[i];
     float* lj = logits + j;
     DotRows(kt, mu, static_cast<size_t>(d), G, d, lj, static_cast<size_t>(m));
@@ -449,13 +416,7 @@ KVKEEP_SIMD_CLONES void CapWeights(const Ctx& c, int g, int qh, const std::vecto
   const float tau = static_cast<float>(c.policy.capkv_tau);
   for (int j = 0; j < m; ++j) {
     const float* k = h.keys + static_cast<size_t>(s0 + j) * d;
-    const float dot = gm::Dot(anchor_f, k, d);
-    float logit;
-    if (dot_form) {
-      logit = dot * c.inv_sqrt_d;
-    } else {
-      logit = tau * gm::ClampedCosine(dot, anchor_norm, std::sqrt(gm::SquaredNorm(k, d)));
-    }
+    const float logit = gm::CapLogit(anchor_f, anchor_norm, k, d, dot_form, tau, c.inv_sqrt_d);
     w[j] = logit;
     mx = std::max(mx, logit);
   }
@@ -631,14 +592,7 @@ void ScoreCapKvGreedy(const Ctx& c, int g, const std::vector<double>& cs,
       cblas_dsyr(CblasRowMajor, CblasLower, d, -inv, z, 1, b, d);
     }
   };
-  auto gain = [&](int j) {
-    double s = 0;
-    for (int r = 0; r < G; ++r) {
-      const double qj = std::max(q[static_cast<size_t>(r) * m + j], 0.0);
-      s += std::log1p(static_cast<double>(w[static_cast<size_t>(r) * m + j]) * qj);
-    }
-    return s / G;
-  };
+  auto gain = [&](int j) { return gm::GreedyGain(q, w, G, m, j); };
   for (int t = nc; t < m; ++t) add(t);  // the window is kept anyway
   // out doubles as the picked mask: picked tokens get their gain, others stay at -1 until scored.
   float* picked_gain = out.data() + s0;
@@ -767,9 +721,8 @@ absl::Status ScoreLayerInto(const Policy& policy, const LayerInputs& in,
           for (int j = 0; j < h.n; ++j) s[j] += mass[j];
         }
         for (int j = 0; j < h.n; ++j) {
-          float v = s[j] * inv_g;
-          if (observed) v /= static_cast<float>(c.next - PositionOf(h, j));
-          s[j] = v;
+          const float v = s[j] * inv_g;
+          s[j] = observed ? gm::ObservedScore(v, c.next, PositionOf(h, j)) : v;
         }
       }
       return absl::OkStatus();

@@ -51,3 +51,16 @@ class ZeroCopyTest(DaemonTestCase, unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CudaArenaTest(unittest.TestCase):
+    """Python maps only HOST_SHM; a CUDA_IPC export (kvkeepd --backend=cuda) is refused clearly."""
+
+    def test_cuda_ipc_export_is_refused_naming_the_bytes_path(self):
+        from kvkeep._proto import common_pb2
+        from kvkeep.shm import ArenaMapping
+        export = common_pb2.ArenaExport(arena_id=3, kind=common_pb2.CUDA_IPC, handle=b"\x01" * 64,
+                                        size_bytes=1 << 20, device_ordinal=0,
+                                        device_uuid="GPU-00000000-1111-2222-3333-444444444444")
+        with self.assertRaisesRegex(NotImplementedError, r"CUDA_IPC.*bytes path"):
+            ArenaMapping(export)

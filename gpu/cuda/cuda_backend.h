@@ -1,0 +1,30 @@
+// The CUDA backend: arenas are cudaMalloc'd device memory on one device, zero-filled, exported to
+// workers with cudaIpcGetMemHandle (ArenaExport kind CUDA_IPC, with the device's UUID so a worker
+// maps by identity, not ordinal). Host bytes move through a small pool of pinned staging buffers,
+// each with its own stream; CopyBatch is one kernel launch (gpu/cuda/batch_copy.cuh).
+//
+//   ASSIGN_OR_RETURN(std::unique_ptr<Backend> cuda,
+//                    CreateCudaBackend({.kind = BackendKind::kCuda, .cuda_device = 0}));
+//   ASSIGN_OR_RETURN(std::unique_ptr<Arena> arena, cuda->CreateArena(64 << 20));
+//   RETURN_IF_ERROR(cuda->Write(*arena, 0, bytes.data(), bytes.size()));
+//
+// Thread-safe: every call leases its own stream and staging buffers (up to kMaxStreamSlots at
+// once; further callers wait for one). Every call returns when its work on the device is done, so
+// a worker that maps the arena sees the bytes once the RPC that wrote them has answered.
+// Built only when nvcc was found; gpu/backend_factory.cc is the only caller.
+#ifndef KVKEEP_GPU_CUDA_CUDA_BACKEND_H_
+#define KVKEEP_GPU_CUDA_CUDA_BACKEND_H_
+
+#include <memory>
+
+#include "gpu/backend.h"
+
+namespace kvkeep {
+
+// FAILED_PRECONDITION "no CUDA device ..." (with the CUDA error) when the runtime finds no driver
+// or no device; INVALID_ARGUMENT when options.cuda_device is not a visible device's ordinal.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions& options);
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_GPU_CUDA_CUDA_BACKEND_H_

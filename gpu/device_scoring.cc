@@ -1,0 +1,197 @@
+#include "gpu/device_scoring.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace kvkeep {
+namespace {
+
+template <typename T>
+absl::Status CheckFinite(const T* x, int64_t count, absl::string_view what) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(static_cast<double>(x[i]))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " holds a non-finite value (", static_cast<double>(x[i]), ") at flat index ", i));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Missing(absl::string_view what) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("the device scorer needs ", what, ", which was not sent"));
+}
+
+}  // namespace
+
+DeviceScorerNeeds DeviceNeeds(DeviceScorerKind kind) {
+  DeviceScorerNeeds n;
+  switch (kind) {
+    case DeviceScorerKind::kStreaming:
+    case DeviceScorerKind::kRandom:
+      break;
+    case DeviceScorerKind::kKnorm:
+      n.keys = true;
+      break;
+    case DeviceScorerKind::kTova:
+    case DeviceScorerKind::kSnapKv:
+      n.keys = n.window_queries = true;
+      break;
+    case DeviceScorerKind::kH2o:
+    case DeviceScorerKind::kObserved:
+      n.attention_mass = true;
+      break;
+    case DeviceScorerKind::kExpected:
+    case DeviceScorerKind::kCapKv:
+    case DeviceScorerKind::kCapKvDot:
+    case DeviceScorerKind::kCapKvGreedy:
+      n.keys = n.values = n.query_moments = true;
+      break;
+    case DeviceScorerKind::kLaProx:
+      n.keys = n.values = n.window_queries = true;
+      break;
+  }
+  return n;
+}
+
+absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
+  const DeviceScorerParams& p = r.scorer;
+  if (static_cast<int>(p.kind) < 0 ||
+      static_cast<int>(p.kind) > static_cast<int>(DeviceScorerKind::kLaProx)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown device scorer kind ", static_cast<int>(p.kind)));
+  }
+  if (p.sinks < 0 || p.window < 0 || p.pool_kernel < 1 || p.pool_kernel % 2 == 0 ||
+      !(p.capkv_tau > 0) || !std::isfinite(p.capkv_tau) || p.rope_horizon < 1 ||
+      p.greedy_picks < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad scorer parameters: sinks ", p.sinks, ", window ", p.window,
+                     ", pool_kernel ", p.pool_kernel, " (odd, >= 1), capkv_tau ", p.capkv_tau,
+                     ", rope_horizon ", p.rope_horizon, ", greedy_picks ", p.greedy_picks));
+  }
+  if (r.q_heads <= 0 || r.kv_heads <= 0 || r.q_heads % r.kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("q_heads (", r.q_heads, ") must be a positive ",
+                                                   "multiple of kv_heads (", r.kv_heads, ")"));
+  }
+  const int d = r.head_dim;
+  if (d < 1 || d > kMaxDeviceHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat("head_dim ", d, " is not supported by the ",
+                                                   "device kernels (1..", kMaxDeviceHeadDim, ")"));
+  }
+  if (static_cast<int>(r.heads.size()) != r.kv_heads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("heads has ", r.heads.size(), " entries, expected kv_heads = ", r.kv_heads));
+  }
+  if (r.dtype != DevicePageDType::kFp32 && r.dtype != DevicePageDType::kFp16 &&
+      r.dtype != DevicePageDType::kBf16) {
+    return absl::InvalidArgumentError("unknown page dtype");
+  }
+  const int rd = r.rope.rotary_dim == 0 ? d : r.rope.rotary_dim;
+  if (rd < 0 || rd > d || rd % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("rope.rotary_dim (", r.rope.rotary_dim,
+                                                   ") must be even and <= head_dim (", d, ")"));
+  }
+  if (r.rope.inv_freq != nullptr) {
+    if (absl::Status s = CheckFinite(r.rope.inv_freq, rd / 2, "rope.inv_freq"); !s.ok()) return s;
+  } else if (!(r.rope.theta > 0) || std::isinf(r.rope.theta)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rope.theta must be finite and > 0, got ", r.rope.theta));
+  }
+  const DeviceScorerNeeds needs = DeviceNeeds(p.kind);
+  int64_t max_position = -1;
+  for (int g = 0; g < r.kv_heads; ++g) {
+    const DeviceHeadRequest& h = r.heads[g];
+    if (h.n < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].n is negative (", h.n, ")"));
+    }
+    int64_t tokens = 0;
+    for (size_t i = 0; i < h.runs.size(); ++i) {
+      const DeviceTokenRun& run = h.runs[i];
+      if ((needs.keys && run.keys == nullptr) || (needs.values && run.values == nullptr)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "heads[", g, "].runs[", i, "] has a null device address for data the scorer reads"));
+      }
+      tokens += run.tokens;
+    }
+    if ((needs.keys || needs.values) && tokens != h.n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("heads[", g, "].runs hold ", tokens, " tokens, expected n = ", h.n));
+    }
+    if (h.n == 0) continue;
+    if (h.positions != nullptr) {
+      if (h.positions[0] < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("heads[", g, "].positions[0] is negative (", h.positions[0], ")"));
+      }
+      for (int j = 1; j < h.n; ++j) {
+        if (h.positions[j] <= h.positions[j - 1]) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("heads[", g, "].positions are not strictly ascending at index ", j));
+        }
+      }
+    }
+    max_position = std::max<int64_t>(max_position, h.positions ? h.positions[h.n - 1] : h.n - 1);
+  }
+  if (r.next_position < 0 || (r.next_position != 0 && r.next_position <= max_position)) {
+    return absl::InvalidArgumentError(absl::StrCat("next_position (", r.next_position,
+                                                   ") must exceed the largest cached position (",
+                                                   max_position, ")"));
+  }
+  const int64_t next = r.next_position != 0 ? r.next_position : max_position + 1;
+  const int64_t qd = static_cast<int64_t>(r.q_heads) * d;
+  if (r.window_queries != nullptr || r.window != 0) {
+    if (r.window <= 0 || r.window_queries == nullptr || r.window > next) {
+      return absl::InvalidArgumentError(absl::StrCat("window (", r.window, ") must be in [1, ",
+                                                     next, "] with window_queries sent"));
+    }
+    if (absl::Status s = CheckFinite(r.window_queries, qd * r.window, "window_queries"); !s.ok()) {
+      return s;
+    }
+  } else if (needs.window_queries) {
+    return Missing("window_queries (window > 0)");
+  }
+  if (r.query_sum != nullptr) {
+    if (r.query_count <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("query_count must be > 0 when query_sum is sent, got ", r.query_count));
+    }
+    if (absl::Status s = CheckFinite(r.query_sum, qd, "query_sum"); !s.ok()) return s;
+  } else if (needs.query_moments) {
+    return Missing("query moments (query_sum, query_count)");
+  }
+  if (r.query_sq_sum != nullptr) {
+    if (r.query_sum == nullptr) {
+      return absl::InvalidArgumentError("query_sq_sum was sent without query_sum");
+    }
+    if (absl::Status s = CheckFinite(r.query_sq_sum, qd, "query_sq_sum"); !s.ok()) return s;
+  }
+  if (!r.attention_mass.empty()) {
+    if (static_cast<int>(r.attention_mass.size()) != r.q_heads) {
+      return absl::InvalidArgumentError(absl::StrCat("attention_mass has ", r.attention_mass.size(),
+                                                     " rows, expected q_heads = ", r.q_heads));
+    }
+    const int group = r.q_heads / r.kv_heads;
+    for (int h = 0; h < r.q_heads; ++h) {
+      const int n = r.heads[h / group].n;
+      if (r.attention_mass[h] == nullptr && n > 0) {
+        return absl::InvalidArgumentError(absl::StrCat("attention_mass[", h, "] is null"));
+      }
+      if (absl::Status s =
+              CheckFinite(r.attention_mass[h], n, absl::StrCat("attention_mass[", h, "]"));
+          !s.ok()) {
+        return s;
+      }
+    }
+  } else if (needs.attention_mass) {
+    return Missing("attention_mass");
+  }
+  if (r.wo_gram != nullptr) {
+    if (absl::Status s = CheckFinite(r.wo_gram, qd * d, "wo_gram"); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvkeep

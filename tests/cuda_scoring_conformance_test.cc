@@ -1,0 +1,376 @@
+// Conformance of scoring on the device (gpu/cuda/scoring/) with the CPU scorers
+// (eviction::ScoreLayer): every scorer, fp32/fp16/bf16 pages, both RoPE layouts (half-split with
+// the full rotary dim, interleaved with a partial one), GQA (8 q heads over 2 KV heads) and MHA,
+// heads of different lengths and positions (as after ada), fixed seeds. Label `gpu`; every test
+// skips without a CUDA device.
+//
+// Tolerances (|device - cpu| <= rtol * |cpu| + atol * max_j |cpu_j| per head), and why:
+//  * streaming, random: exact (integers; the same CounterUniform bits).
+//  * h2o, observed, knorm: rtol 1e-5 (the same float operations; only the compiler's FMA
+//    contraction and the order of a d-term sum differ).
+//  * tova, snapkv, laprox, expected: rtol 1e-4, atol 1e-6 (the logits come from cuBLAS SGEMM /
+//    the shared dot product in another summation order, ~d·eps relative; the softmax turns a logit
+//    error e into a relative error e·|logit| of the probability).
+//  * capkv, capkv-dot: rtol 2e-3, atol 1e-5 (the CPU inverts A in double and applies A⁻¹ in float;
+//    the device solves L y = v in double: both carry the float Gram's rounding times cond(A)).
+//  * capkv-greedy: rtol 1e-3, atol 1e-5 (double-precision updates on both sides; float weights).
+// Selections: for every head, two tokens whose CPU scores differ by more than both tolerances are
+// ordered the same way on the device, so any top-k (hence SelectTokens) is identical except
+// among tokens tied within the tolerance; the test also checks a uniform half-budget selection.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/status_matchers.h"
+#include "gpu/cuda/scoring/cuda_layer_scorer.h"
+#include "gpu/device_scoring.h"
+#include "gpu/math/dtype.h"
+#include "gtest/gtest.h"
+#include "service/eviction/layer_inputs.h"
+#include "service/eviction/policy.h"
+#include "service/eviction/scorers.h"
+#include "service/eviction/selection.h"
+
+namespace kvkeep {
+namespace {
+
+using eviction::ScorerKind;
+
+struct Case {
+  ScorerKind scorer;
+  DevicePageDType dtype;
+  bool interleaved;
+  int q_heads, kv_heads;
+};
+
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  std::string name(eviction::ScorerName(info.param.scorer));
+  name.erase(std::remove(name.begin(), name.end(), '-'), name.end());
+  name += info.param.dtype == DevicePageDType::kFp32   ? "Fp32"
+          : info.param.dtype == DevicePageDType::kFp16 ? "Fp16"
+                                                       : "Bf16";
+  name += info.param.interleaved ? "Interleaved" : "HalfSplit";
+  name += info.param.q_heads == info.param.kv_heads ? "Mha" : "Gqa";
+  return name;
+}
+
+struct Tolerance {
+  double rtol, atol;
+};
+
+Tolerance ToleranceOf(ScorerKind k) {
+  switch (k) {
+    case ScorerKind::kStreaming:
+    case ScorerKind::kRandom:
+      return {0, 0};
+    case ScorerKind::kH2o:
+    case ScorerKind::kObserved:
+    case ScorerKind::kKnorm:
+      return {1e-5, 0};
+    case ScorerKind::kTova:
+    case ScorerKind::kSnapKv:
+    case ScorerKind::kLaProx:
+    case ScorerKind::kExpected:
+      return {1e-4, 1e-6};
+    case ScorerKind::kCapKv:
+    case ScorerKind::kCapKvDot:
+      return {2e-3, 1e-5};
+    case ScorerKind::kCapKvGreedy:
+      return {1e-3, 1e-5};
+  }
+  return {0, 0};
+}
+
+bool DeviceAvailable(std::string* why) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    *why = std::string("no CUDA device (") + cudaGetErrorName(e) + "); conformance not run";
+    return false;
+  }
+  return true;
+}
+
+// Device memory freed with the test.
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  ~DeviceBuffer() {
+    if (ptr != nullptr) cudaFree(ptr);
+  }
+};
+
+class CudaScoringConformanceTest : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!DeviceAvailable(&why)) GTEST_SKIP() << why;
+    scorer_ = CreateCudaLayerScorer(0);
+  }
+
+  // Rounds x to the page dtype and appends its bytes to `bytes`; returns the rounded value.
+  static float Store(DevicePageDType dtype, float x, std::vector<uint8_t>* bytes) {
+    if (dtype == DevicePageDType::kFp32) {
+      const size_t at = bytes->size();
+      bytes->resize(at + 4);
+      std::memcpy(bytes->data() + at, &x, 4);
+      return x;
+    }
+    const uint16_t b = dtype == DevicePageDType::kFp16 ? gpu_math::FloatToHalfBits(x)
+                                                       : gpu_math::FloatToBf16Bits(x);
+    const size_t at = bytes->size();
+    bytes->resize(at + 2);
+    std::memcpy(bytes->data() + at, &b, 2);
+    return dtype == DevicePageDType::kFp16 ? gpu_math::HalfBitsToFloat(b)
+                                           : gpu_math::Bf16BitsToFloat(b);
+  }
+
+  std::unique_ptr<DeviceLayerScorer> scorer_;
+};
+
+TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
+  const Case c = GetParam();
+  constexpr int kD = 64, kTokensPerPage = 16, kWindow = 8;
+  const int H = c.q_heads, Hk = c.kv_heads, G = H / Hk;
+  std::mt19937 rng(1000 + static_cast<int>(c.scorer) * 31 + static_cast<int>(c.dtype) * 7 +
+                   (c.interleaved ? 3 : 0));
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> uniform(0.01f, 1.0f);
+
+  eviction::Policy policy{.scorer = c.scorer, .sinks = 4, .window = kWindow, .seed = 77};
+  eviction::LayerInputs in{.q_heads = H, .kv_heads = Hk, .head_dim = kD, .layer_index = 3};
+  in.rope.theta = 5e5;
+  in.rope.interleaved = c.interleaved;
+  in.rope.rotary_dim = c.interleaved ? 48 : 0;
+  // Per KV head: its own length and positions (gaps, as after ada eviction).
+  std::vector<std::vector<float>> keys(Hk), values(Hk);
+  std::vector<std::vector<int32_t>> positions(Hk);
+  std::vector<std::vector<uint8_t>> pages(Hk);  // [page][keys of 16 tokens][values of 16]
+  int32_t max_position = 0;
+  for (int g = 0; g < Hk; ++g) {
+    const int n = 150 + 37 * g;
+    int32_t p = 0;
+    for (int j = 0; j < n; ++j) {
+      p += 1 + static_cast<int32_t>(rng() % (g + 2));
+      positions[g].push_back(p);
+    }
+    max_position = std::max(max_position, p);
+    keys[g].resize(static_cast<size_t>(n) * kD);
+    values[g].resize(static_cast<size_t>(n) * kD);
+    for (int page = 0; page * kTokensPerPage < n; ++page) {
+      // A full page of room; only the committed tokens are written and scored.
+      std::vector<uint8_t> k_bytes, v_bytes;
+      for (int t = 0; t < kTokensPerPage; ++t) {
+        const int j = page * kTokensPerPage + t;
+        for (int i = 0; i < kD; ++i) {
+          const float kx =
+              Store(c.dtype, j < n ? normal(rng) * (1.0f + 0.02f * (i % 7)) : 0.0f, &k_bytes);
+          const float vx = Store(c.dtype, j < n ? normal(rng) : 0.0f, &v_bytes);
+          if (j < n) {
+            keys[g][static_cast<size_t>(j) * kD + i] = kx;
+            values[g][static_cast<size_t>(j) * kD + i] = vx;
+          }
+        }
+      }
+      pages[g].insert(pages[g].end(), k_bytes.begin(), k_bytes.end());
+      pages[g].insert(pages[g].end(), v_bytes.begin(), v_bytes.end());
+    }
+    in.heads.push_back(eviction::HeadKV{.n = n,
+                                        .keys = keys[g].data(),
+                                        .values = values[g].data(),
+                                        .positions = positions[g].data()});
+  }
+  in.next_position = max_position + 5;
+  in.window = kWindow;
+  in.window_queries.resize(static_cast<size_t>(H) * kWindow * kD);
+  for (float& x : in.window_queries) x = normal(rng);
+  in.query_count = 40;
+  in.query_sum.resize(static_cast<size_t>(H) * kD);
+  in.query_sq_sum.resize(static_cast<size_t>(H) * kD);
+  for (size_t i = 0; i < in.query_sum.size(); ++i) {
+    in.query_sum[i] = 40.0 * normal(rng) * 0.5;
+    in.query_sq_sum[i] = in.query_sum[i] * in.query_sum[i] / 40.0 + 40.0 * uniform(rng);
+  }
+  in.attention_mass.resize(H);
+  for (int h = 0; h < H; ++h) {
+    for (int j = 0; j < in.heads[h / G].n; ++j) in.attention_mass[h].push_back(uniform(rng) * 3);
+  }
+  if (c.interleaved) {  // W_O Grams (laprox) in half of the cases
+    in.wo_gram.resize(static_cast<size_t>(H) * kD * kD);
+    std::vector<float> w(static_cast<size_t>(kD) * kD);
+    for (int h = 0; h < H; ++h) {
+      for (float& x : w) x = normal(rng) * 0.1f;
+      float* m = in.wo_gram.data() + static_cast<size_t>(h) * kD * kD;
+      for (int a = 0; a < kD; ++a) {
+        for (int b = 0; b < kD; ++b) {
+          double s = 0;
+          for (int t = 0; t < kD; ++t) s += double{w[a * kD + t]} * w[b * kD + t];
+          m[a * kD + b] = static_cast<float>(s);
+        }
+      }
+    }
+  }
+
+  // The CPU reference.
+  eviction::ScoringWorkspace ws(1);
+  ASSERT_OK_AND_ASSIGN(eviction::HeadScores cpu, eviction::ScoreLayer(policy, in, ws));
+
+  // The same layer in device memory, described page by page.
+  const size_t elem = c.dtype == DevicePageDType::kFp32 ? 4 : 2;
+  const size_t token_bytes = kD * elem, page_bytes = 2 * kTokensPerPage * token_bytes;
+  std::vector<DeviceBuffer> device(Hk);
+  DeviceLayerRequest req;
+  req.q_heads = H;
+  req.kv_heads = Hk;
+  req.head_dim = kD;
+  req.layer_index = in.layer_index;
+  req.dtype = c.dtype;
+  req.scorer = DeviceScorerParams{.kind = static_cast<DeviceScorerKind>(static_cast<int>(c.scorer)),
+                                  .sinks = policy.sinks,
+                                  .window = policy.window,
+                                  .pool_kernel = policy.pool_kernel,
+                                  .pool_max = policy.pool_max,
+                                  .capkv_tau = policy.capkv_tau,
+                                  .rope_horizon = policy.rope_horizon,
+                                  .seed = policy.seed,
+                                  .greedy_picks = policy.greedy_picks};
+  req.heads.resize(Hk);
+  for (int g = 0; g < Hk; ++g) {
+    ASSERT_EQ(cudaMalloc(&device[g].ptr, pages[g].size()), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(device[g].ptr, pages[g].data(), pages[g].size(), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    const char* base = static_cast<const char*>(device[g].ptr);
+    req.heads[g].n = in.heads[g].n;
+    req.heads[g].positions = positions[g].data();
+    for (int j = 0; j < in.heads[g].n; j += kTokensPerPage) {
+      const char* page = base + (j / kTokensPerPage) * page_bytes;
+      req.heads[g].runs.push_back(
+          DeviceTokenRun{page, page + kTokensPerPage * token_bytes,
+                         static_cast<uint32_t>(std::min(kTokensPerPage, in.heads[g].n - j))});
+    }
+  }
+  req.rope = DeviceRope{in.rope.theta, in.rope.rotary_dim, in.rope.interleaved, nullptr};
+  req.next_position = in.next_position;
+  req.window = in.window;
+  req.window_queries = in.window_queries.data();
+  req.query_sum = in.query_sum.data();
+  req.query_sq_sum = in.query_sq_sum.data();
+  req.query_count = in.query_count;
+  for (const auto& m : in.attention_mass) req.attention_mass.push_back(m.data());
+  req.wo_gram = in.wo_gram.empty() ? nullptr : in.wo_gram.data();
+
+  std::vector<std::vector<float>> dev;
+  ASSERT_OK(scorer_->ScoreLayer(req, &dev));
+  ASSERT_EQ(dev.size(), static_cast<size_t>(Hk));
+
+  const Tolerance tol = ToleranceOf(c.scorer);
+  eviction::HeadScores dev_scores;
+  for (int g = 0; g < Hk; ++g) {
+    const std::vector<float>& a = cpu.per_head[g];
+    const std::vector<float>& b = dev[g];
+    ASSERT_EQ(a.size(), b.size()) << "head " << g;
+    double scale = 0;
+    for (float x : a) scale = std::max(scale, std::fabs(double{x}));
+    auto allowed = [&](float x) { return tol.rtol * std::fabs(double{x}) + tol.atol * scale; };
+    for (size_t j = 0; j < a.size(); ++j) {
+      ASSERT_LE(std::fabs(double{a[j]} - b[j]), allowed(a[j]))
+          << "head " << g << " token " << j << ": cpu " << a[j] << " device " << b[j];
+    }
+    // Clearly ordered pairs keep their order.
+    for (size_t i = 0; i < a.size(); ++i) {
+      for (size_t j = 0; j < a.size(); ++j) {
+        if (double{a[i]} - a[j] > allowed(a[i]) + allowed(a[j])) {
+          ASSERT_GT(b[i], b[j]) << "head " << g << ": tokens " << i << " and " << j;
+        }
+      }
+    }
+    dev_scores.per_head.push_back(b);
+  }
+  // A uniform half budget keeps the same tokens, up to ties within the tolerance.
+  eviction::Policy select = policy;
+  select.allocation = eviction::Allocation::kUniform;
+  ASSERT_OK_AND_ASSIGN(eviction::Selection want,
+                       eviction::SelectTokens(select, {.keep_ratio = 0.5}, {cpu}, G));
+  ASSERT_OK_AND_ASSIGN(eviction::Selection got,
+                       eviction::SelectTokens(select, {.keep_ratio = 0.5}, {dev_scores}, G));
+  for (int g = 0; g < Hk; ++g) {
+    const std::vector<int32_t>& kw = want.kept[0][g];
+    const std::vector<int32_t>& kg = got.kept[0][g];
+    ASSERT_EQ(kw.size(), kg.size());
+    std::vector<int32_t> only_cpu, only_dev;
+    std::set_difference(kw.begin(), kw.end(), kg.begin(), kg.end(), std::back_inserter(only_cpu));
+    std::set_difference(kg.begin(), kg.end(), kw.begin(), kw.end(), std::back_inserter(only_dev));
+    // Every swapped token is tied, within the tolerance, with the token it swapped with.
+    ASSERT_EQ(only_cpu.size(), only_dev.size());
+    const std::vector<float>& a = cpu.per_head[g];
+    double scale = 0;
+    for (float x : a) scale = std::max(scale, std::fabs(double{x}));
+    for (size_t i = 0; i < only_cpu.size(); ++i) {
+      const float x = a[only_cpu[i]], y = a[only_dev[i]];
+      EXPECT_LE(std::fabs(double{x} - y), 2 * (tol.rtol * std::fabs(double{x}) + tol.atol * scale))
+          << "head " << g << ": the device kept token " << only_dev[i] << " instead of "
+          << only_cpu[i];
+    }
+  }
+  EXPECT_GT(scorer_->scratch_bytes(), 0u);
+}
+
+std::vector<Case> AllCases() {
+  std::vector<Case> out;
+  for (int s = 0; s <= static_cast<int>(ScorerKind::kLaProx); ++s) {
+    for (DevicePageDType dtype :
+         {DevicePageDType::kFp32, DevicePageDType::kFp16, DevicePageDType::kBf16}) {
+      for (bool interleaved : {false, true}) {
+        out.push_back({static_cast<ScorerKind>(s), dtype, interleaved, 8, 2});
+        out.push_back({static_cast<ScorerKind>(s), dtype, interleaved, 4, 4});
+      }
+    }
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllScorers, CudaScoringConformanceTest, ::testing::ValuesIn(AllCases()),
+                         CaseName);
+
+// Scratch is reused: a second, smaller layer after a larger one needs no new allocation, and the
+// same request scores the same (the device code is deterministic).
+TEST(CudaScoringConformance, RepeatedLayersReuseScratchAndRepeatScores) {
+  std::string why;
+  if (!DeviceAvailable(&why)) GTEST_SKIP() << why;
+  std::unique_ptr<DeviceLayerScorer> scorer = CreateCudaLayerScorer(0);
+  constexpr int kD = 32, kN = 64;
+  std::vector<float> pages(2 * kN * kD);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  for (float& x : pages) x = normal(rng);
+  DeviceBuffer buf;
+  ASSERT_EQ(cudaMalloc(&buf.ptr, pages.size() * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(buf.ptr, pages.data(), pages.size() * 4, cudaMemcpyHostToDevice),
+            cudaSuccess);
+  const float* base = static_cast<const float*>(buf.ptr);
+  auto request = [&](int n) {
+    DeviceLayerRequest r{.q_heads = 2, .kv_heads = 1, .head_dim = kD};
+    r.scorer.kind = DeviceScorerKind::kKnorm;
+    r.heads.resize(1);
+    r.heads[0].n = n;
+    r.heads[0].runs.push_back({base, base + kN * kD, static_cast<uint32_t>(n)});
+    return r;
+  };
+  std::vector<std::vector<float>> first, again, small;
+  ASSERT_OK(scorer->ScoreLayer(request(kN), &first));
+  const size_t bytes = scorer->scratch_bytes();
+  ASSERT_OK(scorer->ScoreLayer(request(kN / 2), &small));
+  ASSERT_OK(scorer->ScoreLayer(request(kN), &again));
+  EXPECT_EQ(scorer->scratch_bytes(), bytes);
+  EXPECT_EQ(first, again);
+  ASSERT_EQ(small[0].size(), static_cast<size_t>(kN / 2));
+  for (int j = 0; j < kN / 2; ++j) EXPECT_EQ(small[0][j], first[0][j]);
+}
+
+}  // namespace
+}  // namespace kvkeep
