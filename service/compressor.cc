@@ -254,16 +254,24 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
     }
   }
 
-  // Compact the bytes: kept token k moves from slot kept[k] to slot k. Ascending k is safe since
-  // k <= kept[k] never overwrites a later source; each Copy moves at most `shift` tokens of one run
-  // so that its source and destination never overlap (Backend::Copy need not be a memmove).
+  // Compact the bytes: kept token k moves from slot kept[k] to slot k, run by run (a run never
+  // crosses a page boundary on either side). On a device backend each head is one CopyBatch (one
+  // or two kernel launches; the batch acts as one parallel assignment, so sources may overlap
+  // destinations). On the host, runs are copied in ascending order, which is safe since
+  // k <= kept[k] never overwrites a later source, each at most `shift` tokens long so that its
+  // source and destination never overlap (Backend::Copy need not be a memmove) and no staging
+  // buffer is needed.
+  const bool batched = backend.device_ordinal() >= 0;
+  std::vector<CopyOp>& ops = scratch.copy_ops_;
   for (uint32_t layer = 0; layer < layers; ++layer) {
     for (uint32_t g = 0; g < kv_heads; ++g) {
       const uint32_t h = layer * kv_heads + g;
       const std::vector<uint64_t>& pages = table.head(h).pages;
       const std::vector<int32_t>& k = kept[layer][g];
+      ops.clear();
+      absl::Status status;
       size_t i = 0;
-      while (i < k.size()) {
+      while (i < k.size() && status.ok()) {
         const uint32_t src = static_cast<uint32_t>(k[i]);
         const uint32_t dst = static_cast<uint32_t>(i);
         if (src == dst) {
@@ -273,27 +281,36 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
         const uint32_t shift = src - dst;
         uint32_t len = 1;
         while (i + len < k.size() && static_cast<uint32_t>(k[i + len]) == src + len &&
-               len < shift && (src + len) % tpp != 0 && (dst + len) % tpp != 0) {
+               (batched || len < shift) && (src + len) % tpp != 0 && (dst + len) % tpp != 0) {
           ++len;
         }
         const uint64_t src_page = pages[src / tpp], dst_page = pages[dst / tpp];
         absl::StatusOr<Arena*> src_arena = arena_of(src_page);
         absl::StatusOr<Arena*> dst_arena = arena_of(dst_page);
-        absl::Status status = src_arena.ok() ? dst_arena.status() : src_arena.status();
+        status = src_arena.ok() ? dst_arena.status() : src_arena.status();
         const size_t bytes = size_t{len} * geo.token_bytes;
         for (size_t part = 0; part < 2 && status.ok(); ++part) {
           const size_t base = part == 0 ? 0 : geo.value_offset;
-          status = backend.Copy(
-              **src_arena, page_offset(src_page) + base + size_t{src % tpp} * geo.token_bytes,
-              **dst_arena, page_offset(dst_page) + base + size_t{dst % tpp} * geo.token_bytes,
-              bytes);
-        }
-        if (!status.ok()) {
-          return absl::InternalError(absl::StrCat(
-              "compacting layer ", layer, " KV head ", g, ": ", status.message(),
-              "; the sequence's table is unchanged but its contents are undefined: drop it"));
+          const CopyOp op{.src = *src_arena,
+                          .src_offset = page_offset(src_page) + base +
+                                        size_t{src % tpp} * geo.token_bytes,
+                          .dst = *dst_arena,
+                          .dst_offset = page_offset(dst_page) + base +
+                                        size_t{dst % tpp} * geo.token_bytes,
+                          .n = bytes};
+          if (batched) {
+            ops.push_back(op);
+          } else {
+            status = backend.Copy(*op.src, op.src_offset, *op.dst, op.dst_offset, op.n);
+          }
         }
         i += len;
+      }
+      if (status.ok() && batched && !ops.empty()) status = backend.CopyBatch(ops);
+      if (!status.ok()) {
+        return absl::InternalError(absl::StrCat(
+            "compacting layer ", layer, " KV head ", g, ": ", status.message(),
+            "; the sequence's table is unchanged but its contents are undefined: drop it"));
       }
     }
   }

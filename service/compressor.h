@@ -77,6 +77,7 @@ class CompressScratch {
   std::vector<uint16_t> staging_;             // one page's keys or values, 16-bit dtypes
   std::vector<eviction::HeadScores> scores_;  // [layer]
   DeviceLayerRequest device_request_;         // scoring on the device (Backend::layer_scorer)
+  std::vector<CopyOp> copy_ops_;              // one head's compaction on a device backend
 };
 
 // Compresses the sequence whose pages `table` lists, to `budget` under `policy`.
@@ -93,7 +94,8 @@ class CompressScratch {
 // `model` describes the pages; `pool` only locates their arenas (ArenaOf); `backend` moves bytes.
 // When backend.layer_scorer() is non-null, every layer is scored on the device that holds the
 // pages (service/device_scoring_request.h) instead of being read back and scored on the CPU;
-// allocation, selection and compaction are the same either way.
+// allocation, selection and compaction are the same either way, except that a device backend
+// (device_ordinal() >= 0) compacts each head with one Backend::CopyBatch instead of a Copy per run.
 absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTable& table,
                                                  SequenceStats& stats,
                                                  const eviction::Policy& policy,

@@ -474,6 +474,55 @@ TEST_F(CompressorTest, ShiftedRunsAreCopiedWithoutOverlap) {
   ExpectContentsMatchReference();
 }
 
+// A device backend (device_ordinal() >= 0) compacts each head with one CopyBatch, runs as long as
+// the pages allow (sources overlapping destinations): the result is the same bit-exact compaction.
+class BatchingBackend : public CheckingBackend {
+ public:
+  explicit BatchingBackend(Backend* inner) : CheckingBackend(inner), inner_(inner) {}
+  int device_ordinal() const override { return 0; }
+  absl::Status CopyBatch(absl::Span<const CopyOp> ops) override {
+    ++batches;
+    ops_total += static_cast<int>(ops.size());
+    return inner_->CopyBatch(ops);
+  }
+  int batches = 0;
+  int ops_total = 0;
+
+ private:
+  Backend* const inner_;
+};
+
+TEST_F(CompressorTest, DeviceBackendsCompactEachHeadWithOneBatch) {
+  Init({.dtype = v1::DTYPE_FP16, .layers = 2, .q_heads = 4, .kv_heads = 2, .head_dim = 4,
+        .tokens_per_page = 4});
+  Append(30);
+  BatchingBackend batching(backend_.get());
+  const eviction::Policy policy{.scorer = ScorerKind::kKnorm, .sinks = 1, .window = 2};
+  ASSERT_OK_AND_ASSIGN(CompressOutcome out,
+                       CompressSequence(*model_, *table_, stats_, policy, {.tokens = 12}, batching,
+                                        *pool_, scratch_));
+  EXPECT_TRUE(out.changed);
+  EXPECT_EQ(batching.copies, 0);                     // no per-run Copy on a device backend
+  EXPECT_EQ(batching.batches, 4);                    // one per (layer, KV head)
+  EXPECT_GT(batching.ops_total, batching.batches);  // keys and values, several runs each
+  for (uint32_t h = 0; h < table_->heads(); ++h) EXPECT_EQ(table_->head(h).count, 12u);
+  pool_->Free(out.freed_pages);
+  FollowTable();
+  ExpectContentsMatchReference();
+
+  // A single early eviction shifts every later token by one slot: with batches, runs span whole
+  // pages (source overlapping destination) and the contents still come out exact.
+  const int batches_before = batching.batches;
+  ASSERT_OK_AND_ASSIGN(out, CompressSequence(*model_, *table_, stats_,
+                                             {.scorer = ScorerKind::kStreaming, .sinks = 1, .window = 0},
+                                             {.tokens = 11}, batching, *pool_, scratch_));
+  EXPECT_TRUE(out.changed);
+  EXPECT_EQ(batching.batches, batches_before + 4);
+  EXPECT_EQ(batching.copies, 0);
+  FollowTable();
+  ExpectContentsMatchReference();
+}
+
 TEST_F(CompressorTest, BudgetCoveringTheSequenceChangesNothing) {
   Init({.dtype = v1::DTYPE_FP16});
   Append(10);
