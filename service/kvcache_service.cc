@@ -2,6 +2,7 @@
 
 #include <deque>
 #include <functional>
+#include <optional>
 
 #include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
@@ -12,7 +13,10 @@ namespace kvkeep {
 namespace {
 
 // The daemon's end of a worker's Session stream. Events queue here and are written one at a time.
-// Deleted in OnDone, after the engine has forgotten the session.
+// Deleted in OnDone, after the engine has forgotten the session. Finish() is called only after mu_
+// is released: it may run OnDone (which deletes the reactor, mu_ included) on another thread at
+// once, so nothing may touch the reactor after it (ThreadSanitizer caught the destruction of mu_
+// racing with the unlock that followed a Finish under the lock).
 class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
                              public SessionSink {
  public:
@@ -22,8 +26,11 @@ class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
     // Its buckets exist before any call can name the session.
     auto attached = engine_->Attach(tenant, worker, this);
     if (!attached.ok()) {
-      absl::MutexLock lock(&mu_);
-      FinishLocked(ToGrpcStatus(attached.status()));
+      {
+        absl::MutexLock lock(&mu_);
+        finished_ = true;
+      }
+      Finish(ToGrpcStatus(attached.status()));
       return;
     }
     session_id_ = attached->session_id;
@@ -55,46 +62,57 @@ class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
   }
 
   void End(const absl::Status& status) override {
-    absl::MutexLock lock(&mu_);
-    if (status.ok()) {
-      v1::SessionEvent event;
-      event.mutable_drain()->set_reason("daemon shutting down");
-      QueueLocked(std::move(event));
-    }
-    ending_ = true;
-    end_status_ = ToGrpcStatus(status);
-    if (!writing_) {
-      if (started_ && !queue_.empty()) {
-        writing_ = true;
-        StartWrite(&queue_.front());
-      } else {
-        FinishLocked(end_status_);
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      if (status.ok()) {
+        v1::SessionEvent event;
+        event.mutable_drain()->set_reason("daemon shutting down");
+        QueueLocked(std::move(event));
+      }
+      ending_ = true;
+      end_status_ = ToGrpcStatus(status);
+      if (!writing_) {
+        if (started_ && !queue_.empty()) {
+          writing_ = true;
+          StartWrite(&queue_.front());
+        } else {
+          finish = TakeFinishLocked(end_status_);
+        }
       }
     }
+    if (finish.has_value()) Finish(*finish);
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    queue_.pop_front();
-    if (!ok) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "session stream broken"));
-      return;
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      queue_.pop_front();
+      if (!ok) {
+        finish = TakeFinishLocked(
+            grpc::Status(grpc::StatusCode::CANCELLED, "session stream broken"));
+      } else if (!queue_.empty()) {
+        writing_ = true;
+        StartWrite(&queue_.front());
+      } else if (ending_) {
+        finish = TakeFinishLocked(end_status_);
+      }
     }
-    if (!queue_.empty()) {
-      writing_ = true;
-      StartWrite(&queue_.front());
-    } else if (ending_) {
-      FinishLocked(end_status_);
-    }
+    if (finish.has_value()) Finish(*finish);
   }
 
   void OnCancel() override {
     // The worker is gone (exit, crash, lost connection): release what it held. Not under mu_: the
     // engine calls into this sink with its own lock held.
     if (!session_id_.empty()) engine_->EndSession(session_id_);
-    absl::MutexLock lock(&mu_);
-    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "session cancelled"));
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      finish = TakeFinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "session cancelled"));
+    }
+    if (finish.has_value()) Finish(*finish);
   }
 
   void OnDone() override {
@@ -114,10 +132,13 @@ class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
       StartWrite(&queue_.front());
     }
   }
-  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_) return;
+  // `status` when the stream is to finish now (the caller calls Finish with it after releasing
+  // mu_), nothing when it already finished.
+  std::optional<grpc::Status> TakeFinishLocked(const grpc::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return std::nullopt;
     finished_ = true;
-    Finish(status);
+    return status;
   }
 
   CacheEngine* const engine_;
