@@ -108,4 +108,28 @@ absl::StatusOr<v1::Watermarks> AdminClient::SetWatermarks(const v1::Watermarks& 
   });
 }
 
+absl::StatusOr<v1::SequenceDetail> AdminClient::GetSequence(const v1::SequenceRef& ref) {
+  return Invoke<v1::SequenceDetail>(token_, [&](grpc::ClientContext* c, v1::SequenceDetail* r) {
+    return stub_->GetSequence(c, ref, r);
+  });
+}
+
+absl::StatusOr<v1::CompressReply> AdminClient::CompressSequence(
+    const v1::CompressSequenceRequest& request) {
+  return Invoke<v1::CompressReply>(token_, [&](grpc::ClientContext* c, v1::CompressReply* r) {
+    return stub_->CompressSequence(c, request, r);
+  });
+}
+
+absl::StatusOr<v1::ValidatePolicyReply> AdminClient::ValidatePolicy(const std::string& tenant,
+                                                                    const v1::Policy& policy) {
+  v1::SetPolicyRequest request;
+  request.set_tenant(tenant);
+  *request.mutable_policy() = policy;
+  return Invoke<v1::ValidatePolicyReply>(
+      token_, [&](grpc::ClientContext* c, v1::ValidatePolicyReply* r) {
+        return stub_->ValidatePolicy(c, request, r);
+      });
+}
+
 }  // namespace kvkeep

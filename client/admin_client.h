@@ -33,6 +33,10 @@ class AdminClient {
   absl::StatusOr<v1::SequenceInfo> RestoreSequence(const v1::SequenceRef& ref);
   absl::StatusOr<v1::DropReply> DropSequence(const v1::SequenceRef& ref);
   absl::StatusOr<v1::Watermarks> SetWatermarks(const v1::Watermarks& watermarks);
+  absl::StatusOr<v1::SequenceDetail> GetSequence(const v1::SequenceRef& ref);
+  absl::StatusOr<v1::CompressReply> CompressSequence(const v1::CompressSequenceRequest& request);
+  absl::StatusOr<v1::ValidatePolicyReply> ValidatePolicy(const std::string& tenant,
+                                                         const v1::Policy& policy);
 
  private:
   AdminClient(std::shared_ptr<grpc::Channel> channel, std::string token)

@@ -113,4 +113,23 @@ grpc::ServerUnaryReactor* AdminService::SetWatermarks(grpc::CallbackServerContex
   return Offload(context, reply, [this, request] { return engine_->SetWatermarks(*request); });
 }
 
+grpc::ServerUnaryReactor* AdminService::GetSequence(grpc::CallbackServerContext* context,
+                                                    const v1::SequenceRef* request,
+                                                    v1::SequenceDetail* reply) {
+  return Unary(context, reply, [&] { return engine_->AdminGetSequence(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::CompressSequence(
+    grpc::CallbackServerContext* context, const v1::CompressSequenceRequest* request,
+    v1::CompressReply* reply) {
+  // Scoring and compaction: on the executor, as the worker's Compress.
+  return Offload(context, reply, [this, request] { return engine_->AdminCompress(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::ValidatePolicy(grpc::CallbackServerContext* context,
+                                                       const v1::SetPolicyRequest* request,
+                                                       v1::ValidatePolicyReply* reply) {
+  return Unary(context, reply, [&] { return engine_->ValidatePolicy(*request); });
+}
+
 }  // namespace kvkeep

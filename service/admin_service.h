@@ -52,6 +52,15 @@ class AdminService final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* SetWatermarks(grpc::CallbackServerContext* context,
                                           const v1::Watermarks* request,
                                           v1::Watermarks* reply) override;
+  grpc::ServerUnaryReactor* GetSequence(grpc::CallbackServerContext* context,
+                                        const v1::SequenceRef* request,
+                                        v1::SequenceDetail* reply) override;
+  grpc::ServerUnaryReactor* CompressSequence(grpc::CallbackServerContext* context,
+                                             const v1::CompressSequenceRequest* request,
+                                             v1::CompressReply* reply) override;
+  grpc::ServerUnaryReactor* ValidatePolicy(grpc::CallbackServerContext* context,
+                                           const v1::SetPolicyRequest* request,
+                                           v1::ValidatePolicyReply* reply) override;
 
  private:
   template <typename Reply, typename Fn>

@@ -356,6 +356,12 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
   const PageGeometry& geometry = seq->model->geometry();
   uint64_t total_pages = 0;
   std::vector<uint32_t> need = seq->table.PagesNeeded(request.tokens(), &total_pages);
+  if (options_.max_pages_per_request != 0 && total_pages > options_.max_pages_per_request) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request size limit: ", request.tokens(), " tokens need ", total_pages,
+        " pages over all heads, more than the ", options_.max_pages_per_request,
+        " one AllocatePages may add (kvkeepd --max_pages_per_request); allocate in smaller steps"));
+  }
   for (uint32_t h = 0; h < need.size(); ++h) {
     if (seq->table.capacity(h) + uint64_t{need[h]} * geometry.tokens_per_page > UINT32_MAX) {
       return absl::InvalidArgumentError("a head of this sequence would pass 2^32 tokens");

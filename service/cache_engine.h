@@ -45,6 +45,9 @@ struct EngineOptions {
   PoolOptions pool;
   uint64_t max_message_bytes = 4 << 20;  // Default: gRPC's 4 MiB
   uint32_t max_tokens_per_allocation = 1u << 20;  // Default: 1M tokens per AllocatePages call
+  // Default: 0 = no limit. Pages one AllocatePages may add over all heads (RESOURCE_EXHAUSTED
+  // beyond, nothing allocated); the server derives it from the message limit.
+  uint64_t max_pages_per_request = 0;
   // Bounds on what one tenant can make the daemon hold in its heap (hostile or buggy workers).
   uint32_t max_sequences_per_tenant = 1u << 16;  // Default: 65536
   uint32_t max_sessions_per_tenant = 4096;       // Default: 4096
@@ -91,6 +94,13 @@ class CacheEngine {
   absl::StatusOr<v1::SpillReply> AdminSpill(const v1::SequenceRef& ref);
   absl::StatusOr<v1::SequenceInfo> AdminRestore(const v1::SequenceRef& ref);
   absl::StatusOr<v1::DropReply> AdminDrop(const v1::SequenceRef& ref);
+  // The operator's view of one sequence. NOT_FOUND (tenant or sequence).
+  absl::StatusOr<v1::SequenceDetail> AdminGetSequence(const v1::SequenceRef& ref);
+  // The worker Compress path without a session (Compress's errors; an unknown tenant is
+  // NOT_FOUND). Runs on the calling thread: call it from an executor.
+  absl::StatusOr<v1::CompressReply> AdminCompress(const v1::CompressSequenceRequest& request);
+  // SetPolicy's checks, nothing applied. NOT_FOUND (tenant), INVALID_ARGUMENT.
+  absl::StatusOr<v1::ValidatePolicyReply> ValidatePolicy(const v1::SetPolicyRequest& request) const;
 
   // ---- Sessions ----------------------------------------------------------------------------
   struct Attached {

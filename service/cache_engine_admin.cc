@@ -8,11 +8,14 @@
 #include "service/cache_engine_internal.h"
 #include "service/policy_convert.h"
 #include "service/token_auth.h"
+#include "service/eviction/policy.h"
+#include "service/sequence_stats.h"
 
 namespace kvkeep {
 
 using engine_internal::kTenantPrefix;
 using engine_internal::ModelKey;
+using engine_internal::NoSequence;
 using engine_internal::ValidTenantName;
 
 // ---- Admin ---------------------------------------------------------------------------------
@@ -228,6 +231,111 @@ v1::DaemonStatus CacheEngine::Status() const {
   s.set_page_cost_passes(page_cost_passes_.load());
   s.set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
   return s;
+}
+
+
+// ---- Operator views of sequences and policies ----------------------------------------------
+
+namespace {
+
+// FindSequence answers UNAUTHENTICATED for an unknown tenant (a worker whose tenant was deleted);
+// an operator naming a tenant that does not exist gets NOT_FOUND.
+absl::Status AdminLookupError(const absl::Status& status, const std::string& tenant) {
+  if (absl::IsUnauthenticated(status)) {
+    return absl::NotFoundError(absl::StrCat("no tenant \"", tenant, "\""));
+  }
+  return status;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::SequenceDetail> CacheEngine::AdminGetSequence(const v1::SequenceRef& ref) {
+  auto found = FindSequence(ref.tenant(), ref.sequence_id());
+  if (!found.ok()) return AdminLookupError(found.status(), ref.tenant());
+  std::shared_ptr<Sequence> seq = std::move(*found);
+  v1::SequenceDetail detail;
+  *detail.mutable_info() = InfoOf(*seq);
+  const Model& model = *seq->model;
+  detail.set_layers(model.layers());
+  detail.set_kv_heads(model.kv_heads());
+  detail.set_tokens_per_page(model.geometry().tokens_per_page);
+  detail.set_page_bytes(model.geometry().page_bytes);
+  absl::ReaderMutexLock seq_lock(&seq->mu);
+  if (seq->dropped) return NoSequence(ref.sequence_id());
+  detail.set_next_position(static_cast<uint64_t>(seq->table.next_position()));
+  absl::flat_hash_set<uint32_t> arenas;
+  for (uint32_t h = 0; h < seq->table.heads(); ++h) {
+    const auto& head = seq->table.head(h);
+    if (seq->spilled) break;
+    v1::HeadSummary* hs = detail.add_heads();
+    hs->set_layer(h / model.kv_heads());
+    hs->set_kv_head(h % model.kv_heads());
+    hs->set_token_count(head.count);
+    hs->set_capacity(static_cast<uint32_t>(seq->table.capacity(h)));
+    hs->set_pages(static_cast<uint32_t>(head.pages.size()));
+    for (uint64_t page : head.pages) arenas.insert(PageRef::Unpack(page).arena);
+  }
+  detail.mutable_arena_ids()->Add(arenas.begin(), arenas.end());
+  std::sort(detail.mutable_arena_ids()->begin(), detail.mutable_arena_ids()->end());
+  uint32_t stats_layers = 0;
+  for (const LayerStatistics& l : seq->stats.layers) {
+    if (!l.window_queries.empty() || l.query_count > 0 || !l.attention_mass.empty()) {
+      ++stats_layers;
+    }
+  }
+  detail.set_stats_layers(stats_layers);
+  detail.set_stats_bytes(seq->stats.bytes());
+  absl::MutexLock lock(&mu_);
+  auto worker_of = [&](const std::string& session) -> std::string {
+    auto s = sessions_.find(session);
+    return s == sessions_.end() ? "" : s->second.worker_name;
+  };
+  if (!seq->owner_session.empty()) detail.set_owner_worker(worker_of(seq->owner_session));
+  for (const std::string& lease : seq->leases) detail.add_lease_workers(worker_of(lease));
+  std::sort(detail.mutable_lease_workers()->begin(), detail.mutable_lease_workers()->end());
+  auto t = tenants_.find(ref.tenant());
+  if (t != tenants_.end()) *detail.mutable_policy() = t->second.record.policy();
+  return detail;
+}
+
+absl::StatusOr<v1::CompressReply> CacheEngine::AdminCompress(
+    const v1::CompressSequenceRequest& request) {
+  auto found = FindSequence(request.tenant(), request.sequence_id());
+  if (!found.ok()) return AdminLookupError(found.status(), request.tenant());
+  std::shared_ptr<Sequence> seq = std::move(*found);
+  absl::MutexLock seq_lock(&seq->mu);
+  RETURN_IF_ERROR(OnDevice(*seq));
+  return CompressHeld(seq.get(), request.policy());
+}
+
+absl::StatusOr<v1::ValidatePolicyReply> CacheEngine::ValidatePolicy(
+    const v1::SetPolicyRequest& request) const {
+  RETURN_IF_ERROR(ValidatePolicyProto(request.policy()));
+  v1::ValidatePolicyReply reply;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tenants_.find(request.tenant());
+    if (it == tenants_.end()) {
+      return absl::NotFoundError(absl::StrCat("no tenant \"", request.tenant(), "\""));
+    }
+    *reply.mutable_current() = it->second.record.policy();
+  }
+  const v1::Policy& p = request.policy();
+  *reply.mutable_policy() = p;
+  // As a Compress request with no fields of its own would see it; a placeholder budget stands in
+  // when the policy has none, so the remaining fields are still checked as a whole.
+  v1::Policy with_budget = p;
+  if (!p.has_keep_ratio() && !p.has_max_tokens()) with_budget.set_keep_ratio(1);
+  ASSIGN_OR_RETURN(ResolvedPolicy resolved, ResolvePolicy(v1::Policy(), with_budget));
+  reply.set_scorer(std::string(eviction::ScorerName(resolved.policy.scorer)));
+  reply.set_allocation(std::string(eviction::AllocationName(resolved.policy.allocation)));
+  reply.set_has_budget(p.has_keep_ratio() || p.has_max_tokens());
+  reply.set_decode_time_eviction(p.has_max_tokens());
+  const eviction::Needs needs = eviction::ScorerNeeds(resolved.policy.scorer);
+  if (needs.window_queries) reply.add_needs("window_queries");
+  if (needs.query_moments) reply.add_needs("query_moments");
+  if (needs.attention_mass) reply.add_needs("attention_mass");
+  return reply;
 }
 
 }  // namespace kvkeep

@@ -2,6 +2,7 @@
 
 #include <deque>
 #include <functional>
+#include <optional>
 
 #include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
@@ -12,19 +13,28 @@ namespace kvkeep {
 namespace {
 
 // The daemon's end of a worker's Session stream. Events queue here and are written one at a time.
-// Deleted in OnDone, after the engine has forgotten the session.
+// Deleted in OnDone, after the engine has forgotten the session. Finish() is called only after mu_
+// is released: it may run OnDone (which deletes the reactor, mu_ included) on another thread at
+// once, so nothing may touch the reactor after it (ThreadSanitizer caught the destruction of mu_
+// racing with the unlock that followed a Finish under the lock).
 class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
                              public SessionSink {
  public:
-  SessionReactor(CacheEngine* engine, const std::string& tenant, const std::string& worker)
-      : engine_(engine) {
+  SessionReactor(CacheEngine* engine, SessionLimits* limits, const std::string& tenant,
+                 const std::string& worker)
+      : engine_(engine), limits_(limits) {
+    // Its buckets exist before any call can name the session.
     auto attached = engine_->Attach(tenant, worker, this);
     if (!attached.ok()) {
-      absl::MutexLock lock(&mu_);
-      FinishLocked(ToGrpcStatus(attached.status()));
+      {
+        absl::MutexLock lock(&mu_);
+        finished_ = true;
+      }
+      Finish(ToGrpcStatus(attached.status()));
       return;
     }
     session_id_ = attached->session_id;
+    if (limits_ != nullptr) limits_->OpenSession(tenant, session_id_);
     v1::SessionEvent event;
     v1::SessionStarted* started = event.mutable_started();
     started->set_session_id(attached->session_id);
@@ -52,50 +62,64 @@ class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
   }
 
   void End(const absl::Status& status) override {
-    absl::MutexLock lock(&mu_);
-    if (status.ok()) {
-      v1::SessionEvent event;
-      event.mutable_drain()->set_reason("daemon shutting down");
-      QueueLocked(std::move(event));
-    }
-    ending_ = true;
-    end_status_ = ToGrpcStatus(status);
-    if (!writing_) {
-      if (started_ && !queue_.empty()) {
-        writing_ = true;
-        StartWrite(&queue_.front());
-      } else {
-        FinishLocked(end_status_);
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      if (status.ok()) {
+        v1::SessionEvent event;
+        event.mutable_drain()->set_reason("daemon shutting down");
+        QueueLocked(std::move(event));
+      }
+      ending_ = true;
+      end_status_ = ToGrpcStatus(status);
+      if (!writing_) {
+        if (started_ && !queue_.empty()) {
+          writing_ = true;
+          StartWrite(&queue_.front());
+        } else {
+          finish = TakeFinishLocked(end_status_);
+        }
       }
     }
+    if (finish.has_value()) Finish(*finish);
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    queue_.pop_front();
-    if (!ok) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "session stream broken"));
-      return;
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      queue_.pop_front();
+      if (!ok) {
+        finish = TakeFinishLocked(
+            grpc::Status(grpc::StatusCode::CANCELLED, "session stream broken"));
+      } else if (!queue_.empty()) {
+        writing_ = true;
+        StartWrite(&queue_.front());
+      } else if (ending_) {
+        finish = TakeFinishLocked(end_status_);
+      }
     }
-    if (!queue_.empty()) {
-      writing_ = true;
-      StartWrite(&queue_.front());
-    } else if (ending_) {
-      FinishLocked(end_status_);
-    }
+    if (finish.has_value()) Finish(*finish);
   }
 
   void OnCancel() override {
     // The worker is gone (exit, crash, lost connection): release what it held. Not under mu_: the
     // engine calls into this sink with its own lock held.
     if (!session_id_.empty()) engine_->EndSession(session_id_);
-    absl::MutexLock lock(&mu_);
-    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "session cancelled"));
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      finish = TakeFinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "session cancelled"));
+    }
+    if (finish.has_value()) Finish(*finish);
   }
 
   void OnDone() override {
-    if (!session_id_.empty()) engine_->EndSession(session_id_);
+    if (!session_id_.empty()) {
+      engine_->EndSession(session_id_);
+      if (limits_ != nullptr) limits_->CloseSession(session_id_);
+    }
     delete this;
   }
 
@@ -108,13 +132,17 @@ class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
       StartWrite(&queue_.front());
     }
   }
-  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_) return;
+  // `status` when the stream is to finish now (the caller calls Finish with it after releasing
+  // mu_), nothing when it already finished.
+  std::optional<grpc::Status> TakeFinishLocked(const grpc::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return std::nullopt;
     finished_ = true;
-    Finish(status);
+    return status;
   }
 
   CacheEngine* const engine_;
+  SessionLimits* const limits_;  // may be null
   std::string session_id_;  // set once in the constructor
   absl::Mutex mu_;
   std::deque<v1::SessionEvent> queue_ ABSL_GUARDED_BY(mu_);
@@ -227,7 +255,10 @@ class ChunkStreamReactor final : public grpc::ServerReadReactor<Chunk> {
 // Streams a ReadCursor, one chunk in flight at a time.
 class ReadKvReactor final : public grpc::ServerWriteReactor<v1::KvChunk> {
  public:
-  explicit ReadKvReactor(absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> cursor) {
+  // Each chunk is charged to `limits` (may be null) before it is sent.
+  explicit ReadKvReactor(absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> cursor,
+                         SessionLimits* limits = nullptr, std::string tenant = "")
+      : limits_(limits), tenant_(std::move(tenant)) {
     if (!cursor.ok()) {
       Finish(ToGrpcStatus(cursor.status()));
       return;
@@ -254,21 +285,40 @@ class ReadKvReactor final : public grpc::ServerWriteReactor<v1::KvChunk> {
     } else if (!*more) {
       Finish(grpc::Status::OK);
     } else {
+      if (limits_ != nullptr) {
+        absl::Status charged = limits_->ChargeBytes(
+            tenant_, "", chunk_.keys().size() + chunk_.values().size());
+        if (!charged.ok()) {
+          Finish(ToGrpcStatus(charged));
+          return;
+        }
+      }
       StartWrite(&chunk_);
     }
   }
 
+  SessionLimits* const limits_;
+  const std::string tenant_;
   std::unique_ptr<CacheEngine::ReadCursor> cursor_;
   v1::KvChunk chunk_;
 };
 
 }  // namespace
 
+absl::StatusOr<std::string> KvCacheService::Admit(grpc::CallbackServerContext* context,
+                                                  const std::string& session_id) {
+  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  if (!tenant.ok() || limits_ == nullptr) return tenant;
+  RETURN_IF_ERROR(limits_->ChargeCall(*tenant, session_id));
+  return tenant;
+}
+
 template <typename Reply, typename Fn>
 grpc::ServerUnaryReactor* KvCacheService::Unary(grpc::CallbackServerContext* context,
-                                                Reply* reply, Fn fn) {
+                                                Reply* reply, Fn fn,
+                                                const std::string& session_id) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  absl::StatusOr<std::string> tenant = Admit(context, session_id);
   if (!tenant.ok()) {
     reactor->Finish(ToGrpcStatus(tenant.status()));
     return reactor;
@@ -281,7 +331,7 @@ grpc::ServerUnaryReactor* KvCacheService::Unary(grpc::CallbackServerContext* con
 
 grpc::ServerWriteReactor<v1::SessionEvent>* KvCacheService::Session(
     grpc::CallbackServerContext* context, const v1::AttachRequest* request) {
-  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  absl::StatusOr<std::string> tenant = Admit(context, "");
   if (!tenant.ok()) {
     // A reactor that only finishes.
     struct Failed final : grpc::ServerWriteReactor<v1::SessionEvent> {
@@ -290,13 +340,12 @@ grpc::ServerWriteReactor<v1::SessionEvent>* KvCacheService::Session(
     };
     return new Failed(tenant.status());
   }
-  return new SessionReactor(engine_, *tenant, request->worker_name());
+  return new SessionReactor(engine_, limits_, *tenant, request->worker_name());
 }
 
 grpc::ServerReadReactor<v1::ModelChunk>* KvCacheService::RegisterModel(
     grpc::CallbackServerContext* context, v1::RegisterModelReply* reply) {
-  return new RegisterModelReactor(engine_,
-                                  AuthenticateWorker(*context, *engine_, admin_token_hash_), reply);
+  return new RegisterModelReactor(engine_, Admit(context, ""), reply);
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetArena(grpc::CallbackServerContext* context,
@@ -309,22 +358,30 @@ grpc::ServerUnaryReactor* KvCacheService::GetArena(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* KvCacheService::CreateSequence(grpc::CallbackServerContext* context,
                                                          const v1::CreateSequenceRequest* request,
                                                          v1::PageTable* reply) {
-  return Unary(context, reply,
-               [&](const std::string& t) { return engine_->CreateSequence(t, *request); });
+  return Unary(
+      context, reply, [&](const std::string& t) { return engine_->CreateSequence(t, *request); },
+      request->session_id());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::AllocatePages(grpc::CallbackServerContext* context,
                                                         const v1::AllocateRequest* request,
                                                         v1::PageTableDelta* reply) {
-  return Unary(context, reply,
-               [&](const std::string& t) { return engine_->AllocatePages(t, *request); });
+  return Unary(
+      context, reply, [&](const std::string& t) { return engine_->AllocatePages(t, *request); },
+      request->session_id());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::CommitTokens(grpc::CallbackServerContext* context,
                                                        const v1::CommitRequest* request,
                                                        v1::CommitReply* reply) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  absl::StatusOr<std::string> tenant = Admit(context, request->session_id());
+  if (tenant.ok() && limits_ != nullptr && request->stats_size() > 0) {
+    uint64_t stats_bytes = 0;
+    for (const v1::LayerStats& s : request->stats()) stats_bytes += s.ByteSizeLong();
+    absl::Status size = limits_->CheckStatsBytes(stats_bytes);
+    if (!size.ok()) tenant = size;
+  }
   if (!tenant.ok()) {
     reactor->Finish(ToGrpcStatus(tenant.status()));
     return reactor;
@@ -350,6 +407,12 @@ grpc::ServerReadReactor<v1::KvChunk>* KvCacheService::WriteKV(grpc::CallbackServ
   return new ChunkStreamReactor<v1::KvChunk, v1::WriteSummary>(
       AuthenticateWorker(*context, *engine_, admin_token_hash_), reply,
       [this](const std::string& tenant, const v1::KvChunk& chunk, v1::WriteSummary* summary) {
+        if (limits_ != nullptr) {
+          // The stream is one call, charged with its first chunk (which may name the session).
+          if (summary->chunks() == 0) RETURN_IF_ERROR(limits_->ChargeCall(tenant, chunk.session_id()));
+          RETURN_IF_ERROR(limits_->ChargeBytes(tenant, chunk.session_id(),
+                                               chunk.keys().size() + chunk.values().size()));
+        }
         RETURN_IF_ERROR(engine_->WriteChunk(tenant, chunk));
         summary->set_chunks(summary->chunks() + 1);
         summary->set_tokens(summary->tokens() + chunk.token_count());
@@ -360,9 +423,9 @@ grpc::ServerReadReactor<v1::KvChunk>* KvCacheService::WriteKV(grpc::CallbackServ
 
 grpc::ServerWriteReactor<v1::KvChunk>* KvCacheService::ReadKV(grpc::CallbackServerContext* context,
                                                               const v1::ReadRequest* request) {
-  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  absl::StatusOr<std::string> tenant = Admit(context, "");
   if (!tenant.ok()) return new ReadKvReactor(tenant.status());
-  return new ReadKvReactor(engine_->OpenRead(*tenant, *request));
+  return new ReadKvReactor(engine_->OpenRead(*tenant, *request), limits_, *tenant);
 }
 
 grpc::ServerReadReactor<v1::StatsChunk>* KvCacheService::PutStats(
@@ -370,6 +433,12 @@ grpc::ServerReadReactor<v1::StatsChunk>* KvCacheService::PutStats(
   return new ChunkStreamReactor<v1::StatsChunk, v1::StatsAck>(
       AuthenticateWorker(*context, *engine_, admin_token_hash_), reply,
       [this](const std::string& tenant, const v1::StatsChunk& chunk, v1::StatsAck* ack) {
+        if (limits_ != nullptr) {
+          if (ack->layers() == 0) RETURN_IF_ERROR(limits_->ChargeCall(tenant, ""));
+          const uint64_t bytes = chunk.stats().ByteSizeLong();
+          RETURN_IF_ERROR(limits_->CheckStatsBytes(bytes));
+          RETURN_IF_ERROR(limits_->ChargeBytes(tenant, "", bytes));
+        }
         RETURN_IF_ERROR(engine_->PutStats(tenant, chunk));
         ack->set_layers(ack->layers() + 1);
         return absl::OkStatus();
@@ -378,9 +447,10 @@ grpc::ServerReadReactor<v1::StatsChunk>* KvCacheService::PutStats(
 
 template <typename Reply, typename Fn>
 grpc::ServerUnaryReactor* KvCacheService::Offload(grpc::CallbackServerContext* context,
-                                                  Reply* reply, Fn fn) {
+                                                  Reply* reply, Fn fn,
+                                                  const std::string& session_id) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> tenant = AuthenticateWorker(*context, *engine_, admin_token_hash_);
+  absl::StatusOr<std::string> tenant = Admit(context, session_id);
   if (!tenant.ok()) {
     reactor->Finish(ToGrpcStatus(tenant.status()));
     return reactor;
@@ -398,21 +468,24 @@ grpc::ServerUnaryReactor* KvCacheService::Compress(grpc::CallbackServerContext* 
                                                    const v1::CompressRequest* request,
                                                    v1::CompressReply* reply) {
   return Offload(context, reply,
-                 [this, request](const std::string& t) { return engine_->Compress(t, *request); });
+                 [this, request](const std::string& t) { return engine_->Compress(t, *request); },
+                 request->session_id());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::Spill(grpc::CallbackServerContext* context,
                                                 const v1::SpillRequest* request,
                                                 v1::SpillReply* reply) {
   return Offload(context, reply,
-                 [this, request](const std::string& t) { return engine_->Spill(t, *request); });
+                 [this, request](const std::string& t) { return engine_->Spill(t, *request); },
+                 request->session_id());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::Restore(grpc::CallbackServerContext* context,
                                                   const v1::RestoreRequest* request,
                                                   v1::PageTable* reply) {
   return Offload(context, reply,
-                 [this, request](const std::string& t) { return engine_->Restore(t, *request); });
+                 [this, request](const std::string& t) { return engine_->Restore(t, *request); },
+                 request->session_id());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::GetSequence(grpc::CallbackServerContext* context,
@@ -428,19 +501,24 @@ grpc::ServerUnaryReactor* KvCacheService::Acquire(grpc::CallbackServerContext* c
                                                   v1::PageTable* reply) {
   // May restore a spilled sequence from disk: off the gRPC threads.
   return Offload(context, reply,
-                 [this, request](const std::string& t) { return engine_->Acquire(t, *request); });
+                 [this, request](const std::string& t) { return engine_->Acquire(t, *request); },
+                 request->session_id());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::Release(grpc::CallbackServerContext* context,
                                                   const v1::ReleaseRequest* request,
                                                   v1::ReleaseReply* reply) {
-  return Unary(context, reply, [&](const std::string& t) { return engine_->Release(t, *request); });
+  return Unary(
+      context, reply, [&](const std::string& t) { return engine_->Release(t, *request); },
+      request->session_id());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::Drop(grpc::CallbackServerContext* context,
                                                const v1::DropRequest* request,
                                                v1::DropReply* reply) {
-  return Unary(context, reply, [&](const std::string& t) { return engine_->Drop(t, *request); });
+  return Unary(
+      context, reply, [&](const std::string& t) { return engine_->Drop(t, *request); },
+      request->session_id());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::Ping(grpc::CallbackServerContext* context,

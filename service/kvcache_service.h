@@ -9,14 +9,18 @@
 #include "kvkeep/v1/kvcache.grpc.pb.h"
 #include "service/cache_engine.h"
 #include "service/executor.h"
+#include "service/session_limits.h"
 
 namespace kvkeep {
 
 class KvCacheService final : public v1::KvCache::CallbackService {
  public:
-  // `engine` and `executor` (where Compress runs) must outlive the service.
-  KvCacheService(CacheEngine* engine, Executor* executor, std::string admin_token_hash)
-      : engine_(engine), executor_(executor), admin_token_hash_(std::move(admin_token_hash)) {}
+  // `engine`, `executor` (where Compress runs) and `limits` (per-session rate and size limits;
+  // null = none) must outlive the service.
+  KvCacheService(CacheEngine* engine, Executor* executor, std::string admin_token_hash,
+                 SessionLimits* limits = nullptr)
+      : engine_(engine), executor_(executor), admin_token_hash_(std::move(admin_token_hash)),
+        limits_(limits) {}
 
   grpc::ServerWriteReactor<v1::SessionEvent>* Session(grpc::CallbackServerContext* context,
                                                       const v1::AttachRequest* request) override;
@@ -63,16 +67,23 @@ class KvCacheService final : public v1::KvCache::CallbackService {
                                  const v1::PingRequest* request, v1::PingReply* reply) override;
 
  private:
-  // Authenticates, runs `fn(tenant)` (returning absl::StatusOr<Reply>), stores the reply.
+  // Authenticates, charges the call to `session_id`'s limits, runs `fn(tenant)` (returning
+  // absl::StatusOr<Reply>), stores the reply.
   template <typename Reply, typename Fn>
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Reply* reply, Fn fn,
+                                  const std::string& session_id = "");
   // As Unary, but `fn` runs on the executor (disk or scoring work never runs on gRPC threads).
   template <typename Reply, typename Fn>
-  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, Reply* reply, Fn fn,
+                                    const std::string& session_id = "");
+  // The tenant of the call's token, charged one call (OK when there are no limits).
+  absl::StatusOr<std::string> Admit(grpc::CallbackServerContext* context,
+                                    const std::string& session_id);
 
   CacheEngine* const engine_;
   Executor* const executor_;
   const std::string admin_token_hash_;
+  SessionLimits* const limits_;  // may be null
 };
 
 }  // namespace kvkeep

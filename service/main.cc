@@ -49,6 +49,19 @@ ABSL_FLAG(int, keepalive_seconds, 10, "Keepalive ping interval that detects lost
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
           "Serve Prometheus metrics over HTTP at GET /metrics on this host:port (\"\" = off; "
           "0.0.0.0:9464 for a scraper on another host)");
+ABSL_FLAG(double, session_calls_per_second, 100000,
+          "Worker calls one session may make per second (token bucket; calls without a session "
+          "share one bucket per tenant); 0 = unlimited");
+ABSL_FLAG(double, session_call_burst, 200000, "Calls a session may make at once (bucket size)");
+ABSL_FLAG(double, session_bytes_per_second, 64.0 * (1ull << 30),
+          "WriteKV/ReadKV/PutStats payload bytes one session may move per second; 0 = unlimited");
+ABSL_FLAG(double, session_byte_burst, 4.0 * (1ull << 30),
+          "Payload bytes a session may move at once (bucket size; >= the message limit)");
+ABSL_FLAG(uint64_t, max_stats_bytes, 4ull << 20,
+          "Largest statistics payload of one PutStats chunk or CommitTokens, bytes; 0 = unlimited");
+ABSL_FLAG(uint32_t, max_tokens_per_request, 1u << 20, "Most tokens one AllocatePages may ask for");
+ABSL_FLAG(uint64_t, max_pages_per_request, 0,
+          "Most pages one AllocatePages may add over all heads (0 = what fits in a reply message)");
 
 namespace {
 
@@ -127,6 +140,22 @@ int main(int argc, char** argv) {
                                    &options.pressure_policy)) {
     std::fprintf(stderr, "kvkeepd: --pressure_policy must be lru or capacity, not \"%s\"\n",
                  absl::GetFlag(FLAGS_pressure_policy).c_str());
+    return 2;
+  }
+  options.limits.calls_per_second = absl::GetFlag(FLAGS_session_calls_per_second);
+  options.limits.call_burst = absl::GetFlag(FLAGS_session_call_burst);
+  options.limits.bytes_per_second = absl::GetFlag(FLAGS_session_bytes_per_second);
+  options.limits.byte_burst = absl::GetFlag(FLAGS_session_byte_burst);
+  options.limits.max_stats_bytes = absl::GetFlag(FLAGS_max_stats_bytes);
+  options.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
+  options.max_pages_per_request = absl::GetFlag(FLAGS_max_pages_per_request);
+  const kvkeep::SessionLimitOptions& l = options.limits;
+  if (!(l.calls_per_second >= 0) || !(l.bytes_per_second >= 0) ||
+      (l.calls_per_second > 0 && !(l.call_burst >= 1)) ||
+      (l.bytes_per_second > 0 && !(l.byte_burst >= 1)) || options.max_tokens_per_request == 0) {
+    std::fprintf(stderr,
+                 "kvkeepd: --session_calls_per_second and --session_bytes_per_second must be >= 0 "
+                 "(0 = unlimited), their bursts >= 1, --max_tokens_per_request > 0\n");
     return 2;
   }
   // The default port is best effort (another daemon on the host may hold it); a given one is not.

@@ -53,6 +53,7 @@ enum class MethodKind { kPlain, kAllocatePages, kCompress, kCommitTokens, kResto
 MethodKind KindOf(absl::string_view full) {
   if (full == "/kvkeep.v1.KvCache/AllocatePages") return MethodKind::kAllocatePages;
   if (full == "/kvkeep.v1.KvCache/Compress") return MethodKind::kCompress;
+  if (full == "/kvkeep.v1.Admin/CompressSequence") return MethodKind::kCompress;  // same reply
   if (full == "/kvkeep.v1.KvCache/CommitTokens") return MethodKind::kCommitTokens;
   if (full == "/kvkeep.v1.KvCache/Restore") return MethodKind::kRestore;
   if (full == "/kvkeep.v1.Admin/RestoreSequence") return MethodKind::kAdminRestore;
@@ -430,7 +431,8 @@ void Metrics::Write(ExpositionWriter* w) const {
   }
 
   w->Family("kvkeep_compressions_total", "counter",
-            "Sequence compressions (evictions) that succeeded, by trigger: request (Compress) or "
+            "Sequence compressions (evictions) that succeeded, by trigger: request (Compress, "
+            "Admin.CompressSequence) or "
             "decode (CommitTokens passing the policy's max_tokens).");
   for (int t = 0; t < 2; ++t) {
     w->Sample("kvkeep_compressions_total", {{"trigger", std::string(kTriggerNames[t])}},

@@ -7,6 +7,7 @@
 
 #include "gpu/backend.h"
 #include "service/pool_shares.h"
+#include "service/session_limits.h"
 
 namespace kvkeep {
 
@@ -40,6 +41,12 @@ struct ServiceOptions {
   // a warning); main.cc sets it when --metrics_address was not given, so that several daemons on
   // one host (tests) do not fight over the default port.
   bool metrics_optional = false;
+  // Per-session rate limits and the statistics size limit (service/session_limits.h).
+  SessionLimitOptions limits;
+  uint32_t max_tokens_per_request = 1u << 20;  // Default: 1M tokens in one AllocatePages
+  // Default: 0 = derived from the message limit, (max_message_bytes - 64 KiB) / 16: the most
+  // page references one AllocatePages may add, so that its reply always fits in a message.
+  uint64_t max_pages_per_request = 0;
 };
 
 }  // namespace kvkeep

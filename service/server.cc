@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -119,6 +120,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   engine_options.pool.arena_bytes = options.arena_bytes;
   engine_options.max_message_bytes = options.max_message_bytes;
   engine_options.pressure_policy = options.pressure_policy;
+  engine_options.max_tokens_per_allocation = options.max_tokens_per_request;
+  engine_options.max_pages_per_request =
+      options.max_pages_per_request != 0
+          ? options.max_pages_per_request
+          : (options.max_message_bytes - std::min<uint64_t>(options.max_message_bytes / 2, 64 << 10)) / 16;
   ASSIGN_OR_RETURN(server->engine_,
                    CacheEngine::Create(server->backend_.get(), server->store_.get(),
                                        engine_options, server->spill_.get()));
@@ -128,8 +134,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   ASSIGN_OR_RETURN(std::string admin_token, LoadOrCreateAdminToken(token_file));
   const std::string admin_hash = HashToken(admin_token);
   server->executor_ = std::make_unique<Executor>(options.compress_threads);
-  server->kvcache_ = std::make_unique<KvCacheService>(server->engine_.get(),
-                                                      server->executor_.get(), admin_hash);
+  server->limits_ = std::make_unique<SessionLimits>(options.limits);
+  server->kvcache_ = std::make_unique<KvCacheService>(
+      server->engine_.get(), server->executor_.get(), admin_hash, server->limits_.get());
   server->admin_ = std::make_unique<AdminService>(server->engine_.get(),
                                                   server->executor_.get(), admin_hash);
 
@@ -188,7 +195,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   if (!options.metrics_address.empty()) {
     Server* s = server.get();
     auto http = MetricsHttpServer::Start(options.metrics_address, [s] {
-      return RenderMetrics(s->engine_->Status(), s->engine_->pool().Stats(), *s->metrics_);
+      ExpositionWriter limits;
+      s->limits_->WriteMetrics(&limits);
+      return RenderMetrics(s->engine_->Status(), s->engine_->pool().Stats(), *s->metrics_) +
+             limits.Take();
     });
     if (http.ok()) {
       server->metrics_http_ = std::move(*http);

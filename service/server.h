@@ -44,6 +44,7 @@ class Server {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<CacheEngine> engine_;
   std::unique_ptr<Executor> executor_;
+  std::unique_ptr<SessionLimits> limits_;  // used by kvcache_ and the metrics endpoint
   std::unique_ptr<KvCacheService> kvcache_;
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<Metrics> metrics_;  // recorded into by grpc_'s interceptors: outlives it

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,8 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "gpu/cpu/cpu_backend.h"
+#include "service/token_auth.h"
 
 extern char** environ;
 
@@ -31,7 +34,14 @@ DaemonProcess::DaemonProcess() {
 }
 
 DaemonProcess::~DaemonProcess() {
-  if (pid_ > 0) Stop(SIGKILL);
+  if (pid_ > 0) {
+    Stop(SIGKILL);
+    // A killed daemon leaves its arenas in /dev/shm (a restart on this dir would remove them).
+    char resolved[PATH_MAX];
+    if (realpath(dir_.c_str(), resolved) != nullptr) {
+      RemoveStaleArenas("kvkeep-" + HashToken(resolved).substr(0, 12));
+    }
+  }
   std::error_code ignored;
   std::filesystem::remove_all(dir_, ignored);
 }

@@ -31,6 +31,7 @@ TEST(SpillFaultTest, AcknowledgedSpillsSurviveKillNineAtRandomMoments) {
   uint64_t seed = 1;
   for (int round = 0; round < 4; ++round) {
     std::atomic<bool> stop{false};
+    std::atomic<int> acked_count{0};
     std::map<std::string, uint64_t> acked_this_round;
     std::thread writer([&] {
       auto c = Client::Attach(daemon.channel(), tenant->token(), "writer");
@@ -54,9 +55,15 @@ TEST(SpillFaultTest, AcknowledgedSpillsSurviveKillNineAtRandomMoments) {
         v1::SpillReply reply;
         if (!(*c)->stub().Spill(ctx.get(), spill, &reply).ok()) break;
         acked_this_round[*seq] = s;  // acknowledged: must survive
+        ++acked_count;
       }
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 400));
+    // On a slow build (ThreadSanitizer, a loaded machine) the first spill may not be acknowledged
+    // yet: kill only once one is, so that every round checks something.
+    for (int i = 0; i < 1000 && acked_count == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     daemon.Stop(SIGKILL);
     stop = true;
     writer.join();

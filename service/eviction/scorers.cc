@@ -29,8 +29,18 @@ constexpr double kParallelWork = 1 << 18;
 // time (GCC/Clang target_clones, an ifunc). AVX2 without FMA performs the same float operations in
 // the same order as the baseline SSE2 build, only 8 lanes at a time, so both builds give bit-identical
 // scores; FMA is deliberately not enabled (it would contract a * b + c and change the rounding).
+// Not under ThreadSanitizer: the ifunc resolver runs while the dynamic loader relocates the
+// binary, before the TSan runtime is initialised, and its instrumented entry (__tsan_func_entry)
+// crashes the process before main (deploy/sanitize thread).
+#if defined(__SANITIZE_THREAD__)
+#define KVKEEP_TSAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KVKEEP_TSAN_BUILD 1
+#endif
+#endif
 #if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(__CUDACC__)
+    !defined(__CUDACC__) && !defined(KVKEEP_TSAN_BUILD)
 #define KVKEEP_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define KVKEEP_SIMD_CLONES

@@ -60,7 +60,7 @@ enum Op : uint8_t {
   kCreateSequence, kAllocate, kCommit, kWrite, kReadSequence, kReadPages, kPutStats, kCompress,
   kGetSequence, kAcquire, kRelease, kDrop, kSpill, kRestore, kAttach, kEndSession, kSetPolicy,
   kSetQuota, kRegisterModel, kGetArena, kAdminSpill, kAdminRestore, kAdminDrop, kCreateTenant,
-  kList, kOpCount
+  kList, kAdminGetSequence, kAdminCompress, kValidatePolicy, kOpCount
 };
 
 class World {
@@ -433,6 +433,43 @@ class World {
         if (op == kAdminSpill) status = engine_->AdminSpill(r).status();
         if (op == kAdminRestore) status = engine_->AdminRestore(r).status();
         if (op == kAdminDrop) status = engine_->AdminDrop(r).status();
+        break;
+      }
+      case kAdminGetSequence: {
+        v1::SequenceRef r;
+        if (!r.ParseFromString(payload)) return;
+        if (!raw_session) r.set_tenant(tenant);
+        if (target != nullptr) r.set_sequence_id(target->id);
+        if (r.tenant() == tenant) named = r.sequence_id();
+        status = engine_->AdminGetSequence(r).status();
+        break;
+      }
+      case kAdminCompress: {
+        v1::CompressSequenceRequest r;
+        if (!r.ParseFromString(payload)) return;
+        if (!raw_session) r.set_tenant(tenant);
+        if (target != nullptr) r.set_sequence_id(target->id);
+        if (r.tenant() == tenant) named = r.sequence_id();
+        auto reply = engine_->AdminCompress(r);
+        status = reply.status();
+        if (reply.ok()) CheckTable(reply->table());
+        break;
+      }
+      case kValidatePolicy: {
+        v1::SetPolicyRequest r;
+        if (!r.ParseFromString(payload)) return;
+        if (!raw_session) r.set_tenant(tenant);
+        auto before = engine_->GetPolicy(r.tenant());
+        status = engine_->ValidatePolicy(r).status();
+        auto after = engine_->GetPolicy(r.tenant());
+        // Validation applies nothing.
+        FUZZ_CHECK(before.ok() == after.ok() &&
+                       (!before.ok() || before->SerializeAsString() == after->SerializeAsString()),
+                   "ValidatePolicy changed the stored policy");
+        // It accepts exactly what SetPolicy's checks accept.
+        FUZZ_CHECK(status.ok() || status.code() == absl::StatusCode::kInvalidArgument ||
+                       status.code() == absl::StatusCode::kNotFound,
+                   "ValidatePolicy: " + status.ToString());
         break;
       }
       case kCreateTenant: {
