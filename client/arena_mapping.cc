@@ -18,7 +18,9 @@ absl::StatusOr<std::unique_ptr<ArenaMapping>> ArenaMapping::Map(const v1::ArenaE
                                                  v1::ArenaKind_Name(arena.kind()),
                                                  " in this client build"));
   }
-  int fd = shm_open(arena.handle().c_str(), O_RDWR | O_CLOEXEC, 0);
+  // A sharing group's arena (shared prefix pages) is mapped read-only.
+  const bool read_only = arena.read_only();
+  int fd = shm_open(arena.handle().c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC, 0);
   if (fd < 0) {
     return absl::NotFoundError(absl::StrCat("shm_open(", arena.handle(), "): ", std::strerror(errno)));
   }
@@ -28,7 +30,8 @@ absl::StatusOr<std::unique_ptr<ArenaMapping>> ArenaMapping::Map(const v1::ArenaE
     return absl::DataLossError(absl::StrCat("arena ", arena.arena_id(), " has ", st.st_size,
                                             " bytes, the export says ", arena.size_bytes()));
   }
-  void* data = mmap(nullptr, arena.size_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* data = mmap(nullptr, arena.size_bytes(), read_only ? PROT_READ : PROT_READ | PROT_WRITE,
+                    MAP_SHARED, fd, 0);
   close(fd);
   if (data == MAP_FAILED) {
     return absl::ResourceExhaustedError(absl::StrCat("mmap: ", std::strerror(errno)));

@@ -15,7 +15,8 @@ namespace kvkeep {
 
 class ArenaMapping {
  public:
-  // Maps a HOST_SHM export read-write. UNIMPLEMENTED for kinds this build cannot map;
+  // Maps a HOST_SHM export read-write, or read-only (PROT_READ) when `arena.read_only()` (a
+  // sharing group's arena: writing through data() then faults). UNIMPLEMENTED for kinds this build cannot map;
   // NOT_FOUND when the object is gone; DATA_LOSS when its size differs from the export.
   static absl::StatusOr<std::unique_ptr<ArenaMapping>> Map(const v1::ArenaExport& arena);
   ~ArenaMapping();
