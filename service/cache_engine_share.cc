@@ -250,6 +250,14 @@ absl::StatusOr<v1::PublishPrefixReply> CacheEngine::PublishPrefix(
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
   RETURN_IF_ERROR(OnDevice(*seq));
+  {
+    absl::MutexLock lock(&mu_);
+    auto t = tenants_.find(tenant);
+    if (t != tenants_.end() && t->second.record.sharing_group().empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tenant ", tenant, " is in no sharing group; an operator sets one (SetQuota)"));
+    }
+  }
   const PageGeometry& g = seq->model->geometry();
   const uint32_t tpp = g.tokens_per_page;
   const uint32_t heads = seq->table.heads();
