@@ -1,6 +1,7 @@
 // End-to-end: shared prefixes between tenants of one sharing group, against the real kvkeepd
 // process (real Unix socket, real shared memory, real RocksDB).
 #include <cstdio>
+#include <atomic>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -521,6 +522,88 @@ TEST_F(ShareTest, GroupsSurviveRestartSharedPagesDoNot) {
   EXPECT_EQ(tgt.shared_tokens(), 8u);
   ExpectPrefixBytes(*g, tgt.sequence_id(), 8, 2);
   ExpectChargesAddUp();
+}
+
+TEST_F(ShareTest, CachedPrefixPagesAreFreedFirstUnderPressureReferencedOnesNever) {
+  // 2 MiB of pool in 1 MiB arenas (8192 pages of 128 bytes each).
+  daemon_.Stop(SIGTERM);
+  ASSERT_OK(daemon_.Start({"--pool_mib=2", "--arena_mib=1"}));
+  Client* a = Attach(Tenant("alpha", "team"), "a");
+  Client* b = Attach(Tenant("beta", "team"), "b");
+  Client* c = Attach(Tenant("gamma", ""), "c");
+  ASSERT_TRUE(a && b && c);
+  const std::vector<uint32_t> prompt = Prompt(8);
+  ASSERT_OK_AND_ASSIGN(std::string sa, a->CreateSequence("test-model"));
+  Fill(*a, sa, 8, 4);
+  ASSERT_OK(a->PublishPrefix(sa, prompt));
+  ASSERT_OK_AND_ASSIGN(v1::PageTable tb, b->CreateSequenceWithPrefix("test-model", prompt));
+  ASSERT_OK(a->Drop(sa));
+  // Referenced by beta: a request that needs both arenas cannot have the group's.
+  ASSERT_OK_AND_ASSIGN(std::string sc, c->CreateSequence("test-model"));
+  EXPECT_THAT(c->Allocate(sc, 8200), StatusIs(StatusCode::kResourceExhausted));
+  EXPECT_EQ(Status().shared_pages_referenced(), 2 * kHeads);
+  ExpectPrefixBytes(*b, tb.sequence_id(), 8, 4);
+  // Unreferenced (cached): freed to make room, and the prefix is gone from the index.
+  ASSERT_OK(b->Drop(tb.sequence_id()));
+  EXPECT_EQ(Status().shared_pages_cached(), 2 * kHeads);
+  ASSERT_OK(c->Allocate(sc, 8200));
+  v1::DaemonStatus s = Status();
+  EXPECT_EQ(s.shared_pages_cached(), 0u);
+  EXPECT_EQ(s.shared_bytes_cached(), 0u);
+  EXPECT_EQ(b->LookupPrefix("test-model", prompt)->matched_pages(), 0u);
+  ExpectChargesAddUp();
+}
+
+TEST_F(ShareTest, ConcurrentPublishersAndReadersKeepCountsAndChargesExact) {
+  const std::vector<std::string> names = {"t0", "t1", "t2"};
+  std::vector<std::string> tokens;
+  for (const auto& n : names) tokens.push_back(Tenant(n, "team"));
+  const std::vector<uint32_t> prompt = Prompt(16);
+  std::vector<std::thread> threads;
+  std::atomic<int> shared_seen{0};
+  for (int w = 0; w < 6; ++w) {
+    threads.emplace_back([&, w] {
+      auto client = Client::Attach(daemon_.channel(), tokens[w % 3], absl::StrCat("w", w));
+      ASSERT_OK(client);
+      ASSERT_OK((*client)->RegisterModel(TestLayout()));
+      Client& cl = **client;
+      for (int round = 0; round < 8; ++round) {
+        ASSERT_OK_AND_ASSIGN(v1::PageTable t, cl.CreateSequenceWithPrefix("test-model", prompt));
+        const std::string seq = t.sequence_id();
+        if (t.shared_tokens() < 16) {
+          // Compute the rest (same bytes for everybody: the K/V of the same tokens), publish.
+          const uint32_t have = t.shared_tokens();
+          ASSERT_OK(cl.Allocate(seq, 16 - have));
+          for (uint32_t layer = 0; layer < 2; ++layer) {
+            for (uint32_t head = 0; head < 2; ++head) {
+              std::string k = Keys(6, layer, head, 16), v = Values(6, layer, head, 16);
+              ASSERT_OK(cl.WriteInPlace(seq, layer, head, have, 16 - have,
+                                        k.data() + have * kTokenBytes,
+                                        v.data() + have * kTokenBytes));
+            }
+          }
+          ASSERT_OK(cl.Commit(seq, 16 - have));
+          ASSERT_OK(cl.PublishPrefix(seq, prompt));
+        } else {
+          ++shared_seen;
+        }
+        ExpectPrefixBytes(cl, seq, 16, 6);
+        if (round % 2 == 0) ASSERT_OK(cl.Drop(seq));  // the rest go when the session ends
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_GT(shared_seen.load(), 0);
+  EXPECT_TRUE(WaitFor([](const v1::DaemonStatus& s) {
+    return s.shared_pages_referenced() == 0 && s.sessions() == 0;
+  }));
+  v1::DaemonStatus s = Status();
+  EXPECT_EQ(s.shared_pages_cached(), 4 * kHeads);  // one chain of 4 pages, however many publishers
+  for (const auto& t : s.tenant_usage()) {
+    EXPECT_EQ(t.shared_charge_bytes(), 0u);
+    EXPECT_EQ(t.used_bytes(), 0u);
+  }
+  EXPECT_EQ(s.pages_in_use(), 4 * kHeads);
 }
 
 }  // namespace
