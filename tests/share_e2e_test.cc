@@ -606,5 +606,33 @@ TEST_F(ShareTest, ConcurrentPublishersAndReadersKeepCountsAndChargesExact) {
   EXPECT_EQ(s.pages_in_use(), 4 * kHeads);
 }
 
+TEST_F(ShareTest, DeletingASharerMovesItsChargeToTheOthersAndKeepsThePages) {
+  Client* a = Attach(Tenant("alpha", "team"), "a");
+  Client* b = Attach(Tenant("beta", "team"), "b");
+  ASSERT_TRUE(a && b);
+  const std::vector<uint32_t> prompt = Prompt(8);
+  ASSERT_OK_AND_ASSIGN(std::string sa, a->CreateSequence("test-model"));
+  Fill(*a, sa, 8, 8);
+  ASSERT_OK(a->PublishPrefix(sa, prompt));
+  ASSERT_OK_AND_ASSIGN(v1::PageTable tb, b->CreateSequenceWithPrefix("test-model", prompt, true));
+  EXPECT_EQ(Info("beta").shared_charge_bytes(), kPrefixPageBytes);
+  ASSERT_OK_AND_ASSIGN(v1::DeleteTenantReply deleted, daemon_.Admin()->DeleteTenant("alpha", true));
+  EXPECT_EQ(deleted.sequences_dropped(), 1u);
+  EXPECT_EQ(Info("beta").shared_charge_bytes(), 2 * kPrefixPageBytes);
+  EXPECT_EQ(Status().shared_pages_referenced(), 2 * kHeads);
+  ExpectPrefixBytes(*b, tb.sequence_id(), 8, 8);
+  ExpectChargesAddUp();
+  // A retained sequence keeps its references after its session ends; dropping it releases them.
+  clients_[1]->Close();
+  EXPECT_EQ(Status().shared_pages_referenced(), 2 * kHeads);
+  v1::SequenceRef ref;
+  ref.set_tenant("beta");
+  ref.set_sequence_id(tb.sequence_id());
+  ASSERT_OK(daemon_.Admin()->DropSequence(ref));
+  EXPECT_EQ(Status().shared_pages_referenced(), 0u);
+  EXPECT_EQ(Info("beta").used_bytes(), 0u);
+  ExpectChargesAddUp();
+}
+
 }  // namespace
 }  // namespace kvkeep::testing
