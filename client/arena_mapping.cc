@@ -21,6 +21,10 @@ class HostShmMapping final : public ArenaMapping {
   ~HostShmMapping() override { munmap(data(), size()); }
 
   absl::Status Write(uint64_t offset, const void* src, uint64_t n) const override {
+    if (arena().read_only()) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "arena ", arena().arena_id(), " holds shared prefix pages and is mapped read-only"));
+    }
     absl::Status range = CheckRange("write", offset, n);
     if (!range.ok()) return range;
     if (n != 0) std::memcpy(data() + offset, src, n);
@@ -36,7 +40,9 @@ class HostShmMapping final : public ArenaMapping {
 };
 
 absl::StatusOr<std::shared_ptr<const ArenaMapping>> MapHostShm(const v1::ArenaExport& arena) {
-  int fd = shm_open(arena.handle().c_str(), O_RDWR | O_CLOEXEC, 0);
+  // A sharing group's arena (shared prefix pages) is mapped read-only.
+  const bool read_only = arena.read_only();
+  int fd = shm_open(arena.handle().c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC, 0);
   if (fd < 0) {
     return absl::NotFoundError(absl::StrCat("shm_open(", arena.handle(), "): ", std::strerror(errno)));
   }
@@ -46,7 +52,8 @@ absl::StatusOr<std::shared_ptr<const ArenaMapping>> MapHostShm(const v1::ArenaEx
     return absl::DataLossError(absl::StrCat("arena ", arena.arena_id(), " has ", st.st_size,
                                             " bytes, the export says ", arena.size_bytes()));
   }
-  void* data = mmap(nullptr, arena.size_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* data = mmap(nullptr, arena.size_bytes(), read_only ? PROT_READ : PROT_READ | PROT_WRITE,
+                    MAP_SHARED, fd, 0);
   close(fd);
   if (data == MAP_FAILED) {
     return absl::ResourceExhaustedError(absl::StrCat("mmap: ", std::strerror(errno)));

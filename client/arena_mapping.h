@@ -22,7 +22,8 @@ namespace kvkeep {
 
 class ArenaMapping {
  public:
-  // Maps an export read-write.
+  // Maps an export read-write, or, HOST_SHM, read-only (PROT_READ) when `arena.read_only()` (a
+  // sharing group's arena: Write answers PERMISSION_DENIED, and writing through data() faults).
   //  HOST_SHM: NOT_FOUND when the object is gone; DATA_LOSS when its size differs from the export.
   //  CUDA_IPC: UNIMPLEMENTED in a client built without CUDA; INVALID_ARGUMENT for a malformed
   //    handle or UUID; NOT_FOUND when no visible device has the export's UUID; FAILED_PRECONDITION

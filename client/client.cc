@@ -303,6 +303,14 @@ absl::Status Client::WriteInPlace(const std::string& sequence, uint32_t layer, u
   // The segments pin their mappings; the copies run without mu_.
   ASSIGN_OR_RETURN(std::vector<InPlaceSegment> segments,
                    InPlaceSegments(sequence, layer, kv_head, offset, count));
+  // Shared prefix pages (read-only arenas) are never written; checked before any byte moves.
+  for (const InPlaceSegment& s : segments) {
+    if (s.mapping->arena().read_only()) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "slots [", offset, ", ", uint64_t{offset} + count, ") include a shared prefix page (arena ",
+          s.mapping->arena().arena_id(), ", read-only)"));
+    }
+  }
   const auto* k = static_cast<const uint8_t*>(keys);
   const auto* v = static_cast<const uint8_t*>(values);
   std::vector<std::shared_ptr<const ArenaMapping>> used;
@@ -479,6 +487,72 @@ absl::Status Client::Ping() {
                    return stub_->Ping(c, v1::PingRequest(), r);
                  })
       .status();
+}
+
+}  // namespace kvkeep
+
+namespace kvkeep {
+
+absl::StatusOr<v1::PageTable> Client::CreateSequenceWithPrefix(
+    const std::string& model, const std::vector<uint32_t>& prefix_token_ids, bool retain) {
+  v1::CreateSequenceRequest request;
+  request.set_session_id(session_id_);
+  request.set_model(model);
+  request.set_retain(retain);
+  request.mutable_prefix_token_ids()->Add(prefix_token_ids.begin(), prefix_token_ids.end());
+  ASSIGN_OR_RETURN(v1::PageTable table,
+                   Invoke<v1::PageTable>(token_, [&](grpc::ClientContext* c, v1::PageTable* r) {
+                     return stub_->CreateSequence(c, request, r);
+                   }));
+  RETURN_IF_ERROR(MapArenasOf(table.heads(), table.arenas()));
+  absl::MutexLock lock(&mu_);
+  sequences_[table.sequence_id()];
+  for (const auto& head : table.heads()) {
+    RememberPages(table.sequence_id(), head, /*replace=*/true);
+  }
+  return table;
+}
+
+absl::StatusOr<v1::PublishPrefixReply> Client::PublishPrefix(
+    const std::string& sequence, const std::vector<uint32_t>& token_ids) {
+  v1::PublishPrefixRequest request;
+  request.set_session_id(session_id_);
+  request.set_sequence_id(sequence);
+  request.mutable_token_ids()->Add(token_ids.begin(), token_ids.end());
+  ASSIGN_OR_RETURN(v1::PublishPrefixReply reply,
+                   Invoke<v1::PublishPrefixReply>(
+                       token_, [&](grpc::ClientContext* c, v1::PublishPrefixReply* r) {
+                         return stub_->PublishPrefix(c, request, r);
+                       }));
+  RETURN_IF_ERROR(MapArenasOf(reply.table().heads(), reply.table().arenas()));
+  absl::MutexLock lock(&mu_);
+  for (const auto& head : reply.table().heads()) RememberPages(sequence, head, /*replace=*/true);
+  return reply;
+}
+
+absl::StatusOr<v1::LookupPrefixReply> Client::LookupPrefix(const std::string& model,
+                                                           const std::vector<uint32_t>& token_ids) {
+  v1::LookupPrefixRequest request;
+  request.set_model(model);
+  request.mutable_token_ids()->Add(token_ids.begin(), token_ids.end());
+  return Invoke<v1::LookupPrefixReply>(token_,
+                                       [&](grpc::ClientContext* c, v1::LookupPrefixReply* r) {
+                                         return stub_->LookupPrefix(c, request, r);
+                                       });
+}
+
+absl::StatusOr<absl::Span<const uint8_t>> Client::MappedPage(uint64_t page) const {
+  absl::MutexLock lock(&mu_);
+  auto arena = arenas_.find(static_cast<uint32_t>(page >> 32));
+  if (arena == arenas_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat("arena ", page >> 32, " is not mapped"));
+  }
+  const uint64_t page_bytes = arena->second->arena().geometry().page_bytes();
+  const uint64_t index = page & 0xffffffffu;
+  if (index >= arena->second->arena().page_count()) {
+    return absl::OutOfRangeError(absl::StrCat("page index ", index, " past the arena"));
+  }
+  return absl::Span<const uint8_t>(arena->second->data() + index * page_bytes, page_bytes);
 }
 
 }  // namespace kvkeep

@@ -104,6 +104,23 @@ class Client {
   absl::StatusOr<v1::ReleaseReply> Release(const std::string& sequence);
   absl::StatusOr<v1::DropReply> Drop(const std::string& sequence);
   absl::StatusOr<v1::ArenaExport> GetArena(uint32_t arena_id);
+
+  // ---- Shared prefixes (the tenant's sharing group) ----
+  // A new sequence that starts with the group's shared prefix pages matching `prefix_token_ids`
+  // (PageTable.shared_tokens says how many tokens; 0: it starts empty). The shared pages are
+  // committed and read-only: their arenas are mapped PROT_READ and WriteInPlace refuses them.
+  absl::StatusOr<v1::PageTable> CreateSequenceWithPrefix(
+      const std::string& model, const std::vector<uint32_t>& prefix_token_ids,
+      bool retain = false);
+  // Publishes the sequence's first full pages (`token_ids`: the ids of its first tokens); the
+  // client's page table follows the reply (the published pages become read-only).
+  absl::StatusOr<v1::PublishPrefixReply> PublishPrefix(const std::string& sequence,
+                                                       const std::vector<uint32_t>& token_ids);
+  absl::StatusOr<v1::LookupPrefixReply> LookupPrefix(const std::string& model,
+                                                     const std::vector<uint32_t>& token_ids);
+  // The mapped bytes of one page (keys, then values at the geometry's value_offset), for reading
+  // in place. FAILED_PRECONDITION when its arena is not mapped here. Valid while the page is held.
+  absl::StatusOr<absl::Span<const uint8_t>> MappedPage(uint64_t page) const;
   absl::Status Ping();
 
   // Arenas this client has mapped.

@@ -63,6 +63,14 @@ absl::Status CacheEngine::Load() {
     token_to_tenant_[t.record.token_sha256()] = t.record.name();
     tenants_[t.record.name()] = std::move(t);
   }
+  ASSIGN_OR_RETURN(auto groups, store_->Scan(engine_internal::kGroupPrefix));
+  for (const auto& [key, value] : groups) {
+    v1::SharingGroupRecord record;
+    if (!record.ParseFromString(value) || record.salt().size() != 32) {
+      return absl::DataLossError("unreadable sharing group record " + key);
+    }
+    group_salts_[record.name()] = record.salt();
+  }
   auto watermarks = store_->Get(kWatermarksKeyName);
   if (watermarks.ok()) {
     if (!watermarks_.ParseFromString(*watermarks)) {
@@ -273,10 +281,8 @@ absl::StatusOr<v1::RegisterModelReply> CacheEngine::RegisterModel(const std::str
 
 absl::StatusOr<v1::ArenaExport> CacheEngine::GetArena(const std::string& tenant,
                                                       uint32_t arena_id) const {
-  ASSIGN_OR_RETURN(ArenaInfo info, pool_.GetArena(tenant, arena_id));
-  v1::ArenaExport out;
-  ToProto(info, &out);
-  return out;
+  // Its own arena, or (read-only) one of its sharing group's.
+  return ExportArenaFor(tenant, arena_id);
 }
 
 // ---- Sequences -----------------------------------------------------------------------------
@@ -298,9 +304,12 @@ void CacheEngine::TableToProto(const Sequence& seq, bool with_positions,
   out->set_next_position(static_cast<uint64_t>(seq.table.next_position()));
   out->set_tier(seq.spilled ? v1::TIER_SPILLED : v1::TIER_DEVICE);
   const uint32_t kv_heads = seq.model->kv_heads();
+  const uint32_t shared = static_cast<uint32_t>(seq.shared.size());
+  out->set_shared_tokens(shared * seq.model->geometry().tokens_per_page);
   for (uint32_t h = 0; h < seq.table.heads(); ++h) {
     const auto& head = seq.table.head(h);
     v1::HeadTable* ht = out->add_heads();
+    ht->set_shared_pages(shared);
     ht->set_layer(h / kv_heads);
     ht->set_kv_head(h % kv_heads);
     ht->set_token_count(head.count);
@@ -312,6 +321,11 @@ void CacheEngine::TableToProto(const Sequence& seq, bool with_positions,
 
 absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
     const std::string& tenant, const v1::CreateSequenceRequest& request) {
+  if (request.prefix_token_ids_size() > int64_t{options_.max_tokens_per_allocation}) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        request.prefix_token_ids_size(), " prefix token ids; at most ",
+        options_.max_tokens_per_allocation));
+  }
   std::shared_ptr<Sequence> seq;
   {
     absl::MutexLock lock(&mu_);
@@ -327,7 +341,19 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
           "tenant ", tenant, " holds ", t.sequences.size(), " sequences, the most allowed (",
           options_.max_sequences_per_tenant, "); drop some first"));
     }
+    // A shared prefix of the tenant's sharing group, when asked for and found.
+    std::vector<std::shared_ptr<PrefixEntry>> matched;
+    if (request.prefix_token_ids_size() > 0) {
+      matched = MatchPrefixLocked(t, *m->second, request.prefix_token_ids());
+      const uint64_t adds = prefixes_.ChargeIfAttached(matched, tenant);
+      if (adds > 0 && t.record.max_bytes() != 0 && t.used_bytes + adds > t.record.max_bytes()) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "tenant ", tenant, " quota exceeded: used ", t.used_bytes, " of max ",
+            t.record.max_bytes(), " bytes, the shared prefix's charge needs ", adds, " more"));
+      }
+    }
     seq = std::make_shared<Sequence>("seq-" + RandomHex(12), tenant, m->second);
+    if (!matched.empty()) AttachSharedLocked(seq.get(), std::move(matched));
     seq->owner_session = session->id;
     seq->leases.insert(session->id);
     seq->retain = request.retain();
@@ -340,6 +366,7 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
   v1::PageTable table;
   absl::ReaderMutexLock seq_lock(&seq->mu);
   TableToProto(*seq, false, &table);
+  if (!seq->shared.empty()) RETURN_IF_ERROR(AddArenas(tenant, &table));
   return table;
 }
 
@@ -446,6 +473,7 @@ absl::Status CacheEngine::AllocateCharged(const std::string& tenant, const PageG
     }
     // A tenant's own hard maximum is not pool pressure; anything else may be relieved by
     // spilling cold sequences, once.
+    // Unreferenced cached shared prefix pages go first (RelievePressure).
     if (attempt > 0 || status.message().find("quota exceeded") != absl::string_view::npos ||
         RelievePressure(bytes, tenant) == 0) {
       break;
@@ -528,6 +556,13 @@ absl::Status CacheEngine::WriteChunk(const std::string& tenant, const v1::KvChun
   }
   absl::ReaderMutexLock seq_lock(&seq->mu);
   RETURN_IF_ERROR(OnDevice(*seq));
+  const uint64_t shared_slots = uint64_t{seq->shared.size()} * g.tokens_per_page;
+  if (chunk.token_offset() < shared_slots) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "slots [0, ", shared_slots, ") of sequence ", seq->id,
+        " are shared prefix pages of the sharing group (read-only); write from slot ",
+        shared_slots, " on"));
+  }
   const uint32_t head = chunk.layer() * model.kv_heads() + chunk.kv_head();
   absl::Status io;
   RETURN_IF_ERROR(seq->table.ForEachSegment(
@@ -577,15 +612,9 @@ absl::StatusOr<v1::PageTable> CacheEngine::Acquire(const std::string& tenant,
   }
   v1::PageTable table;
   TableToProto(*seq, r.with_positions(), &table);
-  // A worker acquiring another session's sequence may not have mapped its arenas yet.
-  absl::flat_hash_set<uint32_t> arenas;
-  for (const auto& head : table.heads()) {
-    for (uint64_t page : head.pages()) arenas.insert(PageRef::Unpack(page).arena);
-  }
-  for (uint32_t id : arenas) {
-    ASSIGN_OR_RETURN(ArenaInfo info, pool_.GetArena(tenant, id));
-    ToProto(info, table.add_arenas());
-  }
+  // A worker acquiring another session's sequence may not have mapped its arenas yet (shared
+  // prefix pages: the group's arenas, read-only).
+  RETURN_IF_ERROR(AddArenas(tenant, &table));
   return table;
 }
 
@@ -622,7 +651,9 @@ absl::StatusOr<v1::DropReply> CacheEngine::DropHeld(Sequence* seq,
                                                     const std::string& caller_session,
                                                     bool force) {
   if (seq->dropped) return NoSequence(seq->id);
-  const uint64_t pages = seq->table.page_count();
+  // Shared prefix pages are not the sequence's to free: it drops its references on them.
+  const std::vector<uint64_t> private_pages = PrivatePagesOf(*seq);
+  const uint64_t pages = private_pages.size();
   const uint64_t bytes = pages * seq->model->geometry().page_bytes;
   {
     absl::MutexLock lock(&mu_);
@@ -663,7 +694,8 @@ absl::StatusOr<v1::DropReply> CacheEngine::DropHeld(Sequence* seq,
     if (owner != sessions_.end()) owner->second.owned.erase(seq->id);
     seq->leases.clear();
   }
-  pool_.Free(seq->table.AllPages());
+  DropSharedHeld(seq);
+  pool_.Free(private_pages);
   seq->dropped = true;
   v1::DropReply reply;
   reply.set_pages_freed(static_cast<uint32_t>(pages));

@@ -33,6 +33,7 @@
 #include "service/page_costs.h"
 #include "service/page_pool.h"
 #include "service/pool_shares.h"
+#include "service/prefix_index.h"
 #include "service/sequence_stats.h"
 #include "service/sequence_table.h"
 #include "service/session_sink.h"
@@ -147,6 +148,18 @@ class CacheEngine {
   // Brings a spilled sequence back (checksums verified).
   absl::StatusOr<v1::PageTable> Restore(const std::string& tenant, const v1::RestoreRequest& r);
 
+  // ---- Shared prefixes (sharing groups; service/cache_engine_share.cc) ----------------------
+  // Publishes the sequence's first full pages to the tenant's sharing group (copied once, or
+  // adopted when the group has them) and points the sequence at the shared pages.
+  absl::StatusOr<v1::PublishPrefixReply> PublishPrefix(const std::string& tenant,
+                                                       const v1::PublishPrefixRequest& r);
+  // Leading full pages of the tokens that the tenant's group holds (0 outside any group).
+  absl::StatusOr<v1::LookupPrefixReply> LookupPrefix(const std::string& tenant,
+                                                     const v1::LookupPrefixRequest& r);
+  // Where a page's bytes are, for `tenant`: one of its own pages, or a shared prefix page of its
+  // sharing group. Errors as PagePool::Locate.
+  absl::StatusOr<PagePool::Location> LocatePage(const std::string& tenant, uint64_t page) const;
+
   // ReadKV as a cursor: each Next() fills one chunk of at most the requested size; returns false
   // when done. Created after validating the request.
   class ReadCursor {
@@ -181,6 +194,9 @@ class CacheEngine {
     // Capacity cost of each page (pool pressure under kCapacity); refreshed on the background
     // thread, invalidated by Compress.
     PageCosts costs ABSL_GUARDED_BY(mu);
+    // Shared prefix pages held: entry i is page i of every head (read-only). Each holds one
+    // reference on its entry (the entries' counts are under CacheEngine::mu_).
+    std::vector<std::shared_ptr<PrefixEntry>> shared ABSL_GUARDED_BY(mu);
 
     // Protected by CacheEngine::mu_.
     std::string owner_session;                 // empty once its session ended
@@ -196,6 +212,7 @@ class CacheEngine {
     uint64_t used_pages = 0;
     uint64_t spilled_bytes = 0;
     uint64_t pressure_evicted_pages = 0;  // pages dropped by capacity-aware pressure relief
+    uint64_t shared_charge_bytes = 0;  // its fair fraction of shared prefix pages (in used_bytes)
     absl::flat_hash_set<std::string> sessions;
     absl::flat_hash_map<std::string, std::shared_ptr<Sequence>> sequences;
     absl::flat_hash_map<std::string, std::shared_ptr<const Model>> models;
@@ -237,12 +254,15 @@ class CacheEngine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
   absl::Status RestoreHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
   absl::Status LoadSpilled();
-  // Spills cold sequences until an allocation of `want_bytes` fits and the high watermark is
-  // free (or nothing more can go). Returns the device bytes freed. Never blocks on a busy
-  // sequence.
+  // Frees room until an allocation of `want_bytes` fits and the high watermark is free (or
+  // nothing more can go): unreferenced cached shared prefix pages first, then RelieveSequences.
+  // Returns the device bytes freed. Never blocks on a busy sequence.
   // `requester`: the tenant whose allocation asked ("" for the watermark thread); it decides
   // whether tenants between guarantee and fair share may lose pages (pool_shares.h).
   uint64_t RelievePressure(uint64_t want_bytes, const std::string& requester = "");
+  // The sequences' part, by --pressure_policy: spill least recently used (lru), or drop the
+  // cheapest pages then spill (capacity). Shared prefix pages are never candidates.
+  uint64_t RelieveSequences(uint64_t want_bytes, const std::string& requester);
   // Pool pressure, split by policy (cache_engine_pressure.cc). Bytes freed still needed beyond
   // free bytes: the allocation's shortfall and the high watermark.
   uint64_t PressureTarget(uint64_t want_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -268,6 +288,45 @@ class CacheEngine {
   void TableToProto(const Sequence& seq, bool with_positions, v1::PageTable* out) const
       ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
 
+  // ---- Shared prefixes (cache_engine_share.cc) ----
+  static std::string GroupOwner(const std::string& group) { return "group:" + group; }
+  // Creates and persists the group's salt when the group is new.
+  absl::Status EnsureGroupLocked(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The export of an arena for `tenant`: its own, or its group's (read_only). Errors as GetArena.
+  absl::StatusOr<v1::ArenaExport> ExportArenaFor(const std::string& tenant,
+                                                 uint32_t arena_id) const;
+  // Adds to `table.arenas` the export of every arena its pages live in.
+  absl::Status AddArenas(const std::string& tenant, v1::PageTable* table) const;
+  // The chain keys of `tokens` for `model` in the tenant's group (empty without a group).
+  std::vector<std::string> PrefixKeysLocked(const Tenant& t, const Model& model,
+                                            absl::Span<const uint32_t> tokens) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Longest chain of the group's entries for `tokens`; counts the lookup.
+  std::vector<std::shared_ptr<PrefixEntry>> MatchPrefixLocked(const Tenant& t, const Model& model,
+                                                              absl::Span<const uint32_t> tokens)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts a new, not yet published sequence with `entries` (refs and charges taken).
+  void AttachSharedLocked(Sequence* seq, std::vector<std::shared_ptr<PrefixEntry>> entries)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyChargesLocked(const PrefixIndex::Changes& changes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the sequence's references on its shared entries (its table is left to the caller).
+  void DropSharedHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  // Every page of the sequence except its shared prefix pages.
+  static std::vector<uint64_t> PrivatePagesOf(const Sequence& seq)
+      ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  // Empties the table (spill): frees its private pages, drops its shared references. Returns the
+  // number of private pages freed.
+  uint64_t ReleaseTableHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  // Copy-on-write: gives the sequence private copies of its shared prefix pages (charged to its
+  // tenant, admission applies) and drops its shared references.
+  absl::Status UnshareHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  // Frees unreferenced (cached) shared prefix pages, least recently released first, until
+  // `want_bytes` are freed or none is left. Returns the bytes freed.
+  uint64_t ReleaseCachedPrefixes(uint64_t want_bytes);
+  // Un-charges `pages` private pages of `page_bytes` from the tenant.
+  void UnchargeLocked(const std::string& tenant, uint64_t pages, uint64_t page_bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   // Constant after construction.
   Backend* const backend_;
   MetadataStore* const store_;
@@ -281,7 +340,11 @@ class CacheEngine {
   absl::flat_hash_map<std::string, Tenant> tenants_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::string> token_to_tenant_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
-  uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Σ tenants' used_bytes
+  // Σ tenants' used_bytes (shared charges included) + bytes of unreferenced cached prefix pages.
+  uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  PrefixIndex prefixes_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::string> group_salts_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> prefix_lookups_{0}, prefix_pages_hit_{0}, prefix_pages_missed_{0};
   v1::Watermarks watermarks_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> spills_{0}, restores_{0}, spill_errors_{0};
   std::atomic<bool> relief_scheduled_{false};

@@ -36,6 +36,8 @@ v1::TenantInfo CacheEngine::TenantInfoLocked(const Tenant& t) const {
   info.set_spilled_bytes(t.spilled_bytes);
   info.set_fair_share_bytes(FairSharesLocked("")[t.record.name()]);
   info.set_pressure_evicted_pages(t.pressure_evicted_pages);
+  info.set_sharing_group(t.record.sharing_group());
+  info.set_shared_charge_bytes(t.shared_charge_bytes);
   return info;
 }
 
@@ -48,6 +50,10 @@ absl::StatusOr<v1::CreateTenantReply> CacheEngine::CreateTenant(
   if (request.max_bytes() != 0 && request.quota_bytes() > request.max_bytes()) {
     return absl::InvalidArgumentError(absl::StrCat("quota_bytes ", request.quota_bytes(),
                                                    " exceeds max_bytes ", request.max_bytes()));
+  }
+  if (!request.sharing_group().empty() && !ValidTenantName(request.sharing_group())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sharing group \"", request.sharing_group(), "\" must match [a-z0-9][a-z0-9-]{0,62}"));
   }
   if (!request.token().empty() && request.token().size() < 16) {
     return absl::InvalidArgumentError("an operator-chosen token must have at least 16 characters");
@@ -76,6 +82,8 @@ absl::StatusOr<v1::CreateTenantReply> CacheEngine::CreateTenant(
   t.record.set_weight(request.weight() == 0 ? 1 : request.weight());
   t.record.set_created_unix(absl::ToUnixSeconds(absl::Now()));
   t.record.set_spill_quota_bytes(request.spill_quota_bytes());
+  t.record.set_sharing_group(request.sharing_group());
+  RETURN_IF_ERROR(EnsureGroupLocked(request.sharing_group()));  // the group's salt first
   RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.name(), t.record.SerializeAsString()));
   token_to_tenant_[hash] = request.name();
   v1::CreateTenantReply reply;
@@ -154,6 +162,19 @@ absl::StatusOr<v1::TenantInfo> CacheEngine::SetQuota(const v1::SetQuotaRequest& 
     return absl::InvalidArgumentError(absl::StrCat("quota_bytes ", record.quota_bytes(),
                                                    " exceeds max_bytes ", record.max_bytes()));
   }
+  if (request.has_sharing_group() && request.sharing_group() != record.sharing_group()) {
+    if (!request.sharing_group().empty() && !ValidTenantName(request.sharing_group())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sharing group \"", request.sharing_group(), "\" must match [a-z0-9][a-z0-9-]{0,62}"));
+    }
+    const uint64_t refs = prefixes_.RefsOf(request.name());
+    if (refs > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tenant ", request.name(), " holds ", refs, " references on shared prefix pages of group \"",
+          record.sharing_group(), "\"; drop or compress those sequences before changing its group"));
+    }
+    record.set_sharing_group(request.sharing_group());
+  }
   uint64_t guaranteed = record.quota_bytes();
   for (const auto& [name, t] : tenants_) {
     if (name != request.name()) guaranteed += t.record.quota_bytes();
@@ -163,7 +184,8 @@ absl::StatusOr<v1::TenantInfo> CacheEngine::SetQuota(const v1::SetQuotaRequest& 
         "guarantees would total ", guaranteed, " bytes, more than the pool's ",
         pool_.options().capacity_bytes));
   }
-  // Persisted before it takes effect.
+  // Persisted before it takes effect (a new group's salt first).
+  RETURN_IF_ERROR(EnsureGroupLocked(record.sharing_group()));
   RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.name(), record.SerializeAsString()));
   it->second.record = record;
   return TenantInfoLocked(it->second);
@@ -229,6 +251,19 @@ v1::DaemonStatus CacheEngine::Status() const {
   s.set_pressure_evicted_tokens(pressure_evicted_tokens_.load());
   s.set_pressure_spills(pressure_spills_.load());
   s.set_page_cost_passes(page_cost_passes_.load());
+  const PrefixIndex::Stats shared = prefixes_.stats();
+  s.set_shared_pages_referenced(shared.referenced_pages);
+  s.set_shared_pages_cached(shared.cached_pages);
+  s.set_shared_bytes_referenced(shared.referenced_bytes);
+  s.set_shared_bytes_cached(shared.cached_bytes);
+  s.set_prefix_lookups(prefix_lookups_.load());
+  s.set_prefix_pages_hit(prefix_pages_hit_.load());
+  s.set_prefix_pages_missed(prefix_pages_missed_.load());
+  absl::flat_hash_set<std::string> groups;
+  for (const auto& [name, t] : tenants_) {
+    if (!t.record.sharing_group().empty()) groups.insert(t.record.sharing_group());
+  }
+  s.set_sharing_groups(static_cast<uint32_t>(groups.size()));
   s.set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
   return s;
 }

@@ -37,6 +37,9 @@ absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
     if (t != tenants_.end()) tenant_default = t->second.record.policy();
   }
   ASSIGN_OR_RETURN(ResolvedPolicy resolved, ResolvePolicy(policy, tenant_default));
+  // Copy-on-write: shared prefix pages are never compacted; the sequence first gets private
+  // copies of them (charged to its tenant) and drops its references.
+  RETURN_IF_ERROR(UnshareHeld(seq));
   // Scoring memory is reused per thread (executor threads: Compress, and the CommitTokens of
   // tenants whose policy can trigger decode-time eviction).
   thread_local CompressScratch scratch;

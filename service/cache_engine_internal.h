@@ -13,6 +13,7 @@ namespace kvkeep::engine_internal {
 // Metadata-store key prefixes.
 inline constexpr char kTenantPrefix[] = "tenant/";
 inline constexpr char kModelPrefix[] = "model/";
+inline constexpr char kGroupPrefix[] = "group/";  // sharing groups' salts (SharingGroupRecord)
 
 inline std::string ModelKey(const std::string& tenant, const std::string& model) {
   return absl::StrCat(kModelPrefix, tenant, "/", model);

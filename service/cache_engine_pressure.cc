@@ -77,6 +77,21 @@ void CacheEngine::MaybeRelievePressureLater() {
 }
 
 uint64_t CacheEngine::RelievePressure(uint64_t want_bytes, const std::string& requester) {
+  // Unreferenced cached shared prefix pages go first, under either policy: nobody holds them.
+  uint64_t released = 0;
+  {
+    uint64_t target;
+    {
+      absl::MutexLock lock(&mu_);
+      target = PressureTarget(want_bytes);
+    }
+    if (target == 0) return 0;
+    released = ReleaseCachedPrefixes(target);
+  }
+  return released + RelieveSequences(want_bytes, requester);
+}
+
+uint64_t CacheEngine::RelieveSequences(uint64_t want_bytes, const std::string& requester) {
   if (options_.pressure_policy == PressurePolicy::kLru) {
     uint64_t target;
     {
@@ -217,7 +232,11 @@ uint64_t CacheEngine::RelieveByCapacity(uint64_t want_bytes, const std::string& 
       for (uint32_t h = 0; h < seq.table.heads(); ++h) {
         const uint64_t count = seq.table.head(h).count;
         seqs[i].counts.push_back(static_cast<uint32_t>(count));
-        const uint64_t first = (static_cast<uint64_t>(seqs[i].sinks) + tpp - 1) / tpp;
+        // Shared prefix pages (the sequence's first seq.shared.size() pages of every head) are
+        // referenced and never freed here; the sinks' pages neither.
+        const uint64_t first =
+            std::max<uint64_t>((static_cast<uint64_t>(seqs[i].sinks) + tpp - 1) / tpp,
+                               seq.shared.size());
         const uint64_t protected_tail = static_cast<uint64_t>(seqs[i].window);
         if (count < protected_tail) continue;
         const uint64_t end = (count - protected_tail) / tpp;  // pages wholly before the window

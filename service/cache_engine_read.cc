@@ -97,14 +97,15 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
 class PageReadCursor final : public CacheEngine::ReadCursor {
  public:
   PageReadCursor(std::string tenant, std::vector<uint64_t> pages, Backend* backend,
-                 const PagePool* pool)
-      : tenant_(std::move(tenant)), pages_(std::move(pages)), backend_(backend), pool_(pool) {}
+                 const CacheEngine* engine)
+      : tenant_(std::move(tenant)), pages_(std::move(pages)), backend_(backend), engine_(engine) {}
 
   absl::StatusOr<bool> Next(v1::KvChunk* chunk) override {
     if (next_ >= pages_.size()) return false;
     const uint64_t page = pages_[next_++];
-    // Checked again at read time: the page must still be this tenant's and allocated.
-    ASSIGN_OR_RETURN(PagePool::Location loc, pool_->Locate(tenant_, page));
+    // Checked again at read time: the page must still be this tenant's (or its sharing group's)
+    // and allocated.
+    ASSIGN_OR_RETURN(PagePool::Location loc, engine_->LocatePage(tenant_, page));
     chunk->Clear();
     chunk->set_page(page);
     chunk->set_token_count(loc.geometry.tokens_per_page);
@@ -122,7 +123,7 @@ class PageReadCursor final : public CacheEngine::ReadCursor {
   const std::string tenant_;
   const std::vector<uint64_t> pages_;
   Backend* const backend_;
-  const PagePool* const pool_;
+  const CacheEngine* const engine_;
   size_t next_ = 0;
 };
 
@@ -134,13 +135,13 @@ absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> CacheEngine::OpenRead(
     }
     // Validate every page before streaming any.
     for (uint64_t page : r.pages()) {
-      ASSIGN_OR_RETURN(PagePool::Location loc, pool_.Locate(tenant, page));
+      ASSIGN_OR_RETURN(PagePool::Location loc, LocatePage(tenant, page));
       if (2 * loc.geometry.value_offset + 1024 > options_.max_message_bytes) {
         return absl::InvalidArgumentError("a page does not fit one message; read by sequence");
       }
     }
     return std::unique_ptr<ReadCursor>(new PageReadCursor(
-        tenant, std::vector<uint64_t>(r.pages().begin(), r.pages().end()), backend_, &pool_));
+        tenant, std::vector<uint64_t>(r.pages().begin(), r.pages().end()), backend_, this));
   }
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
   const Model& model = *seq->model;

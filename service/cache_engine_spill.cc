@@ -104,7 +104,7 @@ absl::StatusOr<v1::SpillReply> CacheEngine::SpillHeld(Sequence* seq,
     out.positions = head.positions;
     const uint64_t used_pages = (uint64_t{head.count} + g.tokens_per_page - 1) / g.tokens_per_page;
     for (uint64_t p = 0; p < used_pages; ++p) {
-      ASSIGN_OR_RETURN(PagePool::Location loc, pool_.Locate(seq->tenant, head.pages[p]));
+      ASSIGN_OR_RETURN(PagePool::Location loc, LocatePage(seq->tenant, head.pages[p]));
       std::string& page = out.pages.emplace_back(g.page_bytes, '\0');
       RETURN_IF_ERROR(backend_->Read(*loc.arena, loc.offset, page.data(), page.size()));
     }
@@ -115,8 +115,8 @@ absl::StatusOr<v1::SpillReply> CacheEngine::SpillHeld(Sequence* seq,
     return put;
   }
   // Acknowledged: only now do the device pages go.
-  const uint64_t pages = seq->table.page_count();
-  pool_.Free(seq->table.Release());
+  // Private pages are freed; shared prefix pages only lose this sequence's reference.
+  const uint64_t pages = ReleaseTableHeld(seq);
   seq->spilled = true;
   seq->spilled_bytes = bytes;
   {

@@ -521,6 +521,20 @@ grpc::ServerUnaryReactor* KvCacheService::Drop(grpc::CallbackServerContext* cont
       request->session_id());
 }
 
+grpc::ServerUnaryReactor* KvCacheService::PublishPrefix(grpc::CallbackServerContext* context,
+                                                        const v1::PublishPrefixRequest* request,
+                                                        v1::PublishPrefixReply* reply) {
+  return Unary(context, reply,
+               [&](const std::string& t) { return engine_->PublishPrefix(t, *request); });
+}
+
+grpc::ServerUnaryReactor* KvCacheService::LookupPrefix(grpc::CallbackServerContext* context,
+                                                       const v1::LookupPrefixRequest* request,
+                                                       v1::LookupPrefixReply* reply) {
+  return Unary(context, reply,
+               [&](const std::string& t) { return engine_->LookupPrefix(t, *request); });
+}
+
 grpc::ServerUnaryReactor* KvCacheService::Ping(grpc::CallbackServerContext* context,
                                                const v1::PingRequest* request,
                                                v1::PingReply* reply) {

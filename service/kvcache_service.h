@@ -63,6 +63,12 @@ class KvCacheService final : public v1::KvCache::CallbackService {
                                     v1::ReleaseReply* reply) override;
   grpc::ServerUnaryReactor* Drop(grpc::CallbackServerContext* context,
                                  const v1::DropRequest* request, v1::DropReply* reply) override;
+  grpc::ServerUnaryReactor* PublishPrefix(grpc::CallbackServerContext* context,
+                                          const v1::PublishPrefixRequest* request,
+                                          v1::PublishPrefixReply* reply) override;
+  grpc::ServerUnaryReactor* LookupPrefix(grpc::CallbackServerContext* context,
+                                         const v1::LookupPrefixRequest* request,
+                                         v1::LookupPrefixReply* reply) override;
   grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
                                  const v1::PingRequest* request, v1::PingReply* reply) override;
 

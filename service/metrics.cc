@@ -559,6 +559,20 @@ std::string RenderMetrics(const v1::DaemonStatus& s, const PoolStats& pool,
                "Sequences whose per-page capacity costs were (re)computed since start.",
                s.page_cost_passes());
 
+  // Shared prefixes (sharing groups).
+  w.Family("kvkeep_shared_prefix_pages", "gauge",
+           "Pool pages of shared prefixes: referenced (held by sequences, charged to their "
+           "tenants) or cached (held by none, charged to nobody, freed first under pressure).");
+  w.Sample("kvkeep_shared_prefix_pages", {{"state", "referenced"}}, s.shared_pages_referenced());
+  w.Sample("kvkeep_shared_prefix_pages", {{"state", "cached"}}, s.shared_pages_cached());
+  WriteCounter(&w, "kvkeep_prefix_lookups_total",
+               "Prefix lookups (CreateSequence with a prefix, LookupPrefix) since start.",
+               s.prefix_lookups());
+  w.Family("kvkeep_prefix_lookup_pages_total", "counter",
+           "Full prefix pages asked for by lookups since start, found (hit) or not (miss).");
+  w.Sample("kvkeep_prefix_lookup_pages_total", {{"result", "hit"}}, s.prefix_pages_hit());
+  w.Sample("kvkeep_prefix_lookup_pages_total", {{"result", "miss"}}, s.prefix_pages_missed());
+
   // Per tenant, bounded: the biggest tenants by bytes held, the rest summed as "_other".
   std::vector<const v1::TenantInfo*> tenants;
   for (const v1::TenantInfo& t : s.tenant_usage()) tenants.push_back(&t);

@@ -126,6 +126,14 @@ std::vector<uint64_t> SequenceTable::AllPages() const {
   return out;
 }
 
+std::vector<uint64_t> SequenceTable::PagesFrom(uint32_t first) const {
+  std::vector<uint64_t> out;
+  for (const auto& h : heads_) {
+    if (h.pages.size() > first) out.insert(out.end(), h.pages.begin() + first, h.pages.end());
+  }
+  return out;
+}
+
 std::vector<uint64_t> SequenceTable::Release() {
   std::vector<uint64_t> pages = AllPages();
   for (auto& h : heads_) {

@@ -70,6 +70,11 @@ class SequenceTable {
 
   // Every page of every head (to free them).
   std::vector<uint64_t> AllPages() const;
+  // Every head's pages from index `first` on (the pages past a shared prefix of `first` pages).
+  std::vector<uint64_t> PagesFrom(uint32_t first) const;
+  // Replaces page `index` of `head` (publishing or un-sharing a prefix page; bytes moved by the
+  // caller). The index must be inside the head's page list.
+  void SetPage(uint32_t head, size_t index, uint64_t page) { heads_[head].pages[index] = page; }
 
   uint32_t heads() const { return static_cast<uint32_t>(heads_.size()); }
   uint32_t tokens_per_page() const { return tokens_per_page_; }

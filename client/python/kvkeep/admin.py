@@ -47,12 +47,12 @@ class Admin:
         return self._call(self._stub.GetStatus, admin_pb2.GetStatusRequest())
 
     def create_tenant(self, name, quota_bytes=0, max_bytes=0, weight=0, token="",
-                      spill_quota_bytes=0):
+                      spill_quota_bytes=0, sharing_group=""):
         """Creates a tenant; returns the CreateTenantReply (`.token` is shown only here,
         `.tenant` the TenantInfo)."""
         return self._call(self._stub.CreateTenant, admin_pb2.CreateTenantRequest(
             name=name, quota_bytes=quota_bytes, max_bytes=max_bytes, weight=weight, token=token,
-            spill_quota_bytes=spill_quota_bytes))
+            spill_quota_bytes=spill_quota_bytes, sharing_group=sharing_group))
 
     def list_tenants(self):
         """Every tenant (TenantInfo) with its usage, sorted by name."""

@@ -281,14 +281,25 @@ class Session:
         raise KeyError(f"model {model!r} was not registered in this session: call "
                        "register_model (idempotent) first")
 
-    def create_sequence(self, model, retain=False):
-        """A new empty sequence of `model` (a Model or a name registered in this session)."""
+    def create_sequence(self, model, retain=False, prefix_token_ids=None):
+        """A new sequence of `model` (a Model or a name registered in this session): empty, or,
+        with `prefix_token_ids`, starting with the sharing group's shared prefix pages matching
+        them (`seq.shared_tokens` says how many tokens; they are committed and read-only)."""
         model = self._model(model)
         table = self.client._unary(self.client._stub.CreateSequence,
                                    kvcache_pb2.CreateSequenceRequest(
                                        session_id=self.session_id, model=model.name,
-                                       retain=retain))
+                                       retain=retain,
+                                       prefix_token_ids=list(prefix_token_ids or [])))
         return Sequence(self, model, table)
+
+    def lookup_prefix(self, model, token_ids):
+        """Leading full pages of `token_ids` the tenant's sharing group holds for `model`
+        (LookupPrefixReply: matched_pages, matched_tokens)."""
+        model = self._model(model)
+        return self.client._unary(self.client._stub.LookupPrefix,
+                                  kvcache_pb2.LookupPrefixRequest(model=model.name,
+                                                                  token_ids=list(token_ids)))
 
     def sequence(self, sequence_id, model, acquire=False):
         """An existing sequence (e.g. retained by another session). `acquire` takes a lease."""
@@ -369,6 +380,7 @@ class Sequence:
     # -- table tracking ----------------------------------------------------------------------
     def _apply_table(self, table):
         self.next_position = table.next_position
+        self.shared_tokens = table.shared_tokens  # leading tokens in read-only shared pages
         for head in table.heads:
             key = (head.layer, head.kv_head)
             self._counts[key] = head.token_count
@@ -576,11 +588,25 @@ class Sequence:
             raise ValueError(f"keys and values must be [tokens, {self.model.head_dim}], got "
                              f"{keys.shape} and {values.shape}")
         kb, vb = keys.view(np.uint8).reshape(-1, tb), values.view(np.uint8).reshape(-1, tb)
+        if offset < self.shared_tokens:
+            raise PermissionError(f"slots [0, {self.shared_tokens}) of {self.id} are shared prefix "
+                                  "pages (read-only)")
         for mapping, base, first, i, count in self._slot_runs(layer, kv_head, offset,
                                                               keys.shape[0]):
             mapping.view(base + first * tb, count * tb)[:] = kb[i:i + count].ravel()
             mapping.view(base + self.model.value_offset + first * tb,
                          count * tb)[:] = vb[i:i + count].ravel()
+
+    def publish_prefix(self, token_ids):
+        """Shares this sequence's first full pages (`token_ids`: the ids of its first tokens) with
+        the tenant's sharing group; the table follows the reply (those pages become read-only).
+        Returns the PublishPrefixReply."""
+        reply = self.session.client._unary(
+            self.session.client._stub.PublishPrefix,
+            kvcache_pb2.PublishPrefixRequest(session_id=self.session.session_id,
+                                             sequence_id=self.id, token_ids=list(token_ids)))
+        self._apply_table(reply.table)
+        return reply
 
     def read_in_place(self, layer, kv_head, offset=0, count=None):
         """Zero copy: copies of keys/values [count, head_dim] read from the mapped pages (default:

@@ -21,13 +21,17 @@ class ArenaMapping:
                 "(only HOST_SHM); use the bytes path (write/read)")
         name = export.handle.decode() if isinstance(export.handle, bytes) else export.handle
         path = os.path.join(SHM_DIR, name.lstrip("/"))
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        # A sharing group's arena (shared prefix pages) is mapped read-only: its views are not
+        # writeable.
+        self.read_only = bool(getattr(export, "read_only", False))
+        fd = os.open(path, (os.O_RDONLY if self.read_only else os.O_RDWR) | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
             if size != export.size_bytes:
                 raise OSError(f"arena {export.arena_id} has {size} bytes, the export says "
                               f"{export.size_bytes}")
-            self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            prot = mmap.PROT_READ if self.read_only else mmap.PROT_READ | mmap.PROT_WRITE
+            self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
         finally:
             os.close(fd)
         self.export = export
