@@ -77,13 +77,15 @@ void CacheEngine::MaybeRelievePressureLater() {
 }
 
 uint64_t CacheEngine::RelievePressure(uint64_t want_bytes, const std::string& requester) {
-  // Unreferenced cached shared prefix pages go first, under either policy: nobody holds them.
+  // Unreferenced cached shared prefix pages go first, under either policy: nobody holds them. An
+  // allocation that failed asks for at least its own size even when the byte count says the pool
+  // has room: its room may be held by arenas of other owners (a group's cached pages among them).
   uint64_t released = 0;
   {
     uint64_t target;
     {
       absl::MutexLock lock(&mu_);
-      target = PressureTarget(want_bytes);
+      target = std::max(PressureTarget(want_bytes), want_bytes);
     }
     if (target == 0) return 0;
     released = ReleaseCachedPrefixes(target);

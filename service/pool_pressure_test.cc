@@ -208,6 +208,36 @@ TEST_F(PoolPressureTest, CheapestPagesGoFirstAcrossSequencesAndTenants) {
   EXPECT_EQ(gpu_math::HalfBitsToFloat(v[2 * kTpp * kDim + kDim + 1]), 3.0f);  // page 5, token 1
 }
 
+// Shared prefix pages are referenced by their sequence: capacity-aware relief never drops them,
+// even when they are the cheapest pages in the pool (zero values: no capacity at all).
+TEST_F(PoolPressureTest, SharedPrefixPagesAreNeverEvicted) {
+  Open(12);
+  const std::string sa = Tenant("a", 0, 1, /*no_protection=*/true);
+  v1::SetQuotaRequest group;
+  group.set_name("a");
+  group.set_sharing_group("team");
+  ASSERT_OK(engine_->SetQuota(group));
+  const std::string sc = Tenant("c");
+  // a: pages 0-1 hold nothing (cheapest), pages 2-5 carry values.
+  const std::string a = Make("a", sa, {0, 0, 1, 2, 3, 4});
+  v1::PublishPrefixRequest publish;
+  publish.set_sequence_id(a);
+  for (uint32_t t = 0; t < 2 * kTpp; ++t) publish.add_token_ids(1000 + t);
+  ASSERT_OK_AND_ASSIGN(v1::PublishPrefixReply published, engine_->PublishPrefix("a", publish));
+  ASSERT_EQ(published.shared_pages(), 2u);
+  // c, guaranteed 8 pages, asks for them: 6 are free, two of a's private pages must go (its
+  // cheapest private ones, scales 1 and 2), never the two shared ones.
+  v1::SetQuotaRequest q;
+  q.set_name("c");
+  q.set_quota_bytes(8 * kPage);
+  ASSERT_OK(engine_->SetQuota(q));
+  const std::string c = Make("c", sc, {}, /*keep_lease=*/true);
+  ASSERT_OK(Allocate("c", c, 8 * kTpp));
+  EXPECT_EQ(Pages("a", a), (std::vector<int32_t>{0, 1, 4, 5}));
+  EXPECT_EQ(engine_->Status().shared_pages_referenced(), 2u);
+  EXPECT_EQ(Info("a").pressure_evicted_pages(), 2u);
+}
+
 TEST_F(PoolPressureTest, LeasedSequencesAndGuaranteesAreNeverTouched) {
   Open(16);
   const std::string sa = Tenant("a", /*quota_pages=*/6), sb = Tenant("b"), sc = Tenant("c");
