@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -101,6 +102,7 @@ absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
         absl::StrCat("rope.theta must be finite and > 0, got ", r.rope.theta));
   }
   const DeviceScorerNeeds needs = DeviceNeeds(p.kind);
+  const uintptr_t element_bytes = r.dtype == DevicePageDType::kFp32 ? 4 : 2;
   int64_t max_position = -1;
   for (int g = 0; g < r.kv_heads; ++g) {
     const DeviceHeadRequest& h = r.heads[g];
@@ -113,6 +115,16 @@ absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
       if ((needs.keys && run.keys == nullptr) || (needs.values && run.values == nullptr)) {
         return absl::InvalidArgumentError(absl::StrCat(
             "heads[", g, "].runs[", i, "] has a null device address for data the scorer reads"));
+      }
+      // The gather kernel loads whole elements: an address off the element size would fault
+      // (cudaErrorMisalignedAddress, which also poisons the context).
+      const auto misaligned = [&](const void* at) {
+        return at != nullptr && reinterpret_cast<uintptr_t>(at) % element_bytes != 0;
+      };
+      if ((needs.keys && misaligned(run.keys)) || (needs.values && misaligned(run.values))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "heads[", g, "].runs[", i, "] has a device address that is not a multiple of the ",
+            element_bytes, "-byte element size"));
       }
       tokens += run.tokens;
     }

@@ -36,7 +36,7 @@ class DeviceRequestTest : public ::testing::Test {
   }
 
   DeviceLayerRequest req_;
-  const char fake_[1] = {0};
+  alignas(16) const char fake_[16] = {};
   std::vector<int32_t> positions_;
   std::vector<float> queries_;
   std::vector<double> sums_;
@@ -70,6 +70,23 @@ TEST_F(DeviceRequestTest, NullAddressOfDataTheScorerReadsIsInvalid) {
   req_.scorer.kind = DeviceScorerKind::kStreaming;
   req_.heads[1].runs.clear();
   EXPECT_OK(ValidateDeviceLayerRequest(req_));
+}
+
+// The gather kernel loads whole elements; a run address off the element size would fault on the
+// device (and poison the context), so it is refused on the host.
+TEST_F(DeviceRequestTest, RunAddressOffTheElementSizeIsInvalid) {
+  req_.heads[1].runs[0].values = fake_ + 2;  // fp32: 4-byte elements
+  EXPECT_OK(ValidateDeviceLayerRequest(req_));  // snapkv never reads the values
+  req_.scorer.kind = DeviceScorerKind::kLaProx;  // reads values
+  EXPECT_THAT(ValidateDeviceLayerRequest(req_),
+              StatusIs(StatusCode::kInvalidArgument,
+                       "heads[1].runs[0] has a device address that is not a multiple of the "
+                       "4-byte element size"));
+  req_.dtype = DevicePageDType::kBf16;  // 2-byte elements: fake_ + 2 is fine
+  EXPECT_OK(ValidateDeviceLayerRequest(req_));
+  req_.heads[0].runs[1].keys = fake_ + 1;
+  EXPECT_THAT(ValidateDeviceLayerRequest(req_),
+              StatusIs(StatusCode::kInvalidArgument, "heads[0].runs[1] has a device address"));
 }
 
 TEST_F(DeviceRequestTest, UnorderedPositionsOrStaleNextPositionAreInvalid) {

@@ -82,21 +82,45 @@ class CudaLayerScorer final : public DeviceLayerScorer {
   }
 
  private:
+  // Creates what is missing: a failure leaves the handles made so far (the destructor frees them)
+  // and the next layer retries the rest, so a transient failure (e.g. out of memory when cuBLAS
+  // allocates its workspace) never leaves a null handle that later layers would use.
   absl::Status Init() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     RETURN_IF_ERROR(
         CudaStatus(cudaSetDevice(device_), absl::StrCat("cudaSetDevice(", device_, ")")));
-    if (initialised_) return absl::OkStatus();
-    RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
-                               "creating the scoring stream"));
-    initialised_ = true;  // the destructor releases what exists from here on
-    RETURN_IF_ERROR(CublasStatus(cublasCreate(&blas_), "cublasCreate"));
-    RETURN_IF_ERROR(CublasStatus(cublasSetStream(blas_, stream_), "cublasSetStream"));
-    // Plain fp32 arithmetic (no TF32), whatever NVIDIA_TF32_OVERRIDE says: results are compared
-    // with the CPU scorers.
-    RETURN_IF_ERROR(
-        CublasStatus(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode"));
-    RETURN_IF_ERROR(CusolverStatus(cusolverDnCreate(&solver_), "cusolverDnCreate"));
-    RETURN_IF_ERROR(CusolverStatus(cusolverDnSetStream(solver_, stream_), "cusolverDnSetStream"));
+    if (stream_ == nullptr) {
+      cudaStream_t stream = nullptr;
+      RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+                                 "creating the scoring stream"));
+      stream_ = stream;
+      initialised_ = true;  // the destructor releases what exists from here on
+    }
+    if (blas_ == nullptr) {
+      cublasHandle_t blas = nullptr;
+      RETURN_IF_ERROR(CublasStatus(cublasCreate(&blas), "cublasCreate"));
+      // Plain fp32 arithmetic (no TF32), whatever NVIDIA_TF32_OVERRIDE says: results are compared
+      // with the CPU scorers.
+      absl::Status configured = CublasStatus(cublasSetStream(blas, stream_), "cublasSetStream");
+      if (configured.ok()) {
+        configured = CublasStatus(cublasSetMathMode(blas, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+      }
+      if (!configured.ok()) {
+        cublasDestroy(blas);
+        return configured;
+      }
+      blas_ = blas;
+    }
+    if (solver_ == nullptr) {
+      cusolverDnHandle_t solver = nullptr;
+      RETURN_IF_ERROR(CusolverStatus(cusolverDnCreate(&solver), "cusolverDnCreate"));
+      absl::Status configured =
+          CusolverStatus(cusolverDnSetStream(solver, stream_), "cusolverDnSetStream");
+      if (!configured.ok()) {
+        cusolverDnDestroy(solver);
+        return configured;
+      }
+      solver_ = solver;
+    }
     return absl::OkStatus();
   }
 
