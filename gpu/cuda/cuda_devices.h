@@ -15,6 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
+struct CUctx_st;  // the driver's context (CUcontext), without including cuda.h here
+
 namespace kvkeep {
 
 // Devices visible to this process (> 0). FAILED_PRECONDITION "no CUDA device ..." with the CUDA
@@ -32,7 +34,9 @@ absl::StatusOr<std::string> CudaDeviceSummary(int ordinal);
 absl::StatusOr<int> FindCudaDeviceByUuid(absl::string_view uuid);
 
 // Makes `ordinal` the calling thread's current device until destruction, then restores the
-// previous one (an inference worker's threads keep their own device). Not copyable.
+// thread's previous context (an inference worker's threads keep their own device). A thread that
+// had no context at all is left on `ordinal`: restoring "device 0" there would create a context on
+// GPU 0 that the process never asked for. Not copyable.
 class ScopedCudaDevice {
  public:
   explicit ScopedCudaDevice(int ordinal);
@@ -44,6 +48,10 @@ class ScopedCudaDevice {
 
  private:
   int previous_ = -1;
+  // The driver's current context at construction (CUcontext; nullptr = none), when the driver
+  // told us; then it, not `previous_`, is what the destructor restores.
+  bool has_previous_context_ = false;
+  ::CUctx_st* previous_context_ = nullptr;
   absl::Status status_;
 };
 
