@@ -47,8 +47,9 @@ class ArenaMapping {
   // may be host memory (pageable or pinned) or, for CUDA_IPC, device memory of this process
   // (cudaMemcpyDefault); device memory must be ready (synchronize the stream that produced it).
   // CUDA copies are enqueued on the calling thread's per-thread default stream of the arena's
-  // device: call Finish() from the same thread before relying on the bytes (Read into pageable
-  // host memory is complete on return). OUT_OF_RANGE outside the arena; nothing is copied then.
+  // device: call Finish() from the same thread before relying on the bytes or reusing `src` /
+  // `dst` (also for pageable host memory: CUDA only says such a cudaMemcpyAsync "might be"
+  // synchronous). OUT_OF_RANGE outside the arena; nothing is copied then.
   virtual absl::Status Write(uint64_t offset, const void* src, uint64_t n) const = 0;
   virtual absl::Status Read(uint64_t offset, void* dst, uint64_t n) const = 0;
   // Waits for the copies this thread enqueued on this mapping's device. OK at once for host memory.

@@ -24,6 +24,13 @@ int Blocks(int64_t work) {
   return static_cast<int>(b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b));
 }
 
+// The runtime's "last error" is per thread and outlives the call that set it: a failed runtime call
+// earlier on this thread (the scorer's own cudaMalloc that failed on a previous layer, the backend's
+// cudaMallocAsync) would be read by the cudaGetLastError after a launch and blamed on it, failing a
+// later, healthy layer. Every launcher clears it first, so that check reports its own launch only
+// (a sticky error, one that breaks the context, still surfaces at the next synchronisation).
+void ClearStaleError() { (void)cudaGetLastError(); }
+
 int BlocksFor(int64_t items) {
   return static_cast<int>(items < 1 ? 1 : (items > kMaxBlocks ? kMaxBlocks : items));
 }
@@ -278,6 +285,7 @@ __global__ void GreedyFinishKernel(GreedyView v) {
 // ---------------------------------------------------------------------------------------------
 
 cudaError_t LaunchGather(const GatherView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.num_runs == 0) return cudaSuccess;
   switch (v.dtype) {
     case 0:
@@ -296,12 +304,14 @@ cudaError_t LaunchGather(const GatherView& v, cudaStream_t stream) {
 }
 
 cudaError_t LaunchTokenScores(const TokenScoresView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.heads.total == 0) return cudaSuccess;
   TokenScoresKernel<<<Blocks(v.heads.total), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchNorms(const NormView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.total == 0) return cudaSuccess;
   if (v.d < 1 || v.d > kMaxD) return cudaErrorInvalidValue;
   NormsKernel<<<Blocks(v.total), kThreads, 0, stream>>>(v);
@@ -309,12 +319,14 @@ cudaError_t LaunchNorms(const NormView& v, cudaStream_t stream) {
 }
 
 cudaError_t LaunchSoftmaxRows(const SoftmaxView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.num_rows == 0) return cudaSuccess;
   SoftmaxRowsKernel<<<BlocksFor(v.num_rows), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchWindowColumns(const WindowColumnsView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.heads.total == 0) return cudaSuccess;
   const int64_t rows = v.mode == WindowMode::kTova ? 1 : v.group;
   WindowColumnsKernel<<<Blocks(rows * v.heads.total), kThreads, 0, stream>>>(v);
@@ -322,6 +334,7 @@ cudaError_t LaunchWindowColumns(const WindowColumnsView& v, cudaStream_t stream)
 }
 
 cudaError_t LaunchSnapPool(const PoolView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.heads.total == 0) return cudaSuccess;
   if (v.kernel < 1 || v.kernel % 2 == 0) return cudaErrorInvalidValue;
   SnapPoolKernel<<<Blocks(v.heads.total), kThreads, 0, stream>>>(v);
@@ -329,24 +342,28 @@ cudaError_t LaunchSnapPool(const PoolView& v, cudaStream_t stream) {
 }
 
 cudaError_t LaunchLaProxCombine(const LaProxView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.heads.total == 0) return cudaSuccess;
   LaProxCombineKernel<<<Blocks(v.heads.total), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchQuadForm(const QuadFormView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.n == 0) return cudaSuccess;
   QuadFormKernel<<<Blocks(static_cast<int64_t>(v.group) * v.n), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchTovaAlign(const TovaAlignView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.heads.total == 0) return cudaSuccess;
   TovaAlignKernel<<<Blocks(v.heads.total), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchExpectedLogits(const ExpectedLogitsView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.heads.total == 0) return cudaSuccess;
   if (v.d < 1 || v.d > kMaxD) return cudaErrorInvalidValue;
   const int blocks = Blocks(v.heads.total);
@@ -363,18 +380,21 @@ cudaError_t LaunchExpectedLogits(const ExpectedLogitsView& v, cudaStream_t strea
 }
 
 cudaError_t LaunchGroupSum(const GroupSumView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.heads.total == 0) return cudaSuccess;
   GroupSumKernel<<<Blocks(v.heads.total), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchCapLogits(const CapLogitsView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.heads.total == 0) return cudaSuccess;
   CapLogitsKernel<<<Blocks(v.heads.total), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchScaleValues(const ScaleValuesView& v, cudaStream_t stream) {
+  ClearStaleError();
   const int64_t items = static_cast<int64_t>(v.group) * v.m * v.d;
   if (items == 0) return cudaSuccess;
   ScaleValuesKernel<<<Blocks(items), kThreads, 0, stream>>>(v);
@@ -382,6 +402,7 @@ cudaError_t LaunchScaleValues(const ScaleValuesView& v, cudaStream_t stream) {
 }
 
 cudaError_t LaunchGramToDouble(const GramToDoubleView& v, cudaStream_t stream) {
+  ClearStaleError();
   const int64_t items = static_cast<int64_t>(v.batch) * v.d * v.d;
   if (items == 0) return cudaSuccess;
   GramToDoubleKernel<<<Blocks(items), kThreads, 0, stream>>>(v);
@@ -389,24 +410,28 @@ cudaError_t LaunchGramToDouble(const GramToDoubleView& v, cudaStream_t stream) {
 }
 
 cudaError_t LaunchValuesToDouble(const ValuesToDoubleView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.count == 0) return cudaSuccess;
   ValuesToDoubleKernel<<<Blocks(v.group * v.count), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchLeverage(const LeverageView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.m == 0) return cudaSuccess;
   LeverageKernel<<<Blocks(v.m), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchFillUndefined(const Heads& heads, float* scores, cudaStream_t stream) {
+  ClearStaleError();
   if (heads.total == 0) return cudaSuccess;
   FillUndefinedKernel<<<BlocksFor(heads.kv_heads), kThreads, 0, stream>>>(heads, scores);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchGreedyInit(const GreedyView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.d < 1 || v.d > kMaxD) return cudaErrorInvalidValue;
   const int64_t items = static_cast<int64_t>(v.heads.kv_heads) * v.group * v.d * v.d;
   GreedyInitKernel<<<Blocks(items > v.heads.total ? items : v.heads.total), kThreads, 0, stream>>>(
@@ -415,6 +440,7 @@ cudaError_t LaunchGreedyInit(const GreedyView& v, cudaStream_t stream) {
 }
 
 cudaError_t LaunchGreedyAdd(const GreedyView& v, int window_k, cudaStream_t stream) {
+  ClearStaleError();
   if (v.d < 1 || v.d > kMaxD) return cudaErrorInvalidValue;
   GreedyAddKernel<<<BlocksFor(static_cast<int64_t>(v.heads.kv_heads) * v.group), kThreads, 0,
                     stream>>>(v, window_k);
@@ -425,11 +451,13 @@ cudaError_t LaunchGreedyAdd(const GreedyView& v, int window_k, cudaStream_t stre
 }
 
 cudaError_t LaunchGreedySelect(const GreedyView& v, int64_t step, cudaStream_t stream) {
+  ClearStaleError();
   GreedySelectKernel<<<BlocksFor(v.heads.kv_heads), kThreads, 0, stream>>>(v, step);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchGreedyFinish(const GreedyView& v, cudaStream_t stream) {
+  ClearStaleError();
   if (v.heads.total == 0) return cudaSuccess;
   GreedyFinishKernel<<<Blocks(v.heads.total), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
