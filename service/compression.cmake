@@ -4,6 +4,7 @@ target_sources(kvkeep_service PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/sequence_stats.cc
   ${CMAKE_CURRENT_LIST_DIR}/policy_convert.cc
   ${CMAKE_CURRENT_LIST_DIR}/compressor.cc
+  ${CMAKE_CURRENT_LIST_DIR}/head_reader.cc
   ${CMAKE_CURRENT_LIST_DIR}/device_scoring_request.cc)
 target_link_libraries(kvkeep_service PUBLIC kvkeep_eviction kvkeep_device_scoring)
 

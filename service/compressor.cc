@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "gpu/math/dtype.h"
 #include "service/device_scoring_request.h"
+#include "service/head_reader.h"
 
 namespace kvkeep {
 namespace {
@@ -48,14 +49,6 @@ absl::Status CheckTable(const Model& model, const SequenceTable& table) {
   return absl::OkStatus();
 }
 
-void ToFloat(v1::DType dtype, const uint16_t* src, size_t n, float* dst) {
-  if (dtype == v1::DTYPE_FP16) {
-    for (size_t i = 0; i < n; ++i) dst[i] = gpu_math::HalfBitsToFloat(src[i]);
-  } else {
-    for (size_t i = 0; i < n; ++i) dst[i] = gpu_math::Bf16BitsToFloat(src[i]);
-  }
-}
-
 }  // namespace
 
 size_t CompressScratch::bytes() const {
@@ -85,7 +78,7 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
 
   const PageGeometry& geo = model.geometry();
   const uint32_t layers = model.layers(), kv_heads = model.kv_heads();
-  const uint32_t tpp = geo.tokens_per_page, d = geo.head_dim;
+  const uint32_t tpp = geo.tokens_per_page;
   const uint32_t heads = table.heads();
 
   CompressOutcome out;
@@ -136,7 +129,6 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
   scratch.key_ptrs_.assign(kv_heads, nullptr);
   scratch.value_ptrs_.assign(kv_heads, nullptr);
   scratch.scores_.resize(layers);
-  if (geo.dtype != v1::DTYPE_FP32) scratch.staging_.resize(size_t{tpp} * d);
   // Scoring on the device that holds the pages, when the backend offers it: nothing is read back.
   DeviceLayerScorer* const device_scorer = backend.layer_scorer();
   const PageAddressFn page_address = [&](uint64_t page) -> absl::StatusOr<const char*> {
@@ -170,33 +162,13 @@ absl::StatusOr<CompressOutcome> CompressSequence(const Model& model, SequenceTab
   for (uint32_t layer = 0; layer < layers && device_scorer == nullptr; ++layer) {
     for (uint32_t g = 0; g < kv_heads; ++g) {
       const uint32_t h = layer * kv_heads + g;
-      const uint32_t n = table.head(h).count;
       for (int part = 0; part < 2; ++part) {
         const bool values = part == 1;
         if (!(values ? needs.values : needs.keys)) continue;
         std::vector<float>& dst = values ? scratch.values_[g] : scratch.keys_[g];
-        dst.resize(size_t{n} * d);
+        const absl::Status status =
+            ReadHeadAsFloat(geo, table, h, values, pool, backend, &scratch.staging_, &dst);
         (values ? scratch.value_ptrs_ : scratch.key_ptrs_)[g] = dst.data();
-        absl::Status status;
-        RETURN_IF_ERROR(table.ForEachSegment(
-            h, 0, n, [&](uint64_t page, uint32_t slot, uint32_t count, uint64_t done) {
-              if (!status.ok()) return;
-              absl::StatusOr<Arena*> arena = arena_of(page);
-              if (!arena.ok()) {
-                status = arena.status();
-                return;
-              }
-              const size_t offset = page_offset(page) + (values ? geo.value_offset : 0) +
-                                    size_t{slot} * geo.token_bytes;
-              const size_t bytes = size_t{count} * geo.token_bytes;
-              float* to = dst.data() + done * d;
-              if (geo.dtype == v1::DTYPE_FP32) {
-                status = backend.Read(**arena, offset, to, bytes);
-              } else {
-                status = backend.Read(**arena, offset, scratch.staging_.data(), bytes);
-                if (status.ok()) ToFloat(geo.dtype, scratch.staging_.data(), size_t{count} * d, to);
-              }
-            }));
         if (!status.ok()) {
           return absl::InternalError(
               absl::StrCat("reading layer ", layer, " KV head ", g, ": ", status.message()));

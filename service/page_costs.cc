@@ -7,6 +7,7 @@
 #include "common/status_macros.h"
 #include "gpu/math/dtype.h"
 #include "service/eviction/policy.h"
+#include "service/head_reader.h"
 
 namespace kvkeep {
 
@@ -103,43 +104,16 @@ absl::StatusOr<PageCosts> ComputePageCosts(const Model& model, const SequenceTab
   scratch.values_.resize(kv_heads);
   scratch.key_ptrs_.assign(kv_heads, nullptr);
   scratch.value_ptrs_.assign(kv_heads, nullptr);
-  if (geo.dtype != v1::DTYPE_FP32) scratch.staging_.resize(size_t{tpp} * d);
 
   for (uint32_t layer = 0; layer < layers; ++layer) {
     for (uint32_t g = 0; g < kv_heads; ++g) {
       const uint32_t h = layer * kv_heads + g;
-      const uint32_t n = table.head(h).count;
       for (int part = anchored ? 0 : 1; part < 2; ++part) {
         const bool values = part == 1;
         std::vector<float>& dst = values ? scratch.values_[g] : scratch.keys_[g];
-        dst.resize(size_t{n} * d);
+        const absl::Status status =
+            ReadHeadAsFloat(geo, table, h, values, pool, backend, &scratch.staging_, &dst);
         (values ? scratch.value_ptrs_ : scratch.key_ptrs_)[g] = dst.data();
-        absl::Status status;
-        RETURN_IF_ERROR(table.ForEachSegment(
-            h, 0, n, [&](uint64_t page, uint32_t slot, uint32_t count, uint64_t done) {
-              if (!status.ok()) return;
-              Arena* arena = pool.ArenaOf(page);
-              if (arena == nullptr) {
-                status = absl::InternalError("a page of the sequence is not in the pool");
-                return;
-              }
-              const size_t offset = size_t{PageRef::Unpack(page).index} * geo.page_bytes +
-                                    (values ? geo.value_offset : 0) +
-                                    size_t{slot} * geo.token_bytes;
-              const size_t bytes = size_t{count} * geo.token_bytes;
-              float* to = dst.data() + done * d;
-              if (geo.dtype == v1::DTYPE_FP32) {
-                status = backend.Read(*arena, offset, to, bytes);
-                return;
-              }
-              status = backend.Read(*arena, offset, scratch.staging_.data(), bytes);
-              if (!status.ok()) return;
-              const uint16_t* src = scratch.staging_.data();
-              for (size_t i = 0; i < size_t{count} * d; ++i) {
-                to[i] = geo.dtype == v1::DTYPE_FP16 ? gpu_math::HalfBitsToFloat(src[i])
-                                                    : gpu_math::Bf16BitsToFloat(src[i]);
-              }
-            }));
         if (!status.ok()) {
           return absl::InternalError(absl::StrCat("page costs: reading layer ", layer,
                                                   " KV head ", g, ": ", status.message()));
