@@ -13,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/daemon_process.h"
+#include "tests/local_http.h"
 
 namespace kvkeep::testing {
 namespace {
@@ -20,42 +21,6 @@ namespace {
 using absl::StatusCode;
 using ::testing::HasSubstr;
 constexpr uint64_t kTokenBytes = 8 * 2;  // head_dim 8, fp16
-
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-std::string Scrape(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string request =
-      "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-  (void)!send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-  std::string out;
-  char buf[8192];
-  ssize_t n;
-  while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
-  close(fd);
-  return out;
-}
 
 class SessionLimitsE2eTest : public ::testing::Test {
  protected:
@@ -133,7 +98,7 @@ TEST_F(SessionLimitsE2eTest, CallRateLimitRefusesChangesNothingAndRecovers) {
   Refill();
   ASSERT_OK(client_->Allocate(seq_, 40));
 
-  const std::string metrics = Scrape(port_);
+  const std::string metrics = HttpGet(port_, "/metrics");
   EXPECT_THAT(metrics, HasSubstr("kvkeep_session_limit_rejections_total{limit=\"calls\"} 1"));
   EXPECT_THAT(metrics, HasSubstr("kvkeep_session_limit_buckets"));
 }
