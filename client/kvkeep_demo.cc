@@ -75,17 +75,20 @@ int Run(int argc, char** argv) {
   ra.set_quota_bytes(8 << 20);
   ra.set_max_bytes(64 << 20);
   ra.set_spill_quota_bytes(64 << 20);
+  ra.set_sharing_group("demo");
   auto ta = admin->CreateTenant(ra);
   v1::CreateTenantRequest rb;
   rb.set_name("demo-b");
   rb.set_max_bytes(1 << 20);  // deliberately small: shows the quota
+  rb.set_sharing_group("demo");
   auto tb = admin->CreateTenant(rb);
   if (!ta.ok() || !tb.ok()) {
     std::fprintf(stderr, "kvkeep-demo: cannot create tenants: %s\n",
                  (!ta.ok() ? ta.status() : tb.status()).ToString().c_str());
     return 1;
   }
-  Check(true, "created demo-a (8 MiB guaranteed, 64 MiB max) and demo-b (1 MiB max)");
+  Check(true,
+        "created demo-a (8 MiB guaranteed, 64 MiB max) and demo-b (1 MiB max), sharing group demo");
 
   std::printf("2. Workers attach and register a model\n");
   auto wa = Client::Attach(channel, ta->token(), "demo-worker-a");
@@ -225,13 +228,61 @@ int Run(int argc, char** argv) {
     Check(same, "restored sequence is bit-exact");
   }
 
+  std::printf("8. Shared prefix: demo-a publishes its prompt's pages, demo-b reuses them\n");
+  std::string shared_id;
+  {
+    std::vector<uint32_t> prompt(96);  // token ids of the first 6 full pages (16 tokens each)
+    for (uint32_t i = 0; i < prompt.size(); ++i) prompt[i] = 1000 + i;
+    auto published = a.PublishPrefix(*bytes_path, prompt);
+    Check(published.ok() && published->shared_pages() == 6,
+          published.ok() ? absl::StrCat("demo-a published ", published->shared_pages(),
+                                        " pages per head (96 tokens) into the group")
+                         : published.status().ToString());
+    auto reused = b.CreateSequenceWithPrefix("tiny-llama", prompt);
+    Check(reused.ok() && reused->shared_tokens() == 96,
+          reused.ok() ? absl::StrCat("demo-b's new sequence starts with ", reused->shared_tokens(),
+                                     " shared tokens")
+                      : reused.status().ToString());
+    bool same_pages = published.ok() && reused.ok() &&
+                      reused->heads_size() == published->table().heads_size();
+    for (int h = 0; same_pages && h < reused->heads_size(); ++h) {
+      for (int i = 0; same_pages && i < 6; ++i) {
+        same_pages = reused->heads(h).pages(i) == published->table().heads(h).pages(i);
+      }
+    }
+    Check(same_pages, "both tables list the very same pages: nothing was copied for demo-b");
+    bool exact = reused.ok();
+    if (reused.ok()) {
+      shared_id = reused->sequence_id();
+      for (uint32_t layer = 0; layer < 4; ++layer) {
+        for (uint32_t head = 0; head < 2; ++head) {
+          auto back = b.ReadHead(shared_id, layer, head);
+          exact &= back.ok() &&
+                   back->keys == RandomBytes(tokens * token_bytes, layer * 2 + head)
+                                     .substr(0, size_t{96} * token_bytes);
+        }
+      }
+    }
+    Check(exact, "demo-b reads demo-a's prefix bit-exact (mapped read-only)");
+    auto tenants = admin->ListTenants();
+    auto now = admin->GetStatus();
+    uint64_t charged = 0;
+    if (tenants.ok()) {
+      for (const auto& t : tenants->tenants()) charged += t.shared_charge_bytes();
+    }
+    Check(tenants.ok() && now.ok() && charged == now->shared_bytes_referenced() && charged > 0,
+          absl::StrCat("each sharer is charged half: ", charged, " bytes charged in all = ",
+                       now.ok() ? now->shared_bytes_referenced() : 0, " shared bytes"));
+  }
+
   auto status = admin->GetStatus();
-  std::printf("8. Release\n");
+  std::printf("9. Release\n");
   if (status.ok()) {
     std::printf("  pool before: %llu pages in use, %llu bytes\n",
                 static_cast<unsigned long long>(status->pages_in_use()),
                 static_cast<unsigned long long>(status->pool_used_bytes()));
   }
+  if (!shared_id.empty()) Check(b.Drop(shared_id).ok(), "demo-b dropped its shared-prefix sequence");
   auto d1 = a.Drop(*zero_copy);
   auto d2 = a.Drop(*bytes_path);
   Check(d1.ok() && d2.ok(), absl::StrCat("dropped both sequences, ",
@@ -240,8 +291,13 @@ int Run(int argc, char** argv) {
   b.Close();
   a.Close();
   status = admin->GetStatus();
-  Check(status.ok() && status->pages_in_use() == 0,
-        absl::StrCat("pool after: ", status.ok() ? status->pages_in_use() : -1, " pages in use"));
+  Check(status.ok() && status->shared_pages_referenced() == 0 &&
+            status->pages_in_use() == status->shared_pages_cached(),
+        status.ok() ? absl::StrCat("pool after: ", status->pages_in_use(),
+                                   " pages in use, all of them unreferenced shared prefix pages "
+                                   "(cached for later lookups, charged to nobody, freed first "
+                                   "under pressure)")
+                    : status.status().ToString());
   admin->DeleteTenant("demo-a", true).IgnoreError();
   admin->DeleteTenant("demo-b", true).IgnoreError();
 

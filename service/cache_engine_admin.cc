@@ -139,8 +139,25 @@ absl::StatusOr<v1::DeleteTenantReply> CacheEngine::DeleteTenant(const std::strin
     }
   }
   pool_.ReleaseOwner(name).IgnoreError();  // pages were all freed above
-  absl::MutexLock lock(&mu_);
-  tenants_.erase(name);
+  // The last member of a sharing group takes the group's cached prefix pages with it: nobody can
+  // look them up any more.
+  std::vector<uint64_t> orphaned;
+  std::string group;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tenants_.find(name);
+    if (it != tenants_.end()) group = it->second.record.sharing_group();
+    tenants_.erase(name);
+    bool members_left = false;
+    for (const auto& [other, t] : tenants_) {
+      members_left = members_left || (!group.empty() && t.record.sharing_group() == group);
+    }
+    if (!group.empty() && !members_left) used_bytes_ -= prefixes_.EvictGroup(group, &orphaned);
+  }
+  if (!orphaned.empty()) {
+    pool_.Free(orphaned);
+    pool_.ReleaseOwner(GroupOwner(group)).IgnoreError();
+  }
   return reply;
 }
 

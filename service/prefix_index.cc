@@ -210,6 +210,24 @@ uint64_t PrefixIndex::EvictUnreferenced(uint64_t want_bytes, std::vector<uint64_
   return freed;
 }
 
+uint64_t PrefixIndex::EvictGroup(const std::string& group, std::vector<uint64_t>* pages) {
+  uint64_t freed = 0;
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    const PrefixEntry& e = *it->second;
+    if (e.group != group || e.refs != 0) {
+      ++it;
+      continue;
+    }
+    freed += e.bytes;
+    pages->insert(pages->end(), e.pages.begin(), e.pages.end());
+    --stats_.cached_entries;
+    stats_.cached_pages -= e.pages.size();
+    stats_.cached_bytes -= e.bytes;
+    entries_.erase(it++);
+  }
+  return freed;
+}
+
 uint64_t PrefixIndex::ChargeOf(const std::string& tenant) const {
   auto it = charges_.find(tenant);
   return it == charges_.end() ? 0 : it->second;

@@ -90,6 +90,9 @@ class PrefixIndex {
   // Removes unreferenced entries, least recently released first (deeper ones first on a tie),
   // until `want_bytes` are gone or none is left; appends their pages. Returns the bytes removed.
   uint64_t EvictUnreferenced(uint64_t want_bytes, std::vector<uint64_t>* pages);
+  // Removes every unreferenced entry of `group` (a group whose last member left); appends their
+  // pages. Returns the bytes removed. Referenced entries stay.
+  uint64_t EvictGroup(const std::string& group, std::vector<uint64_t>* pages);
 
   uint64_t ChargeOf(const std::string& tenant) const;
   uint64_t RefsOf(const std::string& tenant) const;  // entry references held by its sequences

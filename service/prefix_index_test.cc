@@ -235,5 +235,22 @@ TEST(PrefixIndex, EvictionTakesOnlyUnreferencedEntriesOldestAndDeepestFirst) {
   EXPECT_EQ(index.stats().referenced_entries, 1u);
 }
 
+TEST(PrefixIndex, EvictGroupTakesThatGroupsUnreferencedEntriesOnly) {
+  PrefixIndex index;
+  auto g0 = index.Insert(Entry("g", "a0", 0, 100, 10));
+  auto g1 = index.Insert(Entry("g", "a1", 1, 100, 20));
+  auto h0 = index.Insert(Entry("h", "a0", 0, 100, 30));
+  PrefixIndex::Changes c;
+  index.Ref(*g1, "t", &c);  // still held: stays
+  std::vector<uint64_t> pages;
+  EXPECT_EQ(index.EvictGroup("g", &pages), 100u);
+  EXPECT_EQ(pages, (std::vector<uint64_t>{10, 11}));
+  EXPECT_EQ(index.Find("g", "a0"), nullptr);
+  EXPECT_NE(index.Find("g", "a1"), nullptr);
+  EXPECT_NE(index.Find("h", "a0"), nullptr);  // another group's entry is untouched
+  EXPECT_EQ(index.stats().cached_entries, 1u);
+  EXPECT_EQ(index.stats().cached_bytes, 100u);
+}
+
 }  // namespace
 }  // namespace kvkeep
