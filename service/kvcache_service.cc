@@ -524,8 +524,11 @@ grpc::ServerUnaryReactor* KvCacheService::Drop(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* KvCacheService::PublishPrefix(grpc::CallbackServerContext* context,
                                                         const v1::PublishPrefixRequest* request,
                                                         v1::PublishPrefixReply* reply) {
-  return Unary(context, reply,
-               [&](const std::string& t) { return engine_->PublishPrefix(t, *request); });
+  // Publishing copies pages through the backend (device work): on the executor, as Compress.
+  return Offload(
+      context, reply,
+      [this, request](const std::string& t) { return engine_->PublishPrefix(t, *request); },
+      request->session_id());
 }
 
 grpc::ServerUnaryReactor* KvCacheService::LookupPrefix(grpc::CallbackServerContext* context,
