@@ -121,6 +121,20 @@ TEST(BackendSelectionTest, UnknownBackendIsAUsageError) {
       << run.stderr_text;
 }
 
+// The session-limit flags, checked with this file's start-up helper: bad values are usage errors
+// (exit 2) that name the flags; the daemon never starts. (--pressure_policy: pool_pressure_e2e_test.)
+TEST(BackendSelectionTest, BadSessionLimitFlagsAreUsageErrors) {
+  for (const std::vector<std::string>& flags :
+       {std::vector<std::string>{"--session_calls_per_second=-1"},
+        std::vector<std::string>{"--session_bytes_per_second=100", "--session_byte_burst=0"},
+        std::vector<std::string>{"--max_tokens_per_request=0"}}) {
+    Exit run = RunDaemonToExit(flags);
+    EXPECT_EQ(run.code, 2) << flags[0] << ": " << run.stderr_text;
+    EXPECT_NE(run.stderr_text.find("--session_calls_per_second"), std::string::npos)
+        << run.stderr_text;
+  }
+}
+
 TEST(BackendSelectionTest, AutoUsesCudaWhenPresentElseCpu) {
   DaemonProcess daemon;
   ASSERT_OK(daemon.Start({"--backend=auto"}));
