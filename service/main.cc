@@ -11,7 +11,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "service/server.h"
+#include "service/rpc/server.h"
 
 ABSL_FLAG(std::string, data_dir, "./kvkeep-data",
           "Folder for the metadata database (RocksDB), the socket and the admin token");

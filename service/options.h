@@ -6,8 +6,8 @@
 #include <string>
 
 #include "gpu/backend.h"
-#include "service/pool_shares.h"
-#include "service/session_limits.h"
+#include "service/pool/pool_shares.h"
+#include "service/rpc/session_limits.h"
 
 namespace kvkeep {
 

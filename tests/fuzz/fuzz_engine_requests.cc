@@ -30,8 +30,8 @@
 #include "gpu/cpu/cpu_backend.h"
 #include "kvkeep/v1/admin.pb.h"
 #include "kvkeep/v1/kvcache.pb.h"
-#include "service/cache_engine.h"
-#include "service/model_layout.h"
+#include "service/engine/cache_engine.h"
+#include "service/engine/model_layout.h"
 #include "service/storage/metadata_store.h"
 #include "tests/fuzz/fuzz_input.h"
 

@@ -20,9 +20,9 @@
 #include "service/eviction/layer_inputs.h"
 #include "service/eviction/policy.h"
 #include "service/eviction/scorers.h"
-#include "service/model_layout.h"
-#include "service/sequence_stats.h"
-#include "service/sequence_table.h"
+#include "service/engine/model_layout.h"
+#include "service/engine/sequence_stats.h"
+#include "service/engine/sequence_table.h"
 #include "tests/fuzz/fuzz_input.h"
 
 namespace kvkeep::fuzz {

@@ -11,7 +11,7 @@
 #include <optional>
 
 #include "kvkeep/v1/kvcache.pb.h"
-#include "service/model_layout.h"
+#include "service/engine/model_layout.h"
 #include "tests/fuzz/fuzz_input.h"
 
 namespace kvkeep::fuzz {

@@ -10,7 +10,7 @@
 
 #include "kvkeep/v1/common.pb.h"
 #include "service/eviction/policy.h"
-#include "service/policy_convert.h"
+#include "service/compress/policy_convert.h"
 #include "tests/fuzz/fuzz_input.h"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {

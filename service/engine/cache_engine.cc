@@ -1,0 +1,706 @@
+#include "service/engine/cache_engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "service/engine/cache_engine_internal.h"
+#include "service/compress/compressor.h"
+#include "service/compress/policy_convert.h"
+#include "service/pool/quota.h"
+#include "service/token_auth.h"
+
+namespace kvkeep {
+using engine_internal::kTenantPrefix;
+using engine_internal::kModelPrefix;
+using engine_internal::ModelKey;
+using engine_internal::ValidWorkerName;
+using engine_internal::NoSequence;
+
+void ToProto(const ArenaInfo& info, v1::ArenaExport* out) {
+  out->set_arena_id(info.id);
+  out->set_kind(static_cast<v1::ArenaKind>(info.handle.kind));
+  out->set_handle(info.handle.handle);
+  out->set_size_bytes(info.handle.size_bytes);
+  out->set_device_ordinal(info.handle.device_ordinal);
+  out->set_device_uuid(info.handle.device_uuid);
+  info.geometry.ToProto(out->mutable_geometry());
+  out->set_page_count(info.page_count);
+  out->set_layout_version(1);
+}
+
+CacheEngine::CacheEngine(Backend* backend, MetadataStore* store, SpillStore* spill,
+                         EngineOptions options)
+    : backend_(backend), store_(store), spill_(spill), options_(options), started_(absl::Now()),
+      pool_(backend, options.pool), background_(std::make_unique<Executor>(1)) {
+  watermarks_.set_low_free(options.low_free);
+  watermarks_.set_high_free(options.high_free);
+}
+
+CacheEngine::~CacheEngine() { background_.reset(); }
+
+absl::StatusOr<std::unique_ptr<CacheEngine>> CacheEngine::Create(Backend* backend,
+                                                                 MetadataStore* store,
+                                                                 EngineOptions options,
+                                                                 SpillStore* spill) {
+  if (options.pool.capacity_bytes == 0 || options.pool.arena_bytes == 0) {
+    return absl::InvalidArgumentError("pool capacity and arena size must be > 0");
+  }
+  auto engine = std::unique_ptr<CacheEngine>(new CacheEngine(backend, store, spill, options));
+  RETURN_IF_ERROR(engine->Load());
+  RETURN_IF_ERROR(engine->LoadSpilled());
+  return engine;
+}
+
+absl::Status CacheEngine::Load() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(auto tenants, store_->Scan(kTenantPrefix));
+  for (const auto& [key, value] : tenants) {
+    Tenant t;
+    if (!t.record.ParseFromString(value)) {
+      return absl::DataLossError("unreadable tenant record " + key);
+    }
+    token_to_tenant_[t.record.token_sha256()] = t.record.name();
+    tenants_[t.record.name()] = std::move(t);
+  }
+  ASSIGN_OR_RETURN(auto groups, store_->Scan(engine_internal::kGroupPrefix));
+  for (const auto& [key, value] : groups) {
+    v1::SharingGroupRecord record;
+    if (!record.ParseFromString(value) || record.salt().size() != 32) {
+      return absl::DataLossError("unreadable sharing group record " + key);
+    }
+    group_salts_[record.name()] = record.salt();
+  }
+  auto watermarks = store_->Get(kWatermarksKeyName);
+  if (watermarks.ok()) {
+    if (!watermarks_.ParseFromString(*watermarks)) {
+      return absl::DataLossError("unreadable pool watermarks record");
+    }
+  } else if (!absl::IsNotFound(watermarks.status())) {
+    return watermarks.status();
+  }
+  ASSIGN_OR_RETURN(auto models, store_->Scan(kModelPrefix));
+  for (const auto& [key, value] : models) {
+    v1::ModelRecord record;
+    if (!record.ParseFromString(value)) return absl::DataLossError("unreadable model " + key);
+    auto it = tenants_.find(record.tenant());
+    if (it == tenants_.end()) continue;  // tenant deleted; the model goes with it
+    ASSIGN_OR_RETURN(Model model, Model::FromLayout(record.layout()));
+    const std::string name = model.name();
+    it->second.models[name] = std::make_shared<const Model>(std::move(model));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> CacheEngine::AuthenticateTenant(const std::string& token) const {
+  if (token.empty()) {
+    return absl::UnauthenticatedError(
+        "missing bearer token: send metadata \"authorization: Bearer <tenant token>\"");
+  }
+  std::string hash = HashToken(token);
+  absl::MutexLock lock(&mu_);
+  auto it = token_to_tenant_.find(hash);
+  if (it == token_to_tenant_.end()) return absl::UnauthenticatedError("unknown tenant token");
+  return it->second;
+}
+
+// ---- Sessions ------------------------------------------------------------------------------
+
+absl::StatusOr<CacheEngine::Attached> CacheEngine::Attach(const std::string& tenant,
+                                                          const std::string& worker_name,
+                                                          SessionSink* sink) {
+  if (!ValidWorkerName(worker_name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker name \"", worker_name, "\" must match [A-Za-z0-9._:-]{1,128}"));
+  }
+  absl::MutexLock lock(&mu_);
+  auto t = tenants_.find(tenant);
+  if (t == tenants_.end()) return absl::UnauthenticatedError("tenant no longer exists");
+  const bool supersedes = std::any_of(
+      t->second.sessions.begin(), t->second.sessions.end(), [&](const std::string& id) {
+        auto it = sessions_.find(id);
+        return it != sessions_.end() && it->second.worker_name == worker_name;
+      });
+  if (!supersedes && t->second.sessions.size() >= options_.max_sessions_per_tenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant ", tenant, " has ", t->second.sessions.size(), " sessions, the most allowed (",
+        options_.max_sessions_per_tenant, ")"));
+  }
+  Attached out;
+  Session session;
+  session.id = RandomHex(16);
+  session.tenant = tenant;
+  session.worker_name = worker_name;
+  session.sink = sink;
+  // Supersede an older session of the same worker: it ends, its sequences move here.
+  for (const std::string& old_id : t->second.sessions) {
+    auto old = sessions_.find(old_id);
+    if (old == sessions_.end() || old->second.worker_name != worker_name) continue;
+    Session& o = old->second;
+    out.superseded_session_id = o.id;
+    for (const std::string& seq_id : o.owned) {
+      auto s = t->second.sequences.find(seq_id);
+      if (s == t->second.sequences.end()) continue;
+      s->second->owner_session = session.id;
+      session.owned.insert(seq_id);
+      ++out.adopted_sequences;
+    }
+    for (const std::string& seq_id : o.leased) {
+      auto s = t->second.sequences.find(seq_id);
+      if (s == t->second.sequences.end()) continue;
+      s->second->leases.erase(o.id);
+      s->second->leases.insert(session.id);
+      session.leased.insert(seq_id);
+    }
+    if (o.sink != nullptr) {
+      o.sink->End(absl::AbortedError(absl::StrCat("superseded by a newer session of worker \"",
+                                                  worker_name, "\"")));
+    }
+    t->second.sessions.erase(old_id);
+    sessions_.erase(old);
+    break;
+  }
+  out.session_id = session.id;
+  t->second.sessions.insert(session.id);
+  sessions_[session.id] = std::move(session);
+  out.arenas = pool_.ArenasOf(tenant);
+  return out;
+}
+
+void CacheEngine::EndSessionLocked(const std::string& session_id,
+                                   std::vector<std::shared_ptr<Sequence>>* drop) {
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) return;
+  Session& s = it->second;
+  auto t = tenants_.find(s.tenant);
+  if (t != tenants_.end()) {
+    for (const std::string& seq_id : s.leased) {
+      auto q = t->second.sequences.find(seq_id);
+      if (q != t->second.sequences.end()) q->second->leases.erase(session_id);
+    }
+    for (const std::string& seq_id : s.owned) {
+      auto q = t->second.sequences.find(seq_id);
+      if (q == t->second.sequences.end()) continue;
+      q->second->owner_session.clear();
+      if (!q->second->retain && q->second->leases.empty()) drop->push_back(q->second);
+    }
+    t->second.sessions.erase(session_id);
+  }
+  sessions_.erase(it);
+}
+
+void CacheEngine::DropOrphans(const std::vector<std::shared_ptr<Sequence>>& drop) {
+  for (const auto& seq : drop) {
+    absl::MutexLock seq_lock(&seq->mu);
+    // Skipped when someone leased it meanwhile; it is dropped when that lease ends.
+    DropHeld(seq.get(), "", /*force=*/false).IgnoreError();
+  }
+}
+
+void CacheEngine::EndSession(const std::string& session_id) {
+  std::vector<std::shared_ptr<Sequence>> drop;
+  {
+    absl::MutexLock lock(&mu_);
+    EndSessionLocked(session_id, &drop);
+  }
+  DropOrphans(drop);
+}
+
+void CacheEngine::EndAllSessions(const absl::Status& status) {
+  std::vector<std::shared_ptr<Sequence>> drop;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> ids;
+    for (auto& [id, s] : sessions_) {
+      if (s.sink != nullptr) s.sink->End(status);
+      ids.push_back(id);
+    }
+    for (const auto& id : ids) EndSessionLocked(id, &drop);
+  }
+  DropOrphans(drop);
+}
+
+absl::Status CacheEngine::CheckSessionIfGiven(const std::string& tenant,
+                                              const std::string& id) const {
+  if (id.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || it->second.tenant != tenant) {
+    return absl::NotFoundError(absl::StrCat("no live session \"", id, "\" for this tenant"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CacheEngine::Session*> CacheEngine::FindSessionLocked(const std::string& tenant,
+                                                                     const std::string& id) {
+  auto it = sessions_.find(id);
+  if (id.empty()) {
+    return absl::InvalidArgumentError("session_id is required (from the Session stream)");
+  }
+  if (it == sessions_.end() || it->second.tenant != tenant) {
+    return absl::NotFoundError(absl::StrCat("no live session \"", id, "\" for this tenant"));
+  }
+  return &it->second;
+}
+
+// ---- Models and arenas ---------------------------------------------------------------------
+
+absl::StatusOr<v1::RegisterModelReply> CacheEngine::RegisterModel(const std::string& tenant,
+                                                                  Model model) {
+  absl::MutexLock lock(&mu_);
+  auto t = tenants_.find(tenant);
+  if (t == tenants_.end()) return absl::UnauthenticatedError("tenant no longer exists");
+  v1::RegisterModelReply reply;
+  reply.set_model(model.name());
+  auto existing = t->second.models.find(model.name());
+  if (existing != t->second.models.end()) {
+    if (!existing->second->SameLayout(model.layout())) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "model \"", model.name(), "\" is registered with a different layout"));
+    }
+    if (model.wo_gram_count() == 0) {
+      reply.set_created(false);
+      reply.set_wo_grams(static_cast<uint32_t>(existing->second->wo_gram_count()));
+      existing->second->geometry().ToProto(reply.mutable_geometry());
+      return reply;
+    }
+    // Same layout with Grams: the newer set replaces the old (sequences keep the model they had).
+  } else {
+    v1::ModelRecord record;
+    record.set_tenant(tenant);
+    *record.mutable_layout() = model.layout();
+    RETURN_IF_ERROR(store_->Put(ModelKey(tenant, model.name()), record.SerializeAsString()));
+    reply.set_created(true);
+  }
+  reply.set_wo_grams(static_cast<uint32_t>(model.wo_gram_count()));
+  model.geometry().ToProto(reply.mutable_geometry());
+  const std::string name = model.name();  // before the move below
+  t->second.models[name] = std::make_shared<const Model>(std::move(model));
+  return reply;
+}
+
+absl::StatusOr<v1::ArenaExport> CacheEngine::GetArena(const std::string& tenant,
+                                                      uint32_t arena_id) const {
+  // Its own arena, or (read-only) one of its sharing group's.
+  return ExportArenaFor(tenant, arena_id);
+}
+
+// ---- Sequences -----------------------------------------------------------------------------
+
+absl::StatusOr<std::shared_ptr<CacheEngine::Sequence>> CacheEngine::FindSequence(
+    const std::string& tenant, const std::string& id) const {
+  absl::MutexLock lock(&mu_);
+  auto t = tenants_.find(tenant);
+  if (t == tenants_.end()) return absl::UnauthenticatedError("tenant no longer exists");
+  auto it = t->second.sequences.find(id);
+  if (it == t->second.sequences.end()) return NoSequence(id);
+  return it->second;
+}
+
+void CacheEngine::TableToProto(const Sequence& seq, bool with_positions,
+                               v1::PageTable* out) const {
+  out->set_sequence_id(seq.id);
+  out->set_model(seq.model->name());
+  out->set_next_position(static_cast<uint64_t>(seq.table.next_position()));
+  out->set_tier(seq.spilled ? v1::TIER_SPILLED : v1::TIER_DEVICE);
+  const uint32_t kv_heads = seq.model->kv_heads();
+  const uint32_t shared = static_cast<uint32_t>(seq.shared.size());
+  out->set_shared_tokens(shared * seq.model->geometry().tokens_per_page);
+  for (uint32_t h = 0; h < seq.table.heads(); ++h) {
+    const auto& head = seq.table.head(h);
+    v1::HeadTable* ht = out->add_heads();
+    ht->set_shared_pages(shared);
+    ht->set_layer(h / kv_heads);
+    ht->set_kv_head(h % kv_heads);
+    ht->set_token_count(head.count);
+    ht->set_capacity(static_cast<uint32_t>(seq.table.capacity(h)));
+    ht->mutable_pages()->Add(head.pages.begin(), head.pages.end());
+    if (with_positions) ht->mutable_positions()->Add(head.positions.begin(), head.positions.end());
+  }
+}
+
+absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
+    const std::string& tenant, const v1::CreateSequenceRequest& request) {
+  if (request.prefix_token_ids_size() > int64_t{options_.max_tokens_per_allocation}) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        request.prefix_token_ids_size(), " prefix token ids; at most ",
+        options_.max_tokens_per_allocation));
+  }
+  std::shared_ptr<Sequence> seq;
+  {
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(Session * session, FindSessionLocked(tenant, request.session_id()));
+    Tenant& t = tenants_[tenant];
+    auto m = t.models.find(request.model());
+    if (m == t.models.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "no model \"", request.model(), "\" registered for this tenant; call RegisterModel"));
+    }
+    if (t.sequences.size() >= options_.max_sequences_per_tenant) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "tenant ", tenant, " holds ", t.sequences.size(), " sequences, the most allowed (",
+          options_.max_sequences_per_tenant, "); drop some first"));
+    }
+    // A shared prefix of the tenant's sharing group, when asked for and found.
+    std::vector<std::shared_ptr<PrefixEntry>> matched;
+    if (request.prefix_token_ids_size() > 0) {
+      matched = MatchPrefixLocked(t, *m->second, request.prefix_token_ids());
+      const uint64_t adds = prefixes_.ChargeIfAttached(matched, tenant);
+      if (adds > 0 && t.record.max_bytes() != 0 && t.used_bytes + adds > t.record.max_bytes()) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "tenant ", tenant, " quota exceeded: used ", t.used_bytes, " of max ",
+            t.record.max_bytes(), " bytes, the shared prefix's charge needs ", adds, " more"));
+      }
+    }
+    seq = std::make_shared<Sequence>("seq-" + RandomHex(12), tenant, m->second);
+    if (!matched.empty()) AttachSharedLocked(seq.get(), std::move(matched));
+    seq->owner_session = session->id;
+    seq->leases.insert(session->id);
+    seq->retain = request.retain();
+    seq->last_access = absl::Now();
+    session->owned.insert(seq->id);
+    session->leased.insert(seq->id);
+    t.sequences[seq->id] = seq;
+  }
+  // Not under mu_: the lock order is Sequence::mu before CacheEngine::mu_.
+  v1::PageTable table;
+  absl::ReaderMutexLock seq_lock(&seq->mu);
+  TableToProto(*seq, false, &table);
+  if (!seq->shared.empty()) RETURN_IF_ERROR(AddArenas(tenant, &table));
+  return table;
+}
+
+absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string& tenant,
+                                                              const v1::AllocateRequest& request) {
+  if (request.tokens() == 0 || request.tokens() > options_.max_tokens_per_allocation) {
+    return absl::InvalidArgumentError(absl::StrCat("tokens = ", request.tokens(), " (must be 1..",
+                                                   options_.max_tokens_per_allocation, ")"));
+  }
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
+  absl::MutexLock seq_lock(&seq->mu);
+  RETURN_IF_ERROR(OnDevice(*seq));
+  const PageGeometry& geometry = seq->model->geometry();
+  uint64_t total_pages = 0;
+  std::vector<uint32_t> need = seq->table.PagesNeeded(request.tokens(), &total_pages);
+  if (options_.max_pages_per_request != 0 && total_pages > options_.max_pages_per_request) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request size limit: ", request.tokens(), " tokens need ", total_pages,
+        " pages over all heads, more than the ", options_.max_pages_per_request,
+        " one AllocatePages may add (kvkeepd --max_pages_per_request); allocate in smaller steps"));
+  }
+  for (uint32_t h = 0; h < need.size(); ++h) {
+    if (seq->table.capacity(h) + uint64_t{need[h]} * geometry.tokens_per_page > UINT32_MAX) {
+      return absl::InvalidArgumentError("a head of this sequence would pass 2^32 tokens");
+    }
+  }
+  v1::PageTableDelta delta;
+  delta.set_sequence_id(seq->id);
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> new_arenas;
+  RETURN_IF_ERROR(AllocateCharged(tenant, geometry, total_pages, &pages, &new_arenas));
+  {
+    absl::MutexLock lock(&mu_);
+    seq->last_access = absl::Now();
+    delta.set_tenant_used_bytes(tenants_[tenant].used_bytes);
+  }
+  for (const ArenaInfo& arena : new_arenas) ToProto(arena, delta.add_new_arenas());
+  const uint32_t kv_heads = seq->model->kv_heads();
+  size_t next = 0;
+  for (uint32_t h = 0; h < need.size(); ++h) {
+    if (need[h] == 0) continue;
+    absl::Span<const uint64_t> mine(pages.data() + next, need[h]);
+    next += need[h];
+    seq->table.AppendPages(h, mine);
+    v1::HeadTable* ht = delta.add_heads();
+    ht->set_layer(h / kv_heads);
+    ht->set_kv_head(h % kv_heads);
+    ht->set_token_count(seq->table.head(h).count);
+    ht->set_capacity(static_cast<uint32_t>(seq->table.capacity(h)));
+    ht->mutable_pages()->Add(mine.begin(), mine.end());
+  }
+  return delta;
+}
+
+absl::Status CacheEngine::AllocateCharged(const std::string& tenant, const PageGeometry& geometry,
+                                          uint64_t count, std::vector<uint64_t>* pages,
+                                          std::vector<ArenaInfo>* new_arenas) {
+  if (count == 0) return absl::OkStatus();
+  const uint64_t bytes = count * geometry.page_bytes;
+  absl::Status status;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    // Charge the tenant first so concurrent allocations cannot both pass the check.
+    {
+      absl::MutexLock lock(&mu_);
+      Tenant& t = tenants_[tenant];
+      uint64_t reserved_for_others = 0;
+      for (const auto& [name, other] : tenants_) {
+        if (name != tenant && other.record.quota_bytes() > other.used_bytes) {
+          reserved_for_others += other.record.quota_bytes() - other.used_bytes;
+        }
+      }
+      TenantUsage usage{tenant, t.record.quota_bytes(), t.record.max_bytes(), t.used_bytes};
+      status = CheckAdmission(usage, bytes, pool_.options().capacity_bytes, used_bytes_,
+                              reserved_for_others);
+      if (status.ok()) {
+        t.used_bytes += bytes;
+        t.used_pages += count;
+        used_bytes_ += bytes;
+      }
+    }
+    if (status.ok()) {
+      status = pool_.Allocate(tenant, geometry, count, pages, new_arenas);
+      absl::MutexLock lock(&mu_);
+      Tenant& t = tenants_[tenant];
+      if (!status.ok()) {
+        t.used_bytes -= bytes;
+        t.used_pages -= count;
+        used_bytes_ -= bytes;
+      } else {
+        for (const ArenaInfo& arena : *new_arenas) {
+          for (const std::string& sid : t.sessions) {
+            auto s = sessions_.find(sid);
+            if (s != sessions_.end() && s->second.sink != nullptr) {
+              s->second.sink->ArenaAdded(arena);
+            }
+          }
+        }
+      }
+    }
+    if (status.ok()) {
+      MaybeRelievePressureLater();
+      return status;
+    }
+    // A tenant's own hard maximum is not pool pressure; anything else may be relieved by
+    // spilling cold sequences, once.
+    // Unreferenced cached shared prefix pages go first (RelievePressure).
+    if (attempt > 0 || status.message().find("quota exceeded") != absl::string_view::npos ||
+        RelievePressure(bytes, tenant) == 0) {
+      break;
+    }
+  }
+  return status;
+}
+
+absl::StatusOr<v1::CommitReply> CacheEngine::CommitTokens(const std::string& tenant,
+                                                          const v1::CommitRequest& request) {
+  if (request.tokens() == 0) return absl::InvalidArgumentError("tokens must be > 0");
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
+  absl::MutexLock seq_lock(&seq->mu);
+  RETURN_IF_ERROR(OnDevice(*seq));
+  // Statistics are checked against the table as it will be, before anything changes. One entry
+  // per layer: each is validated against what is stored, so two for one layer could not be.
+  absl::flat_hash_set<uint32_t> layers;
+  for (const v1::LayerStats& layer : request.stats()) {
+    if (!layers.insert(layer.layer()).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stats carries layer ", layer.layer(), " twice; send one LayerStats per layer"));
+    }
+  }
+  for (const v1::LayerStats& layer : request.stats()) {
+    RETURN_IF_ERROR(ValidateLayerStats(*seq->model, seq->table, seq->stats, layer,
+                                       request.tokens()));
+  }
+  RETURN_IF_ERROR(seq->table.Commit(request.tokens(), request.positions()));
+  for (const v1::LayerStats& layer : request.stats()) {
+    // Validated above against the same table and stats: cannot fail.
+    ApplyLayerStats(*seq->model, seq->table, layer, &seq->stats).IgnoreError();
+  }
+  v1::Policy policy;
+  {
+    absl::MutexLock lock(&mu_);
+    seq->last_access = absl::Now();
+    auto t = tenants_.find(tenant);
+    if (t != tenants_.end()) policy = t->second.record.policy();
+  }
+  v1::CommitReply reply;
+  // Decode-time eviction: a head past the tenant's max_tokens by a page is compressed back to it.
+  if (policy.has_max_tokens()) {
+    const uint64_t trigger =
+        uint64_t{policy.max_tokens()} + seq->model->geometry().tokens_per_page;
+    if (seq->table.max_count() >= trigger) {
+      auto compressed = CompressHeld(seq.get(), v1::Policy());
+      if (compressed.ok()) {
+        *reply.mutable_compressed() = std::move(*compressed);
+      } else {
+        reply.set_compress_error(compressed.status().ToString());
+      }
+    }
+  }
+  reply.set_token_count(seq->table.max_count());
+  reply.set_next_position(static_cast<uint64_t>(seq->table.next_position()));
+  return reply;
+}
+
+absl::Status CacheEngine::WriteChunk(const std::string& tenant, const v1::KvChunk& chunk) {
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, chunk.session_id()));
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
+  const Model& model = *seq->model;
+  const PageGeometry& g = model.geometry();
+  if (chunk.layer() >= model.layers() || chunk.kv_head() >= model.kv_heads()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", chunk.layer(), ", kv_head ", chunk.kv_head(), " outside model \"", model.name(),
+        "\" (", model.layers(), " layers, ", model.kv_heads(), " KV heads)"));
+  }
+  if (chunk.token_count() == 0) return absl::InvalidArgumentError("token_count must be > 0");
+  const uint64_t want = uint64_t{chunk.token_count()} * g.token_bytes;
+  if (chunk.keys().size() != want || chunk.values().size() != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk of ", chunk.token_count(), " tokens needs ", want, " bytes of keys and of values (",
+        g.head_dim, " x ", DTypeSize(g.dtype), "-byte elements per token); got ",
+        chunk.keys().size(), " and ", chunk.values().size()));
+  }
+  if (chunk.positions_size() != 0 || chunk.page() != 0) {
+    return absl::InvalidArgumentError("positions and page are ReadKV fields; CommitTokens sets positions");
+  }
+  absl::ReaderMutexLock seq_lock(&seq->mu);
+  RETURN_IF_ERROR(OnDevice(*seq));
+  const uint64_t shared_slots = uint64_t{seq->shared.size()} * g.tokens_per_page;
+  if (chunk.token_offset() < shared_slots) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "slots [0, ", shared_slots, ") of sequence ", seq->id,
+        " are shared prefix pages of the sharing group (read-only); write from slot ",
+        shared_slots, " on"));
+  }
+  const uint32_t head = chunk.layer() * model.kv_heads() + chunk.kv_head();
+  absl::Status io;
+  RETURN_IF_ERROR(seq->table.ForEachSegment(
+      head, chunk.token_offset(), chunk.token_count(),
+      [&](uint64_t page, uint32_t slot, uint32_t n, uint64_t done) {
+        if (!io.ok()) return;
+        Arena* arena = pool_.ArenaOf(page);
+        const uint64_t base = uint64_t{PageRef::Unpack(page).index} * g.page_bytes;
+        const uint64_t off = slot * g.token_bytes;
+        io = backend_->Write(*arena, base + off, chunk.keys().data() + done * g.token_bytes,
+                             n * g.token_bytes);
+        if (io.ok()) {
+          io = backend_->Write(*arena, base + g.value_offset + off,
+                               chunk.values().data() + done * g.token_bytes, n * g.token_bytes);
+        }
+      }));
+  return io;
+}
+
+absl::StatusOr<v1::PageTable> CacheEngine::GetSequence(const std::string& tenant,
+                                                       const std::string& sequence_id,
+                                                       bool with_positions) {
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, sequence_id));
+  absl::ReaderMutexLock seq_lock(&seq->mu);
+  if (seq->dropped) return NoSequence(sequence_id);
+  v1::PageTable table;
+  TableToProto(*seq, with_positions, &table);
+  return table;
+}
+
+absl::StatusOr<v1::PageTable> CacheEngine::Acquire(const std::string& tenant,
+                                                   const v1::AcquireRequest& r) {
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
+  absl::MutexLock seq_lock(&seq->mu);
+  if (seq->dropped) return NoSequence(r.sequence_id());
+  if (r.session_id().empty()) {
+    return absl::InvalidArgumentError("session_id is required (from the Session stream)");
+  }
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, r.session_id()));
+  if (seq->spilled) RETURN_IF_ERROR(RestoreHeld(seq.get()));  // transparent restore
+  {
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(Session * session, FindSessionLocked(tenant, r.session_id()));
+    seq->leases.insert(session->id);
+    session->leased.insert(seq->id);
+    seq->last_access = absl::Now();
+  }
+  v1::PageTable table;
+  TableToProto(*seq, r.with_positions(), &table);
+  // A worker acquiring another session's sequence may not have mapped its arenas yet (shared
+  // prefix pages: the group's arenas, read-only).
+  RETURN_IF_ERROR(AddArenas(tenant, &table));
+  return table;
+}
+
+absl::StatusOr<v1::ReleaseReply> CacheEngine::Release(const std::string& tenant,
+                                                      const v1::ReleaseRequest& r) {
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
+  bool orphan = false;
+  v1::ReleaseReply reply;
+  {
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(Session * session, FindSessionLocked(tenant, r.session_id()));
+    if (!seq->leases.erase(session->id)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "session ", session->id, " holds no lease on sequence ", seq->id));
+    }
+    session->leased.erase(seq->id);
+    reply.set_leases_left(static_cast<uint32_t>(seq->leases.size()));
+    orphan = seq->owner_session.empty() && seq->leases.empty() && !seq->retain;
+  }
+  if (orphan) DropOrphans({seq});
+  return reply;
+}
+
+absl::StatusOr<v1::DropReply> CacheEngine::Drop(const std::string& tenant,
+                                                const v1::DropRequest& r) {
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, r.session_id()));
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
+  absl::MutexLock seq_lock(&seq->mu);
+  if (seq->dropped) return NoSequence(r.sequence_id());
+  return DropHeld(seq.get(), r.session_id(), /*force=*/false);
+}
+
+absl::StatusOr<v1::DropReply> CacheEngine::DropHeld(Sequence* seq,
+                                                    const std::string& caller_session,
+                                                    bool force) {
+  if (seq->dropped) return NoSequence(seq->id);
+  // Shared prefix pages are not the sequence's to free: it drops its references on them.
+  const std::vector<uint64_t> private_pages = PrivatePagesOf(*seq);
+  const uint64_t pages = private_pages.size();
+  const uint64_t bytes = pages * seq->model->geometry().page_bytes;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!force) {
+      for (const std::string& holder : seq->leases) {
+        if (holder != caller_session) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "sequence ", seq->id, " is leased by session ", holder, "; it must Release first"));
+        }
+      }
+    }
+  }
+  if (seq->spilled || seq->stale_spill_copy) {
+    absl::Status deleted = spill_->Delete(seq->tenant, seq->id);
+    if (!deleted.ok() && !absl::IsNotFound(deleted)) {
+      ++spill_errors_;
+      return deleted;  // still listed and restorable; the caller may retry
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (seq->spilled) {
+      auto t = tenants_.find(seq->tenant);
+      if (t != tenants_.end()) t->second.spilled_bytes -= seq->spilled_bytes;
+    }
+    auto t = tenants_.find(seq->tenant);
+    if (t != tenants_.end()) {
+      t->second.sequences.erase(seq->id);
+      t->second.used_bytes -= bytes;
+      t->second.used_pages -= pages;
+    }
+    used_bytes_ -= bytes;
+    for (const std::string& holder : seq->leases) {
+      auto s = sessions_.find(holder);
+      if (s != sessions_.end()) s->second.leased.erase(seq->id);
+    }
+    auto owner = sessions_.find(seq->owner_session);
+    if (owner != sessions_.end()) owner->second.owned.erase(seq->id);
+    seq->leases.clear();
+  }
+  DropSharedHeld(seq);
+  pool_.Free(private_pages);
+  seq->dropped = true;
+  v1::DropReply reply;
+  reply.set_pages_freed(static_cast<uint32_t>(pages));
+  reply.set_bytes_freed(bytes);
+  return reply;
+}
+
+}  // namespace kvkeep

@@ -1,0 +1,359 @@
+// The daemon's state and rules: tenants, worker sessions, models, sequences and their pages.
+//
+// Every method takes the caller's tenant (already authenticated by the RPC layer) and checks every
+// id against it; a sequence or session of another tenant is NOT_FOUND, an arena or page of another
+// tenant PERMISSION_DENIED. Every request is validated before anything changes: a failed call
+// leaves the state as it was.
+//
+//   ASSIGN_OR_RETURN(auto engine, CacheEngine::Create(backend.get(), store.get(), options));
+//   ASSIGN_OR_RETURN(std::string tenant, engine->AuthenticateTenant(token));
+//   ASSIGN_OR_RETURN(auto attached, engine->Attach(tenant, "worker-0", sink));
+//
+// Thread-safe. Lock order: Sequence::mu -> CacheEngine::mu_ -> PagePool::mu_.
+#ifndef KVKEEP_SERVICE_ENGINE_CACHE_ENGINE_H_
+#define KVKEEP_SERVICE_ENGINE_CACHE_ENGINE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "kvkeep/v1/admin.pb.h"
+#include "kvkeep/v1/kvcache.pb.h"
+#include "kvkeep/v1/records.pb.h"
+#include "service/executor.h"
+#include "service/engine/model_layout.h"
+#include "service/pool/page_costs.h"
+#include "service/pool/page_pool.h"
+#include "service/pool/pool_shares.h"
+#include "service/pool/prefix_index.h"
+#include "service/engine/sequence_stats.h"
+#include "service/engine/sequence_table.h"
+#include "service/engine/session_sink.h"
+#include "service/storage/metadata_store.h"
+#include "service/storage/spill_store.h"
+
+namespace kvkeep {
+
+struct EngineOptions {
+  PoolOptions pool;
+  uint64_t max_message_bytes = 4 << 20;  // Default: gRPC's 4 MiB
+  uint32_t max_tokens_per_allocation = 1u << 20;  // Default: 1M tokens per AllocatePages call
+  // Default: 0 = no limit. Pages one AllocatePages may add over all heads (RESOURCE_EXHAUSTED
+  // beyond, nothing allocated); the server derives it from the message limit.
+  uint64_t max_pages_per_request = 0;
+  // Bounds on what one tenant can make the daemon hold in its heap (hostile or buggy workers).
+  uint32_t max_sequences_per_tenant = 1u << 16;  // Default: 65536
+  uint32_t max_sessions_per_tenant = 4096;       // Default: 4096
+  double low_free = 0.05;   // Default: spill when less than 5 % of the pool is free...
+  double high_free = 0.10;  // Default: ...until 10 % is free (overridden by persisted values)
+  // How pool pressure frees pages (docs/architecture.md, "Pool allocation"): kLru spills whole
+  // least-recently-used sequences (lossless, restorable); kCapacity first drops the globally
+  // cheapest whole pages by capacity cost (lossy), then spills.
+  PressurePolicy pressure_policy = PressurePolicy::kLru;  // Default: lru
+};
+
+// Fills an ArenaExport from what the pool knows.
+void ToProto(const ArenaInfo& info, v1::ArenaExport* out);
+
+// Metadata-store key of the persisted pool watermarks.
+inline constexpr char kWatermarksKeyName[] = "pool/watermarks";
+
+class CacheEngine {
+ public:
+  // Restores tenants, models, watermarks from `store` and lists the spilled sequences of `spill`
+  // as restorable. `spill` may be null (no spill tier: Spill answers FAILED_PRECONDITION).
+  // `backend`, `store` and `spill` must outlive the engine.
+  static absl::StatusOr<std::unique_ptr<CacheEngine>> Create(Backend* backend,
+                                                             MetadataStore* store,
+                                                             EngineOptions options,
+                                                             SpillStore* spill = nullptr);
+  ~CacheEngine();
+
+  // The tenant owning `token`; UNAUTHENTICATED when no tenant has it.
+  absl::StatusOr<std::string> AuthenticateTenant(const std::string& token) const;
+
+  // ---- Admin -------------------------------------------------------------------------------
+  absl::StatusOr<v1::CreateTenantReply> CreateTenant(const v1::CreateTenantRequest& request);
+  v1::ListTenantsReply ListTenants() const;
+  absl::StatusOr<v1::DeleteTenantReply> DeleteTenant(const std::string& name, bool force);
+  absl::StatusOr<v1::TenantInfo> SetQuota(const v1::SetQuotaRequest& request);
+  // The tenant's default eviction policy: validated, persisted, then in effect.
+  absl::StatusOr<v1::Policy> SetPolicy(const v1::SetPolicyRequest& request);
+  absl::StatusOr<v1::Policy> GetPolicy(const std::string& tenant) const;
+  v1::DaemonStatus Status() const;
+  v1::ListSequencesReply ListSequences(const std::string& tenant) const;
+  absl::StatusOr<v1::Watermarks> SetWatermarks(const v1::Watermarks& watermarks);
+  // Operator versions of Spill / Restore / Drop (no session; Drop may force past leases).
+  absl::StatusOr<v1::SpillReply> AdminSpill(const v1::SequenceRef& ref);
+  absl::StatusOr<v1::SequenceInfo> AdminRestore(const v1::SequenceRef& ref);
+  absl::StatusOr<v1::DropReply> AdminDrop(const v1::SequenceRef& ref);
+  // The operator's view of one sequence. NOT_FOUND (tenant or sequence).
+  absl::StatusOr<v1::SequenceDetail> AdminGetSequence(const v1::SequenceRef& ref);
+  // The worker Compress path without a session (Compress's errors; an unknown tenant is
+  // NOT_FOUND). Runs on the calling thread: call it from an executor.
+  absl::StatusOr<v1::CompressReply> AdminCompress(const v1::CompressSequenceRequest& request);
+  // SetPolicy's checks, nothing applied. NOT_FOUND (tenant), INVALID_ARGUMENT.
+  absl::StatusOr<v1::ValidatePolicyReply> ValidatePolicy(const v1::SetPolicyRequest& request) const;
+
+  // ---- Sessions ----------------------------------------------------------------------------
+  struct Attached {
+    std::string session_id;
+    std::vector<ArenaInfo> arenas;
+    std::string superseded_session_id;
+    uint32_t adopted_sequences = 0;
+  };
+  // Opens a session. A live session of the same tenant and worker name is ended (its sink gets
+  // ABORTED) and its sequences and leases move to the new one. `sink` must stay valid until
+  // EndSession(session_id) returns.
+  absl::StatusOr<Attached> Attach(const std::string& tenant, const std::string& worker_name,
+                                  SessionSink* sink);
+  // Ends a session: its leases are released and the sequences it created without `retain` are
+  // dropped (unless another session leases them). No-op for an unknown or superseded session.
+  void EndSession(const std::string& session_id);
+  // Ends every session with `status` (daemon shutdown).
+  void EndAllSessions(const absl::Status& status);
+
+  // ---- Worker API --------------------------------------------------------------------------
+  absl::StatusOr<v1::RegisterModelReply> RegisterModel(const std::string& tenant, Model model);
+  absl::StatusOr<v1::ArenaExport> GetArena(const std::string& tenant, uint32_t arena_id) const;
+  absl::StatusOr<v1::PageTable> CreateSequence(const std::string& tenant,
+                                               const v1::CreateSequenceRequest& request);
+  absl::StatusOr<v1::PageTableDelta> AllocatePages(const std::string& tenant,
+                                                   const v1::AllocateRequest& request);
+  absl::StatusOr<v1::CommitReply> CommitTokens(const std::string& tenant,
+                                               const v1::CommitRequest& request);
+  // Stores one layer's query statistics. INVALID_ARGUMENT (shapes, NaN/Inf), NOT_FOUND.
+  absl::Status PutStats(const std::string& tenant, const v1::StatsChunk& chunk);
+  // Scores, selects and compacts a sequence in place (service/compressor.h); frees the emptied
+  // pages and un-charges the tenant. Runs on the calling thread: call it from an executor.
+  absl::StatusOr<v1::CompressReply> Compress(const std::string& tenant,
+                                             const v1::CompressRequest& request);
+  // Writes one chunk of the bytes path.
+  absl::Status WriteChunk(const std::string& tenant, const v1::KvChunk& chunk);
+  absl::StatusOr<v1::PageTable> GetSequence(const std::string& tenant,
+                                            const std::string& sequence_id, bool with_positions);
+  absl::StatusOr<v1::PageTable> Acquire(const std::string& tenant, const v1::AcquireRequest& r);
+  absl::StatusOr<v1::ReleaseReply> Release(const std::string& tenant, const v1::ReleaseRequest& r);
+  absl::StatusOr<v1::DropReply> Drop(const std::string& tenant, const v1::DropRequest& r);
+  // Moves a sequence to the spill tier (durable before OK) and frees its device pages.
+  absl::StatusOr<v1::SpillReply> Spill(const std::string& tenant, const v1::SpillRequest& r);
+  // Brings a spilled sequence back (checksums verified).
+  absl::StatusOr<v1::PageTable> Restore(const std::string& tenant, const v1::RestoreRequest& r);
+
+  // ---- Shared prefixes (sharing groups; service/cache_engine_share.cc) ----------------------
+  // Publishes the sequence's first full pages to the tenant's sharing group (copied once, or
+  // adopted when the group has them) and points the sequence at the shared pages.
+  absl::StatusOr<v1::PublishPrefixReply> PublishPrefix(const std::string& tenant,
+                                                       const v1::PublishPrefixRequest& r);
+  // Leading full pages of the tokens that the tenant's group holds (0 outside any group).
+  absl::StatusOr<v1::LookupPrefixReply> LookupPrefix(const std::string& tenant,
+                                                     const v1::LookupPrefixRequest& r);
+  // Where a page's bytes are, for `tenant`: one of its own pages, or a shared prefix page of its
+  // sharing group. Errors as PagePool::Locate.
+  absl::StatusOr<PagePool::Location> LocatePage(const std::string& tenant, uint64_t page) const;
+
+  // ReadKV as a cursor: each Next() fills one chunk of at most the requested size; returns false
+  // when done. Created after validating the request.
+  class ReadCursor {
+   public:
+    virtual ~ReadCursor() = default;
+    virtual absl::StatusOr<bool> Next(v1::KvChunk* chunk) = 0;
+  };
+  absl::StatusOr<std::unique_ptr<ReadCursor>> OpenRead(const std::string& tenant,
+                                                       const v1::ReadRequest& request);
+
+  uint64_t max_message_bytes() const { return options_.max_message_bytes; }
+  const PagePool& pool() const { return pool_; }
+
+  // A sequence: its table (under mu) and its ownership (under the engine's mu_).
+  struct Sequence {
+    Sequence(std::string id, std::string tenant, std::shared_ptr<const Model> model)
+        : id(std::move(id)), tenant(std::move(tenant)), model(std::move(model)),
+          table(this->model->head_tables(), this->model->geometry().tokens_per_page) {}
+    // Constant after construction.
+    const std::string id;
+    const std::string tenant;
+    const std::shared_ptr<const Model> model;
+
+    absl::Mutex mu;
+    SequenceTable table ABSL_GUARDED_BY(mu);
+    SequenceStats stats ABSL_GUARDED_BY(mu);
+    bool dropped ABSL_GUARDED_BY(mu) = false;
+    bool spilled ABSL_GUARDED_BY(mu) = false;  // pages in the spill tier, table empty
+    // A restore could not delete the disk copy: Spill and Drop delete it first.
+    bool stale_spill_copy ABSL_GUARDED_BY(mu) = false;
+    uint64_t spilled_bytes ABSL_GUARDED_BY(mu) = 0;
+    // Capacity cost of each page (pool pressure under kCapacity); refreshed on the background
+    // thread, invalidated by Compress.
+    PageCosts costs ABSL_GUARDED_BY(mu);
+    // Shared prefix pages held: entry i is page i of every head (read-only). Each holds one
+    // reference on its entry (the entries' counts are under CacheEngine::mu_).
+    std::vector<std::shared_ptr<PrefixEntry>> shared ABSL_GUARDED_BY(mu);
+
+    // Protected by CacheEngine::mu_.
+    std::string owner_session;                 // empty once its session ended
+    absl::flat_hash_set<std::string> leases;   // sessions holding a lease
+    bool retain = false;
+    absl::Time last_access;
+  };
+
+ private:
+  struct Tenant {
+    v1::TenantRecord record;
+    uint64_t used_bytes = 0;
+    uint64_t used_pages = 0;
+    uint64_t spilled_bytes = 0;
+    uint64_t pressure_evicted_pages = 0;  // pages dropped by capacity-aware pressure relief
+    uint64_t shared_charge_bytes = 0;  // its fair fraction of shared prefix pages (in used_bytes)
+    absl::flat_hash_set<std::string> sessions;
+    absl::flat_hash_map<std::string, std::shared_ptr<Sequence>> sequences;
+    absl::flat_hash_map<std::string, std::shared_ptr<const Model>> models;
+  };
+  struct Session {
+    std::string id;
+    std::string tenant;
+    std::string worker_name;
+    SessionSink* sink = nullptr;
+    absl::flat_hash_set<std::string> owned;   // sequences it created (and still owns)
+    absl::flat_hash_set<std::string> leased;  // sequences it holds a lease on
+  };
+
+  CacheEngine(Backend* backend, MetadataStore* store, SpillStore* spill, EngineOptions options);
+  absl::Status Load();
+
+  // The tenant's sequence; NOT_FOUND otherwise.
+  absl::StatusOr<std::shared_ptr<Sequence>> FindSequence(const std::string& tenant,
+                                                         const std::string& id) const;
+  // OK when `id` is empty or a live session of `tenant`; NOT_FOUND otherwise (a superseded or
+  // ended session's calls are refused).
+  absl::Status CheckSessionIfGiven(const std::string& tenant, const std::string& id) const;
+  // A live session of `tenant`; NOT_FOUND otherwise.
+  absl::StatusOr<Session*> FindSessionLocked(const std::string& tenant, const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops a sequence whose caller holds seq->mu; removes it from the maps and frees its pages.
+  absl::StatusOr<v1::DropReply> DropHeld(Sequence* seq, const std::string& caller_session,
+                                         bool force) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  void EndSessionLocked(const std::string& session_id, std::vector<std::shared_ptr<Sequence>>* drop)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropOrphans(const std::vector<std::shared_ptr<Sequence>>& drop);
+  v1::TenantInfo TenantInfoLocked(const Tenant& t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // NOT_FOUND when dropped, FAILED_PRECONDITION when spilled (device-only operations).
+  static absl::Status OnDevice(const Sequence& seq) ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  // Spill / restore of a sequence whose mu the caller holds. `caller_session` may hold a lease;
+  // any other lease makes SpillHeld FAILED_PRECONDITION (unless `ignore_leases`).
+  absl::StatusOr<v1::SpillReply> SpillHeld(Sequence* seq, const std::string& caller_session,
+                                           bool ignore_leases)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  absl::Status RestoreHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  absl::Status LoadSpilled();
+  // Frees room until an allocation of `want_bytes` fits and the high watermark is free (or
+  // nothing more can go): unreferenced cached shared prefix pages first, then RelieveSequences.
+  // Returns the device bytes freed. Never blocks on a busy sequence.
+  // `requester`: the tenant whose allocation asked ("" for the watermark thread); it decides
+  // whether tenants between guarantee and fair share may lose pages (pool_shares.h).
+  uint64_t RelievePressure(uint64_t want_bytes, const std::string& requester = "");
+  // The sequences' part, by --pressure_policy: spill least recently used (lru), or drop the
+  // cheapest pages then spill (capacity). Shared prefix pages are never candidates.
+  uint64_t RelieveSequences(uint64_t want_bytes, const std::string& requester);
+  // Pool pressure, split by policy (cache_engine_pressure.cc). Bytes freed still needed beyond
+  // free bytes: the allocation's shortfall and the high watermark.
+  uint64_t PressureTarget(uint64_t want_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t SpillLeastRecent(uint64_t target);
+  uint64_t RelieveByCapacity(uint64_t want_bytes, const std::string& requester);
+  // Computes the page costs of unleased device sequences whose costs are missing or stale.
+  void RefreshPageCosts();
+  // Every tenant's fair share of the pool (pool_shares.h); `requester` counts as active.
+  absl::flat_hash_map<std::string, uint64_t> FairSharesLocked(const std::string& requester) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Schedules RelievePressure on the background thread when free bytes are below the low mark.
+  void MaybeRelievePressureLater();
+  v1::SequenceInfo InfoOf(Sequence& seq) const;
+  // Admission + charge + pool allocation of `count` pages for `tenant`; announces new arenas to
+  // the tenant's sessions. Under pool pressure it spills cold sequences once and retries.
+  // RESOURCE_EXHAUSTED with the figures otherwise; nothing is allocated or charged then.
+  absl::Status AllocateCharged(const std::string& tenant, const PageGeometry& geometry,
+                               uint64_t count, std::vector<uint64_t>* pages,
+                               std::vector<ArenaInfo>* new_arenas);
+  // Compresses `seq` (its mu held) under `policy` over the tenant default; frees and un-charges.
+  absl::StatusOr<v1::CompressReply> CompressHeld(Sequence* seq, const v1::Policy& policy)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  void TableToProto(const Sequence& seq, bool with_positions, v1::PageTable* out) const
+      ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+
+  // ---- Shared prefixes (cache_engine_share.cc) ----
+  static std::string GroupOwner(const std::string& group) { return "group:" + group; }
+  // Creates and persists the group's salt when the group is new.
+  absl::Status EnsureGroupLocked(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The export of an arena for `tenant`: its own, or its group's (read_only). Errors as GetArena.
+  absl::StatusOr<v1::ArenaExport> ExportArenaFor(const std::string& tenant,
+                                                 uint32_t arena_id) const;
+  // Adds to `table.arenas` the export of every arena its pages live in.
+  absl::Status AddArenas(const std::string& tenant, v1::PageTable* table) const;
+  // The chain keys of `tokens` for `model` in the tenant's group (empty without a group).
+  std::vector<std::string> PrefixKeysLocked(const Tenant& t, const Model& model,
+                                            absl::Span<const uint32_t> tokens) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Longest chain of the group's entries for `tokens`; counts the lookup.
+  std::vector<std::shared_ptr<PrefixEntry>> MatchPrefixLocked(const Tenant& t, const Model& model,
+                                                              absl::Span<const uint32_t> tokens)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts a new, not yet published sequence with `entries` (refs and charges taken).
+  void AttachSharedLocked(Sequence* seq, std::vector<std::shared_ptr<PrefixEntry>> entries)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyChargesLocked(const PrefixIndex::Changes& changes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the sequence's references on its shared entries (its table is left to the caller).
+  void DropSharedHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  // Every page of the sequence except its shared prefix pages.
+  static std::vector<uint64_t> PrivatePagesOf(const Sequence& seq)
+      ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  // Empties the table (spill): frees its private pages, drops its shared references. Returns the
+  // number of private pages freed.
+  uint64_t ReleaseTableHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  // Copy-on-write: gives the sequence private copies of its shared prefix pages (charged to its
+  // tenant, admission applies) and drops its shared references.
+  absl::Status UnshareHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  // Frees unreferenced (cached) shared prefix pages, least recently released first, until
+  // `want_bytes` are freed or none is left. Returns the bytes freed.
+  uint64_t ReleaseCachedPrefixes(uint64_t want_bytes);
+  // Un-charges `pages` private pages of `page_bytes` from the tenant.
+  void UnchargeLocked(const std::string& tenant, uint64_t pages, uint64_t page_bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Constant after construction.
+  Backend* const backend_;
+  MetadataStore* const store_;
+  SpillStore* const spill_;  // may be null
+  const EngineOptions options_;
+  const absl::Time started_;
+  PagePool pool_;
+
+  mutable absl::Mutex mu_;
+  // Protected by mu_.
+  absl::flat_hash_map<std::string, Tenant> tenants_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::string> token_to_tenant_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  // Σ tenants' used_bytes (shared charges included) + bytes of unreferenced cached prefix pages.
+  uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  PrefixIndex prefixes_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::string> group_salts_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> prefix_lookups_{0}, prefix_pages_hit_{0}, prefix_pages_missed_{0};
+  v1::Watermarks watermarks_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> spills_{0}, restores_{0}, spill_errors_{0};
+  std::atomic<bool> relief_scheduled_{false};
+  std::atomic<uint64_t> pressure_evicted_pages_{0}, pressure_evicted_tokens_{0},
+      pressure_spills_{0}, page_cost_passes_{0};
+  // Last member: its thread must stop before the state above goes.
+  std::unique_ptr<Executor> background_;
+};
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_SERVICE_ENGINE_CACHE_ENGINE_H_

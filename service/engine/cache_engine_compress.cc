@@ -1,0 +1,69 @@
+// CacheEngine: query statistics and compression (score, select, compact; design.md §5).
+#include "service/engine/cache_engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "service/engine/cache_engine_internal.h"
+#include "service/compress/compressor.h"
+#include "service/compress/policy_convert.h"
+
+namespace kvkeep {
+
+
+absl::Status CacheEngine::PutStats(const std::string& tenant, const v1::StatsChunk& chunk) {
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
+  absl::MutexLock seq_lock(&seq->mu);
+  RETURN_IF_ERROR(OnDevice(*seq));
+  return ApplyLayerStats(*seq->model, seq->table, chunk.stats(), &seq->stats);
+}
+
+absl::StatusOr<v1::CompressReply> CacheEngine::Compress(const std::string& tenant,
+                                                        const v1::CompressRequest& request) {
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, request.session_id()));
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, request.sequence_id()));
+  absl::MutexLock seq_lock(&seq->mu);
+  RETURN_IF_ERROR(OnDevice(*seq));
+  return CompressHeld(seq.get(), request.policy());
+}
+
+absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
+                                                            const v1::Policy& policy) {
+  v1::Policy tenant_default;
+  {
+    absl::MutexLock lock(&mu_);
+    auto t = tenants_.find(seq->tenant);
+    if (t != tenants_.end()) tenant_default = t->second.record.policy();
+  }
+  ASSIGN_OR_RETURN(ResolvedPolicy resolved, ResolvePolicy(policy, tenant_default));
+  // Copy-on-write: shared prefix pages are never compacted; the sequence first gets private
+  // copies of them (charged to its tenant) and drops its references.
+  RETURN_IF_ERROR(UnshareHeld(seq));
+  // Scoring memory is reused per thread (executor threads: Compress, and the CommitTokens of
+  // tenants whose policy can trigger decode-time eviction).
+  thread_local CompressScratch scratch;
+  ASSIGN_OR_RETURN(CompressOutcome outcome,
+                   CompressSequence(*seq->model, seq->table, seq->stats, resolved.policy,
+                                    resolved.budget, *backend_, pool_, scratch));
+  const PageGeometry& geometry = seq->model->geometry();
+  if (outcome.changed) seq->costs = PageCosts{};  // tokens moved: the page costs are void
+  if (!outcome.freed_pages.empty()) {
+    const uint64_t pages = outcome.freed_pages.size();
+    const uint64_t bytes = pages * geometry.page_bytes;
+    pool_.Free(outcome.freed_pages);
+    absl::MutexLock lock(&mu_);
+    auto t = tenants_.find(seq->tenant);
+    if (t != tenants_.end()) {
+      t->second.used_bytes -= bytes;
+      t->second.used_pages -= pages;
+    }
+    used_bytes_ -= bytes;
+  }
+  v1::CompressReply reply;
+  TableToProto(*seq, /*with_positions=*/true, reply.mutable_table());
+  ToProto(outcome, resolved.policy, geometry, reply.mutable_summary());
+  return reply;
+}
+
+}  // namespace kvkeep

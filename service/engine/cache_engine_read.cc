@@ -1,0 +1,183 @@
+// CacheEngine: ReadKV cursors (sequence ranges and raw pages).
+#include "service/engine/cache_engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "service/engine/cache_engine_internal.h"
+
+namespace kvkeep {
+
+
+// ---- Reads ---------------------------------------------------------------------------------
+
+namespace {
+
+uint64_t ChunkBudget(uint32_t requested, uint64_t max_message_bytes) {
+  // Leave room for the message envelope under the gRPC limit.
+  const uint64_t cap = max_message_bytes > (64 << 10) ? max_message_bytes - (64 << 10) : 4096;
+  const uint64_t want = requested == 0 ? (1 << 20) : requested;
+  return std::min(want, cap);
+}
+
+}  // namespace
+
+class SequenceReadCursor final : public CacheEngine::ReadCursor {
+ public:
+  SequenceReadCursor(std::shared_ptr<CacheEngine::Sequence> seq, Backend* backend,
+                     const PagePool* pool, std::vector<uint32_t> heads, uint32_t token_begin,
+                     uint32_t token_end, uint64_t chunk_bytes)
+      : seq_(std::move(seq)), backend_(backend), pool_(pool), heads_(std::move(heads)),
+        token_begin_(token_begin), token_end_(token_end), chunk_bytes_(chunk_bytes),
+        next_token_(token_begin) {}
+
+  absl::StatusOr<bool> Next(v1::KvChunk* chunk) override {
+    absl::ReaderMutexLock lock(&seq_->mu);
+    if (seq_->dropped || seq_->spilled) {
+      return absl::AbortedError("sequence was dropped or spilled during the read");
+    }
+    const PageGeometry& g = seq_->model->geometry();
+    const uint32_t per_chunk =
+        static_cast<uint32_t>(std::max<uint64_t>(1, chunk_bytes_ / (2 * g.token_bytes)));
+    while (head_index_ < heads_.size()) {
+      const uint32_t h = heads_[head_index_];
+      const auto& head = seq_->table.head(h);
+      const uint32_t end = std::min(token_end_, head.count);
+      if (next_token_ >= end) {
+        ++head_index_;
+        next_token_ = token_begin_;
+        continue;
+      }
+      const uint32_t n = std::min(per_chunk, end - next_token_);
+      chunk->Clear();
+      chunk->set_sequence_id(seq_->id);
+      chunk->set_layer(h / seq_->model->kv_heads());
+      chunk->set_kv_head(h % seq_->model->kv_heads());
+      chunk->set_token_offset(next_token_);
+      chunk->set_token_count(n);
+      std::string* keys = chunk->mutable_keys();
+      std::string* values = chunk->mutable_values();
+      keys->resize(n * g.token_bytes);
+      values->resize(n * g.token_bytes);
+      absl::Status io;
+      absl::Status walk = seq_->table.ForEachSegment(
+          h, next_token_, n, [&](uint64_t page, uint32_t slot, uint32_t k, uint64_t done) {
+            if (!io.ok()) return;
+            const Arena* arena = pool_->ArenaOf(page);
+            const uint64_t base = uint64_t{PageRef::Unpack(page).index} * g.page_bytes;
+            io = backend_->Read(*arena, base + slot * g.token_bytes,
+                                keys->data() + done * g.token_bytes, k * g.token_bytes);
+            if (io.ok()) {
+              io = backend_->Read(*arena, base + g.value_offset + slot * g.token_bytes,
+                                  values->data() + done * g.token_bytes, k * g.token_bytes);
+            }
+          });
+      if (!walk.ok()) return walk;
+      if (!io.ok()) return io;
+      chunk->mutable_positions()->Add(head.positions.begin() + next_token_,
+                                      head.positions.begin() + next_token_ + n);
+      next_token_ += n;
+      return true;
+    }
+    return false;
+  }
+
+ private:
+  const std::shared_ptr<CacheEngine::Sequence> seq_;
+  Backend* const backend_;
+  const PagePool* const pool_;
+  const std::vector<uint32_t> heads_;
+  const uint32_t token_begin_, token_end_;
+  const uint64_t chunk_bytes_;
+  size_t head_index_ = 0;
+  uint32_t next_token_;
+};
+
+class PageReadCursor final : public CacheEngine::ReadCursor {
+ public:
+  PageReadCursor(std::string tenant, std::vector<uint64_t> pages, Backend* backend,
+                 const CacheEngine* engine)
+      : tenant_(std::move(tenant)), pages_(std::move(pages)), backend_(backend), engine_(engine) {}
+
+  absl::StatusOr<bool> Next(v1::KvChunk* chunk) override {
+    if (next_ >= pages_.size()) return false;
+    const uint64_t page = pages_[next_++];
+    // Checked again at read time: the page must still be this tenant's (or its sharing group's)
+    // and allocated.
+    ASSIGN_OR_RETURN(PagePool::Location loc, engine_->LocatePage(tenant_, page));
+    chunk->Clear();
+    chunk->set_page(page);
+    chunk->set_token_count(loc.geometry.tokens_per_page);
+    std::string* keys = chunk->mutable_keys();
+    std::string* values = chunk->mutable_values();
+    keys->resize(loc.geometry.value_offset);
+    values->resize(loc.geometry.value_offset);
+    RETURN_IF_ERROR(backend_->Read(*loc.arena, loc.offset, keys->data(), keys->size()));
+    RETURN_IF_ERROR(backend_->Read(*loc.arena, loc.offset + loc.geometry.value_offset,
+                                   values->data(), values->size()));
+    return true;
+  }
+
+ private:
+  const std::string tenant_;
+  const std::vector<uint64_t> pages_;
+  Backend* const backend_;
+  const CacheEngine* const engine_;
+  size_t next_ = 0;
+};
+
+absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> CacheEngine::OpenRead(
+    const std::string& tenant, const v1::ReadRequest& r) {
+  if (r.pages_size() > 0) {
+    if (!r.sequence_id().empty()) {
+      return absl::InvalidArgumentError("give either sequence_id or pages, not both");
+    }
+    // Validate every page before streaming any.
+    for (uint64_t page : r.pages()) {
+      ASSIGN_OR_RETURN(PagePool::Location loc, LocatePage(tenant, page));
+      if (2 * loc.geometry.value_offset + 1024 > options_.max_message_bytes) {
+        return absl::InvalidArgumentError("a page does not fit one message; read by sequence");
+      }
+    }
+    return std::unique_ptr<ReadCursor>(new PageReadCursor(
+        tenant, std::vector<uint64_t>(r.pages().begin(), r.pages().end()), backend_, this));
+  }
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
+  const Model& model = *seq->model;
+  const uint32_t layer_end = r.layer_end() == 0 ? model.layers() : r.layer_end();
+  const uint32_t head_end = r.kv_head_end() == 0 ? model.kv_heads() : r.kv_head_end();
+  if (r.layer_begin() >= layer_end || layer_end > model.layers()) {
+    return absl::OutOfRangeError(absl::StrCat("layers [", r.layer_begin(), ", ", layer_end,
+                                              ") outside 0..", model.layers()));
+  }
+  if (r.kv_head_begin() >= head_end || head_end > model.kv_heads()) {
+    return absl::OutOfRangeError(absl::StrCat("KV heads [", r.kv_head_begin(), ", ", head_end,
+                                              ") outside 0..", model.kv_heads()));
+  }
+  const uint32_t token_end = r.token_end() == 0 ? UINT32_MAX : r.token_end();
+  if (r.token_begin() > token_end) {
+    return absl::InvalidArgumentError("token_begin is after token_end");
+  }
+  {
+    absl::ReaderMutexLock lock(&seq->mu);
+    RETURN_IF_ERROR(OnDevice(*seq));
+    if (r.token_begin() > seq->table.max_count()) {
+      return absl::OutOfRangeError(absl::StrCat("token_begin ", r.token_begin(),
+                                                " is past the ", seq->table.max_count(),
+                                                " committed tokens"));
+    }
+  }
+  const uint64_t budget = ChunkBudget(r.max_chunk_bytes(), options_.max_message_bytes);
+  if (2 * model.geometry().token_bytes > budget) {
+    return absl::InvalidArgumentError("max_chunk_bytes is smaller than one token's keys+values");
+  }
+  std::vector<uint32_t> heads;
+  for (uint32_t l = r.layer_begin(); l < layer_end; ++l) {
+    for (uint32_t k = r.kv_head_begin(); k < head_end; ++k) heads.push_back(l * model.kv_heads() + k);
+  }
+  return std::unique_ptr<ReadCursor>(new SequenceReadCursor(
+      std::move(seq), backend_, &pool_, std::move(heads), r.token_begin(), token_end, budget));
+}
+
+}  // namespace kvkeep

@@ -1,0 +1,208 @@
+#include "service/pool/page_pool.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace kvkeep {
+
+PagePool::PagePool(Backend* backend, PoolOptions options)
+    : backend_(backend), options_(options) {}
+
+PagePool::~PagePool() = default;
+
+absl::Status PagePool::Allocate(const std::string& owner, const PageGeometry& geometry,
+                                uint64_t count, std::vector<uint64_t>* pages,
+                                std::vector<ArenaInfo>* new_arenas) {
+  if (count == 0) return absl::OkStatus();
+  if (geometry.page_bytes == 0) return absl::InvalidArgumentError("page geometry is empty");
+  absl::MutexLock lock(&mu_);
+  // Free pages already in this owner's arenas of this geometry.
+  std::vector<PoolArena*> candidates;
+  uint64_t available = 0;
+  for (auto& [id, a] : arenas_) {
+    if (a->info.owner == owner && a->info.geometry == geometry && a->allocator.free_count() > 0) {
+      candidates.push_back(a.get());
+      available += a->allocator.free_count();
+    }
+  }
+  // Grow until the request fits; roll back the arenas created here if it cannot.
+  std::vector<PoolArena*> grown;
+  while (available < count) {
+    auto grown_or = GrowLocked(owner, geometry);
+    if (!grown_or.ok()) {
+      for (PoolArena* a : grown) {
+        const uint32_t id = a->info.id;
+        arena_bytes_ -= a->arena->size();
+        arenas_.erase(id);
+      }
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "page pool exhausted: ", count, " pages of ", geometry.page_bytes, " bytes requested, ",
+          used_bytes_, " of ", options_.capacity_bytes, " pool bytes in use (",
+          grown_or.status().message(), ")"));
+    }
+    grown.push_back(*grown_or);
+    candidates.push_back(*grown_or);
+    available += (*grown_or)->allocator.free_count();
+  }
+  // Fill fuller arenas first so empty ones can be given back.
+  std::sort(candidates.begin(), candidates.end(), [](PoolArena* a, PoolArena* b) {
+    return a->allocator.free_count() < b->allocator.free_count();
+  });
+  pages->reserve(pages->size() + count);
+  uint64_t left = count;
+  for (PoolArena* a : candidates) {
+    while (left > 0) {
+      std::optional<uint32_t> index = a->allocator.Allocate();
+      if (!index) break;
+      pages->push_back(PageRef{a->info.id, *index}.packed());
+      --left;
+    }
+    if (left == 0) break;
+  }
+  used_pages_ += count;
+  used_bytes_ += count * geometry.page_bytes;
+  for (PoolArena* a : grown) new_arenas->push_back(a->info);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PagePool::PoolArena*> PagePool::GrowLocked(const std::string& owner,
+                                                          const PageGeometry& geometry) {
+  uint64_t room = options_.capacity_bytes - std::min(options_.capacity_bytes, arena_bytes_);
+  if (room < geometry.page_bytes) {
+    // Give back empty arenas of other owners or geometries until a page fits (this owner's
+    // empty arenas of this geometry are the caller's candidates).
+    for (auto it = arenas_.begin(); it != arenas_.end() && room < geometry.page_bytes;) {
+      auto cur = it++;
+      const ArenaInfo& info = cur->second->info;
+      const bool candidate = info.owner == owner && info.geometry == geometry;
+      if (!candidate && cur->second->allocator.used_count() == 0) {
+        arena_bytes_ -= cur->second->arena->size();
+        arenas_.erase(cur);
+        room = options_.capacity_bytes - std::min(options_.capacity_bytes, arena_bytes_);
+      }
+    }
+  }
+  if (room < geometry.page_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("arenas hold ", arena_bytes_, " of ", options_.capacity_bytes, " bytes"));
+  }
+  uint64_t want = std::min(std::max(options_.arena_bytes, geometry.page_bytes), room);
+  uint64_t page_count = std::min<uint64_t>(want / geometry.page_bytes, 0xffffffffu);
+  ASSIGN_OR_RETURN(std::unique_ptr<Arena> arena,
+                   backend_->CreateArena(page_count * geometry.page_bytes));
+  ArenaInfo info;
+  info.id = next_arena_id_++;
+  info.owner = owner;
+  info.geometry = geometry;
+  info.page_count = static_cast<uint32_t>(page_count);
+  info.handle = arena->handle();
+  arena_bytes_ += arena->size();
+  auto pa = std::make_unique<PoolArena>(std::move(info), std::move(arena));
+  PoolArena* raw = pa.get();
+  arenas_[raw->info.id] = std::move(pa);
+  return raw;
+}
+
+void PagePool::Free(const std::vector<uint64_t>& pages) {
+  absl::MutexLock lock(&mu_);
+  for (uint64_t p : pages) FreeLocked(p);
+}
+
+void PagePool::FreeLocked(uint64_t page) {
+  PageRef ref = PageRef::Unpack(page);
+  auto it = arenas_.find(ref.arena);
+  if (it == arenas_.end()) return;
+  if (it->second->allocator.Free(ref.index).ok()) {
+    --used_pages_;
+    used_bytes_ -= it->second->info.geometry.page_bytes;
+  }
+}
+
+absl::StatusOr<PagePool::Location> PagePool::Locate(const std::string& owner,
+                                                    uint64_t page) const {
+  PageRef ref = PageRef::Unpack(page);
+  absl::MutexLock lock(&mu_);
+  auto it = arenas_.find(ref.arena);
+  if (it == arenas_.end()) {
+    return absl::NotFoundError(absl::StrCat("page ", page, ": no arena ", ref.arena));
+  }
+  const PoolArena& a = *it->second;
+  if (a.info.owner != owner) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("page ", page, ": arena ", ref.arena, " does not belong to this tenant"));
+  }
+  if (ref.index >= a.info.page_count) {
+    return absl::OutOfRangeError(absl::StrCat("page ", page, ": index ", ref.index,
+                                              " past arena of ", a.info.page_count, " pages"));
+  }
+  if (!a.allocator.InUse(ref.index)) {
+    return absl::FailedPreconditionError(absl::StrCat("page ", page, " is not allocated"));
+  }
+  return Location{a.arena.get(), uint64_t{ref.index} * a.info.geometry.page_bytes,
+                  a.info.geometry};
+}
+
+Arena* PagePool::ArenaOf(uint64_t page) const {
+  absl::MutexLock lock(&mu_);
+  auto it = arenas_.find(PageRef::Unpack(page).arena);
+  return it == arenas_.end() ? nullptr : it->second->arena.get();
+}
+
+absl::StatusOr<ArenaInfo> PagePool::GetArena(const std::string& owner, uint32_t arena_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = arenas_.find(arena_id);
+  if (it == arenas_.end()) return absl::NotFoundError(absl::StrCat("no arena ", arena_id));
+  if (it->second->info.owner != owner) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("arena ", arena_id, " does not belong to this tenant"));
+  }
+  return it->second->info;
+}
+
+std::vector<ArenaInfo> PagePool::ArenasOf(const std::string& owner) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<ArenaInfo> out;
+  for (const auto& [id, a] : arenas_) {
+    if (a->info.owner == owner) out.push_back(a->info);
+  }
+  std::sort(out.begin(), out.end(), [](const ArenaInfo& a, const ArenaInfo& b) { return a.id < b.id; });
+  return out;
+}
+
+absl::Status PagePool::ReleaseOwner(const std::string& owner) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, a] : arenas_) {
+    if (a->info.owner == owner && a->allocator.used_count() > 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("arena ", id, " of ", owner, " still has ", a->allocator.used_count(),
+                       " pages in use"));
+    }
+  }
+  for (auto it = arenas_.begin(); it != arenas_.end();) {
+    auto cur = it++;
+    if (cur->second->info.owner == owner) {
+      arena_bytes_ -= cur->second->arena->size();
+      arenas_.erase(cur);
+    }
+  }
+  return absl::OkStatus();
+}
+
+PoolStats PagePool::Stats() const {
+  absl::MutexLock lock(&mu_);
+  PoolStats s;
+  s.capacity_bytes = options_.capacity_bytes;
+  s.arena_bytes = arena_bytes_;
+  s.used_bytes = used_bytes_;
+  s.used_pages = used_pages_;
+  s.arenas = static_cast<uint32_t>(arenas_.size());
+  for (const auto& [id, a] : arenas_) {
+    s.largest_free_run_pages =
+        std::max<uint64_t>(s.largest_free_run_pages, a->allocator.free_count());
+  }
+  return s;
+}
+
+}  // namespace kvkeep

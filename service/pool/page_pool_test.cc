@@ -1,0 +1,100 @@
+#include "service/pool/page_pool.h"
+
+#include <set>
+
+#include "common/status_matchers.h"
+#include "gtest/gtest.h"
+
+namespace kvkeep {
+namespace {
+
+using ::kvkeep::testing::StatusIs;
+using absl::StatusCode;
+
+class PagePoolTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto backend = CreateBackend({.kind = BackendKind::kCpu, .shm_prefix = "kvkeep-pooltest"});
+    ASSERT_OK(backend);
+    backend_ = std::move(*backend);
+  }
+  // 2 tokens x 4 dims x fp32 = 32 bytes of keys, 64 per page.
+  PageGeometry geometry_ = PageGeometry::Of(2, 4, v1::DTYPE_FP32);
+  std::unique_ptr<Backend> backend_;
+};
+
+TEST_F(PagePoolTest, ArenasAreCreatedPerOwnerAndReported) {
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 100, .arena_bytes = 64 * 10});
+  std::vector<uint64_t> a_pages, b_pages;
+  std::vector<ArenaInfo> a_new, b_new;
+  ASSERT_OK(pool.Allocate("a", geometry_, 15, &a_pages, &a_new));
+  ASSERT_OK(pool.Allocate("b", geometry_, 1, &b_pages, &b_new));
+  EXPECT_EQ(a_pages.size(), 15u);
+  EXPECT_EQ(a_new.size(), 2u);  // 10 pages per arena
+  ASSERT_EQ(b_new.size(), 1u);
+  for (const ArenaInfo& info : a_new) EXPECT_EQ(info.owner, "a");
+  std::set<uint64_t> unique(a_pages.begin(), a_pages.end());
+  EXPECT_EQ(unique.size(), 15u);
+  PoolStats s = pool.Stats();
+  EXPECT_EQ(s.used_pages, 16u);
+  EXPECT_EQ(s.used_bytes, 16u * 64);
+  EXPECT_EQ(s.arenas, 3u);
+  EXPECT_EQ(pool.ArenasOf("a").size(), 2u);
+}
+
+TEST_F(PagePoolTest, LocateChecksOwnerRangeAndAllocation) {
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 100, .arena_bytes = 64 * 10});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", geometry_, 2, &pages, &fresh));
+  ASSERT_OK(pool.Locate("a", pages[0]));
+  EXPECT_THAT(pool.Locate("b", pages[0]), StatusIs(StatusCode::kPermissionDenied));
+  PageRef ref = PageRef::Unpack(pages[0]);
+  EXPECT_THAT(pool.Locate("a", PageRef{ref.arena, 10}.packed()), StatusIs(StatusCode::kOutOfRange));
+  EXPECT_THAT(pool.Locate("a", PageRef{ref.arena, 9}.packed()),
+              StatusIs(StatusCode::kFailedPrecondition));
+  EXPECT_THAT(pool.Locate("a", PageRef{999, 0}.packed()), StatusIs(StatusCode::kNotFound));
+  EXPECT_THAT(pool.GetArena("b", ref.arena), StatusIs(StatusCode::kPermissionDenied));
+}
+
+TEST_F(PagePoolTest, ExhaustionIsAllOrNothing) {
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 10, .arena_bytes = 64 * 4});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", geometry_, 6, &pages, &fresh));
+  std::vector<uint64_t> more;
+  EXPECT_THAT(pool.Allocate("a", geometry_, 5, &more, &fresh),
+              StatusIs(StatusCode::kResourceExhausted, "page pool exhausted"));
+  EXPECT_TRUE(more.empty());
+  EXPECT_EQ(pool.Stats().used_pages, 6u);
+  // The last 4 still fit (partial arena at the capacity edge).
+  ASSERT_OK(pool.Allocate("a", geometry_, 4, &more, &fresh));
+  EXPECT_EQ(pool.Stats().arena_bytes, 64u * 10);
+}
+
+TEST_F(PagePoolTest, FreedArenasAreReusedByAnotherOwner) {
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 8, .arena_bytes = 64 * 8});
+  std::vector<uint64_t> a_pages, b_pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", geometry_, 8, &a_pages, &fresh));
+  EXPECT_THAT(pool.Allocate("b", geometry_, 1, &b_pages, &fresh),
+              StatusIs(StatusCode::kResourceExhausted));
+  pool.Free(a_pages);
+  EXPECT_EQ(pool.Stats().used_pages, 0u);
+  ASSERT_OK(pool.Allocate("b", geometry_, 8, &b_pages, &fresh));
+  EXPECT_EQ(pool.ArenasOf("a").size(), 0u);  // a's empty arena was given back
+  EXPECT_THAT(pool.ReleaseOwner("b"), StatusIs(StatusCode::kFailedPrecondition));
+}
+
+TEST_F(PagePoolTest, DoubleFreeDoesNotCorruptCounters) {
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 8, .arena_bytes = 64 * 8});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", geometry_, 3, &pages, &fresh));
+  pool.Free({pages[0]});
+  pool.Free({pages[0], PageRef{77, 1}.packed()});
+  EXPECT_EQ(pool.Stats().used_pages, 2u);
+}
+
+}  // namespace
+}  // namespace kvkeep

@@ -1,0 +1,241 @@
+#include "service/rpc/server.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "gpu/cpu/cpu_backend.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "service/token_auth.h"
+
+namespace kvkeep {
+namespace {
+
+absl::Status MakeDirs(const std::string& path) {
+  std::string partial;
+  for (size_t i = 0; i <= path.size(); ++i) {
+    if (i == path.size() || (path[i] == '/' && i > 0)) {
+      partial = path.substr(0, i);
+      if (mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("cannot create ", partial, ": ", std::strerror(errno)));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path) {
+  if (access(path.c_str(), F_OK) == 0) {
+    ASSIGN_OR_RETURN(std::string token, ReadFile(path));
+    token = std::string(absl::StripAsciiWhitespace(token));
+    if (token.size() < 16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("admin token in ", path, " is shorter than 16 characters"));
+    }
+    return token;
+  }
+  std::string token = GenerateToken();
+  std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr || fchmod(fileno(f), 0600) != 0) {
+    if (f != nullptr) std::fclose(f);
+    return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+  }
+  std::fprintf(f, "%s\n", token.c_str());
+  if (std::fflush(f) != 0 || fsync(fileno(f)) != 0 || std::fclose(f) != 0 ||
+      std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
+  }
+  return token;
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& options) {
+  auto server = std::unique_ptr<Server>(new Server());
+  RETURN_IF_ERROR(MakeDirs(options.data_dir));
+  char resolved[PATH_MAX];
+  if (realpath(options.data_dir.c_str(), resolved) == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("bad data dir ", options.data_dir));
+  }
+  const std::string data_dir = resolved;
+
+  // RocksDB's LOCK keeps a second daemon off this data dir, so the clean-up below is safe.
+  ASSIGN_OR_RETURN(server->store_, MetadataStore::Open(data_dir + "/db"));
+
+  BackendOptions backend_options;
+  backend_options.kind = options.backend;
+  backend_options.cuda_device = options.cuda_device;
+  // Arenas are named after the data dir, so a restarted daemon finds what its crashed
+  // predecessor left in /dev/shm.
+  backend_options.shm_prefix = "kvkeep-" + HashToken(data_dir).substr(0, 12);
+  int stale = RemoveStaleArenas(backend_options.shm_prefix);
+  if (stale > 0) std::fprintf(stderr, "kvkeepd: removed %d stale shared-memory arenas\n", stale);
+  ASSIGN_OR_RETURN(server->backend_, CreateBackend(backend_options));
+
+  SpillStore::Options spill_options;
+  spill_options.path = options.spill_dir.empty() ? data_dir + "/spill" : options.spill_dir;
+  spill_options.block_cache_mib = options.spill_block_cache_mib;
+  spill_options.min_blob_size = options.spill_min_blob_bytes;
+  spill_options.rate_limit_bytes_per_sec = static_cast<int64_t>(options.spill_rate_limit_mib << 20);
+  ASSIGN_OR_RETURN(server->spill_, SpillStore::Open(spill_options));
+  ASSIGN_OR_RETURN(SpillRecoveryReport recovered, server->spill_->Recover());
+  if (recovered.sequences > 0 || recovered.orphan_pages > 0 || recovered.corrupt_manifests > 0) {
+    std::fprintf(stderr,
+                 "kvkeepd: spill tier: %llu restorable sequences (%llu bytes), %llu orphan pages "
+                 "removed, %llu corrupt manifests kept aside\n",
+                 static_cast<unsigned long long>(recovered.sequences),
+                 static_cast<unsigned long long>(recovered.bytes),
+                 static_cast<unsigned long long>(recovered.orphan_pages),
+                 static_cast<unsigned long long>(recovered.corrupt_manifests));
+  }
+
+  EngineOptions engine_options;
+  engine_options.low_free = options.low_free;
+  engine_options.high_free = options.high_free;
+  engine_options.pool.capacity_bytes = options.pool_bytes;
+  engine_options.pool.arena_bytes = options.arena_bytes;
+  engine_options.max_message_bytes = options.max_message_bytes;
+  engine_options.pressure_policy = options.pressure_policy;
+  engine_options.max_tokens_per_allocation = options.max_tokens_per_request;
+  engine_options.max_pages_per_request =
+      options.max_pages_per_request != 0
+          ? options.max_pages_per_request
+          : (options.max_message_bytes - std::min<uint64_t>(options.max_message_bytes / 2, 64 << 10)) / 16;
+  ASSIGN_OR_RETURN(server->engine_,
+                   CacheEngine::Create(server->backend_.get(), server->store_.get(),
+                                       engine_options, server->spill_.get()));
+
+  const std::string token_file =
+      options.admin_token_file.empty() ? data_dir + "/admin.token" : options.admin_token_file;
+  ASSIGN_OR_RETURN(std::string admin_token, LoadOrCreateAdminToken(token_file));
+  const std::string admin_hash = HashToken(admin_token);
+  server->executor_ = std::make_unique<Executor>(options.compress_threads);
+  server->limits_ = std::make_unique<SessionLimits>(options.limits);
+  server->kvcache_ = std::make_unique<KvCacheService>(
+      server->engine_.get(), server->executor_.get(), admin_hash, server->limits_.get());
+  server->admin_ = std::make_unique<AdminService>(server->engine_.get(),
+                                                  server->executor_.get(), admin_hash);
+
+  server->socket_path_ =
+      options.socket_path.empty() ? data_dir + "/kvkeepd.sock" : options.socket_path;
+  if (server->socket_path_.size() >= 107) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "socket path ", server->socket_path_, " is longer than a Unix socket allows (107)"));
+  }
+  unlink(server->socket_path_.c_str());  // a leftover from a crash; the DB lock proves it unused
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();  // grpc.reflection.v1alpha
+  server->metrics_ = std::make_unique<Metrics>();
+  grpc::ServerBuilder builder;
+  builder.experimental().SetInterceptorCreators(MetricsInterceptorCreators(server->metrics_.get()));
+  builder.AddListeningPort("unix:" + server->socket_path_, grpc::InsecureServerCredentials());
+  if (!options.tcp_address.empty()) {
+    if (!options.tls_cert_file.empty()) {
+      grpc::SslServerCredentialsOptions ssl(
+          options.tls_client_ca_file.empty()
+              ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+      ASSIGN_OR_RETURN(std::string cert, ReadFile(options.tls_cert_file));
+      ASSIGN_OR_RETURN(std::string key, ReadFile(options.tls_key_file));
+      ssl.pem_key_cert_pairs.push_back({key, cert});
+      if (!options.tls_client_ca_file.empty()) {
+        ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.tls_client_ca_file));
+      }
+      builder.AddListeningPort(options.tcp_address, grpc::SslServerCredentials(ssl));
+    } else if (options.insecure_tcp) {
+      builder.AddListeningPort(options.tcp_address, grpc::InsecureServerCredentials());
+    } else {
+      return absl::InvalidArgumentError(
+          "TCP needs TLS: give --tls_cert and --tls_key (or --insecure_tcp for loopback tests)");
+    }
+  }
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  const int keepalive_ms = options.keepalive_seconds * 1000;
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  builder.RegisterService(server->kvcache_.get());
+  builder.RegisterService(server->admin_.get());
+  server->grpc_ = builder.BuildAndStart();
+  if (server->grpc_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on unix:", server->socket_path_,
+                                               options.tcp_address.empty() ? "" : " or ",
+                                               options.tcp_address));
+  }
+  if (chmod(server->socket_path_.c_str(), 0660) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot chmod ", server->socket_path_));
+  }
+  if (!options.metrics_address.empty()) {
+    Server* s = server.get();
+    auto http = MetricsHttpServer::Start(options.metrics_address, [s] {
+      ExpositionWriter limits;
+      s->limits_->WriteMetrics(&limits);
+      return RenderMetrics(s->engine_->Status(), s->engine_->pool().Stats(), *s->metrics_) +
+             limits.Take();
+    });
+    if (http.ok()) {
+      server->metrics_http_ = std::move(*http);
+    } else if (options.metrics_optional) {
+      std::fprintf(stderr, "kvkeepd: metrics disabled: %s\n",
+                   std::string(http.status().message()).c_str());
+    } else {
+      return http.status();
+    }
+  }
+  return server;
+}
+
+void Server::Shutdown(absl::Duration grace) {
+  if (grpc_ == nullptr) return;
+  engine_->EndAllSessions(absl::OkStatus());
+  grpc_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace));
+}
+
+void Server::Wait() {
+  if (grpc_ != nullptr) grpc_->Wait();
+}
+
+Server::~Server() {
+  metrics_http_.reset();  // its thread reads the engine
+  Shutdown(absl::ZeroDuration());
+  Wait();
+  grpc_.reset();
+  metrics_.reset();
+  executor_.reset();  // runs what is queued (the server no longer accepts calls)
+  kvcache_.reset();
+  admin_.reset();
+  engine_.reset();
+  backend_.reset();
+  spill_.reset();
+  store_.reset();
+  unlink(socket_path_.c_str());
+}
+
+}  // namespace kvkeep

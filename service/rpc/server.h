@@ -1,0 +1,60 @@
+// kvkeepd assembled: metadata store, backend, engine, gRPC services and listeners.
+//
+//   ASSIGN_OR_RETURN(auto server, Server::Start(options));
+//   server->Wait();          // until Shutdown() from a signal handler thread
+//
+// Thread-safe: Shutdown() may be called from any thread, once or more.
+#ifndef KVKEEP_SERVICE_RPC_SERVER_H_
+#define KVKEEP_SERVICE_RPC_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/server.h"
+#include "service/rpc/admin_service.h"
+#include "service/engine/cache_engine.h"
+#include "service/rpc/kvcache_service.h"
+#include "service/observability/metrics.h"
+#include "service/observability/metrics_http.h"
+#include "service/options.h"
+
+namespace kvkeep {
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServiceOptions& options);
+  ~Server();
+
+  // Ends worker sessions with a drain event, stops accepting calls, waits up to `grace` for
+  // in-flight calls.
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+  void Wait();
+
+  const std::string& socket_path() const { return socket_path_; }
+  CacheEngine& engine() { return *engine_; }
+  // Where GET /metrics is served (e.g. 127.0.0.1:9464); empty when metrics are off.
+  std::string metrics_address() const { return metrics_http_ ? metrics_http_->address() : ""; }
+
+ private:
+  Server() = default;
+  std::string socket_path_;
+  std::unique_ptr<MetadataStore> store_;
+  std::unique_ptr<SpillStore> spill_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<CacheEngine> engine_;
+  std::unique_ptr<Executor> executor_;
+  std::unique_ptr<SessionLimits> limits_;  // used by kvcache_ and the metrics endpoint
+  std::unique_ptr<KvCacheService> kvcache_;
+  std::unique_ptr<AdminService> admin_;
+  std::unique_ptr<Metrics> metrics_;  // recorded into by grpc_'s interceptors: outlives it
+  std::unique_ptr<grpc::Server> grpc_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;  // reads engine_ and metrics_
+};
+
+// Reads the admin token from `path`, creating it (64 hex digits, mode 0600) when missing.
+absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path);
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_SERVICE_RPC_SERVER_H_
