@@ -109,8 +109,7 @@ bool ParseList(const std::string& s, std::vector<uint32_t>* out) {
 
 // 0 ok, 2 bad flags, -1 help printed.
 int ParseFlags(int argc, char** argv, Options* o) {
-  int first = 0;
-  while (first < argc && std::strncmp(argv[first], "--", 2) != 0) ++first;  // "io"
+  const int first = 1;  // argv[0] is the subcommand
   bool smoke = false;
   for (int i = first; i < argc; ++i) smoke |= std::strcmp(argv[i], "--smoke") == 0;
   if (smoke) {

@@ -174,8 +174,7 @@ Flags:
 )";
 
 int ParseFlags(int argc, char** argv, Options* o) {
-  int first = 0;
-  while (first < argc && std::strncmp(argv[first], "--", 2) != 0) ++first;
+  const int first = 1;  // argv[0] is the subcommand
   for (int i = first; i < argc; ++i) {
     if (std::strcmp(argv[i], "--smoke") == 0) {
       o->reps = 1;

@@ -49,7 +49,6 @@ struct Options {
   std::vector<ScorerKind> scorers;
 };
 
-
 template <typename Fn>
 double Seconds(Fn fn) {
   const auto t0 = Clock::now();
@@ -70,40 +69,67 @@ std::vector<std::string> Split(const std::string& s) {
   return out;
 }
 
-void Usage() {
-  std::fprintf(stderr,
-               "usage: kvkeep-bench score [--shape small|llama3-8b|qwen3-8b] [--ctx N,N,...]\n"
-               "                          [--reps N] [--keep RATIO] [--scorers a,b,...]\n"
-               "                          [--layers N] [--json]\n");
-}
+constexpr char kUsage[] = R"(kvkeep-bench score - scorer throughput vs the bounds of this machine
 
-// Returns false (after printing why) on a bad flag.
-bool Parse(int argc, char** argv, Options* o) {
-  int i = 0;
-  while (i < argc && std::strncmp(argv[i], "--", 2) != 0) ++i;  // program / subcommand names
-  for (; i < argc; ++i) {
+Usage: kvkeep-bench score [flags]
+
+Scores one layer of random keys, values and statistics with every scorer and compares the time
+with the copy-bandwidth and sgemm bounds measured in the same run; then a whole-sequence
+Compress-equivalent (every layer scored, one SelectTokens).
+
+Flags:
+  --shape small|llama3-8b|qwen3-8b  model shape (default small: 4 layers, 8/2 heads, d 64)
+  --ctx N[,N...]        cached tokens per KV head, each in [8, 2^24] (default 1024,4096)
+  --reps N              repetitions, >= 1 (default 3)
+  --keep R              kept fraction for the compress timing, (0, 1] (default 0.1)
+  --scorers a[,b...]    scorers to time (default: all)
+  --layers N            layers of the compress timing, >= 1 (default: the shape's)
+  --json                JSON on stdout instead of the table
+  --help, -h            this help
+
+Exit status: 0 done, 1 a scorer failed, 2 usage error.
+)";
+
+// Parses argv[1...] (argv[0] is the subcommand) into `o`: -1 to go on, else the exit code (0
+// after --help, 2 after a usage error, with the reason on stderr).
+int Parse(int argc, char** argv, Options* o) {
+  auto bad = [](const std::string& why) {
+    std::fprintf(stderr, "kvkeep-bench score: %s (see kvkeep-bench score --help)\n", why.c_str());
+    return 2;
+  };
+  auto positive = [](const std::string& v, int* out) {
+    char* end = nullptr;
+    const long n = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || n < 1 || n > (1 << 20)) return false;
+    *out = static_cast<int>(n);
+    return true;
+  };
+  for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    auto value = [&](std::string* out) {
-      const size_t eq = flag.find('=');
-      if (eq != std::string::npos) {
-        *out = flag.substr(eq + 1);
-        return true;
-      }
-      if (i + 1 >= argc) return false;
-      *out = argv[++i];
-      return true;
-    };
     const std::string name = flag.substr(0, flag.find('='));
-    std::string v;
+    if (name == "--help" || name == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
     if (name == "--json") {
       o->json = true;
-    } else if (name == "--help" || name == "-h") {
-      Usage();
-      return false;
-    } else if (!value(&v)) {
-      std::fprintf(stderr, "flag %s needs a value\n", name.c_str());
-      return false;
-    } else if (name == "--shape") {
+      continue;
+    }
+    static const char* const kValued[] = {"--shape", "--ctx",     "--reps",
+                                          "--keep",  "--scorers", "--layers"};
+    if (std::none_of(std::begin(kValued), std::end(kValued),
+                     [&](const char* k) { return name == k; })) {
+      return bad("unknown flag " + flag);
+    }
+    std::string v;
+    if (const size_t eq = flag.find('='); eq != std::string::npos) {
+      v = flag.substr(eq + 1);
+    } else if (i + 1 < argc) {
+      v = argv[++i];
+    } else {
+      return bad("flag " + name + " needs a value");
+    }
+    if (name == "--shape") {
       bool found = false;
       for (const Shape& s : kShapes) {
         if (s.name == v) {
@@ -111,43 +137,28 @@ bool Parse(int argc, char** argv, Options* o) {
           found = true;
         }
       }
-      if (!found) {
-        std::fprintf(stderr, "unknown shape %s (small, llama3-8b, qwen3-8b)\n", v.c_str());
-        return false;
-      }
+      if (!found) return bad("unknown shape " + v + " (small, llama3-8b, qwen3-8b)");
     } else if (name == "--ctx") {
       o->ctx.clear();
       for (const std::string& c : Split(v)) {
         const long n = std::strtol(c.c_str(), nullptr, 10);
-        if (n < 8 || n > (1 << 24)) {
-          std::fprintf(stderr, "bad --ctx entry %s\n", c.c_str());
-          return false;
-        }
+        if (n < 8 || n > (1 << 24)) return bad("bad --ctx entry " + c);
         o->ctx.push_back(static_cast<int>(n));
       }
+      if (o->ctx.empty()) return bad("--ctx needs at least one length");
     } else if (name == "--reps") {
-      o->reps = std::max(1, std::atoi(v.c_str()));
+      if (!positive(v, &o->reps)) return bad("bad value for --reps: \"" + v + "\"");
     } else if (name == "--keep") {
       o->keep = std::atof(v.c_str());
-      if (!(o->keep > 0 && o->keep <= 1)) {
-        std::fprintf(stderr, "--keep must be in (0, 1]\n");
-        return false;
-      }
+      if (!(o->keep > 0 && o->keep <= 1)) return bad("--keep must be in (0, 1]");
     } else if (name == "--layers") {
-      o->layers = std::max(1, std::atoi(v.c_str()));
-    } else if (name == "--scorers") {
-      for (const std::string& s : Split(v)) {
-        absl::StatusOr<ScorerKind> k = ParseScorer(s);
-        if (!k.ok()) {
-          std::fprintf(stderr, "%s\n", std::string(k.status().message()).c_str());
-          return false;
-        }
+      if (!positive(v, &o->layers)) return bad("bad value for --layers: \"" + v + "\"");
+    } else {  // --scorers
+      for (const std::string& sc : Split(v)) {
+        absl::StatusOr<ScorerKind> k = ParseScorer(sc);
+        if (!k.ok()) return bad(std::string(k.status().message()));
         o->scorers.push_back(*k);
       }
-    } else {
-      std::fprintf(stderr, "unknown flag %s\n", name.c_str());
-      Usage();
-      return false;
     }
   }
   if (o->scorers.empty()) {
@@ -156,7 +167,7 @@ bool Parse(int argc, char** argv, Options* o) {
     }
   }
   if (o->layers == 0) o->layers = o->shape.layers;
-  return true;
+  return -1;
 }
 
 // One layer of synthetic inputs; the tensors are owned here and borrowed by `in`.
@@ -533,7 +544,7 @@ void PrintScoreTable(const Options& o, int threads, const std::vector<CtxBounds>
 
 int RunScoreBench(int argc, char** argv) {
   Options o;
-  if (!Parse(argc, argv, &o)) return 2;
+  if (const int code = Parse(argc, argv, &o); code >= 0) return code;
   const Shape& s = o.shape;
   Policy base;
   std::vector<Row> rows;
