@@ -34,6 +34,9 @@ Usage: kvkeep-bench backend [flags]
   --reps N                  repetitions of each measurement (median, min, max). Default: 5
   --smoke                   tiny sizes, 1 rep: checks the benchmark runs
   --json                    one JSON object on stdout instead of the table
+  --help, -h                this help
+
+Exit status: 0 done, 1 the backend or a measured call failed, 2 usage error.
 )";
 
 struct Options {

@@ -23,7 +23,7 @@ fail() {
   failures=$((failures + 1))
 }
 
-# check_help "CMD ARGS" WORD...: CMD ARGS --help exits 0 with every WORD in its stdout.
+# check_help "CMD ARGS" WORD...: CMD ARGS --help exits 0 with every WORD in its stdout (any case).
 check_help() {
   local cmd="$1"
   shift
@@ -33,7 +33,7 @@ check_help() {
   [ $rc -eq 0 ] || { fail "$cmd --help: exit $rc, want 0"; return; }
   [ -s "$tmp/out" ] || { fail "$cmd --help: nothing on stdout"; return; }
   for word in "$@"; do
-    grep -qF -- "$word" "$tmp/out" || fail "$cmd --help does not mention '$word'"
+    grep -qiF -- "$word" "$tmp/out" || fail "$cmd --help does not mention '$word'"
   done
 }
 
