@@ -13,6 +13,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -333,47 +334,35 @@ std::string ReadTokenFile(const std::string& path) {
   return std::string(absl::StripAsciiWhitespace(ss.str()));
 }
 
+bool ParseNumber(const std::string& text, double* out) { return absl::SimpleAtod(text, out); }
+template <typename T>  // an integer
+bool ParseNumber(const std::string& text, T* out) { return absl::SimpleAtoi(text, out); }
+
 // The policy flags of `args` as a wire Policy; a usage error in *error otherwise.
 bool PolicyFromFlags(const Args& args, v1::Policy* p, std::string* error) {
   auto value = [&](const std::string& flag) -> const std::string* {
     auto it = args.flags.find(flag);
     return it == args.flags.end() ? nullptr : &it->second;
   };
-  auto whole = [&](const std::string& flag, auto* out) -> int {  // 0 absent, 1 set, -1 bad
+  // Sets the field from --flag when given; false (with *error) when its value does not parse.
+  auto set = [&]<typename T>(const std::string& flag, void (v1::Policy::*setter)(T)) {
     const std::string* v = value(flag);
-    if (v == nullptr) return 0;
-    if (absl::SimpleAtoi(*v, out)) return 1;
-    *error = absl::StrCat("--", flag, " \"", *v, "\" is not a whole number");
-    return -1;
-  };
-  auto real = [&](const std::string& flag, double* out) -> int {
-    const std::string* v = value(flag);
-    if (v == nullptr) return 0;
-    if (absl::SimpleAtod(*v, out)) return 1;
-    *error = absl::StrCat("--", flag, " \"", *v, "\" is not a number");
-    return -1;
+    if (v == nullptr) return true;
+    T out;
+    if (!ParseNumber(*v, &out)) {
+      *error = absl::StrCat("--", flag, " \"", *v, "\" is not a ",
+                            std::is_floating_point_v<T> ? "" : "whole ", "number");
+      return false;
+    }
+    (p->*setter)(out);
+    return true;
   };
   if (const std::string* v = value("scorer")) p->set_scorer(*v);
   if (const std::string* v = value("allocation")) p->set_allocation(*v);
-  uint32_t u = 0;
-  uint64_t u64 = 0;
-  double d = 0;
-  int r;
-  if ((r = whole("max-tokens", &u)) < 0) return false;
-  if (r) p->set_max_tokens(u);
-  if ((r = whole("sinks", &u)) < 0) return false;
-  if (r) p->set_sinks(u);
-  if ((r = whole("window", &u)) < 0) return false;
-  if (r) p->set_window(u);
-  if ((r = whole("pool-kernel", &u)) < 0) return false;
-  if (r) p->set_pool_kernel(u);
-  if ((r = whole("seed", &u64)) < 0) return false;
-  if (r) p->set_seed(u64);
-  if ((r = real("keep-ratio", &d)) < 0) return false;
-  if (r) p->set_keep_ratio(d);
-  if ((r = real("ada-alpha", &d)) < 0) return false;
-  if (r) p->set_ada_alpha(d);
-  return true;
+  return set("max-tokens", &v1::Policy::set_max_tokens) && set("sinks", &v1::Policy::set_sinks) &&
+         set("window", &v1::Policy::set_window) && set("pool-kernel", &v1::Policy::set_pool_kernel) &&
+         set("seed", &v1::Policy::set_seed) && set("keep-ratio", &v1::Policy::set_keep_ratio) &&
+         set("ada-alpha", &v1::Policy::set_ada_alpha);
 }
 
 void PrintPolicy(const v1::Policy& p) {
