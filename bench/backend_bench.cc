@@ -34,6 +34,9 @@ Usage: kvkeep-bench backend [flags]
   --reps N                  repetitions of each measurement (median, min, max). Default: 5
   --smoke                   tiny sizes, 1 rep: checks the benchmark runs
   --json                    one JSON object on stdout instead of the table
+  --help, -h                this help
+
+Exit status: 0 done, 1 the backend or a measured call failed, 2 usage error.
 )";
 
 struct Options {
@@ -176,10 +179,9 @@ void PrintRow(const Row& r, const std::string& bound) {
               r.bound_gbps.median > 0 ? r.backend_gbps.median / r.bound_gbps.median : 0.0);
 }
 
-}  // namespace
-
-int RunBackendBench(int argc, char** argv) {
-  Options o;
+// Parses the flags into `o`: -1 to go on, else the exit code (0 after --help, 2 after a usage
+// error, with the reason on stderr).
+int ParseFlags(int argc, char** argv, Options* o) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* flag) -> const char* {
@@ -193,14 +195,14 @@ int RunBackendBench(int argc, char** argv) {
       std::printf("%s", kUsage);
       return 0;
     } else if (a == "--json") {
-      o.json = true;
+      o->json = true;
     } else if (a == "--smoke") {
-      o.mib = 4;
-      o.reps = 1;
+      o->mib = 4;
+      o->reps = 1;
     } else if (a == "--backend") {
       const char* v = value("--backend");
       if (v == nullptr) return 2;
-      o.backend = v;
+      o->backend = v;
     } else if (a == "--cuda_device" || a == "--mib" || a == "--reps") {
       const char* v = value(a.c_str());
       if (v == nullptr) return 2;
@@ -210,14 +212,122 @@ int RunBackendBench(int argc, char** argv) {
         std::fprintf(stderr, "kvkeep-bench backend: bad value for %s: \"%s\"\n", a.c_str(), v);
         return 2;
       }
-      if (a == "--cuda_device") o.cuda_device = static_cast<int>(n);
-      if (a == "--mib") o.mib = static_cast<std::size_t>(n);
-      if (a == "--reps") o.reps = static_cast<int>(n);
+      if (a == "--cuda_device") o->cuda_device = static_cast<int>(n);
+      if (a == "--mib") o->mib = static_cast<std::size_t>(n);
+      if (a == "--reps") o->reps = static_cast<int>(n);
     } else {
       std::fprintf(stderr, "kvkeep-bench backend: unknown flag %s (see --help)\n", a.c_str());
       return 2;
     }
   }
+  return -1;
+}
+
+// The copy bound of the backend's memory: cudaMemcpy for CUDA, memcpy on the host otherwise.
+absl::StatusOr<std::unique_ptr<Bound>> MakeBound(const Backend& backend, std::size_t bytes) {
+  if (backend.name() != "cuda") return std::make_unique<HostBound>(bytes);
+#if defined(KVKEEP_BENCH_HAVE_CUDA)
+  auto b = CudaBound::Create(backend.device_ordinal(), bytes);
+  if (!b.ok()) return absl::Status(b.status().code(), absl::StrCat("bound: ", b.status().ToString()));
+  return std::unique_ptr<Bound>(std::move(*b));
+#else
+  return absl::FailedPreconditionError("built without CUDA");
+#endif
+}
+
+// Every row, measured in one arena of `bytes`: large Write/Read, small writes, CopyBatch
+// compaction. The first failed call's status lands in *status (the timings go on).
+std::vector<Row> MeasureRows(const Options& o, Backend& backend, Arena& arena, Bound& bound,
+                             std::size_t bytes, absl::Status* status) {
+  std::vector<Row> rows;
+  std::vector<char> host(bytes, 7);
+  const double gb = static_cast<double>(bytes) / 1e9;
+  Row write{"Write (host -> arena), large"}, read{"Read (arena -> host), large"};
+  std::vector<double> w, wb, r, rb;
+  for (int rep = 0; rep < o.reps; ++rep) {
+    w.push_back(gb / Seconds([&] { return backend.Write(arena, 0, host.data(), bytes); }, status));
+    wb.push_back(gb / Seconds([&] { return bound.HostToMemory(bytes); }, status));
+    r.push_back(gb / Seconds([&] { return backend.Read(arena, 0, host.data(), bytes); }, status));
+    rb.push_back(gb / Seconds([&] { return bound.MemoryToHost(bytes); }, status));
+  }
+  write.backend_gbps = Summarise(w);
+  write.bound_gbps = Summarise(wb);
+  read.backend_gbps = Summarise(r);
+  read.bound_gbps = Summarise(rb);
+  rows.push_back(write);
+  rows.push_back(read);
+
+  // Small writes: 16 tokens x 256 bytes per call, as WriteKV issues them.
+  constexpr std::size_t kRun = 16 * 256;
+  const std::size_t calls = std::min<std::size_t>(bytes / kRun, 20000);
+  std::vector<double> small;
+  for (int rep = 0; rep < o.reps; ++rep) {
+    const double s = Seconds(
+        [&] {
+          for (std::size_t c = 0; c < calls; ++c) {
+            absl::Status st = backend.Write(arena, c * kRun, host.data() + c * kRun, kRun);
+            if (!st.ok()) return st;
+          }
+          return absl::OkStatus();
+        },
+        status);
+    small.push_back(s / static_cast<double>(calls) * 1e6);
+  }
+  Row small_row{"Write of 4 KiB token runs", Summarise(small), {}, "us/call"};
+  rows.push_back(small_row);
+
+  std::size_t moved = 0;
+  std::vector<CopyOp> ops = CompactionOps(&arena, &moved);
+  const double moved_gb = static_cast<double>(moved) / 1e9;
+  std::vector<double> c, cb;
+  for (int rep = 0; rep < o.reps; ++rep) {
+    c.push_back(moved_gb / Seconds([&] { return backend.CopyBatch(ops); }, status));
+    cb.push_back(moved_gb / Seconds([&] { return bound.MemoryToMemory(moved); }, status));
+  }
+  Row compact{absl::StrCat("CopyBatch compaction (", ops.size(), " ops)"), Summarise(c),
+              Summarise(cb)};
+  rows.push_back(compact);
+  return rows;
+}
+
+void PrintJson(const Options& o, const Backend& backend, const Bound& bound, std::size_t bytes,
+               const std::vector<Row>& rows) {
+  std::printf("{\"bench\":\"backend\",\"backend\":\"%s\",\"device\":\"%s\",\"bytes\":%zu,"
+              "\"reps\":%d,\"bound\":\"%s\",\"rows\":[",
+              backend.name().c_str(), backend.device().c_str(), bytes, o.reps,
+              bound.name().c_str());
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    std::printf("%s{\"what\":\"%s\",\"unit\":\"%s\",\"median\":%.4f,\"min\":%.4f,\"max\":%.4f,"
+                "\"bound_median\":%.4f}",
+                i ? "," : "", r.what.c_str(), r.unit.c_str(), r.backend_gbps.median,
+                r.backend_gbps.min, r.backend_gbps.max, r.bound_gbps.median);
+  }
+  std::printf("]}\n");
+}
+
+void PrintTable(const Options& o, const Backend& backend, const Bound& bound,
+                const std::vector<Row>& rows) {
+  std::printf("kvkeep-bench backend: %s on %s, %zu MiB, %d reps (median min max)\n",
+              backend.name().c_str(), backend.device().c_str(), o.mib, o.reps);
+  std::printf("%-34s %9s %9s %9s   %-10s %9s  %6s\n", "", "median", "min", "max", "bound",
+              "median", "ratio");
+  for (const Row& r : rows) {
+    if (r.unit == "GB/s") {
+      PrintRow(r, "GB/s");
+    } else {
+      std::printf("%-34s %9.2f %9.2f %9.2f   %s\n", r.what.c_str(), r.backend_gbps.median,
+                  r.backend_gbps.min, r.backend_gbps.max, r.unit.c_str());
+    }
+  }
+  std::printf("bound: %s\n", bound.name().c_str());
+}
+
+}  // namespace
+
+int RunBackendBench(int argc, char** argv) {
+  Options o;
+  if (const int code = ParseFlags(argc, argv, &o); code >= 0) return code;
   auto kind = ParseBackendKind(o.backend);
   if (!kind.ok()) {
     std::fprintf(stderr, "kvkeep-bench backend: %s\n", std::string(kind.status().message()).c_str());
@@ -234,24 +344,11 @@ int RunBackendBench(int argc, char** argv) {
   }
   std::unique_ptr<Backend> backend = std::move(*backend_or);
   const std::size_t bytes = o.mib << 20;
-
-  std::unique_ptr<Bound> bound;
-  if (backend->name() == "cuda") {
-#if defined(KVKEEP_BENCH_HAVE_CUDA)
-    auto b = CudaBound::Create(backend->device_ordinal(), bytes);
-    if (!b.ok()) {
-      std::fprintf(stderr, "kvkeep-bench backend: bound: %s\n", b.status().ToString().c_str());
-      return 1;
-    }
-    bound = std::move(*b);
-#else
-    std::fprintf(stderr, "kvkeep-bench backend: built without CUDA\n");
+  auto bound = MakeBound(*backend, bytes);
+  if (!bound.ok()) {
+    std::fprintf(stderr, "kvkeep-bench backend: %s\n", std::string(bound.status().message()).c_str());
     return 1;
-#endif
-  } else {
-    bound = std::make_unique<HostBound>(bytes);
   }
-
   absl::Status status;
   std::vector<Row> rows;
   {
@@ -261,88 +358,18 @@ int RunBackendBench(int argc, char** argv) {
       RemoveStaleArenas(options.shm_prefix);
       return 1;
     }
-    std::vector<char> host(bytes, 7);
-    const double gb = static_cast<double>(bytes) / 1e9;
-    Row write{"Write (host -> arena), large"}, read{"Read (arena -> host), large"};
-    std::vector<double> w, wb, r, rb;
-    for (int rep = 0; rep < o.reps; ++rep) {
-      w.push_back(gb / Seconds([&] { return backend->Write(**arena, 0, host.data(), bytes); }, &status));
-      wb.push_back(gb / Seconds([&] { return bound->HostToMemory(bytes); }, &status));
-      r.push_back(gb / Seconds([&] { return backend->Read(**arena, 0, host.data(), bytes); }, &status));
-      rb.push_back(gb / Seconds([&] { return bound->MemoryToHost(bytes); }, &status));
-    }
-    write.backend_gbps = Summarise(w);
-    write.bound_gbps = Summarise(wb);
-    read.backend_gbps = Summarise(r);
-    read.bound_gbps = Summarise(rb);
-    rows.push_back(write);
-    rows.push_back(read);
-
-    // Small writes: 16 tokens x 256 bytes per call, as WriteKV issues them.
-    constexpr std::size_t kRun = 16 * 256;
-    const std::size_t calls = std::min<std::size_t>(bytes / kRun, 20000);
-    std::vector<double> small;
-    for (int rep = 0; rep < o.reps; ++rep) {
-      const double s = Seconds(
-          [&] {
-            for (std::size_t c = 0; c < calls; ++c) {
-              absl::Status st = backend->Write(**arena, c * kRun, host.data() + c * kRun, kRun);
-              if (!st.ok()) return st;
-            }
-            return absl::OkStatus();
-          },
-          &status);
-      small.push_back(s / static_cast<double>(calls) * 1e6);
-    }
-    Row small_row{"Write of 4 KiB token runs", Summarise(small), {}, "us/call"};
-    rows.push_back(small_row);
-
-    std::size_t moved = 0;
-    std::vector<CopyOp> ops = CompactionOps(arena->get(), &moved);
-    const double moved_gb = static_cast<double>(moved) / 1e9;
-    std::vector<double> c, cb;
-    for (int rep = 0; rep < o.reps; ++rep) {
-      c.push_back(moved_gb / Seconds([&] { return backend->CopyBatch(ops); }, &status));
-      cb.push_back(moved_gb / Seconds([&] { return bound->MemoryToMemory(moved); }, &status));
-    }
-    Row compact{absl::StrCat("CopyBatch compaction (", ops.size(), " ops)"), Summarise(c),
-                Summarise(cb)};
-    rows.push_back(compact);
+    rows = MeasureRows(o, *backend, **arena, **bound, bytes, &status);
   }
   RemoveStaleArenas(options.shm_prefix);
   if (!status.ok()) {
     std::fprintf(stderr, "kvkeep-bench backend: %s\n", status.ToString().c_str());
     return 1;
   }
-
   if (o.json) {
-    std::printf("{\"bench\":\"backend\",\"backend\":\"%s\",\"device\":\"%s\",\"bytes\":%zu,"
-                "\"reps\":%d,\"bound\":\"%s\",\"rows\":[",
-                backend->name().c_str(), backend->device().c_str(), bytes, o.reps,
-                bound->name().c_str());
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-      const Row& r = rows[i];
-      std::printf("%s{\"what\":\"%s\",\"unit\":\"%s\",\"median\":%.4f,\"min\":%.4f,\"max\":%.4f,"
-                  "\"bound_median\":%.4f}",
-                  i ? "," : "", r.what.c_str(), r.unit.c_str(), r.backend_gbps.median,
-                  r.backend_gbps.min, r.backend_gbps.max, r.bound_gbps.median);
-    }
-    std::printf("]}\n");
-    return 0;
+    PrintJson(o, *backend, **bound, bytes, rows);
+  } else {
+    PrintTable(o, *backend, **bound, rows);
   }
-  std::printf("kvkeep-bench backend: %s on %s, %zu MiB, %d reps (median min max)\n",
-              backend->name().c_str(), backend->device().c_str(), o.mib, o.reps);
-  std::printf("%-34s %9s %9s %9s   %-10s %9s  %6s\n", "", "median", "min", "max", "bound",
-              "median", "ratio");
-  for (const Row& r : rows) {
-    if (r.unit == "GB/s") {
-      PrintRow(r, "GB/s");
-    } else {
-      std::printf("%-34s %9.2f %9.2f %9.2f   %s\n", r.what.c_str(), r.backend_gbps.median,
-                  r.backend_gbps.min, r.backend_gbps.max, r.unit.c_str());
-    }
-  }
-  std::printf("bound: %s\n", bound->name().c_str());
   return 0;
 }
 

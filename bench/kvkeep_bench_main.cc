@@ -31,8 +31,24 @@ Commands:
   all     score, io, spill and mem one after the other with their defaults
           (--smoke: tiny sizes, a few seconds; --json: each prints its JSON object)
 
+Flags:
+  --help, -h   this help; `kvkeep-bench COMMAND --help` lists a command's flags and defaults
+
 Every command prints a table (or --json), repeats each measurement and reports
-median, min and max.
+median, min and max. Exit status: 0 done, 1 a measurement or a helper process failed,
+2 usage error.
+)";
+
+constexpr char kAllUsage[] = R"(kvkeep-bench all - score, io, spill and mem in turn, with their defaults
+
+Usage: kvkeep-bench all [--smoke] [--json]
+
+  --smoke   tiny sizes, a few seconds (score: --shape small --ctx 256 --reps 1; the others
+            their own --smoke)
+  --json    each benchmark prints its JSON object instead of its table
+  --help    this help
+
+Stops at the first benchmark that fails and exits with its code.
 )";
 
 }  // namespace
@@ -46,6 +62,9 @@ int RunAll(int argc, char** argv) {
       smoke = true;
     } else if (a == "--json") {
       json = true;
+    } else if (a == "--help" || a == "-h") {
+      std::fputs(kAllUsage, stdout);
+      return 0;
     } else {
       std::fprintf(stderr, "kvkeep-bench all: unknown flag %s (only --smoke and --json)\n", a.c_str());
       return 2;
@@ -77,9 +96,13 @@ int RunAll(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
-    std::printf("%s", kUsage);
-    return argc < 2 ? 2 : 0;
+  if (argc < 2) {  // a usage error: the help goes to stderr
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  if (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::fputs(kUsage, stdout);
+    return 0;
   }
   std::string cmd = argv[1];
   if (cmd == "score") return RunScoreBench(argc - 1, argv + 1);
@@ -88,7 +111,7 @@ int main(int argc, char** argv) {
   if (cmd == "mem") return kvkeep::bench::RunMemBench(argc - 1, argv + 1);
   if (cmd == "backend") return kvkeep::bench::RunBackendBench(argc - 1, argv + 1);
   if (cmd == "all") return RunAll(argc - 1, argv + 1);
-  std::fprintf(stderr, "kvkeep-bench: unknown command \"%s\" (see kvkeep-bench --help)\n",
-               cmd.c_str());
+  std::fprintf(stderr, "kvkeep-bench: unknown %s \"%s\" (see kvkeep-bench --help)\n",
+               cmd.rfind('-', 0) == 0 ? "flag" : "command", cmd.c_str());
   return 2;
 }

@@ -174,8 +174,7 @@ Flags:
 )";
 
 int ParseFlags(int argc, char** argv, Options* o) {
-  int first = 0;
-  while (first < argc && std::strncmp(argv[first], "--", 2) != 0) ++first;
+  const int first = 1;  // argv[0] is the subcommand
   for (int i = first; i < argc; ++i) {
     if (std::strcmp(argv[i], "--smoke") == 0) {
       o->reps = 1;
@@ -294,10 +293,130 @@ struct Rep {
   double seconds = 0;
 };
 
-
 double Anon(pid_t pid) { return static_cast<double>(ReadProcMemory(pid).anonymous); }
 
 enum class Phase { kCommit1, kCommit64, kLong, kMany };
+
+// Registers the benchmark's model for o.tpp tokens per page; returns its name.
+absl::StatusOr<std::string> RegisterBenchModel(Client& c, const Options& o) {
+  const Shape& s = o.shape;
+  v1::ModelLayout layout;
+  const std::string model = absl::StrCat("bench-", s.name, "-p", o.tpp);
+  layout.set_name(model);
+  layout.set_layers(s.layers);
+  layout.set_q_heads(s.q_heads);
+  layout.set_kv_heads(s.kv_heads);
+  layout.set_head_dim(s.head_dim);
+  layout.set_dtype(s.dtype);
+  layout.set_tokens_per_page(o.tpp);
+  layout.mutable_rope()->set_theta(500000);
+  RETURN_IF_ERROR(c.RegisterModel(layout).status());
+  return model;
+}
+
+// One small sequence through every call the phases use (gRPC buffers, threads).
+absl::Status WarmUp(Client& c, const Options& o, const std::string& model) {
+  for (int i = 0; i < 4; ++i) {
+    ASSIGN_OR_RETURN(std::string seq, c.CreateSequence(model));
+    RETURN_IF_ERROR(c.Allocate(seq, 4 * o.tpp).status());
+    for (int k = 0; k < 64; ++k) RETURN_IF_ERROR(c.Commit(seq, 1).status());
+    RETURN_IF_ERROR(c.Drop(seq).status());
+  }
+  return absl::OkStatus();
+}
+
+// Bytes per committed token, commits of `per_call` tokens (1 or 64).
+absl::Status MeasureCommits(Client& c, const Options& o, const std::string& model, pid_t pid,
+                            uint32_t per_call, Rep* rep) {
+  const uint32_t heads = Heads(o.shape);
+  // Pages are allocated ahead in slices of ~256k page references per reply (AllocatePages(n)
+  // = room for n tokens past the committed ones), so the slope also holds the page table's
+  // 8 B per page per head, i.e. 8 / tokens_per_page B per token per head.
+  const uint32_t tokens = per_call == 1 ? o.commit_tokens : o.batch_tokens;
+  const uint32_t slice = std::max<uint32_t>(
+      64, static_cast<uint32_t>(std::min<uint64_t>(tokens, (262144ull / heads) * o.tpp)));
+  ASSIGN_OR_RETURN(std::string seq, c.CreateSequence(model));
+  uint64_t room = 0;
+  std::vector<double> x = {0}, y = {Anon(pid)};
+  const uint32_t calls = tokens / per_call;
+  for (uint32_t k = 1; k <= calls; ++k) {
+    const uint64_t committed = uint64_t{k - 1} * per_call;
+    if (committed + per_call > room) {
+      RETURN_IF_ERROR(c.Allocate(seq, slice).status());
+      room = committed + slice;
+    }
+    RETURN_IF_ERROR(c.Commit(seq, per_call).status());
+    if (k % std::max<uint32_t>(1, calls / (4 * o.steps)) == 0 || k == calls) {
+      x.push_back(static_cast<double>(uint64_t{k} * per_call));
+      y.push_back(Anon(pid));
+    }
+  }
+  (per_call == 1 ? rep->token_b_1 : rep->token_b_64) = Slope(x, y);
+  std::fprintf(stderr, "[mem] commits of %u token(s): %u tokens: %.1f B/token\n", per_call,
+               calls * per_call, Slope(x, y));
+  return c.Drop(seq).status();
+}
+
+// Bytes per page of a few long sequences, each growing by the same number of tokens per step.
+absl::Status MeasureLongSequences(Client& c, const Options& o, const std::string& model,
+                                  pid_t pid, double base, Rep* rep) {
+  const uint32_t heads = Heads(o.shape);
+  rep->anon_base = base;
+  const uint64_t pages_per_seq_head = std::max<uint64_t>(1, o.pages / o.sequences / heads);
+  const uint64_t tokens_total = pages_per_seq_head * o.tpp;
+  std::vector<std::string> seqs;
+  for (uint32_t i = 0; i < o.sequences; ++i) {
+    ASSIGN_OR_RETURN(std::string seq, c.CreateSequence(model));
+    seqs.push_back(seq);
+  }
+  std::vector<double> x = {0}, y = {Anon(pid)};
+  uint64_t done = 0;
+  for (uint32_t step = 1; step <= o.steps; ++step) {
+    const uint64_t target = tokens_total * step / o.steps / o.tpp * o.tpp;
+    if (target <= done) continue;
+    // AllocatePages(n) makes room for n tokens past the committed ones (none here), so each
+    // call asks for the sequence's whole target; the reply carries only the new pages.
+    for (const std::string& seq : seqs) {
+      RETURN_IF_ERROR(c.Allocate(seq, static_cast<uint32_t>(target)).status());
+    }
+    done = target;
+    x.push_back(static_cast<double>(done / o.tpp * heads * o.sequences));
+    y.push_back(Anon(pid));
+  }
+  rep->page_b_long = Slope(x, y);
+  rep->page_b_long_delta = (y.back() - base) / x.back();
+  rep->anon_long_end = y.back();
+  std::fprintf(stderr, "[mem] long: %.0f pages in %u sequences: %.1f B/page (slope), %.1f "
+               "(end - start)\n", x.back(), o.sequences, rep->page_b_long,
+               rep->page_b_long_delta);
+  for (const std::string& seq : seqs) RETURN_IF_ERROR(c.Drop(seq).status());
+  rep->anon_after_drop = Anon(pid);
+  return absl::OkStatus();
+}
+
+// Bytes per sequence (and page) of many sequences of one page per head.
+absl::Status MeasureManySequences(Client& c, const Options& o, const std::string& model,
+                                  pid_t pid, Rep* rep) {
+  const uint32_t heads = Heads(o.shape);
+  std::vector<std::string> seqs;
+  std::vector<double> x = {0}, y = {Anon(pid)};
+  for (uint32_t step = 1; step <= o.steps; ++step) {
+    const uint32_t target = static_cast<uint32_t>(uint64_t{o.many} * step / o.steps);
+    while (seqs.size() < target) {
+      ASSIGN_OR_RETURN(std::string seq, c.CreateSequence(model));
+      RETURN_IF_ERROR(c.Allocate(seq, o.tpp).status());
+      seqs.push_back(seq);
+    }
+    x.push_back(static_cast<double>(seqs.size()));
+    y.push_back(Anon(pid));
+  }
+  rep->seq_b_many = Slope(x, y);
+  rep->page_b_many = rep->seq_b_many / heads;
+  std::fprintf(stderr, "[mem] many: %zu sequences of %u pages: %.0f B/sequence = %.1f B/page\n",
+               seqs.size(), heads, rep->seq_b_many, rep->page_b_many);
+  for (const std::string& seq : seqs) RETURN_IF_ERROR(c.Drop(seq).status());
+  return absl::OkStatus();
+}
 
 // One phase on its own fresh kvkeepd, so that heap freed by one test cannot hide the growth of
 // the next (a later allocation reusing resident free heap does not move RSS). Fills its fields
@@ -323,108 +442,23 @@ absl::Status RunPhase(const Options& o, const std::string& binary, Phase phase, 
   ASSIGN_OR_RETURN(v1::CreateTenantReply created, admin->CreateTenant(tenant));
   ASSIGN_OR_RETURN(std::unique_ptr<Client> c,
                    Client::Attach(channel, created.token(), "bench-mem"));
-  v1::ModelLayout layout;
-  const std::string model = absl::StrCat("bench-", s.name, "-p", o.tpp);
-  layout.set_name(model);
-  layout.set_layers(s.layers);
-  layout.set_q_heads(s.q_heads);
-  layout.set_kv_heads(s.kv_heads);
-  layout.set_head_dim(s.head_dim);
-  layout.set_dtype(s.dtype);
-  layout.set_tokens_per_page(o.tpp);
-  layout.mutable_rope()->set_theta(500000);
-  RETURN_IF_ERROR(c->RegisterModel(layout).status());
-
-  // Warm-up: one small sequence through every call used below (gRPC buffers, threads).
-  for (int i = 0; i < 4; ++i) {
-    ASSIGN_OR_RETURN(std::string seq, c->CreateSequence(model));
-    RETURN_IF_ERROR(c->Allocate(seq, 4 * o.tpp).status());
-    for (int k = 0; k < 64; ++k) RETURN_IF_ERROR(c->Commit(seq, 1).status());
-    RETURN_IF_ERROR(c->Drop(seq).status());
-  }
+  ASSIGN_OR_RETURN(const std::string model, RegisterBenchModel(*c, o));
+  RETURN_IF_ERROR(WarmUp(*c, o, model));
   const double base = Anon(pid);
-
-  if (phase == Phase::kCommit1 || phase == Phase::kCommit64) {
-    // Pages are allocated ahead in slices of ~256k page references per reply (AllocatePages(n)
-    // = room for n tokens past the committed ones), so the slope also holds the page table's
-    // 8 B per page per head, i.e. 8 / tokens_per_page B per token per head.
-    const uint32_t per_call = phase == Phase::kCommit1 ? 1 : 64;
-    const uint32_t tokens = per_call == 1 ? o.commit_tokens : o.batch_tokens;
-    const uint32_t slice = std::max<uint32_t>(
-        64, static_cast<uint32_t>(std::min<uint64_t>(tokens, (262144ull / heads) * o.tpp)));
-    ASSIGN_OR_RETURN(std::string seq, c->CreateSequence(model));
-    uint64_t room = 0;
-    std::vector<double> x = {0}, y = {Anon(pid)};
-    const uint32_t calls = tokens / per_call;
-    for (uint32_t k = 1; k <= calls; ++k) {
-      const uint64_t committed = uint64_t{k - 1} * per_call;
-      if (committed + per_call > room) {
-        RETURN_IF_ERROR(c->Allocate(seq, slice).status());
-        room = committed + slice;
-      }
-      RETURN_IF_ERROR(c->Commit(seq, per_call).status());
-      if (k % std::max<uint32_t>(1, calls / (4 * o.steps)) == 0 || k == calls) {
-        x.push_back(static_cast<double>(uint64_t{k} * per_call));
-        y.push_back(Anon(pid));
-      }
-    }
-    (per_call == 1 ? rep->token_b_1 : rep->token_b_64) = Slope(x, y);
-    std::fprintf(stderr, "[mem] commits of %u token(s): %u tokens: %.1f B/token\n", per_call,
-                 calls * per_call, Slope(x, y));
-    RETURN_IF_ERROR(c->Drop(seq).status());
-  } else if (phase == Phase::kLong) {
-    // Every sequence grows by the same number of tokens per step.
-    rep->anon_base = base;
-    const uint64_t pages_per_seq_head = std::max<uint64_t>(1, o.pages / o.sequences / heads);
-    const uint64_t tokens_total = pages_per_seq_head * o.tpp;
-    std::vector<std::string> seqs;
-    for (uint32_t i = 0; i < o.sequences; ++i) {
-      ASSIGN_OR_RETURN(std::string seq, c->CreateSequence(model));
-      seqs.push_back(seq);
-    }
-    std::vector<double> x = {0}, y = {Anon(pid)};
-    uint64_t done = 0;
-    for (uint32_t step = 1; step <= o.steps; ++step) {
-      const uint64_t target = tokens_total * step / o.steps / o.tpp * o.tpp;
-      if (target <= done) continue;
-      // AllocatePages(n) makes room for n tokens past the committed ones (none here), so each
-      // call asks for the sequence's whole target; the reply carries only the new pages.
-      for (const std::string& seq : seqs) {
-        RETURN_IF_ERROR(c->Allocate(seq, static_cast<uint32_t>(target)).status());
-      }
-      done = target;
-      x.push_back(static_cast<double>(done / o.tpp * heads * o.sequences));
-      y.push_back(Anon(pid));
-    }
-    rep->page_b_long = Slope(x, y);
-    rep->page_b_long_delta = (y.back() - base) / x.back();
-    rep->anon_long_end = y.back();
-    std::fprintf(stderr, "[mem] long: %.0f pages in %u sequences: %.1f B/page (slope), %.1f "
-                 "(end - start)\n", x.back(), o.sequences, rep->page_b_long,
-                 rep->page_b_long_delta);
-    for (const std::string& seq : seqs) RETURN_IF_ERROR(c->Drop(seq).status());
-    rep->anon_after_drop = Anon(pid);
-  } else {
-    // Many sequences of one page per head.
-    std::vector<std::string> seqs;
-    std::vector<double> x = {0}, y = {Anon(pid)};
-    for (uint32_t step = 1; step <= o.steps; ++step) {
-      const uint32_t target = static_cast<uint32_t>(uint64_t{o.many} * step / o.steps);
-      while (seqs.size() < target) {
-        ASSIGN_OR_RETURN(std::string seq, c->CreateSequence(model));
-        RETURN_IF_ERROR(c->Allocate(seq, o.tpp).status());
-        seqs.push_back(seq);
-      }
-      x.push_back(static_cast<double>(seqs.size()));
-      y.push_back(Anon(pid));
-    }
-    rep->seq_b_many = Slope(x, y);
-    rep->page_b_many = rep->seq_b_many / heads;
-    std::fprintf(stderr, "[mem] many: %zu sequences of %u pages: %.0f B/sequence = %.1f B/page\n",
-                 seqs.size(), heads, rep->seq_b_many, rep->page_b_many);
-    for (const std::string& seq : seqs) RETURN_IF_ERROR(c->Drop(seq).status());
+  switch (phase) {
+    case Phase::kCommit1:
+      RETURN_IF_ERROR(MeasureCommits(*c, o, model, pid, 1, rep));
+      break;
+    case Phase::kCommit64:
+      RETURN_IF_ERROR(MeasureCommits(*c, o, model, pid, 64, rep));
+      break;
+    case Phase::kLong:
+      RETURN_IF_ERROR(MeasureLongSequences(*c, o, model, pid, base, rep));
+      break;
+    case Phase::kMany:
+      RETURN_IF_ERROR(MeasureManySequences(*c, o, model, pid, rep));
+      break;
   }
-
   sampler.Stop();
   const ProcMemory end = ReadProcMemory(pid);
   rep->hwm = std::max(rep->hwm, static_cast<double>(end.vm_hwm));

@@ -49,7 +49,6 @@ struct Options {
   std::vector<ScorerKind> scorers;
 };
 
-
 template <typename Fn>
 double Seconds(Fn fn) {
   const auto t0 = Clock::now();
@@ -70,40 +69,67 @@ std::vector<std::string> Split(const std::string& s) {
   return out;
 }
 
-void Usage() {
-  std::fprintf(stderr,
-               "usage: kvkeep-bench score [--shape small|llama3-8b|qwen3-8b] [--ctx N,N,...]\n"
-               "                          [--reps N] [--keep RATIO] [--scorers a,b,...]\n"
-               "                          [--layers N] [--json]\n");
-}
+constexpr char kUsage[] = R"(kvkeep-bench score - scorer throughput vs the bounds of this machine
 
-// Returns false (after printing why) on a bad flag.
-bool Parse(int argc, char** argv, Options* o) {
-  int i = 0;
-  while (i < argc && std::strncmp(argv[i], "--", 2) != 0) ++i;  // program / subcommand names
-  for (; i < argc; ++i) {
+Usage: kvkeep-bench score [flags]
+
+Scores one layer of random keys, values and statistics with every scorer and compares the time
+with the copy-bandwidth and sgemm bounds measured in the same run; then a whole-sequence
+Compress-equivalent (every layer scored, one SelectTokens).
+
+Flags:
+  --shape small|llama3-8b|qwen3-8b  model shape (default small: 4 layers, 8/2 heads, d 64)
+  --ctx N[,N...]        cached tokens per KV head, each in [8, 2^24] (default 1024,4096)
+  --reps N              repetitions, >= 1 (default 3)
+  --keep R              kept fraction for the compress timing, (0, 1] (default 0.1)
+  --scorers a[,b...]    scorers to time (default: all)
+  --layers N            layers of the compress timing, >= 1 (default: the shape's)
+  --json                JSON on stdout instead of the table
+  --help, -h            this help
+
+Exit status: 0 done, 1 a scorer failed, 2 usage error.
+)";
+
+// Parses argv[1...] (argv[0] is the subcommand) into `o`: -1 to go on, else the exit code (0
+// after --help, 2 after a usage error, with the reason on stderr).
+int Parse(int argc, char** argv, Options* o) {
+  auto bad = [](const std::string& why) {
+    std::fprintf(stderr, "kvkeep-bench score: %s (see kvkeep-bench score --help)\n", why.c_str());
+    return 2;
+  };
+  auto positive = [](const std::string& v, int* out) {
+    char* end = nullptr;
+    const long n = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || n < 1 || n > (1 << 20)) return false;
+    *out = static_cast<int>(n);
+    return true;
+  };
+  for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    auto value = [&](std::string* out) {
-      const size_t eq = flag.find('=');
-      if (eq != std::string::npos) {
-        *out = flag.substr(eq + 1);
-        return true;
-      }
-      if (i + 1 >= argc) return false;
-      *out = argv[++i];
-      return true;
-    };
     const std::string name = flag.substr(0, flag.find('='));
-    std::string v;
+    if (name == "--help" || name == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
     if (name == "--json") {
       o->json = true;
-    } else if (name == "--help" || name == "-h") {
-      Usage();
-      return false;
-    } else if (!value(&v)) {
-      std::fprintf(stderr, "flag %s needs a value\n", name.c_str());
-      return false;
-    } else if (name == "--shape") {
+      continue;
+    }
+    static const char* const kValued[] = {"--shape", "--ctx",     "--reps",
+                                          "--keep",  "--scorers", "--layers"};
+    if (std::none_of(std::begin(kValued), std::end(kValued),
+                     [&](const char* k) { return name == k; })) {
+      return bad("unknown flag " + flag);
+    }
+    std::string v;
+    if (const size_t eq = flag.find('='); eq != std::string::npos) {
+      v = flag.substr(eq + 1);
+    } else if (i + 1 < argc) {
+      v = argv[++i];
+    } else {
+      return bad("flag " + name + " needs a value");
+    }
+    if (name == "--shape") {
       bool found = false;
       for (const Shape& s : kShapes) {
         if (s.name == v) {
@@ -111,43 +137,28 @@ bool Parse(int argc, char** argv, Options* o) {
           found = true;
         }
       }
-      if (!found) {
-        std::fprintf(stderr, "unknown shape %s (small, llama3-8b, qwen3-8b)\n", v.c_str());
-        return false;
-      }
+      if (!found) return bad("unknown shape " + v + " (small, llama3-8b, qwen3-8b)");
     } else if (name == "--ctx") {
       o->ctx.clear();
       for (const std::string& c : Split(v)) {
         const long n = std::strtol(c.c_str(), nullptr, 10);
-        if (n < 8 || n > (1 << 24)) {
-          std::fprintf(stderr, "bad --ctx entry %s\n", c.c_str());
-          return false;
-        }
+        if (n < 8 || n > (1 << 24)) return bad("bad --ctx entry " + c);
         o->ctx.push_back(static_cast<int>(n));
       }
+      if (o->ctx.empty()) return bad("--ctx needs at least one length");
     } else if (name == "--reps") {
-      o->reps = std::max(1, std::atoi(v.c_str()));
+      if (!positive(v, &o->reps)) return bad("bad value for --reps: \"" + v + "\"");
     } else if (name == "--keep") {
       o->keep = std::atof(v.c_str());
-      if (!(o->keep > 0 && o->keep <= 1)) {
-        std::fprintf(stderr, "--keep must be in (0, 1]\n");
-        return false;
-      }
+      if (!(o->keep > 0 && o->keep <= 1)) return bad("--keep must be in (0, 1]");
     } else if (name == "--layers") {
-      o->layers = std::max(1, std::atoi(v.c_str()));
-    } else if (name == "--scorers") {
-      for (const std::string& s : Split(v)) {
-        absl::StatusOr<ScorerKind> k = ParseScorer(s);
-        if (!k.ok()) {
-          std::fprintf(stderr, "%s\n", std::string(k.status().message()).c_str());
-          return false;
-        }
+      if (!positive(v, &o->layers)) return bad("bad value for --layers: \"" + v + "\"");
+    } else {  // --scorers
+      for (const std::string& sc : Split(v)) {
+        absl::StatusOr<ScorerKind> k = ParseScorer(sc);
+        if (!k.ok()) return bad(std::string(k.status().message()));
         o->scorers.push_back(*k);
       }
-    } else {
-      std::fprintf(stderr, "unknown flag %s\n", name.c_str());
-      Usage();
-      return false;
     }
   }
   if (o->scorers.empty()) {
@@ -156,7 +167,7 @@ bool Parse(int argc, char** argv, Options* o) {
     }
   }
   if (o->layers == 0) o->layers = o->shape.layers;
-  return true;
+  return -1;
 }
 
 // One layer of synthetic inputs; the tensors are owned here and borrowed by `in`.
@@ -345,168 +356,155 @@ struct Row {
   std::string note;
 };
 
-}  // namespace
+// The bounds measured for one context length: copy bandwidth and the two sgemm rates.
+struct CtxBounds {
+  int ctx;
+  double bw, gram_rate, attn_rate;
+};
 
-int RunScoreBench(int argc, char** argv) {
-  Options o;
-  if (!Parse(argc, argv, &o)) return 2;
+CtxBounds MeasureBounds(const Shape& s, int n, int window, int threads) {
+  const double kv_bytes = static_cast<double>(n) * s.head_dim * sizeof(float) * s.kv_heads;
+  const double bw = CopyBandwidth(static_cast<size_t>(2 * kv_bytes), threads);
+  // The shapes the scorers multiply: the weighted Gram Vᵀ V of one head (d × d over n), and one
+  // GQA group's window queries against the keys ((G·w) × n over d).
+  const double gram_rate = GemmRate(s.head_dim, s.head_dim, n, /*a_trans=*/true, threads);
+  const int group = s.q_heads / s.kv_heads;
+  const double attn_rate = GemmRate(group * window, n, s.head_dim, /*a_trans=*/false, threads);
+  std::fprintf(stderr, "[score]   copy %.2f GB/s, sgemm gram %.1f GFLOP/s, attention %.1f GFLOP/s\n",
+               bw / 1e9, gram_rate / 1e9, attn_rate / 1e9);
+  return {n, bw, gram_rate, attn_rate};
+}
+
+// One layer scored o.reps times, and ValidateLayerInputs alone (which ScoreLayer runs first:
+// finite checks over the keys and values the scorer reads, on the calling thread). False, with
+// the reason on stderr, when scoring fails.
+bool TimeLayer(const Options& o, const Policy& p, LayerData& layer, ScoringWorkspace& ws,
+               Row& row) {
+  std::fprintf(stderr, "[score]   %-12s one layer x%d", row.scorer.c_str(), o.reps);
+  std::vector<double> t_layer;
+  HeadScores scores;
+  for (int r = 0; r < o.reps; ++r) {
+    absl::Status st;
+    t_layer.push_back(Seconds([&] { st = ScoreLayerInto(p, layer.in, ws, &scores); }));
+    if (!st.ok()) {
+      std::fprintf(stderr, "\n%s failed: %s\n", row.scorer.c_str(), st.ToString().c_str());
+      return false;
+    }
+  }
+  row.layer_s = Summarise(t_layer);
+  std::vector<double> t_valid;
+  for (int r = 0; r < o.reps; ++r) {
+    t_valid.push_back(Seconds([&] { (void)ValidateLayerInputs(layer.in, p); }));
+  }
+  row.validate_s = Summarise(t_valid);
+  row.token_heads_per_s = static_cast<double>(row.ctx) * o.shape.kv_heads / row.layer_s.median;
+  return true;
+}
+
+// Whole-sequence Compress-equivalent: every layer scored (the same tensors stand in for each
+// layer, far larger than any cache), then one SelectTokens over all of them. Skipped when one rep
+// would take more than ~20 s. False, with the reason on stderr, when a step fails.
+bool TimeCompress(const Options& o, const Policy& p, int64_t budget, LayerData& layer,
+                  ScoringWorkspace& ws, Row& row) {
+  if (!(row.layer_s.median * o.layers < 20.0)) return true;
   const Shape& s = o.shape;
-  Policy base;
-  std::vector<Row> rows;
-  ScoringWorkspace ws;
-  const int threads = ws.threads();
-  struct CtxBounds {
-    int ctx;
-    double bw, gram_rate, attn_rate;
-  };
-  std::vector<CtxBounds> bounds;
-  for (int n : o.ctx) {
-    const int window = std::min(base.window, n);
-    std::fprintf(stderr, "[score] %s ctx=%d: generating inputs\n", s.name.c_str(), n);
-    LayerData layer = MakeLayer(s, n, window, 1234u + n);
-    const double kv_bytes = static_cast<double>(n) * s.head_dim * sizeof(float) * s.kv_heads;
-    const double bw = CopyBandwidth(static_cast<size_t>(2 * kv_bytes), threads);
-    // The shapes the scorers multiply: the weighted Gram Vᵀ V of one head (d × d over n), and one
-    // GQA group's window queries against the keys ((G·w) × n over d).
-    const double gram_rate = GemmRate(s.head_dim, s.head_dim, n, /*a_trans=*/true, threads);
-    const int group = s.q_heads / s.kv_heads;
-    const double attn_rate = GemmRate(group * window, n, s.head_dim, /*a_trans=*/false, threads);
-    bounds.push_back({n, bw, gram_rate, attn_rate});
-    std::fprintf(stderr, "[score]   copy %.2f GB/s, sgemm gram %.1f GFLOP/s, attention %.1f GFLOP/s\n",
-                 bw / 1e9, gram_rate / 1e9, attn_rate / 1e9);
-    for (ScorerKind kind : o.scorers) {
-      Policy p = base;
-      p.scorer = kind;
-      p.window = window;
-      p.allocation = DefaultAllocation(kind);
-      const int64_t budget = std::max<int64_t>(1, std::llround(o.keep * n));
-      Row row;
-      row.scorer = std::string(ScorerName(kind));
-      row.ctx = n;
-      if (kind == ScorerKind::kCapKvGreedy) {
-        p.greedy_picks = budget;
-        // O(n·k·d·G) per head in double: keep the run bounded.
-        const double work = static_cast<double>(n) * budget * s.head_dim * s.q_heads;
-        if (work > 2e10) {
-          row.note = "skipped (n*k*d*H > 2e10)";
-          rows.push_back(row);
-          std::fprintf(stderr, "[score]   %-12s %s\n", row.scorer.c_str(), row.note.c_str());
-          continue;
-        }
+  std::fprintf(stderr, ", compress %d layers x%d", o.layers, o.reps);
+  std::vector<HeadScores> all(o.layers);
+  std::vector<double> t_comp;
+  for (int r = 0; r < o.reps; ++r) {
+    absl::Status st;
+    t_comp.push_back(Seconds([&] {
+      for (int l = 0; l < o.layers && st.ok(); ++l) {
+        layer.in.layer_index = l;
+        st = ScoreLayerInto(p, layer.in, ws, &all[l]);
       }
-      std::fprintf(stderr, "[score]   %-12s one layer x%d", row.scorer.c_str(), o.reps);
-      std::vector<double> t_layer;
-      HeadScores scores;
-      for (int r = 0; r < o.reps; ++r) {
-        absl::Status st;
-        t_layer.push_back(Seconds([&] { st = ScoreLayerInto(p, layer.in, ws, &scores); }));
-        if (!st.ok()) {
-          std::fprintf(stderr, "\n%s failed: %s\n", row.scorer.c_str(), st.ToString().c_str());
-          return 1;
-        }
+      if (st.ok()) {
+        absl::StatusOr<Selection> sel =
+            SelectTokens(p, Budget{.tokens = budget}, all, s.q_heads / s.kv_heads);
+        st = sel.status();
       }
-      row.layer_s = Summarise(t_layer);
-      // Of which: ValidateLayerInputs, which ScoreLayer runs first (finite checks over the keys and
-      // values the scorer reads, on the calling thread).
-      std::vector<double> t_valid;
-      for (int r = 0; r < o.reps; ++r) {
-        t_valid.push_back(Seconds([&] { (void)ValidateLayerInputs(layer.in, p); }));
-      }
-      row.validate_s = Summarise(t_valid);
-      row.token_heads_per_s = static_cast<double>(n) * s.kv_heads / row.layer_s.median;
-      // Whole-sequence Compress-equivalent: every layer scored (the same tensors stand in for
-      // each layer, far larger than any cache), then one SelectTokens over all of them. Skipped
-      // when one rep would take more than ~20 s.
-      if (row.layer_s.median * o.layers < 20.0) {
-        std::fprintf(stderr, ", compress %d layers x%d", o.layers, o.reps);
-        std::vector<HeadScores> all(o.layers);
-        std::vector<double> t_comp;
-        for (int r = 0; r < o.reps; ++r) {
-          absl::Status st;
-          t_comp.push_back(Seconds([&] {
-            for (int l = 0; l < o.layers && st.ok(); ++l) {
-              layer.in.layer_index = l;
-              st = ScoreLayerInto(p, layer.in, ws, &all[l]);
-            }
-            if (st.ok()) {
-              absl::StatusOr<Selection> sel =
-                  SelectTokens(p, Budget{.tokens = budget}, all, s.q_heads / s.kv_heads);
-              st = sel.status();
-            }
-          }));
-          if (!st.ok()) {
-            std::fprintf(stderr, "\n%s compress failed: %s\n", row.scorer.c_str(),
-                         st.ToString().c_str());
-            return 1;
-          }
-        }
-        layer.in.layer_index = 0;
-        row.compress_s = Summarise(t_comp);
-        row.compress_measured = true;
-      }
-      std::fprintf(stderr, "\n");
-      row.bytes = BytesRead(kind, s, n, window);
-      row.bw = bw;
-      GemmShape gs;
-      row.flops = GemmFlops(kind, s, n, window, &gs);
-      row.gemm_rate = gs == GemmShape::kGram ? gram_rate : gs == GemmShape::kAttention ? attn_rate : 0;
-      if (row.bytes > 0) row.pct_bw = 100.0 * (row.bytes / bw) / row.layer_s.median;
-      if (row.flops > 0) row.pct_gemm = 100.0 * (row.flops / row.gemm_rate) / row.layer_s.median;
-      const double t_bw = row.bytes > 0 ? row.bytes / bw : 0;
-      const double t_gemm = row.flops > 0 ? row.flops / row.gemm_rate : 0;
-      row.bound_s = std::max(t_bw, t_gemm);
-      if (row.bound_s > 0) {
-        row.pct_bound = 100.0 * row.bound_s / row.layer_s.median;
-        row.binding = t_gemm > t_bw ? "gemm" : "bw";
-      }
-      rows.push_back(row);
+    }));
+    if (!st.ok()) {
+      std::fprintf(stderr, "\n%s compress failed: %s\n", row.scorer.c_str(),
+                   st.ToString().c_str());
+      return false;
     }
   }
+  layer.in.layer_index = 0;
+  row.compress_s = Summarise(t_comp);
+  row.compress_measured = true;
+  return true;
+}
 
-  if (o.json) {
-    std::printf("{\"bench\":\"score\",\"shape\":\"%s\",\"layers\":%d,\"q_heads\":%d,\"kv_heads\":%d,"
-                "\"head_dim\":%d,\"keep_ratio\":%g,\"reps\":%d,\"threads\":%d,\"bounds\":[",
-                s.name.c_str(), o.layers, s.q_heads, s.kv_heads, s.head_dim, o.keep, o.reps,
-                threads);
-    for (size_t i = 0; i < bounds.size(); ++i) {
-      std::printf("%s{\"ctx\":%d,\"copy_bw_Bps\":%.6g,\"gram_sgemm_flops\":%.6g,"
-                  "\"attention_sgemm_flops\":%.6g}",
-                  i ? "," : "", bounds[i].ctx, bounds[i].bw, bounds[i].gram_rate,
-                  bounds[i].attn_rate);
-    }
-    std::printf("],\"results\":[");
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const Row& r = rows[i];
-      std::printf("%s{\"scorer\":\"%s\",\"ctx\":%d", i ? "," : "", r.scorer.c_str(), r.ctx);
-      if (!r.note.empty()) {
-        std::printf(",\"note\":\"%s\"}", r.note.c_str());
-        continue;
-      }
-      std::printf(",\"layer_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}", r.layer_s.median,
-                  r.layer_s.min, r.layer_s.max);
-      std::printf(",\"token_heads_per_s\":%.6g", r.token_heads_per_s);
-      std::printf(",\"validate_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
-                  r.validate_s.median, r.validate_s.min, r.validate_s.max);
-      if (r.compress_measured) {
-        std::printf(",\"compress_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
-                    r.compress_s.median, r.compress_s.min, r.compress_s.max);
-      }
-      std::printf(",\"bytes_read\":%.6g,\"copy_bw_Bps\":%.6g", r.bytes, r.bw);
-      if (r.pct_bw >= 0) std::printf(",\"pct_of_bandwidth_bound\":%.3g", r.pct_bw);
-      if (r.flops > 0) {
-        std::printf(",\"gemm_flops\":%.6g,\"gemm_rate_flops\":%.6g,\"pct_of_gemm_bound\":%.3g",
-                    r.flops, r.gemm_rate, r.pct_gemm);
-      }
-      if (r.pct_bound >= 0) {
-        std::printf(",\"bound_s\":%.6g,\"binding\":\"%s\",\"pct_of_bound\":%.3g", r.bound_s,
-                    r.binding, r.pct_bound);
-      }
-      std::printf("}");
-    }
-    std::printf("]}\n");
-    return 0;
+// The row's figures against the bounds: bytes and flops the scorer must move, % of each bound,
+// and which one binds.
+void CompareWithBounds(ScorerKind kind, const Shape& s, int window, const CtxBounds& b, Row& row) {
+  const int n = row.ctx;
+  row.bytes = BytesRead(kind, s, n, window);
+  row.bw = b.bw;
+  GemmShape gs;
+  row.flops = GemmFlops(kind, s, n, window, &gs);
+  row.gemm_rate =
+      gs == GemmShape::kGram ? b.gram_rate : gs == GemmShape::kAttention ? b.attn_rate : 0;
+  if (row.bytes > 0) row.pct_bw = 100.0 * (row.bytes / b.bw) / row.layer_s.median;
+  if (row.flops > 0) row.pct_gemm = 100.0 * (row.flops / row.gemm_rate) / row.layer_s.median;
+  const double t_bw = row.bytes > 0 ? row.bytes / b.bw : 0;
+  const double t_gemm = row.flops > 0 ? row.flops / row.gemm_rate : 0;
+  row.bound_s = std::max(t_bw, t_gemm);
+  if (row.bound_s > 0) {
+    row.pct_bound = 100.0 * row.bound_s / row.layer_s.median;
+    row.binding = t_gemm > t_bw ? "gemm" : "bw";
   }
+}
 
+void PrintScoreJson(const Options& o, int threads, const std::vector<CtxBounds>& bounds,
+                    const std::vector<Row>& rows) {
+  const Shape& s = o.shape;
+  std::printf("{\"bench\":\"score\",\"shape\":\"%s\",\"layers\":%d,\"q_heads\":%d,\"kv_heads\":%d,"
+              "\"head_dim\":%d,\"keep_ratio\":%g,\"reps\":%d,\"threads\":%d,\"bounds\":[",
+              s.name.c_str(), o.layers, s.q_heads, s.kv_heads, s.head_dim, o.keep, o.reps,
+              threads);
+  for (size_t i = 0; i < bounds.size(); ++i) {
+    std::printf("%s{\"ctx\":%d,\"copy_bw_Bps\":%.6g,\"gram_sgemm_flops\":%.6g,"
+                "\"attention_sgemm_flops\":%.6g}",
+                i ? "," : "", bounds[i].ctx, bounds[i].bw, bounds[i].gram_rate,
+                bounds[i].attn_rate);
+  }
+  std::printf("],\"results\":[");
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    std::printf("%s{\"scorer\":\"%s\",\"ctx\":%d", i ? "," : "", r.scorer.c_str(), r.ctx);
+    if (!r.note.empty()) {
+      std::printf(",\"note\":\"%s\"}", r.note.c_str());
+      continue;
+    }
+    std::printf(",\"layer_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}", r.layer_s.median,
+                r.layer_s.min, r.layer_s.max);
+    std::printf(",\"token_heads_per_s\":%.6g", r.token_heads_per_s);
+    std::printf(",\"validate_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
+                r.validate_s.median, r.validate_s.min, r.validate_s.max);
+    if (r.compress_measured) {
+      std::printf(",\"compress_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
+                  r.compress_s.median, r.compress_s.min, r.compress_s.max);
+    }
+    std::printf(",\"bytes_read\":%.6g,\"copy_bw_Bps\":%.6g", r.bytes, r.bw);
+    if (r.pct_bw >= 0) std::printf(",\"pct_of_bandwidth_bound\":%.3g", r.pct_bw);
+    if (r.flops > 0) {
+      std::printf(",\"gemm_flops\":%.6g,\"gemm_rate_flops\":%.6g,\"pct_of_gemm_bound\":%.3g",
+                  r.flops, r.gemm_rate, r.pct_gemm);
+    }
+    if (r.pct_bound >= 0) {
+      std::printf(",\"bound_s\":%.6g,\"binding\":\"%s\",\"pct_of_bound\":%.3g", r.bound_s,
+                  r.binding, r.pct_bound);
+    }
+    std::printf("}");
+  }
+  std::printf("]}\n");
+}
+
+void PrintScoreTable(const Options& o, int threads, const std::vector<CtxBounds>& bounds,
+                     const std::vector<Row>& rows) {
+  const Shape& s = o.shape;
   std::printf("kvkeep-bench score: shape %s (%d layers, %d/%d heads, d=%d), keep %.3g, %d reps\n",
               s.name.c_str(), o.layers, s.q_heads, s.kv_heads, s.head_dim, o.keep, o.reps);
   std::printf("one layer: median [min, max]; tok*heads/s over KV heads; bounds measured in this run\n");
@@ -539,6 +537,56 @@ int RunScoreBench(int argc, char** argv) {
     std::printf("%-13s %7d %24s %9.3f %12.3g %9.2f %8s %9s %12s %24s\n", r.scorer.c_str(), r.ctx,
                 layer, 1e3 * r.validate_s.median, r.token_heads_per_s, 1e9 / r.token_heads_per_s,
                 bwp, gp, bp, comp);
+  }
+}
+
+}  // namespace
+
+int RunScoreBench(int argc, char** argv) {
+  Options o;
+  if (const int code = Parse(argc, argv, &o); code >= 0) return code;
+  const Shape& s = o.shape;
+  Policy base;
+  std::vector<Row> rows;
+  ScoringWorkspace ws;
+  const int threads = ws.threads();
+  std::vector<CtxBounds> bounds;
+  for (int n : o.ctx) {
+    const int window = std::min(base.window, n);
+    std::fprintf(stderr, "[score] %s ctx=%d: generating inputs\n", s.name.c_str(), n);
+    LayerData layer = MakeLayer(s, n, window, 1234u + n);
+    bounds.push_back(MeasureBounds(s, n, window, threads));
+    for (ScorerKind kind : o.scorers) {
+      Policy p = base;
+      p.scorer = kind;
+      p.window = window;
+      p.allocation = DefaultAllocation(kind);
+      const int64_t budget = std::max<int64_t>(1, std::llround(o.keep * n));
+      Row row;
+      row.scorer = std::string(ScorerName(kind));
+      row.ctx = n;
+      if (kind == ScorerKind::kCapKvGreedy) {
+        p.greedy_picks = budget;
+        // O(n·k·d·G) per head in double: keep the run bounded.
+        const double work = static_cast<double>(n) * budget * s.head_dim * s.q_heads;
+        if (work > 2e10) {
+          row.note = "skipped (n*k*d*H > 2e10)";
+          rows.push_back(row);
+          std::fprintf(stderr, "[score]   %-12s %s\n", row.scorer.c_str(), row.note.c_str());
+          continue;
+        }
+      }
+      if (!TimeLayer(o, p, layer, ws, row)) return 1;
+      if (!TimeCompress(o, p, budget, layer, ws, row)) return 1;
+      std::fprintf(stderr, "\n");
+      CompareWithBounds(kind, s, window, bounds.back(), row);
+      rows.push_back(row);
+    }
+  }
+  if (o.json) {
+    PrintScoreJson(o, threads, bounds, rows);
+  } else {
+    PrintScoreTable(o, threads, bounds, rows);
   }
   return 0;
 }

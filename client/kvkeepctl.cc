@@ -13,6 +13,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -134,8 +135,9 @@ std::string CommandUsage(const Command& c) {
   return absl::StrCat("kvkeepctl ", c.name, c.args.empty() ? "" : " ", c.args);
 }
 
-void PrintGlobalHelp() {
-  std::printf("kvkeepctl - operate a kvkeepd daemon: tenants, budgets and policies, sequences, "
+// To stdout for --help, to stderr after a usage error.
+void PrintGlobalHelp(std::FILE* out) {
+  std::fprintf(out, "kvkeepctl - operate a kvkeepd daemon: tenants, budgets and policies, sequences, "
               "the pool\n\nUsage: kvkeepctl [global flags] COMMAND [args] [--json]\n\n");
   std::vector<std::vector<std::string>> rows = {{"COMMAND", "ADMIN RPC", "WHAT"}};
   for (const Command& c : Commands()) {
@@ -147,10 +149,10 @@ void PrintGlobalHelp() {
     w1 = std::max(w1, r[1].size());
   }
   for (const auto& r : rows) {
-    std::printf("  %-*s  %-*s  %s\n", static_cast<int>(w0), r[0].c_str(), static_cast<int>(w1),
+    std::fprintf(out, "  %-*s  %-*s  %s\n", static_cast<int>(w0), r[0].c_str(), static_cast<int>(w1),
                 r[1].c_str(), r[2].c_str());
   }
-  std::printf("\n%s\n%s\nSIZE is bytes or a number with KiB, MiB, GiB, TiB (or K, M, G, T; powers "
+  std::fprintf(out, "\n%s\n%s\nSIZE is bytes or a number with KiB, MiB, GiB, TiB (or K, M, G, T; powers "
               "of 1024).\nExit status: 0 done, 1 the daemon refused (the gRPC code is printed) or "
               "is unreachable, 2 usage error.\n\nExamples:\n",
               kGlobalHelp, kPolicyHelp);
@@ -163,7 +165,7 @@ void PrintGlobalHelp() {
         "kvkeepctl seq show team-a seq-0123456789abcdef01234567",
         "kvkeepctl seq compress team-a seq-0123456789abcdef01234567 --keep-ratio 0.5",
         "kvkeepctl tenant create --help"}) {
-    std::printf("  %s\n", e);
+    std::fprintf(out, "  %s\n", e);
   }
 }
 
@@ -288,6 +290,17 @@ bool IsBoolFlag(const std::string& name) {
   return name == "json" || name == "force" || name == "help";
 }
 
+const std::vector<std::string> kGlobalFlags = {"socket", "target", "admin-token-file",
+                                               "admin-token", "json", "help"};
+
+// A global flag or one that some command accepts.
+bool IsKnownFlag(const std::string& name) {
+  if (std::find(kGlobalFlags.begin(), kGlobalFlags.end(), name) != kGlobalFlags.end()) return true;
+  return std::any_of(Commands().begin(), Commands().end(), [&](const Command& c) {
+    return std::find(c.flags.begin(), c.flags.end(), name) != c.flags.end();
+  });
+}
+
 bool ParseArgs(int argc, char** argv, Args* args, std::string* error) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -298,7 +311,7 @@ bool ParseArgs(int argc, char** argv, Args* args, std::string* error) {
       if (eq != std::string::npos) {
         value = name.substr(eq + 1);
         name = name.substr(0, eq);
-      } else if (!IsBoolFlag(name)) {
+      } else if (!IsBoolFlag(name) && IsKnownFlag(name)) {  // Run names unknown flags
         if (i + 1 >= argc) {
           *error = "flag --" + name + " needs a value";
           return false;
@@ -321,47 +334,35 @@ std::string ReadTokenFile(const std::string& path) {
   return std::string(absl::StripAsciiWhitespace(ss.str()));
 }
 
+bool ParseNumber(const std::string& text, double* out) { return absl::SimpleAtod(text, out); }
+template <typename T>  // an integer
+bool ParseNumber(const std::string& text, T* out) { return absl::SimpleAtoi(text, out); }
+
 // The policy flags of `args` as a wire Policy; a usage error in *error otherwise.
 bool PolicyFromFlags(const Args& args, v1::Policy* p, std::string* error) {
   auto value = [&](const std::string& flag) -> const std::string* {
     auto it = args.flags.find(flag);
     return it == args.flags.end() ? nullptr : &it->second;
   };
-  auto whole = [&](const std::string& flag, auto* out) -> int {  // 0 absent, 1 set, -1 bad
+  // Sets the field from --flag when given; false (with *error) when its value does not parse.
+  auto set = [&]<typename T>(const std::string& flag, void (v1::Policy::*setter)(T)) {
     const std::string* v = value(flag);
-    if (v == nullptr) return 0;
-    if (absl::SimpleAtoi(*v, out)) return 1;
-    *error = absl::StrCat("--", flag, " \"", *v, "\" is not a whole number");
-    return -1;
-  };
-  auto real = [&](const std::string& flag, double* out) -> int {
-    const std::string* v = value(flag);
-    if (v == nullptr) return 0;
-    if (absl::SimpleAtod(*v, out)) return 1;
-    *error = absl::StrCat("--", flag, " \"", *v, "\" is not a number");
-    return -1;
+    if (v == nullptr) return true;
+    T out;
+    if (!ParseNumber(*v, &out)) {
+      *error = absl::StrCat("--", flag, " \"", *v, "\" is not a ",
+                            std::is_floating_point_v<T> ? "" : "whole ", "number");
+      return false;
+    }
+    (p->*setter)(out);
+    return true;
   };
   if (const std::string* v = value("scorer")) p->set_scorer(*v);
   if (const std::string* v = value("allocation")) p->set_allocation(*v);
-  uint32_t u = 0;
-  uint64_t u64 = 0;
-  double d = 0;
-  int r;
-  if ((r = whole("max-tokens", &u)) < 0) return false;
-  if (r) p->set_max_tokens(u);
-  if ((r = whole("sinks", &u)) < 0) return false;
-  if (r) p->set_sinks(u);
-  if ((r = whole("window", &u)) < 0) return false;
-  if (r) p->set_window(u);
-  if ((r = whole("pool-kernel", &u)) < 0) return false;
-  if (r) p->set_pool_kernel(u);
-  if ((r = whole("seed", &u64)) < 0) return false;
-  if (r) p->set_seed(u64);
-  if ((r = real("keep-ratio", &d)) < 0) return false;
-  if (r) p->set_keep_ratio(d);
-  if ((r = real("ada-alpha", &d)) < 0) return false;
-  if (r) p->set_ada_alpha(d);
-  return true;
+  return set("max-tokens", &v1::Policy::set_max_tokens) && set("sinks", &v1::Policy::set_sinks) &&
+         set("window", &v1::Policy::set_window) && set("pool-kernel", &v1::Policy::set_pool_kernel) &&
+         set("seed", &v1::Policy::set_seed) && set("keep-ratio", &v1::Policy::set_keep_ratio) &&
+         set("ada-alpha", &v1::Policy::set_ada_alpha);
 }
 
 void PrintPolicy(const v1::Policy& p) {
@@ -715,8 +716,13 @@ int Run(int argc, char** argv) {
     args.flags["help"] = "";
   }
   const bool help = args.flags.count("help") > 0;
+  for (const auto& [name, value] : args.flags) {
+    if (!help && args.positional.empty() && !IsKnownFlag(name)) {
+      return Fail("unknown flag --" + name + " (see kvkeepctl --help)");
+    }
+  }
   if (args.positional.empty()) {
-    PrintGlobalHelp();
+    PrintGlobalHelp(help ? stdout : stderr);
     return help ? 0 : 2;
   }
   // The command: one word (status, top) or a group and a subcommand.
@@ -744,10 +750,8 @@ int Run(int argc, char** argv) {
     PrintCommandHelp(*cmd);
     return 0;
   }
-  static const std::vector<std::string> kGlobal = {"socket", "target", "admin-token-file",
-                                                   "admin-token", "json", "help"};
   for (const auto& [name, value] : args.flags) {
-    if (std::find(kGlobal.begin(), kGlobal.end(), name) == kGlobal.end() &&
+    if (std::find(kGlobalFlags.begin(), kGlobalFlags.end(), name) == kGlobalFlags.end() &&
         std::find(cmd->flags.begin(), cmd->flags.end(), name) == cmd->flags.end()) {
       return Fail(absl::StrCat("unknown flag --", name, " for `", cmd->name, "`; usage: ",
                                CommandUsage(*cmd)));

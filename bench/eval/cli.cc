@@ -33,7 +33,8 @@ Usage:
   kvkeep-eval run    --data DIR [--policy P,...] [--allocation A,...] [--keep R,...] [--json]
   kvkeep-eval scores --data DIR --layer L --policy P --out FILE.npy
   kvkeep-eval pool   [--sequences N] [--budget F] [--seeds S,...] [--layers L] [--tokens-per-page T]
-  kvkeep-eval help
+                     [--quiet]
+  kvkeep-eval help   (also --help or -h, anywhere on the line)
 
 synth: writes a synthetic trace (meta.json + L{l}.{q,qpre,k,v,wo}.npy) carrying the attention
   properties of real models: sinks with near-zero values, sparse middle layers, local heads,
@@ -49,7 +50,7 @@ synth: writes a synthetic trace (meta.json + L{l}.{q,qpre,k,v,wo}.npy) carrying 
                       }(),
                       R"usage(  --profile all writes every profile to DIR/<profile>/.
   Sizes (defaults): --layers 4 --q-heads 8 --kv-heads 2 --head-dim 64 --prefix 2048 --future 128
-  --seed 1, --dtype f32|f16, --no-wo (skip the W_O files).
+  --seed 1, --dtype f32|f16 (default f32), --no-wo (skip the W_O files).
 
 run: the first `prefix` positions are the cache, the rest are held-out future queries. For every
   policy x allocation x keep ratio: the online statistics (observation window of 32 queries,
@@ -78,7 +79,8 @@ pool: several synthetic sequences (profiles and lengths cycle) share one pool ho
   --pressure_policy=capacity), its per-token variant, per-sequence uniform budgets (pages, and
   capkv tokens), and LRU whole-sequence spilling (spilled = lost, or restored with the bytes read
   back). Relative output error on every sequence's held-out future queries; defaults --sequences 8
-  --seeds 1,2,3 --layers 2 --tokens-per-page 16 (docs/quality.md, "Capacity across sequences").
+  --seeds 1,2,3 --layers 2 --tokens-per-page 16 (docs/quality.md, "Capacity across sequences");
+  --quiet: no progress lines on stderr.
 
 Examples:
   kvkeep-eval synth --profile mixed --out /tmp/kv/mixed
@@ -308,8 +310,9 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
   } else if (cmd == "pool") {
     status = Pool(args, out, err);
   } else {
-    status = absl::InvalidArgumentError(
-        absl::StrCat("unknown command \"", cmd, "\" (synth, run, scores, pool, help)"));
+    status = absl::InvalidArgumentError(absl::StrCat(cmd.rfind('-', 0) == 0 ? "unknown flag \""
+                                                                            : "unknown command \"",
+                                                     cmd, "\" (synth, run, scores, pool, help)"));
   }
   if (status.ok()) return 0;
   err << "kvkeep-eval " << cmd << ": " << status.message() << "\n";

@@ -89,16 +89,246 @@ void DropCheapest(std::vector<Unit> units, int64_t drop,
   }
 }
 
-}  // namespace
+// [sequence][layer][kv_head][token]: true once the token left the device.
+using GoneMask = std::vector<std::vector<std::vector<std::vector<bool>>>>;
 
-absl::StatusOr<PoolScenarioReport> RunPoolScenario(const PoolScenarioOptions& o,
-                                                   std::ostream* progress) {
+absl::Status ValidatePoolOptions(const PoolScenarioOptions& o) {
   if (o.sequences < 1) return absl::InvalidArgumentError("--sequences must be >= 1");
   if (!(o.budget > 0 && o.budget < 1)) {
     return absl::InvalidArgumentError(absl::StrCat("--budget ", o.budget, " is not in (0, 1)"));
   }
   if (o.seeds.empty()) return absl::InvalidArgumentError("no seed given");
   if (o.tokens_per_page < 1) return absl::InvalidArgumentError("--tokens-per-page must be >= 1");
+  return absl::OkStatus();
+}
+
+// Sequence i of the pool for `seed`: a synthetic dataset of its profile and length, its capkv
+// scores and token costs, references and needle targets.
+absl::StatusOr<Seq> BuildSequence(const PoolScenarioOptions& o, uint64_t seed, int i,
+                                  const eviction::Policy& capkv,
+                                  eviction::ScoringWorkspace& workspace) {
+  Seq s;
+  SynthOptions so;
+  so.profile = kProfiles[i % 8];
+  so.prefix = kPrefixes[i % 8];
+  so.seed = seed * 1000 + static_cast<uint64_t>(i);
+  so.layers = o.layers;
+  so.q_heads = o.q_heads;
+  so.kv_heads = o.kv_heads;
+  so.head_dim = o.head_dim;
+  so.future = o.future;
+  so.with_wo = false;
+  ASSIGN_OR_RETURN(SynthDataset ds, GenerateSynth(so));
+  s.profile = so.profile;
+  s.prefix = so.prefix;
+  for (int l = 0; l < o.layers; ++l) {
+    ASSIGN_OR_RETURN(eviction::LayerInputs in, BuildLayerInputs(ds.meta, ds.layers[l], l,
+                                                                o.prefix));
+    ASSIGN_OR_RETURN(eviction::HeadScores sc, eviction::ScoreLayer(capkv, in, workspace));
+    std::vector<std::vector<double>> c(sc.per_head.size());
+    for (size_t g = 0; g < c.size(); ++g) {
+      for (float x : sc.per_head[g]) c[g].push_back(TokenCost(x));
+    }
+    s.cost.push_back(std::move(c));
+    s.scores.push_back(std::move(sc));
+    s.refs.push_back(BuildReference(ds.meta, ds.layers[l]));
+  }
+  s.targets = FindNeedleTargets(ds.meta.needles, s.refs);
+  s.top5 = MeasureSparsity(s.refs).top5_mass;
+  return s;
+}
+
+// One seed's pool: its sequences, the tokens to drop, and every method's per-sequence figures.
+// The methods' indices are those of PoolMethods().
+class SeedRun {
+ public:
+  SeedRun(const PoolScenarioOptions& o, uint64_t seed, std::vector<Seq> seqs, size_t methods)
+      : o_(o), seed_(seed), tpp_(o.tokens_per_page), seqs_(std::move(seqs)) {
+    for (const Seq& s : seqs_) total_ += TokensOf(s);
+    drop_ = total_ - static_cast<int64_t>(o.budget * static_cast<double>(total_));
+    rows_.resize(o.sequences);
+    for (int i = 0; i < o.sequences; ++i) {
+      rows_[i] = {seed, i, seqs_[i].profile, seqs_[i].prefix, seqs_[i].top5,
+                  std::vector<double>(methods, 0.0), std::vector<double>(methods, 0.0)};
+    }
+  }
+
+  int64_t total() const { return total_; }
+  int64_t drop() const { return drop_; }
+  const std::vector<Seq>& seqs() const { return seqs_; }
+  std::vector<PoolSequenceRow>& rows() { return rows_; }
+
+  // capacity (pages, unit = tpp) and capacity-token (unit = 1): one global order over every
+  // sequence.
+  absl::Status Capacity(int unit, size_t method) {
+    std::vector<Unit> units;
+    for (int i = 0; i < o_.sequences; ++i) Units(seqs_[i], i, unit, o_.prefix, &units);
+    GoneMask gone = FreshMask();
+    DropCheapest(std::move(units), drop_, &gone);
+    return MeasureMasks(method, gone);
+  }
+
+  // capacity-rel: token costs over their head's mean token cost (1 = an average token of its
+  // own head), then the global order.
+  absl::Status CapacityRelative(size_t method) {
+    std::vector<Unit> units;
+    for (int i = 0; i < o_.sequences; ++i) {
+      Seq normalised = seqs_[i];
+      for (auto& layer : normalised.cost) {
+        for (auto& head : layer) {
+          const double mean_cost = std::accumulate(head.begin(), head.end(), 0.0) /
+                                   static_cast<double>(std::max<size_t>(head.size(), 1));
+          for (double& c : head) c /= std::max(mean_cost, 1e-30);
+        }
+      }
+      Units(normalised, i, tpp_, o_.prefix, &units);
+    }
+    GoneMask gone = FreshMask();
+    DropCheapest(std::move(units), drop_, &gone);
+    return MeasureMasks(method, gone);
+  }
+
+  // capacity-floor: the global order, but every sequence keeps at least budget / 2 of its tokens.
+  absl::Status CapacityWithFloor(size_t method) {
+    std::vector<Unit> units;
+    std::vector<int64_t> max_drop;
+    for (int i = 0; i < o_.sequences; ++i) {
+      Units(seqs_[i], i, tpp_, o_.prefix, &units);
+      const int64_t n = TokensOf(seqs_[i]);
+      max_drop.push_back(n - static_cast<int64_t>(o_.budget / 2 * static_cast<double>(n)));
+    }
+    GoneMask gone = FreshMask();
+    DropCheapest(std::move(units), drop_, &gone, max_drop);
+    return MeasureMasks(method, gone);
+  }
+
+  // uniform-page: each sequence its own share of the drop, its cheapest pages.
+  absl::Status UniformPages(size_t method) {
+    GoneMask gone = FreshMask();
+    for (int i = 0; i < o_.sequences; ++i) {
+      std::vector<Unit> units;
+      Units(seqs_[i], i, tpp_, o_.prefix, &units);
+      const int64_t n = TokensOf(seqs_[i]);
+      DropCheapest(std::move(units), n - static_cast<int64_t>(o_.budget * n), &gone);
+    }
+    return MeasureMasks(method, gone);
+  }
+
+  // uniform: each sequence's capkv selection at keep_ratio = budget.
+  absl::Status UniformSelection(const eviction::Policy& capkv, size_t method) {
+    for (int i = 0; i < o_.sequences; ++i) {
+      ASSIGN_OR_RETURN(eviction::Selection sel,
+                       eviction::SelectTokens(capkv, eviction::Budget{.keep_ratio = o_.budget},
+                                              seqs_[i].scores, o_.q_heads / o_.kv_heads));
+      ASSIGN_OR_RETURN(Metrics met, Measure(seqs_[i].refs, sel.kept, seqs_[i].targets));
+      int64_t n = 0;
+      for (const auto& layer : sel.kept) {
+        for (const auto& k : layer) n += static_cast<int64_t>(k.size());
+      }
+      rows_[i].rel_error[method] = met.rel_error;
+      rows_[i].kept_fraction[method] =
+          static_cast<double>(n) / (double{1} * o_.layers * o_.kv_heads * seqs_[i].prefix);
+    }
+    return absl::OkStatus();
+  }
+
+  // lru: whole sequences leave, least recently used first (a random order per seed). As
+  // `lost` (lru-lost) a spilled sequence counts as lost; as `restore` (lru-restore) every
+  // sequence is whole again after a restore. Returns the MiB restored.
+  absl::StatusOr<double> LruAndRestore(uint64_t page_bytes, size_t lost, size_t restore) {
+    std::vector<int> order(o_.sequences);
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(seed_);
+    std::shuffle(order.begin(), order.end(), rng);
+    int64_t on_device = total_, budget_tokens = total_ - drop_;
+    uint64_t restored = 0;
+    std::vector<bool> spilled(o_.sequences, false);
+    for (int i : order) {
+      if (on_device <= budget_tokens) break;
+      spilled[i] = true;
+      on_device -= TokensOf(seqs_[i]);
+      restored += uint64_t{static_cast<uint64_t>(o_.layers * o_.kv_heads)} *
+                  ((seqs_[i].prefix + tpp_ - 1) / tpp_) * page_bytes;
+    }
+    for (int i = 0; i < o_.sequences; ++i) {
+      ASSIGN_OR_RETURN(Metrics met, Measure(seqs_[i].refs, AllKept(seqs_[i]), seqs_[i].targets));
+      rows_[i].rel_error[lost] = spilled[i] ? 1.0 : met.rel_error;
+      rows_[i].kept_fraction[lost] = spilled[i] ? 0.0 : 1.0;
+      rows_[i].rel_error[restore] = met.rel_error;
+      rows_[i].kept_fraction[restore] = 1.0;
+    }
+    return restored / 1048576.0;
+  }
+
+ private:
+  int64_t TokensOf(const Seq& s) const { return int64_t{o_.layers} * o_.kv_heads * s.prefix; }
+
+  GoneMask FreshMask() const {
+    GoneMask gone(o_.sequences);
+    for (int i = 0; i < o_.sequences; ++i) {
+      gone[i].assign(o_.layers, std::vector<std::vector<bool>>(
+                                    o_.kv_heads, std::vector<bool>(seqs_[i].prefix, false)));
+    }
+    return gone;
+  }
+
+  // Every sequence's error and kept fraction with the tokens of `gone` evicted, as `method`.
+  absl::Status MeasureMasks(size_t method, const GoneMask& gone) {
+    for (int i = 0; i < o_.sequences; ++i) {
+      KeptSets kept(o_.layers);
+      int64_t n = 0;
+      for (int l = 0; l < o_.layers; ++l) {
+        kept[l].resize(o_.kv_heads);
+        for (int g = 0; g < o_.kv_heads; ++g) {
+          for (int64_t j = 0; j < seqs_[i].prefix; ++j) {
+            if (!gone[i][l][g][j]) kept[l][g].push_back(static_cast<int32_t>(j));
+          }
+          n += static_cast<int64_t>(kept[l][g].size());
+        }
+      }
+      ASSIGN_OR_RETURN(Metrics met, Measure(seqs_[i].refs, kept, seqs_[i].targets));
+      rows_[i].rel_error[method] = met.rel_error;
+      rows_[i].kept_fraction[method] =
+          static_cast<double>(n) / (double{1} * o_.layers * o_.kv_heads * seqs_[i].prefix);
+    }
+    return absl::OkStatus();
+  }
+
+  const PoolScenarioOptions& o_;
+  const uint64_t seed_;
+  const int tpp_;
+  const std::vector<Seq> seqs_;
+  int64_t total_ = 0;  // cached tokens of every sequence
+  int64_t drop_ = 0;   // tokens the pool budget leaves no room for
+  std::vector<PoolSequenceRow> rows_;
+};
+
+// Pool-wide figures of every method, one entry per seed: [method][seed].
+struct SeedFigures {
+  explicit SeedFigures(size_t methods)
+      : mean_err(methods), worst(methods), kept_frac(methods), restore_mib(methods) {}
+  std::vector<std::vector<double>> mean_err, worst, kept_frac, restore_mib;
+
+  void Add(const PoolScenarioOptions& o, SeedRun& run) {
+    for (size_t m = 0; m < mean_err.size(); ++m) {
+      double sum = 0, w = 0, kept = 0;
+      for (int i = 0; i < o.sequences; ++i) {
+        sum += run.rows()[i].rel_error[m];
+        w = std::max(w, run.rows()[i].rel_error[m]);
+        kept += run.rows()[i].kept_fraction[m] * o.layers * o.kv_heads * run.seqs()[i].prefix;
+      }
+      mean_err[m].push_back(sum / o.sequences);
+      worst[m].push_back(w);
+      kept_frac[m].push_back(kept / static_cast<double>(run.total()));
+    }
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<PoolScenarioReport> RunPoolScenario(const PoolScenarioOptions& o,
+                                                   std::ostream* progress) {
+  RETURN_IF_ERROR(ValidatePoolOptions(o));
   const std::vector<std::string>& methods = PoolMethods();
   const size_t M = methods.size();
   PoolScenarioReport report;
@@ -110,183 +340,29 @@ absl::StatusOr<PoolScenarioReport> RunPoolScenario(const PoolScenarioOptions& o,
   capkv.sinks = o.prefix.sinks;
   capkv.window = o.prefix.window;
   eviction::ScoringWorkspace workspace;
-  // [method][seed] pool-wide figures.
-  std::vector<std::vector<double>> mean_err(M), worst(M), kept_frac(M), restore_mib(M);
+  SeedFigures figures(M);
 
   for (uint64_t seed : o.seeds) {
     std::vector<Seq> seqs(o.sequences);
-    int64_t total = 0;
     for (int i = 0; i < o.sequences; ++i) {
-      Seq& s = seqs[i];
-      SynthOptions so;
-      so.profile = kProfiles[i % 8];
-      so.prefix = kPrefixes[i % 8];
-      so.seed = seed * 1000 + static_cast<uint64_t>(i);
-      so.layers = o.layers;
-      so.q_heads = o.q_heads;
-      so.kv_heads = o.kv_heads;
-      so.head_dim = o.head_dim;
-      so.future = o.future;
-      so.with_wo = false;
-      ASSIGN_OR_RETURN(SynthDataset ds, GenerateSynth(so));
-      s.profile = so.profile;
-      s.prefix = so.prefix;
-      for (int l = 0; l < o.layers; ++l) {
-        ASSIGN_OR_RETURN(eviction::LayerInputs in, BuildLayerInputs(ds.meta, ds.layers[l], l,
-                                                                    o.prefix));
-        ASSIGN_OR_RETURN(eviction::HeadScores sc, eviction::ScoreLayer(capkv, in, workspace));
-        std::vector<std::vector<double>> c(sc.per_head.size());
-        for (size_t g = 0; g < c.size(); ++g) {
-          for (float x : sc.per_head[g]) c[g].push_back(TokenCost(x));
-        }
-        s.cost.push_back(std::move(c));
-        s.scores.push_back(std::move(sc));
-        s.refs.push_back(BuildReference(ds.meta, ds.layers[l]));
-      }
-      s.targets = FindNeedleTargets(ds.meta.needles, s.refs);
-      s.top5 = MeasureSparsity(s.refs).top5_mass;
-      total += int64_t{o.layers} * o.kv_heads * s.prefix;
+      ASSIGN_OR_RETURN(seqs[i], BuildSequence(o, seed, i, capkv, workspace));
     }
-    const int64_t drop = total - static_cast<int64_t>(o.budget * static_cast<double>(total));
-    std::vector<PoolSequenceRow> rows(o.sequences);
-    for (int i = 0; i < o.sequences; ++i) {
-      rows[i] = {seed, i, seqs[i].profile, seqs[i].prefix, seqs[i].top5,
-                 std::vector<double>(M, 0.0), std::vector<double>(M, 0.0)};
-    }
-    auto fresh_mask = [&] {
-      std::vector<std::vector<std::vector<std::vector<bool>>>> gone(o.sequences);
-      for (int i = 0; i < o.sequences; ++i) {
-        gone[i].assign(o.layers, std::vector<std::vector<bool>>(
-                                     o.kv_heads, std::vector<bool>(seqs[i].prefix, false)));
-      }
-      return gone;
-    };
-    auto measure_masks = [&](size_t m, const auto& gone) -> absl::Status {
-      for (int i = 0; i < o.sequences; ++i) {
-        KeptSets kept(o.layers);
-        int64_t n = 0;
-        for (int l = 0; l < o.layers; ++l) {
-          kept[l].resize(o.kv_heads);
-          for (int g = 0; g < o.kv_heads; ++g) {
-            for (int64_t j = 0; j < seqs[i].prefix; ++j) {
-              if (!gone[i][l][g][j]) kept[l][g].push_back(static_cast<int32_t>(j));
-            }
-            n += static_cast<int64_t>(kept[l][g].size());
-          }
-        }
-        ASSIGN_OR_RETURN(Metrics met, Measure(seqs[i].refs, kept, seqs[i].targets));
-        rows[i].rel_error[m] = met.rel_error;
-        rows[i].kept_fraction[m] =
-            static_cast<double>(n) / (double{1} * o.layers * o.kv_heads * seqs[i].prefix);
-      }
-      return absl::OkStatus();
-    };
-    // capacity (pages) and capacity-token: one global order over every sequence.
-    for (int unit : {tpp, 1}) {
-      std::vector<Unit> units;
-      for (int i = 0; i < o.sequences; ++i) Units(seqs[i], i, unit, o.prefix, &units);
-      auto gone = fresh_mask();
-      DropCheapest(std::move(units), drop, &gone);
-      RETURN_IF_ERROR(measure_masks(unit == tpp ? 0 : 1, gone));
-    }
-    // capacity-rel: token costs over their head's mean token cost (1 = an average token of its
-    // own head), then the global order.
-    {
-      std::vector<Unit> units;
-      for (int i = 0; i < o.sequences; ++i) {
-        Seq normalised = seqs[i];
-        for (auto& layer : normalised.cost) {
-          for (auto& head : layer) {
-            const double mean_cost = std::accumulate(head.begin(), head.end(), 0.0) /
-                                     static_cast<double>(std::max<size_t>(head.size(), 1));
-            for (double& c : head) c /= std::max(mean_cost, 1e-30);
-          }
-        }
-        Units(normalised, i, tpp, o.prefix, &units);
-      }
-      auto gone = fresh_mask();
-      DropCheapest(std::move(units), drop, &gone);
-      RETURN_IF_ERROR(measure_masks(6, gone));
-    }
-    // capacity-floor: the global order, but every sequence keeps at least budget / 2 of its tokens.
-    {
-      std::vector<Unit> units;
-      std::vector<int64_t> max_drop;
-      for (int i = 0; i < o.sequences; ++i) {
-        Units(seqs[i], i, tpp, o.prefix, &units);
-        const int64_t n = int64_t{o.layers} * o.kv_heads * seqs[i].prefix;
-        max_drop.push_back(n - static_cast<int64_t>(o.budget / 2 * static_cast<double>(n)));
-      }
-      auto gone = fresh_mask();
-      DropCheapest(std::move(units), drop, &gone, max_drop);
-      RETURN_IF_ERROR(measure_masks(7, gone));
-    }
-    // uniform-page: each sequence its own share of the drop, its cheapest pages.
-    {
-      auto gone = fresh_mask();
-      for (int i = 0; i < o.sequences; ++i) {
-        std::vector<Unit> units;
-        Units(seqs[i], i, tpp, o.prefix, &units);
-        const int64_t n = int64_t{o.layers} * o.kv_heads * seqs[i].prefix;
-        DropCheapest(std::move(units), n - static_cast<int64_t>(o.budget * n), &gone);
-      }
-      RETURN_IF_ERROR(measure_masks(2, gone));
-    }
-    // uniform: each sequence's capkv selection at keep_ratio = budget.
-    for (int i = 0; i < o.sequences; ++i) {
-      ASSIGN_OR_RETURN(eviction::Selection sel,
-                       eviction::SelectTokens(capkv, eviction::Budget{.keep_ratio = o.budget},
-                                              seqs[i].scores, o.q_heads / o.kv_heads));
-      ASSIGN_OR_RETURN(Metrics met, Measure(seqs[i].refs, sel.kept, seqs[i].targets));
-      int64_t n = 0;
-      for (const auto& layer : sel.kept) {
-        for (const auto& k : layer) n += static_cast<int64_t>(k.size());
-      }
-      rows[i].rel_error[3] = met.rel_error;
-      rows[i].kept_fraction[3] =
-          static_cast<double>(n) / (double{1} * o.layers * o.kv_heads * seqs[i].prefix);
-    }
-    // lru: whole sequences leave, least recently used first (a random order per seed).
-    {
-      std::vector<int> order(o.sequences);
-      std::iota(order.begin(), order.end(), 0);
-      std::mt19937_64 rng(seed);
-      std::shuffle(order.begin(), order.end(), rng);
-      int64_t on_device = total, budget_tokens = total - drop;
-      uint64_t restored = 0;
-      std::vector<bool> spilled(o.sequences, false);
-      for (int i : order) {
-        if (on_device <= budget_tokens) break;
-        spilled[i] = true;
-        on_device -= int64_t{o.layers} * o.kv_heads * seqs[i].prefix;
-        restored += uint64_t{static_cast<uint64_t>(o.layers * o.kv_heads)} *
-                    ((seqs[i].prefix + tpp - 1) / tpp) * page_bytes;
-      }
-      for (int i = 0; i < o.sequences; ++i) {
-        ASSIGN_OR_RETURN(Metrics met, Measure(seqs[i].refs, AllKept(seqs[i]), seqs[i].targets));
-        rows[i].rel_error[4] = spilled[i] ? 1.0 : met.rel_error;
-        rows[i].kept_fraction[4] = spilled[i] ? 0.0 : 1.0;
-        rows[i].rel_error[5] = met.rel_error;
-        rows[i].kept_fraction[5] = 1.0;
-      }
-      for (size_t m = 0; m < M; ++m) restore_mib[m].push_back(m == 5 ? restored / 1048576.0 : 0);
-    }
-    for (size_t m = 0; m < M; ++m) {
-      double sum = 0, w = 0, kept = 0;
-      for (int i = 0; i < o.sequences; ++i) {
-        sum += rows[i].rel_error[m];
-        w = std::max(w, rows[i].rel_error[m]);
-        kept += rows[i].kept_fraction[m] * o.layers * o.kv_heads * seqs[i].prefix;
-      }
-      mean_err[m].push_back(sum / o.sequences);
-      worst[m].push_back(w);
-      kept_frac[m].push_back(kept / static_cast<double>(total));
-    }
-    for (PoolSequenceRow& r : rows) report.rows.push_back(std::move(r));
+    SeedRun run(o, seed, std::move(seqs), M);
+    // Method indices as in PoolMethods().
+    RETURN_IF_ERROR(run.Capacity(tpp, 0));
+    RETURN_IF_ERROR(run.Capacity(1, 1));
+    RETURN_IF_ERROR(run.CapacityRelative(6));
+    RETURN_IF_ERROR(run.CapacityWithFloor(7));
+    RETURN_IF_ERROR(run.UniformPages(2));
+    RETURN_IF_ERROR(run.UniformSelection(capkv, 3));
+    ASSIGN_OR_RETURN(const double restored_mib, run.LruAndRestore(page_bytes, 4, 5));
+    for (size_t m = 0; m < M; ++m) figures.restore_mib[m].push_back(m == 5 ? restored_mib : 0);
+    figures.Add(o, run);
+    for (PoolSequenceRow& r : run.rows()) report.rows.push_back(std::move(r));
     if (progress) {
       *progress << absl::StrFormat("[kvkeep-eval pool] seed %d: %d sequences, %d tokens, "
                                    "budget %d\n",
-                                   seed, o.sequences, total, total - drop);
+                                   seed, o.sequences, run.total(), run.total() - run.drop());
     }
   }
   auto mean = [](const std::vector<double>& v) {
@@ -295,12 +371,12 @@ absl::StatusOr<PoolScenarioReport> RunPoolScenario(const PoolScenarioOptions& o,
   for (size_t m = 0; m < M; ++m) {
     PoolMethodSummary s;
     s.method = methods[m];
-    s.rel_error_mean = mean(mean_err[m]);
-    s.rel_error_min = *std::min_element(mean_err[m].begin(), mean_err[m].end());
-    s.rel_error_max = *std::max_element(mean_err[m].begin(), mean_err[m].end());
-    s.worst_sequence = mean(worst[m]);
-    s.restore_mib = mean(restore_mib[m]);
-    s.kept_fraction = mean(kept_frac[m]);
+    s.rel_error_mean = mean(figures.mean_err[m]);
+    s.rel_error_min = *std::min_element(figures.mean_err[m].begin(), figures.mean_err[m].end());
+    s.rel_error_max = *std::max_element(figures.mean_err[m].begin(), figures.mean_err[m].end());
+    s.worst_sequence = mean(figures.worst[m]);
+    s.restore_mib = mean(figures.restore_mib[m]);
+    s.kept_fraction = mean(figures.kept_frac[m]);
     report.summary.push_back(s);
   }
   return report;

@@ -223,6 +223,269 @@ struct NeedlePlan {
   std::vector<double> direction; // unit vector in the content channels, orthogonal to the topics
 };
 
+// The dimensions every step of the generation shares.
+struct SynthShape {
+  explicit SynthShape(const SynthOptions& o)
+      : d(o.head_dim),
+        H(o.q_heads),
+        Hk(o.kv_heads),
+        G(o.q_heads / o.kv_heads),
+        P(o.prefix),
+        T(o.prefix + o.future),
+        sqrt_d(std::sqrt(static_cast<double>(o.head_dim))),
+        ch(o.head_dim),
+        content_dims(static_cast<int>(ch.content.size())),
+        rank(std::max(2, std::min(6, content_dims / 3))) {}
+  int d, H, Hk, G;
+  int64_t P, T;
+  double sqrt_d;
+  Channels ch;
+  int content_dims;
+  int rank;  // topics per KV head
+};
+
+constexpr int kWindow = 32;  // the default observation window of the scorers
+
+// One KV head's plan: its topics, their directions in the content channels, its needles and the
+// salience of every token.
+struct KvHeadPlan {
+  Topics topics;
+  std::vector<std::vector<double>> topic_dirs;  // [rank][content_dims]
+  std::vector<NeedlePlan> needles;
+  std::vector<double> via_norm, via_dir;  // [T] salience through the outlier channel / direction
+};
+
+absl::Status ValidateSynthOptions(const SynthOptions& o) {
+  if (SynthProfileDescription(o.profile).empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown profile \"", o.profile,
+                                                   "\"; known: ",
+                                                   absl::StrJoin(SynthProfileNames(), ", ")));
+  }
+  if (o.head_dim < 32 || o.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError("head_dim must be even and at least 32");
+  }
+  if (o.prefix < 256 || o.future < 1 || o.layers < 1 || o.kv_heads < 1 ||
+      o.q_heads % o.kv_heads != 0) {
+    return absl::InvalidArgumentError(
+        "need prefix >= 256, future >= 1, layers >= 1 and q_heads a multiple of kv_heads");
+  }
+  return absl::OkStatus();
+}
+
+// Needles of head g of layer l at `depths` of the prefix, each along a spare direction, with
+// future queries (not yet in `future_taken`) and, for every other one, a window query aimed at
+// it. Listed in meta.needles.
+std::vector<NeedlePlan> PlanNeedles(Generator& gen, const SynthOptions& o, const SynthShape& sh,
+                                    const std::vector<double>& depths,
+                                    const std::vector<std::vector<double>>& spare, int l, int g,
+                                    std::vector<int64_t>& future_taken, DatasetMeta& meta) {
+  std::vector<NeedlePlan> needles;
+  for (size_t n = 0; n < depths.size() && n < spare.size(); ++n) {
+    NeedlePlan plan;
+    plan.position = std::clamp<int64_t>(static_cast<int64_t>(depths[n] * sh.P), kSinks + 2,
+                                        sh.P - kWindow - 1);
+    plan.direction = spare[n];
+    for (int rep = 0; rep < 3 && static_cast<int64_t>(future_taken.size()) < o.future; ++rep) {
+      int64_t f;
+      do {
+        f = gen.Below(o.future);
+      } while (std::find(future_taken.begin(), future_taken.end(), f) != future_taken.end());
+      future_taken.push_back(f);
+      plan.queries.push_back(sh.P + f);
+    }
+    if (n % 2 == 0) plan.queries.push_back(sh.P - kWindow + 1 + static_cast<int64_t>(n));
+    needles.push_back(std::move(plan));
+    meta.needles.push_back({l, g, needles.back().position});
+  }
+  return needles;
+}
+
+// Salience of every token: a heavy-tailed boost for heavy hitters, a small one for the rest,
+// split at random between a smaller outlier-channel magnitude and the shared direction.
+void DrawSalience(Generator& gen, const HeadSpec& spec, const SynthShape& sh, KvHeadPlan& head) {
+  head.via_norm.assign(sh.T, 0.0);
+  head.via_dir.assign(sh.T, 0.0);
+  // Heavy hitters come in short runs (a salient phrase, mean length 2), as real attention
+  // peaks often do; single isolated peaks would unfairly punish pooling (snapkv).
+  bool in_run = false;
+  for (int64_t t = kSinks; t < sh.T; ++t) {
+    in_run = in_run ? gen.Uniform() < 0.5 : gen.Uniform() < spec.heavy_frac / 2;
+    bool near_needle = false;  // a needle's span is plain text apart from its key direction
+    for (const NeedlePlan& n : head.needles) near_needle = near_needle || std::abs(t - n.position) <= 2;
+    const bool heavy = in_run && !near_needle;
+    const double boost = heavy ? spec.salience * std::clamp(1.0 + 0.2 * gen.Normal(), 0.5, 1.5)
+                               : 0.4 * std::abs(gen.Normal());
+    const double split = gen.Uniform();
+    head.via_norm[t] = std::min(boost * split, kOutlier - 1.0);
+    head.via_dir[t] = boost - head.via_norm[t];
+  }
+}
+
+// Keys (pre-RoPE) and values of the head's T tokens into K and V ([T][d] each), then its needles.
+void WriteKeysAndValues(Generator& gen, const SynthShape& sh, const KvHeadPlan& head, float* K,
+                        float* V) {
+  const int d = sh.d, rank = sh.rank;
+  const Channels& ch = sh.ch;
+  std::vector<double> ar(d, 0.0);
+  std::vector<std::vector<double>> value_topic(rank, std::vector<double>(d));
+  for (auto& row : value_topic) {
+    for (double& x : row) x = gen.Normal() * 0.5 / std::sqrt(rank);
+  }
+  for (int64_t t = 0; t < sh.T; ++t) {
+    float* k = K + t * d;
+    for (int c = 0; c < d; ++c) k[c] = static_cast<float>(kKeyNoise * gen.Normal());
+    // Every query is large on the sink channel; key noise there would become logit noise.
+    k[ch.sink] = 0.f;
+    // High- and mid-frequency pairs: the same unit pattern for every token of the head, so
+    // that after RoPE q·k depends on the distance only (recency).
+    for (int p = 0; p < ch.fast_end; ++p) {
+      const double a = 1.0 / std::sqrt(2.0 * ch.fast_end);
+      k[p] += a;
+      k[p + ch.half] += a;
+    }
+    for (int p = ch.fast_end; p < ch.slow_end; ++p) {
+      const double a = 1.0 / std::sqrt(2.0 * (ch.slow_end - ch.fast_end));
+      k[p] += a;
+      k[p + ch.half] += a;
+    }
+    for (int r = 0; r < rank; ++r) {
+      for (int c = 0; c < sh.content_dims; ++c) {
+        k[ch.content[c]] += static_cast<float>(head.topics.z[t][r] * head.topic_dirs[r][c]);
+      }
+    }
+    k[ch.outlier] += static_cast<float>(kOutlier - head.via_norm[t]);
+    k[ch.direction] += static_cast<float>(head.via_dir[t]);
+    if (t < kSinks) k[ch.sink] += static_cast<float>(kSinkShape[t]);
+
+    // Values: topic content + AR(1) drift shared with the neighbours.
+    float* v = V + t * d;
+    for (int c = 0; c < d; ++c) {
+      ar[c] = 0.9 * ar[c] + std::sqrt(1 - 0.81) * gen.Normal();
+      double x = 0.5 * ar[c];
+      for (int r = 0; r < rank; ++r) x += head.topics.z[t][r] * value_topic[r][c];
+      v[c] = static_cast<float>(x);
+    }
+    if (t < kSinks) {
+      for (int c = 0; c < d; ++c) v[c] *= 0.03f;
+    }
+  }
+  for (const NeedlePlan& n : head.needles) {
+    // A needle is a short sentence: five tokens carry its key direction, the centre (the
+    // position listed in meta.json) most strongly.
+    constexpr double kSpan[5] = {0.5, 0.7, 1.0, 0.7, 0.5};
+    for (int off = -2; off <= 2; ++off) {
+      float* k = K + (n.position + off) * d;
+      for (int c = 0; c < sh.content_dims; ++c) {
+        k[ch.content[c]] += static_cast<float>(kSpan[off + 2] * kNeedleKey * n.direction[c]);
+      }
+    }
+    // A distinctive value, not shared with the neighbours: the "answer".
+    float* v = V + n.position * d;
+    for (int c = 0; c < d; ++c) v[c] = static_cast<float>(0.7 * gen.Normal());
+  }
+}
+
+// Queries (pre-RoPE) of query head i of the group into Q ([T][d]), with sharpness s.
+void WriteQueries(Generator& gen, const SynthShape& sh, const HeadSpec& spec,
+                  const KvHeadPlan& head, bool retrieval_head, double s, float* Q) {
+  const int d = sh.d;
+  const Channels& ch = sh.ch;
+  const double sqrt_d = sh.sqrt_d;
+  for (int64_t t = 0; t < sh.T; ++t) {
+    float* q = Q + t * d;
+    const double recall = t < sh.P ? 0.2 : 0.35;
+    const std::vector<double> zq = QueryTopic(gen, head.topics, t, recall);
+    std::vector<double> x(d, 0.0);
+    for (int p = 0; p < ch.fast_end; ++p) {
+      const double a = sqrt_d * spec.local_fast / std::sqrt(2.0 * ch.fast_end);
+      x[p] += a;
+      x[p + ch.half] += a;
+    }
+    for (int p = ch.fast_end; p < ch.slow_end; ++p) {
+      const double a = sqrt_d * spec.local_slow / std::sqrt(2.0 * (ch.slow_end - ch.fast_end));
+      x[p] += a;
+      x[p + ch.half] += a;
+    }
+    // Same-topic keys get ~spec.content (z·z ~ rank for the same topic).
+    for (int r = 0; r < sh.rank; ++r) {
+      for (int c = 0; c < sh.content_dims; ++c) {
+        x[ch.content[c]] += sqrt_d * spec.content / sh.rank * zq[r] * head.topic_dirs[r][c];
+      }
+    }
+    x[ch.outlier] -= sqrt_d;    // logit -(kOutlier - via_norm): smaller norm, more attention
+    x[ch.direction] += sqrt_d;  // logit +via_dir
+    if (retrieval_head) {
+      for (const NeedlePlan& n : head.needles) {
+        if (std::find(n.queries.begin(), n.queries.end(), t) == n.queries.end()) continue;
+        // Enough to beat the sink and the heavy hitters: the needle becomes the argmax.
+        const double logit = spec.sink + spec.salience + 4.0;
+        for (int c = 0; c < sh.content_dims; ++c) {
+          x[ch.content[c]] += sqrt_d * logit / kNeedleKey * n.direction[c];
+        }
+      }
+    }
+    for (int c = 0; c < d; ++c) q[c] = static_cast<float>(s * x[c] + kQueryNoise * gen.Normal());
+    // Every head of the group is drawn to the sink alike: not scaled by the sharpness.
+    q[ch.sink] += static_cast<float>(sqrt_d * spec.sink);
+  }
+}
+
+// KV head g of layer l: its plan, keys, values and the queries of its group.
+void GenerateKvHead(Generator& gen, const SynthOptions& o, const SynthShape& sh,
+                    const LayerSpec& layer_spec, const std::vector<double>& depths, int l, int g,
+                    std::vector<int64_t>& future_taken, DatasetMeta& meta, LayerData& layer) {
+  const HeadSpec& spec = layer_spec.kv[g];
+  KvHeadPlan head;
+  head.topics = MakeTopics(gen, sh.T, sh.rank);
+  // Topic basis in the content channels, and the orthogonal complement for needles.
+  const auto basis = gen.Orthonormal(sh.content_dims, sh.content_dims);
+  head.topic_dirs.assign(basis.begin(), basis.begin() + sh.rank);
+  const std::vector<std::vector<double>> spare(basis.begin() + sh.rank, basis.end());
+  if (spec.retrieval) {
+    head.needles = PlanNeedles(gen, o, sh, depths, spare, l, g, future_taken, meta);
+  }
+  DrawSalience(gen, spec, sh, head);
+  WriteKeysAndValues(gen, sh, head, layer.k.data() + static_cast<size_t>(g) * sh.T * sh.d,
+                     layer.v.data() + static_cast<size_t>(g) * sh.T * sh.d);
+  for (int i = 0; i < sh.G; ++i) {
+    const int h = g * sh.G + i;
+    const bool retrieval_head = spec.retrieval && i < std::max(1, sh.G / 2);
+    WriteQueries(gen, sh, spec, head, retrieval_head, layer_spec.sharp[i],
+                 layer.q.data() + static_cast<size_t>(h) * sh.T * sh.d);
+  }
+}
+
+// RoPE: keeps the pre-RoPE queries, rotates queries and keys in place.
+void ApplyRope(const SynthShape& sh, LayerData& layer) {
+  layer.qpre = layer.q;
+  for (int h = 0; h < sh.H; ++h) {
+    RotateRows(RopeStyle::kHalf, kTheta, sh.d, 0, sh.T,
+               layer.q.data() + static_cast<size_t>(h) * sh.T * sh.d);
+  }
+  for (int g = 0; g < sh.Hk; ++g) {
+    RotateRows(RopeStyle::kHalf, kTheta, sh.d, 0, sh.T,
+               layer.k.data() + static_cast<size_t>(g) * sh.T * sh.d);
+  }
+}
+
+// W_O [hidden, H*d] as y = x·Wᵀ stores it: per head an anisotropic block (decaying spectrum)
+// with an unequal head scale, so that W_O-aware scores differ from plain value norms.
+void DrawWo(Generator& gen, const SynthShape& sh, LayerData& layer) {
+  const int H = sh.H, d = sh.d;
+  const int64_t hidden = static_cast<int64_t>(H) * d;
+  layer.wo_hidden = hidden;
+  layer.wo.assign(static_cast<size_t>(hidden) * H * d, 0.f);
+  for (int h = 0; h < H; ++h) {
+    const double head_scale = 0.4 + 1.2 * gen.Uniform();
+    for (int c = 0; c < d; ++c) {
+      const double col_scale = head_scale * std::exp(-3.0 * c / d) / std::sqrt(hidden);
+      for (int64_t r = 0; r < hidden; ++r) {
+        layer.wo[r * H * d + h * d + c] = static_cast<float>(col_scale * gen.Normal());
+      }
+    }
+  }
+}
+
 }  // namespace
 
 const std::vector<std::string>& SynthProfileNames() {
@@ -242,36 +505,17 @@ std::string SynthProfileDescription(const std::string& profile) {
 }
 
 absl::StatusOr<SynthDataset> GenerateSynth(const SynthOptions& o) {
-  if (SynthProfileDescription(o.profile).empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown profile \"", o.profile,
-                                                   "\"; known: ",
-                                                   absl::StrJoin(SynthProfileNames(), ", ")));
-  }
-  if (o.head_dim < 32 || o.head_dim % 2 != 0) {
-    return absl::InvalidArgumentError("head_dim must be even and at least 32");
-  }
-  if (o.prefix < 256 || o.future < 1 || o.layers < 1 || o.kv_heads < 1 ||
-      o.q_heads % o.kv_heads != 0) {
-    return absl::InvalidArgumentError(
-        "need prefix >= 256, future >= 1, layers >= 1 and q_heads a multiple of kv_heads");
-  }
-
-  const int d = o.head_dim;
-  const int H = o.q_heads, Hk = o.kv_heads, G = H / Hk;
-  const int64_t P = o.prefix, T = o.prefix + o.future;
-  const double sqrt_d = std::sqrt(static_cast<double>(d));
-  const Channels ch(d);
-  const int content_dims = static_cast<int>(ch.content.size());
-  const int rank = std::max(2, std::min(6, content_dims / 3));
-  const std::vector<LayerSpec> specs = BuildSpecs(o.profile, o.layers, Hk, G);
+  RETURN_IF_ERROR(ValidateSynthOptions(o));
+  const SynthShape sh(o);
+  const std::vector<LayerSpec> specs = BuildSpecs(o.profile, o.layers, sh.Hk, sh.G);
 
   SynthDataset ds;
   DatasetMeta& meta = ds.meta;
   meta.layers = o.layers;
-  meta.q_heads = H;
-  meta.kv_heads = Hk;
-  meta.head_dim = d;
-  meta.prefix = P;
+  meta.q_heads = sh.H;
+  meta.kv_heads = sh.Hk;
+  meta.head_dim = sh.d;
+  meta.prefix = sh.P;
   meta.rope_theta = kTheta;
   meta.rope_style = RopeStyle::kHalf;
   meta.profile = o.profile;
@@ -281,198 +525,20 @@ absl::StatusOr<SynthDataset> GenerateSynth(const SynthOptions& o) {
   const std::vector<double> depths =
       o.profile == "needles" ? std::vector<double>{0.05, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9}
                              : std::vector<double>{0.1, 0.3, 0.5, 0.7, 0.9};
-  constexpr int kWindow = 32;  // the default observation window of the scorers
-
   for (int l = 0; l < o.layers; ++l) {
     Generator gen(o, 1000 + l);
     LayerData layer;
-    layer.total = T;
-    layer.kv_len = T;
-    layer.q.assign(static_cast<size_t>(H) * T * d, 0.f);
-    layer.k.assign(static_cast<size_t>(Hk) * T * d, 0.f);
-    layer.v.assign(static_cast<size_t>(Hk) * T * d, 0.f);
+    layer.total = sh.T;
+    layer.kv_len = sh.T;
+    layer.q.assign(static_cast<size_t>(sh.H) * sh.T * sh.d, 0.f);
+    layer.k.assign(static_cast<size_t>(sh.Hk) * sh.T * sh.d, 0.f);
+    layer.v.assign(static_cast<size_t>(sh.Hk) * sh.T * sh.d, 0.f);
     std::vector<int64_t> future_taken;  // future query slots already used by needles of this layer
-
-    for (int g = 0; g < Hk; ++g) {
-      const HeadSpec& spec = specs[l].kv[g];
-      const Topics topics = MakeTopics(gen, T, rank);
-      // Topic basis in the content channels, and the orthogonal complement for needles.
-      const auto basis = gen.Orthonormal(content_dims, content_dims);
-      const std::vector<std::vector<double>> topic_dirs(basis.begin(), basis.begin() + rank);
-      const std::vector<std::vector<double>> spare(basis.begin() + rank, basis.end());
-
-      // Needles of this head.
-      std::vector<NeedlePlan> needles;
-      if (spec.retrieval) {
-        for (size_t n = 0; n < depths.size() && n < spare.size(); ++n) {
-          NeedlePlan plan;
-          plan.position = std::clamp<int64_t>(static_cast<int64_t>(depths[n] * P), kSinks + 2,
-                                              P - kWindow - 1);
-          plan.direction = spare[n];
-          for (int rep = 0; rep < 3 && static_cast<int64_t>(future_taken.size()) < o.future; ++rep) {
-            int64_t f;
-            do {
-              f = gen.Below(o.future);
-            } while (std::find(future_taken.begin(), future_taken.end(), f) != future_taken.end());
-            future_taken.push_back(f);
-            plan.queries.push_back(P + f);
-          }
-          if (n % 2 == 0) plan.queries.push_back(P - kWindow + 1 + static_cast<int64_t>(n));
-          needles.push_back(std::move(plan));
-          meta.needles.push_back({l, g, needles.back().position});
-        }
-      }
-
-      // Salience of every token: a heavy-tailed boost for heavy hitters, a small one for the rest,
-      // split at random between a smaller outlier-channel magnitude and the shared direction.
-      std::vector<double> via_norm(T, 0.0), via_dir(T, 0.0);
-      // Heavy hitters come in short runs (a salient phrase, mean length 2), as real attention
-      // peaks often do; single isolated peaks would unfairly punish pooling (snapkv).
-      bool in_run = false;
-      for (int64_t t = kSinks; t < T; ++t) {
-        in_run = in_run ? gen.Uniform() < 0.5 : gen.Uniform() < spec.heavy_frac / 2;
-        bool near_needle = false;  // a needle's span is plain text apart from its key direction
-        for (const NeedlePlan& n : needles) near_needle = near_needle || std::abs(t - n.position) <= 2;
-        const bool heavy = in_run && !near_needle;
-        const double boost = heavy ? spec.salience * std::clamp(1.0 + 0.2 * gen.Normal(), 0.5, 1.5)
-                                   : 0.4 * std::abs(gen.Normal());
-        const double split = gen.Uniform();
-        via_norm[t] = std::min(boost * split, kOutlier - 1.0);
-        via_dir[t] = boost - via_norm[t];
-      }
-
-      // Keys (pre-RoPE), then values.
-      float* K = layer.k.data() + static_cast<size_t>(g) * T * d;
-      float* V = layer.v.data() + static_cast<size_t>(g) * T * d;
-      std::vector<double> ar(d, 0.0);
-      std::vector<std::vector<double>> value_topic(rank, std::vector<double>(d));
-      for (auto& row : value_topic) {
-        for (double& x : row) x = gen.Normal() * 0.5 / std::sqrt(rank);
-      }
-      for (int64_t t = 0; t < T; ++t) {
-        float* k = K + t * d;
-        for (int c = 0; c < d; ++c) k[c] = static_cast<float>(kKeyNoise * gen.Normal());
-        // Every query is large on the sink channel; key noise there would become logit noise.
-        k[ch.sink] = 0.f;
-        // High- and mid-frequency pairs: the same unit pattern for every token of the head, so
-        // that after RoPE q·k depends on the distance only (recency).
-        for (int p = 0; p < ch.fast_end; ++p) {
-          const double a = 1.0 / std::sqrt(2.0 * ch.fast_end);
-          k[p] += a;
-          k[p + ch.half] += a;
-        }
-        for (int p = ch.fast_end; p < ch.slow_end; ++p) {
-          const double a = 1.0 / std::sqrt(2.0 * (ch.slow_end - ch.fast_end));
-          k[p] += a;
-          k[p + ch.half] += a;
-        }
-        for (int r = 0; r < rank; ++r) {
-          for (int c = 0; c < content_dims; ++c) {
-            k[ch.content[c]] += static_cast<float>(topics.z[t][r] * topic_dirs[r][c]);
-          }
-        }
-        k[ch.outlier] += static_cast<float>(kOutlier - via_norm[t]);
-        k[ch.direction] += static_cast<float>(via_dir[t]);
-        if (t < kSinks) k[ch.sink] += static_cast<float>(kSinkShape[t]);
-
-        // Values: topic content + AR(1) drift shared with the neighbours.
-        float* v = V + t * d;
-        for (int c = 0; c < d; ++c) {
-          ar[c] = 0.9 * ar[c] + std::sqrt(1 - 0.81) * gen.Normal();
-          double x = 0.5 * ar[c];
-          for (int r = 0; r < rank; ++r) x += topics.z[t][r] * value_topic[r][c];
-          v[c] = static_cast<float>(x);
-        }
-        if (t < kSinks) {
-          for (int c = 0; c < d; ++c) v[c] *= 0.03f;
-        }
-      }
-      for (const NeedlePlan& n : needles) {
-        // A needle is a short sentence: five tokens carry its key direction, the centre (the
-        // position listed in meta.json) most strongly.
-        constexpr double kSpan[5] = {0.5, 0.7, 1.0, 0.7, 0.5};
-        for (int off = -2; off <= 2; ++off) {
-          float* k = K + (n.position + off) * d;
-          for (int c = 0; c < content_dims; ++c) {
-            k[ch.content[c]] += static_cast<float>(kSpan[off + 2] * kNeedleKey * n.direction[c]);
-          }
-        }
-        // A distinctive value, not shared with the neighbours: the "answer".
-        float* v = V + n.position * d;
-        for (int c = 0; c < d; ++c) v[c] = static_cast<float>(0.7 * gen.Normal());
-      }
-
-      // Queries of the group (pre-RoPE).
-      for (int i = 0; i < G; ++i) {
-        const int h = g * G + i;
-        const double s = specs[l].sharp[i];
-        const bool retrieval_head = spec.retrieval && i < std::max(1, G / 2);
-        float* Q = layer.q.data() + static_cast<size_t>(h) * T * d;
-        for (int64_t t = 0; t < T; ++t) {
-          float* q = Q + t * d;
-          const double recall = t < P ? 0.2 : 0.35;
-          const std::vector<double> zq = QueryTopic(gen, topics, t, recall);
-          std::vector<double> x(d, 0.0);
-          for (int p = 0; p < ch.fast_end; ++p) {
-            const double a = sqrt_d * spec.local_fast / std::sqrt(2.0 * ch.fast_end);
-            x[p] += a;
-            x[p + ch.half] += a;
-          }
-          for (int p = ch.fast_end; p < ch.slow_end; ++p) {
-            const double a = sqrt_d * spec.local_slow / std::sqrt(2.0 * (ch.slow_end - ch.fast_end));
-            x[p] += a;
-            x[p + ch.half] += a;
-          }
-          // Same-topic keys get ~spec.content (z·z ~ rank for the same topic).
-          for (int r = 0; r < rank; ++r) {
-            for (int c = 0; c < content_dims; ++c) {
-              x[ch.content[c]] += sqrt_d * spec.content / rank * zq[r] * topic_dirs[r][c];
-            }
-          }
-          x[ch.outlier] -= sqrt_d;    // logit -(kOutlier - via_norm): smaller norm, more attention
-          x[ch.direction] += sqrt_d;  // logit +via_dir
-          if (retrieval_head) {
-            for (const NeedlePlan& n : needles) {
-              if (std::find(n.queries.begin(), n.queries.end(), t) == n.queries.end()) continue;
-              // Enough to beat the sink and the heavy hitters: the needle becomes the argmax.
-              const double logit = spec.sink + spec.salience + 4.0;
-              for (int c = 0; c < content_dims; ++c) {
-                x[ch.content[c]] += sqrt_d * logit / kNeedleKey * n.direction[c];
-              }
-            }
-          }
-          for (int c = 0; c < d; ++c) q[c] = static_cast<float>(s * x[c] + kQueryNoise * gen.Normal());
-          // Every head of the group is drawn to the sink alike: not scaled by the sharpness.
-          q[ch.sink] += static_cast<float>(sqrt_d * spec.sink);
-        }
-      }
+    for (int g = 0; g < sh.Hk; ++g) {
+      GenerateKvHead(gen, o, sh, specs[l], depths, l, g, future_taken, meta, layer);
     }
-
-    // RoPE: keep the pre-RoPE queries, rotate queries and keys in place.
-    layer.qpre = layer.q;
-    for (int h = 0; h < H; ++h) {
-      RotateRows(RopeStyle::kHalf, kTheta, d, 0, T, layer.q.data() + static_cast<size_t>(h) * T * d);
-    }
-    for (int g = 0; g < Hk; ++g) {
-      RotateRows(RopeStyle::kHalf, kTheta, d, 0, T, layer.k.data() + static_cast<size_t>(g) * T * d);
-    }
-
-    if (o.with_wo) {
-      // W_O [hidden, H*d] as y = x·Wᵀ stores it: per head an anisotropic block (decaying spectrum)
-      // with an unequal head scale, so that W_O-aware scores differ from plain value norms.
-      const int64_t hidden = static_cast<int64_t>(H) * d;
-      layer.wo_hidden = hidden;
-      layer.wo.assign(static_cast<size_t>(hidden) * H * d, 0.f);
-      for (int h = 0; h < H; ++h) {
-        const double head_scale = 0.4 + 1.2 * gen.Uniform();
-        for (int c = 0; c < d; ++c) {
-          const double col_scale = head_scale * std::exp(-3.0 * c / d) / std::sqrt(hidden);
-          for (int64_t r = 0; r < hidden; ++r) {
-            layer.wo[r * H * d + h * d + c] = static_cast<float>(col_scale * gen.Normal());
-          }
-        }
-      }
-    }
+    ApplyRope(sh, layer);
+    if (o.with_wo) DrawWo(gen, sh, layer);
     ds.layers.push_back(std::move(layer));
   }
   return ds;

@@ -35,6 +35,8 @@
 
 namespace kvkeep {
 
+class CompressionPass;  // compressor.cc: the steps of one CompressSequence call
+
 struct CompressOutcome {
   // false: no head had to lose a token (the budget covers the sequence); nothing was touched.
   bool changed = false;
@@ -65,10 +67,7 @@ class CompressScratch {
   size_t bytes() const;
 
  private:
-  friend absl::StatusOr<CompressOutcome> CompressSequence(const Model&, SequenceTable&,
-                                                          SequenceStats&, const eviction::Policy&,
-                                                          const eviction::Budget&, Backend&,
-                                                          const PagePool&, CompressScratch&);
+  friend class CompressionPass;
 
   eviction::ScoringWorkspace workspace_;
   eviction::LayerInputs inputs_;

@@ -5,6 +5,7 @@
 #include <cstddef>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace kvkeep::eviction {
 namespace {
@@ -53,24 +54,8 @@ absl::Status Missing(const Policy& policy, absl::string_view what) {
       "scorer \"", ScorerName(policy.scorer), "\" needs ", what, ", which was not sent"));
 }
 
-}  // namespace
-
-int64_t EffectiveNextPosition(const LayerInputs& in) {
-  if (in.next_position != 0) return in.next_position;
-  int64_t next = 0;
-  for (const HeadKV& h : in.heads) {
-    if (h.n > 0) next = std::max<int64_t>(next, int64_t{PositionOf(h, h.n - 1)} + 1);
-  }
-  return next;
-}
-
-int EffectiveRotaryDim(const LayerInputs& in) {
-  return in.rope.rotary_dim == 0 ? in.head_dim : in.rope.rotary_dim;
-}
-
-absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy, bool check_tensors) {
-  Needs needs = ScorerNeeds(policy.scorer);
-  if (!check_tensors) needs.keys = needs.values = false;
+// Head counts, head_dim and the RoPE description.
+absl::Status CheckShapeAndRope(const LayerInputs& in) {
   if (in.q_heads <= 0 || in.kv_heads <= 0 || in.head_dim <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "q_heads (", in.q_heads, "), kv_heads (", in.kv_heads, ") and head_dim (", in.head_dim,
@@ -96,60 +81,61 @@ absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy, bo
       return absl::InvalidArgumentError(absl::StrCat("rope.inv_freq has ", in.rope.inv_freq.size(),
                                                      " entries, expected rotary_dim / 2 = ", rd / 2));
     }
-    if (absl::Status s = CheckFinite(in.rope.inv_freq.data(),
-                                     static_cast<int64_t>(in.rope.inv_freq.size()), "rope.inv_freq");
-        !s.ok()) {
-      return s;
-    }
-  } else if (!(in.rope.theta > 0) || std::isinf(in.rope.theta)) {
+    return CheckFinite(in.rope.inv_freq.data(), static_cast<int64_t>(in.rope.inv_freq.size()),
+                       "rope.inv_freq");
+  }
+  if (!(in.rope.theta > 0) || std::isinf(in.rope.theta)) {
     return absl::InvalidArgumentError(
         absl::StrCat("rope.theta must be finite and > 0, got ", in.rope.theta));
   }
+  return absl::OkStatus();
+}
 
+// One head g: its length, the tensors the scorer reads (`needs`), and ascending positions.
+absl::Status CheckHead(const LayerInputs& in, int g, const Needs& needs, const Policy& policy) {
+  const HeadKV& h = in.heads[g];
+  if (h.n < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].n is negative (", h.n, ")"));
+  }
+  if (h.n == 0) return absl::OkStatus();
+  if (needs.keys && h.keys == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].keys is null with n = ", h.n,
+                                                   " (scorer \"", ScorerName(policy.scorer),
+                                                   "\" reads keys)"));
+  }
+  if (needs.values && h.values == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].values is null with n = ", h.n,
+                                                   " (scorer \"", ScorerName(policy.scorer),
+                                                   "\" reads values)"));
+  }
+  if (h.positions != nullptr) {
+    if (h.positions[0] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("heads[", g, "].positions[0] is negative (", h.positions[0], ")"));
+    }
+    for (int j = 1; j < h.n; ++j) {
+      if (h.positions[j] <= h.positions[j - 1]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "heads[", g, "].positions are not strictly ascending at index ", j, " (",
+            h.positions[j - 1], " then ", h.positions[j], ")"));
+      }
+    }
+  }
+  const int64_t count = static_cast<int64_t>(h.n) * in.head_dim;
+  if (needs.keys) {
+    RETURN_IF_ERROR(CheckFinite(h.keys, count, absl::StrCat("heads[", g, "].keys")));
+  }
+  if (needs.values) {
+    RETURN_IF_ERROR(CheckFinite(h.values, count, absl::StrCat("heads[", g, "].values")));
+  }
+  return absl::OkStatus();
+}
+
+// next_position against the largest cached position of every head.
+absl::Status CheckNextPosition(const LayerInputs& in) {
   int64_t max_position = -1;
-  for (int g = 0; g < in.kv_heads; ++g) {
-    const HeadKV& h = in.heads[g];
-    if (h.n < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].n is negative (", h.n, ")"));
-    }
-    if (h.n == 0) continue;
-    if (needs.keys && h.keys == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].keys is null with n = ", h.n,
-                                                     " (scorer \"", ScorerName(policy.scorer),
-                                                     "\" reads keys)"));
-    }
-    if (needs.values && h.values == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].values is null with n = ", h.n,
-                                                     " (scorer \"", ScorerName(policy.scorer),
-                                                     "\" reads values)"));
-    }
-    if (h.positions != nullptr) {
-      if (h.positions[0] < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("heads[", g, "].positions[0] is negative (", h.positions[0], ")"));
-      }
-      for (int j = 1; j < h.n; ++j) {
-        if (h.positions[j] <= h.positions[j - 1]) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "heads[", g, "].positions are not strictly ascending at index ", j, " (",
-              h.positions[j - 1], " then ", h.positions[j], ")"));
-        }
-      }
-    }
-    max_position = std::max<int64_t>(max_position, PositionOf(h, h.n - 1));
-    const int64_t count = static_cast<int64_t>(h.n) * d;
-    if (needs.keys) {
-      if (absl::Status s = CheckFinite(h.keys, count, absl::StrCat("heads[", g, "].keys"));
-          !s.ok()) {
-        return s;
-      }
-    }
-    if (needs.values) {
-      if (absl::Status s = CheckFinite(h.values, count, absl::StrCat("heads[", g, "].values"));
-          !s.ok()) {
-        return s;
-      }
-    }
+  for (const HeadKV& h : in.heads) {
+    if (h.n > 0) max_position = std::max<int64_t>(max_position, PositionOf(h, h.n - 1));
   }
   if (in.next_position < 0) {
     return absl::InvalidArgumentError(
@@ -160,35 +146,35 @@ absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy, bo
                                                    ") must exceed the largest cached position (",
                                                    max_position, ")"));
   }
-  const int64_t next = EffectiveNextPosition(in);
-  const int64_t qd = static_cast<int64_t>(in.q_heads) * d;
+  return absl::OkStatus();
+}
 
-  // Window queries.
-  if (!in.window_queries.empty() || in.window != 0) {
-    if (in.window <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("window must be > 0 when window_queries are sent, got ", in.window));
-    }
-    if (static_cast<int64_t>(in.window_queries.size()) != qd * in.window) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "window_queries has ", in.window_queries.size(), " floats, expected q_heads * window * "
-          "head_dim = ", qd * in.window));
-    }
-    if (in.window > next) {
-      return absl::InvalidArgumentError(absl::StrCat("window (", in.window,
-                                                     ") exceeds next_position (", next, ")"));
-    }
-    if (absl::Status s = CheckFinite(in.window_queries.data(),
-                                     static_cast<int64_t>(in.window_queries.size()),
-                                     "window_queries");
-        !s.ok()) {
-      return s;
-    }
-  } else if (needs.window_queries) {
-    return Missing(policy, "window_queries (window > 0)");
+absl::Status CheckWindowQueries(const LayerInputs& in, const Needs& needs, const Policy& policy) {
+  const int64_t qd = static_cast<int64_t>(in.q_heads) * in.head_dim;
+  if (in.window_queries.empty() && in.window == 0) {
+    if (needs.window_queries) return Missing(policy, "window_queries (window > 0)");
+    return absl::OkStatus();
   }
+  if (in.window <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("window must be > 0 when window_queries are sent, got ", in.window));
+  }
+  if (static_cast<int64_t>(in.window_queries.size()) != qd * in.window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "window_queries has ", in.window_queries.size(), " floats, expected q_heads * window * "
+        "head_dim = ", qd * in.window));
+  }
+  const int64_t next = EffectiveNextPosition(in);
+  if (in.window > next) {
+    return absl::InvalidArgumentError(absl::StrCat("window (", in.window,
+                                                   ") exceeds next_position (", next, ")"));
+  }
+  return CheckFinite(in.window_queries.data(), static_cast<int64_t>(in.window_queries.size()),
+                     "window_queries");
+}
 
-  // Query moments.
+absl::Status CheckQueryMoments(const LayerInputs& in, const Needs& needs, const Policy& policy) {
+  const int64_t qd = static_cast<int64_t>(in.q_heads) * in.head_dim;
   if (!in.query_sum.empty()) {
     if (static_cast<int64_t>(in.query_sum.size()) != qd) {
       return absl::InvalidArgumentError(absl::StrCat("query_sum has ", in.query_sum.size(),
@@ -198,56 +184,81 @@ absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy, bo
       return absl::InvalidArgumentError(
           absl::StrCat("query_count must be > 0 when query_sum is sent, got ", in.query_count));
     }
-    if (absl::Status s = CheckFinite(in.query_sum.data(), qd, "query_sum"); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckFinite(in.query_sum.data(), qd, "query_sum"));
   } else if (needs.query_moments) {
     return Missing(policy, "query moments (query_sum, query_count)");
   }
-  if (!in.query_sq_sum.empty()) {
-    if (in.query_sum.empty()) {
-      return absl::InvalidArgumentError("query_sq_sum was sent without query_sum");
-    }
-    if (static_cast<int64_t>(in.query_sq_sum.size()) != qd) {
-      return absl::InvalidArgumentError(absl::StrCat("query_sq_sum has ", in.query_sq_sum.size(),
-                                                     " entries, expected q_heads * head_dim = ", qd));
-    }
-    if (absl::Status s = CheckFinite(in.query_sq_sum.data(), qd, "query_sq_sum"); !s.ok()) return s;
+  if (in.query_sq_sum.empty()) return absl::OkStatus();
+  if (in.query_sum.empty()) {
+    return absl::InvalidArgumentError("query_sq_sum was sent without query_sum");
   }
-
-  // Attention mass.
-  if (!in.attention_mass.empty()) {
-    if (static_cast<int>(in.attention_mass.size()) != in.q_heads) {
-      return absl::InvalidArgumentError(absl::StrCat("attention_mass has ", in.attention_mass.size(),
-                                                     " rows, expected q_heads = ", in.q_heads));
-    }
-    const int group = in.q_heads / in.kv_heads;
-    for (int h = 0; h < in.q_heads; ++h) {
-      const std::vector<float>& m = in.attention_mass[h];
-      const int n = in.heads[h / group].n;
-      if (static_cast<int>(m.size()) != n) {
-        return absl::InvalidArgumentError(absl::StrCat("attention_mass[", h, "] has ", m.size(),
-                                                       " entries, expected heads[", h / group,
-                                                       "].n = ", n));
-      }
-      if (absl::Status s = CheckFinite(m.data(), static_cast<int64_t>(m.size()),
-                                       absl::StrCat("attention_mass[", h, "]"));
-          !s.ok()) {
-        return s;
-      }
-    }
-  } else if (needs.attention_mass) {
-    return Missing(policy, "attention_mass");
+  if (static_cast<int64_t>(in.query_sq_sum.size()) != qd) {
+    return absl::InvalidArgumentError(absl::StrCat("query_sq_sum has ", in.query_sq_sum.size(),
+                                                   " entries, expected q_heads * head_dim = ", qd));
   }
+  return CheckFinite(in.query_sq_sum.data(), qd, "query_sq_sum");
+}
 
-  // W_O Grams.
-  if (!in.wo_gram.empty()) {
-    if (static_cast<int64_t>(in.wo_gram.size()) != qd * d) {
-      return absl::InvalidArgumentError(absl::StrCat("wo_gram has ", in.wo_gram.size(),
-                                                     " floats, expected q_heads * head_dim^2 = ",
-                                                     qd * d));
+absl::Status CheckAttentionMass(const LayerInputs& in, const Needs& needs, const Policy& policy) {
+  if (in.attention_mass.empty()) {
+    if (needs.attention_mass) return Missing(policy, "attention_mass");
+    return absl::OkStatus();
+  }
+  if (static_cast<int>(in.attention_mass.size()) != in.q_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("attention_mass has ", in.attention_mass.size(),
+                                                   " rows, expected q_heads = ", in.q_heads));
+  }
+  const int group = in.q_heads / in.kv_heads;
+  for (int h = 0; h < in.q_heads; ++h) {
+    const std::vector<float>& m = in.attention_mass[h];
+    const int n = in.heads[h / group].n;
+    if (static_cast<int>(m.size()) != n) {
+      return absl::InvalidArgumentError(absl::StrCat("attention_mass[", h, "] has ", m.size(),
+                                                     " entries, expected heads[", h / group,
+                                                     "].n = ", n));
     }
-    if (absl::Status s = CheckFinite(in.wo_gram.data(), qd * d, "wo_gram"); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckFinite(m.data(), static_cast<int64_t>(m.size()),
+                                absl::StrCat("attention_mass[", h, "]")));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckWoGram(const LayerInputs& in) {
+  if (in.wo_gram.empty()) return absl::OkStatus();
+  const int64_t qdd = static_cast<int64_t>(in.q_heads) * in.head_dim * in.head_dim;
+  if (static_cast<int64_t>(in.wo_gram.size()) != qdd) {
+    return absl::InvalidArgumentError(absl::StrCat("wo_gram has ", in.wo_gram.size(),
+                                                   " floats, expected q_heads * head_dim^2 = ",
+                                                   qdd));
+  }
+  return CheckFinite(in.wo_gram.data(), qdd, "wo_gram");
+}
+
+}  // namespace
+
+int64_t EffectiveNextPosition(const LayerInputs& in) {
+  if (in.next_position != 0) return in.next_position;
+  int64_t next = 0;
+  for (const HeadKV& h : in.heads) {
+    if (h.n > 0) next = std::max<int64_t>(next, int64_t{PositionOf(h, h.n - 1)} + 1);
+  }
+  return next;
+}
+
+int EffectiveRotaryDim(const LayerInputs& in) {
+  return in.rope.rotary_dim == 0 ? in.head_dim : in.rope.rotary_dim;
+}
+
+absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy, bool check_tensors) {
+  Needs needs = ScorerNeeds(policy.scorer);
+  if (!check_tensors) needs.keys = needs.values = false;
+  RETURN_IF_ERROR(CheckShapeAndRope(in));
+  for (int g = 0; g < in.kv_heads; ++g) RETURN_IF_ERROR(CheckHead(in, g, needs, policy));
+  RETURN_IF_ERROR(CheckNextPosition(in));
+  RETURN_IF_ERROR(CheckWindowQueries(in, needs, policy));
+  RETURN_IF_ERROR(CheckQueryMoments(in, needs, policy));
+  RETURN_IF_ERROR(CheckAttentionMass(in, needs, policy));
+  return CheckWoGram(in);
 }
 
 }  // namespace kvkeep::eviction

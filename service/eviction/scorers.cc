@@ -630,6 +630,115 @@ void ScoreCapKvGreedy(const Ctx& c, int g, const std::vector<double>& cs,
   FillUndefinedWithMax(out, s0, s0 + nc);
 }
 
+// ---- Scorers over the whole layer ------------------------------------------------------------
+
+// streaming: recency, the token index.
+void ScoreStreaming(const LayerInputs& in, HeadScores* out) {
+  for (int g = 0; g < in.kv_heads; ++g) {
+    std::vector<float>& s = out->per_head[g];
+    for (size_t j = 0; j < s.size(); ++j) s[j] = static_cast<float>(j);
+  }
+}
+
+// random: a counter-based uniform of (seed, layer, head, position).
+void ScoreRandom(const Policy& policy, const LayerInputs& in, HeadScores* out) {
+  for (int g = 0; g < in.kv_heads; ++g) {
+    std::vector<float>& s = out->per_head[g];
+    for (int j = 0; j < in.heads[g].n; ++j) {
+      s[j] = gm::CounterUniform(policy.seed, static_cast<uint64_t>(in.layer_index),
+                                static_cast<uint64_t>(g),
+                                static_cast<uint64_t>(PositionOf(in.heads[g], j)));
+    }
+  }
+}
+
+// h2o (observed = false) and observed: the group-mean attention mass of each token.
+void ScoreAttentionMass(const Ctx& c, bool observed, HeadScores* out) {
+  const LayerInputs& in = c.in;
+  const float inv_g = 1.0f / static_cast<float>(c.group);
+  for (int g = 0; g < in.kv_heads; ++g) {
+    const HeadKV& h = in.heads[g];
+    std::vector<float>& s = out->per_head[g];
+    std::fill(s.begin(), s.end(), 0.0f);
+    for (int r = 0; r < c.group; ++r) {
+      const std::vector<float>& mass = in.attention_mass[g * c.group + r];
+      for (int j = 0; j < h.n; ++j) s[j] += mass[j];
+    }
+    for (int j = 0; j < h.n; ++j) {
+      const float v = s[j] * inv_g;
+      s[j] = observed ? gm::ObservedScore(v, c.next, PositionOf(h, j)) : v;
+    }
+  }
+}
+
+// Whether every KV head of the layer holds the same token positions.
+bool SamePositions(const LayerInputs& in) {
+  for (int g = 1; g < in.kv_heads; ++g) {
+    const HeadKV& a = in.heads[0];
+    const HeadKV& b = in.heads[g];
+    if (a.n != b.n) return false;
+    if (a.positions == b.positions) continue;
+    for (int j = 0; j < a.n; ++j) {
+      if (PositionOf(a, j) != PositionOf(b, j)) return false;
+    }
+  }
+  return true;
+}
+
+// TOVA's average over every query head of the layer, when the KV heads hold different tokens
+// (after ada eviction): tokens are aligned by position, absent = 0 attention. `mass` holds the
+// group sums on entry and the averages on return; worker 0's scratch stages the result.
+void MergeTovaByPosition(const LayerInputs& in, float inv_h, ScoringWorkspace::Scratch& sc,
+                         std::vector<std::vector<float>>& mass) {
+  size_t total = 0;
+  for (int g = 0; g < in.kv_heads; ++g) total += in.heads[g].n;
+  float* merged = Grow(sc.f[1], total);
+  size_t offset = 0;
+  for (int g = 0; g < in.kv_heads; ++g) {
+    const HeadKV& hg = in.heads[g];
+    float* dst = merged + offset;
+    std::fill(dst, dst + hg.n, 0.0f);
+    for (int o = 0; o < in.kv_heads; ++o) {
+      const HeadKV& ho = in.heads[o];
+      int k = 0;
+      for (int j = 0; j < hg.n; ++j) {
+        const int32_t pos = PositionOf(hg, j);
+        while (k < ho.n && PositionOf(ho, k) < pos) ++k;
+        if (k < ho.n && PositionOf(ho, k) == pos) dst[j] += mass[o][k];
+      }
+    }
+    for (int j = 0; j < hg.n; ++j) dst[j] *= inv_h;
+    offset += hg.n;
+  }
+  offset = 0;
+  for (int g = 0; g < in.kv_heads; ++g) {
+    std::copy(merged + offset, merged + offset + in.heads[g].n, mass[g].begin());
+    offset += in.heads[g].n;
+  }
+}
+
+// tova: the last query's attention, averaged over every query head of the layer.
+void ScoreTova(const Ctx& c, int workers, ScoringWorkspace& workspace, HeadScores* out) {
+  const LayerInputs& in = c.in;
+  // Mass of the last query per KV head (summed over its group) ...
+  std::vector<std::vector<float>>& mass = out->per_head;  // reuse: first the group sums
+  ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+    TovaGroupMass(c, g, workspace.scratch(t), mass[g].data());
+  });
+  // ... then every KV head averages over all query heads of the layer.
+  const float inv_h = 1.0f / static_cast<float>(in.q_heads);
+  if (!SamePositions(in)) {
+    MergeTovaByPosition(in, inv_h, workspace.scratch(0), mass);
+    return;
+  }
+  std::vector<float>& acc = mass[0];
+  for (int g = 1; g < in.kv_heads; ++g) {
+    for (size_t j = 0; j < acc.size(); ++j) acc[j] += mass[g][j];
+  }
+  for (float& v : acc) v *= inv_h;
+  for (int g = 1; g < in.kv_heads; ++g) mass[g] = acc;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -699,105 +808,22 @@ absl::Status ScoreLayerInto(const Policy& policy, const LayerInputs& in,
 
   switch (policy.scorer) {
     case ScorerKind::kStreaming:
-      for (int g = 0; g < in.kv_heads; ++g) {
-        std::vector<float>& s = out->per_head[g];
-        for (size_t j = 0; j < s.size(); ++j) s[j] = static_cast<float>(j);
-      }
+      ScoreStreaming(in, out);
       return absl::OkStatus();
     case ScorerKind::kRandom:
-      for (int g = 0; g < in.kv_heads; ++g) {
-        std::vector<float>& s = out->per_head[g];
-        for (int j = 0; j < in.heads[g].n; ++j) {
-          s[j] = gm::CounterUniform(policy.seed, static_cast<uint64_t>(in.layer_index),
-                                    static_cast<uint64_t>(g),
-                                    static_cast<uint64_t>(PositionOf(in.heads[g], j)));
-        }
-      }
+      ScoreRandom(policy, in, out);
       return absl::OkStatus();
     case ScorerKind::kKnorm:
       ParallelFor(in.kv_heads, workers,
                   [&](int g, int) { ScoreKnorm(in.heads[g], c.d, out->per_head[g].data()); });
       return absl::OkStatus();
     case ScorerKind::kH2o:
-    case ScorerKind::kObserved: {
-      const bool observed = policy.scorer == ScorerKind::kObserved;
-      const float inv_g = 1.0f / static_cast<float>(c.group);
-      for (int g = 0; g < in.kv_heads; ++g) {
-        const HeadKV& h = in.heads[g];
-        std::vector<float>& s = out->per_head[g];
-        std::fill(s.begin(), s.end(), 0.0f);
-        for (int r = 0; r < c.group; ++r) {
-          const std::vector<float>& mass = in.attention_mass[g * c.group + r];
-          for (int j = 0; j < h.n; ++j) s[j] += mass[j];
-        }
-        for (int j = 0; j < h.n; ++j) {
-          const float v = s[j] * inv_g;
-          s[j] = observed ? gm::ObservedScore(v, c.next, PositionOf(h, j)) : v;
-        }
-      }
+    case ScorerKind::kObserved:
+      ScoreAttentionMass(c, policy.scorer == ScorerKind::kObserved, out);
       return absl::OkStatus();
-    }
-    case ScorerKind::kTova: {
-      // Mass of the last query per KV head (summed over its group) into scratch of worker 0 ...
-      std::vector<std::vector<float>>& mass = out->per_head;  // reuse: first the group sums
-      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
-        TovaGroupMass(c, g, workspace.scratch(t), mass[g].data());
-      });
-      // ... then every KV head averages over all query heads of the layer, aligning tokens by
-      // position (heads may hold different tokens after ada eviction; absent = 0 attention).
-      bool same_positions = true;
-      for (int g = 1; g < in.kv_heads && same_positions; ++g) {
-        const HeadKV& a = in.heads[0];
-        const HeadKV& b = in.heads[g];
-        if (a.n != b.n) {
-          same_positions = false;
-        } else if (a.positions != b.positions) {
-          for (int j = 0; j < a.n; ++j) {
-            if (PositionOf(a, j) != PositionOf(b, j)) {
-              same_positions = false;
-              break;
-            }
-          }
-        }
-      }
-      const float inv_h = 1.0f / static_cast<float>(in.q_heads);
-      if (same_positions) {
-        std::vector<float>& acc = mass[0];
-        for (int g = 1; g < in.kv_heads; ++g) {
-          for (size_t j = 0; j < acc.size(); ++j) acc[j] += mass[g][j];
-        }
-        for (float& v : acc) v *= inv_h;
-        for (int g = 1; g < in.kv_heads; ++g) mass[g] = acc;
-        return absl::OkStatus();
-      }
-      ScoringWorkspace::Scratch& sc = workspace.scratch(0);
-      size_t total = 0;
-      for (int g = 0; g < in.kv_heads; ++g) total += in.heads[g].n;
-      float* merged = Grow(sc.f[1], total);
-      size_t offset = 0;
-      for (int g = 0; g < in.kv_heads; ++g) {
-        const HeadKV& hg = in.heads[g];
-        float* dst = merged + offset;
-        std::fill(dst, dst + hg.n, 0.0f);
-        for (int o = 0; o < in.kv_heads; ++o) {
-          const HeadKV& ho = in.heads[o];
-          int k = 0;
-          for (int j = 0; j < hg.n; ++j) {
-            const int32_t pos = PositionOf(hg, j);
-            while (k < ho.n && PositionOf(ho, k) < pos) ++k;
-            if (k < ho.n && PositionOf(ho, k) == pos) dst[j] += mass[o][k];
-          }
-        }
-        for (int j = 0; j < hg.n; ++j) dst[j] *= inv_h;
-        offset += hg.n;
-      }
-      offset = 0;
-      for (int g = 0; g < in.kv_heads; ++g) {
-        std::copy(merged + offset, merged + offset + in.heads[g].n, mass[g].begin());
-        offset += in.heads[g].n;
-      }
+    case ScorerKind::kTova:
+      ScoreTova(c, workers, workspace, out);
       return absl::OkStatus();
-    }
     case ScorerKind::kSnapKv:
       ParallelFor(in.kv_heads, workers, [&](int g, int t) {
         ScoreSnapKv(c, g, workspace.scratch(t), out->per_head[g]);
