@@ -19,7 +19,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Attach(const ChannelOptions& opt
                                                        absl::Duration timeout) {
   auto client = std::unique_ptr<Client>(
       new Client(MakeChannel(options), std::move(token), options.max_message_bytes));
-  RETURN_IF_ERROR(client->Start(options.target, worker_name, timeout));
+  if (!client->channel_->WaitForConnected(std::chrono::system_clock::now() +
+                                          absl::ToChronoMilliseconds(timeout))) {
+    return absl::UnavailableError(absl::StrCat("cannot reach kvkeepd at ", options.target));
+  }
+  RETURN_IF_ERROR(client->Start(worker_name, timeout));
   return client;
 }
 
@@ -29,16 +33,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Attach(std::shared_ptr<grpc::Cha
                                                        int max_message_bytes) {
   auto client =
       std::unique_ptr<Client>(new Client(std::move(channel), std::move(token), max_message_bytes));
-  RETURN_IF_ERROR(client->Start("the given channel", worker_name, timeout));
+  RETURN_IF_ERROR(client->Start(worker_name, timeout));
   return client;
 }
 
-absl::Status Client::Start(const std::string& target, const std::string& worker_name,
-                           absl::Duration timeout) {
-  if (!channel_->WaitForConnected(std::chrono::system_clock::now() +
-                                  absl::ToChronoMilliseconds(timeout))) {
-    return absl::UnavailableError(absl::StrCat("cannot reach kvkeepd at ", target));
-  }
+absl::Status Client::Start(const std::string& worker_name, absl::Duration timeout) {
   session_context_ = MakeCallContext(token_);
   v1::AttachRequest request;
   request.set_worker_name(worker_name);

@@ -47,8 +47,10 @@ class Client {
                                                         std::string token,
                                                         std::string worker_name,
                                                         absl::Duration timeout = absl::Seconds(10));
-  // As above, over an existing channel (e.g. grpc::Server::InProcessChannel in tests).
-  // `max_message_bytes`: the largest message the channel sends (WriteHead's chunk size).
+  // As above, over an existing channel (e.g. grpc::Server::InProcessChannel in tests). No
+  // connection wait first (in-process channels have no connectivity state): an unreachable
+  // daemon fails the Session call itself, with UNAVAILABLE. `max_message_bytes`: the largest
+  // message the channel sends (WriteHead's chunk size).
   static absl::StatusOr<std::unique_ptr<Client>> Attach(std::shared_ptr<grpc::Channel> channel,
                                                         std::string token,
                                                         std::string worker_name,
@@ -137,10 +139,8 @@ class Client {
 
  private:
   Client(std::shared_ptr<grpc::Channel> channel, std::string token, int max_message_bytes);
-  // Connects (up to `timeout`; UNAVAILABLE naming `target` when it cannot), opens the Session
-  // stream and waits for the daemon's first event.
-  absl::Status Start(const std::string& target, const std::string& worker_name,
-                     absl::Duration timeout);
+  // Opens the Session stream and waits (up to `timeout`) for the daemon's first event.
+  absl::Status Start(const std::string& worker_name, absl::Duration timeout);
   // One unary call with this client's token (client/unary_call.h).
   template <typename Request, typename Reply>
   absl::StatusOr<Reply> Call(

@@ -195,7 +195,9 @@ TEST_F(ClientInProcessTest, WorkerWritesBothWaysReadsBackCompressesAndDrops) {
     ASSERT_LT(kept.positions.size(), tokens);
     ASSERT_EQ(kept.keys.size(), kept.positions.size() * kTokenBytes);
     for (size_t i = 0; i < kept.positions.size(); ++i) {
-      if (i > 0) EXPECT_LT(kept.positions[i - 1], kept.positions[i]);
+      if (i > 0) {
+        EXPECT_LT(kept.positions[i - 1], kept.positions[i]);
+      }
       EXPECT_EQ(kept.keys.substr(i * kTokenBytes, kTokenBytes),
                 original.substr(kept.positions[i] * kTokenBytes, kTokenBytes))
           << "head " << head << " row " << i;
@@ -293,7 +295,7 @@ TEST_F(ClientInProcessTest, ErrorsArriveWithTheirCodeAndMessage) {
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client, Client::Attach(channel_, token, "w"));
   EXPECT_THAT(client->Allocate("seq-none", 16), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(UnaryCall(token, client->stub(), &v1::KvCache::Stub::Ping, v1::PingRequest(),
-                        absl::ZeroDuration()),
+                        absl::Seconds(-1)),
               StatusIs(absl::StatusCode::kDeadlineExceeded));
   EXPECT_OK(UnaryCall(token, client->stub(), &v1::KvCache::Stub::Ping, v1::PingRequest(),
                       absl::Seconds(30)));

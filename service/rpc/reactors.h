@@ -93,16 +93,16 @@ class UnaryCalls {
                                 absl::StatusOr<std::string> caller, RunOn where, Reply* reply,
                                 Fn fn) const {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    std::string full_method = FullMethodName(service_, method);
     if (!caller.ok()) {
-      reactor->Finish(CallStatus(full_method, "", caller.status()));
+      reactor->Finish(Finished(method, "", caller.status()));
       return reactor;
     }
-    auto work = [reactor, reply, fn = std::move(fn), method = std::move(full_method),
+    // `this` outlives the call: the service outlives the server and its executor.
+    auto work = [this, reactor, reply, fn = std::move(fn), method,
                  tenant = std::move(*caller)]() mutable {
       auto result = Call(fn, tenant);
       if (result.ok()) *reply = std::move(*result);
-      reactor->Finish(CallStatus(method, tenant, result.status()));
+      reactor->Finish(Finished(method, tenant, result.status()));
     };
     if (where == RunOn::kExecutor) {
       executor_->Schedule(std::move(work));
@@ -115,6 +115,12 @@ class UnaryCalls {
   const std::string& service() const { return service_; }
 
  private:
+  // CallStatus with the full method name, built only for a failure (OK is the hot path).
+  grpc::Status Finished(absl::string_view method, absl::string_view tenant,
+                        const absl::Status& status) const {
+    if (status.ok()) return grpc::Status::OK;
+    return CallStatus(FullMethodName(service_, method), tenant, status);
+  }
   // fn(tenant) when fn takes the caller, fn() otherwise (the Admin service's handlers).
   template <typename Fn>
   static auto Call(Fn& fn, const std::string& tenant) {
