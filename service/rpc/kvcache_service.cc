@@ -1,5 +1,6 @@
 #include "service/rpc/kvcache_service.h"
 
+#include <memory>
 #include <utility>
 
 #include "common/status_macros.h"
