@@ -15,14 +15,16 @@
 //                    });
 //   return unary.Inline(context, "GetArena", reply,
 //                       [&](const std::string& tenant) { return engine_->GetArena(tenant, id); });
-//   return unary.Offload(context, "Compress", reply,
-//                        [this, request](const std::string& tenant) { ... }, request->session_id());
+//   return unary.Offload(
+//       context, "Compress", reply,
+//       [this, request](const std::string& tenant) { return ...; }, request->session_id());
 //
 // ChunkStreamReader and ChunkStreamWriter are the stream reactors both directions share: a client
 // stream applied chunk by chunk, and a server stream fed by a `next` function. FailedStream
 // finishes a stream at once (a refused caller).
 //
-// Thread safety: UnaryCalls is immutable after construction and may be used from any thread. A
+// Thread safety: UnaryCalls is immutable after construction and may be used from any thread; it
+// must outlive the executor's queued work (a service outlives its server and executor). A
 // reactor is driven by gRPC, one reaction at a time, and deletes itself in OnDone.
 #ifndef KVKEEP_SERVICE_RPC_REACTORS_H_
 #define KVKEEP_SERVICE_RPC_REACTORS_H_
