@@ -19,7 +19,12 @@ namespace kvkeep {
 
 class AdminClient {
  public:
+  // Every call fails with UNAVAILABLE while the daemon cannot be reached (no connection is made
+  // here).
   static std::unique_ptr<AdminClient> Connect(const ChannelOptions& options, std::string token);
+  // Over an existing channel (e.g. grpc::Server::InProcessChannel in tests).
+  static std::unique_ptr<AdminClient> Connect(std::shared_ptr<grpc::Channel> channel,
+                                              std::string token);
 
   absl::StatusOr<v1::DaemonStatus> GetStatus();
   absl::StatusOr<v1::CreateTenantReply> CreateTenant(const v1::CreateTenantRequest& request);
@@ -41,6 +46,12 @@ class AdminClient {
  private:
   AdminClient(std::shared_ptr<grpc::Channel> channel, std::string token)
       : stub_(v1::Admin::NewStub(channel)), token_(std::move(token)) {}
+  // One unary call with this client's token (client/unary_call.h).
+  template <typename Request, typename Reply>
+  absl::StatusOr<Reply> Call(
+      grpc::Status (v1::Admin::Stub::*method)(grpc::ClientContext*, const Request&, Reply*),
+      const Request& request);
+
   std::unique_ptr<v1::Admin::Stub> stub_;
   const std::string token_;
 };

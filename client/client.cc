@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "client/unary_call.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 
@@ -22,24 +23,32 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Attach(const ChannelOptions& opt
                                           absl::ToChronoMilliseconds(timeout))) {
     return absl::UnavailableError(absl::StrCat("cannot reach kvkeepd at ", options.target));
   }
-  client->session_context_ = MakeCallContext(client->token_);
+  RETURN_IF_ERROR(client->Start(worker_name, timeout));
+  return client;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Attach(std::shared_ptr<grpc::Channel> channel,
+                                                       std::string token, std::string worker_name,
+                                                       absl::Duration timeout,
+                                                       int max_message_bytes) {
+  auto client =
+      std::unique_ptr<Client>(new Client(std::move(channel), std::move(token), max_message_bytes));
+  RETURN_IF_ERROR(client->Start(worker_name, timeout));
+  return client;
+}
+
+absl::Status Client::Start(const std::string& worker_name, absl::Duration timeout) {
+  session_context_ = MakeCallContext(token_);
   v1::AttachRequest request;
   request.set_worker_name(worker_name);
-  client->session_reader_ = client->stub_->Session(client->session_context_.get(), request);
-  client->event_thread_ = std::thread([c = client.get()] { c->EventLoop(); });
-  Client* c = client.get();
-  absl::Status failure;
-  {
-    absl::MutexLock lock(&c->mu_);
-    auto ready = [c]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) { return c->started_ || c->ended_; };
-    c->mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
-    if (!c->started_) {
-      failure = c->ended_ ? c->session_status_
-                          : absl::DeadlineExceededError("no answer to Session");
-    }
-  }
-  if (!failure.ok()) return failure;  // the destructor cancels the stream and joins the thread
-  return client;
+  session_reader_ = stub_->Session(session_context_.get(), request);
+  event_thread_ = std::thread([this] { EventLoop(); });
+  // On failure the destructor cancels the stream and joins the thread.
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return started_ || ended_; };
+  mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  if (started_) return absl::OkStatus();
+  return ended_ ? session_status_ : absl::DeadlineExceededError("no answer to Session");
 }
 
 void Client::EventLoop() {
@@ -115,18 +124,12 @@ std::vector<uint32_t> Client::MappedArenas() const {
   return out;
 }
 
-namespace {
-
-template <typename Reply, typename Call>
-absl::StatusOr<Reply> Invoke(const std::string& token, Call call) {
-  auto context = MakeCallContext(token);
-  Reply reply;
-  grpc::Status status = call(context.get(), &reply);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return reply;
+template <typename Request, typename Reply>
+absl::StatusOr<Reply> Client::Call(
+    grpc::Status (v1::KvCache::Stub::*method)(grpc::ClientContext*, const Request&, Reply*),
+    const Request& request) {
+  return UnaryCall(token_, *stub_, method, request);
 }
-
-}  // namespace
 
 absl::StatusOr<v1::RegisterModelReply> Client::RegisterModel(const v1::ModelLayout& layout,
                                                              const std::vector<v1::WoGram>& grams) {
@@ -151,10 +154,7 @@ absl::StatusOr<std::string> Client::CreateSequence(const std::string& model, boo
   request.set_session_id(session_id_);
   request.set_model(model);
   request.set_retain(retain);
-  ASSIGN_OR_RETURN(v1::PageTable table,
-                   Invoke<v1::PageTable>(token_, [&](grpc::ClientContext* c, v1::PageTable* r) {
-                     return stub_->CreateSequence(c, request, r);
-                   }));
+  ASSIGN_OR_RETURN(v1::PageTable table, Call(&v1::KvCache::Stub::CreateSequence, request));
   absl::MutexLock lock(&mu_);
   sequences_[table.sequence_id()];
   return table.sequence_id();
@@ -171,10 +171,7 @@ absl::StatusOr<v1::PageTableDelta> Client::Allocate(const std::string& sequence,
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
   request.set_tokens(tokens);
-  ASSIGN_OR_RETURN(v1::PageTableDelta delta, Invoke<v1::PageTableDelta>(
-      token_, [&](grpc::ClientContext* c, v1::PageTableDelta* r) {
-        return stub_->AllocatePages(c, request, r);
-      }));
+  ASSIGN_OR_RETURN(v1::PageTableDelta delta, Call(&v1::KvCache::Stub::AllocatePages, request));
   RETURN_IF_ERROR(MapArenasOf(delta.heads(), delta.new_arenas()));
   absl::MutexLock lock(&mu_);
   for (const auto& head : delta.heads()) RememberPages(sequence, head, /*replace=*/false);
@@ -190,10 +187,7 @@ absl::StatusOr<v1::CommitReply> Client::Commit(const std::string& sequence, uint
   request.set_tokens(tokens);
   request.mutable_positions()->Add(positions.begin(), positions.end());
   request.mutable_stats()->Add(stats.begin(), stats.end());
-  ASSIGN_OR_RETURN(v1::CommitReply reply,
-                   Invoke<v1::CommitReply>(token_, [&](grpc::ClientContext* c, v1::CommitReply* r) {
-                     return stub_->CommitTokens(c, request, r);
-                   }));
+  ASSIGN_OR_RETURN(v1::CommitReply reply, Call(&v1::KvCache::Stub::CommitTokens, request));
   if (reply.has_compressed()) {
     absl::MutexLock lock(&mu_);
     for (const auto& head : reply.compressed().table().heads()) {
@@ -226,10 +220,7 @@ absl::StatusOr<v1::CompressReply> Client::Compress(const std::string& sequence,
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
   *request.mutable_policy() = policy;
-  ASSIGN_OR_RETURN(v1::CompressReply reply, Invoke<v1::CompressReply>(
-      token_, [&](grpc::ClientContext* c, v1::CompressReply* r) {
-        return stub_->Compress(c, request, r);
-      }));
+  ASSIGN_OR_RETURN(v1::CompressReply reply, Call(&v1::KvCache::Stub::Compress, request));
   absl::MutexLock lock(&mu_);
   for (const auto& head : reply.table().heads()) RememberPages(sequence, head, /*replace=*/true);
   return reply;
@@ -433,19 +424,14 @@ absl::StatusOr<v1::PageTable> Client::GetSequence(const std::string& sequence,
   v1::GetSequenceRequest request;
   request.set_sequence_id(sequence);
   request.set_with_positions(with_positions);
-  return Invoke<v1::PageTable>(token_, [&](grpc::ClientContext* c, v1::PageTable* r) {
-    return stub_->GetSequence(c, request, r);
-  });
+  return Call(&v1::KvCache::Stub::GetSequence, request);
 }
 
 absl::StatusOr<v1::PageTable> Client::Acquire(const std::string& sequence) {
   v1::AcquireRequest request;
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
-  ASSIGN_OR_RETURN(v1::PageTable table,
-                   Invoke<v1::PageTable>(token_, [&](grpc::ClientContext* c, v1::PageTable* r) {
-                     return stub_->Acquire(c, request, r);
-                   }));
+  ASSIGN_OR_RETURN(v1::PageTable table, Call(&v1::KvCache::Stub::Acquire, request));
   RETURN_IF_ERROR(MapArenasOf(table.heads(), table.arenas()));
   absl::MutexLock lock(&mu_);
   for (const auto& head : table.heads()) RememberPages(sequence, head, /*replace=*/true);
@@ -456,19 +442,14 @@ absl::StatusOr<v1::ReleaseReply> Client::Release(const std::string& sequence) {
   v1::ReleaseRequest request;
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
-  return Invoke<v1::ReleaseReply>(token_, [&](grpc::ClientContext* c, v1::ReleaseReply* r) {
-    return stub_->Release(c, request, r);
-  });
+  return Call(&v1::KvCache::Stub::Release, request);
 }
 
 absl::StatusOr<v1::DropReply> Client::Drop(const std::string& sequence) {
   v1::DropRequest request;
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
-  ASSIGN_OR_RETURN(v1::DropReply reply,
-                   Invoke<v1::DropReply>(token_, [&](grpc::ClientContext* c, v1::DropReply* r) {
-                     return stub_->Drop(c, request, r);
-                   }));
+  ASSIGN_OR_RETURN(v1::DropReply reply, Call(&v1::KvCache::Stub::Drop, request));
   absl::MutexLock lock(&mu_);
   sequences_.erase(sequence);
   return reply;
@@ -477,15 +458,11 @@ absl::StatusOr<v1::DropReply> Client::Drop(const std::string& sequence) {
 absl::StatusOr<v1::ArenaExport> Client::GetArena(uint32_t arena_id) {
   v1::GetArenaRequest request;
   request.set_arena_id(arena_id);
-  return Invoke<v1::ArenaExport>(token_, [&](grpc::ClientContext* c, v1::ArenaExport* r) {
-    return stub_->GetArena(c, request, r);
-  });
+  return Call(&v1::KvCache::Stub::GetArena, request);
 }
 
 absl::Status Client::Ping() {
-  return Invoke<v1::PingReply>(token_, [&](grpc::ClientContext* c, v1::PingReply* r) {
-                   return stub_->Ping(c, v1::PingRequest(), r);
-                 })
+  return Call(&v1::KvCache::Stub::Ping, v1::PingRequest())
       .status();
 }
 
@@ -500,10 +477,7 @@ absl::StatusOr<v1::PageTable> Client::CreateSequenceWithPrefix(
   request.set_model(model);
   request.set_retain(retain);
   request.mutable_prefix_token_ids()->Add(prefix_token_ids.begin(), prefix_token_ids.end());
-  ASSIGN_OR_RETURN(v1::PageTable table,
-                   Invoke<v1::PageTable>(token_, [&](grpc::ClientContext* c, v1::PageTable* r) {
-                     return stub_->CreateSequence(c, request, r);
-                   }));
+  ASSIGN_OR_RETURN(v1::PageTable table, Call(&v1::KvCache::Stub::CreateSequence, request));
   RETURN_IF_ERROR(MapArenasOf(table.heads(), table.arenas()));
   absl::MutexLock lock(&mu_);
   sequences_[table.sequence_id()];
@@ -519,11 +493,7 @@ absl::StatusOr<v1::PublishPrefixReply> Client::PublishPrefix(
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
   request.mutable_token_ids()->Add(token_ids.begin(), token_ids.end());
-  ASSIGN_OR_RETURN(v1::PublishPrefixReply reply,
-                   Invoke<v1::PublishPrefixReply>(
-                       token_, [&](grpc::ClientContext* c, v1::PublishPrefixReply* r) {
-                         return stub_->PublishPrefix(c, request, r);
-                       }));
+  ASSIGN_OR_RETURN(v1::PublishPrefixReply reply, Call(&v1::KvCache::Stub::PublishPrefix, request));
   RETURN_IF_ERROR(MapArenasOf(reply.table().heads(), reply.table().arenas()));
   absl::MutexLock lock(&mu_);
   for (const auto& head : reply.table().heads()) RememberPages(sequence, head, /*replace=*/true);
@@ -535,10 +505,7 @@ absl::StatusOr<v1::LookupPrefixReply> Client::LookupPrefix(const std::string& mo
   v1::LookupPrefixRequest request;
   request.set_model(model);
   request.mutable_token_ids()->Add(token_ids.begin(), token_ids.end());
-  return Invoke<v1::LookupPrefixReply>(token_,
-                                       [&](grpc::ClientContext* c, v1::LookupPrefixReply* r) {
-                                         return stub_->LookupPrefix(c, request, r);
-                                       });
+  return Call(&v1::KvCache::Stub::LookupPrefix, request);
 }
 
 absl::StatusOr<absl::Span<const uint8_t>> Client::MappedPage(uint64_t page) const {

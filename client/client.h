@@ -47,6 +47,15 @@ class Client {
                                                         std::string token,
                                                         std::string worker_name,
                                                         absl::Duration timeout = absl::Seconds(10));
+  // As above, over an existing channel (e.g. grpc::Server::InProcessChannel in tests). No
+  // connection wait first (in-process channels have no connectivity state): an unreachable
+  // daemon fails the Session call itself, with UNAVAILABLE. `max_message_bytes`: the largest
+  // message the channel sends (WriteHead's chunk size).
+  static absl::StatusOr<std::unique_ptr<Client>> Attach(std::shared_ptr<grpc::Channel> channel,
+                                                        std::string token,
+                                                        std::string worker_name,
+                                                        absl::Duration timeout = absl::Seconds(10),
+                                                        int max_message_bytes = 4 << 20);
   ~Client();  // Close()s
 
   // Ends the session (the daemon releases what it held) and waits for the event thread.
@@ -130,11 +139,19 @@ class Client {
 
  private:
   Client(std::shared_ptr<grpc::Channel> channel, std::string token, int max_message_bytes);
+  // Opens the Session stream and waits (up to `timeout`) for the daemon's first event.
+  absl::Status Start(const std::string& worker_name, absl::Duration timeout);
+  // One unary call with this client's token (client/unary_call.h).
+  template <typename Request, typename Reply>
+  absl::StatusOr<Reply> Call(
+      grpc::Status (v1::KvCache::Stub::*method)(grpc::ClientContext*, const Request&, Reply*),
+      const Request& request);
   void EventLoop();
   absl::Status MapArenaLocked(const v1::ArenaExport& arena) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MapArenasOf(const google::protobuf::RepeatedPtrField<v1::HeadTable>& heads,
                           const google::protobuf::RepeatedPtrField<v1::ArenaExport>& known);
-  void RememberPages(const std::string& sequence, const v1::HeadTable& head, bool replace);
+  void RememberPages(const std::string& sequence, const v1::HeadTable& head, bool replace)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // One page-contiguous run of a head's token slots, with its mapping pinned.
   struct InPlaceSegment {
     std::shared_ptr<const ArenaMapping> mapping;

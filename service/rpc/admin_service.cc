@@ -1,90 +1,72 @@
 #include "service/rpc/admin_service.h"
 
-#include "common/grpc_status.h"
+#include "common/status_macros.h"
 #include "service/rpc/request_auth.h"
 
 namespace kvkeep {
 
-template <typename Reply, typename Fn>
-grpc::ServerUnaryReactor* AdminService::Unary(grpc::CallbackServerContext* context, Reply* reply,
-                                              Fn fn) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status auth = AuthenticateAdmin(*context, *engine_, admin_token_hash_);
-  if (!auth.ok()) {
-    reactor->Finish(ToGrpcStatus(auth));
-    return reactor;
-  }
-  absl::StatusOr<Reply> result = fn();
-  if (result.ok()) *reply = std::move(*result);
-  reactor->Finish(ToGrpcStatus(result.status()));
-  return reactor;
-}
-
-template <typename Reply, typename Fn>
-grpc::ServerUnaryReactor* AdminService::Offload(grpc::CallbackServerContext* context, Reply* reply,
-                                                Fn fn) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status auth = AuthenticateAdmin(*context, *engine_, admin_token_hash_);
-  if (!auth.ok()) {
-    reactor->Finish(ToGrpcStatus(auth));
-    return reactor;
-  }
-  executor_->Schedule([reactor, reply, fn = std::move(fn)] {
-    absl::StatusOr<Reply> result = fn();
-    if (result.ok()) *reply = std::move(*result);
-    reactor->Finish(ToGrpcStatus(result.status()));
-  });
-  return reactor;
-}
+AdminService::AdminService(CacheEngine* engine, Executor* executor, std::string admin_token_hash)
+    : engine_(engine),
+      admin_token_hash_(std::move(admin_token_hash)),
+      unary_("kvkeep.v1.Admin", executor,
+             [this](grpc::CallbackServerContext* context,
+                    const std::string&) -> absl::StatusOr<std::string> {
+               RETURN_IF_ERROR(AuthenticateAdmin(*context, *engine_, admin_token_hash_));
+               return std::string(kAdminCaller);
+             }) {}
 
 grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* context,
                                                   const v1::GetStatusRequest*,
                                                   v1::DaemonStatus* reply) {
-  return Unary(context, reply, [&] { return absl::StatusOr<v1::DaemonStatus>(engine_->Status()); });
+  return unary_.Inline(context, "GetStatus", reply,
+                       [&] { return absl::StatusOr<v1::DaemonStatus>(engine_->Status()); });
 }
 
 grpc::ServerUnaryReactor* AdminService::CreateTenant(grpc::CallbackServerContext* context,
                                                      const v1::CreateTenantRequest* request,
                                                      v1::CreateTenantReply* reply) {
-  return Unary(context, reply, [&] { return engine_->CreateTenant(*request); });
+  return unary_.Inline(context, "CreateTenant", reply,
+                       [&] { return engine_->CreateTenant(*request); });
 }
 
 grpc::ServerUnaryReactor* AdminService::ListTenants(grpc::CallbackServerContext* context,
                                                     const v1::ListTenantsRequest*,
                                                     v1::ListTenantsReply* reply) {
-  return Unary(context, reply,
-               [&] { return absl::StatusOr<v1::ListTenantsReply>(engine_->ListTenants()); });
+  return unary_.Inline(context, "ListTenants", reply, [&] {
+    return absl::StatusOr<v1::ListTenantsReply>(engine_->ListTenants());
+  });
 }
 
 grpc::ServerUnaryReactor* AdminService::DeleteTenant(grpc::CallbackServerContext* context,
                                                      const v1::DeleteTenantRequest* request,
                                                      v1::DeleteTenantReply* reply) {
-  return Unary(context, reply,
-               [&] { return engine_->DeleteTenant(request->name(), request->force()); });
+  return unary_.Inline(context, "DeleteTenant", reply,
+                       [&] { return engine_->DeleteTenant(request->name(), request->force()); });
 }
 
 grpc::ServerUnaryReactor* AdminService::SetQuota(grpc::CallbackServerContext* context,
                                                  const v1::SetQuotaRequest* request,
                                                  v1::TenantInfo* reply) {
-  return Unary(context, reply, [&] { return engine_->SetQuota(*request); });
+  return unary_.Inline(context, "SetQuota", reply, [&] { return engine_->SetQuota(*request); });
 }
 
 grpc::ServerUnaryReactor* AdminService::SetPolicy(grpc::CallbackServerContext* context,
                                                   const v1::SetPolicyRequest* request,
                                                   v1::Policy* reply) {
-  return Unary(context, reply, [&] { return engine_->SetPolicy(*request); });
+  return unary_.Inline(context, "SetPolicy", reply, [&] { return engine_->SetPolicy(*request); });
 }
 
 grpc::ServerUnaryReactor* AdminService::GetPolicy(grpc::CallbackServerContext* context,
                                                   const v1::GetPolicyRequest* request,
                                                   v1::Policy* reply) {
-  return Unary(context, reply, [&] { return engine_->GetPolicy(request->tenant()); });
+  return unary_.Inline(context, "GetPolicy", reply,
+                       [&] { return engine_->GetPolicy(request->tenant()); });
 }
 
 grpc::ServerUnaryReactor* AdminService::ListSequences(grpc::CallbackServerContext* context,
                                                       const v1::ListSequencesRequest* request,
                                                       v1::ListSequencesReply* reply) {
-  return Unary(context, reply, [&] {
+  return unary_.Inline(context, "ListSequences", reply, [&] {
     return absl::StatusOr<v1::ListSequencesReply>(engine_->ListSequences(request->tenant()));
   });
 }
@@ -92,44 +74,51 @@ grpc::ServerUnaryReactor* AdminService::ListSequences(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* AdminService::SpillSequence(grpc::CallbackServerContext* context,
                                                       const v1::SequenceRef* request,
                                                       v1::SpillReply* reply) {
-  return Offload(context, reply, [this, request] { return engine_->AdminSpill(*request); });
+  return unary_.Offload(context, "SpillSequence", reply,
+                        [this, request] { return engine_->AdminSpill(*request); });
 }
 
 grpc::ServerUnaryReactor* AdminService::RestoreSequence(grpc::CallbackServerContext* context,
                                                         const v1::SequenceRef* request,
                                                         v1::SequenceInfo* reply) {
-  return Offload(context, reply, [this, request] { return engine_->AdminRestore(*request); });
+  return unary_.Offload(context, "RestoreSequence", reply,
+                        [this, request] { return engine_->AdminRestore(*request); });
 }
 
 grpc::ServerUnaryReactor* AdminService::DropSequence(grpc::CallbackServerContext* context,
                                                      const v1::SequenceRef* request,
                                                      v1::DropReply* reply) {
-  return Offload(context, reply, [this, request] { return engine_->AdminDrop(*request); });
+  return unary_.Offload(context, "DropSequence", reply,
+                        [this, request] { return engine_->AdminDrop(*request); });
 }
 
 grpc::ServerUnaryReactor* AdminService::SetWatermarks(grpc::CallbackServerContext* context,
                                                       const v1::Watermarks* request,
                                                       v1::Watermarks* reply) {
-  return Offload(context, reply, [this, request] { return engine_->SetWatermarks(*request); });
+  return unary_.Offload(context, "SetWatermarks", reply,
+                        [this, request] { return engine_->SetWatermarks(*request); });
 }
 
 grpc::ServerUnaryReactor* AdminService::GetSequence(grpc::CallbackServerContext* context,
                                                     const v1::SequenceRef* request,
                                                     v1::SequenceDetail* reply) {
-  return Unary(context, reply, [&] { return engine_->AdminGetSequence(*request); });
+  return unary_.Inline(context, "GetSequence", reply,
+                       [&] { return engine_->AdminGetSequence(*request); });
 }
 
-grpc::ServerUnaryReactor* AdminService::CompressSequence(
-    grpc::CallbackServerContext* context, const v1::CompressSequenceRequest* request,
-    v1::CompressReply* reply) {
+grpc::ServerUnaryReactor* AdminService::CompressSequence(grpc::CallbackServerContext* context,
+                                                         const v1::CompressSequenceRequest* request,
+                                                         v1::CompressReply* reply) {
   // Scoring and compaction: on the executor, as the worker's Compress.
-  return Offload(context, reply, [this, request] { return engine_->AdminCompress(*request); });
+  return unary_.Offload(context, "CompressSequence", reply,
+                        [this, request] { return engine_->AdminCompress(*request); });
 }
 
 grpc::ServerUnaryReactor* AdminService::ValidatePolicy(grpc::CallbackServerContext* context,
                                                        const v1::SetPolicyRequest* request,
                                                        v1::ValidatePolicyReply* reply) {
-  return Unary(context, reply, [&] { return engine_->ValidatePolicy(*request); });
+  return unary_.Inline(context, "ValidatePolicy", reply,
+                       [&] { return engine_->ValidatePolicy(*request); });
 }
 
 }  // namespace kvkeep

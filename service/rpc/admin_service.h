@@ -1,4 +1,8 @@
-// The operator API (kvkeep.v1.Admin): admin token only.
+// The operator API (kvkeep.v1.Admin): admin token only. Handlers turn requests into CacheEngine
+// calls through the reactor helpers the worker API uses (service/rpc/reactors.h); disk and
+// scoring work runs on the executor.
+//
+// Thread-safe (the members are constant; the engine is thread-safe).
 #ifndef KVKEEP_SERVICE_RPC_ADMIN_SERVICE_H_
 #define KVKEEP_SERVICE_RPC_ADMIN_SERVICE_H_
 
@@ -7,14 +11,14 @@
 #include "kvkeep/v1/admin.grpc.pb.h"
 #include "service/engine/cache_engine.h"
 #include "service/executor.h"
+#include "service/rpc/reactors.h"
 
 namespace kvkeep {
 
 class AdminService final : public v1::Admin::CallbackService {
  public:
   // `engine` and `executor` (disk work) must outlive the service.
-  AdminService(CacheEngine* engine, Executor* executor, std::string admin_token_hash)
-      : engine_(engine), executor_(executor), admin_token_hash_(std::move(admin_token_hash)) {}
+  AdminService(CacheEngine* engine, Executor* executor, std::string admin_token_hash);
 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
                                       const v1::GetStatusRequest* request,
@@ -63,15 +67,12 @@ class AdminService final : public v1::Admin::CallbackService {
                                            v1::ValidatePolicyReply* reply) override;
 
  private:
-  template <typename Reply, typename Fn>
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
-
-  template <typename Reply, typename Fn>
-  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, Reply* reply, Fn fn);
+  // The caller as logs name it once the admin token is checked.
+  static constexpr char kAdminCaller[] = "(admin)";
 
   CacheEngine* const engine_;
-  Executor* const executor_;
   const std::string admin_token_hash_;
+  const UnaryCalls unary_;  // admits the admin token only
 };
 
 }  // namespace kvkeep

@@ -1,6 +1,9 @@
-// The worker API (kvkeep.v1.KvCache) over the gRPC callback API: authenticates each call, turns
-// requests into CacheEngine calls and absl::Status into gRPC status. Streams are reactors that
-// never block on I/O.
+// The worker API (kvkeep.v1.KvCache) over the gRPC callback API: authenticates each call and
+// charges it to the session's limits, turns requests into CacheEngine calls and absl::Status into
+// gRPC status (service/rpc/reactors.h). Streams are reactors that never block on I/O; disk,
+// device and scoring work runs on the executor.
+//
+// Thread-safe (the members are constant; the engine and the limits are thread-safe).
 #ifndef KVKEEP_SERVICE_RPC_KVCACHE_SERVICE_H_
 #define KVKEEP_SERVICE_RPC_KVCACHE_SERVICE_H_
 
@@ -9,18 +12,17 @@
 #include "kvkeep/v1/kvcache.grpc.pb.h"
 #include "service/engine/cache_engine.h"
 #include "service/executor.h"
+#include "service/rpc/reactors.h"
 #include "service/rpc/session_limits.h"
 
 namespace kvkeep {
 
 class KvCacheService final : public v1::KvCache::CallbackService {
  public:
-  // `engine`, `executor` (where Compress runs) and `limits` (per-session rate and size limits;
-  // null = none) must outlive the service.
+  // `engine`, `executor` (where disk, device and scoring work runs) and `limits` (per-session
+  // rate and size limits; null = none) must outlive the service.
   KvCacheService(CacheEngine* engine, Executor* executor, std::string admin_token_hash,
-                 SessionLimits* limits = nullptr)
-      : engine_(engine), executor_(executor), admin_token_hash_(std::move(admin_token_hash)),
-        limits_(limits) {}
+                 SessionLimits* limits = nullptr);
 
   grpc::ServerWriteReactor<v1::SessionEvent>* Session(grpc::CallbackServerContext* context,
                                                       const v1::AttachRequest* request) override;
@@ -73,23 +75,20 @@ class KvCacheService final : public v1::KvCache::CallbackService {
                                  const v1::PingRequest* request, v1::PingReply* reply) override;
 
  private:
-  // Authenticates, charges the call to `session_id`'s limits, runs `fn(tenant)` (returning
-  // absl::StatusOr<Reply>), stores the reply.
-  template <typename Reply, typename Fn>
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Reply* reply, Fn fn,
-                                  const std::string& session_id = "");
-  // As Unary, but `fn` runs on the executor (disk or scoring work never runs on gRPC threads).
-  template <typename Reply, typename Fn>
-  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, Reply* reply, Fn fn,
-                                    const std::string& session_id = "");
-  // The tenant of the call's token, charged one call (OK when there are no limits).
+  // The tenant of the call's token, charged one call to `session_id`'s limits (OK when there are
+  // no limits).
   absl::StatusOr<std::string> Admit(grpc::CallbackServerContext* context,
                                     const std::string& session_id);
+  // Admit, plus the size limit on the statistics a commit carries.
+  absl::StatusOr<std::string> AdmitCommit(grpc::CallbackServerContext* context,
+                                          const v1::CommitRequest& request);
+  // "/kvkeep.v1.KvCache/<method>" (logs).
+  std::string FullName(absl::string_view method) const;
 
   CacheEngine* const engine_;
-  Executor* const executor_;
   const std::string admin_token_hash_;
   SessionLimits* const limits_;  // may be null
+  const UnaryCalls unary_;  // admits through Admit()
 };
 
 }  // namespace kvkeep

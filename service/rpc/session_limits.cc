@@ -5,12 +5,19 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/failure_reason.h"
 
 namespace kvkeep {
 namespace {
 
 std::string Seconds(absl::Duration d) {
   return absl::StrFormat("%.3f s", std::max(0.001, absl::ToDoubleSeconds(d)));
+}
+
+// Every refusal of these limits: RESOURCE_EXHAUSTED typed kSessionLimit, so /metrics and callers
+// tell it from a quota or pool shortage without reading the message.
+absl::Status LimitExceeded(std::string message) {
+  return WithReason(absl::ResourceExhaustedError(message), FailureReason::kSessionLimit);
 }
 
 }  // namespace
@@ -79,7 +86,7 @@ absl::Status SessionLimits::ChargeCall(const std::string& tenant, const std::str
       Take(&b.calls, 1, options_.calls_per_second, options_.call_burst, now);
   if (wait == absl::ZeroDuration()) return absl::OkStatus();
   rejected_[kCalls].fetch_add(1);
-  return absl::ResourceExhaustedError(absl::StrCat(
+  return LimitExceeded(absl::StrCat(
       "call rate limit: ", who, " made more than ", options_.calls_per_second,
       " calls/s (burst ", options_.call_burst, "; kvkeepd --session_calls_per_second); retry after ",
       Seconds(wait)));
@@ -97,12 +104,12 @@ absl::Status SessionLimits::ChargeBytes(const std::string& tenant, const std::st
   if (wait == absl::ZeroDuration()) return absl::OkStatus();
   rejected_[kBytes].fetch_add(1);
   if (wait == absl::InfiniteDuration()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
+    return LimitExceeded(absl::StrCat(
         "byte rate limit: ", bytes, " payload bytes in one message exceed the burst of ",
         options_.byte_burst, " bytes (kvkeepd --session_byte_burst) for ", who,
         "; send smaller chunks"));
   }
-  return absl::ResourceExhaustedError(absl::StrCat(
+  return LimitExceeded(absl::StrCat(
       "byte rate limit: ", who, " moved more than ", options_.bytes_per_second,
       " payload bytes/s (burst ", options_.byte_burst,
       "; kvkeepd --session_bytes_per_second); retry after ", Seconds(wait)));
@@ -111,7 +118,7 @@ absl::Status SessionLimits::ChargeBytes(const std::string& tenant, const std::st
 absl::Status SessionLimits::CheckStatsBytes(uint64_t bytes) const {
   if (options_.max_stats_bytes == 0 || bytes <= options_.max_stats_bytes) return absl::OkStatus();
   rejected_[kStatsSize].fetch_add(1);
-  return absl::ResourceExhaustedError(absl::StrCat(
+  return LimitExceeded(absl::StrCat(
       "statistics of ", bytes, " bytes in one request exceed the limit of ",
       options_.max_stats_bytes, " bytes (kvkeepd --max_stats_bytes); send one layer per chunk"));
 }

@@ -37,7 +37,7 @@ namespace kvkeep {
 // step is a few calls per sequence; payloads move at memory speed at most): they stop runaway or
 // hostile clients, not inference.
 struct SessionLimitOptions {
-  double calls_per_second = 100000;  // Default: 100k calls/s per session (--session_calls_per_second)
+  double calls_per_second = 100000;  // Default: 100k calls/s a session (--session_calls_per_second)
   double call_burst = 200000;        // Default: 200k calls (--session_call_burst)
   double bytes_per_second = 64.0 * (1ull << 30);  // Default: 64 GiB/s (--session_bytes_per_second)
   double byte_burst = 4.0 * (1ull << 30);         // Default: 4 GiB (--session_byte_burst)

@@ -1,5 +1,6 @@
 #include "service/rpc/session_limits.h"
 
+#include "common/failure_reason.h"
 #include "common/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -132,6 +133,26 @@ TEST(SessionLimitsTest, StatsSizeLimitNamesTheFlag) {
   EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_THAT(std::string(refused.message()), HasSubstr("--max_stats_bytes"));
   EXPECT_EQ(limits.rejections(SessionLimits::kStatsSize), 1u);
+}
+
+TEST(SessionLimitsTest, EveryRefusalIsTypedSessionLimit) {
+  FakeClock clock;
+  SessionLimits limits(Small(), clock.Fn());
+  limits.OpenSession("t", "s");
+  for (int i = 0; i < 3; ++i) ASSERT_OK(limits.ChargeCall("t", "s"));
+  ASSERT_OK(limits.ChargeBytes("t", "s", 1500));
+  const absl::Status refusals[] = {
+      limits.ChargeCall("t", "s"),        // call rate
+      limits.ChargeBytes("t", "s", 600),  // byte rate
+      limits.ChargeBytes("t", "s", 2001), // larger than the burst
+      limits.CheckStatsBytes(101),        // statistics size
+  };
+  for (const absl::Status& refused : refusals) {
+    EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted));
+    EXPECT_EQ(ReasonOf(refused), FailureReason::kSessionLimit) << refused;
+  }
+  // What passes carries no reason.
+  EXPECT_EQ(ReasonOf(limits.ChargeCall("t", "other")), FailureReason::kNone);
 }
 
 TEST(SessionLimitsTest, MetricsCountRejectionsByLimit) {

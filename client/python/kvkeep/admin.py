@@ -3,8 +3,8 @@
 import os
 
 from kvkeep._proto import admin_pb2, admin_pb2_grpc
-from kvkeep.client import DEFAULT_MAX_MESSAGE_BYTES, _policy, make_channel, normalize_target
-from kvkeep.errors import translated
+from kvkeep.client import _policy
+from kvkeep.connection import Connection
 
 
 def read_token(path):
@@ -13,15 +13,10 @@ def read_token(path):
         return f.read().strip()
 
 
-class Admin:
+class Admin(Connection):
     """Admin(target, admin_token). Every method raises a KvkeepError subclass on failure."""
 
-    def __init__(self, target, token, *, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
-                 credentials=None, options=()):
-        self.target = normalize_target(target)
-        self._channel = make_channel(self.target, max_message_bytes, credentials, options)
-        self._stub = admin_pb2_grpc.AdminStub(self._channel)
-        self._metadata = (("authorization", "Bearer " + token.strip()),)
+    _stub_class = admin_pb2_grpc.AdminStub
 
     @classmethod
     def from_data_dir(cls, data_dir="./kvkeep-data", **kwargs):
@@ -29,39 +24,26 @@ class Admin:
         return cls("unix:" + os.path.abspath(os.path.join(data_dir, "kvkeepd.sock")),
                    read_token(os.path.join(data_dir, "admin.token")), **kwargs)
 
-    def close(self):
-        self._channel.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def _call(self, method, request, timeout=None):
-        with translated():
-            return method(request, metadata=self._metadata, timeout=timeout)
-
     def status(self):
         """DaemonStatus: pool, tenants, sessions, sequences, spill counters."""
-        return self._call(self._stub.GetStatus, admin_pb2.GetStatusRequest())
+        return self._unary(self._stub.GetStatus, admin_pb2.GetStatusRequest())
 
     def create_tenant(self, name, quota_bytes=0, max_bytes=0, weight=0, token="",
                       spill_quota_bytes=0, sharing_group=""):
         """Creates a tenant; returns the CreateTenantReply (`.token` is shown only here,
         `.tenant` the TenantInfo)."""
-        return self._call(self._stub.CreateTenant, admin_pb2.CreateTenantRequest(
+        return self._unary(self._stub.CreateTenant, admin_pb2.CreateTenantRequest(
             name=name, quota_bytes=quota_bytes, max_bytes=max_bytes, weight=weight, token=token,
             spill_quota_bytes=spill_quota_bytes, sharing_group=sharing_group))
 
     def list_tenants(self):
         """Every tenant (TenantInfo) with its usage, sorted by name."""
-        return list(self._call(self._stub.ListTenants, admin_pb2.ListTenantsRequest()).tenants)
+        return list(self._unary(self._stub.ListTenants, admin_pb2.ListTenantsRequest()).tenants)
 
     list = list_tenants
 
     def delete_tenant(self, name, force=False):
-        return self._call(self._stub.DeleteTenant,
+        return self._unary(self._stub.DeleteTenant,
                           admin_pb2.DeleteTenantRequest(name=name, force=force))
 
     def set_quota(self, name, quota_bytes=None, max_bytes=None, weight=None,
@@ -69,7 +51,7 @@ class Admin:
         """Changes the fields given; returns the TenantInfo."""
         fields = dict(quota_bytes=quota_bytes, max_bytes=max_bytes, weight=weight,
                       spill_quota_bytes=spill_quota_bytes)
-        return self._call(self._stub.SetQuota, admin_pb2.SetQuotaRequest(
+        return self._unary(self._stub.SetQuota, admin_pb2.SetQuotaRequest(
             name=name, **{k: v for k, v in fields.items() if v is not None}))
 
     def set_policy(self, tenant, policy=None, **fields):
@@ -78,29 +60,29 @@ class Admin:
         seed). Returns the Policy stored."""
         if policy is None:
             policy = _policy(**fields)
-        return self._call(self._stub.SetPolicy,
+        return self._unary(self._stub.SetPolicy,
                           admin_pb2.SetPolicyRequest(tenant=tenant, policy=policy))
 
     def get_policy(self, tenant):
-        return self._call(self._stub.GetPolicy, admin_pb2.GetPolicyRequest(tenant=tenant))
+        return self._unary(self._stub.GetPolicy, admin_pb2.GetPolicyRequest(tenant=tenant))
 
     def list_sequences(self, tenant=""):
         """SequenceInfo of one tenant's sequences (or every tenant's)."""
-        return list(self._call(self._stub.ListSequences,
+        return list(self._unary(self._stub.ListSequences,
                                admin_pb2.ListSequencesRequest(tenant=tenant)).sequences)
 
     def spill_sequence(self, tenant, sequence_id):
-        return self._call(self._stub.SpillSequence,
+        return self._unary(self._stub.SpillSequence,
                           admin_pb2.SequenceRef(tenant=tenant, sequence_id=sequence_id))
 
     def restore_sequence(self, tenant, sequence_id):
-        return self._call(self._stub.RestoreSequence,
+        return self._unary(self._stub.RestoreSequence,
                           admin_pb2.SequenceRef(tenant=tenant, sequence_id=sequence_id))
 
     def drop_sequence(self, tenant, sequence_id, force=False):
-        return self._call(self._stub.DropSequence, admin_pb2.SequenceRef(
+        return self._unary(self._stub.DropSequence, admin_pb2.SequenceRef(
             tenant=tenant, sequence_id=sequence_id, force=force))
 
     def set_watermarks(self, low_free, high_free):
-        return self._call(self._stub.SetWatermarks,
+        return self._unary(self._stub.SetWatermarks,
                           admin_pb2.Watermarks(low_free=low_free, high_free=high_free))

@@ -3,7 +3,6 @@ Sequence (allocate / write / commit / put_stats / compress / read / drop), over 
 
 import collections
 import dataclasses
-import os
 import threading
 
 import grpc
@@ -11,32 +10,13 @@ import numpy as np
 
 from kvkeep import dtypes
 from kvkeep._proto import common_pb2, kvcache_pb2, kvcache_pb2_grpc
-from kvkeep.errors import DeadlineExceeded, KvkeepError, from_rpc_error, translated
+from kvkeep.connection import (  # noqa: F401  (make_channel, normalize_target: public here too)
+    DEFAULT_MAX_MESSAGE_BYTES, Connection, make_channel, normalize_target)
+from kvkeep.errors import DeadlineExceeded, KvkeepError, from_rpc_error
 from kvkeep.shm import ArenaMapping
 from kvkeep.stats import as_layer_stats, stats_per_layer
 
-DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 _WRITE_FRAMING = 4096  # room for a chunk's non-data fields, as the C++ client's WriteHead
-
-
-def normalize_target(target):
-    """gRPC target: 'unix:PATH', 'host:port' or a socket path (made 'unix:ABSPATH')."""
-    target = os.fspath(target)
-    if target.startswith(("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")):
-        return target
-    if "/" in target or target.endswith(".sock"):
-        return "unix:" + os.path.abspath(target)
-    return target
-
-
-def make_channel(target, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, credentials=None,
-                 options=()):
-    opts = [("grpc.max_send_message_length", int(max_message_bytes)),
-            ("grpc.max_receive_message_length", -1)] + list(options)
-    target = normalize_target(target)
-    if credentials is not None:
-        return grpc.secure_channel(target, credentials, options=opts)
-    return grpc.insecure_channel(target, options=opts)
 
 
 def _policy(scorer=None, allocation=None, keep_ratio=None, max_tokens=None, sinks=None,
@@ -103,19 +83,13 @@ Compressed.__doc__ = """Result of Sequence.compress: `table` (the new PageTable)
 EvictionSummary message)."""
 
 
-class Client:
+class Client(Connection):
     """A connection to kvkeepd with a tenant token. `attach(worker_name)` opens a Session.
 
     `target`: 'unix:/path/kvkeepd.sock', a socket path, or 'host:port' (pass `credentials` for
     TLS). `max_message_bytes` must not exceed the daemon's --max_message_mib."""
 
-    def __init__(self, target, token, *, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
-                 credentials=None, options=()):
-        self.target = normalize_target(target)
-        self.max_message_bytes = int(max_message_bytes)
-        self._channel = make_channel(self.target, max_message_bytes, credentials, options)
-        self._stub = kvcache_pb2_grpc.KvCacheStub(self._channel)
-        self._metadata = (("authorization", "Bearer " + token.strip()),)
+    _stub_class = kvcache_pb2_grpc.KvCacheStub
 
     def attach(self, worker_name, timeout=10.0):
         """Opens the Session stream and waits (up to `timeout` s) for the daemon's first event."""
@@ -123,28 +97,6 @@ class Client:
 
     def ping(self, timeout=None):
         self._unary(self._stub.Ping, kvcache_pb2.PingRequest(), timeout=timeout)
-
-    def close(self):
-        self._channel.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def _unary(self, method, request, timeout=None):
-        with translated():
-            return method(request, metadata=self._metadata, timeout=timeout)
-
-    def _stream_in(self, method, requests, timeout=None):
-        with translated():
-            return method(iter(requests), metadata=self._metadata, timeout=timeout)
-
-    def _stream_out(self, method, request, timeout=None):
-        with translated():
-            for reply in method(request, metadata=self._metadata, timeout=timeout):
-                yield reply
 
 
 class Session:

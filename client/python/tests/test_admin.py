@@ -30,6 +30,26 @@ class AdminTest(DaemonTestCase, unittest.TestCase):
             with self.assertRaises(kvkeep.NotFound):
                 admin.delete_tenant(name)
 
+    def test_client_and_admin_share_the_connection_setup(self):
+        # The same target forms, token handling and error translation for both APIs.
+        socket_path = self.daemon.target[len("unix:"):]
+        for target in (self.daemon.target, socket_path):
+            with kvkeep.Admin(target, self.daemon.admin_token + "\n") as admin, \
+                    kvkeep.Client(target, " " + self.token + "\n") as client:
+                self.assertEqual(admin.target, self.daemon.target)
+                self.assertEqual(client.target, self.daemon.target)
+                self.assertEqual(admin.max_message_bytes, client.max_message_bytes)
+                client.ping()
+                self.assertIn(self.tenant, [t.name for t in admin.list_tenants()])
+        # Each token works only with its own API.
+        with kvkeep.Admin(self.daemon.target, self.token) as as_tenant:
+            with self.assertRaises(kvkeep.PermissionDenied) as cm:
+                as_tenant.status()
+            self.assertEqual(cm.exception.message, "a tenant token cannot call the admin API")
+        with kvkeep.Client(self.daemon.target, self.daemon.admin_token) as as_admin:
+            with self.assertRaises(kvkeep.PermissionDenied):
+                as_admin.ping()
+
     def test_quota_is_resource_exhausted(self):
         name, token = self.daemon.create_tenant(max_bytes=16 << 10)
         with kvkeep.Client(self.daemon.target, token) as client, client.attach("q") as session:

@@ -1,0 +1,239 @@
+// Reactor helpers shared by the gRPC services (KvCache, Admin): how a call is admitted, where its
+// work runs, and how it finishes.
+//
+// CallStatus() is the one place a handler's absl::Status becomes the call's gRPC status. An
+// INTERNAL, DATA_LOSS or UNKNOWN status means a bug or a damaged store, not a caller's mistake: it
+// is logged there, once per call (event rpc.internal_error with method, tenant and status; never
+// tokens or key/value bytes).
+//
+// UnaryCalls runs a service's unary handlers: admit the caller (authentication, rate limits), run
+// the handler on the gRPC thread or on the executor, move the reply, finish.
+//
+//   UnaryCalls unary("kvkeep.v1.KvCache", executor,
+//                    [this](grpc::CallbackServerContext* c, const std::string& session) {
+//                      return Admit(c, session);
+//                    });
+//   return unary.Inline(context, "GetArena", reply,
+//                       [&](const std::string& tenant) { return engine_->GetArena(tenant, id); });
+//   return unary.Offload(
+//       context, "Compress", reply,
+//       [this, request](const std::string& tenant) { return ...; }, request->session_id());
+//
+// ChunkStreamReader and ChunkStreamWriter are the stream reactors both directions share: a client
+// stream applied chunk by chunk, and a server stream fed by a `next` function. FailedStream
+// finishes a stream at once (a refused caller).
+//
+// Thread safety: UnaryCalls is immutable after construction and may be used from any thread; it
+// must outlive the executor's queued work (a service outlives its server and executor). A
+// reactor is driven by gRPC, one reaction at a time, and deletes itself in OnDone.
+#ifndef KVKEEP_SERVICE_RPC_REACTORS_H_
+#define KVKEEP_SERVICE_RPC_REACTORS_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/server_callback.h"
+#include "service/executor.h"
+
+namespace kvkeep {
+
+// The gRPC status of a finished call of `method` ("/kvkeep.v1.KvCache/Compress") made by
+// `tenant` (empty when the caller is not known yet). Logs INTERNAL, DATA_LOSS and UNKNOWN.
+grpc::Status CallStatus(absl::string_view method, absl::string_view tenant,
+                        const absl::Status& status);
+
+// The full gRPC name of `method` of `service`: "/<service>/<method>".
+inline std::string FullMethodName(absl::string_view service, absl::string_view method) {
+  return absl::StrCat("/", service, "/", method);
+}
+
+// Where a unary handler's work runs: the gRPC callback thread (fast, never blocking on disk or a
+// device) or the executor (RocksDB, spill files, scoring, page copies).
+enum class RunOn { kCallThread, kExecutor };
+
+class UnaryCalls {
+ public:
+  // The caller of a call naming `session_id` (empty when it names none): its tenant, or the error
+  // the call finishes with (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED ...).
+  using Admit = std::function<absl::StatusOr<std::string>(grpc::CallbackServerContext* context,
+                                                          const std::string& session_id)>;
+
+  // `service`: the proto service's full name ("kvkeep.v1.Admin"); `executor` must outlive this.
+  UnaryCalls(std::string service, Executor* executor, Admit admit)
+      : service_(std::move(service)), executor_(executor), admit_(std::move(admit)) {}
+
+  // Admits the caller and runs `fn` on the gRPC thread. `fn(tenant)` (or `fn()`) returns
+  // absl::StatusOr<Reply>; its value becomes *reply. `method`: a string literal ("GetArena").
+  template <typename Reply, typename Fn>
+  grpc::ServerUnaryReactor* Inline(grpc::CallbackServerContext* context, absl::string_view method,
+                                   Reply* reply, Fn fn, const std::string& session_id = "") const {
+    return Run(context, method, admit_(context, session_id), RunOn::kCallThread, reply,
+               std::move(fn));
+  }
+
+  // As Inline, but `fn` runs on the executor (it must not capture the handler's locals by
+  // reference; the request and reply live until the call finishes).
+  template <typename Reply, typename Fn>
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, absl::string_view method,
+                                    Reply* reply, Fn fn, const std::string& session_id = "") const {
+    return Run(context, method, admit_(context, session_id), RunOn::kExecutor, reply,
+               std::move(fn));
+  }
+
+  // The general form, for a handler that admits the caller itself (`caller`) and chooses where
+  // its work runs.
+  template <typename Reply, typename Fn>
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* context, absl::string_view method,
+                                absl::StatusOr<std::string> caller, RunOn where, Reply* reply,
+                                Fn fn) const {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    if (!caller.ok()) {
+      reactor->Finish(Finished(method, "", caller.status()));
+      return reactor;
+    }
+    // `this` outlives the call: the service outlives the server and its executor.
+    auto work = [this, reactor, reply, fn = std::move(fn), method,
+                 tenant = std::move(*caller)]() mutable {
+      auto result = Call(fn, tenant);
+      if (result.ok()) *reply = std::move(*result);
+      reactor->Finish(Finished(method, tenant, result.status()));
+    };
+    if (where == RunOn::kExecutor) {
+      executor_->Schedule(std::move(work));
+    } else {
+      work();
+    }
+    return reactor;
+  }
+
+  const std::string& service() const { return service_; }
+
+ private:
+  // CallStatus with the full method name, built only for a failure (OK is the hot path).
+  grpc::Status Finished(absl::string_view method, absl::string_view tenant,
+                        const absl::Status& status) const {
+    if (status.ok()) return grpc::Status::OK;
+    return CallStatus(FullMethodName(service_, method), tenant, status);
+  }
+  // fn(tenant) when fn takes the caller, fn() otherwise (the Admin service's handlers).
+  template <typename Fn>
+  static auto Call(Fn& fn, const std::string& tenant) {
+    if constexpr (std::is_invocable_v<Fn&, const std::string&>) {
+      return fn(tenant);
+    } else {
+      return fn();
+    }
+  }
+
+  const std::string service_;
+  Executor* const executor_;
+  const Admit admit_;
+};
+
+// A stream reactor (ServerReadReactor<T> or ServerWriteReactor<T>) that only finishes, with
+// `status`: the reply to a caller refused before the stream started.
+template <typename Reactor>
+class FailedStream final : public Reactor {
+ public:
+  explicit FailedStream(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+// A client stream whose chunks are applied as they arrive (WriteKV, PutStats); the reply goes out
+// only after the last one landed. The first failing chunk ends the stream with its status,
+// prefixed "chunk <n>: " (n counts from 0).
+template <typename Chunk, typename Reply>
+class ChunkStreamReader final : public grpc::ServerReadReactor<Chunk> {
+ public:
+  using Apply = std::function<absl::Status(const std::string& tenant, const Chunk&, Reply*)>;
+
+  // `caller`: the tenant, or the status the stream finishes with at once.
+  ChunkStreamReader(std::string method, absl::StatusOr<std::string> caller, Reply* reply,
+                    Apply apply)
+      : method_(std::move(method)), caller_(std::move(caller)), reply_(reply),
+        apply_(std::move(apply)) {
+    if (!caller_.ok()) {
+      this->Finish(CallStatus(method_, "", caller_.status()));
+      return;
+    }
+    this->StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      this->Finish(grpc::Status::OK);
+      return;
+    }
+    absl::Status status = apply_(*caller_, chunk_, reply_);
+    if (!status.ok()) {
+      this->Finish(CallStatus(method_, *caller_,
+                              absl::Status(status.code(), absl::StrCat("chunk ", chunks_, ": ",
+                                                                       status.message()))));
+      return;
+    }
+    ++chunks_;
+    this->StartRead(&chunk_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  const std::string method_;
+  const absl::StatusOr<std::string> caller_;
+  Reply* const reply_;
+  const Apply apply_;
+  Chunk chunk_;
+  uint64_t chunks_ = 0;
+};
+
+// A server stream written one chunk at a time (ReadKV): `next(&chunk)` fills the next chunk and
+// answers true, false at the end, or an error that finishes the stream.
+template <typename Chunk>
+class ChunkStreamWriter final : public grpc::ServerWriteReactor<Chunk> {
+ public:
+  using Next = std::function<absl::StatusOr<bool>(Chunk* chunk)>;
+
+  ChunkStreamWriter(std::string method, std::string tenant, Next next)
+      : method_(std::move(method)), tenant_(std::move(tenant)), next_(std::move(next)) {
+    WriteNext();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "reader went away"));
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void WriteNext() {
+    absl::StatusOr<bool> more = next_(&chunk_);
+    if (!more.ok()) {
+      this->Finish(CallStatus(method_, tenant_, more.status()));
+    } else if (!*more) {
+      this->Finish(grpc::Status::OK);
+    } else {
+      this->StartWrite(&chunk_);
+    }
+  }
+
+  const std::string method_;
+  const std::string tenant_;
+  const Next next_;
+  Chunk chunk_;
+};
+
+}  // namespace kvkeep
+
+#endif  // KVKEEP_SERVICE_RPC_REACTORS_H_
