@@ -57,58 +57,60 @@ double Rtol(ScorerKind k) {
   }
 }
 
-class HostEmulationTest : public ::testing::TestWithParam<Case> {};
+constexpr int kD = 16, kTokensPerPage = 8, kWindow = 4;
 
-TEST_P(HostEmulationTest, EmulatedDevicePipelineMatchesTheCpuScorers) {
-  const Case c = GetParam();
-  constexpr int kD = 16, kTokensPerPage = 8, kWindow = 4;
-  const int H = c.q_heads, Hk = c.kv_heads, G = H / Hk;
-  std::mt19937 rng(50 + static_cast<int>(c.scorer));
+// One random layer: the CPU scorers' inputs and the same keys and values stored in pages of the
+// case's dtype (keys then values of kTokensPerPage tokens per page), as the device holds them.
+struct RandomLayer {
+  eviction::LayerInputs in;
+  std::vector<std::vector<float>> keys, values;  // what the pages hold, widened
+  std::vector<std::vector<int32_t>> positions;
+  std::vector<std::vector<uint8_t>> pages;
+  size_t elem = 4;
+};
+
+// Stores x in the page as the case's dtype; returns the value the device reads back.
+float StoreElement(DevicePageDType dtype, float x, uint8_t* at) {
+  if (dtype == DevicePageDType::kFp32) {
+    std::memcpy(at, &x, 4);
+    return x;
+  }
+  const bool half = dtype == DevicePageDType::kFp16;
+  const uint16_t b = half ? gm::FloatToHalfBits(x) : gm::FloatToBf16Bits(x);
+  std::memcpy(at, &b, 2);
+  return half ? gm::HalfBitsToFloat(b) : gm::Bf16BitsToFloat(b);
+}
+
+// Head g: 37 + 11 g tokens at random ascending positions; returns its last position.
+int32_t FillHead(const Case& c, int g, std::mt19937& rng, RandomLayer& L) {
   std::normal_distribution<float> normal;
-  std::uniform_real_distribution<float> uniform(0.01f, 1.0f);
-  const eviction::Policy policy{.scorer = c.scorer, .sinks = 3, .window = kWindow, .seed = 9};
-  eviction::LayerInputs in{.q_heads = H, .kv_heads = Hk, .head_dim = kD, .layer_index = 2};
-  in.rope.theta = 1e4;
-  in.rope.interleaved = c.interleaved;
-  in.rope.rotary_dim = c.interleaved ? 12 : 0;
-  const size_t elem = c.dtype == DevicePageDType::kFp32 ? 4 : 2;
-  std::vector<std::vector<float>> keys(Hk), values(Hk);
-  std::vector<std::vector<int32_t>> positions(Hk);
-  std::vector<std::vector<uint8_t>> pages(Hk);
-  int32_t last = 0;
-  for (int g = 0; g < Hk; ++g) {
-    const int n = 37 + 11 * g;
-    int32_t pos = 0;
-    for (int j = 0; j < n; ++j) positions[g].push_back(pos += 1 + static_cast<int32_t>(rng() % 3));
-    last = std::max(last, pos);
-    const int num_pages = (n + kTokensPerPage - 1) / kTokensPerPage;
-    pages[g].assign(num_pages * 2 * kTokensPerPage * kD * elem, 0);
-    keys[g].resize(n * kD);
-    values[g].resize(n * kD);
-    for (int j = 0; j < n; ++j) {
-      for (int part = 0; part < 2; ++part) {
-        for (int i = 0; i < kD; ++i) {
-          float x = normal(rng);
-          uint8_t* at = pages[g].data() +
-                        ((j / kTokensPerPage) * 2 * kTokensPerPage + part * kTokensPerPage +
-                         j % kTokensPerPage) *
-                            kD * elem +
-                        i * elem;
-          if (c.dtype == DevicePageDType::kFp32) {
-            std::memcpy(at, &x, 4);
-          } else {
-            const uint16_t b =
-                c.dtype == DevicePageDType::kFp16 ? gm::FloatToHalfBits(x) : gm::FloatToBf16Bits(x);
-            std::memcpy(at, &b, 2);
-            x = c.dtype == DevicePageDType::kFp16 ? gm::HalfBitsToFloat(b) : gm::Bf16BitsToFloat(b);
-          }
-          (part == 0 ? keys : values)[g][j * kD + i] = x;
-        }
+  const int n = 37 + 11 * g;
+  int32_t pos = 0;
+  for (int j = 0; j < n; ++j) L.positions[g].push_back(pos += 1 + static_cast<int32_t>(rng() % 3));
+  const int num_pages = (n + kTokensPerPage - 1) / kTokensPerPage;
+  L.pages[g].assign(num_pages * 2 * kTokensPerPage * kD * L.elem, 0);
+  L.keys[g].resize(n * kD);
+  L.values[g].resize(n * kD);
+  for (int j = 0; j < n; ++j) {
+    for (int part = 0; part < 2; ++part) {
+      for (int i = 0; i < kD; ++i) {
+        uint8_t* at = L.pages[g].data() +
+                      ((j / kTokensPerPage) * 2 * kTokensPerPage + part * kTokensPerPage +
+                       j % kTokensPerPage) *
+                          kD * L.elem +
+                      i * L.elem;
+        (part == 0 ? L.keys : L.values)[g][j * kD + i] = StoreElement(c.dtype, normal(rng), at);
       }
     }
-    in.heads.push_back({n, keys[g].data(), values[g].data(), positions[g].data()});
   }
-  in.next_position = last + 3;
+  return pos;
+}
+
+// Window queries, query moments, attention mass and (interleaved cases) W_O Gram matrices.
+void FillStatistics(const Case& c, std::mt19937& rng, eviction::LayerInputs& in) {
+  const int H = c.q_heads, G = c.q_heads / c.kv_heads;
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> uniform(0.01f, 1.0f);
   in.window = kWindow;
   in.window_queries.resize(H * kWindow * kD);
   for (float& x : in.window_queries) x = normal(rng);
@@ -123,25 +125,52 @@ TEST_P(HostEmulationTest, EmulatedDevicePipelineMatchesTheCpuScorers) {
   for (int h = 0; h < H; ++h) {
     for (int j = 0; j < in.heads[h / G].n; ++j) in.attention_mass[h].push_back(uniform(rng));
   }
-  if (c.interleaved) {
-    in.wo_gram.assign(H * kD * kD, 0.0f);
-    for (int h = 0; h < H; ++h) {
-      std::vector<float> wmat(kD * kD);
-      for (float& x : wmat) x = normal(rng) * 0.3f;
-      for (int a = 0; a < kD; ++a) {
-        for (int b = 0; b < kD; ++b) {
-          float s = 0;
-          for (int t = 0; t < kD; ++t) s += wmat[a * kD + t] * wmat[b * kD + t];
-          in.wo_gram[(h * kD + a) * kD + b] = s;
-        }
+  if (!c.interleaved) return;
+  in.wo_gram.assign(H * kD * kD, 0.0f);
+  for (int h = 0; h < H; ++h) {
+    std::vector<float> wmat(kD * kD);
+    for (float& x : wmat) x = normal(rng) * 0.3f;
+    for (int a = 0; a < kD; ++a) {
+      for (int b = 0; b < kD; ++b) {
+        float s = 0;
+        for (int t = 0; t < kD; ++t) s += wmat[a * kD + t] * wmat[b * kD + t];
+        in.wo_gram[(h * kD + a) * kD + b] = s;
       }
     }
   }
-  eviction::ScoringWorkspace ws(1);
-  ASSERT_OK_AND_ASSIGN(eviction::HeadScores cpu, eviction::ScoreLayer(policy, in, ws));
+}
 
-  DeviceLayerRequest req{
-      .q_heads = H, .kv_heads = Hk, .head_dim = kD, .layer_index = 2, .dtype = c.dtype};
+// A fixed layer per scorer (seed 50 + scorer).
+void MakeLayer(const Case& c, RandomLayer& L) {
+  const int Hk = c.kv_heads;
+  std::mt19937 rng(50 + static_cast<int>(c.scorer));
+  L.in = eviction::LayerInputs{.q_heads = c.q_heads, .kv_heads = Hk, .head_dim = kD,
+                               .layer_index = 2};
+  L.in.rope.theta = 1e4;
+  L.in.rope.interleaved = c.interleaved;
+  L.in.rope.rotary_dim = c.interleaved ? 12 : 0;
+  L.elem = c.dtype == DevicePageDType::kFp32 ? 4 : 2;
+  L.keys.assign(Hk, {});
+  L.values.assign(Hk, {});
+  L.positions.assign(Hk, {});
+  L.pages.assign(Hk, {});
+  int32_t last = 0;
+  for (int g = 0; g < Hk; ++g) {
+    last = std::max(last, FillHead(c, g, rng, L));
+    L.in.heads.push_back(
+        {static_cast<int>(L.positions[g].size()), L.keys[g].data(), L.values[g].data(),
+         L.positions[g].data()});
+  }
+  L.in.next_position = last + 3;
+  FillStatistics(c, rng, L.in);
+}
+
+// The device request for the same layer: page runs of the case's dtype, the same statistics.
+DeviceLayerRequest DeviceRequest(const Case& c, const eviction::Policy& policy,
+                                 const RandomLayer& L) {
+  const eviction::LayerInputs& in = L.in;
+  DeviceLayerRequest req{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = kD,
+                         .layer_index = in.layer_index, .dtype = c.dtype};
   req.scorer = {static_cast<Kind>(static_cast<int>(c.scorer)),
                 policy.sinks,
                 policy.window,
@@ -151,14 +180,14 @@ TEST_P(HostEmulationTest, EmulatedDevicePipelineMatchesTheCpuScorers) {
                 policy.rope_horizon,
                 policy.seed,
                 policy.greedy_picks};
-  req.heads.resize(Hk);
-  const size_t token_bytes = kD * elem;
-  for (int g = 0; g < Hk; ++g) {
+  req.heads.resize(c.kv_heads);
+  const size_t token_bytes = kD * L.elem;
+  for (int g = 0; g < c.kv_heads; ++g) {
     req.heads[g].n = in.heads[g].n;
-    req.heads[g].positions = positions[g].data();
+    req.heads[g].positions = L.positions[g].data();
     for (int j = 0; j < in.heads[g].n; j += kTokensPerPage) {
       const uint8_t* page =
-          pages[g].data() + (j / kTokensPerPage) * 2 * kTokensPerPage * token_bytes;
+          L.pages[g].data() + (j / kTokensPerPage) * 2 * kTokensPerPage * token_bytes;
       req.heads[g].runs.push_back(
           {page, page + kTokensPerPage * token_bytes,
            static_cast<uint32_t>(std::min(kTokensPerPage, in.heads[g].n - j))});
@@ -173,13 +202,26 @@ TEST_P(HostEmulationTest, EmulatedDevicePipelineMatchesTheCpuScorers) {
   req.query_count = in.query_count;
   for (const auto& m : in.attention_mass) req.attention_mass.push_back(m.data());
   req.wo_gram = in.wo_gram.empty() ? nullptr : in.wo_gram.data();
+  return req;
+}
+
+class HostEmulationTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(HostEmulationTest, EmulatedDevicePipelineMatchesTheCpuScorers) {
+  const Case c = GetParam();
+  const eviction::Policy policy{.scorer = c.scorer, .sinks = 3, .window = kWindow, .seed = 9};
+  RandomLayer layer;
+  MakeLayer(c, layer);
+  eviction::ScoringWorkspace ws(1);
+  ASSERT_OK_AND_ASSIGN(eviction::HeadScores cpu, eviction::ScoreLayer(policy, layer.in, ws));
+  const DeviceLayerRequest req = DeviceRequest(c, policy, layer);
   ASSERT_OK(ValidateDeviceLayerRequest(req));
 
   std::vector<std::vector<float>> emulated;
   ASSERT_OK(EmulateLayerOnHost(req, &emulated));
   ASSERT_EQ(emulated.size(), cpu.per_head.size());
   const double rtol = Rtol(c.scorer);
-  for (int g = 0; g < Hk; ++g) {
+  for (int g = 0; g < c.kv_heads; ++g) {
     ASSERT_EQ(emulated[g].size(), cpu.per_head[g].size());
     double scale = 0;
     for (float x : cpu.per_head[g]) scale = std::max(scale, std::fabs(double{x}));
