@@ -1,8 +1,9 @@
 // Conformance of scoring on the device (gpu/cuda/scoring/) with the CPU scorers
 // (eviction::ScoreLayer): every scorer, fp32/fp16/bf16 pages, both RoPE layouts (half-split with
 // the full rotary dim, interleaved with a partial one), GQA (8 q heads over 2 KV heads) and MHA,
-// heads of different lengths and positions (as after ada), fixed seeds. Label `gpu`; every test
-// skips without a CUDA device.
+// heads of different lengths and positions (as after ada), fixed seeds. Label `gpu`; every device
+// test skips without a CUDA device. The same cases also run through the host emulation of the
+// device pipeline (HostEmulatedConformanceTest), everywhere.
 //
 // Tolerances (|device - cpu| <= rtol * |cpu| + atol * max_j |cpu_j| per head), and why:
 //  * streaming, random: exact (integers; the same CounterUniform bits).
@@ -29,6 +30,7 @@
 
 #include "common/status_matchers.h"
 #include "gpu/cuda/scoring/cuda_layer_scorer.h"
+#include "gpu/cuda/scoring/host_scoring_steps.h"
 #include "gpu/device_scoring.h"
 #include "gpu/math/dtype.h"
 #include "gtest/gtest.h"
@@ -221,16 +223,15 @@ void MakeStatistics(const Case& c, Draws& draw, eviction::LayerInputs& in) {
   }
 }
 
-// The same layer in device memory (`device`: one buffer per KV head), described page by page.
-void DescribeOnDevice(const Case& c, const eviction::Policy& policy, const Layer& L,
-                      std::vector<DeviceBuffer>& device, DeviceLayerRequest* out) {
+// The layer's request with head g's pages at page_base[g] (device or host memory).
+DeviceLayerRequest Describe(const Case& c, const eviction::Policy& policy, const Layer& L,
+                            const std::vector<const char*>& page_base) {
   const eviction::LayerInputs& in = L.in;
-  const int Hk = c.kv_heads;
   const size_t elem = c.dtype == DevicePageDType::kFp32 ? 4 : 2;
   const size_t token_bytes = kD * elem, page_bytes = 2 * kTokensPerPage * token_bytes;
-  DeviceLayerRequest& req = *out;
+  DeviceLayerRequest req;
   req.q_heads = c.q_heads;
-  req.kv_heads = Hk;
+  req.kv_heads = c.kv_heads;
   req.head_dim = kD;
   req.layer_index = in.layer_index;
   req.dtype = c.dtype;
@@ -243,17 +244,12 @@ void DescribeOnDevice(const Case& c, const eviction::Policy& policy, const Layer
                                   .rope_horizon = policy.rope_horizon,
                                   .seed = policy.seed,
                                   .greedy_picks = policy.greedy_picks};
-  req.heads.resize(Hk);
-  for (int g = 0; g < Hk; ++g) {
-    const std::vector<uint8_t>& pages = L.pages[g];
-    ASSERT_EQ(cudaMalloc(&device[g].ptr, pages.size()), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(device[g].ptr, pages.data(), pages.size(), cudaMemcpyHostToDevice),
-              cudaSuccess);
-    const char* base = static_cast<const char*>(device[g].ptr);
+  req.heads.resize(c.kv_heads);
+  for (int g = 0; g < c.kv_heads; ++g) {
     req.heads[g].n = in.heads[g].n;
     req.heads[g].positions = L.positions[g].data();
     for (int j = 0; j < in.heads[g].n; j += kTokensPerPage) {
-      const char* page = base + (j / kTokensPerPage) * page_bytes;
+      const char* page = page_base[g] + (j / kTokensPerPage) * page_bytes;
       req.heads[g].runs.push_back(
           DeviceTokenRun{page, page + kTokensPerPage * token_bytes,
                          static_cast<uint32_t>(std::min(kTokensPerPage, in.heads[g].n - j))});
@@ -268,6 +264,34 @@ void DescribeOnDevice(const Case& c, const eviction::Policy& policy, const Layer
   req.query_count = in.query_count;
   for (const auto& m : in.attention_mass) req.attention_mass.push_back(m.data());
   req.wo_gram = in.wo_gram.empty() ? nullptr : in.wo_gram.data();
+  return req;
+}
+
+// Copies head g's pages into device[g] (one buffer per KV head); their device addresses.
+void UploadPages(const Layer& L, std::vector<DeviceBuffer>& device,
+                 std::vector<const char*>* page_base) {
+  for (size_t g = 0; g < L.pages.size(); ++g) {
+    const std::vector<uint8_t>& pages = L.pages[g];
+    ASSERT_EQ(cudaMalloc(&device[g].ptr, pages.size()), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(device[g].ptr, pages.data(), pages.size(), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    page_base->push_back(static_cast<const char*>(device[g].ptr));
+  }
+}
+
+// The case's policy and layer.
+eviction::Policy CasePolicy(const Case& c) {
+  return eviction::Policy{.scorer = c.scorer, .sinks = 4, .window = kWindow, .seed = 77};
+}
+void MakeLayer(const Case& c, Layer& layer) {
+  Draws draw(c);
+  layer.in = eviction::LayerInputs{
+      .q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = kD, .layer_index = 3};
+  layer.in.rope.theta = 5e5;
+  layer.in.rope.interleaved = c.interleaved;
+  layer.in.rope.rotary_dim = c.interleaved ? 48 : 0;
+  MakeHeads(c, draw, layer);
+  MakeStatistics(c, draw, layer.in);
 }
 
 // Every device score within the tolerance of the CPU's, and clearly ordered pairs in order.
@@ -338,26 +362,18 @@ class CudaScoringConformanceTest : public ::testing::TestWithParam<Case> {
 
 TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
   const Case c = GetParam();
-  Draws draw(c);
-  const eviction::Policy policy{.scorer = c.scorer, .sinks = 4, .window = kWindow, .seed = 77};
+  const eviction::Policy policy = CasePolicy(c);
   Layer layer;
-  layer.in = eviction::LayerInputs{
-      .q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = kD, .layer_index = 3};
-  layer.in.rope.theta = 5e5;
-  layer.in.rope.interleaved = c.interleaved;
-  layer.in.rope.rotary_dim = c.interleaved ? 48 : 0;
-  MakeHeads(c, draw, layer);
-  MakeStatistics(c, draw, layer.in);
-
+  MakeLayer(c, layer);
   // The CPU reference.
   eviction::ScoringWorkspace ws(1);
   ASSERT_OK_AND_ASSIGN(eviction::HeadScores cpu, eviction::ScoreLayer(policy, layer.in, ws));
 
   std::vector<DeviceBuffer> device(c.kv_heads);
-  DeviceLayerRequest req;
-  ASSERT_NO_FATAL_FAILURE(DescribeOnDevice(c, policy, layer, device, &req));
+  std::vector<const char*> page_base;
+  ASSERT_NO_FATAL_FAILURE(UploadPages(layer, device, &page_base));
   std::vector<std::vector<float>> dev;
-  ASSERT_OK(scorer_->ScoreLayer(req, &dev));
+  ASSERT_OK(scorer_->ScoreLayer(Describe(c, policy, layer, page_base), &dev));
   ASSERT_EQ(dev.size(), static_cast<size_t>(c.kv_heads));
 
   const Tolerance tol = ToleranceOf(c.scorer);
@@ -366,6 +382,32 @@ TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
   dev_scores.per_head = dev;
   ExpectSameSelections(policy, tol, c.q_heads / c.kv_heads, cpu, dev_scores);
   EXPECT_GT(scorer_->scratch_bytes(), 0u);
+}
+
+// The same cases through the device pipeline emulated on the host (host_scoring_steps.h: the CUDA
+// scorer's plan, layout and steps, run serially): runs everywhere, so the cases, their requests
+// and the comparisons are exercised on machines without a GPU.
+class HostEmulatedConformanceTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(HostEmulatedConformanceTest, ScoresAndSelectionsMatchTheCpu) {
+  const Case c = GetParam();
+  const eviction::Policy policy = CasePolicy(c);
+  Layer layer;
+  MakeLayer(c, layer);
+  eviction::ScoringWorkspace ws(1);
+  ASSERT_OK_AND_ASSIGN(eviction::HeadScores cpu, eviction::ScoreLayer(policy, layer.in, ws));
+  std::vector<const char*> page_base;
+  for (const std::vector<uint8_t>& pages : layer.pages) {
+    page_base.push_back(reinterpret_cast<const char*>(pages.data()));
+  }
+  std::vector<std::vector<float>> emulated;
+  ASSERT_OK(cuda_scoring::EmulateLayerOnHost(Describe(c, policy, layer, page_base), &emulated));
+  ASSERT_EQ(emulated.size(), static_cast<size_t>(c.kv_heads));
+  const Tolerance tol = ToleranceOf(c.scorer);
+  ASSERT_NO_FATAL_FAILURE(ExpectScoresMatch(tol, cpu, emulated));
+  eviction::HeadScores emulated_scores;
+  emulated_scores.per_head = emulated;
+  ExpectSameSelections(policy, tol, c.q_heads / c.kv_heads, cpu, emulated_scores);
 }
 
 std::vector<Case> AllCases() {
@@ -384,6 +426,8 @@ std::vector<Case> AllCases() {
 
 INSTANTIATE_TEST_SUITE_P(AllScorers, CudaScoringConformanceTest, ::testing::ValuesIn(AllCases()),
                          CaseName);
+INSTANTIATE_TEST_SUITE_P(AllScorers, HostEmulatedConformanceTest,
+                         ::testing::ValuesIn(AllCases()), CaseName);
 
 // Scratch is reused: a second, smaller layer after a larger one needs no new allocation, and the
 // same request scores the same (the device code is deterministic).
