@@ -114,7 +114,7 @@ struct BackendOptions {
   BackendKind kind = BackendKind::kAuto;  // Default: CUDA when compiled in and a device is present
   // Prefix of shared-memory object names (host backend). Objects are named
   // "/<prefix>.<32 random hex digits>"; objects with this prefix left by a crashed daemon are
-  // removed by RemoveStaleArenas().
+  // removed by RemoveStaleArenas(const BackendOptions&).
   std::string shm_prefix = "kvkeep";  // Default: "kvkeep"
   // CUDA device ordinal (as this process numbers them) for kCuda and kAuto.
   int cuda_device = 0;                // Default: device 0
@@ -125,6 +125,15 @@ struct BackendOptions {
 // (with the CUDA error) when no device is present and INVALID_ARGUMENT for a cuda_device that is
 // not a visible device's ordinal (kAuto too, when devices are present).
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+// Removes what a daemon that died with these options left behind; call it before CreateBackend,
+// and only when no live process uses options.shm_prefix (the daemon holds its data dir's lock).
+// Host: unlinks the shared-memory objects "/<shm_prefix>.*". CUDA: device memory is released
+// with its process, so there is nothing more. The host objects are removed whatever
+// options.kind says: the dead daemon may have run on the host backend (kAuto without a device,
+// or another --backend). Returns how many objects were removed; 0 for a prefix CreateBackend
+// would refuse (empty, or holding '/').
+int RemoveStaleArenas(const BackendOptions& options);
 
 // Whether this build has the CUDA backend (for tests and status lines).
 bool CudaBackendCompiled();

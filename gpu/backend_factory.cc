@@ -1,5 +1,6 @@
 // The only file that knows whether the CUDA backend was compiled in.
 #include <cstdio>
+#include <string>
 
 #include "gpu/backend.h"
 #include "gpu/cpu/cpu_backend.h"
@@ -51,6 +52,13 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
       return CreateCpuBackend(options);
   }
   return absl::InvalidArgumentError("unknown backend kind");
+}
+
+int RemoveStaleArenas(const BackendOptions& options) {
+  const std::string& prefix = options.shm_prefix;
+  if (prefix.empty() || prefix.find('/') != std::string::npos) return 0;
+  // The CUDA backend leaves nothing behind a dead process; the host backend's objects outlive it.
+  return RemoveStaleArenas(prefix);
 }
 
 }  // namespace kvkeep

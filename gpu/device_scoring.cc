@@ -58,8 +58,9 @@ DeviceScorerNeeds DeviceNeeds(DeviceScorerKind kind) {
   return n;
 }
 
-absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
-  const DeviceScorerParams& p = r.scorer;
+namespace {
+
+absl::Status CheckScorerParams(const DeviceScorerParams& p) {
   if (static_cast<int>(p.kind) < 0 ||
       static_cast<int>(p.kind) > static_cast<int>(DeviceScorerKind::kLaProx)) {
     return absl::InvalidArgumentError(
@@ -73,6 +74,11 @@ absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
                      ", pool_kernel ", p.pool_kernel, " (odd, >= 1), capkv_tau ", p.capkv_tau,
                      ", rope_horizon ", p.rope_horizon, ", greedy_picks ", p.greedy_picks));
   }
+  return absl::OkStatus();
+}
+
+// Head counts, head_dim, dtype and the RoPE spec.
+absl::Status CheckShapes(const DeviceLayerRequest& r) {
   if (r.q_heads <= 0 || r.kv_heads <= 0 || r.q_heads % r.kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("q_heads (", r.q_heads, ") must be a positive ",
                                                    "multiple of kv_heads (", r.kv_heads, ")"));
@@ -95,43 +101,56 @@ absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
     return absl::InvalidArgumentError(absl::StrCat("rope.rotary_dim (", r.rope.rotary_dim,
                                                    ") must be even and <= head_dim (", d, ")"));
   }
-  if (r.rope.inv_freq != nullptr) {
-    if (absl::Status s = CheckFinite(r.rope.inv_freq, rd / 2, "rope.inv_freq"); !s.ok()) return s;
-  } else if (!(r.rope.theta > 0) || std::isinf(r.rope.theta)) {
+  if (r.rope.inv_freq != nullptr) return CheckFinite(r.rope.inv_freq, rd / 2, "rope.inv_freq");
+  if (!(r.rope.theta > 0) || std::isinf(r.rope.theta)) {
     return absl::InvalidArgumentError(
         absl::StrCat("rope.theta must be finite and > 0, got ", r.rope.theta));
   }
-  const DeviceScorerNeeds needs = DeviceNeeds(p.kind);
+  return absl::OkStatus();
+}
+
+// Head g's runs: device addresses present where the scorer reads, element-aligned, and adding up
+// to n tokens.
+absl::Status CheckRuns(const DeviceLayerRequest& r, int g, const DeviceScorerNeeds& needs) {
+  const DeviceHeadRequest& h = r.heads[g];
   const uintptr_t element_bytes = r.dtype == DevicePageDType::kFp32 ? 4 : 2;
-  int64_t max_position = -1;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < h.runs.size(); ++i) {
+    const DeviceTokenRun& run = h.runs[i];
+    if ((needs.keys && run.keys == nullptr) || (needs.values && run.values == nullptr)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "heads[", g, "].runs[", i, "] has a null device address for data the scorer reads"));
+    }
+    // The gather kernel loads whole elements: an address off the element size would fault
+    // (cudaErrorMisalignedAddress, which also poisons the context).
+    const auto misaligned = [&](const void* at) {
+      return at != nullptr && reinterpret_cast<uintptr_t>(at) % element_bytes != 0;
+    };
+    if ((needs.keys && misaligned(run.keys)) || (needs.values && misaligned(run.values))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "heads[", g, "].runs[", i, "] has a device address that is not a multiple of the ",
+          element_bytes, "-byte element size"));
+    }
+    tokens += run.tokens;
+  }
+  if ((needs.keys || needs.values) && tokens != h.n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("heads[", g, "].runs hold ", tokens, " tokens, expected n = ", h.n));
+  }
+  return absl::OkStatus();
+}
+
+// Every head's token count, runs and positions; *max_position gets the largest cached position
+// (-1 when no head holds a token).
+absl::Status CheckHeads(const DeviceLayerRequest& r, int64_t* max_position) {
+  const DeviceScorerNeeds needs = DeviceNeeds(r.scorer.kind);
+  *max_position = -1;
   for (int g = 0; g < r.kv_heads; ++g) {
     const DeviceHeadRequest& h = r.heads[g];
     if (h.n < 0) {
       return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].n is negative (", h.n, ")"));
     }
-    int64_t tokens = 0;
-    for (size_t i = 0; i < h.runs.size(); ++i) {
-      const DeviceTokenRun& run = h.runs[i];
-      if ((needs.keys && run.keys == nullptr) || (needs.values && run.values == nullptr)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "heads[", g, "].runs[", i, "] has a null device address for data the scorer reads"));
-      }
-      // The gather kernel loads whole elements: an address off the element size would fault
-      // (cudaErrorMisalignedAddress, which also poisons the context).
-      const auto misaligned = [&](const void* at) {
-        return at != nullptr && reinterpret_cast<uintptr_t>(at) % element_bytes != 0;
-      };
-      if ((needs.keys && misaligned(run.keys)) || (needs.values && misaligned(run.values))) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "heads[", g, "].runs[", i, "] has a device address that is not a multiple of the ",
-            element_bytes, "-byte element size"));
-      }
-      tokens += run.tokens;
-    }
-    if ((needs.keys || needs.values) && tokens != h.n) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("heads[", g, "].runs hold ", tokens, " tokens, expected n = ", h.n));
-    }
+    if (absl::Status s = CheckRuns(r, g, needs); !s.ok()) return s;
     if (h.n == 0) continue;
     if (h.positions != nullptr) {
       if (h.positions[0] < 0) {
@@ -145,15 +164,36 @@ absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
         }
       }
     }
-    max_position = std::max<int64_t>(max_position, h.positions ? h.positions[h.n - 1] : h.n - 1);
+    *max_position =
+        std::max<int64_t>(*max_position, h.positions ? h.positions[h.n - 1] : h.n - 1);
   }
-  if (r.next_position < 0 || (r.next_position != 0 && r.next_position <= max_position)) {
-    return absl::InvalidArgumentError(absl::StrCat("next_position (", r.next_position,
-                                                   ") must exceed the largest cached position (",
-                                                   max_position, ")"));
+  return absl::OkStatus();
+}
+
+absl::Status CheckAttentionMass(const DeviceLayerRequest& r) {
+  if (static_cast<int>(r.attention_mass.size()) != r.q_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("attention_mass has ", r.attention_mass.size(),
+                                                   " rows, expected q_heads = ", r.q_heads));
   }
-  const int64_t next = r.next_position != 0 ? r.next_position : max_position + 1;
-  const int64_t qd = static_cast<int64_t>(r.q_heads) * d;
+  const int group = r.q_heads / r.kv_heads;
+  for (int h = 0; h < r.q_heads; ++h) {
+    const int n = r.heads[h / group].n;
+    if (r.attention_mass[h] == nullptr && n > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("attention_mass[", h, "] is null"));
+    }
+    if (absl::Status s =
+            CheckFinite(r.attention_mass[h], n, absl::StrCat("attention_mass[", h, "]"));
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The host statistics: present when the scorer needs them, consistent and finite when sent.
+absl::Status CheckStatistics(const DeviceLayerRequest& r, int64_t next) {
+  const DeviceScorerNeeds needs = DeviceNeeds(r.scorer.kind);
+  const int64_t qd = static_cast<int64_t>(r.q_heads) * r.head_dim;
   if (r.window_queries != nullptr || r.window != 0) {
     if (r.window <= 0 || r.window_queries == nullptr || r.window > next) {
       return absl::InvalidArgumentError(absl::StrCat("window (", r.window, ") must be in [1, ",
@@ -181,29 +221,27 @@ absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
     if (absl::Status s = CheckFinite(r.query_sq_sum, qd, "query_sq_sum"); !s.ok()) return s;
   }
   if (!r.attention_mass.empty()) {
-    if (static_cast<int>(r.attention_mass.size()) != r.q_heads) {
-      return absl::InvalidArgumentError(absl::StrCat("attention_mass has ", r.attention_mass.size(),
-                                                     " rows, expected q_heads = ", r.q_heads));
-    }
-    const int group = r.q_heads / r.kv_heads;
-    for (int h = 0; h < r.q_heads; ++h) {
-      const int n = r.heads[h / group].n;
-      if (r.attention_mass[h] == nullptr && n > 0) {
-        return absl::InvalidArgumentError(absl::StrCat("attention_mass[", h, "] is null"));
-      }
-      if (absl::Status s =
-              CheckFinite(r.attention_mass[h], n, absl::StrCat("attention_mass[", h, "]"));
-          !s.ok()) {
-        return s;
-      }
-    }
+    if (absl::Status s = CheckAttentionMass(r); !s.ok()) return s;
   } else if (needs.attention_mass) {
     return Missing("attention_mass");
   }
-  if (r.wo_gram != nullptr) {
-    if (absl::Status s = CheckFinite(r.wo_gram, qd * d, "wo_gram"); !s.ok()) return s;
-  }
+  if (r.wo_gram != nullptr) return CheckFinite(r.wo_gram, qd * r.head_dim, "wo_gram");
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateDeviceLayerRequest(const DeviceLayerRequest& r) {
+  if (absl::Status s = CheckScorerParams(r.scorer); !s.ok()) return s;
+  if (absl::Status s = CheckShapes(r); !s.ok()) return s;
+  int64_t max_position = -1;
+  if (absl::Status s = CheckHeads(r, &max_position); !s.ok()) return s;
+  if (r.next_position < 0 || (r.next_position != 0 && r.next_position <= max_position)) {
+    return absl::InvalidArgumentError(absl::StrCat("next_position (", r.next_position,
+                                                   ") must exceed the largest cached position (",
+                                                   max_position, ")"));
+  }
+  return CheckStatistics(r, r.next_position != 0 ? r.next_position : max_position + 1);
 }
 
 }  // namespace kvkeep

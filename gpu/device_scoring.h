@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "gpu/math/policy_defaults.h"
 
 namespace kvkeep {
 
@@ -47,17 +48,22 @@ enum class DeviceScorerKind {
 // Element type of the pages.
 enum class DevicePageDType { kFp32, kFp16, kBf16 };
 
-// The policy fields the scorers read (eviction::Policy mirrors them; same meaning, same defaults).
+// The policy fields the scorers read: eviction::Policy's, same meaning, and the same defaults,
+// both read from gpu/math/policy_defaults.h (kind: device_scoring_request.cc checks at compile
+// time that it is eviction::kDefaultScorer's).
 struct DeviceScorerParams {
   DeviceScorerKind kind = DeviceScorerKind::kSnapKv;  // Default: snapkv.
-  int sinks = 4;                                      // Default: 4. First tokens of every head.
-  int window = 32;         // Default: 32. Observation window (last tokens of every head).
-  int pool_kernel = 7;     // Default: 7. snapkv pooling kernel, odd, >= 1.
-  bool pool_max = true;    // Default: true. snapkv max (true) or average pooling.
-  double capkv_tau = 5;    // Default: 5. capkv cosine temperature, > 0.
-  int rope_horizon = 512;  // Default: 512. R̄ averages the RoPE rotation over this many positions.
-  uint64_t seed = 0;       // Default: 0. Seed of `random`.
-  int64_t greedy_picks = 0;  // Default: 0 = rank every candidate (capkv-greedy).
+  int sinks = policy_defaults::kSinks;                // Default: 4. First tokens of every head.
+  // Observation window (last tokens of every head). Default: 32.
+  int window = policy_defaults::kWindow;
+  int pool_kernel = policy_defaults::kPoolKernel;  // Default: 7. snapkv pooling kernel, odd, >= 1.
+  bool pool_max = policy_defaults::kPoolMax;  // Default: true. snapkv max (true) or average pooling.
+  double capkv_tau = policy_defaults::kCapKvTau;  // Default: 5. capkv cosine temperature, > 0.
+  // R̄ averages the RoPE rotation over this many positions. Default: 512.
+  int rope_horizon = policy_defaults::kRopeHorizon;
+  uint64_t seed = policy_defaults::kSeed;  // Default: 0. Seed of `random`.
+  // Default: 0 = rank every candidate (capkv-greedy).
+  int64_t greedy_picks = policy_defaults::kGreedyPicks;
 };
 
 // Consecutive tokens of one KV head inside one page: `tokens` keys at `keys` and as many values at

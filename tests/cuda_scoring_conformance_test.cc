@@ -1,8 +1,9 @@
 // Conformance of scoring on the device (gpu/cuda/scoring/) with the CPU scorers
 // (eviction::ScoreLayer): every scorer, fp32/fp16/bf16 pages, both RoPE layouts (half-split with
 // the full rotary dim, interleaved with a partial one), GQA (8 q heads over 2 KV heads) and MHA,
-// heads of different lengths and positions (as after ada), fixed seeds. Label `gpu`; every test
-// skips without a CUDA device.
+// heads of different lengths and positions (as after ada), fixed seeds. Label `gpu`; every device
+// test skips without a CUDA device. The same cases also run through the host emulation of the
+// device pipeline (HostEmulatedConformanceTest), everywhere.
 //
 // Tolerances (|device - cpu| <= rtol * |cpu| + atol * max_j |cpu_j| per head), and why:
 //  * streaming, random: exact (integers; the same CounterUniform bits).
@@ -29,6 +30,7 @@
 
 #include "common/status_matchers.h"
 #include "gpu/cuda/scoring/cuda_layer_scorer.h"
+#include "gpu/cuda/scoring/host_scoring_steps.h"
 #include "gpu/device_scoring.h"
 #include "gpu/math/dtype.h"
 #include "gtest/gtest.h"
@@ -105,128 +107,131 @@ struct DeviceBuffer {
   }
 };
 
-class CudaScoringConformanceTest : public ::testing::TestWithParam<Case> {
- protected:
-  void SetUp() override {
-    std::string why;
-    if (!DeviceAvailable(&why)) GTEST_SKIP() << why;
-    scorer_ = CreateCudaLayerScorer(0);
-  }
-
-  // Rounds x to the page dtype and appends its bytes to `bytes`; returns the rounded value.
-  static float Store(DevicePageDType dtype, float x, std::vector<uint8_t>* bytes) {
-    if (dtype == DevicePageDType::kFp32) {
-      const size_t at = bytes->size();
-      bytes->resize(at + 4);
-      std::memcpy(bytes->data() + at, &x, 4);
-      return x;
-    }
-    const uint16_t b = dtype == DevicePageDType::kFp16 ? gpu_math::FloatToHalfBits(x)
-                                                       : gpu_math::FloatToBf16Bits(x);
+// Rounds x to the page dtype and appends its bytes to `bytes`; returns the rounded value.
+float Store(DevicePageDType dtype, float x, std::vector<uint8_t>* bytes) {
+  if (dtype == DevicePageDType::kFp32) {
     const size_t at = bytes->size();
-    bytes->resize(at + 2);
-    std::memcpy(bytes->data() + at, &b, 2);
-    return dtype == DevicePageDType::kFp16 ? gpu_math::HalfBitsToFloat(b)
-                                           : gpu_math::Bf16BitsToFloat(b);
+    bytes->resize(at + 4);
+    std::memcpy(bytes->data() + at, &x, 4);
+    return x;
   }
+  const uint16_t b = dtype == DevicePageDType::kFp16 ? gpu_math::FloatToHalfBits(x)
+                                                     : gpu_math::FloatToBf16Bits(x);
+  const size_t at = bytes->size();
+  bytes->resize(at + 2);
+  std::memcpy(bytes->data() + at, &b, 2);
+  return dtype == DevicePageDType::kFp16 ? gpu_math::HalfBitsToFloat(b)
+                                         : gpu_math::Bf16BitsToFloat(b);
+}
 
-  std::unique_ptr<DeviceLayerScorer> scorer_;
+constexpr int kD = 64, kTokensPerPage = 16, kWindow = 8;
+
+// The random source of one case: every draw of the layer comes from these, in order.
+struct Draws {
+  explicit Draws(const Case& c)
+      : rng(1000 + static_cast<int>(c.scorer) * 31 + static_cast<int>(c.dtype) * 7 +
+            (c.interleaved ? 3 : 0)) {}
+  std::mt19937 rng;
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> uniform{0.01f, 1.0f};
 };
 
-TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
-  const Case c = GetParam();
-  constexpr int kD = 64, kTokensPerPage = 16, kWindow = 8;
-  const int H = c.q_heads, Hk = c.kv_heads, G = H / Hk;
-  std::mt19937 rng(1000 + static_cast<int>(c.scorer) * 31 + static_cast<int>(c.dtype) * 7 +
-                   (c.interleaved ? 3 : 0));
-  std::normal_distribution<float> normal;
-  std::uniform_real_distribution<float> uniform(0.01f, 1.0f);
+// One layer: the CPU scorers' inputs and the same keys and values as pages of the case's dtype.
+struct Layer {
+  eviction::LayerInputs in;
+  std::vector<std::vector<float>> keys, values;
+  std::vector<std::vector<int32_t>> positions;
+  std::vector<std::vector<uint8_t>> pages;  // [page][keys of 16 tokens][values of 16]
+};
 
-  eviction::Policy policy{.scorer = c.scorer, .sinks = 4, .window = kWindow, .seed = 77};
-  eviction::LayerInputs in{.q_heads = H, .kv_heads = Hk, .head_dim = kD, .layer_index = 3};
-  in.rope.theta = 5e5;
-  in.rope.interleaved = c.interleaved;
-  in.rope.rotary_dim = c.interleaved ? 48 : 0;
-  // Per KV head: its own length and positions (gaps, as after ada eviction).
-  std::vector<std::vector<float>> keys(Hk), values(Hk);
-  std::vector<std::vector<int32_t>> positions(Hk);
-  std::vector<std::vector<uint8_t>> pages(Hk);  // [page][keys of 16 tokens][values of 16]
+// Per KV head: its own length and positions (gaps, as after ada eviction) and its pages.
+void MakeHeads(const Case& c, Draws& draw, Layer& L) {
+  const int Hk = c.kv_heads;
+  L.keys.assign(Hk, {});
+  L.values.assign(Hk, {});
+  L.positions.assign(Hk, {});
+  L.pages.assign(Hk, {});
   int32_t max_position = 0;
   for (int g = 0; g < Hk; ++g) {
     const int n = 150 + 37 * g;
     int32_t p = 0;
     for (int j = 0; j < n; ++j) {
-      p += 1 + static_cast<int32_t>(rng() % (g + 2));
-      positions[g].push_back(p);
+      p += 1 + static_cast<int32_t>(draw.rng() % (g + 2));
+      L.positions[g].push_back(p);
     }
     max_position = std::max(max_position, p);
-    keys[g].resize(static_cast<size_t>(n) * kD);
-    values[g].resize(static_cast<size_t>(n) * kD);
+    L.keys[g].resize(static_cast<size_t>(n) * kD);
+    L.values[g].resize(static_cast<size_t>(n) * kD);
     for (int page = 0; page * kTokensPerPage < n; ++page) {
       // A full page of room; only the committed tokens are written and scored.
       std::vector<uint8_t> k_bytes, v_bytes;
       for (int t = 0; t < kTokensPerPage; ++t) {
         const int j = page * kTokensPerPage + t;
         for (int i = 0; i < kD; ++i) {
-          const float kx =
-              Store(c.dtype, j < n ? normal(rng) * (1.0f + 0.02f * (i % 7)) : 0.0f, &k_bytes);
-          const float vx = Store(c.dtype, j < n ? normal(rng) : 0.0f, &v_bytes);
+          const float kx = Store(
+              c.dtype, j < n ? draw.normal(draw.rng) * (1.0f + 0.02f * (i % 7)) : 0.0f, &k_bytes);
+          const float vx = Store(c.dtype, j < n ? draw.normal(draw.rng) : 0.0f, &v_bytes);
           if (j < n) {
-            keys[g][static_cast<size_t>(j) * kD + i] = kx;
-            values[g][static_cast<size_t>(j) * kD + i] = vx;
+            L.keys[g][static_cast<size_t>(j) * kD + i] = kx;
+            L.values[g][static_cast<size_t>(j) * kD + i] = vx;
           }
         }
       }
-      pages[g].insert(pages[g].end(), k_bytes.begin(), k_bytes.end());
-      pages[g].insert(pages[g].end(), v_bytes.begin(), v_bytes.end());
+      L.pages[g].insert(L.pages[g].end(), k_bytes.begin(), k_bytes.end());
+      L.pages[g].insert(L.pages[g].end(), v_bytes.begin(), v_bytes.end());
     }
-    in.heads.push_back(eviction::HeadKV{.n = n,
-                                        .keys = keys[g].data(),
-                                        .values = values[g].data(),
-                                        .positions = positions[g].data()});
+    L.in.heads.push_back(eviction::HeadKV{.n = n,
+                                          .keys = L.keys[g].data(),
+                                          .values = L.values[g].data(),
+                                          .positions = L.positions[g].data()});
   }
-  in.next_position = max_position + 5;
+  L.in.next_position = max_position + 5;
+}
+
+// Window queries, query moments, attention mass and, in half of the cases, W_O Grams (laprox).
+void MakeStatistics(const Case& c, Draws& draw, eviction::LayerInputs& in) {
+  const int H = c.q_heads, G = c.q_heads / c.kv_heads;
   in.window = kWindow;
   in.window_queries.resize(static_cast<size_t>(H) * kWindow * kD);
-  for (float& x : in.window_queries) x = normal(rng);
+  for (float& x : in.window_queries) x = draw.normal(draw.rng);
   in.query_count = 40;
   in.query_sum.resize(static_cast<size_t>(H) * kD);
   in.query_sq_sum.resize(static_cast<size_t>(H) * kD);
   for (size_t i = 0; i < in.query_sum.size(); ++i) {
-    in.query_sum[i] = 40.0 * normal(rng) * 0.5;
-    in.query_sq_sum[i] = in.query_sum[i] * in.query_sum[i] / 40.0 + 40.0 * uniform(rng);
+    in.query_sum[i] = 40.0 * draw.normal(draw.rng) * 0.5;
+    in.query_sq_sum[i] = in.query_sum[i] * in.query_sum[i] / 40.0 + 40.0 * draw.uniform(draw.rng);
   }
   in.attention_mass.resize(H);
   for (int h = 0; h < H; ++h) {
-    for (int j = 0; j < in.heads[h / G].n; ++j) in.attention_mass[h].push_back(uniform(rng) * 3);
+    for (int j = 0; j < in.heads[h / G].n; ++j) {
+      in.attention_mass[h].push_back(draw.uniform(draw.rng) * 3);
+    }
   }
-  if (c.interleaved) {  // W_O Grams (laprox) in half of the cases
-    in.wo_gram.resize(static_cast<size_t>(H) * kD * kD);
-    std::vector<float> w(static_cast<size_t>(kD) * kD);
-    for (int h = 0; h < H; ++h) {
-      for (float& x : w) x = normal(rng) * 0.1f;
-      float* m = in.wo_gram.data() + static_cast<size_t>(h) * kD * kD;
-      for (int a = 0; a < kD; ++a) {
-        for (int b = 0; b < kD; ++b) {
-          double s = 0;
-          for (int t = 0; t < kD; ++t) s += double{w[a * kD + t]} * w[b * kD + t];
-          m[a * kD + b] = static_cast<float>(s);
-        }
+  if (!c.interleaved) return;
+  in.wo_gram.resize(static_cast<size_t>(H) * kD * kD);
+  std::vector<float> w(static_cast<size_t>(kD) * kD);
+  for (int h = 0; h < H; ++h) {
+    for (float& x : w) x = draw.normal(draw.rng) * 0.1f;
+    float* m = in.wo_gram.data() + static_cast<size_t>(h) * kD * kD;
+    for (int a = 0; a < kD; ++a) {
+      for (int b = 0; b < kD; ++b) {
+        double s = 0;
+        for (int t = 0; t < kD; ++t) s += double{w[a * kD + t]} * w[b * kD + t];
+        m[a * kD + b] = static_cast<float>(s);
       }
     }
   }
+}
 
-  // The CPU reference.
-  eviction::ScoringWorkspace ws(1);
-  ASSERT_OK_AND_ASSIGN(eviction::HeadScores cpu, eviction::ScoreLayer(policy, in, ws));
-
-  // The same layer in device memory, described page by page.
+// The layer's request with head g's pages at page_base[g] (device or host memory).
+DeviceLayerRequest Describe(const Case& c, const eviction::Policy& policy, const Layer& L,
+                            const std::vector<const char*>& page_base) {
+  const eviction::LayerInputs& in = L.in;
   const size_t elem = c.dtype == DevicePageDType::kFp32 ? 4 : 2;
   const size_t token_bytes = kD * elem, page_bytes = 2 * kTokensPerPage * token_bytes;
-  std::vector<DeviceBuffer> device(Hk);
   DeviceLayerRequest req;
-  req.q_heads = H;
-  req.kv_heads = Hk;
+  req.q_heads = c.q_heads;
+  req.kv_heads = c.kv_heads;
   req.head_dim = kD;
   req.layer_index = in.layer_index;
   req.dtype = c.dtype;
@@ -239,16 +244,12 @@ TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
                                   .rope_horizon = policy.rope_horizon,
                                   .seed = policy.seed,
                                   .greedy_picks = policy.greedy_picks};
-  req.heads.resize(Hk);
-  for (int g = 0; g < Hk; ++g) {
-    ASSERT_EQ(cudaMalloc(&device[g].ptr, pages[g].size()), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(device[g].ptr, pages[g].data(), pages[g].size(), cudaMemcpyHostToDevice),
-              cudaSuccess);
-    const char* base = static_cast<const char*>(device[g].ptr);
+  req.heads.resize(c.kv_heads);
+  for (int g = 0; g < c.kv_heads; ++g) {
     req.heads[g].n = in.heads[g].n;
-    req.heads[g].positions = positions[g].data();
+    req.heads[g].positions = L.positions[g].data();
     for (int j = 0; j < in.heads[g].n; j += kTokensPerPage) {
-      const char* page = base + (j / kTokensPerPage) * page_bytes;
+      const char* page = page_base[g] + (j / kTokensPerPage) * page_bytes;
       req.heads[g].runs.push_back(
           DeviceTokenRun{page, page + kTokensPerPage * token_bytes,
                          static_cast<uint32_t>(std::min(kTokensPerPage, in.heads[g].n - j))});
@@ -263,14 +264,40 @@ TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
   req.query_count = in.query_count;
   for (const auto& m : in.attention_mass) req.attention_mass.push_back(m.data());
   req.wo_gram = in.wo_gram.empty() ? nullptr : in.wo_gram.data();
+  return req;
+}
 
-  std::vector<std::vector<float>> dev;
-  ASSERT_OK(scorer_->ScoreLayer(req, &dev));
-  ASSERT_EQ(dev.size(), static_cast<size_t>(Hk));
+// Copies head g's pages into device[g] (one buffer per KV head); their device addresses.
+void UploadPages(const Layer& L, std::vector<DeviceBuffer>& device,
+                 std::vector<const char*>* page_base) {
+  for (size_t g = 0; g < L.pages.size(); ++g) {
+    const std::vector<uint8_t>& pages = L.pages[g];
+    ASSERT_EQ(cudaMalloc(&device[g].ptr, pages.size()), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(device[g].ptr, pages.data(), pages.size(), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    page_base->push_back(static_cast<const char*>(device[g].ptr));
+  }
+}
 
-  const Tolerance tol = ToleranceOf(c.scorer);
-  eviction::HeadScores dev_scores;
-  for (int g = 0; g < Hk; ++g) {
+// The case's policy and layer.
+eviction::Policy CasePolicy(const Case& c) {
+  return eviction::Policy{.scorer = c.scorer, .sinks = 4, .window = kWindow, .seed = 77};
+}
+void MakeLayer(const Case& c, Layer& layer) {
+  Draws draw(c);
+  layer.in = eviction::LayerInputs{
+      .q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = kD, .layer_index = 3};
+  layer.in.rope.theta = 5e5;
+  layer.in.rope.interleaved = c.interleaved;
+  layer.in.rope.rotary_dim = c.interleaved ? 48 : 0;
+  MakeHeads(c, draw, layer);
+  MakeStatistics(c, draw, layer.in);
+}
+
+// Every device score within the tolerance of the CPU's, and clearly ordered pairs in order.
+void ExpectScoresMatch(const Tolerance& tol, const eviction::HeadScores& cpu,
+                       const std::vector<std::vector<float>>& dev) {
+  for (size_t g = 0; g < dev.size(); ++g) {
     const std::vector<float>& a = cpu.per_head[g];
     const std::vector<float>& b = dev[g];
     ASSERT_EQ(a.size(), b.size()) << "head " << g;
@@ -289,16 +316,19 @@ TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
         }
       }
     }
-    dev_scores.per_head.push_back(b);
   }
-  // A uniform half budget keeps the same tokens, up to ties within the tolerance.
+}
+
+// A uniform half budget keeps the same tokens, up to ties within the tolerance.
+void ExpectSameSelections(const eviction::Policy& policy, const Tolerance& tol, int group,
+                          const eviction::HeadScores& cpu, const eviction::HeadScores& dev) {
   eviction::Policy select = policy;
   select.allocation = eviction::Allocation::kUniform;
   ASSERT_OK_AND_ASSIGN(eviction::Selection want,
-                       eviction::SelectTokens(select, {.keep_ratio = 0.5}, {cpu}, G));
+                       eviction::SelectTokens(select, {.keep_ratio = 0.5}, {cpu}, group));
   ASSERT_OK_AND_ASSIGN(eviction::Selection got,
-                       eviction::SelectTokens(select, {.keep_ratio = 0.5}, {dev_scores}, G));
-  for (int g = 0; g < Hk; ++g) {
+                       eviction::SelectTokens(select, {.keep_ratio = 0.5}, {dev}, group));
+  for (size_t g = 0; g < dev.per_head.size(); ++g) {
     const std::vector<int32_t>& kw = want.kept[0][g];
     const std::vector<int32_t>& kg = got.kept[0][g];
     ASSERT_EQ(kw.size(), kg.size());
@@ -317,7 +347,67 @@ TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
           << only_cpu[i];
     }
   }
+}
+
+class CudaScoringConformanceTest : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!DeviceAvailable(&why)) GTEST_SKIP() << why;
+    scorer_ = CreateCudaLayerScorer(0);
+  }
+
+  std::unique_ptr<DeviceLayerScorer> scorer_;
+};
+
+TEST_P(CudaScoringConformanceTest, ScoresAndSelectionsMatchTheCpu) {
+  const Case c = GetParam();
+  const eviction::Policy policy = CasePolicy(c);
+  Layer layer;
+  MakeLayer(c, layer);
+  // The CPU reference.
+  eviction::ScoringWorkspace ws(1);
+  ASSERT_OK_AND_ASSIGN(eviction::HeadScores cpu, eviction::ScoreLayer(policy, layer.in, ws));
+
+  std::vector<DeviceBuffer> device(c.kv_heads);
+  std::vector<const char*> page_base;
+  ASSERT_NO_FATAL_FAILURE(UploadPages(layer, device, &page_base));
+  std::vector<std::vector<float>> dev;
+  ASSERT_OK(scorer_->ScoreLayer(Describe(c, policy, layer, page_base), &dev));
+  ASSERT_EQ(dev.size(), static_cast<size_t>(c.kv_heads));
+
+  const Tolerance tol = ToleranceOf(c.scorer);
+  ASSERT_NO_FATAL_FAILURE(ExpectScoresMatch(tol, cpu, dev));
+  eviction::HeadScores dev_scores;
+  dev_scores.per_head = dev;
+  ExpectSameSelections(policy, tol, c.q_heads / c.kv_heads, cpu, dev_scores);
   EXPECT_GT(scorer_->scratch_bytes(), 0u);
+}
+
+// The same cases through the device pipeline emulated on the host (host_scoring_steps.h: the CUDA
+// scorer's plan, layout and steps, run serially): runs everywhere, so the cases, their requests
+// and the comparisons are exercised on machines without a GPU.
+class HostEmulatedConformanceTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(HostEmulatedConformanceTest, ScoresAndSelectionsMatchTheCpu) {
+  const Case c = GetParam();
+  const eviction::Policy policy = CasePolicy(c);
+  Layer layer;
+  MakeLayer(c, layer);
+  eviction::ScoringWorkspace ws(1);
+  ASSERT_OK_AND_ASSIGN(eviction::HeadScores cpu, eviction::ScoreLayer(policy, layer.in, ws));
+  std::vector<const char*> page_base;
+  for (const std::vector<uint8_t>& pages : layer.pages) {
+    page_base.push_back(reinterpret_cast<const char*>(pages.data()));
+  }
+  std::vector<std::vector<float>> emulated;
+  ASSERT_OK(cuda_scoring::EmulateLayerOnHost(Describe(c, policy, layer, page_base), &emulated));
+  ASSERT_EQ(emulated.size(), static_cast<size_t>(c.kv_heads));
+  const Tolerance tol = ToleranceOf(c.scorer);
+  ASSERT_NO_FATAL_FAILURE(ExpectScoresMatch(tol, cpu, emulated));
+  eviction::HeadScores emulated_scores;
+  emulated_scores.per_head = emulated;
+  ExpectSameSelections(policy, tol, c.q_heads / c.kv_heads, cpu, emulated_scores);
 }
 
 std::vector<Case> AllCases() {
@@ -336,6 +426,8 @@ std::vector<Case> AllCases() {
 
 INSTANTIATE_TEST_SUITE_P(AllScorers, CudaScoringConformanceTest, ::testing::ValuesIn(AllCases()),
                          CaseName);
+INSTANTIATE_TEST_SUITE_P(AllScorers, HostEmulatedConformanceTest,
+                         ::testing::ValuesIn(AllCases()), CaseName);
 
 // Scratch is reused: a second, smaller layer after a larger one needs no new allocation, and the
 // same request scores the same (the device code is deterministic).

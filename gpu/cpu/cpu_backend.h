@@ -14,7 +14,9 @@ namespace kvkeep {
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options);
 
 // Unlinks "/dev/shm/<prefix>.*" objects left behind by a daemon that died with this prefix.
-// Returns how many were removed.
+// Returns how many were removed. The daemon calls RemoveStaleArenas(const BackendOptions&)
+// (gpu/backend.h), which does this whatever the backend; tests and tools that know they used the
+// host backend may call this one.
 int RemoveStaleArenas(const std::string& shm_prefix);
 
 // Host pointer of a host-backend arena (for the client library's tests and for the CPU scorers);

@@ -79,6 +79,26 @@ TEST(CpuBackendTest, DestroyingArenaUnlinksItAndStaleOnesAreRemoved) {
   EXPECT_LT(shm_open("/kvkeep-stale.deadbeef", O_RDONLY, 0), 0);
 }
 
+// The factory's clean-up removes the host objects of the options' prefix, whatever the kind, and
+// nothing of another prefix; a prefix CreateBackend refuses removes nothing.
+TEST(CpuBackendTest, FactoryRemovesStaleArenasOfItsPrefixForEveryKind) {
+  for (BackendKind kind : {BackendKind::kCpu, BackendKind::kAuto, BackendKind::kCuda}) {
+    for (const char* name : {"/kvkeep-factory.a1", "/kvkeep-factory.b2", "/kvkeep-other.c3"}) {
+      int fd = shm_open(name, O_CREAT | O_RDWR, 0600);
+      ASSERT_GE(fd, 0);
+      close(fd);
+    }
+    EXPECT_EQ(RemoveStaleArenas(BackendOptions{.kind = kind, .shm_prefix = "kvkeep-factory"}), 2);
+    EXPECT_LT(shm_open("/kvkeep-factory.a1", O_RDONLY, 0), 0);
+    int other = shm_open("/kvkeep-other.c3", O_RDONLY, 0);
+    EXPECT_GE(other, 0);
+    if (other >= 0) close(other);
+    EXPECT_EQ(RemoveStaleArenas(BackendOptions{.kind = kind, .shm_prefix = "kvkeep-other"}), 1);
+  }
+  EXPECT_EQ(RemoveStaleArenas(BackendOptions{.kind = BackendKind::kCpu, .shm_prefix = ""}), 0);
+  EXPECT_EQ(RemoveStaleArenas(BackendOptions{.kind = BackendKind::kCpu, .shm_prefix = "a/b"}), 0);
+}
+
 TEST(CpuBackendTest, CudaIsUnimplementedWithoutCudaAndFailedPreconditionWithoutDevice) {
   auto cuda = CreateBackend({.kind = BackendKind::kCuda});
   if (!CudaBackendCompiled()) {

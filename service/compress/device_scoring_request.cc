@@ -5,7 +5,9 @@
 
 namespace kvkeep {
 
-DeviceScorerKind ToDeviceScorerKind(eviction::ScorerKind kind) {
+namespace {
+
+constexpr DeviceScorerKind DeviceKindOf(eviction::ScorerKind kind) {
   using eviction::ScorerKind;
   switch (kind) {
     case ScorerKind::kStreaming:
@@ -35,6 +37,15 @@ DeviceScorerKind ToDeviceScorerKind(eviction::ScorerKind kind) {
   }
   return DeviceScorerKind::kSnapKv;
 }
+
+// Both sides' defaults come from gpu/math/policy_defaults.h; the scorer kind is spelled in each
+// enum, so check here that they agree.
+static_assert(DeviceKindOf(eviction::Policy{}.scorer) == DeviceScorerParams{}.kind,
+              "DeviceScorerParams' default scorer must be eviction::Policy's");
+
+}  // namespace
+
+DeviceScorerKind ToDeviceScorerKind(eviction::ScorerKind kind) { return DeviceKindOf(kind); }
 
 DeviceScorerParams ToDeviceScorerParams(const eviction::Policy& policy) {
   DeviceScorerParams p;

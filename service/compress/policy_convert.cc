@@ -84,8 +84,10 @@ absl::StatusOr<ResolvedPolicy> ResolvePolicy(const v1::Policy& request,
 
   ResolvedPolicy out;
   eviction::Policy& p = out.policy;
-  ASSIGN_OR_RETURN(p.scorer,
-                   eviction::ParseScorer(merged.scorer().empty() ? "snapkv" : merged.scorer()));
+  // Unset fields keep eviction::Policy's defaults (gpu/math/policy_defaults.h).
+  if (!merged.scorer().empty()) {
+    ASSIGN_OR_RETURN(p.scorer, eviction::ParseScorer(merged.scorer()));
+  }
   if (merged.allocation().empty()) {
     p.allocation = eviction::DefaultAllocation(p.scorer);
   } else {

@@ -2,9 +2,10 @@
 //
 // A request's policy overrides the tenant's default field by field: a non-empty scorer or
 // allocation, and every optional field that is set, win. The budget is one unit: when the request
-// sets keep_ratio or max_tokens, that is the budget; otherwise the tenant default's. When neither
-// names a scorer it is "snapkv"; when neither names an allocation it is
-// eviction::DefaultAllocation(scorer) (global for laprox, uniform otherwise).
+// sets keep_ratio or max_tokens, that is the budget; otherwise the tenant default's. A field that
+// neither sets takes eviction::Policy's default (gpu/math/policy_defaults.h: scorer "snapkv",
+// sinks 4, ...); when neither names an allocation it is eviction::DefaultAllocation(scorer)
+// (global for laprox, uniform otherwise).
 //
 //   ASSIGN_OR_RETURN(ResolvedPolicy p, ResolvePolicy(request.policy(), tenant.default_policy()));
 //   ASSIGN_OR_RETURN(CompressOutcome out, CompressSequence(..., p.policy, p.budget, ...));

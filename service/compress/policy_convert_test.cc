@@ -3,8 +3,11 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <string>
 
 #include "common/status_matchers.h"
+#include "gpu/math/policy_defaults.h"
+#include "service/compress/device_scoring_request.h"
 #include "gtest/gtest.h"
 
 namespace kvkeep {
@@ -32,6 +35,27 @@ TEST(PolicyConvertTest, DefaultsWhenNeitherPolicySetsAField) {
   EXPECT_EQ(r.policy.seed, 0u);
   EXPECT_EQ(r.budget.keep_ratio, 0.5);
   EXPECT_EQ(r.budget.tokens, 0);
+}
+
+// The wire policy's unset fields, eviction::Policy and DeviceScorerParams share one set of
+// defaults: an empty wire policy resolves to what the device scorer assumes when told nothing.
+TEST(PolicyConvertTest, WireLibraryAndDeviceDefaultsAgree) {
+  ASSERT_OK_AND_ASSIGN(ResolvedPolicy r, ResolvePolicy(v1::Policy(), WithRatio(0.5)));
+  EXPECT_EQ(std::string(eviction::ScorerName(r.policy.scorer)),
+            std::string(policy_defaults::kScorerName));
+  const DeviceScorerParams resolved = ToDeviceScorerParams(r.policy);
+  const DeviceScorerParams device;
+  EXPECT_EQ(resolved.kind, device.kind);
+  EXPECT_EQ(resolved.sinks, device.sinks);
+  EXPECT_EQ(resolved.window, device.window);
+  EXPECT_EQ(resolved.pool_kernel, device.pool_kernel);
+  EXPECT_EQ(resolved.pool_max, device.pool_max);
+  EXPECT_EQ(resolved.capkv_tau, device.capkv_tau);
+  EXPECT_EQ(resolved.rope_horizon, device.rope_horizon);
+  EXPECT_EQ(resolved.seed, device.seed);
+  EXPECT_EQ(resolved.greedy_picks, device.greedy_picks);
+  EXPECT_EQ(r.policy.ada_alpha, policy_defaults::kAdaAlphaAuto);
+  EXPECT_EQ(r.policy.pyramid_beta, policy_defaults::kPyramidBeta);
 }
 
 TEST(PolicyConvertTest, RequestOverridesTenantDefaultFieldByField) {

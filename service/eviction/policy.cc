@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 
@@ -20,6 +21,15 @@ constexpr ScorerEntry kScorers[] = {
     {ScorerKind::kCapKv, "capkv"},         {ScorerKind::kCapKvDot, "capkv-dot"},
     {ScorerKind::kCapKvGreedy, "capkv-greedy"}, {ScorerKind::kLaProx, "laprox"},
 };
+
+constexpr bool NamesScorer(std::string_view name, ScorerKind kind) {
+  for (const ScorerEntry& e : kScorers) {
+    if (e.kind == kind) return std::string_view(e.name.data(), e.name.size()) == name;
+  }
+  return false;
+}
+static_assert(NamesScorer(policy_defaults::kScorerName, kDefaultScorer),
+              "kDefaultScorer must be the scorer policy_defaults::kScorerName names");
 
 struct AllocationEntry {
   Allocation allocation;
@@ -151,7 +161,7 @@ Needs ScorerNeeds(ScorerKind kind) {
 
 double EffectiveAdaAlpha(const Policy& policy, int q_heads_per_kv) {
   if (policy.ada_alpha >= 0) return policy.ada_alpha;
-  return q_heads_per_kv > 1 ? 0.2 : 0.5;
+  return q_heads_per_kv > 1 ? policy_defaults::kAdaAlphaGqa : policy_defaults::kAdaAlphaMha;
 }
 
 }  // namespace kvkeep::eviction

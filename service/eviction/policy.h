@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "gpu/math/policy_defaults.h"
 
 namespace kvkeep::eviction {
 
@@ -39,24 +40,38 @@ enum class Allocation {
   kGlobal,   // "global": one top-k over the whole sequence after per-layer normalisation
 };
 
+// The scorer named by policy_defaults::kScorerName (policy.cc checks at compile time).
+inline constexpr ScorerKind kDefaultScorer = ScorerKind::kSnapKv;
+
+// Defaults: gpu/math/policy_defaults.h, the one place every description of a policy reads them
+// from (this struct, DeviceScorerParams, the wire policy through ResolvePolicy).
 struct Policy {
-  ScorerKind scorer = ScorerKind::kSnapKv;  // Default: snapkv.
+  ScorerKind scorer = kDefaultScorer;            // Default: snapkv.
   Allocation allocation = Allocation::kUniform;  // Default: uniform (see DefaultAllocation).
-  int sinks = 4;            // Default: 4. First tokens of every head, always kept.
-  int window = 32;          // Default: 32. Last tokens of every head (observation window), always kept.
-  int pool_kernel = 7;      // Default: 7. SnapKV pooling kernel along tokens; odd, >= 1.
-  bool pool_max = true;     // Default: true. SnapKV max pooling (true) or average pooling (false).
-  double ada_alpha = -1;    // Default: -1 = auto: 0.2 with GQA (q_heads > kv_heads), 0.5 otherwise.
-  double pyramid_beta = 20;  // Default: 20. PyramidKV min = b / beta; >= 1.
-  double capkv_tau = 5;     // Default: 5. CapKV cosine temperature; > 0.
-  int rope_horizon = 512;   // Default: 512. R̄ is the RoPE rotation averaged over this many
-                            // positions starting at next_position (expected, capkv*).
-  uint64_t seed = 0;        // Default: 0. Seed of `random`.
+  // First tokens of every head, always kept. Default: 4.
+  int sinks = policy_defaults::kSinks;
+  // Last tokens of every head (observation window), always kept. Default: 32.
+  int window = policy_defaults::kWindow;
+  // SnapKV pooling kernel along tokens; odd, >= 1. Default: 7.
+  int pool_kernel = policy_defaults::kPoolKernel;
+  // SnapKV max pooling (true) or average pooling (false). Default: true.
+  bool pool_max = policy_defaults::kPoolMax;
+  // Default: -1 = auto: 0.2 with GQA (q_heads > kv_heads), 0.5 otherwise (EffectiveAdaAlpha).
+  double ada_alpha = policy_defaults::kAdaAlphaAuto;
+  // PyramidKV min = b / beta; >= 1. Default: 20.
+  double pyramid_beta = policy_defaults::kPyramidBeta;
+  // CapKV cosine temperature; > 0. Default: 5.
+  double capkv_tau = policy_defaults::kCapKvTau;
+  // R̄ is the RoPE rotation averaged over this many positions starting at next_position
+  // (expected, capkv*). Default: 512.
+  int rope_horizon = policy_defaults::kRopeHorizon;
+  // Seed of `random`. Default: 0.
+  uint64_t seed = policy_defaults::kSeed;
   // capkv-greedy only: stop after this many greedy picks per KV head (the allocation's budget, when
   // known, makes it O(n·k·d) instead of O(n²·d)). Tokens not picked score their gain at the stop,
   // which is below every picked token's, so top-k by score is the greedy set for every
   // k <= greedy_picks. Default: 0 = rank every candidate.
-  int64_t greedy_picks = 0;
+  int64_t greedy_picks = policy_defaults::kGreedyPicks;
 };
 
 // "streaming", "random", "knorm", "tova", "h2o", "observed", "snapkv", "expected", "capkv",

@@ -40,6 +40,7 @@ TEST(PolicyNames, UnknownNamesAreInvalidArgumentListingTheChoices) {
 
 TEST(PolicyDefaults, MatchTheSpecification) {
   const Policy p;
+  EXPECT_EQ(ScorerName(p.scorer), "snapkv");
   EXPECT_EQ(p.sinks, 4);
   EXPECT_EQ(p.window, 32);
   EXPECT_EQ(p.pool_kernel, 7);

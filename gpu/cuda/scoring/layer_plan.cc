@@ -17,10 +17,43 @@ bool IsCapScorer(Kind k) {
   return k == Kind::kCapKv || k == Kind::kCapKvDot || k == Kind::kCapKvGreedy;
 }
 
-LayerPlan PlanLayer(const DeviceLayerRequest& r) {
-  const DeviceScorerParams& p = r.scorer;
-  const Kind kind = p.kind;
-  LayerPlan plan;
+namespace {
+
+// Head g's span: where its scores are defined for the scorer (the rest get the head's max), its
+// sinks, non-sink tokens and capkv-greedy candidates and picks.
+HeadSpan PlanSpan(const DeviceScorerParams& p, int n, int64_t offset) {
+  HeadSpan s;
+  s.n = n;
+  s.offset = offset;
+  s.s0 = std::min(p.sinks, n);
+  s.m = n - s.s0;
+  s.nc = std::max(0, s.m - std::min(p.window, s.m));
+  s.picks = p.greedy_picks > 0 ? std::min<int64_t>(p.greedy_picks, s.nc) : s.nc;
+  switch (p.kind) {  // defined scores (scorers.h)
+    case Kind::kSnapKv:
+      s.begin = 0;
+      s.end = n - std::min(p.window, n);
+      break;
+    case Kind::kExpected:
+    case Kind::kCapKv:
+    case Kind::kCapKvDot:
+      s.begin = s.s0;
+      s.end = n;
+      break;
+    case Kind::kCapKvGreedy:
+      s.begin = s.s0;
+      s.end = s.s0 + s.nc;
+      break;
+    default:
+      s.begin = 0;
+      s.end = n;
+      break;
+  }
+  return s;
+}
+
+// Shapes, spans, flat offsets, positions and the effective next position.
+void PlanHeads(const DeviceLayerRequest& r, LayerPlan& plan) {
   const int Hk = r.kv_heads, G = r.q_heads / r.kv_heads;
   plan.q_heads = r.q_heads;
   plan.kv_heads = Hk;
@@ -33,34 +66,8 @@ LayerPlan PlanLayer(const DeviceLayerRequest& r) {
   int64_t max_position = -1;
   for (int g = 0; g < Hk; ++g) {
     const DeviceHeadRequest& h = r.heads[g];
-    HeadSpan& s = plan.spans[g];
-    s.n = h.n;
-    s.offset = plan.starts[g];
+    const HeadSpan& s = plan.spans[g] = PlanSpan(r.scorer, h.n, plan.starts[g]);
     plan.starts[g + 1] = plan.starts[g] + h.n;
-    s.s0 = std::min(p.sinks, h.n);
-    s.m = h.n - s.s0;
-    s.nc = std::max(0, s.m - std::min(p.window, s.m));
-    s.picks = p.greedy_picks > 0 ? std::min<int64_t>(p.greedy_picks, s.nc) : s.nc;
-    switch (kind) {  // defined scores (scorers.h); the rest get the head's max
-      case Kind::kSnapKv:
-        s.begin = 0;
-        s.end = h.n - std::min(p.window, h.n);
-        break;
-      case Kind::kExpected:
-      case Kind::kCapKv:
-      case Kind::kCapKvDot:
-        s.begin = s.s0;
-        s.end = h.n;
-        break;
-      case Kind::kCapKvGreedy:
-        s.begin = s.s0;
-        s.end = s.s0 + s.nc;
-        break;
-      default:
-        s.begin = 0;
-        s.end = h.n;
-        break;
-    }
     if (h.n > 0) {
       max_position = std::max<int64_t>(max_position, h.positions ? h.positions[h.n - 1] : h.n - 1);
     }
@@ -78,7 +85,12 @@ LayerPlan PlanLayer(const DeviceLayerRequest& r) {
     for (int j = 0; j < h.n; ++j)
       plan.positions[plan.starts[g] + j] = h.positions ? h.positions[j] : j;
   }
+}
 
+// The softmax rows and, for window scorers, where each head's probabilities lie.
+void PlanSoftmax(const DeviceLayerRequest& r, LayerPlan& plan) {
+  const Kind kind = r.scorer.kind;
+  const int Hk = plan.kv_heads, G = plan.group;
   plan.rows = kind == Kind::kTova ? 1 : r.window;
   plan.p_offset.assign(Hk, 0);
   if (IsWindowScorer(kind)) {
@@ -107,10 +119,14 @@ LayerPlan PlanLayer(const DeviceLayerRequest& r) {
       }
     }
   }
+}
 
-  const DeviceScorerNeeds needs = DeviceNeeds(kind);
+// The gather runs (device addresses from the request) and R̄ (query-moment scorers, as
+// eviction::AveragedRotation).
+void PlanInputs(const DeviceLayerRequest& r, LayerPlan& plan) {
+  const DeviceScorerNeeds needs = DeviceNeeds(r.scorer.kind);
   if (needs.keys || needs.values) {
-    for (int g = 0; g < Hk; ++g) {
+    for (int g = 0; g < plan.kv_heads; ++g) {
       int64_t dst = plan.starts[g];
       for (const DeviceTokenRun& run : r.heads[g].runs) {
         if (run.tokens == 0) continue;
@@ -119,8 +135,7 @@ LayerPlan PlanLayer(const DeviceLayerRequest& r) {
       }
     }
   }
-
-  if (needs.query_moments) {  // as eviction::AveragedRotation
+  if (needs.query_moments) {
     const int pairs = plan.rotary_dim / 2;
     plan.cos_mean.resize(pairs);
     plan.sin_mean.resize(pairs);
@@ -128,10 +143,19 @@ LayerPlan PlanLayer(const DeviceLayerRequest& r) {
       const double f = r.rope.inv_freq == nullptr
                            ? gm::RopeInvFreq(r.rope.theta, i, plan.rotary_dim)
                            : static_cast<double>(r.rope.inv_freq[i]);
-      gm::AveragedCosSin(static_cast<double>(plan.next), p.rope_horizon, f, &plan.cos_mean[i],
-                         &plan.sin_mean[i]);
+      gm::AveragedCosSin(static_cast<double>(plan.next), r.scorer.rope_horizon, f,
+                         &plan.cos_mean[i], &plan.sin_mean[i]);
     }
   }
+}
+
+}  // namespace
+
+LayerPlan PlanLayer(const DeviceLayerRequest& r) {
+  LayerPlan plan;
+  PlanHeads(r, plan);
+  PlanSoftmax(r, plan);
+  PlanInputs(r, plan);
   return plan;
 }
 

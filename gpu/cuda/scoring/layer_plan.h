@@ -1,8 +1,8 @@
 // Host-side preparation of one layer for the scoring kernels (no CUDA calls): the KV heads' spans
 // and flat offsets, the effective next position, the softmax rows with their causal lengths, the
 // gather runs, R̄, and the per-q-head terms the scorers precompute on the host (expected's μ/√d and
-// σ²/(2d), capkv's anchors). The CUDA scorer uploads these; the host tests
-// (scoring_elements_test.cc) run the kernels' element functions on them.
+// σ²/(2d), capkv's anchors). The CUDA scorer uploads these (scratch_layout.h); the host emulation
+// (host_scoring_steps.h) runs the same steps on them.
 //
 //   cuda_scoring::LayerPlan plan = cuda_scoring::PlanLayer(request);   // request validated
 //   // plan.spans[g], plan.starts, plan.total, plan.softmax_rows, ...

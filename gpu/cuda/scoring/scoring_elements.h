@@ -1,6 +1,6 @@
 // The per-element bodies of the scoring kernels (scoring_kernels.cu), KVKEEP_HOST_DEVICE: each
-// kernel is a grid-stride loop over one of these, and the host tests (scoring_elements_test.cc)
-// run the same bodies in plain loops over host arrays, so the index arithmetic of every [N] and
+// kernel is a grid-stride loop over one of these, and the host emulation (host_scoring_steps.cc)
+// runs the same bodies in plain loops over host arrays, so the index arithmetic of every [N] and
 // [G][N] layout is exercised on the CPU. Block-wide steps (softmax rows, fills, greedy pick and
 // rank-1 step) and the cuBLAS/cuSOLVER calls are not here.
 //
