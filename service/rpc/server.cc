@@ -20,6 +20,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "service/observability/log.h"
 #include "service/token_auth.h"
 
 namespace kvkeep {
@@ -47,6 +48,46 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
+const char* BackendKindName(BackendKind kind) {
+  switch (kind) {
+    case BackendKind::kAuto:
+      return "auto";
+    case BackendKind::kCpu:
+      return "cpu";
+    case BackendKind::kCuda:
+      return "cuda";
+  }
+  return "unknown";
+}
+
+// The backend in use, and why when --backend=auto did not find CUDA.
+void LogBackend(const ServiceOptions& options, const Backend& backend) {
+  const bool cuda = backend.device_ordinal() >= 0;
+  log::Info("backend.ready", {{"requested", BackendKindName(options.backend)},
+                              {"backend", backend.name()},
+                              {"device", backend.device()},
+                              {"cuda_device", cuda ? options.cuda_device : -1}});
+  if (options.backend == BackendKind::kAuto && !cuda) {
+    log::Warn("backend.fallback",
+              {{"requested", "auto"},
+               {"backend", backend.name()},
+               {"reason", CudaBackendCompiled() ? "no usable CUDA device" : "built without CUDA"}});
+  }
+}
+
+void LogTcpListener(const ServiceOptions& options, int port) {
+  const char* security = !options.tls_cert_file.empty()
+                             ? (options.tls_client_ca_file.empty() ? "tls" : "mutual_tls")
+                             : "none";
+  // Plain-text TCP carries tokens in the clear: loud, even though the operator asked for it.
+  log::Write(options.tls_cert_file.empty() ? log::Level::kWarn : log::Level::kInfo,
+             "listener.bound",
+             {{"transport", "tcp"},
+              {"address", options.tcp_address},
+              {"port", port},
+              {"security", security}});
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path) {
@@ -64,7 +105,8 @@ absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path) {
   FILE* f = std::fopen(tmp.c_str(), "w");
   if (f == nullptr || fchmod(fileno(f), 0600) != 0) {
     if (f != nullptr) std::fclose(f);
-    return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
   }
   std::fprintf(f, "%s\n", token.c_str());
   if (std::fflush(f) != 0 || fsync(fileno(f)) != 0 || std::fclose(f) != 0 ||
@@ -93,8 +135,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   // predecessor left in /dev/shm.
   backend_options.shm_prefix = "kvkeep-" + HashToken(data_dir).substr(0, 12);
   int stale = RemoveStaleArenas(backend_options.shm_prefix);
-  if (stale > 0) std::fprintf(stderr, "kvkeepd: removed %d stale shared-memory arenas\n", stale);
+  if (stale > 0) {
+    log::Warn("arenas.stale_removed", {{"count", stale}, {"prefix", backend_options.shm_prefix}});
+  }
   ASSIGN_OR_RETURN(server->backend_, CreateBackend(backend_options));
+  LogBackend(options, *server->backend_);
 
   SpillStore::Options spill_options;
   spill_options.path = options.spill_dir.empty() ? data_dir + "/spill" : options.spill_dir;
@@ -103,15 +148,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   spill_options.rate_limit_bytes_per_sec = static_cast<int64_t>(options.spill_rate_limit_mib << 20);
   ASSIGN_OR_RETURN(server->spill_, SpillStore::Open(spill_options));
   ASSIGN_OR_RETURN(SpillRecoveryReport recovered, server->spill_->Recover());
-  if (recovered.sequences > 0 || recovered.orphan_pages > 0 || recovered.corrupt_manifests > 0) {
-    std::fprintf(stderr,
-                 "kvkeepd: spill tier: %llu restorable sequences (%llu bytes), %llu orphan pages "
-                 "removed, %llu corrupt manifests kept aside\n",
-                 static_cast<unsigned long long>(recovered.sequences),
-                 static_cast<unsigned long long>(recovered.bytes),
-                 static_cast<unsigned long long>(recovered.orphan_pages),
-                 static_cast<unsigned long long>(recovered.corrupt_manifests));
-  }
+  // Corrupt manifests mean spilled sequences that cannot come back: the operator should know.
+  log::Write(recovered.corrupt_manifests > 0 ? log::Level::kWarn : log::Level::kInfo,
+             "spill.opened",
+             {{"path", spill_options.path},
+              {"sequences", recovered.sequences},
+              {"bytes", recovered.bytes},
+              {"orphan_pages_removed", recovered.orphan_pages},
+              {"orphan_sequences", recovered.orphan_sequences},
+              {"corrupt_manifests", recovered.corrupt_manifests}});
 
   EngineOptions engine_options;
   engine_options.low_free = options.low_free;
@@ -124,27 +169,31 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   engine_options.max_pages_per_request =
       options.max_pages_per_request != 0
           ? options.max_pages_per_request
-          : (options.max_message_bytes - std::min<uint64_t>(options.max_message_bytes / 2, 64 << 10)) / 16;
+          : (options.max_message_bytes -
+             std::min<uint64_t>(options.max_message_bytes / 2, 64 << 10)) /
+                16;
   ASSIGN_OR_RETURN(server->engine_,
-                   CacheEngine::Create(server->backend_.get(), server->store_.get(),
-                                       engine_options, server->spill_.get()));
+                   CacheEngine::Create(server->backend_.get(), server->store_.get(), engine_options,
+                                       server->spill_.get()));
 
   const std::string token_file =
       options.admin_token_file.empty() ? data_dir + "/admin.token" : options.admin_token_file;
+  const bool token_existed = access(token_file.c_str(), F_OK) == 0;
   ASSIGN_OR_RETURN(std::string admin_token, LoadOrCreateAdminToken(token_file));
+  log::Info("admin_token.ready", {{"path", token_file}, {"created", !token_existed}});
   const std::string admin_hash = HashToken(admin_token);
   server->executor_ = std::make_unique<Executor>(options.compress_threads);
   server->limits_ = std::make_unique<SessionLimits>(options.limits);
   server->kvcache_ = std::make_unique<KvCacheService>(
       server->engine_.get(), server->executor_.get(), admin_hash, server->limits_.get());
-  server->admin_ = std::make_unique<AdminService>(server->engine_.get(),
-                                                  server->executor_.get(), admin_hash);
+  server->admin_ =
+      std::make_unique<AdminService>(server->engine_.get(), server->executor_.get(), admin_hash);
 
   server->socket_path_ =
       options.socket_path.empty() ? data_dir + "/kvkeepd.sock" : options.socket_path;
   if (server->socket_path_.size() >= 107) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "socket path ", server->socket_path_, " is longer than a Unix socket allows (107)"));
+    return absl::InvalidArgumentError(absl::StrCat("socket path ", server->socket_path_,
+                                                   " is longer than a Unix socket allows (107)"));
   }
   unlink(server->socket_path_.c_str());  // a leftover from a crash; the DB lock proves it unused
 
@@ -154,6 +203,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   grpc::ServerBuilder builder;
   builder.experimental().SetInterceptorCreators(MetricsInterceptorCreators(server->metrics_.get()));
   builder.AddListeningPort("unix:" + server->socket_path_, grpc::InsecureServerCredentials());
+  int tcp_port = 0;  // the port bound, filled in by BuildAndStart (":0" asks for any free one)
   if (!options.tcp_address.empty()) {
     if (!options.tls_cert_file.empty()) {
       grpc::SslServerCredentialsOptions ssl(
@@ -166,9 +216,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
       if (!options.tls_client_ca_file.empty()) {
         ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.tls_client_ca_file));
       }
-      builder.AddListeningPort(options.tcp_address, grpc::SslServerCredentials(ssl));
+      builder.AddListeningPort(options.tcp_address, grpc::SslServerCredentials(ssl), &tcp_port);
     } else if (options.insecure_tcp) {
-      builder.AddListeningPort(options.tcp_address, grpc::InsecureServerCredentials());
+      builder.AddListeningPort(options.tcp_address, grpc::InsecureServerCredentials(), &tcp_port);
     } else {
       return absl::InvalidArgumentError(
           "TCP needs TLS: give --tls_cert and --tls_key (or --insecure_tcp for loopback tests)");
@@ -192,6 +242,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   if (chmod(server->socket_path_.c_str(), 0660) != 0) {
     return absl::PermissionDeniedError(absl::StrCat("cannot chmod ", server->socket_path_));
   }
+  log::Info("listener.bound",
+            {{"transport", "unix"}, {"address", server->socket_path_}, {"mode", "0660"}});
+  if (!options.tcp_address.empty()) LogTcpListener(options, tcp_port);
   if (!options.metrics_address.empty()) {
     Server* s = server.get();
     auto http = MetricsHttpServer::Start(options.metrics_address, [s] {
@@ -202,9 +255,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
     });
     if (http.ok()) {
       server->metrics_http_ = std::move(*http);
+      log::Info("listener.bound", {{"transport", "http"},
+                                   {"address", server->metrics_http_->address()},
+                                   {"path", "/metrics"}});
     } else if (options.metrics_optional) {
-      std::fprintf(stderr, "kvkeepd: metrics disabled: %s\n",
-                   std::string(http.status().message()).c_str());
+      log::Warn("metrics.disabled",
+                {{"address", options.metrics_address}, {"status", http.status()}});
     } else {
       return http.status();
     }
