@@ -208,6 +208,11 @@ int CheckCommandLine(int argc, char** argv) {
     arg.remove_prefix(arg.substr(0, 2) == "--" ? 2 : 1);
     const size_t eq = arg.find('=');
     const std::string name(arg.substr(0, eq));
+    // Abseil's usage flags are not registered flags: ParseCommandLine answers them.
+    if (name == "helpfull" || name == "helppackage" || name == "helpon" || name == "helpmatch" ||
+        name == "version" || name == "only_check_args") {
+      continue;
+    }
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     if (flag == nullptr && eq == std::string_view::npos && absl::StartsWith(name, "no")) {
       absl::CommandLineFlag* negated = absl::FindCommandLineFlag(name.substr(2));

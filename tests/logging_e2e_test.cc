@@ -59,14 +59,14 @@ std::vector<std::string> DaemonFlagNames() {
   return names;
 }
 
-struct Run {
+struct Exit {
   int code = -1;  // exit status; -1 when it had to be killed after 20 s
   std::string out;
   std::string err;
 };
 
 // Runs kvkeepd with `flags` (and a fresh --data_dir unless `with_data_dir` is false) to its exit.
-Run RunDaemon(const std::vector<std::string>& flags, bool with_data_dir = true) {
+Exit RunDaemon(const std::vector<std::string>& flags, bool with_data_dir = true) {
   const std::string dir = absl::StrCat(::testing::TempDir(), "/kvkeep-logging-", getpid(), "-",
                                        std::chrono::steady_clock::now().time_since_epoch().count());
   std::filesystem::create_directories(dir);
@@ -85,7 +85,7 @@ Run RunDaemon(const std::vector<std::string>& flags, bool with_data_dir = true) 
   posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   pid_t pid = -1;
-  Run run;
+  Exit run;
   if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0) {
     int status = 0;
     bool exited = false;
@@ -221,20 +221,20 @@ TEST(LoggingE2eTest, RestartReportsWhatTheSpillTierAndTokenFileHeld) {
 }
 
 TEST(LoggingE2eTest, TextIsTheDefaultAndLevelWarnHidesInfo) {
-  Run text = RunDaemon({"--backend=cpu", "--tcp=127.0.0.1:1"});  // fails: TCP without TLS
+  Exit text = RunDaemon({"--backend=cpu", "--tcp=127.0.0.1:1"});  // fails: TCP without TLS
   EXPECT_EQ(text.code, 1) << text.err;
   EXPECT_THAT(text.err, HasSubstr(" INFO daemon.start version="));
   EXPECT_THAT(text.err, HasSubstr(" ERROR daemon.start_failed status=\"INVALID_ARGUMENT: TCP "
                                   "needs TLS"));
 
-  Run warn = RunDaemon({"--backend=cpu", "--tcp=127.0.0.1:1", "--log_level=warn"});
+  Exit warn = RunDaemon({"--backend=cpu", "--tcp=127.0.0.1:1", "--log_level=warn"});
   EXPECT_EQ(warn.code, 1) << warn.err;
   EXPECT_THAT(warn.err, Not(HasSubstr(" INFO "))) << warn.err;
   EXPECT_THAT(warn.err, HasSubstr(" ERROR daemon.start_failed ")) << warn.err;
 }
 
 TEST(LoggingE2eTest, FailedStartIsAJsonErrorEvent) {
-  Run run = RunDaemon({"--log_format=json", "--backend=cpu", "--tcp=127.0.0.1:1"});
+  Exit run = RunDaemon({"--log_format=json", "--backend=cpu", "--tcp=127.0.0.1:1"});
   EXPECT_EQ(run.code, 1) << run.err;
   const std::vector<nlohmann::json> events = JsonEvents(run.err);
   ASSERT_FALSE(events.empty()) << run.err;
@@ -249,17 +249,20 @@ TEST(KvkeepdHelpTest, HelpNamesEveryFlagWithItsDefaultAndExitsZero) {
   const std::vector<std::string> flags = DaemonFlagNames();
   ASSERT_GE(flags.size(), 30u);  // the regex found main.cc's flags
   for (const char* help : {"--help", "-help", "--helpshort"}) {
-    Run run = RunDaemon({help}, /*with_data_dir=*/false);
+    Exit run = RunDaemon({help}, /*with_data_dir=*/false);
     EXPECT_EQ(run.code, 0) << help << ": " << run.err;
     EXPECT_THAT(run.out, HasSubstr("kvkeepd - KV-cache memory manager")) << help;
     for (const std::string& flag : flags) {
       EXPECT_THAT(run.out, HasSubstr("  --" + flag + "  (default: ")) << help << " lacks " << flag;
     }
   }
-  Run run = RunDaemon({"--help"}, false);
+  Exit run = RunDaemon({"--help"}, false);
   EXPECT_THAT(run.out, HasSubstr("  --pool_mib  (default: 1024)\n"));
   EXPECT_THAT(run.out, HasSubstr("  --log_format  (default: \"text\")\n"));
-  EXPECT_THAT(run.out, Not(HasSubstr("--flagfile")));  // Abseil's own flags: --helpfull
+  EXPECT_THAT(run.out, Not(HasSubstr("  --flagfile  ")));  // Abseil's own flags: --helpfull
+  Exit version = RunDaemon({"--version"}, false);
+  EXPECT_EQ(version.code, 0) << version.err;
+  EXPECT_THAT(version.out, HasSubstr("kvkeepd "));
 }
 
 TEST(KvkeepdHelpTest, UsageErrorsExitTwoNamingTheFlag) {
@@ -279,13 +282,13 @@ TEST(KvkeepdHelpTest, UsageErrorsExitTwoNamingTheFlag) {
       {{"stray"}, {"unexpected argument \"stray\""}},
   };
   for (const Case& c : cases) {
-    Run run = RunDaemon(c.flags);
+    Exit run = RunDaemon(c.flags);
     EXPECT_EQ(run.code, 2) << c.flags[0] << ": " << run.err;
     for (const std::string& s : c.said) EXPECT_THAT(run.err, HasSubstr(s)) << c.flags[0];
   }
   // Negated booleans and "--flag value" are not usage errors: this start gets as far as the
   // listeners (TCP without TLS: exit 1) with the values given.
-  Run run = RunDaemon({"--noinsecure_tcp", "--pool_mib", "32", "--log_format", "json",
+  Exit run = RunDaemon({"--noinsecure_tcp", "--pool_mib", "32", "--log_format", "json",
                        "--backend=cpu", "--tcp=127.0.0.1:1"});
   EXPECT_EQ(run.code, 1) << run.err;
   const std::vector<nlohmann::json> events = JsonEvents(run.err);

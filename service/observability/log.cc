@@ -146,10 +146,15 @@ Field::Field(absl::string_view k, double v) : key(k) {
     value = absl::StrCat(v);  // "inf", "-inf", "nan": JSON has no number for them
     return;
   }
+  number = true;
+  // Whole numbers as integers ("100000", not the shorter "1e+05"), exact below 2^53.
+  if (std::trunc(v) == v && std::fabs(v) < 9007199254740992.0) {
+    value = absl::StrCat(static_cast<int64_t>(v));
+    return;
+  }
   char buffer[64];
   const auto result = std::to_chars(buffer, buffer + sizeof(buffer), v);
   value.assign(buffer, result.ptr);
-  number = true;
 }
 
 absl::StatusOr<Level> ParseLevel(absl::string_view name) {

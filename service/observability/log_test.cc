@@ -148,12 +148,18 @@ TEST_F(LogTest, DoublesAreShortestRoundTripAndNonFiniteOnesAreStrings) {
                                       {{"low", 0.05},
                                        {"big", 64.0 * (1ull << 30)},
                                        {"third", 1.0 / 3},
+                  {"whole", 100000.0},
+                  {"negative", -2.5},
+                  {"huge", 1e300},
                                        {"inf", std::numeric_limits<double>::infinity()},
                                        {"nan", std::nan("")}});
   EXPECT_THAT(line, HasSubstr("\"low\":0.05,"));
   EXPECT_THAT(line, HasSubstr("\"big\":68719476736,"));
+  EXPECT_THAT(line, HasSubstr("\"whole\":100000,"));
+  EXPECT_THAT(line, HasSubstr("\"negative\":-2.5,"));
   const nlohmann::json j = ParseLine(line);
   EXPECT_EQ(j["third"].get<double>(), 1.0 / 3);
+  EXPECT_EQ(j["huge"].get<double>(), 1e300);
   EXPECT_EQ(j["inf"], "inf");
   EXPECT_EQ(j["nan"], "nan");
 }
