@@ -245,6 +245,22 @@ TEST(LoggingE2eTest, FailedStartIsAJsonErrorEvent) {
   EXPECT_THAT(last["status"].get<std::string>(), HasSubstr("INVALID_ARGUMENT: TCP needs TLS"));
 }
 
+// gRPC's own error messages (here: a TCP address it cannot bind, TEST-NET-1) are log events too.
+TEST(LoggingE2eTest, GrpcMessagesAreJsonEventsToo) {
+  Exit run = RunDaemon({"--log_format=json", "--backend=cpu", "--tcp=192.0.2.1:80",
+                        "--insecure_tcp"});
+  EXPECT_EQ(run.code, 1) << run.err;
+  const std::vector<nlohmann::json> events = JsonEvents(run.err);
+  const auto grpc = Named(events, "grpc.log");
+  ASSERT_FALSE(grpc.empty()) << run.err;
+  EXPECT_EQ(grpc[0]["level"], "error");
+  EXPECT_THAT(grpc[0]["message"].get<std::string>(), HasSubstr("192.0.2.1:80"));
+  EXPECT_TRUE(grpc[0]["line"].is_number_integer());
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back()["event"], "daemon.start_failed");
+  EXPECT_THAT(events.back()["status"].get<std::string>(), HasSubstr("UNAVAILABLE: cannot listen"));
+}
+
 TEST(KvkeepdHelpTest, HelpNamesEveryFlagWithItsDefaultAndExitsZero) {
   const std::vector<std::string> flags = DaemonFlagNames();
   ASSERT_GE(flags.size(), 30u);  // the regex found main.cc's flags
