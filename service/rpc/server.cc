@@ -105,8 +105,7 @@ absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path) {
   FILE* f = std::fopen(tmp.c_str(), "w");
   if (f == nullptr || fchmod(fileno(f), 0600) != 0) {
     if (f != nullptr) std::fclose(f);
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+    return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
   }
   std::fprintf(f, "%s\n", token.c_str());
   if (std::fflush(f) != 0 || fsync(fileno(f)) != 0 || std::fclose(f) != 0 ||
@@ -169,12 +168,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   engine_options.max_pages_per_request =
       options.max_pages_per_request != 0
           ? options.max_pages_per_request
-          : (options.max_message_bytes -
-             std::min<uint64_t>(options.max_message_bytes / 2, 64 << 10)) /
-                16;
+          : (options.max_message_bytes - std::min<uint64_t>(options.max_message_bytes / 2, 64 << 10)) / 16;
   ASSIGN_OR_RETURN(server->engine_,
-                   CacheEngine::Create(server->backend_.get(), server->store_.get(), engine_options,
-                                       server->spill_.get()));
+                   CacheEngine::Create(server->backend_.get(), server->store_.get(),
+                                       engine_options, server->spill_.get()));
 
   const std::string token_file =
       options.admin_token_file.empty() ? data_dir + "/admin.token" : options.admin_token_file;
@@ -186,14 +183,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   server->limits_ = std::make_unique<SessionLimits>(options.limits);
   server->kvcache_ = std::make_unique<KvCacheService>(
       server->engine_.get(), server->executor_.get(), admin_hash, server->limits_.get());
-  server->admin_ =
-      std::make_unique<AdminService>(server->engine_.get(), server->executor_.get(), admin_hash);
+  server->admin_ = std::make_unique<AdminService>(server->engine_.get(),
+                                                  server->executor_.get(), admin_hash);
 
   server->socket_path_ =
       options.socket_path.empty() ? data_dir + "/kvkeepd.sock" : options.socket_path;
   if (server->socket_path_.size() >= 107) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path ", server->socket_path_,
-                                                   " is longer than a Unix socket allows (107)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "socket path ", server->socket_path_, " is longer than a Unix socket allows (107)"));
   }
   unlink(server->socket_path_.c_str());  // a leftover from a crash; the DB lock proves it unused
 
