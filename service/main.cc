@@ -177,9 +177,12 @@ std::string HelpText() {
   if (!others.empty()) absl::StrAppend(&out, "\nOther:\n");
   for (const absl::CommandLineFlag* flag : others) AppendFlagHelp(*flag, &out);
   absl::StrAppend(&out,
-                  "\nA bad flag or value exits with status 2. --helpfull also lists the flags of "
-                  "the libraries\n(Abseil's --flagfile, --fromenv, ...); --version prints the "
-                  "version.\n");
+                  "\nLogs go to stderr, one event per line (docs/deploy.md, \"Logs\").\n"
+                  "--helpfull also lists the flags of the libraries (Abseil's --flagfile, "
+                  "--fromenv, ...);\n--version prints the version.\n\n"
+                  "Exit status: 0 after --help or a clean stop (SIGTERM, SIGINT), 1 when the "
+                  "daemon cannot\nstart (the log says why), 2 on a usage error (an unknown flag "
+                  "or a bad value, named).\n");
   return out;
 }
 
