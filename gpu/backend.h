@@ -120,11 +120,13 @@ struct BackendOptions {
   int cuda_device = 0;                // Default: device 0
 };
 
-// kCpu always works; kAuto falls back to the CPU (and logs one line on stderr saying why);
+// kCpu always works; kAuto falls back to the CPU and says why: in `fallback_reason` when given
+// (the daemon logs it), else as one line on stderr;
 // kCuda answers UNIMPLEMENTED when built without CUDA, FAILED_PRECONDITION "no CUDA device ..."
 // (with the CUDA error) when no device is present and INVALID_ARGUMENT for a cuda_device that is
 // not a visible device's ordinal (kAuto too, when devices are present).
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options,
+                                                       std::string* fallback_reason = nullptr);
 
 // Removes what a daemon that died with these options left behind; call it before CreateBackend,
 // and only when no live process uses options.shm_prefix (the daemon holds its data dir's lock).

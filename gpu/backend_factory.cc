@@ -26,7 +26,16 @@ bool CudaBackendCompiled() {
 #endif
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options) {
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options,
+                                                       std::string* fallback_reason) {
+  auto fall_back = [&](const std::string& why) {
+    if (fallback_reason != nullptr) {
+      *fallback_reason = why;
+    } else {
+      std::fprintf(stderr, "kvkeep: backend auto: using cpu (%s)\n", why.c_str());
+    }
+    return CreateCpuBackend(options);
+  };
   switch (options.kind) {
     case BackendKind::kCuda:
 #if defined(KVKEEP_HAVE_CUDA)
@@ -41,12 +50,10 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
       auto cuda = CreateCudaBackend(options);
       // A bad --cuda_device is the operator's mistake, not a missing device: say so.
       if (cuda.ok() || absl::IsInvalidArgument(cuda.status())) return cuda;
-      std::fprintf(stderr, "kvkeep: backend auto: using cpu (cuda unavailable: %s)\n",
-                   std::string(cuda.status().message()).c_str());
+      return fall_back("cuda unavailable: " + std::string(cuda.status().message()));
 #else
-      std::fprintf(stderr, "kvkeep: backend auto: using cpu (built without CUDA)\n");
+      return fall_back("built without CUDA");
 #endif
-      return CreateCpuBackend(options);
     }
     case BackendKind::kCpu:
       return CreateCpuBackend(options);

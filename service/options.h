@@ -6,6 +6,7 @@
 #include <string>
 
 #include "gpu/backend.h"
+#include "service/observability/log.h"
 #include "service/pool/pool_shares.h"
 #include "service/rpc/session_limits.h"
 
@@ -47,6 +48,8 @@ struct ServiceOptions {
   // Default: 0 = derived from the message limit, (max_message_bytes - 64 KiB) / 16: the most
   // page references one AllocatePages may add, so that its reply always fits in a message.
   uint64_t max_pages_per_request = 0;
+  log::Level log_level = log::Level::kInfo;     // Default: info (--log_level); main.cc applies it
+  log::Format log_format = log::Format::kText;  // Default: text (--log_format)
 };
 
 }  // namespace kvkeep

@@ -147,8 +147,9 @@ TEST(BackendSelectionTest, AutoUsesCudaWhenPresentElseCpu) {
     EXPECT_EQ(status.backend(), "cpu");
     EXPECT_EQ(status.backend_device(), "host shared memory");
     // One line says why.
-    EXPECT_NE(log.find("backend auto: using cpu ("), std::string::npos) << log;
-    EXPECT_NE(log.find("backend=cpu (host shared memory)"), std::string::npos) << log;
+    EXPECT_NE(log.find("WARN backend.fallback requested=auto backend=cpu reason="),
+              std::string::npos) << log;
+    EXPECT_NE(log.find("backend=cpu device=\"host shared memory\""), std::string::npos) << log;
   }
 }
 

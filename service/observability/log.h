@@ -8,7 +8,10 @@
 //
 //   log::Info("spill.done", {{"tenant", tenant}, {"sequence", id}, {"bytes", bytes}});
 //
-// Thread-safe. Before Configure() the level is info and the format text.
+// Thread-safe. Before Configure() the level is info and the format text. Every line is written
+// whole (no interleaving between threads). In JSON, "ts", "level" and "event" are the line's own
+// keys: a field with one of those names is written as "field.<name>". Bytes that are not UTF-8
+// become U+FFFD, so every line parses as JSON.
 #ifndef KVKEEP_SERVICE_OBSERVABILITY_LOG_H_
 #define KVKEEP_SERVICE_OBSERVABILITY_LOG_H_
 
@@ -30,16 +33,16 @@ enum class Format { kText, kJson };
 struct Field {
   Field(absl::string_view k, absl::string_view v) : key(k), value(v) {}
   Field(absl::string_view k, const std::string& v) : key(k), value(v) {}
-  Field(absl::string_view k, const char* v) : key(k), value(v) {}
+  Field(absl::string_view k, const char* v) : key(k), value(v != nullptr ? v : "") {}
   Field(absl::string_view k, bool v) : key(k), value(v ? "true" : "false"), number(true) {}
   Field(absl::string_view k, int v) : key(k), value(absl::StrCat(v)), number(true) {}
   Field(absl::string_view k, long v) : key(k), value(absl::StrCat(v)), number(true) {}
   Field(absl::string_view k, long long v) : key(k), value(absl::StrCat(v)), number(true) {}
   Field(absl::string_view k, unsigned v) : key(k), value(absl::StrCat(v)), number(true) {}
   Field(absl::string_view k, unsigned long v) : key(k), value(absl::StrCat(v)), number(true) {}
-  Field(absl::string_view k, unsigned long long v)
-      : key(k), value(absl::StrCat(v)), number(true) {}
-  Field(absl::string_view k, double v) : key(k), value(absl::StrCat(v)), number(true) {}
+  Field(absl::string_view k, unsigned long long v) : key(k), value(absl::StrCat(v)), number(true) {}
+  // The shortest text that reads back as the same double; inf and NaN become strings in JSON.
+  Field(absl::string_view k, double v);
   // A status as its code name and message ("status":"RESOURCE_EXHAUSTED: ...").
   Field(absl::string_view k, const absl::Status& s) : key(k), value(s.ToString()) {}
 

@@ -15,11 +15,12 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "gpu/cpu/cpu_backend.h"
+#include "gpu/backend.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "service/observability/log.h"
 #include "service/token_auth.h"
 
 namespace kvkeep {
@@ -45,6 +46,47 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+const char* BackendKindName(BackendKind kind) {
+  switch (kind) {
+    case BackendKind::kAuto:
+      return "auto";
+    case BackendKind::kCpu:
+      return "cpu";
+    case BackendKind::kCuda:
+      return "cuda";
+  }
+  return "unknown";
+}
+
+// The backend in use, and why when --backend=auto did not find CUDA.
+void LogBackend(const ServiceOptions& options, const Backend& backend,
+                const std::string& fallback_reason) {
+  const bool cuda = backend.device_ordinal() >= 0;
+  log::Info("backend.ready", {{"requested", BackendKindName(options.backend)},
+                              {"backend", backend.name()},
+                              {"device", backend.device()},
+                              {"cuda_device", cuda ? options.cuda_device : -1}});
+  if (!fallback_reason.empty()) {
+    log::Warn("backend.fallback",
+              {{"requested", BackendKindName(options.backend)},
+               {"backend", backend.name()},
+               {"reason", fallback_reason}});
+  }
+}
+
+void LogTcpListener(const ServiceOptions& options, int port) {
+  const char* security = !options.tls_cert_file.empty()
+                             ? (options.tls_client_ca_file.empty() ? "tls" : "mutual_tls")
+                             : "none";
+  // Plain-text TCP carries tokens in the clear: loud, even though the operator asked for it.
+  log::Write(options.tls_cert_file.empty() ? log::Level::kWarn : log::Level::kInfo,
+             "listener.bound",
+             {{"transport", "tcp"},
+              {"address", options.tcp_address},
+              {"port", port},
+              {"security", security}});
 }
 
 }  // namespace
@@ -92,9 +134,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   // Arenas are named after the data dir, so a restarted daemon finds what its crashed
   // predecessor left in /dev/shm.
   backend_options.shm_prefix = "kvkeep-" + HashToken(data_dir).substr(0, 12);
-  int stale = RemoveStaleArenas(backend_options.shm_prefix);
-  if (stale > 0) std::fprintf(stderr, "kvkeepd: removed %d stale shared-memory arenas\n", stale);
-  ASSIGN_OR_RETURN(server->backend_, CreateBackend(backend_options));
+  int stale = RemoveStaleArenas(backend_options);
+  if (stale > 0) {
+    log::Warn("arenas.stale_removed", {{"count", stale}, {"prefix", backend_options.shm_prefix}});
+  }
+  std::string fallback_reason;
+  ASSIGN_OR_RETURN(server->backend_, CreateBackend(backend_options, &fallback_reason));
+  LogBackend(options, *server->backend_, fallback_reason);
 
   SpillStore::Options spill_options;
   spill_options.path = options.spill_dir.empty() ? data_dir + "/spill" : options.spill_dir;
@@ -103,15 +149,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   spill_options.rate_limit_bytes_per_sec = static_cast<int64_t>(options.spill_rate_limit_mib << 20);
   ASSIGN_OR_RETURN(server->spill_, SpillStore::Open(spill_options));
   ASSIGN_OR_RETURN(SpillRecoveryReport recovered, server->spill_->Recover());
-  if (recovered.sequences > 0 || recovered.orphan_pages > 0 || recovered.corrupt_manifests > 0) {
-    std::fprintf(stderr,
-                 "kvkeepd: spill tier: %llu restorable sequences (%llu bytes), %llu orphan pages "
-                 "removed, %llu corrupt manifests kept aside\n",
-                 static_cast<unsigned long long>(recovered.sequences),
-                 static_cast<unsigned long long>(recovered.bytes),
-                 static_cast<unsigned long long>(recovered.orphan_pages),
-                 static_cast<unsigned long long>(recovered.corrupt_manifests));
-  }
+  // Corrupt manifests mean spilled sequences that cannot come back: the operator should know.
+  log::Write(recovered.corrupt_manifests > 0 ? log::Level::kWarn : log::Level::kInfo,
+             "spill.opened",
+             {{"path", spill_options.path},
+              {"sequences", recovered.sequences},
+              {"bytes", recovered.bytes},
+              {"orphan_pages_removed", recovered.orphan_pages},
+              {"orphan_sequences", recovered.orphan_sequences},
+              {"corrupt_manifests", recovered.corrupt_manifests}});
 
   EngineOptions engine_options;
   engine_options.low_free = options.low_free;
@@ -131,7 +177,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
 
   const std::string token_file =
       options.admin_token_file.empty() ? data_dir + "/admin.token" : options.admin_token_file;
+  const bool token_existed = access(token_file.c_str(), F_OK) == 0;
   ASSIGN_OR_RETURN(std::string admin_token, LoadOrCreateAdminToken(token_file));
+  log::Info("admin_token.ready", {{"path", token_file}, {"created", !token_existed}});
   const std::string admin_hash = HashToken(admin_token);
   server->executor_ = std::make_unique<Executor>(options.compress_threads);
   server->limits_ = std::make_unique<SessionLimits>(options.limits);
@@ -154,6 +202,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   grpc::ServerBuilder builder;
   builder.experimental().SetInterceptorCreators(MetricsInterceptorCreators(server->metrics_.get()));
   builder.AddListeningPort("unix:" + server->socket_path_, grpc::InsecureServerCredentials());
+  int tcp_port = 0;  // the port bound, filled in by BuildAndStart (":0" asks for any free one)
   if (!options.tcp_address.empty()) {
     if (!options.tls_cert_file.empty()) {
       grpc::SslServerCredentialsOptions ssl(
@@ -166,9 +215,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
       if (!options.tls_client_ca_file.empty()) {
         ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.tls_client_ca_file));
       }
-      builder.AddListeningPort(options.tcp_address, grpc::SslServerCredentials(ssl));
+      builder.AddListeningPort(options.tcp_address, grpc::SslServerCredentials(ssl), &tcp_port);
     } else if (options.insecure_tcp) {
-      builder.AddListeningPort(options.tcp_address, grpc::InsecureServerCredentials());
+      builder.AddListeningPort(options.tcp_address, grpc::InsecureServerCredentials(), &tcp_port);
     } else {
       return absl::InvalidArgumentError(
           "TCP needs TLS: give --tls_cert and --tls_key (or --insecure_tcp for loopback tests)");
@@ -192,6 +241,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   if (chmod(server->socket_path_.c_str(), 0660) != 0) {
     return absl::PermissionDeniedError(absl::StrCat("cannot chmod ", server->socket_path_));
   }
+  log::Info("listener.bound",
+            {{"transport", "unix"}, {"address", server->socket_path_}, {"mode", "0660"}});
+  if (!options.tcp_address.empty()) LogTcpListener(options, tcp_port);
   if (!options.metrics_address.empty()) {
     Server* s = server.get();
     auto http = MetricsHttpServer::Start(options.metrics_address, [s] {
@@ -202,9 +254,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
     });
     if (http.ok()) {
       server->metrics_http_ = std::move(*http);
+      log::Info("listener.bound", {{"transport", "http"},
+                                   {"address", server->metrics_http_->address()},
+                                   {"path", "/metrics"}});
     } else if (options.metrics_optional) {
-      std::fprintf(stderr, "kvkeepd: metrics disabled: %s\n",
-                   std::string(http.status().message()).c_str());
+      log::Warn("metrics.disabled",
+                {{"address", options.metrics_address}, {"status", http.status()}});
     } else {
       return http.status();
     }

@@ -3,6 +3,9 @@
 //   ASSIGN_OR_RETURN(auto server, Server::Start(options));
 //   server->Wait();          // until Shutdown() from a signal handler thread
 //
+// Start() logs what it set up, for the operator (service/observability/log.h; docs/deploy.md,
+// "Logs"): arenas.stale_removed, backend.ready / backend.fallback, spill.opened,
+// admin_token.ready (the path, never the token), listener.bound per listener, metrics.disabled.
 // Thread-safe: Shutdown() may be called from any thread, once or more.
 #ifndef KVKEEP_SERVICE_RPC_SERVER_H_
 #define KVKEEP_SERVICE_RPC_SERVER_H_
