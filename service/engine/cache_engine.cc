@@ -54,8 +54,16 @@ absl::StatusOr<std::unique_ptr<CacheEngine>> CacheEngine::Create(Backend* backen
     return absl::InvalidArgumentError("pool capacity and arena size must be > 0");
   }
   auto engine = std::unique_ptr<CacheEngine>(new CacheEngine(backend, store, spill, options));
-  RETURN_IF_ERROR(engine->Load());
-  RETURN_IF_ERROR(engine->LoadSpilled());
+  absl::Status loaded = engine->Load();
+  if (loaded.ok()) loaded = engine->LoadSpilled();
+  if (!loaded.ok()) {
+    // DATA_LOSS (an unreadable record) or the store's error: the daemon does not start.
+    log::Error("engine.load_failed", {{"status", loaded}});
+    return loaded;
+  }
+  log::Info("engine.loaded", {{"tenants", engine->ListTenants().tenants_size()},
+                              {"pressure_policy", PressurePolicyName(options.pressure_policy)},
+                              {"pool_capacity_bytes", options.pool.capacity_bytes}});
   return engine;
 }
 
