@@ -12,9 +12,15 @@
 // Thread-safe. Lock order:
 //   Sequence::mu -> CacheEngine::mu_ -> SessionRegistry::mu_ -> Ledger::mu_ -> PagePool::mu_.
 // The engine is a façade over its parts, each the one owner of its rule:
-//   Ledger (ledger.h)                every charge of tenants and the pool, and admission;
-//   SessionRegistry (session_registry.h)  sessions, leases, owners, retain, last access;
+//   Ledger (ledger.h)                      every charge of tenants and the pool, and admission;
+//   SessionRegistry (session_registry.h)   sessions, leases, owners, retain, last access;
+//   Spiller (spiller.h)                    moving sequences to the spill tier and back;
+//   PressureRelief (pressure_relief.h)     freeing pool room (cached prefixes, pages, spills);
+//   Sequence (sequence.h)                  a sequence's table and statistics, under its mu;
 //   PagePool, PrefixIndex (service/pool/)  pages and shared prefix pages.
+// The engine keeps the tenants (records, models, sequence maps), the credentials, the prefix
+// index and the sharing groups' salts under mu_, and implements the two Host interfaces through
+// which the Spiller and PressureRelief reach them.
 // Where v1:: protos stop: at this class. Its public methods take and return the RPC protos (the
 // RPC layer, tests, bench and fuzz call them); the parts below speak kvkeep's own types
 // (TenantLimits, TenantCharges, SessionRegistry::Holders, ...), and the engine converts between
