@@ -3,7 +3,9 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/failure_reason.h"
 #include "common/status_macros.h"
+#include "service/observability/log.h"
 #include "service/engine/cache_engine_internal.h"
 #include "service/compress/compressor.h"
 #include "service/compress/policy_convert.h"
@@ -32,7 +34,12 @@ void ToProto(const ArenaInfo& info, v1::ArenaExport* out) {
 CacheEngine::CacheEngine(Backend* backend, MetadataStore* store, SpillStore* spill,
                          EngineOptions options)
     : backend_(backend), store_(store), spill_(spill), options_(options), started_(absl::Now()),
-      pool_(backend, options.pool), background_(std::make_unique<Executor>(1)) {
+      pool_(backend, options.pool), ledger_(options.pool.capacity_bytes),
+      sessions_(options.max_sessions_per_tenant),
+      spiller_(spill, backend, &pool_, &ledger_, &sessions_, this),
+      background_(std::make_unique<Executor>(1)),
+      relief_(options.pressure_policy, backend, &pool_, &ledger_, &sessions_, &spiller_, this,
+              background_.get()) {
   watermarks_.set_low_free(options.low_free);
   watermarks_.set_high_free(options.high_free);
 }
@@ -47,8 +54,16 @@ absl::StatusOr<std::unique_ptr<CacheEngine>> CacheEngine::Create(Backend* backen
     return absl::InvalidArgumentError("pool capacity and arena size must be > 0");
   }
   auto engine = std::unique_ptr<CacheEngine>(new CacheEngine(backend, store, spill, options));
-  RETURN_IF_ERROR(engine->Load());
-  RETURN_IF_ERROR(engine->LoadSpilled());
+  absl::Status loaded = engine->Load();
+  if (loaded.ok()) loaded = engine->LoadSpilled();
+  if (!loaded.ok()) {
+    // DATA_LOSS (an unreadable record) or the store's error: the daemon does not start.
+    log::Error("engine.load_failed", {{"status", loaded}});
+    return loaded;
+  }
+  log::Info("engine.loaded", {{"tenants", engine->ListTenants().tenants_size()},
+                              {"pressure_policy", PressurePolicyName(options.pressure_policy)},
+                              {"pool_capacity_bytes", options.pool.capacity_bytes}});
   return engine;
 }
 
@@ -61,6 +76,7 @@ absl::Status CacheEngine::Load() {
       return absl::DataLossError("unreadable tenant record " + key);
     }
     token_to_tenant_[t.record.token_sha256()] = t.record.name();
+    ledger_.OpenAccount(t.record.name(), LimitsOf(t.record));
     tenants_[t.record.name()] = std::move(t);
   }
   ASSIGN_OR_RETURN(auto groups, store_->Scan(engine_internal::kGroupPrefix));
@@ -92,6 +108,13 @@ absl::Status CacheEngine::Load() {
   return absl::OkStatus();
 }
 
+TenantLimits CacheEngine::LimitsOf(const v1::TenantRecord& record) {
+  return {.guarantee_bytes = record.quota_bytes(),
+          .max_bytes = record.max_bytes(),
+          .weight = record.weight() == 0 ? 1 : record.weight(),
+          .spill_quota_bytes = record.spill_quota_bytes()};
+}
+
 absl::StatusOr<std::string> CacheEngine::AuthenticateTenant(const std::string& token) const {
   if (token.empty()) {
     return absl::UnauthenticatedError(
@@ -113,80 +136,31 @@ absl::StatusOr<CacheEngine::Attached> CacheEngine::Attach(const std::string& ten
     return absl::InvalidArgumentError(absl::StrCat(
         "worker name \"", worker_name, "\" must match [A-Za-z0-9._:-]{1,128}"));
   }
+  // Under mu_: a tenant deleted meanwhile cannot gain a session.
   absl::MutexLock lock(&mu_);
-  auto t = tenants_.find(tenant);
-  if (t == tenants_.end()) return absl::UnauthenticatedError("tenant no longer exists");
-  const bool supersedes = std::any_of(
-      t->second.sessions.begin(), t->second.sessions.end(), [&](const std::string& id) {
-        auto it = sessions_.find(id);
-        return it != sessions_.end() && it->second.worker_name == worker_name;
-      });
-  if (!supersedes && t->second.sessions.size() >= options_.max_sessions_per_tenant) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "tenant ", tenant, " has ", t->second.sessions.size(), " sessions, the most allowed (",
-        options_.max_sessions_per_tenant, ")"));
-  }
+  if (!tenants_.contains(tenant)) return absl::UnauthenticatedError("tenant no longer exists");
+  ASSIGN_OR_RETURN(SessionRegistry::Attached attached,
+                   sessions_.Attach(tenant, worker_name, sink));
   Attached out;
-  Session session;
-  session.id = RandomHex(16);
-  session.tenant = tenant;
-  session.worker_name = worker_name;
-  session.sink = sink;
-  // Supersede an older session of the same worker: it ends, its sequences move here.
-  for (const std::string& old_id : t->second.sessions) {
-    auto old = sessions_.find(old_id);
-    if (old == sessions_.end() || old->second.worker_name != worker_name) continue;
-    Session& o = old->second;
-    out.superseded_session_id = o.id;
-    for (const std::string& seq_id : o.owned) {
-      auto s = t->second.sequences.find(seq_id);
-      if (s == t->second.sequences.end()) continue;
-      s->second->owner_session = session.id;
-      session.owned.insert(seq_id);
-      ++out.adopted_sequences;
-    }
-    for (const std::string& seq_id : o.leased) {
-      auto s = t->second.sequences.find(seq_id);
-      if (s == t->second.sequences.end()) continue;
-      s->second->leases.erase(o.id);
-      s->second->leases.insert(session.id);
-      session.leased.insert(seq_id);
-    }
-    if (o.sink != nullptr) {
-      o.sink->End(absl::AbortedError(absl::StrCat("superseded by a newer session of worker \"",
-                                                  worker_name, "\"")));
-    }
-    t->second.sessions.erase(old_id);
-    sessions_.erase(old);
-    break;
-  }
-  out.session_id = session.id;
-  t->second.sessions.insert(session.id);
-  sessions_[session.id] = std::move(session);
+  out.session_id = std::move(attached.session_id);
+  out.superseded_session_id = std::move(attached.superseded_session_id);
+  out.adopted_sequences = attached.adopted_sequences;
   out.arenas = pool_.ArenasOf(tenant);
   return out;
 }
 
-void CacheEngine::EndSessionLocked(const std::string& session_id,
-                                   std::vector<std::shared_ptr<Sequence>>* drop) {
-  auto it = sessions_.find(session_id);
-  if (it == sessions_.end()) return;
-  Session& s = it->second;
-  auto t = tenants_.find(s.tenant);
-  if (t != tenants_.end()) {
-    for (const std::string& seq_id : s.leased) {
-      auto q = t->second.sequences.find(seq_id);
-      if (q != t->second.sequences.end()) q->second->leases.erase(session_id);
+std::vector<std::shared_ptr<CacheEngine::Sequence>> CacheEngine::OrphansLocked(
+    const std::vector<SessionRegistry::Ended>& ended) {
+  std::vector<std::shared_ptr<Sequence>> drop;
+  for (const SessionRegistry::Ended& e : ended) {
+    auto t = tenants_.find(e.tenant);
+    if (t == tenants_.end()) continue;
+    for (const std::string& id : e.orphans) {
+      auto q = t->second.sequences.find(id);
+      if (q != t->second.sequences.end()) drop.push_back(q->second);
     }
-    for (const std::string& seq_id : s.owned) {
-      auto q = t->second.sequences.find(seq_id);
-      if (q == t->second.sequences.end()) continue;
-      q->second->owner_session.clear();
-      if (!q->second->retain && q->second->leases.empty()) drop->push_back(q->second);
-    }
-    t->second.sessions.erase(session_id);
   }
-  sessions_.erase(it);
+  return drop;
 }
 
 void CacheEngine::DropOrphans(const std::vector<std::shared_ptr<Sequence>>& drop) {
@@ -201,7 +175,9 @@ void CacheEngine::EndSession(const std::string& session_id) {
   std::vector<std::shared_ptr<Sequence>> drop;
   {
     absl::MutexLock lock(&mu_);
-    EndSessionLocked(session_id, &drop);
+    std::optional<SessionRegistry::Ended> ended = sessions_.End(session_id);
+    if (!ended.has_value()) return;
+    drop = OrphansLocked({*ended});
   }
   DropOrphans(drop);
 }
@@ -210,37 +186,14 @@ void CacheEngine::EndAllSessions(const absl::Status& status) {
   std::vector<std::shared_ptr<Sequence>> drop;
   {
     absl::MutexLock lock(&mu_);
-    std::vector<std::string> ids;
-    for (auto& [id, s] : sessions_) {
-      if (s.sink != nullptr) s.sink->End(status);
-      ids.push_back(id);
-    }
-    for (const auto& id : ids) EndSessionLocked(id, &drop);
+    drop = OrphansLocked(sessions_.EndAll(status));
   }
   DropOrphans(drop);
 }
 
 absl::Status CacheEngine::CheckSessionIfGiven(const std::string& tenant,
                                               const std::string& id) const {
-  if (id.empty()) return absl::OkStatus();
-  absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(id);
-  if (it == sessions_.end() || it->second.tenant != tenant) {
-    return absl::NotFoundError(absl::StrCat("no live session \"", id, "\" for this tenant"));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<CacheEngine::Session*> CacheEngine::FindSessionLocked(const std::string& tenant,
-                                                                     const std::string& id) {
-  auto it = sessions_.find(id);
-  if (id.empty()) {
-    return absl::InvalidArgumentError("session_id is required (from the Session stream)");
-  }
-  if (it == sessions_.end() || it->second.tenant != tenant) {
-    return absl::NotFoundError(absl::StrCat("no live session \"", id, "\" for this tenant"));
-  }
-  return &it->second;
+  return sessions_.CheckIfGiven(tenant, id);
 }
 
 // ---- Models and arenas ---------------------------------------------------------------------
@@ -329,7 +282,7 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
   std::shared_ptr<Sequence> seq;
   {
     absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(Session * session, FindSessionLocked(tenant, request.session_id()));
+    RETURN_IF_ERROR(sessions_.CheckLive(tenant, request.session_id()));
     Tenant& t = tenants_[tenant];
     auto m = t.models.find(request.model());
     if (m == t.models.end()) {
@@ -345,21 +298,14 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
     std::vector<std::shared_ptr<PrefixEntry>> matched;
     if (request.prefix_token_ids_size() > 0) {
       matched = MatchPrefixLocked(t, *m->second, request.prefix_token_ids());
-      const uint64_t adds = prefixes_.ChargeIfAttached(matched, tenant);
-      if (adds > 0 && t.record.max_bytes() != 0 && t.used_bytes + adds > t.record.max_bytes()) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "tenant ", tenant, " quota exceeded: used ", t.used_bytes, " of max ",
-            t.record.max_bytes(), " bytes, the shared prefix's charge needs ", adds, " more"));
-      }
+      RETURN_IF_ERROR(
+          ledger_.AdmitSharedCharge(tenant, prefixes_.ChargeIfAttached(matched, tenant)));
     }
     seq = std::make_shared<Sequence>("seq-" + RandomHex(12), tenant, m->second);
+    // The session was checked above under mu_, and sessions end under mu_: this cannot fail.
+    RETURN_IF_ERROR(sessions_.AddSequence(tenant, seq->id, request.session_id(),
+                                          request.retain(), absl::Now()));
     if (!matched.empty()) AttachSharedLocked(seq.get(), std::move(matched));
-    seq->owner_session = session->id;
-    seq->leases.insert(session->id);
-    seq->retain = request.retain();
-    seq->last_access = absl::Now();
-    session->owned.insert(seq->id);
-    session->leased.insert(seq->id);
     t.sequences[seq->id] = seq;
   }
   // Not under mu_: the lock order is Sequence::mu before CacheEngine::mu_.
@@ -399,11 +345,8 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
   std::vector<uint64_t> pages;
   std::vector<ArenaInfo> new_arenas;
   RETURN_IF_ERROR(AllocateCharged(tenant, geometry, total_pages, &pages, &new_arenas));
-  {
-    absl::MutexLock lock(&mu_);
-    seq->last_access = absl::Now();
-    delta.set_tenant_used_bytes(tenants_[tenant].used_bytes);
-  }
+  sessions_.Touch(tenant, seq->id, absl::Now());
+  delta.set_tenant_used_bytes(ledger_.ChargesOf(tenant).used_bytes);
   for (const ArenaInfo& arena : new_arenas) ToProto(arena, delta.add_new_arenas());
   const uint32_t kv_heads = seq->model->kv_heads();
   size_t next = 0;
@@ -426,56 +369,24 @@ absl::Status CacheEngine::AllocateCharged(const std::string& tenant, const PageG
                                           uint64_t count, std::vector<uint64_t>* pages,
                                           std::vector<ArenaInfo>* new_arenas) {
   if (count == 0) return absl::OkStatus();
-  const uint64_t bytes = count * geometry.page_bytes;
   absl::Status status;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    // Charge the tenant first so concurrent allocations cannot both pass the check.
-    {
-      absl::MutexLock lock(&mu_);
-      Tenant& t = tenants_[tenant];
-      uint64_t reserved_for_others = 0;
-      for (const auto& [name, other] : tenants_) {
-        if (name != tenant && other.record.quota_bytes() > other.used_bytes) {
-          reserved_for_others += other.record.quota_bytes() - other.used_bytes;
-        }
-      }
-      TenantUsage usage{tenant, t.record.quota_bytes(), t.record.max_bytes(), t.used_bytes};
-      status = CheckAdmission(usage, bytes, pool_.options().capacity_bytes, used_bytes_,
-                              reserved_for_others);
-      if (status.ok()) {
-        t.used_bytes += bytes;
-        t.used_pages += count;
-        used_bytes_ += bytes;
-      }
-    }
+    // Charged first (admission and charge in one step of the ledger) so that concurrent
+    // allocations cannot both pass the check.
+    status = ledger_.ChargePages(tenant, count, geometry.page_bytes);
     if (status.ok()) {
       status = pool_.Allocate(tenant, geometry, count, pages, new_arenas);
-      absl::MutexLock lock(&mu_);
-      Tenant& t = tenants_[tenant];
-      if (!status.ok()) {
-        t.used_bytes -= bytes;
-        t.used_pages -= count;
-        used_bytes_ -= bytes;
-      } else {
-        for (const ArenaInfo& arena : *new_arenas) {
-          for (const std::string& sid : t.sessions) {
-            auto s = sessions_.find(sid);
-            if (s != sessions_.end() && s->second.sink != nullptr) {
-              s->second.sink->ArenaAdded(arena);
-            }
-          }
-        }
-      }
+      if (!status.ok()) ledger_.ReleasePages(tenant, count, geometry.page_bytes);
     }
     if (status.ok()) {
-      MaybeRelievePressureLater();
+      for (const ArenaInfo& arena : *new_arenas) sessions_.AnnounceArena(tenant, arena);
+      relief_.MaybeRelieveLater();
       return status;
     }
     // A tenant's own hard maximum is not pool pressure; anything else may be relieved by
-    // spilling cold sequences, once.
-    // Unreferenced cached shared prefix pages go first (RelievePressure).
-    if (attempt > 0 || status.message().find("quota exceeded") != absl::string_view::npos ||
-        RelievePressure(bytes, tenant) == 0) {
+    // spilling cold sequences, once (unreferenced cached shared prefix pages go first).
+    if (attempt > 0 || ReasonOf(status) == FailureReason::kTenantMax ||
+        relief_.RelieveForAllocation(count * geometry.page_bytes, tenant) == 0) {
       break;
     }
   }
@@ -507,10 +418,10 @@ absl::StatusOr<v1::CommitReply> CacheEngine::CommitTokens(const std::string& ten
     // Validated above against the same table and stats: cannot fail.
     ApplyLayerStats(*seq->model, seq->table, layer, &seq->stats).IgnoreError();
   }
+  sessions_.Touch(tenant, seq->id, absl::Now());
   v1::Policy policy;
   {
     absl::MutexLock lock(&mu_);
-    seq->last_access = absl::Now();
     auto t = tenants_.find(tenant);
     if (t != tenants_.end()) policy = t->second.record.policy();
   }
@@ -598,18 +509,9 @@ absl::StatusOr<v1::PageTable> CacheEngine::Acquire(const std::string& tenant,
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
   if (seq->dropped) return NoSequence(r.sequence_id());
-  if (r.session_id().empty()) {
-    return absl::InvalidArgumentError("session_id is required (from the Session stream)");
-  }
-  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, r.session_id()));
+  RETURN_IF_ERROR(sessions_.CheckLive(tenant, r.session_id()));
   if (seq->spilled) RETURN_IF_ERROR(RestoreHeld(seq.get()));  // transparent restore
-  {
-    absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(Session * session, FindSessionLocked(tenant, r.session_id()));
-    seq->leases.insert(session->id);
-    session->leased.insert(seq->id);
-    seq->last_access = absl::Now();
-  }
+  RETURN_IF_ERROR(sessions_.Lease(tenant, seq->id, r.session_id(), absl::Now()));
   v1::PageTable table;
   TableToProto(*seq, r.with_positions(), &table);
   // A worker acquiring another session's sequence may not have mapped its arenas yet (shared
@@ -621,20 +523,11 @@ absl::StatusOr<v1::PageTable> CacheEngine::Acquire(const std::string& tenant,
 absl::StatusOr<v1::ReleaseReply> CacheEngine::Release(const std::string& tenant,
                                                       const v1::ReleaseRequest& r) {
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, r.sequence_id()));
-  bool orphan = false;
+  ASSIGN_OR_RETURN(SessionRegistry::Unleased unleased,
+                   sessions_.Unlease(tenant, seq->id, r.session_id()));
   v1::ReleaseReply reply;
-  {
-    absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(Session * session, FindSessionLocked(tenant, r.session_id()));
-    if (!seq->leases.erase(session->id)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "session ", session->id, " holds no lease on sequence ", seq->id));
-    }
-    session->leased.erase(seq->id);
-    reply.set_leases_left(static_cast<uint32_t>(seq->leases.size()));
-    orphan = seq->owner_session.empty() && seq->leases.empty() && !seq->retain;
-  }
-  if (orphan) DropOrphans({seq});
+  reply.set_leases_left(unleased.leases_left);
+  if (unleased.orphan) DropOrphans({seq});
   return reply;
 }
 
@@ -654,52 +547,30 @@ absl::StatusOr<v1::DropReply> CacheEngine::DropHeld(Sequence* seq,
   // Shared prefix pages are not the sequence's to free: it drops its references on them.
   const std::vector<uint64_t> private_pages = PrivatePagesOf(*seq);
   const uint64_t pages = private_pages.size();
-  const uint64_t bytes = pages * seq->model->geometry().page_bytes;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!force) {
-      for (const std::string& holder : seq->leases) {
-        if (holder != caller_session) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "sequence ", seq->id, " is leased by session ", holder, "; it must Release first"));
-        }
-      }
+  const uint64_t page_bytes = seq->model->geometry().page_bytes;
+  if (!force) {
+    const std::string holder = sessions_.OtherLeaseHolder(seq->tenant, seq->id, caller_session);
+    if (!holder.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sequence ", seq->id, " is leased by session ", holder, "; it must Release first"));
     }
   }
-  if (seq->spilled || seq->stale_spill_copy) {
-    absl::Status deleted = spill_->Delete(seq->tenant, seq->id);
-    if (!deleted.ok() && !absl::IsNotFound(deleted)) {
-      ++spill_errors_;
-      return deleted;  // still listed and restorable; the caller may retry
-    }
-  }
+  // A spilled sequence's disk copy goes first: when that fails it stays listed and restorable,
+  // and the caller may retry.
+  RETURN_IF_ERROR(spiller_.DeleteCopyForDrop(seq));
   {
     absl::MutexLock lock(&mu_);
-    if (seq->spilled) {
-      auto t = tenants_.find(seq->tenant);
-      if (t != tenants_.end()) t->second.spilled_bytes -= seq->spilled_bytes;
-    }
     auto t = tenants_.find(seq->tenant);
-    if (t != tenants_.end()) {
-      t->second.sequences.erase(seq->id);
-      t->second.used_bytes -= bytes;
-      t->second.used_pages -= pages;
-    }
-    used_bytes_ -= bytes;
-    for (const std::string& holder : seq->leases) {
-      auto s = sessions_.find(holder);
-      if (s != sessions_.end()) s->second.leased.erase(seq->id);
-    }
-    auto owner = sessions_.find(seq->owner_session);
-    if (owner != sessions_.end()) owner->second.owned.erase(seq->id);
-    seq->leases.clear();
+    if (t != tenants_.end()) t->second.sequences.erase(seq->id);
+    ledger_.ReleasePages(seq->tenant, pages, page_bytes);
+    sessions_.RemoveSequence(seq->tenant, seq->id);
   }
   DropSharedHeld(seq);
   pool_.Free(private_pages);
   seq->dropped = true;
   v1::DropReply reply;
   reply.set_pages_freed(static_cast<uint32_t>(pages));
-  reply.set_bytes_freed(bytes);
+  reply.set_bytes_freed(pages * page_bytes);
   return reply;
 }
 

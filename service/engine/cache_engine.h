@@ -9,7 +9,22 @@
 //   ASSIGN_OR_RETURN(std::string tenant, engine->AuthenticateTenant(token));
 //   ASSIGN_OR_RETURN(auto attached, engine->Attach(tenant, "worker-0", sink));
 //
-// Thread-safe. Lock order: Sequence::mu -> CacheEngine::mu_ -> PagePool::mu_.
+// Thread-safe. Lock order:
+//   Sequence::mu -> CacheEngine::mu_ -> SessionRegistry::mu_ -> Ledger::mu_ -> PagePool::mu_.
+// The engine is a façade over its parts, each the one owner of its rule:
+//   Ledger (ledger.h)                      every charge of tenants and the pool, and admission;
+//   SessionRegistry (session_registry.h)   sessions, leases, owners, retain, last access;
+//   Spiller (spiller.h)                    moving sequences to the spill tier and back;
+//   PressureRelief (pressure_relief.h)     freeing pool room (cached prefixes, pages, spills);
+//   Sequence (sequence.h)                  a sequence's table and statistics, under its mu;
+//   PagePool, PrefixIndex (service/pool/)  pages and shared prefix pages.
+// The engine keeps the tenants (records, models, sequence maps), the credentials, the prefix
+// index and the sharing groups' salts under mu_, and implements the two Host interfaces through
+// which the Spiller and PressureRelief reach them.
+// Where v1:: protos stop: at this class. Its public methods take and return the RPC protos (the
+// RPC layer, tests, bench and fuzz call them); the parts below speak kvkeep's own types
+// (TenantLimits, TenantCharges, SessionRegistry::Holders, ...), and the engine converts between
+// the two in its own methods (TenantInfoLocked, InfoOf, LimitsOf).
 #ifndef KVKEEP_SERVICE_ENGINE_CACHE_ENGINE_H_
 #define KVKEEP_SERVICE_ENGINE_CACHE_ENGINE_H_
 
@@ -29,6 +44,11 @@
 #include "kvkeep/v1/kvcache.pb.h"
 #include "kvkeep/v1/records.pb.h"
 #include "service/executor.h"
+#include "service/engine/ledger.h"
+#include "service/engine/pressure_relief.h"
+#include "service/engine/sequence.h"
+#include "service/engine/spiller.h"
+#include "service/engine/session_registry.h"
 #include "service/engine/model_layout.h"
 #include "service/pool/page_costs.h"
 #include "service/pool/page_pool.h"
@@ -66,7 +86,7 @@ void ToProto(const ArenaInfo& info, v1::ArenaExport* out);
 // Metadata-store key of the persisted pool watermarks.
 inline constexpr char kWatermarksKeyName[] = "pool/watermarks";
 
-class CacheEngine {
+class CacheEngine : private Spiller::Host, private PressureRelief::Host {
  public:
   // Restores tenants, models, watermarks from `store` and lists the spilled sequences of `spill`
   // as restorable. `spill` may be null (no spill tier: Spill answers FAILED_PRECONDITION).
@@ -158,7 +178,8 @@ class CacheEngine {
                                                      const v1::LookupPrefixRequest& r);
   // Where a page's bytes are, for `tenant`: one of its own pages, or a shared prefix page of its
   // sharing group. Errors as PagePool::Locate.
-  absl::StatusOr<PagePool::Location> LocatePage(const std::string& tenant, uint64_t page) const;
+  absl::StatusOr<PagePool::Location> LocatePage(const std::string& tenant,
+                                                uint64_t page) const override;
 
   // ReadKV as a cursor: each Next() fills one chunk of at most the requested size; returns false
   // when done. Created after validating the request.
@@ -173,58 +194,20 @@ class CacheEngine {
   uint64_t max_message_bytes() const { return options_.max_message_bytes; }
   const PagePool& pool() const { return pool_; }
 
-  // A sequence: its table (under mu) and its ownership (under the engine's mu_).
-  struct Sequence {
-    Sequence(std::string id, std::string tenant, std::shared_ptr<const Model> model)
-        : id(std::move(id)), tenant(std::move(tenant)), model(std::move(model)),
-          table(this->model->head_tables(), this->model->geometry().tokens_per_page) {}
-    // Constant after construction.
-    const std::string id;
-    const std::string tenant;
-    const std::shared_ptr<const Model> model;
-
-    absl::Mutex mu;
-    SequenceTable table ABSL_GUARDED_BY(mu);
-    SequenceStats stats ABSL_GUARDED_BY(mu);
-    bool dropped ABSL_GUARDED_BY(mu) = false;
-    bool spilled ABSL_GUARDED_BY(mu) = false;  // pages in the spill tier, table empty
-    // A restore could not delete the disk copy: Spill and Drop delete it first.
-    bool stale_spill_copy ABSL_GUARDED_BY(mu) = false;
-    uint64_t spilled_bytes ABSL_GUARDED_BY(mu) = 0;
-    // Capacity cost of each page (pool pressure under kCapacity); refreshed on the background
-    // thread, invalidated by Compress.
-    PageCosts costs ABSL_GUARDED_BY(mu);
-    // Shared prefix pages held: entry i is page i of every head (read-only). Each holds one
-    // reference on its entry (the entries' counts are under CacheEngine::mu_).
-    std::vector<std::shared_ptr<PrefixEntry>> shared ABSL_GUARDED_BY(mu);
-
-    // Protected by CacheEngine::mu_.
-    std::string owner_session;                 // empty once its session ended
-    absl::flat_hash_set<std::string> leases;   // sessions holding a lease
-    bool retain = false;
-    absl::Time last_access;
-  };
+  // A sequence (sequence.h): its table and statistics under its own mu. Who holds it is the
+  // SessionRegistry's; what it is charged, the Ledger's.
+  using Sequence = ::kvkeep::Sequence;
 
  private:
+  // A tenant's record and what it has; its charges are the Ledger's, its sessions the
+  // SessionRegistry's.
   struct Tenant {
     v1::TenantRecord record;
-    uint64_t used_bytes = 0;
-    uint64_t used_pages = 0;
-    uint64_t spilled_bytes = 0;
-    uint64_t pressure_evicted_pages = 0;  // pages dropped by capacity-aware pressure relief
-    uint64_t shared_charge_bytes = 0;  // its fair fraction of shared prefix pages (in used_bytes)
-    absl::flat_hash_set<std::string> sessions;
     absl::flat_hash_map<std::string, std::shared_ptr<Sequence>> sequences;
     absl::flat_hash_map<std::string, std::shared_ptr<const Model>> models;
   };
-  struct Session {
-    std::string id;
-    std::string tenant;
-    std::string worker_name;
-    SessionSink* sink = nullptr;
-    absl::flat_hash_set<std::string> owned;   // sequences it created (and still owns)
-    absl::flat_hash_set<std::string> leased;  // sequences it holds a lease on
-  };
+  // The ledger's view of a tenant record.
+  static TenantLimits LimitsOf(const v1::TenantRecord& record);
 
   CacheEngine(Backend* backend, MetadataStore* store, SpillStore* spill, EngineOptions options);
   absl::Status Load();
@@ -235,18 +218,14 @@ class CacheEngine {
   // OK when `id` is empty or a live session of `tenant`; NOT_FOUND otherwise (a superseded or
   // ended session's calls are refused).
   absl::Status CheckSessionIfGiven(const std::string& tenant, const std::string& id) const;
-  // A live session of `tenant`; NOT_FOUND otherwise.
-  absl::StatusOr<Session*> FindSessionLocked(const std::string& tenant, const std::string& id)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops a sequence whose caller holds seq->mu; removes it from the maps and frees its pages.
   absl::StatusOr<v1::DropReply> DropHeld(Sequence* seq, const std::string& caller_session,
                                          bool force) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
-  void EndSessionLocked(const std::string& session_id, std::vector<std::shared_ptr<Sequence>>* drop)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The sequences named by `ended` (orphans of ended sessions), to be dropped.
+  std::vector<std::shared_ptr<Sequence>> OrphansLocked(
+      const std::vector<SessionRegistry::Ended>& ended) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropOrphans(const std::vector<std::shared_ptr<Sequence>>& drop);
   v1::TenantInfo TenantInfoLocked(const Tenant& t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // NOT_FOUND when dropped, FAILED_PRECONDITION when spilled (device-only operations).
-  static absl::Status OnDevice(const Sequence& seq) ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
   // Spill / restore of a sequence whose mu the caller holds. `caller_session` may hold a lease;
   // any other lease makes SpillHeld FAILED_PRECONDITION (unless `ignore_leases`).
   absl::StatusOr<v1::SpillReply> SpillHeld(Sequence* seq, const std::string& caller_session,
@@ -254,34 +233,18 @@ class CacheEngine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
   absl::Status RestoreHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
   absl::Status LoadSpilled();
-  // Frees room until an allocation of `want_bytes` fits and the high watermark is free (or
-  // nothing more can go): unreferenced cached shared prefix pages first, then RelieveSequences.
-  // Returns the device bytes freed. Never blocks on a busy sequence.
-  // `requester`: the tenant whose allocation asked ("" for the watermark thread); it decides
-  // whether tenants between guarantee and fair share may lose pages (pool_shares.h).
-  uint64_t RelievePressure(uint64_t want_bytes, const std::string& requester = "");
-  // The sequences' part, by --pressure_policy: spill least recently used (lru), or drop the
-  // cheapest pages then spill (capacity). Shared prefix pages are never candidates.
-  uint64_t RelieveSequences(uint64_t want_bytes, const std::string& requester);
-  // Pool pressure, split by policy (cache_engine_pressure.cc). Bytes freed still needed beyond
-  // free bytes: the allocation's shortfall and the high watermark.
-  uint64_t PressureTarget(uint64_t want_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint64_t SpillLeastRecent(uint64_t target);
-  uint64_t RelieveByCapacity(uint64_t want_bytes, const std::string& requester);
-  // Computes the page costs of unleased device sequences whose costs are missing or stale.
-  void RefreshPageCosts();
-  // Every tenant's fair share of the pool (pool_shares.h); `requester` counts as active.
-  absl::flat_hash_map<std::string, uint64_t> FairSharesLocked(const std::string& requester) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Schedules RelievePressure on the background thread when free bytes are below the low mark.
-  void MaybeRelievePressureLater();
+  // PressureRelief::Host: unleased sequences with their tenant's protected sinks and window;
+  // the watermarks in effect.
+  std::vector<PressureRelief::Host::Candidate> UnleasedSequences() override;
+  FreeWatermarks Watermarks() const override;
   v1::SequenceInfo InfoOf(Sequence& seq) const;
   // Admission + charge + pool allocation of `count` pages for `tenant`; announces new arenas to
-  // the tenant's sessions. Under pool pressure it spills cold sequences once and retries.
-  // RESOURCE_EXHAUSTED with the figures otherwise; nothing is allocated or charged then.
+  // the tenant's sessions. Under pool pressure it asks PressureRelief once and retries.
+  // RESOURCE_EXHAUSTED with the figures and a FailureReason otherwise; nothing is allocated or
+  // charged then. (Spiller::Host.)
   absl::Status AllocateCharged(const std::string& tenant, const PageGeometry& geometry,
                                uint64_t count, std::vector<uint64_t>* pages,
-                               std::vector<ArenaInfo>* new_arenas);
+                               std::vector<ArenaInfo>* new_arenas) override;
   // Compresses `seq` (its mu held) under `policy` over the tenant default; frees and un-charges.
   absl::StatusOr<v1::CompressReply> CompressHeld(Sequence* seq, const v1::Policy& policy)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
@@ -305,27 +268,56 @@ class CacheEngine {
   std::vector<std::shared_ptr<PrefixEntry>> MatchPrefixLocked(const Tenant& t, const Model& model,
                                                               absl::Span<const uint32_t> tokens)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Starts a new, not yet published sequence with `entries` (refs and charges taken).
+  // PublishPrefix in steps: what it will do (decided first), the copies the group lacks (made
+  // outside mu_), and the all-or-nothing commit.
+  struct PublishPlan {
+    std::string group;
+    std::vector<std::string> keys;  // chain keys of the `full` pages
+    uint32_t first = 0;             // pages the sequence already shares
+    uint32_t full = 0;              // full pages to share
+    std::vector<uint32_t> missing;  // pages the group lacked when planned
+  };
+  struct PublishOutcome {
+    uint32_t published = 0, adopted = 0;
+    std::vector<uint64_t> to_free;  // the sequence's private pages, and copies not needed
+  };
+  // FAILED_PRECONDITION unless the first `full` pages are full and unmodified in every head.
+  static absl::Status CheckPublishable(const Sequence& seq, uint32_t full)
+      ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  absl::StatusOr<PublishPlan> PlanPublish(const std::string& tenant, const Sequence& seq,
+                                          absl::Span<const uint32_t> tokens, uint32_t full)
+      ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  // Allocates group pages for page `indices` of every head and copies them (admission first:
+  // cached prefix pages are released once when the pool is short). Nothing changes on error.
+  absl::Status CopyToGroup(const Sequence& seq, const PublishPlan& plan,
+                           const std::vector<uint32_t>& indices,
+                           absl::flat_hash_map<uint32_t, std::vector<uint64_t>>* copies)
+      ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  // Publishes or adopts every planned page, or (false) nothing, naming in *missing the pages that
+  // have neither an entry nor a copy now.
+  bool CommitPublishLocked(Sequence* seq, const PublishPlan& plan,
+                           absl::flat_hash_map<uint32_t, std::vector<uint64_t>>* copies,
+                           std::vector<uint32_t>* missing, PublishOutcome* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_, seq->mu);
+  // Starts a new, not yet published sequence with `entries` (refs and charges taken). Like a
+  // constructor it writes the sequence's fields without its mu: no other thread can see it yet,
+  // and taking it under mu_ would invert the lock order. Hence no analysis here.
   void AttachSharedLocked(Sequence* seq, std::vector<std::shared_ptr<PrefixEntry>> entries)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ApplyChargesLocked(const PrefixIndex::Changes& changes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // Drops the sequence's references on its shared entries (its table is left to the caller).
   void DropSharedHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
   // Every page of the sequence except its shared prefix pages.
   static std::vector<uint64_t> PrivatePagesOf(const Sequence& seq)
       ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
   // Empties the table (spill): frees its private pages, drops its shared references. Returns the
-  // number of private pages freed.
-  uint64_t ReleaseTableHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  // number of private pages freed. (Spiller::Host.)
+  uint64_t ReleaseTable(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu) override;
   // Copy-on-write: gives the sequence private copies of its shared prefix pages (charged to its
   // tenant, admission applies) and drops its shared references.
   absl::Status UnshareHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
   // Frees unreferenced (cached) shared prefix pages, least recently released first, until
-  // `want_bytes` are freed or none is left. Returns the bytes freed.
-  uint64_t ReleaseCachedPrefixes(uint64_t want_bytes);
-  // Un-charges `pages` private pages of `page_bytes` from the tenant.
-  void UnchargeLocked(const std::string& tenant, uint64_t pages, uint64_t page_bytes)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `want_bytes` are freed or none is left. Returns the bytes freed. (PressureRelief::Host.)
+  uint64_t ReleaseCachedPrefixes(uint64_t want_bytes) override;
 
   // Constant after construction.
   Backend* const backend_;
@@ -334,24 +326,22 @@ class CacheEngine {
   const EngineOptions options_;
   const absl::Time started_;
   PagePool pool_;
+  // Thread-safe parts with their own locks (after mu_ in the lock order).
+  Ledger ledger_;
+  SessionRegistry sessions_;
+  Spiller spiller_;
+  // The destructor stops its thread first, before anything it may touch goes.
+  std::unique_ptr<Executor> background_;
+  PressureRelief relief_;
 
   mutable absl::Mutex mu_;
   // Protected by mu_.
   absl::flat_hash_map<std::string, Tenant> tenants_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::string> token_to_tenant_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
-  // Σ tenants' used_bytes (shared charges included) + bytes of unreferenced cached prefix pages.
-  uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   PrefixIndex prefixes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::string> group_salts_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> prefix_lookups_{0}, prefix_pages_hit_{0}, prefix_pages_missed_{0};
   v1::Watermarks watermarks_ ABSL_GUARDED_BY(mu_);
-  std::atomic<uint64_t> spills_{0}, restores_{0}, spill_errors_{0};
-  std::atomic<bool> relief_scheduled_{false};
-  std::atomic<uint64_t> pressure_evicted_pages_{0}, pressure_evicted_tokens_{0},
-      pressure_spills_{0}, page_cost_passes_{0};
-  // Last member: its thread must stop before the state above goes.
-  std::unique_ptr<Executor> background_;
 };
 
 }  // namespace kvkeep

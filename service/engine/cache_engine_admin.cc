@@ -10,6 +10,7 @@
 #include "service/token_auth.h"
 #include "service/eviction/policy.h"
 #include "service/engine/sequence_stats.h"
+#include "service/observability/log.h"
 
 namespace kvkeep {
 
@@ -26,18 +27,19 @@ v1::TenantInfo CacheEngine::TenantInfoLocked(const Tenant& t) const {
   info.set_quota_bytes(t.record.quota_bytes());
   info.set_max_bytes(t.record.max_bytes());
   info.set_weight(t.record.weight());
-  info.set_used_bytes(t.used_bytes);
-  info.set_used_pages(t.used_pages);
-  info.set_sessions(static_cast<uint32_t>(t.sessions.size()));
+  const TenantCharges charges = ledger_.ChargesOf(t.record.name());
+  info.set_used_bytes(charges.used_bytes);
+  info.set_used_pages(charges.used_pages);
+  info.set_sessions(sessions_.SessionsOf(t.record.name()));
   info.set_sequences(static_cast<uint32_t>(t.sequences.size()));
   info.set_arenas(static_cast<uint32_t>(pool_.ArenasOf(t.record.name()).size()));
   info.set_created_unix(t.record.created_unix());
   info.set_spill_quota_bytes(t.record.spill_quota_bytes());
-  info.set_spilled_bytes(t.spilled_bytes);
-  info.set_fair_share_bytes(FairSharesLocked("")[t.record.name()]);
-  info.set_pressure_evicted_pages(t.pressure_evicted_pages);
+  info.set_spilled_bytes(charges.spilled_bytes);
+  info.set_fair_share_bytes(ledger_.FairShares("")[t.record.name()]);
+  info.set_pressure_evicted_pages(charges.pressure_evicted_pages);
   info.set_sharing_group(t.record.sharing_group());
-  info.set_shared_charge_bytes(t.shared_charge_bytes);
+  info.set_shared_charge_bytes(charges.shared_charge_bytes);
   return info;
 }
 
@@ -86,6 +88,13 @@ absl::StatusOr<v1::CreateTenantReply> CacheEngine::CreateTenant(
   RETURN_IF_ERROR(EnsureGroupLocked(request.sharing_group()));  // the group's salt first
   RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.name(), t.record.SerializeAsString()));
   token_to_tenant_[hash] = request.name();
+  ledger_.OpenAccount(request.name(), LimitsOf(t.record));
+  log::Info("tenant.create", {{"tenant", request.name()},
+                              {"quota_bytes", t.record.quota_bytes()},
+                              {"max_bytes", t.record.max_bytes()},
+                              {"weight", t.record.weight()},
+                              {"spill_quota_bytes", t.record.spill_quota_bytes()},
+                              {"sharing_group", t.record.sharing_group()}});
   v1::CreateTenantReply reply;
   *reply.mutable_tenant() = TenantInfoLocked(t);
   reply.set_token(token);
@@ -111,25 +120,19 @@ absl::StatusOr<v1::DeleteTenantReply> CacheEngine::DeleteTenant(const std::strin
     auto it = tenants_.find(name);
     if (it == tenants_.end()) return absl::NotFoundError(absl::StrCat("no tenant \"", name, "\""));
     Tenant& t = it->second;
-    if (!force && (!t.sessions.empty() || !t.sequences.empty())) {
+    const uint32_t session_count = sessions_.SessionsOf(name);
+    if (!force && (session_count != 0 || !t.sequences.empty())) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "tenant \"", name, "\" has ", t.sessions.size(), " sessions and ", t.sequences.size(),
+          "tenant \"", name, "\" has ", session_count, " sessions and ", t.sequences.size(),
           " sequences; end them first or delete with force"));
     }
     // Forget the credential first: no new call of this tenant gets through from here on.
     RETURN_IF_ERROR(store_->Delete(kTenantPrefix + name));
     for (const auto& [model, m] : t.models) store_->Delete(ModelKey(name, model)).IgnoreError();
     token_to_tenant_.erase(t.record.token_sha256());
-    std::vector<std::string> ids(t.sessions.begin(), t.sessions.end());
-    for (const std::string& id : ids) {
-      auto s = sessions_.find(id);
-      if (s != sessions_.end() && s->second.sink != nullptr) {
-        s->second.sink->End(absl::AbortedError("tenant " + name + " was deleted"));
-      }
-      std::vector<std::shared_ptr<Sequence>> unused;
-      EndSessionLocked(id, &unused);
-    }
-    reply.set_sessions_ended(static_cast<uint32_t>(ids.size()));
+    // Their sequences are all dropped below (forced): the orphans need no separate drop.
+    reply.set_sessions_ended(
+        sessions_.EndTenant(name, absl::AbortedError("tenant " + name + " was deleted")));
     for (auto& [id, seq] : t.sequences) sequences.push_back(seq);
   }
   for (auto& seq : sequences) {
@@ -148,12 +151,19 @@ absl::StatusOr<v1::DeleteTenantReply> CacheEngine::DeleteTenant(const std::strin
     auto it = tenants_.find(name);
     if (it != tenants_.end()) group = it->second.record.sharing_group();
     tenants_.erase(name);
+    ledger_.CloseAccount(name);
     bool members_left = false;
     for (const auto& [other, t] : tenants_) {
       members_left = members_left || (!group.empty() && t.record.sharing_group() == group);
     }
-    if (!group.empty() && !members_left) used_bytes_ -= prefixes_.EvictGroup(group, &orphaned);
+    if (!group.empty() && !members_left) {
+      ledger_.ReleaseCachedPrefix(prefixes_.EvictGroup(group, &orphaned));
+    }
   }
+  log::Info("tenant.delete", {{"tenant", name}, {"force", force},
+                              {"sessions_ended", reply.sessions_ended()},
+                              {"sequences_dropped", reply.sequences_dropped()},
+                              {"group_pages_freed", orphaned.size()}});
   if (!orphaned.empty()) {
     pool_.Free(orphaned);
     pool_.ReleaseOwner(GroupOwner(group)).IgnoreError();
@@ -205,6 +215,13 @@ absl::StatusOr<v1::TenantInfo> CacheEngine::SetQuota(const v1::SetQuotaRequest& 
   RETURN_IF_ERROR(EnsureGroupLocked(record.sharing_group()));
   RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.name(), record.SerializeAsString()));
   it->second.record = record;
+  ledger_.SetLimits(request.name(), LimitsOf(record));
+  log::Info("tenant.quota", {{"tenant", request.name()},
+                             {"quota_bytes", record.quota_bytes()},
+                             {"max_bytes", record.max_bytes()},
+                             {"weight", record.weight()},
+                             {"spill_quota_bytes", record.spill_quota_bytes()},
+                             {"sharing_group", record.sharing_group()}});
   return TenantInfoLocked(it->second);
 }
 
@@ -220,6 +237,8 @@ absl::StatusOr<v1::Policy> CacheEngine::SetPolicy(const v1::SetPolicyRequest& re
   // Persisted before it takes effect.
   RETURN_IF_ERROR(store_->Put(kTenantPrefix + request.tenant(), record.SerializeAsString()));
   it->second.record = record;
+  log::Info("tenant.policy", {{"tenant", request.tenant()},
+                              {"policy", record.policy().ShortDebugString()}});
   return record.policy();
 }
 
@@ -243,7 +262,7 @@ v1::DaemonStatus CacheEngine::Status() const {
   s.set_arenas(stats.arenas);
   s.set_pages_in_use(stats.used_pages);
   s.set_tenants(static_cast<uint32_t>(tenants_.size()));
-  s.set_sessions(static_cast<uint32_t>(sessions_.size()));
+  s.set_sessions(sessions_.SessionCount());
   uint32_t sequences = 0;
   for (const auto& [name, t] : tenants_) {
     sequences += static_cast<uint32_t>(t.sequences.size());
@@ -253,21 +272,20 @@ v1::DaemonStatus CacheEngine::Status() const {
             [](const v1::TenantInfo& a, const v1::TenantInfo& b) { return a.name() < b.name(); });
   s.set_sequences(sequences);
   *s.mutable_watermarks() = watermarks_;
-  uint64_t spilled_bytes = 0;
-  for (const auto& [name, t] : tenants_) spilled_bytes += t.spilled_bytes;
-  s.set_spilled_bytes(spilled_bytes);
+  s.set_spilled_bytes(ledger_.Pool().spilled_bytes);
   if (spill_ != nullptr) {
     auto spilled = spill_->List();
     if (spilled.ok()) s.set_spilled_sequences(static_cast<uint32_t>(spilled->size()));
   }
-  s.set_spills(spills_.load());
-  s.set_restores(restores_.load());
-  s.set_spill_errors(spill_errors_.load());
+  s.set_spills(spiller_.spills());
+  s.set_restores(spiller_.restores());
+  s.set_spill_errors(spiller_.errors());
   s.set_pressure_policy(PressurePolicyName(options_.pressure_policy));
-  s.set_pressure_evicted_pages(pressure_evicted_pages_.load());
-  s.set_pressure_evicted_tokens(pressure_evicted_tokens_.load());
-  s.set_pressure_spills(pressure_spills_.load());
-  s.set_page_cost_passes(page_cost_passes_.load());
+  const PressureRelief::Stats relief = relief_.stats();
+  s.set_pressure_evicted_pages(relief.evicted_pages);
+  s.set_pressure_evicted_tokens(relief.evicted_tokens);
+  s.set_pressure_spills(relief.spills);
+  s.set_page_cost_passes(relief.page_cost_passes);
   const PrefixIndex::Stats shared = prefixes_.stats();
   s.set_shared_pages_referenced(shared.referenced_pages);
   s.set_shared_pages_cached(shared.cached_pages);
@@ -337,14 +355,10 @@ absl::StatusOr<v1::SequenceDetail> CacheEngine::AdminGetSequence(const v1::Seque
   }
   detail.set_stats_layers(stats_layers);
   detail.set_stats_bytes(seq->stats.bytes());
+  SessionRegistry::Holders holders = sessions_.HoldersOf(seq->tenant, seq->id);
+  if (holders.has_owner) detail.set_owner_worker(holders.owner_worker);
+  for (const std::string& worker : holders.lease_workers) detail.add_lease_workers(worker);
   absl::MutexLock lock(&mu_);
-  auto worker_of = [&](const std::string& session) -> std::string {
-    auto s = sessions_.find(session);
-    return s == sessions_.end() ? "" : s->second.worker_name;
-  };
-  if (!seq->owner_session.empty()) detail.set_owner_worker(worker_of(seq->owner_session));
-  for (const std::string& lease : seq->leases) detail.add_lease_workers(worker_of(lease));
-  std::sort(detail.mutable_lease_workers()->begin(), detail.mutable_lease_workers()->end());
   auto t = tenants_.find(ref.tenant());
   if (t != tenants_.end()) *detail.mutable_policy() = t->second.record.policy();
   return detail;

@@ -50,15 +50,8 @@ absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
   if (outcome.changed) seq->costs = PageCosts{};  // tokens moved: the page costs are void
   if (!outcome.freed_pages.empty()) {
     const uint64_t pages = outcome.freed_pages.size();
-    const uint64_t bytes = pages * geometry.page_bytes;
     pool_.Free(outcome.freed_pages);
-    absl::MutexLock lock(&mu_);
-    auto t = tenants_.find(seq->tenant);
-    if (t != tenants_.end()) {
-      t->second.used_bytes -= bytes;
-      t->second.used_pages -= pages;
-    }
-    used_bytes_ -= bytes;
+    ledger_.ReleasePages(seq->tenant, pages, geometry.page_bytes);
   }
   v1::CompressReply reply;
   TableToProto(*seq, /*with_positions=*/true, reply.mutable_table());

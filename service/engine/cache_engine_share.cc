@@ -9,6 +9,7 @@
 #include "common/status_macros.h"
 #include "service/engine/cache_engine.h"
 #include "service/engine/cache_engine_internal.h"
+#include "service/observability/log.h"
 #include "service/token_auth.h"
 
 namespace kvkeep {
@@ -109,26 +110,6 @@ std::vector<std::shared_ptr<PrefixEntry>> CacheEngine::MatchPrefixLocked(
   return matched;
 }
 
-void CacheEngine::ApplyChargesLocked(const PrefixIndex::Changes& changes) {
-  for (const auto& [tenant, delta] : changes.charge) {
-    auto t = tenants_.find(tenant);
-    if (t == tenants_.end()) continue;
-    t->second.shared_charge_bytes += delta;
-    t->second.used_bytes += delta;
-    used_bytes_ += delta;
-  }
-  used_bytes_ += changes.cached_bytes;
-}
-
-void CacheEngine::UnchargeLocked(const std::string& tenant, uint64_t pages, uint64_t page_bytes) {
-  auto t = tenants_.find(tenant);
-  if (t != tenants_.end()) {
-    t->second.used_bytes -= pages * page_bytes;
-    t->second.used_pages -= pages;
-  }
-  used_bytes_ -= pages * page_bytes;
-}
-
 void CacheEngine::AttachSharedLocked(Sequence* seq,
                                      std::vector<std::shared_ptr<PrefixEntry>> entries) {
   // Not visible to any other thread yet: its mu is not taken (mu_ is held; the order is
@@ -147,7 +128,7 @@ void CacheEngine::AttachSharedLocked(Sequence* seq,
   seq->table.set_next_position(count);
   PrefixIndex::Changes changes;
   for (const auto& e : entries) prefixes_.Ref(*e, seq->tenant, &changes);
-  ApplyChargesLocked(changes);
+  ledger_.ApplyPrefixChanges(changes);
   seq->shared = std::move(entries);
 }
 
@@ -157,7 +138,7 @@ void CacheEngine::DropSharedHeld(Sequence* seq) {
   PrefixIndex::Changes changes;
   const absl::Time now = absl::Now();
   for (const auto& e : seq->shared) prefixes_.Unref(*e, seq->tenant, now, &changes);
-  ApplyChargesLocked(changes);
+  ledger_.ApplyPrefixChanges(changes);
   seq->shared.clear();
 }
 
@@ -165,7 +146,7 @@ std::vector<uint64_t> CacheEngine::PrivatePagesOf(const Sequence& seq) {
   return seq.table.PagesFrom(static_cast<uint32_t>(seq.shared.size()));
 }
 
-uint64_t CacheEngine::ReleaseTableHeld(Sequence* seq) {
+uint64_t CacheEngine::ReleaseTable(Sequence* seq) {
   std::vector<uint64_t> private_pages = PrivatePagesOf(*seq);
   DropSharedHeld(seq);
   seq->table.Release();
@@ -182,20 +163,18 @@ absl::Status CacheEngine::UnshareHeld(Sequence* seq) {
   std::vector<ArenaInfo> new_arenas;
   RETURN_IF_ERROR(
       AllocateCharged(seq->tenant, g, uint64_t{shared} * heads, &pages, &new_arenas));
-  absl::Status status;
-  for (uint32_t h = 0; h < heads && status.ok(); ++h) {
-    for (uint32_t i = 0; i < shared && status.ok(); ++i) {
-      const uint64_t src = seq->table.head(h).pages[i];
-      const uint64_t dst = pages[size_t{h} * shared + i];
-      status = backend_->Copy(*pool_.ArenaOf(src), uint64_t{PageRef::Unpack(src).index} * g.page_bytes,
-                              *pool_.ArenaOf(dst), uint64_t{PageRef::Unpack(dst).index} * g.page_bytes,
-                              g.page_bytes);
-    }
+  // Sources head-major (page i of head h), as the destinations.
+  std::vector<uint64_t> from;
+  from.reserve(pages.size());
+  for (uint32_t h = 0; h < heads; ++h) {
+    for (uint32_t i = 0; i < shared; ++i) from.push_back(seq->table.head(h).pages[i]);
   }
+  absl::Status status = pool_.CopyPages(from, pages, g.page_bytes);
   if (!status.ok()) {
+    log::Error("engine.internal", {{"where", "Unshare"}, {"tenant", seq->tenant},
+                                   {"sequence", seq->id}, {"status", status}});
     pool_.Free(pages);
-    absl::MutexLock lock(&mu_);
-    UnchargeLocked(seq->tenant, pages.size(), g.page_bytes);
+    ledger_.ReleasePages(seq->tenant, pages.size(), g.page_bytes);
     return absl::InternalError(absl::StrCat("copying the shared prefix of ", seq->id,
                                             " failed (nothing changed): ", status.message()));
   }
@@ -212,7 +191,7 @@ uint64_t CacheEngine::ReleaseCachedPrefixes(uint64_t want_bytes) {
   {
     absl::MutexLock lock(&mu_);
     freed = prefixes_.EvictUnreferenced(want_bytes, &pages);
-    used_bytes_ -= freed;
+    ledger_.ReleaseCachedPrefix(freed);
   }
   pool_.Free(pages);
   return freed;
@@ -240,6 +219,148 @@ absl::StatusOr<v1::LookupPrefixReply> CacheEngine::LookupPrefix(
   return reply;
 }
 
+absl::Status CacheEngine::CheckPublishable(const Sequence& seq, uint32_t full) {
+  const uint32_t tpp = seq.model->geometry().tokens_per_page;
+  // Every page to publish must be full and hold the tokens at their original positions in every
+  // head (no compression, no re-positioning).
+  for (uint32_t h = 0; h < seq.table.heads(); ++h) {
+    const auto& head = seq.table.head(h);
+    if (head.count < uint64_t{full} * tpp) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "page ", head.count / tpp, " of head ", h, " is not full: ", head.count,
+          " committed tokens, publishing ", full, " pages needs ", uint64_t{full} * tpp));
+    }
+    for (uint32_t j = 0; j < full * tpp; ++j) {
+      if (head.positions[j] != static_cast<int32_t>(j)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "head ", h, " holds position ", head.positions[j], " at token ", j,
+            " (compressed or re-positioned): only an unmodified prefix can be shared"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CacheEngine::PublishPlan> CacheEngine::PlanPublish(
+    const std::string& tenant, const Sequence& seq, absl::Span<const uint32_t> tokens,
+    uint32_t full) {
+  absl::MutexLock lock(&mu_);
+  auto t = tenants_.find(tenant);
+  if (t == tenants_.end()) return absl::UnauthenticatedError("tenant no longer exists");
+  PublishPlan plan;
+  plan.group = t->second.record.sharing_group();
+  if (plan.group.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "tenant ", tenant, " is in no sharing group; an operator sets one (SetQuota)"));
+  }
+  plan.keys = PrefixKeysLocked(t->second, *seq.model, tokens);
+  if (plan.keys.size() != full) {
+    log::Error("engine.internal", {{"where", "PublishPrefix"}, {"tenant", tenant},
+                                   {"error", "sharing group has no salt"}});
+    return absl::InternalError("sharing group has no salt");
+  }
+  plan.full = full;
+  plan.first = static_cast<uint32_t>(std::min<size_t>(seq.shared.size(), full));
+  for (uint32_t i = 0; i < plan.first; ++i) {
+    if (seq.shared[i]->key != plan.keys[i]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the token ids of page ", i, " differ from those of the shared page the sequence "
+          "already holds there"));
+    }
+  }
+  for (uint32_t i = plan.first; i < full; ++i) {
+    if (prefixes_.Find(plan.group, plan.keys[i]) == nullptr) plan.missing.push_back(i);
+  }
+  return plan;
+}
+
+absl::Status CacheEngine::CopyToGroup(const Sequence& seq, const PublishPlan& plan,
+                                      const std::vector<uint32_t>& indices,
+                                      absl::flat_hash_map<uint32_t, std::vector<uint64_t>>* copies) {
+  const PageGeometry& g = seq.model->geometry();
+  const uint32_t heads = seq.table.heads();
+  const uint64_t count = uint64_t{indices.size()} * heads;
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> new_arenas;
+  absl::Status allocated = pool_.Allocate(GroupOwner(plan.group), g, count, &pages, &new_arenas);
+  if (!allocated.ok() && ReleaseCachedPrefixes(count * g.page_bytes) > 0) {
+    pages.clear();
+    new_arenas.clear();
+    allocated = pool_.Allocate(GroupOwner(plan.group), g, count, &pages, &new_arenas);
+  }
+  if (!allocated.ok()) return allocated;
+  // Sources: page indices[c] of every head; destinations entry-major (c × heads + h).
+  std::vector<uint64_t> from;
+  from.reserve(count);
+  for (uint32_t i : indices) {
+    for (uint32_t h = 0; h < heads; ++h) from.push_back(seq.table.head(h).pages[i]);
+  }
+  absl::Status io = pool_.CopyPages(from, pages, g.page_bytes);
+  if (!io.ok()) {
+    pool_.Free(pages);
+    log::Error("engine.internal", {{"where", "PublishPrefix"}, {"tenant", seq.tenant},
+                                   {"sequence", seq.id}, {"status", io}});
+    return absl::InternalError(absl::StrCat("copying prefix pages failed (nothing changed): ",
+                                            io.message()));
+  }
+  for (size_t c = 0; c < indices.size(); ++c) {
+    (*copies)[indices[c]].assign(pages.begin() + c * heads, pages.begin() + (c + 1) * heads);
+  }
+  return absl::OkStatus();
+}
+
+bool CacheEngine::CommitPublishLocked(Sequence* seq, const PublishPlan& plan,
+                                      absl::flat_hash_map<uint32_t, std::vector<uint64_t>>* copies,
+                                      std::vector<uint32_t>* missing, PublishOutcome* out) {
+  // Everything or nothing: a page present when planned may have been freed since (unreferenced
+  // cached pages go under pressure); then the caller copies it and tries again.
+  for (uint32_t i = plan.first; i < plan.full; ++i) {
+    if (!copies->contains(i) && prefixes_.Find(plan.group, plan.keys[i]) == nullptr) {
+      missing->push_back(i);
+    }
+  }
+  if (!missing->empty()) return false;
+  const PageGeometry& g = seq->model->geometry();
+  const uint32_t heads = seq->table.heads();
+  PrefixIndex::Changes changes;
+  uint64_t new_entry_bytes = 0;
+  for (uint32_t i = plan.first; i < plan.full; ++i) {
+    std::vector<uint64_t> mine;
+    if (auto copy = copies->find(i); copy != copies->end()) {
+      mine = std::move(copy->second);
+      copies->erase(copy);
+    }
+    std::shared_ptr<PrefixEntry> entry = prefixes_.Find(plan.group, plan.keys[i]);
+    if (entry == nullptr) {
+      auto fresh = std::make_shared<PrefixEntry>();
+      fresh->group = plan.group;
+      fresh->key = plan.keys[i];
+      fresh->depth = i;
+      fresh->pages = std::move(mine);
+      fresh->bytes = uint64_t{heads} * g.page_bytes;
+      entry = prefixes_.Insert(fresh);
+      new_entry_bytes += entry->bytes;  // cached until referenced below
+      ++out->published;
+    } else {
+      out->to_free.insert(out->to_free.end(), mine.begin(), mine.end());  // not needed
+      ++out->adopted;
+    }
+    prefixes_.Ref(*entry, seq->tenant, &changes);
+    for (uint32_t h = 0; h < heads; ++h) {
+      out->to_free.push_back(seq->table.head(h).pages[i]);
+      seq->table.SetPage(h, i, entry->pages[h]);
+    }
+    seq->shared.push_back(std::move(entry));
+  }
+  for (auto& [i, pages] : *copies) {
+    out->to_free.insert(out->to_free.end(), pages.begin(), pages.end());
+  }
+  copies->clear();
+  ledger_.PublishPages(seq->tenant, uint64_t{plan.full - plan.first} * heads, g.page_bytes,
+                       new_entry_bytes, changes);
+  return true;
+}
+
 absl::StatusOr<v1::PublishPrefixReply> CacheEngine::PublishPrefix(
     const std::string& tenant, const v1::PublishPrefixRequest& r) {
   if (r.token_ids_size() > kMaxPrefixTokens) {
@@ -258,168 +379,48 @@ absl::StatusOr<v1::PublishPrefixReply> CacheEngine::PublishPrefix(
           "tenant ", tenant, " is in no sharing group; an operator sets one (SetQuota)"));
     }
   }
-  const PageGeometry& g = seq->model->geometry();
-  const uint32_t tpp = g.tokens_per_page;
-  const uint32_t heads = seq->table.heads();
+  const uint32_t tpp = seq->model->geometry().tokens_per_page;
   const uint32_t full = static_cast<uint32_t>(r.token_ids_size()) / tpp;
   if (full == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         r.token_ids_size(), " token ids do not fill one page of ", tpp,
         " tokens; only full pages are shared"));
   }
-  // Every page to publish must be full and hold the tokens at their original positions in every
-  // head (no compression, no re-positioning).
-  for (uint32_t h = 0; h < heads; ++h) {
-    const auto& head = seq->table.head(h);
-    if (head.count < uint64_t{full} * tpp) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "page ", head.count / tpp, " of head ", h, " is not full: ", head.count,
-          " committed tokens, publishing ", full, " pages needs ", uint64_t{full} * tpp));
-    }
-    for (uint32_t j = 0; j < full * tpp; ++j) {
-      if (head.positions[j] != static_cast<int32_t>(j)) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "head ", h, " holds position ", head.positions[j], " at token ", j,
-            " (compressed or re-positioned): only an unmodified prefix can be shared"));
+  RETURN_IF_ERROR(CheckPublishable(*seq, full));
+  ASSIGN_OR_RETURN(PublishPlan plan, PlanPublish(tenant, *seq, r.token_ids(), full));
+  // Copies of the pages the group lacks are made first, outside mu_ (seq->mu keeps the table);
+  // nothing changes until every page the call needs is at hand.
+  absl::flat_hash_map<uint32_t, std::vector<uint64_t>> copies;
+  std::vector<uint32_t> need = plan.missing;
+  PublishOutcome outcome;
+  for (int round = 0;; ++round) {
+    if (!need.empty()) {
+      absl::Status copied = CopyToGroup(*seq, plan, need, &copies);
+      if (!copied.ok()) {
+        for (auto& [i, pages] : copies) pool_.Free(pages);
+        return copied;
       }
     }
-  }
-  std::string group;
-  std::vector<std::string> keys;
-  std::vector<bool> present(full, false);
-  {
+    need.clear();
     absl::MutexLock lock(&mu_);
-    auto t = tenants_.find(tenant);
-    if (t == tenants_.end()) return absl::UnauthenticatedError("tenant no longer exists");
-    group = t->second.record.sharing_group();
-    if (group.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tenant ", tenant, " is in no sharing group; an operator sets one (SetQuota)"));
-    }
-    keys = PrefixKeysLocked(t->second, *seq->model, r.token_ids());
-    if (keys.size() != full) return absl::InternalError("sharing group has no salt");
-    for (size_t i = 0; i < seq->shared.size() && i < full; ++i) {
-      if (seq->shared[i]->key != keys[i]) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the token ids of page ", i, " differ from those of the shared page the sequence "
-            "already holds there"));
-      }
-    }
-    for (uint32_t i = static_cast<uint32_t>(seq->shared.size()); i < full; ++i) {
-      present[i] = prefixes_.Find(group, keys[i]) != nullptr;
+    if (CommitPublishLocked(seq.get(), plan, &copies, &need, &outcome)) break;
+    if (round == 2) {
+      for (auto& [i, pages] : copies) pool_.Free(pages);
+      return absl::AbortedError(
+          "the group's prefix pages kept being freed while publishing; nothing was published, "
+          "try again");
     }
   }
-  const uint32_t first = static_cast<uint32_t>(seq->shared.size());
-  // Copy the pages the group lacks into its arena (outside mu_).
-  std::vector<uint32_t> to_copy;
-  for (uint32_t i = first; i < full; ++i) {
-    if (!present[i]) to_copy.push_back(i);
-  }
-  std::vector<uint64_t> copies;  // to_copy.size() × heads, entry-major
-  if (!to_copy.empty()) {
-    const uint64_t count = uint64_t{to_copy.size()} * heads;
-    std::vector<ArenaInfo> new_arenas;
-    absl::Status allocated = pool_.Allocate(GroupOwner(group), g, count, &copies, &new_arenas);
-    if (!allocated.ok() && ReleaseCachedPrefixes(count * g.page_bytes) > 0) {
-      copies.clear();
-      new_arenas.clear();
-      allocated = pool_.Allocate(GroupOwner(group), g, count, &copies, &new_arenas);
-    }
-    if (!allocated.ok()) return allocated;
-    absl::Status io;
-    for (size_t c = 0; c < to_copy.size() && io.ok(); ++c) {
-      for (uint32_t h = 0; h < heads && io.ok(); ++h) {
-        const uint64_t src = seq->table.head(h).pages[to_copy[c]];
-        const uint64_t dst = copies[c * heads + h];
-        io = backend_->Copy(*pool_.ArenaOf(src), uint64_t{PageRef::Unpack(src).index} * g.page_bytes,
-                            *pool_.ArenaOf(dst), uint64_t{PageRef::Unpack(dst).index} * g.page_bytes,
-                            g.page_bytes);
-      }
-    }
-    if (!io.ok()) {
-      pool_.Free(copies);
-      return absl::InternalError(absl::StrCat("copying prefix pages failed (nothing changed): ",
-                                              io.message()));
-    }
-  }
-  // Insert (or adopt what another publisher inserted meanwhile), reference, re-point the table.
+  pool_.Free(outcome.to_free);
   v1::PublishPrefixReply reply;
-  std::vector<uint64_t> to_free;       // the sequence's private copies, and unused copies
-  uint32_t published = 0, adopted = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    PrefixIndex::Changes changes;
-    size_t c = 0;
-    for (uint32_t i = first; i < full; ++i) {
-      std::shared_ptr<PrefixEntry> entry;
-      std::vector<uint64_t> mine;
-      if (!present[i]) {
-        mine.assign(copies.begin() + c * heads, copies.begin() + (c + 1) * heads);
-        ++c;
-      }
-      entry = prefixes_.Find(group, keys[i]);
-      if (entry == nullptr && mine.empty()) {
-        // It was present when looked at, but freed (unreferenced) since: publish our own copy.
-        std::vector<uint64_t> one;
-        std::vector<ArenaInfo> new_arenas;
-        if (!pool_.Allocate(GroupOwner(group), g, heads, &one, &new_arenas).ok()) break;
-        absl::Status io;
-        for (uint32_t h = 0; h < heads && io.ok(); ++h) {
-          const uint64_t src = seq->table.head(h).pages[i];
-          io = backend_->Copy(*pool_.ArenaOf(src),
-                              uint64_t{PageRef::Unpack(src).index} * g.page_bytes,
-                              *pool_.ArenaOf(one[h]),
-                              uint64_t{PageRef::Unpack(one[h]).index} * g.page_bytes,
-                              g.page_bytes);
-        }
-        if (!io.ok()) {
-          pool_.Free(one);
-          break;
-        }
-        mine = std::move(one);
-      }
-      if (entry == nullptr) {
-        auto fresh = std::make_shared<PrefixEntry>();
-        fresh->group = group;
-        fresh->key = keys[i];
-        fresh->depth = i;
-        fresh->pages = std::move(mine);
-        fresh->bytes = uint64_t{heads} * g.page_bytes;
-        entry = prefixes_.Insert(fresh);
-        used_bytes_ += entry->bytes;  // cached until referenced below
-        ++published;
-      } else {
-        to_free.insert(to_free.end(), mine.begin(), mine.end());  // lost a race: not needed
-        ++adopted;
-      }
-      prefixes_.Ref(*entry, tenant, &changes);
-      for (uint32_t h = 0; h < heads; ++h) {
-        to_free.push_back(seq->table.head(h).pages[i]);
-        seq->table.SetPage(h, i, entry->pages[h]);
-      }
-      UnchargeLocked(tenant, heads, g.page_bytes);
-      seq->shared.push_back(std::move(entry));
-    }
-    // Copies not used because the loop stopped early.
-    for (size_t k = c * heads; k < copies.size(); ++k) to_free.push_back(copies[k]);
-    ApplyChargesLocked(changes);
-    auto t = tenants_.find(tenant);
-    if (t != tenants_.end()) {
-      reply.set_tenant_used_bytes(t->second.used_bytes);
-      reply.set_tenant_shared_charge_bytes(t->second.shared_charge_bytes);
-    }
-  }
-  pool_.Free(to_free);
-  reply.set_published_pages(published);
-  reply.set_adopted_pages(adopted);
+  const TenantCharges charges = ledger_.ChargesOf(tenant);
+  reply.set_tenant_used_bytes(charges.used_bytes);
+  reply.set_tenant_shared_charge_bytes(charges.shared_charge_bytes);
+  reply.set_published_pages(outcome.published);
+  reply.set_adopted_pages(outcome.adopted);
   reply.set_shared_pages(static_cast<uint32_t>(seq->shared.size()));
   TableToProto(*seq, /*with_positions=*/false, reply.mutable_table());
   RETURN_IF_ERROR(AddArenas(tenant, reply.mutable_table()));
-  if (seq->shared.size() < full) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "published ", seq->shared.size(), " of ", full,
-        " pages: no pool room for a copy of the rest (the published ones stay shared)"));
-  }
   return reply;
 }
 

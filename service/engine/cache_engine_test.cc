@@ -237,5 +237,45 @@ TEST_F(CacheEngineTest, DeleteTenantForceEndsSessionsAndFreesPages) {
   EXPECT_EQ(engine_->ListTenants().tenants_size(), 0);
 }
 
+// PublishPrefix keeps its promise: a call that fails leaves the index, the pool and the charges
+// as they were. Here the tenant's own arenas fill the pool, so no arena is left for the group's
+// copies of the prefix pages.
+TEST_F(CacheEngineTest, PublishPrefixWithoutRoomForCopiesChangesNothing) {
+  v1::CreateTenantRequest create;
+  create.set_name("a");
+  create.set_sharing_group("g");
+  ASSERT_OK(engine_->CreateTenant(create).status());
+  RegisterModel("a");
+  NullSink sink;
+  ASSERT_OK_AND_ASSIGN(auto s, engine_->Attach("a", "w", &sink));
+  std::string seq = NewSequence("a", s.session_id);
+  // 4 heads × 256 pages of 1 KiB: the whole 1 MiB pool, in the tenant's arenas.
+  ASSERT_OK(Allocate("a", seq, 256 * 16));
+  v1::CommitRequest commit;
+  commit.set_sequence_id(seq);
+  commit.set_tokens(32);
+  ASSERT_OK(engine_->CommitTokens("a", commit).status());
+  const v1::DaemonStatus before = engine_->Status();
+  v1::PublishPrefixRequest publish;
+  publish.set_sequence_id(seq);
+  for (uint32_t t = 0; t < 32; ++t) publish.add_token_ids(1000 + t);
+  EXPECT_THAT(engine_->PublishPrefix("a", publish).status(),
+              StatusIs(StatusCode::kResourceExhausted));
+  const v1::DaemonStatus after = engine_->Status();
+  EXPECT_EQ(after.pool_used_bytes(), before.pool_used_bytes());
+  EXPECT_EQ(after.pages_in_use(), before.pages_in_use());
+  EXPECT_EQ(after.shared_pages_cached() + after.shared_pages_referenced(), 0u);
+  ASSERT_EQ(after.tenant_usage_size(), 1);
+  EXPECT_EQ(after.tenant_usage(0).used_bytes(), before.tenant_usage(0).used_bytes());
+  EXPECT_EQ(after.tenant_usage(0).shared_charge_bytes(), 0u);
+  ASSERT_OK_AND_ASSIGN(v1::PageTable table, engine_->GetSequence("a", seq, false));
+  EXPECT_EQ(table.shared_tokens(), 0u);
+  v1::LookupPrefixRequest lookup;
+  lookup.set_model("m");
+  *lookup.mutable_token_ids() = publish.token_ids();
+  ASSERT_OK_AND_ASSIGN(auto found, engine_->LookupPrefix("a", lookup));
+  EXPECT_EQ(found.matched_pages(), 0u);
+}
+
 }  // namespace
 }  // namespace kvkeep

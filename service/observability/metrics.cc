@@ -7,7 +7,6 @@
 #include <cstdlib>
 #include <tuple>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/support/status.h"
 #include "kvkeep/v1/kvcache.pb.h"
@@ -87,7 +86,7 @@ class MetricsInterceptor final : public grpc::experimental::Interceptor {
 
   ~MetricsInterceptor() override {
     // A call torn down without a status sent (e.g. the server shut down under it).
-    if (!done_) Record(grpc::StatusCode::CANCELLED, "");
+    if (!done_) Record(absl::CancelledError());
   }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
@@ -97,7 +96,12 @@ class MetricsInterceptor final : public grpc::experimental::Interceptor {
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) && !done_) {
       const grpc::Status status = methods->GetSendStatus();
-      Record(status.error_code(), status.error_message());
+      const absl::Status sent = Metrics::SentStatus(status);
+      if (ReasonOf(sent) != FailureReason::kNone) {
+        // The reason stays inside the daemon: the client gets the code and the message.
+        methods->ModifySendStatus(grpc::Status(status.error_code(), status.error_message()));
+      }
+      Record(sent);
     }
     methods->Proceed();
   }
@@ -143,8 +147,9 @@ class MetricsInterceptor final : public grpc::experimental::Interceptor {
     }
   }
 
-  void Record(grpc::StatusCode code, absl::string_view message) {
+  void Record(const absl::Status& status) {
     done_ = true;
+    const grpc::StatusCode code = static_cast<grpc::StatusCode>(status.code());
     const int c = static_cast<int>(code);
     const double seconds = Seconds();
     slot_->handled[c >= 0 && c < Metrics::kCodes ? c : 2].fetch_add(1, std::memory_order_relaxed);
@@ -155,7 +160,7 @@ class MetricsInterceptor final : public grpc::experimental::Interceptor {
         if (ok) {
           metrics_->RecordAllocation(reply_pages_);
         } else {
-          metrics_->RecordAllocationFailure(Metrics::ClassifyAllocationFailure(c, message));
+          metrics_->RecordAllocationFailure(Metrics::ClassifyAllocationFailure(status));
         }
         break;
       case MethodKind::kCompress:
@@ -332,14 +337,30 @@ absl::string_view Metrics::AllocationFailureReason(int reason) {
   return reason >= 0 && reason < kAllocReasons ? kAllocReasonNames[reason] : "other";
 }
 
-int Metrics::ClassifyAllocationFailure(int grpc_code, absl::string_view message) {
-  switch (static_cast<grpc::StatusCode>(grpc_code)) {
+std::string Metrics::ReasonDetails(FailureReason reason) {
+  return absl::StrCat(kFailureReasonPayloadUrl, "=", FailureReasonName(reason));
+}
+
+absl::Status Metrics::SentStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  absl::Status out(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+  const std::string& details = status.error_details();
+  for (int r = 1; r < kFailureReasonCount; ++r) {
+    const FailureReason reason = static_cast<FailureReason>(r);
+    if (details == ReasonDetails(reason)) return WithReason(out, reason);
+  }
+  return out;
+}
+
+int Metrics::ClassifyAllocationFailure(const absl::Status& status) {
+  switch (static_cast<grpc::StatusCode>(status.code())) {
     case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      // The messages of service/quota.cc and service/page_pool.cc.
-      if (absl::StrContains(message, "quota exceeded")) return 0;
-      if (absl::StrContains(message, "page pool exhausted")) return 2;
-      if (absl::StrContains(message, "pool exhausted")) return 1;
-      return 2;
+      // The reasons of service/pool/quota.cc and service/pool/page_pool.cc.
+      switch (ReasonOf(status)) {
+        case FailureReason::kTenantMax: return 0;
+        case FailureReason::kPoolShort: return 1;
+        default: return 2;
+      }
     case grpc::StatusCode::INVALID_ARGUMENT:
     case grpc::StatusCode::OUT_OF_RANGE:
       return 3;

@@ -31,7 +31,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "common/failure_reason.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "kvkeep/v1/admin.pb.h"
@@ -114,11 +116,17 @@ class Metrics {
   // Reasons an AllocatePages call failed, from its status (see ClassifyAllocationFailure).
   static constexpr int kAllocReasons = 8;
   static absl::string_view AllocationFailureReason(int reason);
-  // Maps a failed AllocatePages status to a reason index: tenant_max (the tenant's hard maximum),
-  // pool_reserved (admission: the rest of the pool is guaranteed to others or used), pool_capacity
-  // (the page pool's arenas cannot hold it), invalid_argument, not_found, permission_denied,
-  // unauthenticated, other.
-  static int ClassifyAllocationFailure(int grpc_code, absl::string_view message);
+  // Maps a failed AllocatePages status to a reason index, by its code and its FailureReason
+  // (common/failure_reason.h), never its message: tenant_max (kTenantMax: the tenant's hard
+  // maximum), pool_reserved (kPoolShort: the rest of the pool is guaranteed to others or used),
+  // pool_capacity (kBackendExhausted, or RESOURCE_EXHAUSTED without a reason: the page pool's
+  // arenas cannot hold it), invalid_argument, not_found, permission_denied, unauthenticated, other.
+  static int ClassifyAllocationFailure(const absl::Status& status);
+  // The status a handler sent, with its FailureReason when the RPC layer carried one in the
+  // error details as "<kFailureReasonPayloadUrl>=<FailureReasonName>" (the interceptor strips it
+  // before the status leaves the daemon).
+  static absl::Status SentStatus(const grpc::Status& status);
+  static std::string ReasonDetails(FailureReason reason);
 
   enum class Trigger { kRequest = 0, kDecode = 1 };
 

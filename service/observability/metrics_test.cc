@@ -107,21 +107,33 @@ TEST(MetricsHistogram, CumulativeBucketsSumAndCount) {
 }
 
 TEST(Metrics, ClassifiesAllocationFailures) {
-  auto reason = [](grpc::StatusCode code, const std::string& message) {
-    return std::string(Metrics::AllocationFailureReason(
-        Metrics::ClassifyAllocationFailure(static_cast<int>(code), message)));
+  auto reason = [](const absl::Status& status) {
+    return std::string(
+        Metrics::AllocationFailureReason(Metrics::ClassifyAllocationFailure(status)));
   };
-  EXPECT_EQ(reason(grpc::RESOURCE_EXHAUSTED,
-                   "tenant a quota exceeded: used 1 of max 2 bytes, request needs 3 more"),
+  // By the typed reason, never the text: a message that reads like another reason is ignored.
+  EXPECT_EQ(reason(WithReason(absl::ResourceExhaustedError("pool exhausted"),
+                              FailureReason::kTenantMax)),
             "tenant_max");
-  EXPECT_EQ(reason(grpc::RESOURCE_EXHAUSTED, "pool exhausted for tenant a: used 1 bytes"),
+  EXPECT_EQ(reason(WithReason(absl::ResourceExhaustedError("quota exceeded"),
+                              FailureReason::kPoolShort)),
             "pool_reserved");
-  EXPECT_EQ(reason(grpc::RESOURCE_EXHAUSTED, "page pool exhausted: 4 pages of 64 bytes"),
+  EXPECT_EQ(reason(WithReason(absl::ResourceExhaustedError("x"),
+                              FailureReason::kBackendExhausted)),
             "pool_capacity");
-  EXPECT_EQ(reason(grpc::INVALID_ARGUMENT, "tokens must be > 0"), "invalid_argument");
-  EXPECT_EQ(reason(grpc::NOT_FOUND, "no sequence"), "not_found");
-  EXPECT_EQ(reason(grpc::UNAUTHENTICATED, ""), "unauthenticated");
-  EXPECT_EQ(reason(grpc::INTERNAL, ""), "other");
+  EXPECT_EQ(reason(absl::ResourceExhaustedError("tenant a quota exceeded")), "pool_capacity");
+  EXPECT_EQ(reason(absl::InvalidArgumentError("tokens must be > 0")), "invalid_argument");
+  EXPECT_EQ(reason(absl::NotFoundError("no sequence")), "not_found");
+  EXPECT_EQ(reason(absl::UnauthenticatedError("")), "unauthenticated");
+  EXPECT_EQ(reason(absl::InternalError("")), "other");
+  // The RPC layer's carrier: the reason in the error details.
+  const grpc::Status sent(grpc::StatusCode::RESOURCE_EXHAUSTED, "m",
+                          Metrics::ReasonDetails(FailureReason::kTenantMax));
+  EXPECT_EQ(ReasonOf(Metrics::SentStatus(sent)), FailureReason::kTenantMax);
+  EXPECT_EQ(Metrics::SentStatus(sent).message(), "m");
+  EXPECT_EQ(ReasonOf(Metrics::SentStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                                      "m", "unrelated"))),
+            FailureReason::kNone);
 }
 
 TEST(Metrics, MethodSlotsAreBounded) {

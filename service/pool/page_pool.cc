@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/failure_reason.h"
 #include "common/status_macros.h"
 
 namespace kvkeep {
@@ -37,10 +38,12 @@ absl::Status PagePool::Allocate(const std::string& owner, const PageGeometry& ge
         arena_bytes_ -= a->arena->size();
         arenas_.erase(id);
       }
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "page pool exhausted: ", count, " pages of ", geometry.page_bytes, " bytes requested, ",
-          used_bytes_, " of ", options_.capacity_bytes, " pool bytes in use (",
-          grown_or.status().message(), ")"));
+      return WithReason(
+          absl::ResourceExhaustedError(absl::StrCat(
+              "page pool exhausted: ", count, " pages of ", geometry.page_bytes,
+              " bytes requested, ", used_bytes_, " of ", options_.capacity_bytes,
+              " pool bytes in use (", grown_or.status().message(), ")")),
+          FailureReason::kBackendExhausted);
     }
     grown.push_back(*grown_or);
     candidates.push_back(*grown_or);
@@ -203,6 +206,22 @@ PoolStats PagePool::Stats() const {
         std::max<uint64_t>(s.largest_free_run_pages, a->allocator.free_count());
   }
   return s;
+}
+
+absl::Status PagePool::CopyPages(absl::Span<const uint64_t> from, absl::Span<const uint64_t> to,
+                                uint64_t page_bytes) const {
+  if (from.size() != to.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("copying ", from.size(), " pages to ",
+                                                   to.size()));
+  }
+  for (size_t i = 0; i < from.size(); ++i) {
+    RETURN_IF_ERROR(backend_->Copy(*ArenaOf(from[i]),
+                                   uint64_t{PageRef::Unpack(from[i]).index} * page_bytes,
+                                   *ArenaOf(to[i]),
+                                   uint64_t{PageRef::Unpack(to[i]).index} * page_bytes,
+                                   page_bytes));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace kvkeep

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/types/span.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -72,7 +73,8 @@ class PagePool {
 
   // Allocates `count` pages of `geometry` for `owner`, all or nothing. Appends the page references
   // to *pages and the arenas created on the way to *new_arenas. RESOURCE_EXHAUSTED (with the
-  // pool's figures) when the capacity cannot hold them; nothing is allocated then.
+  // pool's figures, FailureReason::kBackendExhausted) when the capacity or the backend cannot hold
+  // them; nothing is allocated then.
   absl::Status Allocate(const std::string& owner, const PageGeometry& geometry, uint64_t count,
                         std::vector<uint64_t>* pages, std::vector<ArenaInfo>* new_arenas);
 
@@ -93,6 +95,11 @@ class PagePool {
 
   // Unchecked fast path for pages the caller holds: arena of a page it allocated.
   Arena* ArenaOf(uint64_t page) const;
+
+  // Copies whole pages of `page_bytes` through the backend: from[i] to to[i], in order, stopping
+  // at the first error (which it returns). The caller holds every page (sizes must match).
+  absl::Status CopyPages(absl::Span<const uint64_t> from, absl::Span<const uint64_t> to,
+                         uint64_t page_bytes) const;
 
   absl::StatusOr<ArenaInfo> GetArena(const std::string& owner, uint32_t arena_id) const;
   std::vector<ArenaInfo> ArenasOf(const std::string& owner) const;

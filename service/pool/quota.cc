@@ -3,15 +3,17 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/failure_reason.h"
 
 namespace kvkeep {
 
 absl::Status CheckAdmission(const TenantUsage& t, uint64_t request, uint64_t pool_capacity,
                             uint64_t pool_used, uint64_t reserved_for_others) {
   if (t.max_bytes != 0 && (request > t.max_bytes || t.used_bytes > t.max_bytes - request)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "tenant ", t.name, " quota exceeded: used ", t.used_bytes, " of max ", t.max_bytes,
-        " bytes, request needs ", request, " more"));
+    return WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                          "tenant ", t.name, " quota exceeded: used ", t.used_bytes, " of max ",
+                          t.max_bytes, " bytes, request needs ", request, " more")),
+                      FailureReason::kTenantMax);
   }
   // Within its guarantee a tenant is always admitted (the others' reservations exclude it).
   // Guarantees are validated to fit the pool together.
@@ -23,11 +25,12 @@ absl::Status CheckAdmission(const TenantUsage& t, uint64_t request, uint64_t poo
   const uint64_t taken = sat_add(sat_add(pool_used, reserved_for_others), own_reserved);
   const uint64_t free_unreserved = pool_capacity - std::min(pool_capacity, taken);
   if (request - std::min(request, own_reserved) > free_unreserved) {
-    return absl::ResourceExhaustedError(absl::StrCat(
+    return WithReason(absl::ResourceExhaustedError(absl::StrCat(
         "pool exhausted for tenant ", t.name, ": used ", t.used_bytes, " bytes (guaranteed ",
         t.quota_bytes, ", max ", t.max_bytes == 0 ? pool_capacity : t.max_bytes,
         "), request needs ", request, " more; pool has ", pool_used, " of ", pool_capacity,
-        " bytes in use and ", reserved_for_others, " reserved for other tenants' guarantees"));
+        " bytes in use and ", reserved_for_others, " reserved for other tenants' guarantees")),
+        FailureReason::kPoolShort);
   }
   return absl::OkStatus();
 }

@@ -20,9 +20,10 @@ struct TenantUsage {
   uint64_t used_bytes = 0;
 };
 
-// OK, or RESOURCE_EXHAUSTED whose message gives the tenant's used/limit bytes and the request:
-// "quota exceeded" when the tenant's own hard maximum is the limit, "pool exhausted" when the
-// pool (after other tenants' guarantees) is — only the latter can be relieved by spilling.
+// OK, or RESOURCE_EXHAUSTED whose message gives the tenant's used/limit bytes and the request,
+// with a FailureReason (common/failure_reason.h): kTenantMax when the tenant's own hard maximum
+// is the limit, kPoolShort when the pool (after other tenants' guarantees) is — only the latter
+// can be relieved by spilling.
 // `reserved_for_others` is Σ over other tenants of max(0, quota - used); `pool_used` counts all
 // tenants' pages.
 absl::Status CheckAdmission(const TenantUsage& tenant, uint64_t request_bytes,

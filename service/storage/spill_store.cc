@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/failure_reason.h"
 #include "common/status_macros.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/convenience.h"
@@ -577,8 +578,10 @@ absl::Status SpillStore::Put(const SpillRecord& r) {
     HandleWriteFailure(std::move(rollback), {mkey});
   }
   EndOp(mkey);
-  return FromRocksDb(s, absl::StrCat("spilling sequence ", mkey, " (", page_count, " pages, ",
-                                     total_bytes, " bytes)"));
+  absl::Status out = FromRocksDb(s, absl::StrCat("spilling sequence ", mkey, " (", page_count,
+                                                 " pages, ", total_bytes, " bytes)"));
+  // A full disk is told apart from other disk trouble by its reason, not its text.
+  return s.IsNoSpace() ? WithReason(std::move(out), FailureReason::kDiskFull) : out;
 }
 
 absl::StatusOr<SpillRecord> SpillStore::Get(absl::string_view tenant,

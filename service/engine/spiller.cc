@@ -1,0 +1,226 @@
+#include "service/engine/spiller.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/failure_reason.h"
+#include "common/status_macros.h"
+#include "service/observability/log.h"
+
+namespace kvkeep {
+
+Spiller::Spiller(SpillStore* store, Backend* backend, PagePool* pool, Ledger* ledger,
+                 SessionRegistry* sessions, Host* host)
+    : store_(store), backend_(backend), pool_(pool), ledger_(ledger), sessions_(sessions),
+      host_(host) {}
+
+uint64_t Spiller::SpillBytes(const Sequence& seq) {
+  const PageGeometry& g = seq.model->geometry();
+  uint64_t bytes = 0;
+  for (uint32_t h = 0; h < seq.table.heads(); ++h) {
+    bytes += (uint64_t{seq.table.head(h).count} + g.tokens_per_page - 1) / g.tokens_per_page *
+             g.page_bytes;
+  }
+  return bytes;
+}
+
+absl::Status Spiller::CheckSpillable(Sequence* seq, const std::string& caller_session,
+                                     bool ignore_leases, uint64_t bytes) {
+  if (!ignore_leases) {
+    const std::string holder = sessions_->OtherLeaseHolder(seq->tenant, seq->id, caller_session);
+    if (!holder.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sequence ", seq->id, " is leased by session ", holder,
+          "; a leased sequence is never spilled under its reader"));
+    }
+  }
+  absl::Status quota = ledger_->CheckSpillQuota(seq->tenant, bytes, store_->BytesOf(seq->tenant));
+  if (!quota.ok()) {
+    log::Warn("spill.refused", {{"tenant", seq->tenant}, {"sequence", seq->id},
+                                {"reason", FailureReasonName(ReasonOf(quota))}, {"bytes", bytes}});
+    return quota;
+  }
+  if (seq->stale_spill_copy) {
+    absl::Status deleted = store_->Delete(seq->tenant, seq->id);
+    if (!deleted.ok() && !absl::IsNotFound(deleted)) {
+      ++errors_;
+      log::Warn("spill.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
+                                 {"step", "delete_stale_copy"}, {"status", deleted}});
+      return deleted;
+    }
+    seq->stale_spill_copy = false;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SpillRecord> Spiller::ReadRecord(const Sequence& seq) {
+  const PageGeometry& g = seq.model->geometry();
+  SpillRecord record;
+  record.tenant = seq.tenant;
+  record.sequence_id = seq.id;
+  record.model = seq.model->name();
+  record.next_position = seq.table.next_position();
+  record.heads.resize(seq.table.heads());
+  for (uint32_t h = 0; h < seq.table.heads(); ++h) {
+    const auto& head = seq.table.head(h);
+    SpilledHead& out = record.heads[h];
+    out.count = head.count;
+    out.positions = head.positions;
+    const uint64_t used_pages = (uint64_t{head.count} + g.tokens_per_page - 1) / g.tokens_per_page;
+    for (uint64_t p = 0; p < used_pages; ++p) {
+      absl::StatusOr<PagePool::Location> loc = host_->LocatePage(seq.tenant, head.pages[p]);
+      std::string& page = out.pages.emplace_back(g.page_bytes, '\0');
+      absl::Status read =
+          loc.ok() ? backend_->Read(*loc->arena, loc->offset, page.data(), page.size())
+                   : loc.status();
+      if (!read.ok()) {
+        log::Error("spill.failed", {{"tenant", seq.tenant}, {"sequence", seq.id},
+                                    {"step", "read_device"}, {"status", read}});
+        return read;
+      }
+    }
+  }
+  return record;
+}
+
+absl::StatusOr<Spiller::Spilled> Spiller::Spill(Sequence* seq, const std::string& caller_session,
+                                                bool ignore_leases) {
+  RETURN_IF_ERROR(OnDevice(*seq));
+  if (store_ == nullptr) {
+    return absl::FailedPreconditionError("this daemon runs without a spill tier");
+  }
+  // Only pages that hold committed tokens are written; reserved room is given back.
+  const uint64_t bytes = SpillBytes(*seq);
+  RETURN_IF_ERROR(CheckSpillable(seq, caller_session, ignore_leases, bytes));
+  ASSIGN_OR_RETURN(SpillRecord record, ReadRecord(*seq));
+  absl::Status put = store_->Put(record);  // durable when OK
+  if (!put.ok()) {
+    ++errors_;
+    log::Warn("spill.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
+                               {"step", "write"}, {"status", put}});
+    return put;
+  }
+  // Acknowledged: only now do the device pages go. Private pages are freed; shared prefix pages
+  // only lose this sequence's reference.
+  const PageGeometry& g = seq->model->geometry();
+  const uint64_t pages = host_->ReleaseTable(seq);
+  seq->spilled = true;
+  seq->spilled_bytes = bytes;
+  ledger_->MoveToSpill(seq->tenant, pages, g.page_bytes, bytes);
+  ++spills_;
+  log::Info("spill.done", {{"tenant", seq->tenant}, {"sequence", seq->id}, {"bytes", bytes},
+                           {"pages_freed", pages}});
+  return Spilled{bytes, pages};
+}
+
+absl::StatusOr<uint64_t> Spiller::CheckRecord(const Sequence& seq, const SpillRecord& record) {
+  const PageGeometry& g = seq.model->geometry();
+  if (record.heads.size() != seq.table.heads()) {
+    log::Error("restore.failed", {{"tenant", seq.tenant}, {"sequence", seq.id},
+                                  {"step", "check"}, {"error", "head count differs"}});
+    return absl::DataLossError(absl::StrCat("spilled sequence ", seq.id, " has ",
+                                            record.heads.size(), " heads, its model ",
+                                            seq.table.heads()));
+  }
+  uint64_t count = 0;
+  for (const SpilledHead& head : record.heads) {
+    for (const std::string& page : head.pages) {
+      if (page.size() != g.page_bytes) {
+        log::Error("restore.failed", {{"tenant", seq.tenant}, {"sequence", seq.id},
+                                      {"step", "check"}, {"error", "page size differs"}});
+        return absl::DataLossError(absl::StrCat("spilled sequence ", seq.id,
+                                                " holds a page of ", page.size(),
+                                                " bytes; its model's pages have ", g.page_bytes));
+      }
+    }
+    count += head.pages.size();
+  }
+  return count;
+}
+
+absl::Status Spiller::WriteBack(Sequence* seq, SpillRecord& record,
+                                const std::vector<uint64_t>& pages) {
+  const PageGeometry& g = seq->model->geometry();
+  size_t next = 0;
+  absl::Status status;
+  for (uint32_t h = 0; h < record.heads.size() && status.ok(); ++h) {
+    SpilledHead& head = record.heads[h];
+    std::vector<uint64_t> mine(pages.begin() + next, pages.begin() + next + head.pages.size());
+    next += head.pages.size();
+    for (size_t p = 0; p < mine.size() && status.ok(); ++p) {
+      Arena* arena = pool_->ArenaOf(mine[p]);
+      status = backend_->Write(*arena, uint64_t{PageRef::Unpack(mine[p]).index} * g.page_bytes,
+                               head.pages[p].data(), head.pages[p].size());
+    }
+    if (status.ok()) {
+      status = seq->table.RestoreHead(h, std::move(mine), head.count, std::move(head.positions));
+    }
+  }
+  return status;
+}
+
+absl::Status Spiller::Restore(Sequence* seq) {
+  if (seq->dropped) return absl::NotFoundError(absl::StrCat("no sequence \"", seq->id, "\""));
+  if (!seq->spilled) {
+    return absl::FailedPreconditionError(absl::StrCat("sequence ", seq->id, " is not spilled"));
+  }
+  absl::StatusOr<SpillRecord> record = store_->Get(seq->tenant, seq->id);
+  if (!record.ok()) {
+    ++errors_;
+    log::Error("restore.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
+                                  {"step", "read"}, {"status", record.status()}});
+    return record.status();  // DATA_LOSS on a checksum mismatch: never wrong bytes
+  }
+  ASSIGN_OR_RETURN(const uint64_t count, CheckRecord(*seq, *record));
+  const PageGeometry& g = seq->model->geometry();
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> new_arenas;
+  absl::Status charged = host_->AllocateCharged(seq->tenant, g, count, &pages, &new_arenas);
+  if (!charged.ok()) {
+    log::Warn("restore.refused", {{"tenant", seq->tenant}, {"sequence", seq->id},
+                                  {"reason", FailureReasonName(ReasonOf(charged))}});
+    return charged;
+  }
+  absl::Status status = WriteBack(seq, *record, pages);
+  if (!status.ok()) {
+    // Undo: the sequence stays spilled, its pages go back.
+    seq->table.Release();
+    pool_->Free(pages);
+    ledger_->ReleasePages(seq->tenant, count, g.page_bytes);
+    log::Error("restore.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
+                                  {"step", "write_device"}, {"status", status}});
+    return status;
+  }
+  seq->table.set_next_position(record->next_position);
+  // The device copy is complete. A failed delete leaves a stale copy on disk: it is remembered,
+  // and a later Spill or Drop deletes it first (after a restart it would be listed as
+  // restorable).
+  absl::Status deleted = store_->Delete(seq->tenant, seq->id);
+  if (!deleted.ok()) {
+    ++errors_;
+    seq->stale_spill_copy = true;
+    log::Warn("restore.stale_copy", {{"tenant", seq->tenant}, {"sequence", seq->id},
+                                     {"status", deleted}});
+  }
+  ledger_->RemoveSpilled(seq->tenant, seq->spilled_bytes);
+  sessions_->Touch(seq->tenant, seq->id, absl::Now());
+  seq->spilled = false;
+  seq->spilled_bytes = 0;
+  ++restores_;
+  log::Info("restore.done", {{"tenant", seq->tenant}, {"sequence", seq->id}, {"pages", count}});
+  return absl::OkStatus();
+}
+
+absl::Status Spiller::DeleteCopyForDrop(Sequence* seq) {
+  if (!seq->spilled && !seq->stale_spill_copy) return absl::OkStatus();
+  absl::Status deleted = store_->Delete(seq->tenant, seq->id);
+  if (!deleted.ok() && !absl::IsNotFound(deleted)) {
+    ++errors_;
+    log::Warn("drop.spill_delete_failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
+                                           {"status", deleted}});
+    return deleted;  // still listed and restorable; the caller may retry
+  }
+  if (seq->spilled) ledger_->RemoveSpilled(seq->tenant, seq->spilled_bytes);
+  return absl::OkStatus();
+}
+
+}  // namespace kvkeep
