@@ -49,11 +49,26 @@ inline constexpr char kFailureReasonPayloadUrl[] = "kvkeep.dev/failure-reason";
 
 // `status` with `reason` attached (an OK status stays OK).
 inline absl::Status WithReason(absl::Status status, FailureReason reason) {
-  if (!status.ok()) {
+  if (!status.ok() && reason != FailureReason::kNone) {
     status.SetPayload(kFailureReasonPayloadUrl,
                       absl::Cord(std::string(1, static_cast<char>(reason))));
   }
   return status;
+}
+
+// The reason as it rides in a grpc::Status's error details from the RPC layer
+// (common/grpc_status.h) to the metrics interceptor, which reads it and strips it before the status
+// leaves the daemon (service/observability/metrics.cc). Empty for kNone.
+inline std::string ReasonDetails(FailureReason reason) {
+  if (reason == FailureReason::kNone) return std::string();
+  return std::string(kFailureReasonPayloadUrl) + "=" + std::string(FailureReasonName(reason));
+}
+inline FailureReason ReasonFromDetails(absl::string_view details) {
+  for (int r = 1; r < kFailureReasonCount; ++r) {
+    const FailureReason reason = static_cast<FailureReason>(r);
+    if (details == ReasonDetails(reason)) return reason;
+  }
+  return FailureReason::kNone;
 }
 
 // The reason attached to `status`; kNone when none is.

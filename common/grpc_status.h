@@ -5,13 +5,17 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "common/failure_reason.h"
 #include "grpcpp/support/status.h"
 
 namespace kvkeep {
 
 inline grpc::Status ToGrpcStatus(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  // A FailureReason rides in the error details as far as the metrics interceptor, which strips
+  // it before the status leaves the daemon (service/observability/metrics.cc).
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()),
+                      ReasonDetails(ReasonOf(s)));
 }
 
 inline absl::Status FromGrpcStatus(const grpc::Status& s) {

@@ -337,19 +337,10 @@ absl::string_view Metrics::AllocationFailureReason(int reason) {
   return reason >= 0 && reason < kAllocReasons ? kAllocReasonNames[reason] : "other";
 }
 
-std::string Metrics::ReasonDetails(FailureReason reason) {
-  return absl::StrCat(kFailureReasonPayloadUrl, "=", FailureReasonName(reason));
-}
-
 absl::Status Metrics::SentStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   absl::Status out(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
-  const std::string& details = status.error_details();
-  for (int r = 1; r < kFailureReasonCount; ++r) {
-    const FailureReason reason = static_cast<FailureReason>(r);
-    if (details == ReasonDetails(reason)) return WithReason(out, reason);
-  }
-  return out;
+  return WithReason(out, ReasonFromDetails(status.error_details()));
 }
 
 int Metrics::ClassifyAllocationFailure(const absl::Status& status) {

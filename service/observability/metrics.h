@@ -126,7 +126,6 @@ class Metrics {
   // error details as "<kFailureReasonPayloadUrl>=<FailureReasonName>" (the interceptor strips it
   // before the status leaves the daemon).
   static absl::Status SentStatus(const grpc::Status& status);
-  static std::string ReasonDetails(FailureReason reason);
 
   enum class Trigger { kRequest = 0, kDecode = 1 };
 

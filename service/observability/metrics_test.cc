@@ -128,7 +128,7 @@ TEST(Metrics, ClassifiesAllocationFailures) {
   EXPECT_EQ(reason(absl::InternalError("")), "other");
   // The RPC layer's carrier: the reason in the error details.
   const grpc::Status sent(grpc::StatusCode::RESOURCE_EXHAUSTED, "m",
-                          Metrics::ReasonDetails(FailureReason::kTenantMax));
+                          ReasonDetails(FailureReason::kTenantMax));
   EXPECT_EQ(ReasonOf(Metrics::SentStatus(sent)), FailureReason::kTenantMax);
   EXPECT_EQ(Metrics::SentStatus(sent).message(), "m");
   EXPECT_EQ(ReasonOf(Metrics::SentStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
