@@ -1,0 +1,268 @@
+#include "service/fleet/redis_fleet_tier.h"
+
+#include <algorithm>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "service/fleet/page_value.h"
+#include "service/observability/log.h"
+
+namespace kvkeep::fleet {
+
+absl::StatusOr<std::unique_ptr<RedisFleetTier>> RedisFleetTier::Create(RedisFleetOptions options) {
+  if (options.cluster.seeds.empty()) {
+    return absl::InvalidArgumentError("the fleet tier needs at least one Redis seed node");
+  }
+  if (options.max_queue_bytes == 0 || options.write_batch_pages == 0 ||
+      options.lookup_window == 0 || options.cluster.max_rounds <= 0) {
+    return absl::InvalidArgumentError("fleet tier bounds must be positive");
+  }
+  return std::unique_ptr<RedisFleetTier>(new RedisFleetTier(std::move(options)));
+}
+
+RedisFleetTier::RedisFleetTier(RedisFleetOptions options)
+    : options_(std::move(options)),
+      readers_(options_.cluster, options_.max_idle_clients),
+      writer_client_(options_.cluster),
+      writer_([this] { WriterLoop(); }) {}
+
+RedisFleetTier::~RedisFleetTier() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  writer_.join();
+  uint64_t discarded = 0;
+  absl::MutexLock lock(&mu_);
+  for (const QueuedPrefix& prefix : queue_) discarded += prefix.pages.size();
+  if (discarded > 0) {
+    log::Warn("fleet.queue_discarded", {{"pages", static_cast<unsigned long long>(discarded)}});
+  }
+}
+
+absl::Status RedisFleetTier::PutAsync(const FleetScope& scope, std::vector<FleetPage> pages) {
+  if (pages.empty()) return absl::OkStatus();
+  QueuedPrefix prefix{scope, std::move(pages), 0};
+  for (const FleetPage& page : prefix.pages) prefix.bytes += page.payload.size();
+  const size_t count = prefix.pages.size();
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_ && queued_bytes_ + prefix.bytes <= options_.max_queue_bytes) {
+      queued_bytes_ += prefix.bytes;
+      queue_.push_back(std::move(prefix));
+      return absl::OkStatus();
+    }
+  }
+  FleetCounters dropped;
+  dropped.dropped = count;
+  Count(scope.group, dropped);
+  return absl::ResourceExhaustedError("fleet write-behind queue is full");
+}
+
+absl::Status RedisFleetTier::Flush(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  if (!mu_.AwaitWithDeadline(absl::Condition(this, &RedisFleetTier::QueueIdle), deadline)) {
+    return absl::DeadlineExceededError("fleet write-behind queue did not drain in time");
+  }
+  return absl::OkStatus();
+}
+
+void RedisFleetTier::WriterLoop() {
+  while (true) {
+    QueuedPrefix prefix;
+    {
+      absl::MutexLock lock(&mu_, absl::Condition(this, &RedisFleetTier::HasWorkOrStopping));
+      if (stopping_) return;
+      prefix = std::move(queue_.front());
+      queue_.pop_front();
+      ++writing_;
+    }
+    WritePrefix(prefix);
+    absl::MutexLock lock(&mu_);
+    queued_bytes_ -= prefix.bytes;
+    --writing_;
+  }
+}
+
+void RedisFleetTier::WritePrefix(const QueuedPrefix& prefix) {
+  FleetCounters delta;
+  const size_t n = prefix.pages.size();
+  for (size_t begin = 0; begin < n; begin += options_.write_batch_pages) {
+    const size_t end = std::min(n, begin + options_.write_batch_pages);
+    const size_t written = WriteRound(prefix, begin, end);
+    delta.pages_written += written;
+    delta.write_errors += (end - begin) - written;
+    for (size_t i = begin; i < end; ++i) {
+      // Counted as value bytes only for acknowledged pages; an estimate when a round is partial.
+      if (i - begin < written) delta.bytes_written += prefix.pages[i].payload.size() + kPageValueOverheadBytes;
+    }
+  }
+  Count(prefix.scope.group, delta);
+}
+
+size_t RedisFleetTier::WriteRound(const QueuedPrefix& prefix, size_t begin, size_t end) {
+  const FleetScope& scope = prefix.scope;
+  std::vector<std::string> values;
+  values.reserve(end - begin);
+  for (size_t i = begin; i < end; ++i) {
+    const FleetPage& page = prefix.pages[i];
+    absl::StatusOr<std::string> value = SealPageValue(scope.shape, scope.layout_hash, page.key_name,
+                                                      page.payload, scope.keys->value_key);
+    if (!value.ok()) {
+      log::Error("fleet.seal_failed", {{"group", scope.group}, {"status", value.status()}});
+      return 0;
+    }
+    values.push_back(*std::move(value));
+  }
+  const std::string ttl_ms = absl::StrCat(absl::ToInt64Milliseconds(options_.value_ttl));
+  std::vector<KeyedCommand> commands;
+  for (size_t i = begin; i < end; ++i) {
+    const std::string& key = prefix.pages[i].key_name;
+    KeyedCommand command{key, {"SET", key, values[i - begin]}};
+    if (options_.value_ttl > absl::ZeroDuration()) {
+      command.args.push_back("PX");
+      command.args.push_back(ttl_ms);
+    }
+    commands.push_back(std::move(command));
+  }
+  auto replies = writer_client_.Execute(commands, absl::Now() + options_.write_timeout);
+  size_t acknowledged = 0;
+  absl::Status failure;
+  for (auto& reply : replies) {
+    if (reply.ok() && (*reply)->type != REDIS_REPLY_ERROR) {
+      ++acknowledged;
+    } else if (failure.ok()) {
+      failure = reply.ok() ? ErrorReplyStatus(ReplyText(**reply)) : reply.status();
+    }
+  }
+  NoteWriteHealth(failure.ok(), failure);
+  return acknowledged;
+}
+
+void RedisFleetTier::NoteWriteHealth(bool ok, const absl::Status& failure) {
+  if (ok == !writer_failing_) return;
+  writer_failing_ = !ok;
+  if (ok) {
+    log::Info("fleet.write_recovered", {});
+  } else {
+    log::Warn("fleet.write_failed", {{"status", failure}});
+  }
+}
+
+template <typename Accept>
+RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key_names,
+                                               absl::string_view command, absl::Time deadline,
+                                               Accept accept) {
+  ClusterClientPool::Lease client = readers_.Borrow();
+  std::vector<KeyedCommand> commands;
+  for (size_t start = 0; start < key_names.size(); start += options_.lookup_window) {
+    const size_t end = std::min(key_names.size(), start + options_.lookup_window);
+    commands.clear();
+    for (size_t i = start; i < end; ++i) commands.push_back({key_names[i], {command, key_names[i]}});
+    auto replies = client->Execute(commands, deadline);
+    for (size_t i = start; i < end; ++i) {
+      absl::StatusOr<RedisReply>& reply = replies[i - start];
+      if (!reply.ok() || (*reply)->type == REDIS_REPLY_ERROR) return RunEnd::kError;
+      const RunEnd end_here = accept(i, **reply);
+      if (end_here != RunEnd::kComplete) return end_here;
+    }
+  }
+  return RunEnd::kComplete;
+}
+
+size_t RedisFleetTier::Lookup(const FleetScope& scope, absl::Span<const std::string> key_names,
+                              absl::Time deadline) {
+  size_t present = 0;
+  const RunEnd end = ReadRun(key_names, "EXISTS", deadline, [&](size_t, const redisReply& reply) {
+    if (reply.type != REDIS_REPLY_INTEGER || reply.integer != 1) return RunEnd::kMiss;
+    ++present;
+    return RunEnd::kComplete;
+  });
+  FleetCounters delta;
+  delta.lookups = 1;
+  delta.hit_pages = present;
+  delta.misses = end == RunEnd::kMiss ? 1 : 0;
+  delta.read_errors = end == RunEnd::kError ? 1 : 0;
+  Count(scope.group, delta);
+  return present;
+}
+
+std::vector<std::string> RedisFleetTier::Get(const FleetScope& scope,
+                                             absl::Span<const std::string> key_names,
+                                             absl::Time deadline) {
+  std::vector<std::string> payloads;
+  FleetCounters delta;
+  delta.lookups = 1;
+  const RunEnd end = ReadRun(key_names, "GET", deadline, [&](size_t i, const redisReply& reply) {
+    if (reply.type != REDIS_REPLY_STRING) return RunEnd::kMiss;
+    std::string payload;
+    const PageValueVerdict verdict =
+        OpenPageValue(ReplyText(reply), scope.shape, scope.layout_hash, key_names[i],
+                      scope.keys->value_key, &payload);
+    if (verdict != PageValueVerdict::kOk) {
+      log::Warn("fleet.value_refused",
+                {{"group", scope.group},
+                 {"page", static_cast<unsigned long long>(i)},
+                 {"verdict", PageValueVerdictName(verdict)}});
+      return RunEnd::kCorrupt;
+    }
+    delta.bytes_read += payload.size();
+    payloads.push_back(std::move(payload));
+    return RunEnd::kComplete;
+  });
+  delta.hit_pages = payloads.size();
+  delta.misses = end == RunEnd::kMiss || end == RunEnd::kCorrupt ? 1 : 0;
+  delta.corrupt = end == RunEnd::kCorrupt ? 1 : 0;
+  delta.read_errors = end == RunEnd::kError ? 1 : 0;
+  Count(scope.group, delta);
+  return payloads;
+}
+
+void RedisFleetTier::Count(const std::string& group, const FleetCounters& delta) {
+  absl::MutexLock lock(&counters_mu_);
+  counters_[group].Add(delta);
+}
+
+FleetCounters RedisFleetTier::Counters() const {
+  FleetCounters total;
+  absl::MutexLock lock(&counters_mu_);
+  for (const auto& [group, counters] : counters_) total.Add(counters);
+  return total;
+}
+
+std::map<std::string, FleetCounters> RedisFleetTier::CountersByGroup() const {
+  absl::MutexLock lock(&counters_mu_);
+  return counters_;
+}
+
+FleetClusterStatus RedisFleetTier::ClusterStatus(absl::Time deadline) {
+  FleetClusterStatus status;
+  {
+    absl::MutexLock lock(&mu_);
+    status.queued_bytes = queued_bytes_;
+  }
+  ClusterClientPool::Lease client = readers_.Borrow();
+  const absl::Status refreshed = client->Refresh(deadline);
+  if (!refreshed.ok()) {
+    status.error = std::string(refreshed.message());
+    return status;
+  }
+  status.reachable = true;
+  const SlotMap& map = client->slot_map();
+  status.covered_slots = map.covered_slots();
+  std::map<NodeAddress, FleetNodeStatus> nodes;
+  for (const SlotRange& range : map.ranges()) {
+    FleetNodeStatus& master = nodes[range.master];
+    master.address = range.master.ToString();
+    master.role = "master";
+    master.slots += range.last - range.first + 1;
+    for (const NodeAddress& replica : range.replicas) {
+      nodes[replica] = FleetNodeStatus{replica.ToString(), "replica", 0};
+    }
+  }
+  for (auto& [address, node] : nodes) status.nodes.push_back(std::move(node));
+  return status;
+}
+
+}  // namespace kvkeep::fleet
