@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -15,7 +16,6 @@
 #include <random>
 #include <sstream>
 #include <string>
-#include <cstring>
 #include <vector>
 
 #include "absl/status/statusor.h"
