@@ -105,8 +105,11 @@ absl::Status RedisClusterClient::Refresh(absl::Time deadline) {
 
 std::vector<absl::StatusOr<RedisReply>> RedisClusterClient::Execute(
     absl::Span<const KeyedCommand> commands, absl::Time deadline) {
-  std::vector<absl::StatusOr<RedisReply>> results(
-      commands.size(), absl::UnavailableError("redis: command not sent"));
+  std::vector<absl::StatusOr<RedisReply>> results;  // replies are move-only: no fill constructor
+  results.reserve(commands.size());
+  for (size_t i = 0; i < commands.size(); ++i) {
+    results.emplace_back(absl::UnavailableError("redis: command not sent"));
+  }
   std::vector<Pending> pending;
   pending.reserve(commands.size());
   for (size_t i = 0; i < commands.size(); ++i) pending.push_back({i, std::nullopt});

@@ -13,7 +13,7 @@ namespace {
 
 using ::kvkeep::testing::StatusIs;
 
-constexpr char kPinnedLlamaHash[] = "TO-BE-PINNED";
+constexpr char kPinnedLlamaHash[] = "b57448bed37cf7ffba236b5a13af53a9d9486f7ed3e0233da5d4f7259eaeb256";
 
 TEST(HkdfSha256, MatchesRfc5869TestCase1) {
   const std::string ikm = absl::HexStringToBytes("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b");

@@ -10,7 +10,7 @@
 namespace kvkeep::fleet {
 namespace {
 
-timeval ToTimeval(absl::Duration d) {
+timeval SocketTimeout(absl::Duration d) {
   // 0 would mean "no timeout" to the socket: the shortest bound is 1 ms.
   d = std::max(d, absl::Milliseconds(1));
   return absl::ToTimeval(d);
@@ -39,7 +39,7 @@ absl::StatusOr<std::unique_ptr<NodeConnection>> NodeConnection::Connect(
   }
   errno = 0;
   redisContext* context =
-      redisConnectWithTimeout(address.host.c_str(), address.port, ToTimeval(left));
+      redisConnectWithTimeout(address.host.c_str(), address.port, SocketTimeout(left));
   const int saved_errno = errno;
   if (context == nullptr) {
     return absl::UnavailableError(absl::StrCat("redis ", address.ToString(), ": out of memory"));
@@ -74,7 +74,7 @@ absl::Status NodeConnection::ArmTimeout(absl::Time deadline) {
     if (owed_ > 0) broken_ = true;  // replies in flight can no longer be matched
     return absl::DeadlineExceededError(absl::StrCat("redis ", address_.ToString(), ": deadline"));
   }
-  if (redisSetTimeout(context_, ToTimeval(left)) != REDIS_OK) {
+  if (redisSetTimeout(context_, SocketTimeout(left)) != REDIS_OK) {
     return Fail("setting the socket timeout", errno);
   }
   return absl::OkStatus();

@@ -33,9 +33,18 @@ RedisFleetTier::~RedisFleetTier() {
     stopping_ = true;
   }
   writer_.join();
+  std::deque<QueuedPrefix> left;
+  {
+    absl::MutexLock lock(&mu_);
+    left.swap(queue_);
+  }
   uint64_t discarded = 0;
-  absl::MutexLock lock(&mu_);
-  for (const QueuedPrefix& prefix : queue_) discarded += prefix.pages.size();
+  for (const QueuedPrefix& prefix : left) {
+    FleetCounters dropped;
+    dropped.dropped = prefix.pages.size();
+    Count(prefix.scope.group, dropped);
+    discarded += prefix.pages.size();
+  }
   if (discarded > 0) {
     log::Warn("fleet.queue_discarded", {{"pages", static_cast<unsigned long long>(discarded)}});
   }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
@@ -115,6 +116,8 @@ TEST(FleetFailoverTest, KillingAMasterDuringLookupsNeverServesAWrongByte) {
   // Each lookup ends within its deadline (plus scheduling slack on a loaded machine).
   EXPECT_LT(slowest_ms.load(), absl::ToInt64Milliseconds(kLookupDeadline) + 1000);
   ::testing::Test::RecordProperty("short_runs_during_failover", short_runs.load());
+  std::printf("failover: %d lookups, %d shorter during failover, slowest %lld ms, 0 wrong\n",
+              calls.load(), short_runs.load(), static_cast<long long>(slowest_ms.load()));
 
   // After failover: the victim's slots have a new master, and a new prefix publishes and reads.
   ASSERT_OK(admin.Refresh(absl::Now() + absl::Seconds(2)));
