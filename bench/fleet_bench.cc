@@ -51,8 +51,7 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
 
 struct Options {
   int pages = 64, reps = 5, base_port = 36000;
-  std::string layout = "llama3-8b", seeds, user, password_file,
-              script = "deploy/redis-cluster";
+  std::string layout = "llama3-8b", seeds, user, password_file, script = "deploy/redis-cluster";
   bool json = false;
 };
 
@@ -81,7 +80,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
     } else if (a == "--pages" && value(&v) && absl::SimpleAtoi(v, &o->pages) && o->pages > 0) {
     } else if (a == "--reps" && value(&v) && absl::SimpleAtoi(v, &o->reps) && o->reps > 0) {
     } else if (a == "--base_port" && value(&v) && absl::SimpleAtoi(v, &o->base_port)) {
-    } else if (a == "--layout" && value(&o->layout) && (o->layout == "llama3-8b" || o->layout == "tiny")) {
+    } else if (a == "--layout" && value(&o->layout) &&
+               (o->layout == "llama3-8b" || o->layout == "tiny")) {
     } else if (a == "--seeds" && value(&o->seeds)) {
     } else if (a == "--user" && value(&o->user)) {
     } else if (a == "--password_file" && value(&o->password_file)) {
@@ -123,8 +123,8 @@ class LocalCluster {
     if (mkdtemp(pattern) == nullptr) return absl::InternalError("mkdtemp failed");
     auto cluster = std::unique_ptr<LocalCluster>(new LocalCluster(o.script, pattern));
     std::string output;
-    const std::string command = absl::StrCat(o.script, " start ", pattern, " --base-port ",
-                                             o.base_port, " 2>&1");
+    const std::string command =
+        absl::StrCat(o.script, " start ", pattern, " --base-port ", o.base_port, " 2>&1");
     FILE* pipe = popen(command.c_str(), "r");
     if (pipe == nullptr) return absl::InternalError("popen failed");
     char buffer[4096];
@@ -141,14 +141,16 @@ class LocalCluster {
   }
   ~LocalCluster() {
     const std::string command = absl::StrCat(script_, " stop ", dir_, " >/dev/null 2>&1");
-    if (std::system(command.c_str()) != 0) std::fprintf(stderr, "fleet: stopping the cluster failed\n");
+    if (std::system(command.c_str()) != 0)
+      std::fprintf(stderr, "fleet: stopping the cluster failed\n");
     std::error_code ignored;
     std::filesystem::remove_all(dir_, ignored);
   }
   std::string seeds, password;
 
  private:
-  LocalCluster(std::string script, std::string dir) : script_(std::move(script)), dir_(std::move(dir)) {}
+  LocalCluster(std::string script, std::string dir)
+      : script_(std::move(script)), dir_(std::move(dir)) {}
   std::string script_, dir_;
 };
 
@@ -169,7 +171,8 @@ class RawCluster {
     for (size_t start = 0; start < keys.size(); start += window) {
       const size_t end = std::min(keys.size(), start + window);
       std::map<NodeAddress, std::vector<size_t>> by_node;
-      for (size_t i = start; i < end; ++i) by_node[*map_.MasterOf(fleet::KeySlot(keys[i]))].push_back(i);
+      for (size_t i = start; i < end; ++i)
+        by_node[*map_.MasterOf(fleet::KeySlot(keys[i]))].push_back(i);
       for (auto& [node, items] : by_node) {
         redisContext* ctx = Context(node);
         if (ctx == nullptr) return false;
@@ -203,8 +206,8 @@ class RawCluster {
     redisContext* ctx = redisConnect(node.host.c_str(), node.port);
     if (ctx == nullptr || ctx->err) return nullptr;
     if (!connection_.password.empty()) {
-      auto* r = static_cast<redisReply*>(redisCommand(ctx, "AUTH %s %s", connection_.user.c_str(),
-                                                      connection_.password.c_str()));
+      auto* r = static_cast<redisReply*>(
+          redisCommand(ctx, "AUTH %s %s", connection_.user.c_str(), connection_.password.c_str()));
       const bool ok = r != nullptr && r->type != REDIS_REPLY_ERROR;
       if (r != nullptr) freeReplyObject(r);
       if (!ok) return nullptr;
@@ -229,21 +232,48 @@ std::vector<uint32_t> Tokens(size_t n, uint32_t seed) {
   return tokens;
 }
 
-// One repetition: fleet put, raw SET, fleet get, raw GET. False when a step fails.
+// A field of INFO replication: "master_repl_offset:N", or a replica's "slave0:...,offset=N,...".
+int64_t ReplicationOffset(absl::string_view info, absl::string_view field) {
+  for (absl::string_view line : absl::StrSplit(info, "\r\n")) {
+    if (!absl::ConsumePrefix(&line, field)) continue;
+    const size_t at = line.find(field == "slave0" ? "offset=" : ":");
+    if (at == absl::string_view::npos) return -1;
+    absl::string_view number = line.substr(at + (field == "slave0" ? 7 : 1));
+    number = number.substr(0, number.find(','));
+    int64_t value = -1;
+    return absl::SimpleAtoi(number, &value) ? value : -1;
+  }
+  return -1;
+}
+
+// Waits (up to 30 s) until every master's replica has caught up, so no phase is measured while
+// the masters still stream the previous phase's writes to their replicas.
+void Settle(fleet::RedisClusterClient& probe) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < give_up) {
+    bool settled = true;
+    for (const NodeAddress& master : probe.slot_map().Masters()) {
+      auto info = probe.ExecuteOn(master, {"INFO", "replication"}, absl::Now() + absl::Seconds(2));
+      if (!info.ok()) return;
+      const absl::string_view text = fleet::ReplyText(**info);
+      const int64_t offset = ReplicationOffset(text, "master_repl_offset");
+      if (offset >= 0 && ReplicationOffset(text, "slave0") != offset) settled = false;
+    }
+    if (settled) return;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+// One repetition: fleet put, raw SET, fleet get, raw GET (fleet and raw swap places on odd reps),
+// each after the replicas settled. False when a step fails.
 bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& raw,
-            const fleet::FleetScope& scope, const std::vector<std::string>& payloads,
-            Samples* samples) {
+            fleet::RedisClusterClient& probe, const fleet::FleetScope& scope,
+            const std::vector<std::string>& payloads, Samples* samples) {
   const std::vector<std::string> names =
       scope.KeyNames(Tokens(size_t(o.pages) * scope.shape.tokens_per_page, 1000 + rep));
   const double mb = double(o.pages) * scope.shape.payload_bytes() / 1e6;
   std::vector<fleet::FleetPage> pages;
   for (size_t i = 0; i < names.size(); ++i) pages.push_back({names[i], payloads[i]});
-
-  auto t0 = Clock::now();
-  if (!tier.PutAsync(scope, std::move(pages)).ok()) return false;
-  if (!tier.Flush(absl::Now() + absl::Seconds(120)).ok()) return false;
-  samples->fleet_put.push_back(mb / SecondsSince(t0));
-  if (tier.Counters().write_errors != 0) return false;
 
   // The baseline stores values of the sealed size under its own keys.
   std::vector<std::string> raw_keys, raw_values;
@@ -251,31 +281,49 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
     raw_keys.push_back(absl::StrCat("kvkeep:raw:", names[i].substr(7)));
     raw_values.push_back(payloads[i] + std::string(fleet::kPageValueOverheadBytes, 'x'));
   }
-  const size_t write_window = fleet::RedisFleetOptions().write_batch_pages;
-  const size_t read_window = fleet::RedisFleetOptions().lookup_window;
-  t0 = Clock::now();
-  if (!raw.Run("SET", raw_keys, &raw_values, write_window,
-               [](size_t, const redisReply& r) { return r.type != REDIS_REPLY_ERROR; })) {
-    return false;
-  }
-  samples->raw_put.push_back(mb / SecondsSince(t0));
-
-  t0 = Clock::now();
-  std::vector<std::string> got = tier.Get(scope, names, absl::Now() + absl::Seconds(120));
-  samples->fleet_get.push_back(mb / SecondsSince(t0));
-  if (got.size() != names.size()) return false;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (got[i] != payloads[i]) return false;
-  }
-
-  t0 = Clock::now();
-  if (!raw.Run("GET", raw_keys, nullptr, read_window, [&](size_t i, const redisReply& r) {
-        return r.type == REDIS_REPLY_STRING && r.len == raw_values[i].size();
-      })) {
-    return false;
-  }
-  samples->raw_get.push_back(mb / SecondsSince(t0));
-  return true;
+  const fleet::RedisFleetOptions defaults;
+  auto fleet_put = [&] {
+    Settle(probe);
+    const auto t0 = Clock::now();
+    if (!tier.PutAsync(scope, std::move(pages)).ok()) return false;
+    if (!tier.Flush(absl::Now() + absl::Seconds(120)).ok()) return false;
+    samples->fleet_put.push_back(mb / SecondsSince(t0));
+    return tier.Counters().write_errors == 0;
+  };
+  auto raw_set = [&] {
+    Settle(probe);
+    const auto t0 = Clock::now();
+    if (!raw.Run("SET", raw_keys, &raw_values, defaults.write_batch_pages,
+                 [](size_t, const redisReply& r) { return r.type != REDIS_REPLY_ERROR; })) {
+      return false;
+    }
+    samples->raw_put.push_back(mb / SecondsSince(t0));
+    return true;
+  };
+  auto fleet_get = [&] {
+    Settle(probe);
+    const auto t0 = Clock::now();
+    std::vector<std::string> got = tier.Get(scope, names, absl::Now() + absl::Seconds(120));
+    samples->fleet_get.push_back(mb / SecondsSince(t0));
+    if (got.size() != names.size()) return false;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (got[i] != payloads[i]) return false;
+    }
+    return true;
+  };
+  auto raw_get = [&] {
+    Settle(probe);
+    const auto t0 = Clock::now();
+    if (!raw.Run("GET", raw_keys, nullptr, defaults.get_window, [&](size_t i, const redisReply& r) {
+          return r.type == REDIS_REPLY_STRING && r.len == raw_values[i].size();
+        })) {
+      return false;
+    }
+    samples->raw_get.push_back(mb / SecondsSince(t0));
+    return true;
+  };
+  if (rep % 2 == 0) return fleet_put() && raw_set() && fleet_get() && raw_get();
+  return raw_set() && fleet_put() && raw_get() && fleet_get();
 }
 
 void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) {
@@ -305,8 +353,8 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
   row("raw hiredis SET", rp);
   row("fleet get (GET + verify)", fg);
   row("raw hiredis GET", rg);
-  std::printf("put ratio fleet/raw: %.2f   get ratio fleet/raw: %.2f   (goal >= 0.8)\n",
-              put_ratio, get_ratio);
+  std::printf("put ratio fleet/raw: %.2f   get ratio fleet/raw: %.2f   (goal >= 0.8)\n", put_ratio,
+              get_ratio);
 }
 
 }  // namespace
@@ -342,9 +390,11 @@ int RunFleetBench(int argc, char** argv) {
   options.cluster.connection = connection;
   options.max_queue_bytes = uint64_t{4} << 30;
   options.write_timeout = absl::Seconds(60);
-  absl::StatusOr<std::unique_ptr<fleet::RedisFleetTier>> tier = fleet::RedisFleetTier::Create(options);
+  absl::StatusOr<std::unique_ptr<fleet::RedisFleetTier>> tier =
+      fleet::RedisFleetTier::Create(options);
   fleet::RedisClusterClient probe(options.cluster);
-  const absl::Status loaded = tier.ok() ? probe.Refresh(absl::Now() + absl::Seconds(5)) : tier.status();
+  const absl::Status loaded =
+      tier.ok() ? probe.Refresh(absl::Now() + absl::Seconds(5)) : tier.status();
   if (!loaded.ok()) {
     std::fprintf(stderr, "fleet: %s\n", loaded.ToString().c_str());
     return 1;
@@ -362,8 +412,9 @@ int RunFleetBench(int argc, char** argv) {
   Samples samples;
   for (int rep = 0; rep < o.reps; ++rep) {
     std::fprintf(stderr, "fleet: rep %d/%d\n", rep + 1, o.reps);
-    if (!RunRep(rep, o, **tier, raw, *scope, payloads, &samples)) {
-      std::fprintf(stderr, "fleet: rep %d failed (a call failed or a value was not bit-exact)\n", rep + 1);
+    if (!RunRep(rep, o, **tier, raw, probe, *scope, payloads, &samples)) {
+      std::fprintf(stderr, "fleet: rep %d failed (a call failed or a value was not bit-exact)\n",
+                   rep + 1);
       return 1;
     }
   }

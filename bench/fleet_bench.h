@@ -5,10 +5,13 @@
 //     pipelined per node, `write_batch_pages` per round);
 //   * raw SET: the same number of values of the same size (the sealed values) SET by plain hiredis
 //     connections to each key's master, pipelined per node in rounds of the same size;
-//   * fleet get: RedisFleetTier::Get of every page (GET pipelined per node, `lookup_window` per
+//   * fleet get: RedisFleetTier::Get of every page (GET pipelined per node, `get_window` per
 //     round, every value checked and decrypted);
 //   * raw GET: the same keys' values read by plain hiredis, pipelined the same way.
-// Both sides route with the same slot map; the ratio fleet/raw of throughput is the figure
+// Both sides route with the same slot map. Before each phase the bench waits until every replica
+// has caught up with its master, and fleet and raw swap order on odd repetitions, so neither is
+// measured while the cluster still replicates the other's writes. The ratio fleet/raw of
+// throughput is the figure
 // (goal >= 0.8). The cluster is a local 6-node one started with deploy/redis-cluster (loopback),
 // unless --seeds names one.
 //

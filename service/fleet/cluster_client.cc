@@ -19,7 +19,7 @@ bool IsTransportFailure(const absl::Status& status) {
 RedisClusterClient::RedisClusterClient(ClusterOptions options) : options_(std::move(options)) {}
 
 absl::StatusOr<NodeConnection*> RedisClusterClient::ConnectionTo(const NodeAddress& node,
-                                                                  absl::Time deadline) {
+                                                                 absl::Time deadline) {
   auto open = connections_.find(node);
   if (open != connections_.end() && !open->second->broken()) return open->second.get();
   if (open != connections_.end()) connections_.erase(open);
@@ -130,8 +130,8 @@ std::vector<absl::StatusOr<RedisReply>> RedisClusterClient::Execute(
   }
   if (absl::Now() >= deadline) {
     for (const Pending& p : pending) {
-      results[p.index] = absl::DeadlineExceededError(
-          absl::StrCat("redis: deadline passed; last failure: ", results[p.index].status().message()));
+      results[p.index] = absl::DeadlineExceededError(absl::StrCat(
+          "redis: deadline passed; last failure: ", results[p.index].status().message()));
     }
   }
   return results;
@@ -152,7 +152,8 @@ RedisClusterClient::RoundOutcome RedisClusterClient::RunRound(
     const uint16_t slot = KeySlot(commands[p.index].key);
     const NodeAddress* master = map_.MasterOf(slot);
     if (master == nullptr) {
-      results[p.index] = absl::UnavailableError(absl::StrCat("redis: slot ", slot, " is not covered"));
+      results[p.index] =
+          absl::UnavailableError(absl::StrCat("redis: slot ", slot, " is not covered"));
       outcome.retry.push_back(std::move(p));
       outcome.refresh = true;
       continue;

@@ -32,8 +32,7 @@ std::string FleetKeyName(absl::string_view layout_hash, absl::string_view chain_
 
 // The names of the floor(tokens.size() / tokens_per_page) full pages of `tokens`.
 std::vector<std::string> FleetKeyNames(const GroupKeys& keys, absl::string_view layout_hash,
-                                       absl::Span<const uint32_t> tokens,
-                                       uint32_t tokens_per_page);
+                                       absl::Span<const uint32_t> tokens, uint32_t tokens_per_page);
 
 }  // namespace kvkeep::fleet
 

@@ -5,8 +5,7 @@
 
 namespace kvkeep::fleet {
 
-absl::StatusOr<FleetScope> FleetScope::Make(absl::string_view group,
-                                            absl::string_view group_secret,
+absl::StatusOr<FleetScope> FleetScope::Make(absl::string_view group, absl::string_view group_secret,
                                             const v1::ModelLayout& layout) {
   absl::StatusOr<GroupKeys> keys = DeriveGroupKeys(group_secret);
   if (!keys.ok()) return keys.status();

@@ -43,8 +43,8 @@ absl::StatusOr<std::string> HkdfSha256(absl::string_view ikm, absl::string_view 
       OSSL_PARAM_construct_end(),
   };
   std::string out(length, '\0');
-  if (EVP_KDF_derive(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), out.size(),
-                     params) != 1) {
+  if (EVP_KDF_derive(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), out.size(), params) !=
+      1) {
     return absl::InternalError("OpenSSL: HKDF-SHA256 failed");
   }
   return out;
@@ -52,8 +52,8 @@ absl::StatusOr<std::string> HkdfSha256(absl::string_view ikm, absl::string_view 
 
 absl::StatusOr<GroupKeys> DeriveGroupKeys(absl::string_view group_secret) {
   if (group_secret.size() < kMinGroupSecretBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("a group secret must have at least ",
-                                                   kMinGroupSecretBytes, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("a group secret must have at least ", kMinGroupSecretBytes, " bytes"));
   }
   GroupKeys keys;
   absl::StatusOr<std::string> value_key = HkdfSha256(group_secret, kSalt, "value-key", 32);

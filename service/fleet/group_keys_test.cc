@@ -13,7 +13,8 @@ namespace {
 
 using ::kvkeep::testing::StatusIs;
 
-constexpr char kPinnedLlamaHash[] = "b57448bed37cf7ffba236b5a13af53a9d9486f7ed3e0233da5d4f7259eaeb256";
+constexpr char kPinnedLlamaHash[] =
+    "b57448bed37cf7ffba236b5a13af53a9d9486f7ed3e0233da5d4f7259eaeb256";
 
 TEST(HkdfSha256, MatchesRfc5869TestCase1) {
   const std::string ikm = absl::HexStringToBytes("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b");
@@ -90,14 +91,16 @@ TEST(FleetLayoutHash, EquivalentSpellingsAgree) {
   EXPECT_EQ(FleetLayoutHash(explicit_rotary), base);
   // The serialized bytes may differ (unknown fields, order); the hash does not look at them.
   v1::ModelLayout reparsed;
-  ASSERT_TRUE(reparsed.ParseFromString(Llama().SerializeAsString() + std::string("\xa0\x06\x01", 3)));
+  ASSERT_TRUE(
+      reparsed.ParseFromString(Llama().SerializeAsString() + std::string("\xa0\x06\x01", 3)));
   EXPECT_EQ(FleetLayoutHash(reparsed), base);
 }
 
 TEST(FleetKeys, SameGroupSameKeysOtherGroupOthers) {
   const std::vector<uint32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9};
   ASSERT_OK_AND_ASSIGN(FleetScope a, FleetScope::Make("a", "0123456789abcdef-a", Llama()));
-  ASSERT_OK_AND_ASSIGN(FleetScope a_elsewhere, FleetScope::Make("a2", "0123456789abcdef-a", Llama()));
+  ASSERT_OK_AND_ASSIGN(FleetScope a_elsewhere,
+                       FleetScope::Make("a2", "0123456789abcdef-a", Llama()));
   ASSERT_OK_AND_ASSIGN(FleetScope b, FleetScope::Make("b", "0123456789abcdef-b", Llama()));
   v1::ModelLayout other_layout = Llama();
   other_layout.set_tokens_per_page(4);

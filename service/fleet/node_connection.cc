@@ -35,7 +35,8 @@ absl::StatusOr<std::unique_ptr<NodeConnection>> NodeConnection::Connect(
     const NodeAddress& address, const ConnectionOptions& options, absl::Time deadline) {
   const absl::Duration left = std::min(options.connect_timeout, deadline - absl::Now());
   if (left <= absl::ZeroDuration()) {
-    return absl::DeadlineExceededError(absl::StrCat("redis ", address.ToString(), ": no time left to connect"));
+    return absl::DeadlineExceededError(
+        absl::StrCat("redis ", address.ToString(), ": no time left to connect"));
   }
   errno = 0;
   redisContext* context =
@@ -89,7 +90,8 @@ absl::Status NodeConnection::Fail(absl::string_view what, int saved_errno) {
 }
 
 absl::Status NodeConnection::Send(absl::Span<const RedisArgs> commands, absl::Time deadline) {
-  if (broken_) return absl::UnavailableError(absl::StrCat("redis ", address_.ToString(), ": broken"));
+  if (broken_)
+    return absl::UnavailableError(absl::StrCat("redis ", address_.ToString(), ": broken"));
   std::vector<const char*> argv;
   std::vector<size_t> argvlen;
   for (const RedisArgs& command : commands) {
@@ -118,7 +120,8 @@ absl::Status NodeConnection::Send(absl::Span<const RedisArgs> commands, absl::Ti
 }
 
 absl::StatusOr<RedisReply> NodeConnection::Receive(absl::Time deadline) {
-  if (broken_) return absl::UnavailableError(absl::StrCat("redis ", address_.ToString(), ": broken"));
+  if (broken_)
+    return absl::UnavailableError(absl::StrCat("redis ", address_.ToString(), ": broken"));
   if (owed_ == 0) return absl::FailedPreconditionError("no reply is owed");
   if (absl::Status armed = ArmTimeout(deadline); !armed.ok()) {
     broken_ = true;

@@ -50,8 +50,9 @@ class NodeConnection {
  public:
   // Connects and authenticates. UNAVAILABLE when the node cannot be reached, DEADLINE_EXCEEDED
   // when it does not answer in time, UNAUTHENTICATED when AUTH is refused.
-  static absl::StatusOr<std::unique_ptr<NodeConnection>> Connect(
-      const NodeAddress& address, const ConnectionOptions& options, absl::Time deadline);
+  static absl::StatusOr<std::unique_ptr<NodeConnection>> Connect(const NodeAddress& address,
+                                                                 const ConnectionOptions& options,
+                                                                 absl::Time deadline);
 
   ~NodeConnection();
   NodeConnection(const NodeConnection&) = delete;

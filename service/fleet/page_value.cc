@@ -90,16 +90,14 @@ bool Gcm(bool encrypt, absl::string_view key, absl::string_view nonce, absl::str
       return false;
     }
   }
-  if (!encrypt &&
-      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kTagBytes, tag) != 1) {
+  if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kTagBytes, tag) != 1) {
     return false;
   }
   unsigned char final_block[16];
   const int finished = encrypt ? EVP_EncryptFinal_ex(ctx.get(), final_block, &len)
                                : EVP_DecryptFinal_ex(ctx.get(), final_block, &len);
   if (finished != 1) return false;
-  return !encrypt ||
-         EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, kTagBytes, tag) == 1;
+  return !encrypt || EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, kTagBytes, tag) == 1;
 }
 
 }  // namespace
@@ -117,12 +115,18 @@ uint64_t PageShape::payload_bytes() const { return uint64_t{layers} * kv_heads *
 
 absl::string_view PageValueVerdictName(PageValueVerdict verdict) {
   switch (verdict) {
-    case PageValueVerdict::kOk: return "ok";
-    case PageValueVerdict::kOtherVersion: return "other_version";
-    case PageValueVerdict::kShort: return "short";
-    case PageValueVerdict::kChecksum: return "checksum";
-    case PageValueVerdict::kHeaderMismatch: return "header_mismatch";
-    case PageValueVerdict::kAuthentication: return "authentication";
+    case PageValueVerdict::kOk:
+      return "ok";
+    case PageValueVerdict::kOtherVersion:
+      return "other_version";
+    case PageValueVerdict::kShort:
+      return "short";
+    case PageValueVerdict::kChecksum:
+      return "checksum";
+    case PageValueVerdict::kHeaderMismatch:
+      return "header_mismatch";
+    case PageValueVerdict::kAuthentication:
+      return "authentication";
   }
   return "unknown";
 }
@@ -179,8 +183,8 @@ PageValueVerdict OpenPageValue(absl::string_view value, const PageShape& shape,
   payload->resize(stored_payload);
   unsigned char tag[kTagBytes];
   std::memcpy(tag, value.data() + kPageValueHeaderBytes + stored_payload, kTagBytes);
-  if (!Gcm(/*encrypt=*/false, value_key, header.substr(kNonceOffset, kNonceBytes), header,
-           key_name, value.substr(kPageValueHeaderBytes, stored_payload), payload->data(), tag)) {
+  if (!Gcm(/*encrypt=*/false, value_key, header.substr(kNonceOffset, kNonceBytes), header, key_name,
+           value.substr(kPageValueHeaderBytes, stored_payload), payload->data(), tag)) {
     return PageValueVerdict::kAuthentication;
   }
   return PageValueVerdict::kOk;

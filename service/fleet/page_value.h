@@ -72,11 +72,11 @@ struct PageShape {
 
 enum class PageValueVerdict {
   kOk,
-  kOtherVersion,     // not this format (another magic or version)
-  kShort,            // size does not match the header's payload size
-  kChecksum,         // XXH64 mismatch
-  kHeaderMismatch,   // another shape or layout than expected
-  kAuthentication,   // the GCM tag does not verify under this key and key name
+  kOtherVersion,    // not this format (another magic or version)
+  kShort,           // size does not match the header's payload size
+  kChecksum,        // XXH64 mismatch
+  kHeaderMismatch,  // another shape or layout than expected
+  kAuthentication,  // the GCM tag does not verify under this key and key name
 };
 // "ok", "other_version", "short", "checksum", "header_mismatch", "authentication".
 absl::string_view PageValueVerdictName(PageValueVerdict verdict);

@@ -64,9 +64,7 @@ TEST_F(PageValueTest, RoundTripIsBitExact) {
   EXPECT_EQ(out, payload_);
 }
 
-TEST_F(PageValueTest, EachSealUsesAFreshNonce) {
-  EXPECT_NE(Seal(), Seal());
-}
+TEST_F(PageValueTest, EachSealUsesAFreshNonce) { EXPECT_NE(Seal(), Seal()); }
 
 TEST_F(PageValueTest, AnyFlippedByteIsRefused) {
   const std::string value = Seal();

@@ -15,7 +15,7 @@ absl::StatusOr<std::unique_ptr<RedisFleetTier>> RedisFleetTier::Create(RedisFlee
     return absl::InvalidArgumentError("the fleet tier needs at least one Redis seed node");
   }
   if (options.max_queue_bytes == 0 || options.write_batch_pages == 0 ||
-      options.lookup_window == 0 || options.cluster.max_rounds <= 0) {
+      options.lookup_window == 0 || options.get_window == 0 || options.cluster.max_rounds <= 0) {
     return absl::InvalidArgumentError("fleet tier bounds must be positive");
   }
   return std::unique_ptr<RedisFleetTier>(new RedisFleetTier(std::move(options)));
@@ -104,7 +104,8 @@ void RedisFleetTier::WritePrefix(const QueuedPrefix& prefix) {
     delta.write_errors += (end - begin) - written;
     for (size_t i = begin; i < end; ++i) {
       // Counted as value bytes only for acknowledged pages; an estimate when a round is partial.
-      if (i - begin < written) delta.bytes_written += prefix.pages[i].payload.size() + kPageValueOverheadBytes;
+      if (i - begin < written)
+        delta.bytes_written += prefix.pages[i].payload.size() + kPageValueOverheadBytes;
     }
   }
   Count(prefix.scope.group, delta);
@@ -161,14 +162,15 @@ void RedisFleetTier::NoteWriteHealth(bool ok, const absl::Status& failure) {
 
 template <typename Accept>
 RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key_names,
-                                               absl::string_view command, absl::Time deadline,
-                                               Accept accept) {
+                                               absl::string_view command, size_t window,
+                                               absl::Time deadline, Accept accept) {
   ClusterClientPool::Lease client = readers_.Borrow();
   std::vector<KeyedCommand> commands;
-  for (size_t start = 0; start < key_names.size(); start += options_.lookup_window) {
-    const size_t end = std::min(key_names.size(), start + options_.lookup_window);
+  for (size_t start = 0; start < key_names.size(); start += window) {
+    const size_t end = std::min(key_names.size(), start + window);
     commands.clear();
-    for (size_t i = start; i < end; ++i) commands.push_back({key_names[i], {command, key_names[i]}});
+    for (size_t i = start; i < end; ++i)
+      commands.push_back({key_names[i], {command, key_names[i]}});
     auto replies = client->Execute(commands, deadline);
     for (size_t i = start; i < end; ++i) {
       absl::StatusOr<RedisReply>& reply = replies[i - start];
@@ -183,11 +185,12 @@ RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key
 size_t RedisFleetTier::Lookup(const FleetScope& scope, absl::Span<const std::string> key_names,
                               absl::Time deadline) {
   size_t present = 0;
-  const RunEnd end = ReadRun(key_names, "EXISTS", deadline, [&](size_t, const redisReply& reply) {
+  auto exists = [&](size_t, const redisReply& reply) {
     if (reply.type != REDIS_REPLY_INTEGER || reply.integer != 1) return RunEnd::kMiss;
     ++present;
     return RunEnd::kComplete;
-  });
+  };
+  const RunEnd end = ReadRun(key_names, "EXISTS", options_.lookup_window, deadline, exists);
   FleetCounters delta;
   delta.lookups = 1;
   delta.hit_pages = present;
@@ -203,23 +206,22 @@ std::vector<std::string> RedisFleetTier::Get(const FleetScope& scope,
   std::vector<std::string> payloads;
   FleetCounters delta;
   delta.lookups = 1;
-  const RunEnd end = ReadRun(key_names, "GET", deadline, [&](size_t i, const redisReply& reply) {
+  auto verified = [&](size_t i, const redisReply& reply) {
     if (reply.type != REDIS_REPLY_STRING) return RunEnd::kMiss;
     std::string payload;
-    const PageValueVerdict verdict =
-        OpenPageValue(ReplyText(reply), scope.shape, scope.layout_hash, key_names[i],
-                      scope.keys->value_key, &payload);
+    const PageValueVerdict verdict = OpenPageValue(ReplyText(reply), scope.shape, scope.layout_hash,
+                                                   key_names[i], scope.keys->value_key, &payload);
     if (verdict != PageValueVerdict::kOk) {
-      log::Warn("fleet.value_refused",
-                {{"group", scope.group},
-                 {"page", static_cast<unsigned long long>(i)},
-                 {"verdict", PageValueVerdictName(verdict)}});
+      log::Warn("fleet.value_refused", {{"group", scope.group},
+                                        {"page", static_cast<unsigned long long>(i)},
+                                        {"verdict", PageValueVerdictName(verdict)}});
       return RunEnd::kCorrupt;
     }
     delta.bytes_read += payload.size();
     payloads.push_back(std::move(payload));
     return RunEnd::kComplete;
-  });
+  };
+  const RunEnd end = ReadRun(key_names, "GET", options_.get_window, deadline, verified);
   delta.hit_pages = payloads.size();
   delta.misses = end == RunEnd::kMiss || end == RunEnd::kCorrupt ? 1 : 0;
   delta.corrupt = end == RunEnd::kCorrupt ? 1 : 0;

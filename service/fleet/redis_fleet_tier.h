@@ -13,7 +13,8 @@
 // in flight; what is still queued is discarded and counted as dropped (Flush first to drain).
 //
 // Reading: each Lookup/Get borrows a cluster client from a pool (client_pool.h), asks
-// `lookup_window` keys per round (EXISTS or GET, pipelined per node), and stops at the first key
+// `lookup_window` keys per EXISTS round or `get_window` per GET round (pipelined per node; a GET
+// round holds its values in memory until it is checked), and stops at the first key
 // that is absent, fails or does not verify. Every round is bounded by the caller's deadline.
 //
 // Thread-safe. mu_ protects the queue; counters_mu_ the counters; the writer's client is used
@@ -50,6 +51,8 @@ struct RedisFleetOptions {
   absl::Duration write_timeout = absl::Seconds(2);
   // Default: 64. Keys asked per lookup round.
   size_t lookup_window = 64;
+  // Default: 8. Keys asked per GET round (8 llama3-8b pages: 16 MiB in flight).
+  size_t get_window = 8;
   // Default: 8. Idle reader clients kept.
   size_t max_idle_clients = 8;
   // Default: zero (no expiry: Redis's maxmemory policy evicts). A TTL set on every value.
@@ -97,10 +100,10 @@ class RedisFleetTier final : public FleetTier {
     return !queue_.empty() || stopping_;
   }
 
-  // Runs `command` ("EXISTS" or "GET") over key_names a window at a time; `accept(i, reply)`
+  // Runs `command` ("EXISTS" or "GET") over key_names `window` keys at a time; `accept(i, reply)`
   // judges each reply in order and returns how the run goes on (kComplete: continue).
   template <typename Accept>
-  RunEnd ReadRun(absl::Span<const std::string> key_names, absl::string_view command,
+  RunEnd ReadRun(absl::Span<const std::string> key_names, absl::string_view command, size_t window,
                  absl::Time deadline, Accept accept);
   void Count(const std::string& group, const FleetCounters& delta);
   // Logs a write failure when the writer goes from healthy to failing, and the recovery.

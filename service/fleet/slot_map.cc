@@ -19,8 +19,7 @@ absl::Status Malformed(size_t range, absl::string_view what) {
 absl::StatusOr<NodeAddress> ParseNode(const redisReply& node, const NodeAddress& answered_by,
                                       size_t range) {
   if (node.type != REDIS_REPLY_ARRAY || node.elements < 2 ||
-      node.element[0]->type != REDIS_REPLY_STRING ||
-      node.element[1]->type != REDIS_REPLY_INTEGER) {
+      node.element[0]->type != REDIS_REPLY_STRING || node.element[1]->type != REDIS_REPLY_INTEGER) {
     return Malformed(range, "a node is not [ip, port, ...]");
   }
   const long long port = node.element[1]->integer;

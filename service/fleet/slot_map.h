@@ -51,12 +51,12 @@ class SlotMap {
   const std::vector<SlotRange>& ranges() const { return ranges_; }
 
  private:
-  // Index into masters_ of the master of each slot; -1 when uncovered.
+  // The index of `master` in masters_ (appended when new).
   int IndexOf(const NodeAddress& master);
 
-  std::vector<SlotRange> ranges_;      // as reported (MOVED updates only slot_master_)
-  std::vector<NodeAddress> masters_;   // distinct masters, in the order first seen
-  std::vector<int32_t> slot_master_;   // kClusterSlots entries
+  std::vector<SlotRange> ranges_;     // as reported (MOVED updates only slot_master_)
+  std::vector<NodeAddress> masters_;  // distinct masters, in the order first seen
+  std::vector<int32_t> slot_master_;  // per slot: index into masters_, -1 when uncovered
 };
 
 }  // namespace kvkeep::fleet

@@ -1,5 +1,7 @@
 // CLUSTER SLOTS parsing, redirection parsing and node addresses. Replies are real RESP bytes
 // parsed by hiredis's own reader, as the client receives them.
+#include "service/fleet/slot_map.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <hiredis/hiredis.h>
@@ -13,7 +15,6 @@
 #include "service/fleet/node_address.h"
 #include "service/fleet/redirection.h"
 #include "service/fleet/redis_reply.h"
-#include "service/fleet/slot_map.h"
 
 namespace kvkeep::fleet {
 namespace {
@@ -99,12 +100,12 @@ TEST(SlotMap, AcceptsTheRedis6NodeFormWithoutMetadata) {
 TEST(SlotMap, RefusesMalformedReplies) {
   const std::string bad[] = {
       Bulk("not an array"),
-      Arr({Arr({Int(0), Int(16384), Node("127.0.0.1", 7000)})}),   // slot out of range
-      Arr({Arr({Int(10), Int(9), Node("127.0.0.1", 7000)})}),      // reversed
-      Arr({Arr({Int(0), Int(10)})}),                               // no master
-      Arr({Arr({Int(0), Int(10), Arr({Bulk("127.0.0.1")})})}),     // no port
+      Arr({Arr({Int(0), Int(16384), Node("127.0.0.1", 7000)})}),        // slot out of range
+      Arr({Arr({Int(10), Int(9), Node("127.0.0.1", 7000)})}),           // reversed
+      Arr({Arr({Int(0), Int(10)})}),                                    // no master
+      Arr({Arr({Int(0), Int(10), Arr({Bulk("127.0.0.1")})})}),          // no port
       Arr({Arr({Int(0), Int(10), Arr({Bulk("127.0.0.1"), Int(0)})})}),  // port 0
-      Arr({Arr({Bulk("0"), Int(10), Node("127.0.0.1", 7000)})}),   // slot as a string
+      Arr({Arr({Bulk("0"), Int(10), Node("127.0.0.1", 7000)})}),        // slot as a string
   };
   for (const std::string& resp : bad) {
     RedisReply reply = Parse(resp);
@@ -137,14 +138,15 @@ TEST(Redirection, OtherErrorsAreNotRedirections) {
   EXPECT_FALSE(ParseRedirection("CLUSTERDOWN The cluster is down").has_value());
   EXPECT_FALSE(ParseRedirection("MOVED 16384 127.0.0.1:7000").has_value());  // slot range
   EXPECT_FALSE(ParseRedirection("MOVED -1 127.0.0.1:7000").has_value());
-  EXPECT_FALSE(ParseRedirection("MOVED 12 127.0.0.1").has_value());          // no port
+  EXPECT_FALSE(ParseRedirection("MOVED 12 127.0.0.1").has_value());  // no port
   EXPECT_FALSE(ParseRedirection("MOVED 12 127.0.0.1:7000 extra").has_value());
   EXPECT_FALSE(ParseRedirection("moved 12 127.0.0.1:7000").has_value());
   EXPECT_FALSE(ParseRedirection("").has_value());
 }
 
 TEST(ErrorReplyStatus, MapsErrorWordsToCodes) {
-  EXPECT_THAT(ErrorReplyStatus("NOPERM no permissions"), StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(ErrorReplyStatus("NOPERM no permissions"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_THAT(ErrorReplyStatus("WRONGPASS invalid"), StatusIs(absl::StatusCode::kUnauthenticated));
   EXPECT_THAT(ErrorReplyStatus("NOAUTH needed"), StatusIs(absl::StatusCode::kUnauthenticated));
   EXPECT_THAT(ErrorReplyStatus("CLUSTERDOWN The cluster is down"),
@@ -161,7 +163,8 @@ TEST(NodeAddress, ParsesHostPortForms) {
   ASSERT_OK_AND_ASSIGN(NodeAddress b, ParseNodeAddress("[fd00::1]:7000"));
   EXPECT_EQ(b, (NodeAddress{"fd00::1", 7000}));
   EXPECT_EQ(b.ToString(), "[fd00::1]:7000");
-  for (const char* bad : {"", "host", "host:", ":6379", "host:0", "host:65536", "host:x", "[::1:7"}) {
+  for (const char* bad :
+       {"", "host", "host:", ":6379", "host:0", "host:65536", "host:x", "[::1:7"}) {
     EXPECT_THAT(ParseNodeAddress(bad), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
   }
 }

@@ -137,9 +137,9 @@ TEST_F(FleetClusterTest, CorruptedOrTruncatedValueIsAMiss) {
   // Flip one payload byte of page 2 in Redis, and cut page 4 short.
   RedisClusterClient admin = AdminClient();
   const std::string truncated("KVKF\x01\x00short", 11);
-  auto replies = admin.Execute({{names[2], {"SETRANGE", names[2], "100", "\x7f"}},
-                                {names[4], {"SET", names[4], truncated}}},
-                               Soon());
+  auto replies = admin.Execute(
+      {{names[2], {"SETRANGE", names[2], "100", "\x7f"}}, {names[4], {"SET", names[4], truncated}}},
+      Soon());
   for (auto& reply : replies) {
     ASSERT_OK(reply);
     ASSERT_NE((*reply)->type, REDIS_REPLY_ERROR) << ReplyText(**reply);
@@ -218,7 +218,8 @@ TEST_F(FleetClusterTest, FollowsAskDuringMigrationAndMovedAfterIt) {
   EXPECT_EQ(client.stats().asks, 1u);
 
   // Moved to the target: the source now answers ASK for it.
-  admin_on(source, {"MIGRATE", target.host, absl::StrCat(target.port), "", "0", "5000", "KEYS", key});
+  admin_on(source,
+           {"MIGRATE", target.host, absl::StrCat(target.port), "", "0", "5000", "KEYS", key});
   auto asked = client.Execute({{key, {"GET", key}}}, Soon());
   ASSERT_OK(asked[0]);
   EXPECT_EQ(ReplyText(**asked[0]), "value-a");
@@ -242,8 +243,7 @@ TEST_F(FleetClusterTest, FullQueueRefusesAndCounts) {
   const FleetScope scope = TestScope("group-a", kSecretA);
   options.max_queue_bytes = scope.shape.payload_bytes();  // one page
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisFleetTier> tier, RedisFleetTier::Create(options));
-  const std::vector<std::string> names =
-      scope.KeyNames(TestTokens(2 * kTokensPerPage, /*seed=*/5));
+  const std::vector<std::string> names = scope.KeyNames(TestTokens(2 * kTokensPerPage, /*seed=*/5));
   EXPECT_THAT(tier->PutAsync(scope, TestPages(scope, names, 5)),
               StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_EQ(tier->Counters().dropped, 2u);
@@ -255,8 +255,7 @@ TEST(FleetUnreachableTest, LookupsDegradeToMissesWithinTheirDeadline) {
   options.cluster.seeds = {NodeAddress{"127.0.0.1", 1}};
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisFleetTier> tier, RedisFleetTier::Create(options));
   const FleetScope scope = TestScope("group-a", kSecretA);
-  const std::vector<std::string> names =
-      scope.KeyNames(TestTokens(3 * kTokensPerPage, /*seed=*/6));
+  const std::vector<std::string> names = scope.KeyNames(TestTokens(3 * kTokensPerPage, /*seed=*/6));
   const absl::Time start = absl::Now();
   EXPECT_EQ(tier->Lookup(scope, names, start + absl::Milliseconds(300)), 0u);
   EXPECT_TRUE(tier->Get(scope, names, start + absl::Milliseconds(300)).empty());

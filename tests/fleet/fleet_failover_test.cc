@@ -1,9 +1,8 @@
 // kill -9 of a Redis master while lookups run: the fleet tier never returns a wrong byte, every
 // lookup ends within its deadline, and once a replica is promoted lookups find the whole prefix
 // again and publishing works. Its own binary: it changes the cluster's topology.
-#include <signal.h>
-
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <atomic>
 #include <cstdio>
@@ -96,8 +95,10 @@ TEST(FleetFailoverTest, KillingAMasterDuringLookupsNeverServesAWrongByte) {
       }
       ++calls;
       if (killed.load()) {
-        if (got.size() == names.size()) recovered = true;
-        else ++short_runs;
+        if (got.size() == names.size())
+          recovered = true;
+        else
+          ++short_runs;
       }
       absl::SleepFor(absl::Milliseconds(20));
     }
