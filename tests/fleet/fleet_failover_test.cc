@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status_matchers.h"
 #include "service/fleet/key_slot.h"
+#include "service/fleet/node_connection.h"
 #include "service/fleet/redis_fleet_tier.h"
 #include "tests/fleet/fleet_test_data.h"
 #include "tests/fleet/local_redis_cluster.h"
@@ -86,6 +87,8 @@ TEST(FleetFailoverTest, KillingAMasterDuringLookupsNeverServesAWrongByte) {
   std::atomic<int64_t> slowest_ms{0};
   std::thread reader([&] {
     while (!stop.load()) {
+      // Only a lookup that began after the master was gone tells whether the cluster recovered.
+      const bool after_kill = killed.load();
       const absl::Time start = absl::Now();
       std::vector<std::string> got = tier->Get(scope, names, start + kLookupDeadline);
       const int64_t ms = absl::ToInt64Milliseconds(absl::Now() - start);
@@ -94,7 +97,7 @@ TEST(FleetFailoverTest, KillingAMasterDuringLookupsNeverServesAWrongByte) {
         if (got[i] != pages[i].payload) ++wrong;
       }
       ++calls;
-      if (killed.load()) {
+      if (after_kill) {
         if (got.size() == names.size())
           recovered = true;
         else
@@ -104,12 +107,22 @@ TEST(FleetFailoverTest, KillingAMasterDuringLookupsNeverServesAWrongByte) {
     }
   });
   absl::SleepFor(absl::Milliseconds(300));
-  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  // (No ASSERT while the reader runs: its thread must be joined first.)
+  const bool signalled = kill(pid, SIGKILL) == 0;
+  // The master is gone once its port refuses connections.
+  bool died = false;
+  const absl::Time dead_by = absl::Now() + absl::Seconds(5);
+  while (signalled && !died && absl::Now() < dead_by) {
+    died = !NodeConnection::Connect(victim, cluster->Admin(), absl::Now() + absl::Seconds(1)).ok();
+    if (!died) absl::SleepFor(absl::Milliseconds(10));
+  }
   killed = true;
   const absl::Time give_up = absl::Now() + absl::Seconds(25);
   while (!recovered.load() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(50));
   stop = true;
   reader.join();
+  ASSERT_TRUE(signalled);
+  ASSERT_TRUE(died) << "the killed master still accepts connections";
 
   EXPECT_TRUE(recovered.load()) << "lookups did not find the whole prefix after failover";
   EXPECT_EQ(wrong.load(), 0);
