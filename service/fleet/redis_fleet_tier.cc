@@ -1,6 +1,7 @@
 #include "service/fleet/redis_fleet_tier.h"
 
 #include <algorithm>
+#include <future>
 #include <set>
 #include <utility>
 
@@ -164,20 +165,31 @@ template <typename Accept>
 RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key_names,
                                                absl::string_view command, size_t window,
                                                absl::Time deadline, Accept accept) {
-  ClusterClientPool::Lease client = readers_.Borrow();
-  std::vector<KeyedCommand> commands;
-  for (size_t start = 0; start < key_names.size(); start += window) {
-    const size_t end = std::min(key_names.size(), start + window);
-    commands.clear();
-    for (size_t i = start; i < end; ++i)
+  // Two clients take turns: while this thread judges one window's replies (checksums and
+  // decryption for GET), the next window is fetched on another thread. A run that ends early has
+  // fetched at most one window too many; the fetch in flight is awaited (bounded by `deadline`).
+  ClusterClientPool::Lease first = readers_.Borrow(), second = readers_.Borrow();
+  RedisClusterClient* const clients[2] = {&*first, &*second};
+  auto fetch = [&key_names, command, window, deadline](size_t start, RedisClusterClient* client) {
+    std::vector<KeyedCommand> commands;
+    for (size_t i = start; i < std::min(key_names.size(), start + window); ++i) {
       commands.push_back({key_names[i], {command, key_names[i]}});
-    auto replies = client->Execute(commands, deadline);
-    for (size_t i = start; i < end; ++i) {
+    }
+    return client->Execute(commands, deadline);
+  };
+  std::vector<absl::StatusOr<RedisReply>> replies = fetch(0, clients[0]);
+  for (size_t start = 0, turn = 0; start < key_names.size(); start += window, turn ^= 1) {
+    std::future<std::vector<absl::StatusOr<RedisReply>>> next;
+    if (start + window < key_names.size()) {
+      next = std::async(std::launch::async, fetch, start + window, clients[turn ^ 1]);
+    }
+    for (size_t i = start; i < std::min(key_names.size(), start + window); ++i) {
       absl::StatusOr<RedisReply>& reply = replies[i - start];
       if (!reply.ok() || (*reply)->type == REDIS_REPLY_ERROR) return RunEnd::kError;
       const RunEnd end_here = accept(i, **reply);
       if (end_here != RunEnd::kComplete) return end_here;
     }
+    if (next.valid()) replies = next.get();
   }
   return RunEnd::kComplete;
 }

@@ -12,7 +12,8 @@
 // round, each round bounded by `write_timeout`. The destructor stops the writer after the round
 // in flight; what is still queued is discarded and counted as dropped (Flush first to drain).
 //
-// Reading: each Lookup/Get borrows a cluster client from a pool (client_pool.h), asks
+// Reading: each Lookup/Get borrows two cluster clients from a pool (client_pool.h: one fetches
+// the next window on a helper thread while the caller checks the current one), asks
 // `lookup_window` keys per EXISTS round or `get_window` per GET round (pipelined per node; a GET
 // round holds its values in memory until it is checked), and stops at the first key
 // that is absent, fails or does not verify. Every round is bounded by the caller's deadline.

@@ -46,6 +46,9 @@ class FleetClusterTest : public ::testing::Test {
     RedisFleetOptions options;
     options.cluster.seeds = cluster_->seeds();
     options.cluster.connection = cluster_->KvkeepUser();
+    // Small windows: runs span several rounds, so fetching ahead and stopping early are exercised.
+    options.lookup_window = 2;
+    options.get_window = 2;
     absl::StatusOr<std::unique_ptr<RedisFleetTier>> tier = RedisFleetTier::Create(options);
     EXPECT_TRUE(tier.ok()) << tier.status();
     return tier.ok() ? *std::move(tier) : nullptr;
