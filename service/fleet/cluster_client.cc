@@ -105,6 +105,7 @@ absl::Status RedisClusterClient::Refresh(absl::Time deadline) {
 
 std::vector<absl::StatusOr<RedisReply>> RedisClusterClient::Execute(
     absl::Span<const KeyedCommand> commands, absl::Time deadline) {
+  if (commands.empty()) return {};
   std::vector<absl::StatusOr<RedisReply>> results;  // replies are move-only: no fill constructor
   results.reserve(commands.size());
   for (size_t i = 0; i < commands.size(); ++i) {

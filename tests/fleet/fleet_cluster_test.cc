@@ -259,6 +259,9 @@ TEST(FleetUnreachableTest, LookupsDegradeToMissesWithinTheirDeadline) {
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<RedisFleetTier> tier, RedisFleetTier::Create(options));
   const FleetScope scope = TestScope("group-a", kSecretA);
   const std::vector<std::string> names = scope.KeyNames(TestTokens(3 * kTokensPerPage, /*seed=*/6));
+  // Nothing to ask: no network, no error.
+  EXPECT_EQ(tier->Lookup(scope, {}, absl::Now() + absl::Milliseconds(300)), 0u);
+  EXPECT_EQ(tier->Counters().read_errors, 0u);
   const absl::Time start = absl::Now();
   EXPECT_EQ(tier->Lookup(scope, names, start + absl::Milliseconds(300)), 0u);
   EXPECT_TRUE(tier->Get(scope, names, start + absl::Milliseconds(300)).empty());
