@@ -99,20 +99,13 @@ void RedisFleetTier::WritePrefix(const QueuedPrefix& prefix) {
   FleetCounters delta;
   const size_t n = prefix.pages.size();
   for (size_t begin = 0; begin < n; begin += options_.write_batch_pages) {
-    const size_t end = std::min(n, begin + options_.write_batch_pages);
-    const size_t written = WriteRound(prefix, begin, end);
-    delta.pages_written += written;
-    delta.write_errors += (end - begin) - written;
-    for (size_t i = begin; i < end; ++i) {
-      // Counted as value bytes only for acknowledged pages; an estimate when a round is partial.
-      if (i - begin < written)
-        delta.bytes_written += prefix.pages[i].payload.size() + kPageValueOverheadBytes;
-    }
+    WriteRound(prefix, begin, std::min(n, begin + options_.write_batch_pages), delta);
   }
   Count(prefix.scope.group, delta);
 }
 
-size_t RedisFleetTier::WriteRound(const QueuedPrefix& prefix, size_t begin, size_t end) {
+void RedisFleetTier::WriteRound(const QueuedPrefix& prefix, size_t begin, size_t end,
+                                FleetCounters& delta) {
   const FleetScope& scope = prefix.scope;
   std::vector<std::string> values;
   values.reserve(end - begin);
@@ -122,7 +115,8 @@ size_t RedisFleetTier::WriteRound(const QueuedPrefix& prefix, size_t begin, size
                                                       page.payload, scope.keys->value_key);
     if (!value.ok()) {
       log::Error("fleet.seal_failed", {{"group", scope.group}, {"status", value.status()}});
-      return 0;
+      delta.write_errors += end - begin;
+      return;
     }
     values.push_back(*std::move(value));
   }
@@ -138,17 +132,19 @@ size_t RedisFleetTier::WriteRound(const QueuedPrefix& prefix, size_t begin, size
     commands.push_back(std::move(command));
   }
   auto replies = writer_client_.Execute(commands, absl::Now() + options_.write_timeout);
-  size_t acknowledged = 0;
   absl::Status failure;
-  for (auto& reply : replies) {
-    if (reply.ok() && (*reply)->type != REDIS_REPLY_ERROR) {
-      ++acknowledged;
-    } else if (failure.ok()) {
-      failure = reply.ok() ? ErrorReplyStatus(ReplyText(**reply)) : reply.status();
+  for (size_t k = 0; k < replies.size(); ++k) {
+    if (replies[k].ok() && (*replies[k])->type != REDIS_REPLY_ERROR) {
+      ++delta.pages_written;
+      delta.bytes_written += values[k].size();
+      continue;
+    }
+    ++delta.write_errors;
+    if (failure.ok()) {
+      failure = replies[k].ok() ? ErrorReplyStatus(ReplyText(**replies[k])) : replies[k].status();
     }
   }
   NoteWriteHealth(failure.ok(), failure);
-  return acknowledged;
 }
 
 void RedisFleetTier::NoteWriteHealth(bool ok, const absl::Status& failure) {

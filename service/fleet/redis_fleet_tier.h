@@ -92,8 +92,8 @@ class RedisFleetTier final : public FleetTier {
   void WriterLoop();
   // Seals and writes one prefix's pages, counting the outcome.
   void WritePrefix(const QueuedPrefix& prefix);
-  // Writes pages [begin, end) of `prefix`; returns how many the cluster acknowledged.
-  size_t WriteRound(const QueuedPrefix& prefix, size_t begin, size_t end);
+  // Seals and writes pages [begin, end) of `prefix`, adding the outcome to `delta`.
+  void WriteRound(const QueuedPrefix& prefix, size_t begin, size_t end, FleetCounters& delta);
   bool QueueIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return queue_.empty() && writing_ == 0;
   }

@@ -76,6 +76,8 @@ TEST_F(FleetClusterTest, PublishedPagesAreReadBackBitExactOnAnotherNode) {
   ASSERT_OK(node_a->PutAsync(scope, pages));
   ASSERT_OK(node_a->Flush(Soon()));
   EXPECT_EQ(node_a->Counters().pages_written, 8u);
+  EXPECT_EQ(node_a->Counters().bytes_written,
+            8 * (scope.shape.payload_bytes() + kPageValueOverheadBytes));
   EXPECT_EQ(node_a->Counters().write_errors, 0u);
 
   // Node B: its own tier (own connections), the same group secret and layout.
