@@ -10,13 +10,31 @@
 #include "service/observability/log.h"
 
 namespace kvkeep::fleet {
+namespace {
+
+// fn(0..n) on up to `threads` threads (this one included); returns when every call has.
+template <typename Fn>
+void ParallelFor(size_t n, size_t threads, const Fn& fn) {
+  threads = std::max<size_t>(1, std::min(threads, n));
+  std::vector<std::future<void>> helpers;
+  for (size_t t = 1; t < threads; ++t) {
+    helpers.push_back(std::async(std::launch::async, [&fn, n, t, threads] {
+      for (size_t i = t; i < n; i += threads) fn(i);
+    }));
+  }
+  for (size_t i = 0; i < n; i += threads) fn(i);
+  for (std::future<void>& helper : helpers) helper.get();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<RedisFleetTier>> RedisFleetTier::Create(RedisFleetOptions options) {
   if (options.cluster.seeds.empty()) {
     return absl::InvalidArgumentError("the fleet tier needs at least one Redis seed node");
   }
   if (options.max_queue_bytes == 0 || options.write_batch_pages == 0 ||
-      options.lookup_window == 0 || options.get_window == 0 || options.cluster.max_rounds <= 0) {
+      options.lookup_window == 0 || options.get_window == 0 || options.open_threads == 0 ||
+      options.cluster.max_rounds <= 0) {
     return absl::InvalidArgumentError("fleet tier bounds must be positive");
   }
   return std::unique_ptr<RedisFleetTier>(new RedisFleetTier(std::move(options)));
@@ -157,10 +175,11 @@ void RedisFleetTier::NoteWriteHealth(bool ok, const absl::Status& failure) {
   }
 }
 
-template <typename Accept>
+template <typename Prepare, typename Accept>
 RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key_names,
                                                absl::string_view command, size_t window,
-                                               absl::Time deadline, Accept accept) {
+                                               absl::Time deadline, Prepare prepare,
+                                               Accept accept) {
   if (key_names.empty()) return RunEnd::kComplete;
   // Two clients take turns: while this thread judges one window's replies (checksums and
   // decryption for GET), the next window is fetched on another thread. A run that ends early has
@@ -180,6 +199,7 @@ RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key
     if (start + window < key_names.size()) {
       next = std::async(std::launch::async, fetch, start + window, clients[turn ^ 1]);
     }
+    prepare(start, replies);
     for (size_t i = start; i < std::min(key_names.size(), start + window); ++i) {
       absl::StatusOr<RedisReply>& reply = replies[i - start];
       if (!reply.ok() || (*reply)->type == REDIS_REPLY_ERROR) return RunEnd::kError;
@@ -199,7 +219,9 @@ size_t RedisFleetTier::Lookup(const FleetScope& scope, absl::Span<const std::str
     ++present;
     return RunEnd::kComplete;
   };
-  const RunEnd end = ReadRun(key_names, "EXISTS", options_.lookup_window, deadline, exists);
+  auto nothing_to_prepare = [](size_t, std::vector<absl::StatusOr<RedisReply>>&) {};
+  const RunEnd end =
+      ReadRun(key_names, "EXISTS", options_.lookup_window, deadline, nothing_to_prepare, exists);
   FleetCounters delta;
   delta.lookups = 1;
   delta.hit_pages = present;
@@ -215,22 +237,36 @@ std::vector<std::string> RedisFleetTier::Get(const FleetScope& scope,
   std::vector<std::string> payloads;
   FleetCounters delta;
   delta.lookups = 1;
+  // A window's values are checked and decrypted on up to `open_threads` threads, then taken in
+  // order until the first that did not verify.
+  size_t window_start = 0;
+  std::vector<PageValueVerdict> verdicts;
+  std::vector<std::string> opened;
+  auto open_window = [&](size_t start, std::vector<absl::StatusOr<RedisReply>>& replies) {
+    window_start = start;
+    verdicts.assign(replies.size(), PageValueVerdict::kOtherVersion);
+    opened.assign(replies.size(), std::string());
+    ParallelFor(replies.size(), options_.open_threads, [&](size_t k) {
+      if (!replies[k].ok() || (*replies[k])->type != REDIS_REPLY_STRING) return;
+      verdicts[k] = OpenPageValue(ReplyText(**replies[k]), scope.shape, scope.layout_hash,
+                                  key_names[start + k], scope.keys->value_key, &opened[k]);
+    });
+  };
   auto verified = [&](size_t i, const redisReply& reply) {
     if (reply.type != REDIS_REPLY_STRING) return RunEnd::kMiss;
-    std::string payload;
-    const PageValueVerdict verdict = OpenPageValue(ReplyText(reply), scope.shape, scope.layout_hash,
-                                                   key_names[i], scope.keys->value_key, &payload);
-    if (verdict != PageValueVerdict::kOk) {
+    const size_t k = i - window_start;
+    if (verdicts[k] != PageValueVerdict::kOk) {
       log::Warn("fleet.value_refused", {{"group", scope.group},
                                         {"page", static_cast<unsigned long long>(i)},
-                                        {"verdict", PageValueVerdictName(verdict)}});
+                                        {"verdict", PageValueVerdictName(verdicts[k])}});
       return RunEnd::kCorrupt;
     }
-    delta.bytes_read += payload.size();
-    payloads.push_back(std::move(payload));
+    delta.bytes_read += opened[k].size();
+    payloads.push_back(std::move(opened[k]));
     return RunEnd::kComplete;
   };
-  const RunEnd end = ReadRun(key_names, "GET", options_.get_window, deadline, verified);
+  const RunEnd end =
+      ReadRun(key_names, "GET", options_.get_window, deadline, open_window, verified);
   delta.hit_pages = payloads.size();
   delta.misses = end == RunEnd::kMiss || end == RunEnd::kCorrupt ? 1 : 0;
   delta.corrupt = end == RunEnd::kCorrupt ? 1 : 0;

@@ -15,7 +15,8 @@
 // Reading: each Lookup/Get borrows two cluster clients from a pool (client_pool.h: one fetches
 // the next window on a helper thread while the caller checks the current one), asks
 // `lookup_window` keys per EXISTS round or `get_window` per GET round (pipelined per node; a GET
-// round holds its values in memory until it is checked), and stops at the first key
+// round holds its values in memory until it is checked; its values are checked and decrypted on
+// up to `open_threads` threads), and stops at the first key
 // that is absent, fails or does not verify. Every round is bounded by the caller's deadline.
 //
 // Thread-safe. mu_ protects the queue; counters_mu_ the counters; the writer's client is used
@@ -54,6 +55,8 @@ struct RedisFleetOptions {
   size_t lookup_window = 64;
   // Default: 8. Keys asked per GET round (8 llama3-8b pages: 16 MiB in flight).
   size_t get_window = 8;
+  // Default: 4. Threads (the caller's included) that check and decrypt one GET window's values.
+  size_t open_threads = 4;
   // Default: 8. Idle reader clients kept.
   size_t max_idle_clients = 8;
   // Default: zero (no expiry: Redis's maxmemory policy evicts). A TTL set on every value.
@@ -101,11 +104,13 @@ class RedisFleetTier final : public FleetTier {
     return !queue_.empty() || stopping_;
   }
 
-  // Runs `command` ("EXISTS" or "GET") over key_names `window` keys at a time; `accept(i, reply)`
-  // judges each reply in order and returns how the run goes on (kComplete: continue).
-  template <typename Accept>
+  // Runs `command` ("EXISTS" or "GET") over key_names `window` keys at a time;
+  // `prepare(start, replies)` sees each window's replies first (any of them may be a failure),
+  // then `accept(i, reply)` judges each reply in order and returns how the run goes on
+  // (kComplete: continue).
+  template <typename Prepare, typename Accept>
   RunEnd ReadRun(absl::Span<const std::string> key_names, absl::string_view command, size_t window,
-                 absl::Time deadline, Accept accept);
+                 absl::Time deadline, Prepare prepare, Accept accept);
   void Count(const std::string& group, const FleetCounters& delta);
   // Logs a write failure when the writer goes from healthy to failing, and the recovery.
   void NoteWriteHealth(bool ok, const absl::Status& failure);
