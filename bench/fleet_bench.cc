@@ -45,14 +45,16 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
   --user NAME           its ACL user; --password_file PATH its password
   --script PATH         deploy/redis-cluster (default: ./deploy/redis-cluster)
   --base_port N         the local cluster's first port (default 36000)
+  --open_threads N      threads checking/decrypting a GET window (default: the tier's, 4)
+  --no_read_ahead       the tier fetches one window at a time
   --json                JSON on stdout instead of the table
   --smoke               tiny layout, 8 pages, 1 rep (CI)
 )";
 
 struct Options {
-  int pages = 64, reps = 5, base_port = 36000;
+  int pages = 64, reps = 5, base_port = 36000, open_threads = 4;
   std::string layout = "llama3-8b", seeds, user, password_file, script = "deploy/redis-cluster";
-  bool json = false;
+  bool json = false, read_ahead = true;
 };
 
 double SecondsSince(Clock::time_point t0) {
@@ -71,6 +73,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
     if (a == "--help") {
       std::fputs(kUsage, stdout);
       return 0;
+    } else if (a == "--no_read_ahead") {
+      o->read_ahead = false;
     } else if (a == "--json") {
       o->json = true;
     } else if (a == "--smoke") {
@@ -80,6 +84,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
     } else if (a == "--pages" && value(&v) && absl::SimpleAtoi(v, &o->pages) && o->pages > 0) {
     } else if (a == "--reps" && value(&v) && absl::SimpleAtoi(v, &o->reps) && o->reps > 0) {
     } else if (a == "--base_port" && value(&v) && absl::SimpleAtoi(v, &o->base_port)) {
+    } else if (a == "--open_threads" && value(&v) && absl::SimpleAtoi(v, &o->open_threads) &&
+               o->open_threads > 0) {
     } else if (a == "--layout" && value(&o->layout) &&
                (o->layout == "llama3-8b" || o->layout == "tiny")) {
     } else if (a == "--seeds" && value(&o->seeds)) {
@@ -390,6 +396,8 @@ int RunFleetBench(int argc, char** argv) {
   options.cluster.connection = connection;
   options.max_queue_bytes = uint64_t{4} << 30;
   options.write_timeout = absl::Seconds(60);
+  options.open_threads = static_cast<size_t>(o.open_threads);
+  options.read_ahead = o.read_ahead;
   absl::StatusOr<std::unique_ptr<fleet::RedisFleetTier>> tier =
       fleet::RedisFleetTier::Create(options);
   fleet::RedisClusterClient probe(options.cluster);

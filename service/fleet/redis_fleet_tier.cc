@@ -181,9 +181,10 @@ RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key
                                                absl::Time deadline, Prepare prepare,
                                                Accept accept) {
   if (key_names.empty()) return RunEnd::kComplete;
-  // Two clients take turns: while this thread judges one window's replies (checksums and
-  // decryption for GET), the next window is fetched on another thread. A run that ends early has
-  // fetched at most one window too many; the fetch in flight is awaited (bounded by `deadline`).
+  // With read_ahead two clients take turns: while this thread judges one window's replies
+  // (checksums and decryption for GET), the next window is fetched on another thread. A run that
+  // ends early has fetched at most one window too many; the fetch in flight is awaited (bounded by
+  // `deadline`).
   ClusterClientPool::Lease first = readers_.Borrow(), second = readers_.Borrow();
   RedisClusterClient* const clients[2] = {&*first, &*second};
   auto fetch = [&key_names, command, window, deadline](size_t start, RedisClusterClient* client) {
@@ -196,7 +197,7 @@ RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key
   std::vector<absl::StatusOr<RedisReply>> replies = fetch(0, clients[0]);
   for (size_t start = 0, turn = 0; start < key_names.size(); start += window, turn ^= 1) {
     std::future<std::vector<absl::StatusOr<RedisReply>>> next;
-    if (start + window < key_names.size()) {
+    if (options_.read_ahead && start + window < key_names.size()) {
       next = std::async(std::launch::async, fetch, start + window, clients[turn ^ 1]);
     }
     prepare(start, replies);
@@ -206,7 +207,11 @@ RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key
       const RunEnd end_here = accept(i, **reply);
       if (end_here != RunEnd::kComplete) return end_here;
     }
-    if (next.valid()) replies = next.get();
+    if (next.valid()) {
+      replies = next.get();
+    } else if (start + window < key_names.size()) {
+      replies = fetch(start + window, clients[0]);
+    }
   }
   return RunEnd::kComplete;
 }

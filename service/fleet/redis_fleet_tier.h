@@ -55,6 +55,8 @@ struct RedisFleetOptions {
   size_t lookup_window = 64;
   // Default: 8. Keys asked per GET round (8 llama3-8b pages: 16 MiB in flight).
   size_t get_window = 8;
+  // Default: true. Fetch the next window on a second client while the current one is checked.
+  bool read_ahead = true;
   // Default: 4. Threads (the caller's included) that check and decrypt one GET window's values.
   size_t open_threads = 4;
   // Default: 8. Idle reader clients kept.
