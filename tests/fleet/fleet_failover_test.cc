@@ -60,7 +60,8 @@ bool WaitForReplication(RedisClusterClient& admin, absl::Duration timeout) {
 
 TEST(FleetFailoverTest, KillingAMasterDuringLookupsNeverServesAWrongByte) {
   if (!LocalRedisCluster::Available()) GTEST_SKIP() << LocalRedisCluster::kMissing;
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<LocalRedisCluster> cluster, LocalRedisCluster::Start());
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<LocalRedisCluster> cluster,
+                       LocalRedisCluster::Start(/*node_timeout=*/absl::Seconds(1)));
   RedisFleetOptions options;
   options.cluster.seeds = cluster->seeds();
   options.cluster.connection = cluster->KvkeepUser();

@@ -43,7 +43,8 @@ bool LocalRedisCluster::Available() {
   return RunCommand("command -v redis-server && command -v redis-cli").exit_code == 0;
 }
 
-absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start() {
+absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start(
+    absl::Duration node_timeout) {
   char pattern[] = "/tmp/kvkeep-fleet-XXXXXX";
   if (mkdtemp(pattern) == nullptr) return absl::InternalError("mkdtemp failed");
   const std::string dir = pattern;
@@ -51,7 +52,8 @@ absl::StatusOr<std::unique_ptr<LocalRedisCluster>> LocalRedisCluster::Start() {
   for (int attempt = 0; attempt < 2; ++attempt) {
     const int base = 20000 + static_cast<int>((getpid() * 7 + attempt * 1543) % 3000) * 10;
     CommandResult started =
-        RunCommand(absl::StrCat(Script(), " start ", dir, " --base-port ", base));
+        RunCommand(absl::StrCat(Script(), " start ", dir, " --base-port ", base, " --node-timeout ",
+                                absl::ToInt64Milliseconds(node_timeout)));
     if (started.exit_code == 0) {
       std::vector<NodeAddress> seeds;
       for (absl::string_view line : absl::StrSplit(started.output, '\n')) {

@@ -33,8 +33,11 @@ class LocalRedisCluster {
   // redis-server and redis-cli are on $PATH.
   static bool Available();
 
-  // UNAVAILABLE with the script's output when the cluster does not come up.
-  static absl::StatusOr<std::unique_ptr<LocalRedisCluster>> Start();
+  // UNAVAILABLE with the script's output when the cluster does not come up. `node_timeout`:
+  // Redis's cluster-node-timeout, after which an unreachable master is failed over (short for a
+  // failover test; long enough elsewhere that a loaded machine causes no spurious failover).
+  static absl::StatusOr<std::unique_ptr<LocalRedisCluster>> Start(
+      absl::Duration node_timeout = absl::Seconds(3));
   ~LocalRedisCluster();
 
   const std::vector<NodeAddress>& seeds() const { return seeds_; }
