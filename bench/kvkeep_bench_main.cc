@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "bench/backend_bench.h"
+#include "bench/fleet_bench.h"
 #include "bench/io_bench.h"
 #include "bench/mem_bench.h"
 #include "bench/score_bench.h"
@@ -28,6 +29,8 @@ Commands:
           (kvkeep-bench mem --help)
   backend the memory backend (CPU or CUDA): large Write/Read vs memcpy/cudaMemcpy, small
           writes, CopyBatch compaction vs a contiguous copy (kvkeep-bench backend --help)
+  fleet   fleet tier put/get of page values vs raw hiredis SET/GET on a local Redis Cluster
+          (kvkeep-bench fleet --help)
   all     score, io, spill and mem one after the other with their defaults
           (--smoke: tiny sizes, a few seconds; --json: each prints its JSON object)
 
@@ -110,6 +113,7 @@ int main(int argc, char** argv) {
   if (cmd == "spill") return kvkeep::bench::RunSpillBench(argc - 1, argv + 1);
   if (cmd == "mem") return kvkeep::bench::RunMemBench(argc - 1, argv + 1);
   if (cmd == "backend") return kvkeep::bench::RunBackendBench(argc - 1, argv + 1);
+  if (cmd == "fleet") return kvkeep::bench::RunFleetBench(argc - 1, argv + 1);
   if (cmd == "all") return RunAll(argc - 1, argv + 1);
   std::fprintf(stderr, "kvkeep-bench: unknown %s \"%s\" (see kvkeep-bench --help)\n",
                cmd.rfind('-', 0) == 0 ? "flag" : "command", cmd.c_str());
