@@ -62,6 +62,8 @@ struct Selection {
 //    our budgets also count the sinks, so the floor is sinks + window).
 //  * global: scores divided by their layer's Σ|score| over candidates, one top-(T - Σ forced) over
 //    all (layer, head, candidate) of the sequence.
+//  * sequence: one token set for every (layer, head), scores combined across them
+//    (sequence_allocation.h); needs equal head lengths.
 absl::StatusOr<Selection> SelectTokens(const Policy& policy, const Budget& budget,
                                        const std::vector<HeadScores>& layers, int q_heads_per_kv);
 
