@@ -8,7 +8,7 @@
 
 namespace {
 
-constexpr const char* kHelp = R"(kvkeep-llama: llama.cpp (the pinned 0.4.0 of node-llama-cpp 3.21.1) with kvkeep as the home
+constexpr const char* kHelp = R"(kvkeep-llama: llama.cpp (the 0.4.0-dev build pinned by node-llama-cpp 3.21.1) with kvkeep as the home
 of its KV cache. After a prefill, the keys and values of every layer and KV head move into kvkeep
 pages (written in place into the mapped arena), committed with the cells' positions and the query
 statistics captured through llama.cpp's eval callback. Any process of the tenant can restore them
@@ -26,6 +26,8 @@ Commands:
              tokens. Exit 1 when a restore is not exact or the cells differ.
   generate   prompt -> tokens: prefill, store in kvkeep, compress with --policy (first one) at
              --keep (1 = no compression), decode --decode tokens greedily.
+  bench      time to move the prompt's KV into kvkeep and back vs llama.cpp's own prefill of it,
+             median [min, max] over --repeat repetitions (docs/benchmarks.md).
   store      (plumbing) prefill, store; prints the sequence id and probe token; --retain keeps
              it after this process; --logits-out FILE gets the probe's next-token logits.
   restore    (plumbing) --sequence ID --probe TOKEN --logits-out FILE: a fresh context from
@@ -47,6 +49,7 @@ Flags:
   --keep RATIO          keep ratio of the compression, (0, 1] (default 0.25)
   --decode N            tokens decoded after the prompt (default 32)
   --threads N           llama.cpp threads (default 2)
+  --repeat N            bench repetitions (default 5, after one warm-up)
   --json                machine-readable figures on stdout (one JSON object)
   --help                this text
 
@@ -73,6 +76,7 @@ int main(int argc, char** argv) {
   const std::string& c = options->command;
   if (c == "check") return RunCheck(*options);
   if (c == "generate") return RunGenerate(*options);
+  if (c == "bench") return RunBench(*options);
   if (c == "store") return RunStore(*options);
   if (c == "restore") return RunRestore(*options);
   return RunPrefixRestore(*options);

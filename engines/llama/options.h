@@ -12,7 +12,7 @@
 namespace kvkeep::llama {
 
 struct Options {
-  std::string command;  // check, generate, store, restore, prefix-restore
+  std::string command;  // check, generate, bench, store, restore, prefix-restore
   bool help = false;
   bool json = false;
   std::string model;            // --model FILE (GGUF)
@@ -26,6 +26,7 @@ struct Options {
   double keep = 0.25;           // --keep RATIO
   uint32_t decode = 32;         // --decode N: tokens decoded after the prompt (check, generate)
   int threads = 2;              // --threads N
+  uint32_t repeat = 5;          // --repeat N (bench)
   // Plumbing of check and the tests.
   std::string sequence;         // --sequence ID
   int32_t probe = -1;           // --probe TOKEN

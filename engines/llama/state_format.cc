@@ -56,6 +56,14 @@ absl::StatusOr<SeqState> SeqState::Parse(absl::Span<const uint8_t> bytes, const 
   Reader r(bytes);
   SeqState s;
   s.shape_ = shape;
+  ASSIGN_OR_RETURN(const auto magic, r.Get<uint32_t>("magic"));
+  if (magic != kStateMagic) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "llama.cpp sequence state starts with magic 0x", absl::Hex(magic), ", not 0x",
+        absl::Hex(kStateMagic), ": not a sequence state of llama.cpp ", kPinnedLlamaVersion));
+  }
+  ASSIGN_OR_RETURN(const auto state_seq, r.Get<int32_t>("seq_id"));
+  (void)state_seq;
   ASSIGN_OR_RETURN(const auto n_stream, r.Get<uint32_t>("n_stream"));
   if (n_stream != 1) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -145,7 +153,9 @@ SeqStateWriter::SeqStateWriter(const CacheShape& shape, std::vector<int32_t> pos
     bytes_.append(reinterpret_cast<const char*>(&v), sizeof(v));
   };
   const uint64_t data = shape.row_bytes() * cells_;
-  bytes_.reserve(16 + positions.size() * 12 + shape.layers * (2 * data + 40));
+  bytes_.reserve(24 + positions.size() * 12 + shape.layers * (2 * data + 40));
+  put(kStateMagic);
+  put(seq_id);
   put(uint32_t{1});
   put(cells_);
   for (int32_t p : positions) {

@@ -1,7 +1,9 @@
-// The sequence state of the pinned llama.cpp (0.4.0, node-llama-cpp 3.21.1): the bytes that
+// The sequence state of the pinned llama.cpp (0.4.0-dev, node-llama-cpp 3.21.1): the bytes that
 // llama_state_seq_get_data writes and llama_state_seq_set_data reads, for a plain KV cache
-// (llama_kv_cache::state_write / state_read in src/llama-kv-cache.cpp of that release).
+// (llama_context::state_seq_get_data in src/llama-context.cpp, then llama_kv_cache::state_write /
+// state_read in src/llama-kv-cache.cpp of that release).
 //
+//   u32 magic 0xaf143cd8, i32 seq_id
 //   u32 n_stream (1 here)
 //   u32 cell_count
 //   cell_count × { i32 pos, u32 n_seq_id (1), i32 seq_id }
@@ -28,9 +30,10 @@
 
 namespace kvkeep::llama {
 
-// The llama.cpp release whose state format this module reads (llama_version()).
-inline constexpr absl::string_view kPinnedLlamaVersion = "0.4.0";
+// The llama.cpp release whose state format this module reads, as its llama_version() says.
+inline constexpr absl::string_view kPinnedLlamaVersion = "0.4.0-dev";
 inline constexpr int32_t kGgmlTypeF16 = 1;  // ggml_type GGML_TYPE_F16
+inline constexpr uint32_t kStateMagic = 0xaf143cd8;  // io_magic of llama-context.cpp
 
 // FAILED_PRECONDITION naming both versions unless `version` is the pinned one.
 absl::Status CheckLlamaVersion(absl::string_view version);

@@ -68,6 +68,8 @@ TEST(StateFormat, MatchesTheLayoutLlamaCppWrites) {
   const std::string got = Build(s, {7, 9}, h, /*v_trans=*/true);
   std::string want;
   auto put = [&](auto v) { want.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
+  put(uint32_t{0xaf143cd8});                              // magic
+  put(int32_t{0});                                        // seq_id
   put(uint32_t{1});                                       // n_stream
   put(uint32_t{2});                                       // cell_count
   for (int32_t p : {7, 9}) { put(p); put(uint32_t{1}); put(int32_t{0}); }
@@ -125,20 +127,25 @@ TEST(StateFormat, RefusesWhatDoesNotMatchTheModelOrTheRelease) {
   EXPECT_THAT(SeqState::Parse(Span(good + "x"), s),
               StatusIs(absl::StatusCode::kInvalidArgument, "after the last layer"));
   std::string two_streams = good;
-  two_streams[0] = 2;
+  two_streams[8] = 2;
   EXPECT_THAT(SeqState::Parse(Span(two_streams), s),
               StatusIs(absl::StatusCode::kFailedPrecondition, "2 streams"));
   // A quantised (Q8_0 = 8) key cache: another type than F16.
   std::string q8 = good;
-  const size_t k_type_at = 8 + 3 * 12 + 8;
+  const size_t k_type_at = 16 + 3 * 12 + 8;
   ASSERT_EQ(q8[k_type_at], 1);
   q8[k_type_at] = 8;
   EXPECT_THAT(SeqState::Parse(Span(q8), s),
               StatusIs(absl::StatusCode::kInvalidArgument, "k_type of layer 0 is 8"));
   EXPECT_THAT(SeqState::Parse(Span(std::string()), s),
-              StatusIs(absl::StatusCode::kInvalidArgument, "n_stream"));
+              StatusIs(absl::StatusCode::kInvalidArgument, "magic"));
+  std::string other_magic = good;
+  other_magic[0] ^= 1;
+  EXPECT_THAT(SeqState::Parse(Span(other_magic), s),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "magic 0xaf143cd9"));
 
-  EXPECT_OK(CheckLlamaVersion("0.4.0"));
+  EXPECT_OK(CheckLlamaVersion("0.4.0-dev"));
+  EXPECT_THAT(CheckLlamaVersion("0.4.0"), StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_THAT(CheckLlamaVersion("0.5.0"),
               StatusIs(absl::StatusCode::kFailedPrecondition, "libllama is version 0.5.0"));
 }
