@@ -43,7 +43,8 @@ Flags:
   --token-file PATH     file with the tenant's token (kvkeepctl tenant create prints it)
   --peer-token-file P   check: a second tenant of the same sharing group (shared-prefix flow)
   --prompt TEXT         prompt (default: a built-in text of --prompt-tokens characters)
-  --prompt-tokens N     length of the built-in prompt (default 192)
+  --prompt-tokens N     length of the built-in prompt in characters, about as
+                        many tokens (default 256)
   --policy A,B          scorers for check (default snapkv,expected,h2o,knorm,streaming);
                         generate uses the first
   --keep RATIO          keep ratio of the compression, (0, 1] (default 0.25)

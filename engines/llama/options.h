@@ -21,7 +21,7 @@ struct Options {
   std::string token_file;       // --token-file PATH (the tenant's token)
   std::string peer_token_file;  // --peer-token-file PATH (check: a tenant of the same sharing group)
   std::string prompt;           // --prompt TEXT (default: a built-in text)
-  uint32_t prompt_tokens = 192;  // --prompt-tokens N: length of the built-in prompt
+  uint32_t prompt_tokens = 256;  // --prompt-tokens N: length of the built-in prompt
   std::vector<std::string> policies;  // --policy a,b (scorers; allocation `sequence`)
   double keep = 0.25;           // --keep RATIO
   uint32_t decode = 32;         // --decode N: tokens decoded after the prompt (check, generate)

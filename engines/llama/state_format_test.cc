@@ -83,8 +83,8 @@ TEST(StateFormat, MatchesTheLayoutLlamaCppWrites) {
   put(int32_t{1});                                        // v type F16
   put(uint32_t{2});                                       // element bytes
   put(uint32_t{4});                                       // n_embd_v_gqa
-  for (uint16_t e = 0; e < 4; ++e)                        // element e = (head, dim) of each cell
-    for (uint16_t c = 0; c < 2; ++c) put(static_cast<uint16_t>(0x100 + 0x10 * c + e));
+  for (uint16_t e = 0; e < 4; ++e)                        // element e = head * 2 + dim, each cell
+    for (uint16_t c = 0; c < 2; ++c) put(static_cast<uint16_t>(0x100 + 0x10 * c + 4 * (e / 2) + e % 2));
   EXPECT_EQ(got, want);
 }
 
