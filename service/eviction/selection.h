@@ -1,6 +1,6 @@
 // Budget allocation and token selection: turns the per-layer scores of a sequence into the token
 // indices each (layer, KV head) keeps, under a sequence budget and the policy's allocation
-// (uniform, ada, pyramid, global; shared/docs/algorithms.md).
+// (uniform, ada, pyramid, global: shared/docs/algorithms.md; sequence: sequence_allocation.h).
 //
 //   std::vector<HeadScores> layers = ...;   // ScoreLayer of every layer
 //   ASSIGN_OR_RETURN(Selection sel, SelectTokens(policy, Budget{.keep_ratio = 0.1}, layers,
