@@ -66,7 +66,9 @@ absl::StatusOr<json> Bench(const Options& o) {
   }
   const ModelShape& s = rt->shape();
   return json{{"model", model},
-              {"layers", s.layers}, {"q_heads", s.q_heads}, {"kv_heads", s.kv_heads},
+              {"layers", s.layers},
+              {"q_heads", s.q_heads},
+              {"kv_heads", s.kv_heads},
               {"head_dim", s.head_dim},
               {"prompt_tokens", tokens.size()},
               {"kv_bytes", uint64_t{2} * tokens.size() * s.layers * s.kv_heads * s.head_dim * 2},

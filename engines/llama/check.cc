@@ -13,8 +13,8 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <filesystem>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -37,10 +37,22 @@ double Ms(Clock::time_point since) {
 // Flags a second kvkeep-llama needs to reach the same daemon and model.
 std::vector<std::string> ChildArgs(const Options& o, const std::string& command,
                                    const std::string& token_file) {
-  return {command, "--model", o.model, "--model-name", ModelName(o), "--socket", o.socket,
-          "--token-file", token_file, "--threads", std::to_string(o.threads),
-          "--prompt-tokens", std::to_string(o.prompt_tokens), "--decode",
-          std::to_string(o.decode), "--json"};
+  return {command,
+          "--model",
+          o.model,
+          "--model-name",
+          ModelName(o),
+          "--socket",
+          o.socket,
+          "--token-file",
+          token_file,
+          "--threads",
+          std::to_string(o.threads),
+          "--prompt-tokens",
+          std::to_string(o.prompt_tokens),
+          "--decode",
+          std::to_string(o.decode),
+          "--json"};
 }
 
 struct Run {
@@ -48,10 +60,10 @@ struct Run {
   LlamaRuntime& rt;
   Client& client;
   std::vector<int32_t> tokens;
-  std::string state;      // the prefill's sequence state
+  std::string state;  // the prefill's sequence state
   std::vector<v1::LayerStats> stats;
   int32_t probe = 0;
-  std::string tmp;        // folder for the logits files
+  std::string tmp;  // folder for the logits files
 };
 
 // A second process restores `sequence`; max |logit diff| against `want`.
@@ -59,8 +71,8 @@ absl::StatusOr<double> RestoreElsewhere(Run& r, const std::string& sequence,
                                         const std::vector<float>& want, const std::string& tag) {
   const std::string path = absl::StrCat(r.tmp, "/", tag, ".logits");
   std::vector<std::string> args = ChildArgs(r.o, "restore", r.o.token_file);
-  args.insert(args.end(), {"--sequence", sequence, "--probe", std::to_string(r.probe),
-                           "--logits-out", path});
+  args.insert(args.end(),
+              {"--sequence", sequence, "--probe", std::to_string(r.probe), "--logits-out", path});
   RETURN_IF_ERROR(RunSelf(args).status());
   ASSIGN_OR_RETURN(std::vector<float> got, ReadLogits(path));
   return MaxAbsDiff(got, want);
@@ -92,7 +104,8 @@ absl::StatusOr<json> SharedPrefix(Run& r, const std::string& sequence) {
 }
 
 // The uncompressed continuation: greedy tokens and the logits after each.
-absl::Status Continue(Run& r, std::vector<int32_t>& forced, std::vector<std::vector<float>>& logits) {
+absl::Status Continue(Run& r, std::vector<int32_t>& forced,
+                      std::vector<std::vector<float>>& logits) {
   r.rt.Clear();
   RETURN_IF_ERROR(r.rt.SetState(r.state));
   const int32_t n = static_cast<int32_t>(r.tokens.size());
@@ -154,9 +167,13 @@ absl::StatusOr<json> Check(const Options& o) {
   ASSIGN_OR_RETURN(r.tokens, rt->Tokenize(PromptText(o)));
   const int32_t n = static_cast<int32_t>(r.tokens.size());
   const ModelShape& s = rt->shape();
-  json figures = {{"model", {{"name", ModelName(o)}, {"layers", s.layers}, {"q_heads", s.q_heads},
-                             {"kv_heads", s.kv_heads}, {"head_dim", s.head_dim},
-                             {"rope_theta", s.rope_theta}}},
+  json figures = {{"model",
+                   {{"name", ModelName(o)},
+                    {"layers", s.layers},
+                    {"q_heads", s.q_heads},
+                    {"kv_heads", s.kv_heads},
+                    {"head_dim", s.head_dim},
+                    {"rope_theta", s.rope_theta}}},
                   {"prompt_tokens", n}};
 
   // The prefill with the statistics capture (also warms llama.cpp up), then llama.cpp's own
@@ -249,8 +266,8 @@ void PrintText(const json& f) {
                 f["shared_prefix"]["shared_tokens"].get<int>(),
                 f["shared_prefix"]["max_abs_logit_diff"].get<double>());
   }
-  std::printf("%-10s %-9s %6s %6s %6s %10s %8s\n", "policy", "alloc", "keep", "kept", "cells",
-              "KL", "top-1");
+  std::printf("%-10s %-9s %6s %6s %6s %10s %8s\n", "policy", "alloc", "keep", "kept", "cells", "KL",
+              "top-1");
   for (const json& p : f["policies"]) {
     std::printf("%-10s %-9s %6.3f %6d %6s %10.6f %8.3f\n", p["policy"].get<std::string>().c_str(),
                 "sequence", p["keep"].get<double>(), p["kept_tokens"].get<int>(),
@@ -271,7 +288,7 @@ int RunCheck(const Options& o) {
   const bool exact = Exact(*figures);
   (*figures)["exact"] = exact;
   if (o.json) {
-    std::cout << figures->dump() << "\n";
+    std::cout << figures->dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
   } else {
     PrintText(*figures);
     std::printf("%s\n", exact ? "all restores exact, cells match" : "MISMATCH (see above)");

@@ -2,13 +2,14 @@
 // store (prefill, store the KV in kvkeep, write the probe's logits), restore (a fresh context from
 // kvkeep, the probe's logits), prefix-restore (another tenant of the group: the shared prefix from
 // kvkeep, the rest of the prompt decoded, the probe's logits).
+#include "engines/llama/commands.h"
+
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "engines/llama/commands.h"
 #include "engines/llama/kv_bridge.h"
 #include "engines/llama/worker_common.h"
 #include "nlohmann/json.hpp"
@@ -25,7 +26,8 @@ int Fail(const absl::Status& status, const std::string& command) {
 }
 
 double Ms(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since)
+      .count();
 }
 
 absl::StatusOr<json> Store(const Options& o) {
@@ -55,10 +57,11 @@ absl::StatusOr<json> Restore(const Options& o) {
   ASSIGN_OR_RETURN(std::string state, LoadState(*client, ModelName(o), rt->shape(), o.sequence));
   RETURN_IF_ERROR(rt->SetState(state));
   const double load_ms = Ms(t0);
-  ASSIGN_OR_RETURN(const SeqState parsed,
-                   SeqState::Parse(absl::MakeConstSpan(
-                                       reinterpret_cast<const uint8_t*>(state.data()), state.size()),
-                                   rt->shape().cache()));
+  ASSIGN_OR_RETURN(
+      const SeqState parsed,
+      SeqState::Parse(
+          absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(state.data()), state.size()),
+          rt->shape().cache()));
   const int32_t next = parsed.positions().back() + 1;
   RETURN_IF_ERROR(rt->Decode({o.probe}, next));
   RETURN_IF_ERROR(WriteLogits(o.logits_out, rt->LastLogits()));
@@ -76,7 +79,8 @@ absl::StatusOr<json> PrefixRestore(const Options& o) {
   if (shared == 0) {
     return absl::NotFoundError("no shared prefix of this prompt in the tenant's sharing group");
   }
-  ASSIGN_OR_RETURN(std::string state, LoadState(*client, ModelName(o), rt->shape(), table.sequence_id(), shared));
+  ASSIGN_OR_RETURN(std::string state,
+                   LoadState(*client, ModelName(o), rt->shape(), table.sequence_id(), shared));
   RETURN_IF_ERROR(rt->SetState(state));
   if (shared < tokens.size()) {
     RETURN_IF_ERROR(rt->Decode(std::vector<int32_t>(tokens.begin() + shared, tokens.end()),
@@ -128,9 +132,12 @@ absl::StatusOr<json> Generate(const Options& o) {
 int Print(const absl::StatusOr<json>& result, const Options& o, const char* command) {
   if (!result.ok()) return Fail(result.status(), command);
   if (o.json) {
-    std::cout << result->dump() << "\n";
+    std::cout << result->dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
   } else {
-    for (const auto& [key, value] : result->items()) std::cout << key << ": " << value.dump() << "\n";
+    for (const auto& [key, value] : result->items()) {
+      std::cout << key << ": " << value.dump(-1, ' ', false, json::error_handler_t::replace)
+                << "\n";
+    }
   }
   return 0;
 }

@@ -7,9 +7,9 @@
 
 namespace kvkeep::llama {
 
-int RunCheck(const Options& options);          // check.cc
-int RunBench(const Options& options);          // bench.cc
-int RunGenerate(const Options& options);       // commands.cc, and the plumbing below
+int RunCheck(const Options& options);     // check.cc
+int RunBench(const Options& options);     // bench.cc
+int RunGenerate(const Options& options);  // commands.cc, and the plumbing below
 int RunStore(const Options& options);
 int RunRestore(const Options& options);
 int RunPrefixRestore(const Options& options);

@@ -10,10 +10,10 @@ absl::Status CheckTable(const v1::PageTable& table, const ModelShape& shape,
                         const std::string& sequence) {
   const size_t want = size_t{shape.layers} * shape.kv_heads;
   if (static_cast<size_t>(table.heads_size()) != want) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "sequence ", sequence, " of model \"", table.model(), "\" has ", table.heads_size(),
-        " (layer, KV head) pairs; the loaded model has ", shape.layers, " layers x ",
-        shape.kv_heads, " KV heads"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("sequence ", sequence, " of model \"", table.model(), "\" has ",
+                     table.heads_size(), " (layer, KV head) pairs; the loaded model has ",
+                     shape.layers, " layers x ", shape.kv_heads, " KV heads"));
   }
   return absl::OkStatus();
 }
@@ -51,10 +51,11 @@ absl::StatusOr<std::string> StoreState(Client& client, const std::string& model,
                                        const ModelShape& shape, const std::string& state,
                                        const std::vector<v1::LayerStats>& stats,
                                        const StoreOptions& options) {
-  ASSIGN_OR_RETURN(const SeqState parsed,
-                   SeqState::Parse(absl::MakeConstSpan(
-                                       reinterpret_cast<const uint8_t*>(state.data()), state.size()),
-                                   shape.cache()));
+  ASSIGN_OR_RETURN(
+      const SeqState parsed,
+      SeqState::Parse(
+          absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(state.data()), state.size()),
+          shape.cache()));
   const uint32_t n = parsed.cells();
   ASSIGN_OR_RETURN(std::string sequence, client.CreateSequence(model, options.retain));
   RETURN_IF_ERROR(client.Allocate(sequence, n).status());
@@ -81,8 +82,8 @@ absl::StatusOr<std::vector<int32_t>> SequencePositions(Client& client, const Mod
         !std::equal(first.begin(), first.end(), head.positions().begin())) {
       return absl::FailedPreconditionError(absl::StrCat(
           "sequence ", sequence, ": layer ", head.layer(), " KV head ", head.kv_head(),
-          " holds other tokens than layer 0 head 0 (", head.positions_size(), " vs ",
-          first.size(), "); llama.cpp keeps one set of cells for all layers and heads: compress "
+          " holds other tokens than layer 0 head 0 (", head.positions_size(), " vs ", first.size(),
+          "); llama.cpp keeps one set of cells for all layers and heads: compress "
           "with allocation \"sequence\""));
     }
   }

@@ -58,9 +58,9 @@ class LlamaTest : public ::testing::Test {
               std::filesystem::last_write_time(model) >= std::filesystem::last_write_time(script);
     }
     if (fresh) return;
-    const std::string cmd = absl::StrCat(
-        "/usr/bin/python3 ", script.string(), " --out ", models_,
-        " --shape gqa2-d64 --shape mha-d64 --shape gqa2-d128 > /dev/null");
+    const std::string cmd =
+        absl::StrCat("/usr/bin/python3 ", script.string(), " --out ", models_,
+                     " --shape gqa2-d64 --shape mha-d64 --shape gqa2-d128 > /dev/null");
     if (std::system(cmd.c_str()) != 0) skip_ = "make_models.py failed: " + cmd;
   }
 
@@ -107,8 +107,18 @@ class LlamaTest : public ::testing::Test {
   }
   std::vector<std::string> Common(const std::string& command, const std::string& model,
                                   const std::string& token_file) {
-    return {command, "--model", model, "--socket", daemon_.dir() + "/kvkeepd.sock",
-            "--token-file", token_file, "--prompt-tokens", "96", "--decode", "8", "--json"};
+    return {command,
+            "--model",
+            model,
+            "--socket",
+            daemon_.dir() + "/kvkeepd.sock",
+            "--token-file",
+            token_file,
+            "--prompt-tokens",
+            "96",
+            "--decode",
+            "8",
+            "--json"};
   }
 
   static std::string skip_, models_;
@@ -194,6 +204,17 @@ TEST_F(LlamaTest, AModelWhoseLayoutDoesNotMatchTheRegisteredOneIsRefused) {
   const Result mismatch = Llama(args);
   EXPECT_EQ(mismatch.status, 1);
   EXPECT_THAT(mismatch.err, HasSubstr("holds the KV cache of model \"shared-name\""));
+}
+
+TEST_F(LlamaTest, GenerateCompressesThenDecodesOn) {
+  std::vector<std::string> args = Common("generate", Model("gqa2-d64"), alpha_);
+  args.insert(args.end(), {"--policy", "h2o", "--keep", "0.5", "--decode", "4"});
+  const Result r = Llama(args);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json f = json::parse(r.out);
+  EXPECT_EQ(f["kept_tokens"].get<int>(), (f["prompt_tokens"].get<int>() + 1) / 2);
+  EXPECT_EQ(f["generated_tokens"].size(), 4u);
+  EXPECT_GT(f["bytes_freed"].get<uint64_t>(), 0u);
 }
 
 TEST_F(LlamaTest, HelpTeachesAndUsageErrorsExit2) {

@@ -50,8 +50,8 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Load(const RuntimeOp
   (void)backends_loaded;
   RETURN_IF_ERROR(CheckLlamaVersion(llama_version()));
   if (ggml_backend_dev_count() == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "no ggml backend could be loaded from ", BackendDir(), " (libggml-cpu-*.so)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("no ggml backend could be loaded from ", BackendDir(), " (libggml-cpu-*.so)"));
   }
   if (!std::filesystem::exists(options.model_path)) {
     return absl::NotFoundError(absl::StrCat("model file ", options.model_path, " does not exist"));
@@ -160,7 +160,8 @@ std::vector<float> LlamaRuntime::LastLogits() const {
 absl::StatusOr<std::string> LlamaRuntime::GetState() const {
   const size_t size = llama_state_seq_get_size(ctx_, 0);
   std::string bytes(size, '\0');
-  const size_t n = llama_state_seq_get_data(ctx_, reinterpret_cast<uint8_t*>(bytes.data()), size, 0);
+  const size_t n =
+      llama_state_seq_get_data(ctx_, reinterpret_cast<uint8_t*>(bytes.data()), size, 0);
   if (n != size) return absl::InternalError("llama_state_seq_get_data wrote a different size");
   return bytes;
 }
@@ -169,8 +170,8 @@ absl::Status LlamaRuntime::SetState(const std::string& bytes) {
   const size_t n = llama_state_seq_set_data(ctx_, reinterpret_cast<const uint8_t*>(bytes.data()),
                                             bytes.size(), 0);
   if (n != bytes.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "llama.cpp refused the sequence state (read ", n, " of ", bytes.size(), " bytes)"));
+    return absl::InvalidArgumentError(absl::StrCat("llama.cpp refused the sequence state (read ", n,
+                                                   " of ", bytes.size(), " bytes)"));
   }
   return absl::OkStatus();
 }

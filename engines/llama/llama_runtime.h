@@ -37,7 +37,7 @@ struct RuntimeOptions {
   std::string model_path;
   uint32_t context = 2048;  // cells; one prefill ubatch holds up to this many tokens
   int threads = 2;
-  bool capture = false;     // install the eval callback (query statistics of each Decode)
+  bool capture = false;  // install the eval callback (query statistics of each Decode)
 };
 
 class LlamaRuntime {

@@ -8,14 +8,16 @@
 
 namespace {
 
-constexpr const char* kHelp = R"(kvkeep-llama: llama.cpp (the 0.4.0-dev build pinned by node-llama-cpp 3.21.1) with kvkeep as the home
-of its KV cache. After a prefill, the keys and values of every layer and KV head move into kvkeep
-pages (written in place into the mapped arena), committed with the cells' positions and the query
-statistics captured through llama.cpp's eval callback. Any process of the tenant can restore them
-into a fresh llama.cpp context, also after a spill to disk, and another tenant of the sharing group
-can start from the published prefix. Compression runs in kvkeep with allocation `sequence` (one
-kept token set for all layers and heads, as llama.cpp keeps one set of cells); llama.cpp then keeps
-exactly the cells kvkeep kept, at their original positions, and decodes on.
+constexpr const char* kHelp =
+    R"(kvkeep-llama: llama.cpp (0.4.0-dev, pinned by node-llama-cpp 3.21.1) with kvkeep as the
+home of its KV cache. After a prefill, the keys and values of every layer and KV head move into
+kvkeep pages (written in place into the mapped arena), committed with the cells' positions and
+the query statistics captured through llama.cpp's eval callback. Any process of the tenant can
+restore them into a fresh llama.cpp context, also after a spill to disk, and another tenant of
+the sharing group can start from the published prefix. Compression runs in kvkeep with
+allocation `sequence` (one kept token set for all layers and heads, as llama.cpp keeps one set
+of cells); llama.cpp then keeps exactly the cells kvkeep kept, at their original positions, and
+decodes on.
 
 Usage: kvkeep-llama COMMAND --model FILE --token-file PATH [--socket PATH] [flags]
 

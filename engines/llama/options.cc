@@ -1,7 +1,7 @@
 #include "engines/llama/options.h"
 
-#include <cstdlib>
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -13,7 +13,8 @@
 namespace kvkeep::llama {
 namespace {
 
-constexpr const char* kCommands[] = {"check", "generate", "bench", "store", "restore", "prefix-restore"};
+constexpr const char* kCommands[] = {"check", "generate", "bench",
+                                     "store", "restore",  "prefix-restore"};
 
 constexpr const char* kText =
     "kvkeep is the home of a model's KV cache: after the prefill the keys and values of every "
@@ -74,12 +75,22 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
     std::function<bool(const std::string&)> set;
   };
   const std::vector<Number> numbers = {
-      {"prompt-tokens", [&](const std::string& s) { return absl::SimpleAtoi(s, &o.prompt_tokens) && o.prompt_tokens >= 8; }},
-      {"keep", [&](const std::string& s) { return absl::SimpleAtod(s, &o.keep) && o.keep > 0 && o.keep <= 1; }},
-      {"decode", [&](const std::string& s) { return absl::SimpleAtoi(s, &o.decode) && o.decode >= 1; }},
-      {"threads", [&](const std::string& s) { return absl::SimpleAtoi(s, &o.threads) && o.threads >= 1; }},
-      {"repeat", [&](const std::string& s) { return absl::SimpleAtoi(s, &o.repeat) && o.repeat >= 1; }},
-      {"probe", [&](const std::string& s) { return absl::SimpleAtoi(s, &o.probe) && o.probe >= 0; }},
+      {"prompt-tokens",
+       [&](const std::string& s) {
+         return absl::SimpleAtoi(s, &o.prompt_tokens) && o.prompt_tokens >= 8;
+       }},
+      {"keep",
+       [&](const std::string& s) {
+         return absl::SimpleAtod(s, &o.keep) && o.keep > 0 && o.keep <= 1;
+       }},
+      {"decode",
+       [&](const std::string& s) { return absl::SimpleAtoi(s, &o.decode) && o.decode >= 1; }},
+      {"threads",
+       [&](const std::string& s) { return absl::SimpleAtoi(s, &o.threads) && o.threads >= 1; }},
+      {"repeat",
+       [&](const std::string& s) { return absl::SimpleAtoi(s, &o.repeat) && o.repeat >= 1; }},
+      {"probe",
+       [&](const std::string& s) { return absl::SimpleAtoi(s, &o.probe) && o.probe >= 0; }},
   };
   for (const Number& n : numbers) {
     if (take(n.name, &v) && !n.set(v)) {

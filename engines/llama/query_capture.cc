@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include "absl/strings/string_view.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "ggml-backend.h"
 #include "ggml.h"
 
@@ -61,8 +61,8 @@ bool QueryCapture::EvalCallback(ggml_tensor* t, bool ask, void* user) {
 
 void QueryCapture::OnTensor(ggml_tensor* t, int kind, uint32_t layer) {
   if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t)) {
-    status_ = absl::FailedPreconditionError(absl::StrCat(
-        "eval callback: ", ggml_get_name(t), " is not a contiguous F32 tensor"));
+    status_ = absl::FailedPreconditionError(
+        absl::StrCat("eval callback: ", ggml_get_name(t), " is not a contiguous F32 tensor"));
     return;
   }
   scratch_.resize(ggml_nelements(t));
@@ -71,8 +71,8 @@ void QueryCapture::OnTensor(ggml_tensor* t, int kind, uint32_t layer) {
   if (kind == kPostRope || kind == kPreRope) {
     // [head_dim, q_heads, tokens] or [q_heads * head_dim, tokens]: token-major rows of `row`.
     if (scratch_.size() % row != 0) {
-      status_ = absl::FailedPreconditionError(absl::StrCat("eval callback: ", ggml_get_name(t),
-                                                           " has ", scratch_.size(), " elements"));
+      status_ = absl::FailedPreconditionError(
+          absl::StrCat("eval callback: ", ggml_get_name(t), " has ", scratch_.size(), " elements"));
       return;
     }
     std::vector<float>& dst = kind == kPostRope ? post_[layer] : pre_[layer];
@@ -84,8 +84,8 @@ void QueryCapture::OnTensor(ggml_tensor* t, int kind, uint32_t layer) {
   // kq_soft_max: [n_kv, n_tokens, n_head]; cell j of the view is cell j of the cache.
   const int64_t n_kv = t->ne[0], n_tok = t->ne[1], n_head = t->ne[2];
   if (n_head != q_heads_) {
-    status_ = absl::FailedPreconditionError(absl::StrCat("eval callback: kq_soft_max has ", n_head,
-                                                         " heads, the model ", q_heads_));
+    status_ = absl::FailedPreconditionError(
+        absl::StrCat("eval callback: kq_soft_max has ", n_head, " heads, the model ", q_heads_));
     return;
   }
   std::vector<float>& m = mass_[layer];

@@ -48,8 +48,9 @@ absl::Status Mismatch(absl::string_view field, uint64_t got, uint64_t want) {
 absl::Status CheckLlamaVersion(absl::string_view version) {
   if (version == kPinnedLlamaVersion) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
-      "libllama is version ", version, "; kvkeep-llama reads the sequence state format of llama.cpp ",
-      kPinnedLlamaVersion, " (node-llama-cpp 3.21.1) only: reinstall with deploy/install-deps"));
+      "libllama is version ", version,
+      "; kvkeep-llama reads the sequence state format of llama.cpp ", kPinnedLlamaVersion,
+      " (node-llama-cpp 3.21.1) only: reinstall with deploy/install-deps"));
 }
 
 absl::StatusOr<SeqState> SeqState::Parse(absl::Span<const uint8_t> bytes, const CacheShape& shape) {
@@ -66,8 +67,9 @@ absl::StatusOr<SeqState> SeqState::Parse(absl::Span<const uint8_t> bytes, const 
   (void)state_seq;
   ASSIGN_OR_RETURN(const auto n_stream, r.Get<uint32_t>("n_stream"));
   if (n_stream != 1) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "llama.cpp sequence state has ", n_stream, " streams; kvkeep-llama runs one (n_seq_max 1)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("llama.cpp sequence state has ", n_stream,
+                     " streams; kvkeep-llama runs one (n_seq_max 1)"));
   }
   ASSIGN_OR_RETURN(const auto cells, r.Get<uint32_t>("cell_count"));
   if (cells == 0) return absl::InvalidArgumentError("llama.cpp sequence state holds no cells");
@@ -79,9 +81,9 @@ absl::StatusOr<SeqState> SeqState::Parse(absl::Span<const uint8_t> bytes, const 
     ASSIGN_OR_RETURN(const auto seq_id, r.Get<int32_t>("a cell's seq_id"));
     (void)seq_id;
     if (!s.positions_.empty() && pos <= s.positions_.back()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "llama.cpp sequence state: positions are not ascending at cell ", i, " (", pos,
-          " after ", s.positions_.back(), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("llama.cpp sequence state: positions are not ascending at cell ", i, " (",
+                       pos, " after ", s.positions_.back(), ")"));
     }
     s.positions_.push_back(pos);
   }
@@ -93,7 +95,8 @@ absl::StatusOr<SeqState> SeqState::Parse(absl::Span<const uint8_t> bytes, const 
   const uint64_t row = shape.row_bytes();
   for (uint32_t l = 0; l < n_layer; ++l) {
     ASSIGN_OR_RETURN(const auto k_type, r.Get<int32_t>("k_type"));
-    if (k_type != kGgmlTypeF16) return Mismatch(absl::StrCat("k_type of layer ", l), k_type, kGgmlTypeF16);
+    if (k_type != kGgmlTypeF16)
+      return Mismatch(absl::StrCat("k_type of layer ", l), k_type, kGgmlTypeF16);
     ASSIGN_OR_RETURN(const auto k_row, r.Get<uint64_t>("k_row_bytes"));
     if (k_row != row) return Mismatch(absl::StrCat("key row bytes of layer ", l), k_row, row);
     ASSIGN_OR_RETURN(const auto k, r.Take(row * cells, "keys"));
@@ -101,13 +104,15 @@ absl::StatusOr<SeqState> SeqState::Parse(absl::Span<const uint8_t> bytes, const 
   }
   for (uint32_t l = 0; l < n_layer; ++l) {
     ASSIGN_OR_RETURN(const auto v_type, r.Get<int32_t>("v_type"));
-    if (v_type != kGgmlTypeF16) return Mismatch(absl::StrCat("v_type of layer ", l), v_type, kGgmlTypeF16);
+    if (v_type != kGgmlTypeF16)
+      return Mismatch(absl::StrCat("v_type of layer ", l), v_type, kGgmlTypeF16);
     if (!s.v_trans_) {
       ASSIGN_OR_RETURN(const auto v_row, r.Get<uint64_t>("v_row_bytes"));
       if (v_row != row) return Mismatch(absl::StrCat("value row bytes of layer ", l), v_row, row);
     } else {
       ASSIGN_OR_RETURN(const auto el, r.Get<uint32_t>("v_elem_bytes"));
-      if (el != shape.elem_bytes) return Mismatch(absl::StrCat("value element bytes of layer ", l), el, shape.elem_bytes);
+      if (el != shape.elem_bytes)
+        return Mismatch(absl::StrCat("value element bytes of layer ", l), el, shape.elem_bytes);
       ASSIGN_OR_RETURN(const auto n_embd, r.Get<uint32_t>("n_embd_v_gqa"));
       const uint64_t want = uint64_t{shape.kv_heads} * shape.head_dim;
       if (n_embd != want) return Mismatch(absl::StrCat("n_embd_v_gqa of layer ", l), n_embd, want);
@@ -126,7 +131,8 @@ void SeqState::CopyHeadKeys(uint32_t layer, uint32_t head, uint8_t* out) const {
   const uint64_t row = shape_.row_bytes();
   const uint64_t head_bytes = uint64_t{shape_.head_dim} * shape_.elem_bytes;
   const uint8_t* src = keys_[layer] + head * head_bytes;
-  for (uint32_t c = 0; c < cells(); ++c) std::memcpy(out + c * head_bytes, src + c * row, head_bytes);
+  for (uint32_t c = 0; c < cells(); ++c)
+    std::memcpy(out + c * head_bytes, src + c * row, head_bytes);
 }
 
 void SeqState::CopyHeadValues(uint32_t layer, uint32_t head, uint8_t* out) const {
@@ -135,7 +141,8 @@ void SeqState::CopyHeadValues(uint32_t layer, uint32_t head, uint8_t* out) const
   if (!v_trans_) {
     const uint64_t row = shape_.row_bytes();
     const uint8_t* src = values_[layer] + head * head_bytes;
-    for (uint32_t c = 0; c < cells(); ++c) std::memcpy(out + c * head_bytes, src + c * row, head_bytes);
+    for (uint32_t c = 0; c < cells(); ++c)
+      std::memcpy(out + c * head_bytes, src + c * row, head_bytes);
     return;
   }
   // Transposed: element e of every cell is one run of cells() elements.
@@ -149,9 +156,7 @@ void SeqState::CopyHeadValues(uint32_t layer, uint32_t head, uint8_t* out) const
 SeqStateWriter::SeqStateWriter(const CacheShape& shape, std::vector<int32_t> positions,
                                int32_t seq_id, bool v_trans)
     : shape_(shape), cells_(static_cast<uint32_t>(positions.size())), v_trans_(v_trans) {
-  auto put = [&](const auto& v) {
-    bytes_.append(reinterpret_cast<const char*>(&v), sizeof(v));
-  };
+  auto put = [&](const auto& v) { bytes_.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
   const uint64_t data = shape.row_bytes() * cells_;
   bytes_.reserve(24 + positions.size() * 12 + shape.layers * (2 * data + 40));
   put(kStateMagic);
@@ -194,12 +199,14 @@ void SeqStateWriter::SetHead(uint32_t layer, uint32_t head, const uint8_t* keys,
   uint8_t* v = reinterpret_cast<uint8_t*>(bytes_.data()) + value_offset_[layer];
   if (!v_trans_) {
     v += head * head_bytes;
-    for (uint32_t c = 0; c < cells_; ++c) std::memcpy(v + c * row, values + c * head_bytes, head_bytes);
+    for (uint32_t c = 0; c < cells_; ++c)
+      std::memcpy(v + c * row, values + c * head_bytes, head_bytes);
     return;
   }
   for (uint32_t d = 0; d < shape_.head_dim; ++d) {
     uint8_t* run = v + (uint64_t{head} * shape_.head_dim + d) * cells_ * el;
-    for (uint32_t c = 0; c < cells_; ++c) std::memcpy(run + c * el, values + c * head_bytes + d * el, el);
+    for (uint32_t c = 0; c < cells_; ++c)
+      std::memcpy(run + c * el, values + c * head_bytes + d * el, el);
   }
 }
 

@@ -22,17 +22,17 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace kvkeep::llama {
 
 // The llama.cpp release whose state format this module reads, as its llama_version() says.
 inline constexpr absl::string_view kPinnedLlamaVersion = "0.4.0-dev";
-inline constexpr int32_t kGgmlTypeF16 = 1;  // ggml_type GGML_TYPE_F16
+inline constexpr int32_t kGgmlTypeF16 = 1;           // ggml_type GGML_TYPE_F16
 inline constexpr uint32_t kStateMagic = 0xaf143cd8;  // io_magic of llama-context.cpp
 
 // FAILED_PRECONDITION naming both versions unless `version` is the pinned one.

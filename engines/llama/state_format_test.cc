@@ -68,23 +68,28 @@ TEST(StateFormat, MatchesTheLayoutLlamaCppWrites) {
   const std::string got = Build(s, {7, 9}, h, /*v_trans=*/true);
   std::string want;
   auto put = [&](auto v) { want.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
-  put(uint32_t{0xaf143cd8});                              // magic
-  put(int32_t{0});                                        // seq_id
-  put(uint32_t{1});                                       // n_stream
-  put(uint32_t{2});                                       // cell_count
-  for (int32_t p : {7, 9}) { put(p); put(uint32_t{1}); put(int32_t{0}); }
-  put(uint32_t{1});                                       // v_trans
-  put(uint32_t{1});                                       // n_layer
-  put(int32_t{1});                                        // k type F16
-  put(uint64_t{8});                                       // key row: 2 heads x 2 dims x 2 bytes
+  put(uint32_t{0xaf143cd8});  // magic
+  put(int32_t{0});            // seq_id
+  put(uint32_t{1});           // n_stream
+  put(uint32_t{2});           // cell_count
+  for (int32_t p : {7, 9}) {
+    put(p);
+    put(uint32_t{1});
+    put(int32_t{0});
+  }
+  put(uint32_t{1});  // v_trans
+  put(uint32_t{1});  // n_layer
+  put(int32_t{1});   // k type F16
+  put(uint64_t{8});  // key row: 2 heads x 2 dims x 2 bytes
   for (uint16_t c = 0; c < 2; ++c)
     for (uint16_t g = 0; g < 2; ++g)
       for (uint16_t d = 0; d < 2; ++d) put(static_cast<uint16_t>(0x10 * c + 4 * g + d));
-  put(int32_t{1});                                        // v type F16
-  put(uint32_t{2});                                       // element bytes
-  put(uint32_t{4});                                       // n_embd_v_gqa
-  for (uint16_t e = 0; e < 4; ++e)                        // element e = head * 2 + dim, each cell
-    for (uint16_t c = 0; c < 2; ++c) put(static_cast<uint16_t>(0x100 + 0x10 * c + 4 * (e / 2) + e % 2));
+  put(int32_t{1});                  // v type F16
+  put(uint32_t{2});                 // element bytes
+  put(uint32_t{4});                 // n_embd_v_gqa
+  for (uint16_t e = 0; e < 4; ++e)  // element e = head * 2 + dim, each cell
+    for (uint16_t c = 0; c < 2; ++c)
+      put(static_cast<uint16_t>(0x100 + 0x10 * c + 4 * (e / 2) + e % 2));
   EXPECT_EQ(got, want);
 }
 
@@ -116,8 +121,9 @@ TEST(StateFormat, RefusesWhatDoesNotMatchTheModelOrTheRelease) {
 
   CacheShape other = s;
   other.layers = 3;
-  EXPECT_THAT(SeqState::Parse(Span(good), other),
-              StatusIs(absl::StatusCode::kInvalidArgument, "n_layer is 2, the model's cache needs 3"));
+  EXPECT_THAT(
+      SeqState::Parse(Span(good), other),
+      StatusIs(absl::StatusCode::kInvalidArgument, "n_layer is 2, the model's cache needs 3"));
   other = s;
   other.head_dim = 8;
   EXPECT_THAT(SeqState::Parse(Span(good), other),

@@ -37,7 +37,8 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LoadModel(const Options& options, 
   ro.threads = options.threads;
   ro.capture = capture;
   // The same for every process of one check (the restores compare logits bit for bit).
-  ro.context = std::max<uint32_t>(512, ((options.prompt_tokens + options.decode + 64) / 256 + 1) * 256);
+  ro.context =
+      std::max<uint32_t>(512, ((options.prompt_tokens + options.decode + 64) / 256 + 1) * 256);
   return LlamaRuntime::Load(ro);
 }
 
@@ -121,10 +122,10 @@ absl::StatusOr<std::string> RunSelf(const std::vector<std::string>& args) {
   int status = 0;
   waitpid(pid, &status, 0);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return absl::InternalError(absl::StrCat("kvkeep-llama ", args.empty() ? "" : args[0],
-                                            " (second process) failed with status ",
-                                            WIFEXITED(status) ? WEXITSTATUS(status) : -1, ": ",
-                                            err.size() > 2000 ? err.substr(err.size() - 2000) : err));
+    return absl::InternalError(absl::StrCat(
+        "kvkeep-llama ", args.empty() ? "" : args[0], " (second process) failed with status ",
+        WIFEXITED(status) ? WEXITSTATUS(status) : -1, ": ",
+        err.size() > 2000 ? err.substr(err.size() - 2000) : err));
   }
   return out;
 }

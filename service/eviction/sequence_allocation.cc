@@ -23,27 +23,26 @@ absl::StatusOr<Shape> ShapeOf(const Policy& policy, const std::vector<HeadScores
   s.layers = static_cast<int>(layers.size());
   if (s.layers == 0) return absl::InvalidArgumentError("allocation sequence: no layers");
   s.heads = static_cast<int>(layers[0].per_head.size());
-  if (s.heads == 0) return absl::InvalidArgumentError("allocation sequence: layer 0 has no KV heads");
+  if (s.heads == 0)
+    return absl::InvalidArgumentError("allocation sequence: layer 0 has no KV heads");
   s.tokens = static_cast<int>(layers[0].per_head[0].size());
   for (int l = 0; l < s.layers; ++l) {
     if (static_cast<int>(layers[l].per_head.size()) != s.heads) {
-      return absl::InvalidArgumentError(absl::StrCat("layer ", l, " has ",
-                                                     layers[l].per_head.size(),
-                                                     " KV heads, layer 0 has ", s.heads));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", l, " has ", layers[l].per_head.size(), " KV heads, layer 0 has ", s.heads));
     }
     for (int g = 0; g < s.heads; ++g) {
       const std::vector<float>& v = layers[l].per_head[g];
       if (static_cast<int>(v.size()) != s.tokens) {
         return absl::InvalidArgumentError(absl::StrCat(
             "allocation sequence keeps one token set for the whole sequence and needs every head "
-            "to hold the same tokens: layer ", l, " head ", g, " has ", v.size(),
-            ", layer 0 head 0 has ", s.tokens));
+            "to hold the same tokens: layer ",
+            l, " head ", g, " has ", v.size(), ", layer 0 head 0 has ", s.tokens));
       }
       for (size_t j = 0; j < v.size(); ++j) {
         if (!std::isfinite(v[j])) {
-          return absl::InvalidArgumentError(absl::StrCat("score of layer ", l, " head ", g,
-                                                         " token ", j, " is not finite (", v[j],
-                                                         ")"));
+          return absl::InvalidArgumentError(absl::StrCat(
+              "score of layer ", l, " head ", g, " token ", j, " is not finite (", v[j], ")"));
         }
       }
     }

@@ -76,7 +76,8 @@ TEST(SequenceAllocation, EveryLayerAndHeadKeepsTheSameSetAsTheSpecification) {
       ASSERT_EQ(sel.kept.size(), 3u);
       for (const auto& layer : sel.kept) {
         ASSERT_EQ(layer.size(), 2u);
-        for (const auto& head : layer) EXPECT_EQ(head, want) << "seed " << seed << " ratio " << ratio;
+        for (const auto& head : layer)
+          EXPECT_EQ(head, want) << "seed " << seed << " ratio " << ratio;
       }
     }
   }
