@@ -40,6 +40,7 @@ constexpr AllocationEntry kAllocations[] = {
     {Allocation::kAda, "ada"},
     {Allocation::kPyramid, "pyramid"},
     {Allocation::kGlobal, "global"},
+    {Allocation::kSequence, "sequence"},
 };
 
 }  // namespace

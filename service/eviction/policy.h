@@ -38,6 +38,7 @@ enum class Allocation {
   kAda,      // "ada": uniform across layers, Ada-KV across the heads of a layer
   kPyramid,  // "pyramid": PyramidKV layer budgets, uniform across the heads of a layer
   kGlobal,   // "global": one top-k over the whole sequence after per-layer normalisation
+  kSequence,  // "sequence": one kept token set for every layer and head (sequence_allocation.h)
 };
 
 // The scorer named by policy_defaults::kScorerName (policy.cc checks at compile time).
@@ -78,7 +79,7 @@ struct Policy {
 // "capkv-dot", "capkv-greedy", "laprox". INVALID_ARGUMENT (listing the names) otherwise.
 absl::StatusOr<ScorerKind> ParseScorer(absl::string_view name);
 absl::string_view ScorerName(ScorerKind kind);
-// "uniform", "ada", "pyramid", "global". INVALID_ARGUMENT otherwise.
+// "uniform", "ada", "pyramid", "global", "sequence". INVALID_ARGUMENT otherwise.
 absl::StatusOr<Allocation> ParseAllocation(absl::string_view name);
 absl::string_view AllocationName(Allocation allocation);
 

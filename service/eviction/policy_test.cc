@@ -26,7 +26,7 @@ TEST(PolicyNames, EveryScorerRoundTrips) {
 }
 
 TEST(PolicyNames, EveryAllocationRoundTrips) {
-  for (const char* name : {"uniform", "ada", "pyramid", "global"}) {
+  for (const char* name : {"uniform", "ada", "pyramid", "global", "sequence"}) {
     ASSERT_OK_AND_ASSIGN(Allocation a, ParseAllocation(name));
     EXPECT_EQ(AllocationName(a), name);
   }

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "service/eviction/sequence_allocation.h"
 
 namespace kvkeep::eviction {
 namespace {
@@ -364,6 +365,7 @@ absl::StatusOr<Selection> SelectTokens(const Policy& policy, const Budget& budge
                                        int q_heads_per_kv) {
   RETURN_IF_ERROR(ValidatePolicy(policy));
   RETURN_IF_ERROR(ValidateBudget(budget));
+  if (policy.allocation == Allocation::kSequence) return SelectSequenceTokens(policy, budget, layers);
   if (q_heads_per_kv < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("q_heads_per_kv must be >= 1, got ", q_heads_per_kv));

@@ -1,6 +1,6 @@
 // Budget allocation and token selection: turns the per-layer scores of a sequence into the token
 // indices each (layer, KV head) keeps, under a sequence budget and the policy's allocation
-// (uniform, ada, pyramid, global; shared/docs/algorithms.md).
+// (uniform, ada, pyramid, global: shared/docs/algorithms.md; sequence: sequence_allocation.h).
 //
 //   std::vector<HeadScores> layers = ...;   // ScoreLayer of every layer
 //   ASSIGN_OR_RETURN(Selection sel, SelectTokens(policy, Budget{.keep_ratio = 0.1}, layers,
@@ -62,6 +62,8 @@ struct Selection {
 //    our budgets also count the sinks, so the floor is sinks + window).
 //  * global: scores divided by their layer's Σ|score| over candidates, one top-(T - Σ forced) over
 //    all (layer, head, candidate) of the sequence.
+//  * sequence: one token set for every (layer, head), scores combined across them
+//    (sequence_allocation.h); needs equal head lengths.
 absl::StatusOr<Selection> SelectTokens(const Policy& policy, const Budget& budget,
                                        const std::vector<HeadScores>& layers, int q_heads_per_kv);
 
