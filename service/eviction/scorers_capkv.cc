@@ -170,6 +170,7 @@ KVKEEP_SIMD_CLONES absl::Status ScoreCapKvHead(const Ctx& c, int g, bool dot_for
 
 }  // namespace
 
+// The dispatcher of ScoreCapKvHead's clones is local to this file (see scorers_internal.h).
 absl::Status ScoreCapKv(const Ctx& c, int g, bool dot_form, const std::vector<double>& cs,
                         const std::vector<double>& sn, ScoringWorkspace::Scratch& sc,
                         std::vector<float>& out) {
