@@ -172,47 +172,213 @@ Matrix AveragedRopeMatrix(const LayerInputs& in, int horizon) {
   return r;
 }
 
+namespace {
+
+// What every per-head step reads about the layer, resolved once by Score.
+struct LayerView {
+  const Policy& p;
+  const LayerInputs& in;
+  int d;             // head_dim
+  int G;             // query heads per KV head
+  int64_t next;      // next position
+  const Matrix& rbar;
+};
+
+// random: splitmix64 of (seed, layer, head, position), top 24 bits as a uniform in [0, 1).
+double RandomScore(const Policy& p, const LayerInputs& in, int g, int pos) {
+  auto mix = [](uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+  };
+  uint64_t v = mix(p.seed);
+  v = mix(v ^ uint64_t(in.layer_index));
+  v = mix(v ^ uint64_t(g));
+  v = mix(v ^ uint64_t(pos));
+  return double(v >> 40) / 16777216.0;
+}
+
+// tova: the last window query's attention of every query head, averaged, keyed by position.
+std::map<int, double> TovaMassByPosition(const LayerView& l) {
+  std::map<int, double> tova_mass;
+  for (int qh = 0; qh < l.in.q_heads; ++qh) {
+    const HeadKV& h = l.in.heads[qh / l.G];
+    const std::vector<double> a =
+        Attention(WindowQueryD(l.in, qh, l.in.window - 1), h, l.d, l.next - 1);
+    for (int j = 0; j < h.n; ++j) tova_mass[Pos(h, j)] += a[j] / l.in.q_heads;
+  }
+  return tova_mass;
+}
+
+void ScoreSnapKv(const LayerView& l, int g, std::vector<double>& s) {
+  const Policy& p = l.p;
+  const LayerInputs& in = l.in;
+  const HeadKV& h = in.heads[g];
+  const int n = h.n, d = l.d, G = l.G;
+  const int nc = n - std::min(p.window, n);
+  for (int r = 0; r < G; ++r) {
+    const int qh = g * G + r;
+    std::vector<double> col(n, 0.0);
+    for (int i = 0; i < in.window; ++i) {
+      const std::vector<double> a =
+          Attention(WindowQueryD(in, qh, i), h, d, l.next - in.window + i);
+      for (int j = 0; j < n; ++j) col[j] += a[j] / in.window;
+    }
+    const int half = p.pool_kernel / 2;
+    for (int j = 0; j < nc; ++j) {
+      double v = p.pool_max ? -INFINITY : 0.0;
+      for (int t = j - half; t <= j + half; ++t) {
+        if (t < 0 || t >= nc) continue;  // max: skipped; avg: zero padding
+        v = p.pool_max ? std::max(v, col[t]) : v + col[t];
+      }
+      if (!p.pool_max) v /= p.pool_kernel;
+      s[j] += v / G;
+    }
+  }
+  FillMax(s, 0, nc);
+}
+
+void ScoreLaProx(const LayerView& l, int g, std::vector<double>& s) {
+  const LayerInputs& in = l.in;
+  const HeadKV& h = in.heads[g];
+  const int n = h.n, d = l.d, G = l.G;
+  for (int r = 0; r < G; ++r) {
+    const int qh = g * G + r;
+    std::vector<double> sq(n, 0.0);
+    for (int i = 0; i < in.window; ++i) {
+      const std::vector<double> a =
+          Attention(WindowQueryD(in, qh, i), h, d, l.next - in.window + i);
+      for (int j = 0; j < n; ++j) sq[j] += a[j] * a[j];
+    }
+    for (int j = 0; j < n; ++j) {
+      const std::vector<double> v = Row(h.values + static_cast<size_t>(j) * d, d);
+      double quad = 0;
+      for (int x = 0; x < d; ++x) {
+        for (int y = 0; y < d; ++y) {
+          const double m = in.wo_gram.empty()
+                               ? (x == y ? 1.0 : 0.0)
+                               : double(in.wo_gram[(static_cast<size_t>(qh) * d + x) * d + y]);
+          quad += v[x] * m * v[y];
+        }
+      }
+      s[j] += std::sqrt(sq[j]) * std::sqrt(std::max(0.0, quad));
+    }
+  }
+}
+
+// C = R̄ diag(σ²) R̄ᵀ for query head qh (zero without squared sums).
+Matrix ExpectedCovariance(const LayerView& l, int qh) {
+  const LayerInputs& in = l.in;
+  const int d = l.d;
+  std::vector<double> var(d, 0.0);
+  if (!in.query_sq_sum.empty()) {
+    for (int i = 0; i < d; ++i) {
+      const double mean = in.query_sum[size_t(qh) * d + i] / double(in.query_count);
+      var[i] = std::max(0.0, in.query_sq_sum[size_t(qh) * d + i] / double(in.query_count) -
+                                 mean * mean);
+    }
+  }
+  Matrix cov(d, std::vector<double>(d, 0.0));
+  for (int x = 0; x < d; ++x) {
+    for (int y = 0; y < d; ++y) {
+      for (int k = 0; k < d; ++k) cov[x][y] += l.rbar[x][k] * var[k] * l.rbar[y][k];
+    }
+  }
+  return cov;
+}
+
+void ScoreExpected(const LayerView& l, int g, std::vector<double>& s) {
+  const LayerInputs& in = l.in;
+  const HeadKV& h = in.heads[g];
+  const int n = h.n, d = l.d, G = l.G;
+  const int s0 = std::min(l.p.sinks, n);
+  for (int r = 0; r < G; ++r) {
+    const int qh = g * G + r;
+    const std::vector<double> mu = Anchor(in, l.rbar, qh);
+    const Matrix cov = ExpectedCovariance(l, qh);
+    std::vector<double> logit;
+    for (int j = s0; j < n; ++j) {
+      const std::vector<double> k = Row(h.keys + static_cast<size_t>(j) * d, d);
+      const std::vector<double> ck = MatVec(cov, k);
+      logit.push_back(DotD(k, mu) / std::sqrt(double(d)) + DotD(k, ck) / (2.0 * d));
+    }
+    double mx = -INFINITY, z = 0;
+    for (double v : logit) mx = std::max(mx, v);
+    for (double v : logit) z += std::exp(v - mx);
+    for (int j = s0; j < n; ++j) s[j] += std::exp(logit[j - s0] - mx) / z / G;
+  }
+  for (int j = s0; j < n; ++j) {
+    const std::vector<double> v = Row(h.values + static_cast<size_t>(j) * d, d);
+    s[j] *= std::sqrt(DotD(v, v));
+  }
+  FillMax(s, s0, n);
+}
+
+// capkv / capkv-dot: w_j v_jᵀ A⁻¹ v_j with A = I + Σ_j (w_j + 1e-6) v_j v_jᵀ, mean over the group.
+void ScoreCapKv(const LayerView& l, int g, std::vector<double>& s) {
+  const Policy& p = l.p;
+  const LayerInputs& in = l.in;
+  const HeadKV& h = in.heads[g];
+  const int n = h.n, d = l.d, G = l.G;
+  const int s0 = std::min(p.sinks, n);
+  for (int r = 0; r < G; ++r) {
+    const int qh = g * G + r;
+    const std::vector<double> w = CapW(p, in, l.rbar, g, qh, p.scorer == ScorerKind::kCapKvDot);
+    Matrix a(d, std::vector<double>(d, 0.0));
+    for (int x = 0; x < d; ++x) a[x][x] = 1.0;
+    for (int j = s0; j < n; ++j) {
+      const std::vector<double> v = Row(h.values + static_cast<size_t>(j) * d, d);
+      for (int x = 0; x < d; ++x) {
+        for (int y = 0; y < d; ++y) a[x][y] += (w[j - s0] + 1e-6) * v[x] * v[y];
+      }
+    }
+    for (int j = s0; j < n; ++j) {
+      const std::vector<double> v = Row(h.values + static_cast<size_t>(j) * d, d);
+      s[j] += w[j - s0] * DotD(v, Solve(a, v)) / G;
+    }
+  }
+  FillMax(s, s0, n);
+}
+
+// capkv-greedy: the brute-force greedy's gain at pick time; sinks and window get the max.
+void ScoreCapKvGreedy(const LayerView& l, int g, std::vector<double>& s) {
+  const int n = l.in.heads[g].n;
+  const int s0 = std::min(l.p.sinks, n);
+  std::vector<int> order;
+  std::vector<double> gains;
+  BruteForceGreedy(l.p, l.in, g, &order, &gains);
+  for (size_t t = 0; t < order.size(); ++t) s[order[t]] = gains[t];
+  const int m = n - s0;
+  const int nc = std::max(0, m - std::min(l.p.window, m));
+  FillMax(s, s0, s0 + nc);
+}
+
+}  // namespace
+
 std::vector<std::vector<double>> Score(const Policy& p, const LayerInputs& in) {
   const int d = in.head_dim;
   const int G = in.q_heads / in.kv_heads;
   const int64_t next = NextPos(in);
   std::vector<std::vector<double>> out(in.kv_heads);
   const Matrix rbar = AveragedRopeMatrix(in, p.rope_horizon);
+  const LayerView l{p, in, d, G, next, rbar};
 
   // TOVA needs every head's mass by position.
   std::map<int, double> tova_mass;
-  if (p.scorer == ScorerKind::kTova) {
-    for (int qh = 0; qh < in.q_heads; ++qh) {
-      const HeadKV& h = in.heads[qh / G];
-      const std::vector<double> a = Attention(WindowQueryD(in, qh, in.window - 1), h, d, next - 1);
-      for (int j = 0; j < h.n; ++j) tova_mass[Pos(h, j)] += a[j] / in.q_heads;
-    }
-  }
+  if (p.scorer == ScorerKind::kTova) tova_mass = TovaMassByPosition(l);
 
   for (int g = 0; g < in.kv_heads; ++g) {
     const HeadKV& h = in.heads[g];
     const int n = h.n;
     std::vector<double>& s = out[g];
     s.assign(n, 0.0);
-    const int s0 = std::min(p.sinks, n);
     switch (p.scorer) {
       case ScorerKind::kStreaming:
         for (int j = 0; j < n; ++j) s[j] = j;
         break;
       case ScorerKind::kRandom:
-        for (int j = 0; j < n; ++j) {
-          auto mix = [](uint64_t x) {
-            x += 0x9E3779B97F4A7C15ull;
-            x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-            x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-            return x ^ (x >> 31);
-          };
-          uint64_t v = mix(p.seed);
-          v = mix(v ^ uint64_t(in.layer_index));
-          v = mix(v ^ uint64_t(g));
-          v = mix(v ^ uint64_t(Pos(h, j)));
-          s[j] = double(v >> 40) / 16777216.0;
-        }
+        for (int j = 0; j < n; ++j) s[j] = RandomScore(p, in, g, Pos(h, j));
         break;
       case ScorerKind::kKnorm:
         for (int j = 0; j < n; ++j) {
@@ -233,124 +399,22 @@ std::vector<std::vector<double>> Score(const Policy& p, const LayerInputs& in) {
       case ScorerKind::kTova:
         for (int j = 0; j < n; ++j) s[j] = tova_mass[Pos(h, j)];
         break;
-      case ScorerKind::kSnapKv: {
-        const int nc = n - std::min(p.window, n);
-        for (int r = 0; r < G; ++r) {
-          const int qh = g * G + r;
-          std::vector<double> col(n, 0.0);
-          for (int i = 0; i < in.window; ++i) {
-            const std::vector<double> a =
-                Attention(WindowQueryD(in, qh, i), h, d, next - in.window + i);
-            for (int j = 0; j < n; ++j) col[j] += a[j] / in.window;
-          }
-          const int half = p.pool_kernel / 2;
-          for (int j = 0; j < nc; ++j) {
-            double v = p.pool_max ? -INFINITY : 0.0;
-            for (int t = j - half; t <= j + half; ++t) {
-              if (t < 0 || t >= nc) continue;  // max: skipped; avg: zero padding
-              v = p.pool_max ? std::max(v, col[t]) : v + col[t];
-            }
-            if (!p.pool_max) v /= p.pool_kernel;
-            s[j] += v / G;
-          }
-        }
-        FillMax(s, 0, nc);
+      case ScorerKind::kSnapKv:
+        ScoreSnapKv(l, g, s);
         break;
-      }
       case ScorerKind::kLaProx:
-        for (int r = 0; r < G; ++r) {
-          const int qh = g * G + r;
-          std::vector<double> sq(n, 0.0);
-          for (int i = 0; i < in.window; ++i) {
-            const std::vector<double> a =
-                Attention(WindowQueryD(in, qh, i), h, d, next - in.window + i);
-            for (int j = 0; j < n; ++j) sq[j] += a[j] * a[j];
-          }
-          for (int j = 0; j < n; ++j) {
-            const std::vector<double> v = Row(h.values + static_cast<size_t>(j) * d, d);
-            double quad = 0;
-            for (int x = 0; x < d; ++x) {
-              for (int y = 0; y < d; ++y) {
-                const double m =
-                    in.wo_gram.empty()
-                        ? (x == y ? 1.0 : 0.0)
-                        : double(in.wo_gram[(static_cast<size_t>(qh) * d + x) * d + y]);
-                quad += v[x] * m * v[y];
-              }
-            }
-            s[j] += std::sqrt(sq[j]) * std::sqrt(std::max(0.0, quad));
-          }
-        }
+        ScoreLaProx(l, g, s);
         break;
-      case ScorerKind::kExpected: {
-        for (int r = 0; r < G; ++r) {
-          const int qh = g * G + r;
-          const std::vector<double> mu = Anchor(in, rbar, qh);
-          // C = R̄ diag(σ²) R̄ᵀ
-          std::vector<double> var(d, 0.0);
-          if (!in.query_sq_sum.empty()) {
-            for (int i = 0; i < d; ++i) {
-              const double mean = in.query_sum[size_t(qh) * d + i] / double(in.query_count);
-              var[i] = std::max(0.0, in.query_sq_sum[size_t(qh) * d + i] / double(in.query_count) -
-                                         mean * mean);
-            }
-          }
-          Matrix cov(d, std::vector<double>(d, 0.0));
-          for (int x = 0; x < d; ++x) {
-            for (int y = 0; y < d; ++y) {
-              for (int k = 0; k < d; ++k) cov[x][y] += rbar[x][k] * var[k] * rbar[y][k];
-            }
-          }
-          std::vector<double> logit;
-          for (int j = s0; j < n; ++j) {
-            const std::vector<double> k = Row(h.keys + static_cast<size_t>(j) * d, d);
-            const std::vector<double> ck = MatVec(cov, k);
-            logit.push_back(DotD(k, mu) / std::sqrt(double(d)) + DotD(k, ck) / (2.0 * d));
-          }
-          double mx = -INFINITY, z = 0;
-          for (double v : logit) mx = std::max(mx, v);
-          for (double v : logit) z += std::exp(v - mx);
-          for (int j = s0; j < n; ++j) s[j] += std::exp(logit[j - s0] - mx) / z / G;
-        }
-        for (int j = s0; j < n; ++j) {
-          const std::vector<double> v = Row(h.values + static_cast<size_t>(j) * d, d);
-          s[j] *= std::sqrt(DotD(v, v));
-        }
-        FillMax(s, s0, n);
+      case ScorerKind::kExpected:
+        ScoreExpected(l, g, s);
         break;
-      }
       case ScorerKind::kCapKv:
-      case ScorerKind::kCapKvDot: {
-        for (int r = 0; r < G; ++r) {
-          const int qh = g * G + r;
-          const std::vector<double> w =
-              CapW(p, in, rbar, g, qh, p.scorer == ScorerKind::kCapKvDot);
-          Matrix a(d, std::vector<double>(d, 0.0));
-          for (int x = 0; x < d; ++x) a[x][x] = 1.0;
-          for (int j = s0; j < n; ++j) {
-            const std::vector<double> v = Row(h.values + static_cast<size_t>(j) * d, d);
-            for (int x = 0; x < d; ++x) {
-              for (int y = 0; y < d; ++y) a[x][y] += (w[j - s0] + 1e-6) * v[x] * v[y];
-            }
-          }
-          for (int j = s0; j < n; ++j) {
-            const std::vector<double> v = Row(h.values + static_cast<size_t>(j) * d, d);
-            s[j] += w[j - s0] * DotD(v, Solve(a, v)) / G;
-          }
-        }
-        FillMax(s, s0, n);
+      case ScorerKind::kCapKvDot:
+        ScoreCapKv(l, g, s);
         break;
-      }
-      case ScorerKind::kCapKvGreedy: {
-        std::vector<int> order;
-        std::vector<double> gains;
-        BruteForceGreedy(p, in, g, &order, &gains);
-        for (size_t t = 0; t < order.size(); ++t) s[order[t]] = gains[t];
-        const int m = n - s0;
-        const int nc = std::max(0, m - std::min(p.window, m));
-        FillMax(s, s0, s0 + nc);
+      case ScorerKind::kCapKvGreedy:
+        ScoreCapKvGreedy(l, g, s);
         break;
-      }
     }
   }
   return out;
