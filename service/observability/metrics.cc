@@ -513,79 +513,95 @@ MetricsInterceptorCreators(Metrics* metrics) {
 
 // ---- Rendering ------------------------------------------------------------------------------
 
-std::string RenderMetrics(const v1::DaemonStatus& s, const PoolStats& pool,
-                          const Metrics& metrics) {
-  ExpositionWriter w;
-  w.Family("kvkeep_build_info", "gauge", "Always 1; the daemon's version and memory backend.");
-  w.Sample("kvkeep_build_info", {{"version", s.version()}, {"backend", s.backend()}}, 1);
-  WriteGauge(&w, "kvkeep_uptime_seconds", "Seconds since the daemon started.",
-             s.uptime_seconds());
+namespace {
 
-  // Pool.
-  WriteGauge(&w, "kvkeep_pool_capacity_bytes", "Device (or host) memory the pool may hold.",
+// The daemon's identity: build info and uptime.
+void WriteBuildInfo(ExpositionWriter* w, const v1::DaemonStatus& s) {
+  w->Family("kvkeep_build_info", "gauge", "Always 1; the daemon's version and memory backend.");
+  w->Sample("kvkeep_build_info", {{"version", s.version()}, {"backend", s.backend()}}, 1);
+  WriteGauge(w, "kvkeep_uptime_seconds", "Seconds since the daemon started.",
+             s.uptime_seconds());
+}
+
+// The pool: capacity, arenas, pages, fragmentation, watermarks, and bytes stored per tier.
+void WritePoolFamilies(ExpositionWriter* w, const v1::DaemonStatus& s, const PoolStats& pool) {
+  WriteGauge(w, "kvkeep_pool_capacity_bytes", "Device (or host) memory the pool may hold.",
              s.pool_capacity_bytes());
-  WriteGauge(&w, "kvkeep_pool_arena_bytes", "Bytes of arenas created (reserved from the device).",
+  WriteGauge(w, "kvkeep_pool_arena_bytes", "Bytes of arenas created (reserved from the device).",
              s.pool_arena_bytes());
-  WriteGauge(&w, "kvkeep_pool_used_bytes", "Bytes of pages in use.", s.pool_used_bytes());
-  WriteGauge(&w, "kvkeep_pool_arenas", "Arenas in the pool.", s.arenas());
-  WriteGauge(&w, "kvkeep_pages_in_use", "Device pages in use, all tenants.", s.pages_in_use());
-  WriteGauge(&w, "kvkeep_pool_largest_free_run_pages",
+  WriteGauge(w, "kvkeep_pool_used_bytes", "Bytes of pages in use.", s.pool_used_bytes());
+  WriteGauge(w, "kvkeep_pool_arenas", "Arenas in the pool.", s.arenas());
+  WriteGauge(w, "kvkeep_pages_in_use", "Device pages in use, all tenants.", s.pages_in_use());
+  WriteGauge(w, "kvkeep_pool_largest_free_run_pages",
              "Fragmentation: the most free pages in one arena (an allocation larger than this "
              "needs a new arena).",
              pool.largest_free_run_pages);
-  w.Family("kvkeep_pool_watermark_free_ratio", "gauge",
-           "Pool watermarks as fractions of the capacity: below `low` free, cold sequences spill "
-           "until `high` is free.");
-  w.Sample("kvkeep_pool_watermark_free_ratio", {{"mark", "low"}}, s.watermarks().low_free());
-  w.Sample("kvkeep_pool_watermark_free_ratio", {{"mark", "high"}}, s.watermarks().high_free());
+  w->Family("kvkeep_pool_watermark_free_ratio", "gauge",
+            "Pool watermarks as fractions of the capacity: below `low` free, cold sequences spill "
+            "until `high` is free.");
+  w->Sample("kvkeep_pool_watermark_free_ratio", {{"mark", "low"}}, s.watermarks().low_free());
+  w->Sample("kvkeep_pool_watermark_free_ratio", {{"mark", "high"}}, s.watermarks().high_free());
 
-  w.Family("kvkeep_stored_bytes", "gauge",
-           "Bytes of KV cache held, by tier: device (pages in use) or spill (RocksDB on disk).");
-  w.Sample("kvkeep_stored_bytes", {{"tier", "device"}}, s.pool_used_bytes());
-  w.Sample("kvkeep_stored_bytes", {{"tier", "spill"}}, s.spilled_bytes());
+  w->Family("kvkeep_stored_bytes", "gauge",
+            "Bytes of KV cache held, by tier: device (pages in use) or spill (RocksDB on disk).");
+  w->Sample("kvkeep_stored_bytes", {{"tier", "device"}}, s.pool_used_bytes());
+  w->Sample("kvkeep_stored_bytes", {{"tier", "spill"}}, s.spilled_bytes());
+}
 
-  WriteGauge(&w, "kvkeep_tenants", "Tenants defined.", s.tenants());
-  WriteGauge(&w, "kvkeep_sessions", "Worker sessions attached.", s.sessions());
-  WriteGauge(&w, "kvkeep_sequences", "Sequences known to the daemon (device and spilled).",
+// What the daemon holds and what moved: tenants, sessions, sequences, spills, restores, pressure.
+void WriteActivityFamilies(ExpositionWriter* w, const v1::DaemonStatus& s) {
+  WriteGauge(w, "kvkeep_tenants", "Tenants defined.", s.tenants());
+  WriteGauge(w, "kvkeep_sessions", "Worker sessions attached.", s.sessions());
+  WriteGauge(w, "kvkeep_sequences", "Sequences known to the daemon (device and spilled).",
              s.sequences());
-  WriteGauge(&w, "kvkeep_spilled_sequences", "Sequences in the spill tier.",
+  WriteGauge(w, "kvkeep_spilled_sequences", "Sequences in the spill tier.",
              s.spilled_sequences());
-  WriteCounter(&w, "kvkeep_spills_total",
+  WriteCounter(w, "kvkeep_spills_total",
                "Sequences spilled to disk since start (explicit and under pool pressure).",
                s.spills());
-  WriteCounter(&w, "kvkeep_restores_total", "Sequences restored from disk since start.",
+  WriteCounter(w, "kvkeep_restores_total", "Sequences restored from disk since start.",
                s.restores());
-  WriteCounter(&w, "kvkeep_spill_errors_total",
+  WriteCounter(w, "kvkeep_spill_errors_total",
                "Disk or RocksDB errors met while spilling or restoring, since start.",
                s.spill_errors());
-  w.Family("kvkeep_pressure_evictions_total", "counter",
-           "What pool pressure freed since start, by reason: capacity = whole pages dropped as "
-           "the cheapest by capacity cost (--pressure_policy=capacity, lossy), spill = pages of "
-           "sequences spilled by pressure (lossless).");
-  w.Sample("kvkeep_pressure_evictions_total", {{"reason", "capacity"}},
-           s.pressure_evicted_pages());
-  WriteCounter(&w, "kvkeep_pressure_spills_total",
+  w->Family("kvkeep_pressure_evictions_total", "counter",
+            "What pool pressure freed since start, by reason: capacity = whole pages dropped as "
+            "the cheapest by capacity cost (--pressure_policy=capacity, lossy), spill = pages of "
+            "sequences spilled by pressure (lossless).");
+  w->Sample("kvkeep_pressure_evictions_total", {{"reason", "capacity"}},
+            s.pressure_evicted_pages());
+  WriteCounter(w, "kvkeep_pressure_spills_total",
                "Sequences spilled by pool pressure since start (included in kvkeep_spills_total).",
                s.pressure_spills());
-  WriteCounter(&w, "kvkeep_page_cost_passes_total",
+  WriteCounter(w, "kvkeep_page_cost_passes_total",
                "Sequences whose per-page capacity costs were (re)computed since start.",
                s.page_cost_passes());
+}
 
-  // Shared prefixes (sharing groups).
-  w.Family("kvkeep_shared_prefix_pages", "gauge",
-           "Pool pages of shared prefixes: referenced (held by sequences, charged to their "
-           "tenants) or cached (held by none, charged to nobody, freed first under pressure).");
-  w.Sample("kvkeep_shared_prefix_pages", {{"state", "referenced"}}, s.shared_pages_referenced());
-  w.Sample("kvkeep_shared_prefix_pages", {{"state", "cached"}}, s.shared_pages_cached());
-  WriteCounter(&w, "kvkeep_prefix_lookups_total",
+// Shared prefixes (sharing groups): pages held and lookups.
+void WriteSharedPrefixFamilies(ExpositionWriter* w, const v1::DaemonStatus& s) {
+  w->Family("kvkeep_shared_prefix_pages", "gauge",
+            "Pool pages of shared prefixes: referenced (held by sequences, charged to their "
+            "tenants) or cached (held by none, charged to nobody, freed first under pressure).");
+  w->Sample("kvkeep_shared_prefix_pages", {{"state", "referenced"}}, s.shared_pages_referenced());
+  w->Sample("kvkeep_shared_prefix_pages", {{"state", "cached"}}, s.shared_pages_cached());
+  WriteCounter(w, "kvkeep_prefix_lookups_total",
                "Prefix lookups (CreateSequence with a prefix, LookupPrefix) since start.",
                s.prefix_lookups());
-  w.Family("kvkeep_prefix_lookup_pages_total", "counter",
-           "Full prefix pages asked for by lookups since start, found (hit) or not (miss).");
-  w.Sample("kvkeep_prefix_lookup_pages_total", {{"result", "hit"}}, s.prefix_pages_hit());
-  w.Sample("kvkeep_prefix_lookup_pages_total", {{"result", "miss"}}, s.prefix_pages_missed());
+  w->Family("kvkeep_prefix_lookup_pages_total", "counter",
+            "Full prefix pages asked for by lookups since start, found (hit) or not (miss).");
+  w->Sample("kvkeep_prefix_lookup_pages_total", {{"result", "hit"}}, s.prefix_pages_hit());
+  w->Sample("kvkeep_prefix_lookup_pages_total", {{"result", "miss"}}, s.prefix_pages_missed());
+}
 
-  // Per tenant, bounded: the biggest tenants by bytes held, the rest summed as "_other".
+// The per-tenant rows, bounded: the biggest `cap` tenants by bytes held, sorted by name, then the
+// rest summed as "_other". `aggregated` is how many tenants "_other" sums.
+struct TenantRows {
+  std::vector<v1::TenantInfo> rows;
+  size_t aggregated = 0;
+};
+
+TenantRows BoundedTenantRows(const v1::DaemonStatus& s, size_t cap) {
   std::vector<const v1::TenantInfo*> tenants;
   for (const v1::TenantInfo& t : s.tenant_usage()) tenants.push_back(&t);
   std::stable_sort(tenants.begin(), tenants.end(),
@@ -595,8 +611,8 @@ std::string RenderMetrics(const v1::DaemonStatus& s, const PoolStats& pool,
                      if (ua != ub) return ua > ub;
                      return a->name() < b->name();
                    });
-  const size_t cap = static_cast<size_t>(std::max(0, metrics.options().max_tenant_series));
-  std::vector<v1::TenantInfo> rows;
+  TenantRows out;
+  std::vector<v1::TenantInfo>& rows = out.rows;
   for (size_t i = 0; i < tenants.size() && i < cap; ++i) rows.push_back(*tenants[i]);
   std::sort(rows.begin(), rows.end(),
             [](const v1::TenantInfo& a, const v1::TenantInfo& b) { return a.name() < b.name(); });
@@ -620,23 +636,25 @@ std::string RenderMetrics(const v1::DaemonStatus& s, const PoolStats& pool,
     }
     rows.push_back(std::move(other));
   }
-  WriteGauge(&w, "kvkeep_metrics_tenants_aggregated",
-             "Tenants beyond the per-tenant series cap, summed under tenant=\"_other\".",
-             tenants.size() > cap ? static_cast<double>(tenants.size() - cap) : 0.0);
+  out.aggregated = tenants.size() > cap ? tenants.size() - cap : 0;
+  return out;
+}
 
+// One series per row (tenant) for every per-tenant family.
+void WriteTenantFamilies(ExpositionWriter* w, const std::vector<v1::TenantInfo>& rows) {
   auto per_tenant = [&](absl::string_view name, absl::string_view help, auto value) {
-    w.Family(name, "gauge", help);
-    for (const v1::TenantInfo& t : rows) w.Sample(name, {{"tenant", t.name()}}, value(t));
+    w->Family(name, "gauge", help);
+    for (const v1::TenantInfo& t : rows) w->Sample(name, {{"tenant", t.name()}}, value(t));
   };
   per_tenant("kvkeep_tenant_pages_in_use", "Device pages a tenant holds.",
              [](const v1::TenantInfo& t) { return static_cast<double>(t.used_pages()); });
-  w.Family("kvkeep_tenant_stored_bytes", "gauge",
-           "Bytes a tenant holds, by tier: device (charged page bytes) or spill (on disk).");
+  w->Family("kvkeep_tenant_stored_bytes", "gauge",
+            "Bytes a tenant holds, by tier: device (charged page bytes) or spill (on disk).");
   for (const v1::TenantInfo& t : rows) {
-    w.Sample("kvkeep_tenant_stored_bytes", {{"tenant", t.name()}, {"tier", "device"}},
-             t.used_bytes());
-    w.Sample("kvkeep_tenant_stored_bytes", {{"tenant", t.name()}, {"tier", "spill"}},
-             t.spilled_bytes());
+    w->Sample("kvkeep_tenant_stored_bytes", {{"tenant", t.name()}, {"tier", "device"}},
+              t.used_bytes());
+    w->Sample("kvkeep_tenant_stored_bytes", {{"tenant", t.name()}, {"tier", "spill"}},
+              t.spilled_bytes());
   }
   per_tenant("kvkeep_tenant_quota_bytes", "A tenant's guaranteed device bytes.",
              [](const v1::TenantInfo& t) { return static_cast<double>(t.quota_bytes()); });
@@ -656,13 +674,29 @@ std::string RenderMetrics(const v1::DaemonStatus& s, const PoolStats& pool,
   per_tenant("kvkeep_tenant_fair_share_bytes",
              "A tenant's fair share: guarantee + unreserved pool x weight / active weights.",
              [](const v1::TenantInfo& t) { return static_cast<double>(t.fair_share_bytes()); });
-  w.Family("kvkeep_tenant_pressure_evicted_pages_total", "counter",
-           "A tenant's pages dropped by capacity-aware pool pressure since start.");
+  w->Family("kvkeep_tenant_pressure_evicted_pages_total", "counter",
+            "A tenant's pages dropped by capacity-aware pool pressure since start.");
   for (const v1::TenantInfo& t : rows) {
-    w.Sample("kvkeep_tenant_pressure_evicted_pages_total", {{"tenant", t.name()}},
-             t.pressure_evicted_pages());
+    w->Sample("kvkeep_tenant_pressure_evicted_pages_total", {{"tenant", t.name()}},
+              t.pressure_evicted_pages());
   }
+}
 
+}  // namespace
+
+std::string RenderMetrics(const v1::DaemonStatus& s, const PoolStats& pool,
+                          const Metrics& metrics) {
+  ExpositionWriter w;
+  WriteBuildInfo(&w, s);
+  WritePoolFamilies(&w, s, pool);
+  WriteActivityFamilies(&w, s);
+  WriteSharedPrefixFamilies(&w, s);
+  const size_t cap = static_cast<size_t>(std::max(0, metrics.options().max_tenant_series));
+  const TenantRows tenants = BoundedTenantRows(s, cap);
+  WriteGauge(&w, "kvkeep_metrics_tenants_aggregated",
+             "Tenants beyond the per-tenant series cap, summed under tenant=\"_other\".",
+             static_cast<double>(tenants.aggregated));
+  WriteTenantFamilies(&w, tenants.rows);
   metrics.Write(&w);
   return w.Take();
 }

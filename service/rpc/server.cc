@@ -89,6 +89,57 @@ void LogTcpListener(const ServiceOptions& options, int port) {
               {"security", security}});
 }
 
+// The data dir, created when missing (mode 0700), as an absolute path without symlinks.
+absl::StatusOr<std::string> ResolveDataDir(const std::string& data_dir) {
+  RETURN_IF_ERROR(MakeDirs(data_dir));
+  char resolved[PATH_MAX];
+  if (realpath(data_dir.c_str(), resolved) == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("bad data dir ", data_dir));
+  }
+  return std::string(resolved);
+}
+
+EngineOptions EngineOptionsFrom(const ServiceOptions& options) {
+  EngineOptions engine_options;
+  engine_options.low_free = options.low_free;
+  engine_options.high_free = options.high_free;
+  engine_options.pool.capacity_bytes = options.pool_bytes;
+  engine_options.pool.arena_bytes = options.arena_bytes;
+  engine_options.max_message_bytes = options.max_message_bytes;
+  engine_options.pressure_policy = options.pressure_policy;
+  engine_options.max_tokens_per_allocation = options.max_tokens_per_request;
+  engine_options.max_pages_per_request =
+      options.max_pages_per_request != 0
+          ? options.max_pages_per_request
+          : (options.max_message_bytes - std::min<uint64_t>(options.max_message_bytes / 2, 64 << 10)) / 16;
+  return engine_options;
+}
+
+// Adds the TCP listener of --tcp_address to `builder`: TLS (mutual when a client CA is given), or
+// plain text only when --insecure_tcp asks for it. `tcp_port` receives the port bound.
+absl::Status AddTcpListener(const ServiceOptions& options, grpc::ServerBuilder* builder,
+                            int* tcp_port) {
+  if (!options.tls_cert_file.empty()) {
+    grpc::SslServerCredentialsOptions ssl(
+        options.tls_client_ca_file.empty()
+            ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ASSIGN_OR_RETURN(std::string cert, ReadFile(options.tls_cert_file));
+    ASSIGN_OR_RETURN(std::string key, ReadFile(options.tls_key_file));
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    if (!options.tls_client_ca_file.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.tls_client_ca_file));
+    }
+    builder->AddListeningPort(options.tcp_address, grpc::SslServerCredentials(ssl), tcp_port);
+  } else if (options.insecure_tcp) {
+    builder->AddListeningPort(options.tcp_address, grpc::InsecureServerCredentials(), tcp_port);
+  } else {
+    return absl::InvalidArgumentError(
+        "TCP needs TLS: give --tls_cert and --tls_key (or --insecure_tcp for loopback tests)");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path) {
@@ -118,16 +169,21 @@ absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& options) {
   auto server = std::unique_ptr<Server>(new Server());
-  RETURN_IF_ERROR(MakeDirs(options.data_dir));
-  char resolved[PATH_MAX];
-  if (realpath(options.data_dir.c_str(), resolved) == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("bad data dir ", options.data_dir));
-  }
-  const std::string data_dir = resolved;
-
-  // RocksDB's LOCK keeps a second daemon off this data dir, so the clean-up below is safe.
+  ASSIGN_OR_RETURN(const std::string data_dir, ResolveDataDir(options.data_dir));
+  // RocksDB's LOCK keeps a second daemon off this data dir, so the clean-up in OpenBackend is safe.
   ASSIGN_OR_RETURN(server->store_, MetadataStore::Open(data_dir + "/db"));
+  RETURN_IF_ERROR(server->OpenBackend(options, data_dir));
+  RETURN_IF_ERROR(server->OpenSpillStore(options, data_dir));
+  ASSIGN_OR_RETURN(server->engine_,
+                   CacheEngine::Create(server->backend_.get(), server->store_.get(),
+                                       EngineOptionsFrom(options), server->spill_.get()));
+  RETURN_IF_ERROR(server->CreateServices(options, data_dir));
+  RETURN_IF_ERROR(server->StartGrpc(options, data_dir));
+  RETURN_IF_ERROR(server->StartMetricsHttp(options));
+  return server;
+}
 
+absl::Status Server::OpenBackend(const ServiceOptions& options, const std::string& data_dir) {
   BackendOptions backend_options;
   backend_options.kind = options.backend;
   backend_options.cuda_device = options.cuda_device;
@@ -139,16 +195,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
     log::Warn("arenas.stale_removed", {{"count", stale}, {"prefix", backend_options.shm_prefix}});
   }
   std::string fallback_reason;
-  ASSIGN_OR_RETURN(server->backend_, CreateBackend(backend_options, &fallback_reason));
-  LogBackend(options, *server->backend_, fallback_reason);
+  ASSIGN_OR_RETURN(backend_, CreateBackend(backend_options, &fallback_reason));
+  LogBackend(options, *backend_, fallback_reason);
+  return absl::OkStatus();
+}
 
+absl::Status Server::OpenSpillStore(const ServiceOptions& options, const std::string& data_dir) {
   SpillStore::Options spill_options;
   spill_options.path = options.spill_dir.empty() ? data_dir + "/spill" : options.spill_dir;
   spill_options.block_cache_mib = options.spill_block_cache_mib;
   spill_options.min_blob_size = options.spill_min_blob_bytes;
   spill_options.rate_limit_bytes_per_sec = static_cast<int64_t>(options.spill_rate_limit_mib << 20);
-  ASSIGN_OR_RETURN(server->spill_, SpillStore::Open(spill_options));
-  ASSIGN_OR_RETURN(SpillRecoveryReport recovered, server->spill_->Recover());
+  ASSIGN_OR_RETURN(spill_, SpillStore::Open(spill_options));
+  ASSIGN_OR_RETURN(SpillRecoveryReport recovered, spill_->Recover());
   // Corrupt manifests mean spilled sequences that cannot come back: the operator should know.
   log::Write(recovered.corrupt_manifests > 0 ? log::Level::kWarn : log::Level::kInfo,
              "spill.opened",
@@ -158,70 +217,41 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
               {"orphan_pages_removed", recovered.orphan_pages},
               {"orphan_sequences", recovered.orphan_sequences},
               {"corrupt_manifests", recovered.corrupt_manifests}});
+  return absl::OkStatus();
+}
 
-  EngineOptions engine_options;
-  engine_options.low_free = options.low_free;
-  engine_options.high_free = options.high_free;
-  engine_options.pool.capacity_bytes = options.pool_bytes;
-  engine_options.pool.arena_bytes = options.arena_bytes;
-  engine_options.max_message_bytes = options.max_message_bytes;
-  engine_options.pressure_policy = options.pressure_policy;
-  engine_options.max_tokens_per_allocation = options.max_tokens_per_request;
-  engine_options.max_pages_per_request =
-      options.max_pages_per_request != 0
-          ? options.max_pages_per_request
-          : (options.max_message_bytes - std::min<uint64_t>(options.max_message_bytes / 2, 64 << 10)) / 16;
-  ASSIGN_OR_RETURN(server->engine_,
-                   CacheEngine::Create(server->backend_.get(), server->store_.get(),
-                                       engine_options, server->spill_.get()));
-
+absl::Status Server::CreateServices(const ServiceOptions& options, const std::string& data_dir) {
   const std::string token_file =
       options.admin_token_file.empty() ? data_dir + "/admin.token" : options.admin_token_file;
   const bool token_existed = access(token_file.c_str(), F_OK) == 0;
   ASSIGN_OR_RETURN(std::string admin_token, LoadOrCreateAdminToken(token_file));
   log::Info("admin_token.ready", {{"path", token_file}, {"created", !token_existed}});
   const std::string admin_hash = HashToken(admin_token);
-  server->executor_ = std::make_unique<Executor>(options.compress_threads);
-  server->limits_ = std::make_unique<SessionLimits>(options.limits);
-  server->kvcache_ = std::make_unique<KvCacheService>(
-      server->engine_.get(), server->executor_.get(), admin_hash, server->limits_.get());
-  server->admin_ = std::make_unique<AdminService>(server->engine_.get(),
-                                                  server->executor_.get(), admin_hash);
+  executor_ = std::make_unique<Executor>(options.compress_threads);
+  limits_ = std::make_unique<SessionLimits>(options.limits);
+  kvcache_ = std::make_unique<KvCacheService>(engine_.get(), executor_.get(), admin_hash,
+                                              limits_.get());
+  admin_ = std::make_unique<AdminService>(engine_.get(), executor_.get(), admin_hash);
+  return absl::OkStatus();
+}
 
-  server->socket_path_ =
-      options.socket_path.empty() ? data_dir + "/kvkeepd.sock" : options.socket_path;
-  if (server->socket_path_.size() >= 107) {
+absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string& data_dir) {
+  socket_path_ = options.socket_path.empty() ? data_dir + "/kvkeepd.sock" : options.socket_path;
+  if (socket_path_.size() >= 107) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "socket path ", server->socket_path_, " is longer than a Unix socket allows (107)"));
+        "socket path ", socket_path_, " is longer than a Unix socket allows (107)"));
   }
-  unlink(server->socket_path_.c_str());  // a leftover from a crash; the DB lock proves it unused
+  unlink(socket_path_.c_str());  // a leftover from a crash; the DB lock proves it unused
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();  // grpc.reflection.v1alpha
-  server->metrics_ = std::make_unique<Metrics>();
+  metrics_ = std::make_unique<Metrics>();
   grpc::ServerBuilder builder;
-  builder.experimental().SetInterceptorCreators(MetricsInterceptorCreators(server->metrics_.get()));
-  builder.AddListeningPort("unix:" + server->socket_path_, grpc::InsecureServerCredentials());
+  builder.experimental().SetInterceptorCreators(MetricsInterceptorCreators(metrics_.get()));
+  builder.AddListeningPort("unix:" + socket_path_, grpc::InsecureServerCredentials());
   int tcp_port = 0;  // the port bound, filled in by BuildAndStart (":0" asks for any free one)
   if (!options.tcp_address.empty()) {
-    if (!options.tls_cert_file.empty()) {
-      grpc::SslServerCredentialsOptions ssl(
-          options.tls_client_ca_file.empty()
-              ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-      ASSIGN_OR_RETURN(std::string cert, ReadFile(options.tls_cert_file));
-      ASSIGN_OR_RETURN(std::string key, ReadFile(options.tls_key_file));
-      ssl.pem_key_cert_pairs.push_back({key, cert});
-      if (!options.tls_client_ca_file.empty()) {
-        ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.tls_client_ca_file));
-      }
-      builder.AddListeningPort(options.tcp_address, grpc::SslServerCredentials(ssl), &tcp_port);
-    } else if (options.insecure_tcp) {
-      builder.AddListeningPort(options.tcp_address, grpc::InsecureServerCredentials(), &tcp_port);
-    } else {
-      return absl::InvalidArgumentError(
-          "TCP needs TLS: give --tls_cert and --tls_key (or --insecure_tcp for loopback tests)");
-    }
+    RETURN_IF_ERROR(AddTcpListener(options, &builder, &tcp_port));
   }
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
@@ -230,41 +260,40 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
-  builder.RegisterService(server->kvcache_.get());
-  builder.RegisterService(server->admin_.get());
-  server->grpc_ = builder.BuildAndStart();
-  if (server->grpc_ == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on unix:", server->socket_path_,
+  builder.RegisterService(kvcache_.get());
+  builder.RegisterService(admin_.get());
+  grpc_ = builder.BuildAndStart();
+  if (grpc_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on unix:", socket_path_,
                                                options.tcp_address.empty() ? "" : " or ",
                                                options.tcp_address));
   }
-  if (chmod(server->socket_path_.c_str(), 0660) != 0) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot chmod ", server->socket_path_));
+  if (chmod(socket_path_.c_str(), 0660) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot chmod ", socket_path_));
   }
-  log::Info("listener.bound",
-            {{"transport", "unix"}, {"address", server->socket_path_}, {"mode", "0660"}});
+  log::Info("listener.bound", {{"transport", "unix"}, {"address", socket_path_}, {"mode", "0660"}});
   if (!options.tcp_address.empty()) LogTcpListener(options, tcp_port);
-  if (!options.metrics_address.empty()) {
-    Server* s = server.get();
-    auto http = MetricsHttpServer::Start(options.metrics_address, [s] {
-      ExpositionWriter limits;
-      s->limits_->WriteMetrics(&limits);
-      return RenderMetrics(s->engine_->Status(), s->engine_->pool().Stats(), *s->metrics_) +
-             limits.Take();
-    });
-    if (http.ok()) {
-      server->metrics_http_ = std::move(*http);
-      log::Info("listener.bound", {{"transport", "http"},
-                                   {"address", server->metrics_http_->address()},
-                                   {"path", "/metrics"}});
-    } else if (options.metrics_optional) {
-      log::Warn("metrics.disabled",
-                {{"address", options.metrics_address}, {"status", http.status()}});
-    } else {
-      return http.status();
-    }
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartMetricsHttp(const ServiceOptions& options) {
+  if (options.metrics_address.empty()) return absl::OkStatus();
+  auto http = MetricsHttpServer::Start(options.metrics_address, [this] {
+    ExpositionWriter limits;
+    limits_->WriteMetrics(&limits);
+    return RenderMetrics(engine_->Status(), engine_->pool().Stats(), *metrics_) + limits.Take();
+  });
+  if (http.ok()) {
+    metrics_http_ = std::move(*http);
+    log::Info("listener.bound", {{"transport", "http"},
+                                 {"address", metrics_http_->address()},
+                                 {"path", "/metrics"}});
+  } else if (options.metrics_optional) {
+    log::Warn("metrics.disabled", {{"address", options.metrics_address}, {"status", http.status()}});
+  } else {
+    return http.status();
   }
-  return server;
+  return absl::OkStatus();
 }
 
 void Server::Shutdown(absl::Duration grace) {

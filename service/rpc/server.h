@@ -41,6 +41,19 @@ class Server {
 
  private:
   Server() = default;
+
+  // The steps of Start(), in order; each fills the members it names and logs what it set up.
+  // Arenas left by a crashed daemon on this data dir are removed, then the backend is created.
+  absl::Status OpenBackend(const ServiceOptions& options, const std::string& data_dir);
+  // Opens the spill tier and recovers it (orphan pages removed, corrupt manifests counted).
+  absl::Status OpenSpillStore(const ServiceOptions& options, const std::string& data_dir);
+  // The admin token (created when missing), the executor, session limits, and both services.
+  absl::Status CreateServices(const ServiceOptions& options, const std::string& data_dir);
+  // The gRPC server on the Unix socket (mode 0660) and, when asked, on TCP.
+  absl::Status StartGrpc(const ServiceOptions& options, const std::string& data_dir);
+  // The HTTP /metrics endpoint, when --metrics_address is set.
+  absl::Status StartMetricsHttp(const ServiceOptions& options);
+
   std::string socket_path_;
   std::unique_ptr<MetadataStore> store_;
   std::unique_ptr<SpillStore> spill_;
