@@ -124,8 +124,7 @@ constexpr char kGlobalHelp[] = R"(Global flags (before or after the command):
 constexpr char kPolicyHelp[] = R"(Policy flags (unset ones keep the tenant default / built-in default):
   --scorer S           capkv capkv-dot capkv-greedy laprox snapkv expected h2o observed tova
                        knorm streaming random (default snapkv)
-  --allocation A       uniform ada pyramid global sequence (default: global for laprox, else
-                       uniform; sequence: one kept token set for all layers and heads)
+  --allocation A       uniform ada pyramid global sequence (default: global for laprox, else uniform)
   --keep-ratio R       budget: fraction of the tokens kept, (0, 1]
   --max-tokens N       budget: average tokens per (layer, KV head); in a tenant default also the
                        decode-time trigger (one of --keep-ratio / --max-tokens)
