@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 
+#include "service/engine/model_layout.h"
 #include "service/storage/xxhash64.h"
 
 namespace kvkeep::fleet {
@@ -15,18 +16,6 @@ namespace {
 constexpr char kMagic[4] = {'K', 'V', 'K', 'F'};
 constexpr size_t kNonceOffset = 40, kNonceBytes = 12, kTagBytes = 16, kChecksumBytes = 8;
 constexpr size_t kLayoutHashBytes = 8;
-
-uint32_t DTypeBytes(v1::DType dtype) {
-  switch (dtype) {
-    case v1::DTYPE_FP16:
-    case v1::DTYPE_BF16:
-      return 2;
-    case v1::DTYPE_FP32:
-      return 4;
-    default:
-      return 0;
-  }
-}
 
 void PutLe(std::string& out, size_t offset, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out[offset + i] = static_cast<char>(v >> (8 * i));
@@ -108,7 +97,7 @@ PageShape PageShape::Of(const v1::ModelLayout& layout) {
 }
 
 uint64_t PageShape::page_bytes() const {
-  return 2 * uint64_t{tokens_per_page} * head_dim * DTypeBytes(dtype);
+  return 2 * uint64_t{tokens_per_page} * head_dim * DTypeSize(dtype);
 }
 
 uint64_t PageShape::payload_bytes() const { return uint64_t{layers} * kv_heads * page_bytes(); }
