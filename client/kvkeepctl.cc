@@ -1,5 +1,4 @@
-// kvkeepctl: the operator CLI of kvkeepd. One command per Admin RPC (the table in kCommands and
-// in docs/api.md); `kvkeepctl COMMAND --help` prints a command's usage and examples.
+// kvkeepctl: the operator CLI of kvkeepd, one command per Admin RPC (kCommands, docs/api.md).
 // Exit status: 0 done, 1 the daemon refused or could not be reached (the gRPC code is printed),
 // 2 a usage error (nothing was sent).
 #include <unistd.h>

@@ -1,10 +1,7 @@
 // kvkeepd --backend=auto|cpu|cuda, end to end: the real daemon process. On a machine without a
 // CUDA device (this one, CI) --backend=cuda must refuse to start with FAILED_PRECONDITION and
 // auto must fall back to the CPU; on a GPU machine the device branches run instead.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -31,50 +28,17 @@ bool CudaDevicePresent() {
   return CreateBackend(options).ok();
 }
 
-struct Exit {
-  int code = -1;       // exit status, or -1 when it did not exit in time (then it was killed)
-  std::string stderr_text;
-};
-
 // Runs kvkeepd with `flags` on a fresh data dir until it exits (at most 20 s).
-Exit RunDaemonToExit(const std::vector<std::string>& flags) {
+ProcessExit RunDaemonToExit(const std::vector<std::string>& flags) {
   const std::string dir = absl::StrCat("/tmp/kvkeep-backend-selection-", getpid(), "-",
                                        std::chrono::steady_clock::now().time_since_epoch().count());
-  std::filesystem::create_directories(dir);
   std::vector<std::string> args = {DaemonProcess::BinaryDir() + "/kvkeepd", "--data_dir=" + dir,
                                    "--pool_mib=16", "--arena_mib=1", "--metrics_address="};
   args.insert(args.end(), flags.begin(), flags.end());
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const std::string log = dir + "/stderr.log";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  pid_t pid = -1;
-  Exit result;
-  if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0) {
-    int status = 0;
-    bool exited = false;
-    for (int i = 0; i < 400 && !exited; ++i) {
-      exited = waitpid(pid, &status, WNOHANG) == pid;
-      if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (!exited) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-    } else if (WIFEXITED(status)) {
-      result.code = WEXITSTATUS(status);
-    }
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  std::ifstream in(log);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  result.stderr_text = ss.str();
+  ProcessExit run = RunToExit(args);
   std::error_code ignored;
   std::filesystem::remove_all(dir, ignored);
-  return result;
+  return run;
 }
 
 std::string DaemonLog(const DaemonProcess& daemon) {
@@ -86,39 +50,39 @@ std::string DaemonLog(const DaemonProcess& daemon) {
 
 TEST(BackendSelectionTest, CudaWithoutDeviceRefusesToStart) {
   if (CudaDevicePresent()) GTEST_SKIP() << "a CUDA device is present: kvkeepd --backend=cuda starts";
-  Exit run = RunDaemonToExit({"--backend=cuda"});
-  EXPECT_EQ(run.code, 1) << run.stderr_text;
+  ProcessExit run = RunDaemonToExit({"--backend=cuda"});
+  EXPECT_EQ(run.code, 1) << run.err;
   if (CudaBackendCompiled()) {
-    EXPECT_NE(run.stderr_text.find("FAILED_PRECONDITION"), std::string::npos) << run.stderr_text;
-    EXPECT_NE(run.stderr_text.find("no CUDA device"), std::string::npos) << run.stderr_text;
+    EXPECT_NE(run.err.find("FAILED_PRECONDITION"), std::string::npos) << run.err;
+    EXPECT_NE(run.err.find("no CUDA device"), std::string::npos) << run.err;
     // The CUDA runtime's own reason is in the message.
-    EXPECT_NE(run.stderr_text.find("cudaGetDeviceCount"), std::string::npos) << run.stderr_text;
+    EXPECT_NE(run.err.find("cudaGetDeviceCount"), std::string::npos) << run.err;
   } else {
-    EXPECT_NE(run.stderr_text.find("UNIMPLEMENTED"), std::string::npos) << run.stderr_text;
-    EXPECT_NE(run.stderr_text.find("built without the CUDA backend"), std::string::npos)
-        << run.stderr_text;
+    EXPECT_NE(run.err.find("UNIMPLEMENTED"), std::string::npos) << run.err;
+    EXPECT_NE(run.err.find("built without the CUDA backend"), std::string::npos)
+        << run.err;
   }
 }
 
 TEST(BackendSelectionTest, BadCudaDeviceOrdinalRefusesToStart) {
-  Exit run = RunDaemonToExit({"--backend=cuda", "--cuda_device=97"});
-  EXPECT_EQ(run.code, 1) << run.stderr_text;
+  ProcessExit run = RunDaemonToExit({"--backend=cuda", "--cuda_device=97"});
+  EXPECT_EQ(run.code, 1) << run.err;
   if (!CudaBackendCompiled()) {
-    EXPECT_NE(run.stderr_text.find("UNIMPLEMENTED"), std::string::npos) << run.stderr_text;
+    EXPECT_NE(run.err.find("UNIMPLEMENTED"), std::string::npos) << run.err;
   } else if (CudaDevicePresent()) {
-    EXPECT_NE(run.stderr_text.find("INVALID_ARGUMENT"), std::string::npos) << run.stderr_text;
-    EXPECT_NE(run.stderr_text.find("--cuda_device=97"), std::string::npos) << run.stderr_text;
+    EXPECT_NE(run.err.find("INVALID_ARGUMENT"), std::string::npos) << run.err;
+    EXPECT_NE(run.err.find("--cuda_device=97"), std::string::npos) << run.err;
   } else {
     // No device at all: that is the first thing said.
-    EXPECT_NE(run.stderr_text.find("FAILED_PRECONDITION"), std::string::npos) << run.stderr_text;
+    EXPECT_NE(run.err.find("FAILED_PRECONDITION"), std::string::npos) << run.err;
   }
 }
 
 TEST(BackendSelectionTest, UnknownBackendIsAUsageError) {
-  Exit run = RunDaemonToExit({"--backend=tpu"});
-  EXPECT_EQ(run.code, 2) << run.stderr_text;
-  EXPECT_NE(run.stderr_text.find("unknown backend \"tpu\""), std::string::npos)
-      << run.stderr_text;
+  ProcessExit run = RunDaemonToExit({"--backend=tpu"});
+  EXPECT_EQ(run.code, 2) << run.err;
+  EXPECT_NE(run.err.find("unknown backend \"tpu\""), std::string::npos)
+      << run.err;
 }
 
 // The session-limit flags, checked with this file's start-up helper: bad values are usage errors
@@ -128,10 +92,10 @@ TEST(BackendSelectionTest, BadSessionLimitFlagsAreUsageErrors) {
        {std::vector<std::string>{"--session_calls_per_second=-1"},
         std::vector<std::string>{"--session_bytes_per_second=100", "--session_byte_burst=0"},
         std::vector<std::string>{"--max_tokens_per_request=0"}}) {
-    Exit run = RunDaemonToExit(flags);
-    EXPECT_EQ(run.code, 2) << flags[0] << ": " << run.stderr_text;
-    EXPECT_NE(run.stderr_text.find("--session_calls_per_second"), std::string::npos)
-        << run.stderr_text;
+    ProcessExit run = RunDaemonToExit(flags);
+    EXPECT_EQ(run.code, 2) << flags[0] << ": " << run.err;
+    EXPECT_NE(run.err.find("--session_calls_per_second"), std::string::npos)
+        << run.err;
   }
 }
 

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <filesystem>
@@ -140,6 +141,50 @@ std::string PatternBytes(uint64_t seed, size_t n) {
   std::string out(n, '\0');
   for (auto& c : out) c = static_cast<char>(rng());
   return out;
+}
+
+ProcessExit RunToExit(const std::vector<std::string>& args, int limit_seconds) {
+  const std::string dir = absl::StrCat(std::filesystem::temp_directory_path().string(),
+                                       "/kvkeep-run-", getpid(), "-",
+                                       std::chrono::steady_clock::now().time_since_epoch().count());
+  std::filesystem::create_directories(dir);
+  std::vector<std::string> copy = args;
+  std::vector<char*> argv;
+  for (auto& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const std::string out = dir + "/stdout", err = dir + "/stderr";
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  pid_t pid = -1;
+  ProcessExit run;
+  if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0) {
+    int status = 0;
+    bool exited = false;
+    for (int i = 0; i < limit_seconds * 20 && !exited; ++i) {
+      exited = waitpid(pid, &status, WNOHANG) == pid;
+      if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (!exited) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+    } else if (WIFEXITED(status)) {
+      run.code = WEXITSTATUS(status);
+    }
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  auto read_all = [](const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  run.out = read_all(out);
+  run.err = read_all(err);
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+  return run;
 }
 
 }  // namespace kvkeep::testing

@@ -53,6 +53,16 @@ class DaemonProcess {
 
 // The model every end-to-end test registers: 2 layers, 4 q / 2 KV heads, head_dim 8, fp16,
 // 4 tokens per page (small pages so sequences span many of them).
+// A process run to its exit: its exit status (-1 when it had to be killed after the time limit)
+// and what it wrote to stdout and stderr.
+struct ProcessExit {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+// Runs args[0] with args[1..] until it exits (killed after `limit_seconds`), capturing its output.
+ProcessExit RunToExit(const std::vector<std::string>& args, int limit_seconds = 20);
+
 v1::ModelLayout TestLayout(const std::string& name = "test-model");
 
 // Deterministic bytes for (seed, n).

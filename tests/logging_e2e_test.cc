@@ -3,10 +3,7 @@
 // for every flag defined in service/main.cc) and no line holds a token; listeners, backend, spill
 // tier and shutdown are events; --log_level filters; a failed start is an error event. And
 // `kvkeepd --help` names every flag with its default (exit 0) while usage errors exit 2.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -59,50 +56,17 @@ std::vector<std::string> DaemonFlagNames() {
   return names;
 }
 
-struct Exit {
-  int code = -1;  // exit status; -1 when it had to be killed after 20 s
-  std::string out;
-  std::string err;
-};
-
 // Runs kvkeepd with `flags` (and a fresh --data_dir unless `with_data_dir` is false) to its exit.
-Exit RunDaemon(const std::vector<std::string>& flags, bool with_data_dir = true) {
+ProcessExit RunDaemon(const std::vector<std::string>& flags, bool with_data_dir = true) {
   const std::string dir = absl::StrCat(::testing::TempDir(), "/kvkeep-logging-", getpid(), "-",
                                        std::chrono::steady_clock::now().time_since_epoch().count());
-  std::filesystem::create_directories(dir);
   std::vector<std::string> args = {DaemonProcess::BinaryDir() + "/kvkeepd"};
   if (with_data_dir) {
     args.insert(args.end(), {"--data_dir=" + dir + "/data", "--pool_mib=16", "--arena_mib=1",
                              "--metrics_address="});
   }
   args.insert(args.end(), flags.begin(), flags.end());
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const std::string out = dir + "/stdout", err = dir + "/stderr";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  pid_t pid = -1;
-  Exit run;
-  if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0) {
-    int status = 0;
-    bool exited = false;
-    for (int i = 0; i < 400 && !exited; ++i) {
-      exited = waitpid(pid, &status, WNOHANG) == pid;
-      if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (!exited) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-    } else if (WIFEXITED(status)) {
-      run.code = WEXITSTATUS(status);
-    }
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  run.out = ReadAll(out);
-  run.err = ReadAll(err);
+  ProcessExit run = RunToExit(args);
   std::error_code ignored;
   std::filesystem::remove_all(dir, ignored);
   return run;
@@ -221,20 +185,20 @@ TEST(LoggingE2eTest, RestartReportsWhatTheSpillTierAndTokenFileHeld) {
 }
 
 TEST(LoggingE2eTest, TextIsTheDefaultAndLevelWarnHidesInfo) {
-  Exit text = RunDaemon({"--backend=cpu", "--tcp=127.0.0.1:1"});  // fails: TCP without TLS
+  ProcessExit text = RunDaemon({"--backend=cpu", "--tcp=127.0.0.1:1"});  // fails: TCP without TLS
   EXPECT_EQ(text.code, 1) << text.err;
   EXPECT_THAT(text.err, HasSubstr(" INFO daemon.start version="));
   EXPECT_THAT(text.err, HasSubstr(" ERROR daemon.start_failed status=\"INVALID_ARGUMENT: TCP "
                                   "needs TLS"));
 
-  Exit warn = RunDaemon({"--backend=cpu", "--tcp=127.0.0.1:1", "--log_level=warn"});
+  ProcessExit warn = RunDaemon({"--backend=cpu", "--tcp=127.0.0.1:1", "--log_level=warn"});
   EXPECT_EQ(warn.code, 1) << warn.err;
   EXPECT_THAT(warn.err, Not(HasSubstr(" INFO "))) << warn.err;
   EXPECT_THAT(warn.err, HasSubstr(" ERROR daemon.start_failed ")) << warn.err;
 }
 
 TEST(LoggingE2eTest, FailedStartIsAJsonErrorEvent) {
-  Exit run = RunDaemon({"--log_format=json", "--backend=cpu", "--tcp=127.0.0.1:1"});
+  ProcessExit run = RunDaemon({"--log_format=json", "--backend=cpu", "--tcp=127.0.0.1:1"});
   EXPECT_EQ(run.code, 1) << run.err;
   const std::vector<nlohmann::json> events = JsonEvents(run.err);
   ASSERT_FALSE(events.empty()) << run.err;
@@ -247,7 +211,7 @@ TEST(LoggingE2eTest, FailedStartIsAJsonErrorEvent) {
 
 // gRPC's own error messages (here: a TCP address it cannot bind, TEST-NET-1) are log events too.
 TEST(LoggingE2eTest, GrpcMessagesAreJsonEventsToo) {
-  Exit run = RunDaemon({"--log_format=json", "--backend=cpu", "--tcp=192.0.2.1:80",
+  ProcessExit run = RunDaemon({"--log_format=json", "--backend=cpu", "--tcp=192.0.2.1:80",
                         "--insecure_tcp"});
   EXPECT_EQ(run.code, 1) << run.err;
   const std::vector<nlohmann::json> events = JsonEvents(run.err);
@@ -265,18 +229,18 @@ TEST(KvkeepdHelpTest, HelpNamesEveryFlagWithItsDefaultAndExitsZero) {
   const std::vector<std::string> flags = DaemonFlagNames();
   ASSERT_GE(flags.size(), 30u);  // the regex found main.cc's flags
   for (const char* help : {"--help", "-help", "--helpshort"}) {
-    Exit run = RunDaemon({help}, /*with_data_dir=*/false);
+    ProcessExit run = RunDaemon({help}, /*with_data_dir=*/false);
     EXPECT_EQ(run.code, 0) << help << ": " << run.err;
     EXPECT_THAT(run.out, HasSubstr("kvkeepd - KV-cache memory manager")) << help;
     for (const std::string& flag : flags) {
       EXPECT_THAT(run.out, HasSubstr("  --" + flag + "  (default: ")) << help << " lacks " << flag;
     }
   }
-  Exit run = RunDaemon({"--help"}, false);
+  ProcessExit run = RunDaemon({"--help"}, false);
   EXPECT_THAT(run.out, HasSubstr("  --pool_mib  (default: 1024)\n"));
   EXPECT_THAT(run.out, HasSubstr("  --log_format  (default: \"text\")\n"));
   EXPECT_THAT(run.out, Not(HasSubstr("  --flagfile  ")));  // Abseil's own flags: --helpfull
-  Exit version = RunDaemon({"--version"}, false);
+  ProcessExit version = RunDaemon({"--version"}, false);
   EXPECT_EQ(version.code, 0) << version.err;
   EXPECT_THAT(version.out, HasSubstr("kvkeepd "));
 }
@@ -298,13 +262,13 @@ TEST(KvkeepdHelpTest, UsageErrorsExitTwoNamingTheFlag) {
       {{"stray"}, {"unexpected argument \"stray\""}},
   };
   for (const Case& c : cases) {
-    Exit run = RunDaemon(c.flags);
+    ProcessExit run = RunDaemon(c.flags);
     EXPECT_EQ(run.code, 2) << c.flags[0] << ": " << run.err;
     for (const std::string& s : c.said) EXPECT_THAT(run.err, HasSubstr(s)) << c.flags[0];
   }
   // Negated booleans and "--flag value" are not usage errors: this start gets as far as the
   // listeners (TCP without TLS: exit 1) with the values given.
-  Exit run = RunDaemon({"--noinsecure_tcp", "--pool_mib", "32", "--log_format", "json",
+  ProcessExit run = RunDaemon({"--noinsecure_tcp", "--pool_mib", "32", "--log_format", "json",
                        "--backend=cpu", "--tcp=127.0.0.1:1"});
   EXPECT_EQ(run.code, 1) << run.err;
   const std::vector<nlohmann::json> events = JsonEvents(run.err);
