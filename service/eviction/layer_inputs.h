@@ -59,6 +59,14 @@ struct LayerInputs {
                                                    // Σ_i A[i, j]
   std::vector<float> wo_gram;                   // optional [q_heads][head_dim][head_dim]
                                                 // = W_O^h W_O^hᵀ; empty = identity
+  // Optional query sketch (qsketch, qsketch-post; common/query_sketch.h): per query head up to
+  // sketch_k weighted centroids of the queries the prefix has seen.
+  int sketch_k = 0;                             // centroid slots per query head; 0 = not sent
+  std::vector<float> sketch_centroids;          // [q_heads][sketch_k][head_dim]
+  std::vector<float> sketch_weights;            // [q_heads][sketch_k]; > 0 for a centroid,
+                                                // 0 for an unused slot (heads may have fewer)
+  bool sketch_post_rope = false;                // false: centroids of pre-RoPE queries (qsketch
+                                                // rotates them); true: of post-RoPE queries
 };
 
 // Checks `in` for `policy.scorer`:
