@@ -80,7 +80,7 @@ pool: several synthetic sequences (profiles and lengths cycle) share one pool ho
   --pressure_policy=capacity), its per-token variant, per-sequence uniform budgets (pages, and
   capkv tokens), and LRU whole-sequence spilling (spilled = lost, or restored with the bytes read
   back), and the daemon's --pressure_policy=compress (a pool-wide plan of pages per sequence by
-  marginal loss, then each sequence's own capkv selection; --loss-power P, default 2, is its p).
+  marginal loss, then each sequence's own capkv selection; --loss-power P, default 4, is its p).
   Relative output error on every sequence's held-out future queries; defaults --sequences 8
   --seeds 1,2,3 --layers 2 --tokens-per-page 16 (docs/quality.md, "Capacity across sequences");
   --quiet: no progress lines on stderr.
