@@ -197,6 +197,15 @@ TEST_F(CompressPressureE2eTest, AllocationCompressesOthersUnleasedSequences) {
   EXPECT_EQ(status.pressure_compressed_tokens(), 4u * kTpp);
   EXPECT_EQ(status.pressure_spills(), 0u);
   EXPECT_EQ(TierOf("a", a), v1::TIER_DEVICE);
+  // kvkeepctl status shows the policy and what it did, beside the other policies' counters.
+  const ProcessExit ctl = RunToExit({DaemonProcess::BinaryDir() + "/kvkeepctl", "--socket",
+                                     daemon_.dir() + "/kvkeepd.sock", "--admin-token-file",
+                                     daemon_.dir() + "/admin.token", "status"});
+  EXPECT_EQ(ctl.code, 0) << ctl.err;
+  EXPECT_NE(ctl.out.find("pressure: policy compress, 0 pages (0 tokens) evicted by capacity cost, "
+                         "1 compressions freed 4 pages, 0 sequences spilled"),
+            std::string::npos)
+      << ctl.out;
 }
 
 TEST(PressurePolicyFlag, UnknownPolicyStopsTheDaemonWithExitStatus2) {
