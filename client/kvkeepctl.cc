@@ -424,12 +424,12 @@ int RunStatus(Ctx& c) {
                 static_cast<unsigned long long>(s.restores()),
                 static_cast<unsigned long long>(s.spill_errors()),
                 100 * s.watermarks().low_free(), 100 * s.watermarks().high_free());
-    std::printf("pressure: policy %s, %llu pages (%llu tokens) evicted by capacity cost, "
-                "%llu sequences spilled\n",
-                s.pressure_policy().c_str(),
-                static_cast<unsigned long long>(s.pressure_evicted_pages()),
-                static_cast<unsigned long long>(s.pressure_evicted_tokens()),
-                static_cast<unsigned long long>(s.pressure_spills()));
+    std::fputs(absl::StrFormat("pressure: policy %s, %d pages (%d tokens) evicted by capacity "
+                               "cost, %d compressions freed %d pages, %d sequences spilled\n",
+                               s.pressure_policy(), s.pressure_evicted_pages(),
+                               s.pressure_evicted_tokens(), s.pressure_compressions(),
+                               s.pressure_compressed_pages(), s.pressure_spills())
+                   .c_str(), stdout);
     std::printf("tenants: %u  sessions: %u  sequences: %u\n\n", s.tenants(), s.sessions(),
                 s.sequences());
     std::vector<std::vector<std::string>> rows = {TenantHeader()};

@@ -63,7 +63,9 @@ ABSL_FLAG(uint64_t, spill_rate_limit_mib, 0,
           "Limit on background spill-database writes, MiB/s (0 = none)");
 ABSL_FLAG(std::string, pressure_policy, "lru",
           "How pool pressure frees pages: lru (spill whole least-recently-used sequences, "
-          "lossless) or capacity (drop the cheapest whole pages by capacity cost, then spill)");
+          "lossless), capacity (drop the cheapest whole pages by capacity cost, then spill) or "
+          "compress (compress the unleased sequences whose loss per freed page is smallest, "
+          "then spill)");
 ABSL_FLAG(int, compress_threads, 2, "Threads that run Compress (scoring and compaction)");
 ABSL_FLAG(int, keepalive_seconds, 10, "Keepalive ping interval that detects lost workers");
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
@@ -299,7 +301,7 @@ absl::Status ReadOptions(int argc, char** argv, kvkeep::ServiceOptions* options)
   if (!kvkeep::ParsePressurePolicy(absl::GetFlag(FLAGS_pressure_policy),
                                    &options->pressure_policy)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--pressure_policy must be lru or capacity, not \"",
+        absl::StrCat("--pressure_policy must be lru, capacity or compress, not \"",
                      absl::GetFlag(FLAGS_pressure_policy), "\""));
   }
   options->limits.calls_per_second = absl::GetFlag(FLAGS_session_calls_per_second);

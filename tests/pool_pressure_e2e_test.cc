@@ -1,7 +1,9 @@
 // Capacity-aware pool pressure through the real daemon (--pressure_policy=capacity): an
 // over-committed pool shared by three tenants; a guaranteed tenant's allocation frees the
 // cheapest pages of the others (checked token by token through GetSequence and ReadKV), then,
-// when dropping pages is not enough, the least recently used sequence is spilled.
+// when dropping pages is not enough, the least recently used sequence is spilled. And
+// --pressure_policy=compress: the allocation succeeds by compressing another tenant's unleased
+// sequence (its kept tokens read back bit-exact), leased sequences untouched.
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -41,8 +43,10 @@ std::string Values(const std::vector<float>& scales) {
 
 class PoolPressureE2eTest : public ::testing::Test {
  protected:
+  virtual std::string Policy() const { return "capacity"; }
+
   void SetUp() override {
-    ASSERT_OK(daemon_.Start({"--pool_mib=14", "--arena_mib=1", "--pressure_policy=capacity",
+    ASSERT_OK(daemon_.Start({"--pool_mib=14", "--arena_mib=1", "--pressure_policy=" + Policy(),
                              "--low_free=0", "--high_free=0"}));
     for (const char* name : {"a", "b", "c"}) {
       v1::CreateTenantRequest r;
@@ -155,6 +159,55 @@ TEST_F(PoolPressureE2eTest, GuaranteedTenantGetsTheCheapestPagesThenSpills) {
   EXPECT_EQ(Surviving("a", a, sa), (std::vector<int32_t>{0, 4, 5}));
 }
 
+class CompressPressureE2eTest : public PoolPressureE2eTest {
+ protected:
+  std::string Policy() const override { return "compress"; }
+};
+
+TEST_F(CompressPressureE2eTest, AllocationCompressesOthersUnleasedSequences) {
+  // a's policy: streaming (sinks + the most recent tokens; needs no statistics), sinks and
+  // window one page each. Its pages 1-4 carry no capacity: the cheapest in the pool.
+  v1::Policy policy;
+  policy.set_scorer("streaming");
+  policy.set_sinks(kTpp);
+  policy.set_window(kTpp);
+  ASSERT_OK(daemon_.Admin()->SetPolicy("a", policy).status());
+  const std::vector<float> sa = {1, 0, 0, 0, 0, 2};
+  const std::string a = Make("a", sa);
+  // b's sequence is leased (never released): it holds nothing, but pressure may not touch it.
+  ASSERT_OK_AND_ASSIGN(std::string b, clients_["b"]->CreateSequence("m"));
+  ASSERT_OK(clients_["b"]->Allocate(b, 4 * kTpp));
+  ASSERT_OK(clients_["b"]->Commit(b, 4 * kTpp));
+  // c is guaranteed 8 MiB and asks for them: 10 of 14 MiB are in use, 4 pages must go.
+  v1::SetQuotaRequest q;
+  q.set_name("c");
+  q.set_quota_bytes(8 * kMiB);
+  ASSERT_OK(daemon_.Admin()->SetQuota(q));
+  ASSERT_OK_AND_ASSIGN(std::string c, clients_["c"]->CreateSequence("m"));
+  ASSERT_OK(clients_["c"]->Allocate(c, 8 * kTpp));
+  // a was compressed to a third (2 of 6 pages): the sink page and the most recent page, every
+  // kept token as written.
+  EXPECT_EQ(Surviving("a", a, sa), (std::vector<int32_t>{0, 5}));
+  ASSERT_OK_AND_ASSIGN(v1::PageTable tb, clients_["b"]->GetSequence(b, false));
+  EXPECT_EQ(tb.heads(0).token_count(), 4 * kTpp);
+  ASSERT_OK_AND_ASSIGN(v1::DaemonStatus status, daemon_.Admin()->GetStatus());
+  EXPECT_EQ(status.pressure_policy(), "compress");
+  EXPECT_EQ(status.pressure_compressions(), 1u);
+  EXPECT_EQ(status.pressure_compressed_pages(), 4u);
+  EXPECT_EQ(status.pressure_compressed_tokens(), 4u * kTpp);
+  EXPECT_EQ(status.pressure_spills(), 0u);
+  EXPECT_EQ(TierOf("a", a), v1::TIER_DEVICE);
+  // kvkeepctl status shows the policy and what it did, beside the other policies' counters.
+  const ProcessExit ctl = RunToExit({DaemonProcess::BinaryDir() + "/kvkeepctl", "--socket",
+                                     daemon_.dir() + "/kvkeepd.sock", "--admin-token-file",
+                                     daemon_.dir() + "/admin.token", "status"});
+  EXPECT_EQ(ctl.code, 0) << ctl.err;
+  EXPECT_NE(ctl.out.find("pressure: policy compress, 0 pages (0 tokens) evicted by capacity cost, "
+                         "1 compressions freed 4 pages, 0 sequences spilled"),
+            std::string::npos)
+      << ctl.out;
+}
+
 TEST(PressurePolicyFlag, UnknownPolicyStopsTheDaemonWithExitStatus2) {
   const std::string cmd = absl::StrCat(DaemonProcess::BinaryDir(), "/kvkeepd --data_dir=",
                                        ::testing::TempDir(), "/pressure-flag-unused",
@@ -167,7 +220,7 @@ TEST(PressurePolicyFlag, UnknownPolicyStopsTheDaemonWithExitStatus2) {
   const int status = pclose(p);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 2);
-  EXPECT_NE(out.find("--pressure_policy must be lru or capacity"), std::string::npos) << out;
+  EXPECT_NE(out.find("--pressure_policy must be lru, capacity or compress"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ Usage:
   kvkeep-eval run    --data DIR [--policy P,...] [--allocation A,...] [--keep R,...] [--json]
   kvkeep-eval scores --data DIR --layer L --policy P --out FILE.npy
   kvkeep-eval pool   [--sequences N] [--budget F] [--seeds S,...] [--layers L] [--tokens-per-page T]
+                     [--loss-power P]
                      [--quiet]
   kvkeep-eval help   (also --help or -h, anywhere on the line)
 
@@ -78,7 +79,9 @@ pool: several synthetic sequences (profiles and lengths cycle) share one pool ho
   (default 0.4) of their cached tokens; compares capacity-aware global page eviction (the daemon's
   --pressure_policy=capacity), its per-token variant, per-sequence uniform budgets (pages, and
   capkv tokens), and LRU whole-sequence spilling (spilled = lost, or restored with the bytes read
-  back). Relative output error on every sequence's held-out future queries; defaults --sequences 8
+  back), and the daemon's --pressure_policy=compress (a pool-wide plan of pages per sequence by
+  marginal loss, then each sequence's own capkv selection; --loss-power P, default 4, is its p).
+  Relative output error on every sequence's held-out future queries; defaults --sequences 8
   --seeds 1,2,3 --layers 2 --tokens-per-page 16 (docs/quality.md, "Capacity across sequences");
   --quiet: no progress lines on stderr.
 
@@ -254,7 +257,7 @@ absl::Status Scores(const std::vector<std::string>& args, std::ostream& out) {
 absl::Status Pool(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   ASSIGN_OR_RETURN(Flags f, ParseFlags(args, 1,
                                        {"sequences", "budget", "seeds", "layers",
-                                        "tokens-per-page"},
+                                        "tokens-per-page", "loss-power"},
                                        {"quiet"}));
   PoolScenarioOptions o;
   RETURN_IF_ERROR(IntFlag(f, "sequences", &o.sequences));
@@ -264,6 +267,12 @@ absl::Status Pool(const std::vector<std::string>& args, std::ostream& out, std::
     if (!absl::SimpleAtod(it->second, &o.budget)) {
       return absl::InvalidArgumentError(absl::StrCat("--budget: \"", it->second,
                                                      "\" is not a number"));
+    }
+  }
+  if (auto it = f.values.find("loss-power"); it != f.values.end()) {
+    if (!absl::SimpleAtod(it->second, &o.compress_loss_power) || !(o.compress_loss_power >= 1)) {
+      return absl::InvalidArgumentError(absl::StrCat("--loss-power: \"", it->second,
+                                                     "\" is not a number >= 1"));
     }
   }
   if (auto it = f.values.find("seeds"); it != f.values.end()) {

@@ -5,11 +5,13 @@
 #include <numeric>
 #include <random>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "bench/eval/measures.h"
 #include "bench/eval/synth.h"
 #include "common/status_macros.h"
+#include "service/engine/compress_pressure.h"
 #include "service/eviction/policy.h"
 #include "service/eviction/scorers.h"
 #include "service/eviction/selection.h"
@@ -217,17 +219,41 @@ class SeedRun {
   // uniform: each sequence's capkv selection at keep_ratio = budget.
   absl::Status UniformSelection(const eviction::Policy& capkv, size_t method) {
     for (int i = 0; i < o_.sequences; ++i) {
-      ASSIGN_OR_RETURN(eviction::Selection sel,
-                       eviction::SelectTokens(capkv, eviction::Budget{.keep_ratio = o_.budget},
-                                              seqs_[i].scores, o_.q_heads / o_.kv_heads));
-      ASSIGN_OR_RETURN(Metrics met, Measure(seqs_[i].refs, sel.kept, seqs_[i].targets));
-      int64_t n = 0;
-      for (const auto& layer : sel.kept) {
-        for (const auto& k : layer) n += static_cast<int64_t>(k.size());
+      RETURN_IF_ERROR(SelectAndMeasure(capkv, i, o_.budget, method));
+    }
+    return absl::OkStatus();
+  }
+
+  // compress: the pressure plan (compress_pressure.h) over every sequence's page costs, one
+  // tenant, then each sequence's capkv selection at what the plan leaves it.
+  absl::Status PressureCompress(const eviction::Policy& capkv, double loss_power, size_t method) {
+    std::vector<CompressCandidate> candidates;
+    for (int i = 0; i < o_.sequences; ++i) {
+      const Seq& s = seqs_[i];
+      std::vector<std::vector<double>> costs;
+      std::vector<std::vector<bool>> droppable;
+      const int64_t pages = (s.prefix + tpp_ - 1) / tpp_;
+      const int64_t first = (o_.prefix.sinks + tpp_ - 1) / tpp_;
+      const int64_t end = (s.prefix - o_.prefix.window) / tpp_;
+      for (const auto& layer : s.cost) {
+        for (const std::vector<double>& c : layer) {
+          costs.emplace_back(pages, 0.0);
+          droppable.emplace_back(pages, false);
+          for (int64_t j = 0; j < s.prefix; ++j) costs.back()[j / tpp_] += c[j];
+          for (int64_t p = first; p < end; ++p) droppable.back()[p] = true;
+        }
       }
-      rows_[i].rel_error[method] = met.rel_error;
-      rows_[i].kept_fraction[method] =
-          static_cast<double>(n) / (double{1} * o_.layers * o_.kv_heads * seqs_[i].prefix);
+      candidates.push_back({"pool", static_cast<uint64_t>(tpp_), static_cast<uint64_t>(i),
+                            NormalisedPageLosses(costs, droppable)});
+    }
+    absl::flat_hash_map<std::string, TenantStanding> tenants;
+    tenants["pool"] = {static_cast<uint64_t>(total_), 0, 0};
+    const CompressPlan plan = PlanPressureCompression(
+        candidates, &tenants, static_cast<uint64_t>(drop_), "", {.loss_power = loss_power});
+    for (int i = 0; i < o_.sequences; ++i) {
+      const double n = static_cast<double>(TokensOf(seqs_[i]));
+      const double keep = n - static_cast<double>(plan.pages[i]) * tpp_;
+      RETURN_IF_ERROR(SelectAndMeasure(capkv, i, std::clamp(keep / n, 1.0 / n, 1.0), method));
     }
     return absl::OkStatus();
   }
@@ -262,6 +288,23 @@ class SeedRun {
 
  private:
   int64_t TokensOf(const Seq& s) const { return int64_t{o_.layers} * o_.kv_heads * s.prefix; }
+
+  // Sequence i compressed by its capkv selection at `keep_ratio`, measured as `method`.
+  absl::Status SelectAndMeasure(const eviction::Policy& capkv, int i, double keep_ratio,
+                                size_t method) {
+    ASSIGN_OR_RETURN(eviction::Selection sel,
+                     eviction::SelectTokens(capkv, eviction::Budget{.keep_ratio = keep_ratio},
+                                            seqs_[i].scores, o_.q_heads / o_.kv_heads));
+    ASSIGN_OR_RETURN(Metrics met, Measure(seqs_[i].refs, sel.kept, seqs_[i].targets));
+    int64_t n = 0;
+    for (const auto& layer : sel.kept) {
+      for (const auto& k : layer) n += static_cast<int64_t>(k.size());
+    }
+    rows_[i].rel_error[method] = met.rel_error;
+    rows_[i].kept_fraction[method] =
+        static_cast<double>(n) / (double{1} * o_.layers * o_.kv_heads * seqs_[i].prefix);
+    return absl::OkStatus();
+  }
 
   GoneMask FreshMask() const {
     GoneMask gone(o_.sequences);
@@ -355,6 +398,8 @@ absl::StatusOr<PoolScenarioReport> RunPoolScenario(const PoolScenarioOptions& o,
     RETURN_IF_ERROR(run.CapacityWithFloor(7));
     RETURN_IF_ERROR(run.UniformPages(2));
     RETURN_IF_ERROR(run.UniformSelection(capkv, 3));
+    RETURN_IF_ERROR(run.PressureCompress(capkv, o.compress_loss_power, 8));
+    RETURN_IF_ERROR(run.PressureCompress(capkv, 1.0, 9));
     ASSIGN_OR_RETURN(const double restored_mib, run.LruAndRestore(page_bytes, 4, 5));
     for (size_t m = 0; m < M; ++m) figures.restore_mib[m].push_back(m == 5 ? restored_mib : 0);
     figures.Add(o, run);

@@ -17,6 +17,12 @@
 //   lru-restore     the same, each spilled sequence restored before its query: no error, but the
 //                   bytes read back (fp16 pages) are reported, and restoring needs room the full
 //                   pool does not have — another sequence must go out for each one that comes in.
+//   compress        the daemon's --pressure_policy=compress: the pool-wide plan of
+//                   service/engine/compress_pressure.h (pages to free per sequence, smallest
+//                   marginal loss Δ(L⁴) per freed page, L = the sequence's fraction of capacity
+//                   cost lost), then each sequence compressed by its own capkv token selection to
+//                   what the plan leaves it;
+//   compress-linear the same plan with loss power 1 (Σ L instead of Σ L⁴): shows why p > 1.
 //
 //   PoolScenarioOptions o;  o.sequences = 8;  o.budget = 0.4;  o.seeds = {1, 2, 3};
 //   ASSIGN_OR_RETURN(PoolScenarioReport r, RunPoolScenario(o, &std::cerr));
@@ -44,13 +50,15 @@ struct PoolScenarioOptions {
   int head_dim = 64;                 // Default: 64
   int64_t future = 64;               // Default: 64 held-out queries per sequence
   int tokens_per_page = 16;          // Default: 16
+  double compress_loss_power = 4.0;  // Default: 4 (the daemon's; compress-linear uses 1)
   PrefixStatsOptions prefix;         // Default: window 32, sinks 4
 };
 
 inline const std::vector<std::string>& PoolMethods() {
   static const std::vector<std::string> m = {"capacity", "capacity-token", "uniform-page",
                                              "uniform",  "lru-lost",       "lru-restore",
-                                             "capacity-rel", "capacity-floor"};
+                                             "capacity-rel", "capacity-floor",
+                                             "compress",     "compress-linear"};
   return m;
 }
 

@@ -237,6 +237,10 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   // the watermarks in effect.
   std::vector<PressureRelief::Host::Candidate> UnleasedSequences() override;
   FreeWatermarks Watermarks() const override;
+  // --pressure_policy=compress: `seq` compressed by its tenant's policy at keep_ratio
+  // (cache_engine_pressure.cc).
+  absl::StatusOr<Compressed> CompressForPressure(Sequence* seq, double keep_ratio) override
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
   v1::SequenceInfo InfoOf(Sequence& seq) const;
   // Admission + charge + pool allocation of `count` pages for `tenant`; announces new arenas to
   // the tenant's sessions. Under pool pressure it asks PressureRelief once and retries.

@@ -286,6 +286,9 @@ v1::DaemonStatus CacheEngine::Status() const {
   s.set_pressure_evicted_tokens(relief.evicted_tokens);
   s.set_pressure_spills(relief.spills);
   s.set_page_cost_passes(relief.page_cost_passes);
+  s.set_pressure_compressions(relief.compressions);
+  s.set_pressure_compressed_pages(relief.compressed_pages);
+  s.set_pressure_compressed_tokens(relief.compressed_tokens);
   const PrefixIndex::Stats shared = prefixes_.stats();
   s.set_shared_pages_referenced(shared.referenced_pages);
   s.set_shared_pages_cached(shared.cached_pages);

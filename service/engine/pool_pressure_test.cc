@@ -1,5 +1,5 @@
 // Pool pressure in the engine (cache_engine_pressure.cc): capacity-aware page eviction, fair
-// shares, guarantees, leases. One-page arenas so that freed pages are reusable by any tenant.
+// shares, guarantees, leases, and compression under pressure (--pressure_policy=compress). One-page arenas so that freed pages are reusable by any tenant.
 #include <filesystem>
 #include <random>
 
@@ -149,6 +149,47 @@ class PoolPressureTest : public ::testing::Test {
       if (t.name() == tenant) return t;
     }
     return {};
+  }
+  // The tenant's default policy: `scorer` with `sinks` and `window` (no budget).
+  void SetPolicy(const std::string& tenant, const std::string& scorer, uint32_t sinks,
+                 uint32_t window) {
+    v1::SetPolicyRequest p;
+    p.set_tenant(tenant);
+    p.mutable_policy()->set_scorer(scorer);
+    p.mutable_policy()->set_sinks(sinks);
+    p.mutable_policy()->set_window(window);
+    EXPECT_OK(engine_->SetPolicy(p));
+  }
+  // Every value read back, in order, and the positions of the head's tokens.
+  std::pair<std::string, std::vector<int32_t>> ReadBack(const std::string& tenant,
+                                                        const std::string& id) {
+    std::pair<std::string, std::vector<int32_t>> out;
+    auto t = engine_->GetSequence(tenant, id, /*with_positions=*/true);
+    EXPECT_OK(t);
+    if (t.ok()) out.second.assign(t->heads(0).positions().begin(), t->heads(0).positions().end());
+    v1::ReadRequest read;
+    read.set_sequence_id(id);
+    auto cursor = engine_->OpenRead(tenant, read);
+    EXPECT_OK(cursor);
+    if (!cursor.ok()) return out;
+    v1::KvChunk chunk;
+    while (true) {
+      auto more = (*cursor)->Next(&chunk);
+      EXPECT_OK(more);
+      if (!more.ok() || !*more) break;
+      out.first += chunk.values();
+    }
+    return out;
+  }
+  // The fp16 values Make wrote for token positions `positions` of a sequence of `scales`.
+  static std::string ValuesAt(const std::vector<float>& scales,
+                              const std::vector<int32_t>& positions) {
+    std::vector<uint16_t> v(positions.size() * kDim, 0);
+    for (size_t i = 0; i < positions.size(); ++i) {
+      const int32_t j = positions[i];
+      v[i * kDim + j % kDim] = gpu_math::FloatToHalfBits(scales[j / kTpp]);
+    }
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * 2);
   }
   absl::Status Allocate(const std::string& tenant, const std::string& id, uint32_t tokens) {
     v1::AllocateRequest a;
@@ -356,6 +397,95 @@ TEST_F(PoolPressureTest, LruPolicyEvictsNoPages) {
   EXPECT_THAT(Allocate("b", b, 4 * kTpp), StatusIs(StatusCode::kResourceExhausted));
   EXPECT_EQ(engine_->Status().pressure_evicted_pages(), 0u);
   EXPECT_EQ(engine_->Status().pressure_policy(), "lru");
+}
+
+// --pressure_policy=compress: the sequence with the smallest loss per freed page is compressed by
+// its tenant's policy (streaming here: sinks + the most recent tokens, no statistics needed); the
+// dearer one and the leased one stay whole, and the kept tokens read back bit-exact.
+TEST_F(PoolPressureTest, CompressPolicyCompressesTheCheapestUnleasedSequence) {
+  Open(28, PressurePolicy::kCompress);
+  const std::string sa = Tenant("a"), sb = Tenant("b"), sc = Tenant("c");
+  SetPolicy("a", "streaming", /*sinks=*/kTpp, /*window=*/kTpp);
+  // a1's middle pages carry no capacity (loss 0), a2's all do; b's is leased.
+  const std::vector<float> cheap = {1, 0, 0, 0, 0, 0, 0, 1}, dear = {1, 2, 3, 4, 5, 6, 7, 8};
+  const std::string a1 = Make("a", sa, cheap);
+  const std::string a2 = Make("a", sa, dear);
+  const std::string b = Make("b", sb, {0, 0, 0, 0}, /*keep_lease=*/true);
+  // c, guaranteed 12 pages, asks for them: 8 are free, 4 pages must go.
+  v1::SetQuotaRequest q;
+  q.set_name("c");
+  q.set_quota_bytes(12 * kPage);
+  ASSERT_OK(engine_->SetQuota(q));
+  const std::string c = Make("c", sc, {}, /*keep_lease=*/true);
+  ASSERT_OK(Allocate("c", c, 12 * kTpp));
+  // a1 compressed to half its tokens: the sink page and the 48 most recent tokens.
+  std::vector<int32_t> kept;
+  for (int32_t j = 0; j < 8 * static_cast<int32_t>(kTpp); ++j) {
+    if (j < static_cast<int32_t>(kTpp) || j >= 5 * static_cast<int32_t>(kTpp)) kept.push_back(j);
+  }
+  const auto [values, positions] = ReadBack("a", a1);
+  EXPECT_EQ(positions, kept);
+  EXPECT_TRUE(values == ValuesAt(cheap, kept)) << "kept tokens changed";
+  EXPECT_EQ(Pages("a", a2).size(), 8u);
+  EXPECT_EQ(Pages("b", b).size(), 4u);
+  const v1::DaemonStatus s = engine_->Status();
+  EXPECT_EQ(s.pressure_policy(), "compress");
+  EXPECT_EQ(s.pressure_compressions(), 1u);
+  EXPECT_EQ(s.pressure_compressed_pages(), 4u);
+  EXPECT_EQ(s.pressure_compressed_tokens(), 4u * kTpp);
+  EXPECT_EQ(s.pressure_evicted_pages(), 0u);
+  EXPECT_EQ(s.pressure_spills(), 0u);
+  EXPECT_EQ(Info("a").pressure_evicted_pages(), 4u);
+  EXPECT_EQ(UsedPages("c"), 12u);
+}
+
+// A sequence holding shared prefix pages is not compressed (compressing would copy them first):
+// the plan's pages come from the tenant's other sequence.
+TEST_F(PoolPressureTest, CompressPolicyLeavesSequencesWithSharedPrefixPagesAlone) {
+  Open(24, PressurePolicy::kCompress);
+  const std::string sa = Tenant("a"), sc = Tenant("c");
+  SetPolicy("a", "streaming", 0, 0);
+  v1::SetQuotaRequest group;
+  group.set_name("a");
+  group.set_sharing_group("team");
+  ASSERT_OK(engine_->SetQuota(group));
+  const std::string shared = Make("a", sa, {1, 1, 0, 0, 0, 0, 0, 1});  // cheapest pages
+  const std::string other = Make("a", sa, {1, 2, 3, 4, 5, 6, 7, 8});
+  v1::PublishPrefixRequest publish;
+  publish.set_sequence_id(shared);
+  for (uint32_t t = 0; t < 2 * kTpp; ++t) publish.add_token_ids(1000 + t);
+  ASSERT_OK_AND_ASSIGN(v1::PublishPrefixReply published, engine_->PublishPrefix("a", publish));
+  ASSERT_EQ(published.shared_pages(), 2u);
+  v1::SetQuotaRequest q;
+  q.set_name("c");
+  q.set_quota_bytes(10 * kPage);
+  ASSERT_OK(engine_->SetQuota(q));
+  const std::string c = Make("c", sc, {}, /*keep_lease=*/true);
+  ASSERT_OK(Allocate("c", c, 10 * kTpp));  // 8 free: 2 pages must go
+  EXPECT_EQ(Pages("a", shared).size(), 8u);
+  EXPECT_EQ(Pages("a", other), (std::vector<int32_t>{2, 3, 4, 5, 6, 7}));  // streaming: recent
+  EXPECT_EQ(engine_->Status().shared_pages_referenced(), 2u);
+  EXPECT_EQ(engine_->Status().pressure_compressions(), 1u);
+}
+
+// When compression cannot free the room (here: the tenant's scorer needs statistics the
+// sequence never received), the least recently used sequence is spilled.
+TEST_F(PoolPressureTest, CompressPolicySpillsWhenCompressionIsNotEnough) {
+  Open(16, PressurePolicy::kCompress, /*with_spill=*/true);
+  const std::string sa = Tenant("a"), sb = Tenant("b");
+  SetPolicy("a", "snapkv", 0, 0);  // needs window queries: none were sent
+  const std::string a = Make("a", sa, {1, 0, 0, 0, 0, 0, 0, 1});
+  v1::SetQuotaRequest q;
+  q.set_name("b");
+  q.set_quota_bytes(12 * kPage);
+  ASSERT_OK(engine_->SetQuota(q));
+  const std::string b = Make("b", sb, {}, /*keep_lease=*/true);
+  ASSERT_OK(Allocate("b", b, 12 * kTpp));
+  auto list = engine_->ListSequences("a");
+  ASSERT_EQ(list.sequences_size(), 1);
+  EXPECT_EQ(list.sequences(0).tier(), v1::TIER_SPILLED);
+  EXPECT_EQ(engine_->Status().pressure_compressions(), 0u);
+  EXPECT_EQ(engine_->Status().pressure_spills(), 1u);
 }
 
 }  // namespace

@@ -30,8 +30,9 @@ PressureRelief::PressureRelief(PressurePolicy policy, Backend* backend, PagePool
       spiller_(spiller), host_(host), background_(background) {}
 
 PressureRelief::Stats PressureRelief::stats() const {
-  return {evicted_pages_.load(), evicted_tokens_.load(), spills_.load(),
-          page_cost_passes_.load()};
+  return {evicted_pages_.load(),     evicted_tokens_.load(),    spills_.load(),
+          page_cost_passes_.load(),  compressions_.load(),      compressed_pages_.load(),
+          compressed_tokens_.load()};
 }
 
 uint64_t PressureRelief::Target(uint64_t want_bytes) const {
@@ -44,12 +45,14 @@ uint64_t PressureRelief::Target(uint64_t want_bytes) const {
 }
 
 void PressureRelief::MaybeRelieveLater() {
-  const bool capacity = policy_ == PressurePolicy::kCapacity;
+  // Both costed policies (kCapacity, kCompress) plan from page costs.
+  const bool capacity =
+      policy_ == PressurePolicy::kCapacity || policy_ == PressurePolicy::kCompress;
   if (!spiller_->enabled() && !capacity) return;
   const double cap = static_cast<double>(pool_->options().capacity_bytes);
   const FreeWatermarks marks = host_->Watermarks();
-  // Under kCapacity the background thread starts scoring page costs already below the high
-  // watermark, so that costs are ready when pressure comes.
+  // Under kCapacity and kCompress the background thread starts scoring page costs already below
+  // the high watermark, so that costs are ready when pressure comes.
   const double mark = capacity ? marks.high_free : marks.low_free;
   if (static_cast<double>(ledger_->FreeBytes()) >= mark * cap) return;
   if (scheduled_.exchange(true)) return;
@@ -89,12 +92,17 @@ uint64_t PressureRelief::RelieveSequences(uint64_t want_bytes, const std::string
     const uint64_t target = Target(want_bytes);
     return target == 0 ? 0 : SpillLeastRecent(target);
   }
-  if (thread == Thread::kBackground) return RelieveByCapacity(want_bytes, requester);
+  const bool compress = policy_ == PressurePolicy::kCompress;
+  if (thread == Thread::kBackground) {
+    return compress ? RelieveByCompression(want_bytes, requester)
+                    : RelieveByCapacity(want_bytes, requester);
+  }
   // Scoring never runs on a request thread: the background thread does it, this one waits.
   auto done = std::make_shared<absl::Notification>();
   auto freed = std::make_shared<std::atomic<uint64_t>>(0);
-  background_->Schedule([this, done, freed, want_bytes, requester] {
-    freed->store(RelieveByCapacity(want_bytes, requester));
+  background_->Schedule([this, done, freed, want_bytes, requester, compress] {
+    freed->store(compress ? RelieveByCompression(want_bytes, requester)
+                          : RelieveByCapacity(want_bytes, requester));
     done->Notify();
   });
   if (!done->WaitForNotificationWithTimeout(kReliefWait)) return 0;

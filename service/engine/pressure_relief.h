@@ -5,7 +5,11 @@
 // by --pressure_policy: kLru spills whole least-recently-used sequences (tenants above their fair
 // share first, then above their guarantee); kCapacity drops the globally cheapest whole pages by
 // capacity cost (never sinks, the observation window, or shared prefix pages; never a tenant's
-// pages within its share for another tenant), then spills. Leased sequences are never touched,
+// pages within its share for another tenant), then spills; kCompress compresses the sequences
+// whose marginal loss per freed page is smallest (compress_pressure.h: the plan over sequences and
+// tenants, shares and guarantees as for kCapacity; sequences holding shared prefix pages are not
+// compressed), each with its tenant's policy at the keep ratio the plan leaves it
+// (pressure_relief_compress.cc), then spills. Leased sequences are never touched,
 // and relief never waits on a busy sequence (TryLock; its holder may be the allocation asking).
 //
 // Which thread runs it is explicit: RelieveForAllocation runs on a request thread and hands
@@ -29,7 +33,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "gpu/backend.h"
+#include "service/engine/compress_pressure.h"
 #include "service/engine/ledger.h"
 #include "service/engine/sequence.h"
 #include "service/engine/session_registry.h"
@@ -61,6 +67,16 @@ class PressureRelief {
     // Frees unreferenced cached shared prefix pages; returns the bytes freed.
     virtual uint64_t ReleaseCachedPrefixes(uint64_t want_bytes) = 0;
     virtual FreeWatermarks Watermarks() const = 0;
+    // What one compression under pressure freed.
+    struct Compressed {
+      uint64_t pages = 0;   // freed in the pool and un-charged
+      uint64_t tokens = 0;  // that left the head tables (summed over them)
+    };
+    // Compresses `seq` (unleased, no shared prefix pages) with its tenant's default policy at
+    // `keep_ratio` in (0, 1]; frees and un-charges the emptied pages as evicted by pressure.
+    // Errors as CompressSequence (a statistic the scorer needs missing: FAILED_PRECONDITION).
+    virtual absl::StatusOr<Compressed> CompressForPressure(Sequence* seq, double keep_ratio)
+        ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu) = 0;
   };
 
   // Every pointer must outlive the relief; `background` is the engine's background thread.
@@ -77,6 +93,7 @@ class PressureRelief {
 
   struct Stats {
     uint64_t evicted_pages = 0, evicted_tokens = 0, spills = 0, page_cost_passes = 0;
+    uint64_t compressions = 0, compressed_pages = 0, compressed_tokens = 0;
   };
   Stats stats() const;
 
@@ -90,6 +107,8 @@ class PressureRelief {
   // Computes the page costs of unleased device sequences whose costs are missing or stale.
   void RefreshPageCosts();
   uint64_t RelieveByCapacity(uint64_t want_bytes, const std::string& requester);
+  // kCompress (pressure_relief_compress.cc): plans, compresses, then spills what is still short.
+  uint64_t RelieveByCompression(uint64_t want_bytes, const std::string& requester);
 
   struct Scored {
     std::shared_ptr<Sequence> seq;
@@ -102,6 +121,11 @@ class PressureRelief {
   uint64_t DropPages(Scored& s, std::vector<size_t>& mine,
                      const std::vector<VictimCandidate>& candidates,
                      const std::string& requester);
+  // kCompress: the page losses of `s` (fills Scored::counts); false when it cannot be
+  // compressed now (busy, gone, costs missing, shared prefix pages, leased).
+  bool DescribeForCompression(Scored& s, CompressCandidate* out);
+  // Compresses `s` by `pages` pages when it is unchanged since described; returns bytes freed.
+  uint64_t CompressPlanned(Scored& s, uint32_t pages, const std::string& requester);
 
   // Constant after construction.
   const PressurePolicy policy_;
@@ -115,6 +139,7 @@ class PressureRelief {
 
   std::atomic<bool> scheduled_{false};
   std::atomic<uint64_t> evicted_pages_{0}, evicted_tokens_{0}, spills_{0}, page_cost_passes_{0};
+  std::atomic<uint64_t> compressions_{0}, compressed_pages_{0}, compressed_tokens_{0};
 };
 
 }  // namespace kvkeep

@@ -566,13 +566,19 @@ void WriteActivityFamilies(ExpositionWriter* w, const v1::DaemonStatus& s) {
                s.spill_errors());
   w->Family("kvkeep_pressure_evictions_total", "counter",
             "What pool pressure freed since start, by reason: capacity = whole pages dropped as "
-            "the cheapest by capacity cost (--pressure_policy=capacity, lossy), spill = pages of "
+            "the cheapest by capacity cost (--pressure_policy=capacity, lossy), compress = pages "
+            "freed by compressing sequences (--pressure_policy=compress, lossy), spill = pages of "
             "sequences spilled by pressure (lossless).");
   w->Sample("kvkeep_pressure_evictions_total", {{"reason", "capacity"}},
             s.pressure_evicted_pages());
+  w->Sample("kvkeep_pressure_evictions_total", {{"reason", "compress"}},
+            s.pressure_compressed_pages());
   WriteCounter(w, "kvkeep_pressure_spills_total",
                "Sequences spilled by pool pressure since start (included in kvkeep_spills_total).",
                s.pressure_spills());
+  WriteCounter(w, "kvkeep_pressure_compressions_total",
+               "Sequences compressed by pool pressure since start (--pressure_policy=compress).",
+               s.pressure_compressions());
   WriteCounter(w, "kvkeep_page_cost_passes_total",
                "Sequences whose per-page capacity costs were (re)computed since start.",
                s.page_cost_passes());

@@ -10,6 +10,8 @@ bool ParsePressurePolicy(std::string_view name, PressurePolicy* out) {
     *out = PressurePolicy::kLru;
   } else if (name == "capacity") {
     *out = PressurePolicy::kCapacity;
+  } else if (name == "compress") {
+    *out = PressurePolicy::kCompress;
   } else {
     return false;
   }
@@ -17,7 +19,15 @@ bool ParsePressurePolicy(std::string_view name, PressurePolicy* out) {
 }
 
 const char* PressurePolicyName(PressurePolicy policy) {
-  return policy == PressurePolicy::kCapacity ? "capacity" : "lru";
+  switch (policy) {
+    case PressurePolicy::kCapacity:
+      return "capacity";
+    case PressurePolicy::kCompress:
+      return "compress";
+    case PressurePolicy::kLru:
+      break;
+  }
+  return "lru";
 }
 
 std::vector<uint64_t> FairShares(const std::vector<ShareInput>& tenants, uint64_t capacity) {

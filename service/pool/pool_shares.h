@@ -29,8 +29,10 @@ namespace kvkeep {
 enum class PressurePolicy {
   kLru,       // "lru": spill whole least-recently-used sequences
   kCapacity,  // "capacity": drop the cheapest whole pages by capacity cost, then spill
+  kCompress,  // "compress": compress the unleased sequences whose marginal loss per freed page
+              // is smallest (service/engine/compress_pressure.h), then spill
 };
-// "lru" / "capacity"; false for anything else.
+// "lru" / "capacity" / "compress"; false for anything else.
 bool ParsePressurePolicy(std::string_view name, PressurePolicy* out);
 const char* PressurePolicyName(PressurePolicy policy);
 

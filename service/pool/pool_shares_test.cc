@@ -21,12 +21,15 @@ TEST(FairShares, ZeroWeightsAndOverReservedPoolsShareNothing) {
   EXPECT_EQ(FairShares({{80, 1, true}, {40, 1, true}}, 100), (std::vector<uint64_t>{80, 40}));
 }
 
-TEST(ParsePressurePolicy, KnowsLruAndCapacityOnly) {
+TEST(ParsePressurePolicy, KnowsLruCapacityAndCompressOnly) {
   PressurePolicy p;
   ASSERT_TRUE(ParsePressurePolicy("capacity", &p));
   EXPECT_EQ(p, PressurePolicy::kCapacity);
   ASSERT_TRUE(ParsePressurePolicy("lru", &p));
   EXPECT_EQ(p, PressurePolicy::kLru);
+  ASSERT_TRUE(ParsePressurePolicy("compress", &p));
+  EXPECT_EQ(p, PressurePolicy::kCompress);
+  EXPECT_STREQ(PressurePolicyName(PressurePolicy::kCompress), "compress");
   EXPECT_FALSE(ParsePressurePolicy("LRU", &p));
   EXPECT_FALSE(ParsePressurePolicy("", &p));
   EXPECT_STREQ(PressurePolicyName(PressurePolicy::kCapacity), "capacity");
