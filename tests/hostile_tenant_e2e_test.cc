@@ -4,11 +4,13 @@
 // service/engine/hostile_tenant_test.cc.
 #include <sys/stat.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "client/admin_client.h"
 #include "client/call_context.h"
 #include "client/client.h"
@@ -167,6 +169,34 @@ TEST(HostileTenantE2e, UnparseableChunkFailsTheStreamAndSaysWhatWasApplied) {
   status = RawClientStream(daemon, token, "PutStats", {garbage}, &reply);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
   EXPECT_THAT(status.error_message(), HasSubstr("applied before it: nothing"));
+}
+
+// Also seen in issue 13: an authorization header of 8 KiB or more reset the whole HTTP/2
+// connection, ending every Session on it (and dropping its unretained sequences).
+TEST(HostileTenantE2e, OversizedHeaderFailsOnlyItsOwnCall) {
+  DaemonProcess daemon;
+  ASSERT_OK(daemon.Start());
+  ASSERT_OK_AND_ASSIGN(std::string token, daemon.CreateTenant("alpha"));
+  auto channel = MakeChannel(daemon.channel());
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Attach(channel, token, "w"));
+  ASSERT_OK(client->RegisterModel(TestLayout()));
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("test-model"));
+  auto stub = v1::KvCache::NewStub(channel);
+  for (size_t size : {size_t{9} << 10, size_t{20} << 10, size_t{200} << 10}) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + std::string(size, 'x'));
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::PingRequest ping;
+    v1::PingReply pong;
+    grpc::Status status = stub->Ping(&ctx, ping, &pong);
+    EXPECT_FALSE(status.ok()) << size;
+    EXPECT_NE(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << size << ": " << status.error_message();
+    // The session on the same channel lives on, and so does its sequence.
+    absl::SleepFor(absl::Milliseconds(100));
+    EXPECT_OK(client->session_status()) << size;
+    EXPECT_OK(client->GetSequence(seq, false).status()) << size;
+  }
 }
 
 }  // namespace

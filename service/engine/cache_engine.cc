@@ -3,10 +3,10 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "service/engine/create_reply_size.h"
-#include "service/engine/metadata_charge.h"
 #include "common/failure_reason.h"
 #include "common/status_macros.h"
+#include "service/engine/create_reply_size.h"
+#include "service/engine/metadata_charge.h"
 #include "service/observability/log.h"
 #include "service/engine/cache_engine_internal.h"
 #include "service/compress/compressor.h"
@@ -36,7 +36,8 @@ void ToProto(const ArenaInfo& info, v1::ArenaExport* out) {
 CacheEngine::CacheEngine(Backend* backend, MetadataStore* store, SpillStore* spill,
                          EngineOptions options)
     : backend_(backend), store_(store), spill_(spill), options_(options), started_(absl::Now()),
-      pool_(backend, options.pool), ledger_(options.pool.capacity_bytes, options.max_metadata_bytes_per_tenant),
+      pool_(backend, options.pool),
+      ledger_(options.pool.capacity_bytes, options.max_metadata_bytes_per_tenant),
       sessions_(options.max_sessions_per_tenant),
       spiller_(spill, backend, &pool_, &ledger_, &sessions_, this),
       background_(std::make_unique<Executor>(1)),

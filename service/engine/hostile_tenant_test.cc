@@ -110,21 +110,23 @@ class HostileTenantTest : public ::testing::Test {
 // Defect 7: a refused allocation named the pool's usage and the other tenants' reservations.
 TEST_F(HostileTenantTest, PoolRefusalNamesOnlyTheCallersOwnFigures) {
   ASSERT_OK(Tenant("greedy").status());
-  ASSERT_OK(Tenant("other", /*quota=*/256 << 10).status());
+  ASSERT_OK(Tenant("bystander", /*quota=*/256 << 10).status());
   ASSERT_OK(RegisterSmallModel("greedy"));
-  ASSERT_OK(RegisterSmallModel("other"));
+  ASSERT_OK(RegisterSmallModel("bystander"));
   NullSink sink;
   ASSERT_OK_AND_ASSIGN(auto g, engine_->Attach("greedy", "w", &sink));
-  ASSERT_OK_AND_ASSIGN(auto o, engine_->Attach("other", "w", &sink));
-  // The other tenant holds 3 steps of 4 KiB: pool used and its open reservation become figures
+  ASSERT_OK_AND_ASSIGN(auto o, engine_->Attach("bystander", "w", &sink));
+  // The bystander holds 3 steps of 4 KiB: pool used and its open reservation become figures
   // that differ from anything of greedy's.
-  ASSERT_OK_AND_ASSIGN(v1::PageTable os, NewSequence("other", o.session_id));
-  ASSERT_OK(Allocate("other", os.sequence_id(), 48));
+  ASSERT_OK_AND_ASSIGN(v1::PageTable os, NewSequence("bystander", o.session_id));
+  ASSERT_OK(Allocate("bystander", os.sequence_id(), 48));
   ASSERT_OK_AND_ASSIGN(v1::PageTable gs, NewSequence("greedy", g.session_id));
   absl::Status refused;
   for (int i = 0; i < 1000 && refused.ok(); ++i) {
     refused = Allocate("greedy", gs.sequence_id(), 16);
-    if (refused.ok()) ASSERT_OK(Commit("greedy", gs.sequence_id(), 16));
+    if (refused.ok()) {
+      ASSERT_OK(Commit("greedy", gs.sequence_id(), 16));
+    }
   }
   ASSERT_THAT(refused, StatusIs(StatusCode::kResourceExhausted, "pool exhausted for tenant"));
   const uint64_t greedy_used = engine_->Status().pool_used_bytes() - (12 << 10);
@@ -133,7 +135,7 @@ TEST_F(HostileTenantTest, PoolRefusalNamesOnlyTheCallersOwnFigures) {
   EXPECT_THAT(std::string(refused.message()), HasSubstr(std::to_string(greedy_used)));
   EXPECT_THAT(std::string(refused.message()), Not(HasSubstr(other_reserved)));
   EXPECT_THAT(std::string(refused.message()), Not(HasSubstr(pool_used)));
-  EXPECT_THAT(std::string(refused.message()), Not(HasSubstr("other")));
+  EXPECT_THAT(std::string(refused.message()), Not(HasSubstr("bystander")));
 }
 
 // Defect 5: a tenant token equal to the admin token authenticated as both.
@@ -192,6 +194,7 @@ TEST_F(HostileTenantTest, SequenceHeapIsChargedAndBoundedPerTenant) {
   EXPECT_EQ(engine_->ListSequences("a").sequences_size(), static_cast<int>(made.size()));
   // Dropping one gives its heap back: one more fits again.
   v1::DropRequest drop;
+  drop.set_session_id(sa.session_id);
   drop.set_sequence_id(made.back());
   ASSERT_OK(engine_->Drop("a", drop).status());
   EXPECT_OK(NewSequence("a", sa.session_id).status());

@@ -9,7 +9,7 @@
 //
 //   RETURN_IF_ERROR(ledger.ChargeMetadata(tenant, EmptySequenceBytes(model)));  // before creating
 //   ... change the sequence ...
-//   RechargeMetadata(ledger, seq);                                             // after, under seq.mu
+//   RechargeMetadata(ledger, seq);                              // after, under seq.mu
 //
 // Pure functions (RechargeMetadata writes the sequence's figure: the caller holds seq.mu).
 #ifndef KVKEEP_SERVICE_ENGINE_METADATA_CHARGE_H_

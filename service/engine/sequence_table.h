@@ -90,7 +90,8 @@ class SequenceTable {
   uint64_t HeldBytes() const;
 
   // Spill and restore: Release() empties every head (returning all its pages, freeing the
-  // vectors' memory) and keeps next_position; RestoreHead() sets a head of an empty table from a spilled copy (`pages` must
+  // vectors' memory) and keeps next_position;
+  // RestoreHead() sets a head of an empty table from a spilled copy (`pages` must
   // hold ceil(count / tokens_per_page) pages, `positions` `count` entries).
   std::vector<uint64_t> Release();
   absl::Status RestoreHead(uint32_t head, std::vector<uint64_t> pages, uint32_t count,

@@ -191,7 +191,8 @@ class ChunkStreamReader final : public grpc::ServerReadReactor<grpc::ByteBuffer>
       this->Finish(CallStatus(
           method_, *caller_,
           absl::Status(status.code(),
-                       absl::StrCat("chunk ", chunks_, ": ", status.message(), "; applied before it: ",
+                       absl::StrCat("chunk ", chunks_, ": ", status.message(),
+                                    "; applied before it: ",
                                     chunks_ == 0 ? "nothing" : reply_.ShortDebugString(),
                                     "; nothing after it"))));
       return;
