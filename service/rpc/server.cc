@@ -147,6 +147,9 @@ absl::Status AddTcpListener(const ServiceOptions& options, grpc::ServerBuilder* 
 
 }  // namespace
 
+// The most header bytes one call may carry (all its metadata together).
+constexpr int kMaxHeaderListBytes = 16 << 10;
+
 absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path) {
   if (access(path.c_str(), F_OK) == 0) {
     ASSIGN_OR_RETURN(std::string token, ReadFile(path));
@@ -271,6 +274,10 @@ absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string&
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  // Header lists (e.g. an oversized authorization header) are bounded explicitly and the bound is
+  // advertised in SETTINGS_MAX_HEADER_LIST_SIZE, so a client checks it before sending and an
+  // oversized call fails alone instead of disturbing the connection's other calls (api.md §6.2).
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxHeaderListBytes);
   builder.RegisterService(kvcache_.get());
   builder.RegisterService(admin_.get());
   grpc_ = builder.BuildAndStart();
