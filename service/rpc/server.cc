@@ -148,7 +148,7 @@ absl::Status AddTcpListener(const ServiceOptions& options, grpc::ServerBuilder* 
 }  // namespace
 
 // The most header bytes one call may carry (all its metadata together).
-constexpr int kMaxHeaderListBytes = 16 << 10;
+constexpr int kMaxHeaderListBytes = 256 << 10;
 
 absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path) {
   if (access(path.c_str(), F_OK) == 0) {
