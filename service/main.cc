@@ -84,6 +84,9 @@ ABSL_FLAG(uint64_t, max_stats_bytes, 4ull << 20,
 ABSL_FLAG(uint32_t, max_tokens_per_request, 1u << 20, "Most tokens one AllocatePages may ask for");
 ABSL_FLAG(uint64_t, max_pages_per_request, 0,
           "Most pages one AllocatePages may add over all heads (0 = what fits in a reply message)");
+ABSL_FLAG(uint64_t, max_metadata_bytes_per_tenant, 256ull << 20,
+          "Most daemon memory (page tables, statistics, model layouts) one tenant may hold, bytes; "
+          "0 = unbounded");
 ABSL_FLAG(std::string, log_level, "info",
           "Least severe log events written to stderr: debug, info, warn, error or off");
 ABSL_FLAG(std::string, log_format, "text",
@@ -123,7 +126,7 @@ const std::vector<FlagGroup>& FlagGroups() {
       {"Per-session limits",
        {"session_calls_per_second", "session_call_burst", "session_bytes_per_second",
         "session_byte_burst", "max_stats_bytes", "max_tokens_per_request",
-        "max_pages_per_request"}},
+        "max_pages_per_request", "max_metadata_bytes_per_tenant"}},
       {"Metrics and logs", {"metrics_address", "log_level", "log_format"}},
   };
   return *groups;
@@ -311,6 +314,7 @@ absl::Status ReadOptions(int argc, char** argv, kvkeep::ServiceOptions* options)
   options->limits.max_stats_bytes = absl::GetFlag(FLAGS_max_stats_bytes);
   options->max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
   options->max_pages_per_request = absl::GetFlag(FLAGS_max_pages_per_request);
+  options->max_metadata_bytes_per_tenant = absl::GetFlag(FLAGS_max_metadata_bytes_per_tenant);
   const kvkeep::SessionLimitOptions& l = options->limits;
   if (!(l.calls_per_second >= 0) || !(l.bytes_per_second >= 0) ||
       (l.calls_per_second > 0 && !(l.call_burst >= 1)) ||
@@ -380,6 +384,7 @@ void LogStart(const kvkeep::ServiceOptions& o) {
                      {"max_stats_bytes", l.max_stats_bytes},
                      {"max_tokens_per_request", o.max_tokens_per_request},
                      {"max_pages_per_request", o.max_pages_per_request},
+                     {"max_metadata_bytes_per_tenant", o.max_metadata_bytes_per_tenant},
                      {"metrics_address", o.metrics_address},
                      {"log_level", absl::GetFlag(FLAGS_log_level)},
                      {"log_format", absl::GetFlag(FLAGS_log_format)}});

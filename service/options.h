@@ -48,6 +48,9 @@ struct ServiceOptions {
   // Default: 0 = derived from the message limit, (max_message_bytes - 64 KiB) / 16: the most
   // page references one AllocatePages may add, so that its reply always fits in a message.
   uint64_t max_pages_per_request = 0;
+  // The most daemon heap (page tables, statistics, model layouts) one tenant may make the daemon
+  // hold, charged by the ledger (service/engine/metadata_charge.h). Default: 256 MiB; 0 = no bound.
+  uint64_t max_metadata_bytes_per_tenant = uint64_t{256} << 20;
   log::Level log_level = log::Level::kInfo;     // Default: info (--log_level); main.cc applies it
   log::Format log_format = log::Format::kText;  // Default: text (--log_format)
 };

@@ -32,6 +32,8 @@ DaemonProcess::DaemonProcess() {
   std::random_device rd;
   dir_ = absl::StrCat(root, "/kvkeep-e2e-", getpid(), "-", rd());
   std::filesystem::create_directories(dir_);
+  // kvkeepd refuses a data dir that group or others may write (whatever this process's umask).
+  std::filesystem::permissions(dir_, std::filesystem::perms::owner_all);
 }
 
 DaemonProcess::~DaemonProcess() {

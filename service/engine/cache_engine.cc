@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/failure_reason.h"
 #include "common/status_macros.h"
+#include "service/engine/create_reply_size.h"
+#include "service/engine/metadata_charge.h"
 #include "service/observability/log.h"
 #include "service/engine/cache_engine_internal.h"
 #include "service/compress/compressor.h"
@@ -34,7 +36,8 @@ void ToProto(const ArenaInfo& info, v1::ArenaExport* out) {
 CacheEngine::CacheEngine(Backend* backend, MetadataStore* store, SpillStore* spill,
                          EngineOptions options)
     : backend_(backend), store_(store), spill_(spill), options_(options), started_(absl::Now()),
-      pool_(backend, options.pool), ledger_(options.pool.capacity_bytes),
+      pool_(backend, options.pool),
+      ledger_(options.pool.capacity_bytes, options.max_metadata_bytes_per_tenant),
       sessions_(options.max_sessions_per_tenant),
       spiller_(spill, backend, &pool_, &ledger_, &sessions_, this),
       background_(std::make_unique<Executor>(1)),
@@ -103,6 +106,8 @@ absl::Status CacheEngine::Load() {
     if (it == tenants_.end()) continue;  // tenant deleted; the model goes with it
     ASSIGN_OR_RETURN(Model model, Model::FromLayout(record.layout()));
     const std::string name = model.name();
+    // Registered before this start: charged without admission (the tenant holds it already).
+    ledger_.AdjustMetadata(record.tenant(), 0, ModelHeapBytes(model));
     it->second.models[name] = std::make_shared<const Model>(std::move(model));
   }
   return absl::OkStatus();
@@ -218,11 +223,20 @@ absl::StatusOr<v1::RegisterModelReply> CacheEngine::RegisterModel(const std::str
       return reply;
     }
     // Same layout with Grams: the newer set replaces the old (sequences keep the model they had).
+    RETURN_IF_ERROR(ledger_.ChargeMetadata(tenant, ModelHeapBytes(model)));
+    ledger_.ReleaseMetadata(tenant, ModelHeapBytes(*existing->second));
   } else {
+    // The layout and Grams are daemon heap of this tenant's: charged before anything is stored.
+    RETURN_IF_ERROR(ledger_.ChargeMetadata(tenant, ModelHeapBytes(model)));
     v1::ModelRecord record;
     record.set_tenant(tenant);
     *record.mutable_layout() = model.layout();
-    RETURN_IF_ERROR(store_->Put(ModelKey(tenant, model.name()), record.SerializeAsString()));
+    if (absl::Status stored =
+            store_->Put(ModelKey(tenant, model.name()), record.SerializeAsString());
+        !stored.ok()) {
+      ledger_.ReleaseMetadata(tenant, ModelHeapBytes(model));
+      return stored;
+    }
     reply.set_created(true);
   }
   reply.set_wo_grams(static_cast<uint32_t>(model.wo_gram_count()));
@@ -301,10 +315,20 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
       RETURN_IF_ERROR(
           ledger_.AdmitSharedCharge(tenant, prefixes_.ChargeIfAttached(matched, tenant)));
     }
-    seq = std::make_shared<Sequence>("seq-" + RandomHex(12), tenant, m->second);
+    // Nothing is created that the caller could not learn of (its reply must fit one message) or
+    // that its tenant is not charged for (the sequence's heap).
+    RETURN_IF_ERROR(CheckCreateReplyFits(*m->second, static_cast<uint32_t>(matched.size()),
+                                         options_.max_message_bytes));
+    const uint64_t heap = EmptySequenceBytes(*m->second);
+    RETURN_IF_ERROR(ledger_.ChargeMetadata(tenant, heap));
+    seq = std::make_shared<Sequence>("seq-" + RandomHex(12), tenant, m->second, heap);
     // The session was checked above under mu_, and sessions end under mu_: this cannot fail.
-    RETURN_IF_ERROR(sessions_.AddSequence(tenant, seq->id, request.session_id(),
-                                          request.retain(), absl::Now()));
+    if (absl::Status added = sessions_.AddSequence(tenant, seq->id, request.session_id(),
+                                                   request.retain(), absl::Now());
+        !added.ok()) {
+      ledger_.ReleaseMetadata(tenant, heap);
+      return added;
+    }
     if (!matched.empty()) AttachSharedLocked(seq.get(), std::move(matched));
     t.sequences[seq->id] = seq;
   }
@@ -342,9 +366,19 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
   }
   v1::PageTableDelta delta;
   delta.set_sequence_id(seq->id);
+  // The page ids and token positions the table will hold (RechargeMetadata below makes the
+  // charge exact).
+  const uint64_t table_growth =
+      total_pages * (sizeof(uint64_t) + uint64_t{geometry.tokens_per_page} * sizeof(int32_t));
+  RETURN_IF_ERROR(ledger_.ChargeMetadata(tenant, table_growth));
+  seq->metadata_bytes += table_growth;
   std::vector<uint64_t> pages;
   std::vector<ArenaInfo> new_arenas;
-  RETURN_IF_ERROR(AllocateCharged(tenant, geometry, total_pages, &pages, &new_arenas));
+  if (absl::Status allocated = AllocateCharged(tenant, geometry, total_pages, &pages, &new_arenas);
+      !allocated.ok()) {
+    RechargeMetadata(ledger_, *seq);
+    return allocated;
+  }
   sessions_.Touch(tenant, seq->id, absl::Now());
   delta.set_tenant_used_bytes(ledger_.ChargesOf(tenant).used_bytes);
   for (const ArenaInfo& arena : new_arenas) ToProto(arena, delta.add_new_arenas());
@@ -362,6 +396,7 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
     ht->set_capacity(static_cast<uint32_t>(seq->table.capacity(h)));
     ht->mutable_pages()->Add(mine.begin(), mine.end());
   }
+  RechargeMetadata(ledger_, *seq);
   return delta;
 }
 
@@ -409,15 +444,24 @@ absl::StatusOr<v1::CommitReply> CacheEngine::CommitTokens(const std::string& ten
           "stats carries layer ", layer.layer(), " twice; send one LayerStats per layer"));
     }
   }
+  uint64_t stats_growth = 0;
   for (const v1::LayerStats& layer : request.stats()) {
     RETURN_IF_ERROR(ValidateLayerStats(*seq->model, seq->table, seq->stats, layer,
                                        request.tokens()));
+    stats_growth += MaxStatsGrowthBytes(*seq->model, seq->stats, layer);
   }
-  RETURN_IF_ERROR(seq->table.Commit(request.tokens(), request.positions()));
+  RETURN_IF_ERROR(ledger_.ChargeMetadata(tenant, stats_growth));
+  seq->metadata_bytes += stats_growth;
+  if (absl::Status committed = seq->table.Commit(request.tokens(), request.positions());
+      !committed.ok()) {
+    RechargeMetadata(ledger_, *seq);
+    return committed;
+  }
   for (const v1::LayerStats& layer : request.stats()) {
     // Validated above against the same table and stats: cannot fail.
     ApplyLayerStats(*seq->model, seq->table, layer, &seq->stats).IgnoreError();
   }
+  RechargeMetadata(ledger_, *seq);
   sessions_.Touch(tenant, seq->id, absl::Now());
   v1::Policy policy;
   {
@@ -563,8 +607,10 @@ absl::StatusOr<v1::DropReply> CacheEngine::DropHeld(Sequence* seq,
     auto t = tenants_.find(seq->tenant);
     if (t != tenants_.end()) t->second.sequences.erase(seq->id);
     ledger_.ReleasePages(seq->tenant, pages, page_bytes);
+    ledger_.ReleaseMetadata(seq->tenant, seq->metadata_bytes);
     sessions_.RemoveSequence(seq->tenant, seq->id);
   }
+  seq->metadata_bytes = 0;
   DropSharedHeld(seq);
   pool_.Free(private_pages);
   seq->dropped = true;

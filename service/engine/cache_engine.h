@@ -78,6 +78,9 @@ struct EngineOptions {
   // least-recently-used sequences (lossless, restorable); kCapacity first drops the globally
   // cheapest whole pages by capacity cost (lossy), then spills.
   PressurePolicy pressure_policy = PressurePolicy::kLru;  // Default: lru
+  // The most daemon heap (page tables, statistics, model layouts) one tenant may make the daemon
+  // hold (service/engine/metadata_charge.h); 0 = unbounded. Default: 256 MiB.
+  uint64_t max_metadata_bytes_per_tenant = uint64_t{256} << 20;
 };
 
 // Fills an ArenaExport from what the pool knows.
@@ -99,6 +102,10 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
 
   // The tenant owning `token`; UNAUTHENTICATED when no tenant has it.
   absl::StatusOr<std::string> AuthenticateTenant(const std::string& token) const;
+  // The admin token's hash (docs/api.md): no tenant token may equal it. FAILED_PRECONDITION when
+  // a tenant loaded from the store already has it (the daemon must not start: the token would
+  // authenticate as both); CreateTenant refuses it from then on.
+  absl::Status ReserveAdminToken(const std::string& admin_token_hash);
 
   // ---- Admin -------------------------------------------------------------------------------
   absl::StatusOr<v1::CreateTenantReply> CreateTenant(const v1::CreateTenantRequest& request);
@@ -342,6 +349,7 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   // Protected by mu_.
   absl::flat_hash_map<std::string, Tenant> tenants_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::string> token_to_tenant_ ABSL_GUARDED_BY(mu_);
+  std::string admin_token_hash_ ABSL_GUARDED_BY(mu_);  // empty until ReserveAdminToken
   PrefixIndex prefixes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::string> group_salts_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> prefix_lookups_{0}, prefix_pages_hit_{0}, prefix_pages_missed_{0};

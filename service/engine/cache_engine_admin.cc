@@ -43,6 +43,19 @@ v1::TenantInfo CacheEngine::TenantInfoLocked(const Tenant& t) const {
   return info;
 }
 
+absl::Status CacheEngine::ReserveAdminToken(const std::string& admin_token_hash) {
+  absl::MutexLock lock(&mu_);
+  auto it = token_to_tenant_.find(admin_token_hash);
+  if (it != token_to_tenant_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the admin token equals the token of tenant \"", it->second,
+        "\"; it would authenticate as both. Put another admin token in the admin token file "
+        "(--admin_token_file) and start again"));
+  }
+  admin_token_hash_ = admin_token_hash;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::CreateTenantReply> CacheEngine::CreateTenant(
     const v1::CreateTenantRequest& request) {
   if (!ValidTenantName(request.name())) {
@@ -68,6 +81,10 @@ absl::StatusOr<v1::CreateTenantReply> CacheEngine::CreateTenant(
   std::string hash = HashToken(token);
   if (token_to_tenant_.contains(hash)) {
     return absl::AlreadyExistsError("that token is already in use by another tenant");
+  }
+  if (!admin_token_hash_.empty() && ConstantTimeEquals(hash, admin_token_hash_)) {
+    return absl::AlreadyExistsError(
+        "that token is the daemon's admin token; a tenant token must differ from it");
   }
   uint64_t guaranteed = request.quota_bytes();
   for (const auto& [name, t] : tenants_) guaranteed += t.record.quota_bytes();

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "service/engine/cache_engine_internal.h"
+#include "service/engine/metadata_charge.h"
 #include "service/compress/compressor.h"
 #include "service/compress/policy_convert.h"
 
@@ -16,7 +17,13 @@ absl::Status CacheEngine::PutStats(const std::string& tenant, const v1::StatsChu
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
   absl::MutexLock seq_lock(&seq->mu);
   RETURN_IF_ERROR(OnDevice(*seq));
-  return ApplyLayerStats(*seq->model, seq->table, chunk.stats(), &seq->stats);
+  RETURN_IF_ERROR(ValidateLayerStats(*seq->model, seq->table, seq->stats, chunk.stats()));
+  const uint64_t growth = MaxStatsGrowthBytes(*seq->model, seq->stats, chunk.stats());
+  RETURN_IF_ERROR(ledger_.ChargeMetadata(tenant, growth));
+  seq->metadata_bytes += growth;
+  absl::Status applied = ApplyLayerStats(*seq->model, seq->table, chunk.stats(), &seq->stats);
+  RechargeMetadata(ledger_, *seq);
+  return applied;
 }
 
 absl::StatusOr<v1::CompressReply> CacheEngine::Compress(const std::string& tenant,
@@ -53,6 +60,7 @@ absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
     pool_.Free(outcome.freed_pages);
     ledger_.ReleasePages(seq->tenant, pages, geometry.page_bytes);
   }
+  RechargeMetadata(ledger_, *seq);
   v1::CompressReply reply;
   TableToProto(*seq, /*with_positions=*/true, reply.mutable_table());
   ToProto(outcome, resolved.policy, geometry, reply.mutable_summary());

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "service/engine/cache_engine_internal.h"
@@ -132,6 +133,17 @@ absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> CacheEngine::OpenRead(
   if (r.pages_size() > 0) {
     if (!r.sequence_id().empty()) {
       return absl::InvalidArgumentError("give either sequence_id or pages, not both");
+    }
+    // Each page at most once: a request listing one page many times would make the daemon stream
+    // far more than the tenant holds (the bytes read are bounded by its own pages).
+    absl::flat_hash_map<uint64_t, int> first_index;
+    for (int i = 0; i < r.pages_size(); ++i) {
+      auto [it, inserted] = first_index.emplace(r.pages(i), i);
+      if (!inserted) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ReadRequest.pages lists page ", r.pages(i), " twice (at ", it->second, " and ", i,
+            "); list each page at most once per request"));
+      }
     }
     // Validate every page before streaming any.
     for (uint64_t page : r.pages()) {

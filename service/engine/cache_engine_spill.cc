@@ -7,6 +7,7 @@
 #include "common/status_macros.h"
 #include "service/observability/log.h"
 #include "service/engine/cache_engine.h"
+#include "service/engine/metadata_charge.h"
 
 namespace kvkeep {
 namespace {
@@ -17,7 +18,8 @@ namespace {
 std::shared_ptr<Sequence> NewSpilledSequence(const SpillSummary& s,
                                              std::shared_ptr<const Model> model)
     ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  auto seq = std::make_shared<Sequence>(s.sequence_id, s.tenant, std::move(model));
+  const uint64_t heap = EmptySequenceBytes(*model);
+  auto seq = std::make_shared<Sequence>(s.sequence_id, s.tenant, std::move(model), heap);
   seq->spilled = true;
   seq->spilled_bytes = s.bytes;
   return seq;
@@ -42,6 +44,8 @@ absl::Status CacheEngine::LoadSpilled() {
       auto seq = NewSpilledSequence(s, model);
       sessions_.AddRestorable(s.tenant, seq->id, s.created);
       ledger_.AddSpilled(s.tenant, s.bytes);
+      // Found on disk: charged without admission (the tenant holds it already).
+      ledger_.AdjustMetadata(s.tenant, 0, EmptySequenceBytes(*model));
       t->second.sequences[seq->id] = seq;
     }
   }
@@ -59,13 +63,19 @@ absl::StatusOr<v1::SpillReply> CacheEngine::SpillHeld(Sequence* seq,
                                                       const std::string& caller_session,
                                                       bool ignore_leases) {
   ASSIGN_OR_RETURN(Spiller::Spilled spilled, spiller_.Spill(seq, caller_session, ignore_leases));
+  RechargeMetadata(ledger_, *seq);  // the table's vectors were freed
   v1::SpillReply reply;
   reply.set_bytes(spilled.bytes);
   reply.set_pages_freed(static_cast<uint32_t>(spilled.pages_freed));
   return reply;
 }
 
-absl::Status CacheEngine::RestoreHeld(Sequence* seq) { return spiller_.Restore(seq); }
+absl::Status CacheEngine::RestoreHeld(Sequence* seq) {
+  // What it held before it was spilled comes back: charged again without a new admission.
+  absl::Status restored = spiller_.Restore(seq);
+  RechargeMetadata(ledger_, *seq);
+  return restored;
+}
 
 absl::StatusOr<v1::SpillReply> CacheEngine::Spill(const std::string& tenant,
                                                   const v1::SpillRequest& r) {

@@ -17,7 +17,9 @@ absl::Status NoAccount() { return absl::UnauthenticatedError("tenant no longer e
 
 }  // namespace
 
-Ledger::Ledger(uint64_t pool_capacity_bytes) : capacity_bytes_(pool_capacity_bytes) {}
+Ledger::Ledger(uint64_t pool_capacity_bytes, uint64_t metadata_bytes_per_tenant)
+    : capacity_bytes_(pool_capacity_bytes),
+      metadata_bytes_per_tenant_(metadata_bytes_per_tenant) {}
 
 void Ledger::OpenAccount(const std::string& tenant, const TenantLimits& limits) {
   absl::MutexLock lock(&mu_);
@@ -98,6 +100,38 @@ void Ledger::EvictPages(const std::string& tenant, uint64_t pages, uint64_t page
   if (it == accounts_.end()) return;
   ReleaseLocked(it->second, pages, pages * page_bytes);
   it->second.charges.pressure_evicted_pages += pages;
+}
+
+absl::Status Ledger::ChargeMetadata(const std::string& tenant, uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  auto it = accounts_.find(tenant);
+  if (it == accounts_.end()) return NoAccount();
+  uint64_t& held = it->second.charges.metadata_bytes;
+  const uint64_t limit = metadata_bytes_per_tenant_;
+  if (limit != 0 && (bytes > limit || held > limit - bytes)) {
+    return WithReason(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "tenant ", tenant, " metadata limit: its sequences, statistics and models hold ", held,
+            " bytes of daemon memory, this needs ", bytes, " more, the most a tenant may hold is ",
+            limit, " (kvkeepd --max_metadata_bytes_per_tenant); drop sequences, use a smaller "
+            "layout or send shorter statistics windows")),
+        FailureReason::kTenantMax);
+  }
+  held += bytes;
+  return absl::OkStatus();
+}
+
+void Ledger::ReleaseMetadata(const std::string& tenant, uint64_t bytes) {
+  AdjustMetadata(tenant, bytes, 0);
+}
+
+void Ledger::AdjustMetadata(const std::string& tenant, uint64_t from, uint64_t to) {
+  if (from == to) return;
+  absl::MutexLock lock(&mu_);
+  auto it = accounts_.find(tenant);
+  if (it == accounts_.end()) return;
+  uint64_t& held = it->second.charges.metadata_bytes;
+  held = to > from ? held + (to - from) : Less(held, from - to);
 }
 
 absl::Status Ledger::AdmitSharedCharge(const std::string& tenant, uint64_t more_bytes) const {

@@ -55,6 +55,9 @@ struct TenantCharges {
   uint64_t shared_charge_bytes = 0;     // its fair part of the shared prefix pages it holds
   uint64_t spilled_bytes = 0;           // bytes of its sequences in the spill tier
   uint64_t pressure_evicted_pages = 0;  // pages pressure relief dropped (capacity policy)
+  // Daemon heap its sequences, statistics and model layouts hold (not pool bytes):
+  // metadata_charge.h says what is counted.
+  uint64_t metadata_bytes = 0;
 };
 
 // What the pool is charged.
@@ -67,7 +70,9 @@ struct PoolCharges {
 
 class Ledger {
  public:
-  explicit Ledger(uint64_t pool_capacity_bytes);
+  // `metadata_bytes_per_tenant`: the most daemon heap (metadata_bytes) one tenant may hold;
+  // 0 = unbounded (tests of the page figures only).
+  explicit Ledger(uint64_t pool_capacity_bytes, uint64_t metadata_bytes_per_tenant = 0);
   Ledger(const Ledger&) = delete;
   Ledger& operator=(const Ledger&) = delete;
 
@@ -116,6 +121,18 @@ class Ledger {
   void AddSpilled(const std::string& tenant, uint64_t bytes);
   void RemoveSpilled(const std::string& tenant, uint64_t bytes);
 
+  // ---- Daemon heap (sequence metadata, statistics, model layouts) ----
+  // Admission and charge of `bytes` more heap: RESOURCE_EXHAUSTED (kTenantMax) naming the
+  // tenant's own figures when it would pass the per-tenant bound; UNAUTHENTICATED without an
+  // account. Nothing changes on refusal.
+  absl::Status ChargeMetadata(const std::string& tenant, uint64_t bytes);
+  // Un-charges heap that was freed (never below zero; an unknown tenant changes nothing).
+  void ReleaseMetadata(const std::string& tenant, uint64_t bytes);
+  // The heap charged for one holder moved from `from` to `to` bytes (after the change happened:
+  // never refused; admission is ChargeMetadata's, before it).
+  void AdjustMetadata(const std::string& tenant, uint64_t from, uint64_t to);
+  uint64_t metadata_bytes_per_tenant() const { return metadata_bytes_per_tenant_; }
+
   // ---- Figures ----
   TenantCharges ChargesOf(const std::string& tenant) const;
   PoolCharges Pool() const;
@@ -144,6 +161,7 @@ class Ledger {
 
   // Constant after construction.
   const uint64_t capacity_bytes_;
+  const uint64_t metadata_bytes_per_tenant_;
 
   mutable absl::Mutex mu_;
   // Protected by mu_.

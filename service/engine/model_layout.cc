@@ -132,4 +132,12 @@ bool Model::SameLayout(const v1::ModelLayout& other) const {
   return google::protobuf::util::MessageDifferencer::Equals(layout_, other);
 }
 
+uint64_t Model::HeldBytes() const {
+  // Each map node: the key, the vector, and the tree links (four pointers and a color, rounded).
+  constexpr uint64_t kNode = 64;
+  uint64_t bytes = layout_.SpaceUsedLong();
+  for (const auto& [key, gram] : grams_) bytes += kNode + gram.capacity() * sizeof(float);
+  return bytes;
+}
+
 }  // namespace kvkeep

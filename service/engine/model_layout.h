@@ -56,6 +56,9 @@ class Model {
   // nullptr when no Gram was registered for (layer, q_head).
   const std::vector<float>* Gram(uint32_t layer, uint32_t q_head) const;
   std::size_t wo_gram_count() const { return grams_.size(); }
+  // Heap the model holds beyond sizeof(Model): its layout message and its Grams
+  // (metadata_charge.h).
+  uint64_t HeldBytes() const;
 
   // Same layout (field by field, including RoPE), ignoring Grams.
   bool SameLayout(const v1::ModelLayout& other) const;

@@ -29,9 +29,13 @@
 namespace kvkeep {
 
 struct Sequence {
-  Sequence(std::string id, std::string tenant, std::shared_ptr<const Model> model)
+  // `metadata_bytes`: what its tenant was charged for its heap before it was created
+  // (metadata_charge.h's EmptySequenceBytes).
+  Sequence(std::string id, std::string tenant, std::shared_ptr<const Model> model,
+           uint64_t charged_metadata_bytes = 0)
       : id(std::move(id)), tenant(std::move(tenant)), model(std::move(model)),
-        table(this->model->head_tables(), this->model->geometry().tokens_per_page) {}
+        table(this->model->head_tables(), this->model->geometry().tokens_per_page),
+        metadata_bytes(charged_metadata_bytes) {}
   // Constant after construction.
   const std::string id;
   const std::string tenant;
@@ -51,6 +55,10 @@ struct Sequence {
   // Shared prefix pages held: entry i is page i of every head (read-only). Each holds one
   // reference on its entry (the entries' counts are under CacheEngine::mu_).
   std::vector<std::shared_ptr<PrefixEntry>> shared ABSL_GUARDED_BY(mu);
+  // Daemon heap the ledger charges its tenant for it (metadata_charge.h): set to
+  // EmptySequenceBytes when created (charged before), brought up to date by RechargeMetadata,
+  // released when dropped.
+  uint64_t metadata_bytes ABSL_GUARDED_BY(mu) = 0;
 };
 
 // OK when the sequence's pages are on the device; NOT_FOUND when dropped, FAILED_PRECONDITION

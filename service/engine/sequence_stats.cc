@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "service/compress/policy_convert.h"
 
 namespace kvkeep {
 namespace {
@@ -38,9 +39,10 @@ absl::Status Missing(eviction::ScorerKind scorer, absl::string_view what, absl::
 
 }  // namespace
 
-size_t SequenceStats::bytes() const {
-  size_t n = 0;
+size_t SequenceStats::HeldBytes() const {
+  size_t n = layers.capacity() * sizeof(LayerStatistics);
   for (const LayerStatistics& l : layers) {
+    n += l.attention_mass.capacity() * sizeof(std::vector<float>);
     n += l.window_queries.capacity() * sizeof(float);
     n += (l.query_sum.capacity() + l.query_sq_sum.capacity()) * sizeof(double);
     for (const auto& m : l.attention_mass) n += m.capacity() * sizeof(float);
@@ -72,10 +74,16 @@ absl::Status ValidateLayerStats(const Model& model, const SequenceTable& table,
                                  " floats, expected q_heads * window * head_dim = ", q_heads, " * ",
                                  s.window(), " * ", d, " = ", want));
     }
-    const int64_t positions = table.next_position() + pending_tokens;
-    if (int64_t{s.window()} > positions) {
+    // Bounded by the tokens the sequence holds (not its positions, which a tenant may set
+    // arbitrarily high) and by the longest window a policy can use: windows are daemon heap.
+    const uint64_t committed = uint64_t{table.max_count()} + pending_tokens;
+    if (s.window() > committed) {
       return Bad(s, absl::StrCat("LayerStats.window = ", s.window(), " exceeds the sequence's ",
-                                 positions, " positions"));
+                                 committed, " committed tokens"));
+    }
+    if (s.window() > kMaxPolicyWindow) {
+      return Bad(s, absl::StrCat("LayerStats.window = ", s.window(),
+                                 " exceeds the longest policy window, ", kMaxPolicyWindow));
     }
     if (absl::Status st = CheckFinite(s, s.window_queries(), "window_queries"); !st.ok()) return st;
   }

@@ -55,8 +55,11 @@ struct SequenceStats {
   std::vector<LayerStatistics> layers;  // empty, or one entry per model layer
 
   void Clear() { layers.clear(); }
-  // Bytes held by the statistics (for accounting and metrics).
-  size_t bytes() const;
+  // Heap held by the statistics, every kind of them: the ledger charges the sequence's tenant
+  // exactly this (metadata_charge.h), and metrics report it. A kind of statistics added here must
+  // be counted here.
+  size_t HeldBytes() const;
+  size_t bytes() const { return HeldBytes(); }
 };
 
 // Checks `s` against the model and the table as it will be once `pending_tokens` more tokens are

@@ -137,11 +137,19 @@ std::vector<uint64_t> SequenceTable::PagesFrom(uint32_t first) const {
 std::vector<uint64_t> SequenceTable::Release() {
   std::vector<uint64_t> pages = AllPages();
   for (auto& h : heads_) {
-    h.pages.clear();
+    std::vector<uint64_t>().swap(h.pages);
     h.count = 0;
-    h.positions.clear();
+    std::vector<int32_t>().swap(h.positions);
   }
   return pages;
+}
+
+uint64_t SequenceTable::HeldBytes() const {
+  uint64_t bytes = 0;
+  for (const Head& h : heads_) {
+    bytes += h.pages.capacity() * sizeof(uint64_t) + h.positions.capacity() * sizeof(int32_t);
+  }
+  return bytes;
 }
 
 absl::Status SequenceTable::RestoreHead(uint32_t head, std::vector<uint64_t> pages, uint32_t count,

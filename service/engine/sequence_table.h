@@ -85,9 +85,13 @@ class SequenceTable {
   uint32_t max_count() const;
   uint64_t page_count() const;
   int64_t next_position() const { return next_position_; }
+  // Heap of the heads' page and position vectors (their capacities; the Head structs themselves
+  // are counted by metadata_charge.h's EmptySequenceBytes).
+  uint64_t HeldBytes() const;
 
-  // Spill and restore: Release() empties every head (returning all its pages) and keeps
-  // next_position; RestoreHead() sets a head of an empty table from a spilled copy (`pages` must
+  // Spill and restore: Release() empties every head (returning all its pages, freeing the
+  // vectors' memory) and keeps next_position;
+  // RestoreHead() sets a head of an empty table from a spilled copy (`pages` must
   // hold ceil(count / tokens_per_page) pages, `positions` `count` entries).
   std::vector<uint64_t> Release();
   absl::Status RestoreHead(uint32_t head, std::vector<uint64_t> pages, uint32_t count,

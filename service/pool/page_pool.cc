@@ -41,8 +41,8 @@ absl::Status PagePool::Allocate(const std::string& owner, const PageGeometry& ge
       return WithReason(
           absl::ResourceExhaustedError(absl::StrCat(
               "page pool exhausted: ", count, " pages of ", geometry.page_bytes,
-              " bytes requested, ", used_bytes_, " of ", options_.capacity_bytes,
-              " pool bytes in use (", grown_or.status().message(), ")")),
+              " bytes requested and no room for another arena (",
+              grown_or.status().message(), ")")),
           FailureReason::kBackendExhausted);
     }
     grown.push_back(*grown_or);
@@ -88,8 +88,8 @@ absl::StatusOr<PagePool::PoolArena*> PagePool::GrowLocked(const std::string& own
     }
   }
   if (room < geometry.page_bytes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("arenas hold ", arena_bytes_, " of ", options_.capacity_bytes, " bytes"));
+    // The pool-wide figures (arena bytes) are not named: the message reaches a tenant.
+    return absl::ResourceExhaustedError("the pool's arenas fill its capacity");
   }
   uint64_t want = std::min(std::max(options_.arena_bytes, geometry.page_bytes), room);
   uint64_t page_count = std::min<uint64_t>(want / geometry.page_bytes, 0xffffffffu);

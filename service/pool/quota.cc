@@ -7,6 +7,9 @@
 
 namespace kvkeep {
 
+// Messages name only the requesting tenant's own figures (and the pool capacity, which bounds its
+// maximum): never the pool's usage or the other tenants' reservations, which would tell one tenant
+// about the others.
 absl::Status CheckAdmission(const TenantUsage& t, uint64_t request, uint64_t pool_capacity,
                             uint64_t pool_used, uint64_t reserved_for_others) {
   if (t.max_bytes != 0 && (request > t.max_bytes || t.used_bytes > t.max_bytes - request)) {
@@ -28,8 +31,8 @@ absl::Status CheckAdmission(const TenantUsage& t, uint64_t request, uint64_t poo
     return WithReason(absl::ResourceExhaustedError(absl::StrCat(
         "pool exhausted for tenant ", t.name, ": used ", t.used_bytes, " bytes (guaranteed ",
         t.quota_bytes, ", max ", t.max_bytes == 0 ? pool_capacity : t.max_bytes,
-        "), request needs ", request, " more; pool has ", pool_used, " of ", pool_capacity,
-        " bytes in use and ", reserved_for_others, " reserved for other tenants' guarantees")),
+        "), request needs ", request,
+        " more; the rest of the pool is in use or reserved for other tenants' guarantees")),
         FailureReason::kPoolShort);
   }
   return absl::OkStatus();

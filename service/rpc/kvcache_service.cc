@@ -59,8 +59,8 @@ grpc::ServerReadReactor<v1::ModelChunk>* KvCacheService::RegisterModel(
   return new RegisterModelReactor(engine_, FullName("RegisterModel"), Admit(context, ""), reply);
 }
 
-grpc::ServerReadReactor<v1::KvChunk>* KvCacheService::WriteKV(grpc::CallbackServerContext* context,
-                                                              v1::WriteSummary* reply) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* KvCacheService::WriteKV(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* reply) {
   // The stream is one call, charged with its first chunk (which may name the session).
   return new ChunkStreamReader<v1::KvChunk, v1::WriteSummary>(
       FullName("WriteKV"), AuthenticateWorker(*context, *engine_, admin_token_hash_), reply,
@@ -103,8 +103,8 @@ grpc::ServerWriteReactor<v1::KvChunk>* KvCacheService::ReadKV(grpc::CallbackServ
       });
 }
 
-grpc::ServerReadReactor<v1::StatsChunk>* KvCacheService::PutStats(
-    grpc::CallbackServerContext* context, v1::StatsAck* reply) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* KvCacheService::PutStats(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* reply) {
   return new ChunkStreamReader<v1::StatsChunk, v1::StatsAck>(
       FullName("PutStats"), AuthenticateWorker(*context, *engine_, admin_token_hash_), reply,
       [this](const std::string& tenant, const v1::StatsChunk& chunk, v1::StatsAck* ack) {

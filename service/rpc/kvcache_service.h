@@ -17,7 +17,12 @@
 
 namespace kvkeep {
 
-class KvCacheService final : public v1::KvCache::CallbackService {
+// WriteKV and PutStats are read as raw bytes so that an unparseable chunk fails the call
+// (reactors.h, ChunkStreamReader) instead of reading as the end of the stream.
+using KvCacheServiceBase = v1::KvCache::WithRawCallbackMethod_WriteKV<
+    v1::KvCache::WithRawCallbackMethod_PutStats<v1::KvCache::CallbackService>>;
+
+class KvCacheService final : public KvCacheServiceBase {
  public:
   // `engine`, `executor` (where disk, device and scoring work runs) and `limits` (per-session
   // rate and size limits; null = none) must outlive the service.
@@ -40,12 +45,12 @@ class KvCacheService final : public v1::KvCache::CallbackService {
   grpc::ServerUnaryReactor* CommitTokens(grpc::CallbackServerContext* context,
                                          const v1::CommitRequest* request,
                                          v1::CommitReply* reply) override;
-  grpc::ServerReadReactor<v1::KvChunk>* WriteKV(grpc::CallbackServerContext* context,
-                                                v1::WriteSummary* reply) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* WriteKV(grpc::CallbackServerContext* context,
+                                                     grpc::ByteBuffer* reply) override;
   grpc::ServerWriteReactor<v1::KvChunk>* ReadKV(grpc::CallbackServerContext* context,
                                                 const v1::ReadRequest* request) override;
-  grpc::ServerReadReactor<v1::StatsChunk>* PutStats(grpc::CallbackServerContext* context,
-                                                     v1::StatsAck* reply) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* PutStats(grpc::CallbackServerContext* context,
+                                                      grpc::ByteBuffer* reply) override;
   grpc::ServerUnaryReactor* Compress(grpc::CallbackServerContext* context,
                                      const v1::CompressRequest* request,
                                      v1::CompressReply* reply) override;

@@ -40,6 +40,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "grpcpp/server_context.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 #include "grpcpp/support/server_callback.h"
 #include "service/executor.h"
 
@@ -149,48 +151,73 @@ class FailedStream final : public Reactor {
 
 // A client stream whose chunks are applied as they arrive (WriteKV, PutStats); the reply goes out
 // only after the last one landed. The first failing chunk ends the stream with its status,
-// prefixed "chunk <n>: " (n counts from 0).
+// prefixed "chunk <n>: " (n counts from 0) and followed by what the chunks before it applied (the
+// reply so far), so a caller knows what landed.
+//
+// The stream is read as raw bytes (the service registers these methods with
+// WithRawCallbackMethod_*) and parsed here: gRPC reports a chunk it cannot parse exactly like the
+// end of the stream, which would answer OK with the chunks before it. An unparseable chunk
+// finishes the call with INVALID_ARGUMENT instead.
 template <typename Chunk, typename Reply>
-class ChunkStreamReader final : public grpc::ServerReadReactor<Chunk> {
+class ChunkStreamReader final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   using Apply = std::function<absl::Status(const std::string& tenant, const Chunk&, Reply*)>;
 
-  // `caller`: the tenant, or the status the stream finishes with at once.
-  ChunkStreamReader(std::string method, absl::StatusOr<std::string> caller, Reply* reply,
-                    Apply apply)
-      : method_(std::move(method)), caller_(std::move(caller)), reply_(reply),
+  // `caller`: the tenant, or the status the stream finishes with at once. `response`: where the
+  // encoded reply goes.
+  ChunkStreamReader(std::string method, absl::StatusOr<std::string> caller,
+                    grpc::ByteBuffer* response, Apply apply)
+      : method_(std::move(method)), caller_(std::move(caller)), response_(response),
         apply_(std::move(apply)) {
     if (!caller_.ok()) {
       this->Finish(CallStatus(method_, "", caller_.status()));
       return;
     }
-    this->StartRead(&chunk_);
+    this->StartRead(&raw_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      this->Finish(grpc::Status::OK);
+      FinishWithReply();
       return;
     }
-    absl::Status status = apply_(*caller_, chunk_, reply_);
+    chunk_.Clear();
+    const bool parsed = grpc::SerializationTraits<Chunk>::Deserialize(&raw_, &chunk_).ok();
+    absl::Status status =
+        parsed ? apply_(*caller_, chunk_, &reply_)
+               : absl::InvalidArgumentError(absl::StrCat(
+                     "not a parseable ", Chunk::descriptor()->full_name(), " message"));
     if (!status.ok()) {
-      this->Finish(CallStatus(method_, *caller_,
-                              absl::Status(status.code(), absl::StrCat("chunk ", chunks_, ": ",
-                                                                       status.message()))));
+      this->Finish(CallStatus(
+          method_, *caller_,
+          absl::Status(status.code(),
+                       absl::StrCat("chunk ", chunks_, ": ", status.message(),
+                                    "; applied before it: ",
+                                    chunks_ == 0 ? "nothing" : reply_.ShortDebugString(),
+                                    "; nothing after it"))));
       return;
     }
     ++chunks_;
-    this->StartRead(&chunk_);
+    this->StartRead(&raw_);
   }
 
   void OnDone() override { delete this; }
 
  private:
+  void FinishWithReply() {
+    bool own_buffer = false;
+    grpc::Status encoded =
+        grpc::SerializationTraits<Reply>::Serialize(reply_, response_, &own_buffer);
+    this->Finish(encoded.ok() ? grpc::Status::OK : encoded);
+  }
+
   const std::string method_;
   const absl::StatusOr<std::string> caller_;
-  Reply* const reply_;
+  grpc::ByteBuffer* const response_;
   const Apply apply_;
+  grpc::ByteBuffer raw_;
   Chunk chunk_;
+  Reply reply_;
   uint64_t chunks_ = 0;
 };
 

@@ -21,6 +21,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "service/observability/log.h"
+#include "service/storage/private_dir.h"
 #include "service/token_auth.h"
 
 namespace kvkeep {
@@ -91,11 +92,14 @@ void LogTcpListener(const ServiceOptions& options, int port) {
 
 // The data dir, created when missing (mode 0700), as an absolute path without symlinks.
 absl::StatusOr<std::string> ResolveDataDir(const std::string& data_dir) {
+  // Everything the daemon creates from here on is private to its uid, whatever the umask.
+  RestrictNewFiles();
   RETURN_IF_ERROR(MakeDirs(data_dir));
   char resolved[PATH_MAX];
   if (realpath(data_dir.c_str(), resolved) == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("bad data dir ", data_dir));
   }
+  RETURN_IF_ERROR(PreparePrivateDir(resolved, "data dir"));
   return std::string(resolved);
 }
 
@@ -108,6 +112,7 @@ EngineOptions EngineOptionsFrom(const ServiceOptions& options) {
   engine_options.max_message_bytes = options.max_message_bytes;
   engine_options.pressure_policy = options.pressure_policy;
   engine_options.max_tokens_per_allocation = options.max_tokens_per_request;
+  engine_options.max_metadata_bytes_per_tenant = options.max_metadata_bytes_per_tenant;
   engine_options.max_pages_per_request =
       options.max_pages_per_request != 0
           ? options.max_pages_per_request
@@ -141,6 +146,9 @@ absl::Status AddTcpListener(const ServiceOptions& options, grpc::ServerBuilder* 
 }
 
 }  // namespace
+
+// The most header bytes one call may carry (all its metadata together).
+constexpr int kMaxHeaderListBytes = 256 << 10;
 
 absl::StatusOr<std::string> LoadOrCreateAdminToken(const std::string& path) {
   if (access(path.c_str(), F_OK) == 0) {
@@ -203,6 +211,10 @@ absl::Status Server::OpenBackend(const ServiceOptions& options, const std::strin
 absl::Status Server::OpenSpillStore(const ServiceOptions& options, const std::string& data_dir) {
   SpillStore::Options spill_options;
   spill_options.path = options.spill_dir.empty() ? data_dir + "/spill" : options.spill_dir;
+  if (!options.spill_dir.empty()) {
+    RETURN_IF_ERROR(MakeDirs(options.spill_dir));
+    RETURN_IF_ERROR(PreparePrivateDir(options.spill_dir, "spill dir"));
+  }
   spill_options.block_cache_mib = options.spill_block_cache_mib;
   spill_options.min_blob_size = options.spill_min_blob_bytes;
   spill_options.rate_limit_bytes_per_sec = static_cast<int64_t>(options.spill_rate_limit_mib << 20);
@@ -227,6 +239,8 @@ absl::Status Server::CreateServices(const ServiceOptions& options, const std::st
   ASSIGN_OR_RETURN(std::string admin_token, LoadOrCreateAdminToken(token_file));
   log::Info("admin_token.ready", {{"path", token_file}, {"created", !token_existed}});
   const std::string admin_hash = HashToken(admin_token);
+  // Tenants were loaded above: none may hold the admin token, and none may take it later.
+  RETURN_IF_ERROR(engine_->ReserveAdminToken(admin_hash));
   executor_ = std::make_unique<Executor>(options.compress_threads);
   limits_ = std::make_unique<SessionLimits>(options.limits);
   kvcache_ = std::make_unique<KvCacheService>(engine_.get(), executor_.get(), admin_hash,
@@ -260,6 +274,10 @@ absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string&
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  // Header lists (e.g. an oversized authorization header) are bounded explicitly and the bound is
+  // advertised in SETTINGS_MAX_HEADER_LIST_SIZE, so a client checks it before sending and an
+  // oversized call fails alone instead of disturbing the connection's other calls (api.md §6.2).
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxHeaderListBytes);
   builder.RegisterService(kvcache_.get());
   builder.RegisterService(admin_.get());
   grpc_ = builder.BuildAndStart();
