@@ -474,7 +474,9 @@ TEST(ScorerConventions, FusedFiniteChecksGiveValidationsError) {
               SCOPED_TRACE(absl::StrCat(ScorerName(kind), " tensor ", tensor, " head ", g,
                                         " token ", token, " lane ", lane, " value ", bad));
               EXPECT_EQ(got, want);
-              if (!want.ok()) EXPECT_EQ(want.code(), absl::StatusCode::kInvalidArgument);
+              if (!want.ok()) {
+                EXPECT_EQ(want.code(), absl::StatusCode::kInvalidArgument);
+              }
             }
           }
         }
