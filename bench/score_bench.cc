@@ -347,6 +347,7 @@ struct Row {
   std::string scorer;
   int ctx = 0;
   Stats layer_s, compress_s, validate_s;
+  Stats prepass_s;  // ValidateLayerInputsDeferringScans: what ScoreLayer now runs before scoring
   double token_heads_per_s = 0;
   double bytes = 0, bw = 0, flops = 0, gemm_rate = 0;
   double pct_bw = -1, pct_gemm = -1;
@@ -375,9 +376,10 @@ CtxBounds MeasureBounds(const Shape& s, int n, int window, int threads) {
   return {n, bw, gram_rate, attn_rate};
 }
 
-// One layer scored o.reps times, and ValidateLayerInputs alone (which ScoreLayer runs first:
-// finite checks over the keys and values the scorer reads, on the calling thread). False, with
-// the reason on stderr, when scoring fails.
+// One layer scored o.reps times; ValidateLayerInputs alone (finite checks over the keys and values
+// the scorer reads, on one thread: what ScoreLayer ran first before the checks were fused into
+// the scoring pass); and ValidateLayerInputsDeferringScans alone (what it runs first now). False,
+// with the reason on stderr, when scoring fails.
 bool TimeLayer(const Options& o, const Policy& p, LayerData& layer, ScoringWorkspace& ws,
                Row& row) {
   std::fprintf(stderr, "[score]   %-12s one layer x%d", row.scorer.c_str(), o.reps);
@@ -397,6 +399,11 @@ bool TimeLayer(const Options& o, const Policy& p, LayerData& layer, ScoringWorks
     t_valid.push_back(Seconds([&] { (void)ValidateLayerInputs(layer.in, p); }));
   }
   row.validate_s = Summarise(t_valid);
+  std::vector<double> t_prepass;
+  for (int r = 0; r < o.reps; ++r) {
+    t_prepass.push_back(Seconds([&] { (void)ValidateLayerInputsDeferringScans(layer.in, p); }));
+  }
+  row.prepass_s = Summarise(t_prepass);
   row.token_heads_per_s = static_cast<double>(row.ctx) * o.shape.kv_heads / row.layer_s.median;
   return true;
 }
@@ -483,6 +490,8 @@ void PrintScoreJson(const Options& o, int threads, const std::vector<CtxBounds>&
     std::printf(",\"token_heads_per_s\":%.6g", r.token_heads_per_s);
     std::printf(",\"validate_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
                 r.validate_s.median, r.validate_s.min, r.validate_s.max);
+    std::printf(",\"prepass_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
+                r.prepass_s.median, r.prepass_s.min, r.prepass_s.max);
     if (r.compress_measured) {
       std::printf(",\"compress_s\":{\"median\":%.6g,\"min\":%.6g,\"max\":%.6g}",
                   r.compress_s.median, r.compress_s.min, r.compress_s.max);

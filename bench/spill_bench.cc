@@ -63,6 +63,8 @@ struct Options {
   uint64_t write_buffer_mib = 64;
   uint64_t min_blob_size = 4096;
   uint64_t blob_file_mib = 256;
+  uint64_t pages_per_value = 32;  // SpillStore::Options defaults
+  uint64_t read_threads = 2;
   double prefill_tps = 10000;
   bool warm = false;
   bool json = false;
@@ -90,6 +92,9 @@ Flags:
   --write_buffer_mib N  memtable size (default 64)
   --min_blob_size N     bytes (default 4096)
   --blob_file_mib N     blob file size (default 256)
+  --pages_per_value N   pages of one head per stored value (default 32; 1 = the version-1
+                        layout of earlier releases, one value per page)
+  --read_threads N      threads a restore reads with (default 2; 1 = earlier releases)
   --prefill_tps X       ASSUMED prefill rate to compare restores with (default 10000 tokens/s,
                         roughly an 8B model on one H100; not measured here)
   --dir PATH            folder for the databases and the file (default: fresh temp folder)
@@ -136,7 +141,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
     }
     static const char* kValued[] = {"--shape", "--tokens", "--page_tokens", "--reps",
                                     "--compression", "--write_buffer_mib", "--min_blob_size",
-                                    "--blob_file_mib", "--prefill_tps", "--dir"};
+                                    "--blob_file_mib", "--prefill_tps", "--dir",
+                                    "--pages_per_value", "--read_threads"};
     if (std::find_if(std::begin(kValued), std::end(kValued),
                      [&](const char* f) { return name == f; }) == std::end(kValued)) {
       std::fprintf(stderr, "kvkeep-bench spill: unknown flag %s (see --help)\n", name.c_str());
@@ -180,6 +186,11 @@ int ParseFlags(int argc, char** argv, Options* o) {
       ok = ParseUint(value, &o->min_blob_size);
     } else if (name == "--blob_file_mib") {
       ok = ParseUint(value, &o->blob_file_mib) && o->blob_file_mib > 0;
+    } else if (name == "--pages_per_value") {
+      ok = ParseUint(value, &o->pages_per_value) && o->pages_per_value > 0 &&
+           o->pages_per_value <= 4096;
+    } else if (name == "--read_threads") {
+      ok = ParseUint(value, &o->read_threads) && o->read_threads > 0 && o->read_threads <= 64;
     } else if (name == "--prefill_tps") {
       ok = absl::SimpleAtod(value, &o->prefill_tps) && o->prefill_tps > 0;
     } else if (name == "--dir") {
@@ -588,10 +599,13 @@ void PrintJson(const Options& o, uint64_t page_bytes, const std::vector<Row>& ro
   std::printf("{\"bench\":\"spill\",\"shape\":{\"name\":\"%s\",\"layers\":%u,\"kv_heads\":%u,"
               "\"head_dim\":%u,\"dtype\":\"%s\"},\"page_tokens\":%u,\"page_bytes\":%llu,"
               "\"compression\":\"%s\",\"cold_reads\":%s,\"reps\":%d,"
-              "\"prefill_tokens_per_s_assumed\":%.6g,\"rows\":[",
+              "\"prefill_tokens_per_s_assumed\":%.6g,\"pages_per_value\":%llu,"
+              "\"read_threads\":%llu,\"rows\":[",
               o.shape.name, o.shape.layers, o.shape.kv_heads, o.shape.head_dim, o.shape.dtype,
               o.page_tokens, static_cast<unsigned long long>(page_bytes), o.compression.c_str(),
-              o.warm ? "false" : "true", o.reps, o.prefill_tps);
+              o.warm ? "false" : "true", o.reps, o.prefill_tps,
+              static_cast<unsigned long long>(o.pages_per_value),
+              static_cast<unsigned long long>(o.read_threads));
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     std::printf("%s{\"tokens\":%u,\"bytes\":%llu,\"pages\":%llu,\"prefill_s_assumed\":%.6g",
@@ -605,10 +619,13 @@ void PrintJson(const Options& o, uint64_t page_bytes, const std::vector<Row>& ro
 
 void PrintTable(const Options& o, uint64_t page_bytes, const std::vector<Row>& rows) {
   std::printf("kvkeep-bench spill: shape %s (%u layers x %u KV heads, head_dim %u, %s), pages of %u "
-              "tokens (%llu B), blob compression %s, %s reads, %d reps\n",
+              "tokens (%llu B), blob compression %s, %s reads, %d reps, %llu pages per value, "
+              "%llu read threads\n",
               o.shape.name, o.shape.layers, o.shape.kv_heads, o.shape.head_dim, o.shape.dtype,
               o.page_tokens, static_cast<unsigned long long>(page_bytes), o.compression.c_str(),
-              o.warm ? "warm (page cache kept)" : "cold (page cache dropped)", o.reps);
+              o.warm ? "warm (page cache kept)" : "cold (page cache dropped)", o.reps,
+              static_cast<unsigned long long>(o.pages_per_value),
+              static_cast<unsigned long long>(o.read_threads));
   std::printf("every cell: median [min,max] over the reps; ratios computed within each rep\n\n");
   std::printf("ratios (SpillStore / bound):\n");
   std::printf("%7s %8s %20s %20s %20s %20s\n", "tokens", "MiB", "write / raw RocksDB",
@@ -671,6 +688,8 @@ int RunSpillBench(int argc, char** argv) {
   so.write_buffer_mib = o.write_buffer_mib;
   so.min_blob_size = o.min_blob_size;
   so.blob_file_size = o.blob_file_mib << 20;
+  so.pages_per_value = static_cast<uint32_t>(o.pages_per_value);
+  so.read_threads = static_cast<int>(o.read_threads);
   int rc = 0;
   std::vector<Row> rows;
   {

@@ -91,8 +91,33 @@ absl::Status CheckShapeAndRope(const LayerInputs& in) {
   return absl::OkStatus();
 }
 
-// One head g: its length, the tensors the scorer reads (`needs`), and ascending positions.
-absl::Status CheckHead(const LayerInputs& in, int g, const Needs& needs, const Policy& policy) {
+// The NaN/Inf scan of head g's keys and values that the scorer reads.
+absl::Status ScanHead(const LayerInputs& in, int g, const Needs& needs) {
+  const HeadKV& h = in.heads[g];
+  if (h.n <= 0) return absl::OkStatus();
+  const int64_t count = static_cast<int64_t>(h.n) * in.head_dim;
+  if (needs.keys) {
+    RETURN_IF_ERROR(CheckFinite(h.keys, count, absl::StrCat("heads[", g, "].keys")));
+  }
+  if (needs.values) {
+    RETURN_IF_ERROR(CheckFinite(h.values, count, absl::StrCat("heads[", g, "].values")));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ScanAttentionMass(const LayerInputs& in) {
+  for (size_t h = 0; h < in.attention_mass.size(); ++h) {
+    const std::vector<float>& m = in.attention_mass[h];
+    RETURN_IF_ERROR(CheckFinite(m.data(), static_cast<int64_t>(m.size()),
+                                absl::StrCat("attention_mass[", h, "]")));
+  }
+  return absl::OkStatus();
+}
+
+// One head g: its length, the tensors the scorer reads (`needs`), and ascending positions; the
+// NaN/Inf scan of those tensors when `scan`.
+absl::Status CheckHead(const LayerInputs& in, int g, const Needs& needs, const Policy& policy,
+                       bool scan) {
   const HeadKV& h = in.heads[g];
   if (h.n < 0) {
     return absl::InvalidArgumentError(absl::StrCat("heads[", g, "].n is negative (", h.n, ")"));
@@ -121,14 +146,7 @@ absl::Status CheckHead(const LayerInputs& in, int g, const Needs& needs, const P
       }
     }
   }
-  const int64_t count = static_cast<int64_t>(h.n) * in.head_dim;
-  if (needs.keys) {
-    RETURN_IF_ERROR(CheckFinite(h.keys, count, absl::StrCat("heads[", g, "].keys")));
-  }
-  if (needs.values) {
-    RETURN_IF_ERROR(CheckFinite(h.values, count, absl::StrCat("heads[", g, "].values")));
-  }
-  return absl::OkStatus();
+  return scan ? ScanHead(in, g, needs) : absl::OkStatus();
 }
 
 // next_position against the largest cached position of every head.
@@ -199,7 +217,8 @@ absl::Status CheckQueryMoments(const LayerInputs& in, const Needs& needs, const 
   return CheckFinite(in.query_sq_sum.data(), qd, "query_sq_sum");
 }
 
-absl::Status CheckAttentionMass(const LayerInputs& in, const Needs& needs, const Policy& policy) {
+absl::Status CheckAttentionMass(const LayerInputs& in, const Needs& needs, const Policy& policy,
+                                bool scan) {
   if (in.attention_mass.empty()) {
     if (needs.attention_mass) return Missing(policy, "attention_mass");
     return absl::OkStatus();
@@ -217,10 +236,8 @@ absl::Status CheckAttentionMass(const LayerInputs& in, const Needs& needs, const
                                                      " entries, expected heads[", h / group,
                                                      "].n = ", n));
     }
-    RETURN_IF_ERROR(CheckFinite(m.data(), static_cast<int64_t>(m.size()),
-                                absl::StrCat("attention_mass[", h, "]")));
   }
-  return absl::OkStatus();
+  return scan ? ScanAttentionMass(in) : absl::OkStatus();
 }
 
 absl::Status CheckWoGram(const LayerInputs& in) {
@@ -249,16 +266,39 @@ int EffectiveRotaryDim(const LayerInputs& in) {
   return in.rope.rotary_dim == 0 ? in.head_dim : in.rope.rotary_dim;
 }
 
-absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy, bool check_tensors) {
-  Needs needs = ScorerNeeds(policy.scorer);
-  if (!check_tensors) needs.keys = needs.values = false;
+namespace {
+
+// scan_tensors: the NaN/Inf scans of keys and values; scan_mass: that of attention_mass.
+absl::Status Validate(const LayerInputs& in, const Policy& policy, const Needs& needs,
+                      bool scan_tensors, bool scan_mass) {
   RETURN_IF_ERROR(CheckShapeAndRope(in));
-  for (int g = 0; g < in.kv_heads; ++g) RETURN_IF_ERROR(CheckHead(in, g, needs, policy));
+  for (int g = 0; g < in.kv_heads; ++g) {
+    RETURN_IF_ERROR(CheckHead(in, g, needs, policy, scan_tensors));
+  }
   RETURN_IF_ERROR(CheckNextPosition(in));
   RETURN_IF_ERROR(CheckWindowQueries(in, needs, policy));
   RETURN_IF_ERROR(CheckQueryMoments(in, needs, policy));
-  RETURN_IF_ERROR(CheckAttentionMass(in, needs, policy));
+  RETURN_IF_ERROR(CheckAttentionMass(in, needs, policy, scan_mass));
   return CheckWoGram(in);
+}
+
+}  // namespace
+
+absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy, bool check_tensors) {
+  Needs needs = ScorerNeeds(policy.scorer);
+  if (!check_tensors) needs.keys = needs.values = false;
+  return Validate(in, policy, needs, /*scan_tensors=*/true, /*scan_mass=*/true);
+}
+
+absl::Status ValidateLayerInputsDeferringScans(const LayerInputs& in, const Policy& policy) {
+  const Needs needs = ScorerNeeds(policy.scorer);
+  return Validate(in, policy, needs, /*scan_tensors=*/false, /*scan_mass=*/!needs.attention_mass);
+}
+
+absl::Status ScanLayerTensors(const LayerInputs& in, const Policy& policy) {
+  const Needs needs = ScorerNeeds(policy.scorer);
+  for (int g = 0; g < in.kv_heads; ++g) RETURN_IF_ERROR(ScanHead(in, g, needs));
+  return needs.attention_mass ? ScanAttentionMass(in) : absl::OkStatus();
 }
 
 }  // namespace kvkeep::eviction

@@ -80,6 +80,21 @@ struct LayerInputs {
 absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy,
                                  bool check_tensors = true);
 
+// Fused validation, for scorers that meet every key, value and attention-mass entry in their own
+// pass (service/eviction/scorers.cc) and so need not read them twice:
+//   ValidateLayerInputsDeferringScans  everything ValidateLayerInputs(in, policy) checks, except the
+//                                      NaN/Inf scans of the keys and values and (for scorers that
+//                                      need it) of attention_mass; null pointers are still checked.
+//   ScanLayerTensors                   exactly those scans, in ValidateLayerInputs' order (heads in
+//                                      order, keys before values, then attention_mass rows): the
+//                                      same INVALID_ARGUMENT for the first non-finite entry, or OK.
+// A caller that sees a non-finite intermediate in its pass calls ScanLayerTensors to tell bad
+// input (its error) from overflow of finite input (OK: go on as ValidateLayerInputs would have).
+// Together they accept exactly the inputs ValidateLayerInputs accepts; for an input with several
+// faults, the shape and statistics faults are reported before a non-finite tensor entry.
+absl::Status ValidateLayerInputsDeferringScans(const LayerInputs& in, const Policy& policy);
+absl::Status ScanLayerTensors(const LayerInputs& in, const Policy& policy);
+
 // Effective next position (resolves next_position == 0) and rotary dim (resolves 0).
 int64_t EffectiveNextPosition(const LayerInputs& in);
 int EffectiveRotaryDim(const LayerInputs& in);

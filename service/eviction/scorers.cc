@@ -149,13 +149,38 @@ inline void DotRows(const float* x, const float* y, size_t y_stride, int count, 
 
 inline int32_t PositionOf(const HeadKV& h, int j) { return h.positions ? h.positions[j] : j; }
 
+// Whether x[0..n) are all finite: x * 0 is (+-)0 for finite x and NaN for NaN/Inf. Eight explicit
+// lanes so GCC vectorises it without -ffast-math. The scorers run it over intermediates of their
+// own pass (norms, logits) that are non-finite whenever an input they were computed from is, so
+// validation does not read the keys and values a second time (ValidateLayerInputsDeferringScans).
+inline bool AllFinite(const float* x, size_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += x[i + l] * 0.0f;
+  }
+  float total = 0.0f;
+  for (; i < n; ++i) total += x[i] * 0.0f;
+  for (int l = 0; l < 8; ++l) total += acc[l];
+  return total == 0.0f;
+}
+
+// Whether the keys and values of `h` that the scorer reads are all finite (for the scorers whose
+// pass does not propagate every non-finite input: GEMM- and solve-based ones).
+bool HeadFinite(const HeadKV& h, int d, const Needs& needs) {
+  const size_t count = static_cast<size_t>(h.n) * d;
+  return (!needs.keys || AllFinite(h.keys, count)) && (!needs.values || AllFinite(h.values, count));
+}
+
 // Number of tokens of `h` whose position is <= pos (positions ascend).
 int VisibleCount(const HeadKV& h, int64_t pos) { return gm::VisibleCount(h.positions, h.n, pos); }
 
-// knorm: minus the L2 norm of each key.
-KVKEEP_SIMD_CLONES void ScoreKnorm(const HeadKV& h, int d, float* s) {
+// knorm: minus the L2 norm of each key. False when a norm is not finite (a non-finite key, or a
+// finite one whose square overflows).
+KVKEEP_SIMD_CLONES bool ScoreKnorm(const HeadKV& h, int d, float* s) {
   // (Four keys at a time through DotBlock measured 1.7x slower here: this loop is memory-bound.)
   for (int j = 0; j < h.n; ++j) s[j] = -std::sqrt(gm::SquaredNorm(h.keys + static_cast<size_t>(j) * d, d));
+  return AllFinite(s, static_cast<size_t>(h.n));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,7 +290,8 @@ KVKEEP_SIMD_CLONES void ScoreLaProx(const Ctx& c, int g, ScoringWorkspace::Scrat
 // Attention of the last window query of every query head of KV head g, summed over the group. The
 // logits are G dot products per key, computed while the key is in L1, so the keys are read once.
 // (An sgemm with G = 4 rows spends more time packing the keys than multiplying: 3x slower here.)
-KVKEEP_SIMD_CLONES void TovaGroupMass(const Ctx& c, int g, ScoringWorkspace::Scratch& sc,
+// False when a logit is not finite (a non-finite key, or overflow).
+KVKEEP_SIMD_CLONES bool TovaGroupMass(const Ctx& c, int g, ScoringWorkspace::Scratch& sc,
                                       float* mass) {
   const HeadKV& h = c.in.heads[g];
   const int n = h.n;
@@ -282,12 +308,14 @@ KVKEEP_SIMD_CLONES void TovaGroupMass(const Ctx& c, int g, ScoringWorkspace::Scr
     DotRows(k, q, static_cast<size_t>(d), G, d, p + j, static_cast<size_t>(n));
     for (int r = 0; r < G; ++r) p[static_cast<size_t>(r) * n + j] *= c.inv_sqrt_d;
   }
+  if (!AllFinite(p, static_cast<size_t>(G) * n)) return false;
   SoftmaxRows(h, p, G, c.next - 1, 0);
   std::fill(mass, mass + n, 0.0f);
   for (int r = 0; r < G; ++r) {
     const float* row = p + static_cast<size_t>(r) * n;
     for (int j = 0; j < n; ++j) mass[j] += row[j];
   }
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,7 +324,9 @@ KVKEEP_SIMD_CLONES void TovaGroupMass(const Ctx& c, int g, ScoringWorkspace::Scr
 // Expected Attention (kvpress expected_attention_press.py): per query head, logits
 // k·(R̄μ)/√d + kᵀ(R̄ΣR̄ᵀ)k/(2d) = (R̄ᵀk)·μ/√d + Σ_i σ²_i (R̄ᵀk)_i²/(2d), softmax over the
 // non-sink tokens, mean over the group, times ‖v‖.
-KVKEEP_SIMD_CLONES void ScoreExpected(const Ctx& c, int g, const std::vector<double>& cs,
+// False when a logit or value norm is not finite (a non-finite key or value, or overflow); the
+// sinks, which the pass skips, are checked on their own.
+KVKEEP_SIMD_CLONES bool ScoreExpected(const Ctx& c, int g, const std::vector<double>& cs,
                    const std::vector<double>& sn, ScoringWorkspace::Scratch& sc,
                    std::vector<float>& out) {
   const HeadKV& h = c.in.heads[g];
@@ -307,7 +337,9 @@ KVKEEP_SIMD_CLONES void ScoreExpected(const Ctx& c, int g, const std::vector<dou
   const int s0 = std::min(c.policy.sinks, n);
   const int m = n - s0;
   std::fill(out.begin(), out.end(), 0.0f);
-  if (m == 0) return;
+  const size_t sink_floats = static_cast<size_t>(s0) * d;
+  if (!AllFinite(h.keys, sink_floats) || !AllFinite(h.values, sink_floats)) return false;
+  if (m == 0) return true;
   const bool cov = !c.in.query_sq_sum.empty();
   // Per query head: mu/√d and σ²/(2d) as float rows.
   float* mu = Grow(sc.f[0], static_cast<size_t>(G) * d);
@@ -348,6 +380,7 @@ KVKEEP_SIMD_CLONES void ScoreExpected(const Ctx& c, int g, const std::vector<dou
     }
     vnorm[s0 + j] = std::sqrt(gm::SquaredNorm(h.values + static_cast<size_t>(s0 + j) * d, d));
   }
+  if (!AllFinite(logits, static_cast<size_t>(G) * m) || !AllFinite(vnorm + s0, m)) return false;
   const float inv_g = 1.0f / static_cast<float>(G);
   for (int r = 0; r < G; ++r) {
     float* row = logits + static_cast<size_t>(r) * m;
@@ -358,6 +391,7 @@ KVKEEP_SIMD_CLONES void ScoreExpected(const Ctx& c, int g, const std::vector<dou
   }
   for (int j = s0; j < n; ++j) out[j] *= vnorm[j];
   FillUndefinedWithMax(out, s0, n);
+  return true;
 }
 
 // ---- Scorers over the whole layer ------------------------------------------------------------
@@ -382,23 +416,23 @@ void ScoreRandom(const Policy& policy, const LayerInputs& in, HeadScores* out) {
   }
 }
 
-// h2o (observed = false) and observed: the group-mean attention mass of each token.
-void ScoreAttentionMass(const Ctx& c, bool observed, HeadScores* out) {
+// h2o (observed = false) and observed: the group-mean attention mass of each token, for KV head g.
+// False when a group sum is not finite (a non-finite mass entry, or overflow).
+bool ScoreAttentionMass(const Ctx& c, int g, bool observed, std::vector<float>& s) {
   const LayerInputs& in = c.in;
   const float inv_g = 1.0f / static_cast<float>(c.group);
-  for (int g = 0; g < in.kv_heads; ++g) {
-    const HeadKV& h = in.heads[g];
-    std::vector<float>& s = out->per_head[g];
-    std::fill(s.begin(), s.end(), 0.0f);
-    for (int r = 0; r < c.group; ++r) {
-      const std::vector<float>& mass = in.attention_mass[g * c.group + r];
-      for (int j = 0; j < h.n; ++j) s[j] += mass[j];
-    }
-    for (int j = 0; j < h.n; ++j) {
-      const float v = s[j] * inv_g;
-      s[j] = observed ? gm::ObservedScore(v, c.next, PositionOf(h, j)) : v;
-    }
+  const HeadKV& h = in.heads[g];
+  std::fill(s.begin(), s.end(), 0.0f);
+  for (int r = 0; r < c.group; ++r) {
+    const std::vector<float>& mass = in.attention_mass[g * c.group + r];
+    for (int j = 0; j < h.n; ++j) s[j] += mass[j];
   }
+  if (!AllFinite(s.data(), s.size())) return false;
+  for (int j = 0; j < h.n; ++j) {
+    const float v = s[j] * inv_g;
+    s[j] = observed ? gm::ObservedScore(v, c.next, PositionOf(h, j)) : v;
+  }
+  return true;
 }
 
 // Whether every KV head of the layer holds the same token positions.
@@ -447,19 +481,22 @@ void MergeTovaByPosition(const LayerInputs& in, float inv_h, ScoringWorkspace::S
   }
 }
 
-// tova: the last query's attention, averaged over every query head of the layer.
-void ScoreTova(const Ctx& c, int workers, ScoringWorkspace& workspace, HeadScores* out) {
+// tova: the last query's attention, averaged over every query head of the layer. False (scores
+// unspecified) when a head's logits were not all finite.
+bool ScoreTova(const Ctx& c, int workers, ScoringWorkspace& workspace, HeadScores* out) {
   const LayerInputs& in = c.in;
   // Mass of the last query per KV head (summed over its group) ...
   std::vector<std::vector<float>>& mass = out->per_head;  // reuse: first the group sums
+  std::vector<char> finite(in.kv_heads, 1);
   ParallelFor(in.kv_heads, workers, [&](int g, int t) {
-    TovaGroupMass(c, g, workspace.scratch(t), mass[g].data());
+    finite[g] = TovaGroupMass(c, g, workspace.scratch(t), mass[g].data());
   });
+  if (std::find(finite.begin(), finite.end(), 0) != finite.end()) return false;
   // ... then every KV head averages over all query heads of the layer.
   const float inv_h = 1.0f / static_cast<float>(in.q_heads);
   if (!SamePositions(in)) {
     MergeTovaByPosition(in, inv_h, workspace.scratch(0), mass);
-    return;
+    return true;
   }
   std::vector<float>& acc = mass[0];
   for (int g = 1; g < in.kv_heads; ++g) {
@@ -467,6 +504,101 @@ void ScoreTova(const Ctx& c, int workers, ScoringWorkspace& workspace, HeadScore
   }
   for (float& v : acc) v *= inv_h;
   for (int g = 1; g < in.kv_heads; ++g) mass[g] = acc;
+  return true;
+}
+
+// The scorers that report (through ScoreHeads' `finite`) whether every key, value and attention-mass
+// entry they read was finite, so their inputs need no separate scan. A scorer added to ScoreHeads
+// joins this list only once it sets `finite` for every input it reads.
+bool FusesScans(ScorerKind kind) {
+  switch (kind) {
+    case ScorerKind::kStreaming:
+    case ScorerKind::kRandom:
+    case ScorerKind::kKnorm:
+    case ScorerKind::kH2o:
+    case ScorerKind::kObserved:
+    case ScorerKind::kTova:
+    case ScorerKind::kSnapKv:
+    case ScorerKind::kLaProx:
+    case ScorerKind::kExpected:
+    case ScorerKind::kCapKv:
+    case ScorerKind::kCapKvDot:
+    case ScorerKind::kCapKvGreedy:
+      return true;
+    default:  // a scorer added later: validated in full until it fuses its scans
+      return false;
+  }
+}
+
+// Runs the scorer over every KV head; finite[g] = 0 when head g's pass met a non-finite value.
+// The GEMM- and solve-based scorers scan their head's inputs first (in their worker, in parallel)
+// and skip a head that is not finite.
+absl::Status ScoreHeads(const Ctx& c, const Needs& needs, int workers,
+                        const std::vector<double>& cs, const std::vector<double>& sn,
+                        ScoringWorkspace& workspace, std::vector<char>& finite, HeadScores* out) {
+  const LayerInputs& in = c.in;
+  const Policy& policy = c.policy;
+  auto scanned = [&](int g) {
+    finite[g] = HeadFinite(in.heads[g], c.d, needs);
+    return finite[g] != 0;
+  };
+  switch (policy.scorer) {
+    case ScorerKind::kStreaming:
+      ScoreStreaming(in, out);
+      return absl::OkStatus();
+    case ScorerKind::kRandom:
+      ScoreRandom(policy, in, out);
+      return absl::OkStatus();
+    case ScorerKind::kKnorm:
+      ParallelFor(in.kv_heads, workers, [&](int g, int) {
+        finite[g] = ScoreKnorm(in.heads[g], c.d, out->per_head[g].data());
+      });
+      return absl::OkStatus();
+    case ScorerKind::kH2o:
+    case ScorerKind::kObserved:
+      // One worker: the mass is a few MiB at most, and a second thread's start-up cost more than
+      // it saved (kvkeep-bench score at 16k on the loaded 2-core machine: 0.13 -> 0.4-2.8 ms).
+      ParallelFor(in.kv_heads, 1, [&](int g, int) {
+        finite[g] = ScoreAttentionMass(c, g, policy.scorer == ScorerKind::kObserved,
+                                       out->per_head[g]);
+      });
+      return absl::OkStatus();
+    case ScorerKind::kTova:
+      finite[0] = ScoreTova(c, workers, workspace, out);
+      return absl::OkStatus();
+    case ScorerKind::kSnapKv:
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        if (scanned(g)) ScoreSnapKv(c, g, workspace.scratch(t), out->per_head[g]);
+      });
+      return absl::OkStatus();
+    case ScorerKind::kLaProx:
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        if (scanned(g)) ScoreLaProx(c, g, workspace.scratch(t), out->per_head[g]);
+      });
+      return absl::OkStatus();
+    case ScorerKind::kExpected:
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        finite[g] = ScoreExpected(c, g, cs, sn, workspace.scratch(t), out->per_head[g]);
+      });
+      return absl::OkStatus();
+    case ScorerKind::kCapKv:
+    case ScorerKind::kCapKvDot: {
+      std::vector<absl::Status> status(in.kv_heads);
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        if (!scanned(g)) return;
+        status[g] = ScoreCapKv(c, g, policy.scorer == ScorerKind::kCapKvDot, cs, sn,
+                               workspace.scratch(t), out->per_head[g]);
+      });
+      for (const absl::Status& st : status) RETURN_IF_ERROR(st);
+      return absl::OkStatus();
+    }
+    case ScorerKind::kCapKvGreedy:
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        if (scanned(g)) ScoreCapKvGreedy(c, g, cs, sn, workspace.scratch(t), out->per_head[g]);
+      });
+      return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError("unknown scorer");
 }
 
 }  // namespace
@@ -514,7 +646,13 @@ absl::StatusOr<HeadScores> ScoreLayer(const Policy& policy, const LayerInputs& i
 absl::Status ScoreLayerInto(const Policy& policy, const LayerInputs& in,
                             ScoringWorkspace& workspace, HeadScores* out) {
   RETURN_IF_ERROR(ValidatePolicy(policy));
-  RETURN_IF_ERROR(ValidateLayerInputs(in, policy));
+  // The NaN/Inf scans of the keys, values and attention mass are fused into the scoring pass
+  // below: each scorer reports whether its intermediates stayed finite, and only when one did not
+  // are the inputs scanned (ScanLayerTensors), for the error ValidateLayerInputs would give.
+  // A scorer not listed in FusesScans is validated in full first.
+  const bool fused = FusesScans(policy.scorer);
+  RETURN_IF_ERROR(fused ? ValidateLayerInputsDeferringScans(in, policy)
+                        : ValidateLayerInputs(in, policy));
   const Ctx c{policy,
               in,
               in.q_heads / in.kv_heads,
@@ -535,57 +673,14 @@ absl::Status ScoreLayerInto(const Policy& policy, const LayerInputs& in,
   std::vector<double> cs, sn;
   const Needs needs = ScorerNeeds(policy.scorer);
   if (needs.query_moments) AveragedRotation(in, policy, &cs, &sn);
-
-  switch (policy.scorer) {
-    case ScorerKind::kStreaming:
-      ScoreStreaming(in, out);
-      return absl::OkStatus();
-    case ScorerKind::kRandom:
-      ScoreRandom(policy, in, out);
-      return absl::OkStatus();
-    case ScorerKind::kKnorm:
-      ParallelFor(in.kv_heads, workers,
-                  [&](int g, int) { ScoreKnorm(in.heads[g], c.d, out->per_head[g].data()); });
-      return absl::OkStatus();
-    case ScorerKind::kH2o:
-    case ScorerKind::kObserved:
-      ScoreAttentionMass(c, policy.scorer == ScorerKind::kObserved, out);
-      return absl::OkStatus();
-    case ScorerKind::kTova:
-      ScoreTova(c, workers, workspace, out);
-      return absl::OkStatus();
-    case ScorerKind::kSnapKv:
-      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
-        ScoreSnapKv(c, g, workspace.scratch(t), out->per_head[g]);
-      });
-      return absl::OkStatus();
-    case ScorerKind::kLaProx:
-      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
-        ScoreLaProx(c, g, workspace.scratch(t), out->per_head[g]);
-      });
-      return absl::OkStatus();
-    case ScorerKind::kExpected:
-      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
-        ScoreExpected(c, g, cs, sn, workspace.scratch(t), out->per_head[g]);
-      });
-      return absl::OkStatus();
-    case ScorerKind::kCapKv:
-    case ScorerKind::kCapKvDot: {
-      std::vector<absl::Status> status(in.kv_heads);
-      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
-        status[g] = ScoreCapKv(c, g, policy.scorer == ScorerKind::kCapKvDot, cs, sn,
-                               workspace.scratch(t), out->per_head[g]);
-      });
-      for (const absl::Status& st : status) RETURN_IF_ERROR(st);
-      return absl::OkStatus();
-    }
-    case ScorerKind::kCapKvGreedy:
-      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
-        ScoreCapKvGreedy(c, g, cs, sn, workspace.scratch(t), out->per_head[g]);
-      });
-      return absl::OkStatus();
+  std::vector<char> finite(in.kv_heads, 1);  // per head: did the pass stay finite?
+  absl::Status st = ScoreHeads(c, needs, workers, cs, sn, workspace, finite, out);
+  if (fused && std::find(finite.begin(), finite.end(), 0) != finite.end()) {
+    // A non-finite input (its error, as ValidateLayerInputs words it) or overflow of finite
+    // input (OK: the scores stand, as they did when validation ran first).
+    RETURN_IF_ERROR(ScanLayerTensors(in, policy));
   }
-  return absl::InvalidArgumentError("unknown scorer");
+  return st;
 }
 
 }  // namespace kvkeep::eviction

@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 #include <tuple>
 
+#include "absl/strings/str_cat.h"
 #include "common/status_matchers.h"
 #include "service/eviction/naive_reference.h"
 
@@ -433,6 +435,72 @@ TEST(ScorerConventions, ShortHeadsScoreWithoutCandidates) {
       ASSERT_EQ(h.size(), 3u);
       for (float v : h) EXPECT_TRUE(std::isfinite(v)) << ScorerName(kind);
     }
+  }
+}
+
+}  // namespace
+}  // namespace kvkeep::eviction
+
+namespace kvkeep::eviction {
+namespace {
+
+// The NaN/Inf checks of keys, values and attention mass run fused into the scoring pass
+// (ValidateLayerInputsDeferringScans + ScanLayerTensors): ScoreLayer must still refuse exactly
+// the inputs ValidateLayerInputs refuses, with the same error naming the first bad entry, for
+// every scorer, wherever the bad entry sits (a sink, the window, the middle, either head).
+TEST(ScorerConventions, FusedFiniteChecksGiveValidationsError) {
+  const float kBad[] = {std::numeric_limits<float>::quiet_NaN(),
+                        std::numeric_limits<float>::infinity(),
+                        -std::numeric_limits<float>::infinity()};
+  const LayerSpec spec{.n = 70, .window = 8, .seed = 77};
+  const int d = spec.head_dim;
+  for (ScorerKind kind : {ScorerKind::kKnorm, ScorerKind::kTova, ScorerKind::kH2o,
+                          ScorerKind::kObserved, ScorerKind::kSnapKv, ScorerKind::kExpected,
+                          ScorerKind::kCapKv, ScorerKind::kCapKvDot, ScorerKind::kCapKvGreedy,
+                          ScorerKind::kLaProx}) {
+    const Policy policy = PolicyFor(kind);
+    for (int tensor = 0; tensor < 3; ++tensor) {  // keys, values, attention mass
+      for (int g = 0; g < spec.kv_heads; ++g) {
+        for (int token : {0, 1, 35, 69}) {
+          for (int lane : {0, d - 1}) {
+            for (float bad : kBad) {
+              Layer layer = MakeLayer(spec);
+              if (tensor == 0) layer.keys[g][static_cast<size_t>(token) * d + lane] = bad;
+              if (tensor == 1) layer.values[g][static_cast<size_t>(token) * d + lane] = bad;
+              if (tensor == 2) layer.in.attention_mass[g * 4 + lane % 4][token] = bad;
+              const absl::Status want = ValidateLayerInputs(layer.in, policy);
+              ScoringWorkspace ws;
+              const absl::Status got = ScoreLayer(policy, layer.in, ws).status();
+              SCOPED_TRACE(absl::StrCat(ScorerName(kind), " tensor ", tensor, " head ", g,
+                                        " token ", token, " lane ", lane, " value ", bad));
+              EXPECT_EQ(got, want);
+              if (!want.ok()) {
+                EXPECT_EQ(want.code(), absl::StatusCode::kInvalidArgument);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Finite inputs whose squares overflow float: validation accepts them, so scoring must too (the
+// fused check's non-finite intermediates lead to a scan that finds nothing), for every scorer.
+TEST(ScorerConventions, OverflowOfFiniteInputsIsNotAnError) {
+  for (ScorerKind kind : {ScorerKind::kKnorm, ScorerKind::kTova, ScorerKind::kExpected,
+                          ScorerKind::kH2o, ScorerKind::kLaProx}) {
+    Layer layer = MakeLayer(LayerSpec{.seed = 79});
+    for (auto& k : layer.keys) k[5] = 3e38f;
+    for (auto& v : layer.values) v[7] = 3e38f;
+    for (auto& m : layer.in.attention_mass) {
+      m[3] = 3e38f;
+      m[4] = 3e38f;
+    }
+    const Policy policy = PolicyFor(kind);
+    ASSERT_OK(ValidateLayerInputs(layer.in, policy));
+    ScoringWorkspace ws;
+    EXPECT_OK(ScoreLayer(policy, layer.in, ws).status()) << ScorerName(kind);
   }
 }
 

@@ -123,10 +123,16 @@ std::string PageKey(const std::string& prefix, uint32_t head, uint32_t page) {
 // ---- Manifest codec --------------------------------------------------------------------------
 
 std::string EncodeManifest(const SpillRecord& r, const std::vector<std::vector<PageMeta>>& pages,
-                           uint64_t total_bytes, uint64_t page_count, absl::Time created) {
+                           uint64_t total_bytes, uint64_t page_count, absl::Time created,
+                           uint32_t pages_per_value) {
   std::string out;
   PutFixed32(&out, kManifestMagic);
-  PutVarint(&out, kManifestVersion);
+  if (pages_per_value <= 1) {
+    PutVarint(&out, kManifestVersionOnePage);
+  } else {
+    PutVarint(&out, kManifestVersion);
+    PutVarint(&out, pages_per_value);
+  }
   PutString(&out, r.tenant);
   PutString(&out, r.sequence_id);
   PutString(&out, r.model);
@@ -181,7 +187,14 @@ absl::StatusOr<Manifest> DecodeManifest(absl::string_view key, absl::string_view
   uint32_t magic;
   uint64_t version, next, created, heads;
   if (!rd.Fixed32(&magic) || magic != kManifestMagic) return corrupt("bad magic");
-  if (!rd.Varint(&version) || version != kManifestVersion) return corrupt("unknown version");
+  if (!rd.Varint(&version) ||
+      (version != kManifestVersion && version != kManifestVersionOnePage)) {
+    return corrupt("unknown version");
+  }
+  if (version == kManifestVersion &&
+      (!rd.Varint32(&m.pages_per_value) || m.pages_per_value == 0)) {
+    return corrupt("pages per value");
+  }
   if (!rd.String(&m.summary.tenant) || !rd.String(&m.summary.sequence_id) ||
       !rd.String(&m.summary.model) || !rd.Fixed64(&next) || !rd.Fixed64(&created) ||
       !rd.Varint(&m.summary.bytes) || !rd.Varint(&m.summary.pages) || !rd.Varint(&heads)) {

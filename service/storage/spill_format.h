@@ -8,7 +8,15 @@
 // Guarantees: every page key of a sequence starts with PagePrefix(tenant, id) and no page key of
 // another sequence does; page keys of one sequence sort in (head, page) order.
 //
-// Manifest, little-endian, version 1:
+// Page values. Version 1 stores one page per value. Version 2 stores a run of up to
+// `pages_per_value` consecutive pages of one head as ONE value (their bytes concatenated, sizes
+// from the manifest), under the key of the run's first page (page index a multiple of
+// pages_per_value); the last run of a head may be shorter. Fewer, larger values cut the per-value
+// LSM lookups and blob-record framing of a restore (docs/benchmarks.md, spill tier). Per-page sizes
+// and checksums stay in the manifest, so corruption is still reported per page.
+//
+// Manifest, little-endian, version 1 (version 2: the same with `varint pages_per_value` (>= 1)
+// right after the version):
 //   fixed32 magic, varint version, string tenant, string sequence_id, string model,
 //   fixed64 next_position, fixed64 created (unix micros), varint total_bytes, varint page_count,
 //   varint heads, then per head:
@@ -39,7 +47,8 @@
 namespace kvkeep::spill_format {
 
 inline constexpr uint32_t kManifestMagic = 0x4d53564b;  // "KVSM" little-endian
-inline constexpr uint64_t kManifestVersion = 1;
+inline constexpr uint64_t kManifestVersion = 2;        // what EncodeManifest writes (ppv > 1)
+inline constexpr uint64_t kManifestVersionOnePage = 1;  // one page per value (still read)
 
 // ---- Keys ------------------------------------------------------------------------------------
 
@@ -70,6 +79,7 @@ struct PageMeta {
 struct Manifest {
   SpillSummary summary;
   int64_t next_position = 0;
+  uint32_t pages_per_value = 1;  // 1 for version-1 manifests
   // Filled by a full decode only: per head count, positions, and page metadata.
   std::vector<uint32_t> counts;
   std::vector<std::vector<int32_t>> positions;
@@ -77,9 +87,17 @@ struct Manifest {
 };
 
 // The manifest of `r`, whose pages are described by `pages` (one vector per head, same order),
-// `total_bytes` and `page_count` being their sums.
+// `total_bytes` and `page_count` being their sums. pages_per_value 1 writes version 1 (the layout
+// of every earlier release), > 1 writes version 2.
 std::string EncodeManifest(const SpillRecord& r, const std::vector<std::vector<PageMeta>>& pages,
-                           uint64_t total_bytes, uint64_t page_count, absl::Time created);
+                           uint64_t total_bytes, uint64_t page_count, absl::Time created,
+                           uint32_t pages_per_value = 1);
+
+// Pages [first, first + count) of a head with `pages` pages are stored in the value under
+// PageKey(prefix, head, first): first = run * ppv, count = min(ppv, pages - first).
+inline uint32_t RunCount(uint32_t pages, uint32_t pages_per_value) {
+  return (pages + pages_per_value - 1) / pages_per_value;
+}
 
 // `full` = false decodes the header only (for the index); the trailing checksum is always checked.
 // `key` (the manifest's key) only names the sequence in errors.

@@ -1,6 +1,7 @@
 #include "service/storage/spill_store.h"
 
 #include <algorithm>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -28,12 +29,107 @@ using spill_format::ManifestKey;
 using spill_format::PageKey;
 using spill_format::PageMeta;
 using spill_format::PagePrefix;
+using spill_format::RunCount;
 
 constexpr char kPagesFamily[] = "pages";
 constexpr char kManifestsFamily[] = "manifests";
 // Keys per MultiGet call and deletes per batch in Recover: bounds the memory of one step.
 constexpr size_t kReadBatch = 1024;
 constexpr size_t kDeleteBatch = 4096;
+// Bytes of values one MultiGet of a restore pins at most (besides kReadBatch keys).
+constexpr uint64_t kReadBatchBytes = 16ull << 20;
+// Below this many page bytes a restore reads on the calling thread only.
+constexpr uint64_t kParallelReadBytes = 4ull << 20;
+
+// One stored value: pages [first, first + count) of a head (spill_format.h, "Page values").
+struct Run {
+  uint32_t head = 0, first = 0, count = 0;
+  uint64_t bytes = 0;
+};
+
+// Every value of a sequence whose heads have the pages `pages`, in key order.
+std::vector<Run> RunsOf(const std::vector<std::vector<PageMeta>>& pages, uint32_t ppv) {
+  std::vector<Run> runs;
+  for (size_t h = 0; h < pages.size(); ++h) {
+    const uint32_t n = static_cast<uint32_t>(pages[h].size());
+    for (uint32_t first = 0; first < n; first += ppv) {
+      Run r{static_cast<uint32_t>(h), first, std::min(ppv, n - first), 0};
+      for (uint32_t p = first; p < first + r.count; ++p) r.bytes += pages[h][p].size;
+      runs.push_back(r);
+    }
+  }
+  return runs;
+}
+
+std::string PageName(uint32_t head, uint32_t page, const std::string& mkey) {
+  return absl::StrCat("page ", page, " of head ", head, " of spilled sequence ", mkey);
+}
+
+// Splits the value of `run` into its pages, verifying each against the manifest, into `out`.
+// DATA_LOSS names the first page that does not check out.
+absl::Status SplitRun(const Run& run, absl::string_view value, const Manifest& m,
+                      const std::string& mkey, SpillRecord* out) {
+  size_t offset = 0;
+  for (uint32_t p = run.first; p < run.first + run.count; ++p) {
+    const PageMeta& meta = m.pages[run.head][p];
+    const size_t have = offset < value.size() ? value.size() - offset : 0;
+    const bool last = p + 1 == run.first + run.count;
+    absl::string_view bytes = value.substr(std::min(offset, value.size()), meta.size);
+    if (have < meta.size || (last && have != meta.size) || XxHash64(bytes) != meta.checksum) {
+      return absl::DataLossError(absl::StrCat(
+          PageName(run.head, p, mkey), ": checksum mismatch (", std::min<size_t>(have, meta.size),
+          " bytes, ", meta.size, " expected) - the page is corrupt on disk"));
+    }
+    out->heads[run.head].pages[p].assign(bytes.data(), bytes.size());
+    offset += meta.size;
+  }
+  return absl::OkStatus();
+}
+
+// Reads and verifies runs [begin, end) with MultiGet batches of at most kReadBatchBytes.
+absl::Status ReadRuns(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                      const rocksdb::ReadOptions& ro, const std::vector<Run>& runs, size_t begin,
+                      size_t end, const Manifest& m, const std::string& mkey,
+                      const std::string& prefix, SpillRecord* out) {
+  std::vector<std::string> keys;
+  std::vector<rocksdb::Slice> key_slices;
+  std::vector<rocksdb::PinnableSlice> values;
+  std::vector<rocksdb::Status> statuses;
+  while (begin < end) {
+    size_t stop = begin;
+    uint64_t bytes = 0;
+    while (stop < end && stop - begin < kReadBatch &&
+           (stop == begin || bytes + runs[stop].bytes <= kReadBatchBytes)) {
+      bytes += runs[stop++].bytes;
+    }
+    const size_t n = stop - begin;
+    keys.resize(n);
+    key_slices.resize(n);
+    values.resize(n);
+    statuses.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      keys[i] = PageKey(prefix, runs[begin + i].head, runs[begin + i].first);
+      key_slices[i] = keys[i];
+      values[i].Reset();
+    }
+    db->MultiGet(ro, cf, n, key_slices.data(), values.data(), statuses.data(),
+                 /*sorted_input=*/true);
+    for (size_t i = 0; i < n; ++i) {
+      const Run& run = runs[begin + i];
+      if (statuses[i].IsNotFound()) {
+        return absl::DataLossError(absl::StrCat(PageName(run.head, run.first, mkey), " is missing"));
+      }
+      if (!statuses[i].ok()) {
+        return FromRocksDb(statuses[i], "reading " + PageName(run.head, run.first, mkey));
+      }
+      RETURN_IF_ERROR(SplitRun(run, absl::string_view(values[i].data(), values[i].size()), m,
+                               mkey, out));
+      values[i].Reset();
+    }
+    begin = stop;
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -278,7 +374,9 @@ absl::Status SpillStore::Put(const SpillRecord& r) {
     return absl::InvalidArgumentError(absl::StrCat("spill of ", mkey, ": too many heads"));
   }
   const absl::Time created = absl::Now();
-  std::string manifest = EncodeManifest(r, metas, total_bytes, page_count, created);
+  const uint32_t ppv = std::max<uint32_t>(1, options_.pages_per_value);
+  std::string manifest = EncodeManifest(r, metas, total_bytes, page_count, created, ppv);
+  const std::vector<Run> runs = RunsOf(metas, ppv);
 
   RETURN_IF_ERROR(BeginOp(mkey, r.tenant, total_bytes));
   {
@@ -302,14 +400,21 @@ absl::Status SpillStore::Put(const SpillRecord& r) {
     if (!db_) {
       s = rocksdb::Status::IOError("database closed after a disk error");
     } else {
-      rocksdb::WriteBatch batch(total_bytes + page_count * (prefix.size() + 32) +
+      rocksdb::WriteBatch batch(total_bytes + runs.size() * (prefix.size() + 32) +
                                 manifest.size() + 64);
       std::string key;
-      for (size_t h = 0; h < r.heads.size() && s.ok(); ++h) {
-        for (size_t p = 0; p < r.heads[h].pages.size() && s.ok(); ++p) {
-          key = PageKey(prefix, static_cast<uint32_t>(h), static_cast<uint32_t>(p));
-          s = batch.Put(pages_, key, r.heads[h].pages[p]);
+      std::vector<rocksdb::Slice> parts;
+      for (size_t i = 0; i < runs.size() && s.ok(); ++i) {
+        // The run's pages go into the batch as parts of one value: no concatenated copy.
+        const Run& run = runs[i];
+        key = PageKey(prefix, run.head, run.first);
+        parts.clear();
+        for (uint32_t p = run.first; p < run.first + run.count; ++p) {
+          parts.emplace_back(r.heads[run.head].pages[p]);
         }
+        rocksdb::Slice key_slice(key);
+        s = batch.Put(pages_, rocksdb::SliceParts(&key_slice, 1),
+                      rocksdb::SliceParts(parts.data(), static_cast<int>(parts.size())));
       }
       if (s.ok()) s = batch.Put(manifests_, mkey, manifest);
       rocksdb::WriteOptions w;
@@ -332,12 +437,8 @@ absl::Status SpillStore::Put(const SpillRecord& r) {
   }
   if (!s.IsInvalidArgument()) {
     std::vector<std::string> rollback;
-    rollback.reserve(page_count);
-    for (size_t h = 0; h < r.heads.size(); ++h) {
-      for (size_t p = 0; p < r.heads[h].pages.size(); ++p) {
-        rollback.push_back(PageKey(prefix, static_cast<uint32_t>(h), static_cast<uint32_t>(p)));
-      }
-    }
+    rollback.reserve(runs.size());
+    for (const Run& run : runs) rollback.push_back(PageKey(prefix, run.head, run.first));
     HandleWriteFailure(std::move(rollback), {mkey});
   }
   EndOp(mkey);
@@ -368,65 +469,44 @@ absl::StatusOr<SpillRecord> SpillStore::Get(absl::string_view tenant,
   ASSIGN_OR_RETURN(Manifest m, DecodeManifest(mkey, value, /*full=*/true));
 
   SpillRecord out;
-  out.tenant = std::move(m.summary.tenant);
-  out.sequence_id = std::move(m.summary.sequence_id);
-  out.model = std::move(m.summary.model);
+  out.tenant = m.summary.tenant;
+  out.sequence_id = m.summary.sequence_id;
+  out.model = m.summary.model;
   out.next_position = m.next_position;
   out.heads.resize(m.counts.size());
-  struct Slot {
-    uint32_t head, page;
-  };
-  std::vector<Slot> slots;
-  slots.reserve(m.summary.pages);
   for (size_t h = 0; h < m.counts.size(); ++h) {
     out.heads[h].count = m.counts[h];
     out.heads[h].positions = std::move(m.positions[h]);
     out.heads[h].pages.resize(m.pages[h].size());
-    for (size_t p = 0; p < m.pages[h].size(); ++p) {
-      slots.push_back({static_cast<uint32_t>(h), static_cast<uint32_t>(p)});
-    }
   }
+  const std::vector<Run> runs = RunsOf(m.pages, m.pages_per_value);
 
-  // Page keys sort in (head, page) order, so each MultiGet batch is sorted input. Every page is
-  // verified end to end against its XXH64 below, so RocksDB's own CRC32C of each blob record is
+  // Value keys sort in (head, page) order, so each MultiGet batch is sorted input. Every page is
+  // verified end to end against its XXH64, so RocksDB's own CRC32C of each blob record is
   // skipped: Debian's portable RocksDB build computes it in software (Slow_CRC32, no SSE4.2),
   // where it was the largest CPU cost of a restore under perf.
   ro.fill_cache = false;
   ro.verify_checksums = false;
   const std::string prefix = PagePrefix(tenant, sequence_id);
-  std::vector<std::string> keys(std::min(kReadBatch, slots.size()));
-  std::vector<rocksdb::Slice> key_slices(keys.size());
-  std::vector<rocksdb::PinnableSlice> values(keys.size());
-  std::vector<rocksdb::Status> statuses(keys.size());
-  for (size_t begin = 0; begin < slots.size(); begin += kReadBatch) {
-    const size_t n = std::min(kReadBatch, slots.size() - begin);
-    for (size_t i = 0; i < n; ++i) {
-      keys[i] = PageKey(prefix, slots[begin + i].head, slots[begin + i].page);
-      key_slices[i] = keys[i];
-      values[i].Reset();
-    }
-    db_->MultiGet(ro, pages_, n, key_slices.data(), values.data(), statuses.data(),
-                  /*sorted_input=*/true);
-    for (size_t i = 0; i < n; ++i) {
-      const Slot& slot = slots[begin + i];
-      const PageMeta& meta = m.pages[slot.head][slot.page];
-      auto page_name = [&] {
-        return absl::StrCat("page ", slot.page, " of head ", slot.head, " of spilled sequence ",
-                            mkey);
-      };
-      if (statuses[i].IsNotFound()) {
-        return absl::DataLossError(absl::StrCat(page_name(), " is missing"));
-      }
-      if (!statuses[i].ok()) return FromRocksDb(statuses[i], "reading " + page_name());
-      absl::string_view bytes(values[i].data(), values[i].size());
-      if (bytes.size() != meta.size || XxHash64(bytes) != meta.checksum) {
-        return absl::DataLossError(absl::StrCat(
-            page_name(), ": checksum mismatch (", bytes.size(), " bytes, ", meta.size,
-            " expected) - the page is corrupt on disk"));
-      }
-      out.heads[slot.head].pages[slot.page].assign(bytes.data(), bytes.size());
-    }
-  }
+  // Contiguous ranges of values on up to read_threads threads (each range is read in key order,
+  // i.e. sequentially within the blob file, so kernel read-ahead serves each); each thread writes
+  // only its own pages of `out`. The first error in key order is the one reported.
+  const size_t workers =
+      m.summary.bytes < kParallelReadBytes
+          ? 1
+          : std::min<size_t>(std::max(1, options_.read_threads), std::max<size_t>(runs.size(), 1));
+  std::vector<absl::Status> status(workers);
+  rocksdb::DB* db = db_.get();
+  rocksdb::ColumnFamilyHandle* cf = pages_;
+  auto range = [&](size_t w) {
+    status[w] = ReadRuns(db, cf, ro, runs, runs.size() * w / workers,
+                         runs.size() * (w + 1) / workers, m, mkey, prefix, &out);
+  };
+  std::vector<std::thread> threads;
+  for (size_t w = 1; w < workers; ++w) threads.emplace_back(range, w);
+  range(0);
+  for (std::thread& t : threads) t.join();
+  for (const absl::Status& st : status) RETURN_IF_ERROR(st);
   return out;
 }
 
@@ -456,11 +536,8 @@ absl::Status SpillStore::Delete(absl::string_view tenant, absl::string_view sequ
         const std::string prefix = PagePrefix(tenant, sequence_id);
         absl::StatusOr<Manifest> m = DecodeManifest(mkey, value, /*full=*/true);
         if (m.ok()) {
-          for (size_t h = 0; h < m->pages.size() && s.ok(); ++h) {
-            for (size_t p = 0; p < m->pages[h].size() && s.ok(); ++p) {
-              s = batch.Delete(pages_,
-                               PageKey(prefix, static_cast<uint32_t>(h), static_cast<uint32_t>(p)));
-            }
+          for (const Run& run : RunsOf(m->pages, m->pages_per_value)) {
+            if (s.ok()) s = batch.Delete(pages_, PageKey(prefix, run.head, run.first));
           }
         } else {
           // A corrupt manifest does not say which pages exist: drop the whole key range.
@@ -603,11 +680,19 @@ absl::Status SpillStore::OverwritePageForTest(absl::string_view tenant,
   if (head >= m.pages.size() || page >= m.pages[head].size()) {
     return absl::NotFoundError(absl::StrCat("no page ", page, " in head ", head, " of ", mkey));
   }
+  // The page lives in the value of its run: splice the new bytes in place of the page's.
+  const uint32_t first = page / m.pages_per_value * m.pages_per_value;
+  const std::string key = PageKey(PagePrefix(tenant, sequence_id), head, first);
+  std::string run_value;
+  s = db_->Get(rocksdb::ReadOptions(), pages_, key, &run_value);
+  if (!s.ok()) return FromRocksDb(s, "reading a page of " + mkey);
+  size_t offset = 0;
+  for (uint32_t p = first; p < page; ++p) offset += m.pages[head][p].size;
+  if (offset > run_value.size()) return absl::DataLossError("stored run is shorter than its pages");
+  run_value.replace(offset, m.pages[head][page].size, bytes.data(), bytes.size());
   rocksdb::WriteOptions w;
   w.sync = true;
-  return FromRocksDb(db_->Put(w, pages_, PageKey(PagePrefix(tenant, sequence_id), head, page),
-                              rocksdb::Slice(bytes.data(), bytes.size())),
-                     "overwriting a page of " + mkey);
+  return FromRocksDb(db_->Put(w, pages_, key, run_value), "overwriting a page of " + mkey);
 }
 
 }  // namespace kvkeep

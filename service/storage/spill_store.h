@@ -15,7 +15,9 @@
 // sharing one WAL would make every small synced tenant/policy write queue behind it; separate
 // databases also keep metadata_store.* untouched and let the spill disk be tuned (or moved) alone.
 // Two column families:
-//   "pages"     key `<tenant>/<sequence_id>/<head:08x>/<page:08x>` -> the page's bytes. Integrated
+//   "pages"     key `<tenant>/<sequence_id>/<head:08x>/<page:08x>` -> the bytes of a run of up
+//               to Options::pages_per_value consecutive pages of the head starting at that page
+//               (one page per value in version-1 spills; spill_format.h, "Page values"). Integrated
 //               BlobDB (enable_blob_files): values >= min_blob_size live in blob files, the LSM tree
 //               holds only keys and blob references, so compaction never rewrites page bytes.
 //   "manifests" key `<tenant>/<sequence_id>` -> the sequence's table (model, next position, per
@@ -110,6 +112,13 @@ class SpillStore {
     // Limit on background (flush/compaction) write bandwidth, so spilling does not starve other
     // users of the disk; WAL writes of a Put are not limited. 0 = unlimited. Default: 0.
     int64_t rate_limit_bytes_per_sec = 0;
+    // Consecutive pages of one head stored as one value (spill_format.h, version 2): 32 x 8 KiB
+    // pages = 256 KiB values, 32x fewer LSM lookups per restore. 1 writes the version-1 layout
+    // (one value per page) of earlier releases; both are always read. Default: 32.
+    uint32_t pages_per_value = 32;
+    // Threads a Get reads with (the caller included), each on a contiguous range of the values,
+    // so that two reads are in flight at the device. Default: 2.
+    int read_threads = 2;
     // RocksDB environment; tests inject a FaultEnv or rocksdb::NewMemEnv. Not owned, must outlive
     // the store. Default: nullptr = rocksdb::Env::Default().
     rocksdb::Env* env = nullptr;

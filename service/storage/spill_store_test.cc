@@ -279,6 +279,90 @@ TEST_F(SpillStoreTest, OverwrittenPageIsDataLossNamingThePage) {
   ExpectSameRecord(got, r);
 }
 
+// ---- Value layouts (spill_format.h, "Page values") ---------------------------------------------
+
+// Keys in the "pages" column family of the closed store at `path`.
+size_t StoredPageValues(const std::string& path) {
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
+      {"pages", rocksdb::ColumnFamilyOptions()},
+      {"manifests", rocksdb::ColumnFamilyOptions()}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s =
+      rocksdb::DB::OpenForReadOnly(rocksdb::Options(), path, families, &handles, &raw);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  if (!s.ok()) return 0;
+  size_t n = 0;
+  std::unique_ptr<rocksdb::Iterator> it(raw->NewIterator(rocksdb::ReadOptions(), handles[1]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) ++n;
+  it.reset();  // before the handles and the database it reads
+  for (auto* h : handles) raw->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  delete raw;
+  return n;
+}
+
+// Spills written one page per value (version 1: every release before pages_per_value) restore
+// bit-exact, and delete cleanly, from a store that now writes runs.
+TEST_F(SpillStoreTest, VersionOneSpillsStillRestoreAfterUpgrade) {
+  options_.pages_per_value = 1;
+  OpenStore();
+  SpillRecord old_a = MakeRecord("a", "old", 3, 5, 4096, 21);
+  SpillRecord old_b = MakeRecord("a", "old-2", 2, 3, 8192, 22);
+  ASSERT_OK(store_->Put(old_a));
+  ASSERT_OK(store_->Put(old_b));
+  store_.reset();
+  EXPECT_EQ(StoredPageValues(options_.path), 3u * 5 + 2u * 3);  // one value per page
+
+  options_.pages_per_value = 4;
+  OpenStore();
+  SpillRecord fresh = MakeRecord("a", "new", 3, 5, 4096, 23);
+  ASSERT_OK(store_->Put(fresh));
+  ASSERT_OK_AND_ASSIGN(SpillRecord got, store_->Get("a", "old"));
+  ExpectSameRecord(got, old_a);
+  ASSERT_OK_AND_ASSIGN(got, store_->Get("a", "new"));
+  ExpectSameRecord(got, fresh);
+  ASSERT_OK(store_->Delete("a", "old"));
+  EXPECT_THAT(store_->Get("a", "old"), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK_AND_ASSIGN(SpillRecoveryReport report, store_->Recover());
+  EXPECT_EQ(report.orphan_pages, 0u);  // Delete removed every version-1 page key
+  EXPECT_EQ(report.sequences, 2u);
+  store_.reset();
+  // old-2: 2 x 3 values; new: 3 heads x ceil(5 / 4) runs.
+  EXPECT_EQ(StoredPageValues(options_.path), 2u * 3 + 3u * 2);
+  OpenStore();
+  ASSERT_OK_AND_ASSIGN(got, store_->Get("a", "old-2"));
+  ExpectSameRecord(got, old_b);
+}
+
+// A corrupt page inside a multi-page value is named; with the restore split over threads the
+// error reported is the first bad page in (head, page) order, whichever thread finds it.
+TEST_F(SpillStoreTest, CorruptPageInsideARunIsNamedAcrossReadThreads) {
+  options_.pages_per_value = 3;
+  options_.read_threads = 2;
+  OpenStore();
+  SpillRecord r = MakeRecord("a", "s", 9, 70, 8192, 24);  // 5 MiB: read on 2 threads
+  ASSERT_OK(store_->Put(r));
+  ASSERT_OK_AND_ASSIGN(SpillRecord got, store_->Get("a", "s"));
+  ExpectSameRecord(got, r);
+  std::string bad = r.heads[8].pages[67];
+  bad[5] ^= 1;
+  ASSERT_OK(store_->OverwritePageForTest("a", "s", 8, 67, bad));
+  EXPECT_THAT(store_->Get("a", "s"), StatusIs(absl::StatusCode::kDataLoss, "page 67 of head 8"));
+  bad = r.heads[0].pages[4];
+  bad[9] ^= 1;
+  ASSERT_OK(store_->OverwritePageForTest("a", "s", 0, 4, bad));
+  EXPECT_THAT(store_->Get("a", "s"), StatusIs(absl::StatusCode::kDataLoss, "page 4 of head 0"));
+  // A page one byte too long: page 4 itself checks out, the shifted page 5 after it does not.
+  ASSERT_OK(store_->OverwritePageForTest("a", "s", 0, 4, r.heads[0].pages[4] + "x"));
+  EXPECT_THAT(store_->Get("a", "s"), StatusIs(absl::StatusCode::kDataLoss, "page 5 of head 0"));
+  // The last page of a run one byte too long: the run's trailing byte is caught.
+  ASSERT_OK(store_->Delete("a", "s"));
+  ASSERT_OK(store_->Put(r));
+  ASSERT_OK(store_->OverwritePageForTest("a", "s", 1, 2, r.heads[1].pages[2] + "x"));
+  EXPECT_THAT(store_->Get("a", "s"), StatusIs(absl::StatusCode::kDataLoss, "page 2 of head 1"));
+}
+
 TEST_F(SpillStoreTest, CorruptBlobFileReadIsDataLoss) {
   FaultEnv& fault = UseFaultEnv();
   OpenStore();
