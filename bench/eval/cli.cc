@@ -68,6 +68,8 @@ run: the first `prefix` positions are the cache, the rest are held-out future qu
                       kAllPolicies, R"usage(
   --allocation  uniform, ada, pyramid, global, sequence (default: uniform)
   --sketch-k    centroids per query head of the query sketch (qsketch*; default 32)
+  --sketch-window-share S  variant: the 32 window queries join the sketch as their own
+                centroids carrying share S of its weight (default 0 = off)
   --keep        keep ratios in (0, 1], sinks and window included (default: )usage",
                       kDefaultKeep, R"usage()
   --json        one JSON object {"results": [...], ...} on stdout instead of the table
@@ -214,10 +216,17 @@ absl::Status Synth(const std::vector<std::string>& args, std::ostream& out) {
 absl::Status Run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   ASSIGN_OR_RETURN(Flags f, ParseFlags(args, 1,
                                        {"data", "policy", "allocation", "keep", "json-out",
-                                        "sketch-k"},
+                                        "sketch-k", "sketch-window-share"},
                                        {"json", "quiet"}));
   RunOptions o;
   RETURN_IF_ERROR(IntFlag(f, "sketch-k", &o.prefix.sketch_k));
+  if (auto it = f.values.find("sketch-window-share"); it != f.values.end()) {
+    if (!absl::SimpleAtod(it->second, &o.prefix.sketch_window_share) ||
+        !(o.prefix.sketch_window_share >= 0 && o.prefix.sketch_window_share < 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--sketch-window-share: \"", it->second, "\" is not in [0, 1)"));
+    }
+  }
   ASSIGN_OR_RETURN(o.data, Required(f, "data"));
   o.policies = List(f.values.count("policy") ? f.values["policy"] : kAllPolicies);
   o.allocations = List(f.values.count("allocation") ? f.values["allocation"] : "uniform");

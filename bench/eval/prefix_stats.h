@@ -20,6 +20,10 @@ struct PrefixStatsOptions {
   int sketch_k = 32;           // Default: 32 centroids per query head (qsketch).
   int sketch_iterations = 6;   // Default: 6 Lloyd iterations.
   uint64_t sketch_seed = 0;    // Default: 0.
+  // Variant "sketch + observation window" (docs/quality.md): > 0 appends the `window` last prefix
+  // queries as their own centroids (not merged into clusters), together carrying this share of
+  // the head's total weight; the sketch then has sketch_k + window slots. Default: 0 = off.
+  double sketch_window_share = 0;
 };
 
 // The query sketch a worker would send: per query head, common/query_sketch's k-means of every
