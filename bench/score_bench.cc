@@ -162,12 +162,26 @@ int Parse(int argc, char** argv, Options* o) {
     }
   }
   if (o->scorers.empty()) {
-    for (int k = 0; k <= static_cast<int>(ScorerKind::kLaProx); ++k) {
+    for (int k = 0; k <= static_cast<int>(ScorerKind::kQSketchPost); ++k) {
       o->scorers.push_back(static_cast<ScorerKind>(k));
     }
   }
   if (o->layers == 0) o->layers = o->shape.layers;
   return -1;
+}
+
+// Query-sketch centroids per q head in the synthetic layers (qsketch*: the default K).
+constexpr int kBenchSketchK = 32;
+
+// A pre-RoPE query sketch of kBenchSketchK centroids per q head, weights in [1, 64] (qsketch*;
+// the run loop flips sketch_post_rope for qsketch-post).
+void AddSketch(const Shape& s, std::mt19937& rng, LayerInputs& in) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  in.sketch_k = kBenchSketchK;
+  in.sketch_centroids.resize(static_cast<size_t>(s.q_heads) * kBenchSketchK * s.head_dim);
+  for (float& x : in.sketch_centroids) x = normal(rng);
+  in.sketch_weights.resize(static_cast<size_t>(s.q_heads) * kBenchSketchK);
+  for (float& w : in.sketch_weights) w = static_cast<float>(1 + rng() % 64);
 }
 
 // One layer of synthetic inputs; the tensors are owned here and borrowed by `in`.
@@ -210,6 +224,7 @@ LayerData MakeLayer(const Shape& s, int n, int window, uint32_t seed) {
   for (auto& row : in.attention_mass) {
     for (float& x : row) x = std::fabs(normal(rng));
   }
+  AddSketch(s, rng, in);
   return L;
 }
 
@@ -233,6 +248,9 @@ double BytesRead(ScorerKind k, const Shape& s, int n, int window) {
     case ScorerKind::kCapKvGreedy:
     case ScorerKind::kLaProx:
       return 2 * kv + queries;
+    case ScorerKind::kQSketch:
+    case ScorerKind::kQSketchPost:
+      return kv + static_cast<double>(kBenchSketchK) * s.head_dim * sizeof(float) * s.q_heads;
     default:
       return 0;
   }
@@ -256,6 +274,14 @@ double GemmFlops(ScorerKind k, const Shape& s, int n, int window, GemmShape* sha
     case ScorerKind::kTova:
       *shape = GemmShape::kAttention;
       return 2.0 * n * d * s.q_heads;
+    case ScorerKind::kQSketch:
+    case ScorerKind::kQSketchPost: {
+      // Every (centroid, future position) row against the keys (the softmax's exps and the
+      // weighted column sums, n per row, come on top and are not in the bound).
+      const double positions = k == ScorerKind::kQSketch ? policy_defaults::kSketchPositions : 1;
+      *shape = GemmShape::kAttention;
+      return 2.0 * kBenchSketchK * positions * n * d * s.q_heads;
+    }
     default:
       *shape = GemmShape::kNone;
       return 0;
@@ -570,6 +596,7 @@ int RunScoreBench(int argc, char** argv) {
       p.scorer = kind;
       p.window = window;
       p.allocation = DefaultAllocation(kind);
+      layer.in.sketch_post_rope = SketchScorerWantsPostRope(kind);
       const int64_t budget = std::max<int64_t>(1, std::llround(o.keep * n));
       Row row;
       row.scorer = std::string(ScorerName(kind));

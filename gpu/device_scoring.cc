@@ -54,6 +54,10 @@ DeviceScorerNeeds DeviceNeeds(DeviceScorerKind kind) {
     case DeviceScorerKind::kLaProx:
       n.keys = n.values = n.window_queries = true;
       break;
+    case DeviceScorerKind::kQSketch:
+    case DeviceScorerKind::kQSketchPost:
+      n.keys = n.query_sketch = true;
+      break;
   }
   return n;
 }
@@ -62,17 +66,21 @@ namespace {
 
 absl::Status CheckScorerParams(const DeviceScorerParams& p) {
   if (static_cast<int>(p.kind) < 0 ||
-      static_cast<int>(p.kind) > static_cast<int>(DeviceScorerKind::kLaProx)) {
+      static_cast<int>(p.kind) > static_cast<int>(DeviceScorerKind::kQSketchPost)) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown device scorer kind ", static_cast<int>(p.kind)));
   }
   if (p.sinks < 0 || p.window < 0 || p.pool_kernel < 1 || p.pool_kernel % 2 == 0 ||
       !(p.capkv_tau > 0) || !std::isfinite(p.capkv_tau) || p.rope_horizon < 1 ||
-      p.greedy_picks < 0) {
+      p.greedy_picks < 0 || p.sketch_positions < 1 ||
+      p.sketch_positions > policy_defaults::kMaxSketchPositions || p.sketch_horizon < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("bad scorer parameters: sinks ", p.sinks, ", window ", p.window,
                      ", pool_kernel ", p.pool_kernel, " (odd, >= 1), capkv_tau ", p.capkv_tau,
-                     ", rope_horizon ", p.rope_horizon, ", greedy_picks ", p.greedy_picks));
+                     ", rope_horizon ", p.rope_horizon, ", greedy_picks ", p.greedy_picks,
+                     ", sketch_positions ", p.sketch_positions, " (<= ",
+                     policy_defaults::kMaxSketchPositions, "), sketch_horizon ",
+                     p.sketch_horizon));
   }
   return absl::OkStatus();
 }
@@ -170,6 +178,49 @@ absl::Status CheckHeads(const DeviceLayerRequest& r, int64_t* max_position) {
   return absl::OkStatus();
 }
 
+// The query sketch, as eviction's CheckQuerySketch: K bound, finite, weights >= 0 with one > 0
+// per q head, and the side of RoPE the scorer reads.
+absl::Status CheckSketch(const DeviceLayerRequest& r, const DeviceScorerNeeds& needs) {
+  if (r.sketch_k == 0 && r.sketch_centroids == nullptr && r.sketch_weights == nullptr) {
+    return needs.query_sketch ? Missing("a query sketch") : absl::OkStatus();
+  }
+  if (r.sketch_k < 1 || r.sketch_k > policy_defaults::kMaxSketchCentroids ||
+      r.sketch_centroids == nullptr || r.sketch_weights == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sketch_k (", r.sketch_k, ") must be in [1, ",
+                     policy_defaults::kMaxSketchCentroids,
+                     "] with sketch_centroids and sketch_weights sent"));
+  }
+  const int64_t slots = static_cast<int64_t>(r.q_heads) * r.sketch_k;
+  if (absl::Status s = CheckFinite(r.sketch_centroids, slots * r.head_dim, "sketch_centroids");
+      !s.ok()) {
+    return s;
+  }
+  for (int h = 0; h < r.q_heads; ++h) {
+    bool any = false;
+    for (int c = 0; c < r.sketch_k; ++c) {
+      const float w = r.sketch_weights[static_cast<int64_t>(h) * r.sketch_k + c];
+      if (!std::isfinite(w) || w < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sketch_weights[", h, "][", c, "] must be finite and >= 0, got ", w));
+      }
+      any = any || w > 0;
+    }
+    if (!any) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sketch_weights of query head ", h, " are all 0 (no centroid)"));
+    }
+  }
+  const bool wants_post = r.scorer.kind == DeviceScorerKind::kQSketchPost;
+  if (needs.query_sketch && r.sketch_post_rope != wants_post) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the device scorer needs a sketch of ", wants_post ? "post" : "pre",
+                     "-RoPE queries, got one of ", r.sketch_post_rope ? "post" : "pre",
+                     "-RoPE queries"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckAttentionMass(const DeviceLayerRequest& r) {
   if (static_cast<int>(r.attention_mass.size()) != r.q_heads) {
     return absl::InvalidArgumentError(absl::StrCat("attention_mass has ", r.attention_mass.size(),
@@ -225,8 +276,10 @@ absl::Status CheckStatistics(const DeviceLayerRequest& r, int64_t next) {
   } else if (needs.attention_mass) {
     return Missing("attention_mass");
   }
-  if (r.wo_gram != nullptr) return CheckFinite(r.wo_gram, qd * r.head_dim, "wo_gram");
-  return absl::OkStatus();
+  if (r.wo_gram != nullptr) {
+    if (absl::Status s = CheckFinite(r.wo_gram, qd * r.head_dim, "wo_gram"); !s.ok()) return s;
+  }
+  return CheckSketch(r, needs);
 }
 
 }  // namespace

@@ -43,6 +43,8 @@ enum class DeviceScorerKind {
   kCapKvDot,
   kCapKvGreedy,
   kLaProx,
+  kQSketch,
+  kQSketchPost,
 };
 
 // Element type of the pages.
@@ -64,6 +66,9 @@ struct DeviceScorerParams {
   uint64_t seed = policy_defaults::kSeed;  // Default: 0. Seed of `random`.
   // Default: 0 = rank every candidate (capkv-greedy).
   int64_t greedy_picks = policy_defaults::kGreedyPicks;
+  // qsketch: future positions per centroid and their span. Defaults: 16 over 512.
+  int sketch_positions = policy_defaults::kSketchPositions;
+  int sketch_horizon = policy_defaults::kSketchHorizon;
 };
 
 // Consecutive tokens of one KV head inside one page: `tokens` keys at `keys` and as many values at
@@ -106,12 +111,17 @@ struct DeviceLayerRequest {
   int64_t query_count = 0;
   std::vector<const float*> attention_mass;  // empty or [q_heads] of heads[h / G].n floats
   const float* wo_gram = nullptr;            // optional [q_heads][head_dim][head_dim]
+  // Query sketch (qsketch, qsketch-post; eviction::LayerInputs::sketch_*):
+  int sketch_k = 0;                          // slots per q head; 0 = not sent
+  const float* sketch_centroids = nullptr;   // [q_heads][sketch_k][head_dim]
+  const float* sketch_weights = nullptr;     // [q_heads][sketch_k], >= 0 (0 = unused slot)
+  bool sketch_post_rope = false;             // centroids of post-RoPE queries (qsketch-post)
 };
 
 // Which parts a scorer reads (as eviction::ScorerNeeds).
 struct DeviceScorerNeeds {
   bool keys = false, values = false, window_queries = false, query_moments = false,
-       attention_mass = false;
+       attention_mass = false, query_sketch = false;
 };
 DeviceScorerNeeds DeviceNeeds(DeviceScorerKind kind);
 

@@ -85,6 +85,9 @@ Tolerance ToleranceOf(ScorerKind k) {
       return {2e-3, 1e-5};
     case ScorerKind::kCapKvGreedy:
       return {1e-3, 1e-5};
+    case ScorerKind::kQSketch:
+    case ScorerKind::kQSketchPost:
+      return {2e-4, 1e-6};  // float GEMV of up to K·F·G softmax rows vs the CPU's double sum
   }
   return {0, 0};
 }
@@ -207,6 +210,17 @@ void MakeStatistics(const Case& c, Draws& draw, eviction::LayerInputs& in) {
       in.attention_mass[h].push_back(draw.uniform(draw.rng) * 3);
     }
   }
+  // Query sketch: 4 slots per q head, the last unused on odd heads, the RoPE side of the scorer.
+  in.sketch_k = 4;
+  in.sketch_post_rope = c.scorer == ScorerKind::kQSketchPost;
+  in.sketch_centroids.resize(static_cast<size_t>(H) * 4 * kD);
+  for (float& x : in.sketch_centroids) x = 1.5f * draw.normal(draw.rng);
+  in.sketch_weights.resize(static_cast<size_t>(H) * 4);
+  for (int h = 0; h < H; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      in.sketch_weights[h * 4 + s] = (s == 3 && h % 2 == 1) ? 0.0f : 1.0f + 20 * draw.uniform(draw.rng);
+    }
+  }
   if (!c.interleaved) return;
   in.wo_gram.resize(static_cast<size_t>(H) * kD * kD);
   std::vector<float> w(static_cast<size_t>(kD) * kD);
@@ -243,7 +257,9 @@ DeviceLayerRequest Describe(const Case& c, const eviction::Policy& policy, const
                                   .capkv_tau = policy.capkv_tau,
                                   .rope_horizon = policy.rope_horizon,
                                   .seed = policy.seed,
-                                  .greedy_picks = policy.greedy_picks};
+                                  .greedy_picks = policy.greedy_picks,
+                                  .sketch_positions = policy.sketch_positions,
+                                  .sketch_horizon = policy.sketch_horizon};
   req.heads.resize(c.kv_heads);
   for (int g = 0; g < c.kv_heads; ++g) {
     req.heads[g].n = in.heads[g].n;
@@ -264,6 +280,10 @@ DeviceLayerRequest Describe(const Case& c, const eviction::Policy& policy, const
   req.query_count = in.query_count;
   for (const auto& m : in.attention_mass) req.attention_mass.push_back(m.data());
   req.wo_gram = in.wo_gram.empty() ? nullptr : in.wo_gram.data();
+  req.sketch_k = in.sketch_k;
+  req.sketch_centroids = in.sketch_centroids.data();
+  req.sketch_weights = in.sketch_weights.data();
+  req.sketch_post_rope = in.sketch_post_rope;
   return req;
 }
 
@@ -412,7 +432,7 @@ TEST_P(HostEmulatedConformanceTest, ScoresAndSelectionsMatchTheCpu) {
 
 std::vector<Case> AllCases() {
   std::vector<Case> out;
-  for (int s = 0; s <= static_cast<int>(ScorerKind::kLaProx); ++s) {
+  for (int s = 0; s <= static_cast<int>(ScorerKind::kQSketchPost); ++s) {
     for (DevicePageDType dtype :
          {DevicePageDType::kFp32, DevicePageDType::kFp16, DevicePageDType::kBf16}) {
       for (bool interleaved : {false, true}) {

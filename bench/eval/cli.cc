@@ -22,7 +22,7 @@ namespace {
 
 constexpr char kAllPolicies[] =
     "streaming,random,knorm,tova,h2o,observed,snapkv,expected,capkv,capkv-dot,capkv-greedy,"
-    "laprox,oracle,oracle-out";
+    "laprox,qsketch,qsketch-post,oracle,oracle-out";
 constexpr char kDefaultKeep[] = "0.02,0.05,0.1,0.2,0.5";
 
 std::string Usage() {
@@ -55,9 +55,11 @@ synth: writes a synthetic trace (meta.json + L{l}.{q,qpre,k,v,wo}.npy) carrying 
 
 run: the first `prefix` positions are the cache, the rest are held-out future queries. For every
   policy x allocation x keep ratio: the online statistics (observation window of 32 queries,
-  pre-RoPE query moments without the 4 sinks, causal attention mass of every prefix query) come
+  pre-RoPE query moments without the 4 sinks, causal attention mass of every prefix query, the
+  k-means query sketch of every prefix query, pre- and post-RoPE, common/query_sketch) come
   from the prefix only; the kept set is scored against the full-cache attention of the future
-  queries: relative output error (also after W_O when given), retained attention mass, needle
+  queries: relative output error (rel_err; rel_err_decode: each future query also attends the
+  generated positions before it exactly, as during decoding; also after W_O when given), retained attention mass, needle
   recall (needles from meta.json that a future query targets), oracle recall (overlap with the
   true top-k by future attention). The `oracle` policy keeps what the future queries actually
   attend to (not available online): the most attention mass any policy could keep with that
@@ -65,7 +67,10 @@ run: the first `prefix` positions are the cache, the rest are held-out future qu
   (values decide rel_err, not just mass). Neither oracle is a lower bound on rel_err.
   --policy      scorers (default: all) )usage",
                       kAllPolicies, R"usage(
-  --allocation  uniform, ada, pyramid, global (default: uniform)
+  --allocation  uniform, ada, pyramid, global, sequence (default: uniform)
+  --sketch-k    centroids per query head of the query sketch (qsketch*; default 32)
+  --sketch-window-share S  variant: the 32 window queries join the sketch as their own
+                centroids carrying share S of its weight (default 0 = off)
   --keep        keep ratios in (0, 1], sinks and window included (default: )usage",
                       kDefaultKeep, R"usage()
   --json        one JSON object {"results": [...], ...} on stdout instead of the table
@@ -212,9 +217,19 @@ absl::Status Synth(const std::vector<std::string>& args, std::ostream& out) {
 }
 
 absl::Status Run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  ASSIGN_OR_RETURN(Flags f, ParseFlags(args, 1, {"data", "policy", "allocation", "keep", "json-out"},
+  ASSIGN_OR_RETURN(Flags f, ParseFlags(args, 1,
+                                       {"data", "policy", "allocation", "keep", "json-out",
+                                        "sketch-k", "sketch-window-share"},
                                        {"json", "quiet"}));
   RunOptions o;
+  RETURN_IF_ERROR(IntFlag(f, "sketch-k", &o.prefix.sketch_k));
+  if (auto it = f.values.find("sketch-window-share"); it != f.values.end()) {
+    if (!absl::SimpleAtod(it->second, &o.prefix.sketch_window_share) ||
+        !(o.prefix.sketch_window_share >= 0 && o.prefix.sketch_window_share < 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--sketch-window-share: \"", it->second, "\" is not in [0, 1)"));
+    }
+  }
   ASSIGN_OR_RETURN(o.data, Required(f, "data"));
   o.policies = List(f.values.count("policy") ? f.values["policy"] : kAllPolicies);
   o.allocations = List(f.values.count("allocation") ? f.values["allocation"] : "uniform");

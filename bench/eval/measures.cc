@@ -58,6 +58,70 @@ double CompressedOutput(const LayerReference& ref, int h, int64_t t, const std::
   return mass;
 }
 
+// The generated-position parts of the decode-time measure (LayerReference::gen_*), from the raw
+// keys: query t sees the prefix (whose softmax over the prefix is ref.probs) and the generated
+// positions P..min(P + t, kv_len − 1).
+void BuildDecodeReference(const LayerData& layer, LayerReference* ref) {
+  const int H = ref->q_heads, d = ref->head_dim, G = H / ref->kv_heads;
+  const int64_t P = ref->prefix, F = ref->future, T = layer.total;
+  ref->gen_mass.assign(static_cast<size_t>(H) * F, 0.0);
+  ref->gen_out.assign(static_cast<size_t>(H) * F * d, 0.0);
+  ref->full_out_decode = ref->full_out;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  std::vector<double> logit_prefix(P), logit_gen;
+  for (int h = 0; h < H; ++h) {
+    const int g = h / G;
+    const float* K = layer.k.data() + static_cast<size_t>(g) * layer.kv_len * d;
+    const float* V = layer.v.data() + static_cast<size_t>(g) * layer.kv_len * d;
+    for (int64_t t = 0; t < F; ++t) {
+      const int64_t last = std::min<int64_t>(P + t, layer.kv_len - 1);
+      if (last < P) continue;  // no generated key: decode measure = prefix measure
+      const float* q = layer.q.data() + (static_cast<size_t>(h) * T + P + t) * d;
+      auto logit = [&](int64_t j) {
+        double dot = 0;
+        for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * K[j * d + c];
+        return dot * scale;
+      };
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < P; ++j) mx = std::max(mx, logit_prefix[j] = logit(j));
+      logit_gen.resize(last - P + 1);
+      for (int64_t j = P; j <= last; ++j) mx = std::max(mx, logit_gen[j - P] = logit(j));
+      double zp = 0, zg = 0;
+      for (int64_t j = 0; j < P; ++j) zp += std::exp(logit_prefix[j] - mx);
+      for (double& x : logit_gen) zg += (x = std::exp(x - mx));
+      const double z = zp + zg;
+      const size_t at = static_cast<size_t>(h) * F + t;
+      ref->gen_mass[at] = zg / z;
+      double* u = ref->gen_out.data() + at * d;
+      for (int64_t j = P; j <= last; ++j) {
+        const double a = logit_gen[j - P] / z;
+        for (int c = 0; c < d; ++c) u[c] += a * V[j * d + c];
+      }
+      double* o = ref->full_out_decode.data() + at * d;
+      for (int c = 0; c < d; ++c) o[c] = (1.0 - ref->gen_mass[at]) * o[c] + u[c];
+    }
+  }
+}
+
+// ‖o_dec(S) − o_dec‖ / ‖o_dec‖ for one (q head, future query), given o_S and the retained prefix
+// mass M_S from CompressedOutput: o_dec(S) = ((1 − m)·M_S·o_S + u) / ((1 − m)·M_S + m).
+double DecodeRelError(const LayerReference& ref, int h, int64_t t, const double* o_s,
+                      double mass_s) {
+  const int d = ref.head_dim;
+  const size_t at = static_cast<size_t>(h) * ref.future + t;
+  const double m = ref.gen_mass[at];
+  const double* u = ref.gen_out.data() + at * d;
+  const double* full = ref.full_out_decode.data() + at * d;
+  const double den_w = (1.0 - m) * mass_s + m;
+  double num = 0, den = 0;
+  for (int c = 0; c < d; ++c) {
+    const double o = den_w > 0 ? ((1.0 - m) * mass_s * o_s[c] + u[c]) / den_w : 0.0;
+    num += (o - full[c]) * (o - full[c]);
+    den += full[c] * full[c];
+  }
+  return den > 0 ? std::sqrt(num / den) : 0.0;
+}
+
 }  // namespace
 
 LayerReference BuildReference(const DatasetMeta& meta, const LayerData& layer) {
@@ -109,6 +173,8 @@ LayerReference BuildReference(const DatasetMeta& meta, const LayerData& layer) {
       }
     }
   }
+
+  BuildDecodeReference(layer, &ref);
 
   // Evicting j alone moves o by exactly a_j (o − v_j) / (1 − a_j) (= a_j (o_{-j} − v_j), finite
   // as a_j → 1; the floor only guards float rounding).
@@ -194,7 +260,7 @@ absl::StatusOr<Metrics> Measure(const std::vector<LayerReference>& refs, const K
         absl::StrCat("kept sets cover ", kept.size(), " layers, the data has ", refs.size()));
   }
   Metrics m;
-  double err_sum = 0, mass_sum = 0, wo_err_sum = 0;
+  double err_sum = 0, mass_sum = 0, wo_err_sum = 0, dec_err_sum = 0;
   int64_t err_count = 0, wo_count = 0;
   int64_t overlap = 0, kept_total = 0, capacity = 0;
   bool any_wo = false;
@@ -231,7 +297,9 @@ absl::StatusOr<Metrics> Measure(const std::vector<LayerReference>& refs, const K
     for (int h = 0; h < H; ++h) {
       const std::vector<int32_t>& S = kept[l][h / G];
       for (int64_t t = 0; t < F; ++t) {
-        mass_sum += CompressedOutput(ref, h, t, S, o.data());
+        const double mass_s = CompressedOutput(ref, h, t, S, o.data());
+        mass_sum += mass_s;
+        dec_err_sum += DecodeRelError(ref, h, t, o.data(), mass_s);
         const double* full = ref.full_out.data() + (static_cast<size_t>(h) * F + t) * d;
         double num = 0, den = 0;
         for (int c = 0; c < d; ++c) {
@@ -262,6 +330,7 @@ absl::StatusOr<Metrics> Measure(const std::vector<LayerReference>& refs, const K
   }
   m.rel_error = err_count > 0 ? err_sum / err_count : 0.0;
   m.retained_mass = err_count > 0 ? mass_sum / err_count : 0.0;
+  m.rel_error_decode = err_count > 0 ? dec_err_sum / err_count : 0.0;
   m.rel_error_wo = any_wo && wo_count > 0 ? wo_err_sum / wo_count : -1.0;
   m.oracle_recall = kept_total > 0 ? static_cast<double>(overlap) / kept_total : 0.0;
   m.kept_fraction = capacity > 0 ? static_cast<double>(kept_total) / capacity : 0.0;

@@ -41,6 +41,13 @@ struct LayerReference {
                                       // queries of a_j·‖v_j − o‖/((1 − a_j)‖o‖): the relative
                                       // output change of evicting j alone (oracle-out's ranking)
   std::vector<int32_t> output_order;  // [kv_heads][P] token indices by future_output descending
+  // Decode-time measure: future query t (position P + t) attends the cache AND every generated
+  // position P..min(P + t, kv_len − 1) exactly (they are never evicted at compression time).
+  // Attention normalised over that whole causal context:
+  std::vector<double> gen_mass;     // [q_heads][F] mass on the generated positions (0 if none)
+  std::vector<double> gen_out;      // [q_heads][F][d] Σ over generated j of a_j v_j
+  std::vector<double> full_out_decode;  // [q_heads][F][d] full decode-time output
+                                        // = (1 − gen_mass)·full_out + gen_out
   int64_t wo_hidden = 0;            // 0 = no W_O
   std::vector<double> wo;           // [hidden][q_heads * d]
   std::vector<double> full_y;       // [F][hidden] Σ_h o_h·W_O^h, when W_O is given
@@ -63,6 +70,8 @@ std::vector<NeedleTarget> FindNeedleTargets(const std::vector<Needle>& needles,
 
 struct Metrics {
   double rel_error = 0;      // mean over layers, q heads, future queries of ‖o_S − o‖ / ‖o‖
+  double rel_error_decode = 0;  // as rel_error, decode-time (LayerReference::gen_*): a future
+                                // query attends S plus the generated positions before it exactly
   double rel_error_wo = -1;  // same for y = Σ_h o_h W_O^h, mean over layers, queries; -1 = no W_O
   double retained_mass = 0;  // mean of Σ_{j∈S} a_j(q)
   double needle_recall = -1; // fraction of targeted needles kept; -1 = no targeted needle

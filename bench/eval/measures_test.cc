@@ -103,6 +103,79 @@ Naive NaiveMeasures(const Fixture& f, const std::vector<std::vector<int32_t>>& k
   return out;
 }
 
+// Plain double re-computation of the decode-time measure: future query t at position P + t attends
+// S ∪ {P, ..., min(P + t, kv_len − 1)} (softmax over that set, straight from q, k, v) against the
+// full causal attention over 0..min(P + t, kv_len − 1).
+double NaiveDecodeError(const Fixture& f, const std::vector<std::vector<int32_t>>& kept) {
+  const int H = f.meta.q_heads, G = H / f.meta.kv_heads, d = f.meta.head_dim;
+  const int64_t P = f.meta.prefix, T = f.layer.total, F = T - P, KV = f.layer.kv_len;
+  double total = 0;
+  for (int h = 0; h < H; ++h) {
+    const int g = h / G;
+    for (int64_t t = 0; t < F; ++t) {
+      const int64_t last = std::min(P + t, KV - 1);
+      std::vector<int64_t> full_set, kept_set;
+      for (int64_t j = 0; j <= last; ++j) full_set.push_back(j);
+      for (int32_t j : kept[g]) kept_set.push_back(j);
+      for (int64_t j = P; j <= last; ++j) kept_set.push_back(j);
+      auto output = [&](const std::vector<int64_t>& set) {
+        std::vector<double> w;
+        double z = 0;
+        for (int64_t j : set) {
+          double dot = 0;
+          for (int c = 0; c < d; ++c) {
+            dot += static_cast<double>(f.layer.q[(h * T + P + t) * d + c]) * f.layer.k[(g * KV + j) * d + c];
+          }
+          w.push_back(std::exp(dot / std::sqrt(static_cast<double>(d))));
+          z += w.back();
+        }
+        std::vector<double> o(d, 0.0);
+        for (size_t i = 0; i < set.size(); ++i) {
+          for (int c = 0; c < d; ++c) o[c] += w[i] / z * f.layer.v[(g * KV + set[i]) * d + c];
+        }
+        return o;
+      };
+      const std::vector<double> full = output(full_set), part = output(kept_set);
+      double num = 0, den = 0;
+      for (int c = 0; c < d; ++c) {
+        num += (part[c] - full[c]) * (part[c] - full[c]);
+        den += full[c] * full[c];
+      }
+      total += std::sqrt(num / den) / (H * F);
+    }
+  }
+  return total;
+}
+
+TEST(MeasuresTest, DecodeMeasureMatchesNaiveRecomputation) {
+  for (uint64_t seed : {5, 6, 7}) {
+    for (int64_t kv_len : {30, 27, 24}) {  // every future key, some, none (prefix only)
+      Fixture f = RandomLayer(seed, /*with_wo=*/false);
+      f.layer.kv_len = kv_len;
+      f.layer.k.resize(2 * kv_len * 8);
+      f.layer.v.resize(2 * kv_len * 8);
+      std::vector<LayerReference> refs = {BuildReference(f.meta, f.layer)};
+      std::mt19937_64 rng(seed);
+      std::vector<std::vector<int32_t>> kept(2);
+      for (int g = 0; g < 2; ++g) {
+        for (int32_t j = 0; j < 24; ++j) {
+          if (rng() % 4 == 0) kept[g].push_back(j);
+        }
+        if (kept[g].empty()) kept[g].push_back(3);
+      }
+      ASSERT_OK_AND_ASSIGN(Metrics m, Measure(refs, KeptSets{kept}, {}));
+      const double naive = NaiveDecodeError(f, kept);
+      EXPECT_NEAR(m.rel_error_decode, naive, 1e-5 * (1 + naive)) << seed << " " << kv_len;
+      EXPECT_GT(m.rel_error_decode, 0.005);
+      if (kv_len == 24) {
+        EXPECT_NEAR(m.rel_error_decode, m.rel_error, 1e-9);  // no generated key: same measure
+      } else {
+        EXPECT_LT(m.rel_error_decode, m.rel_error);  // exact recent tokens dilute the error
+      }
+    }
+  }
+}
+
 TEST(MeasuresTest, KeepingEverythingIsExact) {
   Fixture f = RandomLayer(1);
   std::vector<LayerReference> refs = {BuildReference(f.meta, f.layer)};
@@ -110,6 +183,7 @@ TEST(MeasuresTest, KeepingEverythingIsExact) {
   std::iota(all.begin(), all.end(), 0);
   ASSERT_OK_AND_ASSIGN(Metrics m, Measure(refs, KeptSets{{all, all}}, {}));
   EXPECT_NEAR(m.rel_error, 0.0, 1e-6);
+  EXPECT_NEAR(m.rel_error_decode, 0.0, 1e-6);
   EXPECT_NEAR(m.rel_error_wo, 0.0, 1e-6);
   EXPECT_NEAR(m.retained_mass, 1.0, 1e-6);
   EXPECT_DOUBLE_EQ(m.oracle_recall, 1.0);
@@ -315,7 +389,7 @@ TEST(OracleTest, AllocationsSpendTheSameTotalBudget) {
   Fixture a = RandomLayer(10), b = RandomLayer(11);
   std::vector<LayerReference> refs = {BuildReference(a.meta, a.layer),
                                       BuildReference(b.meta, b.layer)};
-  for (const char* alloc : {"uniform", "ada", "global", "pyramid"}) {
+  for (const char* alloc : {"uniform", "ada", "global", "pyramid", "sequence"}) {
     ASSERT_OK_AND_ASSIGN(KeptSets kept, OracleSelection(refs, alloc, 0.25, OracleKind::kOutput));
     size_t total = 0;
     for (const auto& layer : kept) {
@@ -328,6 +402,34 @@ TEST(OracleTest, AllocationsSpendTheSameTotalBudget) {
   }
   EXPECT_THAT(OracleSelection(refs, "lru", 0.25), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(OracleSelection(refs, "uniform", 0.0), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// The sequence oracle keeps one set everywhere: the top tokens by the per-head-normalised future
+// mass summed over layers and heads, re-derived here by brute force.
+TEST(OracleTest, SequenceOracleKeepsOneSetByNormalisedSummedMass) {
+  Fixture a = RandomLayer(13), b = RandomLayer(14);
+  std::vector<LayerReference> refs = {BuildReference(a.meta, a.layer),
+                                      BuildReference(b.meta, b.layer)};
+  ASSERT_OK_AND_ASSIGN(KeptSets kept, OracleSelection(refs, "sequence", 0.25));
+  std::vector<std::pair<double, int32_t>> combined;
+  for (int32_t j = 0; j < 24; ++j) {
+    double c = 0;
+    for (const LayerReference& r : refs) {
+      for (int g = 0; g < 2; ++g) {
+        double total = 0;
+        for (int32_t i = 0; i < 24; ++i) total += r.future_mass[g * 24 + i];
+        c += r.future_mass[g * 24 + j] / total;
+      }
+    }
+    combined.push_back({-c, j});
+  }
+  std::sort(combined.begin(), combined.end());
+  std::vector<int32_t> want;
+  for (int i = 0; i < 6; ++i) want.push_back(combined[i].second);
+  std::sort(want.begin(), want.end());
+  for (const auto& layer : kept) {
+    for (const auto& head : layer) EXPECT_EQ(head, want);
+  }
 }
 
 TEST(SparsityTest, UniformAttentionHasFivePercentMass) {

@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace kvkeep::eval {
 namespace {
@@ -26,6 +27,39 @@ void TakeTop(std::vector<Candidate>& candidates, int64_t count, KeptSets& kept) 
   for (int64_t i = 0; i < count; ++i) {
     kept[candidates[i].layer][candidates[i].head].push_back(candidates[i].token);
   }
+}
+
+// "sequence": one token set for every layer and KV head, the top round(ratio · P) tokens by the
+// future scores summed over (layer, head) after dividing each head's by its sum (every head has
+// the same say, as eviction::CombinedSequenceScores). INVALID_ARGUMENT when layers differ in P.
+absl::Status SequenceTop(const std::vector<LayerReference>& refs, double keep_ratio, bool mass,
+                         KeptSets& kept) {
+  const int64_t P = refs.empty() ? 0 : refs[0].prefix;
+  std::vector<double> combined(P, 0.0);
+  for (const LayerReference& ref : refs) {
+    if (ref.prefix != P) {
+      return absl::InvalidArgumentError("the sequence oracle needs the same prefix in every layer");
+    }
+    for (int g = 0; g < ref.kv_heads; ++g) {
+      const double* s = (mass ? ref.future_mass : ref.future_output).data() +
+                        static_cast<size_t>(g) * P;
+      double total = 0;
+      for (int64_t j = 0; j < P; ++j) total += std::fabs(s[j]);
+      if (total <= 0) continue;
+      for (int64_t j = 0; j < P; ++j) combined[j] += s[j] / total;
+    }
+  }
+  std::vector<int32_t> order(P);
+  for (int64_t j = 0; j < P; ++j) order[j] = static_cast<int32_t>(j);
+  const int64_t budget = HeadBudget(P, keep_ratio);
+  std::partial_sort(order.begin(), order.begin() + budget, order.end(), [&](int32_t a, int32_t b) {
+    return combined[a] != combined[b] ? combined[a] > combined[b] : a < b;
+  });
+  order.resize(budget);
+  for (auto& layer : kept) {
+    for (auto& head : layer) head = order;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -87,9 +121,11 @@ absl::StatusOr<KeptSets> OracleSelection(const std::vector<LayerReference>& refs
       }
     }
     if (allocation == "global") TakeTop(all, total, kept);
+  } else if (allocation == "sequence") {
+    RETURN_IF_ERROR(SequenceTop(refs, keep_ratio, mass, kept));
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
-        "unknown allocation \"", allocation, "\" (uniform, ada, pyramid, global)"));
+        "unknown allocation \"", allocation, "\" (uniform, ada, pyramid, global, sequence)"));
   }
   for (auto& layer : kept) {
     for (auto& head : layer) std::sort(head.begin(), head.end());

@@ -12,7 +12,9 @@
 //   "uniform"  every (layer, KV head) keeps its own top round(ratio · P);
 //   "ada"      every layer keeps its top kv_heads · round(ratio · P) over all its heads;
 //   "pyramid"  PyramidKV layer budgets (beta 20, linear from 2b − b/20 down to b/20), per head top-k;
-//   "global"   one top-k over all (layer, KV head, token), ratio · layers · kv_heads · P in total.
+//   "global"   one top-k over all (layer, KV head, token), ratio · layers · kv_heads · P in total;
+//   "sequence" one token set for every layer and head: the top round(ratio · P) tokens by the
+//              future scores summed over (layer, head), each head's divided by its sum.
 // Future attention of different heads is directly comparable: each query's attention sums to 1.
 //
 //   ASSIGN_OR_RETURN(KeptSets kept, OracleSelection(refs, "uniform", 0.05, OracleKind::kMass));

@@ -6,6 +6,8 @@
 #include <cblas.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/query_sketch.h"
+#include "gpu/math/policy_defaults.h"
 
 namespace kvkeep::eval {
 namespace {
@@ -38,6 +40,38 @@ void AccumulateAttentionMass(const float* q, const float* k, int64_t prefix, int
 
 }  // namespace
 
+void SetQuerySketch(const DatasetMeta& meta, const LayerData& layer,
+                    const PrefixStatsOptions& options, bool post_rope, eviction::LayerInputs* in) {
+  const int H = meta.q_heads, d = meta.head_dim, K0 = options.sketch_k;
+  const int64_t P = meta.prefix, T = layer.total;
+  const bool with_window = options.sketch_window_share > 0;
+  const int K = K0 + (with_window ? options.window : 0);
+  in->sketch_k = K;
+  in->sketch_post_rope = post_rope;
+  in->sketch_centroids.assign(static_cast<size_t>(H) * K * d, 0.0f);
+  in->sketch_weights.assign(static_cast<size_t>(H) * K, 0.0f);
+  const std::vector<float>& q = post_rope ? layer.q : layer.qpre;
+  for (int h = 0; h < H; ++h) {
+    const sketch::HeadSketch s = sketch::BuildHeadSketch(
+        q.data() + static_cast<size_t>(h) * T * d, static_cast<int>(P), d,
+        {.k = K0, .iterations = options.sketch_iterations,
+         .seed = options.sketch_seed + static_cast<uint64_t>(h)});
+    std::copy(s.centroids.begin(), s.centroids.end(),
+              in->sketch_centroids.begin() + static_cast<size_t>(h) * K * d);
+    std::copy(s.weights.begin(), s.weights.end(),
+              in->sketch_weights.begin() + static_cast<size_t>(h) * K);
+    if (!with_window) continue;
+    // share = W_win / (W_sketch + W_win), split evenly over the window queries.
+    const double share = std::min(options.sketch_window_share, 0.99);
+    const double each = s.total_weight() * share / (1 - share) / options.window;
+    for (int i = 0; i < options.window; ++i) {
+      const float* src = q.data() + (static_cast<size_t>(h) * T + P - options.window + i) * d;
+      std::copy_n(src, d, in->sketch_centroids.begin() + (static_cast<size_t>(h) * K + K0 + i) * d);
+      in->sketch_weights[static_cast<size_t>(h) * K + K0 + i] = static_cast<float>(each);
+    }
+  }
+}
+
 absl::StatusOr<eviction::LayerInputs> BuildLayerInputs(const DatasetMeta& meta,
                                                        const LayerData& layer, int layer_index,
                                                        const PrefixStatsOptions& options) {
@@ -46,6 +80,13 @@ absl::StatusOr<eviction::LayerInputs> BuildLayerInputs(const DatasetMeta& meta,
   if (options.window < 1 || options.window > P || options.sinks < 0 || options.sinks >= P) {
     return absl::InvalidArgumentError(absl::StrCat("window ", options.window, " and sinks ",
                                                    options.sinks, " must fit in the prefix ", P));
+  }
+  if (options.sketch_k < 1 || options.sketch_k > policy_defaults::kMaxSketchCentroids ||
+      options.sketch_iterations < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sketch_k ", options.sketch_k, " must be in [1, ",
+                     policy_defaults::kMaxSketchCentroids, "] and sketch_iterations ",
+                     options.sketch_iterations, " >= 0"));
   }
   eviction::LayerInputs in;
   in.q_heads = H;
@@ -109,6 +150,7 @@ absl::StatusOr<eviction::LayerInputs> BuildLayerInputs(const DatasetMeta& meta,
       std::copy(gram.begin(), gram.end(), in.wo_gram.begin() + static_cast<size_t>(h) * d * d);
     }
   }
+  SetQuerySketch(meta, layer, options, /*post_rope=*/false, &in);
   return in;
 }
 

@@ -46,6 +46,38 @@ Fixture Random(uint64_t seed) {
   return f;
 }
 
+// The sketch stands for every prefix query (weights sum to P per head) of the side of RoPE asked
+// for, and the window variant adds the window queries themselves carrying the requested share.
+TEST(PrefixStatsTest, QuerySketchCoversThePrefixAndTheWindowVariantAddsTheWindow) {
+  const Fixture f = Random(4);
+  PrefixStatsOptions o{.window = 8, .sinks = 4, .sketch_k = 5};
+  ASSERT_OK_AND_ASSIGN(eviction::LayerInputs in, BuildLayerInputs(f.meta, f.layer, 0, o));
+  EXPECT_FALSE(in.sketch_post_rope);
+  ASSERT_EQ(in.sketch_k, 5);
+  for (int h = 0; h < 4; ++h) {
+    double w = 0;
+    for (int c = 0; c < 5; ++c) w += in.sketch_weights[h * 5 + c];
+    EXPECT_DOUBLE_EQ(w, 300.0) << h;
+  }
+  SetQuerySketch(f.meta, f.layer, o, /*post_rope=*/true, &in);
+  EXPECT_TRUE(in.sketch_post_rope);
+  o.sketch_window_share = 0.25;
+  SetQuerySketch(f.meta, f.layer, o, /*post_rope=*/false, &in);
+  ASSERT_EQ(in.sketch_k, 5 + 8);
+  for (int h = 0; h < 4; ++h) {
+    double sketch = 0, window = 0;
+    for (int c = 0; c < 5; ++c) sketch += in.sketch_weights[h * 13 + c];
+    for (int c = 5; c < 13; ++c) window += in.sketch_weights[h * 13 + c];
+    EXPECT_NEAR(window / (sketch + window), 0.25, 1e-6) << h;
+    for (int i = 0; i < 8; ++i) {
+      for (int c = 0; c < 8; ++c) {
+        EXPECT_EQ(in.sketch_centroids[(static_cast<size_t>(h) * 13 + 5 + i) * 8 + c],
+                  f.layer.qpre[(static_cast<size_t>(h) * 305 + 300 - 8 + i) * 8 + c]);
+      }
+    }
+  }
+}
+
 TEST(PrefixStatsTest, AttentionMassMatchesNaiveCausalSoftmax) {
   const Fixture f = Random(1);
   ASSERT_OK_AND_ASSIGN(eviction::LayerInputs in, BuildLayerInputs(f.meta, f.layer, 0, {}));

@@ -90,6 +90,10 @@ absl::StatusOr<RunReport> RunEval(const RunOptions& options, std::ostream* progr
     report.has_wo = report.has_wo && layer.wo_hidden > 0;
     ASSIGN_OR_RETURN(eviction::LayerInputs in, BuildLayerInputs(meta, layer, l, options.prefix));
     for (const auto& [name, kind] : scorers) {
+      if (eviction::IsSketchScorer(kind) &&
+          in.sketch_post_rope != eviction::SketchScorerWantsPostRope(kind)) {
+        SetQuerySketch(meta, layer, options.prefix, eviction::SketchScorerWantsPostRope(kind), &in);
+      }
       const eviction::Policy policy =
           MakePolicy(kind, eviction::Allocation::kUniform, options.prefix);
       auto s = eviction::ScoreLayer(policy, in, workspace);
@@ -134,7 +138,7 @@ absl::StatusOr<RunReport> RunEval(const RunOptions& options, std::ostream* progr
           kept = std::move(sel->kept);
         }
         ASSIGN_OR_RETURN(Metrics m, Measure(refs, kept, targets));
-        report.rows.push_back({name, alloc, ratio, m, 0.0});
+        report.rows.push_back({name, alloc, ratio, m, 0.0, 0.0});
         ++done;
         if (progress && (done % 10 == 0 || done == combos)) {
           *progress << absl::StrFormat("[kvkeep-eval] %zu/%zu combinations measured %.1fs\n", done,
@@ -158,12 +162,18 @@ absl::StatusOr<RunReport> RunEval(const RunOptions& options, std::ostream* progr
     if (!snap) snap = find("snapkv", "uniform", row.keep_ratio);
     if (!best) best = find(kOraclePolicy, "uniform", row.keep_ratio);
     row.gap_closed = std::numeric_limits<double>::quiet_NaN();
+    row.gap_closed_decode = std::numeric_limits<double>::quiet_NaN();
     if (snap && best) {
       // Within 5 % of the oracle there is no gap worth a ratio: the share would be noise.
-      const double gap = snap->metrics.rel_error - best->metrics.rel_error;
-      if (gap > 0.05 * best->metrics.rel_error) {
-        row.gap_closed = (snap->metrics.rel_error - row.metrics.rel_error) / gap;
-      }
+      auto share = [](double snap_err, double best_err, double err) {
+        const double gap = snap_err - best_err;
+        return gap > 0.05 * best_err ? (snap_err - err) / gap
+                                     : std::numeric_limits<double>::quiet_NaN();
+      };
+      row.gap_closed =
+          share(snap->metrics.rel_error, best->metrics.rel_error, row.metrics.rel_error);
+      row.gap_closed_decode = share(snap->metrics.rel_error_decode,
+                                    best->metrics.rel_error_decode, row.metrics.rel_error_decode);
     }
   }
   return report;
@@ -195,6 +205,9 @@ absl::StatusOr<NpyArray> ScorePrefix(const std::string& data, int layer_index,
   }
   ASSIGN_OR_RETURN(LayerData layer, ReadLayer(data, meta, layer_index));
   ASSIGN_OR_RETURN(eviction::LayerInputs in, BuildLayerInputs(meta, layer, layer_index, prefix));
+  if (eviction::SketchScorerWantsPostRope(*kind)) {
+    SetQuerySketch(meta, layer, prefix, /*post_rope=*/true, &in);
+  }
   eviction::ScoringWorkspace workspace;
   ASSIGN_OR_RETURN(eviction::HeadScores scores,
                    eviction::ScoreLayer(MakePolicy(*kind, eviction::Allocation::kUniform, prefix),

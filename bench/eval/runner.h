@@ -43,6 +43,9 @@ struct ResultRow {
   // of the same allocation and ratio (uniform's when this allocation has none); NaN when either
   // is missing or snapkv is within 5 % of the oracle. Above 1: better than the (mass) oracle.
   double gap_closed = 0;
+  // The same share under the decode-time measure (Metrics::rel_error_decode), against the snapkv
+  // and oracle rows under that measure.
+  double gap_closed_decode = 0;
 };
 
 struct RunReport {

@@ -34,6 +34,10 @@ constexpr DeviceScorerKind DeviceKindOf(eviction::ScorerKind kind) {
       return DeviceScorerKind::kCapKvGreedy;
     case ScorerKind::kLaProx:
       return DeviceScorerKind::kLaProx;
+    case ScorerKind::kQSketch:
+      return DeviceScorerKind::kQSketch;
+    case ScorerKind::kQSketchPost:
+      return DeviceScorerKind::kQSketchPost;
   }
   return DeviceScorerKind::kSnapKv;
 }
@@ -58,6 +62,8 @@ DeviceScorerParams ToDeviceScorerParams(const eviction::Policy& policy) {
   p.rope_horizon = policy.rope_horizon;
   p.seed = policy.seed;
   p.greedy_picks = policy.greedy_picks;
+  p.sketch_positions = policy.sketch_positions;
+  p.sketch_horizon = policy.sketch_horizon;
   return p;
 }
 
@@ -98,6 +104,10 @@ absl::Status BuildDeviceLayerRequest(const Model& model, const SequenceTable& ta
   out->attention_mass.clear();
   for (const std::vector<float>& m : in.attention_mass) out->attention_mass.push_back(m.data());
   out->wo_gram = in.wo_gram.empty() ? nullptr : in.wo_gram.data();
+  out->sketch_k = in.sketch_k;
+  out->sketch_centroids = in.sketch_centroids.empty() ? nullptr : in.sketch_centroids.data();
+  out->sketch_weights = in.sketch_weights.empty() ? nullptr : in.sketch_weights.data();
+  out->sketch_post_rope = in.sketch_post_rope;
 
   out->heads.resize(in.kv_heads);
   for (int g = 0; g < in.kv_heads; ++g) {

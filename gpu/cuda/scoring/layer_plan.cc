@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "gpu/cuda/scoring/sketch_plan.h"
 #include "gpu/math/rope_math.h"
 #include "gpu/math/scoring_math.h"
 
@@ -156,6 +157,7 @@ LayerPlan PlanLayer(const DeviceLayerRequest& r) {
   PlanHeads(r, plan);
   PlanSoftmax(r, plan);
   PlanInputs(r, plan);
+  if (IsSketchScorer(r.scorer.kind)) PlanSketch(r, &plan);
   return plan;
 }
 

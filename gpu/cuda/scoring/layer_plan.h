@@ -36,6 +36,11 @@ struct LayerPlan {
   int64_t max_picks = 0;
   int chol_batch = 0;                      // capkv: (KV head, q head) pairs with non-sink tokens
   std::vector<double> cos_mean, sin_mean;  // R̄ per rotated pair (query-moment scorers)
+  // qsketch*: query rows [R][d] (rotated, /√d), coefficients [R], head g's rows from
+  // sketch_row_start[g] (sketch_plan.h); p_floats is then the probability buffer of one head.
+  std::vector<float> sketch_rows;
+  std::vector<float> sketch_coef;
+  std::vector<int64_t> sketch_row_start;
 };
 
 // `request` must have passed ValidateDeviceLayerRequest.

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "common/status_macros.h"
+#include "gpu/cuda/scoring/sketch_plan.h"
 
 namespace kvkeep::cuda_scoring {
 namespace {
@@ -297,6 +298,54 @@ absl::Status CapKvScorer(const Layer& x) {
   return x.steps.FillUndefined(x.heads(), x.out());
 }
 
+// qsketch, qsketch-post (sketch_plan.h): per KV head, logits of its sketch rows against its keys
+// (one GEMM into p [rows][n]), a full softmax per row, then scores = pᵀ · coefficients (a GEMV).
+absl::Status QSketchScorer(const Layer& x) {
+  const LayerPlan& lp = x.plan;
+  const int d = lp.d;
+  float* p = x.At<float>(x.l.p);
+  const float* rows = x.At<const float>(x.l.sketch_rows);
+  const float* coef = x.At<const float>(x.l.sketch_coef);
+  for (int g = 0; g < lp.kv_heads; ++g) {
+    const int n = x.r.heads[g].n;
+    const int64_t first = lp.sketch_row_start[g];
+    const int count = static_cast<int>(lp.sketch_row_start[g + 1] - first);
+    if (n == 0 || count == 0) continue;
+    GemmCall logits;
+    logits.what = "qsketch logits GEMM";
+    logits.trans_a = true;
+    logits.m = n;
+    logits.n = count;
+    logits.k = d;
+    logits.alpha = 1.0f;  // rows are already scaled by 1/√d
+    logits.a = x.keys() + lp.starts[g] * d;
+    logits.lda = d;
+    logits.b = rows + first * d;
+    logits.ldb = d;
+    logits.beta = 0.0f;
+    logits.c = p;
+    logits.ldc = n;
+    RETURN_IF_ERROR(x.steps.Gemm(logits));
+    RETURN_IF_ERROR(x.steps.SoftmaxRows(
+        SoftmaxView{x.At<const SoftmaxRow>(x.l.softmax_rows) + first, count, p, false}));
+    GemmCall reduce;
+    reduce.what = "qsketch coefficient GEMV";
+    reduce.m = n;
+    reduce.n = 1;
+    reduce.k = count;
+    reduce.alpha = 1.0f;
+    reduce.a = p;
+    reduce.lda = n;
+    reduce.b = coef + first;
+    reduce.ldb = count;
+    reduce.beta = 0.0f;
+    reduce.c = x.out() + lp.starts[g];
+    reduce.ldc = n;
+    RETURN_IF_ERROR(x.steps.Gemm(reduce));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status RunScorerSteps(const DeviceLayerRequest& request, const LayerPlan& plan,
@@ -324,6 +373,9 @@ absl::Status RunScorerSteps(const DeviceLayerRequest& request, const LayerPlan& 
     case Kind::kCapKvGreedy:
       RETURN_IF_ERROR(CapWeights(x));
       return CapKvGreedyScorer(x);
+    case Kind::kQSketch:
+    case Kind::kQSketchPost:
+      return QSketchScorer(x);
   }
   return absl::InvalidArgumentError("unknown device scorer");
 }

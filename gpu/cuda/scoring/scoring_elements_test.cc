@@ -125,6 +125,17 @@ void FillStatistics(const Case& c, std::mt19937& rng, eviction::LayerInputs& in)
   for (int h = 0; h < H; ++h) {
     for (int j = 0; j < in.heads[h / G].n; ++j) in.attention_mass[h].push_back(uniform(rng));
   }
+  // A query sketch of 3 slots per q head (one unused), on the side of RoPE the scorer reads.
+  in.sketch_k = 3;
+  in.sketch_post_rope = c.scorer == ScorerKind::kQSketchPost;
+  in.sketch_centroids.resize(H * 3 * kD);
+  for (float& x : in.sketch_centroids) x = 1.5f * normal(rng);
+  in.sketch_weights.resize(H * 3);
+  for (int h = 0; h < H; ++h) {
+    in.sketch_weights[h * 3] = 1.0f + 9.0f * uniform(rng);
+    in.sketch_weights[h * 3 + 1] = h % 2 == 0 ? 0.0f : 4.0f * uniform(rng);
+    in.sketch_weights[h * 3 + 2] = 2.0f;
+  }
   if (!c.interleaved) return;
   in.wo_gram.assign(H * kD * kD, 0.0f);
   for (int h = 0; h < H; ++h) {
@@ -179,7 +190,9 @@ DeviceLayerRequest DeviceRequest(const Case& c, const eviction::Policy& policy,
                 policy.capkv_tau,
                 policy.rope_horizon,
                 policy.seed,
-                policy.greedy_picks};
+                policy.greedy_picks,
+                policy.sketch_positions,
+                policy.sketch_horizon};
   req.heads.resize(c.kv_heads);
   const size_t token_bytes = kD * L.elem;
   for (int g = 0; g < c.kv_heads; ++g) {
@@ -202,6 +215,10 @@ DeviceLayerRequest DeviceRequest(const Case& c, const eviction::Policy& policy,
   req.query_count = in.query_count;
   for (const auto& m : in.attention_mass) req.attention_mass.push_back(m.data());
   req.wo_gram = in.wo_gram.empty() ? nullptr : in.wo_gram.data();
+  req.sketch_k = in.sketch_k;
+  req.sketch_centroids = in.sketch_centroids.data();
+  req.sketch_weights = in.sketch_weights.data();
+  req.sketch_post_rope = in.sketch_post_rope;
   return req;
 }
 
@@ -235,7 +252,7 @@ TEST_P(HostEmulationTest, EmulatedDevicePipelineMatchesTheCpuScorers) {
 
 std::vector<Case> Cases() {
   std::vector<Case> out;
-  for (int s = 0; s <= static_cast<int>(ScorerKind::kLaProx); ++s) {
+  for (int s = 0; s <= static_cast<int>(ScorerKind::kQSketchPost); ++s) {
     out.push_back({static_cast<ScorerKind>(s), DevicePageDType::kFp32, false, 6, 2});
     out.push_back({static_cast<ScorerKind>(s), DevicePageDType::kBf16, true, 6, 2});
     out.push_back({static_cast<ScorerKind>(s), DevicePageDType::kFp16, true, 3, 3});

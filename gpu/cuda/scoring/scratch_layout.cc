@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "gpu/cuda/scoring/sketch_plan.h"
 
 namespace kvkeep::cuda_scoring {
 namespace {
@@ -61,6 +62,10 @@ void LayoutUpload(const DeviceLayerRequest& r, const LayerPlan& plan, Allocator&
   l.chol_ptrs = alloc.AddIf<double*>(ExactCapKv(kind), plan.chol_batch);
   l.trsm_a = alloc.AddIf<double*>(ExactCapKv(kind), static_cast<int64_t>(Hk) * G);
   l.trsm_b = alloc.AddIf<double*>(ExactCapKv(kind), static_cast<int64_t>(Hk) * G);
+  l.sketch_rows = alloc.AddIf<float>(IsSketchScorer(kind),
+                                     static_cast<int64_t>(plan.sketch_rows.size()));
+  l.sketch_coef = alloc.AddIf<float>(IsSketchScorer(kind),
+                                     static_cast<int64_t>(plan.sketch_coef.size()));
   l.upload_bytes = alloc.size();
 }
 
@@ -73,7 +78,7 @@ void LayoutDeviceScratch(const DeviceLayerRequest& r, const LayerPlan& plan, All
   const bool greedy = kind == Kind::kCapKvGreedy, capkv = ExactCapKv(kind);
   l.keys = alloc.AddIf<float>(needs.keys, N * d);
   l.values = alloc.AddIf<float>(needs.values, N * d);
-  l.p = alloc.AddIf<float>(IsWindowScorer(kind), plan.p_floats);
+  l.p = alloc.AddIf<float>(IsWindowScorer(kind) || IsSketchScorer(kind), plan.p_floats);
   l.col = alloc.AddIf<float>(IsWindowScorer(kind), G * N);
   l.vnorm = alloc.AddIf<float>(kind == Kind::kLaProx || kind == Kind::kExpected, G * N);
   l.vm = alloc.AddIf<float>(WithGram(r), static_cast<int64_t>(G) * plan.max_n * d);
@@ -168,6 +173,12 @@ void PackUpload(const DeviceLayerRequest& r, const LayerPlan& plan, const Scratc
     CapAnchors(r, plan, At<float>(image, l.anchor), At<float>(image, l.anchor_norm));
   }
   if (l.chol_ptrs != kNone) PackSolverPointers(plan, l, scratch_base, image);
+  if (l.sketch_rows != kNone) {
+    std::memcpy(image + l.sketch_rows, plan.sketch_rows.data(),
+                sizeof(float) * plan.sketch_rows.size());
+    std::memcpy(image + l.sketch_coef, plan.sketch_coef.data(),
+                sizeof(float) * plan.sketch_coef.size());
+  }
 }
 
 absl::Status ReadScores(const DeviceLayerRequest& r, const LayerPlan& plan,

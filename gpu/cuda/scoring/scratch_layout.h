@@ -51,6 +51,8 @@ struct ScratchLayout {
   size_t chol_ptrs = kNone;       // capkv, capkv-dot: double* [chol_batch] into `a`
   size_t trsm_a = kNone;          // capkv, capkv-dot: double* [Hk * G] into `a`
   size_t trsm_b = kNone;          // capkv, capkv-dot: double* [Hk * G] into `y`
+  size_t sketch_rows = kNone;     // qsketch*: float [R][d] (sketch_plan.h)
+  size_t sketch_coef = kNone;     // qsketch*: float [R]
   size_t upload_bytes = 0;
   // Downloaded.
   size_t scores = kNone;  // float [N]
@@ -59,7 +61,7 @@ struct ScratchLayout {
   // Device-only scratch.
   size_t keys = kNone;       // float [N][d] (gathered)
   size_t values = kNone;     // float [N][d] (gathered)
-  size_t p = kNone;          // window scorers: float [p_floats]
+  size_t p = kNone;          // window scorers, qsketch*: float [p_floats]
   size_t col = kNone;        // window scorers: float [G][N]
   size_t vnorm = kNone;      // laprox, expected: float [G][N]
   size_t vm = kNone;         // laprox with W_O: float [G][max_n][d]
