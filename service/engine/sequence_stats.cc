@@ -38,9 +38,10 @@ absl::Status Missing(eviction::ScorerKind scorer, absl::string_view what, absl::
 
 }  // namespace
 
-size_t SequenceStats::bytes() const {
+size_t SequenceStats::HeldBytes() const {
   size_t n = 0;
   for (const LayerStatistics& l : layers) {
+    n += l.sketch.bytes();
     n += l.window_queries.capacity() * sizeof(float);
     n += (l.query_sum.capacity() + l.query_sq_sum.capacity()) * sizeof(double);
     for (const auto& m : l.attention_mass) n += m.capacity() * sizeof(float);
@@ -150,7 +151,7 @@ absl::Status ValidateLayerStats(const Model& model, const SequenceTable& table,
     }
     if (absl::Status st = CheckFinite(s, s.attention_mass(), "attention_mass"); !st.ok()) return st;
   }
-  return absl::OkStatus();
+  return ValidateQuerySketch(model, table.next_position() + pending_tokens, s);
 }
 
 absl::Status ApplyLayerStats(const Model& model, const SequenceTable& table,
@@ -185,6 +186,8 @@ absl::Status ApplyLayerStats(const Model& model, const SequenceTable& table,
       src += n;
     }
   }
+  if (s.has_sketch()) l.sketch = SketchFromProto(s.sketch());
+  FoldWindowIntoSketch(model, l.window, l.window_queries, l.window_next_position, &l.sketch);
   return absl::OkStatus();
 }
 
@@ -300,6 +303,7 @@ void BuildLayerInputs(const Model& model, const SequenceTable& table, const Sequ
       in->attention_mass[h].assign(l->attention_mass[h].begin(), l->attention_mass[h].end());
     }
   }
+  SketchToLayerInputs(l != nullptr ? l->sketch : LayerSketch(), q_heads, d, in);
   if (policy.scorer == eviction::ScorerKind::kLaProx && model.wo_gram_count() != 0) {
     bool any = false;
     for (uint32_t h = 0; h < q_heads && !any; ++h) any = model.Gram(layer, h) != nullptr;
