@@ -41,6 +41,14 @@ inline constexpr int kRopeHorizon = 512;
 inline constexpr uint64_t kSeed = 0;
 // capkv-greedy picks per KV head; 0 = rank every candidate.
 inline constexpr int64_t kGreedyPicks = 0;
+// qsketch: future positions each centroid is rotated to, and the span they are spread over
+// (gpu/math/sketch_math.h). kMaxSketchPositions bounds the work per centroid.
+inline constexpr int kSketchPositions = 16;
+inline constexpr int kSketchHorizon = 512;
+inline constexpr int kMaxSketchPositions = 256;
+// Largest number of centroid slots per query head a sketch may carry (LayerInputs::sketch_k, the
+// wire's QuerySketch): bounds memory and scoring work (K x F softmax rows per query head).
+inline constexpr int kMaxSketchCentroids = 1024;
 
 }  // namespace kvkeep::policy_defaults
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "service/eviction/layer_inputs_sketch.h"
 
 namespace kvkeep::eviction {
 namespace {
@@ -258,6 +259,7 @@ absl::Status ValidateLayerInputs(const LayerInputs& in, const Policy& policy, bo
   RETURN_IF_ERROR(CheckWindowQueries(in, needs, policy));
   RETURN_IF_ERROR(CheckQueryMoments(in, needs, policy));
   RETURN_IF_ERROR(CheckAttentionMass(in, needs, policy));
+  RETURN_IF_ERROR(CheckQuerySketch(in, needs, policy));
   return CheckWoGram(in);
 }
 

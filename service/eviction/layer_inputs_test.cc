@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "common/status_matchers.h"
@@ -36,6 +37,9 @@ struct Fixture {
     in.query_count = 3;
     in.query_sq_sum.assign(16, 2.0);
     in.attention_mass.assign(4, std::vector<float>(10, 0.1f));
+    in.sketch_k = 2;
+    in.sketch_centroids.assign(4 * 2 * 4, 0.3f);
+    in.sketch_weights = {1, 0, 2, 3, 5, 0, 1, 1};
   }
 };
 
@@ -47,9 +51,51 @@ Policy With(ScorerKind kind) {
 
 TEST(ValidateLayerInputs, AcceptsACompleteLayerForEveryScorer) {
   Fixture f;
-  for (int k = 0; k <= static_cast<int>(ScorerKind::kLaProx); ++k) {
+  for (int k = 0; k <= static_cast<int>(ScorerKind::kQSketch); ++k) {
     EXPECT_OK(ValidateLayerInputs(f.in, With(static_cast<ScorerKind>(k))));
   }
+  f.in.sketch_post_rope = true;
+  EXPECT_OK(ValidateLayerInputs(f.in, With(ScorerKind::kQSketchPost)));
+}
+
+TEST(ValidateLayerInputs, QuerySketchShapesValuesAndRopeSide) {
+  for (ScorerKind kind : {ScorerKind::kQSketch, ScorerKind::kKnorm}) {
+    SCOPED_TRACE(std::string(ScorerName(kind)));
+    Fixture a;
+    a.in.sketch_weights.pop_back();
+    EXPECT_THAT(ValidateLayerInputs(a.in, With(kind)), StatusIs(kInvalid, "sketch_weights has 7"));
+    Fixture b;
+    b.in.sketch_centroids.resize(31);
+    EXPECT_THAT(ValidateLayerInputs(b.in, With(kind)),
+                StatusIs(kInvalid, "sketch_centroids has 31"));
+    Fixture c;
+    c.in.sketch_centroids[17] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_THAT(ValidateLayerInputs(c.in, With(kind)), StatusIs(kInvalid, "flat index 17"));
+    Fixture d;
+    d.in.sketch_weights[3] = -1;
+    EXPECT_THAT(ValidateLayerInputs(d.in, With(kind)), StatusIs(kInvalid, "sketch_weights[1][1]"));
+    Fixture e;
+    e.in.sketch_weights[4] = e.in.sketch_weights[5] = 0;
+    EXPECT_THAT(ValidateLayerInputs(e.in, With(kind)), StatusIs(kInvalid, "query head 2"));
+    Fixture g;
+    g.in.sketch_weights[0] = std::numeric_limits<float>::infinity();
+    EXPECT_THAT(ValidateLayerInputs(g.in, With(kind)), StatusIs(kInvalid, "sketch_weights[0][0]"));
+    Fixture h;
+    h.in.sketch_k = 0;
+    EXPECT_THAT(ValidateLayerInputs(h.in, With(kind)), StatusIs(kInvalid, "sketch_k"));
+  }
+  Fixture missing;
+  missing.in.sketch_k = 0;
+  missing.in.sketch_centroids.clear();
+  missing.in.sketch_weights.clear();
+  EXPECT_OK(ValidateLayerInputs(missing.in, With(ScorerKind::kKnorm)));
+  EXPECT_THAT(ValidateLayerInputs(missing.in, With(ScorerKind::kQSketch)),
+              StatusIs(kPrecondition, "query sketch"));
+  Fixture side;
+  side.in.sketch_post_rope = true;
+  EXPECT_THAT(ValidateLayerInputs(side.in, With(ScorerKind::kQSketch)),
+              StatusIs(kPrecondition, "pre-RoPE"));
+  EXPECT_OK(ValidateLayerInputs(side.in, With(ScorerKind::kKnorm)));  // not read: side irrelevant
 }
 
 TEST(ValidateLayerInputs, RejectsInconsistentHeadCounts) {

@@ -341,6 +341,61 @@ void ScoreCapKv(const LayerView& l, int g, std::vector<double>& s) {
   FillMax(s, s0, n);
 }
 
+// RoPE at one position as a full d × d matrix (y = R x), independent of gpu/math.
+Matrix RopeMatrixAt(const LayerInputs& in, double position) {
+  const int d = in.head_dim;
+  const int rd = in.rope.rotary_dim == 0 ? d : in.rope.rotary_dim;
+  Matrix r(d, std::vector<double>(d, 0.0));
+  for (int i = rd; i < d; ++i) r[i][i] = 1.0;
+  for (int i = 0; i < rd / 2; ++i) {
+    const double f = in.rope.inv_freq.empty() ? std::pow(in.rope.theta, -2.0 * i / rd)
+                                              : double(in.rope.inv_freq[i]);
+    const int a = in.rope.interleaved ? 2 * i : i;
+    const int b = in.rope.interleaved ? 2 * i + 1 : i + rd / 2;
+    r[a][a] = std::cos(position * f);
+    r[a][b] = -std::sin(position * f);
+    r[b][a] = std::sin(position * f);
+    r[b][b] = std::cos(position * f);
+  }
+  return r;
+}
+
+// qsketch / qsketch-post: every (query head, centroid, future position) as an explicit query whose
+// softmax over all of the head's keys is added with weight w / (F · total weight of the group).
+void ScoreQSketch(const LayerView& l, int g, std::vector<double>& s) {
+  const HeadKV& h = l.in.heads[g];
+  const int d = l.d;
+  const int K = l.in.sketch_k;
+  const bool rotate = l.p.scorer == ScorerKind::kQSketch;
+  const int F = rotate ? l.p.sketch_positions : 1;
+  std::vector<Matrix> rotations;
+  for (int f = 0; f < F && rotate; ++f) {
+    // The midpoint of stratum f of [next, next + horizon), rounded down.
+    const double stratum = double(l.p.sketch_horizon) / F;
+    const int64_t offset = static_cast<int64_t>(std::floor((f + 0.5) * stratum + 1e-9));
+    rotations.push_back(RopeMatrixAt(l.in, double(l.next + offset)));
+  }
+  double total = 0;
+  for (int r = 0; r < l.G; ++r) {
+    for (int c = 0; c < K; ++c) total += l.in.sketch_weights[(g * l.G + r) * K + c];
+  }
+  for (int r = 0; r < l.G; ++r) {
+    const int qh = g * l.G + r;
+    for (int c = 0; c < K; ++c) {
+      const double w = l.in.sketch_weights[qh * K + c];
+      if (w == 0) continue;
+      const std::vector<double> centroid =
+          Row(l.in.sketch_centroids.data() + (static_cast<size_t>(qh) * K + c) * d, d);
+      for (int f = 0; f < F; ++f) {
+        const std::vector<double> q = rotate ? MatVec(rotations[f], centroid) : centroid;
+        // Every cached token is visible: attend as from a position past all of them.
+        const std::vector<double> a = Attention(q, h, d, int64_t{1} << 40);
+        for (int j = 0; j < h.n; ++j) s[j] += w * a[j] / (F * total);
+      }
+    }
+  }
+}
+
 // capkv-greedy: the brute-force greedy's gain at pick time; sinks and window get the max.
 void ScoreCapKvGreedy(const LayerView& l, int g, std::vector<double>& s) {
   const int n = l.in.heads[g].n;
@@ -414,6 +469,10 @@ std::vector<std::vector<double>> Score(const Policy& p, const LayerInputs& in) {
         break;
       case ScorerKind::kCapKvGreedy:
         ScoreCapKvGreedy(l, g, s);
+        break;
+      case ScorerKind::kQSketch:
+      case ScorerKind::kQSketchPost:
+        ScoreQSketch(l, g, s);
         break;
     }
   }

@@ -20,6 +20,7 @@ constexpr ScorerEntry kScorers[] = {
     {ScorerKind::kSnapKv, "snapkv"},       {ScorerKind::kExpected, "expected"},
     {ScorerKind::kCapKv, "capkv"},         {ScorerKind::kCapKvDot, "capkv-dot"},
     {ScorerKind::kCapKvGreedy, "capkv-greedy"}, {ScorerKind::kLaProx, "laprox"},
+    {ScorerKind::kQSketch, "qsketch"},     {ScorerKind::kQSketchPost, "qsketch-post"},
 };
 
 constexpr bool NamesScorer(std::string_view name, ScorerKind kind) {
@@ -42,6 +43,19 @@ constexpr AllocationEntry kAllocations[] = {
     {Allocation::kGlobal, "global"},
     {Allocation::kSequence, "sequence"},
 };
+
+absl::Status ValidateSketchPolicy(const Policy& p) {
+  if (p.sketch_positions < 1 || p.sketch_positions > policy_defaults::kMaxSketchPositions) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy.sketch_positions must be in [1, ", policy_defaults::kMaxSketchPositions,
+                     "], got ", p.sketch_positions));
+  }
+  if (p.sketch_horizon < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy.sketch_horizon must be >= 1, got ", p.sketch_horizon));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -122,7 +136,7 @@ absl::Status ValidatePolicy(const Policy& p) {
     return absl::InvalidArgumentError(
         absl::StrCat("policy.greedy_picks must be >= 0, got ", p.greedy_picks));
   }
-  return absl::OkStatus();
+  return ValidateSketchPolicy(p);
 }
 
 Needs ScorerNeeds(ScorerKind kind) {
@@ -156,6 +170,11 @@ Needs ScorerNeeds(ScorerKind kind) {
       n.values = true;
       n.window_queries = true;
       break;
+    case ScorerKind::kQSketch:
+    case ScorerKind::kQSketchPost:
+      n.keys = true;
+      n.query_sketch = true;
+      break;
   }
   return n;
 }
@@ -164,5 +183,11 @@ double EffectiveAdaAlpha(const Policy& policy, int q_heads_per_kv) {
   if (policy.ada_alpha >= 0) return policy.ada_alpha;
   return q_heads_per_kv > 1 ? policy_defaults::kAdaAlphaGqa : policy_defaults::kAdaAlphaMha;
 }
+
+bool IsSketchScorer(ScorerKind kind) {
+  return kind == ScorerKind::kQSketch || kind == ScorerKind::kQSketchPost;
+}
+
+bool SketchScorerWantsPostRope(ScorerKind kind) { return kind == ScorerKind::kQSketchPost; }
 
 }  // namespace kvkeep::eviction

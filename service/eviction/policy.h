@@ -31,6 +31,8 @@ enum class ScorerKind {
   kCapKvDot,     // "capkv-dot": ridge leverage, scaled-dot weights (the paper's form)
   kCapKvGreedy,  // "capkv-greedy": exact greedy log-det maximiser
   kLaProx,       // "laprox": output-aware, layer-comparable (reconstructed)
+  kQSketch,      // "qsketch": attention of rotated pre-RoPE query-sketch centroids (issue 16)
+  kQSketchPost,  // "qsketch-post": attention of post-RoPE query-sketch centroids, unrotated
 };
 
 enum class Allocation {
@@ -73,10 +75,15 @@ struct Policy {
   // which is below every picked token's, so top-k by score is the greedy set for every
   // k <= greedy_picks. Default: 0 = rank every candidate.
   int64_t greedy_picks = policy_defaults::kGreedyPicks;
+  // qsketch only: each centroid is rotated to this many future positions spread over
+  // [next_position, next_position + sketch_horizon) (gpu/math/sketch_math.h). Default: 16.
+  int sketch_positions = policy_defaults::kSketchPositions;
+  // qsketch only: span of the future positions. Default: 512.
+  int sketch_horizon = policy_defaults::kSketchHorizon;
 };
 
 // "streaming", "random", "knorm", "tova", "h2o", "observed", "snapkv", "expected", "capkv",
-// "capkv-dot", "capkv-greedy", "laprox". INVALID_ARGUMENT (listing the names) otherwise.
+// "capkv-dot", "capkv-greedy", "laprox", "qsketch", "qsketch-post". INVALID_ARGUMENT (listing the names) otherwise.
 absl::StatusOr<ScorerKind> ParseScorer(absl::string_view name);
 absl::string_view ScorerName(ScorerKind kind);
 // "uniform", "ada", "pyramid", "global", "sequence". INVALID_ARGUMENT otherwise.
@@ -97,12 +104,18 @@ struct Needs {
   bool window_queries = false;  // LayerInputs::window_queries
   bool query_moments = false;   // LayerInputs::query_sum / query_count (query_sq_sum optional)
   bool attention_mass = false;  // LayerInputs::attention_mass
+  bool query_sketch = false;    // LayerInputs::sketch_* (pre-RoPE for qsketch, post for -post)
 };
 Needs ScorerNeeds(ScorerKind kind);
 
 // Ada floor alpha actually used: policy.ada_alpha when >= 0, else 0.2 when q_heads_per_kv > 1
 // (GQA) and 0.5 otherwise.
 double EffectiveAdaAlpha(const Policy& policy, int q_heads_per_kv);
+
+// Whether the scorer reads the query sketch (qsketch, qsketch-post), and whether it wants the
+// centroids of post-RoPE queries (qsketch-post) rather than pre-RoPE ones (qsketch).
+bool IsSketchScorer(ScorerKind kind);
+bool SketchScorerWantsPostRope(ScorerKind kind);
 
 }  // namespace kvkeep::eviction
 

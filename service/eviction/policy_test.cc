@@ -15,14 +15,15 @@ using ::kvkeep::testing::StatusIs;
 
 TEST(PolicyNames, EveryScorerRoundTrips) {
   const char* names[] = {"streaming", "random", "knorm",     "tova",      "h2o",          "observed",
-                         "snapkv",    "expected", "capkv", "capkv-dot", "capkv-greedy", "laprox"};
+                         "snapkv",    "expected", "capkv", "capkv-dot", "capkv-greedy", "laprox",
+                         "qsketch",   "qsketch-post"};
   std::set<ScorerKind> seen;
   for (const char* name : names) {
     ASSERT_OK_AND_ASSIGN(ScorerKind kind, ParseScorer(name));
     EXPECT_EQ(ScorerName(kind), name);
     seen.insert(kind);
   }
-  EXPECT_EQ(seen.size(), 12u);
+  EXPECT_EQ(seen.size(), 14u);
 }
 
 TEST(PolicyNames, EveryAllocationRoundTrips) {
@@ -74,6 +75,10 @@ TEST(PolicyValidation, RejectsEachBadFieldByName) {
   bad([](Policy& p) { p.capkv_tau = 0; }, "capkv_tau");
   bad([](Policy& p) { p.rope_horizon = 0; }, "rope_horizon");
   bad([](Policy& p) { p.greedy_picks = -1; }, "greedy_picks");
+  bad([](Policy& p) { p.sketch_positions = 0; }, "sketch_positions");
+  bad([](Policy& p) { p.sketch_positions = policy_defaults::kMaxSketchPositions + 1; },
+      "sketch_positions");
+  bad([](Policy& p) { p.sketch_horizon = 0; }, "sketch_horizon");
   bad([](Policy& p) { p.scorer = static_cast<ScorerKind>(99); }, "scorer");
 }
 
@@ -93,6 +98,13 @@ TEST(PolicyNeeds, ListWhatEachScorerReads) {
   }
   EXPECT_TRUE(ScorerNeeds(ScorerKind::kLaProx).values);
   EXPECT_TRUE(ScorerNeeds(ScorerKind::kLaProx).window_queries);
+  for (ScorerKind kind : {ScorerKind::kQSketch, ScorerKind::kQSketchPost}) {
+    EXPECT_TRUE(ScorerNeeds(kind).query_sketch);
+    EXPECT_TRUE(ScorerNeeds(kind).keys);
+    EXPECT_FALSE(ScorerNeeds(kind).window_queries);
+    EXPECT_FALSE(ScorerNeeds(kind).query_moments);
+  }
+  EXPECT_FALSE(ScorerNeeds(ScorerKind::kSnapKv).query_sketch);
 }
 
 }  // namespace

@@ -24,6 +24,7 @@ using internal::FillUndefinedWithMax;
 using internal::Grow;
 using internal::ScoreCapKv;
 using internal::ScoreCapKvGreedy;
+using internal::ScoreQSketch;
 
 // Below this many multiply-adds per layer a second worker costs more than it saves.
 constexpr double kParallelWork = 1 << 18;
@@ -582,6 +583,12 @@ absl::Status ScoreLayerInto(const Policy& policy, const LayerInputs& in,
     case ScorerKind::kCapKvGreedy:
       ParallelFor(in.kv_heads, workers, [&](int g, int t) {
         ScoreCapKvGreedy(c, g, cs, sn, workspace.scratch(t), out->per_head[g]);
+      });
+      return absl::OkStatus();
+    case ScorerKind::kQSketch:
+    case ScorerKind::kQSketchPost:
+      ParallelFor(in.kv_heads, workers, [&](int g, int t) {
+        ScoreQSketch(c, g, workspace.scratch(t), out->per_head[g]);
       });
       return absl::OkStatus();
   }

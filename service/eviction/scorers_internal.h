@@ -82,6 +82,12 @@ void ScoreCapKvGreedy(const Ctx& c, int g, const std::vector<double>& cs,
                       const std::vector<double>& sn, ScoringWorkspace::Scratch& sc,
                       std::vector<float>& out);
 
+// ---- Query-sketch scorers (scorers_qsketch.cc) -----------------------------------------------
+
+// qsketch (rotated pre-RoPE centroids) and qsketch-post (post-RoPE centroids as they are) for KV
+// head g (gpu/math/sketch_math.h gives the formula).
+void ScoreQSketch(const Ctx& c, int g, ScoringWorkspace::Scratch& sc, std::vector<float>& out);
+
 }  // namespace kvkeep::eviction::internal
 
 #endif  // KVKEEP_SERVICE_EVICTION_SCORERS_INTERNAL_H_

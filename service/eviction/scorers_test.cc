@@ -117,6 +117,21 @@ Layer MakeLayer(const LayerSpec& s) {
     const int n = L.in.heads[h / (s.q_heads / s.kv_heads)].n;
     for (int j = 0; j < n; ++j) L.in.attention_mass[h].push_back(unif(rng) * (j % 7 == 0 ? 5 : 1));
   }
+  // A pre-RoPE query sketch: sketch_k slots per query head around the head's direction, some
+  // unused (weight 0), drawn after everything else so the other statistics do not change.
+  L.in.sketch_k = 5;
+  L.in.sketch_centroids.resize(static_cast<size_t>(s.q_heads) * 5 * d);
+  L.in.sketch_weights.resize(static_cast<size_t>(s.q_heads) * 5);
+  for (int h = 0; h < s.q_heads; ++h) {
+    for (int c = 0; c < 5; ++c) {
+      const float w = c == 0 ? 3.0f : static_cast<float>(rng() % 4) * 2.0f;  // 0 = unused
+      L.in.sketch_weights[h * 5 + c] = w;
+      for (int i = 0; i < d; ++i) {
+        L.in.sketch_centroids[(static_cast<size_t>(h) * 5 + c) * d + i] =
+            1.5f * normal(rng) + (i == 1 ? 0.5f : 0.0f);
+      }
+    }
+  }
   if (s.gram) {
     // M_h = W Wᵀ for a random d × (d/2) W: positive semi-definite, rank-deficient.
     L.in.wo_gram.resize(static_cast<size_t>(s.q_heads) * d * d);
@@ -176,6 +191,7 @@ TEST_P(ScorerMatchesNaiveTest, AgreesWithPlainLoops) {
     spec.head_dim = 8;
   }
   Layer layer = MakeLayer(spec);
+  layer.in.sketch_post_rope = SketchScorerWantsPostRope(kind);
   const Policy policy = PolicyFor(kind);
   ScoringWorkspace ws;
   ASSERT_OK_AND_ASSIGN(HeadScores got, ScoreLayer(policy, layer.in, ws));
@@ -205,7 +221,8 @@ INSTANTIATE_TEST_SUITE_P(
                                          ScorerKind::kObserved, ScorerKind::kSnapKv,
                                          ScorerKind::kExpected, ScorerKind::kCapKv,
                                          ScorerKind::kCapKvDot, ScorerKind::kCapKvGreedy,
-                                         ScorerKind::kLaProx),
+                                         ScorerKind::kLaProx, ScorerKind::kQSketch,
+                                         ScorerKind::kQSketchPost),
                        ::testing::Bool(), ::testing::Bool()),
     CaseName);
 
@@ -228,6 +245,56 @@ TEST(ScorerVariants, RopeDependentScorersHonourPartialRotaryDimAndFrequencyTable
       ExpectScoresNear(got, naive::Score(policy, layer.in));
     }
   }
+}
+
+TEST(ScorerVariants, QSketchHonoursPartialRotaryDimFrequencyTableAndPositionSchedule) {
+  for (bool interleaved : {false, true}) {
+    LayerSpec spec;
+    spec.rotary_dim = 8;
+    spec.inv_freq_table = true;
+    spec.interleaved = interleaved;
+    spec.seed = 101;
+    Layer layer = MakeLayer(spec);
+    Policy policy = PolicyFor(ScorerKind::kQSketch);
+    policy.sketch_positions = 3;
+    policy.sketch_horizon = 100;  // strata of 33.3: offsets 16, 50, 83
+    ScoringWorkspace ws;
+    ASSERT_OK_AND_ASSIGN(HeadScores got, ScoreLayer(policy, layer.in, ws));
+    SCOPED_TRACE(interleaved ? "interleaved" : "half-split");
+    ExpectScoresNear(got, naive::Score(policy, layer.in));
+  }
+}
+
+TEST(ScorerVariants, QSketchScoresAreADistributionAndRotationMatters) {
+  Layer layer = MakeLayer(LayerSpec{.seed = 103});
+  ScoringWorkspace ws;
+  ASSERT_OK_AND_ASSIGN(HeadScores pre, ScoreLayer(PolicyFor(ScorerKind::kQSketch), layer.in, ws));
+  layer.in.sketch_post_rope = true;
+  ASSERT_OK_AND_ASSIGN(HeadScores post,
+                       ScoreLayer(PolicyFor(ScorerKind::kQSketchPost), layer.in, ws));
+  double diff = 0;
+  for (size_t g = 0; g < pre.per_head.size(); ++g) {
+    double sum_pre = 0, sum_post = 0;  // a weighted mean of softmaxes sums to 1 per head
+    for (size_t j = 0; j < pre.per_head[g].size(); ++j) {
+      sum_pre += pre.per_head[g][j];
+      sum_post += post.per_head[g][j];
+      diff += std::fabs(pre.per_head[g][j] - post.per_head[g][j]);
+    }
+    EXPECT_NEAR(sum_pre, 1.0, 1e-4);
+    EXPECT_NEAR(sum_post, 1.0, 1e-4);
+  }
+  EXPECT_GT(diff, 1e-2);  // rotating to the future positions changes what the centroids attend
+}
+
+TEST(ScorerVariants, QSketchRejectsASketchOfTheWrongSideOfRope) {
+  Layer layer = MakeLayer(LayerSpec{.seed = 107});
+  ScoringWorkspace ws;
+  layer.in.sketch_post_rope = true;
+  EXPECT_THAT(ScoreLayer(PolicyFor(ScorerKind::kQSketch), layer.in, ws),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "pre-RoPE"));
+  layer.in.sketch_post_rope = false;
+  EXPECT_THAT(ScoreLayer(PolicyFor(ScorerKind::kQSketchPost), layer.in, ws),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "post-RoPE"));
 }
 
 TEST(ScorerVariants, RopeStyleChangesQueryMomentScores) {
