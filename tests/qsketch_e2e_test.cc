@@ -3,6 +3,8 @@
 // back are exactly those the eviction library selects from the same inputs; the daemon folds the
 // window queries it receives into a stored sketch (qsketch-post); bad sketches are refused with
 // INVALID_ARGUMENT naming the field, and nothing changes.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>

@@ -251,6 +251,7 @@ TEST(SequenceSketchTest, LayerInputsGetPaddedSlots) {
   SequenceStats stats;
   ASSERT_OK(ApplyLayerStats(model, table, Sketch(0, 4, 2, 0.25f, 7), &stats));
   eviction::Policy policy;
+  policy.scorer = eviction::ScorerKind::kQSketch;
   eviction::LayerInputs in;
   BuildLayerInputs(model, table, stats, policy, 0, {}, {}, &in);
   ASSERT_EQ(in.sketch_k, 4);
@@ -268,6 +269,28 @@ TEST(SequenceSketchTest, LayerInputsGetPaddedSlots) {
   BuildLayerInputs(model, table, stats, policy, 1, {}, {}, &in);  // layer 1 has none
   EXPECT_EQ(in.sketch_k, 0);
   EXPECT_TRUE(in.sketch_weights.empty());
+  // Scorers that do not read it do not get it.
+  policy.scorer = eviction::ScorerKind::kKnorm;
+  BuildLayerInputs(model, table, stats, policy, 0, {}, {}, &in);
+  EXPECT_EQ(in.sketch_k, 0);
+}
+
+TEST(SequenceSketchTest, ScorersNameAMissingOrWrongSideSketch) {
+  const Model model = MakeModel();
+  const SequenceTable table = MakeTable(8);
+  SequenceStats stats;
+  EXPECT_THAT(CheckStatsFor(model, table, stats, eviction::ScorerKind::kQSketch),
+              StatusIs(StatusCode::kFailedPrecondition,
+                       "qsketch needs a query sketch (LayerStats.sketch); layer 0 has none"));
+  ASSERT_OK(ApplyLayerStats(model, table, Sketch(0, 4, 2, 0.25f, 7), &stats));
+  EXPECT_THAT(CheckStatsFor(model, table, stats, eviction::ScorerKind::kQSketch),
+              StatusIs(StatusCode::kFailedPrecondition, "layer 1 has none"));
+  ASSERT_OK(ApplyLayerStats(model, table, Sketch(1, 4, 2, 0.25f, 7), &stats));
+  EXPECT_OK(CheckStatsFor(model, table, stats, eviction::ScorerKind::kQSketch));
+  EXPECT_THAT(CheckStatsFor(model, table, stats, eviction::ScorerKind::kQSketchPost),
+              StatusIs(StatusCode::kFailedPrecondition,
+                       "qsketch-post needs a sketch of post-RoPE queries "
+                       "(LayerStats.sketch.post_rope); layer 0 has one of pre-RoPE queries"));
 }
 
 }  // namespace

@@ -207,6 +207,19 @@ absl::Status CheckStatsFor(const Model& model, const SequenceTable& table,
                                     " but the sequence is at ", table.next_position()));
       }
     }
+    if (needs.query_sketch) {
+      if (l == nullptr || l->sketch.empty()) {
+        return Missing(scorer, "a query sketch", "sketch", layer, "has none");
+      }
+      const bool want_post = eviction::SketchScorerWantsPostRope(scorer);
+      if (l->sketch.post_rope != want_post) {
+        return Missing(scorer, absl::StrCat("a sketch of ", want_post ? "post" : "pre",
+                                            "-RoPE queries"),
+                       "sketch.post_rope", layer,
+                       absl::StrCat("has one of ", l->sketch.post_rope ? "post" : "pre",
+                                    "-RoPE queries"));
+      }
+    }
     if (needs.query_moments && (l == nullptr || l->query_count == 0)) {
       return Missing(scorer, "query moments", "query_sum", layer, "has none");
     }
@@ -303,7 +316,8 @@ void BuildLayerInputs(const Model& model, const SequenceTable& table, const Sequ
       in->attention_mass[h].assign(l->attention_mass[h].begin(), l->attention_mass[h].end());
     }
   }
-  SketchToLayerInputs(l != nullptr ? l->sketch : LayerSketch(), q_heads, d, in);
+  SketchToLayerInputs(l != nullptr && needs.query_sketch ? l->sketch : LayerSketch(), q_heads, d,
+                      in);
   if (policy.scorer == eviction::ScorerKind::kLaProx && model.wo_gram_count() != 0) {
     bool any = false;
     for (uint32_t h = 0; h < q_heads && !any; ++h) any = model.Gram(layer, h) != nullptr;

@@ -142,6 +142,26 @@ class SketchDaemonTest(DaemonTestCase, unittest.TestCase):
             self.seq.commit(2, stats=[spoiled(zero_weight)])
         self.assertEqual(self.seq.table().next_position, self.N)
 
+    def test_compress_with_qsketch(self):
+        m = self.model
+        self.seq.commit(self.N)
+        with self.assertRaises(kvkeep.FailedPrecondition) as cm:
+            self.seq.compress(scorer="qsketch", keep_ratio=0.5, sinks=2, window=2)
+        self.assertIn("LayerStats.sketch", cm.exception.message)
+        self.seq.put_stats([self.sketch(l).layer_stats() for l in range(m.layers)])
+        keys_before = {(l, h): self.seq.read(l, h)[0] for l in range(m.layers)
+                       for h in range(m.kv_heads)}
+        result = self.seq.compress(scorer="qsketch", keep_ratio=0.5, sinks=2, window=2)
+        self.assertEqual(result.summary.scorer, "qsketch")
+        self.assertEqual(result.summary.tokens_before, self.N * m.layers * m.kv_heads)
+        self.assertLess(result.summary.tokens_after, result.summary.tokens_before)
+        for (l, h), kept in result.positions.items():
+            keys, _, positions = self.seq.read(l, h)
+            np.testing.assert_array_equal(positions, kept)
+            np.testing.assert_array_equal(keys.view(np.uint16),
+                                          keys_before[(l, h)][kept].view(np.uint16))
+            self.assertTrue(np.all(np.isin([0, 1, self.N - 2, self.N - 1], kept)))
+
 
 if __name__ == "__main__":
     unittest.main()
