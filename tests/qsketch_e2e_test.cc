@@ -25,6 +25,8 @@ using W = SketchWorkload;
 
 constexpr uint64_t kSeed = 5;
 constexpr double kKeep = 0.3;
+// Few forced tokens, so the scores choose most of the kept ones.
+constexpr uint32_t kSinks = 2, kWindow = 4;
 
 // The sketch as LayerInputs holds it: k slots per query head, unused slots of weight 0.
 void PutSketch(const LayerQuerySketch& s, int k, bool post_rope, eviction::LayerInputs* in) {
@@ -66,20 +68,15 @@ class QuerySketchEndToEndTest : public ::testing::Test {
     return *seq;
   }
 
-  // Compresses `seq` with `scorer` and checks that exactly the library's selection over `inputs`
-  // (one LayerInputs per layer, keys/values filled in here) is kept, positions and bytes.
-  void ExpectLibrarySelection(const std::string& seq, const SketchWorkload& w,
-                              const std::string& scorer,
-                              std::vector<eviction::LayerInputs> inputs) {
-    v1::Policy wire;
-    wire.set_scorer(scorer);
-    wire.set_allocation("uniform");
-    wire.set_keep_ratio(kKeep);
-    ASSERT_OK_AND_ASSIGN(v1::CompressReply reply, client_->Compress(seq, wire));
-
+  // The library's selection over `inputs` (one LayerInputs per layer; shapes, RoPE, keys and
+  // values filled in here).
+  eviction::Selection LibrarySelection(const SketchWorkload& w, const std::string& scorer,
+                                       std::vector<eviction::LayerInputs> inputs) {
     eviction::Policy p;
-    ASSERT_OK_AND_ASSIGN(p.scorer, eviction::ParseScorer(scorer));
+    p.scorer = *eviction::ParseScorer(scorer);
     p.allocation = eviction::Allocation::kUniform;
+    p.sinks = kSinks;
+    p.window = kWindow;
     eviction::ScoringWorkspace workspace;
     std::vector<eviction::HeadScores> scores;
     for (uint32_t l = 0; l < W::kLayers; ++l) {
@@ -94,14 +91,24 @@ class QuerySketchEndToEndTest : public ::testing::Test {
         in.heads.push_back({static_cast<int>(w.n), w.keys[l][h].data(), w.values[l][h].data(),
                             nullptr});
       }
-      ASSERT_OK(eviction::ValidateLayerInputs(in, p));
-      ASSERT_OK_AND_ASSIGN(eviction::HeadScores s, eviction::ScoreLayer(p, in, workspace));
-      scores.push_back(std::move(s));
+      EXPECT_OK(eviction::ValidateLayerInputs(in, p));
+      scores.push_back(*eviction::ScoreLayer(p, in, workspace));
     }
     eviction::Budget budget;
     budget.keep_ratio = kKeep;
-    ASSERT_OK_AND_ASSIGN(eviction::Selection want,
-                         eviction::SelectTokens(p, budget, scores, W::kQHeads / W::kKvHeads));
+    return *eviction::SelectTokens(p, budget, scores, W::kQHeads / W::kKvHeads);
+  }
+
+  // Compresses `seq` with `scorer` and checks that exactly `want` is kept, positions and bytes.
+  void ExpectDaemonKeeps(const std::string& seq, const SketchWorkload& w,
+                         const std::string& scorer, const eviction::Selection& want) {
+    v1::Policy wire;
+    wire.set_scorer(scorer);
+    wire.set_allocation("uniform");
+    wire.set_keep_ratio(kKeep);
+    wire.set_sinks(kSinks);
+    wire.set_window(kWindow);
+    ASSERT_OK_AND_ASSIGN(v1::CompressReply reply, client_->Compress(seq, wire));
     uint64_t kept_total = 0;
     for (uint32_t l = 0; l < W::kLayers; ++l) {
       for (uint32_t h = 0; h < W::kKvHeads; ++h) {
@@ -161,36 +168,37 @@ TEST_F(QuerySketchEndToEndTest, WorkerSketchGivesExactlyTheLibrarySelection) {
                                                  0, W::Options(kSeed)));
     PutSketch(s, W::Options(kSeed).k, /*post_rope=*/false, &inputs[l]);
   }
-  ExpectLibrarySelection(seq, w, "qsketch", std::move(inputs));
+  ExpectDaemonKeeps(seq, w, "qsketch", LibrarySelection(w, "qsketch", std::move(inputs)));
 }
 
 TEST_F(QuerySketchEndToEndTest, DaemonFoldsWindowQueriesIntoThePostRopeSketch) {
-  constexpr uint32_t n = 120, window = 8;
+  constexpr uint32_t n = 120, early = 8, window = 32;
   const SketchWorkload w = MakeSketchWorkload(n, kSeed + 1);
   LayerQuerySketch::Options options = W::Options(kSeed);
   options.post_rope = true;
-  // Sketches of positions 0..n-window-1 (the workload's queries taken as post-RoPE ones).
+  // Sketches of positions 0..early-1 only (the workload's queries taken as post-RoPE ones).
   std::vector<LayerQuerySketch> sketches;
   std::vector<v1::LayerStats> stats;
   const size_t per_head = size_t{n} * W::kDim;
   for (uint32_t l = 0; l < W::kLayers; ++l) {
-    std::vector<float> early;
+    std::vector<float> first;
     for (uint32_t h = 0; h < W::kQHeads; ++h) {
       const float* q = w.queries[l].data() + h * per_head;
-      early.insert(early.end(), q, q + (n - window) * W::kDim);
+      first.insert(first.end(), q, q + early * W::kDim);
     }
-    ASSERT_OK_AND_ASSIGN(LayerQuerySketch s,
-                         LayerQuerySketch::Build(l, W::kQHeads, W::kDim, early.data(),
-                                                 n - window, 0, options));
+    ASSERT_OK_AND_ASSIGN(LayerQuerySketch s, LayerQuerySketch::Build(l, W::kQHeads, W::kDim,
+                                                                     first.data(), early, 0,
+                                                                     options));
     stats.push_back(s.ToLayerStats());
     sketches.push_back(std::move(s));
   }
   const std::string seq = Fill(w, stats);
   // The window (the last `window` positions) goes to the daemon, which folds it in; here the
   // worker-side fold of the same queries gives the sketch the daemon should hold.
-  std::vector<eviction::LayerInputs> inputs(W::kLayers);
+  std::vector<eviction::LayerInputs> folded(W::kLayers), unfolded(W::kLayers);
   std::vector<v1::LayerStats> windows(W::kLayers);
   for (uint32_t l = 0; l < W::kLayers; ++l) {
+    PutSketch(sketches[l], options.k, /*post_rope=*/true, &unfolded[l]);
     windows[l].set_layer(l);
     windows[l].set_window(window);
     for (uint32_t h = 0; h < W::kQHeads; ++h) {
@@ -205,15 +213,15 @@ TEST_F(QuerySketchEndToEndTest, DaemonFoldsWindowQueriesIntoThePostRopeSketch) {
       }
       ASSERT_OK(sketches[l].Fold(one.data(), n - window + i));
     }
-    PutSketch(sketches[l], options.k, /*post_rope=*/true, &inputs[l]);
-    inputs[l].window = static_cast<int>(window);
-    inputs[l].window_queries.assign(windows[l].window_queries().begin(),
-                                    windows[l].window_queries().end());
+    PutSketch(sketches[l], options.k, /*post_rope=*/true, &folded[l]);
   }
   const uint64_t before = StatsBytes(seq);
   ASSERT_OK(client_->PutStats(seq, windows));
   EXPECT_GT(StatsBytes(seq), before);  // the window itself is held too
-  ExpectLibrarySelection(seq, w, "qsketch-post", std::move(inputs));
+  const eviction::Selection want = LibrarySelection(w, "qsketch-post", std::move(folded));
+  // The fold matters: without it the library would keep other tokens (so this test can fail).
+  ASSERT_NE(LibrarySelection(w, "qsketch-post", std::move(unfolded)).kept, want.kept);
+  ExpectDaemonKeeps(seq, w, "qsketch-post", want);
 }
 
 TEST_F(QuerySketchEndToEndTest, BadSketchesAreRefusedAndChangeNothing) {
