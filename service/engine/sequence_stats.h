@@ -3,8 +3,9 @@
 //
 // Window queries, attention mass and the query sketch REPLACE what was stored; query moments (sum,
 // count, optional sum of squares) ACCUMULATE over decoding; window queries of positions after a
-// stored sketch's last position are also folded into the sketch (service/engine/sequence_sketch.h). Everything is validated against the model and the
-// sequence's head token counts before anything is stored.
+// stored sketch's last position are also folded into the sketch (service/engine/sequence_sketch.h).
+// Everything is validated against the model and the sequence's head token counts before anything
+// is stored.
 //
 //   SequenceStats stats;                                  // lives beside the SequenceTable
 //   RETURN_IF_ERROR(table.Commit(n, positions));
