@@ -1,14 +1,65 @@
 // kvkeep-test-worker: a worker process for end-to-end tests. Attaches, writes `tokens` tokens into
 // a new sequence, prints "READY <sequence> <pages>" and sleeps until killed.
 //   kvkeep-test-worker TARGET TOKEN WORKER_NAME TOKENS [retain]
+// With `sketch SEED` it writes tests/sketch_workload.h's data into a new retained sequence of its
+// fp32 model, computes each layer's query sketch (client/layer_query_sketch.h), sends layer 0's
+// with the Commit and the others with PutStats, prints "READY <sequence>" and exits.
+//   kvkeep-test-worker TARGET TOKEN WORKER_NAME TOKENS sketch SEED
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "client/client.h"
+#include "client/layer_query_sketch.h"
 #include "tests/daemon_process.h"
+#include "tests/sketch_workload.h"
+
+namespace {
+
+int Fail(const char* what, const absl::Status& status) {
+  std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
+  return 1;
+}
+
+// The `sketch` mode: a worker that computes query sketches and sends them (see the top).
+int RunSketchWorker(kvkeep::Client& client, uint32_t tokens, uint64_t seed) {
+  using kvkeep::testing::SketchWorkload;
+  const kvkeep::testing::SketchWorkload w = kvkeep::testing::MakeSketchWorkload(tokens, seed);
+  if (auto st = client.RegisterModel(SketchWorkload::Layout()); !st.ok()) {
+    return Fail("register", st.status());
+  }
+  auto seq = client.CreateSequence(SketchWorkload::kModel, /*retain=*/true);
+  if (!seq.ok()) return Fail("create", seq.status());
+  if (auto st = client.Allocate(*seq, tokens); !st.ok()) return Fail("allocate", st.status());
+  for (uint32_t l = 0; l < SketchWorkload::kLayers; ++l) {
+    for (uint32_t h = 0; h < SketchWorkload::kKvHeads; ++h) {
+      absl::Status st = client.WriteInPlace(*seq, l, h, 0, tokens, w.keys[l][h].data(),
+                                            w.values[l][h].data());
+      if (!st.ok()) return Fail("write", st);
+    }
+  }
+  std::vector<kvkeep::v1::LayerStats> sketches;
+  for (uint32_t l = 0; l < SketchWorkload::kLayers; ++l) {
+    auto s = kvkeep::LayerQuerySketch::Build(l, SketchWorkload::kQHeads, SketchWorkload::kDim,
+                                             w.queries[l].data(), static_cast<int>(tokens), 0,
+                                             SketchWorkload::Options(seed));
+    if (!s.ok()) return Fail("sketch", s.status());
+    sketches.push_back(s->ToLayerStats());
+  }
+  if (auto st = client.Commit(*seq, tokens, {}, {sketches[0]}); !st.ok()) {
+    return Fail("commit", st.status());
+  }
+  sketches.erase(sketches.begin());
+  if (auto st = client.PutStats(*seq, sketches); !st.ok()) return Fail("put_stats", st.status());
+  std::printf("READY %s\n", seq->c_str());
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 5) {
@@ -23,6 +74,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   const uint32_t tokens = static_cast<uint32_t>(std::atoi(argv[4]));
+  if (argc > 6 && std::string(argv[5]) == "sketch") {
+    return RunSketchWorker(**client, tokens, std::strtoull(argv[6], nullptr, 10));
+  }
   const bool retain = argc > 5 && std::string(argv[5]) == "retain";
   auto layout = kvkeep::testing::TestLayout();
   if (!(*client)->RegisterModel(layout).ok()) return 1;

@@ -369,7 +369,8 @@ absl::StatusOr<v1::SequenceDetail> CacheEngine::AdminGetSequence(const v1::Seque
   std::sort(detail.mutable_arena_ids()->begin(), detail.mutable_arena_ids()->end());
   uint32_t stats_layers = 0;
   for (const LayerStatistics& l : seq->stats.layers) {
-    if (!l.window_queries.empty() || l.query_count > 0 || !l.attention_mass.empty()) {
+    if (!l.window_queries.empty() || l.query_count > 0 || !l.attention_mass.empty() ||
+        !l.sketch.empty()) {
       ++stats_layers;
     }
   }

@@ -43,6 +43,7 @@ size_t SequenceStats::HeldBytes() const {
   size_t n = layers.capacity() * sizeof(LayerStatistics);
   for (const LayerStatistics& l : layers) {
     n += l.attention_mass.capacity() * sizeof(std::vector<float>);
+    n += l.sketch.bytes();
     n += l.window_queries.capacity() * sizeof(float);
     n += (l.query_sum.capacity() + l.query_sq_sum.capacity()) * sizeof(double);
     for (const auto& m : l.attention_mass) n += m.capacity() * sizeof(float);
@@ -158,7 +159,7 @@ absl::Status ValidateLayerStats(const Model& model, const SequenceTable& table,
     }
     if (absl::Status st = CheckFinite(s, s.attention_mass(), "attention_mass"); !st.ok()) return st;
   }
-  return absl::OkStatus();
+  return ValidateQuerySketch(model, table.next_position() + pending_tokens, s);
 }
 
 absl::Status ApplyLayerStats(const Model& model, const SequenceTable& table,
@@ -193,6 +194,8 @@ absl::Status ApplyLayerStats(const Model& model, const SequenceTable& table,
       src += n;
     }
   }
+  if (s.has_sketch()) l.sketch = SketchFromProto(s.sketch());
+  FoldWindowIntoSketch(model, l.window, l.window_queries, l.window_next_position, &l.sketch);
   return absl::OkStatus();
 }
 
@@ -210,6 +213,19 @@ absl::Status CheckStatsFor(const Model& model, const SequenceTable& table,
         return Missing(scorer, "window queries of the latest positions", "window_queries", layer,
                        absl::StrCat("has them from next_position ", l->window_next_position,
                                     " but the sequence is at ", table.next_position()));
+      }
+    }
+    if (needs.query_sketch) {
+      if (l == nullptr || l->sketch.empty()) {
+        return Missing(scorer, "a query sketch", "sketch", layer, "has none");
+      }
+      const bool want_post = eviction::SketchScorerWantsPostRope(scorer);
+      if (l->sketch.post_rope != want_post) {
+        return Missing(scorer, absl::StrCat("a sketch of ", want_post ? "post" : "pre",
+                                            "-RoPE queries"),
+                       "sketch.post_rope", layer,
+                       absl::StrCat("has one of ", l->sketch.post_rope ? "post" : "pre",
+                                    "-RoPE queries"));
       }
     }
     if (needs.query_moments && (l == nullptr || l->query_count == 0)) {
@@ -308,6 +324,8 @@ void BuildLayerInputs(const Model& model, const SequenceTable& table, const Sequ
       in->attention_mass[h].assign(l->attention_mass[h].begin(), l->attention_mass[h].end());
     }
   }
+  SketchToLayerInputs(l != nullptr && needs.query_sketch ? l->sketch : LayerSketch(), q_heads, d,
+                      in);
   if (policy.scorer == eviction::ScorerKind::kLaProx && model.wo_gram_count() != 0) {
     bool any = false;
     for (uint32_t h = 0; h < q_heads && !any; ++h) any = model.Gram(layer, h) != nullptr;

@@ -1,9 +1,11 @@
 // The query statistics a sequence has received (design.md §4), per layer, and how they become the
 // scorers' eviction::LayerInputs.
 //
-// Window queries and attention mass REPLACE what was stored; query moments (sum, count, optional
-// sum of squares) ACCUMULATE over decoding. Everything is validated against the model and the
-// sequence's head token counts before anything is stored.
+// Window queries, attention mass and the query sketch REPLACE what was stored; query moments (sum,
+// count, optional sum of squares) ACCUMULATE over decoding; window queries of positions after a
+// stored sketch's last position are also folded into the sketch (service/engine/sequence_sketch.h).
+// Everything is validated against the model and the sequence's head token counts before anything
+// is stored.
 //
 //   SequenceStats stats;                                  // lives beside the SequenceTable
 //   RETURN_IF_ERROR(table.Commit(n, positions));
@@ -26,6 +28,7 @@
 #include "service/eviction/layer_inputs.h"
 #include "service/eviction/policy.h"
 #include "service/engine/model_layout.h"
+#include "service/engine/sequence_sketch.h"
 #include "service/engine/sequence_table.h"
 
 namespace kvkeep {
@@ -49,13 +52,17 @@ struct LayerStatistics {
   // was stored, in token-slot order. CompactStats keeps it aligned with compaction; commits make
   // it stale (CheckStatsFor rejects stale mass).
   std::vector<std::vector<float>> attention_mass;
+
+  // Query sketch (LayerStats.sketch): the latest one sent, grown by the window queries received
+  // after it. Empty (k == 0) = none.
+  LayerSketch sketch;
 };
 
 struct SequenceStats {
   std::vector<LayerStatistics> layers;  // empty, or one entry per model layer
 
   void Clear() { layers.clear(); }
-  // Heap held by the statistics, every kind of them: the ledger charges the sequence's tenant
+  // Heap held by the statistics, every kind of them (query sketches included): the ledger charges the sequence's tenant
   // exactly this (metadata_charge.h), and metrics report it. A kind of statistics added here must
   // be counted here.
   size_t HeldBytes() const;
@@ -68,13 +75,15 @@ struct SequenceStats {
 //   INVALID_ARGUMENT   layer out of range, inconsistent or wrong-sized fields, a NaN/Inf (or a
 //                      negative second moment), a window longer than the sequence, moments whose
 //                      accumulated sums would overflow, or a second moment sent with only some of
-//                      a layer's query sums. The message names the LayerStats field.
+//                      a layer's query sums, or a bad query sketch (ValidateQuerySketch). The
+//                      message names the LayerStats field.
 absl::Status ValidateLayerStats(const Model& model, const SequenceTable& table,
                                 const SequenceStats& stats, const v1::LayerStats& s,
                                 uint32_t pending_tokens = 0);
 
 // Validates `s` (as ValidateLayerStats with no pending tokens) and stores it in *stats: window and
-// attention mass replace, moments accumulate. On error nothing changes.
+// attention mass and sketch replace, moments accumulate; then window queries after the stored
+// sketch's last position are folded into it. On error nothing changes.
 absl::Status ApplyLayerStats(const Model& model, const SequenceTable& table,
                              const v1::LayerStats& s, SequenceStats* stats);
 

@@ -71,6 +71,11 @@ class Admin(Connection):
         return list(self._unary(self._stub.ListSequences,
                                admin_pb2.ListSequencesRequest(tenant=tenant)).sequences)
 
+    def get_sequence(self, tenant, sequence_id):
+        """SequenceDetail of one sequence (heads, holders, policy, statistics held)."""
+        return self._unary(self._stub.GetSequence,
+                           admin_pb2.SequenceRef(tenant=tenant, sequence_id=sequence_id))
+
     def spill_sequence(self, tenant, sequence_id):
         return self._unary(self._stub.SpillSequence,
                           admin_pb2.SequenceRef(tenant=tenant, sequence_id=sequence_id))

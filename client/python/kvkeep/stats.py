@@ -7,6 +7,8 @@
 - attention_mass: [q_heads, tokens] (or a list of q_heads 1-D arrays when the heads of the layer
   hold different token counts), attention each cached key received, in slot order (H2O); it
   replaces the stored mass.
+- sketch: a kvkeep.sketch.QuerySketch (or a QuerySketch message) of the layer's queries (qsketch,
+  qsketch-post); it replaces the stored sketch.
 """
 
 import numpy as np
@@ -19,9 +21,12 @@ def _floats(array, dtype):
 
 
 def layer_stats(layer, window_queries=None, query_sum=None, query_count=None, query_sq_sum=None,
-                attention_mass=None):
+                attention_mass=None, sketch=None):
     """A LayerStats message for `layer` from numpy arrays (every statistic optional)."""
     stats = common_pb2.LayerStats(layer=int(layer))
+    if sketch is not None:
+        stats.sketch.CopyFrom(sketch if isinstance(sketch, common_pb2.QuerySketch)
+                              else sketch.to_proto())
     if window_queries is not None:
         wq = np.asarray(window_queries, dtype=np.float32)
         if wq.ndim != 3:
