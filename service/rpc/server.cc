@@ -20,6 +20,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "service/fleet/fleet_metrics.h"
 #include "service/fleet/node_address.h"
 #include "service/fleet/redis_fleet_tier.h"
 #include "service/observability/log.h"
@@ -308,7 +309,12 @@ absl::Status Server::StartMetricsHttp(const ServiceOptions& options) {
   auto http = MetricsHttpServer::Start(options.metrics_address, [this] {
     ExpositionWriter limits;
     limits_->WriteMetrics(&limits);
-    return RenderMetrics(engine_->Status(), engine_->pool().Stats(), *metrics_) + limits.Take();
+    std::string text =
+        RenderMetrics(engine_->Status(), engine_->pool().Stats(), *metrics_) + limits.Take();
+    if (fleet_ != nullptr) {  // the fleet tier's families (docs/fleet.md)
+      text += fleet::RenderFleetMetrics(*fleet_, absl::Now() + absl::Milliseconds(200));
+    }
+    return text;
   });
   if (http.ok()) {
     metrics_http_ = std::move(*http);
