@@ -4,7 +4,10 @@
 // that differs at one position reuses only the pages before it; a corrupted value is a miss; a
 // restarted B still finds A's prefix; kill -9 of a master keeps both daemons answering.
 #include <signal.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -14,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/status_macros.h"
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
 #include "service/fleet/cluster_client.h"
@@ -299,6 +303,82 @@ TEST_F(FleetE2eTest, ARestartedNodeStillFindsThePrefix) {
   EXPECT_EQ(t.shared_tokens(), 16u);
   EXPECT_EQ(t.fleet_tokens(), 16u);
   ExpectPrefixBytes(*b, t.sequence_id(), 16, 55);
+}
+
+// Last in this binary: it changes the cluster's topology (a replica takes over the killed master).
+TEST_F(FleetE2eTest, KillingAMasterDuringLookupsAndPublishesKeepsBothDaemonsAnswering) {
+  Client* a = Worker(a_, "alpha", "team");
+  Client* b = Worker(b_, "beta", "team");
+  ASSERT_TRUE(a && b);
+  const std::vector<uint32_t> prompt = Prompt(16, 6);
+  Publish(*a, prompt, 66);
+  ASSERT_TRUE(WaitForFleet(*b, prompt, 16));
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> reader_calls{0}, publisher_calls{0};
+  std::atomic<int64_t> slowest_ms{0};
+  auto note = [&](absl::Time start) {
+    const int64_t ms = absl::ToInt64Milliseconds(absl::Now() - start);
+    int64_t seen = slowest_ms.load();
+    while (ms > seen && !slowest_ms.compare_exchange_weak(seen, ms)) {
+    }
+  };
+  // B: lookups and creations from the prefix; whatever is served must be A's bytes.
+  std::thread reader([&] {
+    while (!stop.load()) {
+      const absl::Time start = absl::Now();
+      auto found = b->LookupPrefix("test-model", prompt);
+      EXPECT_OK(found);
+      auto table = b->CreateSequenceWithPrefix("test-model", prompt);
+      EXPECT_OK(table);
+      note(start);
+      if (table.ok()) {
+        EXPECT_LE(table->shared_tokens(), 16u);
+        ExpectPrefixBytes(*b, table->sequence_id(), table->shared_tokens(), 66);
+        EXPECT_OK(b->Drop(table->sequence_id()));
+      }
+      ++reader_calls;
+    }
+  });
+  // A: publishes new prompts all along (their writes may fail while a master is down).
+  std::thread publisher([&] {
+    for (uint32_t i = 0; !stop.load(); ++i) {
+      const absl::Time start = absl::Now();
+      Publish(*a, Prompt(16, 100 + i), 100 + i);
+      note(start);
+      ++publisher_calls;
+    }
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  fleet::RedisClusterClient admin({.seeds = cluster_->seeds(), .connection = cluster_->Admin()});
+  ASSERT_OK(admin.Refresh(absl::Now() + absl::Seconds(5)));
+  const fleet::NodeAddress master = admin.slot_map().Masters().front();
+  const pid_t pid = cluster_->PidOf(master.port);
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+
+  // After the failover (node timeout 2 s), a prompt published on A is found whole on B again.
+  bool recovered = false;
+  for (int i = 0; i < 60 && !recovered; ++i) {
+    absl::SleepFor(absl::Milliseconds(500));
+    const std::vector<uint32_t> fresh = Prompt(16, 900 + i);
+    Publish(*a, fresh, 900 + i);
+    if (!WaitForFleet(*b, fresh, 16)) continue;
+    auto table = b->CreateSequenceWithPrefix("test-model", fresh);
+    ASSERT_OK(table);
+    if (table->fleet_tokens() == 16) {
+      ExpectPrefixBytes(*b, table->sequence_id(), 16, 900 + i);
+      recovered = true;
+    }
+  }
+  stop = true;
+  reader.join();
+  publisher.join();
+  EXPECT_TRUE(recovered) << "no whole fleet reuse within 30 s of the master's death";
+  EXPECT_GT(reader_calls.load(), 0);
+  EXPECT_GT(publisher_calls.load(), 0);
+  // Every call returned within the fleet's bounds (1 s fetch + 50 ms lookup + local work).
+  EXPECT_LT(slowest_ms.load(), 5000);
 }
 
 }  // namespace
