@@ -260,7 +260,7 @@ TEST_F(FleetE2eTest, ACorruptedValueIsAMissNeverServed) {
   fleet::KeyedCommand get{names[2], {"GET", names[2]}};
   auto got = admin.Execute({&get, 1}, deadline);
   ASSERT_OK(got[0]);
-  std::string value = fleet::ReplyText(**got[0]);
+  std::string value(fleet::ReplyText(**got[0]));
   ASSERT_GT(value.size(), 100u);
   value[60] ^= 0x01;
   fleet::KeyedCommand set{names[2], {"SET", names[2], value}};
