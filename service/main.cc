@@ -437,7 +437,15 @@ void LogStart(const kvkeep::ServiceOptions& o) {
                      {"max_pages_per_request", o.max_pages_per_request},
                      {"metrics_address", o.metrics_address},
                      {"log_level", absl::GetFlag(FLAGS_log_level)},
-                     {"log_format", absl::GetFlag(FLAGS_log_format)}});
+                     {"log_format", absl::GetFlag(FLAGS_log_format)},
+                     // The fleet tier (the password file's path, never the password).
+                     {"fleet_redis", o.fleet_redis},
+                     {"fleet_user", o.fleet_user},
+                     {"fleet_password_file", absl::GetFlag(FLAGS_fleet_password_file)},
+                     {"node_name", o.node_name},
+                     {"fleet_lookup_timeout_ms", o.fleet_lookup_timeout_ms},
+                     {"fleet_fetch_timeout_ms", o.fleet_fetch_timeout_ms},
+                     {"fleet_queue_mb", o.fleet_queue_mib}});
 }
 
 // gRPC's own messages (gpr_log) as log events, so that a JSON log stays JSON.
