@@ -344,7 +344,7 @@ TEST_F(FleetE2eTest, KillingAMasterDuringLookupsAndPublishesKeepsBothDaemonsAnsw
   std::thread publisher([&] {
     for (uint32_t i = 0; !stop.load(); ++i) {
       const absl::Time start = absl::Now();
-      Publish(*a, Prompt(16, 100 + i), 100 + i);
+      Publish(*a, Prompt(16, 100000 + i), 100000 + i);  // seeds apart from the main thread's
       note(start);
       ++publisher_calls;
     }
