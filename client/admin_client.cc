@@ -99,4 +99,16 @@ absl::StatusOr<v1::ValidatePolicyReply> AdminClient::ValidatePolicy(const std::s
   return Call(&v1::Admin::Stub::ValidatePolicy, request);
 }
 
+absl::StatusOr<v1::SetGroupSecretReply> AdminClient::SetGroupSecret(const std::string& group,
+                                                                    const std::string& secret) {
+  v1::SetGroupSecretRequest request;
+  request.set_group(group);
+  request.set_secret(secret);
+  return Call(&v1::Admin::Stub::SetGroupSecret, request);
+}
+
+absl::StatusOr<v1::FleetStatus> AdminClient::GetFleetStatus() {
+  return Call(&v1::Admin::Stub::GetFleetStatus, v1::GetFleetStatusRequest());
+}
+
 }  // namespace kvkeep

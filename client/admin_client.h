@@ -42,6 +42,10 @@ class AdminClient {
   absl::StatusOr<v1::CompressReply> CompressSequence(const v1::CompressSequenceRequest& request);
   absl::StatusOr<v1::ValidatePolicyReply> ValidatePolicy(const std::string& tenant,
                                                          const v1::Policy& policy);
+  // Fleet tier (docs/fleet.md).
+  absl::StatusOr<v1::SetGroupSecretReply> SetGroupSecret(const std::string& group,
+                                                         const std::string& secret);
+  absl::StatusOr<v1::FleetStatus> GetFleetStatus();
 
  private:
   AdminClient(std::shared_ptr<grpc::Channel> channel, std::string token)

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/admin_client.h"
+#include "client/kvkeepctl_fleet.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace kvkeep {
@@ -107,6 +108,14 @@ const std::vector<Command>& Commands() {
        "show, or set (persisted), the free-pool fractions that trigger spilling",
        "SetWatermarks (GetStatus to show)", {"low", "high"},
        "kvkeepctl pool watermarks\nkvkeepctl pool watermarks --low 0.05 --high 0.10"},
+      {"group set-secret", "GROUP --from-file PATH", "set a sharing group's fleet secret",
+       "store the group's fleet secret (>= 16 bytes; the same on every node; never shown again) "
+       "and print its fingerprint (docs/fleet.md)", "SetGroupSecret", {"from-file"},
+       "kvkeepctl group set-secret llama --from-file /etc/kvkeep/groups/llama.secret"},
+      {"fleet status", "", "the fleet tier's cluster and counters",
+       "the Redis Cluster as this daemon sees it (slots, nodes, roles), its fleet counters in "
+       "total and per group, its groups' fingerprints", "GetFleetStatus", {},
+       "kvkeepctl fleet status\nkvkeepctl --json fleet status"},
   };
   return kCommands;
 }
@@ -791,6 +800,8 @@ int Run(int argc, char** argv) {
   if (first == "tenant") return RunTenant(c, sub);
   if (first == "policy") return RunPolicy(c, sub);
   if (first == "seq") return RunSeq(c, sub);
+  if (first == "group") return ctl::RunGroupSetSecret(c.admin, c.pos(2), c.flag("from-file"), c.json);
+  if (first == "fleet") return ctl::RunFleetStatus(c.admin, c.json);
   return RunPool(c);
 }
 

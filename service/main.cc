@@ -11,7 +11,9 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -87,6 +89,19 @@ ABSL_FLAG(uint64_t, max_pages_per_request, 0,
 ABSL_FLAG(uint64_t, max_metadata_bytes_per_tenant, 256ull << 20,
           "Most daemon memory (page tables, statistics, model layouts) one tenant may hold, bytes; "
           "0 = unbounded");
+ABSL_FLAG(std::string, fleet_redis, "",
+          "Fleet tier: seed nodes HOST:PORT[,HOST:PORT...] of the Redis Cluster that shares "
+          "sharing groups' prompt prefixes across nodes (docs/fleet.md); empty = no fleet tier");
+ABSL_FLAG(std::string, fleet_user, "", "Fleet tier: the Redis ACL user of this daemon");
+ABSL_FLAG(std::string, fleet_password_file, "",
+          "Fleet tier: file holding the Redis user's password (trailing newline stripped)");
+ABSL_FLAG(std::string, node_name, "", "This daemon's name in the fleet (default: the hostname)");
+ABSL_FLAG(uint32_t, fleet_lookup_timeout_ms, 50,
+          "Fleet tier: bound of LookupPrefix's existence checks in the cluster, ms");
+ABSL_FLAG(uint32_t, fleet_fetch_timeout_ms, 1000,
+          "Fleet tier: bound of CreateSequence's fetch of prefix pages from the cluster, ms");
+ABSL_FLAG(uint64_t, fleet_queue_mb, 256,
+          "Fleet tier: write-behind queue of published pages, MiB (beyond it pages are dropped)");
 ABSL_FLAG(std::string, log_level, "info",
           "Least severe log events written to stderr: debug, info, warn, error or off");
 ABSL_FLAG(std::string, log_format, "text",
@@ -128,6 +143,9 @@ const std::vector<FlagGroup>& FlagGroups() {
         "session_byte_burst", "max_stats_bytes", "max_tokens_per_request",
         "max_pages_per_request", "max_metadata_bytes_per_tenant"}},
       {"Metrics and logs", {"metrics_address", "log_level", "log_format"}},
+      {"Fleet tier (Redis Cluster)",
+       {"fleet_redis", "fleet_user", "fleet_password_file", "node_name",
+        "fleet_lookup_timeout_ms", "fleet_fetch_timeout_ms", "fleet_queue_mb"}},
   };
   return *groups;
 }
@@ -273,6 +291,45 @@ bool FlagGiven(int argc, char** argv, std::string_view name) {
   return false;
 }
 
+// The fleet tier's flags (docs/fleet.md). The password file is read here, once.
+absl::Status ReadFleetOptions(kvkeep::ServiceOptions* options) {
+  options->fleet_redis = absl::GetFlag(FLAGS_fleet_redis);
+  options->fleet_user = absl::GetFlag(FLAGS_fleet_user);
+  options->node_name = absl::GetFlag(FLAGS_node_name);
+  if (options->node_name.empty()) {
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) == 0) options->node_name = host;
+  }
+  options->fleet_lookup_timeout_ms = absl::GetFlag(FLAGS_fleet_lookup_timeout_ms);
+  options->fleet_fetch_timeout_ms = absl::GetFlag(FLAGS_fleet_fetch_timeout_ms);
+  options->fleet_queue_mib = absl::GetFlag(FLAGS_fleet_queue_mb);
+  if (options->fleet_lookup_timeout_ms == 0 || options->fleet_fetch_timeout_ms == 0 ||
+      options->fleet_queue_mib == 0) {
+    return absl::InvalidArgumentError(
+        "--fleet_lookup_timeout_ms, --fleet_fetch_timeout_ms and --fleet_queue_mb must be > 0");
+  }
+  const std::string password_file = absl::GetFlag(FLAGS_fleet_password_file);
+  if (!password_file.empty()) {
+    std::ifstream in(password_file);
+    std::stringstream text;
+    text << in.rdbuf();
+    if (!in) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--fleet_password_file: cannot read ", password_file));
+    }
+    options->fleet_password = text.str();
+    while (!options->fleet_password.empty() &&
+           (options->fleet_password.back() == '\n' || options->fleet_password.back() == '\r')) {
+      options->fleet_password.pop_back();
+    }
+  }
+  if (options->fleet_redis.empty() &&
+      (!options->fleet_user.empty() || !password_file.empty())) {
+    return absl::InvalidArgumentError("--fleet_user and --fleet_password_file need --fleet_redis");
+  }
+  return absl::OkStatus();
+}
+
 // The parsed flags as options, or the usage error (naming the flag) that main prints.
 absl::Status ReadOptions(int argc, char** argv, kvkeep::ServiceOptions* options) {
   options->data_dir = absl::GetFlag(FLAGS_data_dir);
@@ -345,7 +402,7 @@ absl::Status ReadOptions(int argc, char** argv, kvkeep::ServiceOptions* options)
   }
   options->log_level = *level;
   options->log_format = *format;
-  return absl::OkStatus();
+  return ReadFleetOptions(options);
 }
 
 // The first event: the effective configuration, one field per flag (under the flag's name, in
@@ -387,7 +444,15 @@ void LogStart(const kvkeep::ServiceOptions& o) {
                      {"max_metadata_bytes_per_tenant", o.max_metadata_bytes_per_tenant},
                      {"metrics_address", o.metrics_address},
                      {"log_level", absl::GetFlag(FLAGS_log_level)},
-                     {"log_format", absl::GetFlag(FLAGS_log_format)}});
+                     {"log_format", absl::GetFlag(FLAGS_log_format)},
+                     // The fleet tier (the password file's path, never the password).
+                     {"fleet_redis", o.fleet_redis},
+                     {"fleet_user", o.fleet_user},
+                     {"fleet_password_file", absl::GetFlag(FLAGS_fleet_password_file)},
+                     {"node_name", o.node_name},
+                     {"fleet_lookup_timeout_ms", o.fleet_lookup_timeout_ms},
+                     {"fleet_fetch_timeout_ms", o.fleet_fetch_timeout_ms},
+                     {"fleet_queue_mb", o.fleet_queue_mib}});
 }
 
 // gRPC's own messages (gpr_log) as log events, so that a JSON log stays JSON.

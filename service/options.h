@@ -53,6 +53,14 @@ struct ServiceOptions {
   uint64_t max_metadata_bytes_per_tenant = uint64_t{256} << 20;
   log::Level log_level = log::Level::kInfo;     // Default: info (--log_level); main.cc applies it
   log::Format log_format = log::Format::kText;  // Default: text (--log_format)
+  // ---- Fleet tier (docs/fleet.md) ----
+  std::string fleet_redis;          // Default: none (no fleet tier). Seeds "host:port[,...]"
+  std::string fleet_user;           // Default: none. Redis ACL user
+  std::string fleet_password;       // Default: none. Read from --fleet_password_file
+  std::string node_name;            // Default: the hostname. This daemon's name in the fleet
+  uint32_t fleet_lookup_timeout_ms = 50;   // Default: 50 ms per LookupPrefix cluster check
+  uint32_t fleet_fetch_timeout_ms = 1000;  // Default: 1 s per CreateSequence prefix fetch
+  uint64_t fleet_queue_mib = 256;          // Default: 256 MiB write-behind queue
 };
 
 }  // namespace kvkeep

@@ -9,6 +9,7 @@
 #include "service/engine/metadata_charge.h"
 #include "service/observability/log.h"
 #include "service/engine/cache_engine_internal.h"
+#include "service/fleet/group_keys.h"
 #include "service/compress/compressor.h"
 #include "service/compress/policy_convert.h"
 #include "service/pool/quota.h"
@@ -89,6 +90,10 @@ absl::Status CacheEngine::Load() {
       return absl::DataLossError("unreadable sharing group record " + key);
     }
     group_salts_[record.name()] = record.salt();
+    if (!record.fleet_secret().empty()) {  // fleet tier: the operator's group secret
+      ASSIGN_OR_RETURN(fleet::GroupKeys keys, fleet::DeriveGroupKeys(record.fleet_secret()));
+      group_fleet_keys_[record.name()] = std::make_shared<const fleet::GroupKeys>(std::move(keys));
+    }
   }
   auto watermarks = store_->Get(kWatermarksKeyName);
   if (watermarks.ok()) {
@@ -293,6 +298,10 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
         request.prefix_token_ids_size(), " prefix token ids; at most ",
         options_.max_tokens_per_allocation));
   }
+  // Fleet tier: the prompt's pages this node lacks come from the cluster first, outside mu_,
+  // into the group's index; the match below then finds them like local ones.
+  uint32_t local_pages = 0;
+  const uint32_t fleet_pages = ImportFleetPrefix(tenant, request, &local_pages);
   std::shared_ptr<Sequence> seq;
   {
     absl::MutexLock lock(&mu_);
@@ -336,6 +345,11 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
   v1::PageTable table;
   absl::ReaderMutexLock seq_lock(&seq->mu);
   TableToProto(*seq, false, &table);
+  if (fleet_pages > 0 && seq->shared.size() > local_pages) {
+    const uint32_t from_fleet =
+        std::min<uint32_t>(static_cast<uint32_t>(seq->shared.size()) - local_pages, fleet_pages);
+    table.set_fleet_tokens(from_fleet * seq->model->geometry().tokens_per_page);
+  }
   if (!seq->shared.empty()) RETURN_IF_ERROR(AddArenas(tenant, &table));
   return table;
 }

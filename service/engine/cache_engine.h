@@ -31,6 +31,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,8 @@
 #include "service/pool/pool_shares.h"
 #include "service/pool/prefix_index.h"
 #include "service/engine/sequence_stats.h"
+#include "service/fleet/fleet_scope.h"
+#include "service/fleet/fleet_tier.h"
 #include "service/engine/sequence_table.h"
 #include "service/engine/session_sink.h"
 #include "service/storage/metadata_store.h"
@@ -81,6 +84,14 @@ struct EngineOptions {
   // The most daemon heap (page tables, statistics, model layouts) one tenant may make the daemon
   // hold (service/engine/metadata_charge.h); 0 = unbounded. Default: 256 MiB.
   uint64_t max_metadata_bytes_per_tenant = uint64_t{256} << 20;
+  // ---- Fleet tier (docs/fleet.md; cache_engine_fleet.cc) ----
+  // Default: null = no fleet tier. Must outlive the engine.
+  fleet::FleetTier* fleet = nullptr;
+  // Default: 50 ms. Bound of LookupPrefix's existence checks in the cluster.
+  absl::Duration fleet_lookup_timeout = absl::Milliseconds(50);
+  // Default: 1 s. Bound of CreateSequence's fetch of a prefix's page values from the cluster.
+  absl::Duration fleet_fetch_timeout = absl::Seconds(1);
+  std::string fleet_node_name;  // this daemon's name in the fleet (kvkeepd --node_name)
 };
 
 // Fills an ArenaExport from what the pool knows.
@@ -197,6 +208,18 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   };
   absl::StatusOr<std::unique_ptr<ReadCursor>> OpenRead(const std::string& tenant,
                                                        const v1::ReadRequest& request);
+
+  // ---- Fleet tier (cache_engine_fleet.cc, docs/fleet.md) ------------------------------------
+  // Stores a sharing group's secret; derives its chain salt and value key. INVALID_ARGUMENT
+  // (empty or too long group name, secret too short or too long), the store's error.
+  absl::StatusOr<v1::SetGroupSecretReply> SetGroupSecret(const v1::SetGroupSecretRequest& r);
+  // "group=fingerprint" of every group with a secret, sorted.
+  std::vector<std::string> GroupFingerprints() const;
+  // "model=layout hash (16 hex)" of every registered model, sorted, deduplicated.
+  std::vector<std::string> ModelLayoutHashes() const;
+  // The cluster as this daemon sees it and its fleet counters. FAILED_PRECONDITION without a
+  // fleet tier. Contacts the cluster (bounded by `deadline`): call it from an executor.
+  absl::StatusOr<v1::FleetStatus> FleetStatus(absl::Time deadline) const;
 
   uint64_t max_message_bytes() const { return options_.max_message_bytes; }
   const PagePool& pool() const { return pool_; }
@@ -326,6 +349,29 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   // Copy-on-write: gives the sequence private copies of its shared prefix pages (charged to its
   // tenant, admission applies) and drops its shared references.
   absl::Status UnshareHeld(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  // ---- Fleet tier (cache_engine_fleet.cc) ----
+  // The fleet scope of (group, model); nullopt without a fleet tier or a secret of the group.
+  std::optional<fleet::FleetScope> FleetScopeLocked(const std::string& group,
+                                                    const Model& model) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Before CreateSequence takes mu_: fetches from the cluster the prompt's pages the local index
+  // lacks and inserts them as cached group entries. Returns the pages the local index held
+  // (*local_pages) and those imported; a miss, timeout, refused value or pool shortage is 0.
+  uint32_t ImportFleetPrefix(const std::string& tenant, const v1::CreateSequenceRequest& r,
+                             uint32_t* local_pages);
+  // Allocates group pages for `payloads` (pages first.. of `keys`), writes them and inserts the
+  // entries the index does not hold yet. Returns how many payloads are now in the index.
+  uint32_t InsertFleetPages(const fleet::FleetScope& scope, const Model& model,
+                            const std::vector<std::string>& keys, uint32_t first,
+                            const std::vector<std::string>& payloads);
+  // After a publish: reads the bytes of the sequence's shared pages [first, full) and queues
+  // them for the cluster (write-behind). Failures are counted by the tier and logged.
+  void PutFleetPages(const Sequence& seq, const fleet::FleetScope& scope,
+                     const std::vector<std::string>& keys, uint32_t first, uint32_t full)
+      ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  // The fleet scope of the tenant's group for `model` (takes mu_).
+  std::optional<fleet::FleetScope> FleetScopeOf(const std::string& tenant, const Model& model) const;
+
   // Frees unreferenced (cached) shared prefix pages, least recently released first, until
   // `want_bytes` are freed or none is left. Returns the bytes freed. (PressureRelief::Host.)
   uint64_t ReleaseCachedPrefixes(uint64_t want_bytes) override;
@@ -352,6 +398,9 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   std::string admin_token_hash_ ABSL_GUARDED_BY(mu_);  // empty until ReserveAdminToken
   PrefixIndex prefixes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::string> group_salts_ ABSL_GUARDED_BY(mu_);
+  // Fleet tier: the derived keys of groups with a secret (their salt is keys->chain_salt).
+  absl::flat_hash_map<std::string, std::shared_ptr<const fleet::GroupKeys>> group_fleet_keys_
+      ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> prefix_lookups_{0}, prefix_pages_hit_{0}, prefix_pages_missed_{0};
   v1::Watermarks watermarks_ ABSL_GUARDED_BY(mu_);
 };

@@ -9,6 +9,8 @@
 #include "common/status_macros.h"
 #include "service/engine/cache_engine.h"
 #include "service/engine/cache_engine_internal.h"
+#include "service/fleet/fleet_keys.h"
+#include "service/fleet/layout_hash.h"
 #include "service/observability/log.h"
 #include "service/token_auth.h"
 
@@ -94,8 +96,13 @@ std::vector<std::string> CacheEngine::PrefixKeysLocked(const Tenant& t, const Mo
   const std::string& group = t.record.sharing_group();
   auto salt = group_salts_.find(group);
   if (group.empty() || salt == group_salts_.end()) return {};
-  return PrefixChain(salt->second, LayoutIdentity(model.layout()), tokens,
-                     model.geometry().tokens_per_page);
+  // A group with a fleet secret keys its prefixes as the fleet does (docs/fleet.md §3): the
+  // derived chain salt (group_salts_) and the canonical layout hash, so local keys and Redis
+  // keys are one chain.
+  const std::string layout = group_fleet_keys_.contains(group)
+                                 ? fleet::FleetLayoutHash(model.layout())
+                                 : LayoutIdentity(model.layout());
+  return PrefixChain(salt->second, layout, tokens, model.geometry().tokens_per_page);
 }
 
 std::vector<std::shared_ptr<PrefixEntry>> CacheEngine::MatchPrefixLocked(
@@ -203,19 +210,40 @@ absl::StatusOr<v1::LookupPrefixReply> CacheEngine::LookupPrefix(
     return absl::InvalidArgumentError(
         absl::StrCat(r.token_ids_size(), " token ids; at most ", kMaxPrefixTokens));
   }
-  absl::MutexLock lock(&mu_);
-  auto t = tenants_.find(tenant);
-  if (t == tenants_.end()) return absl::UnauthenticatedError("tenant no longer exists");
-  auto m = t->second.models.find(r.model());
-  if (m == t->second.models.end()) {
-    return absl::NotFoundError(absl::StrCat(
-        "no model \"", r.model(), "\" registered for this tenant; call RegisterModel"));
+  uint32_t local = 0, tpp = 0;
+  std::optional<fleet::FleetScope> scope;
+  std::vector<std::string> fleet_names;  // the prompt's pages past the local match
+  {
+    absl::MutexLock lock(&mu_);
+    auto t = tenants_.find(tenant);
+    if (t == tenants_.end()) return absl::UnauthenticatedError("tenant no longer exists");
+    auto m = t->second.models.find(r.model());
+    if (m == t->second.models.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "no model \"", r.model(), "\" registered for this tenant; call RegisterModel"));
+    }
+    const auto matched = MatchPrefixLocked(t->second, *m->second, r.token_ids());
+    local = static_cast<uint32_t>(matched.size());
+    tpp = m->second->geometry().tokens_per_page;
+    scope = FleetScopeLocked(t->second.record.sharing_group(), *m->second);
+    if (scope.has_value()) {
+      const std::vector<std::string> keys = PrefixKeysLocked(t->second, *m->second, r.token_ids());
+      for (size_t i = local; i < keys.size(); ++i) {
+        fleet_names.push_back(fleet::FleetKeyName(scope->layout_hash, keys[i]));
+      }
+    }
   }
-  const auto matched = MatchPrefixLocked(t->second, *m->second, r.token_ids());
+  // The cluster outside mu_, bounded: a miss, timeout or down cluster is 0 more pages.
+  uint32_t in_fleet = 0;
+  if (!fleet_names.empty()) {
+    in_fleet = static_cast<uint32_t>(options_.fleet->Lookup(
+        *scope, fleet_names, absl::Now() + options_.fleet_lookup_timeout));
+  }
   v1::LookupPrefixReply reply;
-  reply.set_matched_pages(static_cast<uint32_t>(matched.size()));
-  reply.set_matched_tokens(static_cast<uint32_t>(matched.size()) *
-                           m->second->geometry().tokens_per_page);
+  reply.set_matched_pages(local + in_fleet);
+  reply.set_matched_tokens((local + in_fleet) * tpp);
+  reply.set_local_tokens(local * tpp);
+  reply.set_fleet_tokens(in_fleet * tpp);
   return reply;
 }
 
@@ -412,6 +440,13 @@ absl::StatusOr<v1::PublishPrefixReply> CacheEngine::PublishPrefix(
     }
   }
   pool_.Free(outcome.to_free);
+  // Fleet tier: the shared pages this call added, queued for the cluster (write-behind; the
+  // reply does not wait for it). seq->mu is held (the pages stay referenced), mu_ is not.
+  if (options_.fleet != nullptr) {
+    if (std::optional<fleet::FleetScope> scope = FleetScopeOf(tenant, *seq->model)) {
+      PutFleetPages(*seq, *scope, plan.keys, plan.first, plan.full);
+    }
+  }
   v1::PublishPrefixReply reply;
   const TenantCharges charges = ledger_.ChargesOf(tenant);
   reply.set_tenant_used_bytes(charges.used_bytes);

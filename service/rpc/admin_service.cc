@@ -121,4 +121,19 @@ grpc::ServerUnaryReactor* AdminService::ValidatePolicy(grpc::CallbackServerConte
                        [&] { return engine_->ValidatePolicy(*request); });
 }
 
+grpc::ServerUnaryReactor* AdminService::SetGroupSecret(grpc::CallbackServerContext* context,
+                                                       const v1::SetGroupSecretRequest* request,
+                                                       v1::SetGroupSecretReply* reply) {
+  return unary_.Offload(context, "SetGroupSecret", reply,
+                        [this, request] { return engine_->SetGroupSecret(*request); });
+}
+
+grpc::ServerUnaryReactor* AdminService::GetFleetStatus(grpc::CallbackServerContext* context,
+                                                       const v1::GetFleetStatusRequest* request,
+                                                       v1::FleetStatus* reply) {
+  return unary_.Offload(context, "GetFleetStatus", reply, [this] {
+    return engine_->FleetStatus(absl::Now() + absl::Seconds(2));
+  });
+}
+
 }  // namespace kvkeep

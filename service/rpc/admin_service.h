@@ -65,6 +65,13 @@ class AdminService final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ValidatePolicy(grpc::CallbackServerContext* context,
                                            const v1::SetPolicyRequest* request,
                                            v1::ValidatePolicyReply* reply) override;
+  // Fleet tier (docs/fleet.md).
+  grpc::ServerUnaryReactor* SetGroupSecret(grpc::CallbackServerContext* context,
+                                           const v1::SetGroupSecretRequest* request,
+                                           v1::SetGroupSecretReply* reply) override;
+  grpc::ServerUnaryReactor* GetFleetStatus(grpc::CallbackServerContext* context,
+                                           const v1::GetFleetStatusRequest* request,
+                                           v1::FleetStatus* reply) override;
 
  private:
   // The caller as logs name it once the admin token is checked.

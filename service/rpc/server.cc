@@ -20,6 +20,9 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "service/fleet/fleet_metrics.h"
+#include "service/fleet/node_address.h"
+#include "service/fleet/redis_fleet_tier.h"
 #include "service/observability/log.h"
 #include "service/storage/private_dir.h"
 #include "service/token_auth.h"
@@ -182,13 +185,38 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceOptions& opti
   ASSIGN_OR_RETURN(server->store_, MetadataStore::Open(data_dir + "/db"));
   RETURN_IF_ERROR(server->OpenBackend(options, data_dir));
   RETURN_IF_ERROR(server->OpenSpillStore(options, data_dir));
+  RETURN_IF_ERROR(server->OpenFleet(options));
+  EngineOptions engine_options = EngineOptionsFrom(options);
+  engine_options.fleet = server->fleet_.get();
+  engine_options.fleet_lookup_timeout = absl::Milliseconds(options.fleet_lookup_timeout_ms);
+  engine_options.fleet_fetch_timeout = absl::Milliseconds(options.fleet_fetch_timeout_ms);
+  engine_options.fleet_node_name = options.node_name;
   ASSIGN_OR_RETURN(server->engine_,
                    CacheEngine::Create(server->backend_.get(), server->store_.get(),
-                                       EngineOptionsFrom(options), server->spill_.get()));
+                                       engine_options, server->spill_.get()));
   RETURN_IF_ERROR(server->CreateServices(options, data_dir));
   RETURN_IF_ERROR(server->StartGrpc(options, data_dir));
   RETURN_IF_ERROR(server->StartMetricsHttp(options));
   return server;
+}
+
+absl::Status Server::OpenFleet(const ServiceOptions& options) {
+  if (options.fleet_redis.empty()) return absl::OkStatus();
+  fleet::RedisFleetOptions fleet_options;
+  absl::StatusOr<std::vector<fleet::NodeAddress>> seeds = fleet::ParseSeedList(options.fleet_redis);
+  if (!seeds.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--fleet_redis: ", seeds.status().message()));
+  }
+  fleet_options.cluster.seeds = *std::move(seeds);
+  fleet_options.cluster.connection.user = options.fleet_user;
+  fleet_options.cluster.connection.password = options.fleet_password;
+  fleet_options.max_queue_bytes = options.fleet_queue_mib << 20;
+  ASSIGN_OR_RETURN(fleet_, fleet::RedisFleetTier::Create(std::move(fleet_options)));
+  log::Info("fleet.configured", {{"seeds", options.fleet_redis},
+                                 {"user", options.fleet_user},
+                                 {"node_name", options.node_name},
+                                 {"queue_mib", options.fleet_queue_mib}});
+  return absl::OkStatus();
 }
 
 absl::Status Server::OpenBackend(const ServiceOptions& options, const std::string& data_dir) {
@@ -299,7 +327,12 @@ absl::Status Server::StartMetricsHttp(const ServiceOptions& options) {
   auto http = MetricsHttpServer::Start(options.metrics_address, [this] {
     ExpositionWriter limits;
     limits_->WriteMetrics(&limits);
-    return RenderMetrics(engine_->Status(), engine_->pool().Stats(), *metrics_) + limits.Take();
+    std::string text =
+        RenderMetrics(engine_->Status(), engine_->pool().Stats(), *metrics_) + limits.Take();
+    if (fleet_ != nullptr) {  // the fleet tier's families (docs/fleet.md)
+      text += fleet::RenderFleetMetrics(*fleet_, absl::Now() + absl::Milliseconds(200));
+    }
+    return text;
   });
   if (http.ok()) {
     metrics_http_ = std::move(*http);

@@ -17,6 +17,7 @@
 #include "grpcpp/server.h"
 #include "service/rpc/admin_service.h"
 #include "service/engine/cache_engine.h"
+#include "service/fleet/fleet_tier.h"
 #include "service/rpc/kvcache_service.h"
 #include "service/observability/metrics.h"
 #include "service/observability/metrics_http.h"
@@ -53,11 +54,15 @@ class Server {
   absl::Status StartGrpc(const ServiceOptions& options, const std::string& data_dir);
   // The HTTP /metrics endpoint, when --metrics_address is set.
   absl::Status StartMetricsHttp(const ServiceOptions& options);
+  // The fleet tier's Redis Cluster client (docs/fleet.md), when --fleet_redis is set. It does not
+  // contact the cluster: a cluster that is down only makes the fleet miss.
+  absl::Status OpenFleet(const ServiceOptions& options);
 
   std::string socket_path_;
   std::unique_ptr<MetadataStore> store_;
   std::unique_ptr<SpillStore> spill_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<fleet::FleetTier> fleet_;  // null without --fleet_redis; outlives engine_
   std::unique_ptr<CacheEngine> engine_;
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<SessionLimits> limits_;  // used by kvcache_ and the metrics endpoint
