@@ -12,6 +12,7 @@
 #include "kvkeep/v1/kvcache.grpc.pb.h"
 #include "service/engine/cache_engine.h"
 #include "service/executor.h"
+#include "service/arena_channel/arena_channel_server.h"
 #include "service/rpc/reactors.h"
 #include "service/rpc/session_limits.h"
 
@@ -23,6 +24,9 @@ class KvCacheService final : public v1::KvCache::CallbackService {
   // rate and size limits; null = none) must outlive the service.
   KvCacheService(CacheEngine* engine, Executor* executor, std::string admin_token_hash,
                  SessionLimits* limits = nullptr);
+  // The arena channel whose tickets Session hands out (null: none, arenas go by handle only).
+  // Set before the service serves; must outlive it.
+  void set_arena_channel(ArenaChannelServer* channel) { arena_channel_ = channel; }
 
   grpc::ServerWriteReactor<v1::SessionEvent>* Session(grpc::CallbackServerContext* context,
                                                       const v1::AttachRequest* request) override;
@@ -88,6 +92,7 @@ class KvCacheService final : public v1::KvCache::CallbackService {
   CacheEngine* const engine_;
   const std::string admin_token_hash_;
   SessionLimits* const limits_;  // may be null
+  ArenaChannelServer* arena_channel_ = nullptr;  // may be null; set before serving
   const UnaryCalls unary_;  // admits through Admit()
 };
 

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "gpu/backend.h"
+#include "service/arena_channel/arena_channel_wire.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -260,6 +261,7 @@ absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string&
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  RETURN_IF_ERROR(StartArenaChannel());
   builder.RegisterService(kvcache_.get());
   builder.RegisterService(admin_.get());
   grpc_ = builder.BuildAndStart();
@@ -273,6 +275,20 @@ absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string&
   }
   log::Info("listener.bound", {{"transport", "unix"}, {"address", socket_path_}, {"mode", "0660"}});
   if (!options.tcp_address.empty()) LogTcpListener(options, tcp_port);
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartArenaChannel() {
+  arena_fd_source_ = std::make_unique<EngineArenaFdSource>(engine_.get());
+  auto channel =
+      ArenaChannelServer::Start(ArenaChannelPathFor(socket_path_), arena_fd_source_.get());
+  if (absl::IsInvalidArgument(channel.status())) {
+    log::Warn("arena_channel.disabled", {{"status", channel.status()}});
+    return absl::OkStatus();
+  }
+  if (!channel.ok()) return channel.status();
+  arena_channel_ = *std::move(channel);
+  kvcache_->set_arena_channel(arena_channel_.get());
   return absl::OkStatus();
 }
 
@@ -315,6 +331,8 @@ Server::~Server() {
   executor_.reset();  // runs what is queued (the server no longer accepts calls)
   kvcache_.reset();
   admin_.reset();
+  arena_channel_.reset();  // after every session ended (grpc_ is gone), before the engine
+  arena_fd_source_.reset();
   engine_.reset();
   backend_.reset();
   spill_.reset();
