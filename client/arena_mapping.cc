@@ -99,8 +99,6 @@ absl::StatusOr<std::shared_ptr<const ArenaMapping>> ArenaMapping::Map(
   }
 }
 
-}  // namespace kvkeep
-
 absl::StatusOr<std::shared_ptr<const ArenaMapping>> ArenaMapping::MapFd(
     const v1::ArenaExport& arena, OwnedFd fd) {
   if (!fd.valid()) return absl::InvalidArgumentError("no file descriptor to map");
