@@ -257,5 +257,49 @@ TEST_F(ArenaFdTest, TenantBNeverReceivesTenantAsFds) {
   EXPECT_EQ(again.arena_id(), a_arenas.front());
 }
 
+// A sharing group's arena comes to a member as an O_RDONLY fd: it cannot be mapped writable.
+TEST_F(ArenaFdTest, GroupArenaFdCannotBeMappedWritable) {
+  std::string tokens[2];
+  for (int i = 0; i < 2; ++i) {
+    v1::CreateTenantRequest r;
+    r.set_name(i == 0 ? "ga" : "gb");
+    r.set_sharing_group("team");
+    ASSERT_OK_AND_ASSIGN(v1::CreateTenantReply reply, daemon_.Admin()->CreateTenant(r));
+    tokens[i] = reply.token();
+  }
+  std::string seq;
+  auto a = AttachWithPages(tokens[0], "ga0", &seq);
+  ASSERT_NE(a, nullptr);
+  ASSERT_OK(a->Commit(seq, 8).status());
+  ASSERT_OK_AND_ASSIGN(v1::PublishPrefixReply pub,
+                       a->PublishPrefix(seq, {1, 2, 3, 4, 5, 6, 7, 8}));
+  uint32_t group_arena = 0;
+  for (const auto& arena : pub.table().arenas()) {
+    if (arena.read_only()) group_arena = arena.arena_id();
+  }
+  ASSERT_NE(group_arena, 0u);
+  auto raw = OpenSession(daemon_, tokens[1], "gb-raw");
+  ASSERT_NE(raw, nullptr);
+  ASSERT_OK_AND_ASSIGN(auto channel,
+                       ArenaChannelClient::Connect(arena_socket_, raw->started.attach_ticket()));
+  ASSERT_OK_AND_ASSIGN(ReceivedArena got, channel->Fetch(group_arena));
+  EXPECT_TRUE(got.arena.read_only());
+  EXPECT_EQ(fcntl(got.fd.get(), F_GETFL) & O_ACCMODE, O_RDONLY);
+  const size_t size = got.arena.size_bytes();
+  void* writable = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, got.fd.get(), 0);
+  EXPECT_EQ(writable, MAP_FAILED) << "a group arena mapped writable";
+  if (writable != MAP_FAILED) munmap(writable, size);
+  void* readable = mmap(nullptr, size, PROT_READ, MAP_SHARED, got.fd.get(), 0);
+  ASSERT_NE(readable, MAP_FAILED);
+  EXPECT_NE(mprotect(readable, size, PROT_READ | PROT_WRITE), 0);
+  munmap(readable, size);
+  // A tenant outside the group gets no fd of it.
+  auto outsider = OpenSession(daemon_, token_b_, "b-raw");
+  ASSERT_NE(outsider, nullptr);
+  ASSERT_OK_AND_ASSIGN(auto other, ArenaChannelClient::Connect(
+                                       arena_socket_, outsider->started.attach_ticket()));
+  EXPECT_THAT(other->Fetch(group_arena), StatusIs(StatusCode::kPermissionDenied));
+}
+
 }  // namespace
 }  // namespace kvkeep
