@@ -70,8 +70,7 @@ absl::StatusOr<std::unique_ptr<ArenaChannelServer>> ArenaChannelServer::Start(
   auto server = std::unique_ptr<ArenaChannelServer>(
       new ArenaChannelServer(path, std::move(listener), std::move(wake), source));
   server->thread_ = std::thread([s = server.get()] { s->Loop(); });
-  log::Info("listener.bound", {{"transport", "unix-seqpacket"}, {"address", path},
-                               {"mode", "0660"}, {"purpose", "arena fds"}});
+  log::Info("arena_channel.bound", {{"address", path}, {"mode", "0660"}});
   return server;
 }
 
