@@ -39,13 +39,11 @@ class HostShmMapping final : public ArenaMapping {
   absl::Status Finish() const override { return absl::OkStatus(); }
 };
 
-absl::StatusOr<std::shared_ptr<const ArenaMapping>> MapHostShm(const v1::ArenaExport& arena) {
+// Maps an open host-memory fd (closed here): a named shm object or a memfd from the channel.
+absl::StatusOr<std::shared_ptr<const ArenaMapping>> MapHostFd(const v1::ArenaExport& arena,
+                                                              int fd) {
   // A sharing group's arena (shared prefix pages) is mapped read-only.
   const bool read_only = arena.read_only();
-  int fd = shm_open(arena.handle().c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC, 0);
-  if (fd < 0) {
-    return absl::NotFoundError(absl::StrCat("shm_open(", arena.handle(), "): ", std::strerror(errno)));
-  }
   struct stat st;
   if (fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) != arena.size_bytes()) {
     close(fd);
@@ -60,6 +58,15 @@ absl::StatusOr<std::shared_ptr<const ArenaMapping>> MapHostShm(const v1::ArenaEx
   }
   return std::make_shared<const HostShmMapping>(arena, static_cast<uint8_t*>(data),
                                                 arena.size_bytes());
+}
+
+absl::StatusOr<std::shared_ptr<const ArenaMapping>> MapHostShm(const v1::ArenaExport& arena) {
+  int fd = shm_open(arena.handle().c_str(), (arena.read_only() ? O_RDONLY : O_RDWR) | O_CLOEXEC,
+                    0);
+  if (fd < 0) {
+    return absl::NotFoundError(absl::StrCat("shm_open(", arena.handle(), "): ", std::strerror(errno)));
+  }
+  return MapHostFd(arena, fd);
 }
 
 }  // namespace
@@ -80,11 +87,27 @@ absl::StatusOr<std::shared_ptr<const ArenaMapping>> ArenaMapping::Map(
       return MapHostShm(arena);
     case v1::CUDA_IPC:
       return MapCudaIpcArena(arena);
+    case v1::HOST_MEMFD:
+    case v1::CUDA_VMM_FD:
+      return absl::FailedPreconditionError(absl::StrCat(
+          "arena ", arena.arena_id(), " (", v1::ArenaKind_Name(arena.kind()),
+          ") comes as a file descriptor over the arena channel; map it with MapFd"));
     default:
       return absl::UnimplementedError(absl::StrCat("cannot map arena kind ",
                                                    v1::ArenaKind_Name(arena.kind()),
                                                    " in this client build"));
   }
+}
+
+absl::StatusOr<std::shared_ptr<const ArenaMapping>> ArenaMapping::MapFd(
+    const v1::ArenaExport& arena, OwnedFd fd) {
+  if (!fd.valid()) return absl::InvalidArgumentError("no file descriptor to map");
+  if (arena.kind() != v1::HOST_MEMFD) {
+    return absl::UnimplementedError(absl::StrCat("cannot map arena kind ",
+                                                 v1::ArenaKind_Name(arena.kind()),
+                                                 " from a file descriptor in this client build"));
+  }
+  return MapHostFd(arena, fd.release());
 }
 
 }  // namespace kvkeep

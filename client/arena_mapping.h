@@ -1,4 +1,5 @@
-// A worker's mapping of one exported arena: host shared memory (HOST_SHM) or, in builds with CUDA,
+// A worker's mapping of one exported arena: host memory (HOST_MEMFD, an fd from the arena
+// channel; HOST_SHM of older daemons, by name) or, in builds with CUDA,
 // device memory of another process (CUDA_IPC, opened on the local device whose UUID matches the
 // export). Handed out as shared_ptr<const ArenaMapping>: the mapping is closed (munmap /
 // cudaIpcCloseMemHandle) when the last holder drops it, so a copy in progress pins it; holders
@@ -16,6 +17,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "common/owned_fd.h"
 #include "kvkeep/v1/common.pb.h"
 
 namespace kvkeep {
@@ -29,7 +31,13 @@ class ArenaMapping {
   //    handle or UUID; NOT_FOUND when no visible device has the export's UUID; FAILED_PRECONDITION
   //    when there is no device or the mapped allocation is smaller than the export says.
   //  Other kinds: UNIMPLEMENTED.
+  //  HOST_MEMFD: FAILED_PRECONDITION: these come as fds over the arena channel, use MapFd.
   static absl::StatusOr<std::shared_ptr<const ArenaMapping>> Map(const v1::ArenaExport& arena);
+  // Maps an export that came as a file descriptor over the arena channel (HOST_MEMFD; the fd is
+  // closed once mapped). Read-only (PROT_READ) when `arena.read_only()`. DATA_LOSS when the fd's
+  // size differs from the export; UNIMPLEMENTED for other kinds.
+  static absl::StatusOr<std::shared_ptr<const ArenaMapping>> MapFd(const v1::ArenaExport& arena,
+                                                                   OwnedFd fd);
   virtual ~ArenaMapping() = default;
   ArenaMapping(const ArenaMapping&) = delete;
   ArenaMapping& operator=(const ArenaMapping&) = delete;

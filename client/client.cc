@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "client/unary_call.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
@@ -19,6 +21,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Attach(const ChannelOptions& opt
                                                        absl::Duration timeout) {
   auto client = std::unique_ptr<Client>(
       new Client(MakeChannel(options), std::move(token), options.max_message_bytes));
+  // The arena channel listens next to the gRPC socket (service/arena_channel/arena_channel_wire.h).
+  absl::string_view target = options.target;
+  if (absl::ConsumePrefix(&target, "unix:")) {
+    while (absl::StartsWith(target, "//")) target.remove_prefix(1);
+    client->arena_socket_hint_ = absl::StrCat(target, ".arenas");
+  } else if (absl::StartsWith(target, "/") || absl::StartsWith(target, ".")) {
+    client->arena_socket_hint_ = absl::StrCat(target, ".arenas");
+  }
   if (!client->channel_->WaitForConnected(std::chrono::system_clock::now() +
                                           absl::ToChronoMilliseconds(timeout))) {
     return absl::UnavailableError(absl::StrCat("cannot reach kvkeepd at ", options.target));
@@ -58,6 +68,7 @@ void Client::EventLoop() {
     if (event.has_started()) {
       session_id_ = event.started().session_id();
       tenant_ = event.started().tenant();
+      AttachArenaChannelLocked(event.started());
       for (const auto& arena : event.started().arenas()) MapArenaLocked(arena).IgnoreError();
       started_ = true;
     } else if (event.has_arena_added()) {
@@ -83,8 +94,46 @@ void Client::Close() {
 
 Client::~Client() { Close(); }
 
+void Client::AttachArenaChannelLocked(const v1::SessionStarted& started) {
+  if (started.attach_ticket().empty()) return;
+  std::vector<std::string> paths;
+  if (!arena_socket_hint_.empty()) paths.push_back(arena_socket_hint_);
+  if (!started.arena_socket().empty() && started.arena_socket() != arena_socket_hint_) {
+    paths.push_back(started.arena_socket());
+  }
+  for (const std::string& path : paths) {
+    absl::StatusOr<std::unique_ptr<ArenaChannelClient>> channel =
+        ArenaChannelClient::Connect(path, started.attach_ticket());
+    if (channel.ok()) {
+      arena_channel_ = *std::move(channel);
+      arena_channel_status_ = absl::OkStatus();
+      return;
+    }
+    arena_channel_status_ = channel.status();
+    // Only an unreachable socket leaves the one-time ticket unused for the next path.
+    if (!absl::IsUnavailable(channel.status())) return;
+  }
+}
+
+absl::Status Client::arena_channel_status() const {
+  absl::MutexLock lock(&mu_);
+  return arena_channel_status_;
+}
+
 absl::Status Client::MapArenaLocked(const v1::ArenaExport& arena) {
   if (arenas_.count(arena.arena_id())) return absl::OkStatus();
+  if (arena.kind() == v1::HOST_MEMFD || arena.kind() == v1::CUDA_VMM_FD) {
+    if (arena_channel_ == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat("arena ", arena.arena_id(),
+                                                        " needs the arena channel: ",
+                                                        arena_channel_status_.message()));
+    }
+    ASSIGN_OR_RETURN(ReceivedArena received, arena_channel_->Fetch(arena.arena_id()));
+    ASSIGN_OR_RETURN(auto mapping,
+                     ArenaMapping::MapFd(received.arena, std::move(received.fd)));
+    arenas_[arena.arena_id()] = std::move(mapping);
+    return absl::OkStatus();
+  }
   ASSIGN_OR_RETURN(auto mapping, ArenaMapping::Map(arena));
   arenas_[arena.arena_id()] = std::move(mapping);
   return absl::OkStatus();

@@ -26,6 +26,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "client/arena_channel_client.h"
 #include "client/arena_mapping.h"
 #include "client/call_context.h"
 #include "kvkeep/v1/kvcache.grpc.pb.h"
@@ -134,6 +135,8 @@ class Client {
 
   // Arenas this client has mapped.
   std::vector<uint32_t> MappedArenas() const;
+  // OK when the arena channel is attached (fd-passed arenas can be mapped); why not otherwise.
+  absl::Status arena_channel_status() const;
   v1::KvCache::Stub& stub() { return *stub_; }
   const std::string& token() const { return token_; }
 
@@ -147,6 +150,10 @@ class Client {
       grpc::Status (v1::KvCache::Stub::*method)(grpc::ClientContext*, const Request&, Reply*),
       const Request& request);
   void EventLoop();
+  // Connects the arena channel with the session's ticket (the socket next to the unix: target
+  // first, then the path the daemon advertised).
+  void AttachArenaChannelLocked(const v1::SessionStarted& started)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MapArenaLocked(const v1::ArenaExport& arena) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MapArenasOf(const google::protobuf::RepeatedPtrField<v1::HeadTable>& heads,
                           const google::protobuf::RepeatedPtrField<v1::ArenaExport>& known);
@@ -171,6 +178,7 @@ class Client {
   const int max_message_bytes_;
   std::string session_id_;
   std::string tenant_;
+  std::string arena_socket_hint_;  // "<unix socket of the target>.arenas"; empty for TCP
 
   std::unique_ptr<grpc::ClientContext> session_context_;
   std::unique_ptr<grpc::ClientReader<v1::SessionEvent>> session_reader_;
@@ -180,6 +188,11 @@ class Client {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status session_status_ ABSL_GUARDED_BY(mu_);
+  // Where fd-passed arenas (HOST_MEMFD) come from; null when it could not be attached (then
+  // arena_channel_status_ says why, and such arenas are not mapped: the bytes path still works).
+  std::unique_ptr<ArenaChannelClient> arena_channel_ ABSL_GUARDED_BY(mu_);
+  absl::Status arena_channel_status_ ABSL_GUARDED_BY(mu_) =
+      absl::FailedPreconditionError("the daemon offered no arena channel");
   // Mapped arenas. A mapping is closed when the last holder drops it: when the Client is
   // destroyed (mu_ not held), or later when an in-place copy still pins it.
   std::map<uint32_t, std::shared_ptr<const ArenaMapping>> arenas_ ABSL_GUARDED_BY(mu_);

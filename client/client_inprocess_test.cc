@@ -20,6 +20,8 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
+#include "service/arena_channel/arena_channel_server.h"
+#include "service/arena_channel/engine_arena_fd_source.h"
 #include "service/engine/cache_engine.h"
 #include "service/executor.h"
 #include "service/rpc/admin_service.h"
@@ -80,6 +82,11 @@ class ClientInProcessTest : public ::testing::Test {
     limits_ = std::make_unique<SessionLimits>(SessionLimitOptions());
     kvcache_ = std::make_unique<KvCacheService>(engine_.get(), executor_.get(),
                                                 HashToken(kAdminToken), limits_.get());
+    // Arenas go to the client as fds over the arena channel (a real Unix socket).
+    arena_fd_source_ = std::make_unique<EngineArenaFdSource>(engine_.get());
+    ASSERT_OK_AND_ASSIGN(arena_channel_, ArenaChannelServer::Start(dir_ + "/arenas.sock",
+                                                                   arena_fd_source_.get()));
+    kvcache_->set_arena_channel(arena_channel_.get());
     admin_service_ =
         std::make_unique<AdminService>(engine_.get(), executor_.get(), HashToken(kAdminToken));
     grpc::ServerBuilder builder;  // no listening port: in-process only
@@ -101,6 +108,8 @@ class ClientInProcessTest : public ::testing::Test {
     executor_.reset();
     kvcache_.reset();
     admin_service_.reset();
+    arena_channel_.reset();
+    arena_fd_source_.reset();
     engine_.reset();
     backend_.reset();
     store_.reset();
@@ -124,6 +133,8 @@ class ClientInProcessTest : public ::testing::Test {
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<SessionLimits> limits_;
   std::unique_ptr<KvCacheService> kvcache_;
+  std::unique_ptr<EngineArenaFdSource> arena_fd_source_;
+  std::unique_ptr<ArenaChannelServer> arena_channel_;
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<grpc::Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -144,7 +155,7 @@ TEST_F(ClientInProcessTest, WorkerWritesBothWaysReadsBackCompressesAndDrops) {
   const uint32_t tokens = 40;  // 2.5 pages per head
   ASSERT_OK_AND_ASSIGN(v1::PageTableDelta delta, client->Allocate(seq, tokens));
   EXPECT_EQ(delta.heads_size(), static_cast<int>(kLayers * kKvHeads));
-  EXPECT_FALSE(client->MappedArenas().empty());  // the shm arenas are mapped in this process
+  EXPECT_FALSE(client->MappedArenas().empty());  // the arenas' fds are mapped in this process
 
   // Layer 0 through the mapped pages (zero-copy), layer 1 over WriteKV (bytes).
   for (uint32_t layer = 0; layer < kLayers; ++layer) {

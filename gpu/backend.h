@@ -22,12 +22,14 @@ namespace kvkeep {
 
 class DeviceLayerScorer;  // gpu/device_scoring.h
 
-enum class ArenaExportKind { kHostShm = 1, kCudaIpc = 2, kCudaVmmFd = 3 };
+// kHostShm (named POSIX shm) is no longer produced: host arenas are anonymous memfds (kHostMemfd)
+// handed to workers as file descriptors over the arena channel (service/rpc/arena_channel.h).
+enum class ArenaExportKind { kHostShm = 1, kCudaIpc = 2, kCudaVmmFd = 3, kHostMemfd = 4 };
 
 // What a worker needs to map an arena (the wire form is kvkeep.v1.ArenaExport).
 struct ArenaHandle {
   ArenaExportKind kind = ArenaExportKind::kHostShm;
-  std::string handle;        // shm object name, or cudaIpcMemHandle_t bytes
+  std::string handle;        // cudaIpcMemHandle_t bytes; empty for fd-passed kinds
   std::size_t size_bytes = 0;
   int device_ordinal = -1;   // -1: host memory
   std::string device_uuid;   // empty for host memory
@@ -41,6 +43,10 @@ class Arena {
   virtual ~Arena() = default;
   virtual const ArenaHandle& handle() const = 0;
   std::size_t size() const { return handle().size_bytes; }
+  // The file descriptor workers map the arena through (kHostMemfd: the memfd, sealed against
+  // shrinking and growing; kCudaVmmFd: the cuMem shareable handle), owned by the arena and valid
+  // while it lives: callers dup() it while they hold the arena. -1 for kinds exported by handle.
+  virtual int export_fd() const { return -1; }
 };
 
 // One move of CopyBatch: n bytes from [src_offset, src_offset + n) of *src to
@@ -112,9 +118,9 @@ enum class BackendKind { kAuto, kCpu, kCuda };
 
 struct BackendOptions {
   BackendKind kind = BackendKind::kAuto;  // Default: CUDA when compiled in and a device is present
-  // Prefix of shared-memory object names (host backend). Objects are named
-  // "/<prefix>.<32 random hex digits>"; objects with this prefix left by a crashed daemon are
-  // removed by RemoveStaleArenas(const BackendOptions&).
+  // Prefix of the shared-memory object names that daemons before the memfd arenas used: objects
+  // with this prefix left by such a daemon are removed by RemoveStaleArenas(const BackendOptions&).
+  // Host arenas are now anonymous memfds (nothing in /dev/shm; freed with the last fd).
   std::string shm_prefix = "kvkeep";  // Default: "kvkeep"
   // CUDA device ordinal (as this process numbers them) for kCuda and kAuto.
   int cuda_device = 0;                // Default: device 0

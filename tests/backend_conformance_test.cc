@@ -148,8 +148,9 @@ TEST_P(BackendConformanceTest, ExportDescribesTheArena) {
   const ArenaHandle& h = arena->handle();
   EXPECT_EQ(h.size_bytes, std::size_t{1} << 20);
   if (backend_->name() == "cpu") {
-    EXPECT_EQ(h.kind, ArenaExportKind::kHostShm);
-    EXPECT_EQ(h.handle.rfind("/" + prefix_ + ".", 0), 0u) << h.handle;
+    EXPECT_EQ(h.kind, ArenaExportKind::kHostMemfd);
+    EXPECT_TRUE(h.handle.empty()) << h.handle;  // passed as an fd, never by name
+    EXPECT_GE(arena->export_fd(), 0);
     EXPECT_EQ(h.device_ordinal, -1);
     EXPECT_TRUE(h.device_uuid.empty());
     EXPECT_EQ(backend_->device_ordinal(), -1);

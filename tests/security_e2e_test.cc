@@ -254,21 +254,15 @@ TEST_F(SecurityTest, ForgedArenaIdsPageRefsAndNamesAreRefused) {
   ASSERT_OK_AND_ASSIGN(v1::ArenaExport own, a_->GetArena(arena));
   raw.set_pages(0, (uint64_t{arena} << 32) | own.page_count());
   EXPECT_THAT(a_->ReadKV(raw), StatusIs(StatusCode::kOutOfRange));
-  // The daemon takes arena ids only, never names. A worker that forges a name can only guess:
-  // names carry 128 random bits, and the objects are 0600.
-  EXPECT_EQ(own.kind(), v1::HOST_SHM);
-  const std::string name = own.handle();
-  ASSERT_GE(name.size(), 33u);
-  EXPECT_EQ(name.substr(name.size() - 33, 1), ".");
+  // Arenas have no name at all: they come as fds over the arena channel (arena_fd_e2e_test).
+  // An export alone maps nothing, and a forged named export finds no object.
+  EXPECT_EQ(own.kind(), v1::HOST_MEMFD);
+  EXPECT_TRUE(own.handle().empty());
+  EXPECT_THAT(ArenaMapping::Map(own), StatusIs(StatusCode::kFailedPrecondition));
   v1::ArenaExport forged = own;
-  forged.set_handle(name.substr(0, name.size() - 32) + std::string(32, '0'));
+  forged.set_kind(v1::HOST_SHM);
+  forged.set_handle("/kvkeep-" + std::string(12, '0') + "." + std::string(32, '0'));
   EXPECT_THAT(ArenaMapping::Map(forged), StatusIs(StatusCode::kNotFound));
-  forged.set_handle("/../../dev/shm" + name);  // not a valid shm name
-  EXPECT_FALSE(ArenaMapping::Map(forged).ok());
-  // The real name with a forged size does not map either (the client checks the object size).
-  forged = own;
-  forged.set_size_bytes(own.size_bytes() * 2);
-  EXPECT_THAT(ArenaMapping::Map(forged), StatusIs(StatusCode::kDataLoss));
   // beta never received alpha's arena.
   for (uint32_t id : b_->MappedArenas()) EXPECT_NE(id, arena);
   ExpectAlphaUnchanged();

@@ -8,7 +8,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -18,33 +17,22 @@
 namespace kvkeep {
 namespace {
 
-std::string RandomHex(int bytes) {
-  std::random_device rd;  // /dev/urandom on Linux
-  static const char* kDigits = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < bytes; i += 4) {
-    uint32_t v = rd();
-    for (int b = 0; b < 4 && i + b < bytes; ++b) {
-      out.push_back(kDigits[(v >> (8 * b + 4)) & 0xf]);
-      out.push_back(kDigits[(v >> (8 * b)) & 0xf]);
-    }
-  }
-  return out;
-}
-
+// An anonymous memfd arena: the daemon's mapping plus the fd workers receive (dup'ed).
 class ShmArena final : public Arena {
  public:
-  ShmArena(ArenaHandle handle, void* data) : handle_(std::move(handle)), data_(data) {}
+  ShmArena(ArenaHandle handle, void* data, int fd) : handle_(std::move(handle)), data_(data), fd_(fd) {}
   ~ShmArena() override {
     munmap(data_, handle_.size_bytes);
-    shm_unlink(handle_.handle.c_str());
+    close(fd_);
   }
   const ArenaHandle& handle() const override { return handle_; }
+  int export_fd() const override { return fd_; }
   uint8_t* data() const { return static_cast<uint8_t*>(data_); }
 
  private:
   const ArenaHandle handle_;
   void* const data_;
+  const int fd_;
 };
 
 // The host arena behind `arena`, or INVALID_ARGUMENT when it belongs to another backend.
@@ -58,39 +46,37 @@ absl::StatusOr<ShmArena*> Own(const Arena& arena) {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(std::string prefix) : prefix_(std::move(prefix)) {}
+  CpuBackend() = default;
 
   std::string name() const override { return "cpu"; }
 
   absl::StatusOr<std::unique_ptr<Arena>> CreateArena(std::size_t bytes) override {
     if (bytes == 0) return absl::InvalidArgumentError("arena size must be > 0");
-    std::string name = absl::StrCat("/", prefix_, ".", RandomHex(16));
-    int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    int fd = memfd_create("kvkeep-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("shm_open(", name, ") failed: ", std::strerror(errno)));
+          absl::StrCat("memfd_create failed: ", std::strerror(errno)));
     }
-    // fchmod as well: the umask must not widen or narrow what we promise (0600).
-    if (fchmod(fd, 0600) != 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    // Sealed against shrinking (a worker's ftruncate would make the daemon's accesses fault) and
+    // growing; the seals themselves are sealed.
+    if (ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
       int err = errno;
       close(fd);
-      shm_unlink(name.c_str());
       return absl::ResourceExhaustedError(
-          absl::StrCat("cannot size shared memory arena of ", bytes, " bytes: ", std::strerror(err)));
+          absl::StrCat("cannot size memfd arena of ", bytes, " bytes: ", std::strerror(err)));
     }
     void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
     if (data == MAP_FAILED) {
       int err = errno;
-      shm_unlink(name.c_str());
+      close(fd);
       return absl::ResourceExhaustedError(
           absl::StrCat("mmap of ", bytes, " bytes failed: ", std::strerror(err)));
     }
     ArenaHandle handle;
-    handle.kind = ArenaExportKind::kHostShm;
-    handle.handle = name;
+    handle.kind = ArenaExportKind::kHostMemfd;
     handle.size_bytes = bytes;
-    return std::make_unique<ShmArena>(std::move(handle), data);
+    return std::make_unique<ShmArena>(std::move(handle), data, fd);
   }
 
   absl::Status Write(Arena& arena, std::size_t offset, const void* src, std::size_t n) override {
@@ -170,8 +156,6 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
- private:
-  const std::string prefix_;
 };
 
 }  // namespace
@@ -180,7 +164,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& 
   if (options.shm_prefix.empty() || options.shm_prefix.find('/') != std::string::npos) {
     return absl::InvalidArgumentError("shm prefix must be non-empty and contain no '/'");
   }
-  return std::unique_ptr<Backend>(new CpuBackend(options.shm_prefix));
+  return std::unique_ptr<Backend>(new CpuBackend());
 }
 
 int RemoveStaleArenas(const std::string& shm_prefix) {

@@ -1,5 +1,6 @@
-// The host backend: arenas are POSIX shared-memory objects with unguessable names and mode 0600,
-// mapped by the daemon and by the owning tenant's workers. Always built; it is also the reference
+// The host backend: arenas are anonymous memfds (memfd_create: no name in /dev/shm, nothing left
+// after a crash), sealed against shrinking and growing, mapped by the daemon and, through fds the
+// arena channel passes (SCM_RIGHTS), by the owning tenant's workers. Always built; it is also the reference
 // the CUDA backend is checked against.
 #ifndef KVKEEP_GPU_CPU_CPU_BACKEND_H_
 #define KVKEEP_GPU_CPU_CPU_BACKEND_H_
@@ -13,7 +14,8 @@ namespace kvkeep {
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options);
 
-// Unlinks "/dev/shm/<prefix>.*" objects left behind by a daemon that died with this prefix.
+// Unlinks "/dev/shm/<prefix>.*" objects left behind by an older daemon (named shm arenas) that
+// died with this prefix.
 // Returns how many were removed. The daemon calls RemoveStaleArenas(const BackendOptions&)
 // (gpu/backend.h), which does this whatever the backend; tests and tools that know they used the
 // host backend may call this one.

@@ -162,6 +162,13 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   // ---- Worker API --------------------------------------------------------------------------
   absl::StatusOr<v1::RegisterModelReply> RegisterModel(const std::string& tenant, Model model);
   absl::StatusOr<v1::ArenaExport> GetArena(const std::string& tenant, uint32_t arena_id) const;
+  // The arena channel's answer (service/arena_channel): the export and a new fd (the caller closes
+  // it) of an arena `tenant` may map, for live session `session_id`: its own read-write, its
+  // sharing group's read-only (an O_RDONLY fd). Errors as GetArena; NOT_FOUND for a session that
+  // is not live; FAILED_PRECONDITION for an arena exported by handle (CUDA IPC).
+  absl::StatusOr<std::pair<v1::ArenaExport, int>> ArenaFdFor(const std::string& tenant,
+                                                             const std::string& session_id,
+                                                             uint32_t arena_id) const;
   absl::StatusOr<v1::PageTable> CreateSequence(const std::string& tenant,
                                                const v1::CreateSequenceRequest& request);
   absl::StatusOr<v1::PageTableDelta> AllocatePages(const std::string& tenant,

@@ -63,6 +63,22 @@ absl::StatusOr<v1::ArenaExport> CacheEngine::ExportArenaFor(const std::string& t
   return out;
 }
 
+absl::StatusOr<std::pair<v1::ArenaExport, int>> CacheEngine::ArenaFdFor(
+    const std::string& tenant, const std::string& session_id, uint32_t arena_id) const {
+  if (session_id.empty()) return absl::NotFoundError("no session");
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, session_id));
+  ASSIGN_OR_RETURN(v1::ArenaExport out, ExportArenaFor(tenant, arena_id));
+  std::string owner = tenant;
+  if (out.read_only()) {
+    absl::MutexLock lock(&mu_);
+    auto t = tenants_.find(tenant);
+    if (t == tenants_.end()) return absl::NotFoundError(absl::StrCat("no arena ", arena_id));
+    owner = GroupOwner(t->second.record.sharing_group());
+  }
+  ASSIGN_OR_RETURN(int fd, pool_.DupExportFd(owner, arena_id, out.read_only()));
+  return std::make_pair(std::move(out), fd);
+}
+
 absl::StatusOr<PagePool::Location> CacheEngine::LocatePage(const std::string& tenant,
                                                            uint64_t page) const {
   absl::StatusOr<PagePool::Location> loc = pool_.Locate(tenant, page);

@@ -1,6 +1,10 @@
 #include "service/pool/page_pool.h"
 
+#include <fcntl.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/failure_reason.h"
@@ -162,6 +166,35 @@ absl::StatusOr<ArenaInfo> PagePool::GetArena(const std::string& owner, uint32_t 
         absl::StrCat("arena ", arena_id, " does not belong to this tenant"));
   }
   return it->second->info;
+}
+
+absl::StatusOr<int> PagePool::DupExportFd(const std::string& owner, uint32_t arena_id,
+                                          bool read_only) const {
+  absl::MutexLock lock(&mu_);
+  auto it = arenas_.find(arena_id);
+  if (it == arenas_.end()) return absl::NotFoundError(absl::StrCat("no arena ", arena_id));
+  if (it->second->info.owner != owner) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("arena ", arena_id, " does not belong to this tenant"));
+  }
+  const int source = it->second->arena->export_fd();
+  if (source < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("arena ", arena_id, " is exported by handle, not as a file descriptor"));
+  }
+  int fd = -1;
+  if (read_only) {
+    // A new open file description with read access only: mmap(PROT_WRITE) and mprotect to
+    // writable both fail on it, whatever the receiver tries.
+    fd = open(absl::StrCat("/proc/self/fd/", source).c_str(), O_RDONLY | O_CLOEXEC);
+  } else {
+    fd = fcntl(source, F_DUPFD_CLOEXEC, 0);
+  }
+  if (fd < 0) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot open a file descriptor of arena ",
+                                                     arena_id, ": ", std::strerror(errno)));
+  }
+  return fd;
 }
 
 std::vector<ArenaInfo> PagePool::ArenasOf(const std::string& owner) const {

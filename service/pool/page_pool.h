@@ -102,6 +102,12 @@ class PagePool {
                          uint64_t page_bytes) const;
 
   absl::StatusOr<ArenaInfo> GetArena(const std::string& owner, uint32_t arena_id) const;
+  // A new fd (the caller closes it) of `owner`'s arena `arena_id`, for the arena channel: a dup of
+  // the arena's export fd, or, `read_only`, the same memory re-opened O_RDONLY (through
+  // /proc/self/fd) so the receiver cannot map it writable. Taken under mu_, so the arena cannot be
+  // destroyed meanwhile. Errors as GetArena; FAILED_PRECONDITION for an arena exported by handle.
+  absl::StatusOr<int> DupExportFd(const std::string& owner, uint32_t arena_id,
+                                  bool read_only) const;
   std::vector<ArenaInfo> ArenasOf(const std::string& owner) const;
 
   // Destroys the owner's arenas; FAILED_PRECONDITION while any of their pages is in use.

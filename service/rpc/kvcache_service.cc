@@ -51,7 +51,7 @@ grpc::ServerWriteReactor<v1::SessionEvent>* KvCacheService::Session(
         CallStatus(FullName("Session"), "", tenant.status()));
   }
   return new SessionReactor(engine_, limits_, FullName("Session"), *tenant,
-                            request->worker_name());
+                            request->worker_name(), arena_channel_);
 }
 
 grpc::ServerReadReactor<v1::ModelChunk>* KvCacheService::RegisterModel(

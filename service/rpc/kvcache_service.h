@@ -12,6 +12,7 @@
 #include "kvkeep/v1/kvcache.grpc.pb.h"
 #include "service/engine/cache_engine.h"
 #include "service/executor.h"
+#include "service/arena_channel/arena_channel_server.h"
 #include "service/rpc/reactors.h"
 #include "service/rpc/session_limits.h"
 
@@ -28,6 +29,9 @@ class KvCacheService final : public KvCacheServiceBase {
   // rate and size limits; null = none) must outlive the service.
   KvCacheService(CacheEngine* engine, Executor* executor, std::string admin_token_hash,
                  SessionLimits* limits = nullptr);
+  // The arena channel whose tickets Session hands out (null: none, arenas go by handle only).
+  // Set before the service serves; must outlive it.
+  void set_arena_channel(ArenaChannelServer* channel) { arena_channel_ = channel; }
 
   grpc::ServerWriteReactor<v1::SessionEvent>* Session(grpc::CallbackServerContext* context,
                                                       const v1::AttachRequest* request) override;
@@ -93,6 +97,7 @@ class KvCacheService final : public KvCacheServiceBase {
   CacheEngine* const engine_;
   const std::string admin_token_hash_;
   SessionLimits* const limits_;  // may be null
+  ArenaChannelServer* arena_channel_ = nullptr;  // may be null; set before serving
   const UnaryCalls unary_;  // admits through Admit()
 };
 

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "gpu/backend.h"
+#include "service/arena_channel/arena_channel_wire.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -306,6 +307,7 @@ absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string&
   // advertised in SETTINGS_MAX_HEADER_LIST_SIZE, so a client checks it before sending and an
   // oversized call fails alone instead of disturbing the connection's other calls (api.md §6.2).
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxHeaderListBytes);
+  RETURN_IF_ERROR(StartArenaChannel());
   builder.RegisterService(kvcache_.get());
   builder.RegisterService(admin_.get());
   grpc_ = builder.BuildAndStart();
@@ -319,6 +321,20 @@ absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string&
   }
   log::Info("listener.bound", {{"transport", "unix"}, {"address", socket_path_}, {"mode", "0660"}});
   if (!options.tcp_address.empty()) LogTcpListener(options, tcp_port);
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartArenaChannel() {
+  arena_fd_source_ = std::make_unique<EngineArenaFdSource>(engine_.get());
+  auto channel =
+      ArenaChannelServer::Start(ArenaChannelPathFor(socket_path_), arena_fd_source_.get());
+  if (absl::IsInvalidArgument(channel.status())) {
+    log::Warn("arena_channel.disabled", {{"status", channel.status()}});
+    return absl::OkStatus();
+  }
+  if (!channel.ok()) return channel.status();
+  arena_channel_ = *std::move(channel);
+  kvcache_->set_arena_channel(arena_channel_.get());
   return absl::OkStatus();
 }
 
@@ -366,6 +382,8 @@ Server::~Server() {
   executor_.reset();  // runs what is queued (the server no longer accepts calls)
   kvcache_.reset();
   admin_.reset();
+  arena_channel_.reset();  // after every session ended (grpc_ is gone), before the engine
+  arena_fd_source_.reset();
   engine_.reset();
   backend_.reset();
   spill_.reset();

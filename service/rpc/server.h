@@ -15,6 +15,8 @@
 
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
+#include "service/arena_channel/arena_channel_server.h"
+#include "service/arena_channel/engine_arena_fd_source.h"
 #include "service/rpc/admin_service.h"
 #include "service/engine/cache_engine.h"
 #include "service/fleet/fleet_tier.h"
@@ -52,6 +54,9 @@ class Server {
   absl::Status CreateServices(const ServiceOptions& options, const std::string& data_dir);
   // The gRPC server on the Unix socket (mode 0660) and, when asked, on TCP.
   absl::Status StartGrpc(const ServiceOptions& options, const std::string& data_dir);
+  // The arena channel at "<socket>.arenas" (service/arena_channel); without it (a path too long
+  // for a Unix socket) workers get arenas by handle only and say so in the log.
+  absl::Status StartArenaChannel();
   // The HTTP /metrics endpoint, when --metrics_address is set.
   absl::Status StartMetricsHttp(const ServiceOptions& options);
   // The fleet tier's Redis Cluster client (docs/fleet.md), when --fleet_redis is set. It does not
@@ -67,6 +72,9 @@ class Server {
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<SessionLimits> limits_;  // used by kvcache_ and the metrics endpoint
   std::unique_ptr<KvCacheService> kvcache_;
+  // Arenas as fds (service/arena_channel): used by kvcache_'s sessions, reads engine_.
+  std::unique_ptr<EngineArenaFdSource> arena_fd_source_;
+  std::unique_ptr<ArenaChannelServer> arena_channel_;
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<Metrics> metrics_;  // recorded into by grpc_'s interceptors: outlives it
   std::unique_ptr<grpc::Server> grpc_;

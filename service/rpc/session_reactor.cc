@@ -7,8 +7,13 @@
 namespace kvkeep {
 
 SessionReactor::SessionReactor(CacheEngine* engine, SessionLimits* limits, std::string method,
-                               const std::string& tenant, const std::string& worker)
-    : engine_(engine), limits_(limits), method_(std::move(method)), tenant_(tenant) {
+                               const std::string& tenant, const std::string& worker,
+                               ArenaChannelServer* arena_channel)
+    : engine_(engine),
+      limits_(limits),
+      arena_channel_(arena_channel),
+      method_(std::move(method)),
+      tenant_(tenant) {
   // Its buckets exist before any call can name the session.
   auto attached = engine_->Attach(tenant, worker, this);
   if (!attached.ok()) {
@@ -42,6 +47,11 @@ v1::SessionEvent SessionReactor::StartedEvent(const CacheEngine::Attached& attac
   started->set_max_message_bytes(engine_->max_message_bytes());
   started->set_superseded_session_id(attached.superseded_session_id);
   started->set_adopted_sequences(attached.adopted_sequences);
+  if (arena_channel_ != nullptr) {
+    // The worker's one-time key to its arenas' fds (service/arena_channel).
+    started->set_attach_ticket(arena_channel_->Issue(tenant_, attached.session_id));
+    started->set_arena_socket(arena_channel_->path());
+  }
   return event;
 }
 
@@ -111,6 +121,7 @@ void SessionReactor::OnDone() {
   if (!session_id_.empty()) {
     engine_->EndSession(session_id_);
     if (limits_ != nullptr) limits_->CloseSession(session_id_);
+    if (arena_channel_ != nullptr) arena_channel_->EndSession(session_id_);
   }
   delete this;
 }

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/support/server_callback.h"
 #include "kvkeep/v1/kvcache.pb.h"
+#include "service/arena_channel/arena_channel_server.h"
 #include "service/engine/cache_engine.h"
 #include "service/engine/session_sink.h"
 #include "service/rpc/session_limits.h"
@@ -32,7 +33,8 @@ class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
   // Attaches at once; an attach failure finishes the stream with it. `engine` and `limits`
   // (null: none) must outlive the reactor, which deletes itself in OnDone.
   SessionReactor(CacheEngine* engine, SessionLimits* limits, std::string method,
-                 const std::string& tenant, const std::string& worker);
+                 const std::string& tenant, const std::string& worker,
+                 ArenaChannelServer* arena_channel = nullptr);
 
   // SessionSink: queue an event / end the stream (OK: with a drain event first).
   void ArenaAdded(const ArenaInfo& arena) override;
@@ -54,6 +56,7 @@ class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
   // Constant after construction.
   CacheEngine* const engine_;
   SessionLimits* const limits_;  // may be null
+  ArenaChannelServer* const arena_channel_;  // may be null: no attach ticket then
   const std::string method_;
   const std::string tenant_;
   std::string session_id_;  // set once in the constructor; empty when the attach failed

@@ -226,6 +226,30 @@ void EngineSeeds() {
             Cmd(kAcquire, 0, 0, acquire, 0) + Cmd(kEndSession, 0, 0, attach, 0));
 }
 
+// fuzz_arena_channel: [u8 mode][datagram records]; 32 'A'/'B' bytes stand for the real tickets.
+void ArenaChannelSeeds() {
+  auto attach = [](char who) {
+    v1::ArenaChannelRequest r;
+    r.set_attach(std::string(32, who));
+    return Rec(r);
+  };
+  auto arena = [](uint32_t id) {
+    v1::ArenaChannelRequest r;
+    r.set_arena_id(id);
+    return Rec(r);
+  };
+  Write("fuzz_arena_channel", "alpha-own-group-foreign",
+        std::string(1, '\0') + attach('A') + arena(1) + arena(10) + arena(20) + arena(99) +
+            attach('A'));
+  Write("fuzz_arena_channel", "beta-asks-alpha", std::string(1, '\0') + attach('B') + arena(20) +
+                                                     arena(1) + arena(10));
+  Write("fuzz_arena_channel", "no-attach", std::string(1, '\0') + arena(1));
+  v1::ArenaChannelReply ok;
+  ok.mutable_arena()->set_arena_id(1);
+  ok.mutable_arena()->set_kind(v1::HOST_MEMFD);
+  Write("fuzz_arena_channel", "reply-with-fd", std::string(1, '\3') + Rec(ok) + attach('A'));
+}
+
 }  // namespace
 }  // namespace kvkeep::fuzz
 
@@ -239,5 +263,6 @@ int main(int argc, char** argv) {
   kvkeep::fuzz::PolicySeeds();
   kvkeep::fuzz::StatsSeeds();
   kvkeep::fuzz::EngineSeeds();
+  kvkeep::fuzz::ArenaChannelSeeds();
   return 0;
 }

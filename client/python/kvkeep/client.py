@@ -13,6 +13,7 @@ from kvkeep._proto import common_pb2, kvcache_pb2, kvcache_pb2_grpc
 from kvkeep.connection import (  # noqa: F401  (make_channel, normalize_target: public here too)
     DEFAULT_MAX_MESSAGE_BYTES, Connection, make_channel, normalize_target)
 from kvkeep.errors import DeadlineExceeded, KvkeepError, from_rpc_error
+from kvkeep.arena_channel import ArenaChannel, arena_socket_for
 from kvkeep.shm import ArenaMapping
 from kvkeep.stats import as_layer_stats, stats_per_layer
 
@@ -116,11 +117,15 @@ class Session:
         self._arenas = {}     # arena_id -> ArenaExport
         self._mapped = {}     # arena_id -> ArenaMapping
         self._models = {}     # name -> Model
+        self._arena_channel = None   # ArenaChannel once attached (fd-passed arenas)
+        self.arena_channel_error = None  # why it could not be attached, if so
         self._lock = threading.Lock()
         self._started = threading.Event()
         self._closing = False
         self._error = None    # KvkeepError once the stream failed
         self._ended = False
+        self._ticket = b""
+        self._arena_socket = ""
         self._call = client._stub.Session(kvcache_pb2.AttachRequest(worker_name=worker_name),
                                           metadata=client._metadata)
         self._thread = threading.Thread(target=self._event_loop, daemon=True,
@@ -134,6 +139,20 @@ class Session:
         if self.session_id is None:
             self._thread.join()
             raise self._error or KvkeepError("the Session stream ended before it started")
+        if self._ticket:
+            self._attach_arena_channel()
+
+    def _attach_arena_channel(self):
+        paths = [arena_socket_for(self.client.target, self._arena_socket), self._arena_socket]
+        for path in dict.fromkeys(p for p in paths if p):
+            try:
+                self._arena_channel = ArenaChannel(path, self._ticket)
+                self.arena_channel_error = None
+                return
+            except KvkeepError as err:
+                self.arena_channel_error = err
+                if "cannot connect" not in str(err):
+                    return  # the ticket was used: only an unreachable socket allows a retry
 
     # -- the Session stream ---------------------------------------------------------------
     def _event_loop(self):
@@ -150,6 +169,8 @@ class Session:
                     self.max_message_bytes = s.max_message_bytes
                     self.superseded_session_id = s.superseded_session_id
                     self.adopted_sequences = s.adopted_sequences
+                    self._ticket = s.attach_ticket
+                    self._arena_socket = s.arena_socket
                     self._started.set()
                 elif kind == "arena_added":
                     with self._lock:
@@ -182,8 +203,11 @@ class Session:
         self._thread.join()
         with self._lock:
             mapped, self._mapped = self._mapped, {}
+            channel, self._arena_channel = self._arena_channel, None
         for m in mapped.values():
             m.close()
+        if channel is not None:
+            channel.close()
 
     def __enter__(self):
         return self
@@ -285,7 +309,8 @@ class Session:
                 self._arenas[arena.arena_id] = arena
 
     def map_arena(self, arena_id):
-        """The ArenaMapping of one of the tenant's HOST_SHM arenas (mapped once per session)."""
+        """The ArenaMapping of one of the tenant's host arenas (mapped once per session): HOST_MEMFD
+        arenas from their fd over the arena channel."""
         with self._lock:
             mapping = self._mapped.get(arena_id)
             export = self._arenas.get(arena_id)
@@ -295,7 +320,14 @@ class Session:
             export = self.client._unary(self.client._stub.GetArena,
                                         kvcache_pb2.GetArenaRequest(arena_id=arena_id))
             self._note_arenas([export])
-        mapping = ArenaMapping(export)
+        if export.kind == common_pb2.HOST_MEMFD:
+            if self._arena_channel is None:
+                raise KvkeepError(f"arena {arena_id} needs the arena channel: "
+                                  f"{self.arena_channel_error or 'the daemon offered none'}")
+            export, fd = self._arena_channel.fetch(arena_id)
+            mapping = ArenaMapping(export, fd)
+        else:
+            mapping = ArenaMapping(export)
         with self._lock:
             if arena_id in self._mapped:
                 mapping.close()

@@ -1,5 +1,6 @@
-"""Zero-copy access to HOST_SHM arenas: the POSIX shared-memory object /dev/shm/<name>, mapped
-read-write like the C++ client's ArenaMapping (shm_open + mmap)."""
+"""Zero-copy access to host arenas, like the C++ client's ArenaMapping: HOST_MEMFD arenas from an
+fd received over the arena channel (kvkeep.arena_channel), HOST_SHM arenas of older daemons by
+their /dev/shm name."""
 
 import mmap
 import os
@@ -14,17 +15,23 @@ SHM_DIR = "/dev/shm"
 class ArenaMapping:
     """One mapped arena. `view(offset, nbytes)` is a uint8 numpy view into it."""
 
-    def __init__(self, export):
-        if export.kind != common_pb2.HOST_SHM:
+    def __init__(self, export, fd=None):
+        """`fd`: the arena's file descriptor from the arena channel (HOST_MEMFD; closed here)."""
+        # A sharing group's arena (shared prefix pages) is mapped read-only: its views are not
+        # writeable (its fd is O_RDONLY anyway).
+        self.read_only = bool(getattr(export, "read_only", False))
+        if export.kind == common_pb2.HOST_MEMFD and fd is not None:
+            pass
+        elif export.kind == common_pb2.HOST_SHM:
+            name = export.handle.decode() if isinstance(export.handle, bytes) else export.handle
+            path = os.path.join(SHM_DIR, name.lstrip("/"))
+            fd = os.open(path, (os.O_RDONLY if self.read_only else os.O_RDWR) | os.O_CLOEXEC)
+        else:
+            if fd is not None:
+                os.close(fd)
             raise NotImplementedError(
                 f"cannot map arena kind {common_pb2.ArenaKind.Name(export.kind)} from Python "
-                "(only HOST_SHM); use the bytes path (write/read)")
-        name = export.handle.decode() if isinstance(export.handle, bytes) else export.handle
-        path = os.path.join(SHM_DIR, name.lstrip("/"))
-        # A sharing group's arena (shared prefix pages) is mapped read-only: its views are not
-        # writeable.
-        self.read_only = bool(getattr(export, "read_only", False))
-        fd = os.open(path, (os.O_RDONLY if self.read_only else os.O_RDWR) | os.O_CLOEXEC)
+                "(HOST_MEMFD with its fd, or HOST_SHM); use the bytes path (write/read)")
         try:
             size = os.fstat(fd).st_size
             if size != export.size_bytes:
