@@ -17,7 +17,12 @@
 
 namespace kvkeep {
 
-class KvCacheService final : public v1::KvCache::CallbackService {
+// WriteKV and ReadKV are raw methods: their KvChunks are parsed from and serialised into the gRPC
+// buffers directly (service/rpc/kv_wire.h), without the protobuf copies.
+using KvCacheServiceBase = v1::KvCache::WithRawCallbackMethod_ReadKV<
+    v1::KvCache::WithRawCallbackMethod_WriteKV<v1::KvCache::CallbackService>>;
+
+class KvCacheService final : public KvCacheServiceBase {
  public:
   // `engine`, `executor` (where disk, device and scoring work runs) and `limits` (per-session
   // rate and size limits; null = none) must outlive the service.
@@ -40,10 +45,12 @@ class KvCacheService final : public v1::KvCache::CallbackService {
   grpc::ServerUnaryReactor* CommitTokens(grpc::CallbackServerContext* context,
                                          const v1::CommitRequest* request,
                                          v1::CommitReply* reply) override;
-  grpc::ServerReadReactor<v1::KvChunk>* WriteKV(grpc::CallbackServerContext* context,
-                                                v1::WriteSummary* reply) override;
-  grpc::ServerWriteReactor<v1::KvChunk>* ReadKV(grpc::CallbackServerContext* context,
-                                                const v1::ReadRequest* request) override;
+  // The bytes path (kvcache_service_bytes.cc): a stream of KvChunk in, a WriteSummary out; a
+  // ReadRequest in, a stream of KvChunk out (encoded as kvkeep.v1 says; raw gRPC buffers here).
+  grpc::ServerReadReactor<grpc::ByteBuffer>* WriteKV(grpc::CallbackServerContext* context,
+                                                     grpc::ByteBuffer* reply) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ReadKV(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request) override;
   grpc::ServerReadReactor<v1::StatsChunk>* PutStats(grpc::CallbackServerContext* context,
                                                      v1::StatsAck* reply) override;
   grpc::ServerUnaryReactor* Compress(grpc::CallbackServerContext* context,
@@ -74,6 +81,21 @@ class KvCacheService final : public v1::KvCache::CallbackService {
   grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
                                  const v1::PingRequest* request, v1::PingReply* reply) override;
 
+  // Chunked replies (kvcache_service_chunked.cc): the calls above with the table split into
+  // messages below the message limit (common/table_chunks.h).
+  grpc::ServerWriteReactor<v1::PageTable>* CreateSequenceStream(
+      grpc::CallbackServerContext* context, const v1::CreateSequenceRequest* request) override;
+  grpc::ServerWriteReactor<v1::PageTableDelta>* AllocatePagesStream(
+      grpc::CallbackServerContext* context, const v1::AllocateRequest* request) override;
+  grpc::ServerWriteReactor<v1::CompressReply>* CompressStream(
+      grpc::CallbackServerContext* context, const v1::CompressRequest* request) override;
+  grpc::ServerWriteReactor<v1::PageTable>* RestoreStream(
+      grpc::CallbackServerContext* context, const v1::RestoreRequest* request) override;
+  grpc::ServerWriteReactor<v1::PageTable>* GetSequenceStream(
+      grpc::CallbackServerContext* context, const v1::GetSequenceRequest* request) override;
+  grpc::ServerWriteReactor<v1::PageTable>* AcquireStream(
+      grpc::CallbackServerContext* context, const v1::AcquireRequest* request) override;
+
  private:
   // The tenant of the call's token, charged one call to `session_id`'s limits (OK when there are
   // no limits).
@@ -84,6 +106,10 @@ class KvCacheService final : public v1::KvCache::CallbackService {
                                           const v1::CommitRequest& request);
   // "/kvkeep.v1.KvCache/<method>" (logs).
   std::string FullName(absl::string_view method) const;
+  // The largest reply message the daemon sends (the message limit less framing room).
+  uint64_t ReplyBudget() const;
+
+  Executor* const executor_;
 
   CacheEngine* const engine_;
   const std::string admin_token_hash_;
