@@ -51,10 +51,13 @@ std::vector<v1::HeadTable> CutHead(v1::HeadTable head, uint64_t room) {
 template <typename Msg, typename HeadsOf>
 std::vector<Msg> Split(Msg message, uint64_t budget, HeadsOf heads_of) {
   budget = std::max<uint64_t>(budget, 4096);
-  if (message.ByteSizeLong() <= budget) return {std::move(message)};
+  std::vector<Msg> out;
+  if (message.ByteSizeLong() <= budget) {
+    out.push_back(std::move(message));
+    return out;
+  }
   Heads all = std::move(*heads_of(&message));
   heads_of(&message)->Clear();
-  std::vector<Msg> out;
   out.push_back(std::move(message));
   uint64_t used = out.back().ByteSizeLong() + kEntryOverhead;
   const uint64_t room = budget - kEntryOverhead;

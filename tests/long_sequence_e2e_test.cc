@@ -171,8 +171,8 @@ TEST_F(LongSequenceTest, TableOverTheMessageLimitAllocatesCommitsCompressesSpill
   // Acquire (chunked) hands the worker the whole table and maps its arenas.
   ASSERT_OK_AND_ASSIGN(v1::PageTable acquired, client_->Acquire(seq));
   EXPECT_EQ(acquired.heads_size(), static_cast<int>(kLayers * kKvHeads));
-  std::vector<uint16_t> probe(2 * kKept);
-  ASSERT_OK(client_->ReadInPlace(seq, 3, 1, 0, kKept, probe.data(), probe.data() + kKept));
+  std::vector<uint16_t> probe(4 * kKept);  // keys, then values: 2 fp16 per token each
+  ASSERT_OK(client_->ReadInPlace(seq, 3, 1, 0, kKept, probe.data(), probe.data() + 2 * kKept));
   EXPECT_EQ(0, std::memcmp(probe.data(), after[3 * kKvHeads + 1].keys.data(), kKept * 4));
 }
 
