@@ -259,7 +259,8 @@ int Run(const Options& o) {
   for (const char* step : kSteps) {
     if (seconds.count(step)) std::printf(" %18.2f", LogLogSlope(lengths, seconds[step]));
   }
-  std::printf("\n(slope: log(seconds) over log(tokens), least squares; 1.0 = flat cost per token)\n");
+  std::printf("\n(slope: log(seconds) over log(tokens), least squares; "
+              "1.0 = flat cost per token)\n");
   return exit_code;
 }
 

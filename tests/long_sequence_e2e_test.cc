@@ -45,7 +45,8 @@ std::vector<uint16_t> HeadValues(uint32_t head, uint32_t salt) {
 }
 
 template <typename T>
-bool Same(const google::protobuf::RepeatedField<T>& a, const google::protobuf::RepeatedField<T>& b) {
+bool Same(const google::protobuf::RepeatedField<T>& a,
+          const google::protobuf::RepeatedField<T>& b) {
   return std::equal(a.begin(), a.end(), b.begin(), b.end());
 }
 

@@ -20,9 +20,9 @@
 //       [this, request](const std::string& tenant) { return ...; }, request->session_id());
 //
 // ChunkStreamReader and ChunkStreamWriter are the stream reactors both directions share: a client
-// stream applied chunk by chunk, and a server stream fed by a `next` function. ChunkedReplyWriter
-// computes a whole reply (inline or on the executor) and writes it as several messages. FailedStream
-// finishes a stream at once (a refused caller).
+// stream applied chunk by chunk, and a server stream fed by a `next` function.
+// ChunkedReplyWriter computes a whole reply (inline or on the executor) and writes it as several
+// messages. FailedStream finishes a stream at once (a refused caller).
 //
 // Thread safety: UnaryCalls is immutable after construction and may be used from any thread; it
 // must outlive the executor's queued work (a service outlives its server and executor). A
