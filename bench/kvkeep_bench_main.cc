@@ -8,6 +8,7 @@
 #include "bench/backend_bench.h"
 #include "bench/fleet_bench.h"
 #include "bench/io_bench.h"
+#include "bench/long_bench.h"
 #include "bench/mem_bench.h"
 #include "bench/score_bench.h"
 #include "bench/spill_bench.h"
@@ -29,6 +30,8 @@ Commands:
           (kvkeep-bench mem --help)
   backend the memory backend (CPU or CUDA): large Write/Read vs memcpy/cudaMemcpy, small
           writes, CopyBatch compaction vs a contiguous copy (kvkeep-bench backend --help)
+  long    long sequences (1k..128k tokens, Llama-8B shape) end to end: allocate, commit, table,
+          compress, spill, restore per token, with chunked replies (kvkeep-bench long --help)
   fleet   fleet tier put/get of page values vs raw hiredis SET/GET on a local Redis Cluster
           (kvkeep-bench fleet --help)
   all     score, io, spill and mem one after the other with their defaults
@@ -114,6 +117,7 @@ int main(int argc, char** argv) {
   if (cmd == "mem") return kvkeep::bench::RunMemBench(argc - 1, argv + 1);
   if (cmd == "backend") return kvkeep::bench::RunBackendBench(argc - 1, argv + 1);
   if (cmd == "fleet") return kvkeep::bench::RunFleetBench(argc - 1, argv + 1);
+  if (cmd == "long") return kvkeep::bench::RunLongBench(argc - 1, argv + 1);
   if (cmd == "all") return RunAll(argc - 1, argv + 1);
   std::fprintf(stderr, "kvkeep-bench: unknown %s \"%s\" (see kvkeep-bench --help)\n",
                cmd.rfind('-', 0) == 0 ? "flag" : "command", cmd.c_str());

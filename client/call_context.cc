@@ -15,6 +15,9 @@ std::shared_ptr<grpc::Channel> MakeChannel(const ChannelOptions& options) {
   // Each client gets its own connection (workers are separate processes in production; tests
   // and benchmarks run many in one process and must not share one HTTP/2 connection).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // Bulk bytes: as the daemon (service/rpc/server.cc), 1 MiB frames and a 4 MiB stream window.
+  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 1 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 4 << 20);
   auto creds = options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
   return grpc::CreateCustomChannel(target, creds, args);
 }

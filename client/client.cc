@@ -6,7 +6,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "client/stream_call.h"
 #include "client/unary_call.h"
+#include "common/table_chunks.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 
@@ -209,6 +211,16 @@ absl::StatusOr<std::string> Client::CreateSequence(const std::string& model, boo
   return table.sequence_id();
 }
 
+bool Client::AllocateFitsOneMessage(const std::string& sequence, uint32_t tokens) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sequences_.find(sequence);
+  // Heads not known yet (the first allocation): take the chunked reply, which always fits.
+  if (it == sequences_.end() || it->second.empty()) return false;
+  // At worst one page per token plus one, 8 bytes each, and the head's own fields.
+  const uint64_t worst = it->second.size() * ((uint64_t{tokens} + 1) * 8 + 32);
+  return worst <= ReplyBudget(max_message_bytes_) / 2;
+}
+
 void Client::RememberPages(const std::string& sequence, const v1::HeadTable& head, bool replace) {
   auto& pages = sequences_[sequence][{head.layer(), head.kv_head()}];
   if (replace) pages.clear();
@@ -220,7 +232,14 @@ absl::StatusOr<v1::PageTableDelta> Client::Allocate(const std::string& sequence,
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
   request.set_tokens(tokens);
-  ASSIGN_OR_RETURN(v1::PageTableDelta delta, Call(&v1::KvCache::Stub::AllocatePages, request));
+  v1::PageTableDelta delta;
+  if (AllocateFitsOneMessage(sequence, tokens)) {
+    ASSIGN_OR_RETURN(delta, Call(&v1::KvCache::Stub::AllocatePages, request));
+  } else {
+    ASSIGN_OR_RETURN(auto chunks,
+                     StreamCall(token_, *stub_, &v1::KvCache::Stub::AllocatePagesStream, request));
+    ASSIGN_OR_RETURN(delta, MergePageTableDelta(std::move(chunks)));
+  }
   RETURN_IF_ERROR(MapArenasOf(delta.heads(), delta.new_arenas()));
   absl::MutexLock lock(&mu_);
   for (const auto& head : delta.heads()) RememberPages(sequence, head, /*replace=*/false);
@@ -237,6 +256,11 @@ absl::StatusOr<v1::CommitReply> Client::Commit(const std::string& sequence, uint
   request.mutable_positions()->Add(positions.begin(), positions.end());
   request.mutable_stats()->Add(stats.begin(), stats.end());
   ASSIGN_OR_RETURN(v1::CommitReply reply, Call(&v1::KvCache::Stub::CommitTokens, request));
+  if (reply.compressed_table_omitted()) {
+    // The compressed table did not fit the reply: read it in chunks.
+    ASSIGN_OR_RETURN(v1::PageTable table, GetSequence(sequence, /*with_positions=*/true));
+    *reply.mutable_compressed()->mutable_table() = std::move(table);
+  }
   if (reply.has_compressed()) {
     absl::MutexLock lock(&mu_);
     for (const auto& head : reply.compressed().table().heads()) {
@@ -269,7 +293,9 @@ absl::StatusOr<v1::CompressReply> Client::Compress(const std::string& sequence,
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
   *request.mutable_policy() = policy;
-  ASSIGN_OR_RETURN(v1::CompressReply reply, Call(&v1::KvCache::Stub::Compress, request));
+  ASSIGN_OR_RETURN(auto chunks,
+                   StreamCall(token_, *stub_, &v1::KvCache::Stub::CompressStream, request));
+  ASSIGN_OR_RETURN(v1::CompressReply reply, MergeCompressReply(std::move(chunks)));
   absl::MutexLock lock(&mu_);
   for (const auto& head : reply.table().heads()) RememberPages(sequence, head, /*replace=*/true);
   return reply;
@@ -387,8 +413,10 @@ absl::StatusOr<v1::WriteSummary> Client::WriteKV(const std::vector<v1::KvChunk>&
   auto context = MakeCallContext(token_);
   v1::WriteSummary summary;
   auto writer = stub_->WriteKV(context.get(), &summary);
+  // Buffer hints let the transport coalesce chunks into fewer, larger writes; WritesDone flushes.
+  const grpc::WriteOptions buffered = grpc::WriteOptions().set_buffer_hint();
   for (const auto& chunk : chunks) {
-    if (!writer->Write(chunk)) break;  // the daemon finished early: Finish() says why
+    if (!writer->Write(chunk, buffered)) break;  // the daemon finished early: Finish() says why
   }
   writer->WritesDone();
   grpc::Status status = writer->Finish();
@@ -473,14 +501,21 @@ absl::StatusOr<v1::PageTable> Client::GetSequence(const std::string& sequence,
   v1::GetSequenceRequest request;
   request.set_sequence_id(sequence);
   request.set_with_positions(with_positions);
-  return Call(&v1::KvCache::Stub::GetSequence, request);
+  absl::StatusOr<v1::PageTable> table = Call(&v1::KvCache::Stub::GetSequence, request);
+  // Over the message limit (a long sequence): the same table in chunks.
+  if (table.status().code() != absl::StatusCode::kResourceExhausted) return table;
+  ASSIGN_OR_RETURN(auto chunks,
+                   StreamCall(token_, *stub_, &v1::KvCache::Stub::GetSequenceStream, request));
+  return MergePageTable(std::move(chunks));
 }
 
 absl::StatusOr<v1::PageTable> Client::Acquire(const std::string& sequence) {
   v1::AcquireRequest request;
   request.set_session_id(session_id_);
   request.set_sequence_id(sequence);
-  ASSIGN_OR_RETURN(v1::PageTable table, Call(&v1::KvCache::Stub::Acquire, request));
+  ASSIGN_OR_RETURN(auto chunks,
+                   StreamCall(token_, *stub_, &v1::KvCache::Stub::AcquireStream, request));
+  ASSIGN_OR_RETURN(v1::PageTable table, MergePageTable(std::move(chunks)));
   RETURN_IF_ERROR(MapArenasOf(table.heads(), table.arenas()));
   absl::MutexLock lock(&mu_);
   for (const auto& head : table.heads()) RememberPages(sequence, head, /*replace=*/true);
@@ -526,7 +561,9 @@ absl::StatusOr<v1::PageTable> Client::CreateSequenceWithPrefix(
   request.set_model(model);
   request.set_retain(retain);
   request.mutable_prefix_token_ids()->Add(prefix_token_ids.begin(), prefix_token_ids.end());
-  ASSIGN_OR_RETURN(v1::PageTable table, Call(&v1::KvCache::Stub::CreateSequence, request));
+  ASSIGN_OR_RETURN(auto chunks,
+                   StreamCall(token_, *stub_, &v1::KvCache::Stub::CreateSequenceStream, request));
+  ASSIGN_OR_RETURN(v1::PageTable table, MergePageTable(std::move(chunks)));
   RETURN_IF_ERROR(MapArenasOf(table.heads(), table.arenas()));
   absl::MutexLock lock(&mu_);
   sequences_[table.sequence_id()];

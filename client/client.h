@@ -159,6 +159,9 @@ class Client {
                           const google::protobuf::RepeatedPtrField<v1::ArenaExport>& known);
   void RememberPages(const std::string& sequence, const v1::HeadTable& head, bool replace)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether AllocatePages' reply for `tokens` more tokens surely fits one message (then the unary
+  // call is used; otherwise AllocatePagesStream).
+  bool AllocateFitsOneMessage(const std::string& sequence, uint32_t tokens) const;
   // One page-contiguous run of a head's token slots, with its mapping pinned.
   struct InPlaceSegment {
     std::shared_ptr<const ArenaMapping> mapping;

@@ -292,7 +292,7 @@ void CacheEngine::TableToProto(const Sequence& seq, bool with_positions,
 }
 
 absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
-    const std::string& tenant, const v1::CreateSequenceRequest& request) {
+    const std::string& tenant, const v1::CreateSequenceRequest& request, bool chunked_reply) {
   if (request.prefix_token_ids_size() > int64_t{options_.max_tokens_per_allocation}) {
     return absl::InvalidArgumentError(absl::StrCat(
         request.prefix_token_ids_size(), " prefix token ids; at most ",
@@ -324,10 +324,12 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
       RETURN_IF_ERROR(
           ledger_.AdmitSharedCharge(tenant, prefixes_.ChargeIfAttached(matched, tenant)));
     }
-    // Nothing is created that the caller could not learn of (its reply must fit one message) or
-    // that its tenant is not charged for (the sequence's heap).
-    RETURN_IF_ERROR(CheckCreateReplyFits(*m->second, static_cast<uint32_t>(matched.size()),
-                                         options_.max_message_bytes));
+    // Nothing is created that the caller could not learn of (a unary reply must fit one message)
+    // or that its tenant is not charged for (the sequence's heap).
+    if (!chunked_reply) {
+      RETURN_IF_ERROR(CheckCreateReplyFits(*m->second, static_cast<uint32_t>(matched.size()),
+                                           options_.max_message_bytes));
+    }
     const uint64_t heap = EmptySequenceBytes(*m->second);
     RETURN_IF_ERROR(ledger_.ChargeMetadata(tenant, heap));
     seq = std::make_shared<Sequence>("seq-" + RandomHex(12), tenant, m->second, heap);
@@ -355,7 +357,8 @@ absl::StatusOr<v1::PageTable> CacheEngine::CreateSequence(
 }
 
 absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string& tenant,
-                                                              const v1::AllocateRequest& request) {
+                                                              const v1::AllocateRequest& request,
+                                                              bool chunked_reply) {
   if (request.tokens() == 0 || request.tokens() > options_.max_tokens_per_allocation) {
     return absl::InvalidArgumentError(absl::StrCat("tokens = ", request.tokens(), " (must be 1..",
                                                    options_.max_tokens_per_allocation, ")"));
@@ -367,11 +370,16 @@ absl::StatusOr<v1::PageTableDelta> CacheEngine::AllocatePages(const std::string&
   const PageGeometry& geometry = seq->model->geometry();
   uint64_t total_pages = 0;
   std::vector<uint32_t> need = seq->table.PagesNeeded(request.tokens(), &total_pages);
-  if (options_.max_pages_per_request != 0 && total_pages > options_.max_pages_per_request) {
+  const uint64_t max_pages =
+      chunked_reply ? options_.max_pages_per_chunked_request : options_.max_pages_per_request;
+  if (max_pages != 0 && total_pages > max_pages) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "request size limit: ", request.tokens(), " tokens need ", total_pages,
-        " pages over all heads, more than the ", options_.max_pages_per_request,
-        " one AllocatePages may add (kvkeepd --max_pages_per_request); allocate in smaller steps"));
+        " pages over all heads, more than the ", max_pages,
+        chunked_reply ? " one AllocatePagesStream" : " one AllocatePages",
+        " may add (kvkeepd --max_pages_per_request",
+        chunked_reply ? "" : "; AllocatePagesStream sends larger replies in chunks",
+        "); allocate in smaller steps"));
   }
   for (uint32_t h = 0; h < need.size(); ++h) {
     if (seq->table.capacity(h) + uint64_t{need[h]} * geometry.tokens_per_page > UINT32_MAX) {
@@ -503,6 +511,11 @@ absl::StatusOr<v1::CommitReply> CacheEngine::CommitTokens(const std::string& ten
 }
 
 absl::Status CacheEngine::WriteChunk(const std::string& tenant, const v1::KvChunk& chunk) {
+  return WriteChunkBytes(tenant, chunk, chunk.keys(), chunk.values());
+}
+
+absl::Status CacheEngine::WriteChunkBytes(const std::string& tenant, const v1::KvChunk& chunk,
+                                          absl::string_view keys, absl::string_view values) {
   RETURN_IF_ERROR(CheckSessionIfGiven(tenant, chunk.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
   const Model& model = *seq->model;
@@ -514,11 +527,11 @@ absl::Status CacheEngine::WriteChunk(const std::string& tenant, const v1::KvChun
   }
   if (chunk.token_count() == 0) return absl::InvalidArgumentError("token_count must be > 0");
   const uint64_t want = uint64_t{chunk.token_count()} * g.token_bytes;
-  if (chunk.keys().size() != want || chunk.values().size() != want) {
+  if (keys.size() != want || values.size() != want) {
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk of ", chunk.token_count(), " tokens needs ", want, " bytes of keys and of values (",
         g.head_dim, " x ", DTypeSize(g.dtype), "-byte elements per token); got ",
-        chunk.keys().size(), " and ", chunk.values().size()));
+        keys.size(), " and ", values.size()));
   }
   if (chunk.positions_size() != 0 || chunk.page() != 0) {
     return absl::InvalidArgumentError("positions and page are ReadKV fields; CommitTokens sets positions");
@@ -541,11 +554,11 @@ absl::Status CacheEngine::WriteChunk(const std::string& tenant, const v1::KvChun
         Arena* arena = pool_.ArenaOf(page);
         const uint64_t base = uint64_t{PageRef::Unpack(page).index} * g.page_bytes;
         const uint64_t off = slot * g.token_bytes;
-        io = backend_->Write(*arena, base + off, chunk.keys().data() + done * g.token_bytes,
+        io = backend_->Write(*arena, base + off, keys.data() + done * g.token_bytes,
                              n * g.token_bytes);
         if (io.ok()) {
           io = backend_->Write(*arena, base + g.value_offset + off,
-                               chunk.values().data() + done * g.token_bytes, n * g.token_bytes);
+                               values.data() + done * g.token_bytes, n * g.token_bytes);
         }
       }));
   return io;

@@ -72,6 +72,10 @@ struct EngineOptions {
   // Default: 0 = no limit. Pages one AllocatePages may add over all heads (RESOURCE_EXHAUSTED
   // beyond, nothing allocated); the server derives it from the message limit.
   uint64_t max_pages_per_request = 0;
+  // Default: 0 = no limit. The same bound for AllocatePagesStream, whose reply is chunked and so
+  // never limited by the message size; the server sets it only from an explicit
+  // --max_pages_per_request.
+  uint64_t max_pages_per_chunked_request = 0;
   // Bounds on what one tenant can make the daemon hold in its heap (hostile or buggy workers).
   uint32_t max_sequences_per_tenant = 1u << 16;  // Default: 65536
   uint32_t max_sessions_per_tenant = 4096;       // Default: 4096
@@ -169,10 +173,16 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   absl::StatusOr<std::pair<v1::ArenaExport, int>> ArenaFdFor(const std::string& tenant,
                                                              const std::string& session_id,
                                                              uint32_t arena_id) const;
+  // `chunked_reply`: the reply travels in chunks (CreateSequenceStream), so the check that the
+  // unary reply fits one message (create_reply_size.h) does not apply.
   absl::StatusOr<v1::PageTable> CreateSequence(const std::string& tenant,
-                                               const v1::CreateSequenceRequest& request);
+                                               const v1::CreateSequenceRequest& request,
+                                               bool chunked_reply = false);
+  // `chunked_reply`: the reply travels in chunks (AllocatePagesStream): the pages limit is
+  // max_pages_per_chunked_request instead of max_pages_per_request.
   absl::StatusOr<v1::PageTableDelta> AllocatePages(const std::string& tenant,
-                                                   const v1::AllocateRequest& request);
+                                                   const v1::AllocateRequest& request,
+                                                   bool chunked_reply = false);
   absl::StatusOr<v1::CommitReply> CommitTokens(const std::string& tenant,
                                                const v1::CommitRequest& request);
   // Stores one layer's query statistics. INVALID_ARGUMENT (shapes, NaN/Inf), NOT_FOUND.
@@ -183,6 +193,10 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
                                              const v1::CompressRequest& request);
   // Writes one chunk of the bytes path.
   absl::Status WriteChunk(const std::string& tenant, const v1::KvChunk& chunk);
+  // WriteChunk with the key and value bytes apart from the message (WriteKV's parser reads them
+  // straight from the received gRPC buffers): `header`'s own keys and values are ignored.
+  absl::Status WriteChunkBytes(const std::string& tenant, const v1::KvChunk& header,
+                               absl::string_view keys, absl::string_view values);
   absl::StatusOr<v1::PageTable> GetSequence(const std::string& tenant,
                                             const std::string& sequence_id, bool with_positions);
   absl::StatusOr<v1::PageTable> Acquire(const std::string& tenant, const v1::AcquireRequest& r);

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "common/status_macros.h"
+#include "common/table_chunks.h"
 #include "service/rpc/register_model_reactor.h"
 #include "service/rpc/request_auth.h"
 #include "service/rpc/session_reactor.h"
@@ -12,7 +13,7 @@ namespace kvkeep {
 
 KvCacheService::KvCacheService(CacheEngine* engine, Executor* executor,
                                std::string admin_token_hash, SessionLimits* limits)
-    : engine_(engine), admin_token_hash_(std::move(admin_token_hash)), limits_(limits),
+    : executor_(executor), engine_(engine), admin_token_hash_(std::move(admin_token_hash)), limits_(limits),
       unary_("kvkeep.v1.KvCache", executor,
              [this](grpc::CallbackServerContext* context, const std::string& session_id) {
                return Admit(context, session_id);
@@ -41,6 +42,10 @@ std::string KvCacheService::FullName(absl::string_view method) const {
   return FullMethodName(unary_.service(), method);
 }
 
+uint64_t KvCacheService::ReplyBudget() const {
+  return ::kvkeep::ReplyBudget(engine_->max_message_bytes());
+}
+
 // ---- Streams -------------------------------------------------------------------------------
 
 grpc::ServerWriteReactor<v1::SessionEvent>* KvCacheService::Session(
@@ -57,50 +62,6 @@ grpc::ServerWriteReactor<v1::SessionEvent>* KvCacheService::Session(
 grpc::ServerReadReactor<v1::ModelChunk>* KvCacheService::RegisterModel(
     grpc::CallbackServerContext* context, v1::RegisterModelReply* reply) {
   return new RegisterModelReactor(engine_, FullName("RegisterModel"), Admit(context, ""), reply);
-}
-
-grpc::ServerReadReactor<grpc::ByteBuffer>* KvCacheService::WriteKV(
-    grpc::CallbackServerContext* context, grpc::ByteBuffer* reply) {
-  // The stream is one call, charged with its first chunk (which may name the session).
-  return new ChunkStreamReader<v1::KvChunk, v1::WriteSummary>(
-      FullName("WriteKV"), AuthenticateWorker(*context, *engine_, admin_token_hash_), reply,
-      [this](const std::string& tenant, const v1::KvChunk& chunk, v1::WriteSummary* summary) {
-        const uint64_t bytes = chunk.keys().size() + chunk.values().size();
-        if (limits_ != nullptr) {
-          if (summary->chunks() == 0) {
-            RETURN_IF_ERROR(limits_->ChargeCall(tenant, chunk.session_id()));
-          }
-          RETURN_IF_ERROR(limits_->ChargeBytes(tenant, chunk.session_id(), bytes));
-        }
-        RETURN_IF_ERROR(engine_->WriteChunk(tenant, chunk));
-        summary->set_chunks(summary->chunks() + 1);
-        summary->set_tokens(summary->tokens() + chunk.token_count());
-        summary->set_bytes(summary->bytes() + bytes);
-        return absl::OkStatus();
-      });
-}
-
-grpc::ServerWriteReactor<v1::KvChunk>* KvCacheService::ReadKV(grpc::CallbackServerContext* context,
-                                                              const v1::ReadRequest* request) {
-  absl::StatusOr<std::string> tenant = Admit(context, "");
-  absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> opened =
-      tenant.ok() ? engine_->OpenRead(*tenant, *request) : tenant.status();
-  if (!opened.ok()) {
-    return new FailedStream<grpc::ServerWriteReactor<v1::KvChunk>>(
-        CallStatus(FullName("ReadKV"), tenant.ok() ? *tenant : "", opened.status()));
-  }
-  // Each chunk is charged to the tenant's session-less limits before it is sent.
-  std::shared_ptr<CacheEngine::ReadCursor> cursor = std::move(*opened);
-  return new ChunkStreamWriter<v1::KvChunk>(
-      FullName("ReadKV"), *tenant,
-      [this, cursor, tenant = *tenant](v1::KvChunk* chunk) -> absl::StatusOr<bool> {
-        ASSIGN_OR_RETURN(bool more, cursor->Next(chunk));
-        if (more && limits_ != nullptr) {
-          RETURN_IF_ERROR(
-              limits_->ChargeBytes(tenant, "", chunk->keys().size() + chunk->values().size()));
-        }
-        return more;
-      });
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* KvCacheService::PutStats(
@@ -160,8 +121,16 @@ grpc::ServerUnaryReactor* KvCacheService::CommitTokens(grpc::CallbackServerConte
     if (policy.ok() && policy->has_max_tokens()) where = RunOn::kExecutor;
   }
   return unary_.Run(context, "CommitTokens", std::move(tenant), where, reply,
-                    [this, request](const std::string& t) {
-                      return engine_->CommitTokens(t, *request);
+                    [this, request](const std::string& t) -> absl::StatusOr<v1::CommitReply> {
+                      ASSIGN_OR_RETURN(v1::CommitReply committed,
+                                       engine_->CommitTokens(t, *request));
+                      // A compressed table over the limit: the worker reads it in chunks.
+                      if (committed.has_compressed() &&
+                          committed.ByteSizeLong() > ReplyBudget()) {
+                        committed.mutable_compressed()->mutable_table()->clear_heads();
+                        committed.set_compressed_table_omitted(true);
+                      }
+                      return committed;
                     });
 }
 

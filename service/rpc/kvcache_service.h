@@ -18,10 +18,13 @@
 
 namespace kvkeep {
 
-// WriteKV and PutStats are read as raw bytes so that an unparseable chunk fails the call
-// (reactors.h, ChunkStreamReader) instead of reading as the end of the stream.
-using KvCacheServiceBase = v1::KvCache::WithRawCallbackMethod_WriteKV<
-    v1::KvCache::WithRawCallbackMethod_PutStats<v1::KvCache::CallbackService>>;
+// WriteKV and ReadKV are raw methods: their KvChunks are parsed from and serialised into the gRPC
+// buffers directly (service/rpc/kv_wire.h), without the protobuf copies. PutStats is read as raw
+// bytes so that an unparseable chunk fails the call (reactors.h, ChunkStreamReader) instead of
+// reading as the end of the stream; WriteKV's reader does the same (kvcache_service_bytes.cc).
+using KvCacheServiceBase = v1::KvCache::WithRawCallbackMethod_ReadKV<
+    v1::KvCache::WithRawCallbackMethod_WriteKV<
+        v1::KvCache::WithRawCallbackMethod_PutStats<v1::KvCache::CallbackService>>>;
 
 class KvCacheService final : public KvCacheServiceBase {
  public:
@@ -49,10 +52,12 @@ class KvCacheService final : public KvCacheServiceBase {
   grpc::ServerUnaryReactor* CommitTokens(grpc::CallbackServerContext* context,
                                          const v1::CommitRequest* request,
                                          v1::CommitReply* reply) override;
+  // The bytes path (kvcache_service_bytes.cc): a stream of KvChunk in, a WriteSummary out; a
+  // ReadRequest in, a stream of KvChunk out (encoded as kvkeep.v1 says; raw gRPC buffers here).
   grpc::ServerReadReactor<grpc::ByteBuffer>* WriteKV(grpc::CallbackServerContext* context,
                                                      grpc::ByteBuffer* reply) override;
-  grpc::ServerWriteReactor<v1::KvChunk>* ReadKV(grpc::CallbackServerContext* context,
-                                                const v1::ReadRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ReadKV(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request) override;
   grpc::ServerReadReactor<grpc::ByteBuffer>* PutStats(grpc::CallbackServerContext* context,
                                                       grpc::ByteBuffer* reply) override;
   grpc::ServerUnaryReactor* Compress(grpc::CallbackServerContext* context,
@@ -83,6 +88,21 @@ class KvCacheService final : public KvCacheServiceBase {
   grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
                                  const v1::PingRequest* request, v1::PingReply* reply) override;
 
+  // Chunked replies (kvcache_service_chunked.cc): the calls above with the table split into
+  // messages below the message limit (common/table_chunks.h).
+  grpc::ServerWriteReactor<v1::PageTable>* CreateSequenceStream(
+      grpc::CallbackServerContext* context, const v1::CreateSequenceRequest* request) override;
+  grpc::ServerWriteReactor<v1::PageTableDelta>* AllocatePagesStream(
+      grpc::CallbackServerContext* context, const v1::AllocateRequest* request) override;
+  grpc::ServerWriteReactor<v1::CompressReply>* CompressStream(
+      grpc::CallbackServerContext* context, const v1::CompressRequest* request) override;
+  grpc::ServerWriteReactor<v1::PageTable>* RestoreStream(
+      grpc::CallbackServerContext* context, const v1::RestoreRequest* request) override;
+  grpc::ServerWriteReactor<v1::PageTable>* GetSequenceStream(
+      grpc::CallbackServerContext* context, const v1::GetSequenceRequest* request) override;
+  grpc::ServerWriteReactor<v1::PageTable>* AcquireStream(
+      grpc::CallbackServerContext* context, const v1::AcquireRequest* request) override;
+
  private:
   // The tenant of the call's token, charged one call to `session_id`'s limits (OK when there are
   // no limits).
@@ -93,6 +113,10 @@ class KvCacheService final : public KvCacheServiceBase {
                                           const v1::CommitRequest& request);
   // "/kvkeep.v1.KvCache/<method>" (logs).
   std::string FullName(absl::string_view method) const;
+  // The largest reply message the daemon sends (the message limit less framing room).
+  uint64_t ReplyBudget() const;
+
+  Executor* const executor_;
 
   CacheEngine* const engine_;
   const std::string admin_token_hash_;

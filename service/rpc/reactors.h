@@ -20,8 +20,9 @@
 //       [this, request](const std::string& tenant) { return ...; }, request->session_id());
 //
 // ChunkStreamReader and ChunkStreamWriter are the stream reactors both directions share: a client
-// stream applied chunk by chunk, and a server stream fed by a `next` function. FailedStream
-// finishes a stream at once (a refused caller).
+// stream applied chunk by chunk, and a server stream fed by a `next` function.
+// ChunkedReplyWriter computes a whole reply (inline or on the executor) and writes it as several
+// messages. FailedStream finishes a stream at once (a refused caller).
 //
 // Thread safety: UnaryCalls is immutable after construction and may be used from any thread; it
 // must outlive the executor's queued work (a service outlives its server and executor). A
@@ -34,6 +35,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -259,6 +261,66 @@ class ChunkStreamWriter final : public grpc::ServerWriteReactor<Chunk> {
   const std::string tenant_;
   const Next next_;
   Chunk chunk_;
+};
+
+// A server stream whose whole reply is computed first, on the gRPC thread or on the executor,
+// then written message by message (the chunked table replies: CompressStream, AcquireStream ...).
+// `produce(tenant)` returns the messages or the status the stream finishes with.
+template <typename Msg>
+class ChunkedReplyWriter final : public grpc::ServerWriteReactor<Msg> {
+ public:
+  using Produce = std::function<absl::StatusOr<std::vector<Msg>>(const std::string& tenant)>;
+
+  // `caller`: the tenant, or the status the stream finishes with at once. `executor` must outlive
+  // the call (the service's executor does).
+  ChunkedReplyWriter(std::string method, absl::StatusOr<std::string> caller, RunOn where,
+                     Executor* executor, Produce produce)
+      : method_(std::move(method)) {
+    if (!caller.ok()) {
+      this->Finish(CallStatus(method_, "", caller.status()));
+      return;
+    }
+    tenant_ = std::move(*caller);
+    // Reactions started before gRPC binds the reactor are queued by gRPC: safe from any thread.
+    auto work = [this, produce = std::move(produce)] {
+      absl::StatusOr<std::vector<Msg>> messages = produce(tenant_);
+      if (!messages.ok()) {
+        this->Finish(CallStatus(method_, tenant_, messages.status()));
+        return;
+      }
+      messages_ = std::move(*messages);
+      WriteNext();
+    };
+    if (where == RunOn::kExecutor) {
+      executor->Schedule(std::move(work));
+    } else {
+      work();
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "reader went away"));
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void WriteNext() {
+    if (next_ == messages_.size()) {
+      this->Finish(grpc::Status::OK);
+      return;
+    }
+    this->StartWrite(&messages_[next_++]);
+  }
+
+  const std::string method_;
+  std::string tenant_;
+  std::vector<Msg> messages_;
+  size_t next_ = 0;
 };
 
 }  // namespace kvkeep

@@ -121,6 +121,7 @@ EngineOptions EngineOptionsFrom(const ServiceOptions& options) {
       options.max_pages_per_request != 0
           ? options.max_pages_per_request
           : (options.max_message_bytes - std::min<uint64_t>(options.max_message_bytes / 2, 64 << 10)) / 16;
+  engine_options.max_pages_per_chunked_request = options.max_pages_per_request;
   return engine_options;
 }
 
@@ -303,6 +304,11 @@ absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string&
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  // Bulk bytes (WriteKV/ReadKV): 1 MiB HTTP/2 frames instead of 16 KiB (a chunk's keys then
+  // arrive in one slice and are written to the pages straight from it) and a 4 MiB stream window
+  // (several chunks in flight instead of stalling on the 64 KiB default).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 1 << 20);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 4 << 20);
   // Header lists (e.g. an oversized authorization header) are bounded explicitly and the bound is
   // advertised in SETTINGS_MAX_HEADER_LIST_SIZE, so a client checks it before sending and an
   // oversized call fails alone instead of disturbing the connection's other calls (api.md §6.2).

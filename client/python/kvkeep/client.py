@@ -20,6 +20,36 @@ from kvkeep.stats import as_layer_stats, stats_per_layer
 _WRITE_FRAMING = 4096  # room for a chunk's non-data fields, as the C++ client's WriteHead
 
 
+def _merge_heads(heads, into):
+    """Appends streamed HeadTables to `into`, joining `continued` pieces (docs/api.md §6.2)."""
+    for head in heads:
+        if not head.continued:
+            into.add().CopyFrom(head)
+            continue
+        if not len(into) or (into[-1].layer, into[-1].kv_head) != (head.layer, head.kv_head):
+            raise ValueError(f"head piece ({head.layer}, {head.kv_head}) continues no such head")
+        into[-1].pages.extend(head.pages)
+        into[-1].positions.extend(head.positions)
+
+
+def _merge_tables(messages, heads_of):
+    """One reply from the messages of a chunked (*Stream) call; `heads_of(msg)` names the heads
+    field (msg.heads, or msg.table.heads for CompressReply)."""
+    messages = list(messages)
+    if not messages:
+        raise ValueError("a chunked reply with no message")
+    merged = type(messages[0])()
+    merged.CopyFrom(messages[0])
+    del heads_of(merged)[:]
+    for message in messages:
+        _merge_heads(heads_of(message), heads_of(merged))
+    return merged
+
+
+def _table_heads(message):
+    return message.heads
+
+
 def _policy(scorer=None, allocation=None, keep_ratio=None, max_tokens=None, sinks=None,
             window=None, pool_kernel=None, ada_alpha=None, seed=None):
     """A Policy with only the fields given (unset ones take the tenant default)."""
@@ -262,11 +292,14 @@ class Session:
         with `prefix_token_ids`, starting with the sharing group's shared prefix pages matching
         them (`seq.shared_tokens` says how many tokens; they are committed and read-only)."""
         model = self._model(model)
-        table = self.client._unary(self.client._stub.CreateSequence,
-                                   kvcache_pb2.CreateSequenceRequest(
-                                       session_id=self.session_id, model=model.name,
-                                       retain=retain,
-                                       prefix_token_ids=list(prefix_token_ids or [])))
+        request = kvcache_pb2.CreateSequenceRequest(
+            session_id=self.session_id, model=model.name, retain=retain,
+            prefix_token_ids=list(prefix_token_ids or []))
+        if prefix_token_ids:  # shared prefix pages: a table of any size, in chunks
+            table = _merge_tables(self.client._stream_out(
+                self.client._stub.CreateSequenceStream, request), _table_heads)
+        else:
+            table = self.client._unary(self.client._stub.CreateSequence, request)
         return Sequence(self, model, table)
 
     def lookup_prefix(self, model, token_ids):
@@ -281,12 +314,14 @@ class Session:
         """An existing sequence (e.g. retained by another session). `acquire` takes a lease."""
         model = self._model(model)
         if acquire:
-            table = self.client._unary(self.client._stub.Acquire, kvcache_pb2.AcquireRequest(
-                session_id=self.session_id, sequence_id=sequence_id, with_positions=True))
+            table = _merge_tables(self.client._stream_out(
+                self.client._stub.AcquireStream, kvcache_pb2.AcquireRequest(
+                    session_id=self.session_id, sequence_id=sequence_id,
+                    with_positions=True)), _table_heads)
         else:
-            table = self.client._unary(self.client._stub.GetSequence,
-                                       kvcache_pb2.GetSequenceRequest(sequence_id=sequence_id,
-                                                                      with_positions=True))
+            table = _merge_tables(self.client._stream_out(
+                self.client._stub.GetSequenceStream, kvcache_pb2.GetSequenceRequest(
+                    sequence_id=sequence_id, with_positions=True)), _table_heads)
         return Sequence(self, model, table)
 
     def write_kv(self, chunks):
@@ -399,15 +434,23 @@ class Sequence:
     # -- RPCs -------------------------------------------------------------------------------
     def table(self, with_positions=True):
         """GetSequence: the current PageTable (also refreshes what this object tracks)."""
-        table = self._c()._unary(self._c()._stub.GetSequence, kvcache_pb2.GetSequenceRequest(
-            sequence_id=self.id, with_positions=with_positions))
+        table = _merge_tables(self._c()._stream_out(
+            self._c()._stub.GetSequenceStream, kvcache_pb2.GetSequenceRequest(
+                sequence_id=self.id, with_positions=with_positions)), _table_heads)
         self._apply_table(table)
         return table
 
     def allocate(self, tokens):
         """Room for `tokens` more tokens after the committed ones in every head."""
-        delta = self._c()._unary(self._c()._stub.AllocatePages, kvcache_pb2.AllocateRequest(
-            session_id=self.session.session_id, sequence_id=self.id, tokens=int(tokens)))
+        request = kvcache_pb2.AllocateRequest(session_id=self.session.session_id,
+                                              sequence_id=self.id, tokens=int(tokens))
+        # At worst a page per token and head, 8 bytes each: past half the limit, in chunks.
+        worst = len(self._pages) * ((int(tokens) + 1) * 8 + 32)
+        if not self._pages or worst > self.session._write_limit() // 2:
+            delta = _merge_tables(self._c()._stream_out(self._c()._stub.AllocatePagesStream,
+                                                        request), _table_heads)
+        else:
+            delta = self._c()._unary(self._c()._stub.AllocatePages, request)
         for head in delta.heads:
             key = (head.layer, head.kv_head)
             self._pages.setdefault(key, []).extend(head.pages)
@@ -465,6 +508,8 @@ class Sequence:
         for item in stats or ():
             request.stats.append(as_layer_stats(item))
         reply = self._c()._unary(self._c()._stub.CommitTokens, request)
+        if reply.compressed_table_omitted:  # the compressed table did not fit: read it in chunks
+            reply.compressed.table.CopyFrom(self.table(with_positions=True))
         if reply.HasField("compressed"):
             self._apply_table(reply.compressed.table)
         else:
@@ -501,8 +546,10 @@ class Sequence:
         if policy is None:
             policy = _policy(scorer, allocation, keep_ratio, max_tokens, sinks, window,
                              pool_kernel, ada_alpha, seed)
-        reply = self._c()._unary(self._c()._stub.Compress, kvcache_pb2.CompressRequest(
-            session_id=self.session.session_id, sequence_id=self.id, policy=policy))
+        reply = _merge_tables(self._c()._stream_out(
+            self._c()._stub.CompressStream, kvcache_pb2.CompressRequest(
+                session_id=self.session.session_id, sequence_id=self.id, policy=policy)),
+            lambda m: m.table.heads)
         self._apply_table(reply.table)
         kept = {(h.layer, h.kv_head): np.array(h.positions, np.int32) for h in reply.table.heads}
         return Compressed(reply.table, kept, reply.summary)
@@ -610,8 +657,10 @@ class Sequence:
     # -- lifetime ----------------------------------------------------------------------------
     def acquire(self):
         """Takes a lease for this session (restores a spilled sequence)."""
-        table = self._c()._unary(self._c()._stub.Acquire, kvcache_pb2.AcquireRequest(
-            session_id=self.session.session_id, sequence_id=self.id, with_positions=True))
+        table = _merge_tables(self._c()._stream_out(
+            self._c()._stub.AcquireStream, kvcache_pb2.AcquireRequest(
+                session_id=self.session.session_id, sequence_id=self.id,
+                with_positions=True)), _table_heads)
         self._apply_table(table)
         return table
 
@@ -630,7 +679,9 @@ class Sequence:
             session_id=self.session.session_id, sequence_id=self.id))
 
     def restore(self):
-        table = self._c()._unary(self._c()._stub.Restore, kvcache_pb2.RestoreRequest(
-            session_id=self.session.session_id, sequence_id=self.id, with_positions=True))
+        table = _merge_tables(self._c()._stream_out(
+            self._c()._stub.RestoreStream, kvcache_pb2.RestoreRequest(
+                session_id=self.session.session_id, sequence_id=self.id,
+                with_positions=True)), _table_heads)
         self._apply_table(table)
         return table

@@ -1,0 +1,138 @@
+// KvCacheService: the bytes path (WriteKV, ReadKV) on raw gRPC buffers. WriteKV reads each
+// chunk's keys and values straight from the received slices into the pages (one copy, the
+// backend's); ReadKV moves the bytes read from the pages into the reply's slices (no
+// serialisation copy). The messages on the wire are the kvkeep.v1 KvChunk encoding.
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "service/rpc/request_auth.h"
+#include "service/rpc/kv_wire.h"
+#include "service/rpc/kvcache_service.h"
+
+namespace kvkeep {
+namespace {
+
+// WriteKV: chunks applied as they arrive; the summary goes out, encoded, after the last one
+// landed. The first failing (or unparseable) chunk ends the stream with its status, prefixed
+// "chunk <n>: " and followed by what the chunks before it applied.
+class WriteKvReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
+ public:
+  using Apply = std::function<absl::Status(const std::string& tenant, const ParsedKvChunk&,
+                                           v1::WriteSummary*)>;
+
+  WriteKvReactor(std::string method, absl::StatusOr<std::string> caller, grpc::ByteBuffer* reply,
+                 Apply apply)
+      : method_(std::move(method)), caller_(std::move(caller)), reply_(reply),
+        apply_(std::move(apply)) {
+    if (!caller_.ok()) {
+      Finish(CallStatus(method_, "", caller_.status()));
+      return;
+    }
+    StartRead(&received_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      bool own_buffer = false;
+      grpc::Status encoded = grpc::SerializationTraits<v1::WriteSummary>::Serialize(
+          summary_, reply_, &own_buffer);
+      Finish(encoded);
+      return;
+    }
+    absl::Status status = ParseKvChunk(received_, &chunk_);
+    if (!status.ok()) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat("not a parseable kvkeep.v1.KvChunk message (", status.message(), ")"));
+    } else {
+      status = apply_(*caller_, chunk_, &summary_);
+    }
+    chunk_.slices.clear();  // release the received buffers before the next read
+    received_.Clear();
+    if (!status.ok()) {
+      // As every chunk stream (reactors.h, ChunkStreamReader): say what landed before it.
+      Finish(CallStatus(
+          method_, *caller_,
+          absl::Status(status.code(),
+                       absl::StrCat("chunk ", chunks_, ": ", status.message(),
+                                    "; applied before it: ",
+                                    chunks_ == 0 ? "nothing" : summary_.ShortDebugString(),
+                                    "; nothing after it"))));
+      return;
+    }
+    ++chunks_;
+    StartRead(&received_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  const std::string method_;
+  const absl::StatusOr<std::string> caller_;
+  grpc::ByteBuffer* const reply_;
+  const Apply apply_;
+  grpc::ByteBuffer received_;
+  ParsedKvChunk chunk_;
+  v1::WriteSummary summary_;
+  uint64_t chunks_ = 0;
+};
+
+}  // namespace
+
+grpc::ServerReadReactor<grpc::ByteBuffer>* KvCacheService::WriteKV(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* reply) {
+  // The stream is one call, charged with its first chunk (which may name the session).
+  return new WriteKvReactor(
+      FullName("WriteKV"), AuthenticateWorker(*context, *engine_, admin_token_hash_), reply,
+      [this](const std::string& tenant, const ParsedKvChunk& chunk, v1::WriteSummary* summary) {
+        const uint64_t bytes = chunk.keys.size() + chunk.values.size();
+        const std::string& session = chunk.header.session_id();
+        if (limits_ != nullptr) {
+          if (summary->chunks() == 0) RETURN_IF_ERROR(limits_->ChargeCall(tenant, session));
+          RETURN_IF_ERROR(limits_->ChargeBytes(tenant, session, bytes));
+        }
+        RETURN_IF_ERROR(engine_->WriteChunkBytes(tenant, chunk.header, chunk.keys, chunk.values));
+        summary->set_chunks(summary->chunks() + 1);
+        summary->set_tokens(summary->tokens() + chunk.header.token_count());
+        summary->set_bytes(summary->bytes() + bytes);
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* KvCacheService::ReadKV(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  absl::StatusOr<std::string> tenant = Admit(context, "");
+  v1::ReadRequest read;
+  if (tenant.ok()) {
+    grpc::ByteBuffer copy(*request);  // Deserialize consumes its buffer; a copy is a reference
+    if (!grpc::SerializationTraits<v1::ReadRequest>::Deserialize(&copy, &read).ok()) {
+      tenant = absl::InvalidArgumentError("malformed ReadRequest");
+    }
+  }
+  absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> opened =
+      tenant.ok() ? engine_->OpenRead(*tenant, read) : tenant.status();
+  if (!opened.ok()) {
+    return new FailedStream<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
+        CallStatus(FullName("ReadKV"), tenant.ok() ? *tenant : "", opened.status()));
+  }
+  // Each chunk is charged to the tenant's session-less limits before it is sent.
+  std::shared_ptr<CacheEngine::ReadCursor> cursor = std::move(*opened);
+  return new ChunkStreamWriter<grpc::ByteBuffer>(
+      FullName("ReadKV"), *tenant,
+      [this, cursor, tenant = *tenant,
+       chunk = std::make_shared<v1::KvChunk>()](grpc::ByteBuffer* out) -> absl::StatusOr<bool> {
+        ASSIGN_OR_RETURN(bool more, cursor->Next(chunk.get()));
+        if (!more) return false;
+        if (limits_ != nullptr) {
+          RETURN_IF_ERROR(
+              limits_->ChargeBytes(tenant, "", chunk->keys().size() + chunk->values().size()));
+        }
+        SerializeKvChunk(chunk.get(), out);
+        return true;
+      });
+}
+
+}  // namespace kvkeep
