@@ -2,8 +2,10 @@
 // every machine: with CUDA and no device (CI) the device lookup answers FAILED_PRECONDITION, with a
 // device an unknown UUID answers NOT_FOUND, and a client built without CUDA answers UNIMPLEMENTED.
 // Mapping real daemon memory is tested in cuda_e2e_test (label gpu).
-#include "client/arena_mapping.h"
+#include <unistd.h>
 
+#include "client/arena_mapping.h"
+#include "common/owned_fd.h"
 #include "common/status_matchers.h"
 #include "gpu/backend.h"
 #include "gtest/gtest.h"
@@ -73,10 +75,14 @@ TEST(CudaIpcMappingTest, UnknownUuidIsNotFound) {
               StatusIs(StatusCode::kNotFound, "GPU-00000000-1111-2222-3333-444444444444"));
 }
 
-TEST(CudaIpcMappingTest, ReservedKindIsUnimplemented) {
+// CUDA_VMM_FD arenas would come as fds over the arena channel (not by handle), and mapping them
+// (cuMemImportFromShareableHandle) is not built yet: both paths say so instead of guessing.
+TEST(CudaIpcMappingTest, VmmFdKindComesByFdAndIsNotMappableYet) {
   v1::ArenaExport e = CudaExport();
   e.set_kind(v1::CUDA_VMM_FD);
-  EXPECT_THAT(ArenaMapping::Map(e), StatusIs(StatusCode::kUnimplemented, "CUDA_VMM_FD"));
+  EXPECT_THAT(ArenaMapping::Map(e), StatusIs(StatusCode::kFailedPrecondition, "MapFd"));
+  EXPECT_THAT(ArenaMapping::MapFd(e, OwnedFd(dup(0))),
+              StatusIs(StatusCode::kUnimplemented, "CUDA_VMM_FD"));
 }
 
 }  // namespace

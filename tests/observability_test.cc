@@ -182,12 +182,15 @@ class ObservabilityTest : public ::testing::Test {
   int port_ = 0;
 };
 
+// kvkeep::Client sends a sequence's first allocation as AllocatePagesStream (api.md §6.3); the
+// allocations in these tests are all first ones.
 constexpr char kAllocOk[] =
     "kvkeep_grpc_server_handled_total{grpc_service=\"kvkeep.v1.KvCache\","
-    "grpc_method=\"AllocatePages\",grpc_type=\"unary\",grpc_code=\"OK\"}";
+    "grpc_method=\"AllocatePagesStream\",grpc_type=\"server_stream\",grpc_code=\"OK\"}";
 constexpr char kAllocExhausted[] =
     "kvkeep_grpc_server_handled_total{grpc_service=\"kvkeep.v1.KvCache\","
-    "grpc_method=\"AllocatePages\",grpc_type=\"unary\",grpc_code=\"RESOURCE_EXHAUSTED\"}";
+    "grpc_method=\"AllocatePagesStream\",grpc_type=\"server_stream\","
+    "grpc_code=\"RESOURCE_EXHAUSTED\"}";
 
 TEST_F(ObservabilityTest, MetricsEndpointServesTheKeyFamilies) {
   const std::string text = Scrape();
@@ -245,8 +248,11 @@ TEST_F(ObservabilityTest, ValuesMoveWithRpcs) {
   EXPECT_EQ(after["kvkeep_page_allocations_total"], 1);
   EXPECT_EQ(after["kvkeep_pages_allocated_total"], static_cast<double>(pages));
   EXPECT_GT(after["kvkeep_pool_largest_free_run_pages"], 0);
+  // A sequence's first allocation travels as AllocatePagesStream (client.h), later ones unary.
   EXPECT_GE(after["kvkeep_grpc_server_handling_seconds_count{grpc_service=\"kvkeep.v1.KvCache\","
-                  "grpc_method=\"AllocatePages\",grpc_type=\"unary\"}"],
+                  "grpc_method=\"AllocatePages\",grpc_type=\"unary\"}"] +
+                after["kvkeep_grpc_server_handling_seconds_count{grpc_service=\"kvkeep.v1.KvCache\","
+                      "grpc_method=\"AllocatePagesStream\",grpc_type=\"server_stream\"}"],
             1);
   EXPECT_GE(after["kvkeep_grpc_server_started_total{grpc_service=\"kvkeep.v1.Admin\","
                   "grpc_method=\"CreateTenant\",grpc_type=\"unary\"}"],

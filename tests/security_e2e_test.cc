@@ -159,6 +159,15 @@ std::map<std::string, grpc::StatusCode> CallEveryAdminRpc(v1::Admin::Stub& stub,
     v1::Watermarks r;
     record("SetWatermarks", stub.SetWatermarks(ctx().get(), w, &r));
   }
+  {
+    v1::SetGroupSecretRequest g;
+    g.set_group("shared");
+    g.set_secret(std::string(32, 's'));
+    v1::SetGroupSecretReply r;
+    record("SetGroupSecret", stub.SetGroupSecret(ctx().get(), g, &r));
+    v1::FleetStatus f;
+    record("GetFleetStatus", stub.GetFleetStatus(ctx().get(), v1::GetFleetStatusRequest(), &f));
+  }
   return codes;
 }
 

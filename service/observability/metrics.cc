@@ -50,11 +50,16 @@ uint64_t Load(const std::atomic<uint64_t>& a) { return a.load(std::memory_order_
 enum class MethodKind { kPlain, kAllocatePages, kCompress, kCommitTokens, kRestore, kAdminRestore };
 
 MethodKind KindOf(absl::string_view full) {
+  // The *Stream twins (api.md §6.3) do the same and reply with the same message type, in pieces:
+  // pages are summed over the pieces, the summary is in the first one only.
   if (full == "/kvkeep.v1.KvCache/AllocatePages") return MethodKind::kAllocatePages;
+  if (full == "/kvkeep.v1.KvCache/AllocatePagesStream") return MethodKind::kAllocatePages;
   if (full == "/kvkeep.v1.KvCache/Compress") return MethodKind::kCompress;
+  if (full == "/kvkeep.v1.KvCache/CompressStream") return MethodKind::kCompress;
   if (full == "/kvkeep.v1.Admin/CompressSequence") return MethodKind::kCompress;  // same reply
   if (full == "/kvkeep.v1.KvCache/CommitTokens") return MethodKind::kCommitTokens;
   if (full == "/kvkeep.v1.KvCache/Restore") return MethodKind::kRestore;
+  if (full == "/kvkeep.v1.KvCache/RestoreStream") return MethodKind::kRestore;
   if (full == "/kvkeep.v1.Admin/RestoreSequence") return MethodKind::kAdminRestore;
   return MethodKind::kPlain;
 }
@@ -114,15 +119,15 @@ class MetricsInterceptor final : public grpc::experimental::Interceptor {
   // The reply of a kvkeep method, in its non-serialized form (callback handlers send by pointer).
   void InspectReply(const void* message) {
     if (message == nullptr) return;
+    const bool first = replies_++ == 0;
     switch (kind_) {
       case MethodKind::kAllocatePages: {
         const auto* delta = static_cast<const v1::PageTableDelta*>(message);
-        uint64_t pages = 0;
-        for (const v1::HeadTable& head : delta->heads()) pages += head.pages_size();
-        reply_pages_ = pages;
+        for (const v1::HeadTable& head : delta->heads()) reply_pages_ += head.pages_size();
         break;
       }
       case MethodKind::kCompress: {
+        if (!first) break;  // a later piece of CompressStream: heads only
         const auto& s = static_cast<const v1::CompressReply*>(message)->summary();
         metrics_->RecordCompression(Metrics::Trigger::kRequest, s.tokens_before(),
                                     s.tokens_after(), s.pages_freed(), s.bytes_freed(),
@@ -179,7 +184,8 @@ class MetricsInterceptor final : public grpc::experimental::Interceptor {
   const std::chrono::steady_clock::time_point start_;
   Metrics::Method* slot_ = nullptr;
   MethodKind kind_ = MethodKind::kPlain;
-  uint64_t reply_pages_ = 0;
+  uint64_t reply_pages_ = 0;  // pages in the replies sent (summed over a stream's pieces)
+  uint64_t replies_ = 0;      // reply messages sent
   bool done_ = false;
 };
 
