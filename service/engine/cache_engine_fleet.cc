@@ -302,9 +302,11 @@ void AddFleetPeers(fleet::FleetTier& tier, fleet::NodeRecord self, absl::Time de
     out.set_peers_error(std::string(records.status().message()));
     return;
   }
-  std::erase_if(*records, [&](const fleet::NodeRecord& r) { return r.node_name == self.node_name; });
+  std::erase_if(*records,
+                [&](const fleet::NodeRecord& r) { return r.node_name == self.node_name; });
   records->push_back(self);
-  const std::vector<fleet::NodeVerdict> verdicts = fleet::CompareNodeRecords(*records, self.node_name);
+  const std::vector<fleet::NodeVerdict> verdicts =
+      fleet::CompareNodeRecords(*records, self.node_name);
   for (size_t i = 0; i < records->size(); ++i) {
     const fleet::NodeRecord& r = (*records)[i];
     if (r.node_name == self.node_name) {

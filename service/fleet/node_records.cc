@@ -205,9 +205,10 @@ void NodeRecordPublisher::PublishOnce() {
   std::vector<absl::StatusOr<RedisReply>> replies =
       client_.Execute(commands, absl::Now() + absl::Seconds(2));
   for (const auto& reply : replies) {
-    absl::Status failed = !reply.ok()                             ? reply.status()
-                          : (*reply)->type == REDIS_REPLY_ERROR ? ErrorReplyStatus(ReplyText(**reply))
-                                                                : absl::OkStatus();
+    absl::Status failed = reply.ok() ? absl::OkStatus() : reply.status();
+    if (reply.ok() && (*reply)->type == REDIS_REPLY_ERROR) {
+      failed = ErrorReplyStatus(ReplyText(**reply));
+    }
     if (!failed.ok()) {
       log::Warn("fleet.node_record_failed", {{"node", record.node_name}, {"status", failed}});
       return;

@@ -331,7 +331,8 @@ TEST_F(FleetE2eTest, ANodeWithAnotherSecretIsNamedByFleetStatus) {
     }
     return std::nullopt;
   };
-  ASSERT_OK_AND_ASSIGN(v1::SetGroupSecretReply same, a_.Admin()->SetGroupSecret("other", kOtherSecret));
+  ASSERT_OK_AND_ASSIGN(v1::SetGroupSecretReply same,
+                       a_.Admin()->SetGroupSecret("other", kOtherSecret));
   std::optional<v1::FleetPeer> agreeing = peer_b_seen_by_a("other=" + same.fingerprint());
   ASSERT_TRUE(agreeing.has_value());
   EXPECT_THAT(agreeing->mismatches(), ::testing::IsEmpty());
