@@ -71,6 +71,7 @@ class NodeRecordPublisher {
   // Default: 20 s period, 60 s TTL, 2 s per write.
   NodeRecordPublisher(ClusterOptions options, absl::Duration period = absl::Seconds(20),
                       absl::Duration ttl = absl::Seconds(60));
+  // Stops the thread; waits for a write in progress (bounded: 2 s per write).
   ~NodeRecordPublisher();
 
   // Sets (or, with nullptr, clears) what to publish; a new source is written at once. Clearing
