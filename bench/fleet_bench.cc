@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "bench/fleet_seq_bench.h"
 #include "bench/rep_stats.h"
 #include "service/fleet/cluster_client.h"
 #include "service/fleet/key_slot.h"
@@ -49,12 +50,22 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
   --no_read_ahead       the tier fetches one window at a time
   --json                JSON on stdout instead of the table
   --smoke               tiny layout, 8 pages, 1 rep (CI)
+  --sequence            also: the time to create a --tokens sequence on node B from a prefix
+                        node A published to the fleet, vs writing the same bytes fresh on B
+                        (WriteInPlace), vs recompute at --prefill_tok_s (ASSUMED, not
+                        measured); two kvkeepd (--kvkeepd PATH, default next to this binary)
+  --tokens N            sequence tokens (default 2048); --seq_reps N (default 3)
+  --prefill_tok_s R     assumed prefill rate for the recompute column (default 10000)
 )";
 
 struct Options {
   int pages = 64, reps = 5, base_port = 36000, open_threads = 4;
   std::string layout = "llama3-8b", seeds, user, password_file, script = "deploy/redis-cluster";
   bool json = false, read_ahead = true;
+  bool sequence = false, smoke = false;
+  int tokens = 2048, seq_reps = 3;
+  double prefill_tok_s = 10000;
+  std::string kvkeepd;
 };
 
 double SecondsSince(Clock::time_point t0) {
@@ -81,6 +92,18 @@ int ParseFlags(int argc, char** argv, Options* o) {
       o->layout = "tiny";
       o->pages = 8;
       o->reps = 1;
+      o->smoke = true;
+      o->seq_reps = 1;
+      o->tokens = 64;
+    } else if (a == "--sequence") {
+      o->sequence = true;
+    } else if (a == "--tokens" && value(&v) && absl::SimpleAtoi(v, &o->tokens) && o->tokens > 0 &&
+               o->tokens % 16 == 0) {
+    } else if (a == "--seq_reps" && value(&v) && absl::SimpleAtoi(v, &o->seq_reps) &&
+               o->seq_reps > 0) {
+    } else if (a == "--prefill_tok_s" && value(&v) && absl::SimpleAtod(v, &o->prefill_tok_s) &&
+               o->prefill_tok_s > 0) {
+    } else if (a == "--kvkeepd" && value(&o->kvkeepd)) {
     } else if (a == "--pages" && value(&v) && absl::SimpleAtoi(v, &o->pages) && o->pages > 0) {
     } else if (a == "--reps" && value(&v) && absl::SimpleAtoi(v, &o->reps) && o->reps > 0) {
     } else if (a == "--base_port" && value(&v) && absl::SimpleAtoi(v, &o->base_port)) {
@@ -363,6 +386,38 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
               get_ratio);
 }
 
+// --sequence: a sequence from the fleet vs written fresh vs recomputed (assumed rate).
+int RunSequence(const Options& o, const fleet::ConnectionOptions& connection) {
+  FleetSeqOptions so;
+  so.kvkeepd = o.kvkeepd;
+  so.seeds = o.seeds;
+  so.user = connection.user;
+  so.password = connection.password;
+  so.tokens = static_cast<uint32_t>(o.tokens);
+  so.reps = o.seq_reps;
+  so.smoke = o.smoke;
+  absl::StatusOr<FleetSeqSamples> s = MeasureFleetSequence(so);
+  if (!s.ok()) {
+    std::fprintf(stderr, "fleet --sequence: %s\n", s.status().ToString().c_str());
+    return 1;
+  }
+  const Stats fleet = Summarise(s->from_fleet), fresh = Summarise(s->fresh_write);
+  const double recompute = o.tokens / o.prefill_tok_s;
+  std::printf("kvkeep-bench fleet --sequence: %d tokens (%.1f MiB of KV, %s), %d reps, seconds\n",
+              o.tokens, s->bytes / 1048576.0, o.smoke ? "smoke layout" : "llama3-8b layout",
+              o.seq_reps);
+  std::printf("%-44s %8s %8s %8s\n", "", "median", "min", "max");
+  std::printf("%-44s %8.3f %8.3f %8.3f\n", "B: CreateSequenceWithPrefix from the fleet",
+              fleet.median, fleet.min, fleet.max);
+  std::printf("%-44s %8.3f %8.3f %8.3f\n", "B: same bytes written fresh (WriteInPlace)",
+              fresh.median, fresh.min, fresh.max);
+  std::printf("%-44s %8.3f   (ASSUMED %.0f tokens/s, not measured)\n", "recompute (prefill)",
+              recompute, o.prefill_tok_s);
+  std::printf("fleet/fresh: %.2f   fleet/recompute: %.2f\n",
+              fresh.median > 0 ? fleet.median / fresh.median : 0, fleet.median / recompute);
+  return 0;
+}
+
 }  // namespace
 
 int RunFleetBench(int argc, char** argv) {
@@ -427,6 +482,7 @@ int RunFleetBench(int argc, char** argv) {
     }
   }
   Report(o, *scope, samples);
+  if (o.sequence) return RunSequence(o, connection);
   return 0;
 }
 

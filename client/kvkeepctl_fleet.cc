@@ -88,8 +88,18 @@ int RunFleetStatus(AdminClient& admin, bool json) {
   std::printf("groups: %s\n", s->group_fingerprints().empty()
                                   ? "none with a secret"
                                   : absl::StrJoin(s->group_fingerprints(), " ").c_str());
+  if (!s->mismatches().empty()) {
+    std::printf("  THIS NODE DIFFERS FROM THE FLEET: %s\n",
+                absl::StrJoin(s->mismatches(), "; ").c_str());
+  }
+  if (!s->peers_error().empty()) {
+    std::printf("  peers: unreadable (%s)\n", s->peers_error().c_str());
+  } else if (s->peers().empty()) {
+    std::printf("  peers: none with a live record\n");
+  }
   for (const auto& p : s->peers()) {
-    std::printf("  peer %s: %s%s\n", p.node_name().c_str(), absl::StrJoin(p.groups(), " ").c_str(),
+    std::printf("  peer %s: %s | %s%s\n", p.node_name().c_str(),
+                absl::StrJoin(p.groups(), " ").c_str(), absl::StrJoin(p.layouts(), " ").c_str(),
                 p.mismatches().empty()
                     ? ""
                     : absl::StrCat("  MISMATCH: ", absl::StrJoin(p.mismatches(), "; ")).c_str());

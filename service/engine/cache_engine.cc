@@ -48,7 +48,10 @@ CacheEngine::CacheEngine(Backend* backend, MetadataStore* store, SpillStore* spi
   watermarks_.set_high_free(options.high_free);
 }
 
-CacheEngine::~CacheEngine() { background_.reset(); }
+CacheEngine::~CacheEngine() {
+  StopFleetNodeRecord();
+  background_.reset();
+}
 
 absl::StatusOr<std::unique_ptr<CacheEngine>> CacheEngine::Create(Backend* backend,
                                                                  MetadataStore* store,
@@ -65,6 +68,7 @@ absl::StatusOr<std::unique_ptr<CacheEngine>> CacheEngine::Create(Backend* backen
     log::Error("engine.load_failed", {{"status", loaded}});
     return loaded;
   }
+  engine->StartFleetNodeRecord();
   log::Info("engine.loaded", {{"tenants", engine->ListTenants().tenants_size()},
                               {"pressure_policy", PressurePolicyName(options.pressure_policy)},
                               {"pool_capacity_bytes", options.pool.capacity_bytes}});

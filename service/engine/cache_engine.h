@@ -390,6 +390,13 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   void PutFleetPages(const Sequence& seq, const fleet::FleetScope& scope,
                      const std::vector<std::string>& keys, uint32_t first, uint32_t full)
       ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  // The node record this daemon publishes (fleet/node_records.h): its groups' fingerprints and
+  // its models' layout hashes (16 hex). Takes mu_.
+  fleet::NodeRecord FleetNodeRecord() const;
+  // Hands the fleet tier FleetNodeRecord as its node record source (Create) / takes it back
+  // (~CacheEngine, waiting for a call in progress). Nothing without a fleet tier.
+  void StartFleetNodeRecord();
+  void StopFleetNodeRecord();
   // The fleet scope of the tenant's group for `model` (takes mu_).
   std::optional<fleet::FleetScope> FleetScopeOf(const std::string& tenant, const Model& model) const;
 

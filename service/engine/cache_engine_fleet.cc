@@ -64,6 +64,7 @@ absl::StatusOr<v1::SetGroupSecretReply> CacheEngine::SetGroupSecret(
     reply.set_changed(true);
   }
   pool_.Free(freed);
+  if (options_.fleet != nullptr) options_.fleet->RefreshNodeRecord();  // peers see it soon
   log::Info("fleet.group_secret_set", {{"group", r.group()},
                                        {"fingerprint", keys->fingerprint},
                                        {"evicted_bytes", reply.evicted_bytes()}});
@@ -93,6 +94,31 @@ std::vector<std::string> CacheEngine::ModelLayoutHashes() const {
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
+}
+
+fleet::NodeRecord CacheEngine::FleetNodeRecord() const {
+  fleet::NodeRecord record;
+  record.node_name = options_.fleet_node_name;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [group, keys] : group_fleet_keys_) {
+    record.group_fingerprints[group] = keys->fingerprint;
+  }
+  for (const auto& [name, tenant] : tenants_) {
+    for (const auto& [model_name, model] : tenant.models) {
+      record.layout_hashes[model_name] =
+          absl::BytesToHexString(fleet::FleetLayoutHash(model->layout()).substr(0, 8));
+    }
+  }
+  return record;
+}
+
+void CacheEngine::StartFleetNodeRecord() {
+  if (options_.fleet == nullptr) return;
+  options_.fleet->SetNodeRecordSource([this] { return FleetNodeRecord(); });
+}
+
+void CacheEngine::StopFleetNodeRecord() {
+  if (options_.fleet != nullptr) options_.fleet->SetNodeRecordSource(nullptr);
 }
 
 std::optional<fleet::FleetScope> CacheEngine::FleetScopeLocked(const std::string& group,
@@ -266,6 +292,35 @@ void CountersToProto(const std::string& group, const fleet::FleetCounters& c,
   out->set_dropped(c.dropped);
 }
 
+// Fills out.peers (every other node's record and what differs from the fleet's majority) and
+// out.mismatches (this node's own differences). This node's record is its live one, not the
+// copy in the cluster (which may be up to 20 s old or not written yet).
+void AddFleetPeers(fleet::FleetTier& tier, fleet::NodeRecord self, absl::Time deadline,
+                   v1::FleetStatus& out) {
+  absl::StatusOr<std::vector<fleet::NodeRecord>> records = tier.NodeRecords(deadline);
+  if (!records.ok()) {
+    out.set_peers_error(std::string(records.status().message()));
+    return;
+  }
+  std::erase_if(*records,
+                [&](const fleet::NodeRecord& r) { return r.node_name == self.node_name; });
+  records->push_back(self);
+  const std::vector<fleet::NodeVerdict> verdicts =
+      fleet::CompareNodeRecords(*records, self.node_name);
+  for (size_t i = 0; i < records->size(); ++i) {
+    const fleet::NodeRecord& r = (*records)[i];
+    if (r.node_name == self.node_name) {
+      for (const std::string& m : verdicts[i].mismatches) out.add_mismatches(m);
+      continue;
+    }
+    v1::FleetPeer* peer = out.add_peers();
+    peer->set_node_name(r.node_name);
+    for (const auto& [g, fp] : r.group_fingerprints) peer->add_groups(absl::StrCat(g, "=", fp));
+    for (const auto& [m, h] : r.layout_hashes) peer->add_layouts(absl::StrCat(m, "=", h));
+    for (const std::string& m : verdicts[i].mismatches) peer->add_mismatches(m);
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<v1::FleetStatus> CacheEngine::FleetStatus(absl::Time deadline) const {
@@ -291,6 +346,7 @@ absl::StatusOr<v1::FleetStatus> CacheEngine::FleetStatus(absl::Time deadline) co
     CountersToProto(group, counters, out.add_groups());
   }
   for (const std::string& g : GroupFingerprints()) out.add_group_fingerprints(g);
+  AddFleetPeers(*options_.fleet, FleetNodeRecord(), deadline, out);
   return out;
 }
 

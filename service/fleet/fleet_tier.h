@@ -27,14 +27,17 @@
 #define KVKEEP_SERVICE_FLEET_FLEET_TIER_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "service/fleet/fleet_scope.h"
+#include "service/fleet/node_records.h"
 
 namespace kvkeep::fleet {
 
@@ -97,6 +100,15 @@ class FleetTier {
   virtual std::map<std::string, FleetCounters> CountersByGroup() const = 0;
   // Loads the slot map afresh (bounded by `deadline`) and reports it.
   virtual FleetClusterStatus ClusterStatus(absl::Time deadline) = 0;
+
+  // Node records (node_records.h). What this node publishes as kvkeep:node:<name>: written at
+  // once and every 20 s (TTL 60 s) on the tier's own thread while set; nullptr stops it (and
+  // waits for a call of the old source in progress). The source must not call into the tier.
+  virtual void SetNodeRecordSource(std::function<NodeRecord()> source) = 0;
+  // Writes the record again soon (on the tier's thread), e.g. after a group's secret changed.
+  virtual void RefreshNodeRecord() = 0;
+  // Every node's record in the cluster (this node's included once written).
+  virtual absl::StatusOr<std::vector<NodeRecord>> NodeRecords(absl::Time deadline) = 0;
 };
 
 }  // namespace kvkeep::fleet

@@ -44,6 +44,7 @@ RedisFleetTier::RedisFleetTier(RedisFleetOptions options)
     : options_(std::move(options)),
       readers_(options_.cluster, options_.max_idle_clients),
       writer_client_(options_.cluster),
+      node_records_(options_.cluster),
       writer_([this] { WriterLoop(); }) {}
 
 RedisFleetTier::~RedisFleetTier() {
@@ -324,6 +325,15 @@ FleetClusterStatus RedisFleetTier::ClusterStatus(absl::Time deadline) {
   }
   for (auto& [address, node] : nodes) status.nodes.push_back(std::move(node));
   return status;
+}
+
+void RedisFleetTier::SetNodeRecordSource(std::function<NodeRecord()> source) {
+  node_records_.SetSource(std::move(source));
+}
+
+absl::StatusOr<std::vector<NodeRecord>> RedisFleetTier::NodeRecords(absl::Time deadline) {
+  ClusterClientPool::Lease client = readers_.Borrow();
+  return ReadNodeRecords(*client, deadline);
 }
 
 }  // namespace kvkeep::fleet

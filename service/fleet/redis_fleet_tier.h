@@ -39,6 +39,7 @@
 #include "service/fleet/client_pool.h"
 #include "service/fleet/cluster_client.h"
 #include "service/fleet/fleet_tier.h"
+#include "service/fleet/node_records.h"
 
 namespace kvkeep::fleet {
 
@@ -81,6 +82,9 @@ class RedisFleetTier final : public FleetTier {
   FleetCounters Counters() const override;
   std::map<std::string, FleetCounters> CountersByGroup() const override;
   FleetClusterStatus ClusterStatus(absl::Time deadline) override;
+  void SetNodeRecordSource(std::function<NodeRecord()> source) override;
+  void RefreshNodeRecord() override { node_records_.Wake(); }
+  absl::StatusOr<std::vector<NodeRecord>> NodeRecords(absl::Time deadline) override;
 
  private:
   // One PutAsync call's pages.
@@ -132,6 +136,8 @@ class RedisFleetTier final : public FleetTier {
 
   mutable absl::Mutex counters_mu_;
   std::map<std::string, FleetCounters> counters_ ABSL_GUARDED_BY(counters_mu_);
+
+  NodeRecordPublisher node_records_;  // its own client and thread
 
   std::thread writer_;  // last: started when everything above exists
 };

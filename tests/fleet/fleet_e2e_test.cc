@@ -10,15 +10,18 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "common/status_matchers.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/fleet/cluster_client.h"
 #include "service/fleet/fleet_keys.h"
@@ -306,6 +309,65 @@ TEST_F(FleetE2eTest, ARestartedNodeStillFindsThePrefix) {
 }
 
 // Last in this binary: it changes the cluster's topology (a replica takes over the killed master).
+// docs/fleet.md §9 item 6: a node whose group secret differs from its peers' is named by
+// `kvkeepctl fleet status` (GetFleetStatus) instead of being a silent miss; putting the secret
+// back clears it.
+TEST_F(FleetE2eTest, ANodeWithAnotherSecretIsNamedByFleetStatus) {
+  Client* a = Worker(a_, "alpha", "team");  // registers test-model on both: same layout
+  Client* b = Worker(b_, "beta", "team");
+  ASSERT_TRUE(a && b);
+  // What A says about node-b, once node-b's record shows `want` (polled: records are written
+  // by a background thread).
+  auto peer_b_seen_by_a = [&](const std::string& want) -> std::optional<v1::FleetPeer> {
+    for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;
+         absl::SleepFor(absl::Milliseconds(100))) {
+      auto status = a_.Admin()->GetFleetStatus();
+      if (!status.ok()) continue;
+      for (const v1::FleetPeer& p : status->peers()) {
+        if (p.node_name() == "node-b" && absl::StrContains(absl::StrJoin(p.groups(), " "), want)) {
+          return p;
+        }
+      }
+    }
+    return std::nullopt;
+  };
+  ASSERT_OK_AND_ASSIGN(v1::SetGroupSecretReply same,
+                       a_.Admin()->SetGroupSecret("other", kOtherSecret));
+  std::optional<v1::FleetPeer> agreeing = peer_b_seen_by_a("other=" + same.fingerprint());
+  ASSERT_TRUE(agreeing.has_value());
+  EXPECT_THAT(agreeing->mismatches(), ::testing::IsEmpty());
+
+  ASSERT_OK_AND_ASSIGN(v1::SetGroupSecretReply odd,
+                       b_.Admin()->SetGroupSecret("other", "a-different-secret-0123456789"));
+  ASSERT_TRUE(odd.changed());
+  std::optional<v1::FleetPeer> differing = peer_b_seen_by_a("other=" + odd.fingerprint());
+  ASSERT_TRUE(differing.has_value());
+  // Written after the model was registered on B: its layout is there, and agrees with A's.
+  EXPECT_THAT(differing->layouts(), ::testing::Contains(::testing::StartsWith("test-model=")));
+  ASSERT_EQ(differing->mismatches_size(), 1);
+  EXPECT_THAT(differing->mismatches(0), ::testing::HasSubstr("group other: fingerprint " +
+                                                             odd.fingerprint() + " differs"));
+  auto on_a = a_.Admin()->GetFleetStatus();
+  ASSERT_OK(on_a);
+  EXPECT_THAT(on_a->mismatches(), ::testing::IsEmpty());  // a tie: A judges by its own secret
+  // B, judging by its own secret, says that it and node-a disagree on group other.
+  auto on_b = b_.Admin()->GetFleetStatus();
+  ASSERT_OK(on_b);
+  EXPECT_EQ(on_b->peers_error(), "");
+  bool b_names_a = false;
+  for (const v1::FleetPeer& p : on_b->peers()) {
+    if (p.node_name() == "node-a") {
+      b_names_a = absl::StrContains(absl::StrJoin(p.mismatches(), ";"), "group other");
+    }
+  }
+  EXPECT_TRUE(b_names_a);
+
+  ASSERT_OK(b_.Admin()->SetGroupSecret("other", kOtherSecret));
+  std::optional<v1::FleetPeer> healed = peer_b_seen_by_a("other=" + same.fingerprint());
+  ASSERT_TRUE(healed.has_value());
+  EXPECT_THAT(healed->mismatches(), ::testing::IsEmpty());
+}
+
 TEST_F(FleetE2eTest, KillingAMasterDuringLookupsAndPublishesKeepsBothDaemonsAnswering) {
   Client* a = Worker(a_, "alpha", "team");
   Client* b = Worker(b_, "beta", "team");
