@@ -178,6 +178,33 @@ TEST(HostileTenantE2e, UnparseableChunkFailsTheStreamAndSaysWhatWasApplied) {
   EXPECT_THAT(status.error_message(), HasSubstr("applied before it: nothing"));
 }
 
+// RegisterModel read an unparseable chunk as the end of its stream and registered what it had.
+TEST(HostileTenantE2e, UnparseableModelChunkFailsRegisterModel) {
+  DaemonProcess daemon;
+  ASSERT_OK(daemon.Start());
+  ASSERT_OK_AND_ASSIGN(std::string token, daemon.CreateTenant("alpha"));
+  v1::ModelChunk layout;
+  *layout.mutable_layout() = TestLayout();
+  layout.mutable_layout()->set_name("garbled-model");
+  const std::string garbage = "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff";
+  std::string reply;
+  grpc::Status status = RawClientStream(daemon, token, "RegisterModel",
+                                        {layout.SerializeAsString(), garbage}, &reply);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("chunk 1: not a parseable kvkeep.v1.ModelChunk"));
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("applied before it: the layout and 0 W_o Gram matrices"));
+  // Nothing was registered: a sequence of that model is refused.
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Attach(daemon.channel(), token, "w"));
+  EXPECT_FALSE(client->CreateSequence("garbled-model").ok());
+  // The same stream without the garbage registers the model and answers with its reply.
+  status = RawClientStream(daemon, token, "RegisterModel", {layout.SerializeAsString()}, &reply);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  v1::RegisterModelReply registered;
+  EXPECT_TRUE(registered.ParseFromString(reply));
+  ASSERT_OK(client->CreateSequence("garbled-model").status());
+}
+
 // Also seen in issue 13: an authorization header of 8 KiB or more reset the whole HTTP/2
 // connection, ending every Session on it (and dropping its unretained sequences).
 TEST(HostileTenantE2e, OversizedHeaderFailsOnlyItsOwnCall) {
