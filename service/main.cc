@@ -148,7 +148,7 @@ const std::vector<FlagGroup>& FlagGroups() {
        {"session_calls_per_second", "session_call_burst", "session_bytes_per_second",
         "session_byte_burst", "max_stats_bytes", "max_tokens_per_request",
         "max_pages_per_request", "max_metadata_bytes_per_tenant"}},
-      {"Metrics and logs", {"metrics_address", "log_level", "log_format"}},
+      {"Metrics and logs", {"metrics_address", "log_level", "log_format", "dumpable"}},
       {"Fleet tier (Redis Cluster)",
        {"fleet_redis", "fleet_user", "fleet_password_file", "node_name",
         "fleet_lookup_timeout_ms", "fleet_fetch_timeout_ms", "fleet_queue_mb"}},
@@ -451,6 +451,7 @@ void LogStart(const kvkeep::ServiceOptions& o) {
                      {"metrics_address", o.metrics_address},
                      {"log_level", absl::GetFlag(FLAGS_log_level)},
                      {"log_format", absl::GetFlag(FLAGS_log_format)},
+                     {"dumpable", absl::GetFlag(FLAGS_dumpable)},
                      // The fleet tier (the password file's path, never the password).
                      {"fleet_redis", o.fleet_redis},
                      {"fleet_user", o.fleet_user},
@@ -513,6 +514,8 @@ int main(int argc, char** argv) {
   }
   kvkeep::log::Configure(options.log_level, options.log_format);
   gpr_set_log_function(ForwardGrpcLog);
+  const absl::Time started = absl::Now();
+  LogStart(options);
   if (!absl::GetFlag(FLAGS_dumpable) && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
     kvkeep::log::Error("daemon.start_failed",
                        {{"status", absl::StrCat("prctl(PR_SET_DUMPABLE, 0): ",
@@ -520,8 +523,6 @@ int main(int argc, char** argv) {
     return 1;
   }
   kvkeep::log::Info("daemon.dumpable", {{"dumpable", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)}});
-  const absl::Time started = absl::Now();
-  LogStart(options);
 
   if (pipe(signal_pipe) != 0) {
     kvkeep::log::Error("daemon.start_failed",
