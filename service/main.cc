@@ -4,6 +4,7 @@
 // message on stderr, exit 2), configures the log (service/observability/log.h), starts the Server
 // and waits for SIGTERM/SIGINT. From the log's configuration on, everything the daemon says on
 // stderr is a log event: the configuration, listeners, backend, spill recovery, shutdown.
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -104,6 +105,11 @@ ABSL_FLAG(uint64_t, fleet_queue_mb, 256,
           "Fleet tier: write-behind queue of published pages, MiB (beyond it pages are dropped)");
 ABSL_FLAG(std::string, log_level, "info",
           "Least severe log events written to stderr: debug, info, warn, error or off");
+// Issue 13: a non-dumpable process's /proc/<pid>/fd/* (the memfd arenas) and ptrace are closed to
+// other processes of its uid; --dumpable keeps core dumps (and that access) for debugging.
+ABSL_FLAG(bool, dumpable, false,
+          "Leave the daemon dumpable (core dumps; other processes of its uid can then open its "
+          "arena fds under /proc/<pid>/fd): for debugging only");
 ABSL_FLAG(std::string, log_format, "text",
           "Log line format: text (time LEVEL event key=value ...) or json (one object per line, "
           "for log collectors)");
@@ -142,7 +148,7 @@ const std::vector<FlagGroup>& FlagGroups() {
        {"session_calls_per_second", "session_call_burst", "session_bytes_per_second",
         "session_byte_burst", "max_stats_bytes", "max_tokens_per_request",
         "max_pages_per_request", "max_metadata_bytes_per_tenant"}},
-      {"Metrics and logs", {"metrics_address", "log_level", "log_format"}},
+      {"Metrics and logs", {"metrics_address", "log_level", "log_format", "dumpable"}},
       {"Fleet tier (Redis Cluster)",
        {"fleet_redis", "fleet_user", "fleet_password_file", "node_name",
         "fleet_lookup_timeout_ms", "fleet_fetch_timeout_ms", "fleet_queue_mb"}},
@@ -445,6 +451,7 @@ void LogStart(const kvkeep::ServiceOptions& o) {
                      {"metrics_address", o.metrics_address},
                      {"log_level", absl::GetFlag(FLAGS_log_level)},
                      {"log_format", absl::GetFlag(FLAGS_log_format)},
+                     {"dumpable", absl::GetFlag(FLAGS_dumpable)},
                      // The fleet tier (the password file's path, never the password).
                      {"fleet_redis", o.fleet_redis},
                      {"fleet_user", o.fleet_user},
@@ -509,6 +516,13 @@ int main(int argc, char** argv) {
   gpr_set_log_function(ForwardGrpcLog);
   const absl::Time started = absl::Now();
   LogStart(options);
+  if (!absl::GetFlag(FLAGS_dumpable) && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+    kvkeep::log::Error("daemon.start_failed",
+                       {{"status", absl::StrCat("prctl(PR_SET_DUMPABLE, 0): ",
+                                                std::strerror(errno))}});
+    return 1;
+  }
+  kvkeep::log::Info("daemon.dumpable", {{"dumpable", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)}});
 
   if (pipe(signal_pipe) != 0) {
     kvkeep::log::Error("daemon.start_failed",

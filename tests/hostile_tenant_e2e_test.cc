@@ -2,7 +2,10 @@
 // data dir's permissions, the admin token against tenant tokens at start, mid-stream parse
 // failures, oversized headers, repeated pages in a raw read. Engine-level ones:
 // service/engine/hostile_tenant_test.cc.
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -176,6 +179,63 @@ TEST(HostileTenantE2e, UnparseableChunkFailsTheStreamAndSaysWhatWasApplied) {
   status = RawClientStream(daemon, token, "PutStats", {garbage}, &reply);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
   EXPECT_THAT(status.error_message(), HasSubstr("applied before it: nothing"));
+}
+
+// Issue 13: kvkeepd is not dumpable, so another process of its uid cannot open
+// /proc/<pid>/fd/* (the memfd arenas). Root bypasses the check: run as a non-root uid (e.g.
+// `setpriv --reuid 65534 --regid 65534 --clear-groups`), skipped under root.
+TEST(HostileTenantE2e, DaemonFdsAreClosedToOtherProcessesOfItsUid) {
+  if (geteuid() == 0) GTEST_SKIP() << "root bypasses /proc access checks; run as a non-root uid";
+  auto fd_dir_opens = [](pid_t pid) {
+    DIR* dir = opendir(absl::StrCat("/proc/", pid, "/fd").c_str());
+    if (dir != nullptr) closedir(dir);
+    return dir != nullptr;
+  };
+  auto fd_opens = [](pid_t pid, int fd) {
+    int got = open(absl::StrCat("/proc/", pid, "/fd/", fd).c_str(), O_RDONLY | O_CLOEXEC);
+    if (got >= 0) close(got);
+    return got >= 0;
+  };
+  DaemonProcess daemon;
+  ASSERT_OK(daemon.Start());
+  ASSERT_OK_AND_ASSIGN(std::string token, daemon.CreateTenant("alpha"));
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Attach(daemon.channel(), token, "w"));
+  ASSERT_OK(client->RegisterModel(TestLayout()));
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("test-model"));
+  ASSERT_OK(client->Allocate(seq, 8).status());  // an arena exists now
+  EXPECT_FALSE(fd_dir_opens(daemon.pid()));
+  for (int fd = 0; fd < 64; ++fd) EXPECT_FALSE(fd_opens(daemon.pid(), fd)) << "fd " << fd;
+  // Control: with --dumpable the same process can (so the check above can fail).
+  DaemonProcess debug;
+  ASSERT_OK(debug.Start({"--dumpable"}));
+  EXPECT_TRUE(fd_dir_opens(debug.pid()));
+}
+
+// RegisterModel read an unparseable chunk as the end of its stream and registered what it had.
+TEST(HostileTenantE2e, UnparseableModelChunkFailsRegisterModel) {
+  DaemonProcess daemon;
+  ASSERT_OK(daemon.Start());
+  ASSERT_OK_AND_ASSIGN(std::string token, daemon.CreateTenant("alpha"));
+  v1::ModelChunk layout;
+  *layout.mutable_layout() = TestLayout();
+  layout.mutable_layout()->set_name("garbled-model");
+  const std::string garbage = "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff";
+  std::string reply;
+  grpc::Status status = RawClientStream(daemon, token, "RegisterModel",
+                                        {layout.SerializeAsString(), garbage}, &reply);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("chunk 1: not a parseable kvkeep.v1.ModelChunk"));
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("applied before it: the layout and 0 W_o Gram matrices"));
+  // Nothing was registered: a sequence of that model is refused.
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Attach(daemon.channel(), token, "w"));
+  EXPECT_FALSE(client->CreateSequence("garbled-model").ok());
+  // The same stream without the garbage registers the model and answers with its reply.
+  status = RawClientStream(daemon, token, "RegisterModel", {layout.SerializeAsString()}, &reply);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  v1::RegisterModelReply registered;
+  EXPECT_TRUE(registered.ParseFromString(reply));
+  ASSERT_OK(client->CreateSequence("garbled-model").status());
 }
 
 // Also seen in issue 13: an authorization header of 8 KiB or more reset the whole HTTP/2

@@ -9,6 +9,7 @@
 #include "gpu/math/dtype.h"
 #include "gtest/gtest.h"
 #include "service/engine/cache_engine.h"
+#include "service/storage/fault_env.h"
 #include "service/storage/spill_store.h"
 
 namespace kvkeep {
@@ -47,7 +48,7 @@ class PoolPressureTest : public ::testing::Test {
     options.pool = {.capacity_bytes = pages * kPage, .arena_bytes = kPage};
     options.pressure_policy = policy;
     if (with_spill) {
-      ASSERT_OK_AND_ASSIGN(spill_, SpillStore::Open({.path = dir_ + "/spill"}));
+      ASSERT_OK_AND_ASSIGN(spill_, SpillStore::Open({.path = dir_ + "/spill", .env = spill_env_}));
     }
     ASSERT_OK_AND_ASSIGN(engine_,
                          CacheEngine::Create(backend_.get(), store_.get(), options, spill_.get()));
@@ -201,6 +202,7 @@ class PoolPressureTest : public ::testing::Test {
   std::string dir_;
   NullSink sink_;
   std::unique_ptr<MetadataStore> store_;
+  rocksdb::Env* spill_env_ = nullptr;  // a FaultEnv's, for the full-disk tests
   std::unique_ptr<SpillStore> spill_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<CacheEngine> engine_;
@@ -386,6 +388,35 @@ TEST_F(PoolPressureTest, LruSpillsTenantsAboveTheirFairShareFirst) {
   EXPECT_EQ(tier("b", b2), v1::TIER_DEVICE);
   EXPECT_EQ(engine_->Status().pressure_spills(), 1u);
   EXPECT_EQ(engine_->Status().pressure_evicted_pages(), 0u);  // lru never drops pages
+}
+
+// Issue 13: an operator frees a full spill disk by dropping spilled sequences (kvkeepctl seq
+// drop = AdminDrop): the drop must work while RocksDB refuses writes, and release the charge.
+TEST_F(PoolPressureTest, AdminDropOfASpilledSequenceWorksOnAFullDisk) {
+  FaultEnv fault;
+  spill_env_ = fault.env();
+  Open(16, PressurePolicy::kLru, /*with_spill=*/true);
+  const std::string sa = Tenant("a");
+  const std::string a1 = Make("a", sa, {0, 0, 0, 0});
+  v1::SequenceRef ref;
+  ref.set_tenant("a");
+  ref.set_sequence_id(a1);
+  ASSERT_OK(engine_->AdminSpill(ref).status());
+  ASSERT_GT(engine_->Status().spilled_bytes(), 0u);
+  fault.SetWriteFault(FaultEnv::Fault::kNoSpace);
+  ASSERT_OK(engine_->AdminDrop(ref).status());
+  EXPECT_GT(fault.injected(), 0u);
+  EXPECT_EQ(engine_->Status().spilled_bytes(), 0u);
+  EXPECT_EQ(engine_->ListSequences("a").sequences_size(), 0);
+  // After a restart (disk still full at shutdown) the dropped sequence does not come back.
+  engine_.reset();
+  spill_.reset();
+  fault.SetWriteFault(FaultEnv::Fault::kNone);
+  Open(16, PressurePolicy::kLru, /*with_spill=*/true);
+  ASSERT_OK_AND_ASSIGN(auto listed, spill_->List("a"));
+  EXPECT_TRUE(listed.empty());
+  engine_.reset();
+  spill_.reset();
 }
 
 TEST_F(PoolPressureTest, LruPolicyEvictsNoPages) {

@@ -59,8 +59,8 @@ grpc::ServerWriteReactor<v1::SessionEvent>* KvCacheService::Session(
                             request->worker_name(), arena_channel_);
 }
 
-grpc::ServerReadReactor<v1::ModelChunk>* KvCacheService::RegisterModel(
-    grpc::CallbackServerContext* context, v1::RegisterModelReply* reply) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* KvCacheService::RegisterModel(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* reply) {
   return new RegisterModelReactor(engine_, FullName("RegisterModel"), Admit(context, ""), reply);
 }
 

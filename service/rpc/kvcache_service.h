@@ -22,9 +22,10 @@ namespace kvkeep {
 // buffers directly (service/rpc/kv_wire.h), without the protobuf copies. PutStats is read as raw
 // bytes so that an unparseable chunk fails the call (reactors.h, ChunkStreamReader) instead of
 // reading as the end of the stream; WriteKV's reader does the same (kvcache_service_bytes.cc).
+// RegisterModel is raw for the same reason (register_model_reactor.h).
 using KvCacheServiceBase = v1::KvCache::WithRawCallbackMethod_ReadKV<
-    v1::KvCache::WithRawCallbackMethod_WriteKV<
-        v1::KvCache::WithRawCallbackMethod_PutStats<v1::KvCache::CallbackService>>>;
+    v1::KvCache::WithRawCallbackMethod_WriteKV<v1::KvCache::WithRawCallbackMethod_PutStats<
+        v1::KvCache::WithRawCallbackMethod_RegisterModel<v1::KvCache::CallbackService>>>>;
 
 class KvCacheService final : public KvCacheServiceBase {
  public:
@@ -38,8 +39,8 @@ class KvCacheService final : public KvCacheServiceBase {
 
   grpc::ServerWriteReactor<v1::SessionEvent>* Session(grpc::CallbackServerContext* context,
                                                       const v1::AttachRequest* request) override;
-  grpc::ServerReadReactor<v1::ModelChunk>* RegisterModel(grpc::CallbackServerContext* context,
-                                                         v1::RegisterModelReply* reply) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* RegisterModel(grpc::CallbackServerContext* context,
+                                                           grpc::ByteBuffer* reply) override;
   grpc::ServerUnaryReactor* GetArena(grpc::CallbackServerContext* context,
                                      const v1::GetArenaRequest* request,
                                      v1::ArenaExport* reply) override;

@@ -2,19 +2,21 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 #include "service/rpc/reactors.h"
 
 namespace kvkeep {
 
 RegisterModelReactor::RegisterModelReactor(CacheEngine* engine, std::string method,
                                            absl::StatusOr<std::string> tenant,
-                                           v1::RegisterModelReply* reply)
+                                           grpc::ByteBuffer* reply)
     : engine_(engine), method_(std::move(method)), tenant_(std::move(tenant)), reply_(reply) {
   if (!tenant_.ok()) {
     Finish(CallStatus(method_, "", tenant_.status()));
     return;
   }
-  StartRead(&chunk_);
+  StartRead(&raw_);
 }
 
 void RegisterModelReactor::OnReadDone(bool ok) {
@@ -22,12 +24,25 @@ void RegisterModelReactor::OnReadDone(bool ok) {
     Register();
     return;
   }
-  absl::Status status = Apply(chunk_);
+  chunk_.Clear();
+  const bool parsed = grpc::SerializationTraits<v1::ModelChunk>::Deserialize(&raw_, &chunk_).ok();
+  absl::Status status =
+      parsed ? Apply(chunk_)
+             : absl::InvalidArgumentError("not a parseable kvkeep.v1.ModelChunk message");
   if (!status.ok()) {
-    Finish(CallStatus(method_, *tenant_, status));
+    const std::string before =
+        chunks_ == 0 ? "nothing"
+                     : absl::StrCat("the layout and ", grams_, " W_o Gram matrices");
+    Finish(CallStatus(method_, *tenant_,
+                      absl::Status(status.code(),
+                                   absl::StrCat("chunk ", chunks_, ": ", status.message(),
+                                                "; applied before it: ", before,
+                                                "; nothing registered"))));
     return;
   }
-  StartRead(&chunk_);
+  ++chunks_;
+  if (chunk_.has_wo_gram()) ++grams_;
+  StartRead(&raw_);
 }
 
 absl::Status RegisterModelReactor::Apply(const v1::ModelChunk& chunk) {
@@ -53,8 +68,12 @@ void RegisterModelReactor::Register() {
     return;
   }
   auto reply = engine_->RegisterModel(*tenant_, std::move(*model_));
-  if (reply.ok()) *reply_ = *reply;
-  Finish(CallStatus(method_, *tenant_, reply.status()));
+  if (!reply.ok()) {
+    Finish(CallStatus(method_, *tenant_, reply.status()));
+    return;
+  }
+  bool own_buffer = false;
+  Finish(grpc::SerializationTraits<v1::RegisterModelReply>::Serialize(*reply, reply_, &own_buffer));
 }
 
 }  // namespace kvkeep

@@ -14,6 +14,7 @@
 #include "rocksdb/snapshot.h"
 #include "rocksdb/table.h"
 #include "rocksdb/write_batch.h"
+#include "service/observability/log.h"
 #include "service/storage/rocksdb_status.h"
 #include "service/storage/spill_format.h"
 #include "service/storage/xxhash64.h"
@@ -188,7 +189,16 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const Options& opti
     }
   }
   auto store = std::unique_ptr<SpillStore>(new SpillStore(options));
+  auto journal = DropJournal::Open(options.path + ".drops");
+  if (journal.ok()) {
+    store->drops_ = std::move(*journal);
+  } else {
+    log::Warn("spill.drop_journal_unavailable", {{"status", journal.status()}});
+  }
   absl::MutexLock lock(&store->db_mu_);
+  if (store->drops_) {
+    for (std::string& key : store->drops_->Pending()) store->pending_drops_.insert(std::move(key));
+  }
   RETURN_IF_ERROR(store->OpenDbLocked());
   return store;
 }
@@ -212,6 +222,8 @@ absl::Status SpillStore::OpenDbLocked() {
   pages_ = handles_[1];
   manifests_ = handles_[2];
   absl::Status st = ApplyRollbacksLocked();
+  // Pending drops alone do not keep the store closed: the index hides them until they apply.
+  if (!st.ok() && rollback_pages_.empty() && rollback_manifests_.empty()) st = absl::OkStatus();
   if (st.ok()) st = RebuildIndexLocked();
   if (!st.ok()) CloseDbLocked();
   return st;
@@ -237,6 +249,7 @@ absl::Status SpillStore::RebuildIndexLocked() {
     absl::string_view key(it->key().data(), it->key().size());
     absl::StatusOr<Manifest> m =
         DecodeManifest(key, absl::string_view(it->value().data(), it->value().size()), false);
+    if (pending_drops_.contains(key)) continue;  // dropped; its delete has not applied yet
     if (!m.ok() || ManifestKey(m->summary.tenant, m->summary.sequence_id) != key) {
       ++corrupt;
       continue;
@@ -256,10 +269,14 @@ absl::Status SpillStore::RebuildIndexLocked() {
 absl::Status SpillStore::EnsureOpen() {
   {
     absl::ReaderMutexLock lock(&db_mu_);
-    if (db_) return absl::OkStatus();
+    if (db_ && pending_drops_.empty()) return absl::OkStatus();
   }
   absl::MutexLock lock(&db_mu_);
-  if (db_) return absl::OkStatus();
+  if (db_) {
+    // Drops recorded on a full disk: try again now (space may have been freed).
+    if (!pending_drops_.empty() && db_->Resume().ok()) ApplyRollbacksLocked().IgnoreError();
+    return absl::OkStatus();
+  }
   absl::Status s = OpenDbLocked();
   if (!s.ok()) {
     return absl::UnavailableError(
@@ -285,17 +302,40 @@ void SpillStore::HandleWriteFailure(std::vector<std::string> rollback_pages,
   OpenDbLocked().IgnoreError();  // may fail while the disk is still bad; retried on next call
 }
 
+bool SpillStore::IsPendingDrop(const std::string& mkey) const {
+  absl::ReaderMutexLock lock(&db_mu_);
+  return pending_drops_.contains(mkey);
+}
+
 absl::Status SpillStore::ApplyRollbacksLocked() {
-  if (rollback_pages_.empty() && rollback_manifests_.empty()) return absl::OkStatus();
+  if (rollback_pages_.empty() && rollback_manifests_.empty() && pending_drops_.empty()) {
+    return absl::OkStatus();
+  }
   rocksdb::WriteBatch batch;
   for (const auto& k : rollback_manifests_) batch.Delete(manifests_, k).PermitUncheckedError();
   for (const auto& k : rollback_pages_) batch.Delete(pages_, k).PermitUncheckedError();
+  for (const auto& mkey : pending_drops_) {
+    const size_t slash = mkey.find('/');
+    if (slash == std::string::npos) continue;
+    std::string prefix = PagePrefix(mkey.substr(0, slash), mkey.substr(slash + 1));
+    std::string end = prefix;
+    end.back() = '/' + 1;
+    batch.DeleteRange(pages_, prefix, end).PermitUncheckedError();
+    batch.Delete(manifests_, mkey).PermitUncheckedError();
+  }
   rocksdb::WriteOptions w;
   w.sync = true;
   rocksdb::Status s = db_->Write(w, &batch);
-  if (!s.ok()) return FromRocksDb(s, "rolling back failed spills");
+  if (!s.ok()) return FromRocksDb(s, "rolling back failed spills and applying dropped ones");
   rollback_pages_.clear();
   rollback_manifests_.clear();
+  // A journal entry that cannot be cleared stays pending (Put of that id stays refused), so
+  // re-applying it at the next open can never delete a newer spill of the same id.
+  for (auto it = pending_drops_.begin(); it != pending_drops_.end();) {
+    auto next = std::next(it);
+    if (drops_ == nullptr || drops_->Clear(*it).ok()) pending_drops_.erase(it);
+    it = next;
+  }
   return absl::OkStatus();
 }
 
@@ -399,6 +439,8 @@ absl::Status SpillStore::Put(const SpillRecord& r) {
     absl::ReaderMutexLock lock(&db_mu_);
     if (!db_) {
       s = rocksdb::Status::IOError("database closed after a disk error");
+    } else if (pending_drops_.contains(mkey)) {
+      s = rocksdb::Status::Busy("a dropped copy of this sequence is still being deleted");
     } else {
       rocksdb::WriteBatch batch(total_bytes + runs.size() * (prefix.size() + 32) +
                                 manifest.size() + 64);
@@ -435,7 +477,7 @@ absl::Status SpillStore::Put(const SpillRecord& r) {
     IndexInsertLocked(std::move(summary));
     return absl::OkStatus();
   }
-  if (!s.IsInvalidArgument()) {
+  if (!s.IsInvalidArgument() && !s.IsBusy()) {
     std::vector<std::string> rollback;
     rollback.reserve(runs.size());
     for (const Run& run : runs) rollback.push_back(PageKey(prefix, run.head, run.first));
@@ -452,10 +494,16 @@ absl::StatusOr<SpillRecord> SpillStore::Get(absl::string_view tenant,
                                             absl::string_view sequence_id) {
   RETURN_IF_ERROR(CheckId("tenant", tenant));
   RETURN_IF_ERROR(CheckId("sequence id", sequence_id));
-  RETURN_IF_ERROR(EnsureOpen());
   const std::string mkey = ManifestKey(tenant, sequence_id);
+  if (IsPendingDrop(mkey)) {
+    return absl::NotFoundError(absl::StrCat("sequence ", mkey, " is not spilled"));
+  }
+  RETURN_IF_ERROR(EnsureOpen());
   absl::ReaderMutexLock lock(&db_mu_);
   if (!db_) return absl::UnavailableError("spill store is recovering from a disk error");
+  if (pending_drops_.contains(mkey)) {
+    return absl::NotFoundError(absl::StrCat("sequence ", mkey, " is not spilled"));
+  }
   // One snapshot for the manifest and its pages: a concurrent Delete cannot tear the read.
   rocksdb::ManagedSnapshot snapshot(db_.get());
   rocksdb::ReadOptions ro;
@@ -514,6 +562,9 @@ absl::Status SpillStore::Delete(absl::string_view tenant, absl::string_view sequ
   RETURN_IF_ERROR(CheckId("tenant", tenant));
   RETURN_IF_ERROR(CheckId("sequence id", sequence_id));
   const std::string mkey = ManifestKey(tenant, sequence_id);
+  if (IsPendingDrop(mkey)) {
+    return absl::NotFoundError(absl::StrCat("sequence ", mkey, " is not spilled"));
+  }
   RETURN_IF_ERROR(BeginOp(mkey, tenant, 0));
   absl::Status st = EnsureOpen();
   if (!st.ok()) {
@@ -526,6 +577,8 @@ absl::Status SpillStore::Delete(absl::string_view tenant, absl::string_view sequ
     absl::ReaderMutexLock lock(&db_mu_);
     if (!db_) {
       s = rocksdb::Status::IOError("database closed after a disk error");
+    } else if (pending_drops_.contains(mkey)) {
+      found = false;
     } else {
       std::string value;
       s = db_->Get(rocksdb::ReadOptions(), manifests_, mkey, &value);
@@ -562,9 +615,30 @@ absl::Status SpillStore::Delete(absl::string_view tenant, absl::string_view sequ
     IndexEraseLocked(tenant, sequence_id);
     return absl::OkStatus();
   }
-  if (!s.IsInvalidArgument()) HandleWriteFailure({}, {});
+  if (s.IsInvalidArgument()) {
+    EndOp(mkey);
+    return FromRocksDb(s, "deleting spilled sequence " + mkey);
+  }
+  // The disk refused the delete (full, or read-only after a failed write). Record it where no
+  // new space is needed; the keys go once the database is writable again.
+  absl::Status journaled =
+      drops_ ? drops_->Record(mkey) : absl::UnavailableError("no drop journal");
+  if (journaled.ok()) {
+    {
+      absl::MutexLock lock(&db_mu_);
+      pending_drops_.insert(mkey);
+    }
+    HandleWriteFailure({}, {});
+    absl::MutexLock lock(&mu_);
+    in_flight_.erase(mkey);
+    IndexEraseLocked(tenant, sequence_id);
+    log::Warn("spill.drop_deferred", {{"sequence", mkey}, {"disk_status", s.ToString()}});
+    return absl::OkStatus();
+  }
+  HandleWriteFailure({}, {});
   EndOp(mkey);
-  return FromRocksDb(s, "deleting spilled sequence " + mkey);
+  return FromRocksDb(s, absl::StrCat("deleting spilled sequence ", mkey, " (drop journal: ",
+                                     journaled.message(), ")"));
 }
 
 absl::StatusOr<std::vector<SpillSummary>> SpillStore::List(absl::string_view tenant) const {

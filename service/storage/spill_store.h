@@ -31,6 +31,10 @@
 // accepting writes after a failed WAL write; the store then resumes it, or closes and reopens the
 // database on the next call, so it keeps serving once the disk is back. A Put that failed leaves
 // nothing behind: its keys are deleted once the database is writable again.
+// Delete works on a full disk: when RocksDB cannot take the delete, the manifest key is recorded
+// in the drop journal (`<path>.drops`, drop_journal.h, space written when it was created), the
+// sequence disappears from List/Get/BytesOf at once, and its keys are deleted when the database
+// accepts writes again (the next call after space is freed, or the next open after a restart).
 //
 // Thread-safe. Operations on different sequences run concurrently (RocksDB groups concurrent
 // synced writes into one fsync); two concurrent writers of the same sequence get ABORTED.
@@ -45,6 +49,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -52,6 +57,7 @@
 #include "absl/time/time.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
+#include "service/storage/drop_journal.h"
 
 namespace kvkeep {
 
@@ -164,7 +170,9 @@ class SpillStore {
   absl::StatusOr<SpillRecord> Get(absl::string_view tenant, absl::string_view sequence_id);
 
   // Removes the spilled sequence (synced). NOT_FOUND: not spilled. ABORTED: a Put/Delete of it is
-  // in flight. UNAVAILABLE: disk error; the record may still be listed and readable.
+  // in flight. On a disk error (full disk included) the drop is recorded in the drop journal and
+  // is OK: the sequence is gone from List/Get/BytesOf now and from the disk once it is writable.
+  // UNAVAILABLE only when the journal cannot take it either; the record is then still listed.
   absl::Status Delete(absl::string_view tenant, absl::string_view sequence_id);
 
   // Spilled sequences of `tenant` (every tenant when empty), ordered by tenant then id. From the
@@ -204,6 +212,8 @@ class SpillStore {
   void HandleWriteFailure(std::vector<std::string> rollback_keys,
                           std::vector<std::string> rollback_manifests) ABSL_LOCKS_EXCLUDED(db_mu_);
   absl::Status ApplyRollbacksLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Whether `mkey` was dropped and its keys are not yet deleted.
+  bool IsPendingDrop(const std::string& mkey) const ABSL_LOCKS_EXCLUDED(db_mu_);
 
   // Registers a Put/Delete of manifest key `mkey`; ABORTED when one is in flight already.
   absl::Status BeginOp(const std::string& mkey, absl::string_view tenant, uint64_t put_bytes);
@@ -215,6 +225,9 @@ class SpillStore {
   // Constant after construction.
   const Options options_;
   const DbConfig config_;
+  // Set once in Open (null when the journal file cannot be opened: Delete then fails on a full
+  // disk as any write does); thread-safe itself.
+  std::unique_ptr<DropJournal> drops_;
 
   // db_mu_ guards the database handle: shared by every operation, exclusive to (re)open, close and
   // Recover. Acquired before mu_.
@@ -226,6 +239,9 @@ class SpillStore {
   // Keys of failed Puts still to delete once the database accepts writes again.
   std::vector<std::string> rollback_pages_ ABSL_GUARDED_BY(db_mu_);
   std::vector<std::string> rollback_manifests_ ABSL_GUARDED_BY(db_mu_);
+  // Manifest keys of dropped sequences whose keys are still in RocksDB (the drop journal's
+  // entries): hidden from the index and Get, refused to Put, deleted by ApplyRollbacksLocked.
+  absl::flat_hash_set<std::string> pending_drops_ ABSL_GUARDED_BY(db_mu_);
 
   // Protected by mu_: the index of manifests and the operations in flight.
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(db_mu_);

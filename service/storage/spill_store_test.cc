@@ -383,6 +383,64 @@ TEST_F(SpillStoreTest, CorruptBlobFileReadIsDataLoss) {
   ExpectSameRecord(got, r);
 }
 
+// Issue 13: an operator frees space by dropping spilled sequences, so Delete must work while the
+// disk is full, and a dropped sequence must never come back (same store, or after a restart).
+TEST_F(SpillStoreTest, DeleteWorksOnAFullDiskAndStaysDeletedAcrossRestart) {
+  FaultEnv& fault = UseFaultEnv();
+  OpenStore();
+  SpillRecord kept = MakeRecord("a", "kept", 2, 2, 4096, 1);
+  SpillRecord gone = MakeRecord("a", "gone", 4, 4, 4096, 2);
+  ASSERT_OK(store_->Put(kept));
+  ASSERT_OK(store_->Put(gone));
+  fault.SetWriteFault(FaultEnv::Fault::kNoSpace);
+  ASSERT_OK(store_->Delete("a", "gone"));
+  EXPECT_GT(fault.injected(), 0u);
+  ASSERT_OK_AND_ASSIGN(auto list, store_->List());
+  EXPECT_THAT(Ids(list), ElementsAre("a/kept"));
+  EXPECT_EQ(store_->BytesOf("a"), PageBytes(kept));
+  EXPECT_THAT(store_->Get("a", "gone"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store_->Delete("a", "gone"), StatusIs(absl::StatusCode::kNotFound));
+  // A new spill of the same id waits until the old keys are gone.
+  EXPECT_THAT(store_->Put(MakeRecord("a", "gone", 1, 1, 4096, 3)),
+              StatusIs(absl::StatusCode::kUnavailable));
+
+  // Restart while the disk is still full: the journal keeps the drop.
+  store_.reset();
+  fault.SetWriteFault(FaultEnv::Fault::kNone);
+  OpenStore();
+  ASSERT_OK_AND_ASSIGN(list, store_->List());
+  EXPECT_THAT(Ids(list), ElementsAre("a/kept"));
+  EXPECT_THAT(store_->Get("a", "gone"), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK_AND_ASSIGN(SpillRecord got, store_->Get("a", "kept"));
+  ExpectSameRecord(got, kept);
+  // Space is back: the delete applied at open, so the id can be spilled again and survives.
+  SpillRecord again = MakeRecord("a", "gone", 1, 1, 4096, 4);
+  ASSERT_OK(store_->Put(again));
+  store_.reset();
+  OpenStore();
+  ASSERT_OK_AND_ASSIGN(got, store_->Get("a", "gone"));
+  ExpectSameRecord(got, again);
+}
+
+TEST_F(SpillStoreTest, DeferredDeleteAppliesInTheSameStoreOnceSpaceIsBack) {
+  FaultEnv& fault = UseFaultEnv();
+  OpenStore();
+  SpillRecord gone = MakeRecord("b", "gone", 2, 2, 4096, 5);
+  ASSERT_OK(store_->Put(gone));
+  fault.SetWriteFault(FaultEnv::Fault::kNoSpace);
+  ASSERT_OK(store_->Delete("b", "gone"));
+  EXPECT_EQ(store_->BytesOf("b"), 0u);
+  fault.SetWriteFault(FaultEnv::Fault::kNone);
+  SpillRecord again = MakeRecord("b", "gone", 1, 1, 4096, 6);
+  ASSERT_OK(store_->Put(again));  // the next call applied the pending drop first
+  ASSERT_OK_AND_ASSIGN(SpillRecord got, store_->Get("b", "gone"));
+  ExpectSameRecord(got, again);
+  store_.reset();
+  OpenStore();
+  ASSERT_OK_AND_ASSIGN(got, store_->Get("b", "gone"));
+  ExpectSameRecord(got, again);
+}
+
 TEST_F(SpillStoreTest, FailedWriteListsNothingAndStoreRecovers) {
   FaultEnv& fault = UseFaultEnv();
   OpenStore();
