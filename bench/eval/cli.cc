@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "bench/eval/pool_scenario.h"
+#include "bench/eval/prefix_stats.h"
 #include "bench/eval/report.h"
 #include "bench/eval/runner.h"
 #include "bench/eval/synth.h"
@@ -38,7 +39,8 @@ Usage:
   kvkeep-eval help   (also --help or -h, anywhere on the line)
 
 synth: writes a synthetic trace (meta.json + L{l}.{q,qpre,k,v,wo}.npy) carrying the attention
-  properties of real models: sinks with near-zero values, sparse middle layers, local heads,
+  properties of real models, and what a worker would send for qsketch (L{l}.sketch.npy and
+  L{l}.sketch_weights.npy: k-means of the prefix's pre-RoPE queries, K = 32; `run` uses it): sinks with near-zero values, sparse middle layers, local heads,
   retrieval heads with needles, neighbour-correlated values, RoPE theta 5e5. Profiles:
 )usage",
                       [] {
@@ -207,6 +209,8 @@ absl::Status Synth(const std::vector<std::string>& args, std::ostream& out) {
   for (const auto& [name, folder] : jobs) {
     o.profile = name;
     ASSIGN_OR_RETURN(SynthDataset ds, GenerateSynth(o));
+    // What a worker would send with the prefix: the qsketch query sketch (default K).
+    AttachWorkerSketches(ds.meta, PrefixStatsOptions{}, &ds.layers);
     RETURN_IF_ERROR(WriteSynth(ds, folder, dtype));
     out << "wrote " << folder << " (profile " << name << ": " << o.layers << " layers, "
         << o.q_heads << "/" << o.kv_heads << " heads, head_dim " << o.head_dim << ", prefix "

@@ -1,5 +1,6 @@
 #include "bench/eval/dataset.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -136,6 +137,49 @@ absl::Status WriteMeta(const std::string& dir, const DatasetMeta& meta) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The optional worker sketch: both files or neither; shapes [q_heads][K][head_dim] and
+// [q_heads][K]; finite centroids, weights >= 0.
+absl::Status ReadSketch(const std::string& dir, const DatasetMeta& meta, int layer,
+                        LayerData* out) {
+  const std::string cpath = LayerPath(dir, layer, "sketch");
+  const std::string wpath = LayerPath(dir, layer, "sketch_weights");
+  const bool has_c = std::filesystem::exists(cpath), has_w = std::filesystem::exists(wpath);
+  if (!has_c && !has_w) return absl::OkStatus();
+  if (has_c != has_w) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(has_c ? wpath : cpath, " is missing (a sketch needs both files)"));
+  }
+  ASSIGN_OR_RETURN(NpyArray c, ReadNpy(cpath));
+  ASSIGN_OR_RETURN(NpyArray w, ReadNpy(wpath));
+  if (c.shape.size() != 3 || c.shape[0] != meta.q_heads || c.shape[1] < 1 ||
+      c.shape[2] != meta.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(cpath, ": shape ", ShapeString(c.shape),
+                                                   ", expected [", meta.q_heads, ", K, ",
+                                                   meta.head_dim, "]"));
+  }
+  if (w.shape != std::vector<int64_t>{meta.q_heads, c.shape[1]}) {
+    return absl::InvalidArgumentError(absl::StrCat(wpath, ": shape ", ShapeString(w.shape),
+                                                   ", expected [", meta.q_heads, ", ",
+                                                   c.shape[1], "]"));
+  }
+  for (float x : c.data) {
+    if (!std::isfinite(x)) return absl::InvalidArgumentError(cpath + ": a non-finite centroid");
+  }
+  for (float x : w.data) {
+    if (!(x >= 0) || !std::isfinite(x)) {
+      return absl::InvalidArgumentError(wpath + ": weights must be finite and >= 0");
+    }
+  }
+  out->sketch_k = static_cast<int>(c.shape[1]);
+  out->sketch_centroids = std::move(c.data);
+  out->sketch_weights = std::move(w.data);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<LayerData> ReadLayer(const std::string& dir, const DatasetMeta& meta, int layer) {
   if (layer < 0 || layer >= meta.layers) {
     return absl::InvalidArgumentError(
@@ -205,6 +249,7 @@ absl::StatusOr<LayerData> ReadLayer(const std::string& dir, const DatasetMeta& m
     out.wo_hidden = wo->shape[0];
     out.wo = std::move(wo->data);
   }
+  RETURN_IF_ERROR(ReadSketch(dir, meta, layer, &out));
   return out;
 }
 
@@ -224,6 +269,12 @@ absl::Status WriteLayer(const std::string& dir, const DatasetMeta& meta, int lay
   if (data.wo_hidden > 0) {
     NpyArray a{{data.wo_hidden, int64_t{meta.q_heads} * meta.head_dim}, data.wo};
     RETURN_IF_ERROR(WriteNpy(LayerPath(dir, layer, "wo"), a, dtype));
+  }
+  if (data.sketch_k > 0) {
+    NpyArray c{{meta.q_heads, data.sketch_k, meta.head_dim}, data.sketch_centroids};
+    RETURN_IF_ERROR(WriteNpy(LayerPath(dir, layer, "sketch"), c, NpyDtype::kFloat32));
+    NpyArray w{{meta.q_heads, data.sketch_k}, data.sketch_weights};
+    RETURN_IF_ERROR(WriteNpy(LayerPath(dir, layer, "sketch_weights"), w, NpyDtype::kFloat32));
   }
   return absl::OkStatus();
 }

@@ -58,6 +58,12 @@ struct LayerData {
   std::vector<float> v;     // [kv_heads][kv_len][head_dim]
   int64_t wo_hidden = 0;    // 0 when no W_O was given
   std::vector<float> wo;    // [wo_hidden][q_heads * head_dim]
+  // Optional: the query sketch a worker would send for qsketch (L{l}.sketch.npy and
+  // L{l}.sketch_weights.npy): per query head sketch_k weighted centroids of the prefix's pre-RoPE
+  // queries (weight 0 = unused slot). 0 = no sketch file.
+  int sketch_k = 0;
+  std::vector<float> sketch_centroids;  // [q_heads][sketch_k][head_dim]
+  std::vector<float> sketch_weights;    // [q_heads][sketch_k]
 };
 
 // Reads and validates <dir>/meta.json. kNotFound if missing; kInvalidArgument on a malformed or
@@ -69,7 +75,7 @@ absl::Status WriteMeta(const std::string& dir, const DatasetMeta& meta);
 // file, kInvalidArgument for a shape mismatch or fewer than one future query.
 absl::StatusOr<LayerData> ReadLayer(const std::string& dir, const DatasetMeta& meta, int layer);
 
-// Writes one layer's files (q, qpre, k, v and wo when present) in `dtype`.
+// Writes one layer's files (q, qpre, k, v, and wo and the sketch when present) in `dtype`.
 absl::Status WriteLayer(const std::string& dir, const DatasetMeta& meta, int layer,
                         const LayerData& data, NpyDtype dtype = NpyDtype::kFloat32);
 

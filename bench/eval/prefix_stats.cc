@@ -45,6 +45,13 @@ void SetQuerySketch(const DatasetMeta& meta, const LayerData& layer,
   const int H = meta.q_heads, d = meta.head_dim, K0 = options.sketch_k;
   const int64_t P = meta.prefix, T = layer.total;
   const bool with_window = options.sketch_window_share > 0;
+  if (layer.sketch_k > 0 && !post_rope && !with_window && layer.sketch_k == K0) {
+    in->sketch_k = layer.sketch_k;
+    in->sketch_post_rope = false;
+    in->sketch_centroids = layer.sketch_centroids;
+    in->sketch_weights = layer.sketch_weights;
+    return;
+  }
   const int K = K0 + (with_window ? options.window : 0);
   in->sketch_k = K;
   in->sketch_post_rope = post_rope;
@@ -152,6 +159,20 @@ absl::StatusOr<eviction::LayerInputs> BuildLayerInputs(const DatasetMeta& meta,
   }
   SetQuerySketch(meta, layer, options, /*post_rope=*/false, &in);
   return in;
+}
+
+void AttachWorkerSketches(const DatasetMeta& meta, const PrefixStatsOptions& options,
+                          std::vector<LayerData>* layers) {
+  PrefixStatsOptions o = options;
+  o.sketch_window_share = 0;
+  for (LayerData& layer : *layers) {
+    layer.sketch_k = 0;  // computed from the queries, never copied from an older sketch
+    eviction::LayerInputs in;
+    SetQuerySketch(meta, layer, o, /*post_rope=*/false, &in);
+    layer.sketch_k = in.sketch_k;
+    layer.sketch_centroids = std::move(in.sketch_centroids);
+    layer.sketch_weights = std::move(in.sketch_weights);
+  }
 }
 
 }  // namespace kvkeep::eval

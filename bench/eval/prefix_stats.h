@@ -30,8 +30,16 @@ struct PrefixStatsOptions {
 // prefix query (positions 0..P-1), of the pre-RoPE queries (post_rope = false, for qsketch) or of
 // the post-RoPE ones (true, for qsketch-post). Fills in->sketch_* (slots a head does not use get
 // weight 0).
+// A layer that carries a worker's sketch (LayerData::sketch_k > 0, from `kvkeep-eval synth` or a
+// real engine's dump) is evaluated with that sketch instead, for the pre-RoPE scorer when the
+// sketch has options.sketch_k slots and no window variant is asked for.
 void SetQuerySketch(const DatasetMeta& meta, const LayerData& layer,
                     const PrefixStatsOptions& options, bool post_rope, eviction::LayerInputs* in);
+
+// Fills every layer's sketch_* with the pre-RoPE sketch a worker would send (SetQuerySketch's
+// computation with `options`), for `kvkeep-eval synth` to write.
+void AttachWorkerSketches(const DatasetMeta& meta, const PrefixStatsOptions& options,
+                          std::vector<LayerData>* layers);
 
 // INVALID_ARGUMENT if the window or sinks do not fit in the prefix or sketch_k is not in
 // [1, policy_defaults::kMaxSketchCentroids]. The result borrows `layer`'s key and value buffers.

@@ -1,11 +1,13 @@
 #include "bench/eval/prefix_stats.h"
 
 #include <cmath>
+#include <filesystem>
 #include <random>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "bench/eval/dataset.h"
 #include "common/status_matchers.h"
 #include "service/eviction/policy.h"
 
@@ -44,6 +46,45 @@ Fixture Random(uint64_t seed) {
   f.layer.wo.resize(6 * 32);
   for (float& x : f.layer.wo) x = n(rng);
   return f;
+}
+
+
+// `kvkeep-eval synth` writes the sketch a worker would send; read back, it is what `run` scores
+// qsketch with (a changed stored sketch changes the inputs), unless another K or the window
+// variant is asked for (then it is computed from the queries).
+TEST(PrefixStatsTest, AWrittenWorkerSketchIsReadBackAndUsed) {
+  Fixture f = Random(6);
+  const PrefixStatsOptions o{.window = 8, .sinks = 4, .sketch_k = 5};
+  std::vector<LayerData> layers = {f.layer};
+  AttachWorkerSketches(f.meta, o, &layers);
+  ASSERT_EQ(layers[0].sketch_k, 5);
+  eviction::LayerInputs computed;
+  SetQuerySketch(f.meta, f.layer, o, /*post_rope=*/false, &computed);
+  EXPECT_EQ(layers[0].sketch_centroids, computed.sketch_centroids);
+  EXPECT_EQ(layers[0].sketch_weights, computed.sketch_weights);
+
+  const std::string dir = ::testing::TempDir() + "/worker_sketch";
+  std::filesystem::create_directories(dir);
+  ASSERT_OK(WriteMeta(dir, f.meta));
+  ASSERT_OK(WriteLayer(dir, f.meta, 0, layers[0]));
+  ASSERT_OK_AND_ASSIGN(LayerData read, ReadLayer(dir, f.meta, 0));
+  ASSERT_EQ(read.sketch_k, 5);
+  EXPECT_EQ(read.sketch_centroids, layers[0].sketch_centroids);
+  EXPECT_EQ(read.sketch_weights, layers[0].sketch_weights);
+
+  read.sketch_weights[0] += 7.0f;  // a worker's sketch that differs from the recomputation
+  eviction::LayerInputs in;
+  SetQuerySketch(f.meta, read, o, /*post_rope=*/false, &in);
+  EXPECT_EQ(in.sketch_weights, read.sketch_weights);
+  PrefixStatsOptions other_k = o;
+  other_k.sketch_k = 6;
+  SetQuerySketch(f.meta, read, other_k, /*post_rope=*/false, &in);
+  EXPECT_EQ(in.sketch_k, 6);
+  EXPECT_NE(in.sketch_weights[0], read.sketch_weights[0]);
+
+  std::filesystem::remove(dir + "/L0.sketch_weights.npy");
+  EXPECT_THAT(ReadLayer(dir, f.meta, 0).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, "both files"));
 }
 
 // The sketch stands for every prefix query (weights sum to P per head) of the side of RoPE asked
