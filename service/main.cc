@@ -32,6 +32,7 @@
 #include "absl/time/clock.h"
 #include "grpc/support/log.h"
 #include "service/observability/log.h"
+#include "service/process_tuning.h"
 #include "service/rpc/server.h"
 
 ABSL_FLAG(std::string, data_dir, "./kvkeep-data",
@@ -110,6 +111,14 @@ ABSL_FLAG(std::string, log_level, "info",
 ABSL_FLAG(bool, dumpable, false,
           "Leave the daemon dumpable (core dumps; other processes of its uid can then open its "
           "arena fds under /proc/<pid>/fd): for debugging only");
+// Process-wide tuning of the data path (service/process_tuning.h).
+ABSL_FLAG(uint64_t, malloc_retain_mib, 256,
+          "Freed heap memory the daemon keeps for reuse instead of returning it to the kernel, in "
+          "MiB (0: glibc's defaults, at most 2047). Re-faulting returned memory made WriteKV 3-5x "
+          "slower in docs/benchmarks.md's measurement");
+ABSL_FLAG(bool, mutex_deadlock_detection, false,
+          "Keep Abseil's run-time lock-order checking on every mutex (Debian builds Abseil with it "
+          "on; it serialises every lock through one global graph). For debugging");
 ABSL_FLAG(std::string, log_format, "text",
           "Log line format: text (time LEVEL event key=value ...) or json (one object per line, "
           "for log collectors)");
@@ -149,6 +158,7 @@ const std::vector<FlagGroup>& FlagGroups() {
         "session_byte_burst", "max_stats_bytes", "max_tokens_per_request",
         "max_pages_per_request", "max_metadata_bytes_per_tenant"}},
       {"Metrics and logs", {"metrics_address", "log_level", "log_format", "dumpable"}},
+      {"Process", {"malloc_retain_mib", "mutex_deadlock_detection"}},
       {"Fleet tier (Redis Cluster)",
        {"fleet_redis", "fleet_user", "fleet_password_file", "node_name",
         "fleet_lookup_timeout_ms", "fleet_fetch_timeout_ms", "fleet_queue_mb"}},
@@ -452,6 +462,8 @@ void LogStart(const kvkeep::ServiceOptions& o) {
                      {"log_level", absl::GetFlag(FLAGS_log_level)},
                      {"log_format", absl::GetFlag(FLAGS_log_format)},
                      {"dumpable", absl::GetFlag(FLAGS_dumpable)},
+                     {"malloc_retain_mib", absl::GetFlag(FLAGS_malloc_retain_mib)},
+                     {"mutex_deadlock_detection", absl::GetFlag(FLAGS_mutex_deadlock_detection)},
                      // The fleet tier (the password file's path, never the password).
                      {"fleet_redis", o.fleet_redis},
                      {"fleet_user", o.fleet_user},
@@ -512,6 +524,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvkeepd: %s\n", std::string(usage.message()).c_str());
     return 2;
   }
+  // Before any thread starts: process-wide allocator and mutex settings.
+  if (absl::Status tuned = kvkeep::TuneAllocator(absl::GetFlag(FLAGS_malloc_retain_mib) << 20);
+      !tuned.ok()) {
+    std::fprintf(stderr, "kvkeepd: --malloc_retain_mib: %s\n", std::string(tuned.message()).c_str());
+    return 2;
+  }
+  kvkeep::SetMutexDeadlockDetection(absl::GetFlag(FLAGS_mutex_deadlock_detection));
   kvkeep::log::Configure(options.log_level, options.log_format);
   gpr_set_log_function(ForwardGrpcLog);
   const absl::Time started = absl::Now();
