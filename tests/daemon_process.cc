@@ -60,7 +60,9 @@ absl::Status DaemonProcess::Start(std::vector<std::string> extra_flags) {
   if (extra_flags.empty()) extra_flags = last_flags_;
   last_flags_ = extra_flags;
   std::vector<std::string> args = {BinaryDir() + "/kvkeepd", "--data_dir=" + dir_,
-                                    "--pool_mib=64", "--arena_mib=1", "--keepalive_seconds=1"};
+                                    "--pool_mib=64", "--arena_mib=1", "--keepalive_seconds=1",
+                                    // Tests keep Abseil's run-time lock-order checking on.
+                                    "--mutex_deadlock_detection"};
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
