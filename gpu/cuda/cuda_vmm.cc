@@ -64,20 +64,18 @@ ABSL_CONST_INIT absl::Mutex import_mu(absl::kConstInit);
 
 class CudaVmmRange {
  public:
-  // Reserves `bytes` of address space aligned to `alignment` and maps `handle` on it with
-  // `access` for `device`. Undoes what it did on failure.
+  // Reserves `bytes` of address space aligned to `alignment` and maps `handle` on it, not yet
+  // accessible (SetAccess does that). Undoes what it did on failure.
   static absl::StatusOr<std::unique_ptr<CudaVmmRange>> Map(const CudaDriverApi& cu,
                                                            CUmemGenericAllocationHandle handle,
-                                                           CUdevice device, std::size_t bytes,
-                                                           std::size_t alignment,
-                                                           CUmemAccess_flags access) {
+                                                           std::size_t bytes,
+                                                           std::size_t alignment) {
     auto range = std::unique_ptr<CudaVmmRange>(new CudaVmmRange(cu, bytes));
     RETURN_IF_ERROR(CuStatus(cu.mem_address_reserve(&range->base_, bytes, alignment, 0, 0),
                              absl::StrCat("cuMemAddressReserve of ", bytes, " bytes")));
     RETURN_IF_ERROR(CuStatus(cu.mem_map(range->base_, bytes, 0, handle, 0),
                              absl::StrCat("cuMemMap of ", bytes, " bytes")));
     range->mapped_ = true;
-    RETURN_IF_ERROR(range->SetAccess(device, access));
     return range;
   }
 
@@ -142,8 +140,8 @@ absl::StatusOr<std::unique_ptr<CudaVmmAllocation>> CudaVmmAllocation::Create(int
       cu->mem_export_to_shareable_handle(&fd, handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
       "cuMemExportToShareableHandle(POSIX_FILE_DESCRIPTOR)"));
   alloc->export_fd_ = fd;
-  ASSIGN_OR_RETURN(alloc->range_, CudaVmmRange::Map(*cu, handle, d.device, size, d.granularity,
-                                                    CU_MEM_ACCESS_FLAGS_PROT_READWRITE));
+  ASSIGN_OR_RETURN(alloc->range_, CudaVmmRange::Map(*cu, handle, size, d.granularity));
+  RETURN_IF_ERROR(alloc->range_->SetAccess(d.device, CU_MEM_ACCESS_FLAGS_PROT_READWRITE));
   return alloc;
 }
 
@@ -179,16 +177,7 @@ absl::StatusOr<std::unique_ptr<CudaVmmImport>> CudaVmmImport::Map(int fd, int or
                                                         static_cast<uintptr_t>(fd)),
                                            CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
       "cuMemImportFromShareableHandle"));
-  // A sharing group's arena is mapped with read access only. A driver that refuses read-only
-  // device access gets read-write instead (device_read_only() says so; the client still refuses
-  // writes through its API): the daemon cannot make a CUDA fd read-only as it does a memfd.
-  auto mapped = CudaVmmRange::Map(*cu, handle, d.device, size, d.granularity,
-                                  read_only ? CU_MEM_ACCESS_FLAGS_PROT_READ
-                                            : CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
-  if (!mapped.ok() && read_only && !absl::IsInvalidArgument(mapped.status())) {
-    mapped = CudaVmmRange::Map(*cu, handle, d.device, size, d.granularity,
-                               CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
-  }
+  auto mapped = CudaVmmRange::Map(*cu, handle, size, d.granularity);
   // The mapping (if any) now holds the allocation; the import's handle is not needed.
   const absl::Status released = CuStatus(cu->mem_release(handle), "cuMemRelease of the import");
   if (!mapped.ok()) {
@@ -198,9 +187,19 @@ absl::StatusOr<std::unique_ptr<CudaVmmImport>> CudaVmmImport::Map(int fd, int or
   }
   RETURN_IF_ERROR(released);
   import->range_ = *std::move(mapped);
+  // A sharing group's arena is mapped with read access only. A driver that refuses read-only
+  // device access gets read-write instead (device_read_only() says so; the client still refuses
+  // writes through its API): the daemon cannot make a CUDA fd read-only as it does a memfd.
+  absl::Status access_set = absl::UnknownError("not tried");
+  if (read_only) access_set = import->range_->SetAccess(d.device, CU_MEM_ACCESS_FLAGS_PROT_READ);
+  if (!access_set.ok()) {
+    RETURN_IF_ERROR(import->range_->SetAccess(d.device, CU_MEM_ACCESS_FLAGS_PROT_READWRITE));
+  }
   ASSIGN_OR_RETURN(const unsigned long long access, import->range_->Access(d.device));
-  import->device_read_only_ = access == CU_MEM_ACCESS_FLAGS_PROT_READ;
-  if (!read_only && access != CU_MEM_ACCESS_FLAGS_PROT_READWRITE) {
+  constexpr auto kRead = static_cast<unsigned long long>(CU_MEM_ACCESS_FLAGS_PROT_READ);
+  constexpr auto kReadWrite = static_cast<unsigned long long>(CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+  import->device_read_only_ = access == kRead;
+  if (!read_only && access != kReadWrite) {
     return absl::InternalError(absl::StrCat("cuMemGetAccess answers ", access,
                                             " for a mapping set read-write"));
   }
