@@ -5,6 +5,9 @@
 // ipc (cudaIpc handles). SKIPs with a message when the CUDA backend is not built, no device is
 // present, or (vmm) the device or driver cannot export cuMemCreate allocations as fds.
 #include <fcntl.h>
+#include <grp.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <string>
@@ -64,6 +67,35 @@ struct RawSession {
   std::unique_ptr<grpc::ClientReader<v1::SessionEvent>> reader;
   std::unique_ptr<ArenaChannelClient> channel;
 };
+
+// Runs `args` as uid/gid `uid` (setgid + setuid in a forked child, before it touches CUDA),
+// capturing stdout and stderr.
+ProcessExit RunAs(uid_t uid, const std::vector<std::string>& args) {
+  int out[2];
+  ProcessExit result;
+  if (pipe(out) != 0) return result;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], 1);
+    dup2(out[1], 2);
+    close(out[0]);
+    if (setgroups(0, nullptr) != 0 || setgid(uid) != 0 || setuid(uid) != 0) _exit(126);
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  char buf[512];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof(buf))) > 0) result.out.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
 
 class CudaEndToEndTest : public ::testing::TestWithParam<ArenaKindCase> {
  protected:
@@ -325,6 +357,40 @@ TEST_P(CudaEndToEndTest, GroupArenaIsMappedReadOnly) {
   auto outsider = OpenRawSession(token_);
   ASSERT_NE(outsider, nullptr);
   EXPECT_THAT(outsider->channel->Fetch(group.arena_id()), StatusIs(StatusCode::kPermissionDenied));
+}
+
+// The point of CUDA_VMM_FD (issue 13): a zero-copy worker under another uid than the daemon's, in
+// no shared IPC namespace arrangement, maps its tenant's device arenas from the fds it receives,
+// writes its pages in place and reads them back; the daemon holds what it wrote.
+TEST_P(CudaEndToEndTest, ZeroCopyWorkerUnderAnotherUidUsesItsDeviceArenas) {
+  if (GetParam().kind != v1::CUDA_VMM_FD) {
+    GTEST_SKIP() << "CUDA_IPC handles are the uid- and namespace-bound fallback";
+  }
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run the worker under uid 65534";
+  constexpr uid_t kNobody = 65534;
+  ASSERT_EQ(chmod(daemon_.dir().c_str(), 0711), 0);
+  for (const std::string& path :
+       {daemon_.dir() + "/kvkeepd.sock", daemon_.dir() + "/kvkeepd.sock.arenas"}) {
+    ASSERT_EQ(chown(path.c_str(), static_cast<uid_t>(-1), kNobody), 0) << path;
+  }
+  const std::string worker = DaemonProcess::BinaryDir() + "/kvkeep-test-worker";
+  ProcessExit run =
+      RunAs(kNobody, {worker, daemon_.target(), token_, "nobody-gpu", "24", "retain", "verify"});
+  ASSERT_EQ(run.code, 0) << run.out;
+  EXPECT_NE(run.out.find("VERIFIED uid=65534"), std::string::npos) << run.out;
+  ASSERT_EQ(run.out.rfind("READY ", 0), 0u) << run.out;
+  const std::string seq = run.out.substr(6, run.out.find(' ', 6) - 6);
+  auto reader = Attach("reader");
+  ASSERT_NE(reader, nullptr);
+  const v1::ModelLayout layout = TestLayout();
+  for (uint32_t layer = 0; layer < layout.layers(); ++layer) {
+    for (uint32_t head = 0; head < layout.kv_heads(); ++head) {
+      ASSERT_OK_AND_ASSIGN(HeadData data, reader->ReadHead(seq, layer, head));
+      const std::string want = PatternBytes(layer * 10 + head, 24 * layout.head_dim() * 2);
+      EXPECT_TRUE(data.keys == want) << "layer " << layer << " head " << head;
+      EXPECT_TRUE(data.values == want);
+    }
+  }
 }
 
 // --cuda_arena_kind=auto picks VMM exactly when the device reports both attributes.

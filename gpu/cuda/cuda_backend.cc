@@ -21,8 +21,8 @@
 #include "gpu/cuda/cuda_driver_api.h"
 #include "gpu/cuda/cuda_status.h"
 #include "gpu/cuda/cuda_vmm.h"
-#include "gpu/cuda_arena_kind.h"
 #include "gpu/cuda/scoring/cuda_layer_scorer.h"
+#include "gpu/cuda_arena_kind.h"
 
 namespace kvkeep {
 namespace {
@@ -206,9 +206,10 @@ class CudaBackend final : public Backend {
     }
     {
       ASSIGN_OR_RETURN(SlotLease lease, Lease());
-      RETURN_IF_ERROR(Settle(lease.slot(), CudaStatus(cudaMemsetAsync(arena->data(), 0, zero_bytes,
-                                                                      lease.slot().stream),
-                                                      "zero-filling the arena")));
+      RETURN_IF_ERROR(Settle(
+          lease.slot(), CudaStatus(cudaMemsetAsync(arena->data(), 0, zero_bytes,
+                                                   lease.slot().stream),
+                                   "zero-filling the arena")));
     }
     return std::unique_ptr<Arena>(std::move(arena));
   }

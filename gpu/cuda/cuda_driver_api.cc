@@ -107,7 +107,8 @@ absl::StatusOr<CudaVmmSupport> QueryCudaVmmSupport(int ordinal) {
   support.driver_entry_points = true;
   // The runtime initialised the driver (CudaDeviceCount); cuDeviceGet maps the ordinal.
   CUdevice device = 0;
-  RETURN_IF_ERROR(CuStatus(cu.device_get(&device, ordinal), absl::StrCat("cuDeviceGet(", ordinal, ")")));
+  RETURN_IF_ERROR(
+      CuStatus(cu.device_get(&device, ordinal), absl::StrCat("cuDeviceGet(", ordinal, ")")));
   int value = 0;
   RETURN_IF_ERROR(CuStatus(
       cu.device_get_attribute(&value, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
@@ -116,8 +117,8 @@ absl::StatusOr<CudaVmmSupport> QueryCudaVmmSupport(int ordinal) {
   support.virtual_memory_management = value != 0;
   value = 0;
   RETURN_IF_ERROR(CuStatus(
-      cu.device_get_attribute(&value, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
-                              device),
+      cu.device_get_attribute(
+          &value, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED, device),
       "cuDeviceGetAttribute(HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED)"));
   support.posix_fd_handles = value != 0;
   return support;
