@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,6 @@
 #include <cuda_runtime_api.h>
 
 #include "gpu/cuda/cuda_driver_api.h"
-#include "gpu/cuda/cuda_devices.h"
 #endif
 
 namespace kvkeep::testing {
