@@ -1,8 +1,8 @@
 // The client's CUDA_IPC and CUDA_VMM_FD mappings, the checks made before any device memory is
 // touched. They run on every machine: with CUDA and no device (CI) the device lookup answers
 // FAILED_PRECONDITION, with a device an unknown UUID answers NOT_FOUND, and a client built without
-// CUDA answers UNIMPLEMENTED. Mapping real daemon memory is tested in cuda_e2e_test and
-// cuda_vmm_test (label gpu).
+// CUDA answers UNIMPLEMENTED. Mapping real daemon memory (both kinds) is tested in cuda_e2e_test
+// (label gpu).
 #include <fcntl.h>
 #include <unistd.h>
 
