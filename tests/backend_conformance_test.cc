@@ -187,8 +187,12 @@ TEST_P(BackendConformanceTest, ExportDescribesTheArena) {
     EXPECT_EQ(HostArenaData(*arena), nullptr);
     // Two arenas, two allocations, two handles.
     ASSERT_OK_AND_ASSIGN(auto other, backend_->CreateArena(1 << 20));
-    if (h.kind == ArenaExportKind::kCudaIpc) EXPECT_NE(other->handle().handle, h.handle);
-    if (h.kind == ArenaExportKind::kCudaVmmFd) EXPECT_NE(other->export_fd(), arena->export_fd());
+    if (h.kind == ArenaExportKind::kCudaIpc) {
+      EXPECT_NE(other->handle().handle, h.handle);
+    }
+    if (h.kind == ArenaExportKind::kCudaVmmFd) {
+      EXPECT_NE(other->export_fd(), arena->export_fd());
+    }
     EXPECT_NE(backend_->DeviceAddress(*other), backend_->DeviceAddress(*arena));
   }
   EXPECT_FALSE(backend_->device().empty());
