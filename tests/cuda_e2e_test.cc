@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,9 @@ struct ArenaKindCase {
   const char* flag;
   v1::ArenaKind kind;
 };
+
+// Test listings say "vmm" / "ipc", not the struct's bytes (a pointer that changes every build).
+void PrintTo(const ArenaKindCase& c, std::ostream* os) { *os << c.flag; }
 
 std::string CaseName(const ::testing::TestParamInfo<ArenaKindCase>& info) {
   return info.param.kind == v1::CUDA_VMM_FD ? "Vmm" : "Ipc";
