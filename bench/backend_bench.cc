@@ -17,6 +17,7 @@
 #include "bench/rep_stats.h"
 #include "gpu/backend.h"
 #include "gpu/cpu/cpu_backend.h"
+#include "gpu/cuda_arena_kind.h"
 
 #if defined(KVKEEP_BENCH_HAVE_CUDA)
 #include <cuda_runtime_api.h>
@@ -30,6 +31,8 @@ constexpr char kUsage[] = R"(kvkeep-bench backend - the memory backend vs the co
 Usage: kvkeep-bench backend [flags]
   --backend auto|cpu|cuda   Default: auto (CUDA when built in and a device is present)
   --cuda_device N           Default: 0
+  --cuda_arena_kind auto|vmm|ipc
+                            CUDA arenas: cuMemCreate (vmm) or cudaMalloc (ipc). Default: auto
   --mib N                   bytes per large Write/Read and per compaction arena, MiB. Default: 256
   --reps N                  repetitions of each measurement (median, min, max). Default: 5
   --smoke                   tiny sizes, 1 rep: checks the benchmark runs
@@ -42,6 +45,7 @@ Exit status: 0 done, 1 the backend or a measured call failed, 2 usage error.
 struct Options {
   std::string backend = "auto";
   int cuda_device = 0;
+  std::string cuda_arena_kind = "auto";
   std::size_t mib = 256;
   int reps = 5;
   bool json = false;
@@ -203,6 +207,10 @@ int ParseFlags(int argc, char** argv, Options* o) {
       const char* v = value("--backend");
       if (v == nullptr) return 2;
       o->backend = v;
+    } else if (a == "--cuda_arena_kind") {
+      const char* v = value("--cuda_arena_kind");
+      if (v == nullptr) return 2;
+      o->cuda_arena_kind = v;
     } else if (a == "--cuda_device" || a == "--mib" || a == "--reps") {
       const char* v = value(a.c_str());
       if (v == nullptr) return 2;
@@ -333,9 +341,16 @@ int RunBackendBench(int argc, char** argv) {
     std::fprintf(stderr, "kvkeep-bench backend: %s\n", std::string(kind.status().message()).c_str());
     return 2;
   }
+  auto arena_kind = ParseCudaArenaKind(o.cuda_arena_kind);
+  if (!arena_kind.ok()) {
+    std::fprintf(stderr, "kvkeep-bench backend: --cuda_arena_kind: %s\n",
+                 std::string(arena_kind.status().message()).c_str());
+    return 2;
+  }
   BackendOptions options;
   options.kind = *kind;
   options.cuda_device = o.cuda_device;
+  options.cuda_arena_kind = *arena_kind;
   options.shm_prefix = absl::StrCat("kvkeep-bench-backend-", getpid());
   auto backend_or = CreateBackend(options);
   if (!backend_or.ok()) {

@@ -102,12 +102,16 @@ absl::StatusOr<std::shared_ptr<const ArenaMapping>> ArenaMapping::Map(
 absl::StatusOr<std::shared_ptr<const ArenaMapping>> ArenaMapping::MapFd(
     const v1::ArenaExport& arena, OwnedFd fd) {
   if (!fd.valid()) return absl::InvalidArgumentError("no file descriptor to map");
-  if (arena.kind() != v1::HOST_MEMFD) {
-    return absl::UnimplementedError(absl::StrCat("cannot map arena kind ",
-                                                 v1::ArenaKind_Name(arena.kind()),
-                                                 " from a file descriptor in this client build"));
+  switch (arena.kind()) {
+    case v1::HOST_MEMFD:
+      return MapHostFd(arena, fd.release());
+    case v1::CUDA_VMM_FD:
+      return MapCudaVmmFdArena(arena, std::move(fd));
+    default:
+      return absl::UnimplementedError(absl::StrCat("cannot map arena kind ",
+                                                   v1::ArenaKind_Name(arena.kind()),
+                                                   " from a file descriptor in this client build"));
   }
-  return MapHostFd(arena, fd.release());
 }
 
 }  // namespace kvkeep

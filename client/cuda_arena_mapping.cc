@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/arena_mapping.h"
+#include "client/cuda_device_mapping.h"
 #include "common/status_macros.h"
 #include "gpu/cuda/cuda_devices.h"
 #include "gpu/cuda/cuda_status.h"
@@ -36,41 +37,15 @@ absl::Status AllocationRange(void* ptr, CUdeviceptr* base, size_t* size) {
   return absl::OkStatus();
 }
 
-class CudaIpcMapping final : public ArenaMapping {
+class CudaIpcMapping final : public CudaDeviceMapping {
  public:
   CudaIpcMapping(v1::ArenaExport arena, uint8_t* data, uint64_t size, int device)
-      : ArenaMapping(std::move(arena), data, size, device) {}
+      : CudaDeviceMapping(std::move(arena), data, size, device) {}
 
   // The last holder dropped it: close the import (the daemon's allocation is unaffected).
   ~CudaIpcMapping() override {
     ScopedCudaDevice on(device_ordinal());
     if (on.status().ok()) (void)cudaIpcCloseMemHandle(data());
-  }
-
-  absl::Status Write(uint64_t offset, const void* src, uint64_t n) const override {
-    RETURN_IF_ERROR(CheckRange("write", offset, n));
-    if (n == 0) return absl::OkStatus();
-    ScopedCudaDevice on(device_ordinal());
-    RETURN_IF_ERROR(on.status());
-    return CudaStatus(cudaMemcpyAsync(data() + offset, src, n, cudaMemcpyDefault,
-                                      cudaStreamPerThread),
-                      "cudaMemcpyAsync into a CUDA_IPC arena");
-  }
-
-  absl::Status Read(uint64_t offset, void* dst, uint64_t n) const override {
-    RETURN_IF_ERROR(CheckRange("read", offset, n));
-    if (n == 0) return absl::OkStatus();
-    ScopedCudaDevice on(device_ordinal());
-    RETURN_IF_ERROR(on.status());
-    return CudaStatus(cudaMemcpyAsync(dst, data() + offset, n, cudaMemcpyDefault,
-                                      cudaStreamPerThread),
-                      "cudaMemcpyAsync from a CUDA_IPC arena");
-  }
-
-  absl::Status Finish() const override {
-    ScopedCudaDevice on(device_ordinal());
-    RETURN_IF_ERROR(on.status());
-    return CudaStatus(cudaStreamSynchronize(cudaStreamPerThread), "cudaStreamSynchronize");
   }
 };
 

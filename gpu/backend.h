@@ -116,6 +116,15 @@ absl::Status CheckCopyBatch(absl::Span<const CopyOp> ops, bool* sources_overlap_
 
 enum class BackendKind { kAuto, kCpu, kCuda };
 
+// How the CUDA backend allocates and exports arenas (gpu/cuda_arena_kind.h chooses):
+//  kVmm: cuMemCreate allocations exported as POSIX file descriptors (ArenaExportKind::kCudaVmmFd),
+//    handed to workers over the arena channel like host memfds: no hostIPC, no shared uid;
+//  kIpc: cudaMalloc + cudaIpcGetMemHandle (kCudaIpc), the fallback for devices or drivers without
+//    the virtual memory management API;
+//  kAuto: kVmm when the device supports it, else kIpc.
+// Host backends ignore it.
+enum class CudaArenaKind { kAuto, kVmm, kIpc };
+
 struct BackendOptions {
   BackendKind kind = BackendKind::kAuto;  // Default: CUDA when compiled in and a device is present
   // Prefix of the shared-memory object names that daemons before the memfd arenas used: objects
@@ -124,13 +133,18 @@ struct BackendOptions {
   std::string shm_prefix = "kvkeep";  // Default: "kvkeep"
   // CUDA device ordinal (as this process numbers them) for kCuda and kAuto.
   int cuda_device = 0;                // Default: device 0
+  // How CUDA arenas are allocated and exported (kVmm answers FAILED_PRECONDITION on a device
+  // without the virtual memory management API or POSIX-fd handles).
+  CudaArenaKind cuda_arena_kind = CudaArenaKind::kAuto;  // Default: kAuto
 };
 
 // kCpu always works; kAuto falls back to the CPU and says why: in `fallback_reason` when given
 // (the daemon logs it), else as one line on stderr;
 // kCuda answers UNIMPLEMENTED when built without CUDA, FAILED_PRECONDITION "no CUDA device ..."
 // (with the CUDA error) when no device is present and INVALID_ARGUMENT for a cuda_device that is
-// not a visible device's ordinal (kAuto too, when devices are present).
+// not a visible device's ordinal (kAuto too, when devices are present). cuda_arena_kind kVmm on
+// a device without the virtual memory API or POSIX-fd handles: FAILED_PRECONDITION
+// "--cuda_arena_kind=vmm: ..." (kAuto too, when a device is present: no fallback to the CPU).
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options,
                                                        std::string* fallback_reason = nullptr);
 

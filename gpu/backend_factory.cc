@@ -7,6 +7,7 @@
 
 #if defined(KVKEEP_HAVE_CUDA)
 #include "gpu/cuda/cuda_backend.h"
+#include "gpu/cuda/cuda_devices.h"
 #endif
 
 namespace kvkeep {
@@ -48,8 +49,11 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
     case BackendKind::kAuto: {
 #if defined(KVKEEP_HAVE_CUDA)
       auto cuda = CreateCudaBackend(options);
-      // A bad --cuda_device is the operator's mistake, not a missing device: say so.
+      // A bad --cuda_device is the operator's mistake, not a missing device: say so. So is
+      // --cuda_arena_kind=vmm on a device that cannot: a present device is not silently traded
+      // for host memory.
       if (cuda.ok() || absl::IsInvalidArgument(cuda.status())) return cuda;
+      if (options.cuda_arena_kind == CudaArenaKind::kVmm && CudaDeviceCount().ok()) return cuda;
       return fall_back("cuda unavailable: " + std::string(cuda.status().message()));
 #else
       return fall_back("built without CUDA");

@@ -30,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "gpu/cuda_arena_kind.h"
 #include "grpc/support/log.h"
 #include "service/observability/log.h"
 #include "service/process_tuning.h"
@@ -50,6 +51,10 @@ ABSL_FLAG(std::string, backend, "auto", "Memory backend: auto, cpu (POSIX shared
 ABSL_FLAG(int, cuda_device, 0,
           "CUDA device ordinal for --backend=cuda/auto, as this process numbers them (after "
           "CUDA_VISIBLE_DEVICES); arenas are exported with the device's UUID");
+ABSL_FLAG(std::string, cuda_arena_kind, "auto",
+          "How CUDA arenas reach workers: vmm (cuMemCreate, POSIX fds over the arena channel; "
+          "no hostIPC), ipc (cudaMalloc + cudaIpc handles; workers need hostIPC) or auto (vmm "
+          "where the device supports it, else ipc)");
 ABSL_FLAG(uint64_t, pool_mib, 1024, "Device (or host) memory the daemon may hand out, in MiB");
 ABSL_FLAG(uint64_t, arena_mib, 64, "Size of one exported arena, in MiB");
 ABSL_FLAG(uint64_t, max_message_mib, 4, "Largest gRPC message accepted or sent, in MiB");
@@ -149,8 +154,8 @@ const std::vector<FlagGroup>& FlagGroups() {
        {"tcp", "tls_cert", "tls_key", "tls_client_ca", "insecure_tcp", "max_message_mib",
         "keepalive_seconds"}},
       {"Memory pool and backend",
-       {"backend", "cuda_device", "pool_mib", "arena_mib", "low_free", "high_free",
-        "pressure_policy", "compress_threads"}},
+       {"backend", "cuda_device", "cuda_arena_kind", "pool_mib", "arena_mib", "low_free",
+        "high_free", "pressure_policy", "compress_threads"}},
       {"Spill tier (RocksDB on local disk)",
        {"spill_dir", "spill_block_cache_mib", "spill_min_blob_bytes", "spill_rate_limit_mib"}},
       {"Per-session limits",
@@ -362,6 +367,12 @@ absl::Status ReadOptions(int argc, char** argv, kvkeep::ServiceOptions* options)
   }
   options->backend = *backend;
   options->cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  auto cuda_arena_kind = kvkeep::ParseCudaArenaKind(absl::GetFlag(FLAGS_cuda_arena_kind));
+  if (!cuda_arena_kind.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cuda_arena_kind: ", cuda_arena_kind.status().message()));
+  }
+  options->cuda_arena_kind = *cuda_arena_kind;
   options->pool_bytes = absl::GetFlag(FLAGS_pool_mib) << 20;
   options->arena_bytes = absl::GetFlag(FLAGS_arena_mib) << 20;
   options->max_message_bytes = absl::GetFlag(FLAGS_max_message_mib) << 20;
@@ -440,6 +451,7 @@ void LogStart(const kvkeep::ServiceOptions& o) {
                      {"keepalive_seconds", o.keepalive_seconds},
                      {"backend", absl::GetFlag(FLAGS_backend)},
                      {"cuda_device", o.cuda_device},
+                     {"cuda_arena_kind", absl::GetFlag(FLAGS_cuda_arena_kind)},
                      {"pool_mib", o.pool_bytes >> 20},
                      {"arena_mib", o.arena_bytes >> 20},
                      {"low_free", o.low_free},

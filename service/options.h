@@ -23,6 +23,8 @@ struct ServiceOptions {
   std::string admin_token_file;  // Default: <data_dir>/admin.token (created 0600 when missing)
   BackendKind backend = BackendKind::kAuto;  // Default: auto (CUDA when present, else host)
   int cuda_device = 0;                       // Default: 0. CUDA device ordinal for cuda/auto
+  // How CUDA arenas are allocated and exported (gpu/backend.h, CudaArenaKind).
+  CudaArenaKind cuda_arena_kind = CudaArenaKind::kAuto;  // Default: auto (VMM fds where supported)
   uint64_t pool_bytes = 1ull << 30;          // Default: 1 GiB of arenas
   uint64_t arena_bytes = 64ull << 20;        // Default: 64 MiB per arena
   uint64_t max_message_bytes = 4ull << 20;   // Default: 4 MiB (gRPC's default)

@@ -43,25 +43,35 @@ class ForeignArena final : public Arena {
   ArenaHandle handle_;
 };
 
-}  // namespace
+// The backend under test: its kind and, for CUDA, how its arenas are allocated and exported.
+struct BackendUnderTest {
+  BackendKind kind = BackendKind::kCpu;
+  CudaArenaKind arenas = CudaArenaKind::kAuto;
+};
 
-// Test names and failure messages say "kCuda", not "4-byte object <02-00 00-00>".
-void PrintTo(BackendKind kind, std::ostream* os) {
-  *os << (kind == BackendKind::kCpu ? "kCpu" : kind == BackendKind::kCuda ? "kCuda" : "kAuto");
+// Test names and failure messages say "kCuda/vmm", not "8-byte object <02-00 ...>".
+void PrintTo(const BackendUnderTest& b, std::ostream* os) {
+  *os << (b.kind == BackendKind::kCpu ? "kCpu" : b.kind == BackendKind::kCuda ? "kCuda" : "kAuto");
+  if (b.kind != BackendKind::kCpu) {
+    *os << (b.arenas == CudaArenaKind::kVmm   ? "/vmm"
+            : b.arenas == CudaArenaKind::kIpc ? "/ipc"
+                                              : "");
+  }
 }
 
-namespace {
-
-std::string BackendKindName(const ::testing::TestParamInfo<BackendKind>& info) {
-  switch (info.param) {
+std::string BackendKindName(const ::testing::TestParamInfo<BackendUnderTest>& info) {
+  const char* arenas = info.param.arenas == CudaArenaKind::kVmm   ? "Vmm"
+                       : info.param.arenas == CudaArenaKind::kIpc ? "Ipc"
+                                                                  : "";
+  switch (info.param.kind) {
     case BackendKind::kCpu: return "Cpu";
-    case BackendKind::kCuda: return "Cuda";
-    case BackendKind::kAuto: return "Auto";
+    case BackendKind::kCuda: return std::string("Cuda") + arenas;
+    case BackendKind::kAuto: return std::string("Auto") + arenas;
   }
   return "Unknown";
 }
 
-class BackendConformanceTest : public ::testing::TestWithParam<BackendKind> {
+class BackendConformanceTest : public ::testing::TestWithParam<BackendUnderTest> {
  protected:
   // An arena of the backend under test and its CPU twin, always holding the same bytes.
   struct Twin {
@@ -72,7 +82,8 @@ class BackendConformanceTest : public ::testing::TestWithParam<BackendKind> {
   void SetUp() override {
     prefix_ = absl::StrCat("kvkeep-conformance-", getpid());
     BackendOptions options;
-    options.kind = GetParam();
+    options.kind = GetParam().kind;
+    options.cuda_arena_kind = GetParam().arenas;
     options.shm_prefix = prefix_;
     auto backend = CreateBackend(options);
     if (!backend.ok() && (absl::IsFailedPrecondition(backend.status()) ||
@@ -158,8 +169,16 @@ TEST_P(BackendConformanceTest, ExportDescribesTheArena) {
     EXPECT_NE(HostArenaData(*arena), nullptr);
   } else {
     ASSERT_EQ(backend_->name(), "cuda");
-    EXPECT_EQ(h.kind, ArenaExportKind::kCudaIpc);
-    EXPECT_EQ(h.handle.size(), 64u);  // cudaIpcMemHandle_t
+    if (GetParam().arenas == CudaArenaKind::kVmm) {
+      EXPECT_EQ(h.kind, ArenaExportKind::kCudaVmmFd);
+      EXPECT_TRUE(h.handle.empty()) << "passed as an fd, never by handle";
+      EXPECT_GE(arena->export_fd(), 0);
+      EXPECT_NE(backend_->device().find("CUDA_VMM_FD"), std::string::npos) << backend_->device();
+    } else {
+      EXPECT_EQ(h.kind, ArenaExportKind::kCudaIpc);
+      EXPECT_EQ(h.handle.size(), 64u);  // cudaIpcMemHandle_t
+      EXPECT_EQ(arena->export_fd(), -1);
+    }
     EXPECT_GE(h.device_ordinal, 0);
     EXPECT_EQ(h.device_ordinal, backend_->device_ordinal());
     EXPECT_TRUE(IsGpuUuid(h.device_uuid)) << h.device_uuid;
@@ -168,7 +187,12 @@ TEST_P(BackendConformanceTest, ExportDescribesTheArena) {
     EXPECT_EQ(HostArenaData(*arena), nullptr);
     // Two arenas, two allocations, two handles.
     ASSERT_OK_AND_ASSIGN(auto other, backend_->CreateArena(1 << 20));
-    EXPECT_NE(other->handle().handle, h.handle);
+    if (h.kind == ArenaExportKind::kCudaIpc) {
+      EXPECT_NE(other->handle().handle, h.handle);
+    }
+    if (h.kind == ArenaExportKind::kCudaVmmFd) {
+      EXPECT_NE(other->export_fd(), arena->export_fd());
+    }
     EXPECT_NE(backend_->DeviceAddress(*other), backend_->DeviceAddress(*arena));
   }
   EXPECT_FALSE(backend_->device().empty());
@@ -467,11 +491,16 @@ TEST_P(BackendConformanceTest, LargeArenaRoundTripsThroughStaging) {
 }
 
 #if defined(KVKEEP_CONFORMANCE_CUDA)
-INSTANTIATE_TEST_SUITE_P(Cuda, BackendConformanceTest, ::testing::Values(BackendKind::kCuda),
-                         BackendKindName);
+// Both CUDA arena exports: every operation (Write/Read staging, Copy, the CopyBatch kernel) must
+// work on a cuMemMap'ed VMM arena as on a cudaMalloc'ed one. A device without VMM SKIPs the first.
+INSTANTIATE_TEST_SUITE_P(
+    Cuda, BackendConformanceTest,
+    ::testing::Values(BackendUnderTest{BackendKind::kCuda, CudaArenaKind::kVmm},
+                      BackendUnderTest{BackendKind::kCuda, CudaArenaKind::kIpc}),
+    BackendKindName);
 #else
-INSTANTIATE_TEST_SUITE_P(Cpu, BackendConformanceTest, ::testing::Values(BackendKind::kCpu),
-                         BackendKindName);
+INSTANTIATE_TEST_SUITE_P(Cpu, BackendConformanceTest,
+                         ::testing::Values(BackendUnderTest{BackendKind::kCpu}), BackendKindName);
 #endif
 
 }  // namespace

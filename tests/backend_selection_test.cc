@@ -28,6 +28,14 @@ bool CudaDevicePresent() {
   return CreateBackend(options).ok();
 }
 
+// Whether this process can create CUDA_VMM_FD arenas (CUDA built, a device, and its support).
+bool CudaVmmArenasAvailable() {
+  BackendOptions options;
+  options.kind = BackendKind::kCuda;
+  options.cuda_arena_kind = CudaArenaKind::kVmm;
+  return CreateBackend(options).ok();
+}
+
 // Runs kvkeepd with `flags` on a fresh data dir until it exits (at most 20 s).
 ProcessExit RunDaemonToExit(const std::vector<std::string>& flags) {
   const std::string dir = absl::StrCat("/tmp/kvkeep-backend-selection-", getpid(), "-",
@@ -124,6 +132,45 @@ TEST(BackendSelectionTest, CpuIsUsedWhenAskedWithoutComment) {
   EXPECT_EQ(status.backend(), "cpu");
   EXPECT_EQ(status.backend_device(), "host shared memory");
   EXPECT_EQ(DaemonLog(daemon).find("backend auto"), std::string::npos);
+}
+
+TEST(BackendSelectionTest, UnknownCudaArenaKindIsAUsageError) {
+  ProcessExit run = RunDaemonToExit({"--cuda_arena_kind=shm"});
+  EXPECT_EQ(run.code, 2) << run.err;
+  EXPECT_NE(run.err.find("--cuda_arena_kind: unknown CUDA arena kind \"shm\""), std::string::npos)
+      << run.err;
+  EXPECT_NE(run.err.find("use auto, vmm or ipc"), std::string::npos) << run.err;
+}
+
+// --cuda_arena_kind=vmm where VMM arenas cannot be had: the daemon refuses to start and says why
+// (without CUDA: not built; without a device: no device; a device without the VMM API or POSIX-fd
+// handles: what it lacks).
+TEST(BackendSelectionTest, ForcedVmmArenasWithoutSupportRefuseToStart) {
+  if (CudaVmmArenasAvailable()) GTEST_SKIP() << "this machine has CUDA_VMM_FD arenas";
+  ProcessExit run = RunDaemonToExit({"--backend=cuda", "--cuda_arena_kind=vmm"});
+  EXPECT_EQ(run.code, 1) << run.err;
+  if (!CudaBackendCompiled()) {
+    EXPECT_NE(run.err.find("built without the CUDA backend"), std::string::npos) << run.err;
+  } else if (!CudaDevicePresent()) {
+    EXPECT_NE(run.err.find("no CUDA device"), std::string::npos) << run.err;
+  } else {
+    EXPECT_NE(run.err.find("--cuda_arena_kind=vmm: cuda:0"), std::string::npos) << run.err;
+    // Not silently moved to host memory either.
+    ProcessExit auto_run = RunDaemonToExit({"--backend=auto", "--cuda_arena_kind=vmm"});
+    EXPECT_EQ(auto_run.code, 1) << auto_run.err;
+  }
+}
+
+// The host backend has no CUDA arenas: the flag changes nothing there, and auto without a device
+// still falls back to the CPU whatever arena kind was asked for.
+TEST(BackendSelectionTest, CudaArenaKindDoesNotStopTheHostBackend) {
+  for (const char* backend : {"--backend=cpu", "--backend=auto"}) {
+    if (std::string(backend) == "--backend=auto" && CudaDevicePresent()) continue;
+    DaemonProcess daemon;
+    ASSERT_OK(daemon.Start({backend, "--cuda_arena_kind=vmm"})) << backend;
+    ASSERT_OK_AND_ASSIGN(v1::DaemonStatus status, daemon.Admin()->GetStatus());
+    EXPECT_EQ(status.backend(), "cpu") << backend;
+  }
 }
 
 }  // namespace

@@ -18,8 +18,11 @@
 #include "gpu/batch_copy_plan.h"
 #include "gpu/cuda/batch_copy.cuh"
 #include "gpu/cuda/cuda_devices.h"
+#include "gpu/cuda/cuda_driver_api.h"
 #include "gpu/cuda/cuda_status.h"
+#include "gpu/cuda/cuda_vmm.h"
 #include "gpu/cuda/scoring/cuda_layer_scorer.h"
+#include "gpu/cuda_arena_kind.h"
 
 namespace kvkeep {
 namespace {
@@ -34,21 +37,12 @@ constexpr std::size_t kScratchAlign = 16;
 
 class CudaBackend;
 
-// One cudaMalloc'd arena. Freed (cudaFree on its device) on destruction. The driver documents
-// cudaFree before an importer's cudaIpcCloseMemHandle as undefined behaviour: the page pool frees
-// an arena only when no page of it is allocated (docs/architecture.md, "CUDA backend").
-class CudaArena final : public Arena {
+// One arena of device memory on the backend's device, an ordinary device pointer in this process
+// whichever way it was allocated (CudaIpcArena or CudaVmmArena below).
+class CudaArena : public Arena {
  public:
   CudaArena(const CudaBackend* owner, ArenaHandle handle, uint8_t* data)
       : owner_(owner), handle_(std::move(handle)), data_(data) {}
-  ~CudaArena() override {
-    ScopedCudaDevice on(handle_.device_ordinal);
-    const cudaError_t err = on.status().ok() ? cudaFree(data_) : cudaErrorInvalidDevice;
-    if (err != cudaSuccess) {
-      std::fprintf(stderr, "kvkeepd: cudaFree of a %zu-byte arena on cuda:%d failed: %s\n",
-                   handle_.size_bytes, handle_.device_ordinal, cudaGetErrorString(err));
-    }
-  }
   const ArenaHandle& handle() const override { return handle_; }
   uint8_t* data() const { return data_; }
   const CudaBackend* owner() const { return owner_; }
@@ -57,6 +51,40 @@ class CudaArena final : public Arena {
   const CudaBackend* const owner_;
   const ArenaHandle handle_;
   uint8_t* const data_;
+};
+
+// A cudaMalloc'd arena (CUDA_IPC), freed with cudaFree on destruction. The driver documents
+// cudaFree before an importer's cudaIpcCloseMemHandle as undefined behaviour: the page pool frees
+// an arena only when no page of it is allocated (docs/architecture.md, "CUDA backend").
+class CudaIpcArena final : public CudaArena {
+ public:
+  using CudaArena::CudaArena;
+  ~CudaIpcArena() override {
+    ScopedCudaDevice on(handle().device_ordinal);
+    const cudaError_t err = on.status().ok() ? cudaFree(data()) : cudaErrorInvalidDevice;
+    if (err != cudaSuccess) {
+      std::fprintf(stderr, "kvkeepd: cudaFree of a %zu-byte arena on cuda:%d failed: %s\n",
+                   handle().size_bytes, handle().device_ordinal, cudaGetErrorString(err));
+    }
+  }
+};
+
+// A cuMemCreate arena (CUDA_VMM_FD) exported as a POSIX fd (gpu/cuda/cuda_vmm.h). Dropping it
+// while workers map it is safe: the memory goes when the last mapping does.
+class CudaVmmArena final : public CudaArena {
+ public:
+  CudaVmmArena(const CudaBackend* owner, ArenaHandle handle,
+               std::unique_ptr<CudaVmmAllocation> allocation)
+      : CudaArena(owner, std::move(handle), allocation->data()),
+        allocation_(std::move(allocation)) {}
+  ~CudaVmmArena() override {
+    ScopedCudaDevice on(handle().device_ordinal);
+    allocation_.reset();
+  }
+  int export_fd() const override { return allocation_->export_fd(); }
+
+ private:
+  std::unique_ptr<CudaVmmAllocation> allocation_;
 };
 
 // A stream with the buffers one call needs. Idle (nothing enqueued) whenever it is in the free
@@ -131,8 +159,9 @@ absl::Status Settle(StreamSlot& s, absl::Status so_far) {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, std::string uuid, std::string summary)
+  CudaBackend(int device, std::string uuid, std::string summary, CudaArenaChoice arenas)
       : device_(device), uuid_(std::move(uuid)), summary_(std::move(summary)),
+        arena_kind_(arenas.kind), arena_why_(std::move(arenas.why)),
         scorer_(CreateCudaLayerScorer(device)) {}
 
   ~CudaBackend() override {
@@ -143,7 +172,9 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda"; }
-  std::string device() const override { return absl::StrCat("cuda:", device_, " ", summary_); }
+  std::string device() const override {
+    return absl::StrCat("cuda:", device_, " ", summary_, "; arenas ", arena_why_);
+  }
   int device_ordinal() const override { return device_; }
   // Scoring on this device (gpu/cuda/scoring/); thread-safe, calls serialised.
   DeviceLayerScorer* layer_scorer() override { return scorer_.get(); }
@@ -156,29 +187,30 @@ class CudaBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<Arena>> CreateArena(std::size_t bytes) override {
     if (bytes == 0) return absl::InvalidArgumentError("arena size must be > 0");
     RETURN_IF_ERROR(UseDevice());
-    void* p = nullptr;
-    RETURN_IF_ERROR(CudaStatus(cudaMalloc(&p, bytes), absl::StrCat("cudaMalloc of a ", bytes,
-                                                                   "-byte arena on cuda:", device_)));
-    // Owned from here: an error below frees it.
-    auto free_on_error = std::unique_ptr<void, void (*)(void*)>(p, [](void* q) {
-      (void)cudaFree(q);
-    });
-    {
-      ASSIGN_OR_RETURN(SlotLease lease, Lease());
-      RETURN_IF_ERROR(Settle(lease.slot(), CudaStatus(cudaMemsetAsync(p, 0, bytes,
-                                                                      lease.slot().stream),
-                                                      "zero-filling the arena")));
-    }
-    cudaIpcMemHandle_t ipc;
-    RETURN_IF_ERROR(CudaStatus(cudaIpcGetMemHandle(&ipc, p), "cudaIpcGetMemHandle"));
     ArenaHandle handle;
-    handle.kind = ArenaExportKind::kCudaIpc;
-    handle.handle.assign(ipc.reserved, sizeof(ipc.reserved));
+    handle.kind = arena_kind_;
     handle.size_bytes = bytes;
     handle.device_ordinal = device_;
     handle.device_uuid = uuid_;
-    auto arena = std::make_unique<CudaArena>(this, std::move(handle),
-                                             static_cast<uint8_t*>(free_on_error.release()));
+    std::unique_ptr<CudaArena> arena;
+    // Bytes to zero: all a worker can map, so no stale device memory of an earlier allocation
+    // (another tenant's) is readable past the export's size.
+    std::size_t zero_bytes = bytes;
+    if (arena_kind_ == ArenaExportKind::kCudaVmmFd) {
+      ASSIGN_OR_RETURN(std::unique_ptr<CudaVmmAllocation> allocation,
+                       CudaVmmAllocation::Create(device_, bytes));
+      zero_bytes = allocation->allocated_bytes();
+      arena = std::make_unique<CudaVmmArena>(this, std::move(handle), std::move(allocation));
+    } else {
+      ASSIGN_OR_RETURN(arena, CreateIpcArena(std::move(handle)));
+    }
+    {
+      ASSIGN_OR_RETURN(SlotLease lease, Lease());
+      RETURN_IF_ERROR(Settle(
+          lease.slot(), CudaStatus(cudaMemsetAsync(arena->data(), 0, zero_bytes,
+                                                   lease.slot().stream),
+                                   "zero-filling the arena")));
+    }
     return std::unique_ptr<Arena>(std::move(arena));
   }
 
@@ -395,6 +427,23 @@ class CudaBackend final : public Backend {
     StreamSlot* slot_;
   };
 
+  // A cudaMalloc'd arena of handle.size_bytes with its cudaIpc handle filled in (not zeroed yet).
+  absl::StatusOr<std::unique_ptr<CudaArena>> CreateIpcArena(ArenaHandle handle) const {
+    const std::size_t bytes = handle.size_bytes;
+    void* p = nullptr;
+    RETURN_IF_ERROR(CudaStatus(cudaMalloc(&p, bytes), absl::StrCat("cudaMalloc of a ", bytes,
+                                                                   "-byte arena on cuda:", device_)));
+    // Owned from here: an error below frees it.
+    auto free_on_error = std::unique_ptr<void, void (*)(void*)>(p, [](void* q) {
+      (void)cudaFree(q);
+    });
+    cudaIpcMemHandle_t ipc;
+    RETURN_IF_ERROR(CudaStatus(cudaIpcGetMemHandle(&ipc, p), "cudaIpcGetMemHandle"));
+    handle.handle.assign(ipc.reserved, sizeof(ipc.reserved));
+    return std::unique_ptr<CudaArena>(std::make_unique<CudaIpcArena>(
+        this, std::move(handle), static_cast<uint8_t*>(free_on_error.release())));
+  }
+
   absl::StatusOr<const CudaArena*> Own(const Arena& arena) const {
     auto* a = dynamic_cast<const CudaArena*>(&arena);
     if (a == nullptr || a->owner() != this) {
@@ -445,6 +494,8 @@ class CudaBackend final : public Backend {
   const int device_;
   const std::string uuid_;
   const std::string summary_;
+  const ArenaExportKind arena_kind_;  // kCudaVmmFd or kCudaIpc (gpu/cuda_arena_kind.h)
+  const std::string arena_why_;
   const std::unique_ptr<DeviceLayerScorer> scorer_;
 
   // The stream slots. Leasing is const: Read() is const and needs a stream like any call.
@@ -485,7 +536,11 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions&
   RETURN_IF_ERROR(CudaStatus(cudaFree(nullptr), absl::StrCat("initializing cuda:", device)));
   ASSIGN_OR_RETURN(std::string uuid, CudaDeviceUuid(device));
   ASSIGN_OR_RETURN(std::string summary, CudaDeviceSummary(device));
-  return std::unique_ptr<Backend>(new CudaBackend(device, std::move(uuid), std::move(summary)));
+  ASSIGN_OR_RETURN(const CudaVmmSupport support, QueryCudaVmmSupport(device));
+  ASSIGN_OR_RETURN(CudaArenaChoice arenas,
+                   ChooseCudaArenaExport(options.cuda_arena_kind, support, device));
+  return std::unique_ptr<Backend>(
+      new CudaBackend(device, std::move(uuid), std::move(summary), std::move(arenas)));
 }
 
 }  // namespace kvkeep

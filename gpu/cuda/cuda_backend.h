@@ -1,7 +1,13 @@
-// The CUDA backend: arenas are cudaMalloc'd device memory on one device, zero-filled, exported to
-// workers with cudaIpcGetMemHandle (ArenaExport kind CUDA_IPC, with the device's UUID so a worker
-// maps by identity, not ordinal). Host bytes move through a small pool of pinned staging buffers,
-// each with its own stream; CopyBatch is one kernel launch (gpu/cuda/batch_copy.cuh).
+// The CUDA backend: arenas are zero-filled device memory on one device, exported with the device's
+// UUID (a worker maps by identity, not ordinal) in one of two ways (options.cuda_arena_kind,
+// gpu/cuda_arena_kind.h):
+//  CUDA_VMM_FD: cuMemCreate allocations mapped with cuMemMap, exported as POSIX file descriptors
+//    (cuMemExportToShareableHandle) that the arena channel passes to the tenant's workers;
+//  CUDA_IPC: cudaMalloc + cudaIpcGetMemHandle, the fallback where the device or driver lacks the
+//    virtual memory API (workers then need hostIPC).
+// Either way an arena is an ordinary device pointer here. Host bytes move through a small pool of
+// pinned staging buffers, each with its own stream; CopyBatch is one kernel launch
+// (gpu/cuda/batch_copy.cuh).
 //
 //   ASSIGN_OR_RETURN(std::unique_ptr<Backend> cuda,
 //                    CreateCudaBackend({.kind = BackendKind::kCuda, .cuda_device = 0}));
@@ -22,7 +28,9 @@
 namespace kvkeep {
 
 // FAILED_PRECONDITION "no CUDA device ..." (with the CUDA error) when the runtime finds no driver
-// or no device; INVALID_ARGUMENT when options.cuda_device is not a visible device's ordinal.
+// or no device, and "--cuda_arena_kind=vmm: ..." when VMM arenas are demanded of a device or
+// driver that cannot export them; INVALID_ARGUMENT when options.cuda_device is not a visible
+// device's ordinal. device() names the arena export chosen and why.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions& options);
 
 }  // namespace kvkeep

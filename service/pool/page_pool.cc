@@ -183,7 +183,13 @@ absl::StatusOr<int> PagePool::DupExportFd(const std::string& owner, uint32_t are
         absl::StrCat("arena ", arena_id, " is exported by handle, not as a file descriptor"));
   }
   int fd = -1;
-  if (read_only) {
+  if (read_only && it->second->arena->handle().kind == ArenaExportKind::kCudaVmmFd) {
+    // A CUDA shareable handle cannot be reopened read-only (reopening it through /proc would
+    // give a fresh driver fd with no allocation behind it): the member's worker maps it with
+    // read access only (client/arena_mapping.h), which the daemon cannot enforce
+    // (docs/deploy.md, "Arena isolation").
+    fd = fcntl(source, F_DUPFD_CLOEXEC, 0);
+  } else if (read_only) {
     // A new open file description with read access only: mmap(PROT_WRITE) and mprotect to
     // writable both fail on it, whatever the receiver tries.
     fd = open(absl::StrCat("/proc/self/fd/", source).c_str(), O_RDONLY | O_CLOEXEC);

@@ -104,8 +104,10 @@ class PagePool {
   absl::StatusOr<ArenaInfo> GetArena(const std::string& owner, uint32_t arena_id) const;
   // A new fd (the caller closes it) of `owner`'s arena `arena_id`, for the arena channel: a dup of
   // the arena's export fd, or, `read_only`, the same memory re-opened O_RDONLY (through
-  // /proc/self/fd) so the receiver cannot map it writable. Taken under mu_, so the arena cannot be
-  // destroyed meanwhile. Errors as GetArena; FAILED_PRECONDITION for an arena exported by handle.
+  // /proc/self/fd) so the receiver cannot map it writable; a CUDA_VMM_FD arena's driver fd cannot
+  // be re-opened, so it is dup'ed either way (read-only is then the receiver's mapping). Taken
+  // under mu_, so the arena cannot be destroyed meanwhile. Errors as GetArena;
+  // FAILED_PRECONDITION for an arena exported by handle.
   absl::StatusOr<int> DupExportFd(const std::string& owner, uint32_t arena_id,
                                   bool read_only) const;
   std::vector<ArenaInfo> ArenasOf(const std::string& owner) const;

@@ -225,6 +225,7 @@ absl::Status Server::OpenBackend(const ServiceOptions& options, const std::strin
   BackendOptions backend_options;
   backend_options.kind = options.backend;
   backend_options.cuda_device = options.cuda_device;
+  backend_options.cuda_arena_kind = options.cuda_arena_kind;
   // Arenas are named after the data dir, so a restarted daemon finds what its crashed
   // predecessor left in /dev/shm.
   backend_options.shm_prefix = "kvkeep-" + HashToken(data_dir).substr(0, 12);

@@ -29,6 +29,8 @@ class ArenaMapping:
         else:
             if fd is not None:
                 os.close(fd)
+            # CUDA arenas (CUDA_VMM_FD, CUDA_IPC) are device memory: this package has no CUDA
+            # binding, so they are read and written over the bytes path.
             raise NotImplementedError(
                 f"cannot map arena kind {common_pb2.ArenaKind.Name(export.kind)} from Python "
                 "(HOST_MEMFD with its fd, or HOST_SHM); use the bytes path (write/read)")

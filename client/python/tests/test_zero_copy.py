@@ -75,7 +75,8 @@ if __name__ == "__main__":
 
 
 class CudaArenaTest(unittest.TestCase):
-    """Python maps only HOST_SHM; a CUDA_IPC export (kvkeepd --backend=cuda) is refused clearly."""
+    """Python maps only host arenas (HOST_MEMFD, HOST_SHM); CUDA exports (kvkeepd --backend=cuda:
+    CUDA_VMM_FD or CUDA_IPC) are refused clearly, pointing at the bytes path."""
 
     def test_cuda_ipc_export_is_refused_naming_the_bytes_path(self):
         from kvkeep._proto import common_pb2
@@ -84,4 +85,22 @@ class CudaArenaTest(unittest.TestCase):
                                         size_bytes=1 << 20, device_ordinal=0,
                                         device_uuid="GPU-00000000-1111-2222-3333-444444444444")
         with self.assertRaisesRegex(NotImplementedError, r"CUDA_IPC.*bytes path"):
+            ArenaMapping(export)
+
+    def test_cuda_vmm_fd_export_is_refused_and_its_fd_closed(self):
+        """A CUDA_VMM_FD arena (cuMemCreate, its fd from the arena channel) is device memory too:
+        Python does not map it (no CUDA binding here) and closes the fd it was handed."""
+        import os
+        from kvkeep._proto import common_pb2
+        from kvkeep.shm import ArenaMapping
+        export = common_pb2.ArenaExport(arena_id=4, kind=common_pb2.CUDA_VMM_FD,
+                                        size_bytes=1 << 21, device_ordinal=0,
+                                        device_uuid="GPU-00000000-1111-2222-3333-444444444444")
+        read_end, write_end = os.pipe()
+        os.close(write_end)
+        with self.assertRaisesRegex(NotImplementedError, r"CUDA_VMM_FD.*bytes path"):
+            ArenaMapping(export, read_end)
+        with self.assertRaises(OSError):
+            os.fstat(read_end)
+        with self.assertRaisesRegex(NotImplementedError, r"CUDA_VMM_FD.*bytes path"):
             ArenaMapping(export)
