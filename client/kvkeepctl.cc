@@ -6,27 +6,30 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/admin_client.h"
+#include "client/kvkeepctl_connect.h"
 #include "client/kvkeepctl_fleet.h"
+#include "client/kvkeepctl_format.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace kvkeep {
 namespace {
+
+using ctl::HumanBytes;
+using ctl::ParseSize;
+using ctl::PrintJson;
+using ctl::PrintTable;
 
 // One command of the CLI and the Admin RPC it calls.
 struct Command {
@@ -48,12 +51,18 @@ const std::vector<Command>& Commands() {
       {"status", "", "the daemon at a glance", "pool, tenants, sessions, sequences and the spill tier at a glance",
        "GetStatus", {}, "kvkeepctl status\nkvkeepctl --json status"},
       {"top", "[--interval S] [--iterations N]", "live per-tenant usage",
-       "live per-tenant usage, refreshed every S seconds (default 1; N = 0 runs until Ctrl-C; "
+       "live per-tenant usage (pool bytes and pages, spill, charged daemon memory), refreshed "
+       "every S seconds (default 1; N = 0 runs until Ctrl-C; "
        "--json prints one document per refresh)",
        "GetStatus (polled)", {"interval", "iterations"},
        "kvkeepctl top --interval 2\nkvkeepctl --json top --iterations 10 --interval 5"},
-      {"tenant list", "", "tenants with budgets and usage", "every tenant: guarantee, maximum, weight, usage, spill, sharing group",
-       "ListTenants", {}, "kvkeepctl tenant list\nkvkeepctl --json tenant list | jq '.tenants[].usedBytes'"},
+      {"tenant list", "", "tenants with budgets and usage",
+       "every tenant: guarantee, maximum, weight, usage, spill, sharing group, and the daemon "
+       "memory (page tables, statistics, models) charged to it with its bound (METADATA, "
+       "METADATA-MAX)",
+       "ListTenants", {},
+       "kvkeepctl tenant list\nkvkeepctl --json tenant list | jq '.tenants[].usedBytes'\n"
+       "kvkeepctl --json tenant list | jq '.tenants[] | {name, metadataBytes}'"},
       {"tenant create",
        "NAME [--quota SIZE] [--max SIZE] [--weight N] [--spill-quota SIZE] [--sharing-group G] "
        "[--token TOKEN]", "create a tenant (prints its token once)",
@@ -210,67 +219,10 @@ int FailStatus(const absl::Status& status) {
   return 1;
 }
 
-bool ParseSize(const std::string& text, uint64_t* out) {
-  std::string t = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
-  static const std::vector<std::pair<std::string, int>> kUnits = {
-      {"tib", 40}, {"gib", 30}, {"mib", 20}, {"kib", 10}, {"t", 40}, {"g", 30},
-      {"m", 20},   {"k", 10},   {"b", 0}};
-  int shift = 0;
-  for (const auto& [suffix, s] : kUnits) {
-    if (t.size() > suffix.size() &&
-        t.compare(t.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      t = t.substr(0, t.size() - suffix.size());
-      shift = s;
-      break;
-    }
-  }
-  uint64_t value = 0;
-  if (!absl::SimpleAtoi(t, &value)) return false;
-  if (shift > 0 && value > (UINT64_MAX >> shift)) return false;
-  *out = value << shift;
-  return true;
-}
-
-std::string HumanBytes(uint64_t bytes) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? absl::StrCat(bytes, " B") : absl::StrFormat("%.1f %s", v, kUnits[u]);
-}
-
-// Prints rows as columns aligned to the widest cell.
-void PrintTable(const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> width;
-  for (const auto& row : rows) {
-    if (width.size() < row.size()) width.resize(row.size(), 0);
-    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
-  }
-  for (const auto& row : rows) {
-    std::string line;
-    for (size_t i = 0; i < row.size(); ++i) {
-      line += row[i];
-      if (i + 1 < row.size()) line += std::string(width[i] - row[i].size() + 2, ' ');
-    }
-    std::printf("%s\n", line.c_str());
-  }
-}
-
-void PrintJson(const google::protobuf::Message& message) {
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  options.always_print_primitive_fields = true;
-  std::string out;
-  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
-  std::printf("%s", out.c_str());
-}
-
 std::vector<std::string> TenantHeader() {
   return {"TENANT",    "GUARANTEED", "MAX",     "WEIGHT", "FAIR-SHARE", "USED",  "PAGES",
-          "SESSIONS",  "SEQUENCES",  "SPILLED", "SPILL-QUOTA", "GROUP", "SHARED"};
+          "SESSIONS",  "SEQUENCES",  "SPILLED", "SPILL-QUOTA", "GROUP", "SHARED", "METADATA",
+          "METADATA-MAX"};
 }
 
 std::vector<std::string> TenantRow(const v1::TenantInfo& t) {
@@ -286,7 +238,9 @@ std::vector<std::string> TenantRow(const v1::TenantInfo& t) {
           HumanBytes(t.spilled_bytes()),
           HumanBytes(t.spill_quota_bytes()),
           t.sharing_group().empty() ? "-" : t.sharing_group(),
-          HumanBytes(t.shared_charge_bytes())};
+          HumanBytes(t.shared_charge_bytes()),
+          HumanBytes(t.metadata_bytes()),
+          t.max_metadata_bytes() == 0 ? "none" : HumanBytes(t.max_metadata_bytes())};
 }
 
 struct Args {
@@ -332,14 +286,6 @@ bool ParseArgs(int argc, char** argv, Args* args, std::string* error) {
     }
   }
   return true;
-}
-
-std::string ReadTokenFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return "";
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return std::string(absl::StripAsciiWhitespace(ss.str()));
 }
 
 bool ParseNumber(const std::string& text, double* out) { return absl::SimpleAtod(text, out); }
@@ -770,28 +716,9 @@ int Run(int argc, char** argv) {
     return Fail(absl::StrCat("wrong number of arguments; usage: ", CommandUsage(*cmd)));
   }
 
-  ChannelOptions channel;
-  const char* env_socket = std::getenv("KVKEEP_SOCKET");
-  std::string socket = args.flags.count("socket") ? args.flags["socket"]
-                       : env_socket != nullptr    ? env_socket
-                                                  : "./kvkeep-data/kvkeepd.sock";
-  channel.target = args.flags.count("target") ? args.flags["target"] : "unix:" + socket;
-  std::string token;
-  const char* env_token = std::getenv("KVKEEP_ADMIN_TOKEN");
-  if (args.flags.count("admin-token")) {
-    token = args.flags["admin-token"];
-  } else if (env_token != nullptr && *env_token != '\0') {
-    token = env_token;
-  } else {
-    std::string file = args.flags.count("admin-token-file") ? args.flags["admin-token-file"]
-                                                             : "./kvkeep-data/admin.token";
-    token = ReadTokenFile(file);
-    if (token.empty()) {
-      return Fail("no admin token: cannot read " + file +
-                  " (give --admin-token-file, --admin-token or $KVKEEP_ADMIN_TOKEN)");
-    }
-  }
-  auto admin = AdminClient::Connect(channel, token);
+  absl::StatusOr<ctl::Connection> connection = ctl::ResolveConnection(args.flags);
+  if (!connection.ok()) return Fail(std::string(connection.status().message()));
+  auto admin = AdminClient::Connect(connection->channel, connection->token);
   Ctx c{args, *admin, args.flags.count("json") > 0};
   const std::string first = args.positional[0];
   const std::string sub = words > 1 ? args.positional[1] : "";
