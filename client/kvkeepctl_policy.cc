@@ -12,7 +12,6 @@
 namespace kvkeep::ctl {
 namespace {
 
-
 bool ParseNumber(const std::string& text, double* out) { return absl::SimpleAtod(text, out); }
 template <typename T>  // an integer
 bool ParseNumber(const std::string& text, T* out) { return absl::SimpleAtoi(text, out); }
