@@ -6,25 +6,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "google/protobuf/util/json_util.h"
+#include "client/kvkeepctl_context.h"
+#include "client/kvkeepctl_format.h"
 
 namespace kvkeep::ctl {
 namespace {
-
-int Refused(const absl::Status& status) {
-  std::fprintf(stderr, "kvkeepctl: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
-               std::string(status.message()).c_str());
-  return 1;
-}
-
-void PrintJson(const google::protobuf::Message& message) {
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  options.always_print_primitive_fields = true;
-  std::string out;
-  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
-  std::printf("%s", out.c_str());
-}
 
 void PrintCounters(const v1::FleetCountersProto& c) {
   std::printf("  %-16s lookups %llu  hit pages %llu  misses %llu  corrupt %llu  read errors %llu"
@@ -60,7 +46,7 @@ int RunGroupSetSecret(AdminClient& admin, const std::string& group, const std::s
   std::string secret = text.str();
   if (!secret.empty() && secret.back() == '\n') secret.pop_back();
   auto reply = admin.SetGroupSecret(group, secret);
-  if (!reply.ok()) return Refused(reply.status());
+  if (!reply.ok()) return FailStatus(reply.status());
   if (json) {
     PrintJson(*reply);
   } else {
@@ -73,7 +59,7 @@ int RunGroupSetSecret(AdminClient& admin, const std::string& group, const std::s
 
 int RunFleetStatus(AdminClient& admin, bool json) {
   auto s = admin.GetFleetStatus();
-  if (!s.ok()) return Refused(s.status());
+  if (!s.ok()) return FailStatus(s.status());
   if (json) {
     PrintJson(*s);
     return 0;

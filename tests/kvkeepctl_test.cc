@@ -9,6 +9,8 @@
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
 #include "kvkeep/v1/admin.grpc.pb.h"
+#include "service/engine/metadata_charge.h"
+#include "service/engine/model_layout.h"
 #include "tests/daemon_process.h"
 
 namespace kvkeep::testing {
@@ -249,6 +251,50 @@ TEST_F(KvkeepctlTest, TenantTablesShowWeightMaxSpillQuotaAndSharingGroup) {
   CtlRun none = Ctl("tenant set-quota alpha");
   EXPECT_EQ(none.code, 2);
   EXPECT_TRUE(Has(none, "--sharing-group"));
+}
+
+// Issue 13: the daemon heap charged to a tenant (page tables, statistics, models) and its bound,
+// through the real ListTenants RPC, then in kvkeepctl's tables and --json.
+TEST_F(KvkeepctlTest, TenantMetadataChargeAndBoundAreShownByTheApiAndTheTables) {
+  daemon_.Stop(SIGTERM);
+  ASSERT_OK(daemon_.Start({"--max_metadata_bytes_per_tenant=3145728"}));  // 3 MiB
+  ASSERT_OK_AND_ASSIGN(std::string token, daemon_.CreateTenant("alpha"));
+  auto admin = daemon_.Admin();
+  auto alpha = [&]() -> v1::TenantInfo {
+    absl::StatusOr<v1::ListTenantsReply> list = admin->ListTenants();
+    EXPECT_OK(list);
+    if (!list.ok() || list->tenants_size() != 1) return {};
+    return list->tenants(0);
+  };
+  EXPECT_EQ(alpha().metadata_bytes(), 0u);
+  EXPECT_EQ(alpha().max_metadata_bytes(), 3u << 20);
+
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Attach(daemon_.channel(), token, "worker-1"));
+  ASSERT_OK(client->RegisterModel(TestLayout()));
+  const uint64_t model_bytes = alpha().metadata_bytes();
+  EXPECT_GT(model_bytes, 0u);
+  ASSERT_OK_AND_ASSIGN(Model model, Model::FromLayout(TestLayout()));
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("test-model"));
+  EXPECT_EQ(alpha().metadata_bytes(), model_bytes + EmptySequenceBytes(model));
+  ASSERT_OK(client->Allocate(seq, 40).status());  // 10 page ids per head table
+  const uint64_t with_table = alpha().metadata_bytes();
+  EXPECT_GE(with_table, model_bytes + EmptySequenceBytes(model) +
+                            uint64_t{model.head_tables()} * 10 * sizeof(uint64_t));
+
+  CtlRun list = Ctl("tenant list");
+  ASSERT_EQ(list.code, 0) << list.out;
+  EXPECT_TRUE(Has(list, "SHARED  METADATA")) << list.out;
+  EXPECT_TRUE(Has(list, "METADATA-MAX")) << list.out;
+  EXPECT_TRUE(Has(list, "3.0 MiB")) << list.out;
+  CtlRun json = Ctl("--json tenant list");
+  ASSERT_EQ(json.code, 0);
+  EXPECT_TRUE(Has(json, absl::StrCat("\"metadataBytes\": \"", with_table, "\""))) << json.out;
+  EXPECT_TRUE(Has(json, "\"maxMetadataBytes\": \"3145728\"")) << json.out;
+  EXPECT_TRUE(Has(Ctl("status"), "METADATA-MAX"));
+  EXPECT_TRUE(Has(Ctl("top --iterations 1"), "METADATA-MAX"));
+
+  ASSERT_OK(client->Drop(seq).status());
+  EXPECT_EQ(alpha().metadata_bytes(), model_bytes);
 }
 
 }  // namespace

@@ -40,6 +40,8 @@ v1::TenantInfo CacheEngine::TenantInfoLocked(const Tenant& t) const {
   info.set_pressure_evicted_pages(charges.pressure_evicted_pages);
   info.set_sharing_group(t.record.sharing_group());
   info.set_shared_charge_bytes(charges.shared_charge_bytes);
+  info.set_metadata_bytes(charges.metadata_bytes);
+  info.set_max_metadata_bytes(ledger_.metadata_bytes_per_tenant());
   return info;
 }
 

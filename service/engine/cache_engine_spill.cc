@@ -62,8 +62,8 @@ absl::Status CacheEngine::LoadSpilled() {
 absl::StatusOr<v1::SpillReply> CacheEngine::SpillHeld(Sequence* seq,
                                                       const std::string& caller_session,
                                                       bool ignore_leases) {
+  // Spiller::Spill re-charges the sequence's metadata (its table's vectors are freed).
   ASSIGN_OR_RETURN(Spiller::Spilled spilled, spiller_.Spill(seq, caller_session, ignore_leases));
-  RechargeMetadata(ledger_, *seq);  // the table's vectors were freed
   v1::SpillReply reply;
   reply.set_bytes(spilled.bytes);
   reply.set_pages_freed(static_cast<uint32_t>(spilled.pages_freed));

@@ -36,4 +36,10 @@ void RechargeMetadata(Ledger& ledger, Sequence& seq) {
   seq.metadata_bytes = now;
 }
 
+void ShrinkAndRecharge(Ledger& ledger, Sequence& seq) {
+  seq.table.ShrinkToFit();
+  seq.stats.ShrinkToFit();
+  RechargeMetadata(ledger, seq);
+}
+
 }  // namespace kvkeep

@@ -11,7 +11,12 @@
 //   ... change the sequence ...
 //   RechargeMetadata(ledger, seq);                              // after, under seq.mu
 //
-// Pure functions (RechargeMetadata writes the sequence's figure: the caller holds seq.mu).
+// A sequence that shrinks without a call of its owner (pressure relief drops, compresses or
+// spills it) is re-charged at once by the one who shrank it: ShrinkAndRecharge (drop, compress),
+// Spiller::Spill (its table's vectors are freed).
+//
+// Pure functions (RechargeMetadata and ShrinkAndRecharge write the sequence: the caller holds
+// seq.mu, and takes Ledger::mu_ after it, as the lock order wants).
 #ifndef KVKEEP_SERVICE_ENGINE_METADATA_CHARGE_H_
 #define KVKEEP_SERVICE_ENGINE_METADATA_CHARGE_H_
 
@@ -44,6 +49,11 @@ uint64_t MaxStatsGrowthBytes(const Model& model, const SequenceStats& stats,
 // Brings the ledger's metadata charge of `seq` to SequenceHeapBytes(seq) (never refused: the
 // admission happened before the change, with ChargeMetadata).
 void RechargeMetadata(Ledger& ledger, Sequence& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq.mu);
+
+// After pages and tokens left `seq` without a call of its owner (pressure relief dropped or
+// compressed them): gives its table's and statistics' unused vector capacity back to the heap,
+// then RechargeMetadata, so its tenant is charged at once what the shrunk sequence holds.
+void ShrinkAndRecharge(Ledger& ledger, Sequence& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq.mu);
 
 }  // namespace kvkeep
 

@@ -9,6 +9,7 @@
 #include "gpu/math/dtype.h"
 #include "gtest/gtest.h"
 #include "service/engine/cache_engine.h"
+#include "service/engine/metadata_charge.h"
 #include "service/storage/fault_env.h"
 #include "service/storage/spill_store.h"
 
@@ -57,14 +58,8 @@ class PoolPressureTest : public ::testing::Test {
     w.set_high_free(0);
     ASSERT_OK(engine_->SetWatermarks(w));
   }
-  std::string Tenant(const std::string& name, uint64_t quota_pages = 0, uint32_t weight = 1,
-                     bool no_protection = false) {
-    v1::CreateTenantRequest r;
-    r.set_name(name);
-    r.set_quota_bytes(quota_pages * kPage);
-    r.set_weight(weight);
-    r.set_spill_quota_bytes(64 * kPage);
-    EXPECT_OK(engine_->CreateTenant(r));
+  // Every tenant's model "m": one layer, one KV head.
+  static v1::ModelLayout Layout() {
     v1::ModelLayout l;
     l.set_name("m");
     l.set_layers(1);
@@ -73,7 +68,26 @@ class PoolPressureTest : public ::testing::Test {
     l.set_head_dim(kDim);
     l.set_dtype(v1::DTYPE_FP16);
     l.set_tokens_per_page(kTpp);
-    auto model = Model::FromLayout(l);
+    return l;
+  }
+  // What metadata_charge.h computes for one sequence of model "m" without statistics whose head
+  // holds `pages` full pages and nothing more: the empty sequence, then its page ids and
+  // positions, each vector holding exactly what it needs.
+  static uint64_t ShrunkSequenceBytes(uint64_t pages) {
+    absl::StatusOr<Model> model = Model::FromLayout(Layout());
+    EXPECT_OK(model);
+    if (!model.ok()) return 0;
+    return EmptySequenceBytes(*model) + pages * sizeof(uint64_t) + pages * kTpp * sizeof(int32_t);
+  }
+  std::string Tenant(const std::string& name, uint64_t quota_pages = 0, uint32_t weight = 1,
+                     bool no_protection = false) {
+    v1::CreateTenantRequest r;
+    r.set_name(name);
+    r.set_quota_bytes(quota_pages * kPage);
+    r.set_weight(weight);
+    r.set_spill_quota_bytes(64 * kPage);
+    EXPECT_OK(engine_->CreateTenant(r));
+    auto model = Model::FromLayout(Layout());
     EXPECT_OK(model);
     EXPECT_OK(engine_->RegisterModel(name, std::move(*model)));
     if (no_protection) {
@@ -517,6 +531,78 @@ TEST_F(PoolPressureTest, CompressPolicySpillsWhenCompressionIsNotEnough) {
   EXPECT_EQ(list.sequences(0).tier(), v1::TIER_SPILLED);
   EXPECT_EQ(engine_->Status().pressure_compressions(), 0u);
   EXPECT_EQ(engine_->Status().pressure_spills(), 1u);
+}
+
+// Issue 13: a sequence pool pressure shrinks without a call of its owner is re-charged its daemon
+// heap at once (under its mu), not at the owner's next call. Spilled: its table's vectors are
+// freed, only the empty sequence stays charged.
+TEST_F(PoolPressureTest, PressureSpillRechargesTheSequencesMetadataAtOnce) {
+  Open(16, PressurePolicy::kLru, /*with_spill=*/true);
+  const std::string sa = Tenant("a"), sb = Tenant("b");
+  const uint64_t model_bytes = Info("a").metadata_bytes();  // its model "m"
+  ASSERT_GT(model_bytes, 0u);
+  EXPECT_EQ(Info("a").max_metadata_bytes(), EngineOptions().max_metadata_bytes_per_tenant);
+  const std::string a = Make("a", sa, {0, 0, 0, 0, 0, 0, 0, 0});
+  ASSERT_GE(Info("a").metadata_bytes(), model_bytes + ShrunkSequenceBytes(8));
+  // b needs 12 pages, 8 are free: a's sequence (unleased, least recently used) is spilled.
+  const std::string b = Make("b", sb, {}, /*keep_lease=*/true);
+  ASSERT_OK(Allocate("b", b, 12 * kTpp));
+  ASSERT_EQ(engine_->Status().pressure_spills(), 1u);
+  EXPECT_EQ(Info("a").metadata_bytes(), model_bytes + ShrunkSequenceBytes(0));
+  // Restoring it (its owner's call) charges the table again.
+  v1::ReleaseRequest rel;
+  rel.set_session_id(sb);
+  rel.set_sequence_id(b);
+  ASSERT_OK(engine_->Release("b", rel));
+  v1::DropRequest drop;
+  drop.set_sequence_id(b);
+  ASSERT_OK(engine_->Drop("b", drop).status());
+  v1::RestoreRequest restore;
+  restore.set_sequence_id(a);
+  ASSERT_OK(engine_->Restore("a", restore).status());
+  EXPECT_GE(Info("a").metadata_bytes(), model_bytes + ShrunkSequenceBytes(8));
+}
+
+// Pages dropped by capacity cost: the table's vectors are shrunk to the pages and tokens left and
+// the tenant is charged exactly that, with no further call.
+TEST_F(PoolPressureTest, CapacityEvictionRechargesTheShrunkTableAtOnce) {
+  Open(12);
+  const std::string sa = Tenant("a"), sc = Tenant("c");
+  const uint64_t model_bytes = Info("a").metadata_bytes();
+  const std::string a = Make("a", sa, {0, 0, 1, 0, 2, 3, 0, 0});
+  const uint64_t before = Info("a").metadata_bytes();
+  ASSERT_GE(before, model_bytes + ShrunkSequenceBytes(8));
+  // c, guaranteed 8 pages, asks for them: 4 are free, 4 of a's pages go.
+  v1::SetQuotaRequest q;
+  q.set_name("c");
+  q.set_quota_bytes(8 * kPage);
+  ASSERT_OK(engine_->SetQuota(q));
+  const std::string c = Make("c", sc, {}, /*keep_lease=*/true);
+  ASSERT_OK(Allocate("c", c, 8 * kTpp));
+  ASSERT_EQ(engine_->Status().pressure_evicted_pages(), 4u);
+  EXPECT_EQ(Info("a").metadata_bytes(), model_bytes + ShrunkSequenceBytes(4));
+  EXPECT_LT(Info("a").metadata_bytes(), before);
+  EXPECT_EQ(Pages("a", a).size(), 4u);  // only read after the charge was checked
+}
+
+// Compressed under --pressure_policy=compress: the same, for the compressed table.
+TEST_F(PoolPressureTest, PressureCompressionRechargesTheShrunkTableAtOnce) {
+  Open(20, PressurePolicy::kCompress);
+  const std::string sa = Tenant("a"), sb = Tenant("b"), sc = Tenant("c");
+  SetPolicy("a", "streaming", /*sinks=*/kTpp, /*window=*/kTpp);
+  const uint64_t model_bytes = Info("a").metadata_bytes();
+  const std::string a = Make("a", sa, {1, 0, 0, 0, 0, 0, 0, 1});
+  Make("b", sb, {0, 0, 0, 0}, /*keep_lease=*/true);
+  // c, guaranteed 12 pages, asks for them: 8 are free, a's sequence gives 4.
+  v1::SetQuotaRequest q;
+  q.set_name("c");
+  q.set_quota_bytes(12 * kPage);
+  ASSERT_OK(engine_->SetQuota(q));
+  const std::string c = Make("c", sc, {}, /*keep_lease=*/true);
+  ASSERT_OK(Allocate("c", c, 12 * kTpp));
+  ASSERT_EQ(engine_->Status().pressure_compressed_pages(), 4u);
+  EXPECT_EQ(Info("a").metadata_bytes(), model_bytes + ShrunkSequenceBytes(4));
+  EXPECT_EQ(Pages("a", a).size(), 4u);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "service/engine/adopt_lock.h"
+#include "service/engine/metadata_charge.h"
 #include "service/observability/log.h"
 #include "service/pool/page_costs.h"
 
@@ -15,11 +16,6 @@ namespace {
 
 // How long an allocation waits for the background thread to relieve pressure (capacity policy).
 constexpr absl::Duration kReliefWait = absl::Seconds(10);
-
-uint64_t Recency(absl::Time t) {
-  const int64_t ns = absl::ToUnixNanos(t);
-  return ns < 0 ? 0 : static_cast<uint64_t>(ns);
-}
 
 }  // namespace
 
@@ -180,7 +176,7 @@ std::vector<VictimCandidate> PressureRelief::CollectVictims(std::vector<Scored>&
     }
     const uint32_t tpp = seq.table.tokens_per_page();
     const uint64_t page_bytes = seq.model->geometry().page_bytes;
-    const uint64_t recency = Recency(sessions_->LastAccess(seq.tenant, seq.id));
+    const uint64_t recency = RecencyOf(seq);
     for (uint32_t h = 0; h < seq.table.heads(); ++h) {
       const uint64_t count = seq.table.head(h).count;
       seqs[i].counts.push_back(static_cast<uint32_t>(count));
@@ -236,6 +232,7 @@ uint64_t PressureRelief::DropPages(Scored& s, std::vector<size_t>& mine,
   const uint64_t bytes = pages.size() * page_bytes;
   pool_->Free(pages);
   ledger_->EvictPages(seq.tenant, pages.size(), page_bytes);
+  ShrinkAndRecharge(*ledger_, seq);  // its table is shorter now, without a call of its owner
   evicted_pages_ += pages.size();
   evicted_tokens_ += pages.size() * tpp;
   log::Info("pressure.evict_pages", {{"tenant", seq.tenant}, {"sequence", seq.id},
@@ -244,27 +241,41 @@ uint64_t PressureRelief::DropPages(Scored& s, std::vector<size_t>& mine,
   return bytes;
 }
 
-uint64_t PressureRelief::RelieveByCapacity(uint64_t want_bytes, const std::string& requester) {
-  if (Target(want_bytes) == 0) return 0;
+uint64_t PressureRelief::RecencyOf(const Sequence& seq) const {
+  const int64_t ns = absl::ToUnixNanos(sessions_->LastAccess(seq.tenant, seq.id));
+  return ns < 0 ? 0 : static_cast<uint64_t>(ns);
+}
+
+std::optional<PressureRelief::CostedPass> PressureRelief::StartCostedPass(
+    uint64_t want_bytes, const std::string& requester) {
+  if (Target(want_bytes) == 0) return std::nullopt;
   RefreshPageCosts();
-  const uint64_t target = Target(want_bytes);
-  if (target == 0) return 0;
+  CostedPass pass;
+  pass.target = Target(want_bytes);
+  if (pass.target == 0) return std::nullopt;
   // The asking tenant stands as it will after its allocation: at or above its share it may
   // still displace its own pages, never other tenants' within their shares.
-  absl::flat_hash_map<std::string, TenantStanding> standings =
-      ledger_->Standings(requester, want_bytes);
-  std::vector<Scored> seqs;
+  pass.standings = ledger_->Standings(requester, want_bytes);
   for (Host::Candidate& c : host_->UnleasedSequences()) {
-    seqs.push_back({std::move(c.seq), {}, c.sinks, c.window});
+    pass.seqs.push_back({std::move(c.seq), {}, c.sinks, c.window});
   }
-  const std::vector<VictimCandidate> candidates = CollectVictims(seqs);
-  std::vector<size_t> chosen = ChooseVictims(candidates, &standings, target, requester);
+  return pass;
+}
+
+uint64_t PressureRelief::RelieveByCapacity(uint64_t want_bytes, const std::string& requester) {
+  std::optional<CostedPass> pass = StartCostedPass(want_bytes, requester);
+  if (!pass.has_value()) return 0;
+  const std::vector<VictimCandidate> candidates = CollectVictims(pass->seqs);
+  std::vector<size_t> chosen =
+      ChooseVictims(candidates, &pass->standings, pass->target, requester);
   absl::flat_hash_map<size_t, std::vector<size_t>> by_seq;
   for (size_t c : chosen) by_seq[candidates[c].sequence].push_back(c);
   uint64_t freed = 0;
-  for (auto& [index, mine] : by_seq) freed += DropPages(seqs[index], mine, candidates, requester);
+  for (auto& [index, mine] : by_seq) {
+    freed += DropPages(pass->seqs[index], mine, candidates, requester);
+  }
   // Not enough (nothing cheap enough may go, or costs were missing): spill.
-  if (freed < target) freed += SpillLeastRecent(target - freed);
+  if (freed < pass->target) freed += SpillLeastRecent(pass->target - freed);
   return freed;
 }
 

@@ -11,6 +11,9 @@
 // compressed), each with its tenant's policy at the keep ratio the plan leaves it
 // (pressure_relief_compress.cc), then spills. Leased sequences are never touched,
 // and relief never waits on a busy sequence (TryLock; its holder may be the allocation asking).
+// A sequence it shrinks is re-charged its metadata at once, under its mu (metadata_charge.h:
+// ShrinkAndRecharge after a drop or compression, Spiller::Spill after a spill), not at its
+// owner's next call.
 //
 // Which thread runs it is explicit: RelieveForAllocation runs on a request thread and hands
 // capacity scoring to the engine's background thread (waiting for it); the background thread's
@@ -30,9 +33,11 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "gpu/backend.h"
 #include "service/engine/compress_pressure.h"
@@ -115,6 +120,18 @@ class PressureRelief {
     std::vector<uint32_t> counts;  // head counts the candidates were taken from
     int sinks = 0, window = 0;
   };
+  // What both costed policies (kCapacity, kCompress) start from: the bytes still to free after
+  // the page costs were refreshed, every tenant's standing (the requester's as it will be after
+  // its allocation) and the unleased sequences.
+  struct CostedPass {
+    uint64_t target = 0;
+    absl::flat_hash_map<std::string, TenantStanding> standings;
+    std::vector<Scored> seqs;
+  };
+  // nullopt when nothing needs to be freed (before or after refreshing the page costs).
+  std::optional<CostedPass> StartCostedPass(uint64_t want_bytes, const std::string& requester);
+  // A sequence's last access as the victim and compression plans order it.
+  uint64_t RecencyOf(const Sequence& seq) const;
   // Every droppable full page of the scored sequences (fills Scored::counts).
   std::vector<VictimCandidate> CollectVictims(std::vector<Scored>& seqs);
   // Drops the chosen pages `mine` of `s` when it is unchanged since scoring; returns bytes freed.

@@ -5,20 +5,12 @@
 // plan leaves it (Host::CompressForPressure), and what is still short is spilled.
 #include <algorithm>
 
-#include "absl/container/flat_hash_map.h"
 #include "service/engine/adopt_lock.h"
+#include "service/engine/metadata_charge.h"
 #include "service/engine/pressure_relief.h"
 #include "service/observability/log.h"
 
 namespace kvkeep {
-namespace {
-
-uint64_t RecencyOf(absl::Time t) {
-  const int64_t ns = absl::ToUnixNanos(t);
-  return ns < 0 ? 0 : static_cast<uint64_t>(ns);
-}
-
-}  // namespace
 
 bool PressureRelief::DescribeForCompression(Scored& s, CompressCandidate* out) {
   Sequence& seq = *s.seq;
@@ -48,7 +40,7 @@ bool PressureRelief::DescribeForCompression(Scored& s, CompressCandidate* out) {
   }
   out->tenant = seq.tenant;
   out->page_bytes = seq.model->geometry().page_bytes;
-  out->recency = RecencyOf(sessions_->LastAccess(seq.tenant, seq.id));
+  out->recency = RecencyOf(seq);
   out->page_losses = NormalisedPageLosses(costs, droppable);
   return !out->page_losses.empty();
 }
@@ -76,6 +68,7 @@ uint64_t PressureRelief::CompressPlanned(Scored& s, uint32_t pages,
                                             {"error", done.status().ToString()}});
     return 0;
   }
+  ShrinkAndRecharge(*ledger_, seq);  // its table is shorter now, without a call of its owner
   const uint64_t bytes = done->pages * seq.model->geometry().page_bytes;
   ++compressions_;
   compressed_pages_ += done->pages;
@@ -88,29 +81,24 @@ uint64_t PressureRelief::CompressPlanned(Scored& s, uint32_t pages,
 }
 
 uint64_t PressureRelief::RelieveByCompression(uint64_t want_bytes, const std::string& requester) {
-  if (Target(want_bytes) == 0) return 0;
-  RefreshPageCosts();
-  const uint64_t target = Target(want_bytes);
-  if (target == 0) return 0;
-  // The asking tenant stands as it will after its allocation (as under kCapacity).
-  absl::flat_hash_map<std::string, TenantStanding> standings =
-      ledger_->Standings(requester, want_bytes);
+  std::optional<CostedPass> pass = StartCostedPass(want_bytes, requester);
+  if (!pass.has_value()) return 0;
   std::vector<Scored> seqs;
   std::vector<CompressCandidate> candidates;
-  for (Host::Candidate& c : host_->UnleasedSequences()) {
-    Scored s{std::move(c.seq), {}, c.sinks, c.window};
+  for (Scored& s : pass->seqs) {
     CompressCandidate candidate;
     if (!DescribeForCompression(s, &candidate)) continue;
     seqs.push_back(std::move(s));
     candidates.push_back(std::move(candidate));
   }
-  const CompressPlan plan = PlanPressureCompression(candidates, &standings, target, requester);
+  const CompressPlan plan =
+      PlanPressureCompression(candidates, &pass->standings, pass->target, requester);
   uint64_t freed = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (plan.pages[i] > 0) freed += CompressPlanned(seqs[i], plan.pages[i], requester);
   }
   // Not enough (shares forbid more, costs or statistics were missing, shared prefixes): spill.
-  if (freed < target) freed += SpillLeastRecent(target - freed);
+  if (freed < pass->target) freed += SpillLeastRecent(pass->target - freed);
   return freed;
 }
 

@@ -51,6 +51,12 @@ size_t SequenceStats::HeldBytes() const {
   return n;
 }
 
+void SequenceStats::ShrinkToFit() {
+  for (LayerStatistics& l : layers) {
+    for (std::vector<float>& m : l.attention_mass) m.shrink_to_fit();
+  }
+}
+
 absl::Status ValidateLayerStats(const Model& model, const SequenceTable& table,
                                 const SequenceStats& stats, const v1::LayerStats& s,
                                 uint32_t pending_tokens) {

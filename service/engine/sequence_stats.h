@@ -67,6 +67,9 @@ struct SequenceStats {
   // be counted here.
   size_t HeldBytes() const;
   size_t bytes() const { return HeldBytes(); }
+  // Gives the unused capacity of the attention-mass vectors back to the heap (CompactStats
+  // shortens them in place), so that HeldBytes() is what the statistics still hold.
+  void ShrinkToFit();
 };
 
 // Checks `s` against the model and the table as it will be once `pending_tokens` more tokens are

@@ -152,6 +152,13 @@ uint64_t SequenceTable::HeldBytes() const {
   return bytes;
 }
 
+void SequenceTable::ShrinkToFit() {
+  for (Head& h : heads_) {
+    h.pages.shrink_to_fit();
+    h.positions.shrink_to_fit();
+  }
+}
+
 absl::Status SequenceTable::RestoreHead(uint32_t head, std::vector<uint64_t> pages, uint32_t count,
                                         std::vector<int32_t> positions) {
   if (head >= heads_.size()) return absl::InvalidArgumentError("head out of range");

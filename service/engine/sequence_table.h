@@ -88,6 +88,10 @@ class SequenceTable {
   // Heap of the heads' page and position vectors (their capacities; the Head structs themselves
   // are counted by metadata_charge.h's EmptySequenceBytes).
   uint64_t HeldBytes() const;
+  // Gives the vectors' unused capacity back to the heap, so that HeldBytes() is what the table
+  // still holds: after pages or tokens left it without a call of its owner that would refill them
+  // (pressure relief dropped or compressed them).
+  void ShrinkToFit();
 
   // Spill and restore: Release() empties every head (returning all its pages, freeing the
   // vectors' memory) and keeps next_position;

@@ -112,6 +112,25 @@ TEST(SequenceTableTest, CompactRejectsBadIndicesAndChangesNothing) {
 namespace kvkeep {
 namespace {
 
+// Pressure relief removes pages without a call of the owner that would refill the vectors:
+// ShrinkToFit gives their spare capacity back, so HeldBytes (what metadata_charge.h charges) is
+// exactly what the remaining pages and tokens need.
+TEST(SequenceTableTest, ShrinkToFitLeavesHeldBytesAtWhatTheRemainingPagesNeed) {
+  SequenceTable t(1, 4);
+  t.AppendPages(0, {1, 2, 3, 4});
+  ASSERT_OK(t.Commit(16, {}));
+  const uint64_t full = t.HeldBytes();
+  ASSERT_GE(full, 4 * sizeof(uint64_t) + 16 * sizeof(int32_t));
+  std::vector<uint64_t> freed;
+  ASSERT_OK(t.RemoveFullPage(0, 3, &freed));
+  ASSERT_OK(t.RemoveFullPage(0, 1, &freed));
+  EXPECT_EQ(freed.size(), 2u);
+  EXPECT_EQ(t.HeldBytes(), full);  // removal keeps the capacity
+  t.ShrinkToFit();
+  EXPECT_EQ(t.HeldBytes(), 2 * sizeof(uint64_t) + 8 * sizeof(int32_t));
+  EXPECT_EQ(t.head(0).positions, (std::vector<int32_t>{0, 1, 2, 3, 8, 9, 10, 11}));
+}
+
 TEST(SequenceTableTest, ReleaseAndRestoreRoundTrip) {
   SequenceTable t(2, 4);
   t.AppendPages(0, {1, 2});

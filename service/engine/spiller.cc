@@ -4,6 +4,7 @@
 #include "absl/time/clock.h"
 #include "common/failure_reason.h"
 #include "common/status_macros.h"
+#include "service/engine/metadata_charge.h"
 #include "service/observability/log.h"
 
 namespace kvkeep {
@@ -106,6 +107,7 @@ absl::StatusOr<Spiller::Spilled> Spiller::Spill(Sequence* seq, const std::string
   seq->spilled = true;
   seq->spilled_bytes = bytes;
   ledger_->MoveToSpill(seq->tenant, pages, g.page_bytes, bytes);
+  RechargeMetadata(*ledger_, *seq);  // the table's vectors were freed
   ++spills_;
   log::Info("spill.done", {{"tenant", seq->tenant}, {"sequence", seq->id}, {"bytes", bytes},
                            {"pages_freed", pages}});

@@ -2,7 +2,9 @@
 //
 // Spill writes the pages that hold committed tokens (durable before anything is freed), then
 // frees the device pages and moves the charge from the pool to the spill tier (Ledger::
-// MoveToSpill). Restore allocates through the engine's admission (pressure relief included),
+// MoveToSpill); the table's vectors are freed and the sequence's metadata charge follows at once
+// (RechargeMetadata), whoever asked for the spill (its owner, the operator, pressure relief).
+// Restore allocates through the engine's admission (pressure relief included),
 // writes the pages back (checksums verified by the store: DATA_LOSS, never wrong bytes), and
 // deletes the disk copy; a failed delete is remembered on the sequence (stale_spill_copy) and
 // retried by the next Spill or Drop. A failed call leaves the sequence as it was.

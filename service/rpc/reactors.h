@@ -22,7 +22,8 @@
 // ChunkStreamReader and ChunkStreamWriter are the stream reactors both directions share: a client
 // stream applied chunk by chunk, and a server stream fed by a `next` function.
 // ChunkedReplyWriter computes a whole reply (inline or on the executor) and writes it as several
-// messages. FailedStream finishes a stream at once (a refused caller).
+// messages; both writers are OneAtATimeWriters. FailedStream finishes a stream at once (a refused
+// caller).
 //
 // Thread safety: UnaryCalls is immutable after construction and may be used from any thread; it
 // must outlive the executor's queued work (a service outlives its server and executor). A
@@ -223,10 +224,31 @@ class ChunkStreamReader final : public grpc::ServerReadReactor<grpc::ByteBuffer>
   uint64_t chunks_ = 0;
 };
 
+// What the server-stream writers share: one message in flight at a time. Each finished write
+// starts the next (WriteNext: the next StartWrite, or Finish at the end); a reader that went
+// away finishes the call CANCELLED. The reactor deletes itself when gRPC is done with it.
+template <typename Msg>
+class OneAtATimeWriter : public grpc::ServerWriteReactor<Msg> {
+ public:
+  void OnWriteDone(bool ok) final {
+    if (!ok) {
+      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "reader went away"));
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnDone() final { delete this; }
+
+ protected:
+  // Starts the write of the next message, or finishes the stream.
+  virtual void WriteNext() = 0;
+};
+
 // A server stream written one chunk at a time (ReadKV): `next(&chunk)` fills the next chunk and
 // answers true, false at the end, or an error that finishes the stream.
 template <typename Chunk>
-class ChunkStreamWriter final : public grpc::ServerWriteReactor<Chunk> {
+class ChunkStreamWriter final : public OneAtATimeWriter<Chunk> {
  public:
   using Next = std::function<absl::StatusOr<bool>(Chunk* chunk)>;
 
@@ -235,18 +257,8 @@ class ChunkStreamWriter final : public grpc::ServerWriteReactor<Chunk> {
     WriteNext();
   }
 
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "reader went away"));
-      return;
-    }
-    WriteNext();
-  }
-
-  void OnDone() override { delete this; }
-
  private:
-  void WriteNext() {
+  void WriteNext() override {
     absl::StatusOr<bool> more = next_(&chunk_);
     if (!more.ok()) {
       this->Finish(CallStatus(method_, tenant_, more.status()));
@@ -267,7 +279,7 @@ class ChunkStreamWriter final : public grpc::ServerWriteReactor<Chunk> {
 // then written message by message (the chunked table replies: CompressStream, AcquireStream ...).
 // `produce(tenant)` returns the messages or the status the stream finishes with.
 template <typename Msg>
-class ChunkedReplyWriter final : public grpc::ServerWriteReactor<Msg> {
+class ChunkedReplyWriter final : public OneAtATimeWriter<Msg> {
  public:
   using Produce = std::function<absl::StatusOr<std::vector<Msg>>(const std::string& tenant)>;
 
@@ -298,18 +310,8 @@ class ChunkedReplyWriter final : public grpc::ServerWriteReactor<Msg> {
     }
   }
 
-  void OnWriteDone(bool ok) override {
-    if (!ok) {
-      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "reader went away"));
-      return;
-    }
-    WriteNext();
-  }
-
-  void OnDone() override { delete this; }
-
  private:
-  void WriteNext() {
+  void WriteNext() override {
     if (next_ == messages_.size()) {
       this->Finish(grpc::Status::OK);
       return;
