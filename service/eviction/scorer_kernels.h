@@ -101,14 +101,14 @@ inline void ExpectedLogitsBlock(const float* kt, const float* mu, const float* v
     const V8 x2 = x * x;
     for (int r = 0; r < R; ++r) {
       am[r] += x * LoadV8(mu + static_cast<size_t>(r) * d + i);
-      if (Cov) av[r] += x2 * LoadV8(var + static_cast<size_t>(r) * d + i);
+      if constexpr (Cov) av[r] += x2 * LoadV8(var + static_cast<size_t>(r) * d + i);
     }
   }
   for (; i < d; ++i) {
     const float x2 = kt[i] * kt[i];
     for (int r = 0; r < R; ++r) {
       am[r][0] += kt[i] * mu[r * d + i];
-      if (Cov) av[r][0] += x2 * var[r * d + i];
+      if constexpr (Cov) av[r][0] += x2 * var[r * d + i];
     }
   }
   for (int r = 0; r < R; ++r) {
