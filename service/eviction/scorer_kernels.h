@@ -10,6 +10,10 @@
 // chains instead of one. The GCC/Clang vector type V8 is one AVX2 register in the scorers' AVX2
 // clones (KVKEEP_SIMD_CLONES), two SSE registers otherwise; nothing here enables FMA.
 //
+// Every function is forced inline (KVKEEP_KERNEL_INLINE): called from a scorer's AVX2 clone it
+// must be compiled as part of that clone. An out-of-line copy would be one weak symbol compiled for
+// the default target (SSE), which both clones would call.
+//
 // Stateless; the functions touch only the memory they are handed.
 #ifndef KVKEEP_SERVICE_EVICTION_SCORER_KERNELS_H_
 #define KVKEEP_SERVICE_EVICTION_SCORER_KERNELS_H_
@@ -17,26 +21,26 @@
 #include <cstddef>
 #include <cstring>
 
+#define KVKEEP_KERNEL_INLINE __attribute__((always_inline)) inline
+
 namespace kvkeep::eviction::internal {
 
 typedef float V8 __attribute__((vector_size(32)));
 
-inline V8 LoadV8(const float* p) {
-  V8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+// *v = the eight floats at p (unaligned). An out-parameter, not a return value: returning a
+// 32-byte vector from a function compiled without AVX has a different ABI (-Wpsabi).
+KVKEEP_KERNEL_INLINE void LoadV8(V8* v, const float* p) { std::memcpy(v, p, sizeof *v); }
 
 // gm::Dot's final reduction of its eight lane sums.
-inline float ReduceV8(const V8& a) {
+KVKEEP_KERNEL_INLINE float ReduceV8(const V8& a) {
   return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
 }
 
-// out[r * out_stride + k] = gm::Dot(keys + k * d, q + r * d, d) * scale, for K keys (rows of `keys`,
-// d apart) and R query rows.
+// out[r * out_stride + k] = gm::Dot(keys + k * d, q + r * d, d) * scale, for K keys (rows of
+// `keys`, d apart) and R query rows.
 template <int K, int R>
-inline void KeysDotQueriesBlock(const float* keys, const float* q, int d, float scale, float* out,
-                                size_t out_stride) {
+KVKEEP_KERNEL_INLINE void KeysDotQueriesBlock(const float* keys, const float* q, int d, float scale,
+                                              float* out, size_t out_stride) {
   V8 acc[K][R];
   for (int k = 0; k < K; ++k) {
     for (int r = 0; r < R; ++r) acc[k][r] = V8{0, 0, 0, 0, 0, 0, 0, 0};
@@ -44,15 +48,18 @@ inline void KeysDotQueriesBlock(const float* keys, const float* q, int d, float 
   int i = 0;
   for (; i + 8 <= d; i += 8) {
     V8 kv[K];
-    for (int k = 0; k < K; ++k) kv[k] = LoadV8(keys + static_cast<size_t>(k) * d + i);
+    for (int k = 0; k < K; ++k) LoadV8(&kv[k], keys + static_cast<size_t>(k) * d + i);
     for (int r = 0; r < R; ++r) {
-      const V8 qv = LoadV8(q + static_cast<size_t>(r) * d + i);
+      V8 qv;
+      LoadV8(&qv, q + static_cast<size_t>(r) * d + i);
       for (int k = 0; k < K; ++k) acc[k][r] += kv[k] * qv;
     }
   }
   for (; i < d; ++i) {
     for (int r = 0; r < R; ++r) {
-      for (int k = 0; k < K; ++k) acc[k][r][0] += keys[static_cast<size_t>(k) * d + i] * q[r * d + i];
+      for (int k = 0; k < K; ++k) {
+        acc[k][r][0] += keys[static_cast<size_t>(k) * d + i] * q[r * d + i];
+      }
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -62,12 +69,12 @@ inline void KeysDotQueriesBlock(const float* keys, const float* q, int d, float 
 
 // KeysDotQueriesBlock for any number of query rows G, four at a time.
 template <int K>
-inline void KeysDotQueries(const float* keys, const float* q, int G, int d, float scale,
-                           float* out, size_t out_stride) {
+KVKEEP_KERNEL_INLINE void KeysDotQueries(const float* keys, const float* q, int G, int d,
+                                         float scale, float* out, size_t out_stride) {
   int r = 0;
   for (; r + 4 <= G; r += 4) {
-    KeysDotQueriesBlock<K, 4>(keys, q + static_cast<size_t>(r) * d, d, scale,
-                              out + r * out_stride, out_stride);
+    KeysDotQueriesBlock<K, 4>(keys, q + static_cast<size_t>(r) * d, d, scale, out + r * out_stride,
+                              out_stride);
   }
   const float* qr = q + static_cast<size_t>(r) * d;
   float* o = out + r * out_stride;
@@ -91,17 +98,24 @@ inline void KeysDotQueries(const float* keys, const float* q, int G, int d, floa
 //   out[r * out_stride] = gm::Dot(kt, mu_r, d)                             (!Cov)
 // with kt² = kt * kt elementwise, formed in registers instead of a second buffer.
 template <int R, bool Cov>
-inline void ExpectedLogitsBlock(const float* kt, const float* mu, const float* var, int d,
-                                float* out, size_t out_stride) {
+KVKEEP_KERNEL_INLINE void ExpectedLogitsBlock(const float* kt, const float* mu, const float* var,
+                                              int d, float* out, size_t out_stride) {
   V8 am[R], av[R];
   for (int r = 0; r < R; ++r) am[r] = av[r] = V8{0, 0, 0, 0, 0, 0, 0, 0};
   int i = 0;
   for (; i + 8 <= d; i += 8) {
-    const V8 x = LoadV8(kt + i);
+    V8 x;
+    LoadV8(&x, kt + i);
     const V8 x2 = x * x;
     for (int r = 0; r < R; ++r) {
-      am[r] += x * LoadV8(mu + static_cast<size_t>(r) * d + i);
-      if constexpr (Cov) av[r] += x2 * LoadV8(var + static_cast<size_t>(r) * d + i);
+      V8 m;
+      LoadV8(&m, mu + static_cast<size_t>(r) * d + i);
+      am[r] += x * m;
+      if constexpr (Cov) {
+        V8 v;
+        LoadV8(&v, var + static_cast<size_t>(r) * d + i);
+        av[r] += x2 * v;
+      }
     }
   }
   for (; i < d; ++i) {
@@ -118,8 +132,8 @@ inline void ExpectedLogitsBlock(const float* kt, const float* mu, const float* v
 
 // ExpectedLogitsBlock for any number of query rows G, four at a time.
 template <bool Cov>
-inline void ExpectedLogits(const float* kt, const float* mu, const float* var, int G, int d,
-                           float* out, size_t out_stride) {
+KVKEEP_KERNEL_INLINE void ExpectedLogits(const float* kt, const float* mu, const float* var, int G,
+                                         int d, float* out, size_t out_stride) {
   int r = 0;
   for (; r + 4 <= G; r += 4) {
     const size_t at = static_cast<size_t>(r) * d;
@@ -143,5 +157,7 @@ inline void ExpectedLogits(const float* kt, const float* mu, const float* var, i
 }
 
 }  // namespace kvkeep::eviction::internal
+
+#undef KVKEEP_KERNEL_INLINE
 
 #endif  // KVKEEP_SERVICE_EVICTION_SCORER_KERNELS_H_

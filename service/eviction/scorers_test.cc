@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <random>
 #include <string>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_matchers.h"
 #include "service/eviction/naive_reference.h"
+#include "service/eviction/worker_pool.h"
 
 namespace kvkeep::eviction {
 namespace {
@@ -486,6 +488,33 @@ TEST(ScoringWorkspaceTest, ConcurrentCallersGetTheScoresOfASingleCaller) {
     EXPECT_EQ(failures[t], 0) << "thread " << t;
     EXPECT_EQ(mismatches[t], 0) << "thread " << t << ":" << mismatched[t];
   }
+}
+
+TEST(ScoringWorkspaceTest, ScoringInsideAPoolTaskNeitherDeadlocksNorStartsThreads) {
+  // An engine may score from inside a task of the scorers' own pool (or from as many threads as it
+  // likes): the nested ScoreLayer finishes, gives the same scores, and no call starts a thread.
+  Layer layer = MakeLayer(LayerSpec{.q_heads = 8, .kv_heads = 4, .head_dim = 64, .n = 1500,
+                                    .seed = 73});
+  const Policy policy = PolicyFor(ScorerKind::kTova);
+  ScoringWorkspace alone(2);
+  ASSERT_OK_AND_ASSIGN(HeadScores want, ScoreLayer(policy, layer.in, alone));
+  const auto threads = [] {
+    int n = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+    return n;
+  };
+  const int before = threads();
+  constexpr int kTasks = 6;
+  std::vector<int> mismatches(kTasks, 0);
+  WorkerPool::Shared().Run(kTasks, 2, [&](int task, int) {
+    ScoringWorkspace ws(2);
+    for (int r = 0; r < 3; ++r) {
+      absl::StatusOr<HeadScores> got = ScoreLayer(policy, layer.in, ws);
+      if (!got.ok() || got->per_head != want.per_head) ++mismatches[task];
+    }
+  });
+  for (int t = 0; t < kTasks; ++t) EXPECT_EQ(mismatches[t], 0) << "task " << t;
+  EXPECT_EQ(threads(), before) << "scoring started (or left) threads of its own";
 }
 
 TEST(ScorerVariants, GroupSizesAndHeadDimsOffTheVectorWidth) {

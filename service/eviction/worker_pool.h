@@ -16,7 +16,12 @@
 //  * Run never waits for another caller's job: it cannot deadlock, also when called from inside fn
 //    or from many threads at once, or in a forked child that has no helper threads;
 //  * an exception thrown by fn stops the indices not yet claimed from starting and is rethrown by
-//    Run in the caller once every call in flight has returned (the first one, when several throw).
+//    Run in the caller once every call in flight has returned (the first one, when several throw);
+//  * Shutdown (also run by the destructor, and for Shared() at process exit, through atexit) lets
+//    each helper finish the job it is in, joins every helper, and leaves a pool whose Runs run on
+//    their callers alone: no helper thread outlives it, and a Run in progress or started later still
+//    completes. In a child process forked from the pool's process, Run never touches the pool's
+//    state (its helpers do not exist there) and runs on the caller alone.
 //
 // Thread-safe: any number of threads may call Run at once. mu_ protects the queue of jobs waiting
 // for helpers and the stop flag; a job's claim counter and its in-flight count are atomics (the
@@ -40,19 +45,27 @@ class WorkerPool {
  public:
   // Starts `helpers` threads (>= 0; 0: Run always runs on the caller alone).
   explicit WorkerPool(int helpers);
-  // Stops and joins the helpers. No Run may be in progress on this pool.
+  // Shutdown(). Runs in progress on other threads must have returned before the pool's memory
+  // goes, and a pool must not be destroyed in a forked child (Shared() never is).
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
   // The process-wide pool the scorers use: hardware threads - 1 helpers, at least 1. Started on
-  // first use and never destroyed (its helpers sleep on a condition variable while idle).
+  // first use (its helpers sleep on a condition variable while idle), shut down at process exit
+  // (atexit: before the static objects constructed earlier are destroyed), never deleted.
   static WorkerPool& Shared();
 
+  // Helper threads started by the constructor (Shutdown does not change it).
   int helpers() const { return static_cast<int>(threads_.size()); }
 
   // See the file comment. count <= 0 returns at once; max_slots <= 1 runs on the caller alone.
   void Run(int count, int max_slots, absl::FunctionRef<void(int index, int slot)> fn);
+
+  // Joins the helpers once each has left its current job; idempotent, and safe while other threads
+  // are in Run. Called from inside fn on a helper (exit() in a task), that helper is detached
+  // instead of joined. In a forked child it does nothing.
+  void Shutdown();
 
  private:
   // One Run call; lives on the caller's stack until every participant has left it.
@@ -78,7 +91,13 @@ class WorkerPool {
   Job* JoinNextLocked(int* slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HelperLoop();
 
-  std::vector<std::thread> threads_;  // constant after construction
+  // True in a child forked from the process that constructed the pool.
+  bool InForkedChild() const;
+
+  const int owner_pid_;               // getpid() at construction
+  std::vector<std::thread> threads_;  // constant after construction, until Shutdown joins them
+  absl::Mutex shutdown_mu_;           // serialises Shutdown calls (held while joining)
+  bool joined_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 
   absl::Mutex mu_;
   absl::CondVar work_;  // signalled when a job is queued, and on stop

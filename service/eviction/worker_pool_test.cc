@@ -1,8 +1,12 @@
 #include "service/eviction/worker_pool.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -15,6 +19,13 @@
 
 namespace kvkeep::eviction {
 namespace {
+
+// Threads of this process (entries of /proc/self/task).
+int ThreadCount() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
 
 // Runs `count` indices with `max_slots` and checks the contract: every index exactly once, every
 // slot below max_slots and never used by two calls at the same time. Returns the slots seen.
@@ -111,17 +122,20 @@ TEST(ScorerWorkerPool, RunInsideRunDoesNotDeadlock) {
   EXPECT_EQ(inner.load(), 20);
 }
 
-TEST(ScorerWorkerPool, ExceptionOnTheCallerIsRethrownAndThePoolStaysUsable) {
+TEST(ScorerWorkerPool, ExceptionIsRethrownAndThePoolStaysUsable) {
   WorkerPool pool(2);
   std::atomic<int> started{0};
-  EXPECT_THROW(pool.Run(1000, 3,
+  // Every other index takes 1 ms: running all 300 takes ~100 ms on three threads, far longer than
+  // the throw takes to be seen (the first index goes to the caller, which starts at once).
+  EXPECT_THROW(pool.Run(300, 3,
                         [&](int index, int) {
                           started.fetch_add(1);
-                          if (index == 3) throw std::runtime_error("index 3");
+                          if (index == 0) throw std::runtime_error("index 0");
+                          std::this_thread::sleep_for(std::chrono::milliseconds(1));
                         }),
                std::runtime_error);
   // Indices not claimed when the exception was seen never start.
-  EXPECT_LT(started.load(), 1000);
+  EXPECT_LT(started.load(), 300);
   RunAndCheck(pool, 100, 3);
 }
 
@@ -157,6 +171,90 @@ TEST(ScorerWorkerPool, SharedPoolHasAHelper) {
   EXPECT_GE(WorkerPool::Shared().helpers(), 1);
   EXPECT_EQ(&WorkerPool::Shared(), &WorkerPool::Shared());
   RunAndCheck(WorkerPool::Shared(), 32, 2);
+}
+
+TEST(ScorerWorkerPool, NoThreadOutlivesThePool) {
+  const int before = ThreadCount();
+  {
+    WorkerPool pool(4);
+    EXPECT_EQ(ThreadCount(), before + 4);
+    for (int r = 0; r < 50; ++r) RunAndCheck(pool, 16, 5);
+    EXPECT_EQ(ThreadCount(), before + 4) << "Run started threads of its own";
+  }
+  EXPECT_EQ(ThreadCount(), before);
+}
+
+TEST(ScorerWorkerPool, ShutdownWhileOthersRunLetsEveryRunComplete) {
+  const int before = ThreadCount();
+  WorkerPool pool(2);
+  constexpr int kCallers = 4, kCount = 29;
+  std::atomic<int> wrong{0}, runs{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> callers;
+  for (int c = 0; c < kCallers; ++c) {
+    callers.emplace_back([&] {
+      while (!stop.load()) {
+        std::vector<std::atomic<int>> calls(kCount);
+        pool.Run(kCount, 3, [&](int index, int) { calls[index].fetch_add(1); });
+        for (int i = 0; i < kCount; ++i) {
+          if (calls[i].load() != 1) wrong.fetch_add(1);
+        }
+        runs.fetch_add(1);
+      }
+    });
+  }
+  while (runs.load() < 200) std::this_thread::yield();
+  pool.Shutdown();  // joins the helpers while the callers keep calling Run
+  EXPECT_EQ(ThreadCount(), before + kCallers) << "helpers left after Shutdown";
+  const int at_shutdown = runs.load();
+  while (runs.load() < at_shutdown + 200) std::this_thread::yield();
+  stop.store(true);
+  for (std::thread& t : callers) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  pool.Shutdown();  // idempotent
+  RunAndCheck(pool, 40, 3);
+}
+
+// Runs in a fresh process (the death test re-executes this binary): an exit handler registered
+// before the shared pool starts runs after the pool's own, and must find the helpers gone.
+// Without the pool's handler they would still be there at exit (status 10 + thread count).
+void RunOnSharedPoolThenExit() {
+  static int threads_before = 0;
+  threads_before = ThreadCount();
+  std::atexit([] { _exit(ThreadCount() == threads_before ? 0 : 10 + ThreadCount()); });
+  std::atomic<int> sum{0};
+  WorkerPool::Shared().Run(64, 8, [&](int index, int) { sum.fetch_add(index); });
+  const int helpers = WorkerPool::Shared().helpers();
+  if (sum.load() != 64 * 63 / 2 || helpers < 1 || ThreadCount() != threads_before + helpers) {
+    _exit(2);
+  }
+  std::exit(0);
+}
+
+TEST(ScorerWorkerPoolDeathTest, SharedPoolIsJoinedAtExit) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(RunOnSharedPoolThenExit(), ::testing::ExitedWithCode(0), "");
+}
+
+TEST(ScorerWorkerPool, ForkedChildRunsOnTheCaller) {
+  WorkerPool pool(2);
+  RunAndCheck(pool, 8, 3);  // the helpers exist in this process, not in the child
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::atomic<int> calls{0}, off_caller{0};
+    const std::thread::id caller = std::this_thread::get_id();
+    pool.Run(100, 3, [&](int, int slot) {
+      calls.fetch_add(1);
+      if (slot != 0 || std::this_thread::get_id() != caller) off_caller.fetch_add(1);
+    });
+    _exit(calls.load() == 100 && off_caller.load() == 0 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  RunAndCheck(pool, 8, 3);
 }
 
 }  // namespace
