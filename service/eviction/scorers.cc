@@ -22,8 +22,8 @@ namespace {
 
 namespace gm = ::kvkeep::gpu_math;
 using internal::Ctx;
-using internal::FillUndefinedWithMax;
 using internal::ExpectedLogits;
+using internal::FillUndefinedWithMax;
 using internal::Grow;
 using internal::KeysDotQueries;
 using internal::ScoreCapKv;

@@ -23,9 +23,11 @@
 //    completes. In a child process forked from the pool's process, Run never touches the pool's
 //    state (its helpers do not exist there) and runs on the caller alone.
 //
-// Thread-safe: any number of threads may call Run at once. mu_ protects the queue of jobs waiting
-// for helpers and the stop flag; a job's claim counter and its in-flight count are atomics (the
-// latter is only changed under mu_, so that the caller can wait for it on done_).
+// Thread-safe: any number of threads may call Run (and Shutdown) at once. mu_ protects the queue of
+// jobs waiting for helpers and the stop flag; a job's claim counter and its in-flight count are
+// atomics (the latter is only changed under mu_, so that the caller can wait for it on done_).
+// shutdown_mu_ serialises Shutdown calls and is held while they join; it is never taken with mu_
+// held (order: shutdown_mu_ before mu_).
 #ifndef KVKEEP_SERVICE_EVICTION_WORKER_POOL_H_
 #define KVKEEP_SERVICE_EVICTION_WORKER_POOL_H_
 
