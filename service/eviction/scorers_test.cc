@@ -5,14 +5,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_matchers.h"
 #include "service/eviction/naive_reference.h"
+#include "service/eviction/worker_pool.h"
 
 namespace kvkeep::eviction {
 namespace {
@@ -441,6 +445,90 @@ TEST(ScoringWorkspaceTest, TwoWorkersMatchOne) {
     ASSERT_OK_AND_ASSIGN(HeadScores a, ScoreLayer(PolicyFor(kind), layer.in, one));
     ASSERT_OK_AND_ASSIGN(HeadScores b, ScoreLayer(PolicyFor(kind), layer.in, two));
     EXPECT_EQ(a.per_head, b.per_head) << ScorerName(kind);
+  }
+}
+
+TEST(ScoringWorkspaceTest, ConcurrentCallersGetTheScoresOfASingleCaller) {
+  // Several threads, each with its own two-worker workspace, score at once through the shared
+  // worker pool: every result equals that of the same two-worker call made alone. (Alone, not with
+  // one worker: snapkv and capkv call OpenBLAS, whose sums depend on its thread count, and a
+  // multi-worker ScoreLayer holds OpenBLAS at one thread while a one-worker call does not.)
+  Layer layer = MakeLayer(LayerSpec{.q_heads = 8, .kv_heads = 4, .head_dim = 64, .n = 1500,
+                                    .seed = 67});
+  const std::vector<ScorerKind> kinds = {ScorerKind::kKnorm, ScorerKind::kTova,
+                                         ScorerKind::kExpected, ScorerKind::kSnapKv,
+                                         ScorerKind::kCapKv};
+  std::vector<HeadScores> want;
+  for (ScorerKind kind : kinds) {
+    ScoringWorkspace alone(2);
+    ASSERT_OK_AND_ASSIGN(HeadScores s, ScoreLayer(PolicyFor(kind), layer.in, alone));
+    want.push_back(std::move(s));
+  }
+  constexpr int kThreads = 4, kRounds = 6;
+  std::vector<int> mismatches(kThreads, 0), failures(kThreads, 0);
+  std::vector<std::string> mismatched(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      ScoringWorkspace ws(2);
+      for (int round = 0; round < kRounds; ++round) {
+        const size_t k = (t + round) % kinds.size();
+        absl::StatusOr<HeadScores> got = ScoreLayer(PolicyFor(kinds[k]), layer.in, ws);
+        if (!got.ok()) {
+          ++failures[t];
+        } else if (got->per_head != want[k].per_head) {
+          ++mismatches[t];
+          absl::StrAppend(&mismatched[t], " ", ScorerName(kinds[k]));
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(failures[t], 0) << "thread " << t;
+    EXPECT_EQ(mismatches[t], 0) << "thread " << t << ":" << mismatched[t];
+  }
+}
+
+TEST(ScoringWorkspaceTest, ScoringInsideAPoolTaskNeitherDeadlocksNorStartsThreads) {
+  // An engine may score from inside a task of the scorers' own pool (or from as many threads as it
+  // likes): the nested ScoreLayer finishes, gives the same scores, and no call starts a thread.
+  Layer layer = MakeLayer(LayerSpec{.q_heads = 8, .kv_heads = 4, .head_dim = 64, .n = 1500,
+                                    .seed = 73});
+  const Policy policy = PolicyFor(ScorerKind::kTova);
+  ScoringWorkspace alone(2);
+  ASSERT_OK_AND_ASSIGN(HeadScores want, ScoreLayer(policy, layer.in, alone));
+  const auto threads = [] {
+    int n = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+    return n;
+  };
+  const int before = threads();
+  constexpr int kTasks = 6;
+  std::vector<int> mismatches(kTasks, 0);
+  WorkerPool::Shared().Run(kTasks, 2, [&](int task, int) {
+    ScoringWorkspace ws(2);
+    for (int r = 0; r < 3; ++r) {
+      absl::StatusOr<HeadScores> got = ScoreLayer(policy, layer.in, ws);
+      if (!got.ok() || got->per_head != want.per_head) ++mismatches[task];
+    }
+  });
+  for (int t = 0; t < kTasks; ++t) EXPECT_EQ(mismatches[t], 0) << "task " << t;
+  EXPECT_EQ(threads(), before) << "scoring started (or left) threads of its own";
+}
+
+TEST(ScorerVariants, GroupSizesAndHeadDimsOffTheVectorWidth) {
+  // The blocked dot kernels of tova and expected take query rows four at a time and channels
+  // eight at a time: groups of 3, 5 and 6 rows, d = 20 and an odd token count reach their tails.
+  for (int group : {3, 5, 6}) {
+    for (ScorerKind kind : {ScorerKind::kTova, ScorerKind::kExpected}) {
+      Layer layer = MakeLayer(LayerSpec{.q_heads = 2 * group, .kv_heads = 2, .head_dim = 20,
+                                        .n = 71, .seed = 71u + static_cast<uint32_t>(group)});
+      ScoringWorkspace ws;
+      ASSERT_OK_AND_ASSIGN(HeadScores got, ScoreLayer(PolicyFor(kind), layer.in, ws));
+      SCOPED_TRACE(absl::StrCat(ScorerName(kind), " group ", group));
+      ExpectScoresNear(got, naive::Score(PolicyFor(kind), layer.in));
+    }
   }
 }
 
