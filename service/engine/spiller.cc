@@ -4,6 +4,7 @@
 #include "absl/time/clock.h"
 #include "common/failure_reason.h"
 #include "common/status_macros.h"
+#include "service/engine/restore_sink.h"
 #include "service/observability/log.h"
 
 namespace kvkeep {
@@ -112,66 +113,23 @@ absl::StatusOr<Spiller::Spilled> Spiller::Spill(Sequence* seq, const std::string
   return Spilled{bytes, pages};
 }
 
-absl::StatusOr<uint64_t> Spiller::CheckRecord(const Sequence& seq, const SpillRecord& record) {
-  const PageGeometry& g = seq.model->geometry();
-  if (record.heads.size() != seq.table.heads()) {
-    log::Error("restore.failed", {{"tenant", seq.tenant}, {"sequence", seq.id},
-                                  {"step", "check"}, {"error", "head count differs"}});
-    return absl::DataLossError(absl::StrCat("spilled sequence ", seq.id, " has ",
-                                            record.heads.size(), " heads, its model ",
-                                            seq.table.heads()));
-  }
-  uint64_t count = 0;
-  for (const SpilledHead& head : record.heads) {
-    for (const std::string& page : head.pages) {
-      if (page.size() != g.page_bytes) {
-        log::Error("restore.failed", {{"tenant", seq.tenant}, {"sequence", seq.id},
-                                      {"step", "check"}, {"error", "page size differs"}});
-        return absl::DataLossError(absl::StrCat("spilled sequence ", seq.id,
-                                                " holds a page of ", page.size(),
-                                                " bytes; its model's pages have ", g.page_bytes));
-      }
-    }
-    count += head.pages.size();
-  }
-  return count;
-}
-
-absl::Status Spiller::WriteBack(Sequence* seq, SpillRecord& record,
-                                const std::vector<uint64_t>& pages) {
-  const PageGeometry& g = seq->model->geometry();
-  size_t next = 0;
-  absl::Status status;
-  for (uint32_t h = 0; h < record.heads.size() && status.ok(); ++h) {
-    SpilledHead& head = record.heads[h];
-    std::vector<uint64_t> mine(pages.begin() + next, pages.begin() + next + head.pages.size());
-    next += head.pages.size();
-    for (size_t p = 0; p < mine.size() && status.ok(); ++p) {
-      Arena* arena = pool_->ArenaOf(mine[p]);
-      status = backend_->Write(*arena, uint64_t{PageRef::Unpack(mine[p]).index} * g.page_bytes,
-                               head.pages[p].data(), head.pages[p].size());
-    }
-    if (status.ok()) {
-      status = seq->table.RestoreHead(h, std::move(mine), head.count, std::move(head.positions));
-    }
-  }
-  return status;
-}
-
 absl::Status Spiller::Restore(Sequence* seq) {
   if (seq->dropped) return absl::NotFoundError(absl::StrCat("no sequence \"", seq->id, "\""));
   if (!seq->spilled) {
     return absl::FailedPreconditionError(absl::StrCat("sequence ", seq->id, " is not spilled"));
   }
-  absl::StatusOr<SpillRecord> record = store_->Get(seq->tenant, seq->id);
-  if (!record.ok()) {
+  const PageGeometry& g = seq->model->geometry();
+  if (seq->spilled_bytes % g.page_bytes != 0) {
     ++errors_;
     log::Error("restore.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
-                                  {"step", "read"}, {"status", record.status()}});
-    return record.status();  // DATA_LOSS on a checksum mismatch: never wrong bytes
+                                  {"step", "check"}, {"error", "spilled bytes not whole pages"}});
+    return absl::DataLossError(absl::StrCat("spilled sequence ", seq->id, " holds ",
+                                            seq->spilled_bytes, " bytes, not a whole number of ",
+                                            g.page_bytes, "-byte pages of its model"));
   }
-  ASSIGN_OR_RETURN(const uint64_t count, CheckRecord(*seq, *record));
-  const PageGeometry& g = seq->model->geometry();
+  // The pages come first (admission, pressure relief), then the disk copy is streamed straight
+  // into them: no host copy of the sequence. The table sees them only once every page is in.
+  const uint64_t count = seq->spilled_bytes / g.page_bytes;
   std::vector<uint64_t> pages;
   std::vector<ArenaInfo> new_arenas;
   absl::Status charged = host_->AllocateCharged(seq->tenant, g, count, &pages, &new_arenas);
@@ -180,17 +138,23 @@ absl::Status Spiller::Restore(Sequence* seq) {
                                   {"reason", FailureReasonName(ReasonOf(charged))}});
     return charged;
   }
-  absl::Status status = WriteBack(seq, *record, pages);
+  RestoreSink sink(g, seq->table.heads(), pages, pool_, backend_, seq->id);
+  absl::Status status = store_->ReadInto(seq->tenant, seq->id, &sink);
+  const char* step = "read";
+  if (status.ok()) {
+    step = "install";
+    status = sink.Install(&seq->table);
+  }
   if (!status.ok()) {
-    // Undo: the sequence stays spilled, its pages go back.
+    // Undo: the sequence stays spilled, its pages go back, the charge is what it was.
     seq->table.Release();
     pool_->Free(pages);
     ledger_->ReleasePages(seq->tenant, count, g.page_bytes);
+    ++errors_;
     log::Error("restore.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
-                                  {"step", "write_device"}, {"status", status}});
-    return status;
+                                  {"step", step}, {"status", status}});
+    return status;  // DATA_LOSS on a checksum mismatch: never wrong bytes
   }
-  seq->table.set_next_position(record->next_position);
   // The device copy is complete. A failed delete leaves a stale copy on disk: it is remembered,
   // and a later Spill or Drop deletes it first (after a restart it would be listed as
   // restorable).

@@ -1,5 +1,6 @@
 #include "service/storage/spill_format.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -241,6 +242,21 @@ absl::StatusOr<Manifest> DecodeManifest(absl::string_view key, absl::string_view
   if (rd.left() != 0) return corrupt("trailing bytes");
   if (total_bytes != m.summary.bytes || total_pages != m.summary.pages) return corrupt("totals");
   return m;
+}
+
+std::vector<ValueRun> ValueRuns(const std::vector<std::vector<PageMeta>>& pages,
+                                uint32_t pages_per_value) {
+  const uint32_t ppv = pages_per_value == 0 ? 1 : pages_per_value;
+  std::vector<ValueRun> runs;
+  for (size_t h = 0; h < pages.size(); ++h) {
+    const uint32_t n = static_cast<uint32_t>(pages[h].size());
+    for (uint32_t first = 0; first < n; first += ppv) {
+      ValueRun r{static_cast<uint32_t>(h), first, std::min(ppv, n - first), 0};
+      for (uint32_t p = first; p < first + r.count; ++p) r.bytes += pages[h][p].size;
+      runs.push_back(r);
+    }
+  }
+  return runs;
 }
 
 }  // namespace kvkeep::spill_format

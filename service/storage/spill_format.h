@@ -99,6 +99,17 @@ inline uint32_t RunCount(uint32_t pages, uint32_t pages_per_value) {
   return (pages + pages_per_value - 1) / pages_per_value;
 }
 
+// One stored value: pages [first, first + count) of `head`, `bytes` long in all.
+struct ValueRun {
+  uint32_t head = 0, first = 0, count = 0;
+  uint64_t bytes = 0;
+};
+
+// Every value of a sequence whose heads have the pages `pages`, in key order (head, then page):
+// what Put writes, Delete deletes and a read fetches.
+std::vector<ValueRun> ValueRuns(const std::vector<std::vector<PageMeta>>& pages,
+                                uint32_t pages_per_value);
+
 // `full` = false decodes the header only (for the index); the trailing checksum is always checked.
 // `key` (the manifest's key) only names the sequence in errors.
 absl::StatusOr<Manifest> DecodeManifest(absl::string_view key, absl::string_view in, bool full);

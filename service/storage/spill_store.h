@@ -85,6 +85,32 @@ struct SpillSummary {
   absl::Time created;
 };
 
+// The table of a spilled sequence without its bytes: what a streamed read (SpillStore::ReadInto)
+// hands its sink before the first page.
+struct SpillLayout {
+  std::string model;
+  int64_t next_position = 0;
+  uint64_t bytes = 0;  // sum of every page's size
+  uint64_t pages = 0;  // number of pages
+  std::vector<uint32_t> counts;                   // per head: committed tokens
+  std::vector<std::vector<int32_t>> positions;    // per head: counts[h] original positions
+  std::vector<std::vector<uint32_t>> page_sizes;  // per head: each page's size in bytes
+};
+
+// Where a streamed read (SpillStore::ReadInto) delivers a spilled sequence.
+class SpillPageSink {
+ public:
+  virtual ~SpillPageSink() = default;
+  // Once, on the calling thread, before any page is read. The sink may move the vectors out of
+  // `layout`. A non-OK status ends the read with that status; no page is read.
+  virtual absl::Status Begin(SpillLayout& layout) = 0;
+  // Once per page, as soon as its value has been read and the page's XXH64 matched the manifest.
+  // `bytes` (layout.page_sizes[head][page] long) is valid during the call only. Called from up to
+  // Options::read_threads threads at once, each with different pages, in no fixed order; every
+  // call happens after Begin returned. A non-OK status stops the read and is what it returns.
+  virtual absl::Status Page(uint32_t head, uint32_t page, absl::string_view bytes) = 0;
+};
+
 // What Recover() found and did.
 struct SpillRecoveryReport {
   uint64_t sequences = 0;       // manifests listed (restorable sequences)
@@ -125,6 +151,19 @@ class SpillStore {
     // Threads a Get reads with (the caller included), each on a contiguous range of the values,
     // so that two reads are in flight at the device. Default: 2.
     int read_threads = 2;
+    // Bytes of values one MultiGet of a read asks for (per read thread). A streamed read
+    // (ReadInto) holds at most about read_threads x 2 x this many bytes of values at once (the
+    // values pinned plus RocksDB's read buffers), whatever the sequence's size. Default: 16 MiB.
+    uint32_t read_batch_mib = 16;
+    // O_DIRECT for reads of blob and table files (DBOptions::use_direct_reads): no kernel
+    // read-ahead and no page-cache copy. Measured slower for restores on a virtio disk with
+    // buffered read-ahead of 8 MiB (docs/benchmarks.md, "Streamed restores"). Default: false.
+    bool use_direct_reads = false;
+    // Start writing the WAL of a large spill to the disk every this many bytes
+    // (DBOptions::wal_bytes_per_sync, sync_file_range without waiting), so the synced write at
+    // the end of a Put finds most bytes already written. Durability is unchanged: a Put still
+    // returns only after its fsync. 0 = off (RocksDB's default). Default: 1 MiB.
+    uint64_t wal_bytes_per_sync = 1ull << 20;
     // RocksDB environment; tests inject a FaultEnv or rocksdb::NewMemEnv. Not owned, must outlive
     // the store. Default: nullptr = rocksdb::Env::Default().
     rocksdb::Env* env = nullptr;
@@ -164,10 +203,19 @@ class SpillStore {
   // spilled after restart - never a partial one).
   absl::Status Put(const SpillRecord& record);
 
-  // The spilled sequence, bit-exact. NOT_FOUND: not spilled. DATA_LOSS: a page (named in the
+  // The spilled sequence, bit-exact, in memory (a ReadInto that collects every page). NOT_FOUND:
+  // not spilled. DATA_LOSS: a page (named in the
   // message) is missing or its checksum does not match, or the manifest is corrupt - no bytes are
   // returned then. UNAVAILABLE: disk error. Not const: after a disk error it reopens the database.
   absl::StatusOr<SpillRecord> Get(absl::string_view tenant, absl::string_view sequence_id);
+
+  // Streams the spilled sequence into `sink`: its layout (Begin), then each page (Page) as soon as
+  // the value holding it has been read and the page verified - no copy of the whole sequence is
+  // ever held (memory: Options::read_batch_mib). Errors as Get's, or the sink's own. On an error,
+  // pages already delivered stay delivered: the caller discards what it received (the store
+  // stops reading at the first error, in whichever thread it happens).
+  absl::Status ReadInto(absl::string_view tenant, absl::string_view sequence_id,
+                        SpillPageSink* sink);
 
   // Removes the spilled sequence (synced). NOT_FOUND: not spilled. ABORTED: a Put/Delete of it is
   // in flight. On a disk error (full disk included) the drop is recorded in the drop journal and
