@@ -1,5 +1,8 @@
 #include "service/engine/spiller.h"
 
+#include <utility>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/failure_reason.h"
@@ -53,34 +56,49 @@ absl::Status Spiller::CheckSpillable(Sequence* seq, const std::string& caller_se
   return absl::OkStatus();
 }
 
-absl::StatusOr<SpillRecord> Spiller::ReadRecord(const Sequence& seq) {
+namespace {
+
+// A spill's page source: each committed page read from its device page as the store asks for it,
+// so a spill never holds more than one write batch of the sequence in host memory.
+class DevicePageSource : public SpillPageSource {
+ public:
+  // `head_pages[h]`: the packed page refs of head h (the table's, unchanged during the Write).
+  DevicePageSource(const std::string& tenant, std::vector<const std::vector<uint64_t>*> head_pages,
+                   Spiller::Host* host, Backend* backend)
+      : tenant_(tenant), head_pages_(std::move(head_pages)), host_(host), backend_(backend) {}
+  absl::Status ReadPage(uint32_t head, uint32_t page, char* dst, size_t size) override {
+    absl::StatusOr<PagePool::Location> loc = host_->LocatePage(tenant_, (*head_pages_[head])[page]);
+    if (!loc.ok()) return loc.status();
+    return backend_->Read(*loc->arena, loc->offset, dst, size);
+  }
+
+ private:
+  const std::string& tenant_;
+  const std::vector<const std::vector<uint64_t>*> head_pages_;
+  Spiller::Host* const host_;
+  Backend* const backend_;
+};
+
+}  // namespace
+
+SpillWrite Spiller::DescribeSpill(const Sequence& seq) {
   const PageGeometry& g = seq.model->geometry();
-  SpillRecord record;
-  record.tenant = seq.tenant;
-  record.sequence_id = seq.id;
-  record.model = seq.model->name();
-  record.next_position = seq.table.next_position();
-  record.heads.resize(seq.table.heads());
+  SpillWrite spill;
+  spill.tenant = seq.tenant;
+  spill.sequence_id = seq.id;
+  spill.model = seq.model->name();
+  spill.next_position = seq.table.next_position();
+  spill.counts.reserve(seq.table.heads());
+  spill.positions.reserve(seq.table.heads());
+  spill.page_sizes.resize(seq.table.heads());
   for (uint32_t h = 0; h < seq.table.heads(); ++h) {
     const auto& head = seq.table.head(h);
-    SpilledHead& out = record.heads[h];
-    out.count = head.count;
-    out.positions = head.positions;
+    spill.counts.push_back(head.count);
+    spill.positions.emplace_back(head.positions);  // not copied: the table outlives the Write
     const uint64_t used_pages = (uint64_t{head.count} + g.tokens_per_page - 1) / g.tokens_per_page;
-    for (uint64_t p = 0; p < used_pages; ++p) {
-      absl::StatusOr<PagePool::Location> loc = host_->LocatePage(seq.tenant, head.pages[p]);
-      std::string& page = out.pages.emplace_back(g.page_bytes, '\0');
-      absl::Status read =
-          loc.ok() ? backend_->Read(*loc->arena, loc->offset, page.data(), page.size())
-                   : loc.status();
-      if (!read.ok()) {
-        log::Error("spill.failed", {{"tenant", seq.tenant}, {"sequence", seq.id},
-                                    {"step", "read_device"}, {"status", read}});
-        return read;
-      }
-    }
+    spill.page_sizes[h].assign(used_pages, static_cast<uint32_t>(g.page_bytes));
   }
-  return record;
+  return spill;
 }
 
 absl::StatusOr<Spiller::Spilled> Spiller::Spill(Sequence* seq, const std::string& caller_session,
@@ -92,8 +110,11 @@ absl::StatusOr<Spiller::Spilled> Spiller::Spill(Sequence* seq, const std::string
   // Only pages that hold committed tokens are written; reserved room is given back.
   const uint64_t bytes = SpillBytes(*seq);
   RETURN_IF_ERROR(CheckSpillable(seq, caller_session, ignore_leases, bytes));
-  ASSIGN_OR_RETURN(SpillRecord record, ReadRecord(*seq));
-  absl::Status put = store_->Put(record);  // durable when OK
+  // The pages are read from the device batch by batch as the store writes them.
+  std::vector<const std::vector<uint64_t>*> head_pages;
+  for (uint32_t h = 0; h < seq->table.heads(); ++h) head_pages.push_back(&seq->table.head(h).pages);
+  DevicePageSource source(seq->tenant, std::move(head_pages), host_, backend_);
+  absl::Status put = store_->Write(DescribeSpill(*seq), &source);  // durable when OK
   if (!put.ok()) {
     ++errors_;
     log::Warn("spill.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},

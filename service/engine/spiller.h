@@ -1,7 +1,8 @@
 // The spiller: moves a sequence between the device pool and the spill tier.
 //
-// Spill writes the pages that hold committed tokens (durable before anything is freed), then
-// frees the device pages and moves the charge from the pool to the spill tier (Ledger::
+// Spill streams the pages that hold committed tokens from the device into the store in bounded
+// batches (SpillStore::Write: durable before anything is freed; no host copy of the sequence),
+// then frees the device pages and moves the charge from the pool to the spill tier (Ledger::
 // MoveToSpill). Restore allocates through the engine's admission (pressure relief included),
 // streams the disk copy straight into those pages (RestoreSink: each value's pages are verified
 // by the store - DATA_LOSS, never wrong bytes - and written into their pages as the value
@@ -93,8 +94,9 @@ class Spiller {
   absl::Status CheckSpillable(Sequence* seq, const std::string& caller_session,
                               bool ignore_leases, uint64_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
-  // The record of `seq`'s committed pages, read from the device.
-  absl::StatusOr<SpillRecord> ReadRecord(const Sequence& seq) ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
+  // What a spill of `seq` stores besides its page bytes: the pages holding committed tokens,
+  // positions referenced from the table (valid while seq.mu is held).
+  static SpillWrite DescribeSpill(const Sequence& seq) ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
 
   // Constant after construction.
   SpillStore* const store_;  // may be null

@@ -86,10 +86,11 @@ struct Manifest {
   std::vector<std::vector<PageMeta>> pages;
 };
 
-// The manifest of `r`, whose pages are described by `pages` (one vector per head, same order),
+// The manifest of `r` (counts.size() == positions.size() == pages.size()), whose pages are
+// described by `pages` (one vector per head, same order),
 // `total_bytes` and `page_count` being their sums. pages_per_value 1 writes version 1 (the layout
 // of every earlier release), > 1 writes version 2.
-std::string EncodeManifest(const SpillRecord& r, const std::vector<std::vector<PageMeta>>& pages,
+std::string EncodeManifest(const SpillWrite& r, const std::vector<std::vector<PageMeta>>& pages,
                            uint64_t total_bytes, uint64_t page_count, absl::Time created,
                            uint32_t pages_per_value = 1);
 

@@ -23,7 +23,6 @@ namespace {
 
 using spill_format::CheckId;
 using spill_format::DecodeManifest;
-using spill_format::EncodeManifest;
 using spill_format::Manifest;
 using spill_format::ManifestKey;
 using spill_format::PageKey;
@@ -291,112 +290,6 @@ void SpillStore::IndexEraseLocked(absl::string_view tenant, absl::string_view se
 }
 
 // ---- Operations ------------------------------------------------------------------------------
-
-absl::Status SpillStore::Put(const SpillRecord& r) {
-  RETURN_IF_ERROR(CheckId("tenant", r.tenant));
-  RETURN_IF_ERROR(CheckId("sequence id", r.sequence_id));
-  const std::string mkey = ManifestKey(r.tenant, r.sequence_id);
-  std::vector<std::vector<PageMeta>> metas(r.heads.size());
-  uint64_t total_bytes = 0, page_count = 0;
-  for (size_t h = 0; h < r.heads.size(); ++h) {
-    const SpilledHead& head = r.heads[h];
-    if (head.positions.size() != head.count) {
-      return absl::InvalidArgumentError(absl::StrCat("spill of ", mkey, ": head ", h, " has ",
-                                                     head.positions.size(), " positions for ",
-                                                     head.count, " tokens"));
-    }
-    metas[h].resize(head.pages.size());
-    for (size_t p = 0; p < head.pages.size(); ++p) {
-      const std::string& bytes = head.pages[p];
-      if (bytes.empty() || bytes.size() > UINT32_MAX) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("spill of ", mkey, ": page ", p, " of head ", h, " has ", bytes.size(),
-                         " bytes (must be 1..4 GiB)"));
-      }
-      metas[h][p] = {static_cast<uint32_t>(bytes.size()), XxHash64(bytes)};
-      total_bytes += bytes.size();
-    }
-    page_count += head.pages.size();
-  }
-  if (r.heads.size() > UINT32_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat("spill of ", mkey, ": too many heads"));
-  }
-  const absl::Time created = absl::Now();
-  const uint32_t ppv = std::max<uint32_t>(1, options_.pages_per_value);
-  std::string manifest = EncodeManifest(r, metas, total_bytes, page_count, created, ppv);
-  const std::vector<Run> runs = ValueRuns(metas, ppv);
-
-  RETURN_IF_ERROR(BeginOp(mkey, r.tenant, total_bytes));
-  {
-    absl::MutexLock lock(&mu_);
-    auto t = index_.find(r.tenant);
-    if (t != index_.end() && t->second.count(r.sequence_id)) {
-      in_flight_.erase(mkey);
-      return absl::AlreadyExistsError(absl::StrCat("sequence ", mkey, " is already spilled"));
-    }
-  }
-  absl::Status st = EnsureOpen();
-  if (!st.ok()) {
-    EndOp(mkey);
-    return st;
-  }
-
-  const std::string prefix = PagePrefix(r.tenant, r.sequence_id);
-  rocksdb::Status s;
-  {
-    absl::ReaderMutexLock lock(&db_mu_);
-    if (!db_) {
-      s = rocksdb::Status::IOError("database closed after a disk error");
-    } else if (pending_drops_.contains(mkey)) {
-      s = rocksdb::Status::Busy("a dropped copy of this sequence is still being deleted");
-    } else {
-      rocksdb::WriteBatch batch(total_bytes + runs.size() * (prefix.size() + 32) +
-                                manifest.size() + 64);
-      std::string key;
-      std::vector<rocksdb::Slice> parts;
-      for (size_t i = 0; i < runs.size() && s.ok(); ++i) {
-        // The run's pages go into the batch as parts of one value: no concatenated copy.
-        const Run& run = runs[i];
-        key = PageKey(prefix, run.head, run.first);
-        parts.clear();
-        for (uint32_t p = run.first; p < run.first + run.count; ++p) {
-          parts.emplace_back(r.heads[run.head].pages[p]);
-        }
-        rocksdb::Slice key_slice(key);
-        s = batch.Put(pages_, rocksdb::SliceParts(&key_slice, 1),
-                      rocksdb::SliceParts(parts.data(), static_cast<int>(parts.size())));
-      }
-      if (s.ok()) s = batch.Put(manifests_, mkey, manifest);
-      rocksdb::WriteOptions w;
-      w.sync = true;
-      if (s.ok()) s = db_->Write(w, &batch);
-    }
-  }
-  if (s.ok()) {
-    absl::MutexLock lock(&mu_);
-    in_flight_.erase(mkey);
-    SpillSummary summary;
-    summary.tenant = r.tenant;
-    summary.sequence_id = r.sequence_id;
-    summary.model = r.model;
-    summary.bytes = total_bytes;
-    summary.pages = page_count;
-    summary.created = created;
-    IndexInsertLocked(std::move(summary));
-    return absl::OkStatus();
-  }
-  if (!s.IsInvalidArgument() && !s.IsBusy()) {
-    std::vector<std::string> rollback;
-    rollback.reserve(runs.size());
-    for (const Run& run : runs) rollback.push_back(PageKey(prefix, run.head, run.first));
-    HandleWriteFailure(std::move(rollback), {mkey});
-  }
-  EndOp(mkey);
-  absl::Status out = FromRocksDb(s, absl::StrCat("spilling sequence ", mkey, " (", page_count,
-                                                 " pages, ", total_bytes, " bytes)"));
-  // A full disk is told apart from other disk trouble by its reason, not its text.
-  return s.IsNoSpace() ? WithReason(std::move(out), FailureReason::kDiskFull) : out;
-}
 
 absl::Status SpillStore::Delete(absl::string_view tenant, absl::string_view sequence_id) {
   RETURN_IF_ERROR(CheckId("tenant", tenant));

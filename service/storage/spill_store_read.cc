@@ -209,6 +209,7 @@ absl::Status SpillStore::ReadInto(absl::string_view tenant, absl::string_view se
   plan.db = db_.get();
   plan.cf = pages_;
   plan.manifest = &m;
+  plan.sink = sink;
   plan.runs = spill_format::ValueRuns(m.pages, m.pages_per_value);
   plan.mkey = mkey;
   plan.prefix = PagePrefix(tenant, sequence_id);
