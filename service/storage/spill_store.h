@@ -186,8 +186,8 @@ class SpillStore {
     // values pinned plus RocksDB's read buffers), whatever the sequence's size. Default: 16 MiB.
     uint32_t read_batch_mib = 16;
     // O_DIRECT for reads of blob and table files (DBOptions::use_direct_reads): no kernel
-    // read-ahead and no page-cache copy. Measured slower for restores on a virtio disk with
-    // buffered read-ahead of 8 MiB (docs/benchmarks.md, "Streamed restores"). Default: false.
+    // read-ahead and no page-cache copy. Not shown faster for restores on the virtio disk
+    // measured so far (`kvkeep-bench spill --direct_reads 1` compares). Default: false.
     bool use_direct_reads = false;
     // Bytes of pages one write batch of a spill holds (Write, Put). A spill up to this size is one
     // synced WriteBatch through the WAL (pages and manifest together, atomic). A larger one is

@@ -157,8 +157,9 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
   rocksdb::Status s = RemoveLeftoverPagesLocked(plan.prefix);
   if (!s.ok()) return db_failed(s, "removing the pages of an earlier attempt");
   const bool single = plan.total_bytes <= plan.batch_bytes;
-  const uint64_t staging_bytes =
-      std::max<uint64_t>(1, std::min(plan.total_bytes, std::max(plan.batch_bytes, plan.largest_run)));
+  // One batch (or the largest run, when a run is larger than a batch); reused by every batch.
+  const uint64_t staging_bytes = std::max<uint64_t>(
+      1, std::min(plan.total_bytes, std::max(plan.batch_bytes, plan.largest_run)));
   std::unique_ptr<char[]> staging = std::make_unique_for_overwrite<char[]>(staging_bytes);
   std::string key;
   size_t begin = 0;
@@ -247,7 +248,8 @@ absl::Status SpillStore::Write(const SpillWrite& spill, SpillPageSource* source)
       plan.db_error = rocksdb::Status::IOError("database closed after a disk error");
       plan.wrote = true;  // reopen, as after any failed write
     } else if (pending_drops_.contains(plan.mkey)) {
-      plan.db_error = rocksdb::Status::Busy("a dropped copy of this sequence is still being deleted");
+      plan.db_error =
+          rocksdb::Status::Busy("a dropped copy of this sequence is still being deleted");
     } else {
       st = WriteBatchesLocked(plan, source);
     }
