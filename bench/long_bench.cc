@@ -3,12 +3,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -36,7 +40,10 @@ not written (their bytes are whatever the pool holds): the control path and the 
 what is measured, not K/V transfer. A length whose K+V does not fit --pool_mib is skipped.
 
 Per step and length: seconds, microseconds per token, and the slope of log(seconds) over
-log(tokens) fitted over the lengths run (1.0 = the cost per token is flat).
+log(tokens) fitted over the lengths run (1.0 = the cost per token is flat). During Spill and
+Restore the daemon's RssAnon (/proc/<pid>/status, sampled every 5 ms) is watched: the peak growth
+over its value before the step is reported (stderr; JSON spill_anon_mib, restore_anon_mib) - the
+host memory a spill or restore takes besides the pool (--kvkeepd of another build compares them).
 
 Flags:
   --tokens N[,N...]   lengths (default 1024,2048,...,131072)
@@ -104,9 +111,46 @@ int ParseFlags(int argc, char** argv, Options* o) {
   return 0;
 }
 
-// One length through every step; seconds per step.
+// The daemon's anonymous resident memory in MiB (RssAnon), or -1 when it cannot be read.
+double RssAnonMib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("RssAnon:", 0) == 0) return std::atof(line.c_str() + 8) / 1024.0;  // kB
+  }
+  return -1;
+}
+
+// Peak growth of the daemon's RssAnon while it is alive (sampled every 5 ms on its own thread).
+class AnonPeak {
+ public:
+  explicit AnonPeak(pid_t pid) : pid_(pid), before_(RssAnonMib(pid)), peak_(before_) {
+    thread_ = std::thread([this] {
+      while (!stop_.load()) {
+        peak_ = std::max(peak_, RssAnonMib(pid_));
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  // MiB above the value at construction (0 when it never grew).
+  double Stop() {
+    stop_.store(true);
+    thread_.join();
+    peak_ = std::max(peak_, RssAnonMib(pid_));
+    return std::max(0.0, peak_ - before_);
+  }
+
+ private:
+  const pid_t pid_;
+  const double before_;
+  double peak_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// One length through every step; seconds per step (and "spill_anon"/"restore_anon": MiB).
 absl::StatusOr<std::map<std::string, double>> MeasureLength(Client& c, const std::string& token,
-                                                            uint32_t n, bool spill) {
+                                                            uint32_t n, bool spill, pid_t daemon) {
   std::map<std::string, double> t;
   ASSIGN_OR_RETURN(std::string seq, c.CreateSequence("llama-long", /*retain=*/true));
   auto t0 = Clock::now();
@@ -131,16 +175,20 @@ absl::StatusOr<std::map<std::string, double>> MeasureLength(Client& c, const std
     t0 = Clock::now();
     auto ctx = MakeCallContext(token);
     v1::SpillReply spilled;
+    AnonPeak spill_memory(daemon);
     grpc::Status st = c.stub().Spill(ctx.get(), s, &spilled);
+    t["spill_anon"] = spill_memory.Stop();
     if (!st.ok()) return absl::InternalError("Spill: " + st.error_message());
     t["spill"] = Since(t0);
     v1::RestoreRequest r;
     r.set_session_id(c.session_id());
     r.set_sequence_id(seq);
     t0 = Clock::now();
-    ASSIGN_OR_RETURN(auto chunks,
-                     StreamCall(token, c.stub(), &v1::KvCache::Stub::RestoreStream, r));
-    ASSIGN_OR_RETURN(v1::PageTable restored, MergePageTable(std::move(chunks)));
+    AnonPeak restore_memory(daemon);
+    auto chunks = StreamCall(token, c.stub(), &v1::KvCache::Stub::RestoreStream, r);
+    t["restore_anon"] = restore_memory.Stop();
+    if (!chunks.ok()) return chunks.status();
+    ASSIGN_OR_RETURN(v1::PageTable restored, MergePageTable(std::move(chunks).value()));
     t["restore"] = Since(t0);
     if (restored.heads_size() != 256 || restored.heads(255).token_count() !=
                                             compressed.table().heads(255).token_count()) {
@@ -197,7 +245,7 @@ int Run(const Options& o) {
     return 1;
   }
   std::vector<double> lengths;
-  std::map<std::string, std::vector<double>> seconds;
+  std::map<std::string, std::vector<double>> seconds, memory;  // memory: MiB of RssAnon growth
   int exit_code = 0;
   for (uint32_t n : o.tokens) {
     // K+V of n tokens plus page rounding and headroom for the compaction's copies.
@@ -207,7 +255,7 @@ int Run(const Options& o) {
                    static_cast<unsigned long long>(o.pool_mib));
       continue;
     }
-    auto t = MeasureLength(**client, created->token(), n, o.spill);
+    auto t = MeasureLength(**client, created->token(), n, o.spill, (*daemon)->pid());
     if (!t.ok()) {
       std::fprintf(stderr, "[long] %u tokens: %s\n", n, t.status().ToString().c_str());
       exit_code = 1;
@@ -220,6 +268,11 @@ int Run(const Options& o) {
       seconds[step].push_back((*t)[step]);
       std::fprintf(stderr, " %s %.3f s", step, (*t)[step]);
     }
+    for (const char* m : {"spill_anon", "restore_anon"}) {
+      if (!t->count(m)) continue;
+      memory[m].push_back((*t)[m]);
+      std::fprintf(stderr, " %s +%.0f MiB", m, (*t)[m]);
+    }
     std::fprintf(stderr, "\n");
   }
   client->reset();
@@ -229,6 +282,7 @@ int Run(const Options& o) {
     for (size_t i = 0; i < lengths.size(); ++i) {
       std::printf("%s{\"tokens\":%.0f", i ? "," : "", lengths[i]);
       for (const auto& [step, s] : seconds) std::printf(",\"%s_s\":%.6f", step.c_str(), s[i]);
+      for (const auto& [what, m] : memory) std::printf(",\"%s_mib\":%.1f", what.c_str(), m[i]);
       std::printf("}");
     }
     std::printf("],\"slopes\":{");

@@ -3,10 +3,10 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cerrno>
 #include <cmath>
@@ -21,12 +21,12 @@
 #include <vector>
 
 #include "bench/rep_stats.h"
+#include "bench/spill_baselines.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "rocksdb/db.h"
-#include "rocksdb/write_batch.h"
 #include "service/storage/spill_store.h"
 
 namespace kvkeep::bench {
@@ -65,6 +65,10 @@ struct Options {
   uint64_t blob_file_mib = 256;
   uint64_t pages_per_value = 32;  // SpillStore::Options defaults
   uint64_t read_threads = 2;
+  uint64_t read_batch_mib = 16;     // SpillStore::Options defaults
+  bool direct_reads = false;
+  uint64_t wal_bytes_per_sync = 1ull << 20;
+  uint64_t write_batch_mib = 64;  // SpillStore::Options::write_batch_bytes default
   double prefill_tps = 10000;
   bool warm = false;
   bool json = false;
@@ -78,14 +82,16 @@ Usage: kvkeep-bench spill [flags]
 Spills and restores whole sequences through SpillStore (all pages + manifest in one synced
 WriteBatch, XXH64 per page written and verified) and, in the same rep, writes and reads the same
 bytes (1) with raw RocksDB under the same options (one synced WriteBatch of the same keys, MultiGet)
-and (2) as one plain file (writev + fdatasync, readv): the disk's bound. The page cache is dropped
+and (2) as one plain file (writev + fdatasync, readv): the disk's bound. Restores are read twice:
+with Get (every page collected in new memory) and streamed (ReadInto, each verified page copied
+into memory touched beforehand, as the daemon's restore writes into pool pages). The page cache is dropped
 for the benchmark's files before every read phase (posix_fadvise DONTNEED) unless --warm.
 Cells: median [min, max] over --reps, ratios computed within each rep.
 
 Flags:
   --shape small|llama3-8b|qwen3-8b  model shape (default llama3-8b: 32 layers x 8 KV heads,
                         head_dim 128, bf16 = 128 KiB of K+V per token)
-  --tokens N[,N...]     sequence lengths (default 1024,4096; 8192 needs ~4 GiB of RAM)
+  --tokens N[,N...]     sequence lengths (default 1024,4096; 16384 needs ~8 GiB of RAM)
   --page_tokens N       tokens per page (default 16)
   --reps N              repetitions (default 5)
   --compression none|lz4|zstd|snappy   blob compression (default none)
@@ -95,6 +101,12 @@ Flags:
   --pages_per_value N   pages of one head per stored value (default 32; 1 = the version-1
                         layout of earlier releases, one value per page)
   --read_threads N      threads a restore reads with (default 2; 1 = earlier releases)
+  --read_batch_mib N    bytes of values per MultiGet and read thread (default 16)
+  --direct_reads 0|1    O_DIRECT reads of blob/table files (default 0)
+  --wal_bytes_per_sync N  start WAL write-back every N bytes during a Put (default 1048576;
+                        0 = off, as in earlier releases)
+  --write_batch_mib N   bytes of pages per write batch of a spill (default 64); a larger spill is
+                        written in such batches without the WAL, flushed, then its manifest
   --prefill_tps X       ASSUMED prefill rate to compare restores with (default 10000 tokens/s,
                         roughly an 8B model on one H100; not measured here)
   --dir PATH            folder for the databases and the file (default: fresh temp folder)
@@ -104,7 +116,7 @@ Flags:
   --help
 
 Examples:
-  kvkeep-bench spill --tokens 1024,4096,8192 --reps 5
+  kvkeep-bench spill --tokens 1024,4096,16384 --reps 3 --json
   kvkeep-bench spill --compression lz4 --json
 )";
 
@@ -142,7 +154,9 @@ int ParseFlags(int argc, char** argv, Options* o) {
     static const char* kValued[] = {"--shape", "--tokens", "--page_tokens", "--reps",
                                     "--compression", "--write_buffer_mib", "--min_blob_size",
                                     "--blob_file_mib", "--prefill_tps", "--dir",
-                                    "--pages_per_value", "--read_threads"};
+                                    "--pages_per_value", "--read_threads", "--read_batch_mib",
+                                    "--direct_reads", "--wal_bytes_per_sync",
+                                    "--write_batch_mib"};
     if (std::find_if(std::begin(kValued), std::end(kValued),
                      [&](const char* f) { return name == f; }) == std::end(kValued)) {
       std::fprintf(stderr, "kvkeep-bench spill: unknown flag %s (see --help)\n", name.c_str());
@@ -191,6 +205,17 @@ int ParseFlags(int argc, char** argv, Options* o) {
            o->pages_per_value <= 4096;
     } else if (name == "--read_threads") {
       ok = ParseUint(value, &o->read_threads) && o->read_threads > 0 && o->read_threads <= 64;
+    } else if (name == "--read_batch_mib") {
+      ok = ParseUint(value, &o->read_batch_mib) && o->read_batch_mib > 0 &&
+           o->read_batch_mib <= 4096;
+    } else if (name == "--direct_reads") {
+      ok = value == "0" || value == "1";
+      o->direct_reads = value == "1";
+    } else if (name == "--write_batch_mib") {
+      ok = ParseUint(value, &o->write_batch_mib) && o->write_batch_mib > 0 &&
+           o->write_batch_mib <= 4096;
+    } else if (name == "--wal_bytes_per_sync") {
+      ok = ParseUint(value, &o->wal_bytes_per_sync);
     } else if (name == "--prefill_tps") {
       ok = absl::SimpleAtod(value, &o->prefill_tps) && o->prefill_tps > 0;
     } else if (name == "--dir") {
@@ -309,144 +334,40 @@ uint64_t NewBlobBytes(const std::map<std::string, uint64_t>& before, const std::
   return n;
 }
 
-// ---- Raw RocksDB with the store's options ------------------------------------------------------
+// ---- Streamed restore ------------------------------------------------------------------------
 
-class RawDb {
+// A streamed restore's sink (SpillStore::ReadInto, as the daemon's restore uses it): every
+// verified page is copied into memory allocated and touched before the clock starts, as the
+// daemon writes into pool pages. Counts the pages, so a read that delivers nothing cannot pass.
+class IntoBuffers : public SpillPageSink {
  public:
-  static absl::StatusOr<std::unique_ptr<RawDb>> Open(const SpillStore::Options& o) {
-    SpillStore::DbConfig c = SpillStore::MakeDbConfig(o);
-    std::vector<rocksdb::ColumnFamilyDescriptor> families = {
-        {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()}, {"pages", c.pages}};
-    auto raw = std::unique_ptr<RawDb>(new RawDb());
-    rocksdb::DB* db = nullptr;
-    rocksdb::Status s = rocksdb::DB::Open(c.db, o.path, families, &raw->handles_, &db);
-    if (!s.ok()) return absl::UnavailableError("raw RocksDB: " + s.ToString());
-    raw->db_.reset(db);
-    return raw;
+  explicit IntoBuffers(std::vector<std::vector<std::string>>* out) : out_(out) {}
+  absl::Status Begin(SpillLayout& layout) override {
+    if (layout.page_sizes.size() != out_->size()) return absl::DataLossError("heads differ");
+    for (size_t h = 0; h < out_->size(); ++h) {
+      if (layout.page_sizes[h].size() != (*out_)[h].size()) {
+        return absl::DataLossError("pages differ");
+      }
+    }
+    return absl::OkStatus();
   }
-  ~RawDb() {
-    for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
-    db_->Close().PermitUncheckedError();
+  absl::Status Page(uint32_t head, uint32_t page, absl::string_view bytes) override {
+    std::string& dst = (*out_)[head][page];
+    if (bytes.size() != dst.size()) return absl::DataLossError("page size differs");
+    std::memcpy(dst.data(), bytes.data(), bytes.size());
+    pages_.fetch_add(1, std::memory_order_relaxed);
+    return absl::OkStatus();
   }
-  rocksdb::DB* db() { return db_.get(); }
-  rocksdb::ColumnFamilyHandle* pages() { return handles_[1]; }
+  uint64_t pages() const { return pages_.load(); }
 
  private:
-  RawDb() = default;
-  std::unique_ptr<rocksdb::DB> db_;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  std::vector<std::vector<std::string>>* const out_;
+  std::atomic<uint64_t> pages_{0};
 };
 
-std::string RawKey(const std::string& prefix, uint32_t h, uint32_t p) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%08x/%08x", h, p);
-  return prefix + buf;
-}
-
-absl::Status RawPut(RawDb* raw, const std::string& prefix, const SpillRecord& r, uint64_t bytes) {
-  rocksdb::WriteBatch batch(bytes + 64 * r.heads.size() * r.heads[0].pages.size());
-  for (uint32_t h = 0; h < r.heads.size(); ++h) {
-    for (uint32_t p = 0; p < r.heads[h].pages.size(); ++p) {
-      batch.Put(raw->pages(), RawKey(prefix, h, p), r.heads[h].pages[p]).PermitUncheckedError();
-    }
-  }
-  rocksdb::WriteOptions w;
-  w.sync = true;
-  rocksdb::Status s = raw->db()->Write(w, &batch);
-  return s.ok() ? absl::OkStatus() : absl::UnavailableError("raw put: " + s.ToString());
-}
-
-// MultiGet in batches of 1024 keys (as SpillStore::Get does), each value copied into its own
-// std::string (as a Get(&std::string) would).
-absl::Status RawGet(RawDb* raw, const std::string& prefix, const SpillRecord& shape,
-                    std::vector<std::vector<std::string>>* out) {
-  constexpr size_t kBatch = 1024;
-  out->assign(shape.heads.size(), {});
-  std::vector<std::pair<uint32_t, uint32_t>> slots;
-  for (uint32_t h = 0; h < shape.heads.size(); ++h) {
-    (*out)[h].resize(shape.heads[h].pages.size());
-    for (uint32_t p = 0; p < shape.heads[h].pages.size(); ++p) slots.push_back({h, p});
-  }
-  std::vector<std::string> keys(kBatch);
-  std::vector<rocksdb::Slice> slices(kBatch);
-  std::vector<rocksdb::PinnableSlice> values(kBatch);
-  std::vector<rocksdb::Status> statuses(kBatch);
-  rocksdb::ReadOptions ro;
-  ro.fill_cache = false;
-  for (size_t b = 0; b < slots.size(); b += kBatch) {
-    size_t n = std::min(kBatch, slots.size() - b);
-    for (size_t i = 0; i < n; ++i) {
-      keys[i] = RawKey(prefix, slots[b + i].first, slots[b + i].second);
-      slices[i] = keys[i];
-      values[i].Reset();
-    }
-    raw->db()->MultiGet(ro, raw->pages(), n, slices.data(), values.data(), statuses.data(), true);
-    for (size_t i = 0; i < n; ++i) {
-      if (!statuses[i].ok()) return absl::UnavailableError("raw get: " + statuses[i].ToString());
-      (*out)[slots[b + i].first][slots[b + i].second].assign(values[i].data(), values[i].size());
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status RawDelete(RawDb* raw, const std::string& prefix, const SpillRecord& r) {
-  rocksdb::WriteBatch batch;
-  for (uint32_t h = 0; h < r.heads.size(); ++h) {
-    for (uint32_t p = 0; p < r.heads[h].pages.size(); ++p) {
-      batch.Delete(raw->pages(), RawKey(prefix, h, p)).PermitUncheckedError();
-    }
-  }
-  rocksdb::Status s = raw->db()->Write(rocksdb::WriteOptions(), &batch);
-  return s.ok() ? absl::OkStatus() : absl::UnavailableError("raw delete: " + s.ToString());
-}
-
-// ---- Plain file ------------------------------------------------------------------------------
-
-absl::Status Vectored(int fd, std::vector<iovec>& iov, bool write) {
-  size_t i = 0;
-  while (i < iov.size()) {
-    int n = static_cast<int>(std::min<size_t>(iov.size() - i, IOV_MAX));
-    ssize_t done = write ? ::writev(fd, &iov[i], n) : ::readv(fd, &iov[i], n);
-    if (done < 0) {
-      if (errno == EINTR) continue;
-      return absl::UnavailableError(absl::StrCat(write ? "writev: " : "readv: ",
-                                                 std::strerror(errno)));
-    }
-    if (done == 0) return absl::DataLossError("file: short read");
-    // Advance over what was transferred (possibly part of an iovec).
-    while (done > 0) {
-      size_t take = std::min<size_t>(done, iov[i].iov_len);
-      iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + take;
-      iov[i].iov_len -= take;
-      done -= static_cast<ssize_t>(take);
-      if (iov[i].iov_len == 0) ++i;
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status FileWrite(const std::string& path, const SpillRecord& r) {
-  int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
-  std::vector<iovec> iov;
-  for (const auto& h : r.heads)
-    for (const auto& p : h.pages) iov.push_back({const_cast<char*>(p.data()), p.size()});
-  absl::Status s = Vectored(fd, iov, true);
-  if (s.ok() && ::fdatasync(fd) != 0) s = absl::UnavailableError("fdatasync failed");
-  ::close(fd);
-  return s;
-}
-
-// Reads into `out`, whose strings already have the page sizes (the bound: no allocation timed).
-absl::Status FileRead(const std::string& path, std::vector<std::vector<std::string>>* out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
-  std::vector<iovec> iov;
+void Scrub(std::vector<std::vector<std::string>>* out) {
   for (auto& h : *out)
-    for (auto& p : h) iov.push_back({p.data(), p.size()});
-  absl::Status s = Vectored(fd, iov, false);
-  ::close(fd);
-  return s;
+    for (auto& p : h) std::memset(p.data(), 0, p.size());
 }
 
 // ---- Measurement -----------------------------------------------------------------------------
@@ -455,6 +376,8 @@ struct Rep {
   double spill_w, raw_w, file_w;  // GB/s
   double spill_r, raw_r, file_r;  // GB/s
   double restore_s;               // SpillStore::Get seconds
+  double stream_r;                // GB/s of a streamed restore (ReadInto into touched memory)
+  double stream_restore_s;        // its seconds
   double blob_ratio;              // blob-file bytes written / page bytes
 };
 
@@ -482,6 +405,9 @@ const Field kFields[] = {
     {"write_vs_file", [](const Rep& r) { return r.spill_w / r.file_w; }},
     {"read_vs_file", [](const Rep& r) { return r.spill_r / r.file_r; }},
     {"restore_s", [](const Rep& r) { return r.restore_s; }},
+    {"stream_read_gbps", [](const Rep& r) { return r.stream_r; }},
+    {"stream_vs_file", [](const Rep& r) { return r.stream_r / r.file_r; }},
+    {"stream_restore_s", [](const Rep& r) { return r.stream_restore_s; }},
     {"blob_bytes_per_page_byte", [](const Rep& r) { return r.blob_ratio; }},
 };
 
@@ -553,9 +479,9 @@ absl::Status MeasureRow(const Options& o, const std::string& dir, SpillStore* st
       }
     }
     r.blob_ratio = static_cast<double>(NewBlobBytes(blobs_before, spill_dir)) / row->bytes;
-    // Reads, each from a cold page cache.
-    for (int k = 0; k < 3; ++k) {
-      int which = (k + rep) % 3;
+    // Reads, each from a cold page cache, in an order rotated every rep.
+    for (int k = 0; k < 4; ++k) {
+      int which = (k + rep) % 4;
       if (!o.warm) EvictPageCache(dir);
       if (which == 0) {
         auto t0 = Clock::now();
@@ -573,6 +499,21 @@ absl::Status MeasureRow(const Options& o, const std::string& dir, SpillStore* st
         for (size_t h = 0; h < out.size(); ++h) {
           if (out[h] != record.heads[h].pages) return absl::DataLossError("raw get differs");
         }
+      } else if (which == 3) {
+        Scrub(&file_out);  // so a read that delivered nothing cannot compare equal
+        IntoBuffers sink(&file_out);
+        auto t0 = Clock::now();
+        absl::Status st = store->ReadInto(record.tenant, record.sequence_id, &sink);
+        double s = SecondsSince(t0);
+        if (!st.ok()) return st;
+        r.stream_r = gb / s;
+        r.stream_restore_s = s;
+        if (sink.pages() != row->pages) return absl::DataLossError("streamed restore: pages lost");
+        for (size_t h = 0; h < file_out.size(); ++h) {
+          if (file_out[h] != record.heads[h].pages) {
+            return absl::DataLossError("streamed restore not bit-exact");
+          }
+        }
       } else {
         auto t0 = Clock::now();
         if (absl::Status s = FileRead(file_path, &file_out); !s.ok()) return s;
@@ -587,9 +528,9 @@ absl::Status MeasureRow(const Options& o, const std::string& dir, SpillStore* st
     fs::remove(file_path);
     std::fprintf(stderr,
                  "[spill] %u tokens rep %d/%d: write GB/s spill %.2f raw %.2f file %.2f | "
-                 "read GB/s spill %.2f raw %.2f file %.2f\n",
-                 row->tokens, rep + 1, o.reps, r.spill_w, r.raw_w, r.file_w, r.spill_r, r.raw_r,
-                 r.file_r);
+                 "read GB/s spill %.2f streamed %.2f raw %.2f file %.2f\n",
+                 row->tokens, rep + 1, o.reps, r.spill_w, r.raw_w, r.file_w, r.spill_r,
+                 r.stream_r, r.raw_r, r.file_r);
     row->reps.push_back(r);
   }
   return absl::OkStatus();
@@ -600,12 +541,16 @@ void PrintJson(const Options& o, uint64_t page_bytes, const std::vector<Row>& ro
               "\"head_dim\":%u,\"dtype\":\"%s\"},\"page_tokens\":%u,\"page_bytes\":%llu,"
               "\"compression\":\"%s\",\"cold_reads\":%s,\"reps\":%d,"
               "\"prefill_tokens_per_s_assumed\":%.6g,\"pages_per_value\":%llu,"
-              "\"read_threads\":%llu,\"rows\":[",
+              "\"read_threads\":%llu,\"read_batch_mib\":%llu,\"direct_reads\":%s,"
+              "\"wal_bytes_per_sync\":%llu,\"write_batch_mib\":%llu,\"rows\":[",
               o.shape.name, o.shape.layers, o.shape.kv_heads, o.shape.head_dim, o.shape.dtype,
               o.page_tokens, static_cast<unsigned long long>(page_bytes), o.compression.c_str(),
               o.warm ? "false" : "true", o.reps, o.prefill_tps,
               static_cast<unsigned long long>(o.pages_per_value),
-              static_cast<unsigned long long>(o.read_threads));
+              static_cast<unsigned long long>(o.read_threads),
+              static_cast<unsigned long long>(o.read_batch_mib), o.direct_reads ? "true" : "false",
+              static_cast<unsigned long long>(o.wal_bytes_per_sync),
+              static_cast<unsigned long long>(o.write_batch_mib));
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     std::printf("%s{\"tokens\":%u,\"bytes\":%llu,\"pages\":%llu,\"prefill_s_assumed\":%.6g",
@@ -620,45 +565,52 @@ void PrintJson(const Options& o, uint64_t page_bytes, const std::vector<Row>& ro
 void PrintTable(const Options& o, uint64_t page_bytes, const std::vector<Row>& rows) {
   std::printf("kvkeep-bench spill: shape %s (%u layers x %u KV heads, head_dim %u, %s), pages of %u "
               "tokens (%llu B), blob compression %s, %s reads, %d reps, %llu pages per value, "
-              "%llu read threads\n",
+              "%llu read threads, %llu MiB per MultiGet, direct reads %s, wal_bytes_per_sync "
+              "%llu\n",
               o.shape.name, o.shape.layers, o.shape.kv_heads, o.shape.head_dim, o.shape.dtype,
               o.page_tokens, static_cast<unsigned long long>(page_bytes), o.compression.c_str(),
               o.warm ? "warm (page cache kept)" : "cold (page cache dropped)", o.reps,
               static_cast<unsigned long long>(o.pages_per_value),
-              static_cast<unsigned long long>(o.read_threads));
+              static_cast<unsigned long long>(o.read_threads),
+              static_cast<unsigned long long>(o.read_batch_mib), o.direct_reads ? "on" : "off",
+              static_cast<unsigned long long>(o.wal_bytes_per_sync));
   std::printf("every cell: median [min,max] over the reps; ratios computed within each rep\n\n");
-  std::printf("ratios (SpillStore / bound):\n");
-  std::printf("%7s %8s %20s %20s %20s %20s\n", "tokens", "MiB", "write / raw RocksDB",
-              "read / raw RocksDB", "write / file+fsync", "read / file");
+  std::printf("ratios (SpillStore / bound; streamed = ReadInto into touched memory, as a restore):\n");
+  std::printf("%7s %8s %18s %18s %18s %18s %18s\n", "tokens", "MiB", "write / raw RocksDB",
+              "read / raw RocksDB", "write / file+fsync", "Get / file", "streamed / file");
   for (const Row& r : rows) {
-    std::printf("%7u %8.0f %20s %20s %20s %20s\n", r.tokens, r.bytes / 1048576.0,
+    std::printf("%7u %8.0f %18s %18s %18s %18s %18s\n", r.tokens, r.bytes / 1048576.0,
                 Cell(StatOf(r, "write_vs_raw"), "%.2f").c_str(),
                 Cell(StatOf(r, "read_vs_raw"), "%.2f").c_str(),
                 Cell(StatOf(r, "write_vs_file"), "%.2f").c_str(),
-                Cell(StatOf(r, "read_vs_file"), "%.2f").c_str());
+                Cell(StatOf(r, "read_vs_file"), "%.2f").c_str(),
+                Cell(StatOf(r, "stream_vs_file"), "%.2f").c_str());
   }
   std::printf("\nabsolute GB/s (1 GB = 1e9 B of K+V; this machine's disk, not comparable elsewhere):\n");
-  std::printf("%7s %18s %18s %18s %18s %18s %18s\n", "tokens", "spill write", "raw write",
-              "file write", "spill read", "raw read", "file read");
+  std::printf("%7s %16s %16s %16s %16s %16s %16s %16s\n", "tokens", "spill write", "raw write",
+              "file write", "Get read", "streamed read", "raw read", "file read");
   for (const Row& r : rows) {
-    std::printf("%7u %18s %18s %18s %18s %18s %18s\n", r.tokens,
+    std::printf("%7u %16s %16s %16s %16s %16s %16s %16s\n", r.tokens,
                 Cell(StatOf(r, "spill_write_gbps"), "%.2f").c_str(),
                 Cell(StatOf(r, "raw_write_gbps"), "%.2f").c_str(),
                 Cell(StatOf(r, "file_write_gbps"), "%.2f").c_str(),
                 Cell(StatOf(r, "spill_read_gbps"), "%.2f").c_str(),
+                Cell(StatOf(r, "stream_read_gbps"), "%.2f").c_str(),
                 Cell(StatOf(r, "raw_read_gbps"), "%.2f").c_str(),
                 Cell(StatOf(r, "file_read_gbps"), "%.2f").c_str());
   }
-  std::printf("\nrestore vs recompute (prefill at an ASSUMED %.0f tokens/s), blob bytes on disk:\n",
+  std::printf("\nrestore vs recompute (prefill at an ASSUMED %.0f tokens/s, not measured), "
+              "blob bytes on disk:\n",
               o.prefill_tps);
-  std::printf("%7s %22s %14s %22s %18s\n", "tokens", "restore s", "prefill s", "prefill / restore",
-              "blob B / page B");
+  std::printf("%7s %20s %20s %11s %22s %16s\n", "tokens", "Get s", "streamed restore s",
+              "prefill s", "prefill / streamed", "blob B / page B");
   for (const Row& r : rows) {
-    Stats restore = StatOf(r, "restore_s");
+    Stats restore = StatOf(r, "stream_restore_s");
     double prefill = r.tokens / o.prefill_tps;
     Stats speedup{prefill / restore.median, prefill / restore.max, prefill / restore.min};
-    std::printf("%7u %22s %14.3f %22s %18s\n", r.tokens, Cell(restore, "%.3f").c_str(), prefill,
-                Cell(speedup, "%.1f").c_str(),
+    std::printf("%7u %20s %20s %11.3f %22s %16s\n", r.tokens,
+                Cell(StatOf(r, "restore_s"), "%.3f").c_str(), Cell(restore, "%.3f").c_str(),
+                prefill, Cell(speedup, "%.2f").c_str(),
                 Cell(StatOf(r, "blob_bytes_per_page_byte"), "%.3f").c_str());
   }
 }
@@ -690,6 +642,10 @@ int RunSpillBench(int argc, char** argv) {
   so.blob_file_size = o.blob_file_mib << 20;
   so.pages_per_value = static_cast<uint32_t>(o.pages_per_value);
   so.read_threads = static_cast<int>(o.read_threads);
+  so.read_batch_mib = static_cast<uint32_t>(o.read_batch_mib);
+  so.use_direct_reads = o.direct_reads;
+  so.wal_bytes_per_sync = o.wal_bytes_per_sync;
+  so.write_batch_bytes = o.write_batch_mib << 20;
   int rc = 0;
   std::vector<Row> rows;
   {

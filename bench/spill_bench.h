@@ -7,6 +7,8 @@
 //     in one synced WriteBatch, read back with MultiGet - what the store costs over RocksDB;
 //   * a plain file: the same bytes written with writev + fdatasync and read back with readv - the
 //     disk's bound.
+//   * the same restore streamed (SpillStore::ReadInto) into memory touched beforehand, as the
+//     daemon's restore writes each verified page into its pool page - no copy of the sequence;
 // Before every read phase the files of all three are dropped from the page cache
 // (posix_fadvise DONTNEED), so restores come from the disk unless --warm is given.
 // Restore time is also compared with recomputing the sequence by prefill at an assumed rate
@@ -14,7 +16,7 @@
 // measurement).
 //
 //   kvkeep-bench spill                              # llama3-8b, 1k and 4k tokens, 5 reps
-//   kvkeep-bench spill --tokens 1024,4096,8192 --compression lz4 --json
+//   kvkeep-bench spill --tokens 1024,4096,16384 --reps 3 --json
 //   kvkeep-bench spill --smoke                      # CI: a few seconds, exit code only
 //
 // Progress goes to stderr; the table (or JSON) to stdout.

@@ -1,10 +1,14 @@
 #include "service/engine/spiller.h"
 
+#include <utility>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/failure_reason.h"
 #include "common/status_macros.h"
 #include "service/engine/metadata_charge.h"
+#include "service/engine/restore_sink.h"
 #include "service/observability/log.h"
 
 namespace kvkeep {
@@ -53,34 +57,49 @@ absl::Status Spiller::CheckSpillable(Sequence* seq, const std::string& caller_se
   return absl::OkStatus();
 }
 
-absl::StatusOr<SpillRecord> Spiller::ReadRecord(const Sequence& seq) {
+namespace {
+
+// A spill's page source: each committed page read from its device page as the store asks for it,
+// so a spill never holds more than one write batch of the sequence in host memory.
+class DevicePageSource : public SpillPageSource {
+ public:
+  // `head_pages[h]`: the packed page refs of head h (the table's, unchanged during the Write).
+  DevicePageSource(const std::string& tenant, std::vector<const std::vector<uint64_t>*> head_pages,
+                   Spiller::Host* host, Backend* backend)
+      : tenant_(tenant), head_pages_(std::move(head_pages)), host_(host), backend_(backend) {}
+  absl::Status ReadPage(uint32_t head, uint32_t page, char* dst, size_t size) override {
+    absl::StatusOr<PagePool::Location> loc = host_->LocatePage(tenant_, (*head_pages_[head])[page]);
+    if (!loc.ok()) return loc.status();
+    return backend_->Read(*loc->arena, loc->offset, dst, size);
+  }
+
+ private:
+  const std::string& tenant_;
+  const std::vector<const std::vector<uint64_t>*> head_pages_;
+  Spiller::Host* const host_;
+  Backend* const backend_;
+};
+
+}  // namespace
+
+SpillWrite Spiller::DescribeSpill(const Sequence& seq) {
   const PageGeometry& g = seq.model->geometry();
-  SpillRecord record;
-  record.tenant = seq.tenant;
-  record.sequence_id = seq.id;
-  record.model = seq.model->name();
-  record.next_position = seq.table.next_position();
-  record.heads.resize(seq.table.heads());
+  SpillWrite spill;
+  spill.tenant = seq.tenant;
+  spill.sequence_id = seq.id;
+  spill.model = seq.model->name();
+  spill.next_position = seq.table.next_position();
+  spill.counts.reserve(seq.table.heads());
+  spill.positions.reserve(seq.table.heads());
+  spill.page_sizes.resize(seq.table.heads());
   for (uint32_t h = 0; h < seq.table.heads(); ++h) {
     const auto& head = seq.table.head(h);
-    SpilledHead& out = record.heads[h];
-    out.count = head.count;
-    out.positions = head.positions;
+    spill.counts.push_back(head.count);
+    spill.positions.emplace_back(head.positions);  // not copied: the table outlives the Write
     const uint64_t used_pages = (uint64_t{head.count} + g.tokens_per_page - 1) / g.tokens_per_page;
-    for (uint64_t p = 0; p < used_pages; ++p) {
-      absl::StatusOr<PagePool::Location> loc = host_->LocatePage(seq.tenant, head.pages[p]);
-      std::string& page = out.pages.emplace_back(g.page_bytes, '\0');
-      absl::Status read =
-          loc.ok() ? backend_->Read(*loc->arena, loc->offset, page.data(), page.size())
-                   : loc.status();
-      if (!read.ok()) {
-        log::Error("spill.failed", {{"tenant", seq.tenant}, {"sequence", seq.id},
-                                    {"step", "read_device"}, {"status", read}});
-        return read;
-      }
-    }
+    spill.page_sizes[h].assign(used_pages, static_cast<uint32_t>(g.page_bytes));
   }
-  return record;
+  return spill;
 }
 
 absl::StatusOr<Spiller::Spilled> Spiller::Spill(Sequence* seq, const std::string& caller_session,
@@ -92,8 +111,11 @@ absl::StatusOr<Spiller::Spilled> Spiller::Spill(Sequence* seq, const std::string
   // Only pages that hold committed tokens are written; reserved room is given back.
   const uint64_t bytes = SpillBytes(*seq);
   RETURN_IF_ERROR(CheckSpillable(seq, caller_session, ignore_leases, bytes));
-  ASSIGN_OR_RETURN(SpillRecord record, ReadRecord(*seq));
-  absl::Status put = store_->Put(record);  // durable when OK
+  // The pages are read from the device batch by batch as the store writes them.
+  std::vector<const std::vector<uint64_t>*> head_pages;
+  for (uint32_t h = 0; h < seq->table.heads(); ++h) head_pages.push_back(&seq->table.head(h).pages);
+  DevicePageSource source(seq->tenant, std::move(head_pages), host_, backend_);
+  absl::Status put = store_->Write(DescribeSpill(*seq), &source);  // durable when OK
   if (!put.ok()) {
     ++errors_;
     log::Warn("spill.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
@@ -114,66 +136,23 @@ absl::StatusOr<Spiller::Spilled> Spiller::Spill(Sequence* seq, const std::string
   return Spilled{bytes, pages};
 }
 
-absl::StatusOr<uint64_t> Spiller::CheckRecord(const Sequence& seq, const SpillRecord& record) {
-  const PageGeometry& g = seq.model->geometry();
-  if (record.heads.size() != seq.table.heads()) {
-    log::Error("restore.failed", {{"tenant", seq.tenant}, {"sequence", seq.id},
-                                  {"step", "check"}, {"error", "head count differs"}});
-    return absl::DataLossError(absl::StrCat("spilled sequence ", seq.id, " has ",
-                                            record.heads.size(), " heads, its model ",
-                                            seq.table.heads()));
-  }
-  uint64_t count = 0;
-  for (const SpilledHead& head : record.heads) {
-    for (const std::string& page : head.pages) {
-      if (page.size() != g.page_bytes) {
-        log::Error("restore.failed", {{"tenant", seq.tenant}, {"sequence", seq.id},
-                                      {"step", "check"}, {"error", "page size differs"}});
-        return absl::DataLossError(absl::StrCat("spilled sequence ", seq.id,
-                                                " holds a page of ", page.size(),
-                                                " bytes; its model's pages have ", g.page_bytes));
-      }
-    }
-    count += head.pages.size();
-  }
-  return count;
-}
-
-absl::Status Spiller::WriteBack(Sequence* seq, SpillRecord& record,
-                                const std::vector<uint64_t>& pages) {
-  const PageGeometry& g = seq->model->geometry();
-  size_t next = 0;
-  absl::Status status;
-  for (uint32_t h = 0; h < record.heads.size() && status.ok(); ++h) {
-    SpilledHead& head = record.heads[h];
-    std::vector<uint64_t> mine(pages.begin() + next, pages.begin() + next + head.pages.size());
-    next += head.pages.size();
-    for (size_t p = 0; p < mine.size() && status.ok(); ++p) {
-      Arena* arena = pool_->ArenaOf(mine[p]);
-      status = backend_->Write(*arena, uint64_t{PageRef::Unpack(mine[p]).index} * g.page_bytes,
-                               head.pages[p].data(), head.pages[p].size());
-    }
-    if (status.ok()) {
-      status = seq->table.RestoreHead(h, std::move(mine), head.count, std::move(head.positions));
-    }
-  }
-  return status;
-}
-
 absl::Status Spiller::Restore(Sequence* seq) {
   if (seq->dropped) return absl::NotFoundError(absl::StrCat("no sequence \"", seq->id, "\""));
   if (!seq->spilled) {
     return absl::FailedPreconditionError(absl::StrCat("sequence ", seq->id, " is not spilled"));
   }
-  absl::StatusOr<SpillRecord> record = store_->Get(seq->tenant, seq->id);
-  if (!record.ok()) {
+  const PageGeometry& g = seq->model->geometry();
+  if (seq->spilled_bytes % g.page_bytes != 0) {
     ++errors_;
     log::Error("restore.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
-                                  {"step", "read"}, {"status", record.status()}});
-    return record.status();  // DATA_LOSS on a checksum mismatch: never wrong bytes
+                                  {"step", "check"}, {"error", "spilled bytes not whole pages"}});
+    return absl::DataLossError(absl::StrCat("spilled sequence ", seq->id, " holds ",
+                                            seq->spilled_bytes, " bytes, not a whole number of ",
+                                            g.page_bytes, "-byte pages of its model"));
   }
-  ASSIGN_OR_RETURN(const uint64_t count, CheckRecord(*seq, *record));
-  const PageGeometry& g = seq->model->geometry();
+  // The pages come first (admission, pressure relief), then the disk copy is streamed straight
+  // into them: no host copy of the sequence. The table sees them only once every page is in.
+  const uint64_t count = seq->spilled_bytes / g.page_bytes;
   std::vector<uint64_t> pages;
   std::vector<ArenaInfo> new_arenas;
   absl::Status charged = host_->AllocateCharged(seq->tenant, g, count, &pages, &new_arenas);
@@ -182,17 +161,23 @@ absl::Status Spiller::Restore(Sequence* seq) {
                                   {"reason", FailureReasonName(ReasonOf(charged))}});
     return charged;
   }
-  absl::Status status = WriteBack(seq, *record, pages);
+  RestoreSink sink(g, seq->table.heads(), pages, pool_, backend_, seq->id);
+  absl::Status status = store_->ReadInto(seq->tenant, seq->id, &sink);
+  const char* step = "read";
+  if (status.ok()) {
+    step = "install";
+    status = sink.Install(&seq->table);
+  }
   if (!status.ok()) {
-    // Undo: the sequence stays spilled, its pages go back.
+    // Undo: the sequence stays spilled, its pages go back, the charge is what it was.
     seq->table.Release();
     pool_->Free(pages);
     ledger_->ReleasePages(seq->tenant, count, g.page_bytes);
+    ++errors_;
     log::Error("restore.failed", {{"tenant", seq->tenant}, {"sequence", seq->id},
-                                  {"step", "write_device"}, {"status", status}});
-    return status;
+                                  {"step", step}, {"status", status}});
+    return status;  // DATA_LOSS on a checksum mismatch: never wrong bytes
   }
-  seq->table.set_next_position(record->next_position);
   // The device copy is complete. A failed delete leaves a stale copy on disk: it is remembered,
   // and a later Spill or Drop deletes it first (after a restart it would be listed as
   // restorable).

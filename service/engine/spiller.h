@@ -1,11 +1,14 @@
 // The spiller: moves a sequence between the device pool and the spill tier.
 //
-// Spill writes the pages that hold committed tokens (durable before anything is freed), then
-// frees the device pages and moves the charge from the pool to the spill tier (Ledger::
+// Spill streams the pages that hold committed tokens from the device into the store in bounded
+// batches (SpillStore::Write: durable before anything is freed; no host copy of the sequence),
+// then frees the device pages and moves the charge from the pool to the spill tier (Ledger::
 // MoveToSpill); the table's vectors are freed and the sequence's metadata charge follows at once
 // (RechargeMetadata), whoever asked for the spill (its owner, the operator, pressure relief).
 // Restore allocates through the engine's admission (pressure relief included),
-// writes the pages back (checksums verified by the store: DATA_LOSS, never wrong bytes), and
+// streams the disk copy straight into those pages (RestoreSink: each value's pages are verified
+// by the store - DATA_LOSS, never wrong bytes - and written into their pages as the value
+// arrives; no host copy of the sequence), installs the table only once every page is in, and
 // deletes the disk copy; a failed delete is remembered on the sequence (stale_spill_copy) and
 // retried by the next Spill or Drop. A failed call leaves the sequence as it was.
 //
@@ -93,14 +96,9 @@ class Spiller {
   absl::Status CheckSpillable(Sequence* seq, const std::string& caller_session,
                               bool ignore_leases, uint64_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
-  // The record of `seq`'s committed pages, read from the device.
-  absl::StatusOr<SpillRecord> ReadRecord(const Sequence& seq) ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
-  // Checks a record read back against the sequence's model; returns its page count.
-  static absl::StatusOr<uint64_t> CheckRecord(const Sequence& seq, const SpillRecord& record)
-      ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
-  // Writes the record's pages into `pages` and restores the table's heads.
-  absl::Status WriteBack(Sequence* seq, SpillRecord& record, const std::vector<uint64_t>& pages)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(seq->mu);
+  // What a spill of `seq` stores besides its page bytes: the pages holding committed tokens,
+  // positions referenced from the table (valid while seq.mu is held).
+  static SpillWrite DescribeSpill(const Sequence& seq) ABSL_SHARED_LOCKS_REQUIRED(seq.mu);
 
   // Constant after construction.
   SpillStore* const store_;  // may be null

@@ -1,5 +1,6 @@
 #include "service/storage/spill_format.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -122,7 +123,7 @@ std::string PageKey(const std::string& prefix, uint32_t head, uint32_t page) {
 
 // ---- Manifest codec --------------------------------------------------------------------------
 
-std::string EncodeManifest(const SpillRecord& r, const std::vector<std::vector<PageMeta>>& pages,
+std::string EncodeManifest(const SpillWrite& r, const std::vector<std::vector<PageMeta>>& pages,
                            uint64_t total_bytes, uint64_t page_count, absl::Time created,
                            uint32_t pages_per_value) {
   std::string out;
@@ -140,23 +141,23 @@ std::string EncodeManifest(const SpillRecord& r, const std::vector<std::vector<P
   PutFixed64(&out, static_cast<uint64_t>(absl::ToUnixMicros(created)));
   PutVarint(&out, total_bytes);
   PutVarint(&out, page_count);
-  PutVarint(&out, r.heads.size());
+  PutVarint(&out, r.counts.size());
   std::string runs;
-  for (size_t h = 0; h < r.heads.size(); ++h) {
-    const SpilledHead& head = r.heads[h];
-    PutVarint(&out, head.count);
+  for (size_t h = 0; h < r.counts.size(); ++h) {
+    const absl::Span<const int32_t> positions = r.positions[h];
+    PutVarint(&out, r.counts[h]);
     runs.clear();
     uint64_t nruns = 0;
     int64_t prev_end = 0;
-    for (size_t i = 0; i < head.positions.size();) {
+    for (size_t i = 0; i < positions.size();) {
       size_t j = i + 1;
-      while (j < head.positions.size() &&
-             static_cast<int64_t>(head.positions[j]) == static_cast<int64_t>(head.positions[j - 1]) + 1) {
+      while (j < positions.size() &&
+             static_cast<int64_t>(positions[j]) == static_cast<int64_t>(positions[j - 1]) + 1) {
         ++j;
       }
-      PutVarint(&runs, ZigZag(static_cast<int64_t>(head.positions[i]) - prev_end));
+      PutVarint(&runs, ZigZag(static_cast<int64_t>(positions[i]) - prev_end));
       PutVarint(&runs, j - i);
-      prev_end = static_cast<int64_t>(head.positions[j - 1]) + 1;
+      prev_end = static_cast<int64_t>(positions[j - 1]) + 1;
       ++nruns;
       i = j;
     }
@@ -241,6 +242,21 @@ absl::StatusOr<Manifest> DecodeManifest(absl::string_view key, absl::string_view
   if (rd.left() != 0) return corrupt("trailing bytes");
   if (total_bytes != m.summary.bytes || total_pages != m.summary.pages) return corrupt("totals");
   return m;
+}
+
+std::vector<ValueRun> ValueRuns(const std::vector<std::vector<PageMeta>>& pages,
+                                uint32_t pages_per_value) {
+  const uint32_t ppv = pages_per_value == 0 ? 1 : pages_per_value;
+  std::vector<ValueRun> runs;
+  for (size_t h = 0; h < pages.size(); ++h) {
+    const uint32_t n = static_cast<uint32_t>(pages[h].size());
+    for (uint32_t first = 0; first < n; first += ppv) {
+      ValueRun r{static_cast<uint32_t>(h), first, std::min(ppv, n - first), 0};
+      for (uint32_t p = first; p < first + r.count; ++p) r.bytes += pages[h][p].size;
+      runs.push_back(r);
+    }
+  }
+  return runs;
 }
 
 }  // namespace kvkeep::spill_format

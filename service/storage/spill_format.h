@@ -86,10 +86,11 @@ struct Manifest {
   std::vector<std::vector<PageMeta>> pages;
 };
 
-// The manifest of `r`, whose pages are described by `pages` (one vector per head, same order),
+// The manifest of `r` (counts.size() == positions.size() == pages.size()), whose pages are
+// described by `pages` (one vector per head, same order),
 // `total_bytes` and `page_count` being their sums. pages_per_value 1 writes version 1 (the layout
 // of every earlier release), > 1 writes version 2.
-std::string EncodeManifest(const SpillRecord& r, const std::vector<std::vector<PageMeta>>& pages,
+std::string EncodeManifest(const SpillWrite& r, const std::vector<std::vector<PageMeta>>& pages,
                            uint64_t total_bytes, uint64_t page_count, absl::Time created,
                            uint32_t pages_per_value = 1);
 
@@ -98,6 +99,17 @@ std::string EncodeManifest(const SpillRecord& r, const std::vector<std::vector<P
 inline uint32_t RunCount(uint32_t pages, uint32_t pages_per_value) {
   return (pages + pages_per_value - 1) / pages_per_value;
 }
+
+// One stored value: pages [first, first + count) of `head`, `bytes` long in all.
+struct ValueRun {
+  uint32_t head = 0, first = 0, count = 0;
+  uint64_t bytes = 0;
+};
+
+// Every value of a sequence whose heads have the pages `pages`, in key order (head, then page):
+// what Put writes, Delete deletes and a read fetches.
+std::vector<ValueRun> ValueRuns(const std::vector<std::vector<PageMeta>>& pages,
+                                uint32_t pages_per_value);
 
 // `full` = false decodes the header only (for the index); the trailing checksum is always checked.
 // `key` (the manifest's key) only names the sequence in errors.

@@ -1,7 +1,6 @@
 #include "service/storage/spill_store.h"
 
 #include <algorithm>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -24,113 +23,19 @@ namespace {
 
 using spill_format::CheckId;
 using spill_format::DecodeManifest;
-using spill_format::EncodeManifest;
 using spill_format::Manifest;
 using spill_format::ManifestKey;
 using spill_format::PageKey;
 using spill_format::PageMeta;
 using spill_format::PagePrefix;
-using spill_format::RunCount;
+using spill_format::ValueRuns;
 
 constexpr char kPagesFamily[] = "pages";
 constexpr char kManifestsFamily[] = "manifests";
-// Keys per MultiGet call and deletes per batch in Recover: bounds the memory of one step.
-constexpr size_t kReadBatch = 1024;
+// Deletes per batch in Recover: bounds the memory of one step.
 constexpr size_t kDeleteBatch = 4096;
-// Bytes of values one MultiGet of a restore pins at most (besides kReadBatch keys).
-constexpr uint64_t kReadBatchBytes = 16ull << 20;
-// Below this many page bytes a restore reads on the calling thread only.
-constexpr uint64_t kParallelReadBytes = 4ull << 20;
 
-// One stored value: pages [first, first + count) of a head (spill_format.h, "Page values").
-struct Run {
-  uint32_t head = 0, first = 0, count = 0;
-  uint64_t bytes = 0;
-};
-
-// Every value of a sequence whose heads have the pages `pages`, in key order.
-std::vector<Run> RunsOf(const std::vector<std::vector<PageMeta>>& pages, uint32_t ppv) {
-  std::vector<Run> runs;
-  for (size_t h = 0; h < pages.size(); ++h) {
-    const uint32_t n = static_cast<uint32_t>(pages[h].size());
-    for (uint32_t first = 0; first < n; first += ppv) {
-      Run r{static_cast<uint32_t>(h), first, std::min(ppv, n - first), 0};
-      for (uint32_t p = first; p < first + r.count; ++p) r.bytes += pages[h][p].size;
-      runs.push_back(r);
-    }
-  }
-  return runs;
-}
-
-std::string PageName(uint32_t head, uint32_t page, const std::string& mkey) {
-  return absl::StrCat("page ", page, " of head ", head, " of spilled sequence ", mkey);
-}
-
-// Splits the value of `run` into its pages, verifying each against the manifest, into `out`.
-// DATA_LOSS names the first page that does not check out.
-absl::Status SplitRun(const Run& run, absl::string_view value, const Manifest& m,
-                      const std::string& mkey, SpillRecord* out) {
-  size_t offset = 0;
-  for (uint32_t p = run.first; p < run.first + run.count; ++p) {
-    const PageMeta& meta = m.pages[run.head][p];
-    const size_t have = offset < value.size() ? value.size() - offset : 0;
-    const bool last = p + 1 == run.first + run.count;
-    absl::string_view bytes = value.substr(std::min(offset, value.size()), meta.size);
-    if (have < meta.size || (last && have != meta.size) || XxHash64(bytes) != meta.checksum) {
-      return absl::DataLossError(absl::StrCat(
-          PageName(run.head, p, mkey), ": checksum mismatch (", std::min<size_t>(have, meta.size),
-          " bytes, ", meta.size, " expected) - the page is corrupt on disk"));
-    }
-    out->heads[run.head].pages[p].assign(bytes.data(), bytes.size());
-    offset += meta.size;
-  }
-  return absl::OkStatus();
-}
-
-// Reads and verifies runs [begin, end) with MultiGet batches of at most kReadBatchBytes.
-absl::Status ReadRuns(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
-                      const rocksdb::ReadOptions& ro, const std::vector<Run>& runs, size_t begin,
-                      size_t end, const Manifest& m, const std::string& mkey,
-                      const std::string& prefix, SpillRecord* out) {
-  std::vector<std::string> keys;
-  std::vector<rocksdb::Slice> key_slices;
-  std::vector<rocksdb::PinnableSlice> values;
-  std::vector<rocksdb::Status> statuses;
-  while (begin < end) {
-    size_t stop = begin;
-    uint64_t bytes = 0;
-    while (stop < end && stop - begin < kReadBatch &&
-           (stop == begin || bytes + runs[stop].bytes <= kReadBatchBytes)) {
-      bytes += runs[stop++].bytes;
-    }
-    const size_t n = stop - begin;
-    keys.resize(n);
-    key_slices.resize(n);
-    values.resize(n);
-    statuses.resize(n);
-    for (size_t i = 0; i < n; ++i) {
-      keys[i] = PageKey(prefix, runs[begin + i].head, runs[begin + i].first);
-      key_slices[i] = keys[i];
-      values[i].Reset();
-    }
-    db->MultiGet(ro, cf, n, key_slices.data(), values.data(), statuses.data(),
-                 /*sorted_input=*/true);
-    for (size_t i = 0; i < n; ++i) {
-      const Run& run = runs[begin + i];
-      if (statuses[i].IsNotFound()) {
-        return absl::DataLossError(absl::StrCat(PageName(run.head, run.first, mkey), " is missing"));
-      }
-      if (!statuses[i].ok()) {
-        return FromRocksDb(statuses[i], "reading " + PageName(run.head, run.first, mkey));
-      }
-      RETURN_IF_ERROR(SplitRun(run, absl::string_view(values[i].data(), values[i].size()), m,
-                               mkey, out));
-      values[i].Reset();
-    }
-    begin = stop;
-  }
-  return absl::OkStatus();
-}
+using Run = spill_format::ValueRun;
 
 }  // namespace
 
@@ -143,6 +48,8 @@ SpillStore::DbConfig SpillStore::MakeDbConfig(const Options& o) {
   c.db.max_background_jobs = 2;
   // Spread the write-back of flushed blob/SST files instead of one large fsync at the end.
   c.db.bytes_per_sync = 1 << 20;
+  c.db.wal_bytes_per_sync = o.wal_bytes_per_sync;
+  c.db.use_direct_reads = o.use_direct_reads;
   // A restore reads a sequence's pages in key order, which is their order in the blob file: let
   // the kernel read ahead. (RocksDB's default, FADV_RANDOM, turns every 8 KiB page into its own
   // device read; measured ~4x slower cold restores on a virtio disk, docs/benchmarks.md.)
@@ -384,180 +291,6 @@ void SpillStore::IndexEraseLocked(absl::string_view tenant, absl::string_view se
 
 // ---- Operations ------------------------------------------------------------------------------
 
-absl::Status SpillStore::Put(const SpillRecord& r) {
-  RETURN_IF_ERROR(CheckId("tenant", r.tenant));
-  RETURN_IF_ERROR(CheckId("sequence id", r.sequence_id));
-  const std::string mkey = ManifestKey(r.tenant, r.sequence_id);
-  std::vector<std::vector<PageMeta>> metas(r.heads.size());
-  uint64_t total_bytes = 0, page_count = 0;
-  for (size_t h = 0; h < r.heads.size(); ++h) {
-    const SpilledHead& head = r.heads[h];
-    if (head.positions.size() != head.count) {
-      return absl::InvalidArgumentError(absl::StrCat("spill of ", mkey, ": head ", h, " has ",
-                                                     head.positions.size(), " positions for ",
-                                                     head.count, " tokens"));
-    }
-    metas[h].resize(head.pages.size());
-    for (size_t p = 0; p < head.pages.size(); ++p) {
-      const std::string& bytes = head.pages[p];
-      if (bytes.empty() || bytes.size() > UINT32_MAX) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("spill of ", mkey, ": page ", p, " of head ", h, " has ", bytes.size(),
-                         " bytes (must be 1..4 GiB)"));
-      }
-      metas[h][p] = {static_cast<uint32_t>(bytes.size()), XxHash64(bytes)};
-      total_bytes += bytes.size();
-    }
-    page_count += head.pages.size();
-  }
-  if (r.heads.size() > UINT32_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat("spill of ", mkey, ": too many heads"));
-  }
-  const absl::Time created = absl::Now();
-  const uint32_t ppv = std::max<uint32_t>(1, options_.pages_per_value);
-  std::string manifest = EncodeManifest(r, metas, total_bytes, page_count, created, ppv);
-  const std::vector<Run> runs = RunsOf(metas, ppv);
-
-  RETURN_IF_ERROR(BeginOp(mkey, r.tenant, total_bytes));
-  {
-    absl::MutexLock lock(&mu_);
-    auto t = index_.find(r.tenant);
-    if (t != index_.end() && t->second.count(r.sequence_id)) {
-      in_flight_.erase(mkey);
-      return absl::AlreadyExistsError(absl::StrCat("sequence ", mkey, " is already spilled"));
-    }
-  }
-  absl::Status st = EnsureOpen();
-  if (!st.ok()) {
-    EndOp(mkey);
-    return st;
-  }
-
-  const std::string prefix = PagePrefix(r.tenant, r.sequence_id);
-  rocksdb::Status s;
-  {
-    absl::ReaderMutexLock lock(&db_mu_);
-    if (!db_) {
-      s = rocksdb::Status::IOError("database closed after a disk error");
-    } else if (pending_drops_.contains(mkey)) {
-      s = rocksdb::Status::Busy("a dropped copy of this sequence is still being deleted");
-    } else {
-      rocksdb::WriteBatch batch(total_bytes + runs.size() * (prefix.size() + 32) +
-                                manifest.size() + 64);
-      std::string key;
-      std::vector<rocksdb::Slice> parts;
-      for (size_t i = 0; i < runs.size() && s.ok(); ++i) {
-        // The run's pages go into the batch as parts of one value: no concatenated copy.
-        const Run& run = runs[i];
-        key = PageKey(prefix, run.head, run.first);
-        parts.clear();
-        for (uint32_t p = run.first; p < run.first + run.count; ++p) {
-          parts.emplace_back(r.heads[run.head].pages[p]);
-        }
-        rocksdb::Slice key_slice(key);
-        s = batch.Put(pages_, rocksdb::SliceParts(&key_slice, 1),
-                      rocksdb::SliceParts(parts.data(), static_cast<int>(parts.size())));
-      }
-      if (s.ok()) s = batch.Put(manifests_, mkey, manifest);
-      rocksdb::WriteOptions w;
-      w.sync = true;
-      if (s.ok()) s = db_->Write(w, &batch);
-    }
-  }
-  if (s.ok()) {
-    absl::MutexLock lock(&mu_);
-    in_flight_.erase(mkey);
-    SpillSummary summary;
-    summary.tenant = r.tenant;
-    summary.sequence_id = r.sequence_id;
-    summary.model = r.model;
-    summary.bytes = total_bytes;
-    summary.pages = page_count;
-    summary.created = created;
-    IndexInsertLocked(std::move(summary));
-    return absl::OkStatus();
-  }
-  if (!s.IsInvalidArgument() && !s.IsBusy()) {
-    std::vector<std::string> rollback;
-    rollback.reserve(runs.size());
-    for (const Run& run : runs) rollback.push_back(PageKey(prefix, run.head, run.first));
-    HandleWriteFailure(std::move(rollback), {mkey});
-  }
-  EndOp(mkey);
-  absl::Status out = FromRocksDb(s, absl::StrCat("spilling sequence ", mkey, " (", page_count,
-                                                 " pages, ", total_bytes, " bytes)"));
-  // A full disk is told apart from other disk trouble by its reason, not its text.
-  return s.IsNoSpace() ? WithReason(std::move(out), FailureReason::kDiskFull) : out;
-}
-
-absl::StatusOr<SpillRecord> SpillStore::Get(absl::string_view tenant,
-                                            absl::string_view sequence_id) {
-  RETURN_IF_ERROR(CheckId("tenant", tenant));
-  RETURN_IF_ERROR(CheckId("sequence id", sequence_id));
-  const std::string mkey = ManifestKey(tenant, sequence_id);
-  if (IsPendingDrop(mkey)) {
-    return absl::NotFoundError(absl::StrCat("sequence ", mkey, " is not spilled"));
-  }
-  RETURN_IF_ERROR(EnsureOpen());
-  absl::ReaderMutexLock lock(&db_mu_);
-  if (!db_) return absl::UnavailableError("spill store is recovering from a disk error");
-  if (pending_drops_.contains(mkey)) {
-    return absl::NotFoundError(absl::StrCat("sequence ", mkey, " is not spilled"));
-  }
-  // One snapshot for the manifest and its pages: a concurrent Delete cannot tear the read.
-  rocksdb::ManagedSnapshot snapshot(db_.get());
-  rocksdb::ReadOptions ro;
-  ro.snapshot = snapshot.snapshot();
-  std::string value;
-  rocksdb::Status s = db_->Get(ro, manifests_, mkey, &value);
-  if (s.IsNotFound()) {
-    return absl::NotFoundError(absl::StrCat("sequence ", mkey, " is not spilled"));
-  }
-  if (!s.ok()) return FromRocksDb(s, "reading the manifest of spilled sequence " + mkey);
-  ASSIGN_OR_RETURN(Manifest m, DecodeManifest(mkey, value, /*full=*/true));
-
-  SpillRecord out;
-  out.tenant = m.summary.tenant;
-  out.sequence_id = m.summary.sequence_id;
-  out.model = m.summary.model;
-  out.next_position = m.next_position;
-  out.heads.resize(m.counts.size());
-  for (size_t h = 0; h < m.counts.size(); ++h) {
-    out.heads[h].count = m.counts[h];
-    out.heads[h].positions = std::move(m.positions[h]);
-    out.heads[h].pages.resize(m.pages[h].size());
-  }
-  const std::vector<Run> runs = RunsOf(m.pages, m.pages_per_value);
-
-  // Value keys sort in (head, page) order, so each MultiGet batch is sorted input. Every page is
-  // verified end to end against its XXH64, so RocksDB's own CRC32C of each blob record is
-  // skipped: Debian's portable RocksDB build computes it in software (Slow_CRC32, no SSE4.2),
-  // where it was the largest CPU cost of a restore under perf.
-  ro.fill_cache = false;
-  ro.verify_checksums = false;
-  const std::string prefix = PagePrefix(tenant, sequence_id);
-  // Contiguous ranges of values on up to read_threads threads (each range is read in key order,
-  // i.e. sequentially within the blob file, so kernel read-ahead serves each); each thread writes
-  // only its own pages of `out`. The first error in key order is the one reported.
-  const size_t workers =
-      m.summary.bytes < kParallelReadBytes
-          ? 1
-          : std::min<size_t>(std::max(1, options_.read_threads), std::max<size_t>(runs.size(), 1));
-  std::vector<absl::Status> status(workers);
-  rocksdb::DB* db = db_.get();
-  rocksdb::ColumnFamilyHandle* cf = pages_;
-  auto range = [&](size_t w) {
-    status[w] = ReadRuns(db, cf, ro, runs, runs.size() * w / workers,
-                         runs.size() * (w + 1) / workers, m, mkey, prefix, &out);
-  };
-  std::vector<std::thread> threads;
-  for (size_t w = 1; w < workers; ++w) threads.emplace_back(range, w);
-  range(0);
-  for (std::thread& t : threads) t.join();
-  for (const absl::Status& st : status) RETURN_IF_ERROR(st);
-  return out;
-}
-
 absl::Status SpillStore::Delete(absl::string_view tenant, absl::string_view sequence_id) {
   RETURN_IF_ERROR(CheckId("tenant", tenant));
   RETURN_IF_ERROR(CheckId("sequence id", sequence_id));
@@ -589,7 +322,7 @@ absl::Status SpillStore::Delete(absl::string_view tenant, absl::string_view sequ
         const std::string prefix = PagePrefix(tenant, sequence_id);
         absl::StatusOr<Manifest> m = DecodeManifest(mkey, value, /*full=*/true);
         if (m.ok()) {
-          for (const Run& run : RunsOf(m->pages, m->pages_per_value)) {
+          for (const Run& run : ValueRuns(m->pages, m->pages_per_value)) {
             if (s.ok()) s = batch.Delete(pages_, PageKey(prefix, run.head, run.first));
           }
         } else {

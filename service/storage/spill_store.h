@@ -23,9 +23,14 @@
 //   "manifests" key `<tenant>/<sequence_id>` -> the sequence's table (model, next position, per
 //               head the token count, kept positions, and each page's size and XXH64 checksum,
 //               total bytes, created time), with a checksum of its own.
-// A Put writes every page and the manifest in ONE WriteBatch with sync = true: the spill is either
-// entirely durable and listed, or absent; a half-written spill can never be listed. Head index h is
-// layer-major as in SequenceTable (h = layer * kv_heads + kv_head).
+// A spill (Write, Put) up to Options::write_batch_bytes writes every page and the manifest in ONE
+// WriteBatch with sync = true. A larger one writes its pages in batches of at most that size
+// without the WAL, flushes the pages' memtables (blob and table files synced), and writes the
+// manifest last with sync = true: the manifest is the commit point. Either way the spill is
+// entirely durable and listed, or not listed; a half-written spill can never be listed. A crash
+// between batches leaves page keys without a manifest: the retry of the same spill deletes them
+// first, Recover() at startup deletes any others. Head index h is layer-major as in
+// SequenceTable (h = layer * kv_heads + kv_head).
 //
 // Errors. Disk trouble (I/O error, disk full) is UNAVAILABLE naming the operation. RocksDB stops
 // accepting writes after a failed WAL write; the store then resumes it, or closes and reopens the
@@ -53,6 +58,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "rocksdb/db.h"
@@ -83,6 +89,56 @@ struct SpillSummary {
   uint64_t bytes = 0;  // page bytes (what the spill quota counts)
   uint64_t pages = 0;
   absl::Time created;
+};
+
+// A sequence to spill, without its bytes: what a streamed write (SpillStore::Write) stores besides
+// the pages its SpillPageSource supplies. The position spans are not owned: they must stay valid
+// (and unchanged) until Write returns.
+struct SpillWrite {
+  std::string tenant;       // non-empty, no '/'
+  std::string sequence_id;  // non-empty, no '/'
+  std::string model;
+  int64_t next_position = 0;
+  std::vector<uint32_t> counts;                      // per head: committed tokens
+  std::vector<absl::Span<const int32_t>> positions;  // per head: counts[h] original positions
+  std::vector<std::vector<uint32_t>> page_sizes;     // per head: each page's size (1..4 GiB)
+};
+
+// Where a streamed write (SpillStore::Write) reads a sequence's pages from.
+class SpillPageSource {
+ public:
+  virtual ~SpillPageSource() = default;
+  // Copies page `page` of `head` (`size` bytes, as SpillWrite::page_sizes says) into `dst`.
+  // Called on the writing thread only, once per page, in key order (head, then page). A non-OK
+  // status ends the write with that status; nothing is listed and the pages written so far are
+  // deleted.
+  virtual absl::Status ReadPage(uint32_t head, uint32_t page, char* dst, size_t size) = 0;
+};
+
+// The table of a spilled sequence without its bytes: what a streamed read (SpillStore::ReadInto)
+// hands its sink before the first page.
+struct SpillLayout {
+  std::string model;
+  int64_t next_position = 0;
+  uint64_t bytes = 0;  // sum of every page's size
+  uint64_t pages = 0;  // number of pages
+  std::vector<uint32_t> counts;                   // per head: committed tokens
+  std::vector<std::vector<int32_t>> positions;    // per head: counts[h] original positions
+  std::vector<std::vector<uint32_t>> page_sizes;  // per head: each page's size in bytes
+};
+
+// Where a streamed read (SpillStore::ReadInto) delivers a spilled sequence.
+class SpillPageSink {
+ public:
+  virtual ~SpillPageSink() = default;
+  // Once, on the calling thread, before any page is read. The sink may move the vectors out of
+  // `layout`. A non-OK status ends the read with that status; no page is read.
+  virtual absl::Status Begin(SpillLayout& layout) = 0;
+  // Once per page, as soon as its value has been read and the page's XXH64 matched the manifest.
+  // `bytes` (layout.page_sizes[head][page] long) is valid during the call only. Called from up to
+  // Options::read_threads threads at once, each with different pages, in no fixed order; every
+  // call happens after Begin returned. A non-OK status stops the read and is what it returns.
+  virtual absl::Status Page(uint32_t head, uint32_t page, absl::string_view bytes) = 0;
 };
 
 // What Recover() found and did.
@@ -125,6 +181,27 @@ class SpillStore {
     // Threads a Get reads with (the caller included), each on a contiguous range of the values,
     // so that two reads are in flight at the device. Default: 2.
     int read_threads = 2;
+    // Bytes of values one MultiGet of a read asks for (per read thread). A streamed read
+    // (ReadInto) holds at most about read_threads x 2 x this many bytes of values at once (the
+    // values pinned plus RocksDB's read buffers), whatever the sequence's size. Default: 16 MiB.
+    uint32_t read_batch_mib = 16;
+    // O_DIRECT for reads of blob and table files (DBOptions::use_direct_reads): no kernel
+    // read-ahead and no page-cache copy. Not shown faster for restores on the virtio disk
+    // measured so far (`kvkeep-bench spill --direct_reads 1` compares). Default: false.
+    bool use_direct_reads = false;
+    // Bytes of pages one write batch of a spill holds (Write, Put). A spill up to this size is one
+    // synced WriteBatch through the WAL (pages and manifest together, atomic). A larger one is
+    // written in batches of at most this many bytes read straight from the page source, without
+    // the WAL (the page bytes are written once, to blob files), the pages' memtables are then
+    // flushed and synced, and the manifest is written last with sync = true as the commit point.
+    // Memory of a spill: about 2 x this (the staging buffer and the WriteBatch) plus the
+    // memtables (2 x write_buffer_mib), whatever the sequence's size. Default: 64 MiB.
+    uint64_t write_batch_bytes = 64ull << 20;
+    // Start writing the WAL of a large spill to the disk every this many bytes
+    // (DBOptions::wal_bytes_per_sync, sync_file_range without waiting), so the synced write at
+    // the end of a Put finds most bytes already written. Durability is unchanged: a Put still
+    // returns only after its fsync. 0 = off (RocksDB's default). Default: 1 MiB.
+    uint64_t wal_bytes_per_sync = 1ull << 20;
     // RocksDB environment; tests inject a FaultEnv or rocksdb::NewMemEnv. Not owned, must outlive
     // the store. Default: nullptr = rocksdb::Env::Default().
     rocksdb::Env* env = nullptr;
@@ -149,25 +226,41 @@ class SpillStore {
   SpillStore(const SpillStore&) = delete;
   SpillStore& operator=(const SpillStore&) = delete;
 
-  // Startup clean-up: deletes page keys that no manifest references (cannot be produced by this
-  // version, whose spills are atomic, but older layouts or manual surgery could leave them).
+  // Startup clean-up: deletes page keys that no manifest references (a spill larger than one
+  // write batch that crashed before its manifest was written; older layouts or manual surgery).
   // Cost: one key per listed sequence plus the orphans. Blocks every other call while it runs.
   // UNAVAILABLE on disk errors.
   absl::StatusOr<SpillRecoveryReport> Recover();
 
-  // Stores `record` durably; checksums are computed here. OK: durable (survives kill -9 and power
-  // loss as far as fsync does). INVALID_ARGUMENT: bad ids, positions.size() != count, or an empty
-  // page. ALREADY_EXISTS: the sequence is already spilled (Delete it first). ABORTED: another
-  // Put/Delete of the same sequence is in flight. UNAVAILABLE: disk error or full; nothing is
-  // listed, and whatever of the batch reached the WAL before the failure is deleted once the disk
-  // works again (a crash before that may let the complete, checksummed record reappear as
-  // spilled after restart - never a partial one).
+  // Stores a spill durably, reading its pages from `source` in bounded batches
+  // (Options::write_batch_bytes): memory does not grow with the sequence. Checksums are computed
+  // here. Errors and guarantees as Put's, plus the source's own errors. Page keys left by an
+  // earlier attempt of the same sequence that crashed between batches (no manifest) are deleted
+  // before the first batch; Recover() deletes those of attempts never retried.
+  absl::Status Write(const SpillWrite& spill, SpillPageSource* source);
+
+  // Stores `record` durably: a Write whose source is the record's pages. OK: durable (survives
+  // kill -9 and power loss as far as fsync does). INVALID_ARGUMENT: bad ids, positions.size() !=
+  // count, or an empty page. ALREADY_EXISTS: the sequence is already spilled (Delete it first).
+  // ABORTED: another Put/Delete of the same sequence is in flight. UNAVAILABLE: disk error or
+  // full; nothing is listed, and whatever of it reached the disk before the failure is deleted
+  // once the disk works again (a crash before that may let the complete, checksummed record
+  // reappear as spilled after restart - never a partial one).
   absl::Status Put(const SpillRecord& record);
 
-  // The spilled sequence, bit-exact. NOT_FOUND: not spilled. DATA_LOSS: a page (named in the
+  // The spilled sequence, bit-exact, in memory (a ReadInto that collects every page). NOT_FOUND:
+  // not spilled. DATA_LOSS: a page (named in the
   // message) is missing or its checksum does not match, or the manifest is corrupt - no bytes are
   // returned then. UNAVAILABLE: disk error. Not const: after a disk error it reopens the database.
   absl::StatusOr<SpillRecord> Get(absl::string_view tenant, absl::string_view sequence_id);
+
+  // Streams the spilled sequence into `sink`: its layout (Begin), then each page (Page) as soon as
+  // the value holding it has been read and the page verified - no copy of the whole sequence is
+  // ever held (memory: Options::read_batch_mib). Errors as Get's, or the sink's own. On an error,
+  // pages already delivered stay delivered: the caller discards what it received (the store
+  // stops reading at the first error, in whichever thread it happens).
+  absl::Status ReadInto(absl::string_view tenant, absl::string_view sequence_id,
+                        SpillPageSink* sink);
 
   // Removes the spilled sequence (synced). NOT_FOUND: not spilled. ABORTED: a Put/Delete of it is
   // in flight. On a disk error (full disk included) the drop is recorded in the drop journal and
@@ -214,6 +307,17 @@ class SpillStore {
   absl::Status ApplyRollbacksLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   // Whether `mkey` was dropped and its keys are not yet deleted.
   bool IsPendingDrop(const std::string& mkey) const ABSL_LOCKS_EXCLUDED(db_mu_);
+
+  // Deletes page keys under `prefix` left by an earlier attempt of a spill (crash between its
+  // batches); cheap when there are none (one seek).
+  rocksdb::Status RemoveLeftoverPagesLocked(const std::string& prefix)
+      ABSL_SHARED_LOCKS_REQUIRED(db_mu_);
+  // A spill being written (spill_store_write.cc).
+  struct WritePlan;
+  // Writes the plan's pages in batches and then its manifest (spill_store_write.cc); sets
+  // plan.wrote once a batch may have reached the database.
+  absl::Status WriteBatchesLocked(WritePlan& plan, SpillPageSource* source)
+      ABSL_SHARED_LOCKS_REQUIRED(db_mu_);
 
   // Registers a Put/Delete of manifest key `mkey`; ABORTED when one is in flight already.
   absl::Status BeginOp(const std::string& mkey, absl::string_view tenant, uint64_t put_bytes);
