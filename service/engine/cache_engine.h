@@ -47,6 +47,7 @@
 #include "service/executor.h"
 #include "service/engine/ledger.h"
 #include "service/engine/pressure_relief.h"
+#include "service/engine/reply_pins.h"
 #include "service/engine/sequence.h"
 #include "service/engine/spiller.h"
 #include "service/engine/session_registry.h"
@@ -226,6 +227,9 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
    public:
     virtual ~ReadCursor() = default;
     virtual absl::StatusOr<bool> Next(v1::KvChunk* chunk) = 0;
+    // As Next, with the chunk's bytes as views (reply_pins.h): into pinned page memory where the
+    // backend allows it (sequence reads on the CPU backend), else into strings the chunk owns.
+    virtual absl::StatusOr<bool> NextReferenced(ReadChunk* chunk);
   };
   absl::StatusOr<std::unique_ptr<ReadCursor>> OpenRead(const std::string& tenant,
                                                        const v1::ReadRequest& request);

@@ -15,7 +15,14 @@ namespace kvkeep {
 PagePool::PagePool(Backend* backend, PoolOptions options)
     : backend_(backend), options_(options) {}
 
-PagePool::~PagePool() = default;
+PagePool::~PagePool() {
+  // Replies still in flight reference page memory: give them a moment (the server, destroyed
+  // first, normally released them all).
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(
+                           +[](uint64_t* pins) { return *pins == 0; }, &pin_total_),
+                       absl::Seconds(10));
+}
 
 absl::Status PagePool::Allocate(const std::string& owner, const PageGeometry& geometry,
                                 uint64_t count, std::vector<uint64_t>* pages,
@@ -114,7 +121,57 @@ absl::StatusOr<PagePool::PoolArena*> PagePool::GrowLocked(const std::string& own
 
 void PagePool::Free(const std::vector<uint64_t>& pages) {
   absl::MutexLock lock(&mu_);
-  for (uint64_t p : pages) FreeLocked(p);
+  for (uint64_t p : pages) {
+    if (pins_.contains(p)) {
+      retired_.insert(p);  // freed by its last Unpin
+    } else {
+      FreeLocked(p);
+    }
+  }
+}
+
+void PagePool::Pin(absl::Span<const uint64_t> pages) {
+  absl::MutexLock lock(&mu_);
+  for (uint64_t p : pages) ++pins_[p];
+  pin_total_ += pages.size();
+}
+
+void PagePool::Unpin(absl::Span<const uint64_t> pages) {
+  absl::MutexLock lock(&mu_);
+  for (uint64_t p : pages) {
+    auto it = pins_.find(p);
+    if (it == pins_.end()) continue;  // not pinned: a caller's bug; the counts stay right
+    --pin_total_;
+    if (--it->second > 0) continue;
+    pins_.erase(it);
+    if (retired_.erase(p) > 0) FreeLocked(p);
+  }
+}
+
+bool PagePool::AnyPinnedLocked(absl::Span<const uint64_t> pages) const {
+  if (pins_.empty()) return false;
+  for (uint64_t p : pages) {
+    if (pins_.contains(p)) return true;
+  }
+  return false;
+}
+
+bool PagePool::AwaitUnpinned(absl::Span<const uint64_t> pages, absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  if (!AnyPinnedLocked(pages)) return true;
+  if (timeout <= absl::ZeroDuration()) return false;
+  // Evaluated by Await with mu_ held.
+  struct NonePinned {
+    const PagePool* pool;
+    absl::Span<const uint64_t> pages;
+    bool Done() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return !pool->AnyPinnedLocked(pages); }
+  } none_pinned{this, pages};
+  return mu_.AwaitWithTimeout(absl::Condition(&none_pinned, &NonePinned::Done), timeout);
+}
+
+PagePool::PinStats PagePool::Pins() const {
+  absl::MutexLock lock(&mu_);
+  return {pin_total_, pins_.size(), retired_.size()};
 }
 
 void PagePool::FreeLocked(uint64_t page) {
@@ -144,7 +201,7 @@ absl::StatusOr<PagePool::Location> PagePool::Locate(const std::string& owner,
     return absl::OutOfRangeError(absl::StrCat("page ", page, ": index ", ref.index,
                                               " past arena of ", a.info.page_count, " pages"));
   }
-  if (!a.allocator.InUse(ref.index)) {
+  if (!a.allocator.InUse(ref.index) || retired_.contains(page)) {
     return absl::FailedPreconditionError(absl::StrCat("page ", page, " is not allocated"));
   }
   return Location{a.arena.get(), uint64_t{ref.index} * a.info.geometry.page_bytes,

@@ -1,6 +1,8 @@
 #include "service/pool/page_pool.h"
 
+#include <algorithm>
 #include <set>
+#include <thread>
 
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
@@ -94,6 +96,66 @@ TEST_F(PagePoolTest, DoubleFreeDoesNotCorruptCounters) {
   pool.Free({pages[0]});
   pool.Free({pages[0], PageRef{77, 1}.packed()});
   EXPECT_EQ(pool.Stats().used_pages, 2u);
+}
+
+// Reply pins (reply_pins.h): a pinned page freed meanwhile is retired, keeps its bytes and its
+// arena, is never handed out again, and returns to the free list with its last pin.
+TEST_F(PagePoolTest, PinnedPagesFreedMeanwhileAreRetiredUntilTheLastUnpin) {
+  // One arena of 4 pages, and no room for a second: a freed page could only be reused.
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 4, .arena_bytes = 64 * 4});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", geometry_, 4, &pages, &fresh));
+  const std::string bytes(64, 'x');
+  ASSERT_OK_AND_ASSIGN(PagePool::Location loc, pool.Locate("a", pages[1]));
+  ASSERT_OK(backend_->Write(*loc.arena, loc.offset, bytes.data(), bytes.size()));
+  pool.Pin({pages[1]});
+  pool.Pin({pages[1]});  // two replies
+  pool.Free(pages);
+  EXPECT_EQ(pool.Pins().retired_pages, 1u);
+  EXPECT_EQ(pool.Stats().used_pages, 1u);  // the retired page is still held
+  EXPECT_THAT(pool.Locate("a", pages[1]), StatusIs(StatusCode::kFailedPrecondition));
+  // The three free pages are handed out again; the pinned one is not.
+  std::vector<uint64_t> again;
+  ASSERT_OK(pool.Allocate("a", geometry_, 3, &again, &fresh));
+  EXPECT_EQ(std::count(again.begin(), again.end(), pages[1]), 0);
+  EXPECT_THAT(pool.Allocate("a", geometry_, 1, &again, &fresh),
+              StatusIs(StatusCode::kResourceExhausted));
+  // Its bytes are as they were, and its arena still lives: ReleaseOwner refuses.
+  std::string back(64, '\0');
+  ASSERT_OK(backend_->Read(*loc.arena, loc.offset, back.data(), back.size()));
+  EXPECT_EQ(back, bytes);
+  pool.Free(again);
+  EXPECT_THAT(pool.ReleaseOwner("a"), StatusIs(StatusCode::kFailedPrecondition));
+  pool.Unpin({pages[1]});
+  EXPECT_EQ(pool.Pins().retired_pages, 1u);
+  pool.Unpin({pages[1]});
+  EXPECT_EQ(pool.Pins().retired_pages, 0u);
+  EXPECT_EQ(pool.Pins().pins, 0u);
+  EXPECT_EQ(pool.Stats().used_pages, 0u);
+  ASSERT_OK(pool.Allocate("a", geometry_, 4, &again, &fresh));
+}
+
+TEST_F(PagePoolTest, AwaitUnpinnedWaitsForTheLastPinOrTimesOut) {
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 8, .arena_bytes = 64 * 8});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", geometry_, 3, &pages, &fresh));
+  EXPECT_TRUE(pool.AwaitUnpinned(pages, absl::ZeroDuration()));
+  pool.Pin({pages[2]});
+  EXPECT_TRUE(pool.AwaitUnpinned({pages[0], pages[1]}, absl::ZeroDuration()));
+  EXPECT_FALSE(pool.AwaitUnpinned(pages, absl::ZeroDuration()));
+  EXPECT_FALSE(pool.AwaitUnpinned(pages, absl::Milliseconds(50)));
+  std::thread unpin([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    pool.Unpin({pages[2]});
+  });
+  EXPECT_TRUE(pool.AwaitUnpinned(pages, absl::Seconds(10)));
+  unpin.join();
+  // Unpinning a page that is not pinned changes nothing.
+  pool.Unpin({pages[0]});
+  EXPECT_EQ(pool.Pins().pins, 0u);
+  EXPECT_EQ(pool.Stats().used_pages, 3u);
 }
 
 }  // namespace

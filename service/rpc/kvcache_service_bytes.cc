@@ -1,7 +1,8 @@
 // KvCacheService: the bytes path (WriteKV, ReadKV) on raw gRPC buffers. WriteKV reads each
 // chunk's keys and values straight from the received slices into the pages (one copy, the
-// backend's); ReadKV moves the bytes read from the pages into the reply's slices (no
-// serialisation copy). The messages on the wire are the kvkeep.v1 KvChunk encoding.
+// backend's); ReadKV's reply slices reference the pages themselves, pinned until gRPC has sent
+// them (no copy on the CPU backend; one, out of device memory, on CUDA; service/engine/
+// reply_pins.h). The messages on the wire are the kvkeep.v1 KvChunk encoding.
 #include <functional>
 #include <memory>
 #include <string>
@@ -118,19 +119,27 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* KvCacheService::ReadKV(
     return new FailedStream<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
         CallStatus(FullName("ReadKV"), tenant.ok() ? *tenant : "", opened.status()));
   }
-  // Each chunk is charged to the tenant's session-less limits before it is sent.
+  // Each chunk is charged to the tenant's session-less limits before it is sent. Its bytes go out
+  // referenced in place (reply_pins.h): pinned page memory, or the strings the cursor copied to.
   std::shared_ptr<CacheEngine::ReadCursor> cursor = std::move(*opened);
   return new ChunkStreamWriter<grpc::ByteBuffer>(
       FullName("ReadKV"), *tenant,
       [this, cursor, tenant = *tenant,
-       chunk = std::make_shared<v1::KvChunk>()](grpc::ByteBuffer* out) -> absl::StatusOr<bool> {
-        ASSIGN_OR_RETURN(bool more, cursor->Next(chunk.get()));
+       chunk = std::make_shared<ReadChunk>()](grpc::ByteBuffer* out) -> absl::StatusOr<bool> {
+        ASSIGN_OR_RETURN(bool more, cursor->NextReferenced(chunk.get()));
         if (!more) return false;
         if (limits_ != nullptr) {
-          RETURN_IF_ERROR(
-              limits_->ChargeBytes(tenant, "", chunk->keys().size() + chunk->values().size()));
+          uint64_t bytes = 0;
+          for (absl::string_view p : chunk->keys) bytes += p.size();
+          for (absl::string_view p : chunk->values) bytes += p.size();
+          absl::Status charged = limits_->ChargeBytes(tenant, "", bytes);
+          if (!charged.ok()) {
+            chunk->Clear();  // unpins now
+            return charged;
+          }
         }
-        SerializeKvChunk(chunk.get(), out);
+        SerializeKvChunkRefs(chunk->header, chunk->keys, chunk->values, chunk->hold, out);
+        chunk->Clear();  // the slices hold the pins from here
         return true;
       });
 }
