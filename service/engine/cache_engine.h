@@ -198,6 +198,11 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   // straight from the received gRPC buffers): `header`'s own keys and values are ignored.
   absl::Status WriteChunkBytes(const std::string& tenant, const v1::KvChunk& header,
                                absl::string_view keys, absl::string_view values);
+  // WriteChunkBytes with each byte field in pieces (concatenated in order they are the field):
+  // the views into the received gRPC slices, written to the pages without gathering them first.
+  absl::Status WriteChunkPieces(const std::string& tenant, const v1::KvChunk& header,
+                                absl::Span<const absl::string_view> keys,
+                                absl::Span<const absl::string_view> values);
   absl::StatusOr<v1::PageTable> GetSequence(const std::string& tenant,
                                             const std::string& sequence_id, bool with_positions);
   absl::StatusOr<v1::PageTable> Acquire(const std::string& tenant, const v1::AcquireRequest& r);
