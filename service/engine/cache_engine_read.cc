@@ -156,7 +156,7 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
 
   // Views of the keys and values of tokens [next_token_, + n) of head `h` in the pages' host
   // memory, and the pages they lie in (once each); false (nothing set) when some page's memory
-  // cannot be read in place.
+  // cannot be read in place, or when the runs are so short (small pages) that a copy is cheaper.
   absl::StatusOr<bool> ReferenceRange(uint32_t h, uint32_t n, ReadChunk* chunk,
                                       std::vector<uint64_t>* pages) const
       ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
@@ -179,6 +179,12 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
           chunk->values.emplace_back(host + base + g.value_offset + slot * g.token_bytes, bytes);
           pages->push_back(page);
         }));
+    // Runs shorter than this cost more to reference (a slice and its release each) than to copy.
+    constexpr uint64_t kMinReferencedRunBytes = 1024;
+    if (in_place && !pages->empty() &&
+        uint64_t{n} * g.token_bytes / pages->size() < kMinReferencedRunBytes) {
+      in_place = false;
+    }
     if (!in_place) {
       chunk->keys.clear();
       chunk->values.clear();

@@ -1,6 +1,7 @@
 #include "service/rpc/kv_wire.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <utility>
 
@@ -166,12 +167,16 @@ grpc::Slice OwningSlice(std::string&& bytes) {
   return grpc::Slice(owned->data(), owned->size(), DeleteString, owned);
 }
 
-void DeleteHold(void* p) { delete static_cast<std::shared_ptr<const void>*>(p); }
+// The referencing slices of one message share one reference on the holder: the last slice
+// released drops it.
+struct SliceGroup {
+  std::shared_ptr<const void> hold;
+  std::atomic<size_t> live;
+};
 
-// A slice referencing `piece` in place; it keeps one reference on `hold` until released.
-grpc::Slice ReferencingSlice(absl::string_view piece, const std::shared_ptr<const void>& hold) {
-  auto* ref = new std::shared_ptr<const void>(hold);
-  return grpc::Slice(const_cast<char*>(piece.data()), piece.size(), DeleteHold, ref);
+void ReleaseFromGroup(void* p) {
+  auto* group = static_cast<SliceGroup*>(p);
+  if (group->live.fetch_sub(1, std::memory_order_acq_rel) == 1) delete group;
 }
 
 void AppendVarint(uint64_t v, std::string* out) {
@@ -297,6 +302,11 @@ void SerializeKvChunkRefs(const v1::KvChunk& header, absl::Span<const absl::stri
   std::string head = EncodeHeader(header);
   std::vector<grpc::Slice> slices;
   slices.reserve(2 + keys.size() + values.size());
+  size_t referencing = 0;
+  for (auto pieces : {keys, values}) {
+    for (absl::string_view p : pieces) referencing += p.empty() ? 0 : 1;
+  }
+  SliceGroup* group = referencing == 0 ? nullptr : new SliceGroup{hold, {referencing}};
   auto append_field = [&](uint32_t field, absl::Span<const absl::string_view> pieces) {
     const uint64_t n = SumSizes(pieces);
     if (n == 0) return;
@@ -305,7 +315,8 @@ void SerializeKvChunkRefs(const v1::KvChunk& header, absl::Span<const absl::stri
     slices.push_back(OwningSlice(std::move(head)));
     head.clear();
     for (absl::string_view p : pieces) {
-      if (!p.empty()) slices.push_back(ReferencingSlice(p, hold));
+      if (p.empty()) continue;
+      slices.emplace_back(const_cast<char*>(p.data()), p.size(), ReleaseFromGroup, group);
     }
   };
   append_field(7, keys);
