@@ -182,6 +182,10 @@ void PagePool::FreeLocked(uint64_t page) {
     --used_pages_;
     used_bytes_ -= it->second->info.geometry.page_bytes;
   }
+  if (it->second->info.owner == kReleasedOwner && it->second->allocator.used_count() == 0) {
+    arena_bytes_ -= it->second->arena->size();
+    arenas_.erase(it);
+  }
 }
 
 absl::StatusOr<PagePool::Location> PagePool::Locate(const std::string& owner,
@@ -266,18 +270,28 @@ std::vector<ArenaInfo> PagePool::ArenasOf(const std::string& owner) const {
 
 absl::Status PagePool::ReleaseOwner(const std::string& owner) {
   absl::MutexLock lock(&mu_);
+  absl::flat_hash_map<uint32_t, uint64_t> retired_in;  // arena id -> retired pages
+  for (uint64_t page : retired_) ++retired_in[PageRef::Unpack(page).arena];
   for (const auto& [id, a] : arenas_) {
-    if (a->info.owner == owner && a->allocator.used_count() > 0) {
+    if (a->info.owner != owner) continue;
+    const uint64_t retired = retired_in.contains(id) ? retired_in[id] : 0;
+    if (a->allocator.used_count() > retired) {
       return absl::FailedPreconditionError(
-          absl::StrCat("arena ", id, " of ", owner, " still has ", a->allocator.used_count(),
-                       " pages in use"));
+          absl::StrCat("arena ", id, " of ", owner, " still has ",
+                       a->allocator.used_count() - retired, " pages in use"));
     }
   }
   for (auto it = arenas_.begin(); it != arenas_.end();) {
     auto cur = it++;
-    if (cur->second->info.owner == owner) {
+    if (cur->second->info.owner != owner) continue;
+    if (cur->second->allocator.used_count() == 0) {
       arena_bytes_ -= cur->second->arena->size();
       arenas_.erase(cur);
+    } else {
+      // Only retired pages left (a ReadKV reply still references them): the arena belongs to
+      // nobody from now on (no owner check passes; a later owner of the same name never sees
+      // it) and goes with its last unpin.
+      cur->second->info.owner = kReleasedOwner;
     }
   }
   return absl::OkStatus();

@@ -134,7 +134,9 @@ class PagePool {
                                   bool read_only) const;
   std::vector<ArenaInfo> ArenasOf(const std::string& owner) const;
 
-  // Destroys the owner's arenas; FAILED_PRECONDITION while any of their pages is in use.
+  // Destroys the owner's arenas; FAILED_PRECONDITION while any of their pages is in use. An arena
+  // holding only retired pages is disowned instead (no owner reaches it again, a new owner of the
+  // same name included) and destroyed with its last unpin.
   absl::Status ReleaseOwner(const std::string& owner);
 
   PoolStats Stats() const;
@@ -154,6 +156,10 @@ class PagePool {
   // the capacity requires it.
   absl::StatusOr<PoolArena*> GrowLocked(const std::string& owner, const PageGeometry& geometry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The owner of arenas whose owner was released while a reply still pinned some of their pages
+  // (not a valid tenant or group owner name).
+  static constexpr char kReleasedOwner[] = "(released)";
+
   void FreeLocked(uint64_t page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AnyPinnedLocked(absl::Span<const uint64_t> pages) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
