@@ -138,7 +138,8 @@ class Client {
   absl::Status ReadKvInto(const v1::ReadRequest& request, const KvChunkSink& sink);
   // One head's committed tokens copied straight into `keys` and `values` (each `capacity_bytes`
   // long; one copy from the received message), and their positions into *positions when given.
-  // Returns the number of tokens. OUT_OF_RANGE when the head holds more than the capacity.
+  // Returns the number of tokens. OUT_OF_RANGE when the head holds more than the capacity (the
+  // buffers then hold the chunks that fitted).
   absl::StatusOr<uint32_t> ReadHeadInto(const std::string& sequence, uint32_t layer,
                                         uint32_t kv_head, void* keys, void* values,
                                         uint64_t capacity_bytes,
