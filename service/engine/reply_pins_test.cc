@@ -37,6 +37,18 @@ char ValueByte(uint32_t seed, uint32_t head, uint32_t token) {
   return static_cast<char>(((seed + head + token) & 0x3f) ^ 0x2a);
 }
 
+v1::ModelLayout Layout() {
+  v1::ModelLayout l;
+  l.set_name("m");
+  l.set_layers(2);
+  l.set_q_heads(2);
+  l.set_kv_heads(2);
+  l.set_head_dim(64);
+  l.set_dtype(v1::DTYPE_FP16);
+  l.set_tokens_per_page(16);
+  return l;
+}
+
 class ReplyPinsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -51,15 +63,7 @@ class ReplyPinsTest : public ::testing::Test {
     v1::CreateTenantRequest t;
     t.set_name("a");
     ASSERT_OK(engine_->CreateTenant(t));
-    v1::ModelLayout l;
-    l.set_name("m");
-    l.set_layers(2);
-    l.set_q_heads(2);
-    l.set_kv_heads(2);
-    l.set_head_dim(64);
-    l.set_dtype(v1::DTYPE_FP16);
-    l.set_tokens_per_page(16);
-    ASSERT_OK_AND_ASSIGN(Model model, Model::FromLayout(l));
+    ASSERT_OK_AND_ASSIGN(Model model, Model::FromLayout(Layout()));
     ASSERT_OK(engine_->RegisterModel("a", std::move(model)));
     ASSERT_OK_AND_ASSIGN(auto attached, engine_->Attach("a", "w", &sink_));
     session_ = attached.session_id;
@@ -135,6 +139,7 @@ class ReplyPinsTest : public ::testing::Test {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<CacheEngine> engine_;
   NullSink sink_;
+  NullSink sink_b_;  // tenant "b"'s session, where a test attaches one
   std::string session_;
 };
 
@@ -186,6 +191,57 @@ TEST_F(ReplyPinsTest, DropWhileAChunkIsHeldRetiresItsPagesUntilReleased) {
   chunk.Clear();
   EXPECT_EQ(engine_->pool().Pins().retired_pages, 0u);
   EXPECT_EQ(engine_->pool().Stats().used_pages, 2 * used_before);
+}
+
+// Another owner takes every page the pool can give after the Drop and writes its own bytes in
+// them: the held chunk still reads the dropped sequence's bytes (without the pins the dropped
+// sequence's arena would be empty, given back, and its memory reused or unmapped).
+TEST_F(ReplyPinsTest, AnotherOwnerFillingThePoolAfterTheDropNeverReachesTheHeldBytes) {
+  const std::string seq = Filled(5);
+  auto cursor = Open(seq);
+  ASSERT_NE(cursor, nullptr);
+  ReadChunk chunk;
+  ASSERT_OK_AND_ASSIGN(bool more, cursor->NextReferenced(&chunk));
+  ASSERT_TRUE(more);
+  v1::DropRequest drop;
+  drop.set_session_id(session_);
+  drop.set_sequence_id(seq);
+  ASSERT_OK(engine_->Drop("a", drop));
+  // Tenant "b" allocates sequences until the pool is full, writing 0x7f into every token.
+  v1::CreateTenantRequest t;
+  t.set_name("b");
+  ASSERT_OK(engine_->CreateTenant(t));
+  ASSERT_OK_AND_ASSIGN(Model model, Model::FromLayout(Layout()));
+  ASSERT_OK(engine_->RegisterModel("b", std::move(model)));
+  ASSERT_OK_AND_ASSIGN(auto attached, engine_->Attach("b", "wb", &sink_b_));
+  const std::string other(uint64_t{kTokens} * kTokenBytes, '\x7f');
+  int sequences = 0;
+  while (sequences < 1000) {
+    v1::CreateSequenceRequest c;
+    c.set_session_id(attached.session_id);
+    c.set_model("m");
+    ASSERT_OK_AND_ASSIGN(v1::PageTable created, engine_->CreateSequence("b", c));
+    v1::AllocateRequest a;
+    a.set_sequence_id(created.sequence_id());
+    a.set_tokens(kTokens);
+    if (!engine_->AllocatePages("b", a).ok()) break;
+    for (uint32_t h = 0; h < 4; ++h) {
+      v1::KvChunk w;
+      w.set_sequence_id(created.sequence_id());
+      w.set_layer(h / 2);
+      w.set_kv_head(h % 2);
+      w.set_token_count(kTokens);
+      w.set_keys(other);
+      w.set_values(other);
+      ASSERT_OK(engine_->WriteChunk("b", w));
+    }
+    ++sequences;
+  }
+  EXPECT_GT(sequences, 0);
+  EXPECT_TRUE(Holds(chunk, 5));
+  EXPECT_EQ(engine_->pool().Pins().retired_pages, 2u);
+  chunk.Clear();
+  EXPECT_EQ(engine_->pool().Pins().retired_pages, 0u);
 }
 
 TEST_F(ReplyPinsTest, CompressWaitsForHeldChunksOrRefusesAndChangesNothing) {

@@ -170,8 +170,11 @@ TEST(KvWireTest, PiecesParseWhereverTheSlicesSplitTheFields) {
     }
     ASSERT_EQ(parsed.header.page(), 77u);
     ASSERT_EQ(parsed.header.sequence_id(), "seq-abc");
-    // One view per slice a field crosses, never a copy.
-    ASSERT_GE(parsed.keys.size(), (sample.keys().size() + piece - 1) / piece) << piece;
+    // One view per slice a field crosses, never a copy. (gRPC merges tiny slices, up to its
+    // inline size of 23 bytes, into one when they are added to a buffer: counted above that.)
+    if (piece > 32) {
+      ASSERT_GE(parsed.keys.size(), (sample.keys().size() + piece - 1) / piece) << piece;
+    }
   }
 }
 
