@@ -217,8 +217,8 @@ absl::StatusOr<BytesWorkload> PrepareBytes(Client& c, const Options& o, uint32_t
       chunk.header.set_kv_head(h % o.shape.kv_heads);
       chunk.header.set_token_offset(off);
       chunk.header.set_token_count(n);
-      chunk.keys = std::string_view(keys + off * tb, n * tb);
-      chunk.values = std::string_view(values + off * tb, n * tb);
+      chunk.keys = absl::string_view(keys + off * tb, n * tb);
+      chunk.values = absl::string_view(values + off * tb, n * tb);
     }
   }
   // The Redis blobs: chunk i of the list above, keys then values.
