@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "service/pool/late_unpin.h"
 
 namespace kvkeep {
 
@@ -11,7 +12,7 @@ std::shared_ptr<const void> PinPages(PagePool* pool, std::vector<uint64_t> pages
   auto* held = new std::vector<uint64_t>(std::move(pages));
   return std::shared_ptr<const void>(held, [pool](const void* p) {
     auto* list = static_cast<const std::vector<uint64_t>*>(p);
-    pool->Unpin(*list);
+    UnpinIfLive(pool, *list);  // the pool may be gone at shutdown (late_unpin.h)
     delete list;
   });
 }

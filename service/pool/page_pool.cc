@@ -9,19 +9,51 @@
 #include "absl/strings/str_cat.h"
 #include "common/failure_reason.h"
 #include "common/status_macros.h"
+#include "service/pool/late_unpin.h"
 
 namespace kvkeep {
 
+namespace {
+
+// The live pools (late_unpin.h).
+absl::Mutex live_pools_mu(absl::kConstInit);
+absl::flat_hash_set<const PagePool*>& LivePools() ABSL_EXCLUSIVE_LOCKS_REQUIRED(live_pools_mu) {
+  static auto* pools = new absl::flat_hash_set<const PagePool*>();
+  return *pools;
+}
+
+}  // namespace
+
+void UnpinIfLive(PagePool* pool, absl::Span<const uint64_t> pages) {
+  absl::MutexLock lock(&live_pools_mu);
+  if (LivePools().contains(pool)) pool->Unpin(pages);
+}
+
 PagePool::PagePool(Backend* backend, PoolOptions options)
-    : backend_(backend), options_(options) {}
+    : backend_(backend), options_(options) {
+  absl::MutexLock lock(&live_pools_mu);
+  LivePools().insert(this);
+}
 
 PagePool::~PagePool() {
   // Replies still in flight reference page memory: give them a moment (the server, destroyed
   // first, normally released them all).
-  absl::MutexLock lock(&mu_);
-  mu_.AwaitWithTimeout(absl::Condition(
-                           +[](uint64_t* pins) { return *pins == 0; }, &pin_total_),
-                       absl::Seconds(10));
+  {
+    absl::MutexLock lock(&mu_);
+    if (!mu_.AwaitWithTimeout(
+            absl::Condition(+[](uint64_t* pins) { return *pins == 0; }, &pin_total_),
+            absl::Seconds(1))) {
+      // Still pinned (gRPC may release a call's last slices only when its transport goes): those
+      // arenas stay mapped (the process is ending), so such a slice never points into unmapped
+      // memory.
+      for (const auto& [page, count] : pins_) {
+        auto it = arenas_.find(PageRef::Unpack(page).arena);
+        if (it != arenas_.end()) (void)it->second->arena.release();
+      }
+    }
+  }
+  absl::MutexLock lock(&live_pools_mu);
+  LivePools().erase(this);  // later unpins find no pool
 }
 
 absl::Status PagePool::Allocate(const std::string& owner, const PageGeometry& geometry,

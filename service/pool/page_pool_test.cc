@@ -6,6 +6,7 @@
 
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
+#include "service/pool/late_unpin.h"
 
 namespace kvkeep {
 namespace {
@@ -159,6 +160,28 @@ TEST_F(PagePoolTest, ReleasedOwnerArenaWithRetiredPagesIsDisownedThenDestroyed) 
   pool.Unpin({pages[0]});
   EXPECT_EQ(pool.Stats().arenas, 1u);  // the disowned arena is gone; the new one stays
   EXPECT_EQ(pool.Stats().used_pages, 1u);
+}
+
+// At shutdown gRPC may release a reply's last slices after the pool is gone: the pool waits
+// briefly, then leaves the pinned page's arena mapped, and the late unpin finds no pool.
+TEST_F(PagePoolTest, APinOutlivingThePoolKeepsItsBytesMappedAndUnpinsNothing) {
+  auto pool = std::make_unique<PagePool>(backend_.get(),
+                                         PoolOptions{.capacity_bytes = 64 * 4, .arena_bytes = 64 * 4});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool->Allocate("a", geometry_, 1, &pages, &fresh));
+  ASSERT_OK_AND_ASSIGN(PagePool::Location loc, pool->Locate("a", pages[0]));
+  const std::string bytes(64, 'q');
+  ASSERT_OK(backend_->Write(*loc.arena, loc.offset, bytes.data(), bytes.size()));
+  const char* host = static_cast<const char*>(backend_->HostAddress(*loc.arena));
+  ASSERT_NE(host, nullptr);
+  pool->Pin(pages);
+  PagePool* gone = pool.get();
+  const absl::Time start = absl::Now();
+  pool.reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(std::string(host + loc.offset, bytes.size()), bytes);  // still mapped
+  UnpinIfLive(gone, pages);  // the pool is gone: nothing happens
 }
 
 TEST_F(PagePoolTest, AwaitUnpinnedWaitsForTheLastPinOrTimesOut) {
