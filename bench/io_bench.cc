@@ -38,6 +38,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "bench/io_bench_internal.h"
+#include "service/rpc/kv_wire.h"
 #include "bench/mem_bench.h"
 #include "bench/redis_peer.h"
 #include "client/admin_client.h"
@@ -99,7 +100,9 @@ struct BytesWorkload {
   uint32_t tokens = 0;
   uint32_t chunk_tokens = 0;
   std::string src;
-  std::vector<v1::KvChunk> chunks;  // built once; building them is not timed
+  // Views of `src` (KvChunkView: the bytes stay there, WriteKvViews copies nothing); built once,
+  // building them is not timed.
+  std::vector<KvChunkView> chunks;
   // The same chunks as Redis values (keys then values of one chunk, contiguous), built once.
   std::string redis_src;
   std::vector<std::string> redis_keys;
@@ -207,32 +210,33 @@ absl::StatusOr<BytesWorkload> PrepareBytes(Client& c, const Options& o, uint32_t
     const char* values = keys + wl.tokens * tb;
     for (uint32_t off = 0; off < wl.tokens; off += wl.chunk_tokens) {
       const uint32_t n = std::min(wl.chunk_tokens, wl.tokens - off);
-      v1::KvChunk& chunk = wl.chunks.emplace_back();
-      if (wl.chunks.size() == 1) chunk.set_session_id(c.session_id());
-      chunk.set_sequence_id(wl.seq);
-      chunk.set_layer(h / o.shape.kv_heads);
-      chunk.set_kv_head(h % o.shape.kv_heads);
-      chunk.set_token_offset(off);
-      chunk.set_token_count(n);
-      chunk.set_keys(keys + off * tb, n * tb);
-      chunk.set_values(values + off * tb, n * tb);
+      KvChunkView& chunk = wl.chunks.emplace_back();
+      if (wl.chunks.size() == 1) chunk.header.set_session_id(c.session_id());
+      chunk.header.set_sequence_id(wl.seq);
+      chunk.header.set_layer(h / o.shape.kv_heads);
+      chunk.header.set_kv_head(h % o.shape.kv_heads);
+      chunk.header.set_token_offset(off);
+      chunk.header.set_token_count(n);
+      chunk.keys = absl::string_view(keys + off * tb, n * tb);
+      chunk.values = absl::string_view(values + off * tb, n * tb);
     }
   }
   // The Redis blobs: chunk i of the list above, keys then values.
   wl.redis_src.resize(wl.src.size());
   uint64_t at = 0;
-  for (const v1::KvChunk& chunk : wl.chunks) {
-    std::memcpy(wl.redis_src.data() + at, chunk.keys().data(), chunk.keys().size());
-    std::memcpy(wl.redis_src.data() + at + chunk.keys().size(), chunk.values().data(),
-                chunk.values().size());
-    wl.redis_keys.push_back(absl::StrCat("kv:", tpp, ":", chunk.layer(), ":", chunk.kv_head(),
-                                         ":", chunk.token_offset()));
+  for (const KvChunkView& chunk : wl.chunks) {
+    std::memcpy(wl.redis_src.data() + at, chunk.keys.data(), chunk.keys.size());
+    std::memcpy(wl.redis_src.data() + at + chunk.keys.size(), chunk.values.data(),
+                chunk.values.size());
+    wl.redis_keys.push_back(absl::StrCat("kv:", tpp, ":", chunk.header.layer(), ":",
+                                         chunk.header.kv_head(), ":",
+                                         chunk.header.token_offset()));
     wl.redis_values.emplace_back(wl.redis_src.data() + at,
-                                 chunk.keys().size() + chunk.values().size());
-    at += chunk.keys().size() + chunk.values().size();
+                                 chunk.keys.size() + chunk.values.size());
+    at += chunk.keys.size() + chunk.values.size();
   }
   // Warm-up write (faults the daemon's pages in) and commit, so ReadKV has tokens to read.
-  RETURN_IF_ERROR(c.WriteKV(wl.chunks).status());
+  RETURN_IF_ERROR(c.WriteKvViews(wl.chunks).status());
   RETURN_IF_ERROR(c.Commit(wl.seq, wl.tokens).status());
   row->tpp = tpp;
   row->tokens = wl.tokens;
@@ -242,29 +246,10 @@ absl::StatusOr<BytesWorkload> PrepareBytes(Client& c, const Options& o, uint32_t
   return wl;
 }
 
-// Checks what ReadKV returned against the source bytes.
-absl::Status VerifyRead(const BytesWorkload& wl, const Options& o,
-                        const std::vector<v1::KvChunk>& chunks) {
-  const uint64_t tb = TokenBytes(o.shape);
-  uint64_t bytes = 0;
-  for (const v1::KvChunk& c : chunks) {
-    const uint32_t h = c.layer() * o.shape.kv_heads + c.kv_head();
-    const char* keys = wl.src.data() + h * HeadBytes(o.shape, wl.tokens);
-    const char* values = keys + wl.tokens * tb;
-    const uint64_t n = uint64_t{c.token_count()} * tb;
-    if (c.token_offset() + c.token_count() > wl.tokens || c.keys().size() != n ||
-        c.values().size() != n ||
-        std::memcmp(c.keys().data(), keys + c.token_offset() * tb, n) != 0 ||
-        std::memcmp(c.values().data(), values + c.token_offset() * tb, n) != 0) {
-      return absl::DataLossError(absl::StrCat("ReadKV chunk (layer ", c.layer(), ", head ",
-                                              c.kv_head(), ", offset ", c.token_offset(),
-                                              ") differs from what WriteKV wrote"));
-    }
-    bytes += 2 * n;
-  }
-  if (bytes != wl.src.size()) {
-    return absl::DataLossError(
-        absl::StrCat("ReadKV returned ", bytes, " bytes of ", wl.src.size()));
+// Checks what ReadKV placed in `dst` (the workload's layout) against the source bytes.
+absl::Status VerifyRead(const BytesWorkload& wl, const std::vector<char>& dst) {
+  if (dst.size() < wl.src.size() || std::memcmp(dst.data(), wl.src.data(), wl.src.size()) != 0) {
+    return absl::DataLossError("what ReadKV returned differs from what WriteKV wrote");
   }
   return absl::OkStatus();
 }
@@ -361,7 +346,7 @@ absl::StatusOr<BytesRep> MeasureBytes(Client& c, const BytesWorkload& wl, const 
   ASSIGN_OR_RETURN(rep.raw_gbps, RawSocketCopy(wl, o, dst));
   const double gb = static_cast<double>(wl.src.size()) / 1e9;
   auto t0 = Clock::now();
-  ASSIGN_OR_RETURN(v1::WriteSummary summary, c.WriteKV(wl.chunks));
+  ASSIGN_OR_RETURN(v1::WriteSummary summary, c.WriteKvViews(wl.chunks));
   rep.write_gbps = gb / SecondsSince(t0);
   if (summary.bytes() != wl.src.size()) {
     return absl::DataLossError(absl::StrCat("WriteKV stored ", summary.bytes(), " bytes of ",
@@ -371,14 +356,38 @@ absl::StatusOr<BytesRep> MeasureBytes(Client& c, const BytesWorkload& wl, const 
   request.set_sequence_id(wl.seq);
   request.set_max_chunk_bytes(static_cast<uint32_t>(2 * uint64_t{wl.chunk_tokens} *
                                                     TokenBytes(o.shape)));
+  // Each chunk's keys and values are copied from the received message straight to their place in
+  // `dst` (the workload's layout), as the raw copy's receiver read()s into it.
+  const uint64_t tb = TokenBytes(o.shape);
+  uint64_t chunks = 0;
+  std::fill(dst.begin(), dst.end(), 0);  // untimed: a stale copy cannot pass the check
   t0 = Clock::now();
-  ASSIGN_OR_RETURN(std::vector<v1::KvChunk> chunks, c.ReadKV(request));
+  RETURN_IF_ERROR(c.ReadKvInto(
+      request, [&](const v1::KvChunk& header, absl::Span<const absl::string_view> keys,
+                   absl::Span<const absl::string_view> values) -> absl::Status {
+        const uint32_t h = header.layer() * o.shape.kv_heads + header.kv_head();
+        const uint64_t n = uint64_t{header.token_count()} * tb;
+        uint64_t key_bytes = 0, value_bytes = 0;
+        for (absl::string_view p : keys) key_bytes += p.size();
+        for (absl::string_view p : values) value_bytes += p.size();
+        if (h >= Heads(o.shape) || header.token_offset() + header.token_count() > wl.tokens ||
+            key_bytes != n || value_bytes != n) {
+          return absl::DataLossError(absl::StrCat(
+              "ReadKV chunk (layer ", header.layer(), ", head ", header.kv_head(), ", offset ",
+              header.token_offset(), ") does not match what WriteKV wrote"));
+        }
+        char* head = dst.data() + h * HeadBytes(o.shape, wl.tokens);
+        CopyPieces(keys, head + header.token_offset() * tb);
+        CopyPieces(values, head + wl.tokens * tb + header.token_offset() * tb);
+        ++chunks;
+        return absl::OkStatus();
+      }));
   rep.read_gbps = gb / SecondsSince(t0);
-  if (chunks.size() != wl.chunks.size()) {
-    return absl::InternalError(absl::StrCat("ReadKV sent ", chunks.size(), " chunks, expected ",
+  if (chunks != wl.chunks.size()) {
+    return absl::InternalError(absl::StrCat("ReadKV sent ", chunks, " chunks, expected ",
                                             wl.chunks.size(), " (same sizes as the writes)"));
   }
-  if (verify) RETURN_IF_ERROR(VerifyRead(wl, o, chunks));
+  if (verify) RETURN_IF_ERROR(VerifyRead(wl, dst));
   return rep;
 }
 

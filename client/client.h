@@ -17,6 +17,7 @@
 #define KVKEEP_CLIENT_CLIENT_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -25,7 +26,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "client/arena_channel_client.h"
 #include "client/arena_mapping.h"
 #include "client/call_context.h"
@@ -39,6 +42,23 @@ struct HeadData {
   std::string values;
   std::vector<int32_t> positions;
 };
+
+// One WriteKV chunk sent from the caller's own buffers (WriteKvViews): every field of `header`
+// but keys and values (ignored when set), and the bytes, which must stay valid and unchanged
+// until WriteKvViews returns. Nothing is copied on the way to the socket.
+struct KvChunkView {
+  v1::KvChunk header;
+  absl::string_view keys;
+  absl::string_view values;
+};
+
+// Receives ReadKvInto's chunks, in order: the header (every field but keys and values) and the
+// bytes as pieces, views into the received message valid during the call only (concatenated in
+// order they are the field; CopyPieces in service/rpc/kv_wire.h copies them out). A non-OK
+// status cancels the read and is ReadKvInto's answer.
+using KvChunkSink = std::function<absl::Status(const v1::KvChunk& header,
+                                               absl::Span<const absl::string_view> keys,
+                                               absl::Span<const absl::string_view> values)>;
 
 class Client {
  public:
@@ -109,6 +129,22 @@ class Client {
   absl::StatusOr<std::vector<v1::KvChunk>> ReadKV(const v1::ReadRequest& request);
   absl::StatusOr<HeadData> ReadHead(const std::string& sequence, uint32_t layer, uint32_t kv_head);
 
+  // ---- Bytes path without copies (the same calls, the same wire encoding) ----
+  // WriteKV from the caller's buffers: each chunk's bytes are referenced by the outgoing message,
+  // not copied; returns once gRPC has let go of every one of them.
+  absl::StatusOr<v1::WriteSummary> WriteKvViews(absl::Span<const KvChunkView> chunks);
+  // ReadKV with each received chunk parsed in place and handed to `sink` (no copy before the
+  // sink's own). INVALID_ARGUMENT "ReadKV reply chunk <n> ..." for a reply that is not a KvChunk.
+  absl::Status ReadKvInto(const v1::ReadRequest& request, const KvChunkSink& sink);
+  // One head's committed tokens copied straight into `keys` and `values` (each `capacity_bytes`
+  // long; one copy from the received message), and their positions into *positions when given.
+  // Returns the number of tokens. OUT_OF_RANGE when the head holds more than the capacity (the
+  // buffers then hold the chunks that fitted).
+  absl::StatusOr<uint32_t> ReadHeadInto(const std::string& sequence, uint32_t layer,
+                                        uint32_t kv_head, void* keys, void* values,
+                                        uint64_t capacity_bytes,
+                                        std::vector<int32_t>* positions = nullptr);
+
   absl::StatusOr<v1::PageTable> GetSequence(const std::string& sequence, bool with_positions);
   absl::StatusOr<v1::PageTable> Acquire(const std::string& sequence);
   absl::StatusOr<v1::ReleaseReply> Release(const std::string& sequence);
@@ -170,6 +206,13 @@ class Client {
     uint64_t done_bytes;    // offset into the caller's keys/values buffers
     uint64_t bytes;
   };
+  // WriteKV of chunks whose bytes stay where they are (client_bytes.cc).
+  struct RefChunk {
+    const v1::KvChunk* header;
+    absl::string_view keys;
+    absl::string_view values;
+  };
+  absl::StatusOr<v1::WriteSummary> WriteRefs(absl::Span<const RefChunk> chunks);
   absl::StatusOr<std::vector<InPlaceSegment>> InPlaceSegments(const std::string& sequence,
                                                               uint32_t layer, uint32_t kv_head,
                                                               uint32_t offset, uint32_t count);

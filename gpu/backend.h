@@ -98,6 +98,10 @@ class Backend {
   // device kernels such as the scorers); nullptr for host backends. The pointer stays valid while
   // the arena lives.
   virtual const void* DeviceAddress(const Arena& arena) const { return nullptr; }
+  // The host address of the arena's first byte when the host can read its memory in place
+  // (CPU backend: the daemon's mapping), valid while the arena lives; nullptr when only Read can
+  // reach it (CUDA). ReadKV replies reference page memory through it (service/engine/reply_pins.h).
+  virtual const void* HostAddress(const Arena& arena) const { return nullptr; }
   // The CUDA device ordinal arenas live on; -1 for host memory.
   virtual int device_ordinal() const { return -1; }
   // One line naming where arenas live, for status and logs: "host shared memory", or

@@ -520,6 +520,53 @@ absl::Status CacheEngine::WriteChunk(const std::string& tenant, const v1::KvChun
 
 absl::Status CacheEngine::WriteChunkBytes(const std::string& tenant, const v1::KvChunk& chunk,
                                           absl::string_view keys, absl::string_view values) {
+  const absl::string_view key_pieces[] = {keys};
+  const absl::string_view value_pieces[] = {values};
+  return WriteChunkPieces(tenant, chunk, key_pieces, value_pieces);
+}
+
+namespace {
+
+// Reads the concatenation of `pieces` front to back, writing each run where it belongs.
+class PieceReader {
+ public:
+  explicit PieceReader(absl::Span<const absl::string_view> pieces) : pieces_(pieces) {}
+
+  // Writes the next `n` bytes to [offset, offset + n) of `arena` (the caller checked that the
+  // pieces hold them).
+  absl::Status WriteNext(Backend& backend, Arena& arena, uint64_t offset, uint64_t n) {
+    while (n > 0) {
+      const absl::string_view piece = pieces_[index_];
+      const uint64_t take = std::min<uint64_t>(n, piece.size() - at_);
+      if (take > 0) RETURN_IF_ERROR(backend.Write(arena, offset, piece.data() + at_, take));
+      offset += take;
+      n -= take;
+      at_ += take;
+      if (at_ == piece.size()) {
+        ++index_;
+        at_ = 0;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const absl::Span<const absl::string_view> pieces_;
+  size_t index_ = 0;
+  uint64_t at_ = 0;
+};
+
+uint64_t BytesIn(absl::Span<const absl::string_view> pieces) {
+  uint64_t n = 0;
+  for (absl::string_view p : pieces) n += p.size();
+  return n;
+}
+
+}  // namespace
+
+absl::Status CacheEngine::WriteChunkPieces(const std::string& tenant, const v1::KvChunk& chunk,
+                                           absl::Span<const absl::string_view> keys,
+                                           absl::Span<const absl::string_view> values) {
   RETURN_IF_ERROR(CheckSessionIfGiven(tenant, chunk.session_id()));
   ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
   const Model& model = *seq->model;
@@ -531,11 +578,12 @@ absl::Status CacheEngine::WriteChunkBytes(const std::string& tenant, const v1::K
   }
   if (chunk.token_count() == 0) return absl::InvalidArgumentError("token_count must be > 0");
   const uint64_t want = uint64_t{chunk.token_count()} * g.token_bytes;
-  if (keys.size() != want || values.size() != want) {
+  const uint64_t key_bytes = BytesIn(keys), value_bytes = BytesIn(values);
+  if (key_bytes != want || value_bytes != want) {
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk of ", chunk.token_count(), " tokens needs ", want, " bytes of keys and of values (",
         g.head_dim, " x ", DTypeSize(g.dtype), "-byte elements per token); got ",
-        keys.size(), " and ", values.size()));
+        key_bytes, " and ", value_bytes));
   }
   if (chunk.positions_size() != 0 || chunk.page() != 0) {
     return absl::InvalidArgumentError("positions and page are ReadKV fields; CommitTokens sets positions");
@@ -551,18 +599,18 @@ absl::Status CacheEngine::WriteChunkBytes(const std::string& tenant, const v1::K
   }
   const uint32_t head = chunk.layer() * model.kv_heads() + chunk.kv_head();
   absl::Status io;
+  PieceReader key_reader(keys), value_reader(values);
   RETURN_IF_ERROR(seq->table.ForEachSegment(
       head, chunk.token_offset(), chunk.token_count(),
-      [&](uint64_t page, uint32_t slot, uint32_t n, uint64_t done) {
+      [&](uint64_t page, uint32_t slot, uint32_t n, uint64_t) {
         if (!io.ok()) return;
         Arena* arena = pool_.ArenaOf(page);
         const uint64_t base = uint64_t{PageRef::Unpack(page).index} * g.page_bytes;
         const uint64_t off = slot * g.token_bytes;
-        io = backend_->Write(*arena, base + off, keys.data() + done * g.token_bytes,
-                             n * g.token_bytes);
+        io = key_reader.WriteNext(*backend_, *arena, base + off, n * g.token_bytes);
         if (io.ok()) {
-          io = backend_->Write(*arena, base + g.value_offset + off,
-                               values.data() + done * g.token_bytes, n * g.token_bytes);
+          io = value_reader.WriteNext(*backend_, *arena, base + g.value_offset + off,
+                                      n * g.token_bytes);
         }
       }));
   return io;

@@ -47,6 +47,7 @@
 #include "service/executor.h"
 #include "service/engine/ledger.h"
 #include "service/engine/pressure_relief.h"
+#include "service/engine/reply_pins.h"
 #include "service/engine/sequence.h"
 #include "service/engine/spiller.h"
 #include "service/engine/session_registry.h"
@@ -197,6 +198,11 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   // straight from the received gRPC buffers): `header`'s own keys and values are ignored.
   absl::Status WriteChunkBytes(const std::string& tenant, const v1::KvChunk& header,
                                absl::string_view keys, absl::string_view values);
+  // WriteChunkBytes with each byte field in pieces (concatenated in order they are the field):
+  // the views into the received gRPC slices, written to the pages without gathering them first.
+  absl::Status WriteChunkPieces(const std::string& tenant, const v1::KvChunk& header,
+                                absl::Span<const absl::string_view> keys,
+                                absl::Span<const absl::string_view> values);
   absl::StatusOr<v1::PageTable> GetSequence(const std::string& tenant,
                                             const std::string& sequence_id, bool with_positions);
   absl::StatusOr<v1::PageTable> Acquire(const std::string& tenant, const v1::AcquireRequest& r);
@@ -226,6 +232,9 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
    public:
     virtual ~ReadCursor() = default;
     virtual absl::StatusOr<bool> Next(v1::KvChunk* chunk) = 0;
+    // As Next, with the chunk's bytes as views (reply_pins.h): into pinned page memory where the
+    // backend allows it (sequence reads on the CPU backend), else into strings the chunk owns.
+    virtual absl::StatusOr<bool> NextReferenced(ReadChunk* chunk);
   };
   absl::StatusOr<std::unique_ptr<ReadCursor>> OpenRead(const std::string& tenant,
                                                        const v1::ReadRequest& request);

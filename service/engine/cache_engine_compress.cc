@@ -44,6 +44,8 @@ absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
     if (t != tenants_.end()) tenant_default = t->second.record.policy();
   }
   ASSIGN_OR_RETURN(ResolvedPolicy resolved, ResolvePolicy(policy, tenant_default));
+  // Compaction moves bytes inside the sequence's pages: no ReadKV reply may reference them.
+  RETURN_IF_ERROR(AwaitNoReplyPins(pool_, *seq, kCompressWaitForReplies));
   // Copy-on-write: shared prefix pages are never compacted; the sequence first gets private
   // copies of them (charged to its tenant) and drops its references.
   RETURN_IF_ERROR(UnshareHeld(seq));

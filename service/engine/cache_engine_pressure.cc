@@ -44,6 +44,9 @@ absl::StatusOr<PressureRelief::Host::Compressed> CacheEngine::CompressForPressur
   tenant_default.clear_keep_ratio();
   tenant_default.clear_max_tokens();
   ASSIGN_OR_RETURN(ResolvedPolicy resolved, ResolvePolicy(budget, tenant_default));
+  // Compaction moves bytes inside the sequence's pages: never while a ReadKV reply references
+  // them (busy: the relief moves on, as for a busy lock).
+  RETURN_IF_ERROR(AwaitNoReplyPins(pool_, *seq, absl::ZeroDuration()));
   thread_local CompressScratch scratch;  // the background thread's scoring memory
   ASSIGN_OR_RETURN(CompressOutcome outcome,
                    CompressSequence(*seq->model, seq->table, seq->stats, resolved.policy,

@@ -2,6 +2,7 @@
 #include "service/engine/cache_engine.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -24,10 +25,27 @@ uint64_t ChunkBudget(uint32_t requested, uint64_t max_message_bytes) {
 
 }  // namespace
 
+absl::StatusOr<bool> CacheEngine::ReadCursor::NextReferenced(ReadChunk* chunk) {
+  // The copy: the bytes Next read move into strings the chunk owns (no further copy).
+  v1::KvChunk full;
+  ASSIGN_OR_RETURN(bool more, Next(&full));
+  chunk->Clear();
+  if (!more) return false;
+  auto owned = std::make_shared<std::pair<std::string, std::string>>(
+      std::move(*full.mutable_keys()), std::move(*full.mutable_values()));
+  full.clear_keys();
+  full.clear_values();
+  chunk->header = std::move(full);
+  chunk->keys.assign(1, owned->first);
+  chunk->values.assign(1, owned->second);
+  chunk->hold = std::move(owned);
+  return true;
+}
+
 class SequenceReadCursor final : public CacheEngine::ReadCursor {
  public:
   SequenceReadCursor(std::shared_ptr<CacheEngine::Sequence> seq, Backend* backend,
-                     const PagePool* pool, std::vector<uint32_t> heads, uint32_t token_begin,
+                     PagePool* pool, std::vector<uint32_t> heads, uint32_t token_begin,
                      uint32_t token_end, uint64_t chunk_bytes)
       : seq_(std::move(seq)), backend_(backend), pool_(pool), heads_(std::move(heads)),
         token_begin_(token_begin), token_end_(token_end), chunk_bytes_(chunk_bytes),
@@ -35,59 +53,149 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
 
   absl::StatusOr<bool> Next(v1::KvChunk* chunk) override {
     absl::ReaderMutexLock lock(&seq_->mu);
+    RETURN_IF_ERROR(StillReadable());
+    uint32_t h = 0, n = 0;
+    if (!NextRange(&h, &n)) return false;
+    chunk->Clear();
+    FillHeader(h, n, chunk);
+    const uint64_t token_bytes = seq_->model->geometry().token_bytes;
+    std::string* keys = chunk->mutable_keys();
+    std::string* values = chunk->mutable_values();
+    keys->resize(n * token_bytes);
+    values->resize(n * token_bytes);
+    RETURN_IF_ERROR(CopyRange(h, n, keys->data(), values->data()));
+    next_token_ += n;
+    return true;
+  }
+
+  // Views into the pages, pinned until the reply is gone; the copy when the backend cannot
+  // reference its memory from the host.
+  absl::StatusOr<bool> NextReferenced(ReadChunk* chunk) override {
+    absl::ReaderMutexLock lock(&seq_->mu);
+    RETURN_IF_ERROR(StillReadable());
+    uint32_t h = 0, n = 0;
+    if (!NextRange(&h, &n)) return false;
+    chunk->Clear();
+    FillHeader(h, n, &chunk->header);
+    std::vector<uint64_t> pages;
+    ASSIGN_OR_RETURN(bool referenced, ReferenceRange(h, n, chunk, &pages));
+    if (referenced) {
+      chunk->hold = PinPages(pool_, std::move(pages));
+    } else {
+      const uint64_t bytes = uint64_t{n} * seq_->model->geometry().token_bytes;
+      auto owned = std::make_shared<std::pair<std::string, std::string>>();
+      owned->first.resize(bytes);
+      owned->second.resize(bytes);
+      RETURN_IF_ERROR(CopyRange(h, n, owned->first.data(), owned->second.data()));
+      chunk->keys.assign(1, owned->first);
+      chunk->values.assign(1, owned->second);
+      chunk->hold = std::move(owned);
+    }
+    next_token_ += n;
+    return true;
+  }
+
+ private:
+  absl::Status StillReadable() const ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
     if (seq_->dropped || seq_->spilled) {
       return absl::AbortedError("sequence was dropped or spilled during the read");
     }
+    return absl::OkStatus();
+  }
+
+  // The next head and token count to send (from next_token_); false at the end.
+  bool NextRange(uint32_t* h, uint32_t* n) ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
     const PageGeometry& g = seq_->model->geometry();
     const uint32_t per_chunk =
         static_cast<uint32_t>(std::max<uint64_t>(1, chunk_bytes_ / (2 * g.token_bytes)));
     while (head_index_ < heads_.size()) {
-      const uint32_t h = heads_[head_index_];
-      const auto& head = seq_->table.head(h);
-      const uint32_t end = std::min(token_end_, head.count);
+      *h = heads_[head_index_];
+      const uint32_t end = std::min(token_end_, seq_->table.head(*h).count);
       if (next_token_ >= end) {
         ++head_index_;
         next_token_ = token_begin_;
         continue;
       }
-      const uint32_t n = std::min(per_chunk, end - next_token_);
-      chunk->Clear();
-      chunk->set_sequence_id(seq_->id);
-      chunk->set_layer(h / seq_->model->kv_heads());
-      chunk->set_kv_head(h % seq_->model->kv_heads());
-      chunk->set_token_offset(next_token_);
-      chunk->set_token_count(n);
-      std::string* keys = chunk->mutable_keys();
-      std::string* values = chunk->mutable_values();
-      keys->resize(n * g.token_bytes);
-      values->resize(n * g.token_bytes);
-      absl::Status io;
-      absl::Status walk = seq_->table.ForEachSegment(
-          h, next_token_, n, [&](uint64_t page, uint32_t slot, uint32_t k, uint64_t done) {
-            if (!io.ok()) return;
-            const Arena* arena = pool_->ArenaOf(page);
-            const uint64_t base = uint64_t{PageRef::Unpack(page).index} * g.page_bytes;
-            io = backend_->Read(*arena, base + slot * g.token_bytes,
-                                keys->data() + done * g.token_bytes, k * g.token_bytes);
-            if (io.ok()) {
-              io = backend_->Read(*arena, base + g.value_offset + slot * g.token_bytes,
-                                  values->data() + done * g.token_bytes, k * g.token_bytes);
-            }
-          });
-      if (!walk.ok()) return walk;
-      if (!io.ok()) return io;
-      chunk->mutable_positions()->Add(head.positions.begin() + next_token_,
-                                      head.positions.begin() + next_token_ + n);
-      next_token_ += n;
+      *n = std::min(per_chunk, end - next_token_);
       return true;
     }
     return false;
   }
 
- private:
+  void FillHeader(uint32_t h, uint32_t n, v1::KvChunk* chunk) const
+      ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
+    const auto& head = seq_->table.head(h);
+    chunk->set_sequence_id(seq_->id);
+    chunk->set_layer(h / seq_->model->kv_heads());
+    chunk->set_kv_head(h % seq_->model->kv_heads());
+    chunk->set_token_offset(next_token_);
+    chunk->set_token_count(n);
+    chunk->mutable_positions()->Add(head.positions.begin() + next_token_,
+                                    head.positions.begin() + next_token_ + n);
+  }
+
+  // Copies the keys and values of tokens [next_token_, + n) of head `h` out of the pages.
+  absl::Status CopyRange(uint32_t h, uint32_t n, char* keys, char* values) const
+      ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
+    const PageGeometry& g = seq_->model->geometry();
+    absl::Status io;
+    RETURN_IF_ERROR(seq_->table.ForEachSegment(
+        h, next_token_, n, [&](uint64_t page, uint32_t slot, uint32_t k, uint64_t done) {
+          if (!io.ok()) return;
+          const Arena* arena = pool_->ArenaOf(page);
+          const uint64_t base = uint64_t{PageRef::Unpack(page).index} * g.page_bytes;
+          io = backend_->Read(*arena, base + slot * g.token_bytes,
+                              keys + done * g.token_bytes, k * g.token_bytes);
+          if (io.ok()) {
+            io = backend_->Read(*arena, base + g.value_offset + slot * g.token_bytes,
+                                values + done * g.token_bytes, k * g.token_bytes);
+          }
+        }));
+    return io;
+  }
+
+  // Views of the keys and values of tokens [next_token_, + n) of head `h` in the pages' host
+  // memory, and the pages they lie in (once each); false (nothing set) when some page's memory
+  // cannot be read in place, or when the runs are so short (small pages) that a copy is cheaper.
+  absl::StatusOr<bool> ReferenceRange(uint32_t h, uint32_t n, ReadChunk* chunk,
+                                      std::vector<uint64_t>* pages) const
+      ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
+    const PageGeometry& g = seq_->model->geometry();
+    bool in_place = true;
+    RETURN_IF_ERROR(seq_->table.ForEachSegment(
+        h, next_token_, n, [&](uint64_t page, uint32_t slot, uint32_t k, uint64_t) {
+          if (!in_place) return;
+          const Arena* arena = pool_->ArenaOf(page);
+          const char* host =
+              arena == nullptr ? nullptr : static_cast<const char*>(backend_->HostAddress(*arena));
+          const uint64_t base = uint64_t{PageRef::Unpack(page).index} * g.page_bytes;
+          const uint64_t bytes = uint64_t{k} * g.token_bytes;
+          if (host == nullptr ||
+              !RangeInside(arena->size(), base + g.value_offset + slot * g.token_bytes, bytes)) {
+            in_place = false;
+            return;
+          }
+          chunk->keys.emplace_back(host + base + slot * g.token_bytes, bytes);
+          chunk->values.emplace_back(host + base + g.value_offset + slot * g.token_bytes, bytes);
+          pages->push_back(page);
+        }));
+    // Runs shorter than this cost more to reference (a slice and its release each) than to copy.
+    constexpr uint64_t kMinReferencedRunBytes = 1024;
+    if (in_place && !pages->empty() &&
+        uint64_t{n} * g.token_bytes / pages->size() < kMinReferencedRunBytes) {
+      in_place = false;
+    }
+    if (!in_place) {
+      chunk->keys.clear();
+      chunk->values.clear();
+      pages->clear();
+    }
+    return in_place;
+  }
+
   const std::shared_ptr<CacheEngine::Sequence> seq_;
   Backend* const backend_;
-  const PagePool* const pool_;
+  PagePool* const pool_;
   const std::vector<uint32_t> heads_;
   const uint32_t token_begin_, token_end_;
   const uint64_t chunk_bytes_;

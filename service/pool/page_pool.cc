@@ -9,13 +9,52 @@
 #include "absl/strings/str_cat.h"
 #include "common/failure_reason.h"
 #include "common/status_macros.h"
+#include "service/pool/late_unpin.h"
 
 namespace kvkeep {
 
-PagePool::PagePool(Backend* backend, PoolOptions options)
-    : backend_(backend), options_(options) {}
+namespace {
 
-PagePool::~PagePool() = default;
+// The live pools (late_unpin.h).
+absl::Mutex live_pools_mu(absl::kConstInit);
+absl::flat_hash_set<const PagePool*>& LivePools() ABSL_EXCLUSIVE_LOCKS_REQUIRED(live_pools_mu) {
+  static auto* pools = new absl::flat_hash_set<const PagePool*>();
+  return *pools;
+}
+
+}  // namespace
+
+void UnpinIfLive(PagePool* pool, absl::Span<const uint64_t> pages) {
+  absl::MutexLock lock(&live_pools_mu);
+  if (LivePools().contains(pool)) pool->Unpin(pages);
+}
+
+PagePool::PagePool(Backend* backend, PoolOptions options)
+    : backend_(backend), options_(options) {
+  absl::MutexLock lock(&live_pools_mu);
+  LivePools().insert(this);
+}
+
+PagePool::~PagePool() {
+  // Replies still in flight reference page memory: give them a moment (the server, destroyed
+  // first, normally released them all).
+  {
+    absl::MutexLock lock(&mu_);
+    if (!mu_.AwaitWithTimeout(
+            absl::Condition(+[](uint64_t* pins) { return *pins == 0; }, &pin_total_),
+            absl::Seconds(1))) {
+      // Still pinned (gRPC may release a call's last slices only when its transport goes): those
+      // arenas stay mapped (the process is ending), so such a slice never points into unmapped
+      // memory.
+      for (const auto& [page, count] : pins_) {
+        auto it = arenas_.find(PageRef::Unpack(page).arena);
+        if (it != arenas_.end()) (void)it->second->arena.release();
+      }
+    }
+  }
+  absl::MutexLock lock(&live_pools_mu);
+  LivePools().erase(this);  // later unpins find no pool
+}
 
 absl::Status PagePool::Allocate(const std::string& owner, const PageGeometry& geometry,
                                 uint64_t count, std::vector<uint64_t>* pages,
@@ -114,7 +153,57 @@ absl::StatusOr<PagePool::PoolArena*> PagePool::GrowLocked(const std::string& own
 
 void PagePool::Free(const std::vector<uint64_t>& pages) {
   absl::MutexLock lock(&mu_);
-  for (uint64_t p : pages) FreeLocked(p);
+  for (uint64_t p : pages) {
+    if (pins_.contains(p)) {
+      retired_.insert(p);  // freed by its last Unpin
+    } else {
+      FreeLocked(p);
+    }
+  }
+}
+
+void PagePool::Pin(absl::Span<const uint64_t> pages) {
+  absl::MutexLock lock(&mu_);
+  for (uint64_t p : pages) ++pins_[p];
+  pin_total_ += pages.size();
+}
+
+void PagePool::Unpin(absl::Span<const uint64_t> pages) {
+  absl::MutexLock lock(&mu_);
+  for (uint64_t p : pages) {
+    auto it = pins_.find(p);
+    if (it == pins_.end()) continue;  // not pinned: a caller's bug; the counts stay right
+    --pin_total_;
+    if (--it->second > 0) continue;
+    pins_.erase(it);
+    if (retired_.erase(p) > 0) FreeLocked(p);
+  }
+}
+
+bool PagePool::AnyPinnedLocked(absl::Span<const uint64_t> pages) const {
+  if (pins_.empty()) return false;
+  for (uint64_t p : pages) {
+    if (pins_.contains(p)) return true;
+  }
+  return false;
+}
+
+bool PagePool::AwaitUnpinned(absl::Span<const uint64_t> pages, absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  if (!AnyPinnedLocked(pages)) return true;
+  if (timeout <= absl::ZeroDuration()) return false;
+  // Evaluated by Await with mu_ held.
+  struct NonePinned {
+    const PagePool* pool;
+    absl::Span<const uint64_t> pages;
+    bool Done() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return !pool->AnyPinnedLocked(pages); }
+  } none_pinned{this, pages};
+  return mu_.AwaitWithTimeout(absl::Condition(&none_pinned, &NonePinned::Done), timeout);
+}
+
+PagePool::PinStats PagePool::Pins() const {
+  absl::MutexLock lock(&mu_);
+  return {pin_total_, pins_.size(), retired_.size()};
 }
 
 void PagePool::FreeLocked(uint64_t page) {
@@ -124,6 +213,10 @@ void PagePool::FreeLocked(uint64_t page) {
   if (it->second->allocator.Free(ref.index).ok()) {
     --used_pages_;
     used_bytes_ -= it->second->info.geometry.page_bytes;
+  }
+  if (it->second->info.owner == kReleasedOwner && it->second->allocator.used_count() == 0) {
+    arena_bytes_ -= it->second->arena->size();
+    arenas_.erase(it);
   }
 }
 
@@ -144,7 +237,7 @@ absl::StatusOr<PagePool::Location> PagePool::Locate(const std::string& owner,
     return absl::OutOfRangeError(absl::StrCat("page ", page, ": index ", ref.index,
                                               " past arena of ", a.info.page_count, " pages"));
   }
-  if (!a.allocator.InUse(ref.index)) {
+  if (!a.allocator.InUse(ref.index) || retired_.contains(page)) {
     return absl::FailedPreconditionError(absl::StrCat("page ", page, " is not allocated"));
   }
   return Location{a.arena.get(), uint64_t{ref.index} * a.info.geometry.page_bytes,
@@ -215,18 +308,28 @@ std::vector<ArenaInfo> PagePool::ArenasOf(const std::string& owner) const {
 
 absl::Status PagePool::ReleaseOwner(const std::string& owner) {
   absl::MutexLock lock(&mu_);
+  absl::flat_hash_map<uint32_t, uint64_t> retired_in;  // arena id -> retired pages
+  for (uint64_t page : retired_) ++retired_in[PageRef::Unpack(page).arena];
   for (const auto& [id, a] : arenas_) {
-    if (a->info.owner == owner && a->allocator.used_count() > 0) {
+    if (a->info.owner != owner) continue;
+    const uint64_t retired = retired_in.contains(id) ? retired_in[id] : 0;
+    if (a->allocator.used_count() > retired) {
       return absl::FailedPreconditionError(
-          absl::StrCat("arena ", id, " of ", owner, " still has ", a->allocator.used_count(),
-                       " pages in use"));
+          absl::StrCat("arena ", id, " of ", owner, " still has ",
+                       a->allocator.used_count() - retired, " pages in use"));
     }
   }
   for (auto it = arenas_.begin(); it != arenas_.end();) {
     auto cur = it++;
-    if (cur->second->info.owner == owner) {
+    if (cur->second->info.owner != owner) continue;
+    if (cur->second->allocator.used_count() == 0) {
       arena_bytes_ -= cur->second->arena->size();
       arenas_.erase(cur);
+    } else {
+      // Only retired pages left (a ReadKV reply still references them): the arena belongs to
+      // nobody from now on (no owner check passes; a later owner of the same name never sees
+      // it) and goes with its last unpin.
+      cur->second->info.owner = kReleasedOwner;
     }
   }
   return absl::OkStatus();

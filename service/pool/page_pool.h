@@ -10,7 +10,13 @@
 //   RETURN_IF_ERROR(pool.Allocate("team-a", geometry, 32, &pages, &new_arenas));
 //   pool.Free(pages);
 //
-// Thread-safe.
+// Reply pins (ReadKV replies whose slices reference page memory, service/engine/reply_pins.h):
+// a pinned page is never handed back to its arena's free list. Free() of a pinned page retires
+// it: it leaves its owner at once but returns to the free list only when its last pin goes, so
+// its bytes stay as they were and its arena stays mapped while a reply references them. The pin
+// counts and the retired set are under mu_, like the rest.
+//
+// Thread-safe. Destroy the pool only after every pin is gone (the server is destroyed first).
 #ifndef KVKEEP_SERVICE_POOL_PAGE_POOL_H_
 #define KVKEEP_SERVICE_POOL_PAGE_POOL_H_
 
@@ -22,6 +28,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/types/span.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/time/time.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "gpu/backend.h"
@@ -79,8 +87,24 @@ class PagePool {
                         std::vector<uint64_t>* pages, std::vector<ArenaInfo>* new_arenas);
 
   // Returns pages to their arenas. Pages that are unknown or already free are skipped: callers
-  // free only pages they hold, so this only guards the pool's counters.
+  // free only pages they hold, so this only guards the pool's counters. A pinned page is retired
+  // instead: it returns to its arena when its last pin goes.
   void Free(const std::vector<uint64_t>& pages);
+
+  // One more pin on each of `pages` (pages the caller holds: allocated, not retired; a page may
+  // be listed several times, each counts). Unpin gives them back; the last pin of a retired page
+  // frees it.
+  void Pin(absl::Span<const uint64_t> pages);
+  void Unpin(absl::Span<const uint64_t> pages);
+  // Waits up to `timeout` (0: no wait) until none of `pages` is pinned; false when some still is.
+  bool AwaitUnpinned(absl::Span<const uint64_t> pages, absl::Duration timeout) const;
+  // Pins held, and retired pages waiting for their last pin (for tests and status).
+  struct PinStats {
+    uint64_t pins = 0;
+    uint64_t pinned_pages = 0;
+    uint64_t retired_pages = 0;
+  };
+  PinStats Pins() const;
 
   // Where a page's bytes are, checked against `owner`: NOT_FOUND (no such arena),
   // PERMISSION_DENIED (the arena belongs to another owner), OUT_OF_RANGE (index past the arena),
@@ -112,7 +136,9 @@ class PagePool {
                                   bool read_only) const;
   std::vector<ArenaInfo> ArenasOf(const std::string& owner) const;
 
-  // Destroys the owner's arenas; FAILED_PRECONDITION while any of their pages is in use.
+  // Destroys the owner's arenas; FAILED_PRECONDITION while any of their pages is in use. An arena
+  // holding only retired pages is disowned instead (no owner reaches it again, a new owner of the
+  // same name included) and destroyed with its last unpin.
   absl::Status ReleaseOwner(const std::string& owner);
 
   PoolStats Stats() const;
@@ -132,7 +158,12 @@ class PagePool {
   // the capacity requires it.
   absl::StatusOr<PoolArena*> GrowLocked(const std::string& owner, const PageGeometry& geometry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The owner of arenas whose owner was released while a reply still pinned some of their pages
+  // (not a valid tenant or group owner name).
+  static constexpr char kReleasedOwner[] = "(released)";
+
   void FreeLocked(uint64_t page) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AnyPinnedLocked(absl::Span<const uint64_t> pages) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   Backend* const backend_;
@@ -145,6 +176,10 @@ class PagePool {
   uint64_t arena_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t used_pages_ ABSL_GUARDED_BY(mu_) = 0;
+  // Reply pins: page -> pins held (no entry: none); pages freed while pinned.
+  absl::flat_hash_map<uint64_t, uint32_t> pins_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> retired_ ABSL_GUARDED_BY(mu_);
+  uint64_t pin_total_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace kvkeep

@@ -5,10 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <set>
+#include <thread>
 
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
+#include "service/pool/late_unpin.h"
 
 namespace kvkeep {
 namespace {
@@ -166,6 +169,111 @@ TEST(PagePoolFdTest, ReadOnlyFdOfACudaVmmArenaIsTheSameFile) {
     close(fd);
   }
   EXPECT_THAT(pool.DupExportFd("b", fresh[0].id, true), StatusIs(StatusCode::kPermissionDenied));
+// Reply pins (reply_pins.h): a pinned page freed meanwhile is retired, keeps its bytes and its
+// arena, is never handed out again, and returns to the free list with its last pin.
+TEST_F(PagePoolTest, PinnedPagesFreedMeanwhileAreRetiredUntilTheLastUnpin) {
+  // One arena of 4 pages, and no room for a second: a freed page could only be reused.
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 4, .arena_bytes = 64 * 4});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", geometry_, 4, &pages, &fresh));
+  const std::string bytes(64, 'x');
+  ASSERT_OK_AND_ASSIGN(PagePool::Location loc, pool.Locate("a", pages[1]));
+  ASSERT_OK(backend_->Write(*loc.arena, loc.offset, bytes.data(), bytes.size()));
+  pool.Pin({pages[1]});
+  pool.Pin({pages[1]});  // two replies
+  pool.Free(pages);
+  EXPECT_EQ(pool.Pins().retired_pages, 1u);
+  EXPECT_EQ(pool.Stats().used_pages, 1u);  // the retired page is still held
+  EXPECT_THAT(pool.Locate("a", pages[1]), StatusIs(StatusCode::kFailedPrecondition));
+  // The three free pages are handed out again; the pinned one is not.
+  std::vector<uint64_t> again;
+  ASSERT_OK(pool.Allocate("a", geometry_, 3, &again, &fresh));
+  EXPECT_EQ(std::count(again.begin(), again.end(), pages[1]), 0);
+  EXPECT_THAT(pool.Allocate("a", geometry_, 1, &again, &fresh),
+              StatusIs(StatusCode::kResourceExhausted));
+  // Its bytes are as they were, and its arena still lives: ReleaseOwner refuses.
+  std::string back(64, '\0');
+  ASSERT_OK(backend_->Read(*loc.arena, loc.offset, back.data(), back.size()));
+  EXPECT_EQ(back, bytes);
+  pool.Unpin({pages[1]});
+  EXPECT_EQ(pool.Pins().retired_pages, 1u);
+  pool.Unpin({pages[1]});
+  EXPECT_EQ(pool.Pins().retired_pages, 0u);
+  EXPECT_EQ(pool.Pins().pins, 0u);
+  EXPECT_EQ(pool.Stats().used_pages, 3u);
+  pool.Free(again);
+  again.clear();
+  ASSERT_OK(pool.Allocate("a", geometry_, 4, &again, &fresh));
+}
+
+// Releasing an owner (tenant deletion) while a reply still pins one of its pages: the arena is
+// disowned (no one, not a new owner of the same name, reaches it) and goes with the last unpin.
+TEST_F(PagePoolTest, ReleasedOwnerArenaWithRetiredPagesIsDisownedThenDestroyed) {
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 8, .arena_bytes = 64 * 4});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", geometry_, 6, &pages, &fresh));  // two arenas
+  ASSERT_EQ(fresh.size(), 2u);
+  pool.Pin({pages[0]});
+  EXPECT_THAT(pool.ReleaseOwner("a"), StatusIs(StatusCode::kFailedPrecondition, "in use"));
+  pool.Free(pages);
+  ASSERT_OK(pool.ReleaseOwner("a"));
+  EXPECT_TRUE(pool.ArenasOf("a").empty());
+  EXPECT_EQ(pool.Stats().arenas, 1u);  // the pinned page's arena, disowned
+  const uint32_t kept = PageRef::Unpack(pages[0]).arena;
+  EXPECT_THAT(pool.GetArena("a", kept), StatusIs(StatusCode::kPermissionDenied));
+  EXPECT_THAT(pool.Locate("a", pages[0]), StatusIs(StatusCode::kPermissionDenied));
+  std::vector<uint64_t> again;
+  ASSERT_OK(pool.Allocate("a", geometry_, 1, &again, &fresh));  // a new arena, not the old one
+  EXPECT_NE(PageRef::Unpack(again[0]).arena, kept);
+  pool.Unpin({pages[0]});
+  EXPECT_EQ(pool.Stats().arenas, 1u);  // the disowned arena is gone; the new one stays
+  EXPECT_EQ(pool.Stats().used_pages, 1u);
+}
+
+// At shutdown gRPC may release a reply's last slices after the pool is gone: the pool waits
+// briefly, then leaves the pinned page's arena mapped, and the late unpin finds no pool.
+TEST_F(PagePoolTest, APinOutlivingThePoolKeepsItsBytesMappedAndUnpinsNothing) {
+  auto pool = std::make_unique<PagePool>(backend_.get(),
+                                         PoolOptions{.capacity_bytes = 64 * 4, .arena_bytes = 64 * 4});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool->Allocate("a", geometry_, 1, &pages, &fresh));
+  ASSERT_OK_AND_ASSIGN(PagePool::Location loc, pool->Locate("a", pages[0]));
+  const std::string bytes(64, 'q');
+  ASSERT_OK(backend_->Write(*loc.arena, loc.offset, bytes.data(), bytes.size()));
+  const char* host = static_cast<const char*>(backend_->HostAddress(*loc.arena));
+  ASSERT_NE(host, nullptr);
+  pool->Pin(pages);
+  PagePool* gone = pool.get();
+  const absl::Time start = absl::Now();
+  pool.reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(std::string(host + loc.offset, bytes.size()), bytes);  // still mapped
+  UnpinIfLive(gone, pages);  // the pool is gone: nothing happens
+}
+
+TEST_F(PagePoolTest, AwaitUnpinnedWaitsForTheLastPinOrTimesOut) {
+  PagePool pool(backend_.get(), {.capacity_bytes = 64 * 8, .arena_bytes = 64 * 8});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", geometry_, 3, &pages, &fresh));
+  EXPECT_TRUE(pool.AwaitUnpinned(pages, absl::ZeroDuration()));
+  pool.Pin({pages[2]});
+  EXPECT_TRUE(pool.AwaitUnpinned({pages[0], pages[1]}, absl::ZeroDuration()));
+  EXPECT_FALSE(pool.AwaitUnpinned(pages, absl::ZeroDuration()));
+  EXPECT_FALSE(pool.AwaitUnpinned(pages, absl::Milliseconds(50)));
+  std::thread unpin([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    pool.Unpin({pages[2]});
+  });
+  EXPECT_TRUE(pool.AwaitUnpinned(pages, absl::Seconds(10)));
+  unpin.join();
+  // Unpinning a page that is not pinned changes nothing.
+  pool.Unpin({pages[0]});
+  EXPECT_EQ(pool.Pins().pins, 0u);
+  EXPECT_EQ(pool.Stats().used_pages, 3u);
 }
 
 }  // namespace

@@ -1,27 +1,44 @@
-// KvChunk on the wire without the protobuf copies (the bytes path, WriteKV and ReadKV):
+// KvChunk on the wire without the protobuf copies (the bytes path, WriteKV and ReadKV), used by
+// the daemon and by the C++ client:
 //
-//   ParseKvChunk: reads a received KvChunk straight from the gRPC buffer's slices. Every field but
-//     `keys` and `values` lands in a header message; the two byte fields are views into the
-//     received slices (no copy) when each lies in one slice, else gathered once into `scratch`.
-//   SerializeKvChunk: the reverse for ReadKV: the chunk's `keys` and `values` strings are moved
-//     into slices the gRPC buffer owns (no serialisation copy); the other fields are encoded in a
-//     small leading slice. The bytes are a valid KvChunk encoding (fields 7 and 8 come last, which
-//     every protobuf parser accepts), so the wire contract is unchanged.
+//   ParseKvChunkPieces: reads a received KvChunk straight from the gRPC buffer's slices. Every
+//     field but `keys` and `values` lands in a header message; the two byte fields are lists of
+//     views into the received slices (no copy), one view per slice the field crosses.
+//   ParseKvChunk: the same, with each byte field as ONE view: into the slice when it lies in one,
+//     else gathered once into a scratch string.
+//   SerializeKvChunkRefs: encodes a chunk whose key and value bytes stay where they are (page
+//     memory, a caller's buffers): every piece becomes a slice that references it, and `hold` is
+//     kept (one reference per slice) until gRPC has released the last of them.
+//   SerializeKvChunk: moves a chunk's `keys` and `values` strings into slices (no copy).
 //
-// Thread-compatible: a parsed chunk's views live as long as the ByteBuffer (and `scratch`).
+// The encodings are valid KvChunk encodings (fields 7 and 8 come last, which every protobuf parser
+// accepts), so the wire contract is unchanged; kv_wire_test checks them against protobuf.
+//
+// Thread-compatible: a parsed chunk's views live as long as its `slices` (and scratch strings).
 #ifndef KVKEEP_SERVICE_RPC_KV_WIRE_H_
 #define KVKEEP_SERVICE_RPC_KV_WIRE_H_
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
 #include "kvkeep/v1/kvcache.pb.h"
 
 namespace kvkeep {
+
+struct KvChunkPieces {
+  v1::KvChunk header;  // every field but keys and values
+  std::vector<absl::string_view> keys;    // in order; concatenated they are the field's bytes
+  std::vector<absl::string_view> values;
+  std::vector<grpc::Slice> slices;  // keeps the views' memory referenced
+  uint64_t key_bytes = 0;           // sums of the pieces
+  uint64_t value_bytes = 0;
+};
 
 struct ParsedKvChunk {
   v1::KvChunk header;  // every field but keys and values
@@ -32,8 +49,21 @@ struct ParsedKvChunk {
   std::string scratch_values;
 };
 
-// INVALID_ARGUMENT for a malformed encoding (truncated, bad wire type).
+// INVALID_ARGUMENT "malformed KvChunk encoding (field N)" for a malformed encoding (truncated,
+// bad wire type, a varint over 10 bytes).
+absl::Status ParseKvChunkPieces(const grpc::ByteBuffer& buffer, KvChunkPieces* out);
 absl::Status ParseKvChunk(const grpc::ByteBuffer& buffer, ParsedKvChunk* out);
+
+// Copies `pieces` one after another to `dst` (which holds their summed size).
+void CopyPieces(absl::Span<const absl::string_view> pieces, char* dst);
+
+// Encodes `header` (its keys and values, if any, are ignored) followed by fields 7 and 8 made of
+// `keys` and `values`, each piece referenced in place. `hold` (may be null) stays referenced until
+// gRPC releases the last slice that references a piece; the pieces must stay valid and unchanged
+// until then.
+void SerializeKvChunkRefs(const v1::KvChunk& header, absl::Span<const absl::string_view> keys,
+                          absl::Span<const absl::string_view> values,
+                          const std::shared_ptr<const void>& hold, grpc::ByteBuffer* out);
 
 // Moves `chunk`'s keys and values into `out`'s slices; `chunk` is left without them.
 void SerializeKvChunk(v1::KvChunk* chunk, grpc::ByteBuffer* out);

@@ -2,6 +2,7 @@
 #include "service/rpc/kv_wire.h"
 
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -93,6 +94,113 @@ TEST(KvWireTest, SerialisedChunkIsAValidKvChunkEncoding) {
   ASSERT_TRUE(ParseKvChunk(buffer, &parsed).ok());
   EXPECT_EQ(parsed.keys, original.keys());
   EXPECT_EQ(parsed.values, original.values());
+}
+
+std::string Flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(buffer.Dump(&slices).ok());
+  std::string wire;
+  for (const grpc::Slice& s : slices) wire.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return wire;
+}
+
+std::string Join(const std::vector<absl::string_view>& pieces) {
+  std::string out;
+  for (absl::string_view p : pieces) out.append(p.data(), p.size());
+  return out;
+}
+
+// What the daemon's ReadKV replies and the client's WriteKV messages are: a header and the bytes
+// referenced in place, in several pieces (one per page segment).
+TEST(KvWireTest, ReferencedChunkIsProtobufsEncodingAndHoldsItsOwnerUntilReleased) {
+  v1::KvChunk sample = Sample(4000);
+  sample.set_page(0x0102030405060708ull);
+  for (int32_t p : {0, 1, -1, 1 << 30, -(1 << 30), 127, 128}) sample.add_positions(p);
+  const std::string keys = sample.keys(), values = sample.values();
+  // Pieces of uneven sizes, as page segments are.
+  const std::vector<absl::string_view> key_pieces = {
+      absl::string_view(keys).substr(0, 1), absl::string_view(keys).substr(1, 2047),
+      absl::string_view(keys).substr(2048)};
+  const std::vector<absl::string_view> value_pieces = {absl::string_view(values)};
+  auto owner = std::make_shared<int>(7);
+  std::weak_ptr<int> watch = owner;
+  {
+    grpc::ByteBuffer buffer;
+    SerializeKvChunkRefs(sample, key_pieces, value_pieces, owner, &buffer);
+    owner.reset();
+    EXPECT_FALSE(watch.expired());  // the slices hold it
+    v1::KvChunk back;
+    ASSERT_TRUE(back.ParseFromString(Flatten(buffer)));
+    EXPECT_EQ(back.SerializeAsString(), sample.SerializeAsString());
+    // The referenced slices point at the caller's bytes: no copy was made.
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(buffer.Dump(&slices).ok());
+    bool found = false;
+    for (const grpc::Slice& s : slices) {
+      found |= reinterpret_cast<const char*>(s.begin()) == keys.data() + 1;
+    }
+    EXPECT_TRUE(found);
+    KvChunkPieces parsed;
+    ASSERT_TRUE(ParseKvChunkPieces(buffer, &parsed).ok());
+    EXPECT_EQ(Join(parsed.keys), keys);
+    EXPECT_EQ(Join(parsed.values), values);
+    EXPECT_EQ(parsed.key_bytes, keys.size());
+    v1::KvChunk header = sample;
+    header.clear_keys();
+    header.clear_values();
+    EXPECT_EQ(parsed.header.SerializeAsString(), header.SerializeAsString());
+  }
+  EXPECT_TRUE(watch.expired());  // released with the last slice
+}
+
+// The client parses ReadKV replies in place: every split of every field, at every byte.
+TEST(KvWireTest, PiecesParseWhereverTheSlicesSplitTheFields) {
+  v1::KvChunk sample = Sample(300);
+  for (int32_t p = -5; p < 40; ++p) sample.add_positions(p * 1000);
+  sample.set_page(77);
+  const std::string encoded = sample.SerializeAsString();
+  for (size_t piece = 1; piece <= encoded.size(); piece += (piece < 40 ? 1 : 37)) {
+    KvChunkPieces parsed;
+    ASSERT_TRUE(ParseKvChunkPieces(Sliced(encoded, piece), &parsed).ok()) << piece;
+    ASSERT_EQ(Join(parsed.keys), sample.keys()) << piece;
+    ASSERT_EQ(Join(parsed.values), sample.values()) << piece;
+    ASSERT_EQ(parsed.header.positions_size(), sample.positions_size()) << piece;
+    for (int i = 0; i < sample.positions_size(); ++i) {
+      ASSERT_EQ(parsed.header.positions(i), sample.positions(i)) << piece;
+    }
+    ASSERT_EQ(parsed.header.page(), 77u);
+    ASSERT_EQ(parsed.header.sequence_id(), "seq-abc");
+    // One view per slice a field crosses, never a copy. (gRPC merges tiny slices, up to its
+    // inline size of 23 bytes, into one when they are added to a buffer: counted above that.)
+    if (piece > 32) {
+      ASSERT_GE(parsed.keys.size(), (sample.keys().size() + piece - 1) / piece) << piece;
+    }
+  }
+}
+
+TEST(KvWireTest, BadEncodingsAreRefusedWithTheFieldNamed) {
+  const std::string good = Sample(64).SerializeAsString();
+  struct Bad {
+    std::string bytes;
+    const char* field;
+  };
+  const Bad bad[] = {
+      {good.substr(0, good.size() - 1), "field 8"},     // values cut short
+      {std::string("\x3a\x80", 2), "field 7"},           // length varint cut off
+      {std::string("\x3a\x05" "ab", 4), "field 7"},      // length past the end
+      {std::string("\x1b", 1), "field 3"},               // group wire type
+      {std::string("\x4a\x02\x80\x80", 4), "field 9"},   // packed varint cut off
+      {std::string("\x00\x01", 2), "field 0"},           // field 0
+      {std::string(11, '\xff'), "field 0"},              // tag varint over 10 bytes
+  };
+  for (const Bad& b : bad) {
+    for (size_t piece : {size_t{1}, size_t{3}, b.bytes.size()}) {
+      KvChunkPieces parsed;
+      absl::Status s = ParseKvChunkPieces(Sliced(b.bytes, piece), &parsed);
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << b.field;
+      EXPECT_NE(s.message().find(b.field), std::string::npos) << s.message();
+    }
+  }
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // KvCacheService: the bytes path (WriteKV, ReadKV) on raw gRPC buffers. WriteKV reads each
-// chunk's keys and values straight from the received slices into the pages (one copy, the
-// backend's); ReadKV moves the bytes read from the pages into the reply's slices (no
-// serialisation copy). The messages on the wire are the kvkeep.v1 KvChunk encoding.
+// chunk's keys and values straight from the received slices into the pages, piece by piece (one
+// copy, the backend's); ReadKV's reply slices reference the pages themselves, pinned until gRPC has sent
+// them (no copy on the CPU backend; one, out of device memory, on CUDA; service/engine/
+// reply_pins.h). The messages on the wire are the kvkeep.v1 KvChunk encoding.
 #include <functional>
 #include <memory>
 #include <string>
@@ -21,7 +22,7 @@ namespace {
 // "chunk <n>: " and followed by what the chunks before it applied.
 class WriteKvReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  using Apply = std::function<absl::Status(const std::string& tenant, const ParsedKvChunk&,
+  using Apply = std::function<absl::Status(const std::string& tenant, const KvChunkPieces&,
                                            v1::WriteSummary*)>;
 
   WriteKvReactor(std::string method, absl::StatusOr<std::string> caller, grpc::ByteBuffer* reply,
@@ -43,7 +44,7 @@ class WriteKvReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       Finish(encoded);
       return;
     }
-    absl::Status status = ParseKvChunk(received_, &chunk_);
+    absl::Status status = ParseKvChunkPieces(received_, &chunk_);
     if (!status.ok()) {
       status = absl::InvalidArgumentError(
           absl::StrCat("not a parseable kvkeep.v1.KvChunk message (", status.message(), ")"));
@@ -75,7 +76,7 @@ class WriteKvReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   grpc::ByteBuffer* const reply_;
   const Apply apply_;
   grpc::ByteBuffer received_;
-  ParsedKvChunk chunk_;
+  KvChunkPieces chunk_;
   v1::WriteSummary summary_;
   uint64_t chunks_ = 0;
 };
@@ -87,14 +88,14 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* KvCacheService::WriteKV(
   // The stream is one call, charged with its first chunk (which may name the session).
   return new WriteKvReactor(
       FullName("WriteKV"), AuthenticateWorker(*context, *engine_, admin_token_hash_), reply,
-      [this](const std::string& tenant, const ParsedKvChunk& chunk, v1::WriteSummary* summary) {
-        const uint64_t bytes = chunk.keys.size() + chunk.values.size();
+      [this](const std::string& tenant, const KvChunkPieces& chunk, v1::WriteSummary* summary) {
+        const uint64_t bytes = chunk.key_bytes + chunk.value_bytes;
         const std::string& session = chunk.header.session_id();
         if (limits_ != nullptr) {
           if (summary->chunks() == 0) RETURN_IF_ERROR(limits_->ChargeCall(tenant, session));
           RETURN_IF_ERROR(limits_->ChargeBytes(tenant, session, bytes));
         }
-        RETURN_IF_ERROR(engine_->WriteChunkBytes(tenant, chunk.header, chunk.keys, chunk.values));
+        RETURN_IF_ERROR(engine_->WriteChunkPieces(tenant, chunk.header, chunk.keys, chunk.values));
         summary->set_chunks(summary->chunks() + 1);
         summary->set_tokens(summary->tokens() + chunk.header.token_count());
         summary->set_bytes(summary->bytes() + bytes);
@@ -118,19 +119,30 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* KvCacheService::ReadKV(
     return new FailedStream<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
         CallStatus(FullName("ReadKV"), tenant.ok() ? *tenant : "", opened.status()));
   }
-  // Each chunk is charged to the tenant's session-less limits before it is sent.
+  // Each chunk is charged to the tenant's session-less limits before it is sent. Its bytes go out
+  // referenced in place (reply_pins.h): pinned page memory, or the strings the cursor copied to.
   std::shared_ptr<CacheEngine::ReadCursor> cursor = std::move(*opened);
   return new ChunkStreamWriter<grpc::ByteBuffer>(
       FullName("ReadKV"), *tenant,
       [this, cursor, tenant = *tenant,
-       chunk = std::make_shared<v1::KvChunk>()](grpc::ByteBuffer* out) -> absl::StatusOr<bool> {
-        ASSIGN_OR_RETURN(bool more, cursor->Next(chunk.get()));
+       chunk = std::make_shared<ReadChunk>()](grpc::ByteBuffer* out) -> absl::StatusOr<bool> {
+        // gRPC is done with the previous message: its pins go now, not after this chunk (a
+        // Compress waiting for them would otherwise wait on this very stream).
+        out->Clear();
+        ASSIGN_OR_RETURN(bool more, cursor->NextReferenced(chunk.get()));
         if (!more) return false;
         if (limits_ != nullptr) {
-          RETURN_IF_ERROR(
-              limits_->ChargeBytes(tenant, "", chunk->keys().size() + chunk->values().size()));
+          uint64_t bytes = 0;
+          for (absl::string_view p : chunk->keys) bytes += p.size();
+          for (absl::string_view p : chunk->values) bytes += p.size();
+          absl::Status charged = limits_->ChargeBytes(tenant, "", bytes);
+          if (!charged.ok()) {
+            chunk->Clear();  // unpins now
+            return charged;
+          }
         }
-        SerializeKvChunk(chunk.get(), out);
+        SerializeKvChunkRefs(chunk->header, chunk->keys, chunk->values, chunk->hold, out);
+        chunk->Clear();  // the slices hold the pins from here
         return true;
       });
 }

@@ -1,0 +1,249 @@
+// kvkeep::Client: the bytes path (WriteKV, ReadKV) on raw gRPC buffers, with the KvChunk encoding
+// of service/rpc/kv_wire.h: WriteKV messages reference the caller's bytes (no serialisation
+// copy); ReadKV replies are parsed in place and copied once, straight to where the caller wants
+// them. The wire encoding is protobuf's KvChunk, so either side may be an older build.
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "client/client.h"
+#include "common/grpc_status.h"
+#include "common/status_macros.h"
+#include "grpcpp/impl/rpc_method.h"
+#include "grpcpp/support/sync_stream.h"
+#include "service/rpc/kv_wire.h"
+
+namespace kvkeep {
+namespace {
+
+constexpr char kWriteKvMethod[] = "/kvkeep.v1.KvCache/WriteKV";
+constexpr char kReadKvMethod[] = "/kvkeep.v1.KvCache/ReadKV";
+
+// How long WriteKV waits, after the call ended, for gRPC to let go of the caller's bytes (it
+// does so when the call is destroyed; the wait is a guard, not an expected delay).
+constexpr absl::Duration kReleaseWait = absl::Seconds(30);
+
+uint64_t SumSizes(absl::Span<const absl::string_view> pieces) {
+  uint64_t n = 0;
+  for (absl::string_view p : pieces) n += p.size();
+  return n;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::WriteSummary> Client::WriteRefs(absl::Span<const RefChunk> chunks) {
+  // Every slice referencing the caller's bytes holds a copy of `hold`; the last one to go tells.
+  absl::Notification released;
+  grpc::ByteBuffer reply;
+  grpc::Status status;
+  {
+    std::shared_ptr<const void> hold(&released, [](const void* n) {
+      static_cast<absl::Notification*>(const_cast<void*>(n))->Notify();
+    });
+    std::unique_ptr<grpc::ClientContext> context = MakeCallContext(token_);
+    const grpc::internal::RpcMethod method(kWriteKvMethod,
+                                           grpc::internal::RpcMethod::CLIENT_STREAMING);
+    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel_.get(), method,
+                                                                      context.get(), &reply));
+    // Buffer hints let the transport coalesce chunks into fewer, larger writes; WritesDone
+    // flushes.
+    const grpc::WriteOptions buffered = grpc::WriteOptions().set_buffer_hint();
+    for (const RefChunk& chunk : chunks) {
+      grpc::ByteBuffer message;
+      const absl::string_view keys[] = {chunk.keys};
+      const absl::string_view values[] = {chunk.values};
+      SerializeKvChunkRefs(*chunk.header, keys, values, hold, &message);
+      if (!writer->Write(message, buffered)) break;  // the daemon finished early: Finish() says why
+    }
+    writer->WritesDone();
+    status = writer->Finish();
+  }  // the call is destroyed here: gRPC drops its references to the caller's bytes
+  if (!released.WaitForNotificationWithTimeout(kReleaseWait)) {
+    return absl::InternalError("WriteKV: gRPC still references the written bytes after the call");
+  }
+  if (!status.ok()) return FromGrpcStatus(status);
+  v1::WriteSummary summary;
+  if (!grpc::SerializationTraits<v1::WriteSummary>::Deserialize(&reply, &summary).ok()) {
+    return absl::InternalError("WriteKV: the daemon's reply is not a WriteSummary");
+  }
+  return summary;
+}
+
+absl::StatusOr<v1::WriteSummary> Client::WriteKV(const std::vector<v1::KvChunk>& chunks) {
+  std::vector<RefChunk> refs;
+  refs.reserve(chunks.size());
+  for (const v1::KvChunk& c : chunks) refs.push_back({&c, c.keys(), c.values()});
+  return WriteRefs(refs);
+}
+
+absl::StatusOr<v1::WriteSummary> Client::WriteKvViews(absl::Span<const KvChunkView> chunks) {
+  std::vector<RefChunk> refs;
+  refs.reserve(chunks.size());
+  for (const KvChunkView& c : chunks) refs.push_back({&c.header, c.keys, c.values});
+  return WriteRefs(refs);
+}
+
+absl::StatusOr<v1::WriteSummary> Client::WriteHead(const std::string& sequence, uint32_t layer,
+                                                   uint32_t kv_head, uint32_t offset,
+                                                   uint32_t count, const void* keys,
+                                                   const void* values) {
+  ASSIGN_OR_RETURN(v1::PageTable table, GetSequence(sequence, false));
+  if (table.arenas_size() == 0 && table.heads_size() == 0) {
+    return absl::FailedPreconditionError("sequence has no heads");
+  }
+  // Token size from the first mapped arena of the sequence.
+  uint64_t token_bytes = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& head : table.heads()) {
+      if (head.pages_size() == 0) continue;
+      auto arena = arenas_.find(static_cast<uint32_t>(head.pages(0) >> 32));
+      if (arena != arenas_.end()) {
+        const auto& g = arena->second->arena().geometry();
+        token_bytes = g.value_offset() / g.tokens_per_page();
+      }
+      break;
+    }
+  }
+  if (token_bytes == 0) return absl::FailedPreconditionError("no pages allocated; call Allocate");
+  const uint64_t per_chunk = std::max<uint64_t>(1, (max_message_bytes_ - 4096) / (2 * token_bytes));
+  std::vector<KvChunkView> chunks;
+  const auto* k = static_cast<const char*>(keys);
+  const auto* v = static_cast<const char*>(values);
+  for (uint64_t done = 0; done < count;) {
+    const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(per_chunk, count - done));
+    KvChunkView& chunk = chunks.emplace_back();
+    chunk.header.set_session_id(session_id_);
+    chunk.header.set_sequence_id(sequence);
+    chunk.header.set_layer(layer);
+    chunk.header.set_kv_head(kv_head);
+    chunk.header.set_token_offset(static_cast<uint32_t>(offset + done));
+    chunk.header.set_token_count(n);
+    chunk.keys = absl::string_view(k + done * token_bytes, n * token_bytes);
+    chunk.values = absl::string_view(v + done * token_bytes, n * token_bytes);
+    done += n;
+  }
+  return WriteKvViews(chunks);
+}
+
+absl::Status Client::ReadKvInto(const v1::ReadRequest& request, const KvChunkSink& sink) {
+  grpc::ByteBuffer encoded;
+  bool own_buffer = false;
+  grpc::Status serialised =
+      grpc::SerializationTraits<v1::ReadRequest>::Serialize(request, &encoded, &own_buffer);
+  if (!serialised.ok()) return FromGrpcStatus(serialised);
+  std::unique_ptr<grpc::ClientContext> context = MakeCallContext(token_);
+  const grpc::internal::RpcMethod method(kReadKvMethod,
+                                         grpc::internal::RpcMethod::SERVER_STREAMING);
+  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel_.get(), method,
+                                                                    context.get(), encoded));
+  grpc::ByteBuffer received;
+  KvChunkPieces chunk;
+  absl::Status refused;  // by the parser or the sink
+  for (uint64_t n = 0; refused.ok() && reader->Read(&received); ++n) {
+    absl::Status parsed = ParseKvChunkPieces(received, &chunk);
+    if (!parsed.ok()) {
+      refused = absl::InvalidArgumentError(absl::StrCat(
+          "ReadKV reply chunk ", n, " is not a kvkeep.v1.KvChunk (", parsed.message(), ")"));
+    } else {
+      refused = sink(chunk.header, chunk.keys, chunk.values);
+    }
+    chunk.slices.clear();
+    received.Clear();
+  }
+  if (!refused.ok()) {
+    context->TryCancel();
+    (void)reader->Finish();
+    return refused;
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<v1::KvChunk>> Client::ReadKV(const v1::ReadRequest& request) {
+  std::vector<v1::KvChunk> chunks;
+  RETURN_IF_ERROR(ReadKvInto(
+      request, [&](const v1::KvChunk& header, absl::Span<const absl::string_view> keys,
+                   absl::Span<const absl::string_view> values) {
+        v1::KvChunk& c = chunks.emplace_back(header);
+        c.mutable_keys()->resize(SumSizes(keys));
+        CopyPieces(keys, c.mutable_keys()->data());
+        c.mutable_values()->resize(SumSizes(values));
+        CopyPieces(values, c.mutable_values()->data());
+        return absl::OkStatus();
+      }));
+  return chunks;
+}
+
+namespace {
+
+v1::ReadRequest HeadRequest(const std::string& sequence, uint32_t layer, uint32_t kv_head) {
+  v1::ReadRequest request;
+  request.set_sequence_id(sequence);
+  request.set_layer_begin(layer);
+  request.set_layer_end(layer + 1);
+  request.set_kv_head_begin(kv_head);
+  request.set_kv_head_end(kv_head + 1);
+  return request;
+}
+
+}  // namespace
+
+absl::StatusOr<HeadData> Client::ReadHead(const std::string& sequence, uint32_t layer,
+                                          uint32_t kv_head) {
+  HeadData out;
+  RETURN_IF_ERROR(ReadKvInto(
+      HeadRequest(sequence, layer, kv_head),
+      [&](const v1::KvChunk& header, absl::Span<const absl::string_view> keys,
+          absl::Span<const absl::string_view> values) {
+        for (absl::string_view p : keys) out.keys.append(p.data(), p.size());
+        for (absl::string_view p : values) out.values.append(p.data(), p.size());
+        out.positions.insert(out.positions.end(), header.positions().begin(),
+                             header.positions().end());
+        return absl::OkStatus();
+      }));
+  return out;
+}
+
+absl::StatusOr<uint32_t> Client::ReadHeadInto(const std::string& sequence, uint32_t layer,
+                                              uint32_t kv_head, void* keys, void* values,
+                                              uint64_t capacity_bytes,
+                                              std::vector<int32_t>* positions) {
+  if (positions != nullptr) positions->clear();
+  uint32_t tokens = 0;
+  RETURN_IF_ERROR(ReadKvInto(
+      HeadRequest(sequence, layer, kv_head),
+      [&](const v1::KvChunk& header, absl::Span<const absl::string_view> k,
+          absl::Span<const absl::string_view> v) -> absl::Status {
+        const uint64_t key_bytes = SumSizes(k);
+        if (header.token_count() == 0 || key_bytes != SumSizes(v) ||
+            key_bytes % header.token_count() != 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "ReadKV reply chunk at token ", header.token_offset(), " holds ", key_bytes,
+              " bytes of keys and ", SumSizes(v), " of values for ", header.token_count(),
+              " tokens"));
+        }
+        const uint64_t at = uint64_t{header.token_offset()} * (key_bytes / header.token_count());
+        if (at > capacity_bytes || key_bytes > capacity_bytes - at) {
+          return absl::OutOfRangeError(absl::StrCat(
+              "head (layer ", layer, ", KV head ", kv_head, ") holds more than ", capacity_bytes,
+              " bytes of keys; tokens from ", header.token_offset(), " do not fit"));
+        }
+        CopyPieces(k, static_cast<char*>(keys) + at);
+        CopyPieces(v, static_cast<char*>(values) + at);
+        if (positions != nullptr) {
+          positions->insert(positions->end(), header.positions().begin(),
+                            header.positions().end());
+        }
+        tokens = std::max(tokens, header.token_offset() + header.token_count());
+        return absl::OkStatus();
+      }));
+  return tokens;
+}
+
+}  // namespace kvkeep
