@@ -250,6 +250,21 @@ class RawCluster {
   std::map<NodeAddress, redisContext*> contexts_;
 };
 
+// GetInto's destination: page i's payload into (*out)[i], allocated and touched beforehand.
+class BufferWriter final : public fleet::PayloadWriter {
+ public:
+  explicit BufferWriter(std::vector<std::string>* out) : out_(out) {}
+  absl::Status Write(size_t page, uint64_t offset, absl::string_view bytes) override {
+    std::string& to = (*out_)[page];
+    if (offset + bytes.size() > to.size()) return absl::OutOfRangeError("past the buffer");
+    std::memcpy(to.data() + offset, bytes.data(), bytes.size());
+    return absl::OkStatus();
+  }
+
+ private:
+  std::vector<std::string>* out_;
+};
+
 struct Samples {
   std::vector<double> fleet_put, raw_put, fleet_get, raw_get;  // MB/s of payload
 };
@@ -297,7 +312,8 @@ void Settle(fleet::RedisClusterClient& probe) {
 // each after the replicas settled. False when a step fails.
 bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& raw,
             fleet::RedisClusterClient& probe, const fleet::FleetScope& scope,
-            const std::vector<std::string>& payloads, Samples* samples) {
+            const std::vector<std::string>& payloads, std::vector<std::string>* received,
+            Samples* samples) {
   const std::vector<std::string> names =
       scope.KeyNames(Tokens(size_t(o.pages) * scope.shape.tokens_per_page, 1000 + rep));
   const double mb = double(o.pages) * scope.shape.payload_bytes() / 1e6;
@@ -331,12 +347,14 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
   };
   auto fleet_get = [&] {
     Settle(probe);
+    for (std::string& r : *received) std::memset(r.data(), 0, r.size());  // no stale pass
+    BufferWriter writer(received);
     const auto t0 = Clock::now();
-    std::vector<std::string> got = tier.Get(scope, names, absl::Now() + absl::Seconds(120));
+    const size_t got = tier.GetInto(scope, names, absl::Now() + absl::Seconds(120), writer);
     samples->fleet_get.push_back(mb / SecondsSince(t0));
-    if (got.size() != names.size()) return false;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (got[i] != payloads[i]) return false;
+    if (got != names.size()) return false;
+    for (size_t i = 0; i < got; ++i) {
+      if ((*received)[i] != payloads[i]) return false;
     }
     return true;
   };
@@ -472,10 +490,11 @@ int RunFleetBench(int argc, char** argv) {
     p.resize(scope->shape.payload_bytes());
     for (char& c : p) c = static_cast<char>(rng());
   }
+  std::vector<std::string> received(o.pages, std::string(scope->shape.payload_bytes(), '\0'));
   Samples samples;
   for (int rep = 0; rep < o.reps; ++rep) {
     std::fprintf(stderr, "fleet: rep %d/%d\n", rep + 1, o.reps);
-    if (!RunRep(rep, o, **tier, raw, probe, *scope, payloads, &samples)) {
+    if (!RunRep(rep, o, **tier, raw, probe, *scope, payloads, &received, &samples)) {
       std::fprintf(stderr, "fleet: rep %d failed (a call failed or a value was not bit-exact)\n",
                    rep + 1);
       return 1;
