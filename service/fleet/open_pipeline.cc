@@ -1,5 +1,6 @@
 #include "service/fleet/open_pipeline.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "service/fleet/page_value.h"
@@ -136,10 +137,10 @@ bool OpenPipeline::SlotsFree(size_t first, size_t count) const {
 
 void OpenPipeline::WaitForSlots(size_t first, size_t count) {
   absl::MutexLock lock(&mu_);
-  auto free = [this, first, count]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  auto slots_free = [this, first, count]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return SlotsFree(first, count);
   };
-  mu_.Await(absl::Condition(&free));
+  mu_.Await(absl::Condition(&slots_free));
 }
 
 bool OpenPipeline::AnyRefused() const {
