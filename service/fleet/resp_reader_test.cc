@@ -29,9 +29,6 @@ class StringStream {
     at_ += take;
     return take;
   }
-  RespReader::Source source() {
-    return [this](char* dst, size_t n) { return Read(dst, n); };
-  }
   size_t consumed() const { return at_; }
   size_t largest_ask() const { return largest_ask_; }
 
@@ -149,27 +146,29 @@ TEST(RespReader, ALargeValueIsReadStraightIntoTheSink) {
   std::string value(3 << 20, '\0');
   for (char& c : value) c = static_cast<char>(rng());
   StringStream s(absl::StrCat("$", value.size(), "\r\n", value, "\r\n:5\r\n"), 1 << 20);
+  auto source = [&s](char* dst, size_t n) { return s.Read(dst, n); };
   RespReader reader;
   BufferSink sink(value.size());
-  ASSERT_OK_AND_ASSIGN(RedisReply reply, reader.Next(s.source(), &sink));
+  ASSERT_OK_AND_ASSIGN(RedisReply reply, reader.Next(source, &sink));
   EXPECT_EQ(reply->len, value.size());
   EXPECT_TRUE(sink.last == value);
   // Asked for the value's remaining bytes in one read: not through a small staging buffer.
   EXPECT_GT(s.largest_ask(), size_t{2} << 20);
-  ASSERT_OK_AND_ASSIGN(RedisReply five, reader.Next(s.source(), nullptr));
+  ASSERT_OK_AND_ASSIGN(RedisReply five, reader.Next(source, nullptr));
   EXPECT_EQ(five->integer, 5);
 }
 
 TEST(RespReader, ARefusedBulkIsDroppedAndTheStreamStaysInStep) {
   const std::string big(100000, 'x');
   StringStream s(absl::StrCat("$", big.size(), "\r\n", big, "\r\n$3\r\nabc\r\n"), 777);
+  auto source = [&s](char* dst, size_t n) { return s.Read(dst, n); };
   RespReader reader;
   BufferSink sink(16, /*accept=*/3);
-  ASSERT_OK_AND_ASSIGN(RedisReply dropped, reader.Next(s.source(), &sink));
+  ASSERT_OK_AND_ASSIGN(RedisReply dropped, reader.Next(source, &sink));
   EXPECT_EQ(dropped->type, REDIS_REPLY_STRING);
   EXPECT_EQ(dropped->len, big.size());
   EXPECT_EQ(sink.filled, 0);
-  ASSERT_OK_AND_ASSIGN(RedisReply abc, reader.Next(s.source(), &sink));
+  ASSERT_OK_AND_ASSIGN(RedisReply abc, reader.Next(source, &sink));
   EXPECT_EQ(sink.last, "abc");
 }
 
@@ -225,8 +224,8 @@ TEST(RespReader, OversizedRepliesAreRefusedBeforeTheyAreRead) {
   EXPECT_THAT(ReadOne("$99999999999999999999\r\n", 64, &sink),
               StatusIs(absl::StatusCode::kDataLoss));
   // A generic reply of many small pieces over max_reply_bytes.
-  std::string many = "*600\r\n";
-  for (int i = 0; i < 600; ++i) many += ":12345\r\n";
+  std::string many = "*300\r\n";
+  for (int i = 0; i < 300; ++i) many += ":12345\r\n";
   EXPECT_THAT(ReadOne(many, 100, nullptr, limits),
               StatusIs(absl::StatusCode::kDataLoss, "larger than 1024"));
 }
