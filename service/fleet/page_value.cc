@@ -63,7 +63,6 @@ class GcmStream {
   bool Init(absl::string_view key, absl::string_view nonce, absl::string_view aad_header,
             absl::string_view aad_key) {
     auto init = encrypt_ ? EVP_EncryptInit_ex : EVP_DecryptInit_ex;
-    int len = 0;
     return ctx_ != nullptr && init(ctx_.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) == 1 &&
            EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_SET_IVLEN, static_cast<int>(nonce.size()),
                                nullptr) == 1 &&
