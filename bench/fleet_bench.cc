@@ -54,7 +54,8 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
                         node A published to the fleet, vs writing the same bytes fresh on B
                         (WriteInPlace), vs recompute at --prefill_tok_s (ASSUMED, not
                         measured); two kvkeepd (--kvkeepd PATH, default next to this binary)
-  --tokens N            sequence tokens (default 2048); --seq_reps N (default 3)
+  --tokens N            sequence tokens (default 2048); --seq_reps N counted reps after one
+                        warm-up rep that touches the pools (default 3)
   --prefill_tok_s R     assumed prefill rate for the recompute column (default 10000)
 )";
 
@@ -431,6 +432,10 @@ int RunSequence(const Options& o, const fleet::ConnectionOptions& connection) {
               fresh.median, fresh.min, fresh.max);
   std::printf("%-44s %8.3f   (ASSUMED %.0f tokens/s, not measured)\n", "recompute (prefill)",
               recompute, o.prefill_tok_s);
+  std::printf("%-44s %8.3f   (warm-up rep: fresh pool pages)\n", "cold: from the fleet",
+              s->cold_from_fleet);
+  std::printf("%-44s %8.3f   (warm-up rep: fresh pool pages)\n", "cold: written fresh",
+              s->cold_fresh_write);
   std::printf("fleet/fresh: %.2f   fleet/recompute: %.2f\n",
               fresh.median > 0 ? fleet.median / fresh.median : 0, fleet.median / recompute);
   return 0;
