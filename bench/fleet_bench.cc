@@ -3,6 +3,7 @@
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -68,6 +69,14 @@ struct Options {
   double prefill_tok_s = 10000;
   std::string kvkeepd;
 };
+
+// CPU seconds (user + system) of this process, all its threads, so far.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return double(t.tv_sec) + t.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
 
 double SecondsSince(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -268,6 +277,10 @@ class BufferWriter final : public fleet::PayloadWriter {
 
 struct Samples {
   std::vector<double> fleet_put, raw_put, fleet_get, raw_get;  // MB/s of payload
+  // CPU seconds this (client) process spent in each phase, all reps; and the payload GB moved
+  // per phase, all reps. Independent of how loaded the machine is, unlike the MB/s.
+  double cpu_fleet_put = 0, cpu_raw_put = 0, cpu_fleet_get = 0, cpu_raw_get = 0;
+  double gb_per_phase = 0;
 };
 
 std::vector<uint32_t> Tokens(size_t n, uint32_t seed) {
@@ -330,29 +343,35 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
   const fleet::RedisFleetOptions defaults;
   auto fleet_put = [&] {
     Settle(probe);
+    const double cpu0 = ProcessCpuSeconds();
     const auto t0 = Clock::now();
     if (!tier.PutAsync(scope, std::move(pages)).ok()) return false;
     if (!tier.Flush(absl::Now() + absl::Seconds(120)).ok()) return false;
     samples->fleet_put.push_back(mb / SecondsSince(t0));
+    samples->cpu_fleet_put += ProcessCpuSeconds() - cpu0;
     return tier.Counters().write_errors == 0;
   };
   auto raw_set = [&] {
     Settle(probe);
+    const double cpu0 = ProcessCpuSeconds();
     const auto t0 = Clock::now();
     if (!raw.Run("SET", raw_keys, &raw_values, defaults.write_batch_pages,
                  [](size_t, const redisReply& r) { return r.type != REDIS_REPLY_ERROR; })) {
       return false;
     }
     samples->raw_put.push_back(mb / SecondsSince(t0));
+    samples->cpu_raw_put += ProcessCpuSeconds() - cpu0;
     return true;
   };
   auto fleet_get = [&] {
     Settle(probe);
     for (std::string& r : *received) std::memset(r.data(), 0, r.size());  // no stale pass
     BufferWriter writer(received);
+    const double cpu0 = ProcessCpuSeconds();
     const auto t0 = Clock::now();
     const size_t got = tier.GetInto(scope, names, absl::Now() + absl::Seconds(120), writer);
     samples->fleet_get.push_back(mb / SecondsSince(t0));
+    samples->cpu_fleet_get += ProcessCpuSeconds() - cpu0;
     if (got != names.size()) return false;
     for (size_t i = 0; i < got; ++i) {
       if ((*received)[i] != payloads[i]) return false;
@@ -361,6 +380,7 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
   };
   auto raw_get = [&] {
     Settle(probe);
+    const double cpu0 = ProcessCpuSeconds();
     const auto t0 = Clock::now();
     if (!raw.Run("GET", raw_keys, nullptr, defaults.get_window, [&](size_t i, const redisReply& r) {
           return r.type == REDIS_REPLY_STRING && r.len == raw_values[i].size();
@@ -368,8 +388,10 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
       return false;
     }
     samples->raw_get.push_back(mb / SecondsSince(t0));
+    samples->cpu_raw_get += ProcessCpuSeconds() - cpu0;
     return true;
   };
+  samples->gb_per_phase += mb / 1e3;
   if (rep % 2 == 0) return fleet_put() && raw_set() && fleet_get() && raw_get();
   return raw_set() && fleet_put() && raw_get() && fleet_get();
 }
@@ -403,6 +425,13 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
   row("raw hiredis GET", rg);
   std::printf("put ratio fleet/raw: %.2f   get ratio fleet/raw: %.2f   (goal >= 0.8)\n", put_ratio,
               get_ratio);
+  if (s.gb_per_phase > 0) {
+    const double gb = s.gb_per_phase;
+    std::printf(
+        "bench process CPU s per GB of payload (all its threads; redis not counted): fleet put "
+        "%.2f, raw SET %.2f, fleet get %.2f, raw GET %.2f\n",
+        s.cpu_fleet_put / gb, s.cpu_raw_put / gb, s.cpu_fleet_get / gb, s.cpu_raw_get / gb);
+  }
 }
 
 // --sequence: a sequence from the fleet vs written fresh vs recomputed (assumed rate).
