@@ -129,20 +129,23 @@ absl::string_view PageValueVerdictName(PageValueVerdict verdict) {
   return "unknown";
 }
 
-absl::StatusOr<std::string> SealPageValue(const PageShape& shape, absl::string_view layout_hash,
-                                          absl::string_view key_name, absl::string_view payload,
-                                          absl::string_view value_key) {
+absl::Status SealPageValueInto(const PageShape& shape, absl::string_view layout_hash,
+                               absl::string_view key_name, absl::string_view payload,
+                               absl::string_view value_key, std::string* value_out) {
   if (shape.payload_bytes() == 0 || payload.size() != shape.payload_bytes()) {
     return absl::InvalidArgumentError("page value payload does not match the page shape");
   }
   if (layout_hash.size() < kLayoutHashBytes || value_key.size() != 32) {
     return absl::InvalidArgumentError("page value needs a layout hash and a 32-byte key");
   }
-  std::string value = MakeHeader(shape, layout_hash);
+  std::string& value = *value_out;
+  // A buffer of the right size already is reused as it is (no zero-fill, no fresh pages).
+  value.resize(kPageValueHeaderBytes + payload.size() + kTagBytes + kChecksumBytes);
+  const std::string made = MakeHeader(shape, layout_hash);
+  std::memcpy(value.data(), made.data(), kPageValueHeaderBytes);
   if (RAND_bytes(reinterpret_cast<unsigned char*>(value.data()) + kNonceOffset, kNonceBytes) != 1) {
     return absl::InternalError("OpenSSL: no random nonce");
   }
-  value.resize(kPageValueHeaderBytes + payload.size() + kTagBytes + kChecksumBytes);
   const std::string header = value.substr(0, kPageValueHeaderBytes);
   char* const cipher = value.data() + kPageValueHeaderBytes;
   char* const tag = cipher + payload.size();
@@ -166,6 +169,18 @@ absl::StatusOr<std::string> SealPageValue(const PageShape& shape, absl::string_v
   }
   sum.Update(absl::string_view(tag, kTagBytes));
   PutLe(value, value.size() - kChecksumBytes, sum.Digest(), 8);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> SealPageValue(const PageShape& shape, absl::string_view layout_hash,
+                                          absl::string_view key_name, absl::string_view payload,
+                                          absl::string_view value_key) {
+  std::string value;
+  if (absl::Status sealed = SealPageValueInto(shape, layout_hash, key_name, payload, value_key,
+                                              &value);
+      !sealed.ok()) {
+    return sealed;
+  }
   return value;
 }
 

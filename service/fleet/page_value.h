@@ -87,6 +87,12 @@ absl::string_view PageValueVerdictName(PageValueVerdict verdict);
 absl::StatusOr<std::string> SealPageValue(const PageShape& shape, absl::string_view layout_hash,
                                           absl::string_view key_name, absl::string_view payload,
                                           absl::string_view value_key);
+// SealPageValue into `*value` (resized to the value's size; a string of that size already, e.g.
+// one reused from an earlier seal, is overwritten without a new allocation). Same errors; on an
+// error *value is unspecified.
+absl::Status SealPageValueInto(const PageShape& shape, absl::string_view layout_hash,
+                               absl::string_view key_name, absl::string_view payload,
+                               absl::string_view value_key, std::string* value);
 
 // The verdict on `value`; on kOk `*payload` holds the decrypted payload (resized to
 // shape.payload_bytes()), otherwise it is left unspecified.

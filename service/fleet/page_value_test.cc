@@ -67,6 +67,24 @@ TEST_F(PageValueTest, RoundTripIsBitExact) {
 
 TEST_F(PageValueTest, EachSealUsesAFreshNonce) { EXPECT_NE(Seal(), Seal()); }
 
+TEST_F(PageValueTest, SealingIntoAReusedBufferOverwritesItWhole) {
+  // A buffer of the value's size holding an earlier value (the writer's reuse), one that is too
+  // short and one that is too long full of garbage: each becomes exactly a fresh seal would.
+  const std::string earlier = Seal();
+  for (std::string buffer : {earlier, std::string(7, 'x'),
+                             std::string(earlier.size() + 100, '\xff')}) {
+    ASSERT_OK(SealPageValueInto(shape_, layout_hash_, kName, payload_, key_, &buffer));
+    EXPECT_EQ(buffer.size(), payload_.size() + kPageValueOverheadBytes);
+    EXPECT_NE(buffer, earlier);  // a fresh nonce, not the old bytes
+    std::string out;
+    ASSERT_EQ(Open(buffer, &out), PageValueVerdict::kOk);
+    EXPECT_EQ(out, payload_);
+  }
+  std::string wrong;
+  EXPECT_THAT(SealPageValueInto(shape_, layout_hash_, kName, payload_.substr(1), key_, &wrong),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST_F(PageValueTest, AnyFlippedByteIsRefused) {
   const std::string value = Seal();
   for (size_t i = 0; i < value.size(); ++i) {

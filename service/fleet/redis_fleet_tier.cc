@@ -121,30 +121,57 @@ void RedisFleetTier::WritePrefix(const QueuedPrefix& prefix) {
   FleetCounters delta;
   const size_t n = prefix.pages.size();
   const size_t batch = options_.write_batch_pages;
-  // Round k+1 is sealed (on up to open_threads threads) while round k is on the wire.
-  std::vector<absl::StatusOr<std::string>> sealed = SealRound(prefix, 0, std::min(n, batch));
+  // Round k+1 is sealed (on up to open_threads threads) while round k is on the wire; the sealed
+  // values' buffers are reused round after round (spare_values_).
+  std::vector<absl::StatusOr<std::string>> sealed =
+      SealRound(prefix, 0, std::min(n, batch), TakeSpareValues(std::min(n, batch)));
   for (size_t begin = 0; begin < n; begin += batch) {
     const size_t end = std::min(n, begin + batch);
     std::future<std::vector<absl::StatusOr<std::string>>> next;
     if (end < n) {
-      next = std::async(std::launch::async, [this, &prefix, end, n, batch] {
-        return SealRound(prefix, end, std::min(n, end + batch));
-      });
+      const size_t next_end = std::min(n, end + batch);
+      next = std::async(std::launch::async,
+                        [this, &prefix, end, next_end,
+                         buffers = TakeSpareValues(next_end - end)]() mutable {
+                          return SealRound(prefix, end, next_end, std::move(buffers));
+                        });
     }
     WriteRound(prefix, begin, sealed, delta);
+    GiveSpareValues(sealed);
     if (next.valid()) sealed = next.get();
   }
   Count(prefix.scope.group, delta);
 }
 
-std::vector<absl::StatusOr<std::string>> RedisFleetTier::SealRound(const QueuedPrefix& prefix,
-                                                                   size_t begin, size_t end) {
+std::vector<std::string> RedisFleetTier::TakeSpareValues(size_t count) {
+  std::vector<std::string> buffers(count);
+  for (size_t k = 0; k < count && !spare_values_.empty(); ++k) {
+    buffers[k] = std::move(spare_values_.back());
+    spare_values_.pop_back();
+  }
+  return buffers;
+}
+
+void RedisFleetTier::GiveSpareValues(std::vector<absl::StatusOr<std::string>>& values) {
+  for (absl::StatusOr<std::string>& value : values) {
+    if (value.ok() && spare_values_.size() < 2 * options_.write_batch_pages) {
+      spare_values_.push_back(*std::move(value));
+    }
+  }
+  values.clear();
+}
+
+std::vector<absl::StatusOr<std::string>> RedisFleetTier::SealRound(
+    const QueuedPrefix& prefix, size_t begin, size_t end, std::vector<std::string> buffers) {
   const FleetScope& scope = prefix.scope;
   std::vector<absl::StatusOr<std::string>> values(end - begin, absl::UnknownError("not sealed"));
+  buffers.resize(end - begin);
   ParallelFor(end - begin, options_.open_threads, [&](size_t k) {
     const FleetPage& page = prefix.pages[begin + k];
-    values[k] = SealPageValue(scope.shape, scope.layout_hash, page.key_name, page.payload,
-                              scope.keys->value_key);
+    absl::Status sealed = SealPageValueInto(scope.shape, scope.layout_hash, page.key_name,
+                                            page.payload, scope.keys->value_key, &buffers[k]);
+    values[k] = sealed.ok() ? absl::StatusOr<std::string>(std::move(buffers[k]))
+                            : absl::StatusOr<std::string>(sealed);
   });
   return values;
 }

@@ -11,8 +11,10 @@
 // (page_value.h: AES-256-GCM + XXH64, one pass) on up to `open_threads` threads and sends them as
 // SETs, `write_batch_pages` per pipelined round (the values are written from their own memory,
 // not copied into a command buffer), each round bounded by `write_timeout`; the next round is
-// sealed while one is on the wire. The destructor stops the writer after the round in flight;
-// what is still queued is discarded and counted as dropped (Flush first to drain).
+// sealed while one is on the wire, into the buffers of earlier rounds' values (up to
+// 2 x write_batch_pages values kept by the writer). The destructor stops the writer after the
+// round in flight; what is still queued is discarded and counted as dropped (Flush first to
+// drain).
 //
 // Reading: Lookup borrows two cluster clients from a pool (client_pool.h: one fetches the next
 // window on a helper thread while the caller checks the current one) and asks `lookup_window`
@@ -111,9 +113,15 @@ class RedisFleetTier final : public FleetTier {
   void WriterLoop();
   // Seals and writes one prefix's pages, counting the outcome.
   void WritePrefix(const QueuedPrefix& prefix);
-  // The sealed values of pages [begin, end) of `prefix` (sealed on up to open_threads threads).
+  // The sealed values of pages [begin, end) of `prefix` (sealed on up to open_threads threads),
+  // each sealed into the matching string of `buffers` (reused when it has the value's size).
   std::vector<absl::StatusOr<std::string>> SealRound(const QueuedPrefix& prefix, size_t begin,
-                                                     size_t end);
+                                                     size_t end, std::vector<std::string> buffers);
+  // `count` strings for SealRound: spare ones first, then empty ones. Writer thread only.
+  std::vector<std::string> TakeSpareValues(size_t count);
+  // Keeps the sealed strings of `values` (up to 2 x write_batch_pages kept) and clears it.
+  // Writer thread only.
+  void GiveSpareValues(std::vector<absl::StatusOr<std::string>>& values);
   // Writes the sealed `values` of pages [begin, begin + values.size()), adding the outcome to
   // `delta`.
   void WriteRound(const QueuedPrefix& prefix, size_t begin,
@@ -141,6 +149,9 @@ class RedisFleetTier final : public FleetTier {
   ValueBufferCache value_buffers_;  // GetInto's value buffers, kept between calls
   RedisClusterClient writer_client_;  // writer thread only
   bool writer_failing_ = false;       // writer thread only
+  // Sealed-value buffers kept between rounds and prefixes (at most 2 x write_batch_pages values:
+  // 64 MiB for llama3-8b), so sealing does not fault in fresh memory for every value.
+  std::vector<std::string> spare_values_;  // writer thread only
 
   absl::Mutex mu_;
   std::deque<QueuedPrefix> queue_ ABSL_GUARDED_BY(mu_);
