@@ -3,6 +3,7 @@
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -54,7 +55,8 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
                         node A published to the fleet, vs writing the same bytes fresh on B
                         (WriteInPlace), vs recompute at --prefill_tok_s (ASSUMED, not
                         measured); two kvkeepd (--kvkeepd PATH, default next to this binary)
-  --tokens N            sequence tokens (default 2048); --seq_reps N (default 3)
+  --tokens N            sequence tokens (default 2048); --seq_reps N counted reps after one
+                        warm-up rep that touches the pools (default 3)
   --prefill_tok_s R     assumed prefill rate for the recompute column (default 10000)
 )";
 
@@ -67,6 +69,14 @@ struct Options {
   double prefill_tok_s = 10000;
   std::string kvkeepd;
 };
+
+// CPU seconds (user + system) of this process, all its threads, so far.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return double(t.tv_sec) + t.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
 
 double SecondsSince(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -250,8 +260,27 @@ class RawCluster {
   std::map<NodeAddress, redisContext*> contexts_;
 };
 
+// GetInto's destination: page i's payload into (*out)[i], allocated and touched beforehand.
+class BufferWriter final : public fleet::PayloadWriter {
+ public:
+  explicit BufferWriter(std::vector<std::string>* out) : out_(out) {}
+  absl::Status Write(size_t page, uint64_t offset, absl::string_view bytes) override {
+    std::string& to = (*out_)[page];
+    if (offset + bytes.size() > to.size()) return absl::OutOfRangeError("past the buffer");
+    std::memcpy(to.data() + offset, bytes.data(), bytes.size());
+    return absl::OkStatus();
+  }
+
+ private:
+  std::vector<std::string>* out_;
+};
+
 struct Samples {
   std::vector<double> fleet_put, raw_put, fleet_get, raw_get;  // MB/s of payload
+  // CPU seconds this (client) process spent in each phase, all reps; and the payload GB moved
+  // per phase, all reps. Independent of how loaded the machine is, unlike the MB/s.
+  double cpu_fleet_put = 0, cpu_raw_put = 0, cpu_fleet_get = 0, cpu_raw_get = 0;
+  double gb_per_phase = 0;
 };
 
 std::vector<uint32_t> Tokens(size_t n, uint32_t seed) {
@@ -297,7 +326,8 @@ void Settle(fleet::RedisClusterClient& probe) {
 // each after the replicas settled. False when a step fails.
 bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& raw,
             fleet::RedisClusterClient& probe, const fleet::FleetScope& scope,
-            const std::vector<std::string>& payloads, Samples* samples) {
+            const std::vector<std::string>& payloads, std::vector<std::string>* received,
+            Samples* samples) {
   const std::vector<std::string> names =
       scope.KeyNames(Tokens(size_t(o.pages) * scope.shape.tokens_per_page, 1000 + rep));
   const double mb = double(o.pages) * scope.shape.payload_bytes() / 1e6;
@@ -313,35 +343,44 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
   const fleet::RedisFleetOptions defaults;
   auto fleet_put = [&] {
     Settle(probe);
+    const double cpu0 = ProcessCpuSeconds();
     const auto t0 = Clock::now();
     if (!tier.PutAsync(scope, std::move(pages)).ok()) return false;
     if (!tier.Flush(absl::Now() + absl::Seconds(120)).ok()) return false;
     samples->fleet_put.push_back(mb / SecondsSince(t0));
+    samples->cpu_fleet_put += ProcessCpuSeconds() - cpu0;
     return tier.Counters().write_errors == 0;
   };
   auto raw_set = [&] {
     Settle(probe);
+    const double cpu0 = ProcessCpuSeconds();
     const auto t0 = Clock::now();
     if (!raw.Run("SET", raw_keys, &raw_values, defaults.write_batch_pages,
                  [](size_t, const redisReply& r) { return r.type != REDIS_REPLY_ERROR; })) {
       return false;
     }
     samples->raw_put.push_back(mb / SecondsSince(t0));
+    samples->cpu_raw_put += ProcessCpuSeconds() - cpu0;
     return true;
   };
   auto fleet_get = [&] {
     Settle(probe);
+    for (std::string& r : *received) std::memset(r.data(), 0, r.size());  // no stale pass
+    BufferWriter writer(received);
+    const double cpu0 = ProcessCpuSeconds();
     const auto t0 = Clock::now();
-    std::vector<std::string> got = tier.Get(scope, names, absl::Now() + absl::Seconds(120));
+    const size_t got = tier.GetInto(scope, names, absl::Now() + absl::Seconds(120), writer);
     samples->fleet_get.push_back(mb / SecondsSince(t0));
-    if (got.size() != names.size()) return false;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (got[i] != payloads[i]) return false;
+    samples->cpu_fleet_get += ProcessCpuSeconds() - cpu0;
+    if (got != names.size()) return false;
+    for (size_t i = 0; i < got; ++i) {
+      if ((*received)[i] != payloads[i]) return false;
     }
     return true;
   };
   auto raw_get = [&] {
     Settle(probe);
+    const double cpu0 = ProcessCpuSeconds();
     const auto t0 = Clock::now();
     if (!raw.Run("GET", raw_keys, nullptr, defaults.get_window, [&](size_t i, const redisReply& r) {
           return r.type == REDIS_REPLY_STRING && r.len == raw_values[i].size();
@@ -349,8 +388,10 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
       return false;
     }
     samples->raw_get.push_back(mb / SecondsSince(t0));
+    samples->cpu_raw_get += ProcessCpuSeconds() - cpu0;
     return true;
   };
+  samples->gb_per_phase += mb / 1e3;
   if (rep % 2 == 0) return fleet_put() && raw_set() && fleet_get() && raw_get();
   return raw_set() && fleet_put() && raw_get() && fleet_get();
 }
@@ -384,6 +425,13 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
   row("raw hiredis GET", rg);
   std::printf("put ratio fleet/raw: %.2f   get ratio fleet/raw: %.2f   (goal >= 0.8)\n", put_ratio,
               get_ratio);
+  if (s.gb_per_phase > 0) {
+    const double gb = s.gb_per_phase;
+    std::printf(
+        "bench process CPU s per GB of payload (all its threads; redis not counted): fleet put "
+        "%.2f, raw SET %.2f, fleet get %.2f, raw GET %.2f\n",
+        s.cpu_fleet_put / gb, s.cpu_raw_put / gb, s.cpu_fleet_get / gb, s.cpu_raw_get / gb);
+  }
 }
 
 // --sequence: a sequence from the fleet vs written fresh vs recomputed (assumed rate).
@@ -413,6 +461,10 @@ int RunSequence(const Options& o, const fleet::ConnectionOptions& connection) {
               fresh.median, fresh.min, fresh.max);
   std::printf("%-44s %8.3f   (ASSUMED %.0f tokens/s, not measured)\n", "recompute (prefill)",
               recompute, o.prefill_tok_s);
+  std::printf("%-44s %8.3f   (warm-up rep: fresh pool pages)\n", "cold: from the fleet",
+              s->cold_from_fleet);
+  std::printf("%-44s %8.3f   (warm-up rep: fresh pool pages)\n", "cold: written fresh",
+              s->cold_fresh_write);
   std::printf("fleet/fresh: %.2f   fleet/recompute: %.2f\n",
               fresh.median > 0 ? fleet.median / fresh.median : 0, fleet.median / recompute);
   return 0;
@@ -472,10 +524,11 @@ int RunFleetBench(int argc, char** argv) {
     p.resize(scope->shape.payload_bytes());
     for (char& c : p) c = static_cast<char>(rng());
   }
+  std::vector<std::string> received(o.pages, std::string(scope->shape.payload_bytes(), '\0'));
   Samples samples;
   for (int rep = 0; rep < o.reps; ++rep) {
     std::fprintf(stderr, "fleet: rep %d/%d\n", rep + 1, o.reps);
-    if (!RunRep(rep, o, **tier, raw, probe, *scope, payloads, &samples)) {
+    if (!RunRep(rep, o, **tier, raw, probe, *scope, payloads, &received, &samples)) {
       std::fprintf(stderr, "fleet: rep %d failed (a call failed or a value was not bit-exact)\n",
                    rep + 1);
       return 1;

@@ -5,8 +5,10 @@
 //     pipelined per node, `write_batch_pages` per round);
 //   * raw SET: the same number of values of the same size (the sealed values) SET by plain hiredis
 //     connections to each key's master, pipelined per node in rounds of the same size;
-//   * fleet get: RedisFleetTier::Get of every page (GET pipelined per node, `get_window` per
-//     round, every value checked and decrypted);
+//   * fleet get: RedisFleetTier::GetInto of every page into buffers allocated once (as the
+//     daemon's import writes into pool pages): GET pipelined per node, `get_window` per round,
+//     every value received into a value buffer, checked and decrypted in one pass into its
+//     destination; bit-exactness is checked after the clock stops;
 //   * raw GET: the same keys' values read by plain hiredis, pipelined the same way.
 // Both sides route with the same slot map. Before each phase the bench waits until every replica
 // has caught up with its master, and fleet and raw swap order on odd repetitions, so neither is

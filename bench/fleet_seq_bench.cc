@@ -50,14 +50,14 @@ struct Node {
 };
 
 absl::StatusOr<Node> StartNode(const FleetSeqOptions& o, const std::string& name,
-                               const std::string& password_file) {
+                               const std::string& password_file, uint64_t pool_mib) {
   Node node;
   ASSIGN_OR_RETURN(node.daemon,
-                   Daemon::Start(FindDaemon(o.kvkeepd), o.smoke ? 256 : 2048, 4,
+                   Daemon::Start(FindDaemon(o.kvkeepd), pool_mib, 4,
                                  {"--fleet_redis=" + o.seeds, "--fleet_user=" + o.user,
                                   "--fleet_password_file=" + password_file,
                                   "--node_name=" + name, "--fleet_fetch_timeout_ms=60000",
-                                  "--fleet_queue_mb=2048"}));
+                                  "--fleet_queue_mb=2048", "--low_free=0", "--high_free=0"}));
   const ChannelOptions channel{.target = node.daemon->target()};
   auto admin = AdminClient::Connect(channel, node.daemon->admin_token());
   RETURN_IF_ERROR(admin->SetGroupSecret(kGroup, kSecret).status());
@@ -90,19 +90,22 @@ absl::StatusOr<FleetSeqSamples> MeasureFleetSequence(const FleetSeqOptions& o) {
   const std::string password_file =
       absl::StrCat("/tmp/kvkeep-bench-fleet-", getpid(), ".password");
   std::ofstream(password_file) << o.password << "\n";
-  absl::StatusOr<Node> a = StartNode(o, "bench-a", password_file);
-  absl::StatusOr<Node> b = a.ok() ? StartNode(o, "bench-b", password_file) : a.status();
-  std::remove(password_file.c_str());
-  if (!b.ok()) return b.status();
   const v1::ModelLayout layout = Layout(o.smoke);
   const uint64_t head_bytes = uint64_t{o.tokens} * layout.head_dim() * 2;  // keys (or values)
   FleetSeqSamples samples;
   samples.bytes = 2 * head_bytes * layout.layers() * layout.kv_heads();
+  // Two sequences' pages (rounded up to whole 64 MiB arenas): see the header comment.
+  const uint64_t pool_mib = 2 * ((samples.bytes + (uint64_t{64} << 20) - 1) >> 26) * 64;
+  absl::StatusOr<Node> a = StartNode(o, "bench-a", password_file, pool_mib);
+  absl::StatusOr<Node> b = a.ok() ? StartNode(o, "bench-b", password_file, pool_mib) : a.status();
+  std::remove(password_file.c_str());
+  if (!b.ok()) return b.status();
   std::mt19937_64 rng(7);
   std::string keys(head_bytes, 0), values(head_bytes, 0);
   for (char& c : keys) c = static_cast<char>(rng());
   for (char& c : values) c = static_cast<char>(rng());
-  for (int rep = 0; rep < o.reps; ++rep) {
+  // Rep 0 is the warm-up (fresh pool pages), not counted.
+  for (int rep = 0; rep <= o.reps; ++rep) {
     std::vector<uint32_t> prompt(o.tokens);
     for (uint32_t i = 0; i < o.tokens; ++i) prompt[i] = 1000u * (rep + 1) + i;
     // A: write, commit, publish; wait until B sees the whole prefix in the cluster.
@@ -115,10 +118,14 @@ absl::StatusOr<FleetSeqSamples> MeasureFleetSequence(const FleetSeqOptions& o) {
       there = seen.fleet_tokens() == o.tokens;
     }
     if (!there) return absl::DeadlineExceededError("A's prefix never appeared in the fleet");
-    // B: from the fleet.
+    // B: the same bytes written fresh (kept until the import is done: see the header).
     auto t0 = Clock::now();
+    ASSIGN_OR_RETURN(std::string fresh, WriteFresh(*b->worker, layout, o.tokens, keys, values));
+    const double fresh_write = SecondsSince(t0);
+    // B: from the fleet.
+    t0 = Clock::now();
     ASSIGN_OR_RETURN(v1::PageTable imported, b->worker->CreateSequenceWithPrefix(kModel, prompt));
-    samples.from_fleet.push_back(SecondsSince(t0));
+    const double from_fleet = SecondsSince(t0);
     if (imported.fleet_tokens() != o.tokens || imported.shared_tokens() != o.tokens) {
       return absl::InternalError(absl::StrCat("imported ", imported.fleet_tokens(), " of ",
                                               o.tokens, " tokens from the fleet"));
@@ -128,15 +135,18 @@ absl::StatusOr<FleetSeqSamples> MeasureFleetSequence(const FleetSeqOptions& o) {
     RETURN_IF_ERROR(b->worker->ReadInPlace(imported.sequence_id(), layout.layers() - 1, last, 0,
                                            o.tokens, got_k.data(), got_v.data()));
     if (got_k != keys || got_v != values) return absl::DataLossError("fleet bytes differ");
-    // B: the same bytes written fresh.
-    t0 = Clock::now();
-    ASSIGN_OR_RETURN(std::string fresh, WriteFresh(*b->worker, layout, o.tokens, keys, values));
-    samples.fresh_write.push_back(SecondsSince(t0));
     RETURN_IF_ERROR(b->worker->Drop(fresh).status());
     RETURN_IF_ERROR(b->worker->Drop(imported.sequence_id()).status());
     RETURN_IF_ERROR(a->worker->Drop(on_a).status());
-    std::fprintf(stderr, "fleet --sequence: rep %d/%d: fleet %.3f s, fresh %.3f s\n", rep + 1,
-                 o.reps, samples.from_fleet.back(), samples.fresh_write.back());
+    std::fprintf(stderr, "fleet --sequence: rep %d/%d%s: fleet %.3f s, fresh %.3f s\n", rep,
+                 o.reps, rep == 0 ? " (warm-up, not counted)" : "", from_fleet, fresh_write);
+    if (rep == 0) {
+      samples.cold_from_fleet = from_fleet;
+      samples.cold_fresh_write = fresh_write;
+    } else {
+      samples.from_fleet.push_back(from_fleet);
+      samples.fresh_write.push_back(fresh_write);
+    }
   }
   a->worker->Close();
   b->worker->Close();

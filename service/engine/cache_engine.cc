@@ -252,6 +252,10 @@ absl::StatusOr<v1::RegisterModelReply> CacheEngine::RegisterModel(const std::str
   model.geometry().ToProto(reply.mutable_geometry());
   const std::string name = model.name();  // before the move below
   t->second.models[name] = std::make_shared<const Model>(std::move(model));
+  // A new layout: the node record (fleet/node_records.h) is written again now, not at the next
+  // 20 s refresh, so peers can compare layouts at once. RefreshNodeRecord only wakes the tier's
+  // thread (a leaf lock); that thread reads the record under mu_, after this call released it.
+  if (reply.created() && options_.fleet != nullptr) options_.fleet->RefreshNodeRecord();
   return reply;
 }
 

@@ -386,14 +386,20 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Before CreateSequence takes mu_: fetches from the cluster the prompt's pages the local index
   // lacks and inserts them as cached group entries. Returns the pages the local index held
-  // (*local_pages) and those imported; a miss, timeout, refused value or pool shortage is 0.
+  // (*local_pages) and those imported: the run the cluster holds and verifies, cut at the first
+  // miss, timeout or refused value, and at a pool shortage (the pages that fit are imported).
   uint32_t ImportFleetPrefix(const std::string& tenant, const v1::CreateSequenceRequest& r,
                              uint32_t* local_pages);
-  // Allocates group pages for `payloads` (pages first.. of `keys`), writes them and inserts the
-  // entries the index does not hold yet. Returns how many payloads are now in the index.
+  // Group pages for up to `wanted` token pages of `heads` pool pages each: all of them (after
+  // releasing cached prefixes if the pool is short), else as many whole token pages as fit.
+  std::vector<uint64_t> AllocateFleetImport(const std::string& owner, const PageGeometry& g,
+                                            uint32_t heads, size_t wanted);
+  // Inserts the entries for pages first.. of `keys` whose bytes are in `pages` (`heads` per
+  // entry, `verified` entries) that the index does not hold yet; frees the rest of `pages`.
+  // Returns `verified`.
   uint32_t InsertFleetPages(const fleet::FleetScope& scope, const Model& model,
                             const std::vector<std::string>& keys, uint32_t first,
-                            const std::vector<std::string>& payloads);
+                            const std::vector<uint64_t>& pages, size_t verified);
   // After a publish: reads the bytes of the sequence's shared pages [first, full) and queues
   // them for the cluster (write-behind). Failures are counted by the tier and logged.
   void PutFleetPages(const Sequence& seq, const fleet::FleetScope& scope,

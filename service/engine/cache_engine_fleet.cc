@@ -20,6 +20,40 @@ namespace {
 constexpr size_t kMaxGroupNameBytes = 256;
 constexpr size_t kMaxGroupSecretBytes = 4096;
 
+// Writes fleet payloads into pool pages: payload c's (layer, KV head) page h, at
+// [h × page_bytes, (h + 1) × page_bytes) of the payload (the head tables' order, layer-major),
+// goes to where[c × heads + h]. Called concurrently for different payloads (disjoint pages).
+class PoolPageWriter final : public fleet::PayloadWriter {
+ public:
+  PoolPageWriter(Backend& backend, const std::vector<PagePool::Location>& where, uint32_t heads,
+                 uint64_t page_bytes)
+      : backend_(backend), where_(where), heads_(heads), page_bytes_(page_bytes) {}
+
+  absl::Status Write(size_t payload, uint64_t offset, absl::string_view bytes) override {
+    while (!bytes.empty()) {
+      const uint64_t h = offset / page_bytes_, in_page = offset % page_bytes_;
+      if (h >= heads_ || (payload + 1) * heads_ > where_.size()) {
+        return absl::OutOfRangeError("fleet payload past its pool pages");
+      }
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(bytes.size(), page_bytes_ - in_page));
+      const PagePool::Location& loc = where_[payload * heads_ + h];
+      if (absl::Status io = backend_.Write(*loc.arena, loc.offset + in_page, bytes.data(), n);
+          !io.ok()) {
+        return io;
+      }
+      bytes.remove_prefix(n);
+      offset += n;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  Backend& backend_;
+  const std::vector<PagePool::Location>& where_;
+  const uint64_t heads_;
+  const uint64_t page_bytes_;
+};
+
 }  // namespace
 
 absl::StatusOr<v1::SetGroupSecretReply> CacheEngine::SetGroupSecret(
@@ -171,75 +205,93 @@ uint32_t CacheEngine::ImportFleetPrefix(const std::string& tenant,
   for (size_t i = *local_pages; i < keys.size(); ++i) {
     names.push_back(fleet::FleetKeyName(scope->layout_hash, keys[i]));
   }
-  const std::vector<std::string> payloads =
-      options_.fleet->Get(*scope, names, absl::Now() + options_.fleet_fetch_timeout);
-  if (payloads.empty()) return 0;
-  return InsertFleetPages(*scope, *model, keys, *local_pages, payloads);
+  const absl::Time deadline = absl::Now() + options_.fleet_fetch_timeout;
+  // How far the cluster holds the prompt, so the pool pages are taken for those only.
+  const size_t present = options_.fleet->Lookup(*scope, names, deadline);
+  if (present == 0) return 0;
+  const PageGeometry& g = model->geometry();
+  const uint32_t heads = model->head_tables();
+  const std::string owner = GroupOwner(scope->group);
+  const std::vector<uint64_t> pages = AllocateFleetImport(owner, g, heads, present);
+  const size_t fits = pages.size() / heads;
+  if (fits < present) {
+    log::Warn("fleet.import_short_of_pool", {{"group", scope->group},
+                                             {"present", static_cast<unsigned long long>(present)},
+                                             {"imported", static_cast<unsigned long long>(fits)}});
+  }
+  if (fits == 0) return 0;
+  std::vector<PagePool::Location> where;
+  where.reserve(pages.size());
+  for (uint64_t page : pages) {
+    absl::StatusOr<PagePool::Location> loc = pool_.Locate(owner, page);
+    if (!loc.ok()) {
+      log::Error("engine.internal", {{"where", "ImportFleetPrefix"}, {"status", loc.status()}});
+      pool_.Free(pages);
+      return 0;
+    }
+    where.push_back(*loc);
+  }
+  // Each value is checked and decrypted straight into its pool pages (still unpublished: a value
+  // that does not verify leaves garbage there, and those pages are freed, never served).
+  PoolPageWriter writer(*backend_, where, heads, g.page_bytes);
+  const size_t verified = options_.fleet->GetInto(
+      *scope, absl::MakeConstSpan(names).subspan(0, fits), deadline, writer);
+  return InsertFleetPages(*scope, *model, keys, *local_pages, pages, verified);
+}
+
+std::vector<uint64_t> CacheEngine::AllocateFleetImport(const std::string& owner,
+                                                       const PageGeometry& g, uint32_t heads,
+                                                       size_t wanted) {
+  const uint64_t count = uint64_t{wanted} * heads;
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> new_arenas;
+  if (pool_.Allocate(owner, g, count, &pages, &new_arenas).ok()) return pages;
+  pages.clear();
+  if (ReleaseCachedPrefixes(count * g.page_bytes) > 0 &&
+      pool_.Allocate(owner, g, count, &pages, &new_arenas).ok()) {
+    return pages;
+  }
+  // Short of pool: the token pages that fit, in prompt order (a shorter reuse, not none).
+  pages.clear();
+  for (size_t c = 0; c < wanted; ++c) {
+    std::vector<uint64_t> one;
+    if (!pool_.Allocate(owner, g, heads, &one, &new_arenas).ok()) break;
+    pages.insert(pages.end(), one.begin(), one.end());
+  }
+  return pages;
 }
 
 uint32_t CacheEngine::InsertFleetPages(const fleet::FleetScope& scope, const Model& model,
                                        const std::vector<std::string>& keys, uint32_t first,
-                                       const std::vector<std::string>& payloads) {
+                                       const std::vector<uint64_t>& pages, size_t verified) {
   const PageGeometry& g = model.geometry();
   const uint32_t heads = model.head_tables();
-  const uint64_t count = uint64_t{payloads.size()} * heads;
-  const std::string owner = GroupOwner(scope.group);
-  std::vector<uint64_t> pages;
-  std::vector<ArenaInfo> new_arenas;
-  absl::Status allocated = pool_.Allocate(owner, g, count, &pages, &new_arenas);
-  if (!allocated.ok() && ReleaseCachedPrefixes(count * g.page_bytes) > 0) {
-    pages.clear();
-    new_arenas.clear();
-    allocated = pool_.Allocate(owner, g, count, &pages, &new_arenas);
-  }
-  if (!allocated.ok()) {
-    log::Warn("fleet.import_skipped", {{"group", scope.group}, {"pages", payloads.size()},
-                                       {"status", allocated}});
-    return 0;
-  }
-  // Payload c holds (layer, KV head) page h at [h × page_bytes, (h + 1) × page_bytes): the
-  // head tables' order (layer-major), so page h of entry c is pages[c × heads + h].
-  for (size_t c = 0; c < payloads.size(); ++c) {
-    for (uint32_t h = 0; h < heads; ++h) {
-      absl::StatusOr<PagePool::Location> loc = pool_.Locate(owner, pages[c * heads + h]);
-      absl::Status io = loc.ok() ? backend_->Write(*loc->arena, loc->offset,
-                                                   payloads[c].data() + h * g.page_bytes,
-                                                   g.page_bytes)
-                                 : loc.status();
-      if (!io.ok()) {
-        log::Error("engine.internal", {{"where", "InsertFleetPages"}, {"status", io}});
-        pool_.Free(pages);
-        return 0;
-      }
-    }
-  }
-  std::vector<uint64_t> to_free;
-  uint32_t present = 0;
+  // Pages of values that did not arrive or verify: never published.
+  std::vector<uint64_t> to_free(pages.begin() + verified * heads, pages.end());
   {
     absl::MutexLock lock(&mu_);
     uint64_t new_entry_bytes = 0;
-    for (size_t c = 0; c < payloads.size(); ++c) {
+    for (size_t c = 0; c < verified; ++c) {
       std::vector<uint64_t> mine(pages.begin() + c * heads, pages.begin() + (c + 1) * heads);
       const std::string& key = keys[first + c];
       if (prefixes_.Find(scope.group, key) != nullptr) {  // another worker was quicker
         to_free.insert(to_free.end(), mine.begin(), mine.end());
-      } else {
-        auto entry = std::make_shared<PrefixEntry>();
-        entry->group = scope.group;
-        entry->key = key;
-        entry->depth = first + static_cast<uint32_t>(c);
-        entry->pages = std::move(mine);
-        entry->bytes = uint64_t{heads} * g.page_bytes;
-        entry->last_release = absl::Now();  // not the first to go under pressure
-        new_entry_bytes += entry->bytes;
-        prefixes_.Insert(std::move(entry));
+        continue;
       }
-      ++present;
+      auto entry = std::make_shared<PrefixEntry>();
+      entry->group = scope.group;
+      entry->key = key;
+      entry->depth = first + static_cast<uint32_t>(c);
+      entry->pages = std::move(mine);
+      entry->bytes = uint64_t{heads} * g.page_bytes;
+      entry->last_release = absl::Now();  // not the first to go under pressure
+      new_entry_bytes += entry->bytes;
+      prefixes_.Insert(std::move(entry));
     }
     ledger_.AddCachedPrefix(new_entry_bytes);  // cached until a sequence references them
   }
   pool_.Free(to_free);
-  return present;
+  return static_cast<uint32_t>(verified);
 }
 
 void CacheEngine::PutFleetPages(const Sequence& seq, const fleet::FleetScope& scope,

@@ -200,8 +200,9 @@ void RedisClusterClient::ReceiveReplies(NodeConnection& connection,
   const NodeAddress node = connection.address();  // a copy: MarkFailed destroys the connection
   for (size_t k = 0; k < sent.size(); ++k) {
     const Pending& p = sent[k];
-    absl::StatusOr<RedisReply> reply = connection.Receive(deadline);
-    if (p.ask.has_value() && reply.ok()) reply = connection.Receive(deadline);  // after ASKING's
+    BulkSink* const sink = commands[p.index].sink;
+    absl::StatusOr<RedisReply> reply = connection.Receive(deadline, p.ask ? nullptr : sink);
+    if (p.ask.has_value() && reply.ok()) reply = connection.Receive(deadline, sink);  // ASKING's
     if (!reply.ok()) {
       // The connection is broken: this and every later command of the pipeline go again.
       MarkFailed(node);

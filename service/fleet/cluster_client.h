@@ -58,6 +58,10 @@ struct ClusterOptions {
 struct KeyedCommand {
   absl::string_view key;
   RedisArgs args;
+  // Default: null. Where a bulk string reply's bytes go (resp_reader.h: the reply is then a
+  // string with str == nullptr). A command retried after a redirection or failure asks the
+  // sink for a buffer again. Borrowed: must outlive the call.
+  BulkSink* sink = nullptr;
 };
 
 // Counters since construction.

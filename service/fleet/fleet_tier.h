@@ -48,6 +48,16 @@ struct FleetPage {
   std::string payload;
 };
 
+// Receives the payloads GetInto reads: bytes [offset, offset + bytes.size()) of the payload of
+// key_names[page], in increasing offsets for one page, pieces of at most 64 KiB; different pages
+// are written concurrently from the tier's threads. The bytes are decrypted but NOT yet verified
+// when written (see GetInto). An error ends the run at that page.
+class PayloadWriter {
+ public:
+  virtual ~PayloadWriter() = default;
+  virtual absl::Status Write(size_t page, uint64_t offset, absl::string_view bytes) = 0;
+};
+
 // Counters since the tier started, per group or summed.
 struct FleetCounters {
   uint64_t lookups = 0;        // Lookup and Get calls
@@ -95,6 +105,13 @@ class FleetTier {
   virtual std::vector<std::string> Get(const FleetScope& scope,
                                        absl::Span<const std::string> key_names,
                                        absl::Time deadline) = 0;
+  // Get without payload strings: each value is checked and decrypted in one pass straight into
+  // `writer` (e.g. into pool pages), on the tier's threads while later values still arrive.
+  // Returns m: the payloads of key_names[0..m) were written whole and verified (checksum, header,
+  // size and GCM tag), exactly as Get would have returned them. Whatever was written for pages
+  // m and later is unverified garbage: the caller must discard it, never serve it.
+  virtual size_t GetInto(const FleetScope& scope, absl::Span<const std::string> key_names,
+                         absl::Time deadline, PayloadWriter& writer) = 0;
 
   virtual FleetCounters Counters() const = 0;
   virtual std::map<std::string, FleetCounters> CountersByGroup() const = 0;

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "service/engine/model_layout.h"
+#include "service/fleet/xxhash64_stream.h"
 #include "service/storage/xxhash64.h"
 
 namespace kvkeep::fleet {
@@ -53,41 +54,49 @@ const unsigned char* U(absl::string_view s) {
   return reinterpret_cast<const unsigned char*>(s.data());
 }
 
-// AES-256-GCM over `in` into `out` (same size), authenticating `aad_header` and `aad_key`.
-// Encrypting writes the tag to `tag`; decrypting checks it. False on any failure.
-bool Gcm(bool encrypt, absl::string_view key, absl::string_view nonce, absl::string_view aad_header,
-         absl::string_view aad_key, absl::string_view in, char* out, unsigned char* tag) {
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
-  if (ctx == nullptr) return false;
-  auto init = encrypt ? EVP_EncryptInit_ex : EVP_DecryptInit_ex;
-  auto update = encrypt ? EVP_EncryptUpdate : EVP_DecryptUpdate;
-  int len = 0;
-  if (init(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
-      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, static_cast<int>(nonce.size()),
-                          nullptr) != 1 ||
-      init(ctx.get(), nullptr, nullptr, U(key), U(nonce)) != 1 ||
-      update(ctx.get(), nullptr, &len, U(aad_header), static_cast<int>(aad_header.size())) != 1 ||
-      update(ctx.get(), nullptr, &len, U(aad_key), static_cast<int>(aad_key.size())) != 1) {
-    return false;
+// AES-256-GCM fed chunk by chunk, authenticating `aad_header` and `aad_key` (the value's Redis
+// key name). Sealing: Update encrypts, Finish writes the tag. Opening: Update decrypts, Finish
+// checks the tag. False on any failure.
+class GcmStream {
+ public:
+  explicit GcmStream(bool encrypt) : encrypt_(encrypt) {}
+  bool Init(absl::string_view key, absl::string_view nonce, absl::string_view aad_header,
+            absl::string_view aad_key) {
+    auto init = encrypt_ ? EVP_EncryptInit_ex : EVP_DecryptInit_ex;
+    return ctx_ != nullptr && init(ctx_.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) == 1 &&
+           EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_SET_IVLEN, static_cast<int>(nonce.size()),
+                               nullptr) == 1 &&
+           init(ctx_.get(), nullptr, nullptr, U(key), U(nonce)) == 1 &&
+           Aad(aad_header) && Aad(aad_key);
   }
-  // EVP takes int lengths: feed the payload in chunks.
-  constexpr size_t kChunk = size_t{1} << 30;
-  for (size_t done = 0; done < in.size(); done += kChunk) {
-    const size_t n = std::min(kChunk, in.size() - done);
-    if (update(ctx.get(), reinterpret_cast<unsigned char*>(out + done), &len, U(in) + done,
-               static_cast<int>(n)) != 1) {
-      return false;
+  // `in` (at most kOpenChunkBytes) into `out` (as many bytes).
+  bool Update(absl::string_view in, char* out) {
+    auto update = encrypt_ ? EVP_EncryptUpdate : EVP_DecryptUpdate;
+    int len = 0;
+    return update(ctx_.get(), reinterpret_cast<unsigned char*>(out), &len, U(in),
+                  static_cast<int>(in.size())) == 1 &&
+           static_cast<size_t>(len) == in.size();
+  }
+  bool Finish(unsigned char* tag) {
+    unsigned char final_block[16];
+    int len = 0;
+    if (encrypt_) {
+      return EVP_EncryptFinal_ex(ctx_.get(), final_block, &len) == 1 &&
+             EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_GET_TAG, kTagBytes, tag) == 1;
     }
+    return EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_SET_TAG, kTagBytes, tag) == 1 &&
+           EVP_DecryptFinal_ex(ctx_.get(), final_block, &len) == 1;
   }
-  if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kTagBytes, tag) != 1) {
-    return false;
+
+ private:
+  bool Aad(absl::string_view aad) {
+    auto update = encrypt_ ? EVP_EncryptUpdate : EVP_DecryptUpdate;
+    int len = 0;
+    return update(ctx_.get(), nullptr, &len, U(aad), static_cast<int>(aad.size())) == 1;
   }
-  unsigned char final_block[16];
-  const int finished = encrypt ? EVP_EncryptFinal_ex(ctx.get(), final_block, &len)
-                               : EVP_DecryptFinal_ex(ctx.get(), final_block, &len);
-  if (finished != 1) return false;
-  return !encrypt || EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, kTagBytes, tag) == 1;
-}
+  const bool encrypt_;
+  CipherCtx ctx_{EVP_CIPHER_CTX_new()};
+};
 
 }  // namespace
 
@@ -120,35 +129,87 @@ absl::string_view PageValueVerdictName(PageValueVerdict verdict) {
   return "unknown";
 }
 
-absl::StatusOr<std::string> SealPageValue(const PageShape& shape, absl::string_view layout_hash,
-                                          absl::string_view key_name, absl::string_view payload,
-                                          absl::string_view value_key) {
+absl::Status SealPageValueInto(const PageShape& shape, absl::string_view layout_hash,
+                               absl::string_view key_name, absl::string_view payload,
+                               absl::string_view value_key, std::string* value_out) {
   if (shape.payload_bytes() == 0 || payload.size() != shape.payload_bytes()) {
     return absl::InvalidArgumentError("page value payload does not match the page shape");
   }
   if (layout_hash.size() < kLayoutHashBytes || value_key.size() != 32) {
     return absl::InvalidArgumentError("page value needs a layout hash and a 32-byte key");
   }
-  std::string value = MakeHeader(shape, layout_hash);
+  std::string& value = *value_out;
+  // A buffer of the right size already is reused as it is (no zero-fill, no fresh pages).
+  value.resize(kPageValueHeaderBytes + payload.size() + kTagBytes + kChecksumBytes);
+  const std::string made = MakeHeader(shape, layout_hash);
+  std::memcpy(value.data(), made.data(), kPageValueHeaderBytes);
   if (RAND_bytes(reinterpret_cast<unsigned char*>(value.data()) + kNonceOffset, kNonceBytes) != 1) {
     return absl::InternalError("OpenSSL: no random nonce");
   }
-  value.resize(kPageValueHeaderBytes + payload.size() + kTagBytes + kChecksumBytes);
-  const absl::string_view header(value.data(), kPageValueHeaderBytes);
-  unsigned char* tag =
-      reinterpret_cast<unsigned char*>(value.data()) + kPageValueHeaderBytes + payload.size();
-  if (!Gcm(/*encrypt=*/true, value_key, header.substr(kNonceOffset, kNonceBytes), header, key_name,
-           payload, value.data() + kPageValueHeaderBytes, tag)) {
+  const std::string header = value.substr(0, kPageValueHeaderBytes);
+  char* const cipher = value.data() + kPageValueHeaderBytes;
+  char* const tag = cipher + payload.size();
+  // One pass: each chunk is encrypted, then hashed while it is still in cache.
+  XxHash64Stream sum;
+  sum.Update(header);
+  GcmStream gcm(/*encrypt=*/true);
+  if (!gcm.Init(value_key, absl::string_view(header).substr(kNonceOffset, kNonceBytes), header,
+                key_name)) {
     return absl::InternalError("OpenSSL: AES-256-GCM encryption failed");
   }
-  const size_t checked = value.size() - kChecksumBytes;
-  PutLe(value, checked, XxHash64(absl::string_view(value.data(), checked)), 8);
+  for (size_t done = 0; done < payload.size(); done += kOpenChunkBytes) {
+    const absl::string_view chunk = payload.substr(done, kOpenChunkBytes);
+    if (!gcm.Update(chunk, cipher + done)) {
+      return absl::InternalError("OpenSSL: AES-256-GCM encryption failed");
+    }
+    sum.Update(absl::string_view(cipher + done, chunk.size()));
+  }
+  if (!gcm.Finish(reinterpret_cast<unsigned char*>(tag))) {
+    return absl::InternalError("OpenSSL: AES-256-GCM encryption failed");
+  }
+  sum.Update(absl::string_view(tag, kTagBytes));
+  PutLe(value, value.size() - kChecksumBytes, sum.Digest(), 8);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> SealPageValue(const PageShape& shape, absl::string_view layout_hash,
+                                          absl::string_view key_name, absl::string_view payload,
+                                          absl::string_view value_key) {
+  std::string value;
+  if (absl::Status sealed = SealPageValueInto(shape, layout_hash, key_name, payload, value_key,
+                                              &value);
+      !sealed.ok()) {
+    return sealed;
+  }
   return value;
 }
 
-PageValueVerdict OpenPageValue(absl::string_view value, const PageShape& shape,
-                               absl::string_view layout_hash, absl::string_view key_name,
-                               absl::string_view value_key, std::string* payload) {
+namespace {
+
+// The verdict on everything before the payload: kOk when the header is the expected one.
+PageValueVerdict CheckHeader(absl::string_view value, const PageShape& shape,
+                             absl::string_view layout_hash, absl::string_view value_key) {
+  const uint64_t stored_payload = GetLe(value, 32, 8);
+  const absl::string_view header = value.substr(0, kPageValueHeaderBytes);
+  // Compare everything but the nonce (and the reserved bytes after it, which must be zero).
+  if (layout_hash.size() < kLayoutHashBytes || shape.payload_bytes() != stored_payload ||
+      header.substr(0, kNonceOffset) !=
+          absl::string_view(MakeHeader(shape, layout_hash)).substr(0, kNonceOffset) ||
+      GetLe(header, kNonceOffset + kNonceBytes, 4) != 0) {
+    return PageValueVerdict::kHeaderMismatch;
+  }
+  if (value_key.size() != 32) return PageValueVerdict::kAuthentication;
+  return PageValueVerdict::kOk;
+}
+
+}  // namespace
+
+absl::StatusOr<PageValueVerdict> OpenPageValueInto(absl::string_view value,
+                                                   const PageShape& shape,
+                                                   absl::string_view layout_hash,
+                                                   absl::string_view key_name,
+                                                   absl::string_view value_key,
+                                                   PayloadChunkWriter write) {
   if (value.size() < 6 || std::memcmp(value.data(), kMagic, sizeof(kMagic)) != 0 ||
       GetLe(value, 4, 2) != kPageValueVersion) {
     return PageValueVerdict::kOtherVersion;
@@ -157,26 +218,60 @@ PageValueVerdict OpenPageValue(absl::string_view value, const PageShape& shape,
   const uint64_t stored_payload = GetLe(value, 32, 8);
   if (stored_payload != value.size() - kPageValueOverheadBytes) return PageValueVerdict::kShort;
   const size_t checked = value.size() - kChecksumBytes;
-  if (XxHash64(value.substr(0, checked)) != GetLe(value, checked, 8)) {
-    return PageValueVerdict::kChecksum;
+  const uint64_t stored_sum = GetLe(value, checked, 8);
+  const PageValueVerdict header_verdict = CheckHeader(value, shape, layout_hash, value_key);
+  if (header_verdict != PageValueVerdict::kOk) {
+    // Nothing to decrypt: the checksum decides between corruption and another shape/key.
+    return XxHash64(value.substr(0, checked)) != stored_sum ? PageValueVerdict::kChecksum
+                                                            : header_verdict;
   }
+  // One pass: each chunk is hashed, then decrypted while it is still in cache.
   const absl::string_view header = value.substr(0, kPageValueHeaderBytes);
-  std::string expected = MakeHeader(shape, layout_hash);
-  // Compare everything but the nonce (and the reserved bytes after it, which must be zero).
-  if (layout_hash.size() < kLayoutHashBytes || shape.payload_bytes() != stored_payload ||
-      header.substr(0, kNonceOffset) != absl::string_view(expected).substr(0, kNonceOffset) ||
-      GetLe(header, kNonceOffset + kNonceBytes, 4) != 0) {
-    return PageValueVerdict::kHeaderMismatch;
-  }
-  if (value_key.size() != 32) return PageValueVerdict::kAuthentication;
-  payload->resize(stored_payload);
-  unsigned char tag[kTagBytes];
-  std::memcpy(tag, value.data() + kPageValueHeaderBytes + stored_payload, kTagBytes);
-  if (!Gcm(/*encrypt=*/false, value_key, header.substr(kNonceOffset, kNonceBytes), header, key_name,
-           value.substr(kPageValueHeaderBytes, stored_payload), payload->data(), tag)) {
+  XxHash64Stream sum;
+  sum.Update(header);
+  GcmStream gcm(/*encrypt=*/false);
+  if (!gcm.Init(value_key, header.substr(kNonceOffset, kNonceBytes), header, key_name)) {
     return PageValueVerdict::kAuthentication;
   }
+  std::unique_ptr<char[]> plain(new char[kOpenChunkBytes]);
+  const absl::string_view cipher = value.substr(kPageValueHeaderBytes, stored_payload);
+  bool decrypted = true;
+  for (size_t done = 0; done < cipher.size(); done += kOpenChunkBytes) {
+    const absl::string_view chunk = cipher.substr(done, kOpenChunkBytes);
+    sum.Update(chunk);
+    if (!decrypted) continue;  // hash on: a corrupted value still says kChecksum
+    decrypted = gcm.Update(chunk, plain.get());
+    if (!decrypted) continue;
+    if (absl::Status written = write(done, absl::string_view(plain.get(), chunk.size()));
+        !written.ok()) {
+      return written;
+    }
+  }
+  const absl::string_view tag = value.substr(kPageValueHeaderBytes + stored_payload, kTagBytes);
+  sum.Update(tag);
+  if (sum.Digest() != stored_sum) return PageValueVerdict::kChecksum;
+  unsigned char expected_tag[kTagBytes];
+  std::memcpy(expected_tag, tag.data(), kTagBytes);
+  if (!decrypted || !gcm.Finish(expected_tag)) return PageValueVerdict::kAuthentication;
   return PageValueVerdict::kOk;
+}
+
+PageValueVerdict OpenPageValue(absl::string_view value, const PageShape& shape,
+                               absl::string_view layout_hash, absl::string_view key_name,
+                               absl::string_view value_key, std::string* payload) {
+  payload->resize(shape.payload_bytes());
+  absl::StatusOr<PageValueVerdict> verdict = OpenPageValueInto(
+      value, shape, layout_hash, key_name, value_key,
+      [payload](uint64_t offset, absl::string_view bytes) {
+        if (offset + bytes.size() > payload->size()) {
+          return absl::OutOfRangeError("page value payload past its shape");
+        }
+        std::memcpy(payload->data() + offset, bytes.data(), bytes.size());
+        return absl::OkStatus();
+      });
+  // The writer above fails only for a payload longer than the shape, which the header check
+  // already refuses.
+  return verdict.ok() ? *verdict : PageValueVerdict::kHeaderMismatch;
 }
 
 }  // namespace kvkeep::fleet

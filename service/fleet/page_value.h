@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kvkeep/v1/common.pb.h"
@@ -86,12 +87,38 @@ absl::string_view PageValueVerdictName(PageValueVerdict verdict);
 absl::StatusOr<std::string> SealPageValue(const PageShape& shape, absl::string_view layout_hash,
                                           absl::string_view key_name, absl::string_view payload,
                                           absl::string_view value_key);
+// SealPageValue into `*value` (resized to the value's size; a string of that size already, e.g.
+// one reused from an earlier seal, is overwritten without a new allocation). Same errors; on an
+// error *value is unspecified.
+absl::Status SealPageValueInto(const PageShape& shape, absl::string_view layout_hash,
+                               absl::string_view key_name, absl::string_view payload,
+                               absl::string_view value_key, std::string* value);
 
 // The verdict on `value`; on kOk `*payload` holds the decrypted payload (resized to
 // shape.payload_bytes()), otherwise it is left unspecified.
 PageValueVerdict OpenPageValue(absl::string_view value, const PageShape& shape,
                                absl::string_view layout_hash, absl::string_view key_name,
                                absl::string_view value_key, std::string* payload);
+
+// Receives the decrypted payload of OpenPageValueInto: bytes [offset, offset + bytes.size()),
+// in increasing offsets, at most kOpenChunkBytes at a time. An error stops the opening.
+using PayloadChunkWriter =
+    absl::FunctionRef<absl::Status(uint64_t offset, absl::string_view bytes)>;
+inline constexpr size_t kOpenChunkBytes = 64 * 1024;
+
+// OpenPageValue without a payload string: the value is checked and decrypted in ONE pass, chunk
+// by chunk (XXH64 of a chunk, then AES-GCM of it while it is in cache), each decrypted chunk
+// handed to `write` (e.g. straight into pool pages). Same checks and verdicts as OpenPageValue,
+// but the payload is written BEFORE the checksum and the tag are known: on any verdict but kOk
+// the bytes written are garbage, and the caller must discard them (never serve them). Nothing is
+// written when the value fails before decryption (version, size, header). An error status is
+// `write`'s own.
+absl::StatusOr<PageValueVerdict> OpenPageValueInto(absl::string_view value,
+                                                   const PageShape& shape,
+                                                   absl::string_view layout_hash,
+                                                   absl::string_view key_name,
+                                                   absl::string_view value_key,
+                                                   PayloadChunkWriter write);
 
 }  // namespace kvkeep::fleet
 

@@ -7,6 +7,7 @@
 
 #include "common/status_matchers.h"
 #include "service/fleet/layout_hash.h"
+#include "service/storage/xxhash64.h"
 
 namespace kvkeep::fleet {
 namespace {
@@ -65,6 +66,24 @@ TEST_F(PageValueTest, RoundTripIsBitExact) {
 }
 
 TEST_F(PageValueTest, EachSealUsesAFreshNonce) { EXPECT_NE(Seal(), Seal()); }
+
+TEST_F(PageValueTest, SealingIntoAReusedBufferOverwritesItWhole) {
+  // A buffer of the value's size holding an earlier value (the writer's reuse), one that is too
+  // short and one that is too long full of garbage: each becomes exactly a fresh seal would.
+  const std::string earlier = Seal();
+  for (std::string buffer : {earlier, std::string(7, 'x'),
+                             std::string(earlier.size() + 100, '\xff')}) {
+    ASSERT_OK(SealPageValueInto(shape_, layout_hash_, kName, payload_, key_, &buffer));
+    EXPECT_EQ(buffer.size(), payload_.size() + kPageValueOverheadBytes);
+    EXPECT_NE(buffer, earlier);  // a fresh nonce, not the old bytes
+    std::string out;
+    ASSERT_EQ(Open(buffer, &out), PageValueVerdict::kOk);
+    EXPECT_EQ(out, payload_);
+  }
+  std::string wrong;
+  EXPECT_THAT(SealPageValueInto(shape_, layout_hash_, kName, payload_.substr(1), key_, &wrong),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
 
 TEST_F(PageValueTest, AnyFlippedByteIsRefused) {
   const std::string value = Seal();
@@ -126,6 +145,131 @@ TEST_F(PageValueTest, SealRefusesAPayloadOfTheWrongSize) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(SealPageValue(PageShape{}, layout_hash_, kName, "", key_),
               StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+
+// A shape whose payload spans several 64 KiB chunks and ends mid-chunk: 8 layers × 3 KV heads ×
+// 8,704-byte pages ((K + V) × 16 tokens × 136 dims × 2 bytes) = 208,896 bytes, 4 chunks.
+class PageValueIntoTest : public ::testing::Test {
+ protected:
+  PageValueIntoTest() {
+    layout_.set_name("chunky");
+    layout_.set_layers(8);
+    layout_.set_q_heads(6);
+    layout_.set_kv_heads(3);
+    layout_.set_head_dim(136);  // 8,704-byte pages: chunks do not fall on page boundaries
+    layout_.set_dtype(v1::DTYPE_BF16);
+    layout_.set_tokens_per_page(16);
+    shape_ = PageShape::Of(layout_);
+    layout_hash_ = FleetLayoutHash(layout_);
+    std::mt19937 rng(11);
+    payload_.resize(shape_.payload_bytes());
+    for (char& c : payload_) c = static_cast<char>(rng());
+    absl::StatusOr<std::string> value = SealPageValue(shape_, layout_hash_, kName, payload_, key_);
+    EXPECT_TRUE(value.ok()) << value.status();
+    value_ = value.ok() ? *value : std::string();
+  }
+
+  // Opens `value` into `out`, checking the pieces come in order and within the payload.
+  absl::StatusOr<PageValueVerdict> OpenInto(absl::string_view value, std::string* out,
+                                            int* pieces) {
+    out->assign(shape_.payload_bytes(), '\0');
+    *pieces = 0;
+    uint64_t next = 0;
+    return OpenPageValueInto(value, shape_, layout_hash_, kName, key_,
+                             [&](uint64_t offset, absl::string_view bytes) {
+                               EXPECT_EQ(offset, next);
+                               EXPECT_LE(bytes.size(), kOpenChunkBytes);
+                               EXPECT_LE(offset + bytes.size(), out->size());
+                               next = offset + bytes.size();
+                               out->replace(offset, bytes.size(), bytes.data(), bytes.size());
+                               ++*pieces;
+                               return absl::OkStatus();
+                             });
+  }
+
+  static constexpr char kName[] = "kvkeep:8899aabbccddeeff:01";
+  v1::ModelLayout layout_;
+  PageShape shape_;
+  std::string layout_hash_, payload_, value_;
+  std::string key_ = std::string(32, 'q');
+};
+
+TEST_F(PageValueIntoTest, OpensInOrderedChunksBitExact) {
+  ASSERT_GT(shape_.payload_bytes(), 2 * kOpenChunkBytes);
+  ASSERT_NE(shape_.payload_bytes() % kOpenChunkBytes, 0u);
+  std::string out;
+  int pieces = 0;
+  ASSERT_OK_AND_ASSIGN(PageValueVerdict verdict, OpenInto(value_, &out, &pieces));
+  EXPECT_EQ(verdict, PageValueVerdict::kOk);
+  EXPECT_EQ(out, payload_);
+  EXPECT_EQ(pieces, static_cast<int>((shape_.payload_bytes() + kOpenChunkBytes - 1) /
+                                     kOpenChunkBytes));
+}
+
+TEST_F(PageValueIntoTest, TheFormatIsUnchangedChecksumOverEverythingBeforeIt) {
+  // Values sealed in one pass must still open on nodes that check the whole value at once.
+  const size_t checked = value_.size() - 8;
+  uint64_t stored = 0;
+  for (int i = 0; i < 8; ++i) {
+    stored |= uint64_t{static_cast<unsigned char>(value_[checked + i])} << (8 * i);
+  }
+  EXPECT_EQ(stored, XxHash64(absl::string_view(value_).substr(0, checked)));
+  std::string whole;
+  EXPECT_EQ(OpenPageValue(value_, shape_, layout_hash_, kName, key_, &whole),
+            PageValueVerdict::kOk);
+  EXPECT_EQ(whole, payload_);
+}
+
+TEST_F(PageValueIntoTest, ACorruptedLastChunkIsRefusedAfterTheBytesWereWritten) {
+  std::string bad = value_;
+  bad[kPageValueHeaderBytes + payload_.size() - 1] ^= 0x01;  // the payload's last byte
+  std::string out;
+  int pieces = 0;
+  ASSERT_OK_AND_ASSIGN(PageValueVerdict verdict, OpenInto(bad, &out, &pieces));
+  EXPECT_EQ(verdict, PageValueVerdict::kChecksum);
+  EXPECT_GT(pieces, 0);  // written before the verdict: the caller must discard them
+}
+
+TEST_F(PageValueIntoTest, AWrongTagWithAGoodChecksumFailsAuthentication) {
+  // Planted by someone who can compute XXH64 but has no key: flip a ciphertext byte and
+  // recompute the checksum.
+  std::string planted = value_;
+  planted[kPageValueHeaderBytes + 70000] ^= 0x40;
+  const size_t checked = planted.size() - 8;
+  const uint64_t sum = XxHash64(absl::string_view(planted).substr(0, checked));
+  for (int i = 0; i < 8; ++i) planted[checked + i] = static_cast<char>(sum >> (8 * i));
+  std::string out;
+  int pieces = 0;
+  ASSERT_OK_AND_ASSIGN(PageValueVerdict verdict, OpenInto(planted, &out, &pieces));
+  EXPECT_EQ(verdict, PageValueVerdict::kAuthentication);
+}
+
+TEST_F(PageValueIntoTest, AHeaderMismatchWritesNothing) {
+  v1::ModelLayout other = layout_;
+  other.set_kv_heads(2);
+  other.set_q_heads(4);
+  int pieces = 0;
+  absl::StatusOr<PageValueVerdict> verdict = OpenPageValueInto(
+      value_, PageShape::Of(other), FleetLayoutHash(other), kName, key_,
+      [&](uint64_t, absl::string_view) {
+        ++pieces;
+        return absl::OkStatus();
+      });
+  ASSERT_OK(verdict);
+  EXPECT_EQ(*verdict, PageValueVerdict::kHeaderMismatch);
+  EXPECT_EQ(pieces, 0);
+}
+
+TEST_F(PageValueIntoTest, AWriterErrorStopsTheOpening) {
+  int pieces = 0;
+  absl::StatusOr<PageValueVerdict> verdict = OpenPageValueInto(
+      value_, shape_, layout_hash_, kName, key_, [&](uint64_t, absl::string_view) {
+        ++pieces;
+        return absl::InternalError("pool page gone");
+      });
+  EXPECT_THAT(verdict, StatusIs(absl::StatusCode::kInternal, "pool page gone"));
+  EXPECT_EQ(pieces, 1);
 }
 
 }  // namespace

@@ -1,11 +1,13 @@
 #include "service/fleet/redis_fleet_tier.h"
 
 #include <algorithm>
+#include <cstring>
 #include <future>
 #include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "service/fleet/open_pipeline.h"
 #include "service/fleet/page_value.h"
 #include "service/observability/log.h"
 
@@ -43,6 +45,7 @@ absl::StatusOr<std::unique_ptr<RedisFleetTier>> RedisFleetTier::Create(RedisFlee
 RedisFleetTier::RedisFleetTier(RedisFleetOptions options)
     : options_(std::move(options)),
       readers_(options_.cluster, options_.max_idle_clients),
+      value_buffers_(2 * options_.get_window),
       writer_client_(options_.cluster),
       node_records_(options_.cluster),
       writer_([this] { WriterLoop(); }) {}
@@ -117,33 +120,78 @@ void RedisFleetTier::WriterLoop() {
 void RedisFleetTier::WritePrefix(const QueuedPrefix& prefix) {
   FleetCounters delta;
   const size_t n = prefix.pages.size();
-  for (size_t begin = 0; begin < n; begin += options_.write_batch_pages) {
-    WriteRound(prefix, begin, std::min(n, begin + options_.write_batch_pages), delta);
+  const size_t batch = options_.write_batch_pages;
+  // Round k+1 is sealed (on up to open_threads threads) while round k is on the wire; the sealed
+  // values' buffers are reused round after round (spare_values_).
+  std::vector<absl::StatusOr<std::string>> sealed =
+      SealRound(prefix, 0, std::min(n, batch), TakeSpareValues(std::min(n, batch)));
+  for (size_t begin = 0; begin < n; begin += batch) {
+    const size_t end = std::min(n, begin + batch);
+    std::future<std::vector<absl::StatusOr<std::string>>> next;
+    if (end < n) {
+      const size_t next_end = std::min(n, end + batch);
+      next = std::async(std::launch::async,
+                        [this, &prefix, end, next_end,
+                         buffers = TakeSpareValues(next_end - end)]() mutable {
+                          return SealRound(prefix, end, next_end, std::move(buffers));
+                        });
+    }
+    WriteRound(prefix, begin, sealed, delta);
+    GiveSpareValues(sealed);
+    if (next.valid()) sealed = next.get();
   }
   Count(prefix.scope.group, delta);
 }
 
-void RedisFleetTier::WriteRound(const QueuedPrefix& prefix, size_t begin, size_t end,
+std::vector<std::string> RedisFleetTier::TakeSpareValues(size_t count) {
+  std::vector<std::string> buffers(count);
+  for (size_t k = 0; k < count && !spare_values_.empty(); ++k) {
+    buffers[k] = std::move(spare_values_.back());
+    spare_values_.pop_back();
+  }
+  return buffers;
+}
+
+void RedisFleetTier::GiveSpareValues(std::vector<absl::StatusOr<std::string>>& values) {
+  for (absl::StatusOr<std::string>& value : values) {
+    if (value.ok() && spare_values_.size() < 2 * options_.write_batch_pages) {
+      spare_values_.push_back(*std::move(value));
+    }
+  }
+  values.clear();
+}
+
+std::vector<absl::StatusOr<std::string>> RedisFleetTier::SealRound(
+    const QueuedPrefix& prefix, size_t begin, size_t end, std::vector<std::string> buffers) {
+  const FleetScope& scope = prefix.scope;
+  std::vector<absl::StatusOr<std::string>> values(end - begin, absl::UnknownError("not sealed"));
+  buffers.resize(end - begin);
+  ParallelFor(end - begin, options_.open_threads, [&](size_t k) {
+    const FleetPage& page = prefix.pages[begin + k];
+    absl::Status sealed = SealPageValueInto(scope.shape, scope.layout_hash, page.key_name,
+                                            page.payload, scope.keys->value_key, &buffers[k]);
+    values[k] = sealed.ok() ? absl::StatusOr<std::string>(std::move(buffers[k]))
+                            : absl::StatusOr<std::string>(sealed);
+  });
+  return values;
+}
+
+void RedisFleetTier::WriteRound(const QueuedPrefix& prefix, size_t begin,
+                                const std::vector<absl::StatusOr<std::string>>& values,
                                 FleetCounters& delta) {
   const FleetScope& scope = prefix.scope;
-  std::vector<std::string> values;
-  values.reserve(end - begin);
-  for (size_t i = begin; i < end; ++i) {
-    const FleetPage& page = prefix.pages[i];
-    absl::StatusOr<std::string> value = SealPageValue(scope.shape, scope.layout_hash, page.key_name,
-                                                      page.payload, scope.keys->value_key);
+  for (const absl::StatusOr<std::string>& value : values) {
     if (!value.ok()) {
       log::Error("fleet.seal_failed", {{"group", scope.group}, {"status", value.status()}});
-      delta.write_errors += end - begin;
+      delta.write_errors += values.size();
       return;
     }
-    values.push_back(*std::move(value));
   }
   const std::string ttl_ms = absl::StrCat(absl::ToInt64Milliseconds(options_.value_ttl));
   std::vector<KeyedCommand> commands;
-  for (size_t i = begin; i < end; ++i) {
-    const std::string& key = prefix.pages[i].key_name;
-    KeyedCommand command{key, {"SET", key, values[i - begin]}};
+  for (size_t k = 0; k < values.size(); ++k) {
+    const std::string& key = prefix.pages[begin + k].key_name;
+    KeyedCommand command{key, {"SET", key, *values[k]}};
     if (options_.value_ttl > absl::ZeroDuration()) {
       command.args.push_back("PX");
       command.args.push_back(ttl_ms);
@@ -155,7 +203,7 @@ void RedisFleetTier::WriteRound(const QueuedPrefix& prefix, size_t begin, size_t
   for (size_t k = 0; k < replies.size(); ++k) {
     if (replies[k].ok() && (*replies[k])->type != REDIS_REPLY_ERROR) {
       ++delta.pages_written;
-      delta.bytes_written += values[k].size();
+      delta.bytes_written += values[k]->size();
       continue;
     }
     ++delta.write_errors;
@@ -176,14 +224,13 @@ void RedisFleetTier::NoteWriteHealth(bool ok, const absl::Status& failure) {
   }
 }
 
-template <typename Prepare, typename Accept>
+template <typename Accept>
 RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key_names,
                                                absl::string_view command, size_t window,
-                                               absl::Time deadline, Prepare prepare,
-                                               Accept accept) {
+                                               absl::Time deadline, Accept accept) {
   if (key_names.empty()) return RunEnd::kComplete;
-  // With read_ahead two clients take turns: while this thread judges one window's replies
-  // (checksums and decryption for GET), the next window is fetched on another thread. A run that
+  // With read_ahead two clients take turns: while this thread judges one window's replies, the
+  // next window is fetched on another thread. A run that
   // ends early has fetched at most one window too many; the fetch in flight is awaited (bounded by
   // `deadline`).
   ClusterClientPool::Lease first = readers_.Borrow(), second = readers_.Borrow();
@@ -201,7 +248,6 @@ RedisFleetTier::RunEnd RedisFleetTier::ReadRun(absl::Span<const std::string> key
     if (options_.read_ahead && start + window < key_names.size()) {
       next = std::async(std::launch::async, fetch, start + window, clients[turn ^ 1]);
     }
-    prepare(start, replies);
     for (size_t i = start; i < std::min(key_names.size(), start + window); ++i) {
       absl::StatusOr<RedisReply>& reply = replies[i - start];
       if (!reply.ok() || (*reply)->type == REDIS_REPLY_ERROR) return RunEnd::kError;
@@ -225,9 +271,7 @@ size_t RedisFleetTier::Lookup(const FleetScope& scope, absl::Span<const std::str
     ++present;
     return RunEnd::kComplete;
   };
-  auto nothing_to_prepare = [](size_t, std::vector<absl::StatusOr<RedisReply>>&) {};
-  const RunEnd end =
-      ReadRun(key_names, "EXISTS", options_.lookup_window, deadline, nothing_to_prepare, exists);
+  const RunEnd end = ReadRun(key_names, "EXISTS", options_.lookup_window, deadline, exists);
   FleetCounters delta;
   delta.lookups = 1;
   delta.hit_pages = present;
@@ -237,48 +281,105 @@ size_t RedisFleetTier::Lookup(const FleetScope& scope, absl::Span<const std::str
   return present;
 }
 
+namespace {
+
+// Get's writer: each payload into its own string.
+class StringPayloads final : public PayloadWriter {
+ public:
+  StringPayloads(size_t pages, size_t payload_bytes)
+      : payloads(pages), payload_bytes_(payload_bytes) {}
+  absl::Status Write(size_t page, uint64_t offset, absl::string_view bytes) override {
+    std::string& payload = payloads[page];
+    if (payload.size() != payload_bytes_) payload.resize(payload_bytes_);
+    if (offset + bytes.size() > payload.size()) {
+      return absl::OutOfRangeError("fleet payload written past its size");
+    }
+    std::memcpy(payload.data() + offset, bytes.data(), bytes.size());
+    return absl::OkStatus();
+  }
+  std::vector<std::string> payloads;
+
+ private:
+  const size_t payload_bytes_;
+};
+
+}  // namespace
+
 std::vector<std::string> RedisFleetTier::Get(const FleetScope& scope,
                                              absl::Span<const std::string> key_names,
                                              absl::Time deadline) {
-  std::vector<std::string> payloads;
+  StringPayloads strings(key_names.size(), scope.shape.payload_bytes());
+  const size_t verified = GetInto(scope, key_names, deadline, strings);
+  strings.payloads.resize(verified);
+  return std::move(strings.payloads);
+}
+
+size_t RedisFleetTier::GetInto(const FleetScope& scope, absl::Span<const std::string> key_names,
+                               absl::Time deadline, PayloadWriter& writer) {
+  const size_t n = key_names.size();
+  const size_t window = options_.get_window;
+  RunEnd end = RunEnd::kComplete;
+  size_t stop = n;      // the first page whose reply ended the run (absent, error)
+  size_t verified = 0;  // pages [0, verified) opened and verified
+  {
+    // Values are received straight into 2 x window buffers and opened on helper threads as
+    // each one is whole, while this thread receives the next; a window is asked for once the
+    // buffers it needs are free again.
+    OpenPipeline pipeline(scope, key_names, writer, {options_.open_threads, 2 * window},
+                          &value_buffers_);
+    ClusterClientPool::Lease client = readers_.Borrow();
+    for (size_t first = 0; first < n && end == RunEnd::kComplete && !pipeline.AnyRefused();
+         first += window) {
+      const size_t count = std::min(window, n - first);
+      pipeline.WaitForSlots(first, count);
+      std::vector<KeyedCommand> commands;
+      commands.reserve(count);
+      for (size_t i = first; i < first + count; ++i) {
+        commands.push_back({key_names[i], {"GET", key_names[i]}, pipeline.SinkFor(i)});
+      }
+      const std::vector<absl::StatusOr<RedisReply>> replies = client->Execute(commands, deadline);
+      for (size_t k = 0; k < count; ++k) {
+        const absl::StatusOr<RedisReply>& reply = replies[k];
+        if (!reply.ok() || (*reply)->type == REDIS_REPLY_ERROR) {
+          end = RunEnd::kError;
+        } else if ((*reply)->type != REDIS_REPLY_STRING) {
+          end = RunEnd::kMiss;  // nil: absent (or evicted)
+        } else {
+          continue;  // received into its buffer and being opened, or dropped for its size
+        }
+        stop = first + k;
+        break;
+      }
+    }
+    pipeline.Finish();
+    for (; verified < stop; ++verified) {
+      const OpenPipeline::PageEnd page_end = pipeline.end(verified);
+      if (page_end == OpenPipeline::PageEnd::kOk) continue;
+      // Refused values (checksum, header, size, tag) are misses, never served.
+      const bool corrupt = page_end == OpenPipeline::PageEnd::kRefused ||
+                           page_end == OpenPipeline::PageEnd::kWrongSize;
+      end = corrupt ? RunEnd::kCorrupt : RunEnd::kError;
+      if (corrupt) {
+        const PageValueVerdict verdict = page_end == OpenPipeline::PageEnd::kWrongSize
+                                             ? PageValueVerdict::kShort
+                                             : pipeline.verdict(verified);
+        log::Warn("fleet.value_refused",
+                  {{"group", scope.group},
+                   {"page", static_cast<unsigned long long>(verified)},
+                   {"verdict", PageValueVerdictName(verdict)}});
+      }
+      break;
+    }
+  }
   FleetCounters delta;
   delta.lookups = 1;
-  // A window's values are checked and decrypted on up to `open_threads` threads, then taken in
-  // order until the first that did not verify.
-  size_t window_start = 0;
-  std::vector<PageValueVerdict> verdicts;
-  std::vector<std::string> opened;
-  auto open_window = [&](size_t start, std::vector<absl::StatusOr<RedisReply>>& replies) {
-    window_start = start;
-    verdicts.assign(replies.size(), PageValueVerdict::kOtherVersion);
-    opened.assign(replies.size(), std::string());
-    ParallelFor(replies.size(), options_.open_threads, [&](size_t k) {
-      if (!replies[k].ok() || (*replies[k])->type != REDIS_REPLY_STRING) return;
-      verdicts[k] = OpenPageValue(ReplyText(**replies[k]), scope.shape, scope.layout_hash,
-                                  key_names[start + k], scope.keys->value_key, &opened[k]);
-    });
-  };
-  auto verified = [&](size_t i, const redisReply& reply) {
-    if (reply.type != REDIS_REPLY_STRING) return RunEnd::kMiss;
-    const size_t k = i - window_start;
-    if (verdicts[k] != PageValueVerdict::kOk) {
-      log::Warn("fleet.value_refused", {{"group", scope.group},
-                                        {"page", static_cast<unsigned long long>(i)},
-                                        {"verdict", PageValueVerdictName(verdicts[k])}});
-      return RunEnd::kCorrupt;
-    }
-    delta.bytes_read += opened[k].size();
-    payloads.push_back(std::move(opened[k]));
-    return RunEnd::kComplete;
-  };
-  const RunEnd end =
-      ReadRun(key_names, "GET", options_.get_window, deadline, open_window, verified);
-  delta.hit_pages = payloads.size();
+  delta.hit_pages = verified;
+  delta.bytes_read = verified * scope.shape.payload_bytes();
   delta.misses = end == RunEnd::kMiss || end == RunEnd::kCorrupt ? 1 : 0;
   delta.corrupt = end == RunEnd::kCorrupt ? 1 : 0;
   delta.read_errors = end == RunEnd::kError ? 1 : 0;
   Count(scope.group, delta);
-  return payloads;
+  return verified;
 }
 
 void RedisFleetTier::Count(const std::string& group, const FleetCounters& delta) {

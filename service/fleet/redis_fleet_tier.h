@@ -8,16 +8,22 @@
 //
 // Writing: PutAsync appends to a queue bounded by `max_queue_bytes` (payload bytes queued or being
 // written); one writer thread takes one published prefix at a time, seals its pages
-// (page_value.h: AES-256-GCM + XXH64) and sends them as SETs, `write_batch_pages` per pipelined
-// round, each round bounded by `write_timeout`. The destructor stops the writer after the round
-// in flight; what is still queued is discarded and counted as dropped (Flush first to drain).
+// (page_value.h: AES-256-GCM + XXH64, one pass) on up to `open_threads` threads and sends them as
+// SETs, `write_batch_pages` per pipelined round (the values are written from their own memory,
+// not copied into a command buffer), each round bounded by `write_timeout`; the next round is
+// sealed while one is on the wire, into the buffers of earlier rounds' values (up to
+// 2 x write_batch_pages values kept by the writer). The destructor stops the writer after the
+// round in flight; what is still queued is discarded and counted as dropped (Flush first to
+// drain).
 //
-// Reading: each Lookup/Get borrows two cluster clients from a pool (client_pool.h: one fetches
-// the next window on a helper thread while the caller checks the current one), asks
-// `lookup_window` keys per EXISTS round or `get_window` per GET round (pipelined per node; a GET
-// round holds its values in memory until it is checked; its values are checked and decrypted on
-// up to `open_threads` threads), and stops at the first key
-// that is absent, fails or does not verify. Every round is bounded by the caller's deadline.
+// Reading: Lookup borrows two cluster clients from a pool (client_pool.h: one fetches the next
+// window on a helper thread while the caller checks the current one) and asks `lookup_window`
+// keys per EXISTS round. Get/GetInto borrow one client and ask `get_window` keys per GET round
+// (pipelined per node); each value is received straight from the socket into one of
+// 2 x get_window buffers (resp_reader.h, kept between calls) and, as soon as it is whole, checked
+// and decrypted in one pass into the caller's writer on up to `open_threads` helper threads
+// (open_pipeline.h), while this thread receives the next. Both stop at the first key that is
+// absent, fails or does not verify. Every round is bounded by the caller's deadline.
 //
 // Thread-safe. mu_ protects the queue; counters_mu_ the counters; the writer's client is used
 // by the writer thread only.
@@ -40,6 +46,7 @@
 #include "service/fleet/cluster_client.h"
 #include "service/fleet/fleet_tier.h"
 #include "service/fleet/node_records.h"
+#include "service/fleet/open_pipeline.h"
 
 namespace kvkeep::fleet {
 
@@ -54,11 +61,14 @@ struct RedisFleetOptions {
   absl::Duration write_timeout = absl::Seconds(2);
   // Default: 64. Keys asked per lookup round.
   size_t lookup_window = 64;
-  // Default: 8. Keys asked per GET round (8 llama3-8b pages: 16 MiB in flight).
+  // Default: 8. Keys asked per GET round. 2 x get_window value buffers per Get in flight, kept
+  // between calls (16 llama3-8b values: 32 MiB).
   size_t get_window = 8;
-  // Default: true. Fetch the next window on a second client while the current one is checked.
+  // Default: true. Lookup fetches the next EXISTS window on a second client while the current
+  // one is checked.
   bool read_ahead = true;
-  // Default: 4. Threads (the caller's included) that check and decrypt one GET window's values.
+  // Default: 4. Helper threads of one Get that check and decrypt values while the caller's
+  // thread receives; also the threads that seal one write round.
   size_t open_threads = 4;
   // Default: 8. Idle reader clients kept.
   size_t max_idle_clients = 8;
@@ -79,6 +89,8 @@ class RedisFleetTier final : public FleetTier {
                 absl::Time deadline) override;
   std::vector<std::string> Get(const FleetScope& scope, absl::Span<const std::string> key_names,
                                absl::Time deadline) override;
+  size_t GetInto(const FleetScope& scope, absl::Span<const std::string> key_names,
+                 absl::Time deadline, PayloadWriter& writer) override;
   FleetCounters Counters() const override;
   std::map<std::string, FleetCounters> CountersByGroup() const override;
   FleetClusterStatus ClusterStatus(absl::Time deadline) override;
@@ -101,8 +113,19 @@ class RedisFleetTier final : public FleetTier {
   void WriterLoop();
   // Seals and writes one prefix's pages, counting the outcome.
   void WritePrefix(const QueuedPrefix& prefix);
-  // Seals and writes pages [begin, end) of `prefix`, adding the outcome to `delta`.
-  void WriteRound(const QueuedPrefix& prefix, size_t begin, size_t end, FleetCounters& delta);
+  // The sealed values of pages [begin, end) of `prefix` (sealed on up to open_threads threads),
+  // each sealed into the matching string of `buffers` (reused when it has the value's size).
+  std::vector<absl::StatusOr<std::string>> SealRound(const QueuedPrefix& prefix, size_t begin,
+                                                     size_t end, std::vector<std::string> buffers);
+  // `count` strings for SealRound: spare ones first, then empty ones. Writer thread only.
+  std::vector<std::string> TakeSpareValues(size_t count);
+  // Keeps the sealed strings of `values` (up to 2 x write_batch_pages kept) and clears it.
+  // Writer thread only.
+  void GiveSpareValues(std::vector<absl::StatusOr<std::string>>& values);
+  // Writes the sealed `values` of pages [begin, begin + values.size()), adding the outcome to
+  // `delta`.
+  void WriteRound(const QueuedPrefix& prefix, size_t begin,
+                  const std::vector<absl::StatusOr<std::string>>& values, FleetCounters& delta);
   bool QueueIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return queue_.empty() && writing_ == 0;
   }
@@ -110,13 +133,11 @@ class RedisFleetTier final : public FleetTier {
     return !queue_.empty() || stopping_;
   }
 
-  // Runs `command` ("EXISTS" or "GET") over key_names `window` keys at a time;
-  // `prepare(start, replies)` sees each window's replies first (any of them may be a failure),
-  // then `accept(i, reply)` judges each reply in order and returns how the run goes on
-  // (kComplete: continue).
-  template <typename Prepare, typename Accept>
+  // Runs `command` ("EXISTS") over key_names `window` keys at a time; `accept(i, reply)` judges
+  // each reply in order and returns how the run goes on (kComplete: continue).
+  template <typename Accept>
   RunEnd ReadRun(absl::Span<const std::string> key_names, absl::string_view command, size_t window,
-                 absl::Time deadline, Prepare prepare, Accept accept);
+                 absl::Time deadline, Accept accept);
   void Count(const std::string& group, const FleetCounters& delta);
   // Logs a write failure when the writer goes from healthy to failing, and the recovery.
   void NoteWriteHealth(bool ok, const absl::Status& failure);
@@ -125,8 +146,12 @@ class RedisFleetTier final : public FleetTier {
   const RedisFleetOptions options_;
 
   ClusterClientPool readers_;
+  ValueBufferCache value_buffers_;  // GetInto's value buffers, kept between calls
   RedisClusterClient writer_client_;  // writer thread only
   bool writer_failing_ = false;       // writer thread only
+  // Sealed-value buffers kept between rounds and prefixes (at most 2 x write_batch_pages values:
+  // 64 MiB for llama3-8b), so sealing does not fault in fresh memory for every value.
+  std::vector<std::string> spare_values_;  // writer thread only
 
   absl::Mutex mu_;
   std::deque<QueuedPrefix> queue_ ABSL_GUARDED_BY(mu_);

@@ -110,11 +110,16 @@ class FleetE2eTest : public ::testing::Test {
     std::remove(password_file_.c_str());
   }
 
-  absl::Status StartNode(DaemonProcess& d, const std::string& name) {
+  absl::Status StartNode(DaemonProcess& d, const std::string& name,
+                         std::vector<std::string> extra_flags = {}) {
     std::vector<std::string> seeds;
     for (const auto& s : cluster_->seeds()) seeds.push_back(s.ToString());
-    RETURN_IF_ERROR(d.Start({"--fleet_redis=" + absl::StrJoin(seeds, ","), "--fleet_user=kvkeep",
-                             "--fleet_password_file=" + password_file_, "--node_name=" + name}));
+    std::vector<std::string> flags = {"--fleet_redis=" + absl::StrJoin(seeds, ","),
+                                      "--fleet_user=kvkeep",
+                                      "--fleet_password_file=" + password_file_,
+                                      "--node_name=" + name};
+    flags.insert(flags.end(), extra_flags.begin(), extra_flags.end());
+    RETURN_IF_ERROR(d.Start(flags));
     for (const auto& [group, secret] : {std::pair{"team", kTeamSecret},
                                         std::pair{"other", kOtherSecret}}) {
       auto set = d.Admin()->SetGroupSecret(group, secret);
@@ -366,6 +371,90 @@ TEST_F(FleetE2eTest, ANodeWithAnotherSecretIsNamedByFleetStatus) {
   std::optional<v1::FleetPeer> healed = peer_b_seen_by_a("other=" + same.fingerprint());
   ASSERT_TRUE(healed.has_value());
   EXPECT_THAT(healed->mismatches(), ::testing::IsEmpty());
+}
+
+// 2 layers x 2 KV heads, head_dim 128, bf16, 16 tokens per page: 8 KiB pool pages, 32 KiB of
+// KV per token page, so a 1 MiB pool holds 32 token pages.
+v1::ModelLayout BigPageLayout() {
+  v1::ModelLayout layout = TestLayout("big-page-model");
+  layout.set_head_dim(128);
+  layout.set_dtype(v1::DTYPE_BF16);
+  layout.set_tokens_per_page(16);
+  return layout;
+}
+
+TEST_F(FleetE2eTest, APoolShortageImportsThePagesThatFit) {
+  // B with a 1 MiB pool (one 1 MiB arena: 128 pages of 8 KiB = 32 token pages of this model).
+  b_.Stop(SIGTERM);
+  ASSERT_OK(StartNode(b_, "node-b", {"--pool_mib=1", "--arena_mib=1"}));
+  Client* a = Worker(a_, "alpha", "team");
+  Client* b = Worker(b_, "beta", "team");
+  ASSERT_TRUE(a && b);
+  ASSERT_OK(a->RegisterModel(BigPageLayout()));
+  ASSERT_OK(b->RegisterModel(BigPageLayout()));
+  constexpr uint32_t kTokens = 40 * 16;  // 40 token pages: more than B's pool holds
+  const uint64_t head_bytes = uint64_t{kTokens} * 128 * 2;
+  const std::vector<uint32_t> prompt = Prompt(kTokens, 7);
+  ASSERT_OK_AND_ASSIGN(std::string on_a, a->CreateSequence("big-page-model"));
+  ASSERT_OK(a->Allocate(on_a, kTokens));
+  for (uint32_t layer = 0; layer < 2; ++layer) {
+    for (uint32_t head = 0; head < 2; ++head) {
+      const std::string k = PatternBytes(500 + layer * 2 + head, head_bytes);
+      const std::string v = PatternBytes(600 + layer * 2 + head, head_bytes);
+      ASSERT_OK(a->WriteInPlace(on_a, layer, head, 0, kTokens, k.data(), v.data()));
+    }
+  }
+  ASSERT_OK(a->Commit(on_a, kTokens));
+  ASSERT_OK(a->PublishPrefix(on_a, prompt));
+  bool there = false;
+  for (int i = 0; i < 100 && !there; ++i, absl::SleepFor(absl::Milliseconds(50))) {
+    auto seen = b->LookupPrefix("big-page-model", prompt);
+    there = seen.ok() && seen->fleet_tokens() == kTokens;
+  }
+  ASSERT_TRUE(there) << "A's pages never reached the cluster";
+
+  // The first 32 token pages fit: imported and reused, bit-exact; the rest is left to prefill.
+  ASSERT_OK_AND_ASSIGN(v1::PageTable tb, b->CreateSequenceWithPrefix("big-page-model", prompt));
+  EXPECT_EQ(tb.fleet_tokens(), 32u * 16);
+  EXPECT_EQ(tb.shared_tokens(), 32u * 16);
+  const uint64_t got_bytes = uint64_t{32} * 16 * 128 * 2;
+  for (uint32_t layer = 0; layer < 2; ++layer) {
+    for (uint32_t head = 0; head < 2; ++head) {
+      ASSERT_OK_AND_ASSIGN(HeadData back, b->ReadHead(tb.sequence_id(), layer, head));
+      ASSERT_GE(back.keys.size(), got_bytes);
+      EXPECT_TRUE(back.keys.substr(0, got_bytes) ==
+                  PatternBytes(500 + layer * 2 + head, head_bytes).substr(0, got_bytes))
+          << "layer " << layer << " head " << head;
+      EXPECT_TRUE(back.values.substr(0, got_bytes) ==
+                  PatternBytes(600 + layer * 2 + head, head_bytes).substr(0, got_bytes))
+          << "layer " << layer << " head " << head;
+    }
+  }
+}
+
+TEST_F(FleetE2eTest, ANewModelsLayoutReachesPeersAtOnce) {
+  Client* a = Worker(a_, "alpha", "team");
+  Client* b = Worker(b_, "beta", "team");
+  ASSERT_TRUE(a && b);
+  // Let both records settle (written at start and on SetGroupSecret), then register a model on
+  // A: B must see its layout long before the 20 s refresh.
+  absl::SleepFor(absl::Milliseconds(500));
+  v1::ModelLayout fresh = TestLayout("fresh-model");
+  fresh.set_head_dim(16);
+  ASSERT_OK(a->RegisterModel(fresh));
+  const absl::Time registered = absl::Now();
+  bool seen = false;
+  while (!seen && absl::Now() < registered + absl::Seconds(5)) {
+    auto status = b_.Admin()->GetFleetStatus();
+    ASSERT_OK(status);
+    for (const v1::FleetPeer& p : status->peers()) {
+      if (p.node_name() == "node-a") {
+        seen = absl::StrContains(absl::StrJoin(p.layouts(), " "), "fresh-model=");
+      }
+    }
+    if (!seen) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(seen) << "node-a's record did not show fresh-model within 5 s";
 }
 
 TEST_F(FleetE2eTest, KillingAMasterDuringLookupsAndPublishesKeepsBothDaemonsAnswering) {
