@@ -588,7 +588,9 @@ TEST_F(ShareTest, ConcurrentPublishersAndReadersKeepCountsAndChargesExact) {
           ++shared_seen;
         }
         ExpectPrefixBytes(cl, seq, 16, 6);
-        if (round % 2 == 0) ASSERT_OK(cl.Drop(seq));  // the rest go when the session ends
+        if (round % 2 == 0) {
+          ASSERT_OK(cl.Drop(seq));  // the rest go when the session ends
+        }
       }
     });
   }

@@ -59,7 +59,9 @@ class SpillTest : public ::testing::Test {
       }
     }
     EXPECT_OK(client_->Commit(*seq, n));
-    if (release) EXPECT_OK(client_->Release(*seq));
+    if (release) {
+      EXPECT_OK(client_->Release(*seq));
+    }
     return *seq;
   }
 

@@ -89,7 +89,9 @@ TEST(SpillFaultTest, AcknowledgedSpillsSurviveKillNineAtRandomMoments) {
   auto list = daemon.Admin()->ListSequences("alpha");
   ASSERT_OK(list);
   for (const auto& s : list->sequences()) {
-    if (s.tier() == v1::TIER_SPILLED) EXPECT_OK((*c)->Acquire(s.sequence_id()));
+    if (s.tier() == v1::TIER_SPILLED) {
+      EXPECT_OK((*c)->Acquire(s.sequence_id()));
+    }
   }
   std::printf("%zu acknowledged spills verified over 4 kill -9 rounds\n", acknowledged.size());
 }
