@@ -104,71 +104,6 @@ TEST_F(PagePoolTest, DoubleFreeDoesNotCorruptCounters) {
   EXPECT_EQ(pool.Stats().used_pages, 2u);
 }
 
-// A CUDA_VMM_FD arena without a GPU: its export fd is a socket, which, like the driver's fd behind
-// a cuMem shareable handle, cannot be re-opened through /proc/self/fd.
-class SocketFdArena final : public Arena {
- public:
-  explicit SocketFdArena(std::size_t bytes) {
-    handle_.kind = ArenaExportKind::kCudaVmmFd;
-    handle_.size_bytes = bytes;
-    handle_.device_ordinal = 0;
-    int pair[2] = {-1, -1};
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
-      fd_ = pair[0];
-      close(pair[1]);
-    }
-  }
-  ~SocketFdArena() override {
-    if (fd_ >= 0) close(fd_);
-  }
-  const ArenaHandle& handle() const override { return handle_; }
-  int export_fd() const override { return fd_; }
-
- private:
-  ArenaHandle handle_;
-  int fd_ = -1;
-};
-
-class SocketFdBackend final : public Backend {
- public:
-  std::string name() const override { return "socket-fd"; }
-  absl::StatusOr<std::unique_ptr<Arena>> CreateArena(std::size_t bytes) override {
-    return std::unique_ptr<Arena>(std::make_unique<SocketFdArena>(bytes));
-  }
-  absl::Status Write(Arena&, std::size_t, const void*, std::size_t) override {
-    return absl::UnimplementedError("no bytes here");
-  }
-  absl::Status Read(const Arena&, std::size_t, void*, std::size_t) const override {
-    return absl::UnimplementedError("no bytes here");
-  }
-  absl::Status Copy(const Arena&, std::size_t, Arena&, std::size_t, std::size_t) override {
-    return absl::UnimplementedError("no bytes here");
-  }
-};
-
-// A sharing group's CUDA_VMM_FD arena is handed out as a dup of the driver fd: re-opening it
-// O_RDONLY (what makes a host memfd read-only) fails on such an fd, or would open an unrelated one.
-TEST(PagePoolFdTest, ReadOnlyFdOfACudaVmmArenaIsTheSameFile) {
-  SocketFdBackend backend;
-  PagePool pool(&backend, {.capacity_bytes = 64 * 8, .arena_bytes = 64 * 8});
-  std::vector<uint64_t> pages;
-  std::vector<ArenaInfo> fresh;
-  ASSERT_OK(pool.Allocate("a", PageGeometry::Of(2, 4, v1::DTYPE_FP32), 1, &pages, &fresh));
-  ASSERT_EQ(fresh.size(), 1u);
-  const int source = pool.ArenaOf(pages[0])->export_fd();
-  ASSERT_GE(source, 0);
-  struct stat want;
-  ASSERT_EQ(fstat(source, &want), 0);
-  for (bool read_only : {false, true}) {
-    ASSERT_OK_AND_ASSIGN(int fd, pool.DupExportFd("a", fresh[0].id, read_only));
-    struct stat got;
-    ASSERT_EQ(fstat(fd, &got), 0);
-    EXPECT_EQ(got.st_ino, want.st_ino) << "read_only=" << read_only;
-    EXPECT_EQ(got.st_dev, want.st_dev);
-    EXPECT_NE(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
-    close(fd);
-  }
-  EXPECT_THAT(pool.DupExportFd("b", fresh[0].id, true), StatusIs(StatusCode::kPermissionDenied));
 // Reply pins (reply_pins.h): a pinned page freed meanwhile is retired, keeps its bytes and its
 // arena, is never handed out again, and returns to the free list with its last pin.
 TEST_F(PagePoolTest, PinnedPagesFreedMeanwhileAreRetiredUntilTheLastUnpin) {
@@ -274,6 +209,73 @@ TEST_F(PagePoolTest, AwaitUnpinnedWaitsForTheLastPinOrTimesOut) {
   pool.Unpin({pages[0]});
   EXPECT_EQ(pool.Pins().pins, 0u);
   EXPECT_EQ(pool.Stats().used_pages, 3u);
+}
+
+// A CUDA_VMM_FD arena without a GPU: its export fd is a socket, which, like the driver's fd behind
+// a cuMem shareable handle, cannot be re-opened through /proc/self/fd.
+class SocketFdArena final : public Arena {
+ public:
+  explicit SocketFdArena(std::size_t bytes) {
+    handle_.kind = ArenaExportKind::kCudaVmmFd;
+    handle_.size_bytes = bytes;
+    handle_.device_ordinal = 0;
+    int pair[2] = {-1, -1};
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
+      fd_ = pair[0];
+      close(pair[1]);
+    }
+  }
+  ~SocketFdArena() override {
+    if (fd_ >= 0) close(fd_);
+  }
+  const ArenaHandle& handle() const override { return handle_; }
+  int export_fd() const override { return fd_; }
+
+ private:
+  ArenaHandle handle_;
+  int fd_ = -1;
+};
+
+class SocketFdBackend final : public Backend {
+ public:
+  std::string name() const override { return "socket-fd"; }
+  absl::StatusOr<std::unique_ptr<Arena>> CreateArena(std::size_t bytes) override {
+    return std::unique_ptr<Arena>(std::make_unique<SocketFdArena>(bytes));
+  }
+  absl::Status Write(Arena&, std::size_t, const void*, std::size_t) override {
+    return absl::UnimplementedError("no bytes here");
+  }
+  absl::Status Read(const Arena&, std::size_t, void*, std::size_t) const override {
+    return absl::UnimplementedError("no bytes here");
+  }
+  absl::Status Copy(const Arena&, std::size_t, Arena&, std::size_t, std::size_t) override {
+    return absl::UnimplementedError("no bytes here");
+  }
+};
+
+// A sharing group's CUDA_VMM_FD arena is handed out as a dup of the driver fd: re-opening it
+// O_RDONLY (what makes a host memfd read-only) fails on such an fd, or would open an unrelated one.
+TEST(PagePoolFdTest, ReadOnlyFdOfACudaVmmArenaIsTheSameFile) {
+  SocketFdBackend backend;
+  PagePool pool(&backend, {.capacity_bytes = 64 * 8, .arena_bytes = 64 * 8});
+  std::vector<uint64_t> pages;
+  std::vector<ArenaInfo> fresh;
+  ASSERT_OK(pool.Allocate("a", PageGeometry::Of(2, 4, v1::DTYPE_FP32), 1, &pages, &fresh));
+  ASSERT_EQ(fresh.size(), 1u);
+  const int source = pool.ArenaOf(pages[0])->export_fd();
+  ASSERT_GE(source, 0);
+  struct stat want;
+  ASSERT_EQ(fstat(source, &want), 0);
+  for (bool read_only : {false, true}) {
+    ASSERT_OK_AND_ASSIGN(int fd, pool.DupExportFd("a", fresh[0].id, read_only));
+    struct stat got;
+    ASSERT_EQ(fstat(fd, &got), 0);
+    EXPECT_EQ(got.st_ino, want.st_ino) << "read_only=" << read_only;
+    EXPECT_EQ(got.st_dev, want.st_dev);
+    EXPECT_NE(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+    close(fd);
+  }
+  EXPECT_THAT(pool.DupExportFd("b", fresh[0].id, true), StatusIs(StatusCode::kPermissionDenied));
 }
 
 }  // namespace
