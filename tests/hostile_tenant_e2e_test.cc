@@ -4,7 +4,11 @@
 // service/engine/hostile_tenant_test.cc.
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +17,7 @@
 #include <fstream>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/admin_client.h"
@@ -181,21 +186,89 @@ TEST(HostileTenantE2e, UnparseableChunkFailsTheStreamAndSaysWhatWasApplied) {
   EXPECT_THAT(status.error_message(), HasSubstr("applied before it: nothing"));
 }
 
-// Issue 13: kvkeepd is not dumpable, so another process of its uid cannot open
-// /proc/<pid>/fd/* (the memfd arenas). Root bypasses the check: run as a non-root uid (e.g.
-// `setpriv --reuid 65534 --regid 65534 --clear-groups`), skipped under root.
-TEST(HostileTenantE2e, DaemonFdsAreClosedToOtherProcessesOfItsUid) {
-  if (geteuid() == 0) GTEST_SKIP() << "root bypasses /proc access checks; run as a non-root uid";
-  auto fd_dir_opens = [](pid_t pid) {
-    DIR* dir = opendir(absl::StrCat("/proc/", pid, "/fd").c_str());
-    if (dir != nullptr) closedir(dir);
-    return dir != nullptr;
-  };
-  auto fd_opens = [](pid_t pid, int fd) {
+// What a prober sees of a process's open files through /proc: whether /proc/<pid>/fd opens, and
+// how many of /proc/<pid>/fd/0..63 open.
+struct FdProbe {
+  bool dir_opens = false;
+  int fds_opened = 0;
+};
+
+FdProbe ProbeFds(pid_t pid) {
+  FdProbe probe;
+  DIR* dir = opendir(absl::StrCat("/proc/", pid, "/fd").c_str());
+  if (dir != nullptr) {
+    probe.dir_opens = true;
+    closedir(dir);
+  }
+  for (int fd = 0; fd < 64; ++fd) {
     int got = open(absl::StrCat("/proc/", pid, "/fd/", fd).c_str(), O_RDONLY | O_CLOEXEC);
-    if (got >= 0) close(got);
-    return got >= 0;
-  };
+    if (got >= 0) {
+      ++probe.fds_opened;
+      close(got);
+    }
+  }
+  return probe;
+}
+
+// CAP_SYS_PTRACE in this process's capability sets (`data` from capget).
+bool HasPtraceCapability(const __user_cap_data_struct* data) {
+  return (data[CAP_SYS_PTRACE / 32].permitted & (1u << (CAP_SYS_PTRACE % 32))) != 0;
+}
+
+// Takes CAP_SYS_PTRACE out of this process's effective, permitted and inheritable sets (and, with
+// `bounding`, its bounding set, so that programs it starts later, root or not, never get it).
+// Root has it, and it bypasses the dumpable check; a process without it is what "another process
+// of the daemon's uid" means here. A process that never had it has nothing to drop.
+absl::Status DropPtraceCapability(bool bounding) {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  if (syscall(SYS_capget, &header, data) != 0) return absl::InternalError("capget failed");
+  if (!HasPtraceCapability(data)) return absl::OkStatus();
+  if (bounding && prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) != 0) {
+    return absl::InternalError("prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE) failed");
+  }
+  const uint32_t bit = 1u << (CAP_SYS_PTRACE % 32);
+  __user_cap_data_struct& word = data[CAP_SYS_PTRACE / 32];
+  word.inheritable &= ~bit;
+  if (!bounding) {
+    word.effective &= ~bit;
+    word.permitted &= ~bit;
+  }
+  if (syscall(SYS_capset, &header, data) != 0) return absl::InternalError("capset failed");
+  return absl::OkStatus();
+}
+
+// ProbeFds from a forked child of this process (so of the daemon's uid) without CAP_SYS_PTRACE.
+// The child reports through its exit status: bit 0 = the fd directory opened, bit 1 = some fd
+// opened; 64 = it could not drop the capability.
+absl::StatusOr<FdProbe> ProbeFdsWithoutPtraceCapability(pid_t pid) {
+  const pid_t child = fork();
+  if (child < 0) return absl::InternalError("fork failed");
+  if (child == 0) {
+    if (!DropPtraceCapability(/*bounding=*/false).ok()) _exit(64);
+    const FdProbe probe = ProbeFds(pid);
+    _exit((probe.dir_opens ? 1 : 0) | (probe.fds_opened > 0 ? 2 : 0));
+  }
+  int status = 0;
+  if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) {
+    return absl::InternalError("the probing child did not exit normally");
+  }
+  const int code = WEXITSTATUS(status);
+  if (code == 64) return absl::InternalError("the probing child could not drop CAP_SYS_PTRACE");
+  FdProbe probe;
+  probe.dir_opens = (code & 1) != 0;
+  probe.fds_opened = (code & 2) != 0 ? 1 : 0;
+  return probe;
+}
+
+// Issue 13: kvkeepd is not dumpable, so another process of its uid cannot open /proc/<pid>/fd/*
+// (the memfd arenas). The prober is a child of this test, of the daemon's uid, without
+// CAP_SYS_PTRACE. Under root (CI) the capability is first taken out of the bounding set, so the
+// daemons started here lack it too: the kernel also refuses a prober whose permitted set is not a
+// superset of its target's, and the control below must differ from the check only in dumpability.
+// (The fd *directory* of a root daemon stays listable by root, as it shows only fd numbers.)
+TEST(HostileTenantE2e, DaemonFdsAreClosedToOtherProcessesOfItsUid) {
+  ASSERT_OK(DropPtraceCapability(/*bounding=*/true));
   DaemonProcess daemon;
   ASSERT_OK(daemon.Start());
   ASSERT_OK_AND_ASSIGN(std::string token, daemon.CreateTenant("alpha"));
@@ -203,12 +276,17 @@ TEST(HostileTenantE2e, DaemonFdsAreClosedToOtherProcessesOfItsUid) {
   ASSERT_OK(client->RegisterModel(TestLayout()));
   ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("test-model"));
   ASSERT_OK(client->Allocate(seq, 8).status());  // an arena exists now
-  EXPECT_FALSE(fd_dir_opens(daemon.pid()));
-  for (int fd = 0; fd < 64; ++fd) EXPECT_FALSE(fd_opens(daemon.pid(), fd)) << "fd " << fd;
-  // Control: with --dumpable the same process can (so the check above can fail).
+  ASSERT_OK_AND_ASSIGN(FdProbe closed, ProbeFdsWithoutPtraceCapability(daemon.pid()));
+  EXPECT_EQ(closed.fds_opened, 0);
+  if (geteuid() != 0) {
+    EXPECT_FALSE(closed.dir_opens);
+  }
+  // Control: with --dumpable the same prober can (so the check above can fail).
   DaemonProcess debug;
   ASSERT_OK(debug.Start({"--dumpable"}));
-  EXPECT_TRUE(fd_dir_opens(debug.pid()));
+  ASSERT_OK_AND_ASSIGN(FdProbe open, ProbeFdsWithoutPtraceCapability(debug.pid()));
+  EXPECT_TRUE(open.dir_opens);
+  EXPECT_GT(open.fds_opened, 0);
 }
 
 // RegisterModel read an unparseable chunk as the end of its stream and registered what it had.
