@@ -13,6 +13,7 @@
 #include "gpu/math/attention_math.h"
 #include "gpu/math/rope_math.h"
 #include "gpu/math/scoring_math.h"
+#include "service/eviction/attention_mass.h"
 #include "service/eviction/scorer_kernels.h"
 #include "service/eviction/scorers_internal.h"
 #include "service/eviction/worker_pool.h"
@@ -362,23 +363,13 @@ void ScoreRandom(const Policy& policy, const LayerInputs& in, HeadScores* out) {
   }
 }
 
-// h2o (observed = false) and observed: the group-mean attention mass of each token, for KV head g.
-// False when a group sum is not finite (a non-finite mass entry, or overflow).
+// h2o (observed = false) and observed: the group-mean attention mass of each token, for KV head g
+// (one fused pass, attention_mass.h). False when a group sum is not finite (a non-finite mass
+// entry, or overflow).
 bool ScoreAttentionMass(const Ctx& c, int g, bool observed, std::vector<float>& s) {
-  const LayerInputs& in = c.in;
-  const float inv_g = 1.0f / static_cast<float>(c.group);
-  const HeadKV& h = in.heads[g];
-  std::fill(s.begin(), s.end(), 0.0f);
-  for (int r = 0; r < c.group; ++r) {
-    const std::vector<float>& mass = in.attention_mass[g * c.group + r];
-    for (int j = 0; j < h.n; ++j) s[j] += mass[j];
-  }
-  if (!AllFinite(s.data(), s.size())) return false;
-  for (int j = 0; j < h.n; ++j) {
-    const float v = s[j] * inv_g;
-    s[j] = observed ? gm::ObservedScore(v, c.next, PositionOf(h, j)) : v;
-  }
-  return true;
+  const HeadKV& h = c.in.heads[g];
+  return internal::GroupAttentionMass(c.in.attention_mass.data() + static_cast<size_t>(g) * c.group,
+                                      c.group, h.n, h.positions, c.next, observed, s.data());
 }
 
 // Whether every KV head of the layer holds the same token positions.
