@@ -1,6 +1,7 @@
 #include "service/eviction/attention_mass.h"
 
 #include <cstring>
+#include <limits>
 
 #include "gpu/math/scoring_math.h"
 #include "service/eviction/scorers_internal.h"
@@ -14,7 +15,6 @@ namespace gm = ::kvkeep::gpu_math;
 // enables FMA, so every lane rounds as the scalar expression does.
 typedef float F8 __attribute__((vector_size(32)));
 typedef int32_t I8 __attribute__((vector_size(32)));
-typedef double D8 __attribute__((vector_size(64)));
 
 // Everything is inlined into the cloned pass, so that its AVX2 clone compiles them for AVX2 too.
 #define KVKEEP_MASS_INLINE __attribute__((always_inline)) inline
@@ -51,14 +51,14 @@ KVKEEP_MASS_INLINE void Tokens(const std::vector<float>* rows, int group, int be
   }
 }
 
-// The pass, eight tokens at a time. float(next - pos) is formed as float(double(next) -
-// double(pos)): with |next| <= 2^53 both doubles and their difference are exact, so the one
-// rounding to float is that of the int64 conversion (the caller checks the range).
+// The pass, eight tokens at a time. float(next - pos) is formed in int32 lanes: with 0 <= next <=
+// INT32_MAX (the caller checks) and 0 <= pos the difference is exact in int32, and its conversion
+// to float rounds once, as the int64 one does.
 template <bool kObserved, bool kPositions>
 KVKEEP_MASS_INLINE bool Pass(const std::vector<float>* rows, int group, int n,
                              const int32_t* positions, int64_t next, float* out) {
   const float inv_g = 1.0f / static_cast<float>(group);
-  const double next_d = static_cast<double>(next);
+  const I8 next8 = I8{0, 0, 0, 0, 0, 0, 0, 0} + static_cast<int32_t>(next);
   F8 check = {0, 0, 0, 0, 0, 0, 0, 0};
   I8 pos = {0, 1, 2, 3, 4, 5, 6, 7};  // !kPositions: the token indices
   int j = 0;
@@ -73,8 +73,7 @@ KVKEEP_MASS_INLINE bool Pass(const std::vector<float>* rows, int group, int n,
     F8 v = s * inv_g;
     if constexpr (kObserved) {
       if constexpr (kPositions) Load(&pos, positions + j);
-      const D8 den = next_d - __builtin_convertvector(pos, D8);
-      v /= __builtin_convertvector(den, F8);
+      v /= __builtin_convertvector(next8 - pos, F8);
       if constexpr (!kPositions) pos += 8;
     }
     Store(out + j, v);
@@ -89,9 +88,8 @@ KVKEEP_MASS_INLINE bool Pass(const std::vector<float>* rows, int group, int n,
 KVKEEP_SIMD_CLONES bool MassPass(const std::vector<float>* rows, int group, int n,
                                  const int32_t* positions, int64_t next, bool observed,
                                  float* out) {
-  constexpr int64_t kExactInDouble = int64_t{1} << 53;
   if (!observed) return Pass<false, false>(rows, group, n, nullptr, next, out);
-  if (next > kExactInDouble || next < -kExactInDouble) {  // beyond any real context: one by one
+  if (next < 0 || next > std::numeric_limits<int32_t>::max()) {  // beyond any real context
     float check = 0.0f;
     Tokens<true>(rows, group, 0, n, positions, next, 1.0f / static_cast<float>(group), &check,
                  out);

@@ -21,7 +21,7 @@ namespace kvkeep::eviction::internal {
 //   h2o      (observed = false): out[j] = S_j * (1.0f / group)
 //   observed (observed = true):  out[j] = (S_j * (1.0f / group)) / float(next - pos_j)
 // rows: the group's `group` (>= 1) attention-mass rows, each of at least n floats. positions,
-// when given, ascending and < next (as ValidateLayerInputs requires).
+// when given, >= 0, ascending and < next (as ValidateLayerInputs requires).
 // False when some S_j is not finite (a non-finite mass entry, or overflow of finite ones); out
 // then holds S_j itself for every j (not the mean), as the unfused scorer left it.
 bool GroupAttentionMass(const std::vector<float>* rows, int group, int n, const int32_t* positions,

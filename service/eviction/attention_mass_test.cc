@@ -76,7 +76,7 @@ TEST(AttentionMass, FusedPassIsBitForBitTheUnfusedLoops) {
       for (bool with_positions : {false, true}) {
         const int32_t* p = with_positions ? pos.data() : nullptr;
         const int64_t last = n == 0 ? -1 : (with_positions ? pos.back() : n - 1);
-        for (int64_t next : {last + 1, last + 12345, int64_t{3} << 40}) {
+        for (int64_t next : {last + 1, last + 12345, int64_t{16777217} + 3 * n}) {
           for (bool observed : {false, true}) {
             std::vector<float> want;
             ASSERT_TRUE(Reference(rows, n, p, next, observed, want));
@@ -94,12 +94,13 @@ TEST(AttentionMass, FusedPassIsBitForBitTheUnfusedLoops) {
   }
 }
 
-// A next position beyond 2^53 (the pass's exact double route does not apply): still the
-// reference's bits, which round float(next - pos).
+// A next position beyond INT32_MAX (the pass's int32 lanes do not apply): still the reference's
+// bits, which round float(next - pos) from int64.
 TEST(AttentionMass, HugeNextPositionRoundsAsTheInt64Conversion) {
   const int n = 37;
   const auto rows = Mass(4, n, 5);
-  for (int64_t next : {(int64_t{1} << 53) + 1, (int64_t{1} << 60) + 12345}) {
+  for (int64_t next : {int64_t{2147483647}, int64_t{2147483648}, (int64_t{1} << 53) + 1,
+                       (int64_t{1} << 60) + 12345}) {
     std::vector<float> want, got(n);
     ASSERT_TRUE(Reference(rows, n, nullptr, next, true, want));
     ASSERT_TRUE(GroupAttentionMass(rows.data(), 4, n, nullptr, next, true, got.data()));

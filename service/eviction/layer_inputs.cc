@@ -6,38 +6,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "service/eviction/finite_scan.h"
 #include "service/eviction/layer_inputs_sketch.h"
 
 namespace kvkeep::eviction {
 namespace {
 
 inline int32_t PositionOf(const HeadKV& h, int j) { return h.positions ? h.positions[j] : j; }
-
-// Index of the first non-finite entry, or -1. x * 0 is (+-)0 for finite x and NaN for NaN/Inf, so a
-// block whose lanes sum to 0 is clean: the common case is one vectorised pass; the slow path only
-// locates the culprit.
-template <typename T>
-int64_t FirstNonFinite(const T* x, int64_t count) {
-  constexpr int64_t kBlock = 1024;
-  for (int64_t start = 0; start < count; start += kBlock) {
-    const int64_t end = std::min(count, start + kBlock);
-    T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = start;
-    for (; i + 8 <= end; i += 8) {
-      for (int l = 0; l < 8; ++l) acc[l] += x[i + l] * T(0);
-    }
-    T tail = 0;
-    for (; i < end; ++i) tail += x[i] * T(0);
-    T total = tail;
-    for (int l = 0; l < 8; ++l) total += acc[l];
-    if (total != T(0)) {  // x * 0 is 0 for finite x and NaN for NaN/Inf.
-      for (int64_t k = start; k < end; ++k) {
-        if (!std::isfinite(x[k])) return k;
-      }
-    }
-  }
-  return -1;
-}
 
 template <typename T>
 absl::Status CheckFinite(const T* x, int64_t count, absl::string_view what) {

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gpu/math/policy_defaults.h"
+#include "service/eviction/finite_scan.h"
 
 namespace kvkeep::eviction {
 namespace {
@@ -31,12 +32,12 @@ absl::Status CheckShape(const LayerInputs& in) {
 }
 
 absl::Status CheckValues(const LayerInputs& in) {
-  for (size_t i = 0; i < in.sketch_centroids.size(); ++i) {
-    if (!std::isfinite(in.sketch_centroids[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sketch_centroids holds a non-finite value (", in.sketch_centroids[i],
-                       ") at flat index ", i));
-    }
+  const int64_t bad = FirstNonFinite(in.sketch_centroids.data(),
+                                     static_cast<int64_t>(in.sketch_centroids.size()));
+  if (bad >= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sketch_centroids holds a non-finite value (", in.sketch_centroids[bad],
+        ") at flat index ", bad));
   }
   for (int h = 0; h < in.q_heads; ++h) {
     bool any_positive = false;
