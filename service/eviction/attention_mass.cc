@@ -33,8 +33,8 @@ KVKEEP_MASS_INLINE float GroupSum(const std::vector<float>* rows, int group, int
 
 // One token, exactly the unfused expression; *check += S_j * 0 (NaN when S_j is not finite).
 template <bool kObserved>
-KVKEEP_MASS_INLINE float Token(const std::vector<float>* rows, int group, float inv_g,
-                               int64_t next, int32_t pos, int j, float* check) {
+KVKEEP_MASS_INLINE float Token(const std::vector<float>* rows, int group, float inv_g, int64_t next,
+                               int32_t pos, int j, float* check) {
   const float s = GroupSum(rows, group, j);
   *check += s * 0.0f;
   const float v = s * inv_g;
@@ -91,8 +91,7 @@ KVKEEP_SIMD_CLONES bool MassPass(const std::vector<float>* rows, int group, int 
   if (!observed) return Pass<false, false>(rows, group, n, nullptr, next, out);
   if (next < 0 || next > std::numeric_limits<int32_t>::max()) {  // beyond any real context
     float check = 0.0f;
-    Tokens<true>(rows, group, 0, n, positions, next, 1.0f / static_cast<float>(group), &check,
-                 out);
+    Tokens<true>(rows, group, 0, n, positions, next, 1.0f / static_cast<float>(group), &check, out);
     return check == 0.0f;
   }
   return positions ? Pass<true, true>(rows, group, n, positions, next, out)

@@ -2,7 +2,7 @@
 // attention mass of each token, and for observed that mean divided by how many queries could see
 // the token. Internal to the scorers (service/eviction/scorers.cc calls it per KV head).
 //
-// One pass over the group's mass rows, in blocks of tokens that stay in L1: the group sum, its
+// One pass over the group's mass rows, eight tokens at a time in registers: the group sum, its
 // NaN/Inf check, the mean and observed's division, AVX2 where the CPU has it. Every score is bit
 // for bit what the unfused loops gave (the sum from 0.0f in increasing row order, then * (1/G),
 // then / float(next - position)); only the schedule differs.

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace kvkeep::eviction::internal {
@@ -82,11 +83,10 @@ TEST(AttentionMass, FusedPassIsBitForBitTheUnfusedLoops) {
             ASSERT_TRUE(Reference(rows, n, p, next, observed, want));
             std::vector<float> got(n, -1.0f);
             ASSERT_TRUE(GroupAttentionMass(rows.data(), group, n, p, next, observed, got.data()));
-            ExpectSameBits(got, want, "n " + std::to_string(n) + " group " +
-                                          std::to_string(group) + " positions " +
-                                          std::to_string(with_positions) + " next " +
-                                          std::to_string(next) + " observed " +
-                                          std::to_string(observed));
+            ExpectSameBits(got, want,
+                           "n " + std::to_string(n) + " group " + std::to_string(group) +
+                               " positions " + std::to_string(with_positions) + " next " +
+                               std::to_string(next) + " observed " + std::to_string(observed));
           }
         }
       }
