@@ -49,6 +49,7 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
   --base_port N         the local cluster's first port (default 36000)
   --open_threads N      threads checking/decrypting a GET window (default: the tier's, 4)
   --no_read_ahead       the tier fetches one window at a time
+  --open_on_receiver    GET values are opened on the receiving thread, no helper threads
   --json                JSON on stdout instead of the table
   --smoke               tiny layout, 8 pages, 1 rep (CI)
   --sequence            also: the time to create a --tokens sequence on node B from a prefix
@@ -63,7 +64,7 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
 struct Options {
   int pages = 64, reps = 5, base_port = 36000, open_threads = 4;
   std::string layout = "llama3-8b", seeds, user, password_file, script = "deploy/redis-cluster";
-  bool json = false, read_ahead = true;
+  bool json = false, read_ahead = true, open_on_receiver = false;
   bool sequence = false, smoke = false;
   int tokens = 2048, seq_reps = 3;
   double prefill_tok_s = 10000;
@@ -96,6 +97,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
       return 0;
     } else if (a == "--no_read_ahead") {
       o->read_ahead = false;
+    } else if (a == "--open_on_receiver") {
+      o->open_on_receiver = true;
     } else if (a == "--json") {
       o->json = true;
     } else if (a == "--smoke") {
@@ -269,6 +272,12 @@ class BufferWriter final : public fleet::PayloadWriter {
     if (offset + bytes.size() > to.size()) return absl::OutOfRangeError("past the buffer");
     std::memcpy(to.data() + offset, bytes.data(), bytes.size());
     return absl::OkStatus();
+  }
+  // The tier decrypts straight into the buffers (as the daemon's writer could into host pool
+  // pages); nullptr past the end makes it fall back to Write, which refuses.
+  char* Destination(size_t page, uint64_t offset, size_t size) override {
+    std::string& to = (*out_)[page];
+    return offset + size <= to.size() ? to.data() + offset : nullptr;
   }
 
  private:
@@ -505,6 +514,7 @@ int RunFleetBench(int argc, char** argv) {
   options.write_timeout = absl::Seconds(60);
   options.open_threads = static_cast<size_t>(o.open_threads);
   options.read_ahead = o.read_ahead;
+  options.open_on_receiver = o.open_on_receiver;
   absl::StatusOr<std::unique_ptr<fleet::RedisFleetTier>> tier =
       fleet::RedisFleetTier::Create(options);
   fleet::RedisClusterClient probe(options.cluster);

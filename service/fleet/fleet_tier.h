@@ -56,6 +56,14 @@ class PayloadWriter {
  public:
   virtual ~PayloadWriter() = default;
   virtual absl::Status Write(size_t page, uint64_t offset, absl::string_view bytes) = 0;
+  // Host memory where bytes [offset, offset + size) of `page`'s payload go, when the writer has
+  // it (contiguous, writable, until the run ends): the tier then decrypts straight into it and
+  // does not call Write for those bytes (no copy out of a buffer of its own). nullptr (the
+  // default): the tier decrypts into its own buffer and calls Write. Same threads, same
+  // not-yet-verified contract as Write.
+  virtual char* Destination(size_t /*page*/, uint64_t /*offset*/, size_t /*size*/) {
+    return nullptr;
+  }
 };
 
 // Counters since the tier started, per group or summed.

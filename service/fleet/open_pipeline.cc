@@ -35,7 +35,7 @@ OpenPipeline::OpenPipeline(const FleetScope& scope, absl::Span<const std::string
     : scope_(scope),
       key_names_(key_names),
       writer_(writer),
-      options_{std::max<size_t>(1, options.threads), std::max<size_t>(1, options.slots)},
+      options_{options.threads, std::max<size_t>(1, options.slots)},
       buffers_(buffers),
       value_bytes_(scope.shape.payload_bytes() + kPageValueOverheadBytes),
       sinks_(key_names.size()),
@@ -73,6 +73,15 @@ char* OpenPipeline::BufferFor(size_t page, size_t length) {
 }
 
 void OpenPipeline::Submit(size_t page) {
+  if (options_.threads == 0) {  // opened here, on the receiving thread: no hand-over
+    {
+      absl::MutexLock lock(&mu_);
+      slot_busy_[page % options_.slots] = true;
+      ++opening_;
+    }
+    Open(page);
+    return;
+  }
   bool start_helper = false;
   {
     absl::MutexLock lock(&mu_);
@@ -108,6 +117,9 @@ void OpenPipeline::Open(size_t page) {
   const absl::string_view value(slot_buffers_[slot].get(), value_bytes_);
   absl::StatusOr<PageValueVerdict> verdict = OpenPageValueInto(
       value, scope_.shape, scope_.layout_hash, key_names_[page], scope_.keys->value_key,
+      [this, page](uint64_t offset, size_t size) {
+        return writer_.Destination(page, offset, size);
+      },
       [this, page](uint64_t offset, absl::string_view bytes) {
         return writer_.Write(page, offset, bytes);
       });

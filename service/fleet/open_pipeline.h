@@ -54,7 +54,9 @@ class ValueBufferCache {
 };
 
 struct OpenPipelineOptions {
-  size_t threads = 4;  // helper threads, at most
+  // Helper threads, at most. 0: no helpers, the receiving thread opens each value itself as soon
+  // as it is whole (in its sink's Filled), while the next values wait in the socket buffers.
+  size_t threads = 4;
   size_t slots = 16;   // value buffers (pages in flight: received, not yet opened)
 };
 

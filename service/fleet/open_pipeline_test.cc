@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
 #include <random>
 #include <string>
@@ -95,6 +96,49 @@ TEST_F(OpenPipelineTest, OpensEveryValueIntoItsPageWhileSlotsAreReused) {
     }
     EXPECT_FALSE(pipeline.AnyRefused());
   }
+}
+
+// Like Collect, but the pipeline decrypts straight into its pages (no Write calls).
+class DirectCollect final : public PayloadWriter {
+ public:
+  explicit DirectCollect(size_t pages, size_t bytes) : got_(pages, std::string(bytes, '\0')) {}
+  absl::Status Write(size_t, uint64_t, absl::string_view) override {
+    ++writes_;
+    return absl::InternalError("Write called although Destination had memory");
+  }
+  char* Destination(size_t page, uint64_t offset, size_t size) override {
+    return offset + size <= got_[page].size() ? got_[page].data() + offset : nullptr;
+  }
+  const std::string& page(size_t i) const { return got_[i]; }
+  int writes() const { return writes_.load(); }
+
+ private:
+  std::vector<std::string> got_;
+  std::atomic<int> writes_{0};
+};
+
+TEST_F(OpenPipelineTest, OpensOnTheReceivingThreadStraightIntoDestinations) {
+  DirectCollect out(kPages, scope_.shape.payload_bytes());
+  OpenPipeline pipeline(scope_, names_, out, {.threads = 0, .slots = 2}, &buffers_);
+  std::string flipped = values_[5];
+  flipped[flipped.size() - 30] ^= 0x02;  // in the tag
+  for (size_t first = 0; first < kPages; first += 2) {
+    pipeline.WaitForSlots(first, 2);  // opened inline: never waits
+    Deliver(pipeline, first, first == 4 ? flipped : values_[first]);
+    Deliver(pipeline, first + 1, values_[first + 1]);
+  }
+  pipeline.Finish();
+  EXPECT_EQ(out.writes(), 0);
+  for (size_t i = 0; i < kPages; ++i) {
+    if (i == 4) {
+      EXPECT_EQ(pipeline.end(i), OpenPipeline::PageEnd::kRefused);
+      EXPECT_EQ(pipeline.verdict(i), PageValueVerdict::kChecksum);
+      continue;
+    }
+    EXPECT_EQ(pipeline.end(i), OpenPipeline::PageEnd::kOk) << i;
+    EXPECT_TRUE(out.page(i) == payloads_[i]) << "page " << i;
+  }
+  EXPECT_TRUE(pipeline.AnyRefused());
 }
 
 TEST_F(OpenPipelineTest, RefusedWrongSizedAndMissingValuesAreNeverOk) {

@@ -210,6 +210,18 @@ absl::StatusOr<PageValueVerdict> OpenPageValueInto(absl::string_view value,
                                                    absl::string_view key_name,
                                                    absl::string_view value_key,
                                                    PayloadChunkWriter write) {
+  return OpenPageValueInto(
+      value, shape, layout_hash, key_name, value_key,
+      [](uint64_t, size_t) -> char* { return nullptr; }, write);
+}
+
+absl::StatusOr<PageValueVerdict> OpenPageValueInto(absl::string_view value,
+                                                   const PageShape& shape,
+                                                   absl::string_view layout_hash,
+                                                   absl::string_view key_name,
+                                                   absl::string_view value_key,
+                                                   PayloadChunkTarget target,
+                                                   PayloadChunkWriter write) {
   if (value.size() < 6 || std::memcmp(value.data(), kMagic, sizeof(kMagic)) != 0 ||
       GetLe(value, 4, 2) != kPageValueVersion) {
     return PageValueVerdict::kOtherVersion;
@@ -233,13 +245,18 @@ absl::StatusOr<PageValueVerdict> OpenPageValueInto(absl::string_view value,
   if (!gcm.Init(value_key, header.substr(kNonceOffset, kNonceBytes), header, key_name)) {
     return PageValueVerdict::kAuthentication;
   }
-  std::unique_ptr<char[]> plain(new char[kOpenChunkBytes]);
+  std::unique_ptr<char[]> plain;  // only for chunks the target has no memory for
   const absl::string_view cipher = value.substr(kPageValueHeaderBytes, stored_payload);
   bool decrypted = true;
   for (size_t done = 0; done < cipher.size(); done += kOpenChunkBytes) {
     const absl::string_view chunk = cipher.substr(done, kOpenChunkBytes);
     sum.Update(chunk);
     if (!decrypted) continue;  // hash on: a corrupted value still says kChecksum
+    if (char* const direct = target(done, chunk.size()); direct != nullptr) {
+      decrypted = gcm.Update(chunk, direct);  // straight into the destination: no copy
+      continue;
+    }
+    if (plain == nullptr) plain.reset(new char[kOpenChunkBytes]);
     decrypted = gcm.Update(chunk, plain.get());
     if (!decrypted) continue;
     if (absl::Status written = write(done, absl::string_view(plain.get(), chunk.size()));

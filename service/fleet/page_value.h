@@ -120,6 +120,20 @@ absl::StatusOr<PageValueVerdict> OpenPageValueInto(absl::string_view value,
                                                    absl::string_view value_key,
                                                    PayloadChunkWriter write);
 
+// Where OpenPageValueInto may decrypt bytes [offset, offset + size) of the payload directly
+// (host memory, writable), or nullptr: then they are decrypted into a buffer of its own and given
+// to `write`. Called once per chunk, in increasing offsets.
+using PayloadChunkTarget = absl::FunctionRef<char*(uint64_t offset, size_t size)>;
+// OpenPageValueInto that decrypts each chunk straight into `target`'s memory where it has some
+// (no copy), into `write` otherwise. Same checks, verdicts and garbage-on-failure contract.
+absl::StatusOr<PageValueVerdict> OpenPageValueInto(absl::string_view value,
+                                                   const PageShape& shape,
+                                                   absl::string_view layout_hash,
+                                                   absl::string_view key_name,
+                                                   absl::string_view value_key,
+                                                   PayloadChunkTarget target,
+                                                   PayloadChunkWriter write);
+
 }  // namespace kvkeep::fleet
 
 #endif  // KVKEEP_SERVICE_FLEET_PAGE_VALUE_H_

@@ -272,5 +272,65 @@ TEST_F(PageValueIntoTest, AWriterErrorStopsTheOpening) {
   EXPECT_EQ(pieces, 1);
 }
 
+// Direct targets: chunks at even chunk indexes go straight into `out`, odd ones through the
+// writer (so both paths and their mix are covered).
+absl::StatusOr<PageValueVerdict> OpenMixed(absl::string_view value, const PageShape& shape,
+                                           absl::string_view layout_hash, absl::string_view name,
+                                           absl::string_view key, std::string* out,
+                                           int* targeted, int* written) {
+  out->assign(shape.payload_bytes(), '\0');
+  *targeted = *written = 0;
+  return OpenPageValueInto(
+      value, shape, layout_hash, name, key,
+      [&](uint64_t offset, size_t size) -> char* {
+        EXPECT_EQ(offset % kOpenChunkBytes, 0u);
+        EXPECT_LE(offset + size, out->size());
+        if ((offset / kOpenChunkBytes) % 2 == 1) return nullptr;
+        ++*targeted;
+        return out->data() + offset;
+      },
+      [&](uint64_t offset, absl::string_view bytes) {
+        EXPECT_EQ((offset / kOpenChunkBytes) % 2, 1u);
+        out->replace(offset, bytes.size(), bytes.data(), bytes.size());
+        ++*written;
+        return absl::OkStatus();
+      });
+}
+
+TEST_F(PageValueIntoTest, DecryptsStraightIntoTargetsAndWritesTheRestBitExact) {
+  std::string out;
+  int targeted = 0, written = 0;
+  ASSERT_OK_AND_ASSIGN(PageValueVerdict verdict, OpenMixed(value_, shape_, layout_hash_, kName,
+                                                           key_, &out, &targeted, &written));
+  EXPECT_EQ(verdict, PageValueVerdict::kOk);
+  EXPECT_EQ(out, payload_);
+  EXPECT_GT(targeted, 0);
+  EXPECT_GT(written, 0);
+  EXPECT_EQ(targeted + written, static_cast<int>((shape_.payload_bytes() + kOpenChunkBytes - 1) /
+                                                 kOpenChunkBytes));
+}
+
+TEST_F(PageValueIntoTest, ACorruptedValueIsRefusedWhenDecryptedIntoTargets) {
+  for (size_t at : {kPageValueHeaderBytes + 5, kPageValueHeaderBytes + kOpenChunkBytes + 9,
+                    value_.size() - 20 /* the tag */, value_.size() - 3 /* the checksum */}) {
+    std::string bad = value_;
+    bad[at] ^= 0x10;
+    std::string out;
+    int targeted = 0, written = 0;
+    ASSERT_OK_AND_ASSIGN(PageValueVerdict verdict, OpenMixed(bad, shape_, layout_hash_, kName,
+                                                             key_, &out, &targeted, &written));
+    EXPECT_EQ(verdict, PageValueVerdict::kChecksum) << "byte " << at;
+  }
+  // Another key (checksum fine): decrypted into the targets, then refused by the tag.
+  std::string out;
+  int targeted = 0, written = 0;
+  ASSERT_OK_AND_ASSIGN(PageValueVerdict verdict,
+                       OpenMixed(value_, shape_, layout_hash_, kName, std::string(32, 'z'), &out,
+                                 &targeted, &written));
+  EXPECT_EQ(verdict, PageValueVerdict::kAuthentication);
+  EXPECT_GT(targeted, 0);
+  EXPECT_NE(out, payload_);
+}
+
 }  // namespace
 }  // namespace kvkeep::fleet

@@ -297,6 +297,12 @@ class StringPayloads final : public PayloadWriter {
     std::memcpy(payload.data() + offset, bytes.data(), bytes.size());
     return absl::OkStatus();
   }
+  // Decrypted straight into the string (sized here, by the one thread opening this page).
+  char* Destination(size_t page, uint64_t offset, size_t size) override {
+    std::string& payload = payloads[page];
+    if (payload.size() != payload_bytes_) payload.resize(payload_bytes_);
+    return offset + size <= payload.size() ? payload.data() + offset : nullptr;
+  }
   std::vector<std::string> payloads;
 
  private:
@@ -325,7 +331,8 @@ size_t RedisFleetTier::GetInto(const FleetScope& scope, absl::Span<const std::st
     // Values are received straight into 2 x window buffers and opened on helper threads as
     // each one is whole, while this thread receives the next; a window is asked for once the
     // buffers it needs are free again.
-    OpenPipeline pipeline(scope, key_names, writer, {options_.open_threads, 2 * window},
+    OpenPipeline pipeline(scope, key_names, writer,
+                          {options_.open_on_receiver ? 0 : options_.open_threads, 2 * window},
                           &value_buffers_);
     ClusterClientPool::Lease client = readers_.Borrow();
     for (size_t first = 0; first < n && end == RunEnd::kComplete && !pipeline.AnyRefused();

@@ -70,6 +70,9 @@ struct RedisFleetOptions {
   // Default: 4. Helper threads of one Get that check and decrypt values while the caller's
   // thread receives; also the threads that seal one write round.
   size_t open_threads = 4;
+  // Default: false. Get opens each value on the receiving thread as soon as it is whole (no
+  // helper threads, no hand-over; the next values wait in the socket buffers meanwhile).
+  bool open_on_receiver = false;
   // Default: 8. Idle reader clients kept.
   size_t max_idle_clients = 8;
   // Default: zero (no expiry: Redis's maxmemory policy evicts). A TTL set on every value.
