@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/failure_reason.h"
 #include "common/status_macros.h"
+#include "rocksdb/sst_file_writer.h"
 #include "rocksdb/write_batch.h"
 #include "service/storage/rocksdb_status.h"
 #include "service/storage/spill_format.h"
@@ -157,6 +158,7 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
   rocksdb::Status s = RemoveLeftoverPagesLocked(plan.prefix);
   if (!s.ok()) return db_failed(s, "removing the pages of an earlier attempt");
   const bool single = plan.total_bytes <= plan.batch_bytes;
+  if (!single && options_.ingest_large_spills) return IngestPagesLocked(plan, source);
   // One batch (or the largest run, when a run is larger than a batch); reused by every batch.
   const uint64_t staging_bytes = std::max<uint64_t>(
       1, std::min(plan.total_bytes, std::max(plan.batch_bytes, plan.largest_run)));
@@ -206,6 +208,76 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
   flush.wait = true;
   s = db_->Flush(flush, pages_);
   if (!s.ok()) return db_failed(s, "flushing pages");
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  s = db_->Put(w, manifests_, plan.mkey,
+               EncodeManifest(*plan.spill, plan.metas, plan.total_bytes, plan.page_count,
+                              plan.created, plan.pages_per_value));
+  if (!s.ok()) return db_failed(s, "writing the manifest");
+  return absl::OkStatus();
+}
+
+absl::Status SpillStore::IngestPagesLocked(WritePlan& plan, SpillPageSource* source) {
+  auto db_failed = [&](const rocksdb::Status& s, absl::string_view step) {
+    plan.db_error = s;
+    return FromRocksDb(s, absl::StrCat("spilling sequence ", plan.mkey, " (", plan.page_count,
+                                       " pages, ", plan.total_bytes, " bytes): ", step));
+  };
+  rocksdb::Env* env = config_.db.env;
+  const std::string file =
+      absl::StrCat(IngestDir(), "/", ingest_files_.fetch_add(1, std::memory_order_relaxed), ".sst");
+  // The file outside the database: removed whatever happens (after a successful ingestion
+  // RocksDB has already moved it; a crash leaves it to OpenDbLocked).
+  struct RemoveFile {
+    rocksdb::Env* env;
+    const std::string& path;
+    ~RemoveFile() { env->DeleteFile(path).PermitUncheckedError(); }
+  } remove_file{env, file};
+
+  // The SST file: each run as one value in key order, written straight to the file (write-back
+  // started every DBOptions::bytes_per_sync bytes), synced by Finish. Page cache kept, as for a
+  // plain file write; filters built as for a flushed file.
+  rocksdb::SstFileWriter writer(rocksdb::EnvOptions(config_.db),
+                                rocksdb::Options(config_.db, config_.pages), pages_,
+                                /*invalidate_page_cache=*/false);
+  rocksdb::Status s = writer.Open(file);
+  if (!s.ok()) return db_failed(s, "creating the file to ingest");
+  // Staging: one batch of runs (or the largest run), reused.
+  const uint64_t staging_bytes =
+      std::max<uint64_t>(1, std::min(plan.total_bytes, std::max(plan.batch_bytes, plan.largest_run)));
+  std::unique_ptr<char[]> staging = std::make_unique_for_overwrite<char[]>(staging_bytes);
+  std::string key;
+  size_t begin = 0;
+  while (begin < plan.runs.size()) {
+    size_t end = begin;
+    uint64_t bytes = 0;
+    while (end < plan.runs.size() &&
+           (end == begin || bytes + plan.runs[end].bytes <= plan.batch_bytes)) {
+      bytes += plan.runs[end++].bytes;
+    }
+    RETURN_IF_ERROR(
+        ReadRuns(plan.runs, begin, end, source, plan.mkey, staging.get(), &plan.metas));
+    const char* src = staging.get();
+    for (size_t i = begin; i < end; ++i) {
+      const ValueRun& run = plan.runs[i];
+      key = PageKey(plan.prefix, run.head, run.first);
+      s = writer.Put(key, rocksdb::Slice(src, run.bytes));
+      if (!s.ok()) return db_failed(s, "writing pages to the file to ingest");
+      src += run.bytes;
+    }
+    begin = end;
+  }
+  staging.reset();
+  s = writer.Finish();
+  if (!s.ok()) return db_failed(s, "syncing the file to ingest");
+
+  // Into the database: hard-linked (copied where links fail), synced, and recorded in RocksDB's
+  // synced MANIFEST; the pages are then durable but not listed until the manifest below.
+  rocksdb::IngestExternalFileOptions ingest;
+  ingest.move_files = true;
+  plan.wrote = true;
+  s = db_->IngestExternalFile(pages_, {file}, ingest);
+  if (!s.ok()) return db_failed(s, "ingesting pages");
   rocksdb::WriteOptions w;
   w.sync = true;
   s = db_->Put(w, manifests_, plan.mkey,
