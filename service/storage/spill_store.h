@@ -24,13 +24,16 @@
 //               head the token count, kept positions, and each page's size and XXH64 checksum,
 //               total bytes, created time), with a checksum of its own.
 // A spill (Write, Put) up to Options::write_batch_bytes writes every page and the manifest in ONE
-// WriteBatch with sync = true. A larger one writes its pages in batches of at most that size
-// without the WAL, flushes the pages' memtables (blob and table files synced), and writes the
-// manifest last with sync = true: the manifest is the commit point. Either way the spill is
-// entirely durable and listed, or not listed; a half-written spill can never be listed. A crash
-// between batches leaves page keys without a manifest: the retry of the same spill deletes them
-// first, Recover() at startup deletes any others. Head index h is layer-major as in
-// SequenceTable (h = layer * kv_heads + kv_head).
+// WriteBatch with sync = true. A larger one (Options::ingest_large_spills, the default) writes its
+// pages into one SST file outside the database (`<path>.ingest/`, rocksdb::SstFileWriter, synced),
+// moves it into "pages" with IngestExternalFile (values inline in that SST, not in blob files),
+// and writes the manifest last with sync = true: the manifest is the commit point. (With
+// ingest_large_spills = false: batches without the WAL, then a flush of the pages' memtables.)
+// Either way the spill is entirely durable and listed, or not listed; a half-written spill can
+// never be listed. A crash after the ingestion (or between memtable batches) leaves page keys
+// without a manifest: the retry of the same spill deletes them first, Recover() at startup
+// deletes any others; a crash before it leaves only a file in `<path>.ingest/`, which Open
+// deletes. Head index h is layer-major as in SequenceTable (h = layer * kv_heads + kv_head).
 //
 // Errors. Disk trouble (I/O error, disk full) is UNAVAILABLE naming the operation. RocksDB stops
 // accepting writes after a failed WAL write; the store then resumes it, or closes and reopens the

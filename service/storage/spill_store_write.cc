@@ -3,8 +3,14 @@
 //
 // A spill of at most Options::write_batch_bytes is one WriteBatch holding its pages and its
 // manifest, written with sync = true through the WAL: atomic, as in every earlier release.
-// A larger spill never holds more than one batch of its pages:
-//   1. page keys of an earlier attempt of the same sequence (a crash between batches) are deleted;
+// A larger spill never holds more than one batch of its pages. By default
+// (Options::ingest_large_spills, IngestPagesLocked) the batches are written into one SST file
+// (rocksdb::SstFileWriter: no memtable, no flush; write-back started every bytes_per_sync), which
+// is synced, ingested (IngestExternalFile: linked into the database, synced, recorded in RocksDB's
+// synced MANIFEST), and then the manifest is written with sync = true (the commit point). The
+// memtable path (ingest_large_spills = false):
+//   1. page keys of an earlier attempt of the same sequence (a crash between batches) are deleted
+//      (both paths);
 //   2. each batch of value runs is read from the source into one staging buffer, checksummed, and
 //      written with disableWAL: its bytes go to the memtable and, at the flush, once to a blob
 //      file (not twice, WAL + blob file);
