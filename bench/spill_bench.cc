@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "rocksdb/db.h"
+#include "service/process_tuning.h"
 #include "service/storage/spill_store.h"
 
 namespace kvkeep::bench {
@@ -69,6 +70,8 @@ struct Options {
   bool direct_reads = false;
   uint64_t wal_bytes_per_sync = 1ull << 20;
   uint64_t write_batch_mib = 64;  // SpillStore::Options::write_batch_bytes default
+  bool ingest = true;             // SpillStore::Options::ingest_large_spills default
+  uint64_t malloc_retain_mib = 0;  // 0: glibc's defaults (as every earlier release of this bench)
   double prefill_tps = 10000;
   bool warm = false;
   bool json = false;
@@ -106,7 +109,12 @@ Flags:
   --wal_bytes_per_sync N  start WAL write-back every N bytes during a Put (default 1048576;
                         0 = off, as in earlier releases)
   --write_batch_mib N   bytes of pages per write batch of a spill (default 64); a larger spill is
-                        written in such batches without the WAL, flushed, then its manifest
+                        written as one ingested SST file (or, with --ingest 0, in such batches
+                        without the WAL, flushed), then its manifest
+  --malloc_retain_mib N  allocator tuning as kvkeepd's --malloc_retain_mib (default 0: glibc's
+                        defaults, as earlier releases of this bench; kvkeepd runs with 256)
+  --ingest 0|1          large spills as one ingested SST file (default 1; 0 = memtable batches
+                        and a flush, as the previous release)
   --prefill_tps X       ASSUMED prefill rate to compare restores with (default 10000 tokens/s,
                         roughly an 8B model on one H100; not measured here)
   --dir PATH            folder for the databases and the file (default: fresh temp folder)
@@ -156,7 +164,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
                                     "--blob_file_mib", "--prefill_tps", "--dir",
                                     "--pages_per_value", "--read_threads", "--read_batch_mib",
                                     "--direct_reads", "--wal_bytes_per_sync",
-                                    "--write_batch_mib"};
+                                    "--write_batch_mib", "--ingest",
+                                    "--malloc_retain_mib"};
     if (std::find_if(std::begin(kValued), std::end(kValued),
                      [&](const char* f) { return name == f; }) == std::end(kValued)) {
       std::fprintf(stderr, "kvkeep-bench spill: unknown flag %s (see --help)\n", name.c_str());
@@ -214,6 +223,11 @@ int ParseFlags(int argc, char** argv, Options* o) {
     } else if (name == "--write_batch_mib") {
       ok = ParseUint(value, &o->write_batch_mib) && o->write_batch_mib > 0 &&
            o->write_batch_mib <= 4096;
+    } else if (name == "--malloc_retain_mib") {
+      ok = ParseUint(value, &o->malloc_retain_mib) && o->malloc_retain_mib <= 2047;
+    } else if (name == "--ingest") {
+      ok = value == "0" || value == "1";
+      o->ingest = value == "1";
     } else if (name == "--wal_bytes_per_sync") {
       ok = ParseUint(value, &o->wal_bytes_per_sync);
     } else if (name == "--prefill_tps") {
@@ -542,7 +556,7 @@ void PrintJson(const Options& o, uint64_t page_bytes, const std::vector<Row>& ro
               "\"compression\":\"%s\",\"cold_reads\":%s,\"reps\":%d,"
               "\"prefill_tokens_per_s_assumed\":%.6g,\"pages_per_value\":%llu,"
               "\"read_threads\":%llu,\"read_batch_mib\":%llu,\"direct_reads\":%s,"
-              "\"wal_bytes_per_sync\":%llu,\"write_batch_mib\":%llu,\"rows\":[",
+              "\"wal_bytes_per_sync\":%llu,\"write_batch_mib\":%llu,\"ingest\":%s,\"malloc_retain_mib\":%llu,\"rows\":[",
               o.shape.name, o.shape.layers, o.shape.kv_heads, o.shape.head_dim, o.shape.dtype,
               o.page_tokens, static_cast<unsigned long long>(page_bytes), o.compression.c_str(),
               o.warm ? "false" : "true", o.reps, o.prefill_tps,
@@ -550,7 +564,8 @@ void PrintJson(const Options& o, uint64_t page_bytes, const std::vector<Row>& ro
               static_cast<unsigned long long>(o.read_threads),
               static_cast<unsigned long long>(o.read_batch_mib), o.direct_reads ? "true" : "false",
               static_cast<unsigned long long>(o.wal_bytes_per_sync),
-              static_cast<unsigned long long>(o.write_batch_mib));
+              static_cast<unsigned long long>(o.write_batch_mib), o.ingest ? "true" : "false",
+              static_cast<unsigned long long>(o.malloc_retain_mib));
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     std::printf("%s{\"tokens\":%u,\"bytes\":%llu,\"pages\":%llu,\"prefill_s_assumed\":%.6g",
@@ -620,6 +635,13 @@ void PrintTable(const Options& o, uint64_t page_bytes, const std::vector<Row>& r
 int RunSpillBench(int argc, char** argv) {
   Options o;
   if (int rc = ParseFlags(argc, argv, &o); rc >= 0) return rc;
+  if (o.malloc_retain_mib > 0) {
+    if (absl::Status tuned = TuneAllocator(o.malloc_retain_mib << 20); !tuned.ok()) {
+      std::fprintf(stderr, "kvkeep-bench spill: --malloc_retain_mib: %s\n",
+                   std::string(tuned.message()).c_str());
+      return 2;
+    }
+  }
   bool own_dir = o.dir.empty();
   if (own_dir) {
     const char* tmp = getenv("TMPDIR");
@@ -646,6 +668,7 @@ int RunSpillBench(int argc, char** argv) {
   so.use_direct_reads = o.direct_reads;
   so.wal_bytes_per_sync = o.wal_bytes_per_sync;
   so.write_batch_bytes = o.write_batch_mib << 20;
+  so.ingest_large_spills = o.ingest;
   int rc = 0;
   std::vector<Row> rows;
   {

@@ -128,12 +128,27 @@ absl::Status SpillStore::OpenDbLocked() {
   handles_ = std::move(handles);
   pages_ = handles_[1];
   manifests_ = handles_[2];
+  RemoveIngestLeftoversLocked();
   absl::Status st = ApplyRollbacksLocked();
   // Pending drops alone do not keep the store closed: the index hides them until they apply.
   if (!st.ok() && rollback_pages_.empty() && rollback_manifests_.empty()) st = absl::OkStatus();
   if (st.ok()) st = RebuildIndexLocked();
   if (!st.ok()) CloseDbLocked();
   return st;
+}
+
+void SpillStore::RemoveIngestLeftoversLocked() {
+  // No spill is being written (db_mu_ held exclusively): every file there is from a spill that
+  // crashed or failed before its ingestion, never part of the database.
+  rocksdb::Env* env = config_.db.env;
+  const std::string dir = IngestDir();
+  env->CreateDirIfMissing(dir).PermitUncheckedError();
+  std::vector<std::string> children;
+  if (!env->GetChildren(dir, &children).ok()) return;
+  for (const std::string& name : children) {
+    if (name == "." || name == "..") continue;
+    env->DeleteFile(dir + "/" + name).PermitUncheckedError();
+  }
 }
 
 void SpillStore::CloseDbLocked() {

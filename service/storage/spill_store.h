@@ -24,13 +24,16 @@
 //               head the token count, kept positions, and each page's size and XXH64 checksum,
 //               total bytes, created time), with a checksum of its own.
 // A spill (Write, Put) up to Options::write_batch_bytes writes every page and the manifest in ONE
-// WriteBatch with sync = true. A larger one writes its pages in batches of at most that size
-// without the WAL, flushes the pages' memtables (blob and table files synced), and writes the
-// manifest last with sync = true: the manifest is the commit point. Either way the spill is
-// entirely durable and listed, or not listed; a half-written spill can never be listed. A crash
-// between batches leaves page keys without a manifest: the retry of the same spill deletes them
-// first, Recover() at startup deletes any others. Head index h is layer-major as in
-// SequenceTable (h = layer * kv_heads + kv_head).
+// WriteBatch with sync = true. A larger one (Options::ingest_large_spills, the default) writes its
+// pages into one SST file outside the database (`<path>.ingest/`, rocksdb::SstFileWriter, synced),
+// moves it into "pages" with IngestExternalFile (values inline in that SST, not in blob files),
+// and writes the manifest last with sync = true: the manifest is the commit point. (With
+// ingest_large_spills = false: batches without the WAL, then a flush of the pages' memtables.)
+// Either way the spill is entirely durable and listed, or not listed; a half-written spill can
+// never be listed. A crash after the ingestion (or between memtable batches) leaves page keys
+// without a manifest: the retry of the same spill deletes them first, Recover() at startup
+// deletes any others; a crash before it leaves only a file in `<path>.ingest/`, which Open
+// deletes. Head index h is layer-major as in SequenceTable (h = layer * kv_heads + kv_head).
 //
 // Errors. Disk trouble (I/O error, disk full) is UNAVAILABLE naming the operation. RocksDB stops
 // accepting writes after a failed WAL write; the store then resumes it, or closes and reopens the
@@ -46,6 +49,7 @@
 #ifndef KVKEEP_SERVICE_STORAGE_SPILL_STORE_H_
 #define KVKEEP_SERVICE_STORAGE_SPILL_STORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -197,6 +201,15 @@ class SpillStore {
     // Memory of a spill: about 2 x this (the staging buffer and the WriteBatch) plus the
     // memtables (2 x write_buffer_mib), whatever the sequence's size. Default: 64 MiB.
     uint64_t write_batch_bytes = 64ull << 20;
+    // How a spill larger than write_batch_bytes reaches the disk. true: its pages go into one SST
+    // file written outside the database (rocksdb::SstFileWriter: each byte copied once into the
+    // file, write-back started every 1 MiB, one sync), which IngestExternalFile then moves into
+    // the pages family (hard link, synced, recorded in RocksDB's synced MANIFEST); no memtable,
+    // no flush. false: the batches without the WAL, the flush and its syncs of earlier releases.
+    // Either way the manifest is written last with sync = true (the commit point), and both
+    // layouts are read the same way (the values are found by key wherever they live).
+    // Default: true.
+    bool ingest_large_spills = true;
     // Start writing the WAL of a large spill to the disk every this many bytes
     // (DBOptions::wal_bytes_per_sync, sync_file_range without waiting), so the synced write at
     // the end of a Put finds most bytes already written. Durability is unchanged: a Put still
@@ -297,6 +310,8 @@ class SpillStore {
   // Opens db_ and handles_, applies pending roll-backs, rebuilds the index.
   absl::Status OpenDbLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   void CloseDbLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Deletes the files a crashed or failed spill left in IngestDir() (creating it if missing).
+  void RemoveIngestLeftoversLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status RebuildIndexLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   // Makes sure the database is open (reopening it after a failure); call without db_mu_ held.
   absl::Status EnsureOpen() ABSL_LOCKS_EXCLUDED(db_mu_);
@@ -318,6 +333,12 @@ class SpillStore {
   // plan.wrote once a batch may have reached the database.
   absl::Status WriteBatchesLocked(WritePlan& plan, SpillPageSource* source)
       ABSL_SHARED_LOCKS_REQUIRED(db_mu_);
+  // The large-spill path of Options::ingest_large_spills (spill_store_write.cc): the plan's pages
+  // into one SST file in IngestDir(), ingested, then the synced manifest.
+  absl::Status IngestPagesLocked(WritePlan& plan, SpillPageSource* source)
+      ABSL_SHARED_LOCKS_REQUIRED(db_mu_);
+  // Folder of the SST files being written for ingestion: `<path>.ingest`.
+  std::string IngestDir() const { return options_.path + ".ingest"; }
 
   // Registers a Put/Delete of manifest key `mkey`; ABORTED when one is in flight already.
   absl::Status BeginOp(const std::string& mkey, absl::string_view tenant, uint64_t put_bytes);
@@ -332,6 +353,8 @@ class SpillStore {
   // Set once in Open (null when the journal file cannot be opened: Delete then fails on a full
   // disk as any write does); thread-safe itself.
   std::unique_ptr<DropJournal> drops_;
+  // Names of the files written for ingestion (IngestPagesLocked).
+  std::atomic<uint64_t> ingest_files_{0};
 
   // db_mu_ guards the database handle: shared by every operation, exclusive to (re)open, close and
   // Recover. Acquired before mu_.

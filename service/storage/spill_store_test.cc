@@ -468,6 +468,56 @@ TEST_F(SpillStoreTest, FailedWriteListsNothingAndStoreRecovers) {
   EXPECT_THAT(store_->Get("a", "t"), StatusIs(absl::StatusCode::kNotFound));
 }
 
+// A spill larger than one write batch goes through an SST file and IngestExternalFile: a write
+// fault there (the file cannot be written, or its sync fails) lists nothing, leaves no file
+// outside the database, and the same store takes the spill once the disk is back.
+TEST_F(SpillStoreTest, FailedIngestedSpillListsNothingAndStoreRecovers) {
+  FaultEnv& fault = UseFaultEnv();
+  options_.write_batch_bytes = 16 << 10;  // the 64 KiB record below is ingested
+  ASSERT_TRUE(options_.ingest_large_spills);
+  OpenStore();
+  SpillRecord kept = MakeRecord("a", "kept", 2, 2, 4096, 1);  // 16 KiB: one synced batch
+  ASSERT_OK(store_->Put(kept));
+  SpillRecord r = MakeRecord("a", "s", 4, 4, 4096, 7);
+  auto ingest_files = [&] {
+    std::error_code ec;
+    size_t n = 0;
+    for (auto it = std::filesystem::directory_iterator(options_.path + ".ingest", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      ++n;
+    }
+    return n;
+  };
+  for (bool sync_only : {false, true}) {
+    SCOPED_TRACE(sync_only ? "sync fault" : "write fault");
+    const uint64_t before = fault.injected();
+    if (sync_only) {
+      fault.SetSyncFault(FaultEnv::Fault::kIoError);
+    } else {
+      fault.SetWriteFault(FaultEnv::Fault::kNoSpace);
+    }
+    EXPECT_THAT(store_->Put(r), StatusIs(absl::StatusCode::kUnavailable, "spilling sequence a/s"));
+    EXPECT_GT(fault.injected(), before);
+    fault.SetWriteFault(FaultEnv::Fault::kNone);
+    fault.SetSyncFault(FaultEnv::Fault::kNone);
+    EXPECT_EQ(ingest_files(), 0u);
+    ASSERT_OK_AND_ASSIGN(auto list, store_->List());
+    EXPECT_THAT(Ids(list), ElementsAre("a/kept"));
+    EXPECT_EQ(store_->BytesOf("a"), PageBytes(kept));
+  }
+  ASSERT_OK(store_->Put(r));
+  ASSERT_OK_AND_ASSIGN(SpillRecord got, store_->Get("a", "s"));
+  ExpectSameRecord(got, r);
+  ASSERT_OK_AND_ASSIGN(got, store_->Get("a", "kept"));
+  ExpectSameRecord(got, kept);
+  OpenStore();
+  ASSERT_OK_AND_ASSIGN(SpillRecoveryReport report, store_->Recover());
+  EXPECT_EQ(report.orphan_pages, 0u);
+  EXPECT_EQ(report.sequences, 2u);
+  ASSERT_OK_AND_ASSIGN(got, store_->Get("a", "s"));
+  ExpectSameRecord(got, r);
+}
+
 TEST_F(SpillStoreTest, FailedSyncIsRolledBackEvenAfterReopen) {
   FaultEnv& fault = UseFaultEnv();
   OpenStore();

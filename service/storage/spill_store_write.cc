@@ -3,8 +3,14 @@
 //
 // A spill of at most Options::write_batch_bytes is one WriteBatch holding its pages and its
 // manifest, written with sync = true through the WAL: atomic, as in every earlier release.
-// A larger spill never holds more than one batch of its pages:
-//   1. page keys of an earlier attempt of the same sequence (a crash between batches) are deleted;
+// A larger spill never holds more than one batch of its pages. By default
+// (Options::ingest_large_spills, IngestPagesLocked) the batches are written into one SST file
+// (rocksdb::SstFileWriter: no memtable, no flush; write-back started every bytes_per_sync), which
+// is synced, ingested (IngestExternalFile: linked into the database, synced, recorded in RocksDB's
+// synced MANIFEST), and then the manifest is written with sync = true (the commit point). The
+// memtable path (ingest_large_spills = false):
+//   1. page keys of an earlier attempt of the same sequence (a crash between batches) are deleted
+//      (both paths);
 //   2. each batch of value runs is read from the source into one staging buffer, checksummed, and
 //      written with disableWAL: its bytes go to the memtable and, at the flush, once to a blob
 //      file (not twice, WAL + blob file);
@@ -21,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/failure_reason.h"
 #include "common/status_macros.h"
+#include "rocksdb/sst_file_writer.h"
 #include "rocksdb/write_batch.h"
 #include "service/storage/rocksdb_status.h"
 #include "service/storage/spill_format.h"
@@ -157,6 +164,7 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
   rocksdb::Status s = RemoveLeftoverPagesLocked(plan.prefix);
   if (!s.ok()) return db_failed(s, "removing the pages of an earlier attempt");
   const bool single = plan.total_bytes <= plan.batch_bytes;
+  if (!single && options_.ingest_large_spills) return IngestPagesLocked(plan, source);
   // One batch (or the largest run, when a run is larger than a batch); reused by every batch.
   const uint64_t staging_bytes = std::max<uint64_t>(
       1, std::min(plan.total_bytes, std::max(plan.batch_bytes, plan.largest_run)));
@@ -206,6 +214,76 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
   flush.wait = true;
   s = db_->Flush(flush, pages_);
   if (!s.ok()) return db_failed(s, "flushing pages");
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  s = db_->Put(w, manifests_, plan.mkey,
+               EncodeManifest(*plan.spill, plan.metas, plan.total_bytes, plan.page_count,
+                              plan.created, plan.pages_per_value));
+  if (!s.ok()) return db_failed(s, "writing the manifest");
+  return absl::OkStatus();
+}
+
+absl::Status SpillStore::IngestPagesLocked(WritePlan& plan, SpillPageSource* source) {
+  auto db_failed = [&](const rocksdb::Status& s, absl::string_view step) {
+    plan.db_error = s;
+    return FromRocksDb(s, absl::StrCat("spilling sequence ", plan.mkey, " (", plan.page_count,
+                                       " pages, ", plan.total_bytes, " bytes): ", step));
+  };
+  rocksdb::Env* env = config_.db.env;
+  const std::string file =
+      absl::StrCat(IngestDir(), "/", ingest_files_.fetch_add(1, std::memory_order_relaxed), ".sst");
+  // The file outside the database: removed whatever happens (after a successful ingestion
+  // RocksDB has already moved it; a crash leaves it to OpenDbLocked).
+  struct RemoveFile {
+    rocksdb::Env* env;
+    const std::string& path;
+    ~RemoveFile() { env->DeleteFile(path).PermitUncheckedError(); }
+  } remove_file{env, file};
+
+  // The SST file: each run as one value in key order, written straight to the file (write-back
+  // started every DBOptions::bytes_per_sync bytes), synced by Finish. Page cache kept, as for a
+  // plain file write; filters built as for a flushed file.
+  rocksdb::SstFileWriter writer(rocksdb::EnvOptions(config_.db),
+                                rocksdb::Options(config_.db, config_.pages), pages_,
+                                /*invalidate_page_cache=*/false);
+  rocksdb::Status s = writer.Open(file);
+  if (!s.ok()) return db_failed(s, "creating the file to ingest");
+  // Staging: one batch of runs (or the largest run), reused.
+  const uint64_t staging_bytes =
+      std::max<uint64_t>(1, std::min(plan.total_bytes, std::max(plan.batch_bytes, plan.largest_run)));
+  std::unique_ptr<char[]> staging = std::make_unique_for_overwrite<char[]>(staging_bytes);
+  std::string key;
+  size_t begin = 0;
+  while (begin < plan.runs.size()) {
+    size_t end = begin;
+    uint64_t bytes = 0;
+    while (end < plan.runs.size() &&
+           (end == begin || bytes + plan.runs[end].bytes <= plan.batch_bytes)) {
+      bytes += plan.runs[end++].bytes;
+    }
+    RETURN_IF_ERROR(
+        ReadRuns(plan.runs, begin, end, source, plan.mkey, staging.get(), &plan.metas));
+    const char* src = staging.get();
+    for (size_t i = begin; i < end; ++i) {
+      const ValueRun& run = plan.runs[i];
+      key = PageKey(plan.prefix, run.head, run.first);
+      s = writer.Put(key, rocksdb::Slice(src, run.bytes));
+      if (!s.ok()) return db_failed(s, "writing pages to the file to ingest");
+      src += run.bytes;
+    }
+    begin = end;
+  }
+  staging.reset();
+  s = writer.Finish();
+  if (!s.ok()) return db_failed(s, "syncing the file to ingest");
+
+  // Into the database: hard-linked (copied where links fail), synced, and recorded in RocksDB's
+  // synced MANIFEST; the pages are then durable but not listed until the manifest below.
+  rocksdb::IngestExternalFileOptions ingest;
+  ingest.move_files = true;
+  plan.wrote = true;
+  s = db_->IngestExternalFile(pages_, {file}, ingest);
+  if (!s.ok()) return db_failed(s, "ingesting pages");
   rocksdb::WriteOptions w;
   w.sync = true;
   s = db_->Put(w, manifests_, plan.mkey,

@@ -101,6 +101,7 @@ class WatchedSource : public SpillPageSource {
   absl::Status ReadPage(uint32_t head, uint32_t page, char* dst, size_t size) override {
     if (calls_ == fail_at_) return absl::DataLossError("device page unreadable (test)");
     if (calls_ == exit_at_) ExitAfterFlush();
+    if (calls_ == exit_now_at_) _exit(0);
     ++calls_;
     order_.emplace_back(head, page);
     const std::string& bytes = r_.heads[head].pages[page];
@@ -121,6 +122,8 @@ class WatchedSource : public SpillPageSource {
     exit_at_ = call;
     log_path_ = std::move(log_path);
   }
+  // At the `call`-th page, _exits at once like kill -9.
+  void ExitNowAt(size_t call) { exit_now_at_ = call; }
 
  private:
   [[noreturn]] void ExitAfterFlush() {
@@ -135,7 +138,7 @@ class WatchedSource : public SpillPageSource {
   }
 
   const SpillRecord& r_;
-  size_t calls_ = 0, fail_at_ = SIZE_MAX, exit_at_ = SIZE_MAX;
+  size_t calls_ = 0, fail_at_ = SIZE_MAX, exit_at_ = SIZE_MAX, exit_now_at_ = SIZE_MAX;
   std::string log_path_;
   std::vector<std::pair<uint32_t, uint32_t>> order_;
   uintptr_t lowest_ = UINTPTR_MAX, highest_ = 0;
@@ -179,6 +182,10 @@ class SpillWriteTest : public ::testing::Test {
     EXPECT_EXIT(child(), ::testing::ExitedWithCode(0), "");
     unsetenv("KVKEEP_SPILL_WRITE_DIR");
   }
+
+  // Spills in a child until it has 4 acknowledged, kills it (SIGKILL), and checks that every
+  // acknowledged spill restores bit-exact and nothing partial is listed.
+  void KillDuringSpillsAndCheckAcks();
 
   std::string dir_;
   bool child_ = false;
@@ -270,9 +277,11 @@ TEST_F(SpillWriteTest, BadShapesAreInvalidArgumentAndChangeNothing) {
 }
 
 // The child spills a 2.5 MiB sequence with 1 MiB memtables and dies (_exit, as kill -9: no
-// destructor runs) in its last batches, once a memtable flush put earlier batches on disk.
+// destructor runs) in its last batches, once a memtable flush put earlier batches on disk. The
+// memtable path (ingest_large_spills = false): an ingested spill has no flush before its end.
 void CrashMidSpill(SpillStore::Options options, const SpillRecord& r) {
   options.write_buffer_mib = 1;
+  options.ingest_large_spills = false;
   auto store = SpillStore::Open(options);
   if (!store.ok()) _exit(3);
   WatchedSource source(r);
@@ -317,6 +326,88 @@ TEST_F(SpillWriteTest, RetryAfterCrashRemovesTheEarlierAttemptsPages) {
   EXPECT_EQ(report.sequences, 0u);
 }
 
+// ---- Ingested spills (Options::ingest_large_spills) -------------------------------------------
+
+// Files in the folder where ingested spills are written before they enter the database.
+size_t IngestFiles(const std::string& store_path) {
+  std::error_code ec;
+  size_t n = 0;
+  for (auto it = std::filesystem::directory_iterator(store_path + ".ingest", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return n;
+}
+
+TEST_F(SpillWriteTest, IngestedSpillLeavesNoFileOutsideTheDatabase) {
+  OpenStore();
+  SpillRecord r = MakeRecord("big", 8, 40, 21);  // 2.5 MiB: above one 64 KiB batch
+  ASSERT_OK(store_->Put(r));
+  EXPECT_EQ(IngestFiles(options_.path), 0u);
+  OpenStore();
+  ASSERT_OK_AND_ASSIGN(SpillRecord got, store_->Get("t", "big"));
+  ExpectSameRecord(got, r);
+}
+
+// The child dies (_exit, as kill -9) while its spill is being written into the file to ingest:
+// the partial file is all it leaves, and the next open removes it.
+void CrashWhileWritingTheIngestFile(SpillStore::Options options, const SpillRecord& r) {
+  auto store = SpillStore::Open(options);
+  if (!store.ok()) _exit(3);
+  WatchedSource source(r);
+  source.ExitNowAt(300);  // of 320 pages
+  (*store)->Write(DescribeRecord(r), &source).IgnoreError();
+  _exit(4);  // the write finished: the crash did not happen
+}
+
+TEST_F(SpillWriteTest, CrashWhileWritingAnIngestedSpillListsNothingAndOpenRemovesTheFile) {
+  SpillRecord r = MakeRecord("crash", 8, 40, 22);
+  InChild([&] { CrashWhileWritingTheIngestFile(options_, r); });
+  if (child_) return;
+  EXPECT_EQ(IngestFiles(options_.path), 1u);  // the partial file
+  OpenStore();
+  EXPECT_EQ(IngestFiles(options_.path), 0u);
+  ASSERT_OK_AND_ASSIGN(auto list, store_->List());
+  EXPECT_THAT(list, IsEmpty());
+  ASSERT_OK_AND_ASSIGN(SpillRecoveryReport report, store_->Recover());
+  EXPECT_EQ(report.orphan_pages, 0u);  // no page reached the database
+  ASSERT_OK(store_->Put(r));
+  ASSERT_OK_AND_ASSIGN(SpillRecord got, store_->Get("t", "crash"));
+  ExpectSameRecord(got, r);
+}
+
+// Spills of the previous release (memtable batches and a flush: values in blob files) and
+// ingested ones (values in SST files) in one store, across reopens in either mode.
+TEST_F(SpillWriteTest, MemtableAndIngestedSpillsRestoreFromOneStore) {
+  options_.ingest_large_spills = false;
+  OpenStore();
+  SpillRecord old_spill = MakeRecord("old", 8, 40, 23);
+  ASSERT_OK(store_->Put(old_spill));
+  options_.ingest_large_spills = true;
+  OpenStore();
+  SpillRecord new_spill = MakeRecord("new", 8, 40, 24);
+  ASSERT_OK(store_->Put(new_spill));
+  ASSERT_OK_AND_ASSIGN(SpillRecord got, store_->Get("t", "old"));
+  ExpectSameRecord(got, old_spill);
+  ASSERT_OK_AND_ASSIGN(got, store_->Get("t", "new"));
+  ExpectSameRecord(got, new_spill);
+  options_.ingest_large_spills = false;
+  OpenStore();
+  ASSERT_OK_AND_ASSIGN(got, store_->Get("t", "new"));
+  ExpectSameRecord(got, new_spill);
+  ASSERT_OK(store_->Delete("t", "new"));
+  ASSERT_OK(store_->Delete("t", "old"));
+  ASSERT_OK_AND_ASSIGN(SpillRecoveryReport report, store_->Recover());
+  EXPECT_EQ(report.orphan_pages, 0u);
+  EXPECT_EQ(report.sequences, 0u);
+  // The same id spilled again after its delete (the delete's tombstones overlap the new file).
+  options_.ingest_large_spills = true;
+  OpenStore();
+  ASSERT_OK(store_->Put(new_spill));
+  ASSERT_OK_AND_ASSIGN(got, store_->Get("t", "new"));
+  ExpectSameRecord(got, new_spill);
+}
+
 // ---- kill -9 during batched spills -----------------------------------------------------------
 
 constexpr int kAckedBeforeKill = 4;
@@ -342,7 +433,17 @@ SpillRecord KillRecord(int i) { return MakeRecord(absl::StrCat("k", i), 4, 12, 1
   for (;;) pause();
 }
 
-TEST_F(SpillWriteTest, KilledDuringBatchedSpillsKeepsEveryAcknowledgedSpill) {
+TEST_F(SpillWriteTest, KilledDuringIngestedSpillsKeepsEveryAcknowledgedSpill) {
+  ASSERT_TRUE(options_.ingest_large_spills);  // the default
+  KillDuringSpillsAndCheckAcks();
+}
+
+TEST_F(SpillWriteTest, KilledDuringMemtableBatchedSpillsKeepsEveryAcknowledgedSpill) {
+  options_.ingest_large_spills = false;
+  KillDuringSpillsAndCheckAcks();
+}
+
+void SpillWriteTest::KillDuringSpillsAndCheckAcks() {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   setenv("KVKEEP_SPILL_WRITE_DIR", dir_.c_str(), 1);
   const std::string ack_file = dir_ + "/acks";
