@@ -95,7 +95,8 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
     uint64_t total = 0;
     uint32_t h = 0, n = 0;
     while (NextRange(&h, &n)) {
-      const uint64_t bytes = 2 * uint64_t{n} * token_bytes;
+      // Keys, values and positions (a varint of at most 5 bytes each), and the other fields.
+      const uint64_t bytes = uint64_t{n} * (2 * token_bytes + 5) + 64;
       if (count > 0 && total + bytes > budget) break;
       if (count == chunks->size()) chunks->emplace_back();
       RETURN_IF_ERROR(FillReferenced(h, n, &(*chunks)[count]));

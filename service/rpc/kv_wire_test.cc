@@ -304,7 +304,16 @@ TEST(KvWireTest, BadBatchEncodingsAreRefused) {
   // Cut inside the last item: its declared length runs past the message.
   absl::Status cut = ParseKvChunkBatch(Sliced(encoded.substr(0, encoded.size() - 1), 64), &parsed);
   EXPECT_EQ(cut.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(cut.message().find("malformed KvChunkBatch"), std::string::npos) << cut.message();
+  EXPECT_NE(cut.message().find("item 3: malformed KvChunk encoding (field 8)"), std::string::npos)
+      << cut.message();
+  // Cut inside the last item's length prefix.
+  v1::KvChunkBatch small;
+  *small.add_chunks() = Sample(100);
+  const std::string prefix = small.SerializeAsString().substr(0, 2);  // tag, 1st length byte
+  absl::Status short_prefix = ParseKvChunkBatch(Sliced(prefix, 1), &parsed);
+  EXPECT_NE(short_prefix.message().find("malformed KvChunkBatch encoding (field 1, after 0"),
+            std::string::npos)
+      << short_prefix.message();
   // An item whose own encoding is bad (a varint of 11 bytes inside it).
   std::string bad_item = "\x0a\x0b" + std::string(11, '\xff');
   v1::KvChunkBatch one;
