@@ -2,7 +2,8 @@
 // chunk's keys and values straight from the received slices into the pages, piece by piece (one
 // copy, the backend's); ReadKV's reply slices reference the pages themselves, pinned until gRPC has sent
 // them (no copy on the CPU backend; one, out of device memory, on CUDA; service/engine/
-// reply_pins.h). The messages on the wire are the kvkeep.v1 KvChunk encoding.
+// reply_pins.h). The messages on the wire are the kvkeep.v1 KvChunk encoding; KvBatch's
+// WriteKVBatch / ReadKVBatch (kv_batch_service.h) carry the same chunks several per message.
 #include <algorithm>
 #include <functional>
 #include <memory>
@@ -220,7 +221,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* KvCacheService::ReadKVBatch(
     return new FailedStream<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
         CallStatus(method, tenant.ok() ? *tenant : "", opened.status()));
   }
-  // The chunks' bytes, summed, per message: at most the reply budget less the chunks' headers.
+  // Encoded chunks per message (NextReferencedBatch's estimate): at most the reply budget less
+  // room for the message's own framing.
   const uint64_t cap = ReplyBudget() > (64 << 10) ? ReplyBudget() - (64 << 10) : 4096;
   const uint64_t budget = std::min<uint64_t>(
       read.max_message_bytes() == 0 ? kDefaultBatchMessageBytes : read.max_message_bytes(), cap);
@@ -249,7 +251,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* KvCacheService::ReadKVBatch(
           const ReadChunk& c = state->chunks[i];
           state->refs.push_back({&c.header, c.keys, c.values, c.hold});
           if (limits_ != nullptr) {
-            absl::Status charged = limits_->ChargeBytes(tenant, "", KvChunkRefBytes(state->refs.back()));
+            absl::Status charged =
+                limits_->ChargeBytes(tenant, "", KvChunkRefBytes(state->refs.back()));
             if (!charged.ok()) {
               unpin();
               return charged;
