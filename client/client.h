@@ -148,8 +148,9 @@ class Client {
 
   // ---- Several chunks per message (kvkeep.v1.KvBatch; docs/api.md) ----
   // The bytes-path calls above (WriteKV, WriteKvViews, WriteHead, ReadKV, ReadKvInto, ReadHead,
-  // ReadHeadInto) pack their chunks into messages of up to this many chunk bytes (a chunk is
-  // never split; default 1 MiB) through KvBatch.WriteKVBatch / ReadKVBatch. 0: one chunk per
+  // ReadHeadInto) pack their chunks into messages of up to this many bytes (encoded chunks; for
+  // writes at most the channel's max_message_bytes − 4096; a chunk is never split; default
+  // 1 MiB) through KvBatch.WriteKVBatch / ReadKVBatch. 0: one chunk per
   // message through KvCache.WriteKV / ReadKV, as before. A daemon without KvBatch answers
   // UNIMPLEMENTED before any chunk is applied or sent: the call is redone with WriteKV / ReadKV
   // and this client uses those from then on. Set before the bytes-path calls (not synchronised

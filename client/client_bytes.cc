@@ -45,6 +45,11 @@ uint64_t Client::BatchBytesToTry() const {
 
 grpc::Status Client::WriteCall(absl::Span<const RefChunk> chunks, uint64_t batch_bytes,
                                grpc::ByteBuffer* reply) {
+  // Below this channel's own message limit, with WriteHead's framing room.
+  if (batch_bytes > 0) {
+    batch_bytes = std::min<uint64_t>(
+        batch_bytes, std::max<int64_t>(1, int64_t{max_message_bytes_} - 4096));
+  }
   // Every slice referencing the caller's bytes holds a copy of `hold`; the last one to go tells.
   absl::Notification released;
   grpc::Status status;
@@ -82,7 +87,12 @@ grpc::Status Client::WriteCall(absl::Span<const RefChunk> chunks, uint64_t batch
         continue;
       }
       // A chunk is never split: one that would take the message past the budget starts the next.
-      const uint64_t bytes = chunk.keys.size() + chunk.values.size();
+      // Counted: keys, values, the other fields (ids, positions; `header` may also hold keys
+      // and values, which are not sent from it) and the item's tag and length.
+      const uint64_t bytes = chunk.keys.size() + chunk.values.size() +
+                             chunk.header->session_id().size() +
+                             chunk.header->sequence_id().size() +
+                             5 * uint64_t(chunk.header->positions_size()) + 64;
       if (!batch.empty() && batch_total + bytes > batch_bytes) send_batch();
       if (!open) break;
       // The spans point into `chunk` (alive until the call ends) through RefChunk's fields.

@@ -468,7 +468,9 @@ TEST_F(ClientKvBatchTest, BadChunkInsideABatchFailsTheStreamAndSaysWhatWasApplie
   std::vector<v1::KvChunk> chunks = PageChunks(seq, tokens);  // 4 chunks, one per head
   ASSERT_EQ(chunks.size(), 4u);
   chunks[2].mutable_keys()->pop_back();  // sizes no longer match the layout
-  client->set_batch_message_bytes(2 * 1024);  // two chunks per message: item 0 of message 1
+  // Two chunks per message (1 KiB of keys and values and ~100 bytes of the rest each): the bad
+  // one is item 0 of message 1.
+  client->set_batch_message_bytes(2400);
   absl::StatusOr<v1::WriteSummary> written = client->WriteKV(chunks);
   EXPECT_THAT(written, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(written.status().message(), HasSubstr("chunk 2 (message 1, item 0): "));
@@ -488,7 +490,9 @@ TEST_F(ClientKvBatchTest, BadChunkInsideABatchFailsTheStreamAndSaysWhatWasApplie
 
 TEST_F(ClientKvBatchTest, MessageOverTheLimitIsRefusedWithResourceExhausted) {
   const std::string token = CreateTenant("team-a");
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client, Client::Attach(channel_, token, "w0"));
+  // A client whose own limit (16 MiB) is above the daemon's (4 MiB), so that it sends the message.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client,
+                       Client::Attach(channel_, token, "w0", absl::Seconds(10), 16 << 20));
   ASSERT_OK(client->RegisterModel(Layout()).status());
   ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("inproc"));
   ASSERT_OK(client->Allocate(seq, kTokensPerPage).status());
@@ -502,6 +506,13 @@ TEST_F(ClientKvBatchTest, MessageOverTheLimitIsRefusedWithResourceExhausted) {
   client->set_batch_message_bytes(8 << 20);
   EXPECT_THAT(client->WriteKV(chunks), StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_EQ(client->daemon_has_kv_batch(), 1);
+  // A client with the daemon's limit keeps its messages below it, whatever the budget: each chunk
+  // goes alone and reaches the daemon, which refuses its sizes.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> bounded, Client::Attach(channel_, token, "w1"));
+  bounded->set_batch_message_bytes(8 << 20);
+  absl::StatusOr<v1::WriteSummary> written = bounded->WriteKV(chunks);
+  EXPECT_THAT(written, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(written.status().message(), HasSubstr("chunk 0 (message 0, item 0): "));
 }
 
 }  // namespace
