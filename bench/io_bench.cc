@@ -482,6 +482,7 @@ StepResult AttachWorkers(Measurement& m, const ChannelOptions& channel, const st
   for (uint32_t w = 0; w < n; ++w) {
     auto c = Client::Attach(channel, token, absl::StrCat("bench-", w));
     if (!c.ok()) return Failure{absl::StrCat("Attach worker ", w), c.status()};
+    (*c)->set_batch_message_bytes(m.o.batch_kib << 10);  // 0: one chunk per message
     m.clients.push_back(std::move(*c));
   }
   if (absl::Status st = RegisterModels(*m.clients[0], m.o); !st.ok()) {

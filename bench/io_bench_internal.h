@@ -37,7 +37,8 @@ struct Options {
   std::vector<uint32_t> pages = {16, 64, 256};  // tokens per page, one model per size
   std::vector<uint32_t> workers = {1, 8, 64};
   uint64_t mib = 64;        // K+V bytes moved per rep and page size on the bytes path
-  uint32_t chunk_pages = 1;  // pages of one head per WriteKV/ReadKV message (and raw chunk)
+  uint32_t chunk_pages = 1;  // pages of one head per chunk (and raw chunk)
+  uint64_t batch_kib = 1024;  // chunk bytes per message (KvBatch); 0 = one chunk per message
   int reps = 5;
   double seconds = 0.5;     // length of one timed phase of the control-path test
   uint64_t pool_mib = 0;    // 0 = sized from the workload

@@ -56,7 +56,9 @@ Flags:
                         head_dim 64, fp16; llama3-8b: 32 layers, 8 KV heads, 128, bf16)
   --pages N[,N...]      tokens per page (default 16,64,256)
   --mib N               MiB of K+V per rep and page size on the bytes path (default 64)
-  --chunk_pages N       pages per WriteKV/ReadKV message (default 1: page-sized blobs)
+  --chunk_pages N       pages of one head per chunk (default 1: page-sized blobs)
+  --batch_kib N         chunk bytes per message, several chunks per message (KvBatch;
+                        default 1024); 0: one chunk per WriteKV/ReadKV message
   --workers N[,N...]    worker threads for the control path (default 1,8,64)
   --seconds S           length of each timed control-path phase (default 0.5)
   --reps N              repetitions (default 5)
@@ -151,9 +153,9 @@ int ParseFlags(int argc, char** argv, Options* o) {
       ok = boolean(&o->no_redis);
     } else {
       static const char* const kValued[] = {"--shape", "--pages", "--workers", "--mib",
-                                            "--chunk_pages", "--reps", "--seconds", "--pool_mib",
-                                            "--max_message_mib", "--kvkeepd", "--redis",
-                                            "--redis_pipeline"};
+                                            "--chunk_pages", "--batch_kib", "--reps",
+                                            "--seconds", "--pool_mib", "--max_message_mib",
+                                            "--kvkeepd", "--redis", "--redis_pipeline"};
       if (std::none_of(std::begin(kValued), std::end(kValued),
                        [&](const char* k) { return name == k; })) {
         std::fprintf(stderr, "kvkeep-bench io: unknown flag %s (see --help)\n", name.c_str());
@@ -185,6 +187,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
       } else if (name == "--chunk_pages") {
         ok = ParseU64(value, &n) && n > 0 && n <= 4096;
         o->chunk_pages = static_cast<uint32_t>(n);
+      } else if (name == "--batch_kib") {
+        ok = ParseU64(value, &o->batch_kib) && o->batch_kib <= (1 << 20);
       } else if (name == "--reps") {
         ok = ParseU64(value, &n) && n > 0 && n <= 1000;
         o->reps = static_cast<int>(n);

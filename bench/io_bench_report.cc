@@ -124,7 +124,8 @@ void PrintJson(const Options& o, const std::vector<OpsRow>& ops,
     }
     std::printf("}");
   }
-  std::printf("]},\"bytes_path\":{\"rows\":[");
+  std::printf("]},\"bytes_path\":{\"batch_message_bytes\":%llu,\"rows\":[",
+              static_cast<unsigned long long>(o.batch_kib << 10));
   for (size_t i = 0; i < bytes.size(); ++i) {
     const BytesRow& r = bytes[i];
     std::printf("%s{\"tokens_per_page\":%u,\"tokens_per_head\":%u,\"chunk_bytes\":%llu,"

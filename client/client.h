@@ -16,6 +16,7 @@
 #ifndef KVKEEP_CLIENT_CLIENT_H_
 #define KVKEEP_CLIENT_CLIENT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -145,6 +146,20 @@ class Client {
                                         uint64_t capacity_bytes,
                                         std::vector<int32_t>* positions = nullptr);
 
+  // ---- Several chunks per message (kvkeep.v1.KvBatch; docs/api.md) ----
+  // The bytes-path calls above (WriteKV, WriteKvViews, WriteHead, ReadKV, ReadKvInto, ReadHead,
+  // ReadHeadInto) pack their chunks into messages of up to this many bytes (encoded chunks; for
+  // writes at most the channel's max_message_bytes − 4096; a chunk is never split; default
+  // 1 MiB) through KvBatch.WriteKVBatch / ReadKVBatch. 0: one chunk per
+  // message through KvCache.WriteKV / ReadKV, as before. A daemon without KvBatch answers
+  // UNIMPLEMENTED before any chunk is applied or sent: the call is redone with WriteKV / ReadKV
+  // and this client uses those from then on. Set before the bytes-path calls (not synchronised
+  // with them).
+  void set_batch_message_bytes(uint64_t bytes) { batch_message_bytes_ = bytes; }
+  uint64_t batch_message_bytes() const { return batch_message_bytes_; }
+  // Whether the daemon serves KvBatch: unknown (-1) until a bytes-path call found out, then 1 or 0.
+  int daemon_has_kv_batch() const { return has_kv_batch_.load(std::memory_order_relaxed); }
+
   absl::StatusOr<v1::PageTable> GetSequence(const std::string& sequence, bool with_positions);
   absl::StatusOr<v1::PageTable> Acquire(const std::string& sequence);
   absl::StatusOr<v1::ReleaseReply> Release(const std::string& sequence);
@@ -213,6 +228,14 @@ class Client {
     absl::string_view values;
   };
   absl::StatusOr<v1::WriteSummary> WriteRefs(absl::Span<const RefChunk> chunks);
+  // One WriteKV (batch_bytes 0) or WriteKVBatch call of `chunks`; `reply` gets the summary.
+  grpc::Status WriteCall(absl::Span<const RefChunk> chunks, uint64_t batch_bytes,
+                         grpc::ByteBuffer* reply);
+  // One ReadKV (batch_bytes 0) or ReadKVBatch call; *messages counts the messages received.
+  absl::Status ReadCall(const v1::ReadRequest& request, uint64_t batch_bytes,
+                        const KvChunkSink& sink, uint64_t* messages);
+  // Whether to try KvBatch now (batching on, and not known to be missing).
+  uint64_t BatchBytesToTry() const;
   absl::StatusOr<std::vector<InPlaceSegment>> InPlaceSegments(const std::string& sequence,
                                                               uint32_t layer, uint32_t kv_head,
                                                               uint32_t offset, uint32_t count);
@@ -225,6 +248,8 @@ class Client {
   std::string session_id_;
   std::string tenant_;
   std::string arena_socket_hint_;  // "<unix socket of the target>.arenas"; empty for TCP
+  uint64_t batch_message_bytes_ = 1 << 20;
+  std::atomic<int> has_kv_batch_{-1};  // -1 unknown, 1 yes, 0 no (UNIMPLEMENTED seen)
 
   std::unique_ptr<grpc::ClientContext> session_context_;
   std::unique_ptr<grpc::ClientReader<v1::SessionEvent>> session_reader_;

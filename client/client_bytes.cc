@@ -1,7 +1,10 @@
 // kvkeep::Client: the bytes path (WriteKV, ReadKV) on raw gRPC buffers, with the KvChunk encoding
 // of service/rpc/kv_wire.h: WriteKV messages reference the caller's bytes (no serialisation
 // copy); ReadKV replies are parsed in place and copied once, straight to where the caller wants
-// them. The wire encoding is protobuf's KvChunk, so either side may be an older build.
+// them. The wire encoding is protobuf's KvChunk, so either side may be an older build. By default
+// the chunks travel several per message (kvkeep.v1.KvBatch, KvChunkBatch up to
+// batch_message_bytes_ of chunk bytes); a daemon without KvBatch answers UNIMPLEMENTED and the
+// call is redone one chunk per message (WriteKV / ReadKV).
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -13,6 +16,7 @@
 #include "common/status_macros.h"
 #include "grpcpp/impl/rpc_method.h"
 #include "grpcpp/support/sync_stream.h"
+#include "kvkeep/v1/kv_batch.pb.h"
 #include "service/rpc/kv_wire.h"
 
 namespace kvkeep {
@@ -20,6 +24,8 @@ namespace {
 
 constexpr char kWriteKvMethod[] = "/kvkeep.v1.KvCache/WriteKV";
 constexpr char kReadKvMethod[] = "/kvkeep.v1.KvCache/ReadKV";
+constexpr char kWriteKvBatchMethod[] = "/kvkeep.v1.KvBatch/WriteKVBatch";
+constexpr char kReadKvBatchMethod[] = "/kvkeep.v1.KvBatch/ReadKVBatch";
 
 // How long WriteKV waits, after the call ended, for gRPC to let go of the caller's bytes (it
 // does so when the call is destroyed; the wait is a guard, not an expected delay).
@@ -33,36 +39,92 @@ uint64_t SumSizes(absl::Span<const absl::string_view> pieces) {
 
 }  // namespace
 
-absl::StatusOr<v1::WriteSummary> Client::WriteRefs(absl::Span<const RefChunk> chunks) {
+uint64_t Client::BatchBytesToTry() const {
+  return has_kv_batch_.load(std::memory_order_relaxed) == 0 ? 0 : batch_message_bytes_;
+}
+
+grpc::Status Client::WriteCall(absl::Span<const RefChunk> chunks, uint64_t batch_bytes,
+                               grpc::ByteBuffer* reply) {
+  // Below this channel's own message limit, with WriteHead's framing room.
+  if (batch_bytes > 0) {
+    batch_bytes = std::min<uint64_t>(
+        batch_bytes, std::max<int64_t>(1, int64_t{max_message_bytes_} - 4096));
+  }
   // Every slice referencing the caller's bytes holds a copy of `hold`; the last one to go tells.
   absl::Notification released;
-  grpc::ByteBuffer reply;
   grpc::Status status;
   {
     std::shared_ptr<const void> hold(&released, [](const void* n) {
       static_cast<absl::Notification*>(const_cast<void*>(n))->Notify();
     });
     std::unique_ptr<grpc::ClientContext> context = MakeCallContext(token_);
-    const grpc::internal::RpcMethod method(kWriteKvMethod,
+    const grpc::internal::RpcMethod method(batch_bytes > 0 ? kWriteKvBatchMethod : kWriteKvMethod,
                                            grpc::internal::RpcMethod::CLIENT_STREAMING);
     std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
         grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel_.get(), method,
-                                                                      context.get(), &reply));
+                                                                      context.get(), reply));
     // Buffer hints let the transport coalesce chunks into fewer, larger writes; WritesDone
     // flushes.
     const grpc::WriteOptions buffered = grpc::WriteOptions().set_buffer_hint();
-    for (const RefChunk& chunk : chunks) {
+    std::vector<KvChunkRef> batch;
+    uint64_t batch_total = 0;
+    bool open = true;
+    auto send_batch = [&] {
       grpc::ByteBuffer message;
+      SerializeKvChunkBatchRefs(batch, &message);
+      batch.clear();
+      batch_total = 0;
+      open = writer->Write(message, buffered);  // false: the daemon finished early
+    };
+    for (size_t i = 0; open && i < chunks.size(); ++i) {
+      const RefChunk& chunk = chunks[i];
       const absl::string_view keys[] = {chunk.keys};
       const absl::string_view values[] = {chunk.values};
-      SerializeKvChunkRefs(*chunk.header, keys, values, hold, &message);
-      if (!writer->Write(message, buffered)) break;  // the daemon finished early: Finish() says why
+      if (batch_bytes == 0) {
+        grpc::ByteBuffer message;
+        SerializeKvChunkRefs(*chunk.header, keys, values, hold, &message);
+        open = writer->Write(message, buffered);
+        continue;
+      }
+      // A chunk is never split: one that would take the message past the budget starts the next.
+      // Counted: keys, values, the other fields (ids, positions; `header` may also hold keys
+      // and values, which are not sent from it) and the item's tag and length.
+      const uint64_t bytes = chunk.keys.size() + chunk.values.size() +
+                             chunk.header->session_id().size() +
+                             chunk.header->sequence_id().size() +
+                             5 * uint64_t(chunk.header->positions_size()) + 64;
+      if (!batch.empty() && batch_total + bytes > batch_bytes) send_batch();
+      if (!open) break;
+      // The spans point into `chunk` (alive until the call ends) through RefChunk's fields.
+      batch.push_back({chunk.header, absl::MakeConstSpan(&chunk.keys, 1),
+                       absl::MakeConstSpan(&chunk.values, 1), hold});
+      batch_total += bytes;
     }
+    if (open && !batch.empty()) send_batch();
+    batch.clear();
     writer->WritesDone();
     status = writer->Finish();
   }  // the call is destroyed here: gRPC drops its references to the caller's bytes
   if (!released.WaitForNotificationWithTimeout(kReleaseWait)) {
-    return absl::InternalError("WriteKV: gRPC still references the written bytes after the call");
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        "WriteKV: gRPC still references the written bytes after the call");
+  }
+  return status;
+}
+
+absl::StatusOr<v1::WriteSummary> Client::WriteRefs(absl::Span<const RefChunk> chunks) {
+  grpc::ByteBuffer reply;
+  const uint64_t batch_bytes = BatchBytesToTry();
+  grpc::Status status = WriteCall(chunks, batch_bytes, &reply);
+  if (batch_bytes > 0) {
+    // UNIMPLEMENTED comes from a daemon without KvBatch, before it applied anything: the same
+    // chunks go again, one per message.
+    const bool missing = status.error_code() == grpc::StatusCode::UNIMPLEMENTED;
+    has_kv_batch_.store(missing ? 0 : 1, std::memory_order_relaxed);
+    if (missing) {
+      reply.Clear();
+      status = WriteCall(chunks, 0, &reply);
+    }
   }
   if (!status.ok()) return FromGrpcStatus(status);
   v1::WriteSummary summary;
@@ -129,30 +191,58 @@ absl::StatusOr<v1::WriteSummary> Client::WriteHead(const std::string& sequence, 
   return WriteKvViews(chunks);
 }
 
-absl::Status Client::ReadKvInto(const v1::ReadRequest& request, const KvChunkSink& sink) {
+absl::Status Client::ReadCall(const v1::ReadRequest& request, uint64_t batch_bytes,
+                              const KvChunkSink& sink, uint64_t* messages) {
+  *messages = 0;
   grpc::ByteBuffer encoded;
   bool own_buffer = false;
-  grpc::Status serialised =
-      grpc::SerializationTraits<v1::ReadRequest>::Serialize(request, &encoded, &own_buffer);
+  grpc::Status serialised;
+  if (batch_bytes > 0) {
+    v1::ReadBatchRequest batch_request;
+    *batch_request.mutable_read() = request;
+    batch_request.set_max_message_bytes(
+        static_cast<uint32_t>(std::min<uint64_t>(batch_bytes, UINT32_MAX)));
+    serialised = grpc::SerializationTraits<v1::ReadBatchRequest>::Serialize(
+        batch_request, &encoded, &own_buffer);
+  } else {
+    serialised =
+        grpc::SerializationTraits<v1::ReadRequest>::Serialize(request, &encoded, &own_buffer);
+  }
   if (!serialised.ok()) return FromGrpcStatus(serialised);
   std::unique_ptr<grpc::ClientContext> context = MakeCallContext(token_);
-  const grpc::internal::RpcMethod method(kReadKvMethod,
+  const grpc::internal::RpcMethod method(batch_bytes > 0 ? kReadKvBatchMethod : kReadKvMethod,
                                          grpc::internal::RpcMethod::SERVER_STREAMING);
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
       grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel_.get(), method,
                                                                     context.get(), encoded));
   grpc::ByteBuffer received;
   KvChunkPieces chunk;
+  KvChunkBatchPieces batch;
   absl::Status refused;  // by the parser or the sink
-  for (uint64_t n = 0; refused.ok() && reader->Read(&received); ++n) {
-    absl::Status parsed = ParseKvChunkPieces(received, &chunk);
-    if (!parsed.ok()) {
-      refused = absl::InvalidArgumentError(absl::StrCat(
-          "ReadKV reply chunk ", n, " is not a kvkeep.v1.KvChunk (", parsed.message(), ")"));
+  for (uint64_t n = 0; refused.ok() && reader->Read(&received); ++*messages) {
+    if (batch_bytes == 0) {
+      absl::Status parsed = ParseKvChunkPieces(received, &chunk);
+      if (!parsed.ok()) {
+        refused = absl::InvalidArgumentError(absl::StrCat(
+            "ReadKV reply chunk ", n, " is not a kvkeep.v1.KvChunk (", parsed.message(), ")"));
+      } else {
+        refused = sink(chunk.header, chunk.keys, chunk.values);
+      }
+      ++n;
+      chunk.slices.clear();
     } else {
-      refused = sink(chunk.header, chunk.keys, chunk.values);
+      absl::Status parsed = ParseKvChunkBatch(received, &batch);
+      if (!parsed.ok()) {
+        refused = absl::InvalidArgumentError(
+            absl::StrCat("ReadKV reply chunk ", n, " (message ", *messages,
+                         ") is not in a kvkeep.v1.KvChunkBatch (", parsed.message(), ")"));
+      }
+      for (size_t i = 0; refused.ok() && i < batch.count; ++i, ++n) {
+        const KvChunkPieces& item = batch.chunks[i];
+        refused = sink(item.header, item.keys, item.values);
+      }
+      batch.slices.clear();
     }
-    chunk.slices.clear();
     received.Clear();
   }
   if (!refused.ok()) {
@@ -163,6 +253,20 @@ absl::Status Client::ReadKvInto(const v1::ReadRequest& request, const KvChunkSin
   grpc::Status status = reader->Finish();
   if (!status.ok()) return FromGrpcStatus(status);
   return absl::OkStatus();
+}
+
+absl::Status Client::ReadKvInto(const v1::ReadRequest& request, const KvChunkSink& sink) {
+  const uint64_t batch_bytes = BatchBytesToTry();
+  uint64_t messages = 0;
+  absl::Status status = ReadCall(request, batch_bytes, sink, &messages);
+  if (batch_bytes > 0) {
+    // A daemon without KvBatch answers UNIMPLEMENTED before sending anything: read again, one
+    // chunk per message.
+    const bool missing = messages == 0 && absl::IsUnimplemented(status);
+    has_kv_batch_.store(missing ? 0 : 1, std::memory_order_relaxed);
+    if (missing) status = ReadCall(request, 0, sink, &messages);
+  }
+  return status;
 }
 
 absl::StatusOr<std::vector<v1::KvChunk>> Client::ReadKV(const v1::ReadRequest& request) {

@@ -25,6 +25,7 @@
 #include "service/engine/cache_engine.h"
 #include "service/executor.h"
 #include "service/rpc/admin_service.h"
+#include "service/rpc/kv_batch_service.h"
 #include "service/rpc/kvcache_service.h"
 #include "service/rpc/session_limits.h"
 #include "service/storage/metadata_store.h"
@@ -89,8 +90,11 @@ class ClientInProcessTest : public ::testing::Test {
     kvcache_->set_arena_channel(arena_channel_.get());
     admin_service_ =
         std::make_unique<AdminService>(engine_.get(), executor_.get(), HashToken(kAdminToken));
+    kv_batch_ = std::make_unique<KvBatchService>(kvcache_.get());
     grpc::ServerBuilder builder;  // no listening port: in-process only
     builder.RegisterService(kvcache_.get());
+    // Without KvBatch the daemon is an older one for the bytes path (ClientKvBatchTest adds it).
+    if (with_kv_batch_) builder.RegisterService(kv_batch_.get());
     builder.RegisterService(admin_service_.get());
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
@@ -106,6 +110,7 @@ class ClientInProcessTest : public ::testing::Test {
     }
     server_.reset();
     executor_.reset();
+    kv_batch_.reset();
     kvcache_.reset();
     admin_service_.reset();
     arena_channel_.reset();
@@ -133,6 +138,8 @@ class ClientInProcessTest : public ::testing::Test {
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<SessionLimits> limits_;
   std::unique_ptr<KvCacheService> kvcache_;
+  bool with_kv_batch_ = false;
+  std::unique_ptr<KvBatchService> kv_batch_;
   std::unique_ptr<EngineArenaFdSource> arena_fd_source_;
   std::unique_ptr<ArenaChannelServer> arena_channel_;
   std::unique_ptr<AdminService> admin_service_;
@@ -310,6 +317,202 @@ TEST_F(ClientInProcessTest, ErrorsArriveWithTheirCodeAndMessage) {
               StatusIs(absl::StatusCode::kDeadlineExceeded));
   EXPECT_OK(UnaryCall(token, client->stub(), &v1::KvCache::Stub::Ping, v1::PingRequest(),
                       absl::Seconds(30)));
+}
+
+// ---- Several chunks per message (kvkeep.v1.KvBatch) ----
+
+class ClientKvBatchTest : public ClientInProcessTest {
+ protected:
+  void SetUp() override {
+    with_kv_batch_ = true;
+    ClientInProcessTest::SetUp();
+  }
+};
+
+// One chunk per page of one head (the small-chunk case batching is for), every head of the
+// sequence, each with its own bytes.
+std::vector<v1::KvChunk> PageChunks(const std::string& seq, uint32_t tokens) {
+  std::vector<v1::KvChunk> chunks;
+  for (uint32_t layer = 0; layer < kLayers; ++layer) {
+    for (uint32_t head = 0; head < kKvHeads; ++head) {
+      for (uint32_t at = 0; at < tokens; at += kTokensPerPage) {
+        v1::KvChunk& c = chunks.emplace_back();
+        c.set_sequence_id(seq);
+        c.set_layer(layer);
+        c.set_kv_head(head);
+        c.set_token_offset(at);
+        c.set_token_count(kTokensPerPage);
+        const uint32_t seed = static_cast<uint32_t>(chunks.size());
+        c.set_keys(Fp16Rows(kTokensPerPage, seed));
+        c.set_values(Fp16Rows(kTokensPerPage, seed + 1000));
+      }
+    }
+  }
+  return chunks;
+}
+
+void ExpectSameChunks(const std::vector<v1::KvChunk>& got, const std::vector<v1::KvChunk>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(got[i].layer(), want[i].layer()) << i;
+    EXPECT_EQ(got[i].kv_head(), want[i].kv_head()) << i;
+    EXPECT_EQ(got[i].token_offset(), want[i].token_offset()) << i;
+    EXPECT_EQ(got[i].token_count(), want[i].token_count()) << i;
+    EXPECT_TRUE(got[i].keys() == want[i].keys()) << i;
+    EXPECT_TRUE(got[i].values() == want[i].values()) << i;
+    EXPECT_EQ(got[i].positions_size(), static_cast<int>(want[i].token_count())) << i;
+  }
+}
+
+v1::ReadRequest PageRead(const std::string& seq) {
+  v1::ReadRequest r;
+  r.set_sequence_id(seq);
+  r.set_max_chunk_bytes(2 * kTokensPerPage * kTokenBytes);  // one page of one head per chunk
+  return r;
+}
+
+TEST_F(ClientKvBatchTest, BatchedWriteAndReadRoundTripBitExact) {
+  const std::string token = CreateTenant("team-a");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client, Client::Attach(channel_, token, "w0"));
+  ASSERT_OK(client->RegisterModel(Layout()).status());
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("inproc"));
+  const uint32_t tokens = 4 * kTokensPerPage;
+  ASSERT_OK(client->Allocate(seq, tokens).status());
+  const std::vector<v1::KvChunk> chunks = PageChunks(seq, tokens);  // 16 chunks of 1 KiB
+  // 3.5 chunks per message: messages of 3 chunks, the budget never passed, none split.
+  client->set_batch_message_bytes(3 * 1024 + 512);
+  EXPECT_EQ(client->daemon_has_kv_batch(), -1);
+  ASSERT_OK_AND_ASSIGN(v1::WriteSummary written, client->WriteKV(chunks));
+  EXPECT_EQ(client->daemon_has_kv_batch(), 1);
+  EXPECT_EQ(written.chunks(), chunks.size());
+  EXPECT_EQ(written.tokens(), uint64_t{tokens} * kLayers * kKvHeads);
+  EXPECT_EQ(written.bytes(), chunks.size() * 2 * kTokensPerPage * kTokenBytes);
+  ASSERT_OK(client->Commit(seq, tokens).status());
+
+  ASSERT_OK_AND_ASSIGN(std::vector<v1::KvChunk> back, client->ReadKV(PageRead(seq)));
+  ExpectSameChunks(back, chunks);
+  // A budget below one chunk: one chunk per message, still every chunk, whole.
+  client->set_batch_message_bytes(100);
+  ASSERT_OK_AND_ASSIGN(back, client->ReadKV(PageRead(seq)));
+  ExpectSameChunks(back, chunks);
+  // A budget over the message limit is capped by the daemon (the reply still arrives).
+  client->set_batch_message_bytes(uint64_t{1} << 40);
+  ASSERT_OK_AND_ASSIGN(back, client->ReadKV(PageRead(seq)));
+  ExpectSameChunks(back, chunks);
+  // Straight into the caller's buffers, as ReadHeadInto does.
+  std::string keys(tokens * kTokenBytes, '\0'), values(tokens * kTokenBytes, '\0');
+  ASSERT_OK_AND_ASSIGN(uint32_t read, client->ReadHeadInto(seq, 1, 1, keys.data(), values.data(),
+                                                           keys.size()));
+  EXPECT_EQ(read, tokens);
+  std::string want_keys;
+  for (const v1::KvChunk& c : chunks) {
+    if (c.layer() == 1 && c.kv_head() == 1) want_keys += c.keys();
+  }
+  EXPECT_TRUE(keys == want_keys);
+
+  // Another tenant's batched read sees nothing of it, as with ReadKV.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> other,
+                       Client::Attach(channel_, CreateTenant("team-b"), "w1"));
+  EXPECT_THAT(other->ReadKV(PageRead(seq)), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(other->daemon_has_kv_batch(), 1);
+}
+
+TEST_F(ClientKvBatchTest, OldClientWithoutBatchesStillWorks) {
+  const std::string token = CreateTenant("team-a");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client, Client::Attach(channel_, token, "w0"));
+  client->set_batch_message_bytes(0);  // WriteKV / ReadKV, one chunk per message
+  ASSERT_OK(client->RegisterModel(Layout()).status());
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("inproc"));
+  const uint32_t tokens = 2 * kTokensPerPage;
+  ASSERT_OK(client->Allocate(seq, tokens).status());
+  const std::vector<v1::KvChunk> chunks = PageChunks(seq, tokens);
+  ASSERT_OK_AND_ASSIGN(v1::WriteSummary written, client->WriteKV(chunks));
+  EXPECT_EQ(written.chunks(), chunks.size());
+  ASSERT_OK(client->Commit(seq, tokens).status());
+  ASSERT_OK_AND_ASSIGN(std::vector<v1::KvChunk> back, client->ReadKV(PageRead(seq)));
+  ExpectSameChunks(back, chunks);
+  EXPECT_EQ(client->daemon_has_kv_batch(), -1);  // never asked
+  // What a batching client wrote, an old client reads, and the other way round.
+  client->set_batch_message_bytes(1 << 20);
+  ASSERT_OK_AND_ASSIGN(back, client->ReadKV(PageRead(seq)));
+  ExpectSameChunks(back, chunks);
+  EXPECT_EQ(client->daemon_has_kv_batch(), 1);
+}
+
+TEST_F(ClientInProcessTest, BatchingClientFallsBackOnADaemonWithoutKvBatch) {
+  const std::string token = CreateTenant("team-a");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client, Client::Attach(channel_, token, "w0"));
+  ASSERT_OK(client->RegisterModel(Layout()).status());
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("inproc"));
+  const uint32_t tokens = 2 * kTokensPerPage;
+  ASSERT_OK(client->Allocate(seq, tokens).status());
+  const std::vector<v1::KvChunk> chunks = PageChunks(seq, tokens);
+  ASSERT_GT(client->batch_message_bytes(), 0u);  // batching by default
+  ASSERT_OK_AND_ASSIGN(v1::WriteSummary written, client->WriteKV(chunks));
+  EXPECT_EQ(client->daemon_has_kv_batch(), 0);  // UNIMPLEMENTED, then WriteKV
+  EXPECT_EQ(written.chunks(), chunks.size());  // applied once, not twice or half
+  ASSERT_OK(client->Commit(seq, tokens).status());
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> fresh, Client::Attach(channel_, token, "w1"));
+  ASSERT_OK_AND_ASSIGN(std::vector<v1::KvChunk> back, fresh->ReadKV(PageRead(seq)));
+  EXPECT_EQ(fresh->daemon_has_kv_batch(), 0);  // the read found out by itself
+  ExpectSameChunks(back, chunks);
+}
+
+TEST_F(ClientKvBatchTest, BadChunkInsideABatchFailsTheStreamAndSaysWhatWasApplied) {
+  const std::string token = CreateTenant("team-a");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client, Client::Attach(channel_, token, "w0"));
+  ASSERT_OK(client->RegisterModel(Layout()).status());
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("inproc"));
+  const uint32_t tokens = kTokensPerPage;
+  ASSERT_OK(client->Allocate(seq, tokens).status());
+  std::vector<v1::KvChunk> chunks = PageChunks(seq, tokens);  // 4 chunks, one per head
+  ASSERT_EQ(chunks.size(), 4u);
+  chunks[2].mutable_keys()->pop_back();  // sizes no longer match the layout
+  // Two chunks per message (1 KiB of keys and values and ~100 bytes of the rest each): the bad
+  // one is item 0 of message 1.
+  client->set_batch_message_bytes(2400);
+  absl::StatusOr<v1::WriteSummary> written = client->WriteKV(chunks);
+  EXPECT_THAT(written, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(written.status().message(), HasSubstr("chunk 2 (message 1, item 0): "));
+  EXPECT_THAT(written.status().message(), HasSubstr("applied before it: chunks: 2"));
+  EXPECT_THAT(written.status().message(), HasSubstr("nothing after it"));
+  // Inside one message: the item after the bad one is not applied either.
+  client->set_batch_message_bytes(1 << 20);
+  written = client->WriteKV(chunks);
+  EXPECT_THAT(written, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(written.status().message(), HasSubstr("chunk 2 (message 0, item 2): "));
+  ASSERT_OK(client->Commit(seq, tokens).status());
+  ASSERT_OK_AND_ASSIGN(HeadData landed, client->ReadHead(seq, 0, 1));
+  EXPECT_TRUE(landed.keys == chunks[1].keys());
+  ASSERT_OK_AND_ASSIGN(HeadData skipped, client->ReadHead(seq, 1, 1));
+  EXPECT_FALSE(skipped.values == chunks[3].values()) << "a chunk after the bad one landed";
+}
+
+TEST_F(ClientKvBatchTest, MessageOverTheLimitIsRefusedWithResourceExhausted) {
+  const std::string token = CreateTenant("team-a");
+  // A client whose own limit (16 MiB) is above the daemon's (4 MiB), so that it sends the message.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client,
+                       Client::Attach(channel_, token, "w0", absl::Seconds(10), 16 << 20));
+  ASSERT_OK(client->RegisterModel(Layout()).status());
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("inproc"));
+  ASSERT_OK(client->Allocate(seq, kTokensPerPage).status());
+  // Two chunks of 2.5 MiB in one message: over the daemon's 4 MiB receive limit.
+  std::vector<v1::KvChunk> chunks(2);
+  for (v1::KvChunk& c : chunks) {
+    c.set_sequence_id(seq);
+    c.set_token_count(kTokensPerPage);
+    c.set_keys(std::string(5 << 19, 'k'));
+  }
+  client->set_batch_message_bytes(8 << 20);
+  EXPECT_THAT(client->WriteKV(chunks), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_EQ(client->daemon_has_kv_batch(), 1);
+  // A client with the daemon's limit keeps its messages below it, whatever the budget: each chunk
+  // goes alone and reaches the daemon, which refuses its sizes.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> bounded, Client::Attach(channel_, token, "w1"));
+  bounded->set_batch_message_bytes(8 << 20);
+  absl::StatusOr<v1::WriteSummary> written = bounded->WriteKV(chunks);
+  EXPECT_THAT(written, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(written.status().message(), HasSubstr("chunk 0 (message 0, item 0): "));
 }
 
 }  // namespace

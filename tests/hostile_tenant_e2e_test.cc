@@ -27,6 +27,7 @@
 #include "gtest/gtest.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/sync_stream.h"
+#include "kvkeep/v1/kv_batch.pb.h"
 #include "kvkeep/v1/kvcache.grpc.pb.h"
 #include "tests/daemon_process.h"
 
@@ -119,12 +120,14 @@ TEST(HostileTenantE2e, AdminTokenEqualToATenantsTokenStopsTheStart) {
 }
 
 // Sends `messages` (raw bytes, one per stream message) on the client stream `method` of KvCache
-// and returns the call's status, with the reply's bytes in *reply.
+// (or the full method name, "/service/method") and returns the call's status, with the reply's
+// bytes in *reply.
 grpc::Status RawClientStream(const DaemonProcess& daemon, const std::string& token,
                              const std::string& method, const std::vector<std::string>& messages,
                              std::string* reply) {
   auto channel = MakeChannel(daemon.channel());
-  const std::string name = "/kvkeep.v1.KvCache/" + method;  // RpcMethod keeps the pointer
+  // RpcMethod keeps the pointer.
+  const std::string name = method[0] == '/' ? method : "/kvkeep.v1.KvCache/" + method;
   grpc::internal::RpcMethod rpc(name.c_str(), grpc::internal::RpcMethod::CLIENT_STREAMING);
   auto ctx = MakeCallContext(token);
   grpc::ByteBuffer response;
@@ -184,6 +187,49 @@ TEST(HostileTenantE2e, UnparseableChunkFailsTheStreamAndSaysWhatWasApplied) {
   status = RawClientStream(daemon, token, "PutStats", {garbage}, &reply);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
   EXPECT_THAT(status.error_message(), HasSubstr("applied before it: nothing"));
+}
+
+// The same for KvBatch.WriteKVBatch: an unparseable message, or one without chunks, is refused
+// whole, after the messages before it applied.
+TEST(HostileTenantE2e, UnparseableBatchFailsTheStreamAndSaysWhatWasApplied) {
+  DaemonProcess daemon;
+  ASSERT_OK(daemon.Start());
+  ASSERT_OK_AND_ASSIGN(std::string token, daemon.CreateTenant("alpha"));
+  ASSERT_OK_AND_ASSIGN(auto client, Client::Attach(daemon.channel(), token, "w"));
+  ASSERT_OK(client->RegisterModel(TestLayout()));
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("test-model"));
+  ASSERT_OK(client->Allocate(seq, 8).status());
+  auto batch = [&](std::vector<uint32_t> kv_heads) {
+    v1::KvChunkBatch b;
+    for (uint32_t h : kv_heads) {
+      v1::KvChunk* c = b.add_chunks();
+      c->set_sequence_id(seq);
+      c->set_kv_head(h);
+      c->set_token_count(4);
+      c->set_keys(PatternBytes(h, 4 * 16));
+      c->set_values(PatternBytes(h + 1, 4 * 16));
+    }
+    return b.SerializeAsString();
+  };
+  const std::string method = "/kvkeep.v1.KvBatch/WriteKVBatch";
+  const std::string garbage = "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff";
+  std::string reply;
+  grpc::Status status =
+      RawClientStream(daemon, token, method, {batch({0, 1}), garbage, batch({0})}, &reply);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("chunk 2 (message 1): not a parseable kvkeep.v1.KvChunkBatch"));
+  EXPECT_THAT(status.error_message(), HasSubstr("applied before it: chunks: 2"));
+  status = RawClientStream(daemon, token, method, {""}, &reply);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("chunk 0 (message 0): a KvChunkBatch message "
+                                                "without chunks; applied before it: nothing"));
+  status = RawClientStream(daemon, token, method, {batch({0, 1}), batch({1})}, &reply);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  v1::WriteSummary summary;
+  ASSERT_TRUE(summary.ParseFromString(reply));
+  EXPECT_EQ(summary.chunks(), 3u);
+  EXPECT_EQ(summary.tokens(), 12u);
 }
 
 // What a prober sees of a process's open files through /proc: whether /proc/<pid>/fd opens, and

@@ -235,6 +235,13 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
     // As Next, with the chunk's bytes as views (reply_pins.h): into pinned page memory where the
     // backend allows it (sequence reads on the CPU backend), else into strings the chunk owns.
     virtual absl::StatusOr<bool> NextReferenced(ReadChunk* chunk);
+    // Several NextReferenced chunks at once (KvBatch.ReadKVBatch): fills chunks[0, n) with the
+    // next chunks whose encoded sizes (keys, values, 5 bytes per position, 64 for the rest) sum to
+    // at most `budget` (at least one while any is left; entries reused) and returns n, 0 at the
+    // end. A sequence read takes its lock once for all, so no pin of this read is held while it
+    // waits for the lock (a Compress holding it waits for pins). Default: one NextReferenced.
+    virtual absl::StatusOr<size_t> NextReferencedBatch(std::vector<ReadChunk>* chunks,
+                                                       uint64_t budget);
   };
   absl::StatusOr<std::unique_ptr<ReadCursor>> OpenRead(const std::string& tenant,
                                                        const v1::ReadRequest& request);

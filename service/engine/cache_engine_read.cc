@@ -42,6 +42,13 @@ absl::StatusOr<bool> CacheEngine::ReadCursor::NextReferenced(ReadChunk* chunk) {
   return true;
 }
 
+absl::StatusOr<size_t> CacheEngine::ReadCursor::NextReferencedBatch(
+    std::vector<ReadChunk>* chunks, uint64_t /*budget*/) {
+  if (chunks->empty()) chunks->emplace_back();
+  ASSIGN_OR_RETURN(bool more, NextReferenced(&(*chunks)[0]));
+  return more ? 1 : 0;
+}
+
 class SequenceReadCursor final : public CacheEngine::ReadCursor {
  public:
   SequenceReadCursor(std::shared_ptr<CacheEngine::Sequence> seq, Backend* backend,
@@ -75,6 +82,34 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
     RETURN_IF_ERROR(StillReadable());
     uint32_t h = 0, n = 0;
     if (!NextRange(&h, &n)) return false;
+    RETURN_IF_ERROR(FillReferenced(h, n, chunk));
+    return true;
+  }
+
+  absl::StatusOr<size_t> NextReferencedBatch(std::vector<ReadChunk>* chunks,
+                                             uint64_t budget) override {
+    absl::ReaderMutexLock lock(&seq_->mu);
+    RETURN_IF_ERROR(StillReadable());
+    const uint64_t token_bytes = seq_->model->geometry().token_bytes;
+    size_t count = 0;
+    uint64_t total = 0;
+    uint32_t h = 0, n = 0;
+    while (NextRange(&h, &n)) {
+      // Keys, values and positions (a varint of at most 5 bytes each), and the other fields.
+      const uint64_t bytes = uint64_t{n} * (2 * token_bytes + 5) + 64;
+      if (count > 0 && total + bytes > budget) break;
+      if (count == chunks->size()) chunks->emplace_back();
+      RETURN_IF_ERROR(FillReferenced(h, n, &(*chunks)[count]));
+      ++count;
+      total += bytes;
+    }
+    return count;
+  }
+
+ private:
+  // Chunk `chunk` with tokens [next_token_, + n) of head `h`, and moves past them.
+  absl::Status FillReferenced(uint32_t h, uint32_t n, ReadChunk* chunk)
+      ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
     chunk->Clear();
     FillHeader(h, n, &chunk->header);
     std::vector<uint64_t> pages;
@@ -92,10 +127,9 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
       chunk->hold = std::move(owned);
     }
     next_token_ += n;
-    return true;
+    return absl::OkStatus();
   }
 
- private:
   absl::Status StillReadable() const ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
     if (seq_->dropped || seq_->spilled) {
       return absl::AbortedError("sequence was dropped or spilled during the read");

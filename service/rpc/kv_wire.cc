@@ -15,7 +15,23 @@ class SliceCursor {
  public:
   explicit SliceCursor(const std::vector<grpc::Slice>& slices) : slices_(slices) { Skip(); }
 
-  bool done() const { return index_ == slices_.size(); }
+  // At the end of the slices, or of the current limit.
+  bool done() const { return index_ == slices_.size() || limit_ == 0; }
+
+  // Reads stop after `n` more bytes (a nested message) until RestoreLimit; returns what is left
+  // of the outer limit after those `n` bytes, or false when `n` is beyond it.
+  bool PushLimit(uint64_t n, uint64_t* outer_left) {
+    if (n > limit_) return false;
+    *outer_left = limit_ == kNoLimit ? kNoLimit : limit_ - n;
+    limit_ = n;
+    return true;
+  }
+  // The nested message ended (every byte of it read): the outer limit again.
+  bool PopLimit(uint64_t outer_left) {
+    if (limit_ != 0) return false;  // the slices ended before the nested message did
+    limit_ = outer_left;
+    return true;
+  }
 
   bool ReadByte(uint8_t* b) {
     if (done()) return false;
@@ -37,6 +53,7 @@ class SliceCursor {
 
   // `n` bytes as views into the slices, one per slice they cross (no copy).
   bool ReadPieces(uint64_t n, std::vector<absl::string_view>* out) {
+    if (n > limit_) return false;
     while (n > 0) {
       if (done()) return false;
       const grpc::Slice& s = slices_[index_];
@@ -63,6 +80,7 @@ class SliceCursor {
   }
 
   bool SkipBytes(uint64_t n) {
+    if (n > limit_) return false;
     while (n > 0) {
       if (done()) return false;
       const uint64_t take = std::min<uint64_t>(n, slices_[index_].size() - offset_);
@@ -73,8 +91,11 @@ class SliceCursor {
   }
 
  private:
+  static constexpr uint64_t kNoLimit = UINT64_MAX;
+
   void Advance(uint64_t n) {
     offset_ += n;
+    if (limit_ != kNoLimit) limit_ -= n;
     Skip();
   }
   // Moves past exhausted (and empty) slices.
@@ -88,6 +109,7 @@ class SliceCursor {
   const std::vector<grpc::Slice>& slices_;
   size_t index_ = 0;
   uint64_t offset_ = 0;
+  uint64_t limit_ = kNoLimit;
   std::vector<absl::string_view> pieces_;
 };
 
@@ -157,6 +179,40 @@ bool ParseHeaderField(SliceCursor& in, uint32_t field, uint32_t wire, v1::KvChun
     default:
       return false;  // groups (3, 4) and reserved wire types
   }
+}
+
+// The fields of one KvChunk, up to the cursor's end (or limit).
+absl::Status ParseChunkFields(SliceCursor& in, KvChunkPieces* out) {
+  out->header.Clear();
+  out->keys.clear();
+  out->values.clear();
+  out->key_bytes = out->value_bytes = 0;
+  std::string field_scratch;
+  while (!in.done()) {
+    uint64_t tag = 0;
+    if (!in.ReadVarint(&tag) || tag > UINT32_MAX) return Malformed(0);
+    const uint32_t field = static_cast<uint32_t>(tag >> 3);
+    const uint32_t wire = static_cast<uint32_t>(tag & 7);
+    if ((field == 7 || field == 8) && wire == 2) {
+      uint64_t n = 0;
+      const bool keys = field == 7;
+      // A repeated singular field: the last one wins, as in protobuf.
+      std::vector<absl::string_view>& pieces = keys ? out->keys : out->values;
+      pieces.clear();
+      if (!in.ReadVarint(&n) || !in.ReadPieces(n, &pieces)) return Malformed(field);
+      (keys ? out->key_bytes : out->value_bytes) = n;
+      continue;
+    }
+    if (field == 0 || !ParseHeaderField(in, field, wire, &out->header, &field_scratch)) {
+      return Malformed(field);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MalformedBatch(uint32_t field, size_t items) {
+  return absl::InvalidArgumentError(absl::StrCat("malformed KvChunkBatch encoding (field ", field,
+                                                 ", after ", items, " items)"));
 }
 
 void DeleteString(void* p) { delete static_cast<std::string*>(p); }
@@ -238,33 +294,42 @@ uint64_t SumSizes(absl::Span<const absl::string_view> pieces) {
 }  // namespace
 
 absl::Status ParseKvChunkPieces(const grpc::ByteBuffer& buffer, KvChunkPieces* out) {
-  out->header.Clear();
-  out->keys.clear();
-  out->values.clear();
-  out->key_bytes = out->value_bytes = 0;
   out->slices.clear();
   grpc::Status dumped = buffer.Dump(&out->slices);
   if (!dumped.ok()) return absl::InternalError("cannot read the received message");
   SliceCursor in(out->slices);
-  std::string field_scratch;
+  return ParseChunkFields(in, out);
+}
+
+absl::Status ParseKvChunkBatch(const grpc::ByteBuffer& buffer, KvChunkBatchPieces* out) {
+  out->count = 0;
+  out->slices.clear();
+  grpc::Status dumped = buffer.Dump(&out->slices);
+  if (!dumped.ok()) return absl::InternalError("cannot read the received message");
+  SliceCursor in(out->slices);
   while (!in.done()) {
     uint64_t tag = 0;
-    if (!in.ReadVarint(&tag) || tag > UINT32_MAX) return Malformed(0);
+    if (!in.ReadVarint(&tag) || tag > UINT32_MAX) return MalformedBatch(0, out->count);
     const uint32_t field = static_cast<uint32_t>(tag >> 3);
     const uint32_t wire = static_cast<uint32_t>(tag & 7);
-    if ((field == 7 || field == 8) && wire == 2) {
-      uint64_t n = 0;
-      const bool keys = field == 7;
-      // A repeated singular field: the last one wins, as in protobuf.
-      std::vector<absl::string_view>& pieces = keys ? out->keys : out->values;
-      pieces.clear();
-      if (!in.ReadVarint(&n) || !in.ReadPieces(n, &pieces)) return Malformed(field);
-      (keys ? out->key_bytes : out->value_bytes) = n;
+    if (field != 1 || wire != 2) {  // unknown fields are skipped, as protobuf does
+      std::string scratch;
+      v1::KvChunk ignored;
+      if (field == 0 || field == 1 || !ParseHeaderField(in, field, wire, &ignored, &scratch)) {
+        return MalformedBatch(field, out->count);
+      }
       continue;
     }
-    if (field == 0 || !ParseHeaderField(in, field, wire, &out->header, &field_scratch)) {
-      return Malformed(field);
+    uint64_t n = 0, outer_left = 0;
+    if (!in.ReadVarint(&n) || !in.PushLimit(n, &outer_left)) return MalformedBatch(1, out->count);
+    if (out->count == out->chunks.size()) out->chunks.emplace_back();
+    absl::Status parsed = ParseChunkFields(in, &out->chunks[out->count]);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("item ", out->count, ": ", parsed.message()));
     }
+    if (!in.PopLimit(outer_left)) return MalformedBatch(1, out->count);
+    ++out->count;
   }
   return absl::OkStatus();
 }
@@ -335,6 +400,96 @@ void SerializeKvChunk(v1::KvChunk* chunk, grpc::ByteBuffer* out) {
   const absl::string_view keys[] = {owned->first};
   const absl::string_view values[] = {owned->second};
   SerializeKvChunkRefs(*chunk, keys, values, owned, out);
+}
+
+namespace {
+
+uint64_t VarintSize(uint64_t v) {
+  uint64_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// The slices of one batch message share one group: it owns the framing bytes (outer tags,
+// headers, field prefixes) and one reference on each chunk's holder; the last slice released
+// deletes it.
+struct BatchGroup {
+  std::string framing;
+  std::vector<std::shared_ptr<const void>> holds;
+  std::atomic<size_t> live{0};
+};
+
+void ReleaseFromBatchGroup(void* p) {
+  auto* group = static_cast<BatchGroup*>(p);
+  if (group->live.fetch_sub(1, std::memory_order_acq_rel) == 1) delete group;
+}
+
+}  // namespace
+
+uint64_t KvChunkRefBytes(const KvChunkRef& chunk) {
+  return SumSizes(chunk.keys) + SumSizes(chunk.values);
+}
+
+void SerializeKvChunkBatchRefs(absl::Span<const KvChunkRef> chunks, grpc::ByteBuffer* out) {
+  auto* group = new BatchGroup;
+  std::string& f = group->framing;
+  f.reserve(chunks.size() * 96);
+  // Ranges of `f` (data == nullptr) and referenced pieces, in wire order.
+  struct Piece {
+    const char* data;
+    uint64_t begin;
+    uint64_t size;
+  };
+  std::vector<Piece> pieces;
+  pieces.reserve(chunks.size() * 4 + 1);
+  uint64_t framed = 0;  // f[0, framed) is in `pieces` already
+  auto flush_framing = [&] {
+    if (f.size() > framed) pieces.push_back({nullptr, framed, f.size() - framed});
+    framed = f.size();
+  };
+  auto append_field = [&](uint32_t field, uint64_t n, absl::Span<const absl::string_view> data) {
+    if (n == 0) return;
+    AppendTag(field, 2, &f);
+    AppendVarint(n, &f);
+    flush_framing();
+    for (absl::string_view p : data) {
+      if (!p.empty()) pieces.push_back({p.data(), 0, p.size()});
+    }
+  };
+  for (const KvChunkRef& c : chunks) {
+    const std::string head = EncodeHeader(*c.header);
+    const uint64_t kn = SumSizes(c.keys);
+    const uint64_t vn = SumSizes(c.values);
+    const uint64_t inner = head.size() + (kn == 0 ? 0 : 1 + VarintSize(kn) + kn) +
+                           (vn == 0 ? 0 : 1 + VarintSize(vn) + vn);
+    AppendTag(1, 2, &f);
+    AppendVarint(inner, &f);
+    f.append(head);
+    append_field(7, kn, c.keys);
+    append_field(8, vn, c.values);
+    if (c.hold != nullptr && (group->holds.empty() || group->holds.back() != c.hold)) {
+      group->holds.push_back(c.hold);
+    }
+  }
+  flush_framing();
+  if (pieces.empty()) {
+    delete group;
+    grpc::ByteBuffer empty;
+    out->Swap(&empty);
+    return;
+  }
+  group->live.store(pieces.size(), std::memory_order_relaxed);
+  std::vector<grpc::Slice> slices;
+  slices.reserve(pieces.size());
+  for (const Piece& p : pieces) {
+    char* data = p.data == nullptr ? f.data() + p.begin : const_cast<char*>(p.data);
+    slices.emplace_back(data, p.size, ReleaseFromBatchGroup, group);
+  }
+  grpc::ByteBuffer buffer(slices.data(), slices.size());
+  out->Swap(&buffer);
 }
 
 }  // namespace kvkeep

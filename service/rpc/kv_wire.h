@@ -10,6 +10,9 @@
 //     memory, a caller's buffers): every piece becomes a slice that references it, and `hold` is
 //     kept (one reference per slice) until gRPC has released the last of them.
 //   SerializeKvChunk: moves a chunk's `keys` and `values` strings into slices (no copy).
+//   ParseKvChunkBatch / SerializeKvChunkBatchRefs: the same for a kvkeep.v1.KvChunkBatch (several
+//     chunks per message, KvBatch.WriteKVBatch / ReadKVBatch): every chunk as KvChunkPieces, every
+//     outgoing chunk's bytes referenced in place.
 //
 // The encodings are valid KvChunk encodings (fields 7 and 8 come last, which every protobuf parser
 // accepts), so the wire contract is unchanged; kv_wire_test checks them against protobuf.
@@ -67,6 +70,36 @@ void SerializeKvChunkRefs(const v1::KvChunk& header, absl::Span<const absl::stri
 
 // Moves `chunk`'s keys and values into `out`'s slices; `chunk` is left without them.
 void SerializeKvChunk(v1::KvChunk* chunk, grpc::ByteBuffer* out);
+
+// A received KvChunkBatch: chunks[0, count) are its items, in order, their views into `slices`
+// (the items' own `slices` stay empty). The vector keeps its entries between messages.
+struct KvChunkBatchPieces {
+  std::vector<KvChunkPieces> chunks;
+  size_t count = 0;
+  std::vector<grpc::Slice> slices;
+};
+
+// INVALID_ARGUMENT "malformed KvChunkBatch encoding (field N, after M items)", or "item M: " and
+// the KvChunk's own message, for a malformed encoding (the items before it were parsed, but the
+// daemon applies nothing of a message that does not parse whole).
+absl::Status ParseKvChunkBatch(const grpc::ByteBuffer& buffer, KvChunkBatchPieces* out);
+
+// One chunk of an outgoing batch: `header`'s fields but keys and values, then `keys` and
+// `values` referenced in place; `hold` (may be null) stays referenced until gRPC releases the
+// message's last slice.
+struct KvChunkRef {
+  const v1::KvChunk* header;
+  absl::Span<const absl::string_view> keys;
+  absl::Span<const absl::string_view> values;
+  std::shared_ptr<const void> hold;
+};
+
+// The summed sizes of a chunk's keys and values.
+uint64_t KvChunkRefBytes(const KvChunkRef& chunk);
+
+// Encodes `chunks` as one KvChunkBatch (protobuf's encoding, every chunk's fields 7 and 8 last).
+// The framing bytes are in one buffer shared by the message's slices; the pieces are referenced.
+void SerializeKvChunkBatchRefs(absl::Span<const KvChunkRef> chunks, grpc::ByteBuffer* out);
 
 }  // namespace kvkeep
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kvkeep/v1/kv_batch.pb.h"
 
 namespace kvkeep {
 namespace {
@@ -201,6 +202,129 @@ TEST(KvWireTest, BadEncodingsAreRefusedWithTheFieldNamed) {
       EXPECT_NE(s.message().find(b.field), std::string::npos) << s.message();
     }
   }
+}
+
+// ---- KvChunkBatch (several chunks per message) ----
+
+v1::KvChunkBatch SampleBatch() {
+  v1::KvChunkBatch batch;
+  *batch.add_chunks() = Sample(300);
+  v1::KvChunk second = Sample(17);
+  second.set_kv_head(0);
+  second.add_positions(-3);
+  second.add_positions(1 << 20);
+  second.set_page(99);
+  *batch.add_chunks() = second;
+  v1::KvChunk third = Sample(0);  // no bytes at all
+  third.set_layer(0);
+  *batch.add_chunks() = third;
+  *batch.add_chunks() = Sample(4096);
+  return batch;
+}
+
+void ExpectItemsAre(const KvChunkBatchPieces& parsed, const v1::KvChunkBatch& batch) {
+  ASSERT_EQ(parsed.count, static_cast<size_t>(batch.chunks_size()));
+  for (int i = 0; i < batch.chunks_size(); ++i) {
+    const KvChunkPieces& item = parsed.chunks[i];
+    EXPECT_EQ(Join(item.keys), batch.chunks(i).keys()) << i;
+    EXPECT_EQ(Join(item.values), batch.chunks(i).values()) << i;
+    EXPECT_EQ(item.key_bytes, batch.chunks(i).keys().size()) << i;
+    v1::KvChunk header = batch.chunks(i);
+    header.clear_keys();
+    header.clear_values();
+    EXPECT_EQ(item.header.SerializeAsString(), header.SerializeAsString()) << i;
+  }
+}
+
+TEST(KvWireTest, BatchParsesProtobufEncodingWhateverTheSlicing) {
+  const v1::KvChunkBatch batch = SampleBatch();
+  const std::string encoded = batch.SerializeAsString();
+  KvChunkBatchPieces parsed;  // reused: entries from the previous message must not leak
+  for (size_t piece : {encoded.size(), size_t{1}, size_t{7}, size_t{300}, size_t{4096}}) {
+    ASSERT_TRUE(ParseKvChunkBatch(Sliced(encoded, piece), &parsed).ok()) << piece;
+    ExpectItemsAre(parsed, batch);
+  }
+  v1::KvChunkBatch one;
+  *one.add_chunks() = Sample(5);
+  ASSERT_TRUE(ParseKvChunkBatch(Sliced(one.SerializeAsString(), 3), &parsed).ok());
+  ExpectItemsAre(parsed, one);
+}
+
+TEST(KvWireTest, BatchReferencesItsPiecesAndIsProtobufsEncoding) {
+  const v1::KvChunkBatch batch = SampleBatch();
+  std::vector<v1::KvChunk> headers;
+  std::vector<std::vector<absl::string_view>> keys, values;
+  for (const v1::KvChunk& c : batch.chunks()) {
+    v1::KvChunk h = c;
+    h.clear_keys();
+    h.clear_values();
+    headers.push_back(h);
+    absl::string_view k = c.keys();
+    // The keys in two uneven pieces, as page segments are.
+    keys.push_back(k.size() < 2 ? std::vector<absl::string_view>{k}
+                                : std::vector<absl::string_view>{k.substr(0, 1), k.substr(1)});
+    values.push_back({c.values()});
+  }
+  auto first_owner = std::make_shared<int>(1);
+  auto second_owner = std::make_shared<int>(2);
+  std::weak_ptr<int> watch_first = first_owner, watch_second = second_owner;
+  {
+    std::vector<KvChunkRef> refs;
+    for (size_t i = 0; i < headers.size(); ++i) {
+      refs.push_back({&headers[i], keys[i], values[i], i < 2 ? first_owner : second_owner});
+    }
+    grpc::ByteBuffer buffer;
+    SerializeKvChunkBatchRefs(refs, &buffer);
+    refs.clear();
+    first_owner.reset();
+    second_owner.reset();
+    EXPECT_FALSE(watch_first.expired());
+    EXPECT_FALSE(watch_second.expired());
+    v1::KvChunkBatch back;
+    ASSERT_TRUE(back.ParseFromString(Flatten(buffer)));
+    EXPECT_EQ(back.SerializeAsString(), batch.SerializeAsString());
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(buffer.Dump(&slices).ok());
+    bool found = false;
+    for (const grpc::Slice& s : slices) {
+      found |= reinterpret_cast<const char*>(s.begin()) == batch.chunks(3).keys().data() + 1;
+    }
+    EXPECT_TRUE(found) << "the keys are referenced, not copied";
+    KvChunkBatchPieces parsed;
+    ASSERT_TRUE(ParseKvChunkBatch(buffer, &parsed).ok());
+    ExpectItemsAre(parsed, batch);
+  }
+  EXPECT_TRUE(watch_first.expired());  // released with the last slice
+  EXPECT_TRUE(watch_second.expired());
+}
+
+TEST(KvWireTest, BadBatchEncodingsAreRefused) {
+  const std::string encoded = SampleBatch().SerializeAsString();
+  KvChunkBatchPieces parsed;
+  // Cut inside the last item: its declared length runs past the message.
+  absl::Status cut = ParseKvChunkBatch(Sliced(encoded.substr(0, encoded.size() - 1), 64), &parsed);
+  EXPECT_EQ(cut.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(cut.message().find("item 3: malformed KvChunk encoding (field 8)"), std::string::npos)
+      << cut.message();
+  // Cut inside the last item's length prefix.
+  v1::KvChunkBatch small;
+  *small.add_chunks() = Sample(100);
+  const std::string prefix = small.SerializeAsString().substr(0, 2);  // tag, 1st length byte
+  absl::Status short_prefix = ParseKvChunkBatch(Sliced(prefix, 1), &parsed);
+  EXPECT_NE(short_prefix.message().find("malformed KvChunkBatch encoding (field 1, after 0"),
+            std::string::npos)
+      << short_prefix.message();
+  // An item whose own encoding is bad (a varint of 11 bytes inside it).
+  std::string bad_item = "\x0a\x0b" + std::string(11, '\xff');
+  v1::KvChunkBatch one;
+  *one.add_chunks() = Sample(8);
+  absl::Status second = ParseKvChunkBatch(Sliced(one.SerializeAsString() + bad_item, 5), &parsed);
+  EXPECT_EQ(second.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(second.message().find("item 1: malformed KvChunk encoding"), std::string::npos)
+      << second.message();
+  // An item field with the wrong wire type.
+  absl::Status wire = ParseKvChunkBatch(Sliced(std::string("\x08\x01", 2), 1), &parsed);
+  EXPECT_EQ(wire.code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -104,7 +104,18 @@ class KvCacheService final : public KvCacheServiceBase {
   grpc::ServerWriteReactor<v1::PageTable>* AcquireStream(
       grpc::CallbackServerContext* context, const v1::AcquireRequest* request) override;
 
+  // KvBatch (several chunks per message; kv_batch_service.h registers them): WriteKV and ReadKV
+  // with KvChunkBatch messages (kvcache_service_bytes.cc).
+  grpc::ServerReadReactor<grpc::ByteBuffer>* WriteKVBatch(grpc::CallbackServerContext* context,
+                                                          grpc::ByteBuffer* reply);
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ReadKVBatch(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* request);
+  // ReadKVBatch's chunk bytes per message when the request leaves it 0.
+  static constexpr uint64_t kDefaultBatchMessageBytes = 1 << 20;
+
  private:
+  grpc::ServerReadReactor<grpc::ByteBuffer>* NewWriteKv(grpc::CallbackServerContext* context,
+                                                        grpc::ByteBuffer* reply, bool batched);
   // The tenant of the call's token, charged one call to `session_id`'s limits (OK when there are
   // no limits).
   absl::StatusOr<std::string> Admit(grpc::CallbackServerContext* context,

@@ -276,6 +276,7 @@ absl::Status Server::CreateServices(const ServiceOptions& options, const std::st
   limits_ = std::make_unique<SessionLimits>(options.limits);
   kvcache_ = std::make_unique<KvCacheService>(engine_.get(), executor_.get(), admin_hash,
                                               limits_.get());
+  kv_batch_ = std::make_unique<KvBatchService>(kvcache_.get());
   admin_ = std::make_unique<AdminService>(engine_.get(), executor_.get(), admin_hash);
   return absl::OkStatus();
 }
@@ -316,6 +317,7 @@ absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string&
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxHeaderListBytes);
   RETURN_IF_ERROR(StartArenaChannel());
   builder.RegisterService(kvcache_.get());
+  builder.RegisterService(kv_batch_.get());
   builder.RegisterService(admin_.get());
   grpc_ = builder.BuildAndStart();
   if (grpc_ == nullptr) {
@@ -387,6 +389,7 @@ Server::~Server() {
   grpc_.reset();
   metrics_.reset();
   executor_.reset();  // runs what is queued (the server no longer accepts calls)
+  kv_batch_.reset();
   kvcache_.reset();
   admin_.reset();
   arena_channel_.reset();  // after every session ended (grpc_ is gone), before the engine

@@ -20,6 +20,7 @@
 #include "service/rpc/admin_service.h"
 #include "service/engine/cache_engine.h"
 #include "service/fleet/fleet_tier.h"
+#include "service/rpc/kv_batch_service.h"
 #include "service/rpc/kvcache_service.h"
 #include "service/observability/metrics.h"
 #include "service/observability/metrics_http.h"
@@ -72,6 +73,7 @@ class Server {
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<SessionLimits> limits_;  // used by kvcache_ and the metrics endpoint
   std::unique_ptr<KvCacheService> kvcache_;
+  std::unique_ptr<KvBatchService> kv_batch_;  // serves through kvcache_
   // Arenas as fds (service/arena_channel): used by kvcache_'s sessions, reads engine_.
   std::unique_ptr<EngineArenaFdSource> arena_fd_source_;
   std::unique_ptr<ArenaChannelServer> arena_channel_;

@@ -9,7 +9,8 @@ import grpc
 import numpy as np
 
 from kvkeep import dtypes
-from kvkeep._proto import common_pb2, kvcache_pb2, kvcache_pb2_grpc
+from kvkeep._proto import (common_pb2, kv_batch_pb2, kv_batch_pb2_grpc, kvcache_pb2,
+                           kvcache_pb2_grpc)
 from kvkeep.connection import (  # noqa: F401  (make_channel, normalize_target: public here too)
     DEFAULT_MAX_MESSAGE_BYTES, Connection, make_channel, normalize_target)
 from kvkeep.errors import DeadlineExceeded, KvkeepError, from_rpc_error
@@ -114,6 +115,21 @@ Compressed.__doc__ = """Result of Sequence.compress: `table` (the new PageTable)
 EvictionSummary message)."""
 
 
+def _batches(chunks, budget):
+    """KvChunkBatch messages of whole chunks whose encodings sum to at most `budget` (a larger
+    chunk goes alone)."""
+    batch, size = [], 0
+    for chunk in chunks:
+        n = chunk.ByteSize() + 6  # the item's tag and length
+        if batch and size + n > budget:
+            yield kv_batch_pb2.KvChunkBatch(chunks=batch)
+            batch, size = [], 0
+        batch.append(chunk)
+        size += n
+    if batch:
+        yield kv_batch_pb2.KvChunkBatch(chunks=batch)
+
+
 class Client(Connection):
     """A connection to kvkeepd with a tenant token. `attach(worker_name)` opens a Session.
 
@@ -121,6 +137,21 @@ class Client(Connection):
     TLS). `max_message_bytes` must not exceed the daemon's --max_message_mib."""
 
     _stub_class = kvcache_pb2_grpc.KvCacheStub
+
+    # The bytes path packs its chunks several per message (kvkeep.v1.KvBatch) up to this many
+    # chunk bytes; 0: one chunk per message (WriteKV / ReadKV). A daemon without KvBatch answers
+    # UNIMPLEMENTED: the call is redone with WriteKV / ReadKV, and has_kv_batch becomes False.
+    batch_message_bytes = 1 << 20
+    has_kv_batch = None  # unknown until a bytes-path call found out
+
+    def _batch_stub(self):
+        stub = self.__dict__.get("_kv_batch_stub")
+        if stub is None:
+            stub = self._kv_batch_stub = kv_batch_pb2_grpc.KvBatchStub(self._channel)
+        return stub
+
+    def _batching(self):
+        return self.batch_message_bytes > 0 and self.has_kv_batch is not False
 
     def attach(self, worker_name, timeout=10.0):
         """Opens the Session stream and waits (up to `timeout` s) for the daemon's first event."""
@@ -325,12 +356,42 @@ class Session:
         return Sequence(self, model, table)
 
     def write_kv(self, chunks):
-        """Raw WriteKV of KvChunk messages (one stream). Returns the WriteSummary."""
-        return self.client._stream_in(self.client._stub.WriteKV, chunks)
+        """Raw WriteKV of KvChunk messages (one stream; several per message through
+        KvBatch.WriteKVBatch while Client.batch_message_bytes > 0). Returns the WriteSummary."""
+        c = self.client
+        if not c._batching():
+            return c._stream_in(c._stub.WriteKV, chunks)
+        chunks = list(chunks)  # kept for the retry on an older daemon
+        try:
+            budget = min(c.batch_message_bytes, self._write_limit())  # below the send limit
+            reply = c._stream_in(c._batch_stub().WriteKVBatch, _batches(chunks, budget))
+        except KvkeepError as err:
+            if err.status_code != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            c.has_kv_batch = False  # nothing was applied: the same chunks, one per message
+            return c._stream_in(c._stub.WriteKV, chunks)
+        c.has_kv_batch = True
+        return reply
 
     def read_kv(self, request):
-        """Raw ReadKV: the list of KvChunk messages for a ReadRequest."""
-        return list(self.client._stream_out(self.client._stub.ReadKV, request))
+        """Raw ReadKV: the list of KvChunk messages for a ReadRequest (several per message through
+        KvBatch.ReadKVBatch while Client.batch_message_bytes > 0)."""
+        c = self.client
+        if not c._batching():
+            return list(c._stream_out(c._stub.ReadKV, request))
+        out = []
+        try:
+            batched = kv_batch_pb2.ReadBatchRequest(
+                read=request, max_message_bytes=min(c.batch_message_bytes, 2**32 - 1))
+            for message in c._stream_out(c._batch_stub().ReadKVBatch, batched):
+                out.extend(message.chunks)
+        except KvkeepError as err:
+            if err.status_code != grpc.StatusCode.UNIMPLEMENTED or out:
+                raise
+            c.has_kv_batch = False
+            return list(c._stream_out(c._stub.ReadKV, request))
+        c.has_kv_batch = True
+        return out
 
     # -- arenas (zero copy) -----------------------------------------------------------------
     def arenas(self):

@@ -108,6 +108,35 @@ class RoundTripTest(DaemonTestCase, unittest.TestCase):
             np.testing.assert_array_equal(rk.view(np.uint16), k[100:110].view(np.uint16))
             np.testing.assert_array_equal(pos, positions[100:110])
 
+    def test_batched_and_unbatched_bytes_path_agree(self):
+        # Several heads' chunks per message (KvBatch), then one per message (WriteKV / ReadKV).
+        rng = np.random.default_rng(5)
+        self.addCleanup(setattr, self.client, "batch_message_bytes",
+                        self.client.batch_message_bytes)
+        with self.client.attach("batches") as session:
+            model = self.small_model(session, dtype="float16")
+            results = {}
+            for batch_bytes in (1 << 20, 700, 0):  # a budget below one head: one per message
+                self.client.batch_message_bytes = batch_bytes
+                seq = session.create_sequence(model)
+                n = 20
+                seq.allocate(n)
+                k = random_bits(rng, (model.layers, model.kv_heads, n, model.head_dim), np.float16)
+                v = random_bits(rng, (model.layers, model.kv_heads, n, model.head_dim), np.float16)
+                summary = seq.write_all(k, v)
+                self.assertEqual(summary.chunks, model.layers * model.kv_heads)
+                seq.commit(n)
+                back = seq.read_all()
+                for l in range(model.layers):
+                    for h in range(model.kv_heads):
+                        np.testing.assert_array_equal(back[(l, h)][0].view(np.uint16),
+                                                      k[l, h].view(np.uint16))
+                        np.testing.assert_array_equal(back[(l, h)][1].view(np.uint16),
+                                                      v[l, h].view(np.uint16))
+                results[batch_bytes] = self.client.has_kv_batch
+                seq.drop()
+            self.assertIs(results[1 << 20], True)  # this daemon serves KvBatch
+
     def test_session_close_drops_unretained_sequences(self):
         session = self.client.attach("short")
         model = self.small_model(session)
