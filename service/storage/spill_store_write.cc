@@ -82,6 +82,38 @@ absl::Status ReadRuns(const std::vector<ValueRun>& runs, size_t begin, size_t en
   return absl::OkStatus();
 }
 
+// Reads the plan's runs batch by batch (whole runs up to plan.batch_bytes, at least one per
+// batch) into one staging buffer that every batch reuses (a batch, or the largest run when a run
+// is larger), and hands each batch to `write(begin, end, bytes, staged)`. Both write paths use
+// it. (A template because the plan is SpillStore's private type.)
+template <typename Plan, typename Write>
+absl::Status ForEachStagedBatch(Plan& plan, SpillPageSource* source, Write write) {
+  const uint64_t staging_bytes = std::max<uint64_t>(
+      1, std::min(plan.total_bytes, std::max(plan.batch_bytes, plan.largest_run)));
+  std::unique_ptr<char[]> staging = std::make_unique_for_overwrite<char[]>(staging_bytes);
+  size_t begin = 0;
+  do {
+    size_t end = begin;
+    uint64_t bytes = 0;
+    while (end < plan.runs.size() &&
+           (end == begin || bytes + plan.runs[end].bytes <= plan.batch_bytes)) {
+      bytes += plan.runs[end++].bytes;
+    }
+    RETURN_IF_ERROR(
+        ReadRuns(plan.runs, begin, end, source, plan.mkey, staging.get(), &plan.metas));
+    RETURN_IF_ERROR(write(begin, end, bytes, staging.get()));
+    begin = end;
+  } while (begin < plan.runs.size());
+  return absl::OkStatus();
+}
+
+// The plan's manifest record (the commit point of a spill).
+template <typename Plan>
+std::string ManifestOf(const Plan& plan) {
+  return EncodeManifest(*plan.spill, plan.metas, plan.total_bytes, plan.page_count, plan.created,
+                        plan.pages_per_value);
+}
+
 // The source of Put: the record's own pages.
 class RecordSource : public SpillPageSource {
  public:
@@ -165,24 +197,11 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
   if (!s.ok()) return db_failed(s, "removing the pages of an earlier attempt");
   const bool single = plan.total_bytes <= plan.batch_bytes;
   if (!single && options_.ingest_large_spills) return IngestPagesLocked(plan, source);
-  // One batch (or the largest run, when a run is larger than a batch); reused by every batch.
-  const uint64_t staging_bytes = std::max<uint64_t>(
-      1, std::min(plan.total_bytes, std::max(plan.batch_bytes, plan.largest_run)));
-  std::unique_ptr<char[]> staging = std::make_unique_for_overwrite<char[]>(staging_bytes);
   std::string key;
-  size_t begin = 0;
-  do {
-    // The next batch: whole runs up to batch_bytes (at least one run).
-    size_t end = begin;
-    uint64_t bytes = 0;
-    while (end < plan.runs.size() &&
-           (end == begin || bytes + plan.runs[end].bytes <= plan.batch_bytes)) {
-      bytes += plan.runs[end++].bytes;
-    }
-    RETURN_IF_ERROR(
-        ReadRuns(plan.runs, begin, end, source, plan.mkey, staging.get(), &plan.metas));
+  RETURN_IF_ERROR(ForEachStagedBatch(plan, source, [&](size_t begin, size_t end, uint64_t bytes,
+                                                        const char* src) -> absl::Status {
     rocksdb::WriteBatch batch(bytes + (end - begin) * (plan.prefix.size() + 32) + 4096);
-    const char* src = staging.get();
+    rocksdb::Status s;
     for (size_t i = begin; i < end && s.ok(); ++i) {
       const ValueRun& run = plan.runs[i];
       key = PageKey(plan.prefix, run.head, run.first);
@@ -192,11 +211,7 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
     rocksdb::WriteOptions w;
     if (single) {
       // Small spill: pages and manifest in one synced batch, as ever.
-      if (s.ok()) {
-        s = batch.Put(manifests_, plan.mkey,
-                      EncodeManifest(*plan.spill, plan.metas, plan.total_bytes, plan.page_count,
-                                     plan.created, plan.pages_per_value));
-      }
+      if (s.ok()) s = batch.Put(manifests_, plan.mkey, ManifestOf(plan));
       w.sync = true;
     } else {
       w.disableWAL = true;  // made durable by the flush below, before the manifest exists
@@ -205,10 +220,9 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
     plan.wrote = true;
     s = db_->Write(w, &batch);
     if (!s.ok()) return db_failed(s, "writing pages");
-    begin = end;
-  } while (begin < plan.runs.size());
+    return absl::OkStatus();
+  }));
   if (single) return absl::OkStatus();
-  staging.reset();
 
   rocksdb::FlushOptions flush;
   flush.wait = true;
@@ -216,9 +230,7 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
   if (!s.ok()) return db_failed(s, "flushing pages");
   rocksdb::WriteOptions w;
   w.sync = true;
-  s = db_->Put(w, manifests_, plan.mkey,
-               EncodeManifest(*plan.spill, plan.metas, plan.total_bytes, plan.page_count,
-                              plan.created, plan.pages_per_value));
+  s = db_->Put(w, manifests_, plan.mkey, ManifestOf(plan));
   if (!s.ok()) return db_failed(s, "writing the manifest");
   return absl::OkStatus();
 }
@@ -248,32 +260,18 @@ absl::Status SpillStore::IngestPagesLocked(WritePlan& plan, SpillPageSource* sou
                                 /*invalidate_page_cache=*/false);
   rocksdb::Status s = writer.Open(file);
   if (!s.ok()) return db_failed(s, "creating the file to ingest");
-  // Staging: one batch of runs (or the largest run), reused.
-  const uint64_t staging_bytes =
-      std::max<uint64_t>(1, std::min(plan.total_bytes, std::max(plan.batch_bytes, plan.largest_run)));
-  std::unique_ptr<char[]> staging = std::make_unique_for_overwrite<char[]>(staging_bytes);
   std::string key;
-  size_t begin = 0;
-  while (begin < plan.runs.size()) {
-    size_t end = begin;
-    uint64_t bytes = 0;
-    while (end < plan.runs.size() &&
-           (end == begin || bytes + plan.runs[end].bytes <= plan.batch_bytes)) {
-      bytes += plan.runs[end++].bytes;
-    }
-    RETURN_IF_ERROR(
-        ReadRuns(plan.runs, begin, end, source, plan.mkey, staging.get(), &plan.metas));
-    const char* src = staging.get();
+  RETURN_IF_ERROR(ForEachStagedBatch(plan, source, [&](size_t begin, size_t end, uint64_t,
+                                                        const char* src) -> absl::Status {
     for (size_t i = begin; i < end; ++i) {
       const ValueRun& run = plan.runs[i];
       key = PageKey(plan.prefix, run.head, run.first);
-      s = writer.Put(key, rocksdb::Slice(src, run.bytes));
-      if (!s.ok()) return db_failed(s, "writing pages to the file to ingest");
+      rocksdb::Status put = writer.Put(key, rocksdb::Slice(src, run.bytes));
+      if (!put.ok()) return db_failed(put, "writing pages to the file to ingest");
       src += run.bytes;
     }
-    begin = end;
-  }
-  staging.reset();
+    return absl::OkStatus();
+  }));
   s = writer.Finish();
   if (!s.ok()) return db_failed(s, "syncing the file to ingest");
 
@@ -286,9 +284,7 @@ absl::Status SpillStore::IngestPagesLocked(WritePlan& plan, SpillPageSource* sou
   if (!s.ok()) return db_failed(s, "ingesting pages");
   rocksdb::WriteOptions w;
   w.sync = true;
-  s = db_->Put(w, manifests_, plan.mkey,
-               EncodeManifest(*plan.spill, plan.metas, plan.total_bytes, plan.page_count,
-                              plan.created, plan.pages_per_value));
+  s = db_->Put(w, manifests_, plan.mkey, ManifestOf(plan));
   if (!s.ok()) return db_failed(s, "writing the manifest");
   return absl::OkStatus();
 }
