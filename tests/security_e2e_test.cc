@@ -19,6 +19,7 @@
 #include "google/protobuf/descriptor.h"
 #include "gtest/gtest.h"
 #include "kvkeep/v1/admin.grpc.pb.h"
+#include "kvkeep/v1/kv_batch.grpc.pb.h"
 #include "tests/daemon_process.h"
 
 namespace kvkeep::testing {
@@ -196,6 +197,64 @@ TEST_F(SecurityTest, EveryAdminRpcRefusesTenantWrongAndMissingTokens) {
   auto status = daemon_.Admin()->GetStatus();
   ASSERT_OK(status);
   EXPECT_DOUBLE_EQ(status->watermarks().low_free(), 0.05);
+}
+
+// The KvBatch service (several chunks per message) admits exactly as WriteKV/ReadKV do: no token,
+// an unknown token, and the admin token get nothing written or read; another tenant's sequence id
+// is NOT_FOUND; alpha's bytes are untouched.
+TEST_F(SecurityTest, KvBatchRefusesBadTokensAndAnotherTenantsSequence) {
+  auto stub = v1::KvBatch::NewStub(MakeChannel(daemon_.channel()));
+  const std::string zeros(8 * kTokenBytes, '\0');
+  const struct {
+    std::string token;
+    grpc::StatusCode want;
+  } cases[] = {{"", grpc::StatusCode::UNAUTHENTICATED},
+               {"not-a-token-of-this-daemon-0123456789", grpc::StatusCode::UNAUTHENTICATED},
+               {daemon_.admin_token(), grpc::StatusCode::PERMISSION_DENIED},
+               {token_b_, grpc::StatusCode::NOT_FOUND}};
+  for (const auto& c : cases) {
+    auto ctx = [&] {
+      return c.token.empty() ? std::make_unique<grpc::ClientContext>() : MakeCallContext(c.token);
+    };
+    {
+      v1::KvChunkBatch batch;
+      v1::KvChunk* chunk = batch.add_chunks();
+      chunk->set_sequence_id(seq_a_);
+      chunk->set_layer(1);
+      chunk->set_kv_head(1);
+      chunk->set_token_count(8);
+      chunk->set_keys(zeros);
+      chunk->set_values(zeros);
+      auto context = ctx();
+      v1::WriteSummary summary;
+      auto writer = stub->WriteKVBatch(context.get(), &summary);
+      writer->Write(batch);  // may fail once the daemon has refused the call
+      writer->WritesDone();
+      EXPECT_EQ(writer->Finish().error_code(), c.want) << "WriteKVBatch, token \"" << c.token << "\"";
+    }
+    {
+      v1::ReadBatchRequest request;
+      request.mutable_read()->set_sequence_id(seq_a_);
+      auto context = ctx();
+      auto reader = stub->ReadKVBatch(context.get(), request);
+      v1::KvChunkBatch batch;
+      int messages = 0;
+      while (reader->Read(&batch)) ++messages;
+      EXPECT_EQ(messages, 0) << "ReadKVBatch sent alpha's bytes to token \"" << c.token << "\"";
+      EXPECT_EQ(reader->Finish().error_code(), c.want) << "ReadKVBatch, token \"" << c.token << "\"";
+    }
+  }
+  ExpectAlphaUnchanged();
+  // Control: alpha's own token reads its bytes through the same service.
+  auto context = MakeCallContext(token_a_);
+  v1::ReadBatchRequest request;
+  request.mutable_read()->set_sequence_id(seq_a_);
+  auto reader = stub->ReadKVBatch(context.get(), request);
+  v1::KvChunkBatch batch;
+  int chunks = 0;
+  while (reader->Read(&batch)) chunks += batch.chunks_size();
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_GT(chunks, 0);
 }
 
 TEST_F(SecurityTest, AnotherTenantsSequenceIdIsNotFoundOnEveryWorkerRpc) {
