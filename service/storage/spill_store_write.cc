@@ -197,6 +197,10 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
   if (!s.ok()) return db_failed(s, "removing the pages of an earlier attempt");
   const bool single = plan.total_bytes <= plan.batch_bytes;
   if (!single && options_.ingest_large_spills) return IngestPagesLocked(plan, source);
+  // Read here, under db_mu_ (held by the caller): the lambda below is analysed on its own.
+  rocksdb::DB* const db = db_.get();
+  rocksdb::ColumnFamilyHandle* const pages = pages_;
+  rocksdb::ColumnFamilyHandle* const manifests = manifests_;
   std::string key;
   RETURN_IF_ERROR(ForEachStagedBatch(plan, source, [&](size_t begin, size_t end, uint64_t bytes,
                                                         const char* src) -> absl::Status {
@@ -205,20 +209,20 @@ absl::Status SpillStore::WriteBatchesLocked(WritePlan& plan, SpillPageSource* so
     for (size_t i = begin; i < end && s.ok(); ++i) {
       const ValueRun& run = plan.runs[i];
       key = PageKey(plan.prefix, run.head, run.first);
-      s = batch.Put(pages_, key, rocksdb::Slice(src, run.bytes));
+      s = batch.Put(pages, key, rocksdb::Slice(src, run.bytes));
       src += run.bytes;
     }
     rocksdb::WriteOptions w;
     if (single) {
       // Small spill: pages and manifest in one synced batch, as ever.
-      if (s.ok()) s = batch.Put(manifests_, plan.mkey, ManifestOf(plan));
+      if (s.ok()) s = batch.Put(manifests, plan.mkey, ManifestOf(plan));
       w.sync = true;
     } else {
       w.disableWAL = true;  // made durable by the flush below, before the manifest exists
     }
     if (!s.ok()) return db_failed(s, "building a batch");
     plan.wrote = true;
-    s = db_->Write(w, &batch);
+    s = db->Write(w, &batch);
     if (!s.ok()) return db_failed(s, "writing pages");
     return absl::OkStatus();
   }));
