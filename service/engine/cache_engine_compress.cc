@@ -56,7 +56,10 @@ absl::StatusOr<v1::CompressReply> CacheEngine::CompressHeld(Sequence* seq,
                    CompressSequence(*seq->model, seq->table, seq->stats, resolved.policy,
                                     resolved.budget, *backend_, pool_, scratch));
   const PageGeometry& geometry = seq->model->geometry();
-  if (outcome.changed) seq->costs = PageCosts{};  // tokens moved: the page costs are void
+  if (outcome.changed) {  // tokens moved: the page costs are void, open reads stop
+    seq->costs = PageCosts{};
+    ++seq->compactions;
+  }
   if (!outcome.freed_pages.empty()) {
     const uint64_t pages = outcome.freed_pages.size();
     pool_.Free(outcome.freed_pages);

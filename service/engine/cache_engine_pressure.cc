@@ -51,7 +51,10 @@ absl::StatusOr<PressureRelief::Host::Compressed> CacheEngine::CompressForPressur
   ASSIGN_OR_RETURN(CompressOutcome outcome,
                    CompressSequence(*seq->model, seq->table, seq->stats, resolved.policy,
                                     resolved.budget, *backend_, pool_, scratch));
-  if (outcome.changed) seq->costs = PageCosts{};  // tokens moved: the page costs are void
+  if (outcome.changed) {  // tokens moved: the page costs are void, open reads stop
+    seq->costs = PageCosts{};
+    ++seq->compactions;
+  }
   Compressed done;
   done.tokens = outcome.tokens_before - outcome.tokens_after;
   done.pages = outcome.freed_pages.size();

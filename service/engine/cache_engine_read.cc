@@ -2,6 +2,7 @@
 #include "service/engine/cache_engine.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -130,9 +131,17 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
     return absl::OkStatus();
   }
 
-  absl::Status StillReadable() const ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
+  // Also records, at the first chunk, how often the sequence was compacted: chunks of one stream
+  // all come from the same token order, never from both sides of a Compress.
+  absl::Status StillReadable() ABSL_SHARED_LOCKS_REQUIRED(seq_->mu) {
     if (seq_->dropped || seq_->spilled) {
       return absl::AbortedError("sequence was dropped or spilled during the read");
+    }
+    if (!compactions_seen_.has_value()) compactions_seen_ = seq_->compactions;
+    if (*compactions_seen_ != seq_->compactions) {
+      return absl::AbortedError(
+          "sequence was compressed during the read (its tokens moved); the chunks already sent "
+          "are intact, read the rest again");
     }
     return absl::OkStatus();
   }
@@ -235,6 +244,7 @@ class SequenceReadCursor final : public CacheEngine::ReadCursor {
   const uint64_t chunk_bytes_;
   size_t head_index_ = 0;
   uint32_t next_token_;
+  std::optional<uint64_t> compactions_seen_;
 };
 
 class PageReadCursor final : public CacheEngine::ReadCursor {

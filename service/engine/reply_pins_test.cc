@@ -271,6 +271,37 @@ TEST_F(ReplyPinsTest, CompressWaitsForHeldChunksOrRefusesAndChangesNothing) {
   ASSERT_OK_AND_ASSIGN(v1::CompressReply reply, engine_->Compress("a", compress));
   release.join();
   EXPECT_LT(reply.summary().tokens_after(), reply.summary().tokens_before());
+  // The stream sent chunks in the old token order: it stops rather than go on in the new one
+  // (nothing pinned its pages between two chunks, so the Compress could go ahead).
+  ReadChunk next;
+  EXPECT_THAT(cursor->NextReferenced(&next),
+              StatusIs(StatusCode::kAborted, "compressed during the read"));
+  std::vector<ReadChunk> batch;
+  EXPECT_THAT(cursor->NextReferencedBatch(&batch, 1 << 20),
+              StatusIs(StatusCode::kAborted, "compressed during the read"));
+  EXPECT_EQ(engine_->pool().Pins().pins, 0u);
+}
+
+// A read opened before a Compress but not yet started reads the compacted sequence whole: the
+// stream's token order is fixed by its first chunk.
+TEST_F(ReplyPinsTest, AReadNotYetStartedReadsTheCompactedSequence) {
+  const std::string seq = Filled(6);
+  auto cursor = Open(seq);
+  ASSERT_NE(cursor, nullptr);
+  v1::CompressRequest compress;
+  compress.set_sequence_id(seq);
+  compress.mutable_policy()->set_scorer("knorm");
+  compress.mutable_policy()->set_keep_ratio(0.5);
+  ASSERT_OK_AND_ASSIGN(v1::CompressReply reply, engine_->Compress("a", compress));
+  ASSERT_LT(reply.summary().tokens_after(), reply.summary().tokens_before());
+  uint64_t tokens = 0;
+  for (;;) {
+    ReadChunk chunk;
+    ASSERT_OK_AND_ASSIGN(bool more, cursor->NextReferenced(&chunk));
+    if (!more) break;
+    tokens += chunk.header.token_count();
+  }
+  EXPECT_EQ(tokens, reply.summary().tokens_after());
 }
 
 // The CUDA backend's memory cannot be referenced from the host: the copy path answers the same

@@ -49,6 +49,9 @@ struct Sequence {
   // A restore could not delete the disk copy: Spill and Drop delete it first.
   bool stale_spill_copy ABSL_GUARDED_BY(mu) = false;
   uint64_t spilled_bytes ABSL_GUARDED_BY(mu) = 0;
+  // How many times tokens moved inside its pages (Compress, pressure relief): a ReadKV stream
+  // that saw another count stops with ABORTED rather than send chunks of the moved tokens.
+  uint64_t compactions ABSL_GUARDED_BY(mu) = 0;
   // Capacity cost of each page (pool pressure under kCapacity); refreshed on the background
   // thread, invalidated by Compress.
   PageCosts costs ABSL_GUARDED_BY(mu);
