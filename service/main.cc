@@ -90,6 +90,9 @@ ABSL_FLAG(double, session_byte_burst, 4.0 * (1ull << 30),
           "Payload bytes a session may move at once (bucket size; >= the message limit)");
 ABSL_FLAG(uint64_t, max_stats_bytes, 4ull << 20,
           "Largest statistics payload of one PutStats chunk or CommitTokens, bytes; 0 = unlimited");
+ABSL_FLAG(uint32_t, max_read_streams_per_tenant, 128,
+          "ReadKV/ReadKVBatch streams one tenant may have open at once (a stalled reader keeps "
+          "its stream's message pinned in the pool); 0 = unlimited");
 ABSL_FLAG(uint32_t, max_tokens_per_request, 1u << 20, "Most tokens one AllocatePages may ask for");
 ABSL_FLAG(uint64_t, max_pages_per_request, 0,
           "Most pages one AllocatePages may add over all heads (0 = what fits in a reply message)");
@@ -160,7 +163,8 @@ const std::vector<FlagGroup>& FlagGroups() {
        {"spill_dir", "spill_block_cache_mib", "spill_min_blob_bytes", "spill_rate_limit_mib"}},
       {"Per-session limits",
        {"session_calls_per_second", "session_call_burst", "session_bytes_per_second",
-        "session_byte_burst", "max_stats_bytes", "max_tokens_per_request",
+        "session_byte_burst", "max_stats_bytes", "max_read_streams_per_tenant",
+        "max_tokens_per_request",
         "max_pages_per_request", "max_metadata_bytes_per_tenant"}},
       {"Metrics and logs", {"metrics_address", "log_level", "log_format", "dumpable"}},
       {"Process", {"malloc_retain_mib", "mutex_deadlock_detection"}},
@@ -396,6 +400,7 @@ absl::Status ReadOptions(int argc, char** argv, kvkeep::ServiceOptions* options)
   options->limits.bytes_per_second = absl::GetFlag(FLAGS_session_bytes_per_second);
   options->limits.byte_burst = absl::GetFlag(FLAGS_session_byte_burst);
   options->limits.max_stats_bytes = absl::GetFlag(FLAGS_max_stats_bytes);
+  options->limits.max_read_streams = absl::GetFlag(FLAGS_max_read_streams_per_tenant);
   options->max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
   options->max_pages_per_request = absl::GetFlag(FLAGS_max_pages_per_request);
   options->max_metadata_bytes_per_tenant = absl::GetFlag(FLAGS_max_metadata_bytes_per_tenant);
@@ -467,6 +472,7 @@ void LogStart(const kvkeep::ServiceOptions& o) {
                      {"session_bytes_per_second", l.bytes_per_second},
                      {"session_byte_burst", l.byte_burst},
                      {"max_stats_bytes", l.max_stats_bytes},
+                     {"max_read_streams_per_tenant", l.max_read_streams},
                      {"max_tokens_per_request", o.max_tokens_per_request},
                      {"max_pages_per_request", o.max_pages_per_request},
                      {"max_metadata_bytes_per_tenant", o.max_metadata_bytes_per_tenant},

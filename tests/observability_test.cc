@@ -202,7 +202,8 @@ TEST_F(ObservabilityTest, MetricsEndpointServesTheKeyFamilies) {
         "kvkeep_spill_errors_total", "kvkeep_page_allocations_total",
         "kvkeep_page_allocation_failures_total", "kvkeep_grpc_server_handled_total",
         "kvkeep_grpc_server_handling_seconds", "kvkeep_compressions_total",
-        "kvkeep_tenant_pages_in_use", "kvkeep_tenant_stored_bytes"}) {
+        "kvkeep_tenant_pages_in_use", "kvkeep_tenant_stored_bytes", "kvkeep_pool_pinned_pages",
+        "kvkeep_pool_retired_pages", "kvkeep_read_streams_open"}) {
     EXPECT_THAT(text, HasSubstr(absl::StrCat("# TYPE ", family, " "))) << family;
   }
   auto values = ParseExposition(text);

@@ -64,27 +64,30 @@ struct Source {
 class ReplyPinsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_OK(daemon_.Start());
+    ASSERT_OK(daemon_.Start(DaemonFlags()));
     ASSERT_OK_AND_ASSIGN(std::string token, daemon_.CreateTenant("alpha"));
     ASSERT_OK_AND_ASSIGN(client_, Client::Attach(daemon_.channel(), token, "w"));
     ASSERT_OK(client_->RegisterModel(BigLayout()));
   }
+  virtual std::vector<std::string> DaemonFlags() const { return {}; }
 
-  // A committed sequence of kTokens tokens in every head, written over WriteKV.
-  std::string Fill(uint64_t seed, Source* source) {
-    auto seq = client_->CreateSequence("pins-model");
+  // A committed sequence of kTokens tokens in every head, written over WriteKV (by `client`,
+  // whose tenant registered BigLayout; client_ when null).
+  std::string Fill(uint64_t seed, Source* source, Client* client = nullptr) {
+    if (client == nullptr) client = client_.get();
+    auto seq = client->CreateSequence("pins-model");
     EXPECT_OK(seq);
     if (!seq.ok()) return "";
-    EXPECT_OK(client_->Allocate(*seq, kTokens));
+    EXPECT_OK(client->Allocate(*seq, kTokens));
     source->keys.resize(kHeads);
     source->values.resize(kHeads);
     for (uint32_t h = 0; h < kHeads; ++h) {
       source->keys[h] = FloatBytes(seed, h, false);
       source->values[h] = FloatBytes(seed, h, true);
-      EXPECT_OK(client_->WriteHead(*seq, h / kKvHeads, h % kKvHeads, 0, kTokens,
-                                   source->keys[h].data(), source->values[h].data()));
+      EXPECT_OK(client->WriteHead(*seq, h / kKvHeads, h % kKvHeads, 0, kTokens,
+                                  source->keys[h].data(), source->values[h].data()));
     }
-    EXPECT_OK(client_->Commit(*seq, kTokens));
+    EXPECT_OK(client->Commit(*seq, kTokens));
     return *seq;
   }
 
@@ -373,6 +376,67 @@ TEST_F(ReplyPinsTest, ClientReadsStraightIntoTheCallersBuffers) {
   std::string joined;
   for (const auto& c : chunks) joined += c.keys();
   EXPECT_TRUE(joined == source.keys[1]);
+}
+
+// A tenant's open read streams are bounded (--max_read_streams_per_tenant), so stalled readers
+// cannot pile up pinned pages: the stream over the limit is refused at once, naming the flag;
+// another tenant reads meanwhile; a stream that ends gives its place back.
+class ReadStreamLimitTest : public ReplyPinsTest {
+ protected:
+  std::vector<std::string> DaemonFlags() const override {
+    return {"--max_read_streams_per_tenant=2"};
+  }
+};
+
+TEST_F(ReadStreamLimitTest, StalledReadersAreBoundedPerTenant) {
+  Source source;
+  const std::string seq = Fill(8, &source);
+  absl::Notification go;
+  CheckingReader readers[2];
+  absl::Status results[2];
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    readers[r].source = &source;
+    readers[r].go = &go;
+    threads.emplace_back([&, r] { results[r] = client_->ReadKvInto(ReadAll(seq), std::ref(readers[r])); });
+    readers[r].first_chunk.WaitForNotification();
+  }
+  CheckingReader third;
+  third.source = &source;
+  EXPECT_THAT(client_->ReadKvInto(ReadAll(seq), std::ref(third)),
+              StatusIs(StatusCode::kResourceExhausted, "--max_read_streams_per_tenant"));
+  client_->set_batch_message_bytes(0);  // the one-chunk-per-message ReadKV too
+  EXPECT_THAT(client_->ReadKvInto(ReadAll(seq), std::ref(third)),
+              StatusIs(StatusCode::kResourceExhausted, "already has 2 ReadKV/ReadKVBatch"));
+  EXPECT_EQ(third.chunks, 0u);
+  // Another tenant is not held back by alpha's streams.
+  ASSERT_OK_AND_ASSIGN(std::string beta_token, daemon_.CreateTenant("beta"));
+  ASSERT_OK_AND_ASSIGN(auto beta, Client::Attach(daemon_.channel(), beta_token, "wb"));
+  ASSERT_OK(beta->RegisterModel(BigLayout()));
+  Source beta_source;
+  const std::string beta_seq = Fill(9, &beta_source, beta.get());
+  CheckingReader beta_reader;
+  beta_reader.source = &beta_source;
+  ASSERT_OK(beta->ReadKvInto(ReadAll(beta_seq), std::ref(beta_reader)));
+  EXPECT_TRUE(beta_reader.mismatch.empty()) << beta_reader.mismatch;
+  go.Notify();
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_OK(results[r]);
+    EXPECT_TRUE(readers[r].mismatch.empty()) << readers[r].mismatch;
+    EXPECT_EQ(readers[r].tokens, uint64_t{kTokens} * kHeads);
+  }
+  // The ended streams gave their places back (the count drops when gRPC is done with them).
+  CheckingReader again;
+  again.source = &source;
+  absl::Status read;
+  for (int i = 0; i < 50; ++i) {
+    read = client_->ReadKvInto(ReadAll(seq), std::ref(again));
+    if (read.code() != StatusCode::kResourceExhausted) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_OK(read);
+  EXPECT_EQ(again.tokens, uint64_t{kTokens} * kHeads);
 }
 
 }  // namespace

@@ -542,6 +542,14 @@ void WritePoolFamilies(ExpositionWriter* w, const v1::DaemonStatus& s, const Poo
              "Fragmentation: the most free pages in one arena (an allocation larger than this "
              "needs a new arena).",
              pool.largest_free_run_pages);
+  WriteGauge(w, "kvkeep_pool_pinned_pages",
+             "Pages referenced by ReadKV replies in flight (a stalled reader keeps its "
+             "stream's message pinned; --max_read_streams_per_tenant bounds the streams).",
+             pool.pinned_pages);
+  WriteGauge(w, "kvkeep_pool_retired_pages",
+             "Pages freed while pinned: still in use until the replies referencing them are "
+             "sent.",
+             pool.retired_pages);
   w->Family("kvkeep_pool_watermark_free_ratio", "gauge",
             "Pool watermarks as fractions of the capacity: below `low` free, cold sequences spill "
             "until `high` is free.");

@@ -176,6 +176,8 @@ TEST(RenderMetrics, KeyFamiliesPresentWithHelpAndType) {
   Metrics metrics;
   PoolStats pool;
   pool.largest_free_run_pages = 42;
+  pool.pinned_pages = 5;
+  pool.retired_pages = 3;
   const std::string text = RenderMetrics(StatusWithTenants(2), pool, metrics);
   for (const char* family :
        {"kvkeep_build_info", "kvkeep_uptime_seconds", "kvkeep_pool_capacity_bytes",
@@ -188,6 +190,8 @@ TEST(RenderMetrics, KeyFamiliesPresentWithHelpAndType) {
     EXPECT_THAT(text, HasSubstr(absl::StrCat("# TYPE ", family, " "))) << family;
   }
   EXPECT_THAT(text, HasSubstr("kvkeep_pool_largest_free_run_pages 42\n"));
+  EXPECT_THAT(text, HasSubstr("kvkeep_pool_pinned_pages 5\n"));
+  EXPECT_THAT(text, HasSubstr("kvkeep_pool_retired_pages 3\n"));
   EXPECT_THAT(text, HasSubstr("kvkeep_pages_in_use 7\n"));
   EXPECT_THAT(text, HasSubstr("kvkeep_build_info{version=\"0.1.0\",backend=\"cpu\"} 1\n"));
   EXPECT_THAT(text, HasSubstr("kvkeep_tenant_pages_in_use{tenant=\"t1001\"} 1\n"));

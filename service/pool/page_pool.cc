@@ -347,6 +347,8 @@ PoolStats PagePool::Stats() const {
     s.largest_free_run_pages =
         std::max<uint64_t>(s.largest_free_run_pages, a->allocator.free_count());
   }
+  s.pinned_pages = pins_.size();
+  s.retired_pages = retired_.size();
   return s;
 }
 

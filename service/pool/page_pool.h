@@ -69,6 +69,8 @@ struct PoolStats {
   uint64_t used_pages = 0;
   uint32_t arenas = 0;
   uint64_t largest_free_run_pages = 0;  // most free pages in one arena
+  uint64_t pinned_pages = 0;   // pages a ReadKV reply references (reply_pins.h)
+  uint64_t retired_pages = 0;  // freed while pinned: in use until their last pin goes
 };
 
 class PagePool {

@@ -27,6 +27,13 @@ absl::StatusOr<std::string> KvCacheService::Admit(grpc::CallbackServerContext* c
   return tenant;
 }
 
+absl::StatusOr<std::shared_ptr<const void>> KvCacheService::OpenReadStream(
+    const absl::StatusOr<std::string>& tenant) {
+  if (!tenant.ok()) return tenant.status();
+  if (limits_ == nullptr) return std::shared_ptr<const void>();
+  return limits_->OpenReadStream(*tenant);
+}
+
 absl::StatusOr<std::string> KvCacheService::AdmitCommit(grpc::CallbackServerContext* context,
                                                         const v1::CommitRequest& request) {
   ASSIGN_OR_RETURN(std::string tenant, Admit(context, request.session_id()));

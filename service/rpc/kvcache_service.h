@@ -123,6 +123,10 @@ class KvCacheService final : public KvCacheServiceBase {
   // Admit, plus the size limit on the statistics a commit carries.
   absl::StatusOr<std::string> AdmitCommit(grpc::CallbackServerContext* context,
                                           const v1::CommitRequest& request);
+  // A read stream of the admitted `tenant`, counted against its open read streams until the
+  // holder goes (a null holder without limits); `tenant`'s error as is.
+  absl::StatusOr<std::shared_ptr<const void>> OpenReadStream(
+      const absl::StatusOr<std::string>& tenant);
   // "/kvkeep.v1.KvCache/<method>" (logs).
   std::string FullName(absl::string_view method) const;
   // The largest reply message the daemon sends (the message limit less framing room).

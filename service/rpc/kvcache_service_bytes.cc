@@ -170,8 +170,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* KvCacheService::ReadKV(
       tenant = absl::InvalidArgumentError("malformed ReadRequest");
     }
   }
+  absl::StatusOr<std::shared_ptr<const void>> stream = OpenReadStream(tenant);
   absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> opened =
-      tenant.ok() ? engine_->OpenRead(*tenant, read) : tenant.status();
+      stream.ok() ? engine_->OpenRead(*tenant, read) : stream.status();
   if (!opened.ok()) {
     return new FailedStream<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
         CallStatus(FullName("ReadKV"), tenant.ok() ? *tenant : "", opened.status()));
@@ -181,7 +182,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* KvCacheService::ReadKV(
   std::shared_ptr<CacheEngine::ReadCursor> cursor = std::move(*opened);
   return new ChunkStreamWriter<grpc::ByteBuffer>(
       FullName("ReadKV"), *tenant,
-      [this, cursor, tenant = *tenant,
+      [this, cursor, tenant = *tenant, stream = *std::move(stream),
        chunk = std::make_shared<ReadChunk>()](grpc::ByteBuffer* out) -> absl::StatusOr<bool> {
         // gRPC is done with the previous message: its pins go now, not after this chunk (a
         // Compress waiting for them would otherwise wait on this very stream).
@@ -215,8 +216,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* KvCacheService::ReadKVBatch(
       tenant = absl::InvalidArgumentError("malformed ReadBatchRequest");
     }
   }
+  absl::StatusOr<std::shared_ptr<const void>> stream = OpenReadStream(tenant);
   absl::StatusOr<std::unique_ptr<CacheEngine::ReadCursor>> opened =
-      tenant.ok() ? engine_->OpenRead(*tenant, read.read()) : tenant.status();
+      stream.ok() ? engine_->OpenRead(*tenant, read.read()) : stream.status();
   if (!opened.ok()) {
     return new FailedStream<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
         CallStatus(method, tenant.ok() ? *tenant : "", opened.status()));
@@ -233,7 +235,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* KvCacheService::ReadKVBatch(
   std::shared_ptr<CacheEngine::ReadCursor> cursor = std::move(*opened);
   return new ChunkStreamWriter<grpc::ByteBuffer>(
       method, *tenant,
-      [this, cursor, budget, tenant = *tenant,
+      [this, cursor, budget, tenant = *tenant, stream = *std::move(stream),
        state = std::make_shared<State>()](grpc::ByteBuffer* out) -> absl::StatusOr<bool> {
         out->Clear();  // as ReadKV: the previous message's pins go before the next chunks
         auto unpin = [&] {

@@ -123,11 +123,39 @@ absl::Status SessionLimits::CheckStatsBytes(uint64_t bytes) const {
       options_.max_stats_bytes, " bytes (kvkeepd --max_stats_bytes); send one layer per chunk"));
 }
 
+absl::StatusOr<std::shared_ptr<const void>> SessionLimits::OpenReadStream(
+    const std::string& tenant) {
+  {
+    absl::MutexLock lock(&mu_);
+    uint32_t& open = read_streams_[tenant];
+    if (options_.max_read_streams != 0 && open >= options_.max_read_streams) {
+      if (open == 0) read_streams_.erase(tenant);
+      rejected_[kReadStreams].fetch_add(1);
+      return LimitExceeded(absl::StrCat(
+          "read stream limit: tenant ", tenant, " already has ", options_.max_read_streams,
+          " ReadKV/ReadKVBatch streams open (kvkeepd --max_read_streams_per_tenant); finish or "
+          "cancel one (a reader that stops consuming keeps its stream open) and retry"));
+    }
+    ++open;
+  }
+  return std::shared_ptr<const void>(nullptr, [this, tenant](const void*) {
+    absl::MutexLock lock(&mu_);
+    auto it = read_streams_.find(tenant);
+    if (it != read_streams_.end() && --it->second == 0) read_streams_.erase(it);
+  });
+}
+
+uint32_t SessionLimits::open_read_streams(const std::string& tenant) const {
+  absl::MutexLock lock(&mu_);
+  auto it = read_streams_.find(tenant);
+  return it == read_streams_.end() ? 0 : it->second;
+}
+
 void SessionLimits::WriteMetrics(ExpositionWriter* w) const {
   w->Family("kvkeep_session_limit_rejections_total", "counter",
             "Worker calls refused by the per-session limits (RESOURCE_EXHAUSTED), by limit");
-  static const char* kNames[] = {"calls", "bytes", "stats_size"};
-  for (int i = 0; i < 3; ++i) {
+  static const char* kNames[] = {"calls", "bytes", "stats_size", "read_streams"};
+  for (int i = 0; i < 4; ++i) {
     w->Sample("kvkeep_session_limit_rejections_total", {{"limit", kNames[i]}},
               static_cast<double>(rejected_[i].load()));
   }
@@ -139,6 +167,15 @@ void SessionLimits::WriteMetrics(ExpositionWriter* w) const {
   w->Family("kvkeep_session_limit_buckets", "gauge",
             "Rate-limit bucket pairs held (live sessions and tenants' session-less calls)");
   w->Sample("kvkeep_session_limit_buckets", {}, static_cast<double>(buckets));
+  uint64_t streams = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [tenant, open] : read_streams_) streams += open;
+  }
+  w->Family("kvkeep_read_streams_open", "gauge",
+            "ReadKV/ReadKVBatch streams open, over all tenants (--max_read_streams_per_tenant "
+            "bounds each tenant's)");
+  w->Sample("kvkeep_read_streams_open", {}, static_cast<double>(streams));
 }
 
 }  // namespace kvkeep

@@ -22,11 +22,13 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "service/observability/metrics.h"
@@ -43,6 +45,10 @@ struct SessionLimitOptions {
   double byte_burst = 4.0 * (1ull << 30);         // Default: 4 GiB (--session_byte_burst)
   // Statistics in one PutStats chunk or one CommitTokens (serialized bytes).
   uint64_t max_stats_bytes = 4ull << 20;  // Default: 4 MiB (--max_stats_bytes)
+  // ReadKV / ReadKVBatch streams one tenant may have open at once, over all its sessions. A reader
+  // that stops consuming keeps its stream's message in flight pinned (reply_pins.h), uncharged
+  // once its sequence is dropped: this bounds what a tenant can hold that way.
+  uint32_t max_read_streams = 128;  // Default: 128 (--max_read_streams_per_tenant); 0 = unlimited
 };
 
 class SessionLimits {
@@ -63,13 +69,19 @@ class SessionLimits {
                            uint64_t bytes);
   // OK, or RESOURCE_EXHAUSTED when `bytes` of statistics exceed max_stats_bytes.
   absl::Status CheckStatsBytes(uint64_t bytes) const;
+  // Counts one open read stream of `tenant` until the returned holder's last copy goes (destroy
+  // it before this object); RESOURCE_EXHAUSTED (nothing counted) when the tenant already has
+  // max_read_streams open.
+  absl::StatusOr<std::shared_ptr<const void>> OpenReadStream(const std::string& tenant);
+  // Read streams `tenant` has open now.
+  uint32_t open_read_streams(const std::string& tenant) const;
 
   // kvkeep_session_limit_rejections_total{limit} and kvkeep_session_limit_buckets.
   void WriteMetrics(ExpositionWriter* w) const;
 
   const SessionLimitOptions& options() const { return options_; }
   uint64_t rejections(int limit) const { return rejected_[limit].load(); }
-  static constexpr int kCalls = 0, kBytes = 1, kStatsSize = 2;
+  static constexpr int kCalls = 0, kBytes = 1, kStatsSize = 2, kReadStreams = 3;
 
  private:
   struct Bucket {
@@ -92,7 +104,8 @@ class SessionLimits {
   mutable absl::Mutex mu_;
   // Keyed by session id, or by "tenant:<name>" for a tenant's session-less calls.
   absl::flat_hash_map<std::string, Buckets> buckets_ ABSL_GUARDED_BY(mu_);
-  mutable std::atomic<uint64_t> rejected_[3] = {};
+  absl::flat_hash_map<std::string, uint32_t> read_streams_ ABSL_GUARDED_BY(mu_);  // open, > 0
+  mutable std::atomic<uint64_t> rejected_[4] = {};
 };
 
 }  // namespace kvkeep

@@ -167,5 +167,46 @@ TEST(SessionLimitsTest, MetricsCountRejectionsByLimit) {
   EXPECT_THAT(text, HasSubstr("kvkeep_session_limit_buckets 1"));
 }
 
+TEST(SessionLimitsTest, ReadStreamsAreBoundedPerTenantUntilTheirHoldersGo) {
+  SessionLimitOptions o;
+  o.max_read_streams = 2;
+  SessionLimits limits(o);
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const void> a, limits.OpenReadStream("t"));
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const void> b, limits.OpenReadStream("t"));
+  absl::StatusOr<std::shared_ptr<const void>> refused = limits.OpenReadStream("t");
+  EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kResourceExhausted,
+                                         "--max_read_streams_per_tenant"));
+  EXPECT_EQ(ReasonOf(refused.status()), FailureReason::kSessionLimit);
+  EXPECT_EQ(limits.open_read_streams("t"), 2u);
+  EXPECT_EQ(limits.rejections(SessionLimits::kReadStreams), 1u);
+  // Another tenant has its own count.
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<const void> other, limits.OpenReadStream("u"));
+  ExpositionWriter w;
+  limits.WriteMetrics(&w);
+  const std::string text = w.Take();
+  EXPECT_THAT(text, HasSubstr("kvkeep_read_streams_open 3"));
+  EXPECT_THAT(text, HasSubstr("kvkeep_session_limit_rejections_total{limit=\"read_streams\"} 1"));
+  // A copy of the holder keeps the stream counted; the last one frees the place.
+  std::shared_ptr<const void> copy = a;
+  a.reset();
+  EXPECT_EQ(limits.open_read_streams("t"), 2u);
+  copy.reset();
+  EXPECT_EQ(limits.open_read_streams("t"), 1u);
+  ASSERT_OK(limits.OpenReadStream("t").status());  // its holder goes at once
+  b.reset();
+  other.reset();
+  EXPECT_EQ(limits.open_read_streams("t"), 0u);
+  EXPECT_EQ(limits.open_read_streams("u"), 0u);
+  // 0: unlimited.
+  o.max_read_streams = 0;
+  SessionLimits unlimited(o);
+  std::vector<std::shared_ptr<const void>> held;
+  for (int i = 0; i < 1000; ++i) {
+    ASSERT_OK_AND_ASSIGN(std::shared_ptr<const void> h, unlimited.OpenReadStream("t"));
+    held.push_back(std::move(h));
+  }
+  EXPECT_EQ(unlimited.open_read_streams("t"), 1000u);
+}
+
 }  // namespace
 }  // namespace kvkeep
