@@ -9,7 +9,8 @@
 //   read   the reverse: the server streams messages of slices referencing its pre-faulted
 //          source (as ReadKV references pinned pages), the client copies every slice once into
 //          its destination (as ReadHeadInto does).
-// --no_copy drops the two copies into the destinations: what gRPC alone delivers.
+// --no_copy drops the two copies into the destinations: what gRPC alone delivers. --server_memfd
+// puts the server's source and destination in a MAP_SHARED memfd mapping, as kvkeepd's CPU arenas.
 // The methods are KvBatch's (raw, so nothing is parsed); only channel arguments differ between
 // runs: --arg NAME=INT (repeatable) sets one on both sides, on top of kvkeep's own (1 MiB frames,
 // 4 MiB stream window) unless --no_kvkeep_args. Process settings as kvkeepd's: the server keeps
@@ -21,6 +22,7 @@
 //
 //   kvkeep-grpc-floor --mib 256 --chunk_kib 64 --reps 5 --client_retain_mib 256
 //   kvkeep-grpc-floor --arg grpc.experimental.tcp_min_read_chunk_size=1048576
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -59,6 +61,7 @@ struct Config {
   bool kvkeep_args = true;
   bool copy = true;
   int raw_sndbuf = 0;
+  bool server_memfd = false;  // the server's source and destination in a MAP_SHARED memfd (as arenas)
   // SO_SNDBUF of the raw copy's sender (0: the system's default)
   std::string phases = "raw,write,read";  // which of the three each rep runs
   int server_retain_mib = 256;  // as kvkeepd's --malloc_retain_mib
@@ -91,7 +94,8 @@ std::vector<char> Faulted(uint64_t bytes) {
 
 constexpr uint64_t kRing = 64 << 20;
 
-void CopyOut(const grpc::ByteBuffer& message, std::vector<char>& dst, uint64_t* at) {
+template <typename Dst>
+void CopyOut(const grpc::ByteBuffer& message, Dst& dst, uint64_t* at) {
   std::vector<grpc::Slice> slices;
   (void)message.Dump(&slices);
   for (const grpc::Slice& s : slices) {
@@ -102,8 +106,8 @@ void CopyOut(const grpc::ByteBuffer& message, std::vector<char>& dst, uint64_t* 
 }
 
 // One message of `bytes` made of chunk-sized slices referencing `src` (no copy).
-grpc::ByteBuffer Message(const std::vector<char>& src, uint64_t bytes, uint64_t chunk,
-                         uint64_t* at) {
+template <typename Src>
+grpc::ByteBuffer Message(const Src& src, uint64_t bytes, uint64_t chunk, uint64_t* at) {
   std::vector<grpc::Slice> slices;
   for (uint64_t done = 0; done < bytes;) {
     const uint64_t n = std::min(chunk, bytes - done);
@@ -115,12 +119,47 @@ grpc::ByteBuffer Message(const std::vector<char>& src, uint64_t bytes, uint64_t 
   return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
+// Pre-faulted memory: a vector, or (memfd) a MAP_SHARED mapping of a memfd, as kvkeepd's CPU
+// arenas are.
+class Region {
+ public:
+  Region(uint64_t bytes, bool memfd) : size_(bytes) {
+    if (memfd) {
+      const int fd = memfd_create("kvkeep-grpc-floor", MFD_CLOEXEC);
+      if (fd >= 0 && ftruncate(fd, static_cast<off_t>(bytes)) == 0) {
+        void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p != MAP_FAILED) data_ = static_cast<char*>(p);
+      }
+      if (fd >= 0) close(fd);
+      mapped_ = data_ != nullptr;
+    }
+    if (data_ == nullptr) {
+      vec_.resize(bytes);
+      data_ = vec_.data();
+    }
+    std::memset(data_, 1, bytes);
+  }
+  ~Region() {
+    if (mapped_) munmap(data_, size_);
+  }
+  char* data() { return data_; }
+  const char* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  uint64_t size_;
+  char* data_ = nullptr;
+  bool mapped_ = false;
+  std::vector<char> vec_;
+};
+
 class FloorService final
     : public kvkeep::v1::KvBatch::WithRawCallbackMethod_WriteKVBatch<
           kvkeep::v1::KvBatch::WithRawCallbackMethod_ReadKVBatch<
               kvkeep::v1::KvBatch::CallbackService>> {
  public:
-  explicit FloorService(const Config& c) : c_(c), src_(Faulted(kRing)), dst_(Faulted(kRing)) {}
+  explicit FloorService(const Config& c)
+      : c_(c), src_(kRing, c.server_memfd), dst_(kRing, c.server_memfd) {}
 
   grpc::ServerReadReactor<grpc::ByteBuffer>* WriteKVBatch(grpc::CallbackServerContext*,
                                                           grpc::ByteBuffer* reply) override {
@@ -186,8 +225,8 @@ class FloorService final
 
  private:
   const Config& c_;
-  std::vector<char> src_;
-  std::vector<char> dst_;
+  Region src_;
+  Region dst_;
 };
 
 // kvkeepd's TuneAllocator (service/process_tuning.cc), inlined: no kvkeep code here.
@@ -353,7 +392,7 @@ int Usage() {
                "usage: kvkeep-grpc-floor [--mib N] [--chunk_kib N] [--message_kib N] [--reps N]\n"
                "       [--arg NAME=INT]... [--no_kvkeep_args] [--no_copy] [--server_retain_mib N]\n"
                "       [--client_retain_mib N] [--deadlock_detection] [--phases raw,write,read]\n"
-               "       [--raw_sndbuf BYTES]\n");
+               "       [--raw_sndbuf BYTES] [--server_memfd]\n");
   return 2;
 }
 
@@ -372,6 +411,7 @@ int main(int argc, char** argv) {
     else if (a == "--no_kvkeep_args") c.kvkeep_args = false;
     else if (a == "--no_copy") c.copy = false;
     else if (a == "--raw_sndbuf" && (v = next())) c.raw_sndbuf = std::atoi(v);
+    else if (a == "--server_memfd") c.server_memfd = true;
 
     else if (a == "--phases" && (v = next())) c.phases = v;
     else if (a == "--server_retain_mib" && (v = next())) c.server_retain_mib = std::atoi(v);
