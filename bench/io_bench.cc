@@ -41,6 +41,7 @@
 #include "service/rpc/kv_wire.h"
 #include "bench/mem_bench.h"
 #include "bench/redis_peer.h"
+#include "service/process_tuning.h"
 #include "client/admin_client.h"
 #include "client/client.h"
 #include "common/status_macros.h"
@@ -703,6 +704,15 @@ int RunIoBench(int argc, char** argv) {
   if (parsed == -1) return 0;
   if (parsed != 0) return parsed;
   InstallBenchSignalHandlers();
+  // Before any thread: the worker settings of docs/api.md "Worker process settings".
+  if (o.client_process_settings) {
+    if (absl::Status tuned = TuneAllocator(uint64_t{256} << 20); !tuned.ok()) {
+      std::fprintf(stderr, "kvkeep-bench io: --client_process_settings: %s\n",
+                   std::string(tuned.message()).c_str());
+      return 1;
+    }
+    SetMutexDeadlockDetection(false);
+  }
   return Run(o);
 }
 

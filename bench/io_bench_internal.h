@@ -51,6 +51,10 @@ struct Options {
   bool no_redis = false;
   std::string redis;           // redis-server binary; empty = from $PATH
   uint32_t redis_pipeline = 64;  // SET/GET commands per pipelined batch
+  // This (client) process gets kvkeepd's own process settings: 256 MiB of freed heap kept for
+  // reuse, Abseil's mutex deadlock detection off (docs/api.md "Worker process settings").
+  // Off by default: the bench's client as before.
+  bool client_process_settings = false;
 };
 
 inline uint64_t TokenBytes(const Shape& s) { return uint64_t{s.head_dim} * s.dtype_bytes; }

@@ -69,6 +69,11 @@ Flags:
   --no_redis            skip the Redis peer (also --no-redis)
   --redis PATH          redis-server binary (default: redis-server on $PATH)
   --redis_pipeline N    SET/GET commands per pipelined batch (default 64)
+  --client_process_settings  give this (client) process kvkeepd's process settings: keep
+                        256 MiB of freed heap for reuse (glibc otherwise returns freed receive
+                        buffers to the kernel) and Abseil's mutex deadlock detection off
+                        (docs/api.md "Worker process settings"); default: glibc's and Abseil's
+                        defaults, as before
   --json                JSON on stdout instead of the table
   --smoke               CI mode: 1 rep, 4 MiB, pages 16, workers 1,4, 0.05 s phases; the
                         Redis peer is skipped, with a note, when redis-server is absent
@@ -151,6 +156,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
       ok = boolean(&o->skip_ops);
     } else if (name == "--no_redis" || name == "--no-redis") {
       ok = boolean(&o->no_redis);
+    } else if (name == "--client_process_settings") {
+      ok = boolean(&o->client_process_settings);
     } else {
       static const char* const kValued[] = {"--shape", "--pages", "--workers", "--mib",
                                             "--chunk_pages", "--batch_kib", "--reps",

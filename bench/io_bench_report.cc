@@ -124,8 +124,10 @@ void PrintJson(const Options& o, const std::vector<OpsRow>& ops,
     }
     std::printf("}");
   }
-  std::printf("]},\"bytes_path\":{\"batch_message_bytes\":%llu,\"rows\":[",
-              static_cast<unsigned long long>(o.batch_kib << 10));
+  std::printf("]},\"bytes_path\":{\"batch_message_bytes\":%llu,"
+              "\"client_process_settings\":%s,\"rows\":[",
+              static_cast<unsigned long long>(o.batch_kib << 10),
+              o.client_process_settings ? "true" : "false");
   for (size_t i = 0; i < bytes.size(); ++i) {
     const BytesRow& r = bytes[i];
     std::printf("%s{\"tokens_per_page\":%u,\"tokens_per_head\":%u,\"chunk_bytes\":%llu,"
@@ -204,6 +206,9 @@ void PrintTable(const Options& o, const std::vector<OpsRow>& ops,
   if (!bytes.empty()) {
     std::printf("\n2. Bytes path: WriteKV / ReadKV vs a raw AF_UNIX stream copy of the same bytes "
                 "in the same chunks\n");
+    if (o.client_process_settings) {
+      std::printf("   client process with kvkeepd's process settings (--client_process_settings)\n");
+    }
     std::printf("%6s %10s %10s %18s %18s %18s %18s %18s\n", "page", "chunk KiB", "MiB/rep",
                 "WriteKV / raw", "ReadKV / raw", "raw GB/s", "WriteKV GB/s", "ReadKV GB/s");
     for (const BytesRow& r : bytes) {
