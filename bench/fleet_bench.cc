@@ -50,6 +50,9 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
   --open_threads N      threads checking/decrypting a GET window (default: the tier's, 4)
   --no_read_ahead       the tier fetches one window at a time
   --open_on_receiver    GET values are opened on the receiving thread, no helper threads
+  --serial_receive      the tier reads the nodes' GET replies node by node on one thread
+                        (the cluster client's parallel_receive off; the raw baseline always
+                        reads node by node)
   --json                JSON on stdout instead of the table
   --smoke               tiny layout, 8 pages, 1 rep (CI)
   --sequence            also: the time to create a --tokens sequence on node B from a prefix
@@ -59,16 +62,22 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
   --tokens N            sequence tokens (default 2048); --seq_reps N counted reps after one
                         warm-up rep that touches the pools (default 3)
   --prefill_tok_s R     assumed prefill rate for the recompute column (default 10000)
+  --loop PHASE          for profiling (perf record): store the values once, then repeat
+                        only PHASE (fleet_get or raw_get) for --loop_s seconds (default 20),
+                        and print its MB/s; or `both`: fleet and raw GET alternated, and the
+                        median of the pairs' ratios
 )";
 
 struct Options {
   int pages = 64, reps = 5, base_port = 36000, open_threads = 4;
   std::string layout = "llama3-8b", seeds, user, password_file, script = "deploy/redis-cluster";
-  bool json = false, read_ahead = true, open_on_receiver = false;
+  bool json = false, read_ahead = true, open_on_receiver = false, serial_receive = false;
   bool sequence = false, smoke = false;
   int tokens = 2048, seq_reps = 3;
   double prefill_tok_s = 10000;
   std::string kvkeepd;
+  std::string loop;  // "", "fleet_get" or "raw_get"
+  double loop_s = 20;
 };
 
 // CPU seconds (user + system) of this process, all its threads, so far.
@@ -99,6 +108,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
       o->read_ahead = false;
     } else if (a == "--open_on_receiver") {
       o->open_on_receiver = true;
+    } else if (a == "--serial_receive") {
+      o->serial_receive = true;
     } else if (a == "--json") {
       o->json = true;
     } else if (a == "--smoke") {
@@ -117,6 +128,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
     } else if (a == "--prefill_tok_s" && value(&v) && absl::SimpleAtod(v, &o->prefill_tok_s) &&
                o->prefill_tok_s > 0) {
     } else if (a == "--kvkeepd" && value(&o->kvkeepd)) {
+    } else if (a == "--loop" && value(&o->loop) && (o->loop == "fleet_get" || o->loop == "raw_get" || o->loop == "both")) {
+    } else if (a == "--loop_s" && value(&v) && absl::SimpleAtod(v, &o->loop_s) && o->loop_s > 0) {
     } else if (a == "--pages" && value(&v) && absl::SimpleAtoi(v, &o->pages) && o->pages > 0) {
     } else if (a == "--reps" && value(&v) && absl::SimpleAtoi(v, &o->reps) && o->reps > 0) {
     } else if (a == "--base_port" && value(&v) && absl::SimpleAtoi(v, &o->base_port)) {
@@ -400,6 +413,36 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
     samples->cpu_raw_get += ProcessCpuSeconds() - cpu0;
     return true;
   };
+  if (!o.loop.empty()) {  // --loop: store once, then only the phase to profile
+    if (!fleet_put() || !raw_set()) return false;
+    Settle(probe);
+    std::fprintf(stderr, "fleet: --loop %s starts\n", o.loop.c_str());
+    const auto t0 = Clock::now();
+    const double cpu0 = ProcessCpuSeconds();
+    int loops = 0;
+    if (o.loop == "both") {  // fleet and raw GET alternated: the median of the pairs' ratios
+      std::vector<double> ratios;
+      for (; SecondsSince(t0) < o.loop_s; ++loops) {
+        if (!fleet_get() || !raw_get()) return false;
+        ratios.push_back(samples->fleet_get.back() / samples->raw_get.back());
+      }
+      const Stats r = Summarise(ratios), f = Summarise(samples->fleet_get),
+                  g = Summarise(samples->raw_get);
+      std::printf("--loop both: %d pairs, get ratio median %.3f [%.3f, %.3f]; fleet %.1f MB/s, "
+                  "raw %.1f MB/s (medians); ratio of medians %.3f\n",
+                  loops, r.median, r.min, r.max, f.median, g.median, f.median / g.median);
+      return true;
+    }
+    for (; SecondsSince(t0) < o.loop_s; ++loops) {
+      if (!(o.loop == "fleet_get" ? fleet_get() : raw_get())) return false;
+    }
+    const std::vector<double>& mbps = o.loop == "fleet_get" ? samples->fleet_get : samples->raw_get;
+    const Stats s = Summarise(mbps);
+    std::printf("--loop %s: %d gets of %d pages, MB/s median %.1f [%.1f, %.1f], CPU s/GB %.2f\n",
+                o.loop.c_str(), loops, o.pages, s.median, s.min, s.max,
+                (ProcessCpuSeconds() - cpu0) / (loops * mb / 1e3));
+    return true;
+  }
   samples->gb_per_phase += mb / 1e3;
   if (rep % 2 == 0) return fleet_put() && raw_set() && fleet_get() && raw_get();
   return raw_set() && fleet_put() && raw_get() && fleet_get();
@@ -515,6 +558,7 @@ int RunFleetBench(int argc, char** argv) {
   options.open_threads = static_cast<size_t>(o.open_threads);
   options.read_ahead = o.read_ahead;
   options.open_on_receiver = o.open_on_receiver;
+  options.cluster.parallel_receive = !o.serial_receive;
   absl::StatusOr<std::unique_ptr<fleet::RedisFleetTier>> tier =
       fleet::RedisFleetTier::Create(options);
   fleet::RedisClusterClient probe(options.cluster);
@@ -543,6 +587,7 @@ int RunFleetBench(int argc, char** argv) {
                    rep + 1);
       return 1;
     }
+    if (!o.loop.empty()) return 0;
   }
   Report(o, *scope, samples);
   if (o.sequence) return RunSequence(o, connection);
