@@ -17,6 +17,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -50,6 +51,9 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
   --open_threads N      threads checking/decrypting a GET window (default: the tier's, 4)
   --no_read_ahead       the tier fetches one window at a time
   --open_on_receiver    GET values are opened on the receiving thread, no helper threads
+  --serial_receive      the tier reads the nodes' GET replies node by node on one thread
+                        (the cluster client's parallel_receive off; the raw baseline always
+                        reads node by node)
   --json                JSON on stdout instead of the table
   --smoke               tiny layout, 8 pages, 1 rep (CI)
   --sequence            also: the time to create a --tokens sequence on node B from a prefix
@@ -59,16 +63,22 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
   --tokens N            sequence tokens (default 2048); --seq_reps N counted reps after one
                         warm-up rep that touches the pools (default 3)
   --prefill_tok_s R     assumed prefill rate for the recompute column (default 10000)
+  --loop PHASE          for profiling (perf record): store the values once, then repeat
+                        only PHASE (fleet_get or raw_get) for --loop_s seconds (default 20),
+                        and print its MB/s; or `both`: fleet and raw GET alternated, and the
+                        median of the pairs' ratios
 )";
 
 struct Options {
   int pages = 64, reps = 5, base_port = 36000, open_threads = 4;
   std::string layout = "llama3-8b", seeds, user, password_file, script = "deploy/redis-cluster";
-  bool json = false, read_ahead = true, open_on_receiver = false;
+  bool json = false, read_ahead = true, open_on_receiver = false, serial_receive = false;
   bool sequence = false, smoke = false;
   int tokens = 2048, seq_reps = 3;
   double prefill_tok_s = 10000;
   std::string kvkeepd;
+  std::string loop;  // "", "fleet_get" or "raw_get"
+  double loop_s = 20;
 };
 
 // CPU seconds (user + system) of this process, all its threads, so far.
@@ -99,6 +109,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
       o->read_ahead = false;
     } else if (a == "--open_on_receiver") {
       o->open_on_receiver = true;
+    } else if (a == "--serial_receive") {
+      o->serial_receive = true;
     } else if (a == "--json") {
       o->json = true;
     } else if (a == "--smoke") {
@@ -117,6 +129,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
     } else if (a == "--prefill_tok_s" && value(&v) && absl::SimpleAtod(v, &o->prefill_tok_s) &&
                o->prefill_tok_s > 0) {
     } else if (a == "--kvkeepd" && value(&o->kvkeepd)) {
+    } else if (a == "--loop" && value(&o->loop) && (o->loop == "fleet_get" || o->loop == "raw_get" || o->loop == "both")) {
+    } else if (a == "--loop_s" && value(&v) && absl::SimpleAtod(v, &o->loop_s) && o->loop_s > 0) {
     } else if (a == "--pages" && value(&v) && absl::SimpleAtoi(v, &o->pages) && o->pages > 0) {
     } else if (a == "--reps" && value(&v) && absl::SimpleAtoi(v, &o->reps) && o->reps > 0) {
     } else if (a == "--base_port" && value(&v) && absl::SimpleAtoi(v, &o->base_port)) {
@@ -241,6 +255,50 @@ class RawCluster {
     return true;
   }
 
+  // GET of `keys`, `window` at a time, each window's replies read on one thread per node (as the
+  // tier reads them, ClusterOptions::parallel_receive): the baseline with the tier's schedule.
+  template <typename OnReply>
+  bool GetParallel(const std::vector<std::string>& keys, size_t window, OnReply on_reply) {
+    for (size_t start = 0; start < keys.size(); start += window) {
+      const size_t end = std::min(keys.size(), start + window);
+      std::map<NodeAddress, std::vector<size_t>> by_node;
+      for (size_t i = start; i < end; ++i)
+        by_node[*map_.MasterOf(fleet::KeySlot(keys[i]))].push_back(i);
+      std::vector<std::pair<redisContext*, const std::vector<size_t>*>> sent;
+      for (auto& [node, items] : by_node) {
+        redisContext* ctx = Context(node);
+        if (ctx == nullptr) return false;
+        for (size_t i : items) {
+          const char* argv[2] = {"GET", keys[i].data()};
+          const size_t len[2] = {3, keys[i].size()};
+          redisAppendCommandArgv(ctx, 2, argv, len);
+        }
+        int done = 0;
+        while (!done) {
+          if (redisBufferWrite(ctx, &done) != REDIS_OK) return false;
+        }
+        sent.emplace_back(ctx, &items);
+      }
+      std::vector<char> ok(sent.size(), 0);
+      auto read_node = [&](size_t k) {
+        for (size_t i : *sent[k].second) {
+          void* reply = nullptr;
+          if (redisGetReply(sent[k].first, &reply) != REDIS_OK) return;
+          const bool good = on_reply(i, *static_cast<redisReply*>(reply));
+          freeReplyObject(reply);
+          if (!good) return;
+        }
+        ok[k] = 1;
+      };
+      std::vector<std::thread> readers;
+      for (size_t k = 1; k < sent.size(); ++k) readers.emplace_back(read_node, k);
+      if (!sent.empty()) read_node(0);
+      for (std::thread& reader : readers) reader.join();
+      if (std::count(ok.begin(), ok.end(), 1) != static_cast<long>(sent.size())) return false;
+    }
+    return true;
+  }
+
  private:
   redisContext* Context(const NodeAddress& node) {
     auto it = contexts_.find(node);
@@ -286,6 +344,7 @@ class BufferWriter final : public fleet::PayloadWriter {
 
 struct Samples {
   std::vector<double> fleet_put, raw_put, fleet_get, raw_get;  // MB/s of payload
+  std::vector<double> raw_get_parallel;  // raw GET with the tier's per-node reading threads
   // CPU seconds this (client) process spent in each phase, all reps; and the payload GB moved
   // per phase, all reps. Independent of how loaded the machine is, unlike the MB/s.
   double cpu_fleet_put = 0, cpu_raw_put = 0, cpu_fleet_get = 0, cpu_raw_get = 0;
@@ -400,9 +459,53 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
     samples->cpu_raw_get += ProcessCpuSeconds() - cpu0;
     return true;
   };
+  if (!o.loop.empty()) {  // --loop: store once, then only the phase to profile
+    if (!fleet_put() || !raw_set()) return false;
+    Settle(probe);
+    std::fprintf(stderr, "fleet: --loop %s starts\n", o.loop.c_str());
+    const auto t0 = Clock::now();
+    const double cpu0 = ProcessCpuSeconds();
+    int loops = 0;
+    if (o.loop == "both") {  // fleet and raw GET alternated: the median of the pairs' ratios
+      std::vector<double> ratios;
+      for (; SecondsSince(t0) < o.loop_s; ++loops) {
+        if (!fleet_get() || !raw_get()) return false;
+        ratios.push_back(samples->fleet_get.back() / samples->raw_get.back());
+      }
+      const Stats r = Summarise(ratios), f = Summarise(samples->fleet_get),
+                  g = Summarise(samples->raw_get);
+      std::printf("--loop both: %d pairs, get ratio median %.3f [%.3f, %.3f]; fleet %.1f MB/s, "
+                  "raw %.1f MB/s (medians); ratio of medians %.3f\n",
+                  loops, r.median, r.min, r.max, f.median, g.median, f.median / g.median);
+      return true;
+    }
+    for (; SecondsSince(t0) < o.loop_s; ++loops) {
+      if (!(o.loop == "fleet_get" ? fleet_get() : raw_get())) return false;
+    }
+    const std::vector<double>& mbps = o.loop == "fleet_get" ? samples->fleet_get : samples->raw_get;
+    const Stats s = Summarise(mbps);
+    std::printf("--loop %s: %d gets of %d pages, MB/s median %.1f [%.1f, %.1f], CPU s/GB %.2f\n",
+                o.loop.c_str(), loops, o.pages, s.median, s.min, s.max,
+                (ProcessCpuSeconds() - cpu0) / (loops * mb / 1e3));
+    return true;
+  }
+  auto raw_get_parallel = [&] {
+    Settle(probe);
+    const auto t0 = Clock::now();
+    if (!raw.GetParallel(raw_keys, defaults.get_window, [&](size_t i, const redisReply& r) {
+          return r.type == REDIS_REPLY_STRING && r.len == raw_values[i].size();
+        })) {
+      return false;
+    }
+    samples->raw_get_parallel.push_back(mb / SecondsSince(t0));
+    return true;
+  };
   samples->gb_per_phase += mb / 1e3;
-  if (rep % 2 == 0) return fleet_put() && raw_set() && fleet_get() && raw_get();
-  return raw_set() && fleet_put() && raw_get() && fleet_get();
+  // The parallel raw GET comes last, so the four phases run as they always did.
+  if (rep % 2 == 0) {
+    return fleet_put() && raw_set() && fleet_get() && raw_get() && raw_get_parallel();
+  }
+  return raw_set() && fleet_put() && raw_get() && fleet_get() && raw_get_parallel();
 }
 
 void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) {
@@ -410,6 +513,8 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
   const Stats fg = Summarise(s.fleet_get), rg = Summarise(s.raw_get);
   const double put_ratio = rp.median > 0 ? fp.median / rp.median : 0;
   const double get_ratio = rg.median > 0 ? fg.median / rg.median : 0;
+  const Stats rgp = Summarise(s.raw_get_parallel);
+  const double get_ratio_parallel = rgp.median > 0 ? fg.median / rgp.median : 0;
   if (o.json) {
     auto j = [](const Stats& x) {
       return absl::StrCat("{\"median\":", x.median, ",\"min\":", x.min, ",\"max\":", x.max, "}");
@@ -417,9 +522,11 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
     std::printf(
         "{\"bench\":\"fleet\",\"layout\":\"%s\",\"page_bytes\":%llu,\"pages\":%d,\"reps\":%d,"
         "\"fleet_put_mbps\":%s,\"raw_set_mbps\":%s,\"fleet_get_mbps\":%s,\"raw_get_mbps\":%s,"
-        "\"put_ratio\":%.3f,\"get_ratio\":%.3f}\n",
+        "\"put_ratio\":%.3f,\"get_ratio\":%.3f,\"raw_get_parallel_mbps\":%s,"
+        "\"get_ratio_vs_parallel_raw\":%.3f}\n",
         o.layout.c_str(), static_cast<unsigned long long>(scope.shape.payload_bytes()), o.pages,
-        o.reps, j(fp).c_str(), j(rp).c_str(), j(fg).c_str(), j(rg).c_str(), put_ratio, get_ratio);
+        o.reps, j(fp).c_str(), j(rp).c_str(), j(fg).c_str(), j(rg).c_str(), put_ratio, get_ratio,
+        j(rgp).c_str(), get_ratio_parallel);
     return;
   }
   std::printf("kvkeep-bench fleet: %d pages x %.2f MiB (%s), %d reps, MB/s of payload\n", o.pages,
@@ -432,8 +539,11 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
   row("raw hiredis SET", rp);
   row("fleet get (GET + verify)", fg);
   row("raw hiredis GET", rg);
+  row("raw GET, nodes in parallel", rgp);
   std::printf("put ratio fleet/raw: %.2f   get ratio fleet/raw: %.2f   (goal >= 0.8)\n", put_ratio,
               get_ratio);
+  std::printf("get ratio fleet/raw with nodes read in parallel (the tier's schedule): %.2f\n",
+              get_ratio_parallel);
   if (s.gb_per_phase > 0) {
     const double gb = s.gb_per_phase;
     std::printf(
@@ -515,6 +625,7 @@ int RunFleetBench(int argc, char** argv) {
   options.open_threads = static_cast<size_t>(o.open_threads);
   options.read_ahead = o.read_ahead;
   options.open_on_receiver = o.open_on_receiver;
+  options.cluster.parallel_receive = !o.serial_receive;
   absl::StatusOr<std::unique_ptr<fleet::RedisFleetTier>> tier =
       fleet::RedisFleetTier::Create(options);
   fleet::RedisClusterClient probe(options.cluster);
@@ -543,6 +654,7 @@ int RunFleetBench(int argc, char** argv) {
                    rep + 1);
       return 1;
     }
+    if (!o.loop.empty()) return 0;
   }
   Report(o, *scope, samples);
   if (o.sequence) return RunSequence(o, connection);

@@ -1,6 +1,7 @@
 #include "service/fleet/cluster_client.h"
 
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -186,18 +187,48 @@ RedisClusterClient::RoundOutcome RedisClusterClient::RunRound(
     }
     outcome.refresh = true;
   }
-  for (auto& [connection, items] : sent) {
-    ReceiveReplies(*connection, commands, *items, results, deadline, outcome);
+  std::vector<NodeOutcome> outcomes(sent.size());
+  bool any_sink = false;
+  for (const auto& [connection, items] : sent) {
+    for (const Pending& p : *items) any_sink = any_sink || commands[p.index].sink != nullptr;
+  }
+  if (options_.parallel_receive && any_sink && sent.size() > 1) {
+    // Node 0 on this thread, every other node on one of its own.
+    std::vector<std::thread> readers;
+    readers.reserve(sent.size() - 1);
+    for (size_t k = 1; k < sent.size(); ++k) {
+      readers.emplace_back([&, k] {
+        outcomes[k] = ReceiveReplies(*sent[k].first, commands, *sent[k].second, results, deadline);
+      });
+    }
+    outcomes[0] = ReceiveReplies(*sent[0].first, commands, *sent[0].second, results, deadline);
+    for (std::thread& reader : readers) reader.join();
+  } else {
+    for (size_t k = 0; k < sent.size(); ++k) {
+      outcomes[k] = ReceiveReplies(*sent[k].first, commands, *sent[k].second, results, deadline);
+    }
+  }
+  for (size_t k = 0; k < sent.size(); ++k) {
+    NodeOutcome& node = outcomes[k];
+    stats_.moved += node.moved.size();
+    stats_.asks += node.asks;
+    for (const auto& [slot, target] : node.moved) map_.Assign(slot, target);
+    if (node.failed) {
+      const NodeAddress address = sent[k].first->address();  // MarkFailed destroys the connection
+      MarkFailed(address);
+    }
+    outcome.refresh = outcome.refresh || node.round.refresh;
+    for (Pending& p : node.round.retry) outcome.retry.push_back(std::move(p));
   }
   return outcome;
 }
 
-void RedisClusterClient::ReceiveReplies(NodeConnection& connection,
-                                        absl::Span<const KeyedCommand> commands,
-                                        const std::vector<Pending>& sent,
-                                        std::vector<absl::StatusOr<RedisReply>>& results,
-                                        absl::Time deadline, RoundOutcome& outcome) {
-  const NodeAddress node = connection.address();  // a copy: MarkFailed destroys the connection
+RedisClusterClient::NodeOutcome RedisClusterClient::ReceiveReplies(
+    NodeConnection& connection, absl::Span<const KeyedCommand> commands,
+    const std::vector<Pending>& sent, std::vector<absl::StatusOr<RedisReply>>& results,
+    absl::Time deadline) {
+  NodeOutcome node;
+  RoundOutcome& outcome = node.round;
   for (size_t k = 0; k < sent.size(); ++k) {
     const Pending& p = sent[k];
     BulkSink* const sink = commands[p.index].sink;
@@ -205,13 +236,13 @@ void RedisClusterClient::ReceiveReplies(NodeConnection& connection,
     if (p.ask.has_value() && reply.ok()) reply = connection.Receive(deadline, sink);  // ASKING's
     if (!reply.ok()) {
       // The connection is broken: this and every later command of the pipeline go again.
-      MarkFailed(node);
+      node.failed = true;
       for (size_t rest = k; rest < sent.size(); ++rest) {
         results[sent[rest].index] = reply.status();
         outcome.retry.push_back({sent[rest].index, std::nullopt});
       }
       outcome.refresh = true;
-      return;
+      return node;
     }
     if ((*reply)->type != REDIS_REPLY_ERROR) {
       results[p.index] = *std::move(reply);
@@ -220,12 +251,11 @@ void RedisClusterClient::ReceiveReplies(NodeConnection& connection,
     const absl::string_view text = ReplyText(**reply);
     if (std::optional<Redirection> redirection = ParseRedirection(text)) {
       if (redirection->kind == Redirection::Kind::kMoved) {
-        ++stats_.moved;
-        map_.Assign(redirection->slot, redirection->target);
+        node.moved.emplace_back(redirection->slot, redirection->target);
         outcome.refresh = true;
         outcome.retry.push_back({p.index, std::nullopt});
       } else {
-        ++stats_.asks;
+        ++node.asks;
         outcome.retry.push_back({p.index, redirection->target});
       }
       results[p.index] = ErrorReplyStatus(text);
@@ -240,6 +270,7 @@ void RedisClusterClient::ReceiveReplies(NodeConnection& connection,
     }
     results[p.index] = *std::move(reply);  // a final error reply, for the caller to read
   }
+  return node;
 }
 
 }  // namespace kvkeep::fleet

@@ -52,6 +52,11 @@ struct ClusterOptions {
   // Default: 100 ms. After a node failed to connect or answer, how long it is skipped (its
   // commands fail at once with UNAVAILABLE) - so an outage costs lookups nothing but a refusal.
   absl::Duration node_retry_delay = absl::Milliseconds(100);
+  // Default: true. In a round whose commands have sinks (GET values, resp_reader.h), each node's
+  // replies are read on a thread of their own, so every master streams its values at once
+  // instead of waiting, its socket buffers full, until the nodes before it are read. Rounds
+  // without sinks (EXISTS, SET, CLUSTER ...) are read node by node on the calling thread.
+  bool parallel_receive = true;
 };
 
 // One command and the key that routes it (borrowed views: they must outlive the call).
@@ -109,6 +114,14 @@ class RedisClusterClient {
     std::vector<Pending> retry;
     bool refresh = false;
   };
+  // What reading one node's replies found out, applied to the client (map, connections, stats)
+  // by the calling thread once every node's replies are in: nodes may be read concurrently.
+  struct NodeOutcome {
+    RoundOutcome round;
+    bool failed = false;                                // the connection broke
+    std::vector<std::pair<uint16_t, NodeAddress>> moved;  // MOVED slot -> new master
+    uint64_t asks = 0;
+  };
 
   // The open connection to `node`, connecting when there is none; UNAVAILABLE at once while the
   // node is in its retry delay.
@@ -118,11 +131,14 @@ class RedisClusterClient {
   // Sends every pending command to its node, reads the replies, fills `results`.
   RoundOutcome RunRound(absl::Span<const KeyedCommand> commands, std::vector<Pending> pending,
                         std::vector<absl::StatusOr<RedisReply>>& results, absl::Time deadline);
-  // Reads the replies of the commands `sent` to `connection`, in order.
-  void ReceiveReplies(NodeConnection& connection, absl::Span<const KeyedCommand> commands,
-                      const std::vector<Pending>& sent,
-                      std::vector<absl::StatusOr<RedisReply>>& results, absl::Time deadline,
-                      RoundOutcome& outcome);
+  // Reads the replies of the commands `sent` to `connection`, in order. Touches nothing of the
+  // client but `connection` and results[i] of the commands sent (so one thread per node may
+  // run it at once).
+  static NodeOutcome ReceiveReplies(NodeConnection& connection,
+                                    absl::Span<const KeyedCommand> commands,
+                                    const std::vector<Pending>& sent,
+                                    std::vector<absl::StatusOr<RedisReply>>& results,
+                                    absl::Time deadline);
 
   const ClusterOptions options_;
   SlotMap map_;

@@ -50,11 +50,13 @@ OpenPipeline::OpenPipeline(const FleetScope& scope, absl::Span<const std::string
 
 OpenPipeline::~OpenPipeline() {
   Finish();
+  std::vector<std::thread> helpers;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
+    helpers.swap(helpers_);
   }
-  for (std::thread& helper : helpers_) helper.join();
+  for (std::thread& helper : helpers) helper.join();
   for (std::unique_ptr<char[]>& buffer : slot_buffers_) {
     if (buffer != nullptr) buffers_->Give(std::move(buffer), value_bytes_);
   }
@@ -82,14 +84,12 @@ void OpenPipeline::Submit(size_t page) {
     Open(page);
     return;
   }
-  bool start_helper = false;
-  {
-    absl::MutexLock lock(&mu_);
-    slot_busy_[page % options_.slots] = true;
-    queue_.push_back(page);
-    start_helper = queue_.size() > idle_helpers_ && helpers_.size() < options_.threads;
+  absl::MutexLock lock(&mu_);
+  slot_busy_[page % options_.slots] = true;
+  queue_.push_back(page);
+  if (queue_.size() > idle_helpers_ && helpers_.size() < options_.threads) {
+    helpers_.emplace_back([this] { HelperLoop(); });  // it waits for mu_ to take the page
   }
-  if (start_helper) helpers_.emplace_back([this] { HelperLoop(); });
 }
 
 void OpenPipeline::HelperLoop() {

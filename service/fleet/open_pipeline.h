@@ -14,8 +14,9 @@
 // bytes are dropped, the page is marked wrong_size: a corrupt value, never opened). Helper
 // threads start on demand, at most `threads`.
 //
-// Thread-safe: sinks are called by the receiving thread, opens run on the helpers; mu_ protects
-// the queue, the per-page states and the slots' busy flags.
+// Thread-safe: sinks are called by the receiving threads (one per node when the cluster client
+// reads nodes in parallel), opens run on the helpers; mu_ protects the queue, the per-page
+// states, the slots' busy flags and the helper list.
 #ifndef KVKEEP_SERVICE_FLEET_OPEN_PIPELINE_H_
 #define KVKEEP_SERVICE_FLEET_OPEN_PIPELINE_H_
 
@@ -128,7 +129,8 @@ class OpenPipeline {
   size_t opening_ ABSL_GUARDED_BY(mu_) = 0;
   bool refused_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> helpers_;  // started and joined by the receiving thread
+  // Started by the receiving threads (one per node: cluster_client.h), joined by the destructor.
+  std::vector<std::thread> helpers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvkeep::fleet

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -239,6 +240,97 @@ TEST_F(FleetClusterTest, FollowsAskDuringMigrationAndMovedAfterIt) {
   EXPECT_EQ(ReplyText(**moved[0]), "value-a");
   EXPECT_GE(client.stats().moved, 1u);
   EXPECT_EQ(*client.slot_map().MasterOf(slot), target);
+}
+
+// A bulk reply's bytes into a string of the test's (resp_reader.h's BulkSink).
+class StringSink final : public BulkSink {
+ public:
+  char* Buffer(size_t length) override {
+    bytes.assign(length, '\0');
+    return bytes.data();
+  }
+  void Filled(size_t length) override { filled = length; }
+  std::string bytes;
+  size_t filled = 0;
+};
+
+// GET rounds with sinks read every master's replies on a thread of their own
+// (ClusterOptions::parallel_receive): every value lands whole in its own sink, as when the nodes
+// are read one by one, and a MOVED met in such a round is followed.
+TEST_F(FleetClusterTest, ParallelReceiveFillsEverySinkAndFollowsMoved) {
+  RedisClusterClient admin = AdminClient();
+  ASSERT_OK(admin.Refresh(Soon()));
+  // Keys on every master, values large enough to take many reads each; one key (hash tag
+  // {parmove}) has its slot moved to another master once the client knows the map.
+  std::vector<std::string> keys, values;
+  std::mt19937 rng(7);
+  for (int i = 0; i < 12; ++i) keys.push_back(absl::StrCat("kvkeep:parallel-", i));
+  keys.push_back("kvkeep:{parmove}x");
+  std::set<NodeAddress> masters;
+  for (const std::string& key : keys) {
+    masters.insert(*admin.slot_map().MasterOf(KeySlot(key)));
+    std::string value(300 * 1024 + keys.size(), '\0');
+    for (char& c : value) c = static_cast<char>(rng());
+    values.push_back(std::move(value));
+  }
+  ASSERT_EQ(masters.size(), 3u) << "the keys should spread over every master";
+  std::vector<KeyedCommand> sets;
+  for (size_t i = 0; i < keys.size(); ++i) sets.push_back({keys[i], {"SET", keys[i], values[i]}});
+  for (auto& reply : admin.Execute(sets, Soon())) ASSERT_OK(reply);
+
+  for (const bool parallel : {true, false}) {
+    SCOPED_TRACE(parallel ? "parallel receive" : "node by node");
+    RedisClusterClient client({.seeds = cluster_->seeds(),
+                               .connection = cluster_->KvkeepUser(),
+                               .parallel_receive = parallel});
+    auto get_all = [&] {
+      std::vector<StringSink> sinks(keys.size());
+      std::vector<KeyedCommand> gets;
+      for (size_t i = 0; i < keys.size(); ++i) gets.push_back({keys[i], {"GET", keys[i]}, &sinks[i]});
+      auto replies = client.Execute(gets, Soon());
+      ASSERT_EQ(replies.size(), keys.size());
+      for (size_t i = 0; i < keys.size(); ++i) {
+        ASSERT_OK(replies[i]);
+        ASSERT_EQ((*replies[i])->type, REDIS_REPLY_STRING) << keys[i];
+        EXPECT_EQ((*replies[i])->str, nullptr);
+        EXPECT_EQ(sinks[i].filled, values[i].size());
+        EXPECT_TRUE(sinks[i].bytes == values[i]) << keys[i] << " differs";
+      }
+    };
+    get_all();
+    EXPECT_EQ(client.stats().moved, 0u);
+
+    // Move {parmove}'s slot (and its key) to another master behind the client's back.
+    const uint16_t slot = KeySlot(keys.back());
+    const NodeAddress source = *admin.slot_map().MasterOf(slot);
+    NodeAddress target;
+    for (const NodeAddress& master : admin.slot_map().Masters()) {
+      if (!(master == source)) target = master;
+    }
+    auto id_of = [&](const NodeAddress& node) {
+      absl::StatusOr<RedisReply> id = admin.ExecuteOn(node, {"CLUSTER", "MYID"}, Soon());
+      return id.ok() ? std::string(ReplyText(**id)) : std::string();
+    };
+    const std::string source_id = id_of(source), target_id = id_of(target);
+    const std::string slot_text = absl::StrCat(slot);
+    auto admin_on = [&](const NodeAddress& node, RedisArgs args) {
+      absl::StatusOr<RedisReply> reply = admin.ExecuteOn(node, args, Soon());
+      ASSERT_OK(reply);
+      ASSERT_NE((*reply)->type, REDIS_REPLY_ERROR) << ReplyText(**reply);
+    };
+    admin_on(target, {"CLUSTER", "SETSLOT", slot_text, "IMPORTING", source_id});
+    admin_on(source, {"CLUSTER", "SETSLOT", slot_text, "MIGRATING", target_id});
+    admin_on(source, {"MIGRATE", target.host, absl::StrCat(target.port), "", "0", "5000", "KEYS",
+                      keys.back()});
+    for (const NodeAddress& master : admin.slot_map().Masters()) {
+      admin_on(master, {"CLUSTER", "SETSLOT", slot_text, "NODE", target_id});
+    }
+    ASSERT_OK(admin.Refresh(Soon()));
+
+    get_all();  // the moved key: MOVED in a parallel round, then read from the target
+    EXPECT_GE(client.stats().moved, 1u);
+    EXPECT_EQ(*client.slot_map().MasterOf(slot), target);
+  }
 }
 
 TEST_F(FleetClusterTest, FullQueueRefusesAndCounts) {
