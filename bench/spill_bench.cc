@@ -80,7 +80,6 @@ struct Options {
   uint64_t pages_per_value = 32;  // SpillStore::Options defaults
   uint64_t read_threads = 2;
   uint64_t read_batch_mib = 16;     // SpillStore::Options defaults
-  uint64_t prefetch_mib = 32;       // SpillStore::Options::prefetch_mib default
   bool direct_reads = false;
   uint64_t wal_bytes_per_sync = 1ull << 20;
   uint64_t write_batch_mib = 64;  // SpillStore::Options::write_batch_bytes default
@@ -127,8 +126,6 @@ Flags:
                         layout of earlier releases, one value per page)
   --read_threads N      threads a restore reads with (default 2; 1 = earlier releases)
   --read_batch_mib N    bytes of values per MultiGet and read thread (default 16)
-  --prefetch_mib N      read-ahead hints of a restore per read thread, MiB past each MultiGet
-                        batch (default 32; 0 = off, as earlier releases)
   --direct_reads 0|1    O_DIRECT reads of blob/table files (default 0)
   --wal_bytes_per_sync N  start WAL write-back every N bytes during a Put (default 1048576;
                         0 = off, as in earlier releases)
@@ -189,7 +186,7 @@ int ParseFlags(int argc, char** argv, Options* o) {
                                     "--compression", "--write_buffer_mib", "--min_blob_size",
                                     "--blob_file_mib", "--prefill_tps", "--dir",
                                     "--pages_per_value", "--read_threads", "--read_batch_mib",
-                                    "--direct_reads", "--wal_bytes_per_sync", "--prefetch_mib",
+                                    "--direct_reads", "--wal_bytes_per_sync",
                                     "--write_batch_mib", "--ingest",
                                     "--malloc_retain_mib"};
     if (std::find_if(std::begin(kValued), std::end(kValued),
@@ -243,8 +240,6 @@ int ParseFlags(int argc, char** argv, Options* o) {
     } else if (name == "--read_batch_mib") {
       ok = ParseUint(value, &o->read_batch_mib) && o->read_batch_mib > 0 &&
            o->read_batch_mib <= 4096;
-    } else if (name == "--prefetch_mib") {
-      ok = ParseUint(value, &o->prefetch_mib) && o->prefetch_mib <= 4096;
     } else if (name == "--direct_reads") {
       ok = value == "0" || value == "1";
       o->direct_reads = value == "1";
@@ -646,15 +641,14 @@ void PrintJson(const Options& o, uint64_t page_bytes, const std::vector<Row>& ro
               "\"head_dim\":%u,\"dtype\":\"%s\"},\"page_tokens\":%u,\"page_bytes\":%llu,"
               "\"compression\":\"%s\",\"cold_reads\":%s,\"reps\":%d,"
               "\"prefill_tokens_per_s_assumed\":%.6g,\"pages_per_value\":%llu,"
-              "\"read_threads\":%llu,\"read_batch_mib\":%llu,\"prefetch_mib\":%llu,\"direct_reads\":%s,"
+              "\"read_threads\":%llu,\"read_batch_mib\":%llu,\"direct_reads\":%s,"
               "\"wal_bytes_per_sync\":%llu,\"write_batch_mib\":%llu,\"ingest\":%s,\"malloc_retain_mib\":%llu,\"rows\":[",
               o.shape.name, o.shape.layers, o.shape.kv_heads, o.shape.head_dim, o.shape.dtype,
               o.page_tokens, static_cast<unsigned long long>(page_bytes), o.compression.c_str(),
               o.warm ? "false" : "true", o.reps, o.prefill_tps,
               static_cast<unsigned long long>(o.pages_per_value),
               static_cast<unsigned long long>(o.read_threads),
-              static_cast<unsigned long long>(o.read_batch_mib),
-              static_cast<unsigned long long>(o.prefetch_mib), o.direct_reads ? "true" : "false",
+              static_cast<unsigned long long>(o.read_batch_mib), o.direct_reads ? "true" : "false",
               static_cast<unsigned long long>(o.wal_bytes_per_sync),
               static_cast<unsigned long long>(o.write_batch_mib), o.ingest ? "true" : "false",
               static_cast<unsigned long long>(o.malloc_retain_mib));
@@ -758,7 +752,6 @@ int RunSpillBench(int argc, char** argv) {
   so.read_threads = static_cast<int>(o.read_threads);
   so.read_batch_mib = static_cast<uint32_t>(o.read_batch_mib);
   so.use_direct_reads = o.direct_reads;
-  so.prefetch_mib = static_cast<uint32_t>(o.prefetch_mib);
   so.wal_bytes_per_sync = o.wal_bytes_per_sync;
   so.write_batch_bytes = o.write_batch_mib << 20;
   so.ingest_large_spills = o.ingest;

@@ -157,48 +157,6 @@ TEST_F(SpillReadTest, EveryPageArrivesOnceBitExactFromSeveralThreads) {
   EXPECT_EQ(seen.threads, 2u);
 }
 
-// Read-ahead hints (Options::prefetch_mib) on ingested spills: each sequence's own SST file is
-// found by key range and hinted batch by batch; two sequences ingested side by side and one spill
-// below the ingestion size (blob files, shared: no hints) all stream every page once, bit-exact;
-// a page overwritten after the ingestion (its newer value outside the hinted file) is still
-// DATA_LOSS. Hints off gives the same bytes.
-TEST_F(SpillReadTest, ReadAheadHintsChangeNoByteOfIngestedOrBlobSpills) {
-  options_.write_batch_bytes = 1 << 20;  // a 5 MiB spill is ingested as one SST file
-  options_.prefetch_mib = 1;             // hints over many batches of 1 MiB
-  for (uint32_t prefetch : {1u, 0u}) {
-    options_.prefetch_mib = prefetch;
-    options_.path = dir_ + "/spill" + std::to_string(prefetch);
-    OpenStore();
-    const SpillRecord a = MakeRecord("a", 9, 70, 8192, 10);
-    const SpillRecord b = MakeRecord("b", 9, 70, 8192, 11);
-    const SpillRecord small = MakeRecord("small", 2, 30, 8192, 12);  // 480 KiB: blob files
-    ASSERT_OK(store_->Put(a));
-    ASSERT_OK(store_->Put(b));
-    ASSERT_OK(store_->Put(small));
-    ASSERT_OK(store_->Flush());
-    for (const SpillRecord* r : std::vector<const SpillRecord*>{&a, &b, &small}) {
-      RecordingSink sink;
-      ASSERT_OK(store_->ReadInto("t", r->sequence_id, &sink)) << r->sequence_id;
-      const Seen seen = sink.seen();
-      for (uint32_t h = 0; h < r->heads.size(); ++h) {
-        for (uint32_t p = 0; p < r->heads[h].pages.size(); ++p) {
-          ASSERT_EQ(seen.delivered[h][p], 1) << r->sequence_id << " head " << h << " page " << p;
-          ASSERT_TRUE(seen.pages[h][p] == r->heads[h].pages[p])
-              << r->sequence_id << " head " << h << " page " << p;
-        }
-      }
-    }
-    std::string bad = b.heads[7].pages[50];
-    bad[5] ^= 1;
-    ASSERT_OK(store_->OverwritePageForTest("t", "b", 7, 50, bad));
-    RecordingSink sink;
-    EXPECT_THAT(store_->ReadInto("t", "b", &sink),
-                StatusIs(absl::StatusCode::kDataLoss, "page 50 of head 7"));
-    ASSERT_OK_AND_ASSIGN(SpillRecord back, store_->Get("t", "a"));
-    EXPECT_TRUE(back.heads[8].pages == a.heads[8].pages);
-  }
-}
-
 // Pages stream: when the last value of the sequence is corrupt, the pages before it have already
 // been handed over (nothing waits for the whole sequence), the corrupt page never is, and the
 // read is DATA_LOSS naming it.

@@ -189,14 +189,6 @@ class SpillStore {
     // (ReadInto) holds at most about read_threads x 2 x this many bytes of values at once (the
     // values pinned plus RocksDB's read buffers), whatever the sequence's size. Default: 16 MiB.
     uint32_t read_batch_mib = 16;
-    // Read-ahead of a restore (ReadInto, Get) beyond the kernel's own, per read thread, in MiB:
-    // before each MultiGet batch the thread asks the kernel (posix_fadvise WILLNEED) to start
-    // reading this many bytes past the batch from the SST files that hold only this sequence's
-    // values (an ingested spill's file; values in shared blob files are not prefetched), so the
-    // disk keeps working while the batch's pages are verified and copied. Page cache only: the
-    // bytes are read once either way. 0 = off (earlier releases). Ignored with use_direct_reads.
-    // Default: 32 MiB.
-    uint32_t prefetch_mib = 32;
     // O_DIRECT for reads of blob and table files (DBOptions::use_direct_reads): no kernel
     // read-ahead and no page-cache copy. Not shown faster for restores on the virtio disk
     // measured so far (`kvkeep-bench spill --direct_reads 1` compares). Default: false.

@@ -7,16 +7,10 @@
 // Options::read_batch_mib, and every page of a value is verified against the manifest's XXH64 and
 // handed to the sink while the value is still pinned: nothing is collected, so the memory of a
 // read is that of the batches in flight, not of the sequence.
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
-#include <memory>
-#include <string>
 #include <thread>
 #include <utility>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -46,64 +40,6 @@ std::string PageName(uint32_t head, uint32_t page, const std::string& mkey) {
   return absl::StrCat("page ", page, " of head ", head, " of spilled sequence ", mkey);
 }
 
-// The SST files of the pages family that hold only keys of one sequence (its ingested spill;
-// compaction may later merge it with others', and then it is no longer its own), in key order,
-// opened for read-ahead hints. The values sit in them in key order, so a value's offset is about
-// its share of the sequence's bytes. Closed on destruction. Best effort: any failure (a file
-// gone, an fd limit) leaves the read without hints, never fails it.
-class OwnFiles {
- public:
-  OwnFiles(rocksdb::DB* db, const std::string& cf_name, const std::string& prefix) {
-    std::vector<rocksdb::LiveFileMetaData> meta;
-    db->GetLiveFilesMetaData(&meta);
-    std::string end = prefix;
-    end.back() = static_cast<char>(end.back() + 1);  // prefix ends with '/': the next key after it
-    std::sort(meta.begin(), meta.end(), [](const auto& a, const auto& b) {
-      return a.smallestkey < b.smallestkey;
-    });
-    for (const rocksdb::LiveFileMetaData& f : meta) {
-      if (f.column_family_name != cf_name || f.smallestkey < prefix || f.largestkey >= end) {
-        continue;
-      }
-      const int fd = ::open((f.db_path + f.name).c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) continue;
-      files_.push_back({fd, total_, f.size});
-      total_ += f.size;
-    }
-  }
-  ~OwnFiles() {
-    for (const File& f : files_) ::close(f.fd);
-  }
-  OwnFiles(const OwnFiles&) = delete;
-  OwnFiles& operator=(const OwnFiles&) = delete;
-
-  bool empty() const { return files_.empty(); }
-  // Asks the kernel to read [from, to) of the files taken end to end (clamped), without waiting.
-  void WillNeed(uint64_t from, uint64_t to) const {
-    to = std::min(to, total_);
-    for (const File& f : files_) {
-      const uint64_t lo = std::max(from, f.start), hi = std::min(to, f.start + f.size);
-      if (lo < hi) {
-        ::posix_fadvise(f.fd, static_cast<off_t>(lo - f.start), static_cast<off_t>(hi - lo),
-                        POSIX_FADV_WILLNEED);
-      }
-    }
-  }
-  // The offset in the files of the value bytes before a point, `done` of `bytes` in all.
-  uint64_t OffsetOf(uint64_t done, uint64_t bytes) const {
-    return bytes == 0 ? 0
-                      : static_cast<uint64_t>(static_cast<long double>(done) / bytes * total_);
-  }
-
- private:
-  struct File {
-    int fd;
-    uint64_t start, size;
-  };
-  std::vector<File> files_;
-  uint64_t total_ = 0;
-};
-
 // What every read thread shares: constant during the read, except `first_failed`.
 struct ReadPlan {
   rocksdb::DB* db = nullptr;
@@ -114,11 +50,6 @@ struct ReadPlan {
   std::string mkey, prefix;
   uint64_t batch_bytes = 0;
   SpillPageSink* sink = nullptr;
-  // Read-ahead hints (Options::prefetch_mib); null or empty: none.
-  const OwnFiles* own_files = nullptr;
-  uint64_t prefetch_bytes = 0;
-  uint64_t total_bytes = 0;  // of every run
-  std::vector<uint64_t> bytes_before;  // bytes_before[i]: bytes of runs [0, i)
   // Lowest index of a range that failed (ranges count in key order); ranges after it stop early,
   // ranges before it go on, so the error reported is always the first one in key order.
   std::atomic<size_t> first_failed{SIZE_MAX};
@@ -159,22 +90,7 @@ absl::Status ReadRange(ReadPlan& plan, size_t range, size_t begin, size_t end) {
   std::vector<rocksdb::Slice> key_slices;
   std::vector<rocksdb::PinnableSlice> values;
   std::vector<rocksdb::Status> statuses;
-  const bool hints = plan.own_files != nullptr && !plan.own_files->empty() &&
-                     plan.prefetch_bytes > 0;
-  uint64_t hinted = 0;  // value bytes up to which read-ahead was asked for (offsets in the files)
   while (begin < end && !plan.ShouldStop(range)) {
-    if (hints) {
-      // From this batch on, up to prefetch_bytes past it, within this range.
-      const uint64_t from = std::max(hinted, plan.bytes_before[begin]);
-      const uint64_t to = std::min(plan.bytes_before[end], plan.bytes_before[begin] +
-                                                               plan.batch_bytes +
-                                                               plan.prefetch_bytes);
-      if (from < to) {
-        plan.own_files->WillNeed(plan.own_files->OffsetOf(from, plan.total_bytes),
-                                 plan.own_files->OffsetOf(to, plan.total_bytes));
-        hinted = to;
-      }
-    }
     size_t stop = begin;
     uint64_t bytes = 0;
     while (stop < end && stop - begin < kReadBatchKeys &&
@@ -298,19 +214,6 @@ absl::Status SpillStore::ReadInto(absl::string_view tenant, absl::string_view se
   plan.mkey = mkey;
   plan.prefix = PagePrefix(tenant, sequence_id);
   plan.batch_bytes = uint64_t{std::max<uint32_t>(1, options_.read_batch_mib)} << 20;
-  std::unique_ptr<OwnFiles> own_files;
-  if (options_.prefetch_mib > 0 && !options_.use_direct_reads &&
-      m.summary.bytes >= kParallelReadBytes) {
-    own_files = std::make_unique<OwnFiles>(db_.get(), pages_->GetName(), plan.prefix);
-    plan.own_files = own_files.get();
-    plan.prefetch_bytes = uint64_t{options_.prefetch_mib} << 20;
-    plan.bytes_before.reserve(plan.runs.size() + 1);
-    plan.bytes_before.push_back(0);
-    for (const ValueRun& run : plan.runs) {
-      plan.bytes_before.push_back(plan.bytes_before.back() + run.bytes);
-    }
-    plan.total_bytes = plan.bytes_before.back();
-  }
   // Contiguous ranges of values on up to read_threads threads (each range is read in key order,
   // i.e. sequentially within the blob file, so kernel read-ahead serves each).
   const size_t n = plan.runs.size();
