@@ -627,7 +627,8 @@ absl::Status MeasureRow(const Options& o, const std::string& dir, SpillStore* st
     std::fprintf(stderr,
                  "[spill] %u tokens rep %d/%d: write GB/s spill %.2f raw %.2f file %.2f | "
                  "read GB/s spill %.2f streamed %.2f raw %.2f file %.2f | cpu s get %.2f "
-                 "streamed %.2f file %.2f | faults get %.0f streamed %.0f file %.0f | delete s %.3f\n",
+                 "streamed %.2f file %.2f | faults get %.0f streamed %.0f file %.0f | "
+                 "delete s %.3f\n",
                  row->tokens, rep + 1, o.reps, r.spill_w, r.raw_w, r.file_w, r.spill_r,
                  r.stream_r, r.raw_r, r.file_r, r.get_cpu_s, r.stream_cpu_s, r.file_cpu_s,
                  r.get_faults, r.stream_faults, r.file_faults, r.delete_s);
