@@ -123,7 +123,9 @@ ABSL_FLAG(bool, dumpable, false,
 ABSL_FLAG(uint64_t, malloc_retain_mib, 256,
           "Freed heap memory the daemon keeps for reuse instead of returning it to the kernel, in "
           "MiB (0: glibc's defaults, at most 2047). Re-faulting returned memory made WriteKV 3-5x "
-          "slower in docs/benchmarks.md's measurement");
+          "slower in docs/benchmarks.md's measurement, and with 0 a restore from the spill tier "
+          "page-faults every page it reads (RocksDB's per-value read buffers; architecture.md "
+          "section 8, Restore speed)");
 ABSL_FLAG(bool, mutex_deadlock_detection, false,
           "Keep Abseil's run-time lock-order checking on every mutex (Debian builds Abseil with it "
           "on; it serialises every lock through one global graph). For debugging");
