@@ -166,29 +166,46 @@ v1::ReadRequest ReadAll(const std::string& seq) {
   return request;
 }
 
+// A read of a whole sequence on its own thread, checked against `source`, whose reader stops after
+// its first chunk: Start returns once that chunk arrived and the daemon had 200 ms to fill the
+// HTTP/2 windows; Finish lets the reader go on and waits for the read's status.
+struct StalledRead {
+  absl::Notification go;
+  CheckingReader reader;
+  absl::Status status;
+  std::thread thread;
+
+  void Start(Client* client, const std::string& seq, const Source* source) {
+    reader.source = source;
+    reader.go = &go;
+    thread = std::thread([this, client, seq] {
+      status = client->ReadKvInto(ReadAll(seq), std::ref(reader));
+    });
+    reader.first_chunk.WaitForNotification();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  void Finish() {
+    go.Notify();
+    thread.join();
+  }
+};
+
 TEST_F(ReplyPinsTest, DropDuringAStalledReadSendsOnlyTheRightBytesAndReturnsEveryPage) {
   Source first, second;
   const std::string seq = Fill(1, &first);
   const uint64_t pages_of_one = PagesInUse();
   ASSERT_GT(pages_of_one, 0u);
-  absl::Notification go;
-  CheckingReader reader;
-  reader.source = &first;
-  reader.go = &go;
-  absl::Status read;
-  std::thread t([&] { read = client_->ReadKvInto(ReadAll(seq), std::ref(reader)); });
-  reader.first_chunk.WaitForNotification();
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the daemon fills the windows
+  StalledRead stalled;
+  stalled.Start(client_.get(), seq, &first);  // the daemon fills the windows meanwhile
   ASSERT_OK(client_->Drop(seq));
   // The pages freed by the drop, were they reused, would now hold these other bytes.
   const std::string other = Fill(2, &second);
-  go.Notify();
-  t.join();
-  EXPECT_TRUE(reader.mismatch.empty()) << reader.mismatch;
+  stalled.Finish();
+  EXPECT_TRUE(stalled.reader.mismatch.empty()) << stalled.reader.mismatch;
   // The drop came mid-stream: the chunks already in flight arrived, then the read ended cleanly.
-  EXPECT_THAT(read, StatusIs(StatusCode::kAborted, "dropped"));
-  EXPECT_GT(reader.chunks, 1u);
-  EXPECT_LT(reader.tokens, uint64_t{kTokens} * kHeads);
+  EXPECT_THAT(stalled.status, StatusIs(StatusCode::kAborted, "dropped"));
+  EXPECT_GT(stalled.reader.chunks, 1u);
+  EXPECT_LT(stalled.reader.tokens, uint64_t{kTokens} * kHeads);
   // The retired pages came back once the replies were gone.
   EXPECT_TRUE(WaitForPagesInUse(pages_of_one)) << PagesInUse();
   ASSERT_OK(client_->Drop(other));
@@ -199,14 +216,8 @@ TEST_F(ReplyPinsTest, CompressWaitsForRepliesInFlightThenCompactsAndTheReadStops
   client_->set_batch_message_bytes(0);  // one chunk per message: the stall always holds a pin
   Source source;
   const std::string seq = Fill(3, &source);
-  absl::Notification go;
-  CheckingReader reader;
-  reader.source = &source;
-  reader.go = &go;
-  absl::Status read;
-  std::thread t([&] { read = client_->ReadKvInto(ReadAll(seq), std::ref(reader)); });
-  reader.first_chunk.WaitForNotification();
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  StalledRead stalled;
+  stalled.Start(client_.get(), seq, &source);  // the daemon fills the windows meanwhile
   std::atomic<bool> compressed{false};
   absl::StatusOr<v1::CompressReply> reply;
   std::thread c([&] {
@@ -219,15 +230,14 @@ TEST_F(ReplyPinsTest, CompressWaitsForRepliesInFlightThenCompactsAndTheReadStops
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   // Still waiting: the stalled reader's chunks reference pages that compaction would move.
   EXPECT_FALSE(compressed.load());
-  go.Notify();
+  stalled.Finish();
   c.join();
-  t.join();
   ASSERT_OK(reply);
   EXPECT_LT(reply->summary().tokens_after(), reply->summary().tokens_before());
-  EXPECT_TRUE(reader.mismatch.empty()) << reader.mismatch;
+  EXPECT_TRUE(stalled.reader.mismatch.empty()) << stalled.reader.mismatch;
   // The chunks in flight arrive intact, then the stream stops: it never goes on in the new order.
-  EXPECT_THAT(read, StatusIs(StatusCode::kAborted, "compressed during the read"));
-  EXPECT_EQ(reader.compacted_chunks, 0u);
+  EXPECT_THAT(stalled.status, StatusIs(StatusCode::kAborted, "compressed during the read"));
+  EXPECT_EQ(stalled.reader.compacted_chunks, 0u);
   // Read again after: exactly the kept tokens, each with its own bytes.
   CheckingReader after;
   after.source = &source;
@@ -243,25 +253,18 @@ TEST_F(ReplyPinsTest, CompressRefusesCleanlyWhileAReaderStaysStalled) {
   client_->set_batch_message_bytes(0);
   Source source;
   const std::string seq = Fill(4, &source);
-  absl::Notification go;
-  CheckingReader reader;
-  reader.source = &source;
-  reader.go = &go;
-  absl::Status read;
-  std::thread t([&] { read = client_->ReadKvInto(ReadAll(seq), std::ref(reader)); });
-  reader.first_chunk.WaitForNotification();
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  StalledRead stalled;
+  stalled.Start(client_.get(), seq, &source);  // the daemon fills the windows meanwhile
   v1::Policy policy;
   policy.set_scorer("knorm");
   policy.set_keep_ratio(0.5);
   EXPECT_THAT(client_->Compress(seq, policy),
               StatusIs(StatusCode::kUnavailable, "ReadKV replies still reference pages"));
-  go.Notify();
-  t.join();
-  EXPECT_OK(read);
-  EXPECT_TRUE(reader.mismatch.empty()) << reader.mismatch;
+  stalled.Finish();
+  EXPECT_OK(stalled.status);
+  EXPECT_TRUE(stalled.reader.mismatch.empty()) << stalled.reader.mismatch;
   // Nothing was compressed.
-  EXPECT_EQ(reader.tokens, uint64_t{kTokens} * kHeads);
+  EXPECT_EQ(stalled.reader.tokens, uint64_t{kTokens} * kHeads);
   ASSERT_OK_AND_ASSIGN(v1::PageTable table, client_->GetSequence(seq, false));
   for (const auto& head : table.heads()) EXPECT_EQ(head.token_count(), kTokens);
 }
@@ -272,30 +275,23 @@ TEST_F(ReplyPinsTest, CompressRefusesCleanlyWhileAReaderStaysStalled) {
 TEST_F(ReplyPinsTest, CompressDuringABatchedReadIsRefusedOrEndsTheReadCleanly) {
   Source source;
   const std::string seq = Fill(7, &source);
-  absl::Notification go;
-  CheckingReader reader;
-  reader.source = &source;
-  reader.go = &go;
-  absl::Status read;
-  std::thread t([&] { read = client_->ReadKvInto(ReadAll(seq), std::ref(reader)); });
-  reader.first_chunk.WaitForNotification();
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  StalledRead stalled;
+  stalled.Start(client_.get(), seq, &source);  // the daemon fills the windows meanwhile
   v1::Policy policy;
   policy.set_scorer("knorm");
   policy.set_keep_ratio(0.5);
   const absl::Status compressed = client_->Compress(seq, policy).status();
-  go.Notify();
-  t.join();
-  EXPECT_TRUE(reader.mismatch.empty()) << reader.mismatch;
-  EXPECT_EQ(reader.compacted_chunks, 0u);
+  stalled.Finish();
+  EXPECT_TRUE(stalled.reader.mismatch.empty()) << stalled.reader.mismatch;
+  EXPECT_EQ(stalled.reader.compacted_chunks, 0u);
   if (compressed.ok()) {
-    EXPECT_THAT(read, StatusIs(StatusCode::kAborted, "compressed during the read"));
-    EXPECT_LT(reader.tokens, uint64_t{kTokens} * kHeads);
+    EXPECT_THAT(stalled.status, StatusIs(StatusCode::kAborted, "compressed during the read"));
+    EXPECT_LT(stalled.reader.tokens, uint64_t{kTokens} * kHeads);
   } else {
     EXPECT_THAT(compressed,
                 StatusIs(StatusCode::kUnavailable, "ReadKV replies still reference pages"));
-    EXPECT_OK(read);
-    EXPECT_EQ(reader.tokens, uint64_t{kTokens} * kHeads);
+    EXPECT_OK(stalled.status);
+    EXPECT_EQ(stalled.reader.tokens, uint64_t{kTokens} * kHeads);
   }
   // A read started after it sees one consistent sequence, compacted or not.
   CheckingReader after;
