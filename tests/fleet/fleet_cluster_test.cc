@@ -66,6 +66,53 @@ class FleetClusterTest : public ::testing::Test {
 LocalRedisCluster* FleetClusterTest::cluster_ = nullptr;
 std::string* FleetClusterTest::start_error_ = nullptr;
 
+// A hand-driven migration of `slot` from its master (source) to another master (target), as
+// `redis-cli --cluster reshard` does it: Begin marks the slot IMPORTING on the target and MIGRATING
+// on the source, MoveKey migrates one key, Finish assigns the slot to the target on every master.
+// `admin`'s slot map must be fresh; failures are test failures.
+class SlotMigration {
+ public:
+  SlotMigration(RedisClusterClient& admin, uint16_t slot)
+      : admin_(admin), slot_text_(absl::StrCat(slot)), source_(*admin.slot_map().MasterOf(slot)) {
+    for (const NodeAddress& master : admin.slot_map().Masters()) {
+      if (!(master == source_)) target_ = master;
+    }
+    source_id_ = IdOf(source_);
+    target_id_ = IdOf(target_);
+  }
+  void Begin() {
+    On(target_, {"CLUSTER", "SETSLOT", slot_text_, "IMPORTING", source_id_});
+    On(source_, {"CLUSTER", "SETSLOT", slot_text_, "MIGRATING", target_id_});
+  }
+  void MoveKey(const std::string& key) {
+    On(source_, {"MIGRATE", target_.host, absl::StrCat(target_.port), "", "0", "5000", "KEYS", key});
+  }
+  void Finish() {
+    for (const NodeAddress& master : admin_.slot_map().Masters()) {
+      On(master, {"CLUSTER", "SETSLOT", slot_text_, "NODE", target_id_});
+    }
+  }
+  const NodeAddress& target() const { return target_; }
+
+ private:
+  static absl::Time Soon() { return absl::Now() + absl::Seconds(2); }
+  std::string IdOf(const NodeAddress& node) {
+    absl::StatusOr<RedisReply> id = admin_.ExecuteOn(node, {"CLUSTER", "MYID"}, Soon());
+    return id.ok() ? std::string(ReplyText(**id)) : std::string();
+  }
+  void On(const NodeAddress& node, RedisArgs args) {
+    absl::StatusOr<RedisReply> reply = admin_.ExecuteOn(node, args, Soon());
+    ASSERT_OK(reply);
+    ASSERT_NE((*reply)->type, REDIS_REPLY_ERROR) << ReplyText(**reply);
+  }
+
+  RedisClusterClient& admin_;
+  const std::string slot_text_;
+  const NodeAddress source_;
+  NodeAddress target_;
+  std::string source_id_, target_id_;
+};
+
 TEST_F(FleetClusterTest, PublishedPagesAreReadBackBitExactOnAnotherNode) {
   const FleetScope scope = TestScope("group-a", kSecretA);
   const std::vector<uint32_t> tokens = TestTokens(8 * kTokensPerPage, /*seed=*/1);
@@ -196,24 +243,8 @@ TEST_F(FleetClusterTest, FollowsAskDuringMigrationAndMovedAfterIt) {
   auto set = client.Execute({{key, {"SET", key, "value-a"}}}, Soon());
   ASSERT_OK(set[0]);
   ASSERT_OK(admin.Refresh(Soon()));
-  const NodeAddress source = *admin.slot_map().MasterOf(slot);
-  NodeAddress target;
-  for (const NodeAddress& master : admin.slot_map().Masters()) {
-    if (!(master == source)) target = master;
-  }
-  auto id_of = [&](const NodeAddress& node) {
-    absl::StatusOr<RedisReply> id = admin.ExecuteOn(node, {"CLUSTER", "MYID"}, Soon());
-    return id.ok() ? std::string(ReplyText(**id)) : std::string();
-  };
-  const std::string source_id = id_of(source), target_id = id_of(target);
-  const std::string slot_text = absl::StrCat(slot);
-  auto admin_on = [&](const NodeAddress& node, RedisArgs args) {
-    absl::StatusOr<RedisReply> reply = admin.ExecuteOn(node, args, Soon());
-    ASSERT_OK(reply);
-    ASSERT_NE((*reply)->type, REDIS_REPLY_ERROR) << ReplyText(**reply);
-  };
-  admin_on(target, {"CLUSTER", "SETSLOT", slot_text, "IMPORTING", source_id});
-  admin_on(source, {"CLUSTER", "SETSLOT", slot_text, "MIGRATING", target_id});
+  SlotMigration migration(admin, slot);
+  migration.Begin();
 
   // Migrating: the key still on the source is served there; an absent key is asked of the target.
   auto during = client.Execute({{key, {"GET", key}}, {absent, {"GET", absent}}}, Soon());
@@ -224,22 +255,19 @@ TEST_F(FleetClusterTest, FollowsAskDuringMigrationAndMovedAfterIt) {
   EXPECT_EQ(client.stats().asks, 1u);
 
   // Moved to the target: the source now answers ASK for it.
-  admin_on(source,
-           {"MIGRATE", target.host, absl::StrCat(target.port), "", "0", "5000", "KEYS", key});
+  migration.MoveKey(key);
   auto asked = client.Execute({{key, {"GET", key}}}, Soon());
   ASSERT_OK(asked[0]);
   EXPECT_EQ(ReplyText(**asked[0]), "value-a");
   EXPECT_EQ(client.stats().asks, 2u);
 
   // Migration done: the client's map is stale, the source answers MOVED, the client follows.
-  for (const NodeAddress& master : admin.slot_map().Masters()) {
-    admin_on(master, {"CLUSTER", "SETSLOT", slot_text, "NODE", target_id});
-  }
+  migration.Finish();
   auto moved = client.Execute({{key, {"GET", key}}}, Soon());
   ASSERT_OK(moved[0]);
   EXPECT_EQ(ReplyText(**moved[0]), "value-a");
   EXPECT_GE(client.stats().moved, 1u);
-  EXPECT_EQ(*client.slot_map().MasterOf(slot), target);
+  EXPECT_EQ(*client.slot_map().MasterOf(slot), migration.target());
 }
 
 // A bulk reply's bytes into a string of the test's (resp_reader.h's BulkSink).
@@ -302,34 +330,15 @@ TEST_F(FleetClusterTest, ParallelReceiveFillsEverySinkAndFollowsMoved) {
 
     // Move {parmove}'s slot (and its key) to another master behind the client's back.
     const uint16_t slot = KeySlot(keys.back());
-    const NodeAddress source = *admin.slot_map().MasterOf(slot);
-    NodeAddress target;
-    for (const NodeAddress& master : admin.slot_map().Masters()) {
-      if (!(master == source)) target = master;
-    }
-    auto id_of = [&](const NodeAddress& node) {
-      absl::StatusOr<RedisReply> id = admin.ExecuteOn(node, {"CLUSTER", "MYID"}, Soon());
-      return id.ok() ? std::string(ReplyText(**id)) : std::string();
-    };
-    const std::string source_id = id_of(source), target_id = id_of(target);
-    const std::string slot_text = absl::StrCat(slot);
-    auto admin_on = [&](const NodeAddress& node, RedisArgs args) {
-      absl::StatusOr<RedisReply> reply = admin.ExecuteOn(node, args, Soon());
-      ASSERT_OK(reply);
-      ASSERT_NE((*reply)->type, REDIS_REPLY_ERROR) << ReplyText(**reply);
-    };
-    admin_on(target, {"CLUSTER", "SETSLOT", slot_text, "IMPORTING", source_id});
-    admin_on(source, {"CLUSTER", "SETSLOT", slot_text, "MIGRATING", target_id});
-    admin_on(source, {"MIGRATE", target.host, absl::StrCat(target.port), "", "0", "5000", "KEYS",
-                      keys.back()});
-    for (const NodeAddress& master : admin.slot_map().Masters()) {
-      admin_on(master, {"CLUSTER", "SETSLOT", slot_text, "NODE", target_id});
-    }
+    SlotMigration migration(admin, slot);
+    migration.Begin();
+    migration.MoveKey(keys.back());
+    migration.Finish();
     ASSERT_OK(admin.Refresh(Soon()));
 
     get_all();  // the moved key: MOVED in a parallel round, then read from the target
     EXPECT_GE(client.stats().moved, 1u);
-    EXPECT_EQ(*client.slot_map().MasterOf(slot), target);
+    EXPECT_EQ(*client.slot_map().MasterOf(slot), migration.target());
   }
 }
 
