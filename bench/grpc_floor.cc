@@ -43,6 +43,7 @@
 #include <malloc.h>
 
 #include "absl/synchronization/mutex.h"
+#include "bench/writev_fully.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/impl/rpc_method.h"
@@ -51,6 +52,7 @@
 
 namespace {
 
+using ::kvkeep::bench::WritevFully;
 using Clock = std::chrono::steady_clock;
 
 struct Config {
@@ -271,21 +273,7 @@ double Raw(const Config& c, const std::vector<char>& src, std::vector<char>& dst
       // two iovecs per chunk (keys and values), as the io bench does
       iovec iov[2] = {{const_cast<char*>(src.data() + at), n / 2},
                       {const_cast<char*>(src.data() + at + n / 2), n - n / 2}};
-      int cnt = 2;
-      iovec* v = iov;
-      while (cnt > 0) {
-        ssize_t w = writev(fds[0], v, cnt);
-        if (w < 0) return;
-        while (cnt > 0 && static_cast<size_t>(w) >= v->iov_len) {
-          w -= static_cast<ssize_t>(v->iov_len);
-          ++v;
-          --cnt;
-        }
-        if (cnt > 0) {
-          v->iov_base = static_cast<char*>(v->iov_base) + w;
-          v->iov_len -= static_cast<size_t>(w);
-        }
-      }
+      if (!WritevFully(fds[0], iov, 2)) break;
       at += n;
       done += n;
     }

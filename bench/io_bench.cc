@@ -40,6 +40,7 @@
 #include "bench/io_bench_internal.h"
 #include "service/rpc/kv_wire.h"
 #include "bench/mem_bench.h"
+#include "bench/writev_fully.h"
 #include "bench/redis_peer.h"
 #include "service/process_tuning.h"
 #include "client/admin_client.h"
@@ -133,25 +134,7 @@ absl::StatusOr<double> RawSocketCopy(const BytesWorkload& wl, const Options& o,
         const uint64_t n = std::min(wl.chunk_tokens, wl.tokens - off) * tb;
         iovec iov[2] = {{const_cast<char*>(keys + off * tb), n},
                         {const_cast<char*>(values + off * tb), n}};
-        int cnt = 2;
-        iovec* v = iov;
-        while (cnt > 0) {
-          ssize_t w = writev(fds[0], v, cnt);
-          if (w < 0) {
-            if (errno == EINTR) continue;
-            send_failed = true;
-            break;
-          }
-          while (cnt > 0 && static_cast<size_t>(w) >= v->iov_len) {
-            w -= static_cast<ssize_t>(v->iov_len);
-            ++v;
-            --cnt;
-          }
-          if (cnt > 0) {
-            v->iov_base = static_cast<char*>(v->iov_base) + w;
-            v->iov_len -= static_cast<size_t>(w);
-          }
-        }
+        if (!WritevFully(fds[0], iov, 2)) send_failed = true;
       }
     }
     shutdown(fds[0], SHUT_WR);

@@ -166,6 +166,14 @@ v1::ReadRequest ReadAll(const std::string& seq) {
   return request;
 }
 
+// The compression the tests ask for: keep half of every head's tokens by key norm.
+v1::Policy HalfByKnorm() {
+  v1::Policy policy;
+  policy.set_scorer("knorm");
+  policy.set_keep_ratio(0.5);
+  return policy;
+}
+
 // A read of a whole sequence on its own thread, checked against `source`, whose reader stops after
 // its first chunk: Start returns once that chunk arrived and the daemon had 200 ms to fill the
 // HTTP/2 windows; Finish lets the reader go on and waits for the read's status.
@@ -221,10 +229,7 @@ TEST_F(ReplyPinsTest, CompressWaitsForRepliesInFlightThenCompactsAndTheReadStops
   std::atomic<bool> compressed{false};
   absl::StatusOr<v1::CompressReply> reply;
   std::thread c([&] {
-    v1::Policy policy;
-    policy.set_scorer("knorm");
-    policy.set_keep_ratio(0.5);
-    reply = client_->Compress(seq, policy);
+    reply = client_->Compress(seq, HalfByKnorm());
     compressed = true;
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -255,10 +260,7 @@ TEST_F(ReplyPinsTest, CompressRefusesCleanlyWhileAReaderStaysStalled) {
   const std::string seq = Fill(4, &source);
   StalledRead stalled;
   stalled.Start(client_.get(), seq, &source);  // the daemon fills the windows meanwhile
-  v1::Policy policy;
-  policy.set_scorer("knorm");
-  policy.set_keep_ratio(0.5);
-  EXPECT_THAT(client_->Compress(seq, policy),
+  EXPECT_THAT(client_->Compress(seq, HalfByKnorm()),
               StatusIs(StatusCode::kUnavailable, "ReadKV replies still reference pages"));
   stalled.Finish();
   EXPECT_OK(stalled.status);
@@ -277,10 +279,7 @@ TEST_F(ReplyPinsTest, CompressDuringABatchedReadIsRefusedOrEndsTheReadCleanly) {
   const std::string seq = Fill(7, &source);
   StalledRead stalled;
   stalled.Start(client_.get(), seq, &source);  // the daemon fills the windows meanwhile
-  v1::Policy policy;
-  policy.set_scorer("knorm");
-  policy.set_keep_ratio(0.5);
-  const absl::Status compressed = client_->Compress(seq, policy).status();
+  const absl::Status compressed = client_->Compress(seq, HalfByKnorm()).status();
   stalled.Finish();
   EXPECT_TRUE(stalled.reader.mismatch.empty()) << stalled.reader.mismatch;
   EXPECT_EQ(stalled.reader.compacted_chunks, 0u);
