@@ -41,7 +41,13 @@ using Clock = std::chrono::steady_clock;
 constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hiredis SET/GET
 
   --pages N             token pages per rep (default 64)
-  --reps N              repetitions (default 5)
+  --reps N              counted repetitions (default 6; fleet and raw take turns going first)
+  --warmup_reps N       repetitions run first and not counted (default 1: the first GET run of
+                        a process pays for fresh buffers and threads)
+  --no_first_read       skip the untimed read of every value that each rep does between its
+                        puts and its timed GETs (see docs/benchmarks.md: Redis serves values
+                        written moments ago slower the first time, so without it whichever GET
+                        goes first loses about half its speed whatever kvkeep does)
   --layout NAME         llama3-8b (2 MiB pages: 32 layers, 8 KV heads, 128 dims, bf16, 16
                         tokens/page; default) or tiny (32 KiB pages)
   --seeds H:P,...       an existing cluster (default: start a local one)
@@ -70,10 +76,10 @@ constexpr char kUsage[] = R"(kvkeep-bench fleet - fleet tier put/get vs raw hire
 )";
 
 struct Options {
-  int pages = 64, reps = 5, base_port = 36000, open_threads = 4;
+  int pages = 64, reps = 6, warmup_reps = 1, base_port = 36000, open_threads = 4;
   std::string layout = "llama3-8b", seeds, user, password_file, script = "deploy/redis-cluster";
   bool json = false, read_ahead = true, open_on_receiver = false, serial_receive = false;
-  bool sequence = false, smoke = false;
+  bool sequence = false, smoke = false, first_read = true;
   int tokens = 2048, seq_reps = 3;
   double prefill_tok_s = 10000;
   std::string kvkeepd;
@@ -109,6 +115,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
       o->read_ahead = false;
     } else if (a == "--open_on_receiver") {
       o->open_on_receiver = true;
+    } else if (a == "--no_first_read") {
+      o->first_read = false;
     } else if (a == "--serial_receive") {
       o->serial_receive = true;
     } else if (a == "--json") {
@@ -133,6 +141,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
     } else if (a == "--loop_s" && value(&v) && absl::SimpleAtod(v, &o->loop_s) && o->loop_s > 0) {
     } else if (a == "--pages" && value(&v) && absl::SimpleAtoi(v, &o->pages) && o->pages > 0) {
     } else if (a == "--reps" && value(&v) && absl::SimpleAtoi(v, &o->reps) && o->reps > 0) {
+    } else if (a == "--warmup_reps" && value(&v) && absl::SimpleAtoi(v, &o->warmup_reps) &&
+               o->warmup_reps >= 0) {
     } else if (a == "--base_port" && value(&v) && absl::SimpleAtoi(v, &o->base_port)) {
     } else if (a == "--open_threads" && value(&v) && absl::SimpleAtoi(v, &o->open_threads) &&
                o->open_threads > 0) {
@@ -345,6 +355,8 @@ class BufferWriter final : public fleet::PayloadWriter {
 struct Samples {
   std::vector<double> fleet_put, raw_put, fleet_get, raw_get;  // MB/s of payload
   std::vector<double> raw_get_parallel;  // raw GET with the tier's per-node reading threads
+  // Each rep's fleet/raw ratio (its own pair, side by side in the same minute).
+  std::vector<double> put_pair_ratio, get_pair_ratio;
   // CPU seconds this (client) process spent in each phase, all reps; and the payload GB moved
   // per phase, all reps. Independent of how loaded the machine is, unlike the MB/s.
   double cpu_fleet_put = 0, cpu_raw_put = 0, cpu_fleet_get = 0, cpu_raw_get = 0;
@@ -500,12 +512,29 @@ bool RunRep(int rep, const Options& o, fleet::RedisFleetTier& tier, RawCluster& 
     samples->raw_get_parallel.push_back(mb / SecondsSince(t0));
     return true;
   };
+  // Untimed: one GET of every value just stored, fleet's and raw's alike, before the timed GETs.
+  // Redis serves a value written moments ago slower the first time it is read (measured: the
+  // first timed GET of a rep ran at 0.4-0.7 of the second, whether fleet or raw went first), so
+  // without this pass the ratio measures the order, not kvkeep.
+  auto first_read = [&] {
+    if (!o.first_read) return true;
+    Settle(probe);
+    auto any_string = [](size_t, const redisReply& r) { return r.type == REDIS_REPLY_STRING; };
+    return raw.Run("GET", raw_keys, nullptr, defaults.get_window, any_string) &&
+           raw.Run("GET", names, nullptr, defaults.get_window, any_string);
+  };
   samples->gb_per_phase += mb / 1e3;
   // The parallel raw GET comes last, so the four phases run as they always did.
-  if (rep % 2 == 0) {
-    return fleet_put() && raw_set() && fleet_get() && raw_get() && raw_get_parallel();
-  }
-  return raw_set() && fleet_put() && raw_get() && fleet_get() && raw_get_parallel();
+  const bool done =
+      rep % 2 == 0
+          ? fleet_put() && raw_set() && first_read() && fleet_get() && raw_get() &&
+                raw_get_parallel()
+          : raw_set() && fleet_put() && first_read() && raw_get() && fleet_get() &&
+                raw_get_parallel();
+  if (!done) return false;
+  samples->put_pair_ratio.push_back(samples->fleet_put.back() / samples->raw_put.back());
+  samples->get_pair_ratio.push_back(samples->fleet_get.back() / samples->raw_get.back());
+  return true;
 }
 
 void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) {
@@ -515,6 +544,7 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
   const double get_ratio = rg.median > 0 ? fg.median / rg.median : 0;
   const Stats rgp = Summarise(s.raw_get_parallel);
   const double get_ratio_parallel = rgp.median > 0 ? fg.median / rgp.median : 0;
+  const Stats put_paired = Summarise(s.put_pair_ratio), get_paired = Summarise(s.get_pair_ratio);
   if (o.json) {
     auto j = [](const Stats& x) {
       return absl::StrCat("{\"median\":", x.median, ",\"min\":", x.min, ",\"max\":", x.max, "}");
@@ -523,14 +553,18 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
         "{\"bench\":\"fleet\",\"layout\":\"%s\",\"page_bytes\":%llu,\"pages\":%d,\"reps\":%d,"
         "\"fleet_put_mbps\":%s,\"raw_set_mbps\":%s,\"fleet_get_mbps\":%s,\"raw_get_mbps\":%s,"
         "\"put_ratio\":%.3f,\"get_ratio\":%.3f,\"raw_get_parallel_mbps\":%s,"
-        "\"get_ratio_vs_parallel_raw\":%.3f}\n",
+        "\"get_ratio_vs_parallel_raw\":%.3f,\"put_ratio_paired\":%s,\"get_ratio_paired\":%s,"
+        "\"warmup_reps\":%d,\"first_read\":%s}\n",
         o.layout.c_str(), static_cast<unsigned long long>(scope.shape.payload_bytes()), o.pages,
         o.reps, j(fp).c_str(), j(rp).c_str(), j(fg).c_str(), j(rg).c_str(), put_ratio, get_ratio,
-        j(rgp).c_str(), get_ratio_parallel);
+        j(rgp).c_str(), get_ratio_parallel, j(put_paired).c_str(), j(get_paired).c_str(),
+        o.warmup_reps, o.first_read ? "true" : "false");
     return;
   }
-  std::printf("kvkeep-bench fleet: %d pages x %.2f MiB (%s), %d reps, MB/s of payload\n", o.pages,
-              scope.shape.payload_bytes() / 1048576.0, o.layout.c_str(), o.reps);
+  std::printf("kvkeep-bench fleet: %d pages x %.2f MiB (%s), %d reps (+%d warm-up), MB/s of "
+              "payload%s\n",
+              o.pages, scope.shape.payload_bytes() / 1048576.0, o.layout.c_str(), o.reps,
+              o.warmup_reps, o.first_read ? "" : ", no first read");
   std::printf("%-28s %10s %10s %10s\n", "", "median", "min", "max");
   auto row = [](const char* name, const Stats& x) {
     std::printf("%-28s %10.1f %10.1f %10.1f\n", name, x.median, x.min, x.max);
@@ -542,6 +576,10 @@ void Report(const Options& o, const fleet::FleetScope& scope, const Samples& s) 
   row("raw GET, nodes in parallel", rgp);
   std::printf("put ratio fleet/raw: %.2f   get ratio fleet/raw: %.2f   (goal >= 0.8)\n", put_ratio,
               get_ratio);
+  std::printf("per-rep ratios fleet/raw, median [min, max]: put %.2f [%.2f, %.2f]   get %.2f "
+              "[%.2f, %.2f]\n",
+              put_paired.median, put_paired.min, put_paired.max, get_paired.median, get_paired.min,
+              get_paired.max);
   std::printf("get ratio fleet/raw with nodes read in parallel (the tier's schedule): %.2f\n",
               get_ratio_parallel);
   if (s.gb_per_phase > 0) {
@@ -646,12 +684,19 @@ int RunFleetBench(int argc, char** argv) {
     for (char& c : p) c = static_cast<char>(rng());
   }
   std::vector<std::string> received(o.pages, std::string(scope->shape.payload_bytes(), '\0'));
-  Samples samples;
-  for (int rep = 0; rep < o.reps; ++rep) {
-    std::fprintf(stderr, "fleet: rep %d/%d\n", rep + 1, o.reps);
-    if (!RunRep(rep, o, **tier, raw, probe, *scope, payloads, &received, &samples)) {
-      std::fprintf(stderr, "fleet: rep %d failed (a call failed or a value was not bit-exact)\n",
-                   rep + 1);
+  Samples samples, warmup;
+  const int warmups = o.loop.empty() ? o.warmup_reps : 0;
+  for (int rep = -warmups; rep < o.reps; ++rep) {
+    if (rep < 0) {
+      std::fprintf(stderr, "fleet: warm-up rep %d/%d (not counted)\n", rep + warmups + 1, warmups);
+    } else {
+      std::fprintf(stderr, "fleet: rep %d/%d\n", rep + 1, o.reps);
+    }
+    // Warm-up reps use keys of their own (negative rep numbers) and are not counted.
+    if (!RunRep(rep, o, **tier, raw, probe, *scope, payloads, &received,
+                rep < 0 ? &warmup : &samples)) {
+      std::fprintf(stderr, "fleet: %s rep %d failed (a call failed or a value was not bit-exact)\n",
+                   rep < 0 ? "warm-up" : "counted", rep < 0 ? rep + warmups + 1 : rep + 1);
       return 1;
     }
     if (!o.loop.empty()) return 0;
