@@ -39,7 +39,7 @@ struct Options {
   uint64_t mib = 64;        // K+V bytes moved per rep and page size on the bytes path
   uint32_t chunk_pages = 1;  // pages of one head per chunk (and raw chunk)
   uint64_t batch_kib = 1024;  // chunk bytes per message (KvBatch); 0 = one chunk per message
-  int reps = 5;
+  int reps = 15;  // one raw copy lasts 10-150 ms and is bimodal on a VM: medians need many
   double seconds = 0.5;     // length of one timed phase of the control-path test
   uint64_t pool_mib = 0;    // 0 = sized from the workload
   uint64_t max_message_mib = 4;

@@ -61,7 +61,9 @@ Flags:
                         default 1024); 0: one chunk per WriteKV/ReadKV message
   --workers N[,N...]    worker threads for the control path (default 1,8,64)
   --seconds S           length of each timed control-path phase (default 0.5)
-  --reps N              repetitions (default 5)
+  --reps N              repetitions (default 15: one raw copy lasts 10-150 ms, and on a
+                        shared or virtual machine it is fast or slow by the scheduler's
+                        draw, so a median needs many)
   --ops_only / --bytes_only   run one half
   --kvkeepd PATH        daemon binary (default: kvkeepd next to this binary, or ../bin/)
   --pool_mib N          daemon pool (default: sized from the workload, >= 1024)
