@@ -231,7 +231,7 @@ class FloorService final
   Region dst_;
 };
 
-// kvkeepd's TuneAllocator (service/process_tuning.cc), inlined: no kvkeep code here.
+// kvkeepd's TuneAllocator (common/process_tuning.cc), inlined: no kvkeep code here.
 void Retain(int mib) {
   if (mib <= 0) return;
   mallopt(M_MMAP_THRESHOLD, 32 << 20);

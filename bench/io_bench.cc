@@ -42,7 +42,7 @@
 #include "bench/mem_bench.h"
 #include "bench/writev_fully.h"
 #include "bench/redis_peer.h"
-#include "service/process_tuning.h"
+#include "common/process_tuning.h"
 #include "client/admin_client.h"
 #include "client/client.h"
 #include "common/status_macros.h"
@@ -330,11 +330,13 @@ absl::StatusOr<BytesRep> MeasureBytes(Client& c, const BytesWorkload& wl, const 
   ASSIGN_OR_RETURN(rep.raw_gbps, RawSocketCopy(wl, o, dst));
   const double gb = static_cast<double>(wl.src.size()) / 1e9;
   auto t0 = Clock::now();
-  ASSIGN_OR_RETURN(v1::WriteSummary summary, c.WriteKvViews(wl.chunks));
-  rep.write_gbps = gb / SecondsSince(t0);
-  if (summary.bytes() != wl.src.size()) {
-    return absl::DataLossError(absl::StrCat("WriteKV stored ", summary.bytes(), " bytes of ",
-                                            wl.src.size()));
+  if (!o.reads_only) {  // --reads_only: PrepareBytes wrote the sequence once, before the reps
+    ASSIGN_OR_RETURN(v1::WriteSummary summary, c.WriteKvViews(wl.chunks));
+    rep.write_gbps = gb / SecondsSince(t0);
+    if (summary.bytes() != wl.src.size()) {
+      return absl::DataLossError(absl::StrCat("WriteKV stored ", summary.bytes(), " bytes of ",
+                                              wl.src.size()));
+    }
   }
   v1::ReadRequest request;
   request.set_sequence_id(wl.seq);
@@ -555,6 +557,11 @@ StepResult MeasureRep(Measurement& m, int rep) {
                  m.bytes[i].tpp);
     auto r = MeasureBytes(*m.clients[0], m.workloads[i], o, m.dst, /*verify=*/rep == 0);
     if (!r.ok()) return Failure{"bytes path", r.status()};
+    if (o.reads_only) {
+      std::fprintf(stderr, " raw %.2f GB/s, ReadKV %.2f\n", r->raw_gbps, r->read_gbps);
+      m.bytes[i].reps.push_back(*r);
+      continue;
+    }
     if (m.redis != nullptr) {
       absl::Status st = MeasureRedis(*m.redis, m.workloads[i], o, /*verify=*/rep == 0, &*r);
       if (!st.ok()) return Failure{"Redis SET/GET", st};
@@ -689,12 +696,11 @@ int RunIoBench(int argc, char** argv) {
   InstallBenchSignalHandlers();
   // Before any thread: the worker settings of docs/api.md "Worker process settings".
   if (o.client_process_settings) {
-    if (absl::Status tuned = TuneAllocator(uint64_t{256} << 20); !tuned.ok()) {
+    if (absl::Status tuned = TuneWorkerProcess(); !tuned.ok()) {
       std::fprintf(stderr, "kvkeep-bench io: --client_process_settings: %s\n",
                    std::string(tuned.message()).c_str());
       return 1;
     }
-    SetMutexDeadlockDetection(false);
   }
   return Run(o);
 }

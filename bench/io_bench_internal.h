@@ -55,6 +55,9 @@ struct Options {
   // reuse, Abseil's mutex deadlock detection off (docs/api.md "Worker process settings").
   // Off by default: the bench's client as before.
   bool client_process_settings = false;
+  // Bytes path, each rep only the raw copy and ReadKV, back to back (a worker that only reads):
+  // no WriteKV, Redis or in-place phases between the reads.
+  bool reads_only = false;
 };
 
 inline uint64_t TokenBytes(const Shape& s) { return uint64_t{s.head_dim} * s.dtype_bytes; }

@@ -71,6 +71,11 @@ Flags:
   --no_redis            skip the Redis peer (also --no-redis)
   --redis PATH          redis-server binary (default: redis-server on $PATH)
   --redis_pipeline N    SET/GET commands per pipelined batch (default 64)
+  --reads_only          bytes path only, and each rep only the raw copy and ReadKV (the
+                        sequence is written once, before the reps): a worker that reads back
+                        to back, with none of the other phases' allocations in between; no
+                        Redis peer, no in-place rows. Compare with and without
+                        --client_process_settings (docs/benchmarks.md "Reads back to back")
   --client_process_settings  give this (client) process kvkeepd's process settings: keep
                         256 MiB of freed heap for reuse (glibc otherwise returns freed receive
                         buffers to the kernel) and Abseil's mutex deadlock detection off
@@ -160,6 +165,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
       ok = boolean(&o->no_redis);
     } else if (name == "--client_process_settings") {
       ok = boolean(&o->client_process_settings);
+    } else if (name == "--reads_only") {
+      ok = boolean(&o->reads_only);
     } else {
       static const char* const kValued[] = {"--shape", "--pages", "--workers", "--mib",
                                             "--chunk_pages", "--batch_kib", "--reps",
@@ -227,6 +234,14 @@ int ParseFlags(int argc, char** argv, Options* o) {
                    name.c_str(), value.c_str());
       return 2;
     }
+  }
+  if (o->reads_only) {
+    if (o->skip_bytes) {
+      std::fprintf(stderr, "kvkeep-bench io: --reads_only and --ops_only exclude each other\n");
+      return 2;
+    }
+    o->skip_ops = true;  // --reads_only measures the bytes path only
+    o->no_redis = true;
   }
   if (o->skip_ops && o->skip_bytes) {
     std::fprintf(stderr, "kvkeep-bench io: --ops_only and --bytes_only exclude each other\n");

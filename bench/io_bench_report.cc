@@ -125,9 +125,9 @@ void PrintJson(const Options& o, const std::vector<OpsRow>& ops,
     std::printf("}");
   }
   std::printf("]},\"bytes_path\":{\"batch_message_bytes\":%llu,"
-              "\"client_process_settings\":%s,\"rows\":[",
+              "\"client_process_settings\":%s,\"reads_only\":%s,\"rows\":[",
               static_cast<unsigned long long>(o.batch_kib << 10),
-              o.client_process_settings ? "true" : "false");
+              o.client_process_settings ? "true" : "false", o.reads_only ? "true" : "false");
   for (size_t i = 0; i < bytes.size(); ++i) {
     const BytesRow& r = bytes[i];
     std::printf("%s{\"tokens_per_page\":%u,\"tokens_per_head\":%u,\"chunk_bytes\":%llu,"
@@ -209,19 +209,30 @@ void PrintTable(const Options& o, const std::vector<OpsRow>& ops,
     if (o.client_process_settings) {
       std::printf("   client process with kvkeepd's process settings (--client_process_settings)\n");
     }
+    if (o.reads_only) {
+      std::printf("   --reads_only: each rep the raw copy and ReadKV only, back to back (the "
+                  "sequence was written once, before the reps)\n");
+    }
+    const auto write_cell = [&](const BytesRow& r, const char* field) {
+      return o.reads_only ? std::string("-") : Fmt(Get(r.reps, kBytesFields, field), "%.2f");
+    };
     std::printf("%6s %10s %10s %18s %18s %18s %18s %18s\n", "page", "chunk KiB", "MiB/rep",
                 "WriteKV / raw", "ReadKV / raw", "raw GB/s", "WriteKV GB/s", "ReadKV GB/s");
     for (const BytesRow& r : bytes) {
       std::printf("%6u %10.1f %10.1f %18s %18s %18s %18s %18s\n", r.tpp, r.chunk_bytes / 1024.0,
                   r.bytes / 1048576.0,
-                  Fmt(Get(r.reps, kBytesFields, "write_ratio"), "%.2f").c_str(),
+                  write_cell(r, "write_ratio").c_str(),
                   Fmt(Get(r.reps, kBytesFields, "read_ratio"), "%.2f").c_str(),
                   Fmt(Get(r.reps, kBytesFields, "raw_socket_gbps"), "%.2f").c_str(),
-                  Fmt(Get(r.reps, kBytesFields, "writekv_gbps"), "%.2f").c_str(),
+                  write_cell(r, "writekv_gbps").c_str(),
                   Fmt(Get(r.reps, kBytesFields, "readkv_gbps"), "%.2f").c_str());
     }
     std::printf("   (GB/s columns are CPU-host figures of this machine; 1 GB = 1e9 bytes of K+V)\n");
-
+    if (o.reads_only) {
+      std::printf("\n3. vs Redis and in-place writes: not run (--reads_only)\n");
+    }
+  }
+  if (!bytes.empty() && !o.reads_only) {
     std::printf("\n3. vs Redis: %s\n", info.redis.c_str());
     std::printf("   same blobs (one value = keys+values of one chunk), same bytes; in-place = "
                 "AllocatePages + WriteInPlace (memcpy into mapped shm) + CommitTokens\n");

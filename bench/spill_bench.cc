@@ -28,7 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "rocksdb/db.h"
-#include "service/process_tuning.h"
+#include "common/process_tuning.h"
 #include "service/storage/spill_store.h"
 
 namespace kvkeep::bench {

@@ -12,6 +12,11 @@
 //   RETURN_IF_ERROR(client->Commit(seq, 512).status());
 //   ASSIGN_OR_RETURN(HeadData back, client->ReadHead(seq, layer, head));        // over gRPC
 //
+// A worker that moves bytes over gRPC (ReadKV, ReadHead, WriteKV) should call
+// kvkeep::TuneWorkerProcess() (common/process_tuning.h) once, early in main. Reads back to back
+// ran 2.6-6x faster with it on a VM (docs/api.md "Worker process settings"). The client never
+// makes that process-wide setting itself.
+//
 // Thread-safe: calls may come from many threads (each RPC is independent).
 #ifndef KVKEEP_CLIENT_CLIENT_H_
 #define KVKEEP_CLIENT_CLIENT_H_

@@ -33,7 +33,7 @@
 #include "gpu/cuda_arena_kind.h"
 #include "grpc/support/log.h"
 #include "service/observability/log.h"
-#include "service/process_tuning.h"
+#include "common/process_tuning.h"
 #include "service/rpc/server.h"
 
 ABSL_FLAG(std::string, data_dir, "./kvkeep-data",
@@ -119,7 +119,7 @@ ABSL_FLAG(std::string, log_level, "info",
 ABSL_FLAG(bool, dumpable, false,
           "Leave the daemon dumpable (core dumps; other processes of its uid can then open its "
           "arena fds under /proc/<pid>/fd): for debugging only");
-// Process-wide tuning of the data path (service/process_tuning.h).
+// Process-wide tuning of the data path (common/process_tuning.h).
 ABSL_FLAG(uint64_t, malloc_retain_mib, 256,
           "Freed heap memory the daemon keeps for reuse instead of returning it to the kernel, in "
           "MiB (0: glibc's defaults, at most 2047). Re-faulting returned memory made WriteKV 3-5x "

@@ -30,10 +30,11 @@ from kvkeep.stats import layer_stats  # noqa: E402
 from kvkeep.sketch import QuerySketch  # noqa: E402
 from kvkeep.client import Client, Compressed, Model, Sequence, Session  # noqa: E402
 from kvkeep.admin import Admin, read_token  # noqa: E402
+from kvkeep.process import tune_worker_process  # noqa: E402
 
 __all__ = [
     "Admin", "Client", "Compressed", "Model", "QuerySketch", "Sequence", "Session", "layer_stats",
-    "read_token",
+    "read_token", "tune_worker_process",
     "bf16_to_float32", "float32_to_bf16",
     "KvkeepError", "Aborted", "AlreadyExists", "Cancelled", "DataLoss", "DeadlineExceeded",
     "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "OutOfRange",

@@ -1,4 +1,4 @@
-#include "service/process_tuning.h"
+#include "common/process_tuning.h"
 
 #include <malloc.h>
 
@@ -25,6 +25,12 @@ absl::Status TuneAllocator(uint64_t retain_bytes) {
 
 void SetMutexDeadlockDetection(bool keep) {
   if (!keep) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+}
+
+absl::Status TuneWorkerProcess() {
+  if (absl::Status tuned = TuneAllocator(kWorkerRetainBytes); !tuned.ok()) return tuned;
+  SetMutexDeadlockDetection(false);
+  return absl::OkStatus();
 }
 
 }  // namespace kvkeep

@@ -1,4 +1,5 @@
-// Process-wide settings kvkeepd makes once at start, before any thread exists.
+// Process-wide settings kvkeepd makes once at start, before any thread exists, and that a worker
+// process can make the same way (TuneWorkerProcess below; docs/api.md "Worker process settings").
 //
 // Allocator. The bytes path (WriteKV/ReadKV, the fleet tier, spill and restore) allocates and frees
 // megabytes per call: gRPC's receive and send slices, reply buffers. With glibc's defaults a free
@@ -31,5 +32,16 @@ absl::Status TuneAllocator(uint64_t retain_bytes);
 
 // Turns absl::Mutex's deadlock detection off (keep = false) or leaves it as built (keep = true).
 void SetMutexDeadlockDetection(bool keep);
+
+// What a worker reading or writing through the bytes path should keep of freed heap: gRPC's
+// receive buffers of a few 1 MiB messages in flight, with room to spare.
+inline constexpr uint64_t kWorkerRetainBytes = 256ull << 20;
+
+// kvkeepd's settings for a worker process: TuneAllocator(kWorkerRetainBytes) and mutex deadlock
+// detection off. Call it once, early in main, before the first thread. The client library never
+// calls it itself: the settings are process-wide (they cost up to 256 MiB of freed heap kept
+// mapped). A worker that reads back to back through ReadKV got 2.6-6x the throughput with
+// them on a VM (docs/benchmarks.md, "Reads back to back").
+absl::Status TuneWorkerProcess();
 
 }  // namespace kvkeep
