@@ -3,6 +3,7 @@
 // process-wide and must not change the other tests of this binary).
 #include "common/process_tuning.h"
 
+#include <malloc.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +36,13 @@ long FaultsOfBursts(int rounds) {
   return after.ru_minflt - before.ru_minflt;
 }
 
+// glibc's starting thresholds (128 KiB), pinned: its dynamic ones move up after any large free,
+// so the premise (the defaults refault) must not depend on what was freed before.
+void PinGlibcStartingThresholds() {
+  mallopt(M_MMAP_THRESHOLD, 128 << 10);
+  mallopt(M_TRIM_THRESHOLD, 128 << 10);
+}
+
 // Runs `body` in a child; returns its exit status (0 = its checks passed).
 template <typename Body>
 int InChild(Body body) {
@@ -47,6 +55,7 @@ int InChild(Body body) {
 
 TEST(ProcessTuningTest, RetainedHeapStopsRefaulting) {
   const int rc = InChild([] {
+    PinGlibcStartingThresholds();
     FaultsOfBursts(2);  // warm up whatever the first allocations set up
     const long untuned = FaultsOfBursts(40);
     if (!TuneAllocator(256 << 20).ok()) return 1;
@@ -65,6 +74,7 @@ TEST(ProcessTuningTest, RetainedHeapStopsRefaulting) {
 // deadlock detection off (a lock-order inversion is then not reported).
 TEST(ProcessTuningTest, TuneWorkerProcessRetainsHeapAndTurnsDeadlockDetectionOff) {
   const int rc = InChild([] {
+    PinGlibcStartingThresholds();
     FaultsOfBursts(2);
     const long untuned = FaultsOfBursts(40);
     if (!TuneWorkerProcess().ok()) return 1;

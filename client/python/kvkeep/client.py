@@ -13,7 +13,7 @@ from kvkeep._proto import (common_pb2, kv_batch_pb2, kv_batch_pb2_grpc, kvcache_
                            kvcache_pb2_grpc)
 from kvkeep.connection import (  # noqa: F401  (make_channel, normalize_target: public here too)
     DEFAULT_MAX_MESSAGE_BYTES, Connection, make_channel, normalize_target)
-from kvkeep.errors import DeadlineExceeded, KvkeepError, from_rpc_error
+from kvkeep.errors import DataLoss, DeadlineExceeded, KvkeepError, from_rpc_error
 from kvkeep.arena_channel import ArenaChannel, arena_socket_for
 from kvkeep.shm import ArenaMapping
 from kvkeep.stats import as_layer_stats, stats_per_layer
@@ -616,16 +616,32 @@ class Sequence:
         return Compressed(reply.table, kept, reply.summary)
 
     def _decode_chunks(self, chunks):
-        dt, d = self.model.storage_dtype, self.model.head_dim
+        """{(layer, kv_head): (keys, values, positions)} from ReadKV chunks: each chunk's bytes
+        copied once, straight into arrays sized from the chunks' lengths."""
+        dt, d = np.dtype(self.model.storage_dtype), self.model.head_dim
+        token_bytes = d * dt.itemsize
         heads = {}
         for c in chunks:
             heads.setdefault((c.layer, c.kv_head), []).append(c)
         out = {}
         for key, parts in heads.items():
             parts.sort(key=lambda c: c.token_offset)
-            keys = np.frombuffer(b"".join(c.keys for c in parts), dt).reshape(-1, d).copy()
-            values = np.frombuffer(b"".join(c.values for c in parts), dt).reshape(-1, d).copy()
-            positions = np.array([p for c in parts for p in c.positions], np.int32)
+            total = sum(len(c.keys) for c in parts)
+            if total % token_bytes or any(len(c.keys) != len(c.values) for c in parts):
+                raise DataLoss(f"ReadKV reply for (layer, kv_head) {key}: key and value bytes do "
+                               f"not make whole tokens of {token_bytes} bytes")
+            keys = np.empty((total // token_bytes, d), dt)
+            values = np.empty_like(keys)
+            key_bytes = keys.reshape(-1).view(np.uint8)
+            value_bytes = values.reshape(-1).view(np.uint8)
+            at = 0
+            for c in parts:
+                n = len(c.keys)
+                key_bytes[at:at + n] = np.frombuffer(c.keys, np.uint8)
+                value_bytes[at:at + n] = np.frombuffer(c.values, np.uint8)
+                at += n
+            positions = (np.concatenate([np.asarray(c.positions, np.int32) for c in parts])
+                         if parts else np.zeros(0, np.int32))
             out[key] = (keys, values, positions)
         return out
 
