@@ -4,9 +4,10 @@ process settings").
 gRPC receives every ReadKV message into buffers it allocates with malloc and frees once the
 message is decoded. With glibc's defaults a free that leaves more than a few hundred KiB at the
 top of a heap gives the memory back to the kernel, and the next message faults every page in
-again. A worker reading back to back went from 0.18 to 0.65 GB/s with these settings (32 MiB
-reads, this project's 2-core VM; docs/benchmarks.md "Reads back to back"). The client never makes
-these settings itself: they are process-wide and keep up to `retain_bytes` of freed heap mapped.
+again. A worker reading back to back went from 0.18-0.27 to 0.64-0.90 GB/s with these settings
+(32 MiB reads, this project's 2-core VM; docs/benchmarks.md "Reads back to back"). The client never
+makes these settings itself: they are process-wide and keep up to `retain_bytes` of freed heap
+mapped.
 
     import kvkeep
     kvkeep.tune_worker_process()   # once, early
