@@ -38,7 +38,7 @@ struct Options {
   std::vector<uint32_t> workers = {1, 8, 64};
   uint64_t mib = 64;        // K+V bytes moved per rep and page size on the bytes path
   uint32_t chunk_pages = 1;  // pages of one head per chunk (and raw chunk)
-  uint64_t batch_kib = 1024;  // chunk bytes per message (KvBatch); 0 = one chunk per message
+  uint64_t batch_kib = 3072;  // chunk bytes per message (KvBatch; the client default); 0 = one chunk per message
   int reps = 15;  // one raw copy lasts 10-150 ms and is bimodal on a VM: medians need many
   double seconds = 0.5;     // length of one timed phase of the control-path test
   uint64_t pool_mib = 0;    // 0 = sized from the workload

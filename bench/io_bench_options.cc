@@ -58,7 +58,8 @@ Flags:
   --mib N               MiB of K+V per rep and page size on the bytes path (default 64)
   --chunk_pages N       pages of one head per chunk (default 1: page-sized blobs)
   --batch_kib N         chunk bytes per message, several chunks per message (KvBatch;
-                        default 1024); 0: one chunk per WriteKV/ReadKV message
+                        default 3072, the client's default; was 1024); 0: one chunk per
+                        WriteKV/ReadKV message
   --workers N[,N...]    worker threads for the control path (default 1,8,64)
   --seconds S           length of each timed control-path phase (default 0.5)
   --reps N              repetitions (default 15: one raw copy lasts 10-150 ms, and on a

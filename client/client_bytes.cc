@@ -200,8 +200,10 @@ absl::Status Client::ReadCall(const v1::ReadRequest& request, uint64_t batch_byt
   if (batch_bytes > 0) {
     v1::ReadBatchRequest batch_request;
     *batch_request.mutable_read() = request;
+    // Below this channel's own receive limit, with room for the message's framing.
+    const uint64_t receivable = std::max<int64_t>(4096, int64_t{max_message_bytes_} - (64 << 10));
     batch_request.set_max_message_bytes(
-        static_cast<uint32_t>(std::min<uint64_t>(batch_bytes, UINT32_MAX)));
+        static_cast<uint32_t>(std::min<uint64_t>({batch_bytes, receivable, UINT32_MAX})));
     serialised = grpc::SerializationTraits<v1::ReadBatchRequest>::Serialize(
         batch_request, &encoded, &own_buffer);
   } else {

@@ -141,7 +141,7 @@ class Client(Connection):
     # The bytes path packs its chunks several per message (kvkeep.v1.KvBatch) up to this many
     # chunk bytes; 0: one chunk per message (WriteKV / ReadKV). A daemon without KvBatch answers
     # UNIMPLEMENTED: the call is redone with WriteKV / ReadKV, and has_kv_batch becomes False.
-    batch_message_bytes = 1 << 20
+    batch_message_bytes = 3 << 20
     has_kv_batch = None  # unknown until a bytes-path call found out
 
     def _batch_stub(self):
