@@ -488,6 +488,29 @@ TEST_F(ClientKvBatchTest, BadChunkInsideABatchFailsTheStreamAndSaysWhatWasApplie
   EXPECT_FALSE(skipped.values == chunks[3].values()) << "a chunk after the bad one landed";
 }
 
+// The default batch (3 MiB) is above a small channel limit: the client asks the daemon for reply
+// messages it can receive (its limit less 64 KiB), so a read larger than the limit still arrives.
+TEST_F(ClientKvBatchTest, ReadsStayBelowTheClientsOwnMessageLimit) {
+  const std::string token = CreateTenant("team-a");
+  constexpr int kLimit = 96 << 10;
+  grpc::ChannelArguments args;  // a channel that receives at most kLimit, as the client is told
+  args.SetMaxReceiveMessageSize(kLimit);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client,
+                       Client::Attach(server_->InProcessChannel(args), token, "w0",
+                                      absl::Seconds(10), kLimit));
+  EXPECT_EQ(client->batch_message_bytes(), uint64_t{3} << 20);
+  ASSERT_OK(client->RegisterModel(Layout()).status());
+  ASSERT_OK_AND_ASSIGN(std::string seq, client->CreateSequence("inproc"));
+  const uint32_t tokens = 32 * kTokensPerPage;
+  ASSERT_OK(client->Allocate(seq, tokens).status());
+  const std::vector<v1::KvChunk> chunks = PageChunks(seq, tokens);  // 128 chunks of 1 KiB
+  ASSERT_GT(chunks.size() * 2 * kTokensPerPage * kTokenBytes, uint64_t{kLimit});
+  ASSERT_OK(client->WriteKV(chunks).status());
+  ASSERT_OK(client->Commit(seq, tokens).status());
+  ASSERT_OK_AND_ASSIGN(std::vector<v1::KvChunk> back, client->ReadKV(PageRead(seq)));
+  ExpectSameChunks(back, chunks);
+}
+
 TEST_F(ClientKvBatchTest, MessageOverTheLimitIsRefusedWithResourceExhausted) {
   const std::string token = CreateTenant("team-a");
   // A client whose own limit (16 MiB) is above the daemon's (4 MiB), so that it sends the message.

@@ -34,7 +34,7 @@ absl::Status TuneAllocator(uint64_t retain_bytes);
 void SetMutexDeadlockDetection(bool keep);
 
 // What a worker reading or writing through the bytes path should keep of freed heap: gRPC's
-// receive buffers of a few 1 MiB messages in flight, with room to spare.
+// receive buffers of a few messages in flight (up to the 4 MiB default limit), with room to spare.
 inline constexpr uint64_t kWorkerRetainBytes = 256ull << 20;
 
 // kvkeepd's settings for a worker process: TuneAllocator(kWorkerRetainBytes) and mutex deadlock

@@ -640,8 +640,7 @@ class Sequence:
                 key_bytes[at:at + n] = np.frombuffer(c.keys, np.uint8)
                 value_bytes[at:at + n] = np.frombuffer(c.values, np.uint8)
                 at += n
-            positions = (np.concatenate([np.asarray(c.positions, np.int32) for c in parts])
-                         if parts else np.zeros(0, np.int32))
+            positions = np.concatenate([np.asarray(c.positions, np.int32) for c in parts])
             out[key] = (keys, values, positions)
         return out
 
