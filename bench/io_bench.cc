@@ -324,38 +324,38 @@ absl::Status MeasureRedis(RedisPeer& redis, const BytesWorkload& wl, const Optio
   return absl::OkStatus();
 }
 
-absl::StatusOr<BytesRep> MeasureBytes(Client& c, const BytesWorkload& wl, const Options& o,
-                                      std::vector<char>& dst, bool verify) {
-  BytesRep rep;
-  ASSIGN_OR_RETURN(rep.raw_gbps, RawSocketCopy(wl, o, dst));
+// One WriteKV of the workload over the client's transport now: GB/s.
+absl::StatusOr<double> TimeWrite(Client& c, const BytesWorkload& wl) {
   const double gb = static_cast<double>(wl.src.size()) / 1e9;
-  auto t0 = Clock::now();
-  if (!o.reads_only) {  // --reads_only: PrepareBytes wrote the sequence once, before the reps
-    ASSIGN_OR_RETURN(v1::WriteSummary summary, c.WriteKvViews(wl.chunks));
-    rep.write_gbps = gb / SecondsSince(t0);
-    if (summary.bytes() != wl.src.size()) {
-      return absl::DataLossError(absl::StrCat("WriteKV stored ", summary.bytes(), " bytes of ",
-                                              wl.src.size()));
-    }
+  const auto t0 = Clock::now();
+  ASSIGN_OR_RETURN(v1::WriteSummary summary, c.WriteKvViews(wl.chunks));
+  const double gbps = gb / SecondsSince(t0);
+  if (summary.bytes() != wl.src.size()) {
+    return absl::DataLossError(absl::StrCat("WriteKV stored ", summary.bytes(), " bytes of ",
+                                            wl.src.size()));
   }
+  return gbps;
+}
+
+// One ReadKV of the workload over the client's transport now, each chunk's keys and values put
+// straight at their place in `dst` (the workload's layout), as the raw copy's receiver read()s
+// into it: received there over the bulk channel, copied there from the message over gRPC.
+absl::StatusOr<double> TimeRead(Client& c, const BytesWorkload& wl, const Options& o,
+                                std::vector<char>& dst, bool verify) {
   v1::ReadRequest request;
   request.set_sequence_id(wl.seq);
   request.set_max_chunk_bytes(static_cast<uint32_t>(2 * uint64_t{wl.chunk_tokens} *
                                                     TokenBytes(o.shape)));
-  // Each chunk's keys and values are copied from the received message straight to their place in
-  // `dst` (the workload's layout), as the raw copy's receiver read()s into it.
   const uint64_t tb = TokenBytes(o.shape);
   uint64_t chunks = 0;
   std::fill(dst.begin(), dst.end(), 0);  // untimed: a stale copy cannot pass the check
-  t0 = Clock::now();
-  RETURN_IF_ERROR(c.ReadKvInto(
-      request, [&](const v1::KvChunk& header, absl::Span<const absl::string_view> keys,
-                   absl::Span<const absl::string_view> values) -> absl::Status {
+  const double gb = static_cast<double>(wl.src.size()) / 1e9;
+  const auto t0 = Clock::now();
+  RETURN_IF_ERROR(c.ReadKvPlaced(
+      request, [&](const v1::KvChunk& header, uint64_t key_bytes,
+                   uint64_t value_bytes) -> absl::StatusOr<KvChunkPlace> {
         const uint32_t h = header.layer() * o.shape.kv_heads + header.kv_head();
         const uint64_t n = uint64_t{header.token_count()} * tb;
-        uint64_t key_bytes = 0, value_bytes = 0;
-        for (absl::string_view p : keys) key_bytes += p.size();
-        for (absl::string_view p : values) value_bytes += p.size();
         if (h >= Heads(o.shape) || header.token_offset() + header.token_count() > wl.tokens ||
             key_bytes != n || value_bytes != n) {
           return absl::DataLossError(absl::StrCat(
@@ -363,17 +363,45 @@ absl::StatusOr<BytesRep> MeasureBytes(Client& c, const BytesWorkload& wl, const 
               header.token_offset(), ") does not match what WriteKV wrote"));
         }
         char* head = dst.data() + h * HeadBytes(o.shape, wl.tokens);
-        CopyPieces(keys, head + header.token_offset() * tb);
-        CopyPieces(values, head + wl.tokens * tb + header.token_offset() * tb);
         ++chunks;
-        return absl::OkStatus();
+        return KvChunkPlace{head + header.token_offset() * tb,
+                            head + wl.tokens * tb + header.token_offset() * tb};
       }));
-  rep.read_gbps = gb / SecondsSince(t0);
+  const double gbps = gb / SecondsSince(t0);
   if (chunks != wl.chunks.size()) {
     return absl::InternalError(absl::StrCat("ReadKV sent ", chunks, " chunks, expected ",
                                             wl.chunks.size(), " (same sizes as the writes)"));
   }
   if (verify) RETURN_IF_ERROR(VerifyRead(wl, dst));
+  return gbps;
+}
+
+// The raw copy, then WriteKV and ReadKV over gRPC and over the bulk channel (unless --no_bulk),
+// the transport that goes first alternating with `rep`.
+absl::StatusOr<BytesRep> MeasureBytes(Client& c, const BytesWorkload& wl, const Options& o,
+                                      std::vector<char>& dst, bool verify, int rep_index) {
+  BytesRep rep;
+  ASSIGN_OR_RETURN(rep.raw_gbps, RawSocketCopy(wl, o, dst));
+  if (!o.no_bulk) {
+    if (absl::Status bulk = c.bulk_channel_status(); !bulk.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the client has no bulk channel (", bulk.message(), "); --no_bulk skips its rows"));
+    }
+  }
+  std::vector<bool> order = {false};  // false: gRPC, true: the bulk channel
+  if (!o.no_bulk) order = rep_index % 2 == 0 ? std::vector<bool>{false, true}
+                                             : std::vector<bool>{true, false};
+  for (bool bulk : order) {
+    c.set_use_bulk_channel(bulk);
+    // --reads_only: PrepareBytes wrote the sequence once, before the reps
+    if (!o.reads_only) {
+      ASSIGN_OR_RETURN(double w, TimeWrite(c, wl));
+      (bulk ? rep.bulk_write_gbps : rep.write_gbps) = w;
+    }
+    ASSIGN_OR_RETURN(double r, TimeRead(c, wl, o, dst, verify));
+    (bulk ? rep.bulk_read_gbps : rep.read_gbps) = r;
+  }
+  c.set_use_bulk_channel(true);
   return rep;
 }
 
@@ -555,10 +583,11 @@ StepResult MeasureRep(Measurement& m, int rep) {
   for (size_t i = 0; i < m.bytes.size(); ++i) {
     std::fprintf(stderr, "[io] rep %d/%d bytes path, pages of %u tokens ...", rep + 1, o.reps,
                  m.bytes[i].tpp);
-    auto r = MeasureBytes(*m.clients[0], m.workloads[i], o, m.dst, /*verify=*/rep == 0);
+    auto r = MeasureBytes(*m.clients[0], m.workloads[i], o, m.dst, /*verify=*/rep == 0, rep);
     if (!r.ok()) return Failure{"bytes path", r.status()};
     if (o.reads_only) {
-      std::fprintf(stderr, " raw %.2f GB/s, ReadKV %.2f\n", r->raw_gbps, r->read_gbps);
+      std::fprintf(stderr, " raw %.2f GB/s, ReadKV %.2f, bulk read %.2f\n", r->raw_gbps,
+                   r->read_gbps, r->bulk_read_gbps);
       m.bytes[i].reps.push_back(*r);
       continue;
     }
@@ -572,9 +601,10 @@ StepResult MeasureRep(Measurement& m, int rep) {
       if (!g.ok()) return Failure{"in-place write", g.status()};
       (per_page ? r->inplace_page_gbps : r->inplace_seq_gbps) = *g;
     }
-    std::fprintf(stderr, " raw %.2f GB/s, WriteKV %.2f, ReadKV %.2f, SET %.2f, GET %.2f, "
-                 "in-place %.2f / %.2f\n", r->raw_gbps, r->write_gbps, r->read_gbps,
-                 r->set_gbps, r->get_gbps, r->inplace_page_gbps, r->inplace_seq_gbps);
+    std::fprintf(stderr, " raw %.2f GB/s, WriteKV %.2f, ReadKV %.2f, bulk %.2f / %.2f, SET %.2f, "
+                 "GET %.2f, in-place %.2f / %.2f\n", r->raw_gbps, r->write_gbps, r->read_gbps,
+                 r->bulk_write_gbps, r->bulk_read_gbps, r->set_gbps, r->get_gbps,
+                 r->inplace_page_gbps, r->inplace_seq_gbps);
     m.bytes[i].reps.push_back(*r);
   }
   return std::nullopt;

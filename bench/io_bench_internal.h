@@ -58,6 +58,9 @@ struct Options {
   // Bytes path, each rep only the raw copy and ReadKV, back to back (a worker that only reads):
   // no WriteKV, Redis or in-place phases between the reads.
   bool reads_only = false;
+  // The bulk channel (docs/api.md §5.2): each rep also writes and reads over it (the WriteKV /
+  // ReadKV columns stay gRPC's). --no_bulk skips it.
+  bool no_bulk = false;
 };
 
 inline uint64_t TokenBytes(const Shape& s) { return uint64_t{s.head_dim} * s.dtype_bytes; }
@@ -87,7 +90,8 @@ struct OpsRow {
 };
 
 struct BytesRep {
-  double raw_gbps = 0, write_gbps = 0, read_gbps = 0;
+  double raw_gbps = 0, write_gbps = 0, read_gbps = 0;  // WriteKV / ReadKV over gRPC
+  double bulk_write_gbps = 0, bulk_read_gbps = 0;     // the same over the bulk channel (0: off)
   double set_gbps = 0, get_gbps = 0;  // Redis peer (0 without it)
   double inplace_page_gbps = 0;       // Allocate + WriteInPlace x heads + Commit per page-row
   double inplace_seq_gbps = 0;        // Allocate, WriteInPlace of everything, Commit, once

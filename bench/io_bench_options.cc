@@ -77,6 +77,10 @@ Flags:
                         to back, with none of the other phases' allocations in between; no
                         Redis peer, no in-place rows. Compare with and without
                         --client_process_settings (docs/benchmarks.md "Reads back to back")
+  --no_bulk             skip the bulk channel rows (by default each rep also writes and
+                        reads the same chunks over the daemon's bulk channel <socket>.bulk,
+                        alternating which transport goes first; the WriteKV / ReadKV
+                        columns are always gRPC's)
   --client_process_settings  give this (client) process kvkeepd's process settings: keep
                         256 MiB of freed heap for reuse (glibc otherwise returns freed receive
                         buffers to the kernel) and Abseil's mutex deadlock detection off
@@ -168,6 +172,8 @@ int ParseFlags(int argc, char** argv, Options* o) {
       ok = boolean(&o->client_process_settings);
     } else if (name == "--reads_only") {
       ok = boolean(&o->reads_only);
+    } else if (name == "--no_bulk") {
+      ok = boolean(&o->no_bulk);
     } else {
       static const char* const kValued[] = {"--shape", "--pages", "--workers", "--mib",
                                             "--chunk_pages", "--batch_kib", "--reps",

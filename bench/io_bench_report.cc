@@ -70,6 +70,22 @@ const Field<BytesRep> kBytesFields[] = {
     {"inplace_seq_over_raw", [](const BytesRep& r) { return r.inplace_seq_gbps / r.raw_gbps; }},
 };
 
+// Only with the bulk channel (not --no_bulk).
+const Field<BytesRep> kBulkFields[] = {
+    {"bulk_write_ratio", [](const BytesRep& r) { return r.bulk_write_gbps / r.raw_gbps; }},
+    {"bulk_read_ratio", [](const BytesRep& r) { return r.bulk_read_gbps / r.raw_gbps; }},
+    {"bulk_write_gbps", [](const BytesRep& r) { return r.bulk_write_gbps; }},
+    {"bulk_read_gbps", [](const BytesRep& r) { return r.bulk_read_gbps; }},
+    {"bulk_write_over_writekv", [](const BytesRep& r) { return r.bulk_write_gbps / r.write_gbps; }},
+    {"bulk_read_over_readkv", [](const BytesRep& r) { return r.bulk_read_gbps / r.read_gbps; }},
+};
+
+// With the bulk channel and the Redis peer.
+const Field<BytesRep> kBulkRedisFields[] = {
+    {"bulk_write_over_redis_set", [](const BytesRep& r) { return r.bulk_write_gbps / r.set_gbps; }},
+    {"bulk_read_over_redis_get", [](const BytesRep& r) { return r.bulk_read_gbps / r.get_gbps; }},
+};
+
 // Only with the Redis peer.
 const Field<BytesRep> kRedisFields[] = {
     {"writekv_over_redis_set", [](const BytesRep& r) { return r.write_gbps / r.set_gbps; }},
@@ -141,6 +157,16 @@ void PrintJson(const Options& o, const std::vector<OpsRow>& ops,
     if (info.have_redis) {
       for (const auto& f : kRedisFields) {
         std::printf(",\"%s\":%s", f.name, Json(Of(r.reps, f.get)).c_str());
+      }
+    }
+    if (!o.no_bulk) {
+      for (const auto& f : kBulkFields) {
+        std::printf(",\"%s\":%s", f.name, Json(Of(r.reps, f.get)).c_str());
+      }
+      if (info.have_redis) {
+        for (const auto& f : kBulkRedisFields) {
+          std::printf(",\"%s\":%s", f.name, Json(Of(r.reps, f.get)).c_str());
+        }
       }
     }
     std::printf("}");
@@ -228,6 +254,32 @@ void PrintTable(const Options& o, const std::vector<OpsRow>& ops,
                   Fmt(Get(r.reps, kBytesFields, "readkv_gbps"), "%.2f").c_str());
     }
     std::printf("   (GB/s columns are CPU-host figures of this machine; 1 GB = 1e9 bytes of K+V)\n");
+    if (!o.no_bulk) {
+      std::printf("\n   The same chunks over the bulk channel (<socket>.bulk: raw frames, received "
+                  "straight into the pages / the destination; docs/api.md 5.2)\n");
+      const auto bulk_cell = [&](const BytesRow& r, const char* field) {
+        return o.reads_only ? std::string("-") : Fmt(Get(r.reps, kBulkFields, field), "%.2f");
+      };
+      std::printf("%6s %18s %18s %18s %18s %20s %20s\n", "page", "bulk write / raw",
+                  "bulk read / raw", "bulk write GB/s", "bulk read GB/s", "bulk / WriteKV",
+                  "bulk / ReadKV");
+      for (const BytesRow& r : bytes) {
+        std::printf("%6u %18s %18s %18s %18s %20s %20s\n", r.tpp,
+                    bulk_cell(r, "bulk_write_ratio").c_str(),
+                    Fmt(Get(r.reps, kBulkFields, "bulk_read_ratio"), "%.2f").c_str(),
+                    bulk_cell(r, "bulk_write_gbps").c_str(),
+                    Fmt(Get(r.reps, kBulkFields, "bulk_read_gbps"), "%.2f").c_str(),
+                    bulk_cell(r, "bulk_write_over_writekv").c_str(),
+                    Fmt(Get(r.reps, kBulkFields, "bulk_read_over_readkv"), "%.2f").c_str());
+      }
+      if (info.have_redis && !o.reads_only) {
+        for (const BytesRow& r : bytes) {
+          std::printf("%6u bulk write / Redis SET %s, bulk read / Redis GET %s\n", r.tpp,
+                      Fmt(Get(r.reps, kBulkRedisFields, "bulk_write_over_redis_set"), "%.2f").c_str(),
+                      Fmt(Get(r.reps, kBulkRedisFields, "bulk_read_over_redis_get"), "%.2f").c_str());
+        }
+      }
+    }
     if (o.reads_only) {
       std::printf("\n3. vs Redis and in-place writes: not run (--reads_only)\n");
     }

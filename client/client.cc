@@ -28,8 +28,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Attach(const ChannelOptions& opt
   if (absl::ConsumePrefix(&target, "unix:")) {
     while (absl::StartsWith(target, "//")) target.remove_prefix(1);
     client->arena_socket_hint_ = absl::StrCat(target, ".arenas");
+    client->bulk_socket_hint_ = absl::StrCat(target, ".bulk");
   } else if (absl::StartsWith(target, "/") || absl::StartsWith(target, ".")) {
     client->arena_socket_hint_ = absl::StrCat(target, ".arenas");
+    client->bulk_socket_hint_ = absl::StrCat(target, ".bulk");
   }
   if (!client->channel_->WaitForConnected(std::chrono::system_clock::now() +
                                           absl::ToChronoMilliseconds(timeout))) {
@@ -71,6 +73,7 @@ void Client::EventLoop() {
       session_id_ = event.started().session_id();
       tenant_ = event.started().tenant();
       AttachArenaChannelLocked(event.started());
+      AttachBulkChannel(event.started());
       for (const auto& arena : event.started().arenas()) MapArenaLocked(arena).IgnoreError();
       started_ = true;
     } else if (event.has_arena_added()) {
@@ -115,6 +118,36 @@ void Client::AttachArenaChannelLocked(const v1::SessionStarted& started) {
     // Only an unreachable socket leaves the one-time ticket unused for the next path.
     if (!absl::IsUnavailable(channel.status())) return;
   }
+}
+
+void Client::AttachBulkChannel(const v1::SessionStarted& started) {
+  if (started.bulk_ticket().empty()) return;
+  std::vector<std::string> paths;
+  if (!bulk_socket_hint_.empty()) paths.push_back(bulk_socket_hint_);
+  if (!started.bulk_socket().empty() && started.bulk_socket() != bulk_socket_hint_) {
+    paths.push_back(started.bulk_socket());
+  }
+  absl::MutexLock lock(&bulk_mu_);
+  for (const std::string& path : paths) {
+    absl::StatusOr<std::unique_ptr<BulkChannelClient>> bulk =
+        BulkChannelClient::Connect(path, started.bulk_ticket());
+    if (bulk.ok()) {
+      bulk_ = *std::move(bulk);
+      bulk_status_ = absl::OkStatus();
+      return;
+    }
+    bulk_status_ = bulk.status();
+    // Only an unreachable socket leaves the one-time ticket unused for the next path.
+    if (!absl::IsUnavailable(bulk.status())) return;
+  }
+}
+
+absl::Status Client::bulk_channel_status() const {
+  absl::MutexLock lock(&bulk_mu_);
+  if (bulk_ != nullptr && bulk_->broken()) {
+    return absl::UnavailableError("the bulk channel connection broke; the bytes path uses gRPC");
+  }
+  return bulk_status_;
 }
 
 absl::Status Client::arena_channel_status() const {

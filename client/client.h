@@ -26,6 +26,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <type_traits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,6 +39,7 @@
 #include "absl/types/span.h"
 #include "client/arena_channel_client.h"
 #include "client/arena_mapping.h"
+#include "client/bulk_channel_client.h"
 #include "client/call_context.h"
 #include "kvkeep/v1/kvcache.grpc.pb.h"
 
@@ -62,9 +65,7 @@ struct KvChunkView {
 // bytes as pieces, views into the received message valid during the call only (concatenated in
 // order they are the field; CopyPieces in service/rpc/kv_wire.h copies them out). A non-OK
 // status cancels the read and is ReadKvInto's answer.
-using KvChunkSink = std::function<absl::Status(const v1::KvChunk& header,
-                                               absl::Span<const absl::string_view> keys,
-                                               absl::Span<const absl::string_view> values)>;
+// (KvChunkSink and KvChunkPlacer are declared in client/bulk_channel_client.h.)
 
 class Client {
  public:
@@ -142,8 +143,11 @@ class Client {
   // ReadKV with each received chunk parsed in place and handed to `sink` (no copy before the
   // sink's own). INVALID_ARGUMENT "ReadKV reply chunk <n> ..." for a reply that is not a KvChunk.
   absl::Status ReadKvInto(const v1::ReadRequest& request, const KvChunkSink& sink);
-  // One head's committed tokens copied straight into `keys` and `values` (each `capacity_bytes`
-  // long; one copy from the received message), and their positions into *positions when given.
+  // ReadKV with each chunk's bytes put where `place` says: received straight there over the bulk
+  // channel, copied there from the received message over gRPC.
+  absl::Status ReadKvPlaced(const v1::ReadRequest& request, const KvChunkPlacer& place);
+  // One head's committed tokens put straight into `keys` and `values` (each `capacity_bytes`
+  // long; ReadKvPlaced), and their positions into *positions when given.
   // Returns the number of tokens. OUT_OF_RANGE when the head holds more than the capacity (the
   // buffers then hold the chunks that fitted).
   absl::StatusOr<uint32_t> ReadHeadInto(const std::string& sequence, uint32_t layer,
@@ -164,6 +168,16 @@ class Client {
   // with them).
   void set_batch_message_bytes(uint64_t bytes) { batch_message_bytes_ = bytes; }
   uint64_t batch_message_bytes() const { return batch_message_bytes_; }
+  // ---- The bulk channel (docs/api.md §5.2) ----
+  // The bytes-path calls above (WriteKV, WriteKvViews, WriteHead, ReadKV, ReadKvInto,
+  // ReadKvPlaced, ReadHead, ReadHeadInto) go over the daemon's bulk channel when the session
+  // attached one (same-node workers reaching the Unix socket) and no other call of this client is
+  // using it at the moment; otherwise over gRPC. The results are the same. A write whose bulk
+  // connection breaks is redone over gRPC; a read fails UNAVAILABLE (later calls use gRPC).
+  // false: gRPC only (set before the bytes-path calls; not synchronised with them).
+  void set_use_bulk_channel(bool use) { use_bulk_channel_ = use; }
+  // OK when the bulk channel is attached and usable; else why not.
+  absl::Status bulk_channel_status() const;
   // Whether the daemon serves KvBatch: unknown (-1) until a bytes-path call found out, then 1 or 0.
   int daemon_has_kv_batch() const { return has_kv_batch_.load(std::memory_order_relaxed); }
 
@@ -229,12 +243,13 @@ class Client {
     uint64_t bytes;
   };
   // WriteKV of chunks whose bytes stay where they are (client_bytes.cc).
-  struct RefChunk {
-    const v1::KvChunk* header;
-    absl::string_view keys;
-    absl::string_view values;
-  };
+  using RefChunk = KvChunkRef;
   absl::StatusOr<v1::WriteSummary> WriteRefs(absl::Span<const RefChunk> chunks);
+  // Attaches the bulk channel with the session's ticket (event thread, at SessionStarted).
+  void AttachBulkChannel(const v1::SessionStarted& started);
+  // f(bulk channel) when it is attached, usable and free now; nullopt otherwise (client_bytes.cc).
+  template <typename F>
+  auto WithBulk(F f) -> std::optional<std::invoke_result_t<F, BulkChannelClient&>>;
   // One WriteKV (batch_bytes 0) or WriteKVBatch call of `chunks`; `reply` gets the summary.
   grpc::Status WriteCall(absl::Span<const RefChunk> chunks, uint64_t batch_bytes,
                          grpc::ByteBuffer* reply);
@@ -257,6 +272,13 @@ class Client {
   std::string arena_socket_hint_;  // "<unix socket of the target>.arenas"; empty for TCP
   uint64_t batch_message_bytes_ = 3 << 20;
   std::atomic<int> has_kv_batch_{-1};  // -1 unknown, 1 yes, 0 no (UNIMPLEMENTED seen)
+  std::string bulk_socket_hint_;       // "<unix socket of the target>.bulk"; empty for TCP
+  bool use_bulk_channel_ = true;
+  // The bulk channel: one call at a time uses it (TryLock; the others go over gRPC).
+  mutable absl::Mutex bulk_mu_;
+  std::unique_ptr<BulkChannelClient> bulk_ ABSL_GUARDED_BY(bulk_mu_);
+  absl::Status bulk_status_ ABSL_GUARDED_BY(bulk_mu_) =
+      absl::FailedPreconditionError("the daemon offered no bulk channel");
 
   std::unique_ptr<grpc::ClientContext> session_context_;
   std::unique_ptr<grpc::ClientReader<v1::SessionEvent>> session_reader_;

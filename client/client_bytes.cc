@@ -112,7 +112,25 @@ grpc::Status Client::WriteCall(absl::Span<const RefChunk> chunks, uint64_t batch
   return status;
 }
 
+template <typename F>
+auto Client::WithBulk(F f) -> std::optional<std::invoke_result_t<F, BulkChannelClient&>> {
+  if (!use_bulk_channel_ || !bulk_mu_.TryLock()) return std::nullopt;
+  std::optional<std::invoke_result_t<F, BulkChannelClient&>> result;
+  if (bulk_ != nullptr && !bulk_->broken()) result = f(*bulk_);
+  bulk_mu_.Unlock();
+  return result;
+}
+
 absl::StatusOr<v1::WriteSummary> Client::WriteRefs(absl::Span<const RefChunk> chunks) {
+  bool broke = false;
+  std::optional<absl::StatusOr<v1::WriteSummary>> bulk =
+      WithBulk([&](BulkChannelClient& b) {
+        absl::StatusOr<v1::WriteSummary> written = b.Write(chunks);
+        broke = b.broken();
+        return written;
+      });
+  // A connection that broke mid-write: the same bytes go again to the same slots over gRPC.
+  if (bulk.has_value() && !broke) return *std::move(bulk);
   grpc::ByteBuffer reply;
   const uint64_t batch_bytes = BatchBytesToTry();
   grpc::Status status = WriteCall(chunks, batch_bytes, &reply);
@@ -258,6 +276,9 @@ absl::Status Client::ReadCall(const v1::ReadRequest& request, uint64_t batch_byt
 }
 
 absl::Status Client::ReadKvInto(const v1::ReadRequest& request, const KvChunkSink& sink) {
+  std::optional<absl::Status> bulk =
+      WithBulk([&](BulkChannelClient& b) { return b.Read(request, nullptr, &sink); });
+  if (bulk.has_value()) return *bulk;
   const uint64_t batch_bytes = BatchBytesToTry();
   uint64_t messages = 0;
   absl::Status status = ReadCall(request, batch_bytes, sink, &messages);
@@ -269,6 +290,20 @@ absl::Status Client::ReadKvInto(const v1::ReadRequest& request, const KvChunkSin
     if (missing) status = ReadCall(request, 0, sink, &messages);
   }
   return status;
+}
+
+absl::Status Client::ReadKvPlaced(const v1::ReadRequest& request, const KvChunkPlacer& place) {
+  std::optional<absl::Status> bulk =
+      WithBulk([&](BulkChannelClient& b) { return b.Read(request, &place, nullptr); });
+  if (bulk.has_value()) return *bulk;
+  return ReadKvInto(request, [&](const v1::KvChunk& header,
+                                 absl::Span<const absl::string_view> keys,
+                                 absl::Span<const absl::string_view> values) -> absl::Status {
+    ASSIGN_OR_RETURN(KvChunkPlace where, place(header, SumSizes(keys), SumSizes(values)));
+    CopyPieces(keys, where.keys);
+    CopyPieces(values, where.values);
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<std::vector<v1::KvChunk>> Client::ReadKV(const v1::ReadRequest& request) {
@@ -322,16 +357,15 @@ absl::StatusOr<uint32_t> Client::ReadHeadInto(const std::string& sequence, uint3
                                               std::vector<int32_t>* positions) {
   if (positions != nullptr) positions->clear();
   uint32_t tokens = 0;
-  RETURN_IF_ERROR(ReadKvInto(
+  RETURN_IF_ERROR(ReadKvPlaced(
       HeadRequest(sequence, layer, kv_head),
-      [&](const v1::KvChunk& header, absl::Span<const absl::string_view> k,
-          absl::Span<const absl::string_view> v) -> absl::Status {
-        const uint64_t key_bytes = SumSizes(k);
-        if (header.token_count() == 0 || key_bytes != SumSizes(v) ||
+      [&](const v1::KvChunk& header, uint64_t key_bytes,
+          uint64_t value_bytes) -> absl::StatusOr<KvChunkPlace> {
+        if (header.token_count() == 0 || key_bytes != value_bytes ||
             key_bytes % header.token_count() != 0) {
           return absl::InvalidArgumentError(absl::StrCat(
               "ReadKV reply chunk at token ", header.token_offset(), " holds ", key_bytes,
-              " bytes of keys and ", SumSizes(v), " of values for ", header.token_count(),
+              " bytes of keys and ", value_bytes, " of values for ", header.token_count(),
               " tokens"));
         }
         const uint64_t at = uint64_t{header.token_offset()} * (key_bytes / header.token_count());
@@ -340,14 +374,12 @@ absl::StatusOr<uint32_t> Client::ReadHeadInto(const std::string& sequence, uint3
               "head (layer ", layer, ", KV head ", kv_head, ") holds more than ", capacity_bytes,
               " bytes of keys; tokens from ", header.token_offset(), " do not fit"));
         }
-        CopyPieces(k, static_cast<char*>(keys) + at);
-        CopyPieces(v, static_cast<char*>(values) + at);
         if (positions != nullptr) {
           positions->insert(positions->end(), header.positions().begin(),
                             header.positions().end());
         }
         tokens = std::max(tokens, header.token_offset() + header.token_count());
-        return absl::OkStatus();
+        return KvChunkPlace{static_cast<char*>(keys) + at, static_cast<char*>(values) + at};
       }));
   return tokens;
 }

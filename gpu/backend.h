@@ -102,6 +102,9 @@ class Backend {
   // (CPU backend: the daemon's mapping), valid while the arena lives; nullptr when only Read can
   // reach it (CUDA). ReadKV replies reference page memory through it (service/engine/reply_pins.h).
   virtual const void* HostAddress(const Arena& arena) const { return nullptr; }
+  // The same address for writing (the bulk channel receives bytes straight into pages,
+  // service/bulk_channel); nullptr where the host cannot write the arena's memory in place.
+  virtual void* WritableHostAddress(Arena& arena) { return nullptr; }
   // The CUDA device ordinal arenas live on; -1 for host memory.
   virtual int device_ordinal() const { return -1; }
   // One line naming where arenas live, for status and logs: "host shared memory", or

@@ -20,6 +20,8 @@ struct ServiceOptions {
   std::string tls_key_file;      // PEM private key for TCP
   std::string tls_client_ca_file;  // Default: none. When set, TCP clients must present a cert
   bool insecure_tcp = false;     // Default: false. Plain-text TCP, for tests on loopback only
+  // The bulk channel "<socket>.bulk" (service/bulk_channel): the bytes path beside gRPC.
+  bool bulk_channel = true;      // Default: on (--bulk_channel)
   std::string admin_token_file;  // Default: <data_dir>/admin.token (created 0600 when missing)
   BackendKind backend = BackendKind::kAuto;  // Default: auto (CUDA when present, else host)
   int cuda_device = 0;                       // Default: 0. CUDA device ordinal for cuda/auto

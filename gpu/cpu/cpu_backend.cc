@@ -107,6 +107,11 @@ class CpuBackend final : public Backend {
     return owned.ok() ? (*owned)->data() : nullptr;
   }
 
+  void* WritableHostAddress(Arena& arena) override {
+    absl::StatusOr<ShmArena*> owned = Own(arena);
+    return owned.ok() ? (*owned)->data() : nullptr;
+  }
+
   absl::Status Copy(const Arena& src, std::size_t src_offset, Arena& dst, std::size_t dst_offset,
                     std::size_t n) override {
     ASSIGN_OR_RETURN(const ShmArena* s, Own(src));

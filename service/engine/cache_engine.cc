@@ -566,14 +566,10 @@ uint64_t BytesIn(absl::Span<const absl::string_view> pieces) {
   return n;
 }
 
-}  // namespace
-
-absl::Status CacheEngine::WriteChunkPieces(const std::string& tenant, const v1::KvChunk& chunk,
-                                           absl::Span<const absl::string_view> keys,
-                                           absl::Span<const absl::string_view> values) {
-  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, chunk.session_id()));
-  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
-  const Model& model = *seq->model;
+// What every bytes-path write checks before the sequence's lock: the head inside the model, a
+// token count, key and value byte counts that make those tokens, no ReadKV-only field.
+absl::Status CheckWriteChunk(const Model& model, const v1::KvChunk& chunk, uint64_t key_bytes,
+                             uint64_t value_bytes) {
   const PageGeometry& g = model.geometry();
   if (chunk.layer() >= model.layers() || chunk.kv_head() >= model.kv_heads()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -582,7 +578,6 @@ absl::Status CacheEngine::WriteChunkPieces(const std::string& tenant, const v1::
   }
   if (chunk.token_count() == 0) return absl::InvalidArgumentError("token_count must be > 0");
   const uint64_t want = uint64_t{chunk.token_count()} * g.token_bytes;
-  const uint64_t key_bytes = BytesIn(keys), value_bytes = BytesIn(values);
   if (key_bytes != want || value_bytes != want) {
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk of ", chunk.token_count(), " tokens needs ", want, " bytes of keys and of values (",
@@ -592,15 +587,36 @@ absl::Status CacheEngine::WriteChunkPieces(const std::string& tenant, const v1::
   if (chunk.positions_size() != 0 || chunk.page() != 0) {
     return absl::InvalidArgumentError("positions and page are ReadKV fields; CommitTokens sets positions");
   }
-  absl::ReaderMutexLock seq_lock(&seq->mu);
-  RETURN_IF_ERROR(OnDevice(*seq));
-  const uint64_t shared_slots = uint64_t{seq->shared.size()} * g.tokens_per_page;
+  return absl::OkStatus();
+}
+
+// Under the sequence's lock: the chunk's slots are none of the shared prefix's (read-only) pages.
+absl::Status CheckOwnSlots(const Sequence& seq, const v1::KvChunk& chunk)
+    ABSL_SHARED_LOCKS_REQUIRED(seq.mu) {
+  const uint64_t shared_slots =
+      uint64_t{seq.shared.size()} * seq.model->geometry().tokens_per_page;
   if (chunk.token_offset() < shared_slots) {
     return absl::PermissionDeniedError(absl::StrCat(
-        "slots [0, ", shared_slots, ") of sequence ", seq->id,
+        "slots [0, ", shared_slots, ") of sequence ", seq.id,
         " are shared prefix pages of the sharing group (read-only); write from slot ",
         shared_slots, " on"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CacheEngine::WriteChunkPieces(const std::string& tenant, const v1::KvChunk& chunk,
+                                           absl::Span<const absl::string_view> keys,
+                                           absl::Span<const absl::string_view> values) {
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, chunk.session_id()));
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
+  const Model& model = *seq->model;
+  const PageGeometry& g = model.geometry();
+  RETURN_IF_ERROR(CheckWriteChunk(model, chunk, BytesIn(keys), BytesIn(values)));
+  absl::ReaderMutexLock seq_lock(&seq->mu);
+  RETURN_IF_ERROR(OnDevice(*seq));
+  RETURN_IF_ERROR(CheckOwnSlots(*seq, chunk));
   const uint32_t head = chunk.layer() * model.kv_heads() + chunk.kv_head();
   absl::Status io;
   PieceReader key_reader(keys), value_reader(values);
@@ -618,6 +634,45 @@ absl::Status CacheEngine::WriteChunkPieces(const std::string& tenant, const v1::
         }
       }));
   return io;
+}
+
+absl::StatusOr<WriteTargets> CacheEngine::PinWriteTargets(const std::string& tenant,
+                                                          const v1::KvChunk& chunk,
+                                                          uint64_t key_bytes,
+                                                          uint64_t value_bytes) {
+  RETURN_IF_ERROR(CheckSessionIfGiven(tenant, chunk.session_id()));
+  ASSIGN_OR_RETURN(auto seq, FindSequence(tenant, chunk.sequence_id()));
+  const Model& model = *seq->model;
+  const PageGeometry& g = model.geometry();
+  RETURN_IF_ERROR(CheckWriteChunk(model, chunk, key_bytes, value_bytes));
+  absl::ReaderMutexLock seq_lock(&seq->mu);
+  RETURN_IF_ERROR(OnDevice(*seq));
+  RETURN_IF_ERROR(CheckOwnSlots(*seq, chunk));
+  const uint32_t head = chunk.layer() * model.kv_heads() + chunk.kv_head();
+  WriteTargets targets;
+  std::vector<uint64_t> pages;
+  bool in_place = true;
+  RETURN_IF_ERROR(seq->table.ForEachSegment(
+      head, chunk.token_offset(), chunk.token_count(),
+      [&](uint64_t page, uint32_t slot, uint32_t n, uint64_t) {
+        Arena* arena = pool_.ArenaOf(page);
+        char* host = arena == nullptr ? nullptr
+                                      : static_cast<char*>(backend_->WritableHostAddress(*arena));
+        if (host == nullptr) in_place = false;
+        if (!in_place) return;
+        char* at = host + uint64_t{PageRef::Unpack(page).index} * g.page_bytes +
+                   uint64_t{slot} * g.token_bytes;
+        const uint64_t bytes = uint64_t{n} * g.token_bytes;
+        targets.keys.emplace_back(at, bytes);
+        targets.values.emplace_back(at + g.value_offset, bytes);
+        pages.push_back(page);
+      }));
+  if (!in_place) {
+    return absl::UnimplementedError(absl::StrCat(
+        "the ", backend_->name(), " backend's pages cannot be written in place by the host"));
+  }
+  targets.hold = PinPages(&pool_, std::move(pages));
+  return targets;
 }
 
 absl::StatusOr<v1::PageTable> CacheEngine::GetSequence(const std::string& tenant,

@@ -203,6 +203,14 @@ class CacheEngine : private Spiller::Host, private PressureRelief::Host {
   absl::Status WriteChunkPieces(const std::string& tenant, const v1::KvChunk& header,
                                 absl::Span<const absl::string_view> keys,
                                 absl::Span<const absl::string_view> values);
+  // The bulk channel's write (service/bulk_channel): checks the chunk as WriteChunkPieces does,
+  // with `key_bytes` and `value_bytes` still to come, and returns where they go in page memory,
+  // the pages pinned (reply_pins.h) until the last copy of `hold` goes, so the caller receives the
+  // bytes straight into them without holding the sequence's lock. UNIMPLEMENTED where the
+  // backend's memory cannot be written by the host in place (CUDA): use WriteChunkBytes.
+  absl::StatusOr<WriteTargets> PinWriteTargets(const std::string& tenant,
+                                               const v1::KvChunk& header, uint64_t key_bytes,
+                                               uint64_t value_bytes);
   absl::StatusOr<v1::PageTable> GetSequence(const std::string& tenant,
                                             const std::string& sequence_id, bool with_positions);
   absl::StatusOr<v1::PageTable> Acquire(const std::string& tenant, const v1::AcquireRequest& r);

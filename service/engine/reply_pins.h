@@ -27,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "absl/time/time.h"
 #include "kvkeep/v1/kvcache.pb.h"
 #include "service/engine/sequence.h"
@@ -46,6 +47,15 @@ struct ReadChunk {
     values.clear();
     hold.reset();
   }
+};
+
+// Where a bulk-channel write's bytes go (CacheEngine::PinWriteTargets): the page memory of its
+// keys and of its values, in token order, pinned as a reply's pages are (so a page freed meanwhile
+// is retired and never handed to anyone else while the bytes arrive) until `hold` goes.
+struct WriteTargets {
+  std::vector<absl::Span<char>> keys;
+  std::vector<absl::Span<char>> values;
+  std::shared_ptr<const void> hold;
 };
 
 // Pins `pages` (pages the caller holds, under their sequence's lock) and returns the holder that

@@ -63,7 +63,7 @@ grpc::ServerWriteReactor<v1::SessionEvent>* KvCacheService::Session(
         CallStatus(FullName("Session"), "", tenant.status()));
   }
   return new SessionReactor(engine_, limits_, FullName("Session"), *tenant,
-                            request->worker_name(), arena_channel_);
+                            request->worker_name(), arena_channel_, bulk_channel_);
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* KvCacheService::RegisterModel(

@@ -13,6 +13,7 @@
 #include "service/engine/cache_engine.h"
 #include "service/executor.h"
 #include "service/arena_channel/arena_channel_server.h"
+#include "service/bulk_channel/bulk_channel_server.h"
 #include "service/rpc/reactors.h"
 #include "service/rpc/session_limits.h"
 
@@ -36,6 +37,7 @@ class KvCacheService final : public KvCacheServiceBase {
   // The arena channel whose tickets Session hands out (null: none, arenas go by handle only).
   // Set before the service serves; must outlive it.
   void set_arena_channel(ArenaChannelServer* channel) { arena_channel_ = channel; }
+  void set_bulk_channel(BulkChannelServer* channel) { bulk_channel_ = channel; }
 
   grpc::ServerWriteReactor<v1::SessionEvent>* Session(grpc::CallbackServerContext* context,
                                                       const v1::AttachRequest* request) override;
@@ -138,6 +140,7 @@ class KvCacheService final : public KvCacheServiceBase {
   const std::string admin_token_hash_;
   SessionLimits* const limits_;  // may be null
   ArenaChannelServer* arena_channel_ = nullptr;  // may be null; set before serving
+  BulkChannelServer* bulk_channel_ = nullptr;    // may be null; set before serving
   const UnaryCalls unary_;  // admits through Admit()
 };
 

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "gpu/backend.h"
+#include "common/bulk_frame.h"
 #include "service/arena_channel/arena_channel_wire.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -316,6 +317,7 @@ absl::Status Server::StartGrpc(const ServiceOptions& options, const std::string&
   // oversized call fails alone instead of disturbing the connection's other calls (api.md §6.2).
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxHeaderListBytes);
   RETURN_IF_ERROR(StartArenaChannel());
+  if (options.bulk_channel) RETURN_IF_ERROR(StartBulkChannel());
   builder.RegisterService(kvcache_.get());
   builder.RegisterService(kv_batch_.get());
   builder.RegisterService(admin_.get());
@@ -344,6 +346,19 @@ absl::Status Server::StartArenaChannel() {
   if (!channel.ok()) return channel.status();
   arena_channel_ = *std::move(channel);
   kvcache_->set_arena_channel(arena_channel_.get());
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartBulkChannel() {
+  auto channel =
+      BulkChannelServer::Start(BulkChannelPathFor(socket_path_), engine_.get(), limits_.get());
+  if (absl::IsInvalidArgument(channel.status())) {
+    log::Warn("bulk_channel.disabled", {{"status", channel.status()}});
+    return absl::OkStatus();
+  }
+  if (!channel.ok()) return channel.status();
+  bulk_channel_ = *std::move(channel);
+  kvcache_->set_bulk_channel(bulk_channel_.get());
   return absl::OkStatus();
 }
 
@@ -393,6 +408,7 @@ Server::~Server() {
   kvcache_.reset();
   admin_.reset();
   arena_channel_.reset();  // after every session ended (grpc_ is gone), before the engine
+  bulk_channel_.reset();   // likewise; before limits_ and the engine its connections use
   arena_fd_source_.reset();
   engine_.reset();
   backend_.reset();

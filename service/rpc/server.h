@@ -17,6 +17,7 @@
 #include "grpcpp/server.h"
 #include "service/arena_channel/arena_channel_server.h"
 #include "service/arena_channel/engine_arena_fd_source.h"
+#include "service/bulk_channel/bulk_channel_server.h"
 #include "service/rpc/admin_service.h"
 #include "service/engine/cache_engine.h"
 #include "service/fleet/fleet_tier.h"
@@ -58,6 +59,9 @@ class Server {
   // The arena channel at "<socket>.arenas" (service/arena_channel); without it (a path too long
   // for a Unix socket) workers get arenas by handle only and say so in the log.
   absl::Status StartArenaChannel();
+  // The bulk channel at "<socket>.bulk" (service/bulk_channel), unless --bulk_channel=false;
+  // without it (a path too long) the bytes path is gRPC's only, and the log says so.
+  absl::Status StartBulkChannel();
   // The HTTP /metrics endpoint, when --metrics_address is set.
   absl::Status StartMetricsHttp(const ServiceOptions& options);
   // The fleet tier's Redis Cluster client (docs/fleet.md), when --fleet_redis is set. It does not
@@ -77,6 +81,7 @@ class Server {
   // Arenas as fds (service/arena_channel): used by kvcache_'s sessions, reads engine_.
   std::unique_ptr<EngineArenaFdSource> arena_fd_source_;
   std::unique_ptr<ArenaChannelServer> arena_channel_;
+  std::unique_ptr<BulkChannelServer> bulk_channel_;  // uses engine_ and limits_
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<Metrics> metrics_;  // recorded into by grpc_'s interceptors: outlives it
   std::unique_ptr<grpc::Server> grpc_;

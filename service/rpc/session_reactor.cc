@@ -8,10 +8,12 @@ namespace kvkeep {
 
 SessionReactor::SessionReactor(CacheEngine* engine, SessionLimits* limits, std::string method,
                                const std::string& tenant, const std::string& worker,
-                               ArenaChannelServer* arena_channel)
+                               ArenaChannelServer* arena_channel,
+                               BulkChannelServer* bulk_channel)
     : engine_(engine),
       limits_(limits),
       arena_channel_(arena_channel),
+      bulk_channel_(bulk_channel),
       method_(std::move(method)),
       tenant_(tenant) {
   // Its buckets exist before any call can name the session.
@@ -51,6 +53,11 @@ v1::SessionEvent SessionReactor::StartedEvent(const CacheEngine::Attached& attac
     // The worker's one-time key to its arenas' fds (service/arena_channel).
     started->set_attach_ticket(arena_channel_->Issue(tenant_, attached.session_id));
     started->set_arena_socket(arena_channel_->path());
+  }
+  if (bulk_channel_ != nullptr) {
+    // The worker's one-time key to the bulk channel (service/bulk_channel).
+    started->set_bulk_ticket(bulk_channel_->Issue(tenant_, attached.session_id));
+    started->set_bulk_socket(bulk_channel_->path());
   }
   return event;
 }
@@ -122,6 +129,7 @@ void SessionReactor::OnDone() {
     engine_->EndSession(session_id_);
     if (limits_ != nullptr) limits_->CloseSession(session_id_);
     if (arena_channel_ != nullptr) arena_channel_->EndSession(session_id_);
+    if (bulk_channel_ != nullptr) bulk_channel_->EndSession(session_id_);
   }
   delete this;
 }

@@ -21,6 +21,7 @@
 #include "grpcpp/support/server_callback.h"
 #include "kvkeep/v1/kvcache.pb.h"
 #include "service/arena_channel/arena_channel_server.h"
+#include "service/bulk_channel/bulk_channel_server.h"
 #include "service/engine/cache_engine.h"
 #include "service/engine/session_sink.h"
 #include "service/rpc/session_limits.h"
@@ -34,7 +35,8 @@ class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
   // (null: none) must outlive the reactor, which deletes itself in OnDone.
   SessionReactor(CacheEngine* engine, SessionLimits* limits, std::string method,
                  const std::string& tenant, const std::string& worker,
-                 ArenaChannelServer* arena_channel = nullptr);
+                 ArenaChannelServer* arena_channel = nullptr,
+                 BulkChannelServer* bulk_channel = nullptr);
 
   // SessionSink: queue an event / end the stream (OK: with a drain event first).
   void ArenaAdded(const ArenaInfo& arena) override;
@@ -57,6 +59,7 @@ class SessionReactor final : public grpc::ServerWriteReactor<v1::SessionEvent>,
   CacheEngine* const engine_;
   SessionLimits* const limits_;  // may be null
   ArenaChannelServer* const arena_channel_;  // may be null: no attach ticket then
+  BulkChannelServer* const bulk_channel_;    // may be null: no bulk ticket then
   const std::string method_;
   const std::string tenant_;
   std::string session_id_;  // set once in the constructor; empty when the attach failed

@@ -250,6 +250,38 @@ void ArenaChannelSeeds() {
   Write("fuzz_arena_channel", "reply-with-fd", std::string(1, '\3') + Rec(ok) + attach('A'));
 }
 
+// Bulk channel input is the raw byte stream of a peer: 4-byte little-endian lengths, messages and
+// the raw bytes the writes announce.
+std::string Frame(const google::protobuf::Message& m, size_t raw_bytes = 0) {
+  const std::string bytes = m.SerializeAsString();
+  std::string out;
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((bytes.size() >> (8 * i)) & 0xff));
+  return out + bytes + std::string(raw_bytes, 'k');
+}
+
+void BulkFrameSeeds() {
+  v1::BulkRequest attach;
+  attach.set_attach(std::string(32, 'T'));
+  v1::BulkRequest write;
+  for (uint32_t i = 0; i < 2; ++i) {
+    v1::BulkChunk* c = write.mutable_write()->add_chunks();
+    c->mutable_header()->set_sequence_id("seq-1");
+    c->mutable_header()->set_layer(i);
+    c->mutable_header()->set_token_count(2);
+    c->set_key_bytes(32);
+    c->set_value_bytes(32);
+  }
+  v1::BulkRequest end;
+  end.set_end_writes(true);
+  v1::BulkRequest read;
+  read.mutable_read()->set_sequence_id("seq-1");
+  read.mutable_read()->set_max_chunk_bytes(4096);
+  Write("fuzz_bulk_frame", "attach-write-end-read",
+        Frame(attach) + Frame(write, 128) + Frame(end) + Frame(read));
+  Write("fuzz_bulk_frame", "write-before-attach", Frame(write, 128));
+  Write("fuzz_bulk_frame", "truncated-write", Frame(attach) + Frame(write, 50));
+}
+
 }  // namespace
 }  // namespace kvkeep::fuzz
 
@@ -264,5 +296,6 @@ int main(int argc, char** argv) {
   kvkeep::fuzz::StatsSeeds();
   kvkeep::fuzz::EngineSeeds();
   kvkeep::fuzz::ArenaChannelSeeds();
+  kvkeep::fuzz::BulkFrameSeeds();
   return 0;
 }

@@ -1,0 +1,407 @@
+// The bulk channel (docs/api.md §5.2) against the real daemon: bytes written and read over it are
+// the bytes gRPC reads back, chunk errors are reported like WriteKV's and leave the connection
+// usable, tickets work once, tenants stay apart, ended sessions and stalled peers are cut off,
+// and session limits apply as on gRPC.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/bulk_channel_client.h"
+#include "client/client.h"
+#include "common/bulk_frame.h"
+#include "common/status_matchers.h"
+#include "gtest/gtest.h"
+#include "tests/daemon_process.h"
+
+namespace kvkeep {
+namespace {
+
+using ::kvkeep::testing::DaemonProcess;
+using ::kvkeep::testing::PatternBytes;
+using ::kvkeep::testing::StatusIs;
+using absl::StatusCode;
+
+constexpr uint32_t kTokenBytes = 16;  // TestLayout: head_dim 8, fp16
+
+// A raw Session stream whose SessionStarted (with the bulk ticket) the test reads itself.
+struct RawSession {
+  std::unique_ptr<v1::KvCache::Stub> stub;
+  std::unique_ptr<grpc::ClientContext> context;
+  std::unique_ptr<grpc::ClientReader<v1::SessionEvent>> reader;
+  v1::SessionStarted started;
+
+  void End() {
+    context->TryCancel();
+    v1::SessionEvent ignored;
+    while (reader->Read(&ignored)) {
+    }
+    reader->Finish();
+  }
+};
+
+std::unique_ptr<RawSession> OpenSession(const DaemonProcess& daemon, const std::string& token) {
+  auto s = std::make_unique<RawSession>();
+  s->stub = v1::KvCache::NewStub(MakeChannel(daemon.channel()));
+  s->context = MakeCallContext(token);
+  v1::AttachRequest request;
+  request.set_worker_name("raw");
+  s->reader = s->stub->Session(s->context.get(), request);
+  v1::SessionEvent event;
+  if (!s->reader->Read(&event) || !event.has_started()) return nullptr;
+  s->started = event.started();
+  return s;
+}
+
+OwnedFd ConnectRaw(const std::string& path) {
+  OwnedFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return OwnedFd();
+  timeval tv{20, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+// Seconds until the daemon closes `fd` (reads return 0), or -1 after `limit` seconds.
+double SecondsUntilClosed(int fd, double limit) {
+  const auto t0 = std::chrono::steady_clock::now();
+  char byte;
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    const double spent =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (spent > limit) return -1;
+    if (poll(&p, 1, 100) > 0) {
+      const ssize_t n = recv(fd, &byte, 1, MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN)) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+    }
+  }
+}
+
+class BulkChannelTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartDaemon({}); }
+
+  // A fresh daemon (the previous one, if any, is killed and its data dir removed).
+  void StartDaemon(std::vector<std::string> flags) {
+    daemon_holder_ = std::make_unique<DaemonProcess>();
+    ASSERT_OK(daemon().Start(std::move(flags)));
+    ASSERT_OK_AND_ASSIGN(token_a_, daemon().CreateTenant("alpha"));
+    ASSERT_OK_AND_ASSIGN(token_b_, daemon().CreateTenant("beta"));
+    bulk_socket_ = daemon().dir() + "/kvkeepd.sock.bulk";
+  }
+
+  // A client of `token` with a sequence of `tokens` allocated tokens.
+  std::unique_ptr<Client> WithSequence(const std::string& token, uint32_t tokens,
+                                       std::string* sequence) {
+    auto client = Client::Attach(daemon().channel(), token, "w" + std::to_string(next_worker_++));
+    if (!client.ok()) return nullptr;
+    if (!(*client)->RegisterModel(testing::TestLayout()).ok()) return nullptr;
+    auto seq = (*client)->CreateSequence("test-model");
+    if (!seq.ok() || !(*client)->Allocate(*seq, tokens).ok()) return nullptr;
+    *sequence = *seq;
+    return *std::move(client);
+  }
+
+  DaemonProcess& daemon() { return *daemon_holder_; }
+
+  std::unique_ptr<DaemonProcess> daemon_holder_;
+  std::string token_a_, token_b_, bulk_socket_;
+  int next_worker_ = 0;
+};
+
+TEST_F(BulkChannelTest, BytesWrittenOverItAreWhatGrpcReadsAndItReadsWhatGrpcWrote) {
+  std::string seq;
+  auto client = WithSequence(token_a_, 64, &seq);
+  ASSERT_NE(client, nullptr);
+  ASSERT_OK(client->bulk_channel_status());
+  const v1::ModelLayout layout = testing::TestLayout();
+  // Every head over the bulk channel in uneven chunks (WriteHead splits; 7-token chunks below
+  // cross the 4-token pages), then everything read back over gRPC.
+  for (uint32_t layer = 0; layer < layout.layers(); ++layer) {
+    for (uint32_t head = 0; head < layout.kv_heads(); ++head) {
+      const std::string keys = PatternBytes(layer * 10 + head, 64 * kTokenBytes);
+      const std::string values = PatternBytes(100 + layer * 10 + head, 64 * kTokenBytes);
+      std::vector<v1::KvChunk> headers;
+      std::vector<KvChunkView> views;
+      for (uint32_t at = 0; at < 64; at += 7) {
+        const uint32_t n = std::min(7u, 64 - at);
+        KvChunkView& v = views.emplace_back();
+        v.header.set_sequence_id(seq);
+        v.header.set_layer(layer);
+        v.header.set_kv_head(head);
+        v.header.set_token_offset(at);
+        v.header.set_token_count(n);
+        v.keys = absl::string_view(keys).substr(at * kTokenBytes, n * kTokenBytes);
+        v.values = absl::string_view(values).substr(at * kTokenBytes, n * kTokenBytes);
+      }
+      ASSERT_OK_AND_ASSIGN(v1::WriteSummary written, client->WriteKvViews(views));
+      EXPECT_EQ(written.chunks(), views.size());
+      EXPECT_EQ(written.tokens(), 64u);
+      EXPECT_EQ(written.bytes(), 2u * 64 * kTokenBytes);
+    }
+  }
+  ASSERT_OK(client->Commit(seq, 64).status());
+  ASSERT_OK_AND_ASSIGN(auto grpc_reader, Client::Attach(daemon().channel(), token_a_, "grpc"));
+  grpc_reader->set_use_bulk_channel(false);
+  for (uint32_t layer = 0; layer < layout.layers(); ++layer) {
+    for (uint32_t head = 0; head < layout.kv_heads(); ++head) {
+      ASSERT_OK_AND_ASSIGN(HeadData over_grpc, grpc_reader->ReadHead(seq, layer, head));
+      EXPECT_EQ(over_grpc.keys, PatternBytes(layer * 10 + head, 64 * kTokenBytes));
+      EXPECT_EQ(over_grpc.values, PatternBytes(100 + layer * 10 + head, 64 * kTokenBytes));
+      // Over the bulk channel: placed straight into buffers, and through a sink.
+      std::string keys(64 * kTokenBytes, '\0'), values(64 * kTokenBytes, '\0');
+      std::vector<int32_t> positions;
+      ASSERT_OK_AND_ASSIGN(uint32_t tokens,
+                           client->ReadHeadInto(seq, layer, head, keys.data(), values.data(),
+                                                keys.size(), &positions));
+      EXPECT_EQ(tokens, 64u);
+      EXPECT_EQ(keys, over_grpc.keys);
+      EXPECT_EQ(values, over_grpc.values);
+      EXPECT_EQ(positions, over_grpc.positions);
+      ASSERT_OK_AND_ASSIGN(HeadData over_bulk, client->ReadHead(seq, layer, head));
+      EXPECT_EQ(over_bulk.keys, over_grpc.keys);
+      EXPECT_EQ(over_bulk.positions, over_grpc.positions);
+    }
+  }
+  // A whole-sequence read in small chunks: the same chunk headers on both paths.
+  v1::ReadRequest all;
+  all.set_sequence_id(seq);
+  all.set_max_chunk_bytes(5 * 2 * kTokenBytes);
+  ASSERT_OK_AND_ASSIGN(std::vector<v1::KvChunk> bulk_chunks, client->ReadKV(all));
+  ASSERT_OK_AND_ASSIGN(std::vector<v1::KvChunk> grpc_chunks, grpc_reader->ReadKV(all));
+  ASSERT_EQ(bulk_chunks.size(), grpc_chunks.size());
+  for (size_t i = 0; i < bulk_chunks.size(); ++i) {
+    EXPECT_EQ(bulk_chunks[i].SerializeAsString(), grpc_chunks[i].SerializeAsString()) << i;
+  }
+  ASSERT_OK(client->bulk_channel_status());
+}
+
+TEST_F(BulkChannelTest, AFailingChunkIsReportedAndTheConnectionStaysUsable) {
+  std::string seq;
+  auto client = WithSequence(token_a_, 16, &seq);
+  ASSERT_NE(client, nullptr);
+  const std::string bytes = PatternBytes(7, 4 * kTokenBytes);
+  std::vector<KvChunkView> views(3);
+  for (uint32_t i = 0; i < 3; ++i) {
+    views[i].header.set_sequence_id(seq);
+    views[i].header.set_token_offset(4 * i);
+    views[i].header.set_token_count(4);
+    views[i].keys = bytes;
+    views[i].values = bytes;
+  }
+  views[1].header.set_layer(9);  // outside the model
+  EXPECT_THAT(client->WriteKvViews(views),
+              StatusIs(StatusCode::kInvalidArgument, ::testing::HasSubstr("chunk 1: layer 9")));
+  // Chunk 0 stayed written, chunk 2 did not; the channel still serves this client.
+  ASSERT_OK(client->bulk_channel_status());
+  ASSERT_OK(client->Commit(seq, 12).status());
+  std::string keys(12 * kTokenBytes, '\0'), values(12 * kTokenBytes, '\0');
+  ASSERT_OK(client->ReadHeadInto(seq, 0, 0, keys.data(), values.data(), keys.size()).status());
+  EXPECT_EQ(keys.substr(0, bytes.size()), bytes);
+  EXPECT_EQ(keys.substr(2 * bytes.size()), std::string(bytes.size(), '\0'));
+  // A chunk past the allocated room, a wrong byte count, an unknown sequence: each is the
+  // daemon's status for that chunk, nothing is written, and the next write works.
+  KvChunkView bad = views[0];
+  bad.header.set_token_offset(16);
+  EXPECT_THAT(client->WriteKvViews({bad}), StatusIs(StatusCode::kOutOfRange));
+  bad = views[0];
+  bad.values = absl::string_view(bytes).substr(1);
+  EXPECT_THAT(client->WriteKvViews({bad}), StatusIs(StatusCode::kInvalidArgument,
+                                                    ::testing::HasSubstr("bytes of keys")));
+  bad = views[0];
+  bad.header.set_sequence_id("no-such-sequence");
+  EXPECT_THAT(client->WriteKvViews({bad}), StatusIs(StatusCode::kNotFound));
+  views[1].header.set_layer(1);
+  ASSERT_OK(client->WriteKvViews(views).status());
+  ASSERT_OK(client->bulk_channel_status());
+  // A sink that refuses ends the read with its status; the channel stays usable.
+  v1::ReadRequest read;
+  read.set_sequence_id(seq);
+  read.set_max_chunk_bytes(2 * 4 * kTokenBytes);
+  int calls = 0;
+  EXPECT_THAT(client->ReadKvInto(read,
+                                 [&](const v1::KvChunk&, absl::Span<const absl::string_view>,
+                                     absl::Span<const absl::string_view>) {
+                                   ++calls;
+                                   return absl::AbortedError("enough");
+                                 }),
+              StatusIs(StatusCode::kAborted));
+  EXPECT_EQ(calls, 1);
+  ASSERT_OK(client->bulk_channel_status());
+  ASSERT_OK(client->ReadHeadInto(seq, 1, 1, keys.data(), values.data(), keys.size()).status());
+}
+
+TEST_F(BulkChannelTest, TicketsWorkOnceAndBadFramesAreRefusedWithAReason) {
+  auto raw = OpenSession(daemon(), token_a_);
+  ASSERT_NE(raw, nullptr);
+  ASSERT_EQ(raw->started.bulk_ticket().size(), kBulkTicketBytes);
+  EXPECT_EQ(raw->started.bulk_socket(), bulk_socket_);
+  ASSERT_OK_AND_ASSIGN(auto bulk, BulkChannelClient::Connect(bulk_socket_,
+                                                             raw->started.bulk_ticket()));
+  EXPECT_EQ(bulk->session_id(), raw->started.session_id());
+  EXPECT_THAT(BulkChannelClient::Connect(bulk_socket_, raw->started.bulk_ticket()),
+              StatusIs(StatusCode::kNotFound));
+  EXPECT_THAT(BulkChannelClient::Connect(bulk_socket_, std::string(32, 'x')),
+              StatusIs(StatusCode::kNotFound));
+  EXPECT_THAT(BulkChannelClient::Connect(bulk_socket_, "short"),
+              StatusIs(StatusCode::kInvalidArgument, ::testing::HasSubstr("32 bytes")));
+
+  // A request before attach; a frame longer than the limit; bytes that do not parse: each gets
+  // a reply saying why, then the connection is closed.
+  auto refused = [&](const std::string& bytes) {
+    OwnedFd fd = ConnectRaw(bulk_socket_);
+    EXPECT_TRUE(fd.valid());
+    EXPECT_EQ(send(fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(bytes.size()));
+    v1::BulkReply reply;
+    absl::StatusOr<bool> got = RecvFrame(fd.get(), &reply);
+    EXPECT_TRUE(got.ok() && *got) << got.status();
+    EXPECT_GE(SecondsUntilClosed(fd.get(), 5), 0);
+    return std::make_pair(reply.code(), reply.message());
+  };
+  v1::BulkRequest read_first;
+  read_first.mutable_read()->set_sequence_id("x");
+  std::string frame = read_first.SerializeAsString();
+  std::string len(4, '\0');
+  len[0] = static_cast<char>(frame.size());
+  auto before_attach = refused(len + frame);
+  EXPECT_EQ(before_attach.first, static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_NE(before_attach.second.find("first bulk request must be attach"), std::string::npos);
+  auto oversized = refused(std::string("\xff\xff\xff\x7f", 4));
+  EXPECT_EQ(oversized.first, static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_NE(oversized.second.find("limit"), std::string::npos);
+  auto garbage = refused(std::string("\x04\0\0\0\xff\xff\xff\xff", 8));
+  EXPECT_EQ(garbage.first, static_cast<int>(StatusCode::kInvalidArgument));
+
+  // The attached connection refuses a write frame announcing more than the limit, and closes.
+  v1::BulkRequest huge;
+  v1::BulkChunk* c = huge.mutable_write()->add_chunks();
+  c->set_key_bytes(kBulkMaxPayloadBytes);
+  c->set_value_bytes(1);
+  auto raw2 = OpenSession(daemon(), token_a_);
+  ASSERT_NE(raw2, nullptr);
+  OwnedFd fd = ConnectRaw(bulk_socket_);
+  v1::BulkRequest attach;
+  attach.set_attach(raw2->started.bulk_ticket());
+  ASSERT_OK(SendFrame(fd.get(), attach));
+  v1::BulkReply reply;
+  ASSERT_OK_AND_ASSIGN(bool got, RecvFrame(fd.get(), &reply));
+  ASSERT_TRUE(got);
+  ASSERT_EQ(reply.code(), 0) << reply.message();
+  ASSERT_OK(SendFrame(fd.get(), huge));
+  reply.Clear();
+  ASSERT_OK_AND_ASSIGN(got, RecvFrame(fd.get(), &reply));
+  ASSERT_TRUE(got);
+  EXPECT_EQ(reply.code(), static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_NE(reply.message().find("at most"), std::string::npos) << reply.message();
+  EXPECT_GE(SecondsUntilClosed(fd.get(), 5), 0);
+
+  // When the session ends, its connection is closed.
+  raw->End();
+  v1::ReadRequest read;
+  read.set_sequence_id("anything");
+  absl::Status after = absl::OkStatus();
+  for (int i = 0; i < 100 && !bulk->broken(); ++i) {
+    after = bulk->Read(read, nullptr, nullptr);
+    if (!bulk->broken()) usleep(20000);
+  }
+  EXPECT_TRUE(bulk->broken()) << "the ended session's bulk connection still answers: " << after;
+}
+
+TEST_F(BulkChannelTest, ATenantNeverReachesAnotherTenantsSequence) {
+  std::string seq_a, seq_b;
+  auto a = WithSequence(token_a_, 8, &seq_a);
+  auto b = WithSequence(token_b_, 8, &seq_b);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  const std::string mine = PatternBytes(1, 8 * kTokenBytes);
+  ASSERT_OK(a->WriteHead(seq_a, 0, 0, 0, 8, mine.data(), mine.data()).status());
+  ASSERT_OK(a->Commit(seq_a, 8).status());
+  ASSERT_OK(b->bulk_channel_status());
+  const std::string theirs = PatternBytes(2, 8 * kTokenBytes);
+  EXPECT_THAT(b->WriteHead(seq_a, 0, 0, 0, 8, theirs.data(), theirs.data()),
+              StatusIs(StatusCode::kNotFound));
+  std::string keys(8 * kTokenBytes, '\0'), values(8 * kTokenBytes, '\0');
+  EXPECT_THAT(b->ReadHeadInto(seq_a, 0, 0, keys.data(), values.data(), keys.size()),
+              StatusIs(StatusCode::kNotFound));
+  EXPECT_EQ(keys, std::string(keys.size(), '\0'));
+  ASSERT_OK_AND_ASSIGN(HeadData back, a->ReadHead(seq_a, 0, 0));
+  EXPECT_EQ(back.keys, mine);
+}
+
+TEST_F(BulkChannelTest, StalledPeersAreCutOffAndTheirPinsGo) {
+  std::string seq;
+  auto client = WithSequence(token_a_, 16, &seq);
+  ASSERT_NE(client, nullptr);
+  // One connection never attaches; another stops in the middle of a write frame's bytes.
+  OwnedFd silent = ConnectRaw(bulk_socket_);
+  auto raw = OpenSession(daemon(), token_a_);
+  ASSERT_NE(raw, nullptr);
+  OwnedFd stalled = ConnectRaw(bulk_socket_);
+  v1::BulkRequest attach;
+  attach.set_attach(raw->started.bulk_ticket());
+  ASSERT_OK(SendFrame(stalled.get(), attach));
+  v1::BulkReply reply;
+  ASSERT_OK_AND_ASSIGN(bool got, RecvFrame(stalled.get(), &reply));
+  ASSERT_TRUE(got && reply.code() == 0) << reply.message();
+  v1::BulkRequest write;
+  v1::BulkChunk* c = write.mutable_write()->add_chunks();
+  c->mutable_header()->set_sequence_id(seq);
+  c->mutable_header()->set_token_count(16);
+  c->set_key_bytes(16 * kTokenBytes);
+  c->set_value_bytes(16 * kTokenBytes);
+  const std::string half = PatternBytes(3, 16 * kTokenBytes);
+  ASSERT_OK(SendFrame(stalled.get(), write, {Iov(half.data(), half.size())}));
+  // The stalled write pins the sequence's pages: a Compress waits for it, then the daemon cuts
+  // the peer off (10 s) and the pages are free to move again.
+  const double silent_closed = SecondsUntilClosed(silent.get(), 20);
+  const double stalled_closed = SecondsUntilClosed(stalled.get(), 20);
+  EXPECT_GE(silent_closed, 0) << "a connection that never attached is still open";
+  EXPECT_GE(stalled_closed, 0) << "a peer stalled inside a frame is still connected";
+  ASSERT_OK(client->Commit(seq, 16).status());
+  v1::Policy keep_half;
+  keep_half.set_keep_ratio(0.5);
+  EXPECT_OK(client->Compress(seq, keep_half).status());
+}
+
+TEST_F(BulkChannelTest, SessionLimitsApplyAsOnGrpc) {
+  StartDaemon({"--session_byte_burst=4096", "--session_bytes_per_second=1"});
+  std::string seq;
+  auto client = WithSequence(token_a_, 256, &seq);
+  ASSERT_NE(client, nullptr);
+  ASSERT_OK(client->bulk_channel_status());
+  const std::string bytes = PatternBytes(4, 256 * kTokenBytes);
+  EXPECT_THAT(client->WriteHead(seq, 0, 0, 0, 256, bytes.data(), bytes.data()),
+              StatusIs(StatusCode::kResourceExhausted));
+}
+
+TEST_F(BulkChannelTest, WithoutTheChannelTheBytesPathIsGrpcAndWorks) {
+  StartDaemon({"--bulk_channel=false"});
+  auto raw = OpenSession(daemon(), token_a_);
+  ASSERT_NE(raw, nullptr);
+  EXPECT_TRUE(raw->started.bulk_ticket().empty());
+  EXPECT_EQ(access(bulk_socket_.c_str(), F_OK), -1);
+  std::string seq;
+  auto client = WithSequence(token_a_, 8, &seq);
+  ASSERT_NE(client, nullptr);
+  EXPECT_THAT(client->bulk_channel_status(), StatusIs(StatusCode::kFailedPrecondition));
+  const std::string bytes = PatternBytes(5, 8 * kTokenBytes);
+  ASSERT_OK(client->WriteHead(seq, 1, 1, 0, 8, bytes.data(), bytes.data()).status());
+  ASSERT_OK(client->Commit(seq, 8).status());
+  ASSERT_OK_AND_ASSIGN(HeadData back, client->ReadHead(seq, 1, 1));
+  EXPECT_EQ(back.keys, bytes);
+}
+
+}  // namespace
+}  // namespace kvkeep
