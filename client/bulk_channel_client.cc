@@ -55,7 +55,7 @@ absl::Status BulkChannelClient::Broken(absl::Status status) {
   return status;
 }
 
-absl::StatusOr<v1::WriteSummary> BulkChannelClient::Write(absl::Span<const KvChunkRef> chunks) {
+absl::StatusOr<v1::WriteSummary> BulkChannelClient::Write(absl::Span<const WriteChunkRef> chunks) {
   if (broken_) return absl::UnavailableError("the bulk channel connection is broken");
   for (size_t i = 0; i < chunks.size(); ++i) {
     if (chunks[i].keys.size() + chunks[i].values.size() > kBulkMaxPayloadBytes) {
@@ -75,7 +75,7 @@ absl::StatusOr<v1::WriteSummary> BulkChannelClient::Write(absl::Span<const KvChu
     uint64_t payload = 0;
     size_t header_bytes = 0;
     while (next < chunks.size()) {
-      const KvChunkRef& c = chunks[next];
+      const WriteChunkRef& c = chunks[next];
       const uint64_t bytes = c.keys.size() + c.values.size();
       if (frame.write().chunks_size() > 0 &&
           (payload + bytes > kBulkMaxPayloadBytes || header_bytes > kBulkMaxMessageBytes / 2)) {

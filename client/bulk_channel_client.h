@@ -29,7 +29,7 @@
 namespace kvkeep {
 
 // A chunk to write whose bytes stay in the caller's memory until the write returns.
-struct KvChunkRef {
+struct WriteChunkRef {
   const v1::KvChunk* header;  // every field but keys and values (ignored)
   absl::string_view keys;
   absl::string_view values;
@@ -62,7 +62,7 @@ class BulkChannelClient {
   // Writes the chunks in frames of at most kBulkMaxPayloadBytes (a larger chunk:
   // INVALID_ARGUMENT, nothing sent). The daemon's summary, or its status for the first failing
   // chunk ("chunk <i>: ..."; earlier chunks stay written).
-  absl::StatusOr<v1::WriteSummary> Write(absl::Span<const KvChunkRef> chunks);
+  absl::StatusOr<v1::WriteSummary> Write(absl::Span<const WriteChunkRef> chunks);
   // A ReadKV over the channel: each chunk's bytes received straight into `place`'s answer, or,
   // with `sink` instead, into a reused buffer handed to the sink.
   absl::Status Read(const v1::ReadRequest& request, const KvChunkPlacer* place,

@@ -243,7 +243,7 @@ class Client {
     uint64_t bytes;
   };
   // WriteKV of chunks whose bytes stay where they are (client_bytes.cc).
-  using RefChunk = KvChunkRef;
+  using RefChunk = WriteChunkRef;
   absl::StatusOr<v1::WriteSummary> WriteRefs(absl::Span<const RefChunk> chunks);
   // Attaches the bulk channel with the session's ticket (event thread, at SessionStarted).
   void AttachBulkChannel(const v1::SessionStarted& started);

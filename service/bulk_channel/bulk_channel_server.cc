@@ -104,6 +104,34 @@ std::size_t BulkChannelServer::connections() const {
   return connections_.size();
 }
 
+void BulkChannelServer::WriteMetrics(ExpositionWriter* w) const {
+  w->Family("kvkeep_bulk_connections", "gauge",
+            "Bulk channel connections open (<socket>.bulk; attached or attaching)");
+  w->Sample("kvkeep_bulk_connections", {}, static_cast<double>(connections()));
+  w->Family("kvkeep_bulk_bytes_total", "counter",
+            "Key and value bytes moved over the bulk channel, by direction");
+  w->Sample("kvkeep_bulk_bytes_total", {{"direction", "write"}},
+            static_cast<double>(stats_.write_bytes.load()));
+  w->Sample("kvkeep_bulk_bytes_total", {{"direction", "read"}},
+            static_cast<double>(stats_.read_bytes.load()));
+  w->Family("kvkeep_bulk_chunks_total", "counter", "Chunks moved over the bulk channel");
+  w->Sample("kvkeep_bulk_chunks_total", {{"direction", "write"}},
+            static_cast<double>(stats_.write_chunks.load()));
+  w->Sample("kvkeep_bulk_chunks_total", {{"direction", "read"}},
+            static_cast<double>(stats_.read_chunks.load()));
+  w->Family("kvkeep_bulk_errors_total", "counter",
+            "Bulk channel write batches and reads that ended with an error status");
+  w->Sample("kvkeep_bulk_errors_total", {{"op", "write"}},
+            static_cast<double>(stats_.write_errors.load()));
+  w->Sample("kvkeep_bulk_errors_total", {{"op", "read"}},
+            static_cast<double>(stats_.read_errors.load()));
+  w->Family("kvkeep_bulk_refused_connections_total", "counter",
+            "Bulk channel connections closed before attaching (bad or used ticket, bad or no "
+            "first frame within 10 s, connection limit)");
+  w->Sample("kvkeep_bulk_refused_connections_total", {},
+            static_cast<double>(refused_.load()));
+}
+
 void BulkChannelServer::AcceptLoop() {
   pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {listener_.get(), POLLIN, 0}};
   for (;;) {
@@ -119,6 +147,7 @@ void BulkChannelServer::AcceptLoop() {
         if (stopping_) return;
         if (connections_.size() >= kMaxConnections) {
           log::Warn("bulk_channel.refused", {{"reason", "too many connections"}});
+          ++refused_;
           continue;  // closed by fd's destructor
         }
         id = next_id_++;
@@ -146,9 +175,10 @@ void BulkChannelServer::Serve(uint64_t id, OwnedFd fd) {
   absl::Status attached = got.ok() ? absl::OkStatus() : got.status();
   if (attached.ok() && !*got) attached = absl::CancelledError("closed before attaching");
   if (attached.ok()) attached = CheckBulkRequest(first, /*attached=*/false);
-  absl::StatusOr<TicketBinding> who = attached;
-  if (attached.ok()) who = Attach(id, first.attach());
-  if (got.ok() && *got) {  // a peer that sent something hears why it is refused
+  absl::StatusOr<TicketBinding> who =
+      attached.ok() ? Attach(id, first.attach()) : absl::StatusOr<TicketBinding>(attached);
+  // A peer that sent a frame, or bytes that are not one, hears why it is refused.
+  if ((got.ok() && *got) || absl::IsInvalidArgument(got.status())) {
     v1::BulkReply reply;
     reply.set_code(static_cast<int>(who.status().code()));
     if (!who.ok()) {
@@ -162,15 +192,19 @@ void BulkChannelServer::Serve(uint64_t id, OwnedFd fd) {
   }
   if (who.ok()) {
     SetTimeout(fd.get(), SO_RCVTIMEO, kStallTimeout);
-    BulkConnection connection(fd.get(), engine_, limits_, {who->tenant, who->session_id});
+    BulkConnection connection(fd.get(), engine_, limits_, &stats_,
+                              {who->tenant, who->session_id});
     absl::Status ended = connection.Serve();
     if (!ended.ok() && !absl::IsUnavailable(ended)) {
       log::Info("bulk_channel.closed", {{"tenant", who->tenant},
                                         {"session", who->session_id},
                                         {"status", ended}});
     }
-  } else if (!absl::IsCancelled(who.status())) {
-    log::Info("bulk_channel.refused", {{"status", who.status()}});
+  } else {
+    ++refused_;
+    if (!absl::IsCancelled(who.status())) {
+      log::Info("bulk_channel.refused", {{"status", who.status()}});
+    }
   }
   absl::MutexLock lock(&mu_);
   connections_.erase(id);  // before fd closes: EndSession never shuts a reused fd number down

@@ -14,6 +14,7 @@
 #ifndef KVKEEP_SERVICE_BULK_CHANNEL_BULK_CHANNEL_SERVER_H_
 #define KVKEEP_SERVICE_BULK_CHANNEL_BULK_CHANNEL_SERVER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -26,7 +27,9 @@
 #include "absl/time/time.h"
 #include "common/owned_fd.h"
 #include "service/arena_channel/arena_tickets.h"
+#include "service/bulk_channel/bulk_connection.h"
 #include "service/engine/cache_engine.h"
+#include "service/observability/metrics.h"
 #include "service/rpc/session_limits.h"
 
 namespace kvkeep {
@@ -52,6 +55,9 @@ class BulkChannelServer {
   // Voids the session's ticket and shuts its connections down.
   void EndSession(const std::string& session_id);
   std::size_t connections() const;
+  // kvkeep_bulk_* families: connections open, bytes and chunks moved, failed batches and reads,
+  // refused connections.
+  void WriteMetrics(ExpositionWriter* w) const;
 
  private:
   struct Connection {
@@ -72,6 +78,8 @@ class BulkChannelServer {
   CacheEngine* const engine_;
   SessionLimits* const limits_;
   ArenaTickets tickets_;  // one-time tickets, as the arena channel's
+  BulkChannelStats stats_;
+  std::atomic<uint64_t> refused_{0};  // connections that never attached
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -37,8 +37,9 @@ uint64_t Sum(const std::vector<absl::string_view>& pieces) {
 
 }  // namespace
 
-BulkConnection::BulkConnection(int fd, CacheEngine* engine, SessionLimits* limits, BulkPeer peer)
-    : fd_(fd), engine_(engine), limits_(limits), peer_(std::move(peer)) {}
+BulkConnection::BulkConnection(int fd, CacheEngine* engine, SessionLimits* limits,
+                               BulkChannelStats* stats, BulkPeer peer)
+    : fd_(fd), engine_(engine), limits_(limits), stats_(stats), peer_(std::move(peer)) {}
 
 absl::Status BulkConnection::Serve() {
   for (;;) {
@@ -116,16 +117,18 @@ absl::Status BulkConnection::OnWrite(const v1::BulkWrite& write) {
           "value_bytes), not in the chunk header");
     }
     if (admitted.ok() && limits_ != nullptr) {
-      if (plan.index == 0) admitted = limits_->ChargeCall(peer_.tenant, peer_.session_id);
+      // As WriteKV: charged to the session the chunk names (none: the tenant's session-less
+      // buckets), one call for the batch.
+      const std::string& session = c.header().session_id();
+      if (plan.index == 0) admitted = limits_->ChargeCall(peer_.tenant, session);
       if (admitted.ok()) {
-        admitted = limits_->ChargeBytes(peer_.tenant, peer_.session_id,
-                                        c.key_bytes() + c.value_bytes());
+        admitted = limits_->ChargeBytes(peer_.tenant, session, c.key_bytes() + c.value_bytes());
       }
     }
-    absl::StatusOr<WriteTargets> targets = admitted;
-    if (admitted.ok()) {
-      targets = engine_->PinWriteTargets(peer_.tenant, c.header(), c.key_bytes(), c.value_bytes());
-    }
+    absl::StatusOr<WriteTargets> targets =
+        admitted.ok() ? engine_->PinWriteTargets(peer_.tenant, c.header(), c.key_bytes(),
+                                                 c.value_bytes())
+                      : absl::StatusOr<WriteTargets>(admitted);
     if (targets.ok()) {
       plan.place = Place::kPages;
       plan.targets = *std::move(targets);
@@ -197,6 +200,11 @@ absl::Status BulkConnection::OnEndWrites() {
   } else {
     SetStatus(write_error_, &reply);
   }
+  if (stats_ != nullptr) {
+    stats_->write_bytes += written_.bytes();
+    stats_->write_chunks += written_.chunks();
+    if (!write_error_.ok()) ++stats_->write_errors;
+  }
   write_index_ = 0;
   written_.Clear();
   write_error_ = absl::OkStatus();
@@ -205,6 +213,7 @@ absl::Status BulkConnection::OnEndWrites() {
 }
 
 absl::Status BulkConnection::EndRead(const absl::Status& status) {
+  if (stats_ != nullptr && !status.ok()) ++stats_->read_errors;
   v1::BulkReply reply;
   reply.set_end(true);
   SetStatus(status, &reply);
@@ -215,7 +224,7 @@ absl::Status BulkConnection::OnRead(const v1::ReadRequest& request) {
   std::shared_ptr<const void> stream;
   absl::Status admitted;
   if (limits_ != nullptr) {
-    admitted = limits_->ChargeCall(peer_.tenant, peer_.session_id);
+    admitted = limits_->ChargeCall(peer_.tenant, "");  // as ReadKV: session-less
     if (admitted.ok()) {
       absl::StatusOr<std::shared_ptr<const void>> opened = limits_->OpenReadStream(peer_.tenant);
       if (opened.ok()) stream = *std::move(opened);
@@ -242,7 +251,7 @@ absl::Status BulkConnection::OnRead(const v1::ReadRequest& request) {
       ReadChunk& c = chunks[i];
       const uint64_t key_bytes = Sum(c.keys), value_bytes = Sum(c.values);
       if (limits_ != nullptr && charged.ok()) {
-        charged = limits_->ChargeBytes(peer_.tenant, peer_.session_id, key_bytes + value_bytes);
+        charged = limits_->ChargeBytes(peer_.tenant, "", key_bytes + value_bytes);
       }
       if (!charged.ok()) break;
       v1::BulkChunk* out = reply.add_chunks();
@@ -251,6 +260,10 @@ absl::Status BulkConnection::OnRead(const v1::ReadRequest& request) {
       out->set_value_bytes(value_bytes);
       for (absl::string_view p : c.keys) iov.push_back(Iov(p.data(), p.size()));
       for (absl::string_view p : c.values) iov.push_back(Iov(p.data(), p.size()));
+      if (stats_ != nullptr) {
+        stats_->read_bytes += key_bytes + value_bytes;
+        ++stats_->read_chunks;
+      }
     }
     absl::Status sent = reply.chunks_size() > 0 ? SendFrame(fd_, reply, iov) : absl::OkStatus();
     for (size_t i = 0; i < *n; ++i) chunks[i].Clear();  // unpins

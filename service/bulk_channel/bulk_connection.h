@@ -6,9 +6,10 @@
 // PinWriteTargets: the pages are pinned, the sequence's lock is not held while the bytes arrive);
 // where the backend's memory is not host-writable (CUDA) through one staging buffer. Reads send
 // each chunk from pinned page memory (ReadCursor::NextReferencedBatch) with one sendmsg per frame.
-// Every frame is charged to the session's limits as the gRPC bytes path is (session_limits.h):
-// one call per batch of writes and per read, the bytes of every chunk, and one open read stream
-// while a read runs.
+// Every frame is charged to the limits as the gRPC bytes path is (session_limits.h): a write batch
+// one call and each chunk its bytes, to the session the chunk names (none: the tenant's
+// session-less buckets), as WriteKV; a read one call, its chunks' bytes and one open read stream
+// while it runs, to the tenant's session-less buckets, as ReadKV.
 //
 //   BulkConnection connection(fd, engine, limits, {tenant, session_id});
 //   absl::Status why = connection.Serve();   // OK: the peer closed between frames
@@ -20,6 +21,7 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,13 @@
 #include "service/rpc/session_limits.h"
 
 namespace kvkeep {
+
+// The channel's counters, for /metrics (BulkChannelServer::WriteMetrics). Lock-free.
+struct BulkChannelStats {
+  std::atomic<uint64_t> write_bytes{0}, read_bytes{0};    // keys + values moved
+  std::atomic<uint64_t> write_chunks{0}, read_chunks{0};
+  std::atomic<uint64_t> write_errors{0}, read_errors{0};  // batches / reads that ended non-OK
+};
 
 struct BulkPeer {
   std::string tenant;
@@ -40,8 +49,9 @@ class BulkConnection {
   // Read replies carry up to this many bytes of chunks per frame.
   static constexpr uint64_t kReadFrameBytes = 8ull << 20;
 
-  // `limits` may be null (no limits). `fd` stays the caller's.
-  BulkConnection(int fd, CacheEngine* engine, SessionLimits* limits, BulkPeer peer);
+  // `limits` and `stats` may be null. `fd` stays the caller's.
+  BulkConnection(int fd, CacheEngine* engine, SessionLimits* limits, BulkChannelStats* stats,
+                 BulkPeer peer);
 
   absl::Status Serve();
 
@@ -59,6 +69,7 @@ class BulkConnection {
   const int fd_;
   CacheEngine* const engine_;
   SessionLimits* const limits_;
+  BulkChannelStats* const stats_;
   const BulkPeer peer_;
   // The writes since the last end_writes: chunks seen, what was written, the first failure.
   uint64_t write_index_ = 0;

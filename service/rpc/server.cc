@@ -365,10 +365,11 @@ absl::Status Server::StartBulkChannel() {
 absl::Status Server::StartMetricsHttp(const ServiceOptions& options) {
   if (options.metrics_address.empty()) return absl::OkStatus();
   auto http = MetricsHttpServer::Start(options.metrics_address, [this] {
-    ExpositionWriter limits;
-    limits_->WriteMetrics(&limits);
+    ExpositionWriter extra;  // families kept outside Metrics
+    limits_->WriteMetrics(&extra);
+    if (bulk_channel_ != nullptr) bulk_channel_->WriteMetrics(&extra);
     std::string text =
-        RenderMetrics(engine_->Status(), engine_->pool().Stats(), *metrics_) + limits.Take();
+        RenderMetrics(engine_->Status(), engine_->pool().Stats(), *metrics_) + extra.Take();
     if (fleet_ != nullptr) {  // the fleet tier's families (docs/fleet.md)
       text += fleet::RenderFleetMetrics(*fleet_, absl::Now() + absl::Milliseconds(200));
     }
