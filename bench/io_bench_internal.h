@@ -92,6 +92,7 @@ struct OpsRow {
 struct BytesRep {
   double raw_gbps = 0, write_gbps = 0, read_gbps = 0;  // WriteKV / ReadKV over gRPC
   double bulk_write_gbps = 0, bulk_read_gbps = 0;     // the same over the bulk channel (0: off)
+  double raw_batched_gbps = 0;  // the raw copy in 8 MiB writev()s and read()s (with the bulk rows)
   double set_gbps = 0, get_gbps = 0;  // Redis peer (0 without it)
   double inplace_page_gbps = 0;       // Allocate + WriteInPlace x heads + Commit per page-row
   double inplace_seq_gbps = 0;        // Allocate, WriteInPlace of everything, Commit, once

@@ -35,6 +35,11 @@ absl::StatusOr<std::unique_ptr<BulkChannelClient>> BulkChannelClient::Connect(
     return absl::UnavailableError(
         absl::StrCat("cannot connect to the bulk channel ", path, ": ", std::strerror(errno)));
   }
+  // Room for a write frame's bytes in the socket (up to net.core.wmem_max): the daemon receives
+  // while this worker sends the rest (reads 16 KiB chunks: 0.51-0.56 -> 0.73-0.77 of a batched raw
+  // copy with the daemon's side set alike, docs/benchmarks.md).
+  const int send_buffer = 4 << 20;
+  setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof(send_buffer));
   timeval stall{kStallSeconds, 0};
   setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &stall, sizeof(stall));
   setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &stall, sizeof(stall));

@@ -170,6 +170,10 @@ void BulkChannelServer::Serve(uint64_t id, OwnedFd fd) {
   // a frame must progress within kStallTimeout (the wait between frames has no limit).
   SetTimeout(fd.get(), SO_RCVTIMEO, kAttachTimeout);
   SetTimeout(fd.get(), SO_SNDTIMEO, kStallTimeout);
+  // Room for a read frame's bytes in the socket (up to net.core.wmem_max), so the next batch is
+  // prepared while the worker drains this one.
+  const int send_buffer = kSendBufferBytes;
+  setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof(send_buffer));
   v1::BulkRequest first;
   absl::StatusOr<bool> got = RecvFrame(fd.get(), &first);
   absl::Status attached = got.ok() ? absl::OkStatus() : got.status();

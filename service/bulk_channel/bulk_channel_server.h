@@ -39,6 +39,7 @@ class BulkChannelServer {
   static constexpr std::size_t kMaxConnections = 1024;
   static constexpr absl::Duration kAttachTimeout = absl::Seconds(10);
   static constexpr absl::Duration kStallTimeout = absl::Seconds(10);
+  static constexpr int kSendBufferBytes = 4 << 20;
 
   // Binds `path` (a leftover file there is removed: the caller proves it unused) and starts
   // accepting. INVALID_ARGUMENT for an empty path or one too long for a Unix socket;
