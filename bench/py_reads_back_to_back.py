@@ -7,7 +7,8 @@ kvkeep.tune_worker_process() (docs/api.md "Worker process settings").
     /usr/bin/python3 bench/py_reads_back_to_back.py --kvkeepd build/bin/kvkeepd [--tune]
 
 Prints the median [min, max] GB/s of --reps reads (each checked bit-exact against what was
-written). Small shape (4 layers, 2 KV heads, head_dim 64, fp16, 64 tokens per page)."""
+written), over gRPC and over the bulk channel (docs/api.md §5.2) in alternating order, and the
+median of the per-rep bulk / gRPC ratios. Small shape (4 layers, 2 KV heads, head_dim 64, fp16, 64 tokens per page)."""
 
 import argparse
 import os
@@ -50,18 +51,27 @@ def main():
                     written[(l, h)] = (k, v)
             seq.commit(a.tokens)
             total = layers * kv_heads * 2 * a.tokens * dim * 2
-            rates = []
-            for _ in range(a.reps):
-                t0 = time.perf_counter()
-                heads = seq.read_all()
-                rates.append(total / (time.perf_counter() - t0) / 1e9)
-                for key, (k, v) in written.items():
-                    if heads[key][0].tobytes() != k.tobytes() or \
-                            heads[key][1].tobytes() != v.tobytes():
-                        sys.exit(f"read_all returned different bytes for head {key}")
-            rates.sort()
-            print(f"{'tuned' if a.tune else 'default'}: {a.reps} read_all of {total >> 20} MiB, "
-                  f"GB/s median {rates[len(rates) // 2]:.2f} [{rates[0]:.2f}, {rates[-1]:.2f}]")
+            if not session.bulk_channel_attached:
+                sys.exit(f"no bulk channel: {session.bulk_channel_error}")
+            rates = {False: [], True: []}  # use_bulk_channel -> GB/s per rep
+            for rep in range(a.reps):
+                for bulk in ((False, True) if rep % 2 == 0 else (True, False)):
+                    session.use_bulk_channel = bulk
+                    t0 = time.perf_counter()
+                    heads = seq.read_all()
+                    rates[bulk].append(total / (time.perf_counter() - t0) / 1e9)
+                    for key, (k, v) in written.items():
+                        if heads[key][0].tobytes() != k.tobytes() or \
+                                heads[key][1].tobytes() != v.tobytes():
+                            sys.exit(f"read_all returned different bytes for head {key}")
+            ratios = sorted(b / g for b, g in zip(rates[True], rates[False]))
+            for bulk, name in ((False, "gRPC"), (True, "bulk channel")):
+                r = sorted(rates[bulk])
+                print(f"{'tuned' if a.tune else 'default'}, {name}: {a.reps} read_all of "
+                      f"{total >> 20} MiB, GB/s median {r[len(r) // 2]:.2f} [{r[0]:.2f}, "
+                      f"{r[-1]:.2f}]")
+            print(f"bulk / gRPC per rep: median {ratios[len(ratios) // 2]:.2f} "
+                  f"[{ratios[0]:.2f}, {ratios[-1]:.2f}]")
     finally:
         d.stop()
 

@@ -1,5 +1,8 @@
 #include "client/arena_channel_client.h"
 
+#include "common/status_macros.h"
+#include "common/unix_socket.h"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -47,18 +50,7 @@ absl::StatusOr<v1::ArenaChannelReply> ParseArenaChannelReply(absl::string_view d
 
 absl::StatusOr<std::unique_ptr<ArenaChannelClient>> ArenaChannelClient::Connect(
     const std::string& path, const std::string& ticket) {
-  sockaddr_un addr{};
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("arena channel path '", path, "'"));
-  }
-  OwnedFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot connect to the arena channel ", path, ": ", std::strerror(errno)));
-  }
+  ASSIGN_OR_RETURN(OwnedFd fd, ConnectUnixSocket(path, SOCK_SEQPACKET, "arena channel"));
   auto client = std::unique_ptr<ArenaChannelClient>(new ArenaChannelClient(std::move(fd)));
   v1::ArenaChannelRequest request;
   request.set_attach(ticket);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/bulk_frame.h"
 #include "common/status_macros.h"
+#include "common/unix_socket.h"
 
 namespace kvkeep {
 namespace {
@@ -23,18 +24,7 @@ absl::Status FromReply(const v1::BulkReply& reply) {
 
 absl::StatusOr<std::unique_ptr<BulkChannelClient>> BulkChannelClient::Connect(
     const std::string& path, const std::string& ticket) {
-  sockaddr_un addr{};
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("bulk channel path '", path, "'"));
-  }
-  OwnedFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot connect to the bulk channel ", path, ": ", std::strerror(errno)));
-  }
+  ASSIGN_OR_RETURN(OwnedFd fd, ConnectUnixSocket(path, SOCK_STREAM, "bulk channel"));
   // Room for a write frame's bytes in the socket (up to net.core.wmem_max): the daemon receives
   // while this worker sends the rest (reads 16 KiB chunks: 0.51-0.56 -> 0.73-0.77 of a batched raw
   // copy with the daemon's side set alike, docs/benchmarks.md).

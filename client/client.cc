@@ -99,47 +99,46 @@ void Client::Close() {
 
 Client::~Client() { Close(); }
 
+namespace {
+
+// Connects a side channel with the session's one-time ticket: at the socket next to the target's
+// (`hint`), then where the daemon says it listens (`announced`), as `connect` does. The channel,
+// or the last failure; only an unreachable socket leaves the ticket unused for the next path.
+template <typename Channel>
+absl::StatusOr<std::unique_ptr<Channel>> ConnectSideChannel(const std::string& hint,
+                                                            const std::string& announced,
+                                                            const std::string& ticket) {
+  std::vector<std::string> paths;
+  if (!hint.empty()) paths.push_back(hint);
+  if (!announced.empty() && announced != hint) paths.push_back(announced);
+  absl::StatusOr<std::unique_ptr<Channel>> channel =
+      absl::UnavailableError("no socket path for the channel");
+  for (const std::string& path : paths) {
+    channel = Channel::Connect(path, ticket);
+    if (channel.ok() || !absl::IsUnavailable(channel.status())) break;
+  }
+  return channel;
+}
+
+}  // namespace
+
 void Client::AttachArenaChannelLocked(const v1::SessionStarted& started) {
   if (started.attach_ticket().empty()) return;
-  std::vector<std::string> paths;
-  if (!arena_socket_hint_.empty()) paths.push_back(arena_socket_hint_);
-  if (!started.arena_socket().empty() && started.arena_socket() != arena_socket_hint_) {
-    paths.push_back(started.arena_socket());
-  }
-  for (const std::string& path : paths) {
-    absl::StatusOr<std::unique_ptr<ArenaChannelClient>> channel =
-        ArenaChannelClient::Connect(path, started.attach_ticket());
-    if (channel.ok()) {
-      arena_channel_ = *std::move(channel);
-      arena_channel_status_ = absl::OkStatus();
-      return;
-    }
-    arena_channel_status_ = channel.status();
-    // Only an unreachable socket leaves the one-time ticket unused for the next path.
-    if (!absl::IsUnavailable(channel.status())) return;
-  }
+  absl::StatusOr<std::unique_ptr<ArenaChannelClient>> channel =
+      ConnectSideChannel<ArenaChannelClient>(arena_socket_hint_, started.arena_socket(),
+                                             started.attach_ticket());
+  arena_channel_status_ = channel.status();
+  if (channel.ok()) arena_channel_ = *std::move(channel);
 }
 
 void Client::AttachBulkChannel(const v1::SessionStarted& started) {
   if (started.bulk_ticket().empty()) return;
-  std::vector<std::string> paths;
-  if (!bulk_socket_hint_.empty()) paths.push_back(bulk_socket_hint_);
-  if (!started.bulk_socket().empty() && started.bulk_socket() != bulk_socket_hint_) {
-    paths.push_back(started.bulk_socket());
-  }
+  absl::StatusOr<std::unique_ptr<BulkChannelClient>> bulk =
+      ConnectSideChannel<BulkChannelClient>(bulk_socket_hint_, started.bulk_socket(),
+                                            started.bulk_ticket());
   absl::MutexLock lock(&bulk_mu_);
-  for (const std::string& path : paths) {
-    absl::StatusOr<std::unique_ptr<BulkChannelClient>> bulk =
-        BulkChannelClient::Connect(path, started.bulk_ticket());
-    if (bulk.ok()) {
-      bulk_ = *std::move(bulk);
-      bulk_status_ = absl::OkStatus();
-      return;
-    }
-    bulk_status_ = bulk.status();
-    // Only an unreachable socket leaves the one-time ticket unused for the next path.
-    if (!absl::IsUnavailable(bulk.status())) return;
-  }
+  bulk_status_ = bulk.status();
+  if (bulk.ok()) bulk_ = *std::move(bulk);
 }
 
 absl::Status Client::bulk_channel_status() const {

@@ -74,6 +74,18 @@ OwnedFd ConnectRaw(const std::string& path) {
   return fd;
 }
 
+// A raw connection attached with `ticket`: the daemon's reply code (0: attached) and the socket.
+std::pair<int, OwnedFd> AttachRaw(const std::string& path, const std::string& ticket) {
+  OwnedFd fd = ConnectRaw(path);
+  v1::BulkRequest attach;
+  attach.set_attach(ticket);
+  v1::BulkReply reply;
+  if (!fd.valid() || !SendFrame(fd.get(), attach).ok()) return {-1, std::move(fd)};
+  absl::StatusOr<bool> got = RecvFrame(fd.get(), &reply);
+  if (!got.ok() || !*got) return {-1, std::move(fd)};
+  return {reply.code(), std::move(fd)};
+}
+
 // Seconds until the daemon closes `fd` (reads return 0), or -1 after `limit` seconds.
 double SecondsUntilClosed(int fd, double limit) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -302,17 +314,11 @@ TEST_F(BulkChannelTest, TicketsWorkOnceAndBadFramesAreRefusedWithAReason) {
   c->set_value_bytes(1);
   auto raw2 = OpenSession(daemon(), token_a_);
   ASSERT_NE(raw2, nullptr);
-  OwnedFd fd = ConnectRaw(bulk_socket_);
-  v1::BulkRequest attach;
-  attach.set_attach(raw2->started.bulk_ticket());
-  ASSERT_OK(SendFrame(fd.get(), attach));
+  auto [code, fd] = AttachRaw(bulk_socket_, raw2->started.bulk_ticket());
+  ASSERT_EQ(code, 0);
   v1::BulkReply reply;
-  ASSERT_OK_AND_ASSIGN(bool got, RecvFrame(fd.get(), &reply));
-  ASSERT_TRUE(got);
-  ASSERT_EQ(reply.code(), 0) << reply.message();
   ASSERT_OK(SendFrame(fd.get(), huge));
-  reply.Clear();
-  ASSERT_OK_AND_ASSIGN(got, RecvFrame(fd.get(), &reply));
+  ASSERT_OK_AND_ASSIGN(bool got, RecvFrame(fd.get(), &reply));
   ASSERT_TRUE(got);
   EXPECT_EQ(reply.code(), static_cast<int>(StatusCode::kInvalidArgument));
   EXPECT_NE(reply.message().find("at most"), std::string::npos) << reply.message();
@@ -364,13 +370,8 @@ TEST_F(BulkChannelTest, StalledPeersAreCutOffAndTheirPinsGo) {
   OwnedFd silent = ConnectRaw(bulk_socket_);
   auto raw = OpenSession(daemon(), token_a_);
   ASSERT_NE(raw, nullptr);
-  OwnedFd stalled = ConnectRaw(bulk_socket_);
-  v1::BulkRequest attach;
-  attach.set_attach(raw->started.bulk_ticket());
-  ASSERT_OK(SendFrame(stalled.get(), attach));
-  v1::BulkReply reply;
-  ASSERT_OK_AND_ASSIGN(bool got, RecvFrame(stalled.get(), &reply));
-  ASSERT_TRUE(got && reply.code() == 0) << reply.message();
+  auto [code, stalled] = AttachRaw(bulk_socket_, raw->started.bulk_ticket());
+  ASSERT_EQ(code, 0);
   v1::BulkRequest write;
   v1::BulkChunk* c = write.mutable_write()->add_chunks();
   c->mutable_header()->set_sequence_id(seq);

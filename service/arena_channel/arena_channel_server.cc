@@ -11,6 +11,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "common/unix_socket.h"
 #include "service/arena_channel/arena_channel_wire.h"
 #include "service/observability/log.h"
 
@@ -48,23 +50,7 @@ int PeerUid(int fd) {
 
 absl::StatusOr<std::unique_ptr<ArenaChannelServer>> ArenaChannelServer::Start(
     const std::string& path, const ArenaFdSource* source) {
-  sockaddr_un addr{};
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("arena channel socket path ", path,
-                                                   " is empty or longer than a Unix socket allows"));
-  }
-  OwnedFd listener(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!listener.valid()) {
-    return absl::UnavailableError(absl::StrCat("socket(AF_UNIX): ", std::strerror(errno)));
-  }
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  unlink(path.c_str());
-  if (bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      chmod(path.c_str(), 0660) != 0 || listen(listener.get(), 128) != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on arena channel ", path, ": ", std::strerror(errno)));
-  }
+  ASSIGN_OR_RETURN(OwnedFd listener, ListenUnixSocket(path, SOCK_SEQPACKET, "arena channel"));
   OwnedFd wake(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake.valid()) return absl::UnavailableError(absl::StrCat("eventfd: ", std::strerror(errno)));
   auto server = std::unique_ptr<ArenaChannelServer>(

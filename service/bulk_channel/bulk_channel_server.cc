@@ -14,31 +14,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/bulk_frame.h"
 #include "common/status_macros.h"
+#include "common/unix_socket.h"
 #include "service/bulk_channel/bulk_connection.h"
 #include "service/bulk_channel/bulk_requests.h"
 #include "service/observability/log.h"
 
 namespace kvkeep {
 namespace {
-
-absl::StatusOr<OwnedFd> ListenUnix(const std::string& path) {
-  sockaddr_un addr{};
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("bulk channel socket path ", path,
-                                                   " is longer than a Unix socket allows"));
-  }
-  OwnedFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd.valid()) return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  unlink(path.c_str());
-  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      chmod(path.c_str(), 0660) != 0 || listen(fd.get(), 128) != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on bulk channel ", path, ": ", std::strerror(errno)));
-  }
-  return fd;
-}
 
 void SetTimeout(int fd, int option, absl::Duration d) {
   timeval tv = absl::ToTimeval(d);
@@ -49,8 +31,7 @@ void SetTimeout(int fd, int option, absl::Duration d) {
 
 absl::StatusOr<std::unique_ptr<BulkChannelServer>> BulkChannelServer::Start(
     const std::string& path, CacheEngine* engine, SessionLimits* limits) {
-  if (path.empty()) return absl::InvalidArgumentError("bulk channel socket path is empty");
-  ASSIGN_OR_RETURN(OwnedFd listener, ListenUnix(path));
+  ASSIGN_OR_RETURN(OwnedFd listener, ListenUnixSocket(path, SOCK_STREAM, "bulk channel"));
   OwnedFd wake(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake.valid()) return absl::UnavailableError(absl::StrCat("eventfd: ", std::strerror(errno)));
   auto server = std::unique_ptr<BulkChannelServer>(
@@ -181,6 +162,12 @@ void BulkChannelServer::Serve(uint64_t id, OwnedFd fd) {
   if (attached.ok()) attached = CheckBulkRequest(first, /*attached=*/false);
   absl::StatusOr<TicketBinding> who =
       attached.ok() ? Attach(id, first.attach()) : absl::StatusOr<TicketBinding>(attached);
+  if (!who.ok()) {  // counted before the peer hears it
+    ++refused_;
+    if (!absl::IsCancelled(who.status())) {
+      log::Info("bulk_channel.refused", {{"status", who.status()}});
+    }
+  }
   // A peer that sent a frame, or bytes that are not one, hears why it is refused.
   if ((got.ok() && *got) || absl::IsInvalidArgument(got.status())) {
     v1::BulkReply reply;
@@ -203,11 +190,6 @@ void BulkChannelServer::Serve(uint64_t id, OwnedFd fd) {
       log::Info("bulk_channel.closed", {{"tenant", who->tenant},
                                         {"session", who->session_id},
                                         {"status", ended}});
-    }
-  } else {
-    ++refused_;
-    if (!absl::IsCancelled(who.status())) {
-      log::Info("bulk_channel.refused", {{"status", who.status()}});
     }
   }
   absl::MutexLock lock(&mu_);

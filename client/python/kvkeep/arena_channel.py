@@ -15,15 +15,19 @@ from kvkeep.errors import KvkeepError
 MAX_MESSAGE_BYTES = 4096
 
 
-def arena_socket_for(target, advertised):
-    """Where to connect: next to a unix: target (the path as this process sees it), else the path
-    the daemon advertised."""
+def side_socket_for(target, advertised, suffix):
+    """Where to connect to a side channel of the daemon: next to a unix: target (the path as this
+    process sees it, plus `suffix`), else the path the daemon advertised."""
     if target.startswith("unix:"):
         path = target[len("unix:"):]
         while path.startswith("//"):
             path = path[1:]
-        return path + ".arenas"
+        return path + suffix
     return advertised
+
+
+def arena_socket_for(target, advertised):
+    return side_socket_for(target, advertised, ".arenas")
 
 
 class ArenaChannel:

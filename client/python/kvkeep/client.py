@@ -13,8 +13,9 @@ from kvkeep._proto import (common_pb2, kv_batch_pb2, kv_batch_pb2_grpc, kvcache_
                            kvcache_pb2_grpc)
 from kvkeep.connection import (  # noqa: F401  (make_channel, normalize_target: public here too)
     DEFAULT_MAX_MESSAGE_BYTES, Connection, make_channel, normalize_target)
-from kvkeep.errors import DataLoss, DeadlineExceeded, KvkeepError, from_rpc_error
+from kvkeep.errors import DataLoss, DeadlineExceeded, KvkeepError, Unavailable, from_rpc_error
 from kvkeep.arena_channel import ArenaChannel, arena_socket_for
+from kvkeep.bulk_channel import BulkChannel, bulk_socket_for
 from kvkeep.shm import ArenaMapping
 from kvkeep.stats import as_layer_stats, stats_per_layer
 
@@ -58,6 +59,15 @@ def _policy(scorer=None, allocation=None, keep_ratio=None, max_tokens=None, sink
                   max_tokens=max_tokens, sinks=sinks, window=window, pool_kernel=pool_kernel,
                   ada_alpha=ada_alpha, seed=seed)
     return common_pb2.Policy(**{k: v for k, v in fields.items() if v is not None})
+
+
+class _Part:
+    """One ReadKV chunk for Sequence._decode_chunks: its header's offset and positions, its bytes."""
+    __slots__ = ("token_offset", "positions", "keys", "values")
+
+    def __init__(self, header, keys, values):
+        self.token_offset, self.positions = header.token_offset, header.positions
+        self.keys, self.values = keys, values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +190,14 @@ class Session:
         self._models = {}     # name -> Model
         self._arena_channel = None   # ArenaChannel once attached (fd-passed arenas)
         self.arena_channel_error = None  # why it could not be attached, if so
+        # The bulk channel (docs/api.md §5.2): write_kv / read_kv (and so every bytes-path call)
+        # go over it while it is attached and no other call of this session is using it.
+        # False: gRPC only.
+        self.use_bulk_channel = True
+        self._bulk = None             # BulkChannel once attached
+        self.bulk_channel_error = None  # why it could not be attached, if so
+        self._bulk_ticket = b""
+        self._bulk_socket = ""
         self._lock = threading.Lock()
         self._started = threading.Event()
         self._closing = False
@@ -202,18 +220,46 @@ class Session:
             raise self._error or KvkeepError("the Session stream ended before it started")
         if self._ticket:
             self._attach_arena_channel()
+        if self._bulk_ticket:
+            self._attach_bulk_channel()
+
+    def _attach_side_channel(self, channel_class, path, advertised, ticket):
+        """(channel, None) attached with the one-time ticket at `path`, else at `advertised`; or
+        (None, why)."""
+        error = None
+        for p in dict.fromkeys(x for x in (path, advertised) if x):
+            try:
+                return channel_class(p, ticket), None
+            except KvkeepError as err:
+                error = err
+                if "cannot connect" not in str(err):
+                    break  # the ticket was used: only an unreachable socket allows a retry
+        return None, error
 
     def _attach_arena_channel(self):
-        paths = [arena_socket_for(self.client.target, self._arena_socket), self._arena_socket]
-        for path in dict.fromkeys(p for p in paths if p):
-            try:
-                self._arena_channel = ArenaChannel(path, self._ticket)
-                self.arena_channel_error = None
-                return
-            except KvkeepError as err:
-                self.arena_channel_error = err
-                if "cannot connect" not in str(err):
-                    return  # the ticket was used: only an unreachable socket allows a retry
+        self._arena_channel, self.arena_channel_error = self._attach_side_channel(
+            ArenaChannel, arena_socket_for(self.client.target, self._arena_socket),
+            self._arena_socket, self._ticket)
+
+    def _attach_bulk_channel(self):
+        self._bulk, self.bulk_channel_error = self._attach_side_channel(
+            BulkChannel, bulk_socket_for(self.client.target, self._bulk_socket),
+            self._bulk_socket, self._bulk_ticket)
+
+    @property
+    def bulk_channel_attached(self):
+        """True while the bulk channel is attached and usable."""
+        return self._bulk is not None and not self._bulk.broken
+
+    def _with_bulk(self, call):
+        """call(bulk) when the bulk channel is attached, usable and free now; else None."""
+        bulk = self._bulk
+        if not self.use_bulk_channel or bulk is None or not bulk.try_acquire():
+            return None
+        try:
+            return (call(bulk),)
+        finally:
+            bulk.release()
 
     # -- the Session stream ---------------------------------------------------------------
     def _event_loop(self):
@@ -232,6 +278,8 @@ class Session:
                     self.adopted_sequences = s.adopted_sequences
                     self._ticket = s.attach_ticket
                     self._arena_socket = s.arena_socket
+                    self._bulk_ticket = s.bulk_ticket
+                    self._bulk_socket = s.bulk_socket
                     self._started.set()
                 elif kind == "arena_added":
                     with self._lock:
@@ -269,6 +317,8 @@ class Session:
             m.close()
         if channel is not None:
             channel.close()
+        if self._bulk is not None:
+            self._bulk.close()
 
     def __enter__(self):
         return self
@@ -356,8 +406,18 @@ class Session:
         return Sequence(self, model, table)
 
     def write_kv(self, chunks):
-        """Raw WriteKV of KvChunk messages (one stream; several per message through
-        KvBatch.WriteKVBatch while Client.batch_message_bytes > 0). Returns the WriteSummary."""
+        """Raw WriteKV of KvChunk messages (over the bulk channel when attached and free; else one
+        stream, several per message through KvBatch.WriteKVBatch while
+        Client.batch_message_bytes > 0). Returns the WriteSummary."""
+        chunks = list(chunks)  # kept for a retry over gRPC
+        try:
+            written = self._with_bulk(lambda bulk: bulk.write(chunks))
+            if written is not None:
+                return written[0]
+        except Unavailable:
+            if not (self._bulk and self._bulk.broken):
+                raise
+            # The connection broke mid-write: the same bytes go again to the same slots.
         c = self.client
         if not c._batching():
             return c._stream_in(c._stub.WriteKV, chunks)
@@ -374,8 +434,29 @@ class Session:
         return reply
 
     def read_kv(self, request):
-        """Raw ReadKV: the list of KvChunk messages for a ReadRequest (several per message through
-        KvBatch.ReadKVBatch while Client.batch_message_bytes > 0)."""
+        """Raw ReadKV: the list of KvChunk messages for a ReadRequest (over the bulk channel when
+        attached and free; else several per message through KvBatch.ReadKVBatch while
+        Client.batch_message_bytes > 0)."""
+        read = self._with_bulk(lambda bulk: bulk.read(request))
+        if read is None:
+            return self._read_kv_grpc(request)
+        out = []
+        for header, keys, values in read[0]:
+            chunk = kvcache_pb2.KvChunk()
+            chunk.CopyFrom(header)
+            chunk.keys, chunk.values = bytes(keys), bytes(values)
+            out.append(chunk)
+        return out
+
+    def read_chunks(self, request):
+        """ReadKV as (header, keys, values) per chunk: over the bulk channel the bytes are views of
+        the received buffers (no copy), over gRPC the chunk's own fields."""
+        read = self._with_bulk(lambda bulk: bulk.read(request))
+        if read is not None:
+            return read[0]
+        return [(chunk, chunk.keys, chunk.values) for chunk in self._read_kv_grpc(request)]
+
+    def _read_kv_grpc(self, request):
         c = self.client
         if not c._batching():
             return list(c._stream_out(c._stub.ReadKV, request))
@@ -616,13 +697,16 @@ class Sequence:
         return Compressed(reply.table, kept, reply.summary)
 
     def _decode_chunks(self, chunks):
-        """{(layer, kv_head): (keys, values, positions)} from ReadKV chunks: each chunk's bytes
-        copied once, straight into arrays sized from the chunks' lengths."""
+        """{(layer, kv_head): (keys, values, positions)} from ReadKV chunks (KvChunk messages, or
+        (header, keys, values) as Session.read_chunks gives): each chunk's bytes copied once,
+        straight into arrays sized from the chunks' lengths."""
         dt, d = np.dtype(self.model.storage_dtype), self.model.head_dim
         token_bytes = d * dt.itemsize
         heads = {}
         for c in chunks:
-            heads.setdefault((c.layer, c.kv_head), []).append(c)
+            if not isinstance(c, tuple):
+                c = (c, c.keys, c.values)
+            heads.setdefault((c[0].layer, c[0].kv_head), []).append(_Part(*c))
         out = {}
         for key, parts in heads.items():
             parts.sort(key=lambda c: c.token_offset)
@@ -651,7 +735,7 @@ class Sequence:
         request = kvcache_pb2.ReadRequest(
             sequence_id=self.id, layer_begin=layer, layer_end=layer + 1, kv_head_begin=kv_head,
             kv_head_end=kv_head + 1, token_begin=token_begin, token_end=token_end)
-        heads = self._decode_chunks(self.session.read_kv(request))
+        heads = self._decode_chunks(self.session.read_chunks(request))
         if (layer, kv_head) not in heads:
             empty = np.zeros((0, self.model.head_dim), self.model.storage_dtype)
             return empty, empty.copy(), np.zeros(0, np.int32)
@@ -659,7 +743,7 @@ class Sequence:
 
     def read_all(self):
         """Every head in one ReadKV stream: {(layer, kv_head): (keys, values, positions)}."""
-        heads = self._decode_chunks(self.session.read_kv(
+        heads = self._decode_chunks(self.session.read_chunks(
             kvcache_pb2.ReadRequest(sequence_id=self.id)))
         empty = np.zeros((0, self.model.head_dim), self.model.storage_dtype)
         for l in range(self.model.layers):

@@ -114,6 +114,7 @@ class RoundTripTest(DaemonTestCase, unittest.TestCase):
         self.addCleanup(setattr, self.client, "batch_message_bytes",
                         self.client.batch_message_bytes)
         with self.client.attach("batches") as session:
+            session.use_bulk_channel = False  # the gRPC bytes path is what this test is about
             model = self.small_model(session, dtype="float16")
             results = {}
             for batch_bytes in (1 << 20, 700, 0):  # a budget below one head: one per message
