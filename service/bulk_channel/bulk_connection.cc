@@ -244,20 +244,31 @@ absl::Status BulkConnection::OnRead(const v1::ReadRequest& request) {
       return EndRead(n.status());
     }
     if (*n == 0) break;
+    // One frame for the batch, or several where its chunk headers (positions: 5 bytes a token at
+    // most) would pass half the message limit.
     v1::BulkReply reply;
+    size_t message_bytes = 0;
     iov.clear();
-    absl::Status charged;
-    for (size_t i = 0; i < *n; ++i) {
+    absl::Status charged, sent;
+    for (size_t i = 0; i < *n && charged.ok() && sent.ok(); ++i) {
       ReadChunk& c = chunks[i];
       const uint64_t key_bytes = Sum(c.keys), value_bytes = Sum(c.values);
-      if (limits_ != nullptr && charged.ok()) {
+      if (limits_ != nullptr) {
         charged = limits_->ChargeBytes(peer_.tenant, "", key_bytes + value_bytes);
+        if (!charged.ok()) break;
       }
-      if (!charged.ok()) break;
+      const size_t header_bytes = c.header.ByteSizeLong() + 32;
+      if (reply.chunks_size() > 0 && message_bytes + header_bytes > kBulkMaxMessageBytes / 2) {
+        sent = SendFrame(fd_, reply, iov);
+        reply.Clear();
+        iov.clear();
+        message_bytes = 0;
+      }
       v1::BulkChunk* out = reply.add_chunks();
       *out->mutable_header() = c.header;
       out->set_key_bytes(key_bytes);
       out->set_value_bytes(value_bytes);
+      message_bytes += header_bytes;
       for (absl::string_view p : c.keys) iov.push_back(Iov(p.data(), p.size()));
       for (absl::string_view p : c.values) iov.push_back(Iov(p.data(), p.size()));
       if (stats_ != nullptr) {
@@ -265,7 +276,7 @@ absl::Status BulkConnection::OnRead(const v1::ReadRequest& request) {
         ++stats_->read_chunks;
       }
     }
-    absl::Status sent = reply.chunks_size() > 0 ? SendFrame(fd_, reply, iov) : absl::OkStatus();
+    if (sent.ok() && reply.chunks_size() > 0) sent = SendFrame(fd_, reply, iov);
     for (size_t i = 0; i < *n; ++i) chunks[i].Clear();  // unpins
     RETURN_IF_ERROR(sent);
     if (!charged.ok()) return EndRead(charged);
