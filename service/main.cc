@@ -47,8 +47,8 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(bool, insecure_tcp, false, "Allow --tcp without TLS (loopback tests only)");
 ABSL_FLAG(bool, bulk_channel, true,
           "Serve the bulk channel <socket>.bulk: WriteKV/ReadKV bytes as raw frames on a Unix "
-          "socket, received straight into pages (about 1.5x gRPC's bytes path from 64 KiB "
-          "chunks; docs/api.md 5.2)");
+          "socket, received straight into pages (1.4-2.4x gRPC's bytes path in "
+          "docs/benchmarks.md; docs/api.md 5.2)");
 ABSL_FLAG(std::string, admin_token_file, "",
           "File holding the admin token (default <data_dir>/admin.token, created 0600 if missing)");
 ABSL_FLAG(std::string, backend, "auto", "Memory backend: auto, cpu (POSIX shared memory) or cuda");
