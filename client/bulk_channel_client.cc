@@ -73,7 +73,7 @@ absl::StatusOr<v1::WriteSummary> BulkChannelClient::Write(absl::Span<const Write
       const WriteChunkRef& c = chunks[next];
       const uint64_t bytes = c.keys.size() + c.values.size();
       if (frame.write().chunks_size() > 0 &&
-          (payload + bytes > kBulkMaxPayloadBytes || header_bytes > kBulkMaxMessageBytes / 2)) {
+          (payload + bytes > kBulkMaxPayloadBytes || header_bytes > kBulkMaxRequestMessageBytes / 2)) {
         break;
       }
       v1::BulkChunk* out = frame.mutable_write()->add_chunks();

@@ -80,7 +80,8 @@ absl::Status SendFrame(int fd, const google::protobuf::MessageLite& message,
   return SendAll(fd, std::move(iov));
 }
 
-absl::StatusOr<bool> RecvFrame(int fd, google::protobuf::MessageLite* message) {
+absl::StatusOr<bool> RecvFrame(int fd, google::protobuf::MessageLite* message,
+                               std::size_t max_bytes) {
   unsigned char len[4];
   std::size_t got = 0;
   while (got < sizeof(len)) {
@@ -94,9 +95,9 @@ absl::StatusOr<bool> RecvFrame(int fd, google::protobuf::MessageLite* message) {
   }
   const uint32_t size = uint32_t{len[0]} | uint32_t{len[1]} << 8 | uint32_t{len[2]} << 16 |
                         uint32_t{len[3]} << 24;
-  if (size > kBulkMaxMessageBytes) {
+  if (size > max_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("bulk frame of ", size, " bytes over the ",
-                                                   kBulkMaxMessageBytes, "-byte limit"));
+                                                   max_bytes, "-byte limit"));
   }
   std::string bytes(size, '\0');
   if (absl::Status s = RecvBytes(fd, {Iov(bytes.data(), size)}); !s.ok()) return s;

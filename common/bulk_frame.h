@@ -28,6 +28,9 @@
 namespace kvkeep {
 
 inline constexpr std::size_t kBulkMaxMessageBytes = 4 << 20;
+// A request frame's message (the daemon reads at most this much per frame before acting: a write
+// frame's chunk headers take ~100 bytes each).
+inline constexpr std::size_t kBulkMaxRequestMessageBytes = 1 << 20;
 // Raw bytes after one request frame (its chunks' keys and values). Larger ones are refused.
 inline constexpr uint64_t kBulkMaxPayloadBytes = 16ull << 20;
 inline constexpr std::size_t kBulkTicketBytes = 32;
@@ -42,9 +45,10 @@ inline std::string BulkChannelPathFor(const std::string& grpc_socket_path) {
 absl::Status SendFrame(int fd, const google::protobuf::MessageLite& message,
                        absl::Span<const iovec> payload = {});
 // Receives one frame's message: false when the peer closed the socket before its first byte;
-// INVALID_ARGUMENT for a length over kBulkMaxMessageBytes or bytes that do not parse;
+// INVALID_ARGUMENT for a length over `max_bytes` or bytes that do not parse;
 // UNAVAILABLE / DEADLINE_EXCEEDED as for RecvBytes.
-absl::StatusOr<bool> RecvFrame(int fd, google::protobuf::MessageLite* message);
+absl::StatusOr<bool> RecvFrame(int fd, google::protobuf::MessageLite* message,
+                               std::size_t max_bytes = kBulkMaxMessageBytes);
 // Fills `to` in order from the socket. UNAVAILABLE when the peer closes first or on an error,
 // DEADLINE_EXCEEDED on a receive timeout.
 absl::Status RecvBytes(int fd, absl::Span<const iovec> to);

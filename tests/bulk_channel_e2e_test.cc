@@ -50,12 +50,14 @@ struct RawSession {
   }
 };
 
-std::unique_ptr<RawSession> OpenSession(const DaemonProcess& daemon, const std::string& token) {
+// (A second session of the same tenant and worker name supersedes the first: give each its own.)
+std::unique_ptr<RawSession> OpenSession(const DaemonProcess& daemon, const std::string& token,
+                                        const std::string& worker = "raw") {
   auto s = std::make_unique<RawSession>();
   s->stub = v1::KvCache::NewStub(MakeChannel(daemon.channel()));
   s->context = MakeCallContext(token);
   v1::AttachRequest request;
-  request.set_worker_name("raw");
+  request.set_worker_name(worker);
   s->reader = s->stub->Session(s->context.get(), request);
   v1::SessionEvent event;
   if (!s->reader->Read(&event) || !event.has_started()) return nullptr;
@@ -312,7 +314,7 @@ TEST_F(BulkChannelTest, TicketsWorkOnceAndBadFramesAreRefusedWithAReason) {
   v1::BulkChunk* c = huge.mutable_write()->add_chunks();
   c->set_key_bytes(kBulkMaxPayloadBytes);
   c->set_value_bytes(1);
-  auto raw2 = OpenSession(daemon(), token_a_);
+  auto raw2 = OpenSession(daemon(), token_a_, "raw2");
   ASSERT_NE(raw2, nullptr);
   auto [code, fd] = AttachRaw(bulk_socket_, raw2->started.bulk_ticket());
   ASSERT_EQ(code, 0);
@@ -334,6 +336,38 @@ TEST_F(BulkChannelTest, TicketsWorkOnceAndBadFramesAreRefusedWithAReason) {
     if (!bulk->broken()) usleep(20000);
   }
   EXPECT_TRUE(bulk->broken()) << "the ended session's bulk connection still answers: " << after;
+}
+
+TEST_F(BulkChannelTest, ATenantHoldsAtMost256ConnectionsAndOthersStillAttach) {
+  std::vector<std::unique_ptr<RawSession>> sessions;
+  std::vector<OwnedFd> connections;
+  for (int i = 0; i < 257; ++i) {
+    auto s = OpenSession(daemon(), token_a_, absl::StrCat("w", i));
+    ASSERT_NE(s, nullptr) << i;
+    auto [code, fd] = AttachRaw(bulk_socket_, s->started.bulk_ticket());
+    if (i < 256) {
+      ASSERT_EQ(code, 0) << "connection " << i;
+    } else {
+      EXPECT_EQ(code, static_cast<int>(StatusCode::kResourceExhausted));
+    }
+    sessions.push_back(std::move(s));
+    connections.push_back(std::move(fd));
+  }
+  // Another tenant is not affected, and alpha gets a slot back when one of its sessions ends.
+  auto beta = OpenSession(daemon(), token_b_);
+  ASSERT_NE(beta, nullptr);
+  EXPECT_EQ(AttachRaw(bulk_socket_, beta->started.bulk_ticket()).first, 0);
+  sessions[0]->End();
+  EXPECT_GE(SecondsUntilClosed(connections[0].get(), 5), 0);
+  int code = -1;
+  for (int i = 0; i < 50 && code != 0; ++i) {  // the closed connection's thread ends meanwhile
+    auto retry = OpenSession(daemon(), token_a_, absl::StrCat("again", i));
+    ASSERT_NE(retry, nullptr);
+    code = AttachRaw(bulk_socket_, retry->started.bulk_ticket()).first;
+    sessions.push_back(std::move(retry));
+    if (code != 0) usleep(20000);
+  }
+  EXPECT_EQ(code, 0);
 }
 
 TEST_F(BulkChannelTest, ATenantNeverReachesAnotherTenantsSequence) {

@@ -142,7 +142,16 @@ void BulkChannelServer::AcceptLoop() {
 absl::StatusOr<TicketBinding> BulkChannelServer::Attach(uint64_t id, const std::string& ticket) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(TicketBinding who, tickets_.Redeem(ticket));
-  connections_[id].session_id = who.session_id;
+  std::size_t of_tenant = 0;
+  for (const auto& [other, c] : connections_) of_tenant += c.tenant == who.tenant;
+  if (of_tenant >= kMaxConnectionsPerTenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant ", who.tenant, " has ", of_tenant, " bulk channel connections, the most one "
+        "tenant may have; this session's bytes path uses gRPC"));
+  }
+  Connection& c = connections_[id];
+  c.session_id = who.session_id;
+  c.tenant = who.tenant;
   return who;
 }
 
@@ -156,7 +165,7 @@ void BulkChannelServer::Serve(uint64_t id, OwnedFd fd) {
   const int send_buffer = kSendBufferBytes;
   setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof(send_buffer));
   v1::BulkRequest first;
-  absl::StatusOr<bool> got = RecvFrame(fd.get(), &first);
+  absl::StatusOr<bool> got = RecvFrame(fd.get(), &first, kBulkMaxRequestMessageBytes);
   absl::Status attached = got.ok() ? absl::OkStatus() : got.status();
   if (attached.ok() && !*got) attached = absl::CancelledError("closed before attaching");
   if (attached.ok()) attached = CheckBulkRequest(first, /*attached=*/false);

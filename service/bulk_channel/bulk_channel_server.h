@@ -8,8 +8,8 @@
 //   std::string ticket = bulk->Issue(tenant, session_id);   // SessionStarted.bulk_ticket
 //   bulk->EndSession(session_id);                          // closes its connections
 //
-// One accept thread and one thread per connection (at most kMaxConnections; more are closed
-// at once). A connection that has not attached within kAttachTimeout is closed; inside a frame
+// One accept thread and one thread per connection (at most kMaxConnections, more are closed at
+// once; at most kMaxConnectionsPerTenant attached ones per tenant). A connection that has not attached within kAttachTimeout is closed; inside a frame
 // every send and receive must progress within kStallTimeout. Thread-safe.
 #ifndef KVKEEP_SERVICE_BULK_CHANNEL_BULK_CHANNEL_SERVER_H_
 #define KVKEEP_SERVICE_BULK_CHANNEL_BULK_CHANNEL_SERVER_H_
@@ -37,6 +37,8 @@ namespace kvkeep {
 class BulkChannelServer {
  public:
   static constexpr std::size_t kMaxConnections = 1024;
+  // Attached connections of one tenant: no tenant takes every slot from the others.
+  static constexpr std::size_t kMaxConnectionsPerTenant = 256;
   static constexpr absl::Duration kAttachTimeout = absl::Seconds(10);
   static constexpr absl::Duration kStallTimeout = absl::Seconds(10);
   static constexpr int kSendBufferBytes = 4 << 20;
@@ -64,6 +66,7 @@ class BulkChannelServer {
   struct Connection {
     int fd;
     std::string session_id;  // empty until attached
+    std::string tenant;      // likewise
   };
   BulkChannelServer(std::string path, OwnedFd listener, OwnedFd wake, CacheEngine* engine,
                     SessionLimits* limits);
@@ -71,6 +74,7 @@ class BulkChannelServer {
   void Serve(uint64_t id, OwnedFd fd);
   // Redeems the first frame's ticket and binds the connection to its session, under mu_ (so a
   // session that ends meanwhile either voided the ticket first or sees the connection).
+  // RESOURCE_EXHAUSTED (the ticket unused) when the tenant has kMaxConnectionsPerTenant already.
   absl::StatusOr<TicketBinding> Attach(uint64_t id, const std::string& ticket);
 
   const std::string path_;

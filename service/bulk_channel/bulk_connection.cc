@@ -45,7 +45,7 @@ absl::Status BulkConnection::Serve() {
   for (;;) {
     if (!AwaitFrame(fd_)) return absl::UnavailableError("poll failed");
     v1::BulkRequest request;
-    absl::StatusOr<bool> got = RecvFrame(fd_, &request);
+    absl::StatusOr<bool> got = RecvFrame(fd_, &request, kBulkMaxRequestMessageBytes);
     if (!got.ok()) {
       if (absl::IsInvalidArgument(got.status())) {
         v1::BulkReply reply;

@@ -36,7 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   bool attached = false;
   for (;;) {
     v1::BulkRequest request;
-    absl::StatusOr<bool> got = RecvFrame(fds[1], &request);
+    absl::StatusOr<bool> got = RecvFrame(fds[1], &request, kBulkMaxRequestMessageBytes);
     if (!got.ok()) {
       FUZZ_CHECK(absl::IsInvalidArgument(got.status()) || absl::IsUnavailable(got.status()),
                  got.status().ToString());

@@ -14,7 +14,8 @@ from kvkeep._proto import kvcache_pb2
 from kvkeep.arena_channel import side_socket_for
 from kvkeep.errors import _BY_CODE, KvkeepError, Unavailable
 
-MAX_MESSAGE_BYTES = 4 << 20   # a frame's message
+MAX_MESSAGE_BYTES = 4 << 20   # a reply frame's message
+MAX_REQUEST_MESSAGE_BYTES = 1 << 20  # a request frame's message (the daemon refuses more)
 MAX_PAYLOAD_BYTES = 16 << 20  # raw bytes after one write frame
 _SEND_BUFFER = 4 << 20        # as the C++ client (capped by net.core.wmem_max)
 
@@ -110,14 +111,14 @@ class BulkChannel:
     # -- calls ----------------------------------------------------------------------------
     def write(self, chunks):
         """WriteKV of KvChunk messages (keys and values in the messages); the WriteSummary."""
-        frame, payload, size = kvcache_pb2.BulkRequest(), [], 0
+        frame, payload, size, head = kvcache_pb2.BulkRequest(), [], 0, 0
         for chunk in chunks:
             n = len(chunk.keys) + len(chunk.values)
             if n > MAX_PAYLOAD_BYTES:
                 raise ValueError(f"a chunk of {n} bytes is over the bulk frame's {MAX_PAYLOAD_BYTES}")
-            if payload and size + n > MAX_PAYLOAD_BYTES:
+            if payload and (size + n > MAX_PAYLOAD_BYTES or head > MAX_REQUEST_MESSAGE_BYTES // 2):
                 self._send(frame, payload)
-                frame, payload, size = kvcache_pb2.BulkRequest(), [], 0
+                frame, payload, size, head = kvcache_pb2.BulkRequest(), [], 0, 0
             header = frame.write.chunks.add()
             header.header.CopyFrom(chunk)
             header.header.ClearField("keys")
@@ -125,6 +126,7 @@ class BulkChannel:
             header.key_bytes, header.value_bytes = len(chunk.keys), len(chunk.values)
             payload += [chunk.keys, chunk.values]
             size += n
+            head += header.ByteSize() + 8
         if payload:
             self._send(frame, payload)
         self._send(kvcache_pb2.BulkRequest(end_writes=True))
