@@ -22,38 +22,19 @@
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
 #include "tests/daemon_process.h"
+#include "tests/raw_session.h"
 
 namespace kvkeep {
 namespace {
 
 using ::kvkeep::testing::DaemonProcess;
+using ::kvkeep::testing::OpenSession;
+using ::kvkeep::testing::RawSession;
 using ::kvkeep::testing::PatternBytes;
 using ::kvkeep::testing::StatusIs;
 using absl::StatusCode;
 
 constexpr uid_t kNobody = 65534;
-
-// A raw Session stream whose SessionStarted (with the attach ticket) the test reads itself.
-struct RawSession {
-  std::unique_ptr<v1::KvCache::Stub> stub;
-  std::unique_ptr<grpc::ClientContext> context;
-  std::unique_ptr<grpc::ClientReader<v1::SessionEvent>> reader;
-  v1::SessionStarted started;
-};
-
-std::unique_ptr<RawSession> OpenSession(const DaemonProcess& daemon, const std::string& token,
-                                        const std::string& worker) {
-  auto s = std::make_unique<RawSession>();
-  s->stub = v1::KvCache::NewStub(MakeChannel(daemon.channel()));
-  s->context = MakeCallContext(token);
-  v1::AttachRequest request;
-  request.set_worker_name(worker);
-  s->reader = s->stub->Session(s->context.get(), request);
-  v1::SessionEvent event;
-  if (!s->reader->Read(&event) || !event.has_started()) return nullptr;
-  s->started = event.started();
-  return s;
-}
 
 // Sends one raw datagram on a fresh connection (no attach) and returns the reply's code and the
 // number of fds that came with it.

@@ -22,48 +22,20 @@
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
 #include "tests/daemon_process.h"
+#include "tests/raw_session.h"
 #include "tests/local_http.h"
 
 namespace kvkeep {
 namespace {
 
 using ::kvkeep::testing::DaemonProcess;
+using ::kvkeep::testing::OpenSession;
+using ::kvkeep::testing::RawSession;
 using ::kvkeep::testing::PatternBytes;
 using ::kvkeep::testing::StatusIs;
 using absl::StatusCode;
 
 constexpr uint32_t kTokenBytes = 16;  // TestLayout: head_dim 8, fp16
-
-// A raw Session stream whose SessionStarted (with the bulk ticket) the test reads itself.
-struct RawSession {
-  std::unique_ptr<v1::KvCache::Stub> stub;
-  std::unique_ptr<grpc::ClientContext> context;
-  std::unique_ptr<grpc::ClientReader<v1::SessionEvent>> reader;
-  v1::SessionStarted started;
-
-  void End() {
-    context->TryCancel();
-    v1::SessionEvent ignored;
-    while (reader->Read(&ignored)) {
-    }
-    reader->Finish();
-  }
-};
-
-// (A second session of the same tenant and worker name supersedes the first: give each its own.)
-std::unique_ptr<RawSession> OpenSession(const DaemonProcess& daemon, const std::string& token,
-                                        const std::string& worker = "raw") {
-  auto s = std::make_unique<RawSession>();
-  s->stub = v1::KvCache::NewStub(MakeChannel(daemon.channel()));
-  s->context = MakeCallContext(token);
-  v1::AttachRequest request;
-  request.set_worker_name(worker);
-  s->reader = s->stub->Session(s->context.get(), request);
-  v1::SessionEvent event;
-  if (!s->reader->Read(&event) || !event.has_started()) return nullptr;
-  s->started = event.started();
-  return s;
-}
 
 OwnedFd ConnectRaw(const std::string& path) {
   OwnedFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -268,7 +240,7 @@ TEST_F(BulkChannelTest, AFailingChunkIsReportedAndTheConnectionStaysUsable) {
 }
 
 TEST_F(BulkChannelTest, TicketsWorkOnceAndBadFramesAreRefusedWithAReason) {
-  auto raw = OpenSession(daemon(), token_a_);
+  auto raw = OpenSession(daemon(), token_a_, "raw");
   ASSERT_NE(raw, nullptr);
   ASSERT_EQ(raw->started.bulk_ticket().size(), kBulkTicketBytes);
   EXPECT_EQ(raw->started.bulk_socket(), bulk_socket_);
@@ -338,6 +310,69 @@ TEST_F(BulkChannelTest, TicketsWorkOnceAndBadFramesAreRefusedWithAReason) {
   EXPECT_TRUE(bulk->broken()) << "the ended session's bulk connection still answers: " << after;
 }
 
+TEST_F(BulkChannelTest, MalformedWriteFramesFailTheirBatchAndTheConnectionGoesOn) {
+  std::string seq;
+  auto client = WithSequence(token_a_, 8, &seq);
+  ASSERT_NE(client, nullptr);
+  auto raw = OpenSession(daemon(), token_a_, "raw");
+  ASSERT_NE(raw, nullptr);
+  auto [code, fd] = AttachRaw(bulk_socket_, raw->started.bulk_ticket());
+  ASSERT_EQ(code, 0);
+  const std::string bytes = PatternBytes(9, 4 * kTokenBytes);
+  // Sends `write` and its raw bytes, then end_writes; returns the reply.
+  auto batch = [&, &fd = fd](const v1::BulkRequest& write, absl::Span<const iovec> payload) {
+    v1::BulkReply reply;
+    v1::BulkRequest end;
+    end.set_end_writes(true);
+    EXPECT_OK(SendFrame(fd.get(), write, payload));
+    EXPECT_OK(SendFrame(fd.get(), end));
+    absl::StatusOr<bool> got = RecvFrame(fd.get(), &reply);
+    EXPECT_TRUE(got.ok() && *got) << got.status();
+    return reply;
+  };
+  auto chunk_of = [&](v1::BulkRequest* write) {
+    v1::BulkChunk* c = write->mutable_write()->add_chunks();
+    c->mutable_header()->set_sequence_id(seq);
+    c->mutable_header()->set_token_count(4);
+    c->set_key_bytes(bytes.size());
+    c->set_value_bytes(bytes.size());
+    return c;
+  };
+  const iovec two[] = {Iov(bytes.data(), bytes.size()), Iov(bytes.data(), bytes.size())};
+  // A write frame without chunks.
+  v1::BulkRequest empty;
+  empty.mutable_write();
+  v1::BulkReply reply = batch(empty, {});
+  EXPECT_EQ(reply.code(), static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_NE(reply.message().find("chunk 0: a bulk write frame needs at least one chunk"),
+            std::string::npos) << reply.message();
+  // Keys inside the chunk header instead of after the frame: refused, its raw bytes skipped.
+  v1::BulkRequest inline_keys;
+  chunk_of(&inline_keys)->mutable_header()->set_keys(bytes);
+  reply = batch(inline_keys, two);
+  EXPECT_EQ(reply.code(), static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_NE(reply.message().find("follow the frame as raw bytes"), std::string::npos)
+      << reply.message();
+  // Announced byte counts that do not make the tokens: refused, nothing written.
+  v1::BulkRequest short_keys;
+  chunk_of(&short_keys)->set_key_bytes(bytes.size() - 1);
+  const iovec short_payload[] = {Iov(bytes.data(), bytes.size() - 1),
+                                 Iov(bytes.data(), bytes.size())};
+  reply = batch(short_keys, short_payload);
+  EXPECT_EQ(reply.code(), static_cast<int>(StatusCode::kInvalidArgument));
+  ASSERT_OK(client->Commit(seq, 4).status());
+  ASSERT_OK_AND_ASSIGN(HeadData before, client->ReadHead(seq, 0, 0));
+  EXPECT_EQ(before.keys, std::string(bytes.size(), '\0'));
+  // The same connection then writes a good chunk and reads it back.
+  v1::BulkRequest good;
+  chunk_of(&good);
+  reply = batch(good, two);
+  EXPECT_EQ(reply.code(), 0) << reply.message();
+  EXPECT_EQ(reply.written().bytes(), 2 * bytes.size());
+  ASSERT_OK_AND_ASSIGN(HeadData after, client->ReadHead(seq, 0, 0));
+  EXPECT_EQ(after.keys, bytes);
+}
+
 TEST_F(BulkChannelTest, ATenantHoldsAtMost256ConnectionsAndOthersStillAttach) {
   std::vector<std::unique_ptr<RawSession>> sessions;
   std::vector<OwnedFd> connections;
@@ -354,7 +389,7 @@ TEST_F(BulkChannelTest, ATenantHoldsAtMost256ConnectionsAndOthersStillAttach) {
     connections.push_back(std::move(fd));
   }
   // Another tenant is not affected, and alpha gets a slot back when one of its sessions ends.
-  auto beta = OpenSession(daemon(), token_b_);
+  auto beta = OpenSession(daemon(), token_b_, "raw");
   ASSERT_NE(beta, nullptr);
   EXPECT_EQ(AttachRaw(bulk_socket_, beta->started.bulk_ticket()).first, 0);
   sessions[0]->End();
@@ -402,7 +437,7 @@ TEST_F(BulkChannelTest, StalledPeersAreCutOffAndTheirPinsGo) {
   ASSERT_NE(client, nullptr);
   // One connection never attaches; another stops in the middle of a write frame's bytes.
   OwnedFd silent = ConnectRaw(bulk_socket_);
-  auto raw = OpenSession(daemon(), token_a_);
+  auto raw = OpenSession(daemon(), token_a_, "raw");
   ASSERT_NE(raw, nullptr);
   auto [code, stalled] = AttachRaw(bulk_socket_, raw->started.bulk_ticket());
   ASSERT_EQ(code, 0);
@@ -519,7 +554,7 @@ TEST_F(BulkChannelTest, SessionLimitsApplyAsOnGrpc) {
 
 TEST_F(BulkChannelTest, WithoutTheChannelTheBytesPathIsGrpcAndWorks) {
   StartDaemon({"--bulk_channel=false"});
-  auto raw = OpenSession(daemon(), token_a_);
+  auto raw = OpenSession(daemon(), token_a_, "raw");
   ASSERT_NE(raw, nullptr);
   EXPECT_TRUE(raw->started.bulk_ticket().empty());
   EXPECT_EQ(access(bulk_socket_.c_str(), F_OK), -1);
